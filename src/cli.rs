@@ -1,0 +1,809 @@
+//! The command line: `rq QUEUE MODE [ARGS] [OPTIONS]`. Options may appear anywhere, `--`
+//! ends them, `RQ_OPTS` supplies defaults the command line overrides, and `RQ_Q` supplies
+//! the queue.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::error::{Error, IoContext, Result};
+use crate::input::{self, Target};
+use crate::job::{self, Row, State};
+use crate::output::{self, Format};
+use crate::queue::{self, Changes, Queue, Selection, SubmitOptions};
+use crate::store::Access;
+use crate::{help, query};
+
+/// Every option of every mode (as in the original, any option is accepted anywhere, so
+/// `RQ_OPTS` can hold defaults for several modes).
+#[derive(Parser, Debug, Default, Clone)]
+#[command(
+    name = "rq",
+    disable_help_flag = true,
+    disable_version_flag = true,
+    args_override_self = true,
+    infer_long_args = true,
+    dont_collapse_args_in_usage = true
+)]
+pub struct Options {
+    /// Queue, mode and the mode's arguments.
+    #[arg(allow_hyphen_values = false)]
+    pub words: Vec<String>,
+    /// Job priority (any integer; higher runs first).
+    #[arg(short = 'p', long, allow_negative_numbers = true)]
+    pub priority: Option<String>,
+    /// Job tag.
+    #[arg(short = 't', long)]
+    pub tag: Option<String>,
+    /// Only these hosts may run the job (comma-separated; exact or short host names).
+    #[arg(long, visible_alias = "hosts")]
+    pub runner: Option<String>,
+    /// The job may be run again if its host dies.
+    #[arg(long)]
+    pub restartable: bool,
+    /// Submit jobs in the holding state (they do not run until updated to pending).
+    #[arg(long)]
+    pub stage: bool,
+    /// Read the job list from FILE.
+    #[arg(short = 'i', long)]
+    pub infile: Option<PathBuf>,
+    /// Copy FILE (or standard input, `-`) as the jobs' stdin.
+    #[arg(long, num_args = 0..=1, default_missing_value = "-")]
+    pub stdin: Option<String>,
+    /// Copy PATH (file or directory) as the jobs' data.
+    #[arg(short = 'd', long)]
+    pub data: Option<PathBuf>,
+    /// Print nothing on success.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Only these fields (comma-separated prefixes).
+    #[arg(short = 'f', long)]
+    pub fields: Option<String>,
+    /// Output format: yaml (default) or json.
+    #[arg(long)]
+    pub format: Option<String>,
+    /// status: extra exit-status counters, e.g. 'ok=0 retry=75,76'.
+    #[arg(long)]
+    pub exit: Option<String>,
+    /// Print help.
+    #[arg(short = 'h', long)]
+    pub help: bool,
+    /// Print the version.
+    #[arg(long)]
+    pub version: bool,
+}
+
+/// A parsed invocation.
+#[derive(Debug)]
+pub struct Invocation {
+    pub queue: Option<PathBuf>,
+    pub mode: Option<String>,
+    pub args: Vec<String>,
+    /// A lone `-` was given: read the list from standard input.
+    pub dash: bool,
+    pub opts: Options,
+}
+
+/// The modes, each with the abbreviations it answers to.
+pub const MODES: &[(&str, &[&str])] = &[
+    ("create", &["c"]),
+    ("submit", &["s"]),
+    ("resubmit", &["r", "re"]),
+    ("list", &["l", "ls"]),
+    ("status", &["t"]),
+    ("delete", &["d", "rm"]),
+    ("update", &["u"]),
+    ("query", &["q"]),
+    ("execute", &["e"]),
+    ("configure", &["C"]),
+    ("touch", &["to"]),
+    ("stdin", &["0"]),
+    ("stdout", &["1"]),
+    ("stderr", &["2"]),
+    ("stdin4", &[]),
+    ("stdout4", &[]),
+    ("stderr4", &[]),
+    ("help", &["h", "H"]),
+];
+
+pub fn mode_name(word: &str) -> Option<&'static str> {
+    MODES
+        .iter()
+        .find(|(name, abbrevs)| *name == word || abbrevs.contains(&word))
+        .map(|(name, _)| *name)
+}
+
+fn clap_error(err: clap::Error) -> Error {
+    let text = err.to_string();
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("bad arguments")
+        .trim_start_matches("error: ");
+    Error::usage(format!("{line} (see 'rq help')"))
+}
+
+/// Parse argv (without the program name), `RQ_OPTS` and `RQ_Q`.
+pub fn parse(argv: &[String]) -> Result<Invocation> {
+    let env_opts = match std::env::var("RQ_OPTS").or_else(|_| std::env::var("RQ_OPTIONS")) {
+        Ok(text) => shell_words::split(&text).map_err(|e| Error::usage(format!("RQ_OPTS: {e}")))?,
+        Err(_) => Vec::new(),
+    };
+    let split = argv.iter().position(|a| a == "--");
+    let (before, after) = match split {
+        Some(i) => (&argv[..i], &argv[i + 1..]),
+        None => (argv, &[][..]),
+    };
+    if !env_opts.is_empty() {
+        let check = Options::try_parse_from(
+            std::iter::once("rq".to_string()).chain(env_opts.iter().cloned()),
+        )
+        .map_err(|e| Error::usage(format!("RQ_OPTS: {}", clap_error(e))))?;
+        if !check.words.is_empty() {
+            return Err(Error::usage(format!(
+                "RQ_OPTS may hold only options, not '{}'",
+                check.words[0]
+            )));
+        }
+    }
+    let all = std::iter::once("rq".to_string())
+        .chain(env_opts)
+        .chain(before.iter().cloned());
+    let mut opts = Options::try_parse_from(all).map_err(clap_error)?;
+    let mut words = std::mem::take(&mut opts.words);
+    let dash = words.iter().any(|w| w == "-");
+    words.retain(|w| w != "-");
+    words.extend(after.iter().cloned());
+
+    let env_queue = std::env::var("RQ_Q")
+        .or_else(|_| std::env::var("RQ_QUEUE"))
+        .ok()
+        .filter(|q| !q.is_empty());
+    let mut words = words.into_iter();
+    let (queue, mode) = match (env_queue, words.next()) {
+        // With RQ_Q set, the first word is the mode when it names one.
+        (Some(q), Some(first)) if mode_name(&first).is_some() => {
+            (Some(PathBuf::from(q)), Some(first))
+        }
+        (Some(q), None) => (Some(PathBuf::from(q)), None),
+        (_, Some(first)) if first == "help" || first == "h" => (None, Some(first)),
+        (_, Some(first)) => (Some(PathBuf::from(first)), words.next()),
+        (None, None) => (None, None),
+    };
+    Ok(Invocation {
+        queue,
+        mode,
+        args: words.collect(),
+        dash,
+        opts,
+    })
+}
+
+/// Standard output, where a closed pipe (`rq q list | head`) ends rq quietly.
+struct Out {
+    out: std::io::BufWriter<std::io::Stdout>,
+}
+
+impl Out {
+    fn new() -> Out {
+        Out {
+            out: std::io::BufWriter::new(std::io::stdout()),
+        }
+    }
+
+    fn print(&mut self, text: &str) -> Result<()> {
+        self.out
+            .write_all(text.as_bytes())
+            .context(|| "cannot write to standard output".into())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.out
+            .flush()
+            .context(|| "cannot write to standard output".into())
+    }
+}
+
+/// Run an invocation; returns the process exit status.
+pub fn run(argv: &[String]) -> Result<i32> {
+    let inv = parse(argv)?;
+    if inv.opts.version {
+        println!("rq {}", env!("CARGO_PKG_VERSION"));
+        return Ok(0);
+    }
+    let mode = inv.mode.as_deref().map(|m| (m, mode_name(m)));
+    if inv.opts.help || matches!(mode, Some((_, Some("help")))) {
+        let topic = match mode {
+            Some((_, Some("help"))) => inv.args.first().cloned(),
+            Some((m, _)) => Some(m.to_string()),
+            None => None,
+        };
+        print!("{}", help::text(topic.as_deref())?);
+        return Ok(0);
+    }
+    let Some(queue) = inv.queue.clone() else {
+        eprint!("{}", help::SHORT);
+        return Ok(1);
+    };
+    let Some((word, name)) = mode else {
+        return Err(Error::usage(format!(
+            "no mode given for queue {}: try 'rq {} status' or 'rq help'",
+            queue.display(),
+            queue.display()
+        )));
+    };
+    let Some(name) = name else {
+        return Err(Error::usage(format!(
+            "unknown mode '{word}' (see 'rq help' for the modes)"
+        )));
+    };
+    let format = match &inv.opts.format {
+        Some(f) => Format::parse(f)?,
+        None => Format::Yaml,
+    };
+    let ctx = Context {
+        inv: &inv,
+        queue,
+        format,
+        out: Out::new(),
+    };
+    ctx.dispatch(name)
+}
+
+struct Context<'a> {
+    inv: &'a Invocation,
+    queue: PathBuf,
+    format: Format,
+    out: Out,
+}
+
+impl Context<'_> {
+    fn dispatch(mut self, mode: &str) -> Result<i32> {
+        let status = match mode {
+            "create" => self.create(),
+            "submit" => self.submit(false),
+            "touch" => self.submit(true),
+            "list" => self.list(),
+            "status" => self.status(),
+            "query" => self.query(),
+            "delete" => self.delete(),
+            "update" => self.update(),
+            "resubmit" => self.resubmit(),
+            "execute" => self.execute(),
+            "configure" => self.configure(),
+            "stdin" | "stdout" | "stderr" => self.dump(mode, false),
+            "stdin4" | "stdout4" | "stderr4" => self.dump(&mode[..mode.len() - 1], true),
+            other => Err(Error::usage(format!("unknown mode '{other}'"))),
+        }?;
+        self.out.flush()?;
+        Ok(status)
+    }
+
+    fn open(&self, access: Access) -> Result<Queue> {
+        Queue::open(&self.queue, access)
+    }
+
+    fn args(&self) -> &[String] {
+        &self.inv.args
+    }
+
+    /// Read standard input when `-` was given, or when nothing was named on the command
+    /// line and standard input is not a terminal.
+    fn stdin_text(&self, named_anything: bool) -> Result<Option<String>> {
+        let stdin = std::io::stdin();
+        if self.inv.dash || (!named_anything && !stdin.is_terminal()) {
+            let mut bytes = Vec::new();
+            stdin
+                .lock()
+                .read_to_end(&mut bytes)
+                .context(|| "cannot read standard input".into())?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| Error::input("standard input is not valid UTF-8 text"))?;
+            return Ok(Some(text));
+        }
+        Ok(None)
+    }
+
+    fn fields(&self) -> Result<Option<Vec<String>>> {
+        match &self.inv.opts.fields {
+            Some(spec) => {
+                let all: Vec<String> = job::FIELDS.iter().map(|s| s.to_string()).collect();
+                Ok(Some(job::select_fields(spec, &all)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn print_rows(&mut self, rows: &[Row]) -> Result<()> {
+        if self.inv.opts.quiet {
+            return Ok(());
+        }
+        let fields = self.fields()?;
+        let text = output::rows(rows, fields.as_deref(), self.format);
+        self.out.print(&text)
+    }
+
+    /// Print rows chunk by chunk (YAML: one `---`; JSON: one array).
+    fn stream_rows(
+        &mut self,
+        mut fetch: impl FnMut(&mut dyn FnMut(Vec<Row>) -> Result<()>) -> Result<()>,
+    ) -> Result<usize> {
+        let fields = self.fields()?;
+        let format = self.format;
+        let mut count = 0usize;
+        let out = &mut self.out;
+        if format == Format::Json {
+            out.print("[")?;
+        }
+        fetch(&mut |rows: Vec<Row>| {
+            let text = match format {
+                Format::Yaml => {
+                    let text = output::rows(&rows, fields.as_deref(), Format::Yaml);
+                    if count == 0 {
+                        text
+                    } else {
+                        text.trim_start_matches("---\n").to_string()
+                    }
+                }
+                Format::Json => {
+                    let text = output::rows(&rows, fields.as_deref(), Format::Json);
+                    let inner = text
+                        .trim()
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .trim_end();
+                    if inner.trim().is_empty() {
+                        String::new()
+                    } else if count == 0 {
+                        inner.to_string()
+                    } else {
+                        format!(",{inner}")
+                    }
+                }
+            };
+            count += rows.len();
+            out.print(&text)
+        })?;
+        if format == Format::Json {
+            out.print(if count == 0 { "]\n" } else { "\n]\n" })?;
+        }
+        Ok(count)
+    }
+
+    fn print_value(&mut self, value: &serde_json::Value) -> Result<()> {
+        let text = output::value(value, self.format);
+        self.out.print(&text)
+    }
+
+    fn report_skipped(&self, verb: &str, skipped: &[queue::Skipped]) -> i32 {
+        for s in skipped {
+            eprintln!("rq: job {} not {verb}: {}", s.jid, s.why);
+        }
+        if skipped.is_empty() { 0 } else { 1 }
+    }
+
+    fn create(&mut self) -> Result<i32> {
+        if let Some(extra) = self.args().first() {
+            return Err(Error::usage(format!(
+                "create takes no arguments (got '{extra}')"
+            )));
+        }
+        let report = queue::create(&self.queue)?;
+        if !self.inv.opts.quiet {
+            self.print_value(&report)?;
+        }
+        Ok(0)
+    }
+
+    fn submit_options(&self) -> Result<SubmitOptions> {
+        let o = &self.inv.opts;
+        let priority = match &o.priority {
+            Some(p) => Some(input::parse_priority(p).map_err(Error::usage)?),
+            None => None,
+        };
+        Ok(SubmitOptions {
+            priority,
+            tag: o.tag.clone(),
+            hosts: o.runner.as_deref().and_then(input::normalize_hosts),
+            restartable: o.restartable,
+            stage: o.stage,
+            stdin: None,
+            data: o.data.clone(),
+            echo: !o.quiet,
+        })
+    }
+
+    fn submit(&mut self, touch: bool) -> Result<i32> {
+        let mut opts = self.submit_options()?;
+        let mut specs = Vec::new();
+        if !self.args().is_empty() {
+            specs.push(input::JobSpec {
+                command: self.args().join(" "),
+                ..Default::default()
+            });
+        }
+        if let Some(file) = &self.inv.opts.infile {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| Error::input(format!("{}: {e}", file.display())))?;
+            specs.extend(input::parse_jobs(&text)?);
+        }
+        let stdin_wanted = self.inv.opts.stdin.as_deref() == Some("-");
+        let named = !specs.is_empty();
+        if stdin_wanted && self.inv.dash {
+            return Err(Error::usage(
+                "cannot read both the job list and --stdin from standard input; use --infile or --stdin FILE",
+            ));
+        }
+        // Keeps the spooled copy of standard input alive until the jobs are submitted.
+        let mut _spool: Option<tempfile::NamedTempFile> = None;
+        if stdin_wanted {
+            let mut spool =
+                tempfile::NamedTempFile::new().context(|| "cannot make a temporary file".into())?;
+            std::io::copy(&mut std::io::stdin().lock(), &mut spool)
+                .context(|| "cannot read standard input".into())?;
+            opts.stdin = Some(spool.path().to_path_buf());
+            _spool = Some(spool);
+        } else {
+            if let Some(path) = &self.inv.opts.stdin {
+                opts.stdin = Some(PathBuf::from(path));
+            }
+            if let Some(text) = self.stdin_text(named)? {
+                specs.extend(input::parse_jobs(&text)?);
+            }
+        }
+        if specs.is_empty() {
+            if self.inv.dash {
+                eprintln!("rq: no jobs on standard input; nothing submitted");
+                return Ok(0);
+            }
+            return Err(Error::usage(
+                "no jobs given: name a command, use --infile FILE, or pipe a job list (see 'rq help submit')",
+            ));
+        }
+        let mut q = self.open(Access::ReadWrite)?;
+        let rows = if touch {
+            q.touch(&specs, &opts)?
+        } else {
+            q.submit(&specs, &opts)?
+        };
+        self.print_rows(&rows)?;
+        Ok(0)
+    }
+
+    /// Targets named on the command line and, where wanted, on standard input.
+    fn targets(&self, states_allowed: bool) -> Result<Vec<Target>> {
+        let mut targets = Vec::new();
+        for word in self.args() {
+            targets.push(input::parse_target_word(word, states_allowed).map_err(Error::usage)?);
+        }
+        if let Some(text) = self.stdin_text(!targets.is_empty())? {
+            targets.extend(input::parse_targets(&text, states_allowed)?);
+        }
+        Ok(targets)
+    }
+
+    fn list(&mut self) -> Result<i32> {
+        let targets = self.targets(true)?;
+        let selection = if targets.is_empty() {
+            if self.inv.dash {
+                return Ok(0);
+            }
+            Selection {
+                all: true,
+                ..Default::default()
+            }
+        } else {
+            Selection::from_targets(&targets)
+        };
+        let mut q = self.open(Access::ReadOnly)?;
+        self.stream_rows(|each| q.list(&selection, each))?;
+        Ok(0)
+    }
+
+    fn query(&mut self) -> Result<i32> {
+        let mut words: Vec<String> = self.args().to_vec();
+        if words.is_empty()
+            && let Some(text) = self.stdin_text(false)?
+        {
+            words.push(strip_comments(&text));
+        }
+        let clause = query::parse(&words)?;
+        let mut q = self.open(Access::ReadOnly)?;
+        self.stream_rows(|each| q.query(&clause, each))?;
+        Ok(0)
+    }
+
+    fn status(&mut self) -> Result<i32> {
+        let exit_map = parse_exit_map(self.inv.opts.exit.as_deref().unwrap_or(""))?;
+        let mut q = self.open(Access::ReadOnly)?;
+        let report = q.status(&exit_map)?;
+        self.print_value(&report)?;
+        Ok(0)
+    }
+
+    fn delete(&mut self) -> Result<i32> {
+        let targets = self.targets(true)?;
+        if targets.is_empty() {
+            if self.inv.dash {
+                eprintln!("rq: no jobs on standard input; nothing deleted");
+                return Ok(0);
+            }
+            return Err(Error::usage(
+                "nothing to delete: name jids, a state, 'all', or '-' to read jids",
+            ));
+        }
+        let mut q = self.open(Access::ReadWrite)?;
+        let (rows, skipped) = q.delete(&Selection::from_targets(&targets))?;
+        self.print_rows(&rows)?;
+        Ok(self.report_skipped("deleted", &skipped))
+    }
+
+    fn resubmit(&mut self) -> Result<i32> {
+        let targets = self.targets(true)?;
+        if targets.is_empty() {
+            if self.inv.dash {
+                eprintln!("rq: no jobs on standard input; nothing resubmitted");
+                return Ok(0);
+            }
+            return Err(Error::usage(
+                "nothing to resubmit: name jids, a state, or '-' to read jids",
+            ));
+        }
+        let opts = self.submit_options()?;
+        if opts.data.is_some() || self.inv.opts.stdin.is_some() {
+            return Err(Error::usage(
+                "resubmit keeps each job's stdin and data; change them with 'update stdin=FILE data=PATH'",
+            ));
+        }
+        let mut q = self.open(Access::ReadWrite)?;
+        let (rows, skipped) = q.resubmit(&Selection::from_targets(&targets), &opts)?;
+        self.print_rows(&rows)?;
+        Ok(self.report_skipped("resubmitted", &skipped))
+    }
+
+    fn update(&mut self) -> Result<i32> {
+        let mut changes = Changes::default();
+        let mut targets = Vec::new();
+        for word in self.args() {
+            if let Some((key, value)) = word.split_once('=')
+                && key != "jid"
+            {
+                apply_change(&mut changes, key, value)?;
+                continue;
+            }
+            match input::parse_target_word(word, true).map_err(Error::usage)? {
+                Target::State(s @ (State::Pending | State::Holding)) => {
+                    targets.push(Target::State(s))
+                }
+                Target::Jid(j) => targets.push(Target::Jid(j)),
+                _ => {
+                    return Err(Error::usage(format!(
+                        "update: '{word}' is not a jid, 'pending', 'holding' or key=value"
+                    )));
+                }
+            }
+        }
+        if let Some(stdin) = &self.inv.opts.stdin {
+            changes.stdin = Some(PathBuf::from(stdin));
+        }
+        if let Some(data) = &self.inv.opts.data {
+            changes.data = Some(data.clone());
+        }
+        if let Some(p) = &self.inv.opts.priority {
+            changes.priority = Some(input::parse_priority(p).map_err(Error::usage)?);
+        }
+        if let Some(t) = &self.inv.opts.tag {
+            changes.tag = Some(Some(t.clone()));
+        }
+        if let Some(h) = &self.inv.opts.runner {
+            changes.hosts = Some(input::normalize_hosts(h));
+        }
+        if self.inv.opts.restartable {
+            changes.restartable = Some(true);
+        }
+        if changes.is_empty() {
+            return Err(Error::usage(
+                "update: nothing to change; give key=value, e.g. priority=5 or state=holding",
+            ));
+        }
+        for path in changes.stdin.iter().chain(changes.data.iter()) {
+            if !path.exists() {
+                return Err(Error::input(format!("{}: no such file", path.display())));
+            }
+        }
+        if let Some(text) = self.stdin_text(!targets.is_empty())? {
+            for t in input::parse_targets(&text, true)? {
+                match t {
+                    Target::Jid(_) | Target::State(State::Pending | State::Holding) => {
+                        targets.push(t)
+                    }
+                    _ => {
+                        return Err(Error::input(
+                            "update reads jids, 'pending' or 'holding' from standard input",
+                        ));
+                    }
+                }
+            }
+        }
+        if targets.is_empty() {
+            if self.inv.dash {
+                eprintln!("rq: no jobs on standard input; nothing updated");
+                return Ok(0);
+            }
+            return Err(Error::usage(
+                "update: no jobs named; give jids, 'pending', 'holding', or '-' to read jids",
+            ));
+        }
+        let mut q = self.open(Access::ReadWrite)?;
+        let (rows, skipped) = q.update(&Selection::from_targets(&targets), &changes)?;
+        self.print_rows(&rows)?;
+        Ok(self.report_skipped("updated", &skipped))
+    }
+
+    fn execute(&mut self) -> Result<i32> {
+        let mut sql = self.args().join(" ");
+        if sql.trim().is_empty()
+            && let Some(text) = self.stdin_text(false)?
+        {
+            sql = strip_comments(&text);
+        }
+        if sql.trim().is_empty() {
+            return Err(Error::usage("execute: no SQL given"));
+        }
+        let mut q = self.open(Access::ReadWrite)?;
+        let rows = q.execute(&sql).map_err(|e| match e {
+            Error::Sql(err) => Error::usage(format!("execute: {err}")),
+            other => other,
+        })?;
+        self.print_rows(&rows)?;
+        Ok(0)
+    }
+
+    fn configure(&mut self) -> Result<i32> {
+        let mut settings = Vec::new();
+        for word in self.args() {
+            let Some((key, value)) = word.split_once('=') else {
+                return Err(Error::usage(format!(
+                    "configure: '{word}' is not key=value"
+                )));
+            };
+            let value = value.strip_prefix('=').unwrap_or(value);
+            let key = key.trim();
+            if key.is_empty() {
+                return Err(Error::usage(format!("configure: '{word}' has no key")));
+            }
+            validate_setting(key, value)?;
+            settings.push((key.to_string(), value.to_string()));
+        }
+        let mut q = self.open(if settings.is_empty() {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        })?;
+        let all = q.configure(&settings)?;
+        self.print_value(&all)?;
+        Ok(0)
+    }
+
+    fn dump(&mut self, stream: &str, paths_only: bool) -> Result<i32> {
+        let targets = self.targets(false)?;
+        if targets.is_empty() {
+            return Err(Error::usage(format!(
+                "{stream}: name the jids whose {stream} to show"
+            )));
+        }
+        let q = self.open(Access::ReadOnly)?;
+        for target in targets {
+            let Target::Jid(jid) = target else { continue };
+            let path = q.dir().join(stream).join(jid.to_string());
+            if paths_only {
+                self.out.print(&format!("{}\n", path.display()))?;
+            } else if let Ok(mut file) = std::fs::File::open(&path) {
+                let mut bytes = Vec::new();
+                file.read_to_end(&mut bytes)
+                    .context(|| format!("cannot read {}", path.display()))?;
+                self.out
+                    .out
+                    .write_all(&bytes)
+                    .context(|| "cannot write to standard output".into())?;
+            }
+        }
+        Ok(0)
+    }
+}
+
+/// Keys `configure` knows the meaning of are checked; others are stored as given.
+fn validate_setting(key: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    let duration = ["heartbeat", "lease"];
+    if duration.contains(&key) && crate::time::parse_duration(value).is_none() {
+        return Err(Error::usage(format!(
+            "configure: {key} must be a duration like 10s or 2m, not '{value}'"
+        )));
+    }
+    if key == "max_attempts" && value.parse::<u32>().is_err() {
+        return Err(Error::usage(format!(
+            "configure: max_attempts must be a whole number, not '{value}'"
+        )));
+    }
+    Ok(())
+}
+
+fn apply_change(changes: &mut Changes, key: &str, value: &str) -> Result<()> {
+    let nullable = |v: &str| -> Option<String> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "" | "nil" | "null" | "nul" | "~" => None,
+            _ => Some(v.to_string()),
+        }
+    };
+    match key {
+        "priority" => changes.priority = Some(input::parse_priority(value).map_err(Error::usage)?),
+        "command" => {
+            if value.trim().is_empty() {
+                return Err(Error::usage("update: command cannot be empty"));
+            }
+            changes.command = Some(value.to_string());
+        }
+        "tag" => changes.tag = Some(nullable(value)),
+        "runner" | "hosts" => {
+            changes.hosts = Some(nullable(value).as_deref().and_then(input::normalize_hosts))
+        }
+        "restartable" => {
+            changes.restartable = Some(
+                input::parse_bool(value)
+                    .map_err(|e| Error::usage(format!("update: restartable: {e}")))?,
+            )
+        }
+        "state" => {
+            changes.state = match State::from_prefix(value) {
+                Some(s @ (State::Pending | State::Holding)) => Some(s),
+                _ => {
+                    return Err(Error::usage(format!(
+                        "update: state can be set to pending or holding, not '{value}'"
+                    )));
+                }
+            }
+        }
+        "stdin" => changes.stdin = Some(PathBuf::from(value)),
+        "data" => changes.data = Some(PathBuf::from(value)),
+        other => {
+            return Err(Error::usage(format!(
+                "update: cannot change '{other}' (changeable: priority, command, tag, runner, restartable, state, stdin, data)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `--exit 'ok=0 retry=75,76'` -> [("ok", [0]), ("retry", [75, 76])].
+fn parse_exit_map(text: &str) -> Result<Vec<(String, Vec<i64>)>> {
+    let normalized = text.replace(" =", "=").replace("= ", "=");
+    let mut map = Vec::new();
+    for item in normalized.split_whitespace() {
+        let bad = || Error::usage(format!("--exit: '{item}' is not name=code[,code...]"));
+        let (name, codes) = item.split_once('=').ok_or_else(bad)?;
+        if name.is_empty() {
+            return Err(bad());
+        }
+        let codes = codes
+            .split(',')
+            .map(|c| c.trim().parse::<i64>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| bad())?;
+        map.push((name.to_string(), codes));
+    }
+    Ok(map)
+}
+
+/// Drop whole-line `#` comments and join the rest with spaces (a `#` inside SQL text,
+/// e.g. in a quoted value, is kept).
+fn strip_comments(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -1,0 +1,139 @@
+//! Usage text: `rq help`, `rq help MODE`, `rq MODE --help`.
+
+use crate::error::{Error, Result};
+
+pub const SHORT: &str = "\
+usage: rq QUEUE MODE [ARGS] [OPTIONS]     (or set RQ_Q=QUEUE and run: rq MODE ...)
+try 'rq help' for the modes and options, 'rq help MODE' for one mode
+";
+
+const OVERVIEW: &str = r#"rq - a zero-admin job queue for machines that share a directory
+
+usage: rq QUEUE MODE [ARGS] [OPTIONS]
+       RQ_Q=QUEUE rq MODE [ARGS] [OPTIONS]
+
+A queue is a directory (on NFS or any shared filesystem) holding one SQLite
+database and the jobs' files. Every host that sees the directory can submit
+jobs and run them; there is no server.
+
+  rq /nfs/q create                 make a queue
+  rq /nfs/q submit 'echo hello'    submit one job
+  rq /nfs/q submit < joblist       one job per line (or YAML/JSON)
+  rq /nfs/q status                 counts and timings
+  rq /nfs/q list pending           show jobs
+
+modes (abbreviation):
+  create (c)        make a new queue directory
+  submit (s)        add jobs: a command, --infile FILE, or a list on stdin
+  touch (to)        submit unless an identical job (command and tag) is pending
+  list (l, ls)      show jobs by state (p h r f d, all) or jid
+  status (t)        counts per state, timings, successes and failures
+  query (q)         find jobs: field=value terms, or an SQL where-clause
+  update (u)        change pending/holding jobs: key=value ...
+  delete (d, rm)    remove jobs that are not running (and their files)
+  resubmit (r, re)  queue finished/dead jobs again, in place
+  execute (e)       run SQL under the write lock
+  configure (C)     queue-wide settings: key=value ...
+  stdin stdout stderr (0 1 2)      print a job's captured streams
+  stdin4 stdout4 stderr4           print the paths of a job's streams
+  help (h)          this text; 'rq help MODE' for one mode
+
+options (accepted anywhere on the line; '--' ends them):
+  -p, --priority N       job priority, any integer (higher runs first)
+  -t, --tag TAG          job tag
+      --runner HOSTS     only these hosts may run the job (comma-separated)
+      --restartable      the job may run again if its host dies
+      --stage            submit in the holding state
+  -i, --infile FILE      read the job list from FILE
+      --stdin [FILE|-]   copy FILE (or standard input) as the jobs' stdin
+  -d, --data PATH        copy PATH as the jobs' data (RQ_DATA)
+  -q, --quiet            print nothing on success
+  -f, --fields a,b       only these fields (prefixes: -f s = state,submitted,...)
+      --format FMT       yaml (default) or json
+      --exit MAP         status: extra counters, e.g. 'ok=0 retry=75,76'
+  -h, --help             help;  --version  the version
+
+A lone '-' reads the job list (or jids) from standard input; so does a mode
+given no jobs when standard input is not a terminal:
+  rq q list finished | rq q submit -
+  rq q query exit_status=0 | rq q delete -
+  rq q query tag=x | rq q update state=holding -
+
+environment: RQ_Q (queue), RQ_OPTS (default options), RQ_HOST (host name),
+RQ_SQL_DEBUG (trace SQL), RQ_LOCK_TIMEOUT (give up waiting for the lock).
+Output is YAML (valid, round-trips into submit/delete/update) or JSON.
+Exit status: 0 success; 1 error or a named job that was skipped.
+"#;
+
+const TOPICS: &[(&str, &str)] = &[
+    (
+        "create",
+        "rq QUEUE create\n\nMake QUEUE: the directory (it must not exist or be empty), its database `db`,\nthe schema `db.schema`, and bin/ stdin/ stdout/ stderr/ data/. Prints the paths.\n\n  rq /nfs/q create\n",
+    ),
+    (
+        "submit",
+        "rq QUEUE submit [COMMAND...] [-i FILE] [-] [OPTIONS]\n\nAdd jobs. The words after the mode are one job; --infile FILE and standard\ninput hold one command per line (blank lines and #-lines skipped) or YAML/JSON:\nrq's own output, or a list of mappings with at least `command` (and optionally\npriority, tag, runner, restartable, stdin, data). All jobs go in, or none.\nThe jobs run in the directory they were submitted from.\n\n  rq q submit 'make -C ~/src test'\n  rq q submit -p 9 -t nightly --runner n1,n2 -- ./run --fast\n  rq q submit < joblist\n  rq q list finished | rq q submit -\n  rq q submit --stdin input.txt 'wc -l'\n  rq q submit --stage 'echo later'       # holding until updated to pending\n",
+    ),
+    (
+        "touch",
+        "rq QUEUE touch [COMMAND...] [-i FILE] [-] [OPTIONS]\n\nLike submit, but a job whose command and tag equal a pending job's updates that\njob (priority, runner, restartable) instead of adding another. For cron.\n",
+    ),
+    (
+        "list",
+        "rq QUEUE list [STATE|JID ...] [-]\n\nShow jobs. States by any prefix: p(ending) h(olding) r(unning) f(inished)\nd(ead); `all` or `a` or nothing: every job. Jids, and jids or rq YAML on stdin.\n\n  rq q list running\n  rq q list 12 13 -f jid,state,command\n  rq q list --format json\n",
+    ),
+    (
+        "status",
+        "rq QUEUE status [--exit 'name=codes ...']\n\nCounts per state, the youngest/oldest job per state, average run time, jobs\nended in the last 1/12/24 hours, successes and failures (failures include\nsignals and dead jobs), and running jobs per host.\n\n  rq q status --exit 'retry=75 oom=137'\n",
+    ),
+    (
+        "query",
+        "rq QUEUE query TERM... | \"SQL where-clause\"\n\nTerms field=value (also ==), field!=value, field=~pattern, field!~pattern\n(SQL LIKE: % matches anything), AND-ed; value null matches NULL. Anything\nelse is an SQL where-clause, run read-only.\n\n  rq q query tag=nightly state=finished\n  rq q query command=~%make%\n  rq q query \"exit_status != 0 or state = 'dead'\"\n  rq q query exit_status=0 | rq q delete -\n",
+    ),
+    (
+        "update",
+        "rq QUEUE update JID...|pending|holding|- key=value...\n\nChange pending or holding jobs (others are reported as skipped). Keys:\npriority command tag runner restartable state(=pending|holding) stdin data;\nnull clears tag/runner. Values may contain spaces: command='make all'.\n\n  rq q update 12 priority=10\n  rq q update holding state=pending\n  rq q query tag=x | rq q update state=holding -\n",
+    ),
+    (
+        "delete",
+        "rq QUEUE delete JID...|STATE...|all|-\n\nRemove jobs that are not running, and their stdin/stdout/stderr/data files.\nPrints what it deleted.\n\n  rq q delete 12 13\n  rq q delete finished\n  rq q query exit_status=0 | rq q delete -\n",
+    ),
+    (
+        "resubmit",
+        "rq QUEUE resubmit JID...|STATE...|-  [-p N] [-t TAG] [--runner H] [--stage]\n\nQueue jobs again in place (same jid, command, stdin, data): state pending,\nrun fields cleared. Running jobs are skipped. Not pinned to the last host.\n\n  rq q resubmit dead\n  rq q query exit_status=1 | rq q resubmit -\n",
+    ),
+    (
+        "execute",
+        "rq QUEUE execute SQL\n\nRun SQL (or SQL on stdin) under the write lock and print any result rows.\nCareful: it can change anything.\n\n  rq q execute \"UPDATE jobs SET priority = 0 WHERE tag = 'x'\"\n",
+    ),
+    (
+        "configure",
+        "rq QUEUE configure [key=value ...]\n\nSet queue-wide settings (key= removes one); with no arguments print them.\n",
+    ),
+    (
+        "stdin",
+        "rq QUEUE stdin|stdout|stderr JID... (0 1 2)\n\nPrint a job's captured stream. stdin4/stdout4/stderr4 print the file paths.\n",
+    ),
+];
+
+/// Help text for a topic (a mode or abbreviation), or the overview.
+pub fn text(topic: Option<&str>) -> Result<String> {
+    let Some(topic) = topic else {
+        return Ok(OVERVIEW.to_string());
+    };
+    let mode = crate::cli::mode_name(topic).unwrap_or(topic);
+    let mode = match mode {
+        "stdout" | "stderr" | "stdin4" | "stdout4" | "stderr4" => "stdin",
+        "help" => return Ok(OVERVIEW.to_string()),
+        other => other,
+    };
+    TOPICS
+        .iter()
+        .find(|(name, _)| *name == mode)
+        .map(|(_, text)| text.to_string())
+        .ok_or_else(|| {
+            Error::usage(format!(
+                "no help for '{topic}' (see 'rq help' for the modes)"
+            ))
+        })
+}

@@ -1,0 +1,353 @@
+//! Job-list input: one command per line, or YAML/JSON (rq's own output or any list of
+//! mappings with at least `command`); and jid lists for the modes that select jobs.
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::job::{self, State};
+
+/// A job to submit, as read from input. `None` means "not given".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobSpec {
+    pub command: String,
+    pub priority: Option<i64>,
+    pub tag: Option<Option<String>>,
+    pub hosts: Option<Option<String>>,
+    pub restartable: Option<bool>,
+    pub stdin: Option<String>,
+    pub data: Option<String>,
+    pub cwd: Option<String>,
+}
+
+/// What a selecting mode (list, delete, update, resubmit) was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Jid(i64),
+    State(State),
+    All,
+}
+
+/// True when the text is YAML or JSON rather than a plain list of lines.
+pub fn is_structured(text: &str) -> bool {
+    let Some(first) = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+    else {
+        return false;
+    };
+    if first == "---" || first.starts_with("--- ") || first == "-" || first.starts_with("- ") {
+        return true;
+    }
+    // JSON (or YAML flow) list of mappings; `[ -f x ] && ...` stays a shell command.
+    let rest = first.strip_prefix('[').map(str::trim_start);
+    matches!(rest, Some(r) if r.is_empty() || r.starts_with('{') || r.starts_with(']'))
+        || first.starts_with('{')
+}
+
+/// Parse YAML or JSON (one or more documents) into a flat list of items.
+fn parse_structured(text: &str) -> Result<Vec<Value>> {
+    let docs: Vec<Value> = serde_saphyr::from_str_multiple(text)
+        .map_err(|e| Error::input(first_line(&e.to_string())))?;
+    let mut items = Vec::new();
+    for doc in docs {
+        match doc {
+            Value::Null => {}
+            Value::Array(list) => items.extend(list),
+            Value::Object(_) => items.push(doc),
+            other => {
+                return Err(Error::input(format!(
+                    "expected a list of jobs, found {}",
+                    describe(&other)
+                )));
+            }
+        }
+    }
+    Ok(items)
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or("").trim().to_string()
+}
+
+fn describe(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+/// Jobs to submit from text: YAML/JSON records, or one command per line (blank lines and
+/// lines starting with `#` skipped).
+pub fn parse_jobs(text: &str) -> Result<Vec<JobSpec>> {
+    if !is_structured(text) {
+        return Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| JobSpec {
+                command: l.to_string(),
+                ..JobSpec::default()
+            })
+            .collect());
+    }
+    parse_structured(text)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            job_from_value(item).map_err(|e| Error::input(format!("job {}: {e}", i + 1)))
+        })
+        .collect()
+}
+
+fn job_from_value(item: Value) -> std::result::Result<JobSpec, String> {
+    let map = match item {
+        Value::String(command) => {
+            return non_empty_command(command).map(|command| JobSpec {
+                command,
+                ..JobSpec::default()
+            });
+        }
+        Value::Object(map) => map,
+        other => {
+            return Err(format!(
+                "expected a mapping with a command, found {}",
+                describe(&other)
+            ));
+        }
+    };
+    let mut spec = JobSpec::default();
+    let mut command = None;
+    let mut runner = None;
+    for (key, value) in map {
+        match key.as_str() {
+            "command" => command = Some(text_of(&key, value)?.ok_or("command is empty")?),
+            "priority" => spec.priority = integer_of(&key, &value)?,
+            "tag" => spec.tag = Some(text_of(&key, value)?),
+            "hosts" => spec.hosts = Some(hosts_of(value)?),
+            "runner" => runner = Some(hosts_of(value)?),
+            "restartable" => spec.restartable = bool_of(&value)?,
+            "stdin" => spec.stdin = text_of(&key, value)?,
+            "data" => spec.data = text_of(&key, value)?,
+            "cwd" => spec.cwd = text_of(&key, value)?,
+            other if job::is_field(other) || other == "timeout" => {} // rq's own output: ignored
+            other => return Err(format!("unknown field '{other}'")),
+        }
+    }
+    // rq's own output carries `hosts` (the constraint) and `runner` (the host that ran
+    // it): only hand-written input without `hosts` uses `runner` as the constraint.
+    if spec.hosts.is_none() {
+        spec.hosts = runner;
+    }
+    spec.command = non_empty_command(command.ok_or("no command")?)?;
+    Ok(spec)
+}
+
+fn non_empty_command(command: String) -> std::result::Result<String, String> {
+    if command.trim().is_empty() {
+        Err("command is empty".into())
+    } else {
+        Ok(command)
+    }
+}
+
+fn text_of(key: &str, value: Value) -> std::result::Result<Option<String>, String> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(Some(s)),
+        Value::Number(n) => Ok(Some(n.to_string())),
+        Value::Bool(b) => Ok(Some(b.to_string())),
+        other => Err(format!("{key} must be text, found {}", describe(&other))),
+    }
+}
+
+fn integer_of(key: &str, value: &Value) -> std::result::Result<Option<i64>, String> {
+    match value {
+        Value::Null => Ok(None),
+        Value::Number(n) => n
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| format!("{key} must be a whole number in range, found {n}")),
+        Value::String(s) => parse_priority(s).map(Some),
+        other => Err(format!(
+            "{key} must be a whole number, found {}",
+            describe(other)
+        )),
+    }
+}
+
+/// A priority given as text: any integer that fits in 64 bits.
+pub fn parse_priority(text: &str) -> std::result::Result<i64, String> {
+    text.trim()
+        .parse::<i64>()
+        .map_err(|_| format!("priority must be a whole number, not '{text}'"))
+}
+
+fn bool_of(value: &Value) -> std::result::Result<Option<bool>, String> {
+    match value {
+        Value::Null => Ok(None),
+        Value::Bool(b) => Ok(Some(*b)),
+        Value::Number(n) => Ok(Some(n.as_i64() != Some(0))),
+        Value::String(s) => parse_bool(s).map(Some),
+        other => Err(format!(
+            "restartable must be true or false, found {}",
+            describe(other)
+        )),
+    }
+}
+
+pub fn parse_bool(text: &str) -> std::result::Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "y" | "1" | "on" => Ok(true),
+        "false" | "no" | "n" | "0" | "off" | "" => Ok(false),
+        _ => Err(format!("expected true or false, not '{text}'")),
+    }
+}
+
+fn hosts_of(value: Value) -> std::result::Result<Option<String>, String> {
+    match value {
+        Value::Null => Ok(None),
+        Value::String(s) => Ok(normalize_hosts(&s)),
+        Value::Array(list) => {
+            let mut names = Vec::new();
+            for item in list {
+                match item {
+                    Value::String(s) => names.push(s),
+                    other => {
+                        return Err(format!(
+                            "host names must be text, found {}",
+                            describe(&other)
+                        ));
+                    }
+                }
+            }
+            Ok(normalize_hosts(&names.join(",")))
+        }
+        other => Err(format!(
+            "runner must be host names, found {}",
+            describe(&other)
+        )),
+    }
+}
+
+/// `a, b ,,c` -> `a,b,c`; empty -> None (any host).
+pub fn normalize_hosts(text: &str) -> Option<String> {
+    let names: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    (!names.is_empty()).then(|| names.join(","))
+}
+
+/// Targets from text: rq YAML/JSON (each record's `jid`), or lines holding a jid
+/// (`12`, `jid=12`, `jid: 12`) or, where `states_allowed`, a state name or `all`.
+pub fn parse_targets(text: &str, states_allowed: bool) -> Result<Vec<Target>> {
+    if is_structured(text) {
+        let mut targets = Vec::new();
+        for (i, item) in parse_structured(text)?.into_iter().enumerate() {
+            let jid = match &item {
+                Value::Object(map) => map.get("jid").cloned().unwrap_or(Value::Null),
+                other => other.clone(),
+            };
+            let jid = match jid {
+                Value::Number(n) => n.as_i64().filter(|j| *j > 0),
+                Value::String(s) => job::parse_jid(s.trim()),
+                _ => None,
+            };
+            match jid {
+                Some(j) => targets.push(Target::Jid(j)),
+                None => return Err(Error::input(format!("item {}: no valid jid", i + 1))),
+            }
+        }
+        return Ok(targets);
+    }
+    let mut targets = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let word = line.strip_prefix("jid:").map(str::trim).unwrap_or(line);
+        targets.push(
+            parse_target_word(word, states_allowed)
+                .map_err(|e| Error::input(format!("line {}: {e}", n + 1)))?,
+        );
+    }
+    Ok(targets)
+}
+
+/// One word naming jobs: a jid, a state (any prefix), or `all`/`a`.
+pub fn parse_target_word(word: &str, states_allowed: bool) -> std::result::Result<Target, String> {
+    if let Some(jid) = job::parse_jid(word) {
+        return Ok(Target::Jid(jid));
+    }
+    if states_allowed {
+        if word.eq_ignore_ascii_case("all") || word.eq_ignore_ascii_case("a") {
+            return Ok(Target::All);
+        }
+        if let Some(state) = State::from_prefix(word) {
+            return Ok(Target::State(state));
+        }
+        return Err(format!(
+            "'{word}' is neither a jid nor a state (pending, holding, running, finished, dead, all)"
+        ));
+    }
+    Err(format!("'{word}' is not a jid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_mode_skips_blanks_and_comments() {
+        let jobs = parse_jobs("echo a\n\n# note\n  echo b  \n").unwrap();
+        let commands: Vec<_> = jobs.iter().map(|j| j.command.as_str()).collect();
+        assert_eq!(commands, ["echo a", "echo b"]);
+    }
+
+    #[test]
+    fn shell_tests_are_not_json() {
+        assert!(!is_structured("[ -f x ] && echo yes"));
+        assert!(is_structured("[{\"command\": \"x\"}]"));
+        assert!(is_structured("---\n-\n command: x\n"));
+        assert!(is_structured("- command: x\n"));
+    }
+
+    #[test]
+    fn yaml_records() {
+        let jobs =
+            parse_jobs("- command: echo hi\n  priority: 5\n  runner: [a, b]\n- ls\n").unwrap();
+        assert_eq!(jobs[0].priority, Some(5));
+        assert_eq!(jobs[0].hosts, Some(Some("a,b".into())));
+        assert_eq!(jobs[1].command, "ls");
+        assert!(parse_jobs("- command: x\n  colour: red\n").is_err());
+        assert!(parse_jobs("- priority: 1\n").is_err());
+        assert!(parse_jobs("- command: x\n  priority: 1.5\n").is_err());
+    }
+
+    #[test]
+    fn rq_output_keeps_constraint_not_last_runner() {
+        let text = "---\n-\n jid: 3\n runner: node7\n hosts:\n command: x\n";
+        let jobs = parse_jobs(text).unwrap();
+        assert_eq!(jobs[0].hosts, Some(None));
+    }
+
+    #[test]
+    fn targets() {
+        let t = parse_targets("1\njid: 2\njid=3\n", false).unwrap();
+        assert_eq!(t, [Target::Jid(1), Target::Jid(2), Target::Jid(3)]);
+        assert!(parse_targets("pending\n", false).is_err());
+        assert_eq!(
+            parse_targets("p\n", true).unwrap(),
+            [Target::State(State::Pending)]
+        );
+        let t = parse_targets("---\n-\n jid: 9\n command: x\n", false).unwrap();
+        assert_eq!(t, [Target::Jid(9)]);
+    }
+}

@@ -1,0 +1,230 @@
+//! The job model: states, the fields of a job in their fixed output order, and the
+//! values a field can hold.
+
+use crate::error::{Error, Result};
+
+/// Every field of the `jobs` table, in output order. The first 18 are the original rq's,
+/// in its order; rq's additions follow.
+pub const FIELDS: &[&str] = &[
+    "jid",
+    "priority",
+    "state",
+    "submitted",
+    "started",
+    "finished",
+    "elapsed",
+    "submitter",
+    "runner",
+    "stdin",
+    "stdout",
+    "stderr",
+    "data",
+    "pid",
+    "exit_status",
+    "tag",
+    "restartable",
+    "command",
+    // rq additions
+    "hosts",
+    "cwd",
+    "signal",
+    "attempts",
+    "claim",
+    "feeder",
+];
+
+/// Fields holding 0/1 that are shown as booleans.
+pub const BOOLEAN_FIELDS: &[&str] = &["restartable"];
+
+pub fn is_field(name: &str) -> bool {
+    FIELDS.contains(&name)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    Pending,
+    Holding,
+    Running,
+    Finished,
+    Dead,
+}
+
+impl State {
+    pub const ALL: [State; 5] = [
+        State::Pending,
+        State::Holding,
+        State::Running,
+        State::Finished,
+        State::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Holding => "holding",
+            State::Running => "running",
+            State::Finished => "finished",
+            State::Dead => "dead",
+        }
+    }
+
+    /// A state named by any non-empty prefix of its name (`p`, `pend`, `pending`...).
+    pub fn from_prefix(word: &str) -> Option<State> {
+        let word = word.to_ascii_lowercase();
+        if word.is_empty() {
+            return None;
+        }
+        State::ALL
+            .into_iter()
+            .find(|state| state.as_str().starts_with(&word))
+    }
+}
+
+/// One value of a result cell, as printed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+    Bool(bool),
+}
+
+impl Cell {
+    pub fn from_sql(value: rusqlite::types::ValueRef<'_>) -> Cell {
+        use rusqlite::types::ValueRef;
+        match value {
+            ValueRef::Null => Cell::Null,
+            ValueRef::Integer(i) => Cell::Int(i),
+            ValueRef::Real(r) => Cell::Real(r),
+            ValueRef::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Blob(b) => Cell::Text(String::from_utf8_lossy(b).into_owned()),
+        }
+    }
+
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Cell::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Cell::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    /// The value as plain text (for environment variables): NULL is empty.
+    pub fn to_plain(&self) -> String {
+        match self {
+            Cell::Null => String::new(),
+            Cell::Int(i) => i.to_string(),
+            Cell::Real(r) => r.to_string(),
+            Cell::Text(t) => t.clone(),
+            Cell::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// A result row: column names with their values, in column order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub columns: Vec<(String, Cell)>,
+}
+
+impl Row {
+    pub fn from_sql(row: &rusqlite::Row<'_>, names: &[String]) -> rusqlite::Result<Row> {
+        let mut columns = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            let mut cell = Cell::from_sql(row.get_ref(i)?);
+            if BOOLEAN_FIELDS.contains(&name.as_str())
+                && let Cell::Int(i) = cell
+            {
+                cell = Cell::Bool(i != 0);
+            }
+            columns.push((name.clone(), cell));
+        }
+        Ok(Row { columns })
+    }
+
+    pub fn get(&self, name: &str) -> &Cell {
+        self.columns
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c)
+            .unwrap_or(&Cell::Null)
+    }
+
+    pub fn jid(&self) -> i64 {
+        self.get("jid").as_int().unwrap_or(0)
+    }
+}
+
+/// Parse a jid given by a user: `12` or `jid=12`.
+pub fn parse_jid(word: &str) -> Option<i64> {
+    let digits = word.strip_prefix("jid=").unwrap_or(word);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|&j| j > 0)
+}
+
+/// Select the fields named by `--fields`: each token picks the fields it is a
+/// case-insensitive prefix of; a token that picks nothing is an error.
+pub fn select_fields(spec: &str, available: &[String]) -> Result<Vec<String>> {
+    let mut picked = vec![false; available.len()];
+    for token in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let token = token.to_ascii_lowercase();
+        let mut any = false;
+        for (i, name) in available.iter().enumerate() {
+            if name.to_ascii_lowercase().starts_with(&token) {
+                picked[i] = true;
+                any = true;
+            }
+        }
+        if !any {
+            return Err(Error::usage(format!(
+                "--fields: unknown field '{token}' (fields: {})",
+                available.join(",")
+            )));
+        }
+    }
+    Ok(available
+        .iter()
+        .zip(picked)
+        .filter(|(_, p)| *p)
+        .map(|(n, _)| n.clone())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_prefixes() {
+        assert_eq!(State::from_prefix("p"), Some(State::Pending));
+        assert_eq!(State::from_prefix("FIN"), Some(State::Finished));
+        assert_eq!(State::from_prefix("x"), None);
+        assert_eq!(State::from_prefix(""), None);
+    }
+
+    #[test]
+    fn jids() {
+        assert_eq!(parse_jid("12"), Some(12));
+        assert_eq!(parse_jid("jid=3"), Some(3));
+        assert_eq!(parse_jid("0"), None);
+        assert_eq!(parse_jid("-1"), None);
+        assert_eq!(parse_jid("1a"), None);
+    }
+
+    #[test]
+    fn field_selection_keeps_schema_order() {
+        let all: Vec<String> = FIELDS.iter().map(|s| s.to_string()).collect();
+        let got = select_fields("command,jid", &all).unwrap();
+        assert_eq!(got, vec!["jid", "command"]);
+        assert!(select_fields("nope", &all).is_err());
+    }
+}

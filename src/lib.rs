@@ -1,0 +1,20 @@
+//! rq: a zero-admin job queue for machines that share a directory.
+//!
+//! One module per concept: [`store`] (the SQLite database and its transaction rules),
+//! [`job`] (the job model), [`input`] (job lists and YAML/JSON input), [`query`] (the
+//! query language), [`queue`] (the data modes), [`output`] (YAML/JSON), [`cli`] (the
+//! command line).
+
+pub mod error;
+pub mod job;
+pub mod output;
+pub mod store;
+pub mod time;
+
+pub use error::{Error, Result};
+pub mod cli;
+pub mod help;
+pub mod host;
+pub mod input;
+pub mod query;
+pub mod queue;

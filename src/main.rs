@@ -1,0 +1,17 @@
+//! The `rq` binary: parse, run, and turn errors into one line on stderr.
+
+fn main() {
+    let argv: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let code = match rq::cli::run(&argv) {
+        Ok(code) => code,
+        Err(rq::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("rq: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}

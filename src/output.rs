@@ -1,0 +1,281 @@
+//! Output formats: rq's YAML (the original's layout, but valid YAML that round-trips) and
+//! JSON. Everything is rendered to a string first, so no lock or transaction is ever held
+//! while printing.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::job::{Cell, Row};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Yaml,
+    Json,
+}
+
+impl Format {
+    pub fn parse(text: &str) -> Result<Format> {
+        match text.to_ascii_lowercase().as_str() {
+            "yaml" | "yml" => Ok(Format::Yaml),
+            "json" => Ok(Format::Json),
+            other => Err(Error::usage(format!(
+                "--format: unknown format '{other}' (use yaml or json)"
+            ))),
+        }
+    }
+}
+
+/// Render job rows (or any result rows). YAML: `---`, then per row a `-` line and one
+/// ` field: value` line per column. No rows: nothing in YAML, `[]` in JSON.
+pub fn rows(rows: &[Row], fields: Option<&[String]>, format: Format) -> String {
+    let keep = |name: &str| fields.is_none_or(|f| f.iter().any(|x| x == name));
+    match format {
+        Format::Json => {
+            let list: Vec<Value> = rows
+                .iter()
+                .map(|row| {
+                    let mut map = serde_json::Map::new();
+                    for (name, cell) in &row.columns {
+                        if keep(name) {
+                            map.insert(name.clone(), cell_json(cell));
+                        }
+                    }
+                    Value::Object(map)
+                })
+                .collect();
+            let mut text = serde_json::to_string_pretty(&list).unwrap_or_default();
+            text.push('\n');
+            text
+        }
+        Format::Yaml => {
+            let mut out = String::new();
+            if rows.is_empty() {
+                return out;
+            }
+            out.push_str("---\n");
+            for row in rows {
+                out.push_str("-\n");
+                for (name, cell) in &row.columns {
+                    if keep(name) {
+                        let _ = match cell {
+                            Cell::Null => writeln!(out, " {name}:"),
+                            _ => writeln!(out, " {name}: {}", cell_yaml(cell)),
+                        };
+                    }
+                }
+            }
+            out
+        }
+    }
+}
+
+pub fn cell_json(cell: &Cell) -> Value {
+    match cell {
+        Cell::Null => Value::Null,
+        Cell::Int(i) => Value::from(*i),
+        Cell::Real(r) => serde_json::Number::from_f64(*r).map_or(Value::Null, Value::Number),
+        Cell::Text(t) => Value::from(t.as_str()),
+        Cell::Bool(b) => Value::from(*b),
+    }
+}
+
+fn cell_yaml(cell: &Cell) -> String {
+    match cell {
+        Cell::Null => "~".into(),
+        Cell::Int(i) => i.to_string(),
+        Cell::Real(r) => real(*r),
+        Cell::Text(t) => scalar(t),
+        Cell::Bool(b) => b.to_string(),
+    }
+}
+
+fn real(r: f64) -> String {
+    if r.is_finite() {
+        let text = format!("{r}");
+        if text.contains(['.', 'e', 'E']) {
+            text
+        } else {
+            format!("{text}.0")
+        }
+    } else {
+        "~".into()
+    }
+}
+
+/// Render a value (status report, created paths, settings) as a document.
+pub fn value(value: &Value, format: Format) -> String {
+    match format {
+        Format::Json => {
+            let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+            text.push('\n');
+            text
+        }
+        Format::Yaml => {
+            let mut out = String::from("---\n");
+            match value {
+                Value::Object(map) if !map.is_empty() => yaml_block(&mut out, value, 0),
+                Value::Array(list) if !list.is_empty() => yaml_block(&mut out, value, 0),
+                _ => {
+                    out.push_str(&yaml_inline(value));
+                    out.push('\n');
+                }
+            }
+            out
+        }
+    }
+}
+
+fn yaml_inline(value: &Value) -> String {
+    match value {
+        Value::Null => "~".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() => real(f),
+            _ => n.to_string(),
+        },
+        Value::String(s) => scalar(s),
+        Value::Array(_) => "[]".into(),
+        Value::Object(_) => "{}".into(),
+    }
+}
+
+fn is_collection(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => !map.is_empty(),
+        Value::Array(list) => !list.is_empty(),
+        _ => false,
+    }
+}
+
+fn yaml_block(out: &mut String, value: &Value, indent: usize) {
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map {
+                if is_collection(item) {
+                    let _ = writeln!(out, "{pad}{}:", scalar(key));
+                    yaml_block(out, item, indent + 2);
+                } else {
+                    let _ = writeln!(out, "{pad}{}: {}", scalar(key), yaml_inline(item));
+                }
+            }
+        }
+        Value::Array(list) => {
+            for item in list {
+                if is_collection(item) {
+                    let _ = writeln!(out, "{pad}-");
+                    yaml_block(out, item, indent + 2);
+                } else {
+                    let _ = writeln!(out, "{pad}- {}", yaml_inline(item));
+                }
+            }
+        }
+        _ => {
+            let _ = writeln!(out, "{pad}{}", yaml_inline(value));
+        }
+    }
+}
+
+/// A string as a YAML scalar: plain when that reads back as the same string, otherwise
+/// double-quoted (a JSON string is a valid YAML double-quoted scalar).
+pub fn scalar(text: &str) -> String {
+    if plain_is_safe(text) {
+        text.to_string()
+    } else {
+        serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into())
+    }
+}
+
+fn is_rq_timestamp(text: &str) -> bool {
+    text.len() == 27 && text.ends_with('Z') && crate::time::parse(text).is_some()
+}
+
+fn plain_is_safe(text: &str) -> bool {
+    let Some(first) = text.chars().next() else {
+        return false;
+    };
+    if text.trim() != text {
+        return false;
+    }
+    if "-?:,[]{}#&*!|>'\"%@`".contains(first) {
+        return false;
+    }
+    if text.contains(": ") || text.contains(" #") || text.ends_with(':') {
+        return false;
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() || matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}'))
+    {
+        return false;
+    }
+    let lower = text.to_ascii_lowercase();
+    if matches!(
+        lower.as_str(),
+        "~" | "null" | "true" | "false" | "yes" | "no" | "on" | "off" | "y" | "n" | "=" | "<<"
+    ) || lower.starts_with(".inf")
+        || lower.starts_with(".nan")
+    {
+        return false;
+    }
+    // Anything that might read as a number, date or time (YAML 1.1 or 1.2) is quoted,
+    // except rq's own timestamps, which are meant to read as timestamps.
+    if (first.is_ascii_digit() || first == '+' || first == '.')
+        && !text.contains(char::is_whitespace)
+        && !is_rq_timestamp(text)
+    {
+        return false;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scalars_that_need_quotes_get_them() {
+        assert_eq!(scalar("echo hi"), "echo hi");
+        assert_eq!(scalar("42"), "\"42\"");
+        assert_eq!(scalar("true"), "\"true\"");
+        assert_eq!(scalar("a: b"), "\"a: b\"");
+        assert_eq!(scalar("line\nbreak"), "\"line\\nbreak\"");
+        assert_eq!(scalar("- x"), "\"- x\"");
+        assert_eq!(scalar(""), "\"\"");
+        assert_eq!(scalar(" x"), "\" x\"");
+        assert_eq!(
+            scalar("2026-11-27T21:05:03.123456Z"),
+            "2026-11-27T21:05:03.123456Z"
+        );
+    }
+
+    #[test]
+    fn yaml_rows_round_trip_through_a_parser() {
+        let hostile = [
+            "echo 'a: b' # not a comment",
+            "42",
+            "null",
+            "x\ny\ttab \u{1}",
+            "[ -f x ] && echo {a}",
+            "ünïcödé ✓",
+            "- dash",
+            "\"quoted\"",
+        ];
+        for text in hostile {
+            let row = Row {
+                columns: vec![
+                    ("jid".into(), Cell::Int(1)),
+                    ("command".into(), Cell::Text(text.into())),
+                    ("tag".into(), Cell::Null),
+                ],
+            };
+            let yaml = rows(&[row], None, Format::Yaml);
+            let parsed: Vec<serde_json::Map<String, Value>> =
+                serde_saphyr::from_str(&yaml).unwrap();
+            assert_eq!(parsed[0]["command"], Value::from(text), "{yaml}");
+            assert_eq!(parsed[0]["tag"], Value::Null);
+        }
+    }
+}

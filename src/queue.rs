@@ -1,0 +1,1044 @@
+//! The queue: a directory holding the database and the jobs' files, and the data modes
+//! (create, submit, list, status, query, update, delete, resubmit, touch, execute,
+//! configure). File copies happen outside every transaction; files of jobs that a
+//! transaction removes are deleted after it commits.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Transaction, params_from_iter};
+use serde_json::{Map, Value, json};
+
+use crate::error::{Error, IoContext, Result};
+use crate::input::{JobSpec, Target};
+use crate::job::{self, Row, State};
+use crate::query::Clause;
+use crate::store::{self, Access, Store};
+use crate::{host, time};
+
+/// Directories of a queue that hold per-job files.
+pub const JOB_DIRS: [&str; 4] = ["stdin", "stdout", "stderr", "data"];
+/// Rows fetched per read transaction when listing.
+const CHUNK: usize = 2000;
+
+pub struct Queue {
+    dir: PathBuf,
+    store: Store,
+}
+
+/// Which jobs a mode works on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Selection {
+    pub all: bool,
+    pub states: Vec<State>,
+    pub jids: Vec<i64>,
+}
+
+impl Selection {
+    pub fn from_targets(targets: &[Target]) -> Selection {
+        let mut sel = Selection::default();
+        for target in targets {
+            match *target {
+                Target::All => sel.all = true,
+                Target::State(s) if !sel.states.contains(&s) => sel.states.push(s),
+                Target::State(_) => {}
+                Target::Jid(j) => sel.jids.push(j),
+            }
+        }
+        sel
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.states.is_empty() && self.jids.is_empty()
+    }
+
+    /// The selection as a where-clause. Lists are bound as one JSON array each, so any
+    /// number of jids takes one parameter.
+    fn clause(&self) -> Clause {
+        if self.all || State::ALL.iter().all(|s| self.states.contains(s)) {
+            return Clause {
+                sql: "1".into(),
+                params: vec![],
+                raw: false,
+            };
+        }
+        let states: Vec<&str> = self.states.iter().map(|s| s.as_str()).collect();
+        Clause {
+            sql: "(state IN (SELECT value FROM json_each(?)) OR jid IN (SELECT value FROM json_each(?)))"
+                .into(),
+            params: vec![
+                SqlValue::Text(serde_json::to_string(&states).unwrap_or_default()),
+                SqlValue::Text(serde_json::to_string(&self.jids).unwrap_or_default()),
+            ],
+            raw: false,
+        }
+    }
+}
+
+/// Options of submit, touch and resubmit that override per-job values when given.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitOptions {
+    pub priority: Option<i64>,
+    pub tag: Option<String>,
+    pub hosts: Option<String>,
+    pub restartable: bool,
+    pub stage: bool,
+    /// A file to copy as every job's stdin.
+    pub stdin: Option<PathBuf>,
+    /// A file or directory to copy as every job's data.
+    pub data: Option<PathBuf>,
+    /// Return the inserted rows (for echoing).
+    pub echo: bool,
+}
+
+/// Changes `update` makes.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    pub priority: Option<i64>,
+    pub command: Option<String>,
+    pub tag: Option<Option<String>>,
+    pub hosts: Option<Option<String>>,
+    pub restartable: Option<bool>,
+    pub state: Option<State>,
+    pub stdin: Option<PathBuf>,
+    pub data: Option<PathBuf>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.priority.is_none()
+            && self.command.is_none()
+            && self.tag.is_none()
+            && self.hosts.is_none()
+            && self.restartable.is_none()
+            && self.state.is_none()
+            && self.stdin.is_none()
+            && self.data.is_none()
+    }
+}
+
+/// A job a mode was asked to change but did not, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skipped {
+    pub jid: i64,
+    pub why: String,
+}
+
+pub fn columns() -> String {
+    job::FIELDS.join(", ")
+}
+
+fn field_names() -> Vec<String> {
+    job::FIELDS.iter().map(|s| s.to_string()).collect()
+}
+
+/// Resolve a queue argument to an absolute path (symlinks resolved when it exists).
+pub fn resolve(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| std::path::absolute(path).unwrap_or(path.to_path_buf()))
+}
+
+/// Create a queue directory; refuse a path that already holds anything.
+pub fn create(path: &Path) -> Result<Value> {
+    let dir = resolve(path);
+    if dir.exists() {
+        let empty = dir.is_dir()
+            && std::fs::read_dir(&dir)
+                .context(|| format!("cannot read {}", dir.display()))?
+                .next()
+                .is_none();
+        if !empty {
+            return Err(Error::Conflict(format!(
+                "{} already exists and is not empty; pick a new path",
+                dir.display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
+    let schema = dir.join("db.schema");
+    std::fs::write(&schema, store::schema_file_text())
+        .context(|| format!("cannot write {}", schema.display()))?;
+    let mut report = Map::new();
+    report.insert("q".into(), json!(dir));
+    for sub in ["bin", "stdin", "stdout", "stderr", "data"] {
+        let p = dir.join(sub);
+        std::fs::create_dir_all(&p).context(|| format!("cannot create {}", p.display()))?;
+    }
+    std::fs::write(dir.join("doorbell"), b"")
+        .context(|| format!("cannot create {}", dir.join("doorbell").display()))?;
+    // The database last: its presence marks a complete queue.
+    let db = dir.join("db");
+    store::create_database(&db)?;
+    report.insert("db".into(), json!(db));
+    report.insert("schema".into(), json!(schema));
+    for sub in ["bin", "stdin", "stdout", "stderr", "data"] {
+        report.insert(sub.into(), json!(dir.join(sub)));
+    }
+    Ok(Value::Object(report))
+}
+
+/// Touch the doorbell so idle feeders look at the queue now. Uses the file server's clock
+/// (UTIME_NOW); a failure only delays pick-up until the next full poll.
+pub fn ring_doorbell(dir: &Path) {
+    let path = dir.join("doorbell");
+    let now = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+    };
+    if rustix::fs::utimensat(rustix::fs::CWD, &path, &now, rustix::fs::AtFlags::empty()).is_err() {
+        let _ = std::fs::write(&path, b"");
+    }
+}
+
+impl Queue {
+    pub fn open(path: &Path, access: Access) -> Result<Queue> {
+        let dir = resolve(path);
+        if !dir.exists() {
+            return Err(Error::NoQueue { path: dir });
+        }
+        if !dir.is_dir() {
+            return Err(Error::NotAQueue {
+                path: dir,
+                why: "not a directory".into(),
+            });
+        }
+        let db = dir.join("db");
+        if !db.is_file() {
+            return Err(Error::NotAQueue {
+                path: dir,
+                why: "it has no db file; create a queue with 'rq PATH create'".into(),
+            });
+        }
+        let store = Store::open(&db, access)?;
+        Ok(Queue { dir, store })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn store(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
+    /// Submit jobs: all of them or none.
+    pub fn submit(&mut self, specs: &[JobSpec], opts: &SubmitOptions) -> Result<Vec<Row>> {
+        if specs.is_empty() {
+            return Err(Error::usage(
+                "no jobs given: name a command, use --infile FILE, or pipe a job list",
+            ));
+        }
+        let files = self.plan_files(specs, opts)?;
+        let submitter = host::name();
+        let cwd = std::env::current_dir()
+            .map(|p| p.to_string_lossy().into_owned())
+            .ok();
+        let state = if opts.stage {
+            State::Holding
+        } else {
+            State::Pending
+        };
+        // Jobs with files get jids reserved first, so their files are in place before the
+        // rows that name them exist; a crash in between leaves only orphan files.
+        let first_reserved = if files.iter().any(JobFiles::any) {
+            let first = self.reserve_jids(specs.len())?;
+            if let Err(e) = self.copy_files(first, &files) {
+                self.remove_job_files(first, specs.len());
+                return Err(e);
+            }
+            Some(first)
+        } else {
+            None
+        };
+        let outcome = self.store.write(|tx| {
+            let submitted = time::now();
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO jobs (jid, priority, state, submitted, submitter, stdin, data, tag, \
+                 restartable, command, hosts, cwd) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            )?;
+            let mut first = None;
+            for (i, (spec, file)) in specs.iter().zip(&files).enumerate() {
+                let jid = first_reserved.map(|f| f + i as i64);
+                let stdin = jid
+                    .filter(|_| file.stdin.is_some())
+                    .map(|j| format!("stdin/{j}"));
+                let data = jid
+                    .filter(|_| file.data.is_some())
+                    .map(|j| format!("data/{j}"));
+                let tag = opts.tag.clone().or_else(|| spec.tag.clone().flatten());
+                let hosts = opts.hosts.clone().or_else(|| spec.hosts.clone().flatten());
+                let restartable = opts.restartable || spec.restartable.unwrap_or(false);
+                let job_cwd = spec.cwd.clone().or_else(|| cwd.clone());
+                insert.execute(rusqlite::params![
+                    jid,
+                    opts.priority.or(spec.priority).unwrap_or(0),
+                    state.as_str(),
+                    submitted,
+                    submitter,
+                    stdin,
+                    data,
+                    tag,
+                    restartable,
+                    spec.command,
+                    hosts,
+                    job_cwd
+                ])?;
+                if i == 0 {
+                    first = Some(tx.last_insert_rowid());
+                }
+            }
+            let first = first.unwrap_or(0);
+            if opts.echo {
+                select_rows(
+                    tx,
+                    "jid >= ? AND jid <= ?",
+                    &[
+                        SqlValue::Integer(first),
+                        SqlValue::Integer(tx.last_insert_rowid()),
+                    ],
+                )
+            } else {
+                Ok(Vec::new())
+            }
+        });
+        match outcome {
+            Ok(rows) => {
+                ring_doorbell(&self.dir);
+                Ok(rows)
+            }
+            Err(e) => {
+                if let Some(first) = first_reserved {
+                    self.remove_job_files(first, specs.len());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn reserve_jids(&mut self, count: usize) -> Result<i64> {
+        self.store.write(|tx| {
+            tx.execute(
+                "INSERT INTO sqlite_sequence (name, seq) SELECT 'jobs', coalesce((SELECT max(jid) FROM jobs), 0) \
+                 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'jobs')",
+                [],
+            )?;
+            let last: i64 = tx.query_row(
+                "UPDATE sqlite_sequence SET seq = seq + ? WHERE name = 'jobs' RETURNING seq",
+                [count as i64],
+                |r| r.get(0),
+            )?;
+            Ok(last - count as i64 + 1)
+        })
+    }
+
+    /// Where each job's stdin and data come from (checked before anything is written).
+    fn plan_files(&self, specs: &[JobSpec], opts: &SubmitOptions) -> Result<Vec<JobFiles>> {
+        let mut plans = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let stdin = match (&opts.stdin, &spec.stdin) {
+                (Some(path), _) => Some(path.clone()),
+                (None, Some(path)) => Some(self.input_path(path)),
+                (None, None) => None,
+            };
+            let data = match (&opts.data, &spec.data) {
+                (Some(path), _) => Some(path.clone()),
+                (None, Some(path)) => Some(self.input_path(path)),
+                (None, None) => None,
+            };
+            for path in stdin.iter().chain(data.iter()) {
+                if std::fs::symlink_metadata(path).is_err() {
+                    return Err(Error::input(format!("{}: no such file", path.display())));
+                }
+            }
+            if let Some(path) = &stdin
+                && !path.is_file()
+            {
+                return Err(Error::input(format!(
+                    "{}: stdin must be a file",
+                    path.display()
+                )));
+            }
+            plans.push(JobFiles { stdin, data });
+        }
+        Ok(plans)
+    }
+
+    /// A stdin/data path from job input: a file of this queue (`stdin/12`, as in rq's own
+    /// output) when it exists here, else a path relative to the current directory.
+    fn input_path(&self, text: &str) -> PathBuf {
+        let in_queue = self.dir.join(text);
+        let queue_relative = JOB_DIRS.iter().any(|d| text.starts_with(&format!("{d}/")));
+        if queue_relative && in_queue.exists() {
+            in_queue
+        } else {
+            PathBuf::from(text)
+        }
+    }
+
+    fn copy_files(&self, first: i64, files: &[JobFiles]) -> Result<()> {
+        let mut shared_stdin: Option<(PathBuf, PathBuf)> = None;
+        for (i, file) in files.iter().enumerate() {
+            let jid = first + i as i64;
+            if let Some(src) = &file.stdin {
+                let dest = self.dir.join("stdin").join(jid.to_string());
+                // One copy per distinct source; further jobs get hard links to it.
+                match &shared_stdin {
+                    Some((s, copy)) if s == src && std::fs::hard_link(copy, &dest).is_ok() => {}
+                    _ => {
+                        std::fs::copy(src, &dest).context(|| {
+                            format!("cannot copy {} to {}", src.display(), dest.display())
+                        })?;
+                        shared_stdin = Some((src.clone(), dest));
+                    }
+                }
+            }
+            if let Some(src) = &file.data {
+                let dest = self.dir.join("data").join(jid.to_string());
+                copy_tree(src, &dest)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_job_files(&self, first: i64, count: usize) {
+        for jid in first..first + count as i64 {
+            remove_files_of(&self.dir, jid, &[]);
+        }
+    }
+
+    /// Visit the selected jobs in jid order, a chunk per read transaction.
+    pub fn list(
+        &mut self,
+        selection: &Selection,
+        each: &mut dyn FnMut(Vec<Row>) -> Result<()>,
+    ) -> Result<()> {
+        self.scan(&selection.clause(), each)
+    }
+
+    /// Visit jobs matching a where-clause in jid order, a chunk per read transaction.
+    pub fn scan(
+        &mut self,
+        clause: &Clause,
+        each: &mut dyn FnMut(Vec<Row>) -> Result<()>,
+    ) -> Result<()> {
+        let mut after = 0i64;
+        loop {
+            let sql = format!("({}) AND jid > ? ORDER BY jid LIMIT {CHUNK}", clause.sql);
+            let mut params = clause.params.clone();
+            params.push(SqlValue::Integer(after));
+            let rows = self.store.read(|tx| select_rows(tx, &sql, &params))?;
+            let Some(last) = rows.last() else {
+                return Ok(());
+            };
+            after = last.jid();
+            let done = rows.len() < CHUNK;
+            each(rows)?;
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Delete the selected jobs that are not running; their files go after the commit.
+    pub fn delete(&mut self, selection: &Selection) -> Result<(Vec<Row>, Vec<Skipped>)> {
+        let clause = selection.clause();
+        let (rows, skipped) = self.store.write(|tx| {
+            let sql = format!("({}) AND state != 'running' ORDER BY jid", clause.sql);
+            let rows = select_rows(tx, &sql, &clause.params)?;
+            let skipped =
+                skipped_jids(tx, &selection.jids, &rows, "it is running (kill it first)")?;
+            let mut delete = tx.prepare_cached("DELETE FROM jobs WHERE jid = ?")?;
+            for row in &rows {
+                delete.execute([row.jid()])?;
+            }
+            Ok((rows, skipped))
+        })?;
+        for row in &rows {
+            remove_files_of(&self.dir, row.jid(), &paths_of(row));
+        }
+        Ok((rows, skipped))
+    }
+
+    /// Change pending/holding jobs.
+    pub fn update(
+        &mut self,
+        selection: &Selection,
+        changes: &Changes,
+    ) -> Result<(Vec<Row>, Vec<Skipped>)> {
+        let clause = selection.clause();
+        let editable = format!(
+            "({}) AND state IN ('pending', 'holding') ORDER BY jid",
+            clause.sql
+        );
+        // New stdin/data files get fresh names, written before the transaction that points
+        // the jobs at them; the old files are removed after it commits.
+        let mut new_files: Vec<(i64, Option<String>, Option<String>)> = Vec::new();
+        if changes.stdin.is_some() || changes.data.is_some() {
+            let targets = self
+                .store
+                .read(|tx| select_rows(tx, &editable, &clause.params))?;
+            let token = format!("{:08x}", rand::random::<u32>());
+            for row in &targets {
+                let jid = row.jid();
+                let stdin = match &changes.stdin {
+                    Some(src) => {
+                        let rel = format!("stdin/{jid}.{token}");
+                        std::fs::copy(src, self.dir.join(&rel))
+                            .context(|| format!("cannot copy {}", src.display()))?;
+                        Some(rel)
+                    }
+                    None => None,
+                };
+                let data = match &changes.data {
+                    Some(src) => {
+                        let rel = format!("data/{jid}.{token}");
+                        copy_tree(src, &self.dir.join(&rel))?;
+                        Some(rel)
+                    }
+                    None => None,
+                };
+                new_files.push((jid, stdin, data));
+            }
+        }
+        let outcome = self.store.write(|tx| {
+            let before = select_rows(tx, &editable, &clause.params)?;
+            let skipped = skipped_jids(
+                tx,
+                &selection.jids,
+                &before,
+                "only pending and holding jobs can be updated",
+            )?;
+            let mut sets: Vec<&str> = Vec::new();
+            let mut values: Vec<SqlValue> = Vec::new();
+            if let Some(p) = changes.priority {
+                sets.push("priority = ?");
+                values.push(SqlValue::Integer(p));
+            }
+            if let Some(c) = &changes.command {
+                sets.push("command = ?");
+                values.push(SqlValue::Text(c.clone()));
+            }
+            if let Some(t) = &changes.tag {
+                sets.push("tag = ?");
+                values.push(t.clone().map_or(SqlValue::Null, SqlValue::Text));
+            }
+            if let Some(h) = &changes.hosts {
+                sets.push("hosts = ?");
+                values.push(h.clone().map_or(SqlValue::Null, SqlValue::Text));
+            }
+            if let Some(r) = changes.restartable {
+                sets.push("restartable = ?");
+                values.push(SqlValue::Integer(r as i64));
+            }
+            if let Some(s) = changes.state {
+                sets.push("state = ?");
+                values.push(SqlValue::Text(s.as_str().into()));
+            }
+            let mut old_files = Vec::new();
+            for row in &before {
+                let jid = row.jid();
+                let mut row_sets = sets.clone();
+                let mut row_values = values.clone();
+                if let Some((_, stdin, data)) = new_files.iter().find(|(j, _, _)| *j == jid) {
+                    if let Some(s) = stdin {
+                        row_sets.push("stdin = ?");
+                        row_values.push(SqlValue::Text(s.clone()));
+                        old_files.extend(row.get("stdin").as_text().map(String::from));
+                    }
+                    if let Some(d) = data {
+                        row_sets.push("data = ?");
+                        row_values.push(SqlValue::Text(d.clone()));
+                        old_files.extend(row.get("data").as_text().map(String::from));
+                    }
+                }
+                if row_sets.is_empty() {
+                    continue;
+                }
+                row_values.push(SqlValue::Integer(jid));
+                tx.execute(
+                    &format!("UPDATE jobs SET {} WHERE jid = ?", row_sets.join(", ")),
+                    params_from_iter(row_values),
+                )?;
+            }
+            let jids: Vec<i64> = before.iter().map(Row::jid).collect();
+            let after = select_rows(
+                tx,
+                "jid IN (SELECT value FROM json_each(?)) ORDER BY jid",
+                &[SqlValue::Text(
+                    serde_json::to_string(&jids).unwrap_or_default(),
+                )],
+            )?;
+            Ok((after, skipped, old_files))
+        });
+        match outcome {
+            Ok((rows, skipped, old_files)) => {
+                let updated: Vec<i64> = rows.iter().map(Row::jid).collect();
+                for rel in old_files {
+                    remove_path(&self.dir.join(rel));
+                }
+                // New files of jobs that stopped being editable meanwhile are not used.
+                for (jid, stdin, data) in &new_files {
+                    if !updated.contains(jid) {
+                        for rel in stdin.iter().chain(data.iter()) {
+                            remove_path(&self.dir.join(rel));
+                        }
+                    }
+                }
+                if changes.state == Some(State::Pending) {
+                    ring_doorbell(&self.dir);
+                }
+                Ok((rows, skipped))
+            }
+            Err(e) => {
+                for (_, stdin, data) in &new_files {
+                    for rel in stdin.iter().chain(data.iter()) {
+                        remove_path(&self.dir.join(rel));
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Reset jobs that are not running to pending (or holding with `stage`), in place.
+    pub fn resubmit(
+        &mut self,
+        selection: &Selection,
+        opts: &SubmitOptions,
+    ) -> Result<(Vec<Row>, Vec<Skipped>)> {
+        let clause = selection.clause();
+        let submitter = host::name();
+        let state = if opts.stage {
+            State::Holding
+        } else {
+            State::Pending
+        };
+        let (rows, skipped, outputs) = self.store.write(|tx| {
+            let sql = format!("({}) AND state != 'running' ORDER BY jid", clause.sql);
+            let before = select_rows(tx, &sql, &clause.params)?;
+            let skipped = skipped_jids(tx, &selection.jids, &before, "it is running")?;
+            let now = time::now();
+            let mut reset = tx.prepare_cached(
+                "UPDATE jobs SET state = ?, submitted = ?, submitter = ?, started = NULL, \
+                 finished = NULL, elapsed = NULL, runner = NULL, stdout = NULL, stderr = NULL, \
+                 pid = NULL, exit_status = NULL, signal = NULL, attempts = 0, claim = NULL, \
+                 feeder = NULL, priority = coalesce(?, priority), tag = coalesce(?, tag), \
+                 hosts = coalesce(?, hosts), restartable = max(restartable, ?) WHERE jid = ?",
+            )?;
+            let mut outputs = Vec::new();
+            for row in &before {
+                reset.execute(rusqlite::params![
+                    state.as_str(),
+                    now,
+                    submitter,
+                    opts.priority,
+                    opts.tag,
+                    opts.hosts,
+                    opts.restartable,
+                    row.jid()
+                ])?;
+                for field in ["stdout", "stderr"] {
+                    outputs.extend(row.get(field).as_text().map(String::from));
+                }
+            }
+            let jids: Vec<i64> = before.iter().map(Row::jid).collect();
+            let after = select_rows(
+                tx,
+                "jid IN (SELECT value FROM json_each(?)) ORDER BY jid",
+                &[SqlValue::Text(
+                    serde_json::to_string(&jids).unwrap_or_default(),
+                )],
+            )?;
+            Ok((after, skipped, outputs))
+        })?;
+        // The previous run's output would only mislead once the job is queued again.
+        for rel in outputs {
+            remove_path(&self.dir.join(rel));
+        }
+        ring_doorbell(&self.dir);
+        Ok((rows, skipped))
+    }
+
+    /// Submit each job unless an identical one (same command and tag) is pending; then
+    /// update that one's priority/hosts/restartable instead.
+    pub fn touch(&mut self, specs: &[JobSpec], opts: &SubmitOptions) -> Result<Vec<Row>> {
+        if opts.stdin.is_some()
+            || opts.data.is_some()
+            || specs.iter().any(|s| s.stdin.is_some() || s.data.is_some())
+        {
+            return Err(Error::usage(
+                "touch does not take stdin or data files; use submit",
+            ));
+        }
+        let submitter = host::name();
+        let cwd = std::env::current_dir()
+            .map(|p| p.to_string_lossy().into_owned())
+            .ok();
+        let state = if opts.stage {
+            State::Holding
+        } else {
+            State::Pending
+        };
+        let rows = self.store.write(|tx| {
+            let now = time::now();
+            let mut jids = Vec::new();
+            for spec in specs {
+                let tag = opts.tag.clone().or_else(|| spec.tag.clone().flatten());
+                let hosts = opts.hosts.clone().or_else(|| spec.hosts.clone().flatten());
+                let priority = opts.priority.or(spec.priority);
+                let restartable = opts.restartable || spec.restartable.unwrap_or(false);
+                let twin: Option<i64> = tx
+                    .query_row(
+                        "SELECT jid FROM jobs WHERE state = 'pending' AND command = ? AND tag IS ? ORDER BY jid LIMIT 1",
+                        rusqlite::params![spec.command, tag],
+                        |r| r.get(0),
+                    )
+                    .map(Some)
+                    .or_else(|e| match e {
+                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                        e => Err(e),
+                    })?;
+                if let Some(jid) = twin {
+                    tx.execute(
+                        "UPDATE jobs SET priority = coalesce(?, priority), hosts = coalesce(?, hosts), \
+                         restartable = max(restartable, ?) WHERE jid = ?",
+                        rusqlite::params![priority, hosts, restartable, jid],
+                    )?;
+                    jids.push(jid);
+                } else {
+                    tx.execute(
+                        "INSERT INTO jobs (priority, state, submitted, submitter, tag, restartable, command, hosts, cwd) \
+                         VALUES (?,?,?,?,?,?,?,?,?)",
+                        rusqlite::params![
+                            priority.unwrap_or(0),
+                            state.as_str(),
+                            now,
+                            submitter,
+                            tag,
+                            restartable,
+                            spec.command,
+                            hosts,
+                            spec.cwd.clone().or_else(|| cwd.clone())
+                        ],
+                    )?;
+                    jids.push(tx.last_insert_rowid());
+                }
+            }
+            select_rows(
+                tx,
+                "jid IN (SELECT value FROM json_each(?)) ORDER BY jid",
+                &[SqlValue::Text(serde_json::to_string(&jids).unwrap_or_default())],
+            )
+        })?;
+        ring_doorbell(&self.dir);
+        Ok(rows)
+    }
+
+    /// Run SQL under the write lock; returns the rows of the statements that return rows.
+    pub fn execute(&mut self, sql: &str) -> Result<Vec<Row>> {
+        self.store.write(|tx| {
+            let mut rows = Vec::new();
+            use fallible_iterator::FallibleIterator;
+            let mut batch = rusqlite::Batch::new(tx, sql);
+            while let Some(mut stmt) = batch.next()? {
+                let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
+                let mut result = stmt.query([])?;
+                while let Some(row) = result.next()? {
+                    rows.push(Row::from_sql(row, &names)?);
+                }
+            }
+            Ok(rows)
+        })
+    }
+
+    /// Run a read-only where-clause (simple or raw) and visit the matching jobs.
+    pub fn query(
+        &mut self,
+        clause: &Clause,
+        each: &mut dyn FnMut(Vec<Row>) -> Result<()>,
+    ) -> Result<()> {
+        self.scan(clause, each).map_err(|e| match e {
+            Error::Sql(err) if clause.raw => Error::usage(format!(
+                "query: {} (in: {})",
+                first_line_of(&err.to_string()),
+                clause.sql
+            )),
+            other => other,
+        })
+    }
+
+    /// Set queue-wide settings (`key=value`; an empty value removes the key) and return
+    /// them all.
+    pub fn configure(&mut self, settings: &[(String, String)]) -> Result<Value> {
+        let read_all = |tx: &Transaction<'_>| -> Result<Value> {
+            let mut stmt = tx.prepare("SELECT key, value FROM attributes ORDER BY key")?;
+            let mut map = Map::new();
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                map.insert(
+                    r.get(0)?,
+                    Value::String(r.get::<_, Option<String>>(1)?.unwrap_or_default()),
+                );
+            }
+            Ok(Value::Object(map))
+        };
+        if settings.is_empty() {
+            return self.store.read(|tx| read_all(tx));
+        }
+        self.store.write(|tx| {
+            for (key, value) in settings {
+                if value.is_empty() {
+                    tx.execute("DELETE FROM attributes WHERE key = ?", [key])?;
+                } else {
+                    tx.execute(
+                        "INSERT INTO attributes (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        [key, value],
+                    )?;
+                }
+            }
+            read_all(tx)
+        })
+    }
+
+    /// One queue-wide setting.
+    pub fn setting(&mut self, key: &str) -> Result<Option<String>> {
+        self.store.read(|tx| {
+            Ok(tx
+                .query_row("SELECT value FROM attributes WHERE key = ?", [key], |r| {
+                    r.get(0)
+                })
+                .ok())
+        })
+    }
+
+    /// The status report.
+    pub fn status(&mut self, exit_codes: &[(String, Vec<i64>)]) -> Result<Value> {
+        let now = jiff::Timestamp::now();
+        let hour_marks: Vec<(i64, String)> = [1i64, 12, 24]
+            .iter()
+            .map(|h| (*h, time::format(now - jiff::SignedDuration::from_hours(*h))))
+            .collect();
+        self.store.read(|tx| {
+            let mut jobs = Map::new();
+            let mut total = 0i64;
+            for state in State::ALL {
+                let n: i64 = tx.query_row("SELECT count(*) FROM jobs WHERE state = ?", [state.as_str()], |r| r.get(0))?;
+                total += n;
+                jobs.insert(state.as_str().into(), json!(n));
+            }
+            jobs.insert("total".into(), json!(total));
+
+            let mut temporal = Map::new();
+            for state in State::ALL {
+                let (sql_min, sql_max) = match state {
+                    State::Pending | State::Holding => (
+                        "SELECT jid, submitted FROM jobs WHERE state = ? ORDER BY submitted DESC LIMIT 1",
+                        "SELECT jid, submitted FROM jobs WHERE state = ? ORDER BY submitted ASC LIMIT 1",
+                    ),
+                    State::Running => (
+                        "SELECT jid, started FROM jobs WHERE state = ? AND started IS NOT NULL ORDER BY started DESC LIMIT 1",
+                        "SELECT jid, started FROM jobs WHERE state = ? AND started IS NOT NULL ORDER BY started ASC LIMIT 1",
+                    ),
+                    State::Finished | State::Dead => (
+                        "SELECT jid, elapsed FROM jobs WHERE state = ? AND elapsed IS NOT NULL ORDER BY elapsed ASC LIMIT 1",
+                        "SELECT jid, elapsed FROM jobs WHERE state = ? AND elapsed IS NOT NULL ORDER BY elapsed DESC LIMIT 1",
+                    ),
+                };
+                let seconds = |sql: &str| -> Result<Option<(i64, f64)>> {
+                    let found = tx.query_row(sql, [state.as_str()], |r| {
+                        let jid: i64 = r.get(0)?;
+                        let value = r.get_ref(1)?;
+                        Ok((jid, value.as_f64().ok(), value.as_str().ok().map(String::from)))
+                    });
+                    match found {
+                        Ok((jid, Some(secs), _)) => Ok(Some((jid, secs))),
+                        Ok((jid, None, Some(stamp))) => Ok(time::parse(&stamp).map(|t| (jid, time::seconds_between(t, now)))),
+                        Ok(_) => Ok(None),
+                        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+                        Err(e) => Err(e.into()),
+                    }
+                };
+                if let (Some(min), Some(max)) = (seconds(sql_min)?, seconds(sql_max)?) {
+                    temporal.insert(
+                        state.as_str().into(),
+                        json!({"min": {min.0.to_string(): time::hms(min.1)}, "max": {max.0.to_string(): time::hms(max.1)}}),
+                    );
+                }
+            }
+
+            let avg: Option<f64> = tx.query_row(
+                "SELECT avg(elapsed) FROM jobs WHERE state = 'finished'",
+                [],
+                |r| r.get(0),
+            )?;
+            let mut recent = Map::new();
+            for (hours, since) in &hour_marks {
+                let n: i64 = tx.query_row(
+                    "SELECT count(*) FROM jobs WHERE state IN ('finished', 'dead') AND finished > ?",
+                    [since],
+                    |r| r.get(0),
+                )?;
+                recent.insert(hours.to_string(), json!(n));
+            }
+            let successes: i64 = tx.query_row(
+                "SELECT count(*) FROM jobs WHERE state = 'finished' AND exit_status = 0",
+                [],
+                |r| r.get(0),
+            )?;
+            let failures: i64 = tx.query_row(
+                "SELECT count(*) FROM jobs WHERE (state = 'finished' AND exit_status IS NOT 0) OR state = 'dead'",
+                [],
+                |r| r.get(0),
+            )?;
+            let mut exit = Map::new();
+            exit.insert("successes".into(), json!(successes));
+            exit.insert("failures".into(), json!(failures));
+            for (name, codes) in exit_codes {
+                let n: i64 = tx.query_row(
+                    "SELECT count(*) FROM jobs WHERE state = 'finished' AND exit_status IN (SELECT value FROM json_each(?))",
+                    [serde_json::to_string(codes).unwrap_or_default()],
+                    |r| r.get(0),
+                )?;
+                exit.insert(name.clone(), json!(n));
+            }
+
+            let mut runners = Map::new();
+            let mut stmt = tx.prepare(
+                "SELECT runner, count(*) FROM jobs WHERE state = 'running' GROUP BY runner ORDER BY runner",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let host: Option<String> = r.get(0)?;
+                runners.insert(host.unwrap_or_else(|| "?".into()), json!(r.get::<_, i64>(1)?));
+            }
+
+            let mut report = Map::new();
+            report.insert("jobs".into(), Value::Object(jobs));
+            report.insert("temporal".into(), Value::Object(temporal));
+            report.insert(
+                "performance".into(),
+                json!({
+                    "avg_time_per_job": avg.map(time::hms),
+                    "n_jobs_in_last_hrs": Value::Object(recent),
+                }),
+            );
+            report.insert("exit_status".into(), Value::Object(exit));
+            report.insert("running_per_host".into(), Value::Object(runners));
+            Ok(Value::Object(report))
+        })
+    }
+}
+
+struct JobFiles {
+    stdin: Option<PathBuf>,
+    data: Option<PathBuf>,
+}
+
+impl JobFiles {
+    fn any(&self) -> bool {
+        self.stdin.is_some() || self.data.is_some()
+    }
+}
+
+fn first_line_of(text: &str) -> &str {
+    text.lines().next().unwrap_or("")
+}
+
+/// Rows of `jobs` matching a where-clause (which may carry its own ORDER BY / LIMIT).
+pub fn select_rows(tx: &Transaction<'_>, where_sql: &str, params: &[SqlValue]) -> Result<Vec<Row>> {
+    let sql = format!("SELECT {} FROM jobs WHERE {where_sql}", columns());
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let names = field_names();
+    let rows = stmt
+        .query_map(params_from_iter(params.iter()), |r| {
+            Row::from_sql(r, &names)
+        })?
+        .collect::<rusqlite::Result<Vec<Row>>>()?;
+    Ok(rows)
+}
+
+/// Explicitly named jids that a mode did not act on: missing jobs and jobs in the wrong
+/// state.
+fn skipped_jids(
+    tx: &Transaction<'_>,
+    named: &[i64],
+    acted: &[Row],
+    why: &str,
+) -> Result<Vec<Skipped>> {
+    let mut skipped = Vec::new();
+    for &jid in named {
+        if acted.iter().any(|r| r.jid() == jid) || skipped.iter().any(|s: &Skipped| s.jid == jid) {
+            continue;
+        }
+        let state: Option<String> = tx
+            .query_row("SELECT state FROM jobs WHERE jid = ?", [jid], |r| r.get(0))
+            .ok();
+        skipped.push(Skipped {
+            jid,
+            why: match state {
+                Some(state) => format!("it is {state}: {why}"),
+                None => "no such job".into(),
+            },
+        });
+    }
+    Ok(skipped)
+}
+
+fn paths_of(row: &Row) -> Vec<String> {
+    JOB_DIRS
+        .iter()
+        .filter_map(|f| row.get(f).as_text().map(String::from))
+        .collect()
+}
+
+/// Remove a job's files: the paths its row names and the conventional `<dir>/<jid>`.
+pub fn remove_files_of(dir: &Path, jid: i64, named: &[String]) {
+    for rel in named {
+        remove_path(&dir.join(rel));
+    }
+    for sub in JOB_DIRS {
+        remove_path(&dir.join(sub).join(jid.to_string()));
+    }
+}
+
+/// Remove a file or directory tree; missing is fine (NFS may also leave `.nfs*` files
+/// behind for open files, which their last close removes).
+pub fn remove_path(path: &Path) {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            let _ = std::fs::remove_dir_all(path);
+        }
+        Ok(_) => {
+            let _ = std::fs::remove_file(path);
+        }
+        Err(_) => {}
+    }
+}
+
+/// Copy a file, or a directory recursively (symlinks copied as links).
+pub fn copy_tree(src: &Path, dest: &Path) -> Result<()> {
+    let meta =
+        std::fs::symlink_metadata(src).context(|| format!("cannot read {}", src.display()))?;
+    if meta.file_type().is_symlink() {
+        let target =
+            std::fs::read_link(src).context(|| format!("cannot read {}", src.display()))?;
+        std::os::unix::fs::symlink(target, dest)
+            .context(|| format!("cannot create {}", dest.display()))?;
+    } else if meta.is_dir() {
+        std::fs::create_dir_all(dest).context(|| format!("cannot create {}", dest.display()))?;
+        for entry in std::fs::read_dir(src).context(|| format!("cannot read {}", src.display()))? {
+            let entry = entry.context(|| format!("cannot read {}", src.display()))?;
+            copy_tree(&entry.path(), &dest.join(entry.file_name()))?;
+        }
+    } else {
+        std::fs::copy(src, dest)
+            .context(|| format!("cannot copy {} to {}", src.display(), dest.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,424 @@
+//! Queue storage: the SQLite database of a queue, opened with settings that are safe on
+//! NFS, and the transaction discipline every command follows.
+//!
+//! Rules (see ARCHITECTURE.md):
+//! - rollback journal (PERSIST), never WAL; `synchronous=FULL`; no mmap; temp store in memory;
+//! - every write is one short `BEGIN IMMEDIATE` transaction, retried as a whole on a fresh
+//!   connection after a transient error (busy, I/O, protocol);
+//! - waiting for the lock is a jittered exponential back-off, announced on stderr after a
+//!   few seconds;
+//! - readers fetch, end the transaction, then print.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
+
+use crate::error::{Error, Result};
+
+/// `PRAGMA application_id` of an rq queue database ("rq2\0").
+pub const APPLICATION_ID: i64 = 0x7271_3200;
+/// The schema version this rq writes and understands.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The schema, version 1. Also written, with comments, to `Q/db.schema`.
+pub const SCHEMA_SQL: &str = r#"
+CREATE TABLE jobs (
+    jid          INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused, even after delete/rotate
+    priority     INTEGER NOT NULL DEFAULT 0,        -- higher runs first; any integer
+    state        TEXT NOT NULL CHECK (state IN ('pending','holding','running','finished','dead')),
+    submitted    TEXT NOT NULL,                     -- timestamp (see below)
+    started      TEXT,                              -- timestamp the current/last run started
+    finished     TEXT,                              -- timestamp the last run ended
+    elapsed      REAL,                              -- seconds the last run took
+    submitter    TEXT NOT NULL,                     -- host that submitted the job
+    runner       TEXT,                              -- host running / that ran the job
+    stdin        TEXT,                              -- job's stdin file, relative to the queue
+    stdout       TEXT,                              -- captured stdout, relative to the queue
+    stderr       TEXT,                              -- captured stderr, relative to the queue
+    data         TEXT,                              -- job's data directory, relative to the queue
+    pid          INTEGER,                           -- pid of the job's shell on the runner
+    exit_status  INTEGER,                           -- exit code; NULL if killed by a signal
+    tag          TEXT,                              -- free-form label
+    restartable  INTEGER NOT NULL DEFAULT 0 CHECK (restartable IN (0,1)),
+    command      TEXT NOT NULL,                     -- the shell command
+    -- rq additions (after the original 18 fields)
+    hosts        TEXT,                              -- comma-separated hosts allowed to run it (--runner); NULL = any
+    cwd          TEXT,                              -- directory it was submitted from; it runs there
+    signal       TEXT,                              -- signal that ended the last run (e.g. KILL)
+    attempts     INTEGER NOT NULL DEFAULT 0,        -- runs started so far
+    claim        TEXT,                              -- fencing token of the current run
+    feeder       TEXT                               -- id of the feeder that holds the claim
+);
+-- The claim order: best priority first, then oldest.
+CREATE INDEX jobs_claim_order ON jobs (state, priority DESC, submitted, jid);
+CREATE INDEX jobs_runner ON jobs (runner, state);
+CREATE INDEX jobs_tag ON jobs (tag);
+CREATE TABLE attributes (key TEXT PRIMARY KEY, value TEXT);            -- rq Q configure
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);                  -- schema version, creation
+"#;
+
+/// Human-readable description written to `Q/db.schema`.
+pub fn schema_file_text() -> String {
+    format!(
+        "-- rq queue database schema, version {SCHEMA_VERSION}\n\
+         -- (PRAGMA application_id = {APPLICATION_ID}, PRAGMA user_version = schema version)\n\
+         --\n\
+         -- Timestamps (submitted, started, finished) are TEXT in UTC, ISO-8601 with\n\
+         -- microseconds and a Z suffix, fixed width: 2026-11-27T21:05:03.123456Z.\n\
+         -- They sort and compare correctly as text and work with SQLite's date functions,\n\
+         -- e.g.  rq Q query \"finished > '2026-11-27'\".\n\
+         -- States: pending -> running -> finished | dead; holding jobs never run.\n\
+         --\n\
+         -- Connection settings: journal_mode=PERSIST, synchronous=FULL, mmap_size=0,\n\
+         -- temp_store=MEMORY. Never switch this database to WAL: it is shared over the network.\n\
+         {SCHEMA_SQL}"
+    )
+}
+
+/// How a store connection may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadWrite,
+    /// `PRAGMA query_only`: nothing can be written, whatever SQL is run.
+    ReadOnly,
+}
+
+/// Shared state of the lock-wait announcer.
+#[derive(Debug, Default)]
+struct WaitNotice {
+    announced: AtomicBool,
+}
+
+pub struct Store {
+    db_path: PathBuf,
+    access: Access,
+    conn: Option<Connection>,
+    notice: Arc<WaitNotice>,
+    /// Give up waiting for the lock after this long (None: wait forever).
+    pub lock_timeout: Option<Duration>,
+}
+
+/// Errors worth retrying the whole transaction for, on a fresh connection.
+fn is_transient(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::FileLockingProtocolFailed
+        )
+    )
+}
+
+fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+fn jitter_sleep(attempt: u32) {
+    // 2 ms doubling up to 400 ms, each sleep uniformly jittered between 50 % and 150 %.
+    let base = 2.0_f64 * 2f64.powi(attempt.min(8) as i32);
+    let ms = base.min(400.0) * rand::random_range(0.5..1.5);
+    std::thread::sleep(Duration::from_secs_f64(ms / 1000.0));
+}
+
+impl Store {
+    /// Open the database of an existing queue.
+    pub fn open(db_path: &Path, access: Access) -> Result<Store> {
+        let mut store = Store {
+            db_path: db_path.to_path_buf(),
+            access,
+            conn: None,
+            notice: Arc::new(WaitNotice::default()),
+            lock_timeout: std::env::var("RQ_LOCK_TIMEOUT")
+                .ok()
+                .and_then(|s| crate::time::parse_duration(&s))
+                .map(Duration::from_secs_f64),
+        };
+        store.connect()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.db_path
+    }
+
+    fn corrupt(&self, why: impl Into<String>) -> Error {
+        Error::Corrupt {
+            path: self.db_path.parent().unwrap_or(&self.db_path).to_path_buf(),
+            why: why.into(),
+        }
+    }
+
+    /// Open a connection with the shared-filesystem settings and check it is an rq queue
+    /// of a schema this rq understands.
+    fn connect(&mut self) -> Result<()> {
+        self.conn = None;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut conn = Connection::open_with_flags(&self.db_path, flags)?;
+        configure_connection(&mut conn, self.notice.clone(), self.lock_timeout)?;
+        let journal: std::result::Result<String, rusqlite::Error> =
+            conn.query_row("PRAGMA journal_mode = PERSIST", [], |r| r.get(0));
+        let journal = match journal {
+            Ok(mode) => mode,
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::NotADatabase) => {
+                return Err(self.corrupt("not a database file"));
+            }
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::DatabaseCorrupt) => {
+                return Err(self.corrupt(e.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !journal.eq_ignore_ascii_case("persist") {
+            return Err(Error::Conflict(format!(
+                "{}: the database is in {journal} journal mode (someone switched it); rq needs a \
+                 rollback journal on a shared filesystem: run  sqlite3 {} 'PRAGMA journal_mode=DELETE'",
+                self.db_path.display(),
+                self.db_path.display()
+            )));
+        }
+        let check = |sql: &str| -> Result<i64> {
+            conn.query_row(sql, [], |r| r.get(0))
+                .map_err(|e| match e.sqlite_error_code() {
+                    Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => {
+                        self.corrupt(e.to_string())
+                    }
+                    _ => e.into(),
+                })
+        };
+        let app_id = check("PRAGMA application_id")?;
+        let version = check("PRAGMA user_version")?;
+        let dir = self.db_path.parent().unwrap_or(&self.db_path).to_path_buf();
+        if app_id != APPLICATION_ID {
+            return Err(Error::NotAQueue {
+                path: dir,
+                why: "its db is not an rq database".into(),
+            });
+        }
+        if version > SCHEMA_VERSION {
+            return Err(Error::NewerSchema {
+                path: dir,
+                found: version,
+                known: SCHEMA_VERSION,
+            });
+        }
+        if self.access == Access::ReadOnly {
+            conn.pragma_update(None, "query_only", true)?;
+        }
+        self.conn = Some(conn);
+        if version < SCHEMA_VERSION && self.access == Access::ReadWrite {
+            self.migrate(version)?;
+        }
+        Ok(())
+    }
+
+    /// Bring an older queue up to this rq's schema (run once, under the write lock).
+    fn migrate(&mut self, _from: i64) -> Result<()> {
+        // Version 1 is the first schema: there is nothing older to migrate from yet.
+        // Later versions add `ALTER TABLE jobs ADD COLUMN ...` steps here, keyed by `_from`.
+        self.write(|tx| {
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            Ok(())
+        })
+    }
+
+    fn conn(&mut self) -> Result<&mut Connection> {
+        if self.conn.is_none() {
+            self.connect()?;
+        }
+        Ok(self.conn.as_mut().expect("connected above"))
+    }
+
+    /// Run `body` in one `BEGIN IMMEDIATE` transaction and commit it. Transient failures
+    /// (lock time-outs, I/O errors) roll back and rerun the whole body on a fresh
+    /// connection, so the body must do nothing but SQL. An I/O error during COMMIT itself
+    /// is reported, not retried: its outcome is unknown.
+    pub fn write<T>(&mut self, mut body: impl FnMut(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        self.run(TransactionBehavior::Immediate, &mut body)
+    }
+
+    /// Run `body` in one read transaction. Print nothing inside it.
+    pub fn read<T>(&mut self, mut body: impl FnMut(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        self.run(TransactionBehavior::Deferred, &mut body)
+    }
+
+    fn run<T>(
+        &mut self,
+        behavior: TransactionBehavior,
+        body: &mut dyn FnMut(&Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            let outcome = self.try_once(behavior, body);
+            match outcome {
+                Ok(value) => {
+                    if self.notice.announced.swap(false, Ordering::Relaxed) {
+                        eprintln!(
+                            "rq: got the queue lock after {:.1}s; continuing",
+                            started.elapsed().as_secs_f64()
+                        );
+                    }
+                    return Ok(value);
+                }
+                Err(Attempt::Retry(err)) => {
+                    if let Some(limit) = self.lock_timeout
+                        && started.elapsed() > limit
+                    {
+                        return Err(Error::Conflict(format!(
+                            "gave up waiting for the queue lock on {} after {:.0}s ({err}); \
+                                 see who holds it with 'fuser -v {}'",
+                            self.db_path.display(),
+                            started.elapsed().as_secs_f64(),
+                            self.db_path.display()
+                        )));
+                    }
+                    // A fresh connection: after an NFS lease loss, I/O on the old file
+                    // descriptor keeps failing until it is reopened.
+                    self.conn = None;
+                    attempt += 1;
+                    jitter_sleep(attempt);
+                }
+                Err(Attempt::Fail(err)) => return Err(err),
+            }
+        }
+    }
+
+    fn try_once<T>(
+        &mut self,
+        behavior: TransactionBehavior,
+        body: &mut dyn FnMut(&Transaction<'_>) -> Result<T>,
+    ) -> std::result::Result<T, Attempt> {
+        let conn = match self.conn() {
+            Ok(c) => c,
+            Err(Error::Sql(e)) if is_transient(&e) => return Err(Attempt::Retry(e.to_string())),
+            Err(e) => return Err(Attempt::Fail(e)),
+        };
+        let tx = match conn.transaction_with_behavior(behavior) {
+            Ok(tx) => tx,
+            Err(e) if is_transient(&e) => return Err(Attempt::Retry(e.to_string())),
+            Err(e) => return Err(Attempt::Fail(e.into())),
+        };
+        let value = match body(&tx) {
+            Ok(v) => v,
+            Err(Error::Sql(e)) if is_transient(&e) => return Err(Attempt::Retry(e.to_string())),
+            Err(e) => return Err(Attempt::Fail(e)),
+        };
+        match tx.commit() {
+            Ok(()) => Ok(value),
+            // Busy at commit: nothing was written (the transaction is rolled back on drop).
+            Err(e) if is_busy(&e) => Err(Attempt::Retry(e.to_string())),
+            Err(e) => Err(Attempt::Fail(Error::Conflict(format!(
+                "the commit to {} failed ({e}); it may or may not have been applied: check with 'rq list' before retrying",
+                self.db_path.display()
+            )))),
+        }
+    }
+}
+
+enum Attempt {
+    Retry(String),
+    Fail(Error),
+}
+
+/// Settings every rq connection uses.
+fn configure_connection(
+    conn: &mut Connection,
+    notice: Arc<WaitNotice>,
+    lock_timeout: Option<Duration>,
+) -> Result<()> {
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         PRAGMA journal_size_limit = 8388608;
+         PRAGMA mmap_size = 0;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA locking_mode = NORMAL;
+         PRAGMA foreign_keys = ON;",
+    )?;
+    install_busy_handler(conn, notice, lock_timeout)?;
+    if std::env::var_os("RQ_SQL_DEBUG").is_some_and(|v| !v.is_empty()) {
+        conn.trace_v2(
+            rusqlite::trace::TraceEventCodes::SQLITE_TRACE_STMT,
+            Some(|event: rusqlite::trace::TraceEvent<'_>| {
+                if let rusqlite::trace::TraceEvent::Stmt(_, sql) = event {
+                    eprintln!("rq sql: {sql}");
+                }
+            }),
+        )?;
+    }
+    Ok(())
+}
+
+/// Waiting for another process's lock: jittered exponential back-off; after a few seconds
+/// say so once on stderr; give up this attempt after 30 s so the caller can reconnect.
+fn install_busy_handler(
+    conn: &mut Connection,
+    notice: Arc<WaitNotice>,
+    lock_timeout: Option<Duration>,
+) -> Result<()> {
+    let announce_after = Duration::from_secs(
+        std::env::var("RQ_LOCK_NOTICE")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3),
+    );
+    let attempt_limit = lock_timeout
+        .unwrap_or(Duration::from_secs(30))
+        .min(Duration::from_secs(30));
+    let mut wait_started = Instant::now();
+    let handler = move |count: i32| -> bool {
+        if count == 0 {
+            wait_started = Instant::now();
+        }
+        let waited = wait_started.elapsed();
+        if waited >= announce_after && !notice.announced.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "rq: waiting for the queue lock (another process holds it); rq keeps trying, Ctrl-C to give up"
+            );
+        }
+        if waited >= attempt_limit {
+            return false;
+        }
+        jitter_sleep(count.max(0) as u32);
+        true
+    };
+    conn.busy_handler(Some(handler))?;
+    Ok(())
+}
+
+/// Create a new queue database at `db_path` (which must not exist): built under a
+/// temporary name and renamed into place, so a `db` file always holds a complete schema.
+pub fn create_database(db_path: &Path) -> Result<()> {
+    let tmp = db_path.with_extension("creating");
+    let _ = std::fs::remove_file(&tmp);
+    {
+        let mut conn = Connection::open(&tmp)?;
+        configure_connection(&mut conn, Arc::new(WaitNotice::default()), None)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = PERSIST", [], |r| r.get(0))?;
+        debug_assert_eq!(mode, "persist");
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;
+             PRAGMA application_id = {APPLICATION_ID};
+             PRAGMA user_version = {SCHEMA_VERSION};
+             {SCHEMA_SQL}
+             COMMIT;"
+        ))?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('created', ?1), ('rq_version', ?2)",
+            (crate::time::now(), env!("CARGO_PKG_VERSION")),
+        )?;
+    }
+    // The journal of the temporary name is not needed (it is empty after the commit).
+    let _ = std::fs::remove_file(tmp.with_extension("creating-journal"));
+    std::fs::rename(&tmp, db_path).map_err(|source| Error::Io {
+        context: format!("cannot create {}", db_path.display()),
+        source,
+    })
+}

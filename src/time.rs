@@ -1,0 +1,77 @@
+//! Timestamps. Stored as fixed-width UTC ISO-8601 text with microseconds
+//! (`2026-11-27T21:05:03.123456Z`): unambiguous across time zones, sorts and compares
+//! correctly as plain text in SQL, understood by SQLite's date functions, and readable.
+
+use jiff::Timestamp;
+
+/// The format of every timestamp rq stores.
+pub const FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6fZ";
+
+pub fn format(ts: Timestamp) -> String {
+    ts.strftime(FORMAT).to_string()
+}
+
+/// Now, on this host's clock (used for human-facing times only, never for liveness).
+pub fn now() -> String {
+    format(Timestamp::now())
+}
+
+pub fn parse(text: &str) -> Option<Timestamp> {
+    text.parse::<Timestamp>().ok()
+}
+
+/// Seconds from `earlier` to `later`, as a float.
+pub fn seconds_between(earlier: Timestamp, later: Timestamp) -> f64 {
+    (later.as_microsecond() - earlier.as_microsecond()) as f64 / 1e6
+}
+
+/// `12h03m07.25s`: the original rq's duration layout in `status`.
+pub fn hms(seconds: f64) -> String {
+    let seconds = seconds.max(0.0);
+    let hours = (seconds / 3600.0).floor();
+    let minutes = ((seconds - hours * 3600.0) / 60.0).floor();
+    let secs = seconds - hours * 3600.0 - minutes * 60.0;
+    format!("{:02}h{:02}m{:05.2}s", hours as u64, minutes as u64, secs)
+}
+
+/// A duration given by a user: `90`, `90s`, `15m`, `2h`, `1d`, `1.5h`.
+pub fn parse_duration(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: f64 = number.trim().parse().ok()?;
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" | "sec" | "secs" => 1.0,
+        "m" | "min" | "mins" => 60.0,
+        "h" | "hr" | "hrs" => 3600.0,
+        "d" | "day" | "days" => 86400.0,
+        _ => return None,
+    };
+    (value.is_finite() && value >= 0.0).then_some(value * scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_fixed_width_utc_and_round_trip() {
+        let ts: Timestamp = "2026-01-02T03:04:05.5+02:00".parse().unwrap();
+        let text = format(ts);
+        assert_eq!(text, "2026-01-02T01:04:05.500000Z");
+        assert_eq!(parse(&text), Some(ts));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Some(90.0));
+        assert_eq!(parse_duration("2h"), Some(7200.0));
+        assert_eq!(parse_duration("1.5m"), Some(90.0));
+        assert_eq!(parse_duration("x"), None);
+        assert_eq!(parse_duration("-3s"), None);
+        assert_eq!(hms(3725.5), "01h02m05.50s");
+    }
+}
