@@ -159,6 +159,25 @@ impl Store {
     /// Open a connection with the shared-filesystem settings and check it is an rq queue
     /// of a schema this rq understands.
     fn connect(&mut self) -> Result<()> {
+        self.connect_checked().map_err(|e| self.classify(e))
+    }
+
+    /// Database corruption found anywhere becomes one clear error.
+    fn classify(&self, err: Error) -> Error {
+        match &err {
+            Error::Sql(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt)
+                ) =>
+            {
+                self.corrupt(e.to_string())
+            }
+            _ => err,
+        }
+    }
+
+    fn connect_checked(&mut self) -> Result<()> {
         self.conn = None;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(&self.db_path, flags)?;
@@ -285,7 +304,7 @@ impl Store {
                     attempt += 1;
                     jitter_sleep(attempt);
                 }
-                Err(Attempt::Fail(err)) => return Err(err),
+                Err(Attempt::Fail(err)) => return Err(self.classify(err)),
             }
         }
     }

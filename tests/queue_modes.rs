@@ -1,0 +1,621 @@
+//! The data modes, driven through the real binary.
+
+mod common;
+use common::*;
+use serde_json::Value;
+
+#[test]
+fn create_makes_the_layout_and_refuses_existing_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q = tmp.path().join("q");
+    let out = rq_in(tmp.path(), &[q.to_str().unwrap(), "create"], None).ok();
+    let v = out.value();
+    for key in [
+        "q", "db", "schema", "bin", "stdin", "stdout", "stderr", "data",
+    ] {
+        let p = v[key].as_str().unwrap_or_else(|| panic!("no {key}"));
+        assert!(std::path::Path::new(p).exists(), "{p}");
+    }
+    let schema = std::fs::read_to_string(q.join("db.schema")).unwrap();
+    assert!(schema.contains("UTC") && schema.contains("CREATE TABLE jobs"));
+    rq_in(tmp.path(), &[q.to_str().unwrap(), "create"], None).fails();
+    let file = tmp.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    rq_in(tmp.path(), &[file.to_str().unwrap(), "create"], None).fails();
+}
+
+#[test]
+fn submit_from_argv_infile_stdin_and_dash() {
+    let q = TestQueue::new();
+    let rows = q
+        .rq(&["submit", "echo", "one", "-p", "5", "-t", "a"])
+        .ok()
+        .records();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(text(&rows[0], "command"), "echo one");
+    assert_eq!(int(&rows[0], "priority"), 5);
+    assert_eq!(text(&rows[0], "tag"), "a");
+    assert_eq!(text(&rows[0], "state"), "pending");
+    assert_eq!(
+        text(&rows[0], "cwd"),
+        q.tmp.path().canonicalize().unwrap().to_str().unwrap()
+    );
+
+    let list = q.tmp.path().join("joblist");
+    std::fs::write(&list, "echo two\n\n# comment\necho three\n").unwrap();
+    let rows = q.rq(&["s", "-i", list.to_str().unwrap()]).ok().records();
+    assert_eq!(rows.len(), 2);
+    // stdin without '-' when it is not a terminal, and with '-'
+    assert_eq!(
+        q.rq_stdin(&["submit"], "echo four\n").ok().records().len(),
+        1
+    );
+    assert_eq!(
+        q.rq_stdin(&["submit", "-"], "echo five\necho six\n")
+            .ok()
+            .records()
+            .len(),
+        2
+    );
+    let commands: Vec<String> = q.jobs().iter().map(|r| text(r, "command")).collect();
+    assert_eq!(
+        commands,
+        [
+            "echo one",
+            "echo two",
+            "echo three",
+            "echo four",
+            "echo five",
+            "echo six"
+        ]
+    );
+    // --quiet prints nothing; -- protects dashes in commands
+    let out = q.rq(&["submit", "-q", "--", "ls", "-l"]).ok();
+    assert!(out.stdout.is_empty());
+    assert_eq!(text(q.jobs().last().unwrap(), "command"), "ls -l");
+}
+
+#[test]
+fn submit_options_stage_runner_restartable_negative_priority() {
+    let q = TestQueue::new();
+    let rows = q
+        .rq(&[
+            "submit",
+            "--stage",
+            "--runner",
+            "n1, n2",
+            "--restartable",
+            "-p",
+            "-7",
+            "true",
+        ])
+        .ok()
+        .records();
+    assert_eq!(text(&rows[0], "state"), "holding");
+    assert_eq!(text(&rows[0], "hosts"), "n1,n2");
+    assert_eq!(rows[0]["restartable"], Value::Bool(true));
+    assert_eq!(int(&rows[0], "priority"), -7);
+    let big = i64::MAX.to_string();
+    let rows = q.rq(&["submit", "-p", &big, "true"]).ok().records();
+    assert_eq!(int(&rows[0], "priority"), i64::MAX);
+    q.rq(&["submit", "-p", "99999999999999999999", "true"])
+        .fails();
+}
+
+#[test]
+fn submit_copies_stdin_and_data() {
+    let q = TestQueue::new();
+    let input = q.tmp.path().join("in.txt");
+    std::fs::write(&input, "hello\n").unwrap();
+    let data = q.tmp.path().join("d");
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    std::fs::write(data.join("sub/f"), "x").unwrap();
+    let rows = q
+        .rq(&[
+            "submit",
+            "--stdin",
+            input.to_str().unwrap(),
+            "-d",
+            data.to_str().unwrap(),
+            "cat",
+        ])
+        .ok()
+        .records();
+    let jid = int(&rows[0], "jid");
+    assert_eq!(text(&rows[0], "stdin"), format!("stdin/{jid}"));
+    assert_eq!(
+        std::fs::read_to_string(q.path.join(format!("stdin/{jid}"))).unwrap(),
+        "hello\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(q.path.join(format!("data/{jid}/sub/f"))).unwrap(),
+        "x"
+    );
+    assert_eq!(q.rq(&["stdin", &jid.to_string()]).ok().stdout, "hello\n");
+    // --stdin - takes the process's standard input, shared by a batch
+    let list = q.tmp.path().join("two");
+    std::fs::write(&list, "cat\nwc -c\n").unwrap();
+    let rows = q
+        .rq_stdin(
+            &["submit", "--stdin", "-", "-i", list.to_str().unwrap()],
+            "piped\n",
+        )
+        .ok()
+        .records();
+    for row in &rows {
+        let jid = int(row, "jid");
+        assert_eq!(
+            std::fs::read_to_string(q.path.join(format!("stdin/{jid}"))).unwrap(),
+            "piped\n"
+        );
+    }
+    // both from stdin is refused
+    q.rq_stdin(&["submit", "--stdin", "-", "-"], "x\n").fails();
+    // a missing stdin file changes nothing
+    let before = q.dump();
+    q.rq(&["submit", "--stdin", "/nonexistent/file", "cat"])
+        .fails();
+    assert_eq!(q.dump(), before);
+}
+
+#[test]
+fn yaml_and_json_input_and_round_trips() {
+    let q = TestQueue::new();
+    let yaml = "- command: \"echo 'a: b' # not a comment\"\n  priority: 3\n  tag: t1\n- command: \"42\"\n- command: |\n    echo line1\n    echo line2\n  runner: [n1, n2]\n  restartable: true\n";
+    let rows = q.rq_stdin(&["submit", "-"], yaml).ok().records();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(text(&rows[0], "command"), "echo 'a: b' # not a comment");
+    assert_eq!(text(&rows[1], "command"), "42");
+    assert_eq!(text(&rows[2], "command"), "echo line1\necho line2\n");
+    assert_eq!(text(&rows[2], "hosts"), "n1,n2");
+    // rq's YAML output goes back into submit unchanged
+    let listed = q.rq(&["list"]).ok().stdout;
+    let again = q.rq_stdin(&["submit", "-"], &listed).ok().records();
+    assert_eq!(again.len(), 3);
+    for (a, b) in rows.iter().zip(&again) {
+        for f in ["command", "priority", "tag", "hosts", "restartable"] {
+            assert_eq!(a[f], b[f], "{f}");
+        }
+        assert_ne!(a["jid"], b["jid"]);
+    }
+    // and JSON output too
+    let json = q.rq(&["list", "1", "--format", "json"]).ok().stdout;
+    let parsed: Vec<serde_json::Map<String, Value>> = serde_json::from_str(&json).unwrap();
+    assert_eq!(parsed.len(), 1);
+    let again = q.rq_stdin(&["submit"], &json).ok().records();
+    assert_eq!(text(&again[0], "command"), "echo 'a: b' # not a comment");
+}
+
+#[test]
+fn a_bad_batch_commits_nothing() {
+    let q = TestQueue::new();
+    q.rq(&["submit", "true"]).ok();
+    let before = q.dump();
+    for bad in [
+        "- command: ok\n- command: x\n  priority: high\n",
+        "- command: ok\n- command: x\n  colour: red\n",
+        "- command: ok\n- priority: 1\n",
+        "- command: ok\n- command: \"\"\n",
+        "---\n- command: [unclosed\n",
+        "- command: x\n  priority: 1.5\n",
+    ] {
+        q.rq_stdin(&["submit", "-"], bad).fails();
+        assert_eq!(q.dump(), before, "{bad}");
+    }
+}
+
+#[test]
+fn list_by_state_prefix_jid_and_stdin() {
+    let q = TestQueue::new();
+    q.rq_stdin(&["submit"], "a\nb\nc\n").ok();
+    q.rq(&["submit", "--stage", "d"]).ok();
+    q.sql("UPDATE jobs SET state='finished', exit_status=0 WHERE jid=2");
+    let jids = |args: &[&str]| -> Vec<i64> {
+        q.rq(args)
+            .ok()
+            .records()
+            .iter()
+            .map(|r| int(r, "jid"))
+            .collect()
+    };
+    assert_eq!(jids(&["list"]), [1, 2, 3, 4]);
+    assert_eq!(jids(&["list", "all"]), [1, 2, 3, 4]);
+    assert_eq!(jids(&["list", "a"]), [1, 2, 3, 4]);
+    assert_eq!(jids(&["list", "p"]), [1, 3]);
+    assert_eq!(jids(&["ls", "hold"]), [4]);
+    assert_eq!(jids(&["l", "f", "3"]), [2, 3]);
+    let piped: Vec<i64> = q
+        .rq_stdin(&["list", "-"], "3\njid: 1\n")
+        .ok()
+        .records()
+        .iter()
+        .map(|r| int(r, "jid"))
+        .collect();
+    assert_eq!(piped, [1, 3]);
+    q.rq(&["list", "bogus"]).fails();
+    let out = q.rq(&["list", "-f", "jid,comm"]).ok().records();
+    assert_eq!(out[0].keys().collect::<Vec<_>>(), ["jid", "command"]);
+    q.rq(&["list", "-f", "nosuch"]).fails();
+    assert_eq!(q.rq(&["list", "99"]).ok().stdout, "");
+    assert_eq!(
+        q.rq(&["list", "99", "--format", "json"]).ok().stdout.trim(),
+        "[]"
+    );
+}
+
+#[test]
+fn many_jobs_list_in_chunks_without_losing_any() {
+    let q = TestQueue::new();
+    let lines: String = (0..5000).map(|i| format!("echo {i}\n")).collect();
+    q.rq_stdin(&["submit", "-q", "-"], &lines).ok();
+    let rows = q.rq(&["list", "pending", "-f", "jid"]).ok().records();
+    assert_eq!(rows.len(), 5000);
+    let json = q.rq(&["list", "--format", "json", "-f", "jid"]).ok().stdout;
+    let parsed: Vec<Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(parsed.len(), 5000);
+}
+
+#[test]
+fn status_report() {
+    let q = TestQueue::new();
+    q.rq_stdin(&["submit"], "a\nb\nc\nd\ne\n").ok();
+    q.sql("UPDATE jobs SET state='finished', exit_status=0, elapsed=2.5, finished=strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE jid IN (1,2)");
+    q.sql("UPDATE jobs SET state='finished', exit_status=75, elapsed=1.0, finished=strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE jid=3");
+    q.sql("UPDATE jobs SET state='running', runner='n1', started=strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE jid=4");
+    let v = q
+        .rq(&["status", "--exit", "retry=75,76 ok = 0"])
+        .ok()
+        .value();
+    assert_eq!(v["jobs"]["pending"], 1);
+    assert_eq!(v["jobs"]["finished"], 3);
+    assert_eq!(v["jobs"]["running"], 1);
+    assert_eq!(v["jobs"]["total"], 5);
+    assert_eq!(v["exit_status"]["successes"], 2);
+    assert_eq!(v["exit_status"]["failures"], 1);
+    assert_eq!(v["exit_status"]["retry"], 1);
+    assert_eq!(v["exit_status"]["ok"], 2);
+    assert_eq!(v["running_per_host"]["n1"], 1);
+    assert_eq!(v["performance"]["n_jobs_in_last_hrs"]["1"], 3);
+    assert_eq!(v["temporal"]["finished"]["max"]["1"], "00h00m02.50s");
+    let json: Value =
+        serde_json::from_str(&q.rq(&["status", "--format", "json"]).ok().stdout).unwrap();
+    assert_eq!(json["jobs"]["total"], 5);
+    q.rq(&["status", "--exit", "bad"]).fails();
+}
+
+#[test]
+fn query_simple_like_raw_and_injection() {
+    let q = TestQueue::new();
+    q.rq(&["submit", "-t", "x", "make all"]).ok();
+    q.rq(&["submit", "-t", "it's", "echo 1"]).ok();
+    q.rq(&["submit", "-t", "42", "-p", "9", "echo 2"]).ok();
+    let jids = |args: &[&str]| -> Vec<i64> {
+        q.rq(args)
+            .ok()
+            .records()
+            .iter()
+            .map(|r| int(r, "jid"))
+            .collect()
+    };
+    assert_eq!(jids(&["query", "tag=x"]), [1]);
+    assert_eq!(jids(&["q", "tag==it's"]), [2]);
+    assert_eq!(jids(&["q", "tag=42"]), [3]);
+    assert_eq!(jids(&["q", "priority=9"]), [3]);
+    assert_eq!(jids(&["q", "priority!=9", "tag!=x"]), [2]);
+    assert_eq!(jids(&["q", "command=~make%"]), [1]);
+    assert_eq!(jids(&["q", "command!~make%"]), [2, 3]);
+    assert_eq!(jids(&["q", "exit_status=null"]), [1, 2, 3]);
+    assert_eq!(jids(&["q", "priority > 0 or tag = 'x'"]), [1, 3]);
+    assert_eq!(jids(&["q", "tag='x';DROP"]), Vec::<i64>::new());
+    // raw SQL cannot write, and a second statement is refused
+    let before = q.dump();
+    q.rq(&["q", "1; DELETE FROM jobs"]).fails();
+    q.rq(&[
+        "q",
+        "jid IN (SELECT jid FROM jobs WHERE 0) OR 1) ; DROP TABLE jobs --",
+    ])
+    .fails();
+    q.rq(&["q", "nosuchfield=1"]).fails();
+    q.rq(&["q"]).fails();
+    q.rq(&["q", "no such column here"]).fails();
+    assert_eq!(q.dump(), before);
+    // the clause from stdin
+    assert_eq!(
+        q.rq_stdin(&["q", "-"], "# comment\ntag = 'x'\n")
+            .ok()
+            .records()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn update_targets_values_and_skips() {
+    let q = TestQueue::new();
+    q.rq_stdin(&["submit", "-t", "x"], "a\nb\nc\n").ok();
+    let rows = q
+        .rq(&["update", "1", "command=echo a b", "priority=4", "tag=null"])
+        .ok()
+        .records();
+    assert_eq!(text(&rows[0], "command"), "echo a b");
+    assert_eq!(int(&rows[0], "priority"), 4);
+    assert_eq!(rows[0]["tag"], Value::Null);
+    // pipeline from the original's docs
+    let found = q.rq(&["query", "tag=x"]).ok().stdout;
+    let rows = q
+        .rq_stdin(&["update", "state=holding", "-"], &found)
+        .ok()
+        .records();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| text(r, "state") == "holding"));
+    let rows = q
+        .rq(&["u", "holding", "state=p", "runner=n3"])
+        .ok()
+        .records();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(text(&rows[0], "hosts"), "n3");
+    // running jobs are reported, not silently skipped
+    q.sql("UPDATE jobs SET state='running' WHERE jid=2");
+    let out = q.rq(&["update", "2", "3", "priority=1"]);
+    assert_eq!(out.status, 1);
+    assert!(
+        out.stderr.contains("job 2 not updated: it is running"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(int(&q.rq(&["list", "3"]).ok().records()[0], "priority"), 1);
+    // stdin= replaces the job's stdin file
+    let f = q.tmp.path().join("new-in");
+    std::fs::write(&f, "new\n").unwrap();
+    let row = &q
+        .rq(&["update", "3", &format!("stdin={}", f.display())])
+        .ok()
+        .records()[0];
+    let rel = text(row, "stdin");
+    assert_eq!(std::fs::read_to_string(q.path.join(rel)).unwrap(), "new\n");
+    assert_eq!(
+        q.rq(&["stdin", "3"]).ok().stdout,
+        "",
+        "stdin dump reads stdin/<jid> convention only"
+    );
+    // errors change nothing
+    let before = q.dump();
+    q.rq(&["update", "1", "priority=x"]).fails();
+    q.rq(&["update", "1", "state=running"]).fails();
+    q.rq(&["update", "1", "jid=5x"]).fails();
+    q.rq(&["update", "1", "colour=red"]).fails();
+    q.rq(&["update", "priority=1"]).fails();
+    q.rq(&["update", "1"]).fails();
+    assert_eq!(q.dump(), before);
+}
+
+#[test]
+fn delete_by_jid_state_all_and_pipeline_never_running() {
+    let q = TestQueue::new();
+    let input = q.tmp.path().join("in");
+    std::fs::write(&input, "x").unwrap();
+    q.rq_stdin(
+        &["submit", "--stdin", input.to_str().unwrap(), "-"],
+        "a\nb\nc\nd\ne\n",
+    )
+    .ok();
+    q.sql("UPDATE jobs SET state='finished', exit_status=0 WHERE jid IN (1,2)");
+    q.sql("UPDATE jobs SET state='running' WHERE jid=5");
+    std::fs::write(q.path.join("stdout/1"), "out").unwrap();
+    let deleted = q
+        .rq_stdin(
+            &["delete", "-"],
+            &q.rq(&["query", "exit_status=0"]).ok().stdout,
+        )
+        .ok()
+        .records();
+    assert_eq!(deleted.len(), 2);
+    assert!(!q.path.join("stdout/1").exists());
+    assert!(!q.path.join("stdin/1").exists());
+    assert!(q.path.join("stdin/3").exists());
+    let out = q.rq(&["rm", "5", "3"]);
+    assert_eq!(out.status, 1);
+    assert!(out.stderr.contains("job 5 not deleted"));
+    let out = q.rq(&["delete", "all"]).ok().records();
+    assert_eq!(out.len(), 1);
+    let left: Vec<i64> = q.jobs().iter().map(|r| int(r, "jid")).collect();
+    assert_eq!(left, [5]);
+    q.rq(&["delete"]).fails();
+    q.rq(&["delete", "junk"]).fails();
+    // jids are never reused
+    let row = &q.rq(&["submit", "x"]).ok().records()[0];
+    assert_eq!(int(row, "jid"), 6);
+}
+
+#[test]
+fn resubmit_resets_in_place_without_pinning() {
+    let q = TestQueue::new();
+    q.rq(&["submit", "--runner", "n1,n2", "-t", "t", "echo x"])
+        .ok();
+    q.rq(&["submit", "echo y"]).ok();
+    q.sql("UPDATE jobs SET state='finished', exit_status=3, runner='n2', started='2026-01-01T00:00:00.000000Z', finished='2026-01-01T00:00:01.000000Z', elapsed=1, pid=77 WHERE jid=1");
+    q.sql("UPDATE jobs SET state='running', runner='n1' WHERE jid=2");
+    let out = q.rq(&["resubmit", "finished", "2", "-p", "3"]);
+    assert_eq!(out.status, 1);
+    let rows = out.records();
+    assert_eq!(rows.len(), 1);
+    let r = &rows[0];
+    assert_eq!(int(r, "jid"), 1);
+    assert_eq!(text(r, "state"), "pending");
+    assert_eq!(int(r, "priority"), 3);
+    assert_eq!(text(r, "hosts"), "n1,n2");
+    for f in [
+        "runner",
+        "started",
+        "finished",
+        "elapsed",
+        "pid",
+        "exit_status",
+    ] {
+        assert_eq!(r[f], Value::Null, "{f}");
+    }
+}
+
+#[test]
+fn touch_submits_or_updates_a_pending_twin() {
+    let q = TestQueue::new();
+    q.rq(&["touch", "-t", "a", "echo x"]).ok();
+    let rows = q.rq(&["to", "-t", "a", "-p", "5", "echo x"]).ok().records();
+    assert_eq!(int(&rows[0], "jid"), 1);
+    assert_eq!(int(&rows[0], "priority"), 5);
+    q.rq(&["touch", "-t", "b", "echo x"]).ok();
+    assert_eq!(q.jobs().len(), 2);
+}
+
+#[test]
+fn execute_and_configure() {
+    let q = TestQueue::new();
+    q.rq(&["submit", "true"]).ok();
+    let rows = q
+        .rq(&["execute", "SELECT count(*) AS n FROM jobs"])
+        .ok()
+        .records();
+    assert_eq!(rows[0]["n"], 1);
+    q.rq(&["execute", "SELEKT"]).fails();
+    let v = q
+        .rq(&["configure", "heartbeat=5s", "note=hello world"])
+        .ok()
+        .value();
+    assert_eq!(v["heartbeat"], "5s");
+    assert_eq!(q.rq(&["C"]).ok().value()["note"], "hello world");
+    q.rq(&["configure", "heartbeat=soon"]).fails();
+    q.rq(&["configure", "novalue"]).fails();
+}
+
+#[test]
+fn bad_invocations_get_one_line_errors_and_change_nothing() {
+    let q = TestQueue::new();
+    q.rq(&["submit", "true"]).ok();
+    let before = q.dump();
+    q.rq(&["frobnicate"]).fails();
+    q.rq(&["list", "--no-such-option"]).fails();
+    q.rq(&["submit", "-p", "high", "x"]).fails();
+    q.rq(&["submit", "-i", "/nonexistent"]).fails();
+    q.rq(&["list", "--format", "xml"]).fails();
+    q.rq(&["submit"]).fails();
+    assert_eq!(q.dump(), before);
+    rq_in(q.tmp.path(), &["/nonexistent/q", "status"], None).fails();
+    rq_in(q.tmp.path(), &["/etc", "status"], None).fails();
+    let out = rq_in(q.tmp.path(), &[q.q()], None).fails();
+    assert!(out.stderr.contains("no mode"));
+}
+
+#[test]
+fn help_version_rq_q_and_rq_opts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let help = rq_in(tmp.path(), &["help"], None).ok().stdout;
+    assert!(help.contains("submit (s)"));
+    assert!(
+        rq_in(tmp.path(), &["help", "submit"], None)
+            .ok()
+            .stdout
+            .contains("--infile")
+    );
+    assert!(
+        rq_in(tmp.path(), &["--help"], None)
+            .ok()
+            .stdout
+            .contains("modes")
+    );
+    assert!(
+        rq_in(tmp.path(), &["--version"], None)
+            .ok()
+            .stdout
+            .starts_with("rq ")
+    );
+    let q = TestQueue::new();
+    let mut cmd = rq_command();
+    cmd.env("RQ_Q", q.q())
+        .env("RQ_OPTS", "-p 7 --tag fromenv")
+        .args(["submit", "-t", "cli", "true"]);
+    let row = &run_cmd(cmd, None).ok().records()[0];
+    assert_eq!(int(row, "priority"), 7);
+    assert_eq!(text(row, "tag"), "cli");
+    let mut cmd = rq_command();
+    cmd.env("RQ_OPTS", "stray").args([q.q(), "list"]);
+    run_cmd(cmd, None).fails();
+}
+
+#[test]
+fn closed_pipe_exits_quietly() {
+    let q = TestQueue::new();
+    let lines: String = (0..3000).map(|i| format!("echo {i}\n")).collect();
+    q.rq_stdin(&["submit", "-q"], &lines).ok();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' '{}' list | head -1; echo \"status=${{PIPESTATUS:-0}}\"",
+            rq_bin(),
+            q.q()
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("---"));
+}
+
+#[test]
+fn damaged_foreign_and_newer_queues_are_refused_clearly() {
+    let q = TestQueue::new();
+    q.sql("PRAGMA user_version = 99");
+    let out = q.rq(&["status"]).fails();
+    assert!(out.stderr.contains("newer rq"), "{}", out.stderr);
+
+    let q = TestQueue::new();
+    std::fs::write(q.path.join("db"), vec![0x5au8; 8192]).unwrap();
+    let out = q.rq(&["list"]).fails();
+    assert!(out.stderr.contains("damaged"), "{}", out.stderr);
+
+    let q = TestQueue::new();
+    let db = q.path.join("db");
+    let bytes = std::fs::read(&db).unwrap();
+    std::fs::write(&db, &bytes[..bytes.len() / 2]).unwrap();
+    let out = q.rq(&["list"]);
+    assert_ne!(out.status, 0);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+}
+
+#[test]
+fn concurrent_submitters_and_updaters_lose_nothing() {
+    let q = TestQueue::new();
+    let mut children = Vec::new();
+    for w in 0..4 {
+        let lines: String = (0..100).map(|i| format!("echo w{w} j{i}\n")).collect();
+        let path = q.tmp.path().join(format!("list{w}"));
+        std::fs::write(&path, lines).unwrap();
+        for chunk in 0..3 {
+            let mut cmd = rq_command();
+            cmd.args([
+                q.q(),
+                "submit",
+                "-q",
+                "-t",
+                &format!("w{w}c{chunk}"),
+                "-i",
+                path.to_str().unwrap(),
+            ]);
+            cmd.stdout(std::process::Stdio::null());
+            children.push(cmd.spawn().unwrap());
+        }
+    }
+    for _ in 0..4 {
+        let mut cmd = rq_command();
+        cmd.args([q.q(), "update", "pending", "priority=3", "-q"]);
+        children.push(cmd.spawn().unwrap());
+    }
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    let jobs = q.jobs();
+    assert_eq!(jobs.len(), 1200);
+    let mut jids: Vec<i64> = jobs.iter().map(|r| int(r, "jid")).collect();
+    jids.dedup();
+    assert_eq!(jids.len(), 1200);
+    q.integrity_ok();
+}
