@@ -7,13 +7,16 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::control::{self, FeedRequest, LogOptions};
 use crate::error::{Error, IoContext, Result};
+use crate::feeder;
 use crate::input::{self, Target};
 use crate::job::{self, Row, State};
+use crate::log::{Age, Level};
 use crate::output::{self, Format};
 use crate::queue::{self, Changes, Queue, Selection, SubmitOptions};
 use crate::store::Access;
-use crate::{help, query};
+use crate::{help, host, query};
 
 /// Every option of every mode (as in the original, any option is accepted anywhere, so
 /// `RQ_OPTS` can hold defaults for several modes).
@@ -66,6 +69,39 @@ pub struct Options {
     /// status: extra exit-status counters, e.g. 'ok=0 retry=75,76'.
     #[arg(long)]
     pub exit: Option<String>,
+    /// feed: detach and run in the background.
+    #[arg(short = 'D', long)]
+    pub daemon: bool,
+    /// feed: jobs run at once by this feeder (default: the number of CPUs).
+    #[arg(long = "max_feed", visible_alias = "max-feed")]
+    pub max_feed: Option<String>,
+    /// feed: seconds between cheap checks for new jobs while idle (default 0.2).
+    #[arg(long = "min_sleep", visible_alias = "min-sleep")]
+    pub min_sleep: Option<String>,
+    /// feed: seconds between full polls of the queue while idle (default 30).
+    #[arg(long = "max_sleep", visible_alias = "max-sleep")]
+    pub max_sleep: Option<String>,
+    /// feed: the shell jobs run in, as a prefix (default 'bash --login -c').
+    #[arg(long)]
+    pub shell: Option<String>,
+    /// feed: exit once nothing is running and nothing is left to run.
+    #[arg(long = "exit_when_empty", visible_alias = "exit-when-empty")]
+    pub exit_when_empty: bool,
+    /// feed: log file (default: stderr; for start, a file in the state directory).
+    #[arg(short = 'l', long)]
+    pub log: Option<PathBuf>,
+    /// feed: log level 0-4 or fatal, error, warn, info (default), debug.
+    #[arg(short = 'v', long, num_args = 0..=1, default_missing_value = "debug")]
+    pub verbosity: Option<String>,
+    /// feed: start a new log file past this size (e.g. 10M).
+    #[arg(long = "log_size", visible_alias = "log-size")]
+    pub log_size: Option<String>,
+    /// feed: start a new log file daily, weekly or monthly.
+    #[arg(long = "log_age", visible_alias = "log-age")]
+    pub log_age: Option<String>,
+    /// feed: directory for per-host pid files and logs (default ~/.rq).
+    #[arg(long = "dot_rq_dir", visible_alias = "dot-rq-dir")]
+    pub dot_rq_dir: Option<PathBuf>,
     /// Print help.
     #[arg(short = 'h', long)]
     pub help: bool,
@@ -83,6 +119,8 @@ pub struct Invocation {
     /// A lone `-` was given: read the list from standard input.
     pub dash: bool,
     pub opts: Options,
+    /// The command line as given (a restarting feeder re-executes it).
+    pub argv: Vec<String>,
 }
 
 /// The modes, each with the abbreviations it answers to.
@@ -104,6 +142,13 @@ pub const MODES: &[(&str, &[&str])] = &[
     ("stdin4", &[]),
     ("stdout4", &[]),
     ("stderr4", &[]),
+    ("feed", &["f"]),
+    ("start", &[]),
+    ("shutdown", &[]),
+    ("stop", &[]),
+    ("restart", &[]),
+    ("pid", &[]),
+    ("feeder", &[]),
     ("help", &["h", "H"]),
 ];
 
@@ -177,6 +222,7 @@ pub fn parse(argv: &[String]) -> Result<Invocation> {
         args: words.collect(),
         dash,
         opts,
+        argv: argv.to_vec(),
     })
 }
 
@@ -274,6 +320,23 @@ impl Context<'_> {
             "configure" => self.configure(),
             "stdin" | "stdout" | "stderr" => self.dump(mode, false),
             "stdin4" | "stdout4" | "stderr4" => self.dump(&mode[..mode.len() - 1], true),
+            "feed" => self.feed(false),
+            "start" => self.feed(true),
+            "shutdown" | "stop" | "restart" => {
+                self.out.flush()?;
+                control::signal_feeder(
+                    &self.queue,
+                    &host::name(),
+                    self.inv.opts.dot_rq_dir.as_deref(),
+                    mode,
+                    self.inv.opts.quiet,
+                )
+            }
+            "pid" => self.feeder_status(true),
+            "feeder" => {
+                let pid_only = self.args().first().is_some_and(|a| a == "pid");
+                self.feeder_status(pid_only)
+            }
             other => Err(Error::usage(format!("unknown mode '{other}'"))),
         }?;
         self.out.flush()?;
@@ -711,6 +774,114 @@ impl Context<'_> {
         }
         Ok(0)
     }
+}
+
+impl Context<'_> {
+    fn feed(&mut self, start_mode: bool) -> Result<i32> {
+        if let Some(extra) = self.args().first() {
+            return Err(Error::usage(format!(
+                "{} takes no arguments (got '{extra}')",
+                if start_mode { "start" } else { "feed" }
+            )));
+        }
+        let o = &self.inv.opts;
+        let seconds = |name: &str, value: &Option<String>, default: f64| -> Result<f64> {
+            match value {
+                Some(v) => crate::time::parse_duration(v).ok_or_else(|| {
+                    Error::usage(format!("--{name}: '{v}' is not a number of seconds"))
+                }),
+                None => Ok(default),
+            }
+        };
+        let max_feed = match &o.max_feed {
+            Some(v) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                Error::usage(format!("--max_feed: '{v}' is not a positive whole number"))
+            })?,
+            None => crate::process::cpus(),
+        };
+        let min_sleep = seconds("min_sleep", &o.min_sleep, 0.2)?;
+        let max_sleep = seconds("max_sleep", &o.max_sleep, 30.0)?.max(min_sleep);
+        let shell = match &o.shell {
+            Some(s) => {
+                let words: Vec<String> = s.split_whitespace().map(String::from).collect();
+                if words.is_empty() {
+                    return Err(Error::usage("--shell: empty"));
+                }
+                words
+            }
+            None => feeder::Config::default_shell(),
+        };
+        let level = match &o.verbosity {
+            Some(v) => Level::parse(v)?,
+            None => Level::Info,
+        };
+        let max_size = match &o.log_size {
+            Some(v) => Some(parse_bytes(v).ok_or_else(|| {
+                Error::usage(format!(
+                    "--log_size: '{v}' is not a size like 1000000 or 10M"
+                ))
+            })?),
+            None => None,
+        };
+        let age = o.log_age.as_deref().map(Age::parse).transpose()?;
+        let request = FeedRequest {
+            queue: self.queue.clone(),
+            state_base: o.dot_rq_dir.clone(),
+            config: feeder::Config {
+                host: host::name(),
+                max_feed,
+                shell,
+                min_sleep,
+                max_sleep,
+                exit_when_empty: o.exit_when_empty,
+                kill_grace: 5.0,
+            },
+            log: LogOptions {
+                path: o.log.clone().map(|p| queue::resolve(&p)),
+                level,
+                max_size,
+                age,
+            },
+            daemon: o.daemon || start_mode,
+            quiet: o.quiet,
+            argv: self.inv.argv.clone(),
+            cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+        };
+        self.out.flush()?;
+        control::feed(request, start_mode)
+    }
+
+    fn feeder_status(&mut self, pid_only: bool) -> Result<i32> {
+        let pid = control::running_feeder(
+            &self.queue,
+            &host::name(),
+            self.inv.opts.dot_rq_dir.as_deref(),
+        )?;
+        let value = if pid_only {
+            serde_json::json!({ "pid": pid })
+        } else {
+            serde_json::json!({ "feeder": pid.is_some() })
+        };
+        self.print_value(&value)?;
+        Ok(if pid.is_some() { 0 } else { 1 })
+    }
+}
+
+/// `1000`, `64K`, `10M`, `1G`.
+fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, scale) = match text.char_indices().last()? {
+        (i, 'k' | 'K') => (&text[..i], 1u64 << 10),
+        (i, 'm' | 'M') => (&text[..i], 1 << 20),
+        (i, 'g' | 'G') => (&text[..i], 1 << 30),
+        _ => (text, 1),
+    };
+    number
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .map(|n| n * scale)
 }
 
 /// Keys `configure` knows the meaning of are checked; others are stored as given.

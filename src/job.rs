@@ -31,6 +31,7 @@ pub const FIELDS: &[&str] = &[
     "attempts",
     "claim",
     "feeder",
+    "process",
 ];
 
 /// Fields holding 0/1 that are shown as booleans.

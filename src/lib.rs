@@ -13,8 +13,13 @@ pub mod time;
 
 pub use error::{Error, Result};
 pub mod cli;
+pub mod control;
+pub mod feeder;
 pub mod help;
 pub mod host;
 pub mod input;
+pub mod lock;
+pub mod log;
+pub mod process;
 pub mod query;
 pub mod queue;

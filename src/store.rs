@@ -50,7 +50,8 @@ CREATE TABLE jobs (
     signal       TEXT,                              -- signal that ended the last run (e.g. KILL)
     attempts     INTEGER NOT NULL DEFAULT 0,        -- runs started so far
     claim        TEXT,                              -- fencing token of the current run
-    feeder       TEXT                               -- id of the feeder that holds the claim
+    feeder       TEXT,                              -- id of the feeder that holds/held the claim
+    process      TEXT                               -- boot_id/start time of the job's process (pid-reuse guard)
 );
 -- The claim order: best priority first, then oldest.
 CREATE INDEX jobs_claim_order ON jobs (state, priority DESC, submitted, jid);
@@ -362,6 +363,18 @@ fn configure_connection(
          PRAGMA foreign_keys = ON;",
     )?;
     install_busy_handler(conn, notice, lock_timeout)?;
+    // rq_host_ok(hosts, host): may `host` run a job restricted to `hosts`? (the claim query)
+    conn.create_scalar_function(
+        "rq_host_ok",
+        2,
+        rusqlite::functions::FunctionFlags::SQLITE_UTF8
+            | rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let hosts: Option<String> = ctx.get(0)?;
+            let host: String = ctx.get(1)?;
+            Ok(crate::host::allowed(hosts.as_deref(), &host))
+        },
+    )?;
     if std::env::var_os("RQ_SQL_DEBUG").is_some_and(|v| !v.is_empty()) {
         conn.trace_v2(
             rusqlite::trace::TraceEventCodes::SQLITE_TRACE_STMT,

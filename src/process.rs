@@ -1,0 +1,132 @@
+//! Processes: identity that survives pid reuse, process-group signals, signal names.
+
+use std::path::Path;
+
+/// This boot's id: a process identity is only meaningful within one boot.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The start time of a process (clock ticks since boot), from /proc/PID/stat.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat =
+        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // Fields from 3 on; starttime is field 22.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// `boot_id/starttime`: names one process across pid reuse.
+pub fn identity(pid: u32) -> Option<String> {
+    start_time(pid).map(|t| format!("{}/{t}", boot_id()))
+}
+
+/// Is the process named by `identity` still this pid on this boot?
+pub fn same_process(pid: u32, identity: &str) -> bool {
+    self::identity(pid).as_deref() == Some(identity)
+}
+
+/// Send a signal to a whole process group (a job and everything it started).
+pub fn signal_group(pgid: u32, signal: i32) -> bool {
+    if pgid <= 1 {
+        return false;
+    }
+    // SAFETY: kill(2) with a negative pid signals the process group.
+    unsafe { libc::kill(-(pgid as libc::pid_t), signal) == 0 }
+}
+
+pub fn signal_process(pid: u32, signal: i32) -> bool {
+    if pid <= 1 {
+        return false;
+    }
+    // SAFETY: plain kill(2).
+    unsafe { libc::kill(pid as libc::pid_t, signal) == 0 }
+}
+
+pub fn is_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks existence and permission.
+    pid > 1 && unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+const SIGNALS: &[(i32, &str)] = &[
+    (libc::SIGHUP, "HUP"),
+    (libc::SIGINT, "INT"),
+    (libc::SIGQUIT, "QUIT"),
+    (libc::SIGILL, "ILL"),
+    (libc::SIGTRAP, "TRAP"),
+    (libc::SIGABRT, "ABRT"),
+    (libc::SIGBUS, "BUS"),
+    (libc::SIGFPE, "FPE"),
+    (libc::SIGKILL, "KILL"),
+    (libc::SIGUSR1, "USR1"),
+    (libc::SIGSEGV, "SEGV"),
+    (libc::SIGUSR2, "USR2"),
+    (libc::SIGPIPE, "PIPE"),
+    (libc::SIGALRM, "ALRM"),
+    (libc::SIGTERM, "TERM"),
+    (libc::SIGCHLD, "CHLD"),
+    (libc::SIGCONT, "CONT"),
+    (libc::SIGSTOP, "STOP"),
+    (libc::SIGTSTP, "TSTP"),
+    (libc::SIGTTIN, "TTIN"),
+    (libc::SIGTTOU, "TTOU"),
+    (libc::SIGURG, "URG"),
+    (libc::SIGXCPU, "XCPU"),
+    (libc::SIGXFSZ, "XFSZ"),
+    (libc::SIGVTALRM, "VTALRM"),
+    (libc::SIGPROF, "PROF"),
+    (libc::SIGWINCH, "WINCH"),
+    (libc::SIGIO, "IO"),
+    (libc::SIGPWR, "PWR"),
+    (libc::SIGSYS, "SYS"),
+];
+
+pub fn signal_name(signal: i32) -> String {
+    SIGNALS
+        .iter()
+        .find(|(n, _)| *n == signal)
+        .map(|(_, name)| name.to_string())
+        .unwrap_or_else(|| signal.to_string())
+}
+
+/// `TERM`, `SIGTERM`, `term` or `15`.
+pub fn parse_signal(text: &str) -> Option<i32> {
+    if let Ok(n) = text.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    SIGNALS.iter().find(|(_, n)| *n == name).map(|(s, _)| *s)
+}
+
+/// Number of CPUs this process may use.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_of_self_is_stable() {
+        let pid = std::process::id();
+        let id = identity(pid).unwrap();
+        assert!(same_process(pid, &id));
+        assert!(!same_process(pid, "other-boot/1"));
+    }
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(parse_signal("TERM"), Some(libc::SIGTERM));
+        assert_eq!(parse_signal("sigkill"), Some(libc::SIGKILL));
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal("NOPE"), None);
+        assert_eq!(signal_name(libc::SIGKILL), "KILL");
+    }
+}
