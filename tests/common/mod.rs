@@ -163,3 +163,120 @@ pub fn int(rec: &Map<String, Value>, name: &str) -> i64 {
         .as_i64()
         .unwrap_or_else(|| panic!("{name} is not an integer in {rec:?}"))
 }
+
+/// A feeder process posing as a host; stopped (jobs killed) when dropped.
+pub struct FeederProc {
+    pub child: std::process::Child,
+    pub host: String,
+}
+
+impl FeederProc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+    /// Wait for the feeder to exit by itself; its exit code.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for FeederProc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGQUIT);
+            if self.wait_exit(std::time::Duration::from_secs(10)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+impl TestQueue {
+    /// A home directory for per-host state, inside the test's temp dir.
+    pub fn home(&self) -> PathBuf {
+        let home = self.tmp.path().join("home");
+        std::fs::create_dir_all(&home).unwrap();
+        home
+    }
+
+    /// Start `rq Q feed` as host `host` (RQ_HOST), fast polling, `sh -c` shell.
+    pub fn feeder(&self, host: &str, extra: &[&str]) -> FeederProc {
+        let mut cmd = rq_command();
+        cmd.env("RQ_HOST", host)
+            .env("HOME", self.home())
+            .current_dir(self.tmp.path())
+            .args([self.q(), "feed", "--min_sleep", "0.05", "--shell", "sh -c"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        FeederProc {
+            child: cmd.spawn().expect("spawn feeder"),
+            host: host.to_string(),
+        }
+    }
+
+    /// Run an rq command as host `host` with this test's HOME.
+    pub fn rq_as(&self, host: &str, args: &[&str]) -> Run {
+        let mut cmd = rq_command();
+        cmd.env("RQ_HOST", host)
+            .env("HOME", self.home())
+            .current_dir(self.tmp.path())
+            .arg(self.q())
+            .args(args);
+        run_cmd(cmd, None)
+    }
+
+    pub fn count(&self, state: &str) -> i64 {
+        let v = self.rq(&["status"]).ok().value();
+        v["jobs"][state].as_i64().unwrap()
+    }
+
+    /// Poll until `cond` holds; panic with `what` after `secs` seconds.
+    pub fn wait_for(&self, what: &str, secs: u64, mut cond: impl FnMut(&TestQueue) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline {
+            if cond(self) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!(
+            "timed out waiting for {what}: {}",
+            self.rq(&["status"]).stdout
+        );
+    }
+
+    pub fn ledger(&self) -> PathBuf {
+        self.tmp.path().join("ledger")
+    }
+
+    pub fn ledger_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.ledger())
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+}
+
+/// Can this machine fake hosts with UTS namespaces (root with unshare)?
+pub fn unshare_works() -> bool {
+    Command::new("unshare")
+        .args(["--uts", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
