@@ -708,7 +708,9 @@ impl Feeder {
     }
 }
 
-/// Claim up to `want` of the best pending jobs this host may run.
+/// Claim up to `want` of the best eligible jobs this host may run: pending jobs, and
+/// dead jobs marked restartable. Each branch walks the claim-order index, so picking
+/// stays O(log n) however many jobs the queue holds.
 fn claim(
     tx: &rusqlite::Transaction<'_>,
     host: &str,
@@ -722,8 +724,15 @@ fn claim(
          feeder = ?4, attempts = attempts + 1, stdout = 'stdout/' || jid, stderr = 'stderr/' || jid, \
          data = coalesce(data, 'data/' || jid), pid = NULL, process = NULL, finished = NULL, \
          elapsed = NULL, exit_status = NULL, signal = NULL \
-         WHERE jid IN (SELECT jid FROM jobs WHERE state = 'pending' AND rq_host_ok(hosts, ?1) \
-                       ORDER BY priority DESC, submitted, jid LIMIT ?5) \
+         WHERE jid IN (SELECT jid FROM ( \
+             SELECT jid, priority, submitted FROM (SELECT jid, priority, submitted FROM jobs \
+                 WHERE state = 'pending' AND rq_host_ok(hosts, ?1) \
+                 ORDER BY priority DESC, submitted, jid LIMIT ?5) \
+             UNION ALL \
+             SELECT jid, priority, submitted FROM (SELECT jid, priority, submitted FROM jobs \
+                 WHERE state = 'dead' AND restartable = 1 AND rq_host_ok(hosts, ?1) \
+                 ORDER BY priority DESC, submitted, jid LIMIT ?5)) \
+           ORDER BY priority DESC, submitted, jid LIMIT ?5) \
          RETURNING {}",
         queue::columns()
     );

@@ -36,6 +36,12 @@ modes (abbreviation):
   configure (C)     queue-wide settings: key=value ...
   stdin stdout stderr (0 1 2)      print a job's captured streams
   stdin4 stdout4 stderr4           print the paths of a job's streams
+  feed (f)          run this queue's jobs on this host (--daemon to detach)
+  start             start a daemon feeder unless one runs (for cron)
+  shutdown          stop this host's feeder after its running jobs finish
+  stop              stop this host's feeder now (running jobs are killed)
+  restart           drain, then restart this host's feeder (same pid)
+  pid, feeder       report this host's feeder
   help (h)          this text; 'rq help MODE' for one mode
 
 options (accepted anywhere on the line; '--' ends them):
@@ -51,6 +57,17 @@ options (accepted anywhere on the line; '--' ends them):
   -f, --fields a,b       only these fields (prefixes: -f s = state,submitted,...)
       --format FMT       yaml (default) or json
       --exit MAP         status: extra counters, e.g. 'ok=0 retry=75,76'
+  -D, --daemon           feed: detach; prints 'pid N started'
+      --max_feed N       feed: jobs at once (default: number of CPUs)
+      --shell 'CMD'      feed: shell prefix for jobs (default 'bash --login -c')
+      --min_sleep S      feed: seconds between cheap checks for work (0.2)
+      --max_sleep S      feed: seconds between full queue polls when idle (30)
+      --exit_when_empty  feed: exit when nothing is left to run
+  -l, --log FILE         feed: log file (start: ~/.rq/HOST/QUEUE/log)
+  -v, --verbosity L      feed: 0-4 or fatal error warn info debug
+      --log_size N       feed: roll the log past N bytes (10M)
+      --log_age AGE      feed: roll the log daily, weekly or monthly
+      --dot_rq_dir DIR   feed: per-host state directory (default ~/.rq)
   -h, --help             help;  --version  the version
 
 A lone '-' reads the job list (or jids) from standard input; so does a mode
@@ -111,6 +128,22 @@ const TOPICS: &[(&str, &str)] = &[
         "rq QUEUE configure [key=value ...]\n\nSet queue-wide settings (key= removes one); with no arguments print them.\n",
     ),
     (
+        "feed",
+        "rq QUEUE feed [--daemon] [--max_feed N] [--shell 'sh -c'] [--log FILE] ...\n\nRun the queue's jobs on this host: claim the best pending jobs this host may run\n(priority, then oldest), run each as `bash --login -c COMMAND` in the directory\nit was submitted from, with stdin/stdout/stderr in the queue and RQ_* variables\n(RQ, RQ_JID, RQ_TAG, RQ_DATA, RQ_JOB, ...), and record how it ended. One feeder\nper host per queue. TERM/INT: finish running jobs, then exit; HUP: the same, then\nrestart; QUIT: kill running jobs now. Idle, it checks the queue's doorbell every\n--min_sleep seconds (no lock) and polls the queue every --max_sleep seconds.\n\n  rq /nfs/q feed --daemon --log ~/q.log\n  rq /nfs/q feed --max_feed 8 --shell 'sh -c'\n  rq /nfs/q feed --exit_when_empty        # run what is there, then exit\n",
+    ),
+    (
+        "start",
+        "rq QUEUE start [feed options]\n\nStart a daemon feeder unless one already runs for this queue on this host (then\nprint nothing and succeed): made for cron. Logs to ~/.rq/HOST/QUEUE/log.\n\n  */15 * * * * /usr/local/bin/rq /nfs/q start\n",
+    ),
+    (
+        "shutdown",
+        "rq QUEUE shutdown|stop|restart\n\nshutdown: the feeder stops claiming, waits for its running jobs, records them and\nexits. stop: it kills its running jobs (restartable ones go back to pending, others\nare marked dead) and exits. restart: like shutdown, then it re-executes itself with\nthe same arguments (same pid). Exit status 0 if a feeder was signalled, 1 if none runs.\n",
+    ),
+    (
+        "pid",
+        "rq QUEUE pid | rq QUEUE feeder\n\nReport this host's feeder for the queue: `pid: N` (or `pid: ~`), `feeder: true|false`.\nExit status 0 if one runs, 1 if not.\n",
+    ),
+    (
         "stdin",
         "rq QUEUE stdin|stdout|stderr JID... (0 1 2)\n\nPrint a job's captured stream. stdin4/stdout4/stderr4 print the file paths.\n",
     ),
@@ -124,6 +157,8 @@ pub fn text(topic: Option<&str>) -> Result<String> {
     let mode = crate::cli::mode_name(topic).unwrap_or(topic);
     let mode = match mode {
         "stdout" | "stderr" | "stdin4" | "stdout4" | "stderr4" => "stdin",
+        "stop" | "restart" => "shutdown",
+        "feeder" => "pid",
         "help" => return Ok(OVERVIEW.to_string()),
         other => other,
     };

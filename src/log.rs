@@ -226,4 +226,27 @@ mod tests {
         assert!(rolled(&path, 1).exists());
         assert!(std::fs::metadata(&path).unwrap().len() < 400);
     }
+
+    #[test]
+    fn rolls_by_age_when_the_period_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut log = Logger::to_file(Level::Info, path.clone(), None, Some(Age::Daily)).unwrap();
+        log.log(Level::Info, "today");
+        assert!(!rolled(&path, 1).exists());
+        log.period = "2000-01-01".into(); // as if the file was opened on an earlier day
+        log.log(Level::Info, "a new day");
+        assert!(
+            std::fs::read_to_string(rolled(&path, 1))
+                .unwrap()
+                .contains("today")
+        );
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("a new day")
+        );
+        assert_ne!(Age::Weekly.period(jiff::Timestamp::now()), "");
+        assert!(Age::parse("hourly").is_err());
+    }
 }

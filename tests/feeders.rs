@@ -219,7 +219,7 @@ fn job_environment_directory_stdin_and_signals() {
         "--stdin",
         input.to_str().unwrap(),
         "--",
-        "pwd; cat; echo $RQ_JID $RQ_TAG $RQ_RUNNER; echo $RQ; echo $RQ_STDOUT; test -d \"$RQ_DATA\" && echo data-ok; echo $PATH | cut -d: -f1; trap -p | wc -l",
+        "pwd; cat; echo $RQ_JID $RQ_TAG $RQ_RUNNER; echo $RQ; echo $RQ_STDOUT; test -d \"$RQ_DATA\" && echo data-ok; echo $PATH | cut -d: -f1; trap -p | wc -l; ls -l /proc/$$/fd | grep -c -E '/db|/pid|log|doorbell'; true",
     ]);
     run_cmd(cmd, None).ok();
     q.rq(&["submit", "-q", "kill -TERM $$"]).ok();
@@ -236,6 +236,10 @@ fn job_environment_directory_stdin_and_signals() {
     assert_eq!(lines[5], "data-ok");
     assert_eq!(lines[6], q.path.join("bin").to_str().unwrap());
     assert_eq!(lines[7], "0", "jobs must not inherit ignored signals");
+    assert_eq!(
+        lines[8], "0",
+        "no database, lock or log descriptor may leak into jobs"
+    );
     let jobs = q.jobs();
     assert_eq!(jobs[1]["exit_status"], serde_json::Value::Null);
     assert_eq!(text(&jobs[1], "signal"), "TERM");
@@ -477,4 +481,71 @@ fn orphan_files_are_removed_at_start() {
         fresh.exists(),
         "files younger than ten minutes may belong to a submit in progress"
     );
+}
+
+#[test]
+fn dead_restartable_jobs_are_eligible() {
+    let q = TestQueue::new();
+    q.rq(&["submit", "-q", "--restartable", "echo again"]).ok();
+    q.rq(&["submit", "-q", "echo not again"]).ok();
+    q.sql("UPDATE jobs SET state = 'dead'");
+    let mut f = q.feeder("h1", &["--exit_when_empty"]);
+    assert_eq!(f.wait_exit(Duration::from_secs(20)), Some(0));
+    let jobs = q.jobs();
+    assert_eq!(text(&jobs[0], "state"), "finished");
+    assert_eq!(text(&jobs[1], "state"), "dead");
+}
+
+#[test]
+fn restart_of_a_started_feeder_keeps_feeding() {
+    let q = TestQueue::new();
+    let out = q
+        .rq_as("h1", &["start", "--shell", "sh -c", "--min_sleep", "0.05"])
+        .ok();
+    let pid: i64 = out
+        .stdout
+        .trim()
+        .strip_prefix("pid ")
+        .unwrap()
+        .strip_suffix(" started")
+        .unwrap()
+        .parse()
+        .unwrap();
+    struct Kill(i32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0, libc::SIGQUIT) };
+        }
+    }
+    let _guard = Kill(pid as i32);
+    // start again: already running, says nothing, succeeds
+    let again = q.rq_as("h1", &["start"]).ok();
+    assert!(again.stdout.is_empty());
+    q.rq(&["submit", "-q", "sleep 0.5; echo first"]).ok();
+    q.wait_for("job to start", 10, |q| q.count("running") == 1);
+    assert!(q.rq_as("h1", &["restart"]).ok().stdout.contains("restart"));
+    q.wait_for("the first job to finish", 10, |q| q.count("finished") == 1);
+    // the same process feeds on after re-executing itself
+    q.wait_for("feeder back", 10, |q| q.rq_as("h1", &["pid"]).status == 0);
+    assert_eq!(q.rq_as("h1", &["pid"]).value()["pid"], pid);
+    q.rq(&["submit", "-q", "echo second"]).ok();
+    q.wait_for("a job after the restart", 10, |q| q.count("finished") == 2);
+    let state = rq::control::state_dir(
+        Some(&q.home().join(".rq")),
+        "h1",
+        &q.path.canonicalize().unwrap(),
+    );
+    let log = std::fs::read_to_string(state.join("log")).unwrap();
+    assert!(log.contains("** RESTARTING **"), "{log}");
+    assert_eq!(log.matches("** STARTED **").count(), 2, "{log}");
+    assert_eq!(q.rq_as("h1", &["shutdown"]).status, 0);
+}
+
+#[test]
+fn sql_debug_traces_statements() {
+    let q = TestQueue::new();
+    let mut cmd = rq_command();
+    cmd.env("RQ_SQL_DEBUG", "1").args([q.q(), "list"]);
+    let out = run_cmd(cmd, None).ok();
+    assert!(out.stderr.contains("rq sql: SELECT"), "{}", out.stderr);
 }

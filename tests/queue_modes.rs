@@ -619,3 +619,14 @@ fn concurrent_submitters_and_updaters_lose_nothing() {
     assert_eq!(jids.len(), 1200);
     q.integrity_ok();
 }
+
+#[test]
+fn every_mode_has_help() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (mode, abbrevs) in rq::cli::MODES {
+        for word in std::iter::once(mode).chain(abbrevs.iter()) {
+            let out = rq_in(tmp.path(), &["help", word], None).ok();
+            assert!(out.stdout.contains("rq "), "{word}: {}", out.stdout);
+        }
+    }
+}
