@@ -4,6 +4,7 @@
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -69,6 +70,18 @@ pub struct Options {
     /// status: extra exit-status counters, e.g. 'ok=0 retry=75,76'.
     #[arg(long)]
     pub exit: Option<String>,
+    /// submit: TERM the job after this long (e.g. 90s, 2h), KILL it a little later.
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// submit: re-queue a job that fails up to N times.
+    #[arg(long)]
+    pub retries: Option<String>,
+    /// submit: wait this long before the first retry (doubling each time; default 1s).
+    #[arg(long = "retry-delay", visible_alias = "retry_delay")]
+    pub retry_delay: Option<String>,
+    /// kill: the signal to send (default TERM).
+    #[arg(long)]
+    pub signal: Option<String>,
     /// feed: detach and run in the background.
     #[arg(short = 'D', long)]
     pub daemon: bool,
@@ -149,6 +162,10 @@ pub const MODES: &[(&str, &[&str])] = &[
     ("restart", &[]),
     ("pid", &[]),
     ("feeder", &[]),
+    ("feeders", &[]),
+    ("kill", &[]),
+    ("wait", &[]),
+    ("lock", &["L"]),
     ("help", &["h", "H"]),
 ];
 
@@ -333,6 +350,10 @@ impl Context<'_> {
                 )
             }
             "pid" => self.feeder_status(true),
+            "feeders" => self.feeders(),
+            "kill" => self.kill(),
+            "wait" => self.wait(),
+            "lock" => self.lock(),
             "feeder" => {
                 let pid_only = self.args().first().is_some_and(|a| a == "pid");
                 self.feeder_status(pid_only)
@@ -394,6 +415,16 @@ impl Context<'_> {
     ) -> Result<usize> {
         let fields = self.fields()?;
         let format = self.format;
+        if format == Format::Table {
+            let mut all = Vec::new();
+            fetch(&mut |rows: Vec<Row>| {
+                all.extend(rows);
+                Ok(())
+            })?;
+            let text = output::rows(&all, fields.as_deref(), Format::Table);
+            self.out.print(&text)?;
+            return Ok(all.len());
+        }
         let mut count = 0usize;
         let out = &mut self.out;
         if format == Format::Json {
@@ -401,7 +432,7 @@ impl Context<'_> {
         }
         fetch(&mut |rows: Vec<Row>| {
             let text = match format {
-                Format::Yaml => {
+                Format::Yaml | Format::Table => {
                     let text = output::rows(&rows, fields.as_deref(), Format::Yaml);
                     if count == 0 {
                         text
@@ -474,6 +505,14 @@ impl Context<'_> {
             stdin: None,
             data: o.data.clone(),
             echo: !o.quiet,
+            timeout: duration_option("timeout", &o.timeout)?,
+            retries: match &o.retries {
+                Some(r) => Some(r.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                    Error::usage(format!("--retries: '{r}' is not a whole number >= 0"))
+                })?),
+                None => None,
+            },
+            retry_delay: duration_option("retry-delay", &o.retry_delay)?,
         })
     }
 
@@ -864,6 +903,234 @@ impl Context<'_> {
         };
         self.print_value(&value)?;
         Ok(if pid.is_some() { 0 } else { 1 })
+    }
+}
+
+fn duration_option(name: &str, value: &Option<String>) -> Result<Option<f64>> {
+    match value {
+        Some(v) => crate::time::parse_duration(v).map(Some).ok_or_else(|| {
+            Error::usage(format!(
+                "--{name}: '{v}' is not a duration like 90s, 15m or 2h"
+            ))
+        }),
+        None => Ok(None),
+    }
+}
+
+impl Context<'_> {
+    /// `rq Q feeders`: every host that has fed the queue, judged by its heartbeat.
+    fn feeders(&mut self) -> Result<i32> {
+        let mut q = self.open(Access::ReadOnly)?;
+        let lease = q.setting("lease")?;
+        let heartbeat = q.setting("heartbeat")?;
+        let max_attempts = q.setting("max_attempts")?;
+        let settings = crate::liveness::Settings::from_attributes(|k| match k {
+            "lease" => lease.clone(),
+            "heartbeat" => heartbeat.clone(),
+            "max_attempts" => max_attempts.clone(),
+            _ => None,
+        });
+        let running: Vec<(String, i64)> = q.store().read(|tx| {
+            let mut stmt = tx.prepare(
+                "SELECT runner, count(*) FROM jobs WHERE state = 'running' GROUP BY runner",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                        r.get(1)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })?;
+        let now = crate::liveness::server_now(q.dir(), &host::name())?;
+        let mut rows = Vec::new();
+        for (info, age) in crate::liveness::known_hosts(q.dir(), now) {
+            let name = info["host"].as_str().unwrap_or("?").to_string();
+            let stopped = info["stopped"].as_bool().unwrap_or(false);
+            let alive = !stopped && age.is_some_and(|a| a <= settings.lease);
+            let count = running
+                .iter()
+                .find(|(h, _)| *h == name)
+                .map_or(0, |(_, n)| *n);
+            let cell = |v: &serde_json::Value| match v {
+                serde_json::Value::Number(n) => n.as_i64().map_or(job::Cell::Null, job::Cell::Int),
+                serde_json::Value::String(s) => job::Cell::Text(s.clone()),
+                _ => job::Cell::Null,
+            };
+            rows.push(Row {
+                columns: vec![
+                    ("host".into(), job::Cell::Text(name)),
+                    ("alive".into(), job::Cell::Bool(alive)),
+                    (
+                        "state".into(),
+                        job::Cell::Text(
+                            if stopped {
+                                "stopped"
+                            } else if alive {
+                                "alive"
+                            } else {
+                                "dead"
+                            }
+                            .into(),
+                        ),
+                    ),
+                    (
+                        "heartbeat_age".into(),
+                        age.map_or(job::Cell::Null, |a| {
+                            job::Cell::Real((a * 10.0).round() / 10.0)
+                        }),
+                    ),
+                    ("running".into(), job::Cell::Int(count)),
+                    ("max_feed".into(), cell(&info["max_feed"])),
+                    ("pid".into(), cell(&info["pid"])),
+                    ("started".into(), cell(&info["started"])),
+                    ("version".into(), cell(&info["version"])),
+                    ("feeder".into(), cell(&info["feeder"])),
+                ],
+            });
+        }
+        let text = output::rows(&rows, None, self.format);
+        self.out.print(&text)?;
+        Ok(0)
+    }
+
+    /// `rq Q kill JID... [--signal SIG]`: ask each job's feeder, wherever it runs, to signal
+    /// the job's process group.
+    fn kill(&mut self) -> Result<i32> {
+        let signal = match &self.inv.opts.signal {
+            Some(s) => crate::process::parse_signal(s).ok_or_else(|| {
+                Error::usage(format!(
+                    "--signal: unknown signal '{s}' (e.g. TERM, KILL, INT, 9)"
+                ))
+            })?,
+            None => libc::SIGTERM,
+        };
+        let targets = self.targets(false)?;
+        if targets.is_empty() {
+            return Err(Error::usage(
+                "kill: name the jids of running jobs (or '-' to read them)",
+            ));
+        }
+        let jids: Vec<i64> = targets
+            .iter()
+            .filter_map(|t| match t {
+                Target::Jid(j) => Some(*j),
+                _ => None,
+            })
+            .collect();
+        let mut q = self.open(Access::ReadWrite)?;
+        let (rows, skipped) = q.request_kill(&jids, &crate::process::signal_name(signal))?;
+        self.print_rows(&rows)?;
+        Ok(self.report_skipped("signalled", &skipped))
+    }
+
+    /// `rq Q wait [JIDS|STATES|query]`: until the jobs are finished or dead; exit 0 only
+    /// if every one succeeded.
+    fn wait(&mut self) -> Result<i32> {
+        let args = self.args().to_vec();
+        let looks_like_query = args.iter().any(|a| a.contains(['=', '<', '>', '~', ' ']));
+        let mut q = self.open(Access::ReadOnly)?;
+        let mut jids = Vec::new();
+        if looks_like_query {
+            let clause = query::parse(&args)?;
+            q.query(&clause, &mut |rows| {
+                jids.extend(rows.iter().map(Row::jid));
+                Ok(())
+            })?;
+        } else {
+            let targets = self.targets(true)?;
+            let selection = if targets.is_empty() {
+                Selection {
+                    all: true,
+                    ..Default::default()
+                }
+            } else {
+                Selection::from_targets(&targets)
+            };
+            q.list(&selection, &mut |rows| {
+                jids.extend(rows.iter().map(Row::jid));
+                Ok(())
+            })?;
+        }
+        let tty = std::io::stderr().is_terminal();
+        let mut delay = 0.2f64;
+        loop {
+            let progress = q.progress(&jids)?;
+            if tty {
+                let width = 30usize;
+                let done = progress.finished + progress.dead + progress.gone;
+                let filled = if jids.is_empty() {
+                    width
+                } else {
+                    done * width / jids.len()
+                };
+                eprint!(
+                    "\r[{}{}] {done}/{} done, {} running, {} pending{}",
+                    "#".repeat(filled),
+                    " ".repeat(width - filled),
+                    jids.len(),
+                    progress.running,
+                    progress.pending,
+                    if progress.holding > 0 {
+                        format!(", {} holding", progress.holding)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            if progress.pending + progress.running + progress.holding == 0 {
+                if tty {
+                    eprintln!();
+                    if progress.failed > 0 || progress.dead > 0 {
+                        eprintln!("rq: {} failed, {} dead", progress.failed, progress.dead);
+                    }
+                }
+                return Ok(if progress.failed + progress.dead + progress.gone == 0 {
+                    0
+                } else {
+                    1
+                });
+            }
+            std::thread::sleep(Duration::from_secs_f64(delay));
+            delay = (delay * 1.5).min(2.0);
+        }
+    }
+
+    /// `rq Q lock read|shared|write|exclusive -- COMMAND...`: run a command holding the
+    /// queue lock; rq exits with the command's status.
+    fn lock(&mut self) -> Result<i32> {
+        let Some((kind, command)) = self.args().split_first() else {
+            return Err(Error::usage(
+                "lock: say read|shared|write|exclusive, then the command (after --)",
+            ));
+        };
+        let exclusive = match kind.to_ascii_lowercase().as_str() {
+            k if k.starts_with('r') || k.starts_with("sh") => false,
+            k if k.starts_with('w') || k.starts_with("ex") => true,
+            _ => {
+                return Err(Error::usage(format!(
+                    "lock: '{kind}' is not read, shared, write or exclusive"
+                )));
+            }
+        };
+        if command.is_empty() {
+            return Err(Error::usage("lock: no command given (put it after --)"));
+        }
+        let command = command.join(" ");
+        self.out.flush()?;
+        let mut q = self.open(Access::ReadWrite)?;
+        let status = q.store().with_lock(exclusive, || {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&command)
+                .status()
+                .context(|| format!("cannot run {command}"))
+        })?;
+        Ok(status
+            .code()
+            .unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
     }
 }
 

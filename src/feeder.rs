@@ -1,31 +1,35 @@
-//! The feeder: claims jobs for this host and runs them.
+//! The feeder: claims jobs for this host, runs them, records how they ended, keeps the
+//! host's heartbeat, and reclaims the jobs of hosts whose heartbeat has stopped.
 //!
-//! Protocol (see ARCHITECTURE.md):
+//! Protocol (see ARCHITECTURE.md and `claims`):
 //! 1. claim: one short write transaction marks the best eligible jobs `running` for this
-//!    host with a fresh claim token, and commits, *before* anything is spawned;
+//!    host with a fresh claim token, and commits *before* anything is spawned;
 //! 2. spawn outside any transaction; then record pid and process identity, checking the
 //!    claim token (a job taken over meanwhile is killed, not recorded);
-//! 3. on exit, record the end, again only `WHERE claim = token`. Several completions and
-//!    the next claim share one transaction.
+//! 3. on exit, record the end, again only where the claim still holds. Several endings
+//!    and the next claim share one transaction.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rusqlite::types::Value as SqlValue;
 
+use crate::claims::{self, End};
 use crate::error::{Error, IoContext, Result};
-use crate::job::{Cell, Row};
+use crate::job::Row;
+use crate::liveness::{self, Heartbeat, Settings};
 use crate::log::{Level, Logger};
 use crate::queue::{self, Queue};
-use crate::{process, time};
+use crate::{process, runner, time};
 
 /// How a feeder runs.
 #[derive(Debug, Clone)]
@@ -34,7 +38,7 @@ pub struct Config {
     pub max_feed: usize,
     /// The shell prefix; the job's command is appended as one argument.
     pub shell: Vec<String>,
-    /// Seconds between cheap doorbell checks while idle.
+    /// Seconds between cheap doorbell checks.
     pub min_sleep: f64,
     /// Seconds between full database polls while idle.
     pub max_sleep: f64,
@@ -67,15 +71,25 @@ struct RunningJob {
     child: Child,
     pid: u32,
     started: Instant,
+    timeout: Option<f64>,
+    /// When the timeout's TERM was sent.
+    term_sent: Option<Instant>,
+    /// `rq kill` asked for this job to be signalled (it is then not retried).
+    killed_on_request: bool,
+    /// Someone else holds the job now: our copy was killed and its end is not recorded.
+    fenced: bool,
+    retries: i64,
+    retried: i64,
+    retry_delay: f64,
 }
 
-struct Completion {
-    jid: i64,
-    claim: String,
-    exit_status: Option<i32>,
-    signal: Option<String>,
-    elapsed: f64,
-    pid: u32,
+/// Test-only fault injection (`RQ_FAULT`): the feeder kills itself at a chosen point, as a
+/// crash would.
+fn fault(point: &str) {
+    if std::env::var("RQ_FAULT").is_ok_and(|f| f == point) {
+        // SAFETY: raise(2) on ourselves.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
 }
 
 /// Signals the feeder reacts to, and a pipe that wakes its sleep when one arrives.
@@ -170,6 +184,73 @@ impl Doorbell {
     }
 }
 
+/// The heartbeat runs in its own thread, so a main loop waiting a long time for the
+/// queue lock still counts as alive; a stopped or frozen process does not.
+struct Beater {
+    /// Boot-clock milliseconds of the last successful beat.
+    last_ok_ms: Arc<AtomicU64>,
+    /// Server time (µs since the epoch) read back at the last successful beat.
+    server_now_us: Arc<AtomicI64>,
+    interval_ms: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Heartbeat>>,
+}
+
+impl Beater {
+    fn start(heartbeat: Heartbeat, interval: f64) -> Beater {
+        let last_ok_ms = Arc::new(AtomicU64::new((liveness::boot_clock() * 1000.0) as u64));
+        let server_now_us = Arc::new(AtomicI64::new(0));
+        let interval_ms = Arc::new(AtomicU64::new((interval * 1000.0) as u64));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, s, i, st) = (
+            last_ok_ms.clone(),
+            server_now_us.clone(),
+            interval_ms.clone(),
+            stop.clone(),
+        );
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                if let Ok(now) = heartbeat.beat() {
+                    s.store(now.as_microsecond(), Ordering::SeqCst);
+                    l.store((liveness::boot_clock() * 1000.0) as u64, Ordering::SeqCst);
+                }
+                let wait = jittered(i.load(Ordering::SeqCst) as f64 / 1000.0);
+                let until = Instant::now() + wait;
+                while Instant::now() < until && !st.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20).min(wait));
+                }
+            }
+            heartbeat
+        });
+        Beater {
+            last_ok_ms,
+            server_now_us,
+            interval_ms,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Seconds since the last successful beat.
+    fn missed(&self) -> f64 {
+        liveness::boot_clock() - self.last_ok_ms.load(Ordering::SeqCst) as f64 / 1000.0
+    }
+
+    fn server_now(&self) -> Option<jiff::Timestamp> {
+        match self.server_now_us.load(Ordering::SeqCst) {
+            0 => None,
+            us => jiff::Timestamp::from_microsecond(us).ok(),
+        }
+    }
+
+    fn finish(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(Ok(hb)) = self.thread.take().map(JoinHandle::join) {
+            hb.stopped();
+        }
+    }
+}
+
 fn jittered(seconds: f64) -> Duration {
     Duration::from_secs_f64((seconds * rand::random_range(0.8..1.2)).max(0.001))
 }
@@ -179,12 +260,18 @@ pub struct Feeder {
     config: Config,
     log: Logger,
     id: String,
+    settings: Settings,
     running: Vec<RunningJob>,
     doorbell: Doorbell,
     last_full_poll: Instant,
     next_full_poll: Duration,
+    next_tick: Instant,
     /// The last claim filled every free slot, so more work may be waiting.
     more_waiting: bool,
+    /// Claiming is suspended: heartbeats have failed for half the lease.
+    fenced: bool,
+    /// When a job this feeder queued for a retry becomes eligible.
+    retry_wake: Option<Instant>,
 }
 
 impl Feeder {
@@ -202,10 +289,14 @@ impl Feeder {
             config,
             log,
             id,
+            settings: Settings::default(),
             running: Vec::new(),
             doorbell,
             last_full_poll: Instant::now(),
+            next_tick: Instant::now(),
             more_waiting: true,
+            fenced: false,
+            retry_wake: None,
         }
     }
 
@@ -217,55 +308,108 @@ impl Feeder {
         self.log.log(Level::Info, message);
     }
 
+    fn warn(&mut self, message: &str) {
+        self.log.log(Level::Warn, message);
+    }
+
+    fn read_settings(&mut self) -> Result<()> {
+        let attrs: Vec<(String, String)> = self.queue.store().read(|tx| {
+            let mut stmt = tx.prepare_cached("SELECT key, value FROM attributes")?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })?;
+        self.settings = Settings::from_attributes(|k| {
+            attrs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        });
+        Ok(())
+    }
+
     /// Run until drained, stopped or (with `exit_when_empty`) out of work.
     pub fn run(&mut self) -> Result<Exit> {
         let mut signals = Signals::install()?;
+        self.read_settings()?;
+        let heartbeat = Heartbeat::start(
+            self.queue.dir(),
+            &self.config.host,
+            &self.id,
+            self.config.max_feed,
+        )?;
+        let beater = Beater::start(heartbeat, self.settings.heartbeat);
         self.info(&format!(
-            "** STARTED ** rq {} feeder {} queue {} max_feed {} shell {:?}",
+            "** STARTED ** rq {} feeder {} queue {} max_feed {} shell {:?} heartbeat {}s lease {}s",
             env!("CARGO_PKG_VERSION"),
             self.id,
             self.queue.dir().display(),
             self.config.max_feed,
-            self.config.shell
+            self.config.shell,
+            self.settings.heartbeat,
+            self.settings.lease
         ));
+        let outcome = self.main_loop(&mut signals, &beater);
+        beater.finish();
+        outcome
+    }
+
+    fn main_loop(&mut self, signals: &mut Signals, beater: &Beater) -> Result<Exit> {
         self.recover_crashed()?;
         self.reap_orphan_files();
         loop {
             if signals.stop.load(Ordering::SeqCst) {
-                self.stop_now()?;
+                self.stop_all(Some("stopped"))?;
                 self.info("** STOPPED ** running jobs were killed");
                 return Ok(Exit::Stopped);
             }
+            if Instant::now() >= self.next_tick {
+                self.tick(beater)?;
+            }
             let draining =
                 signals.drain.load(Ordering::SeqCst) || signals.restart.load(Ordering::SeqCst);
-            let completions = self.reap_children();
-            let free = if draining {
+            self.enforce_timeouts();
+            let ends = self.reap_children();
+            if !ends.is_empty() {
+                fault("before_record");
+            }
+            let free = if draining || self.fenced {
                 0
             } else {
                 self.config.max_feed.saturating_sub(self.running.len())
             };
-            let full_poll_due = self.last_full_poll.elapsed() >= self.next_full_poll;
-            let doorbell = free > 0 && self.doorbell.rang();
-            let want = if free > 0
-                && (doorbell || full_poll_due || self.more_waiting || !completions.is_empty())
-            {
-                free
-            } else {
-                0
-            };
+            let rang = self.doorbell.rang();
+            if rang && !self.running.is_empty() {
+                self.check_claims_and_kills()?;
+            }
+            let retry_due = self.retry_wake.is_some_and(|at| Instant::now() >= at);
+            if retry_due {
+                self.retry_wake = None;
+            }
+            let full_poll_due = retry_due || self.last_full_poll.elapsed() >= self.next_full_poll;
+            let want =
+                if free > 0 && (rang || full_poll_due || self.more_waiting || !ends.is_empty()) {
+                    free
+                } else {
+                    0
+                };
             let mut claimed = Vec::new();
-            if want > 0 || !completions.is_empty() {
-                claimed = self.record_and_claim(&completions, want)?;
+            if want > 0 || !ends.is_empty() {
+                claimed = self.record_and_claim(&ends, want)?;
                 if want > 0 {
                     self.more_waiting = claimed.len() == want;
                     self.last_full_poll = Instant::now();
                     self.next_full_poll = jittered(self.config.max_sleep);
                 }
             }
-            for c in &completions {
-                self.log_completion(c);
-            }
             if !claimed.is_empty() {
+                fault("after_claim");
                 self.start_jobs(claimed)?;
             }
             if self.running.is_empty() {
@@ -286,30 +430,212 @@ impl Feeder {
             if self.more_waiting && free > 0 && !draining {
                 continue;
             }
-            let timeout = if self.running.len() < self.config.max_feed && !draining {
-                jittered(self.config.min_sleep)
+            let until_tick = self.next_tick.saturating_duration_since(Instant::now());
+            signals.sleep(jittered(self.config.min_sleep).min(until_tick));
+        }
+    }
+
+    /// Every heartbeat: fence ourselves if our heartbeats have failed, check our claims
+    /// and kill requests, and reclaim the jobs of hosts whose heartbeat has stopped.
+    fn tick(&mut self, beater: &Beater) -> Result<()> {
+        self.read_settings()?;
+        beater
+            .interval_ms
+            .store((self.settings.heartbeat * 1000.0) as u64, Ordering::SeqCst);
+        self.next_tick = Instant::now() + jittered(self.settings.heartbeat);
+        let missed = beater.missed();
+        if missed > self.settings.lease && !self.running.is_empty() {
+            {
+                self.log.log(
+                    Level::Error,
+                    &format!("no heartbeat for {missed:.1}s (lease {}s): other hosts may rerun our jobs; killing them", self.settings.lease),
+                );
+                self.stop_all(Some("lost the lease"))?;
+            }
+        }
+        let fence = missed > self.settings.lease / 2.0;
+        if fence != self.fenced {
+            self.fenced = fence;
+            if fence {
+                self.warn(&format!(
+                    "no heartbeat for {missed:.1}s: not claiming jobs until heartbeats work again"
+                ));
             } else {
-                jittered(self.config.max_sleep)
-            };
-            signals.sleep(timeout);
+                self.info("heartbeats work again: claiming jobs");
+            }
+        }
+        if !self.running.is_empty() {
+            self.check_claims_and_kills()?;
+        }
+        // Only a host whose own heartbeat is healthy judges others.
+        if let Some(now) = beater
+            .server_now()
+            .filter(|_| missed < self.settings.heartbeat * 2.0 + 1.0)
+        {
+            self.reclaim_dead_hosts(now)?;
+        }
+        Ok(())
+    }
+
+    /// Hosts whose heartbeat is older than the lease (server clock) lose their running jobs.
+    fn reclaim_dead_hosts(&mut self, server_now: jiff::Timestamp) -> Result<()> {
+        let busy = self.queue.store().read(claims::busy_hosts)?;
+        let dir = self.queue.dir().to_path_buf();
+        let lease = self.settings.lease;
+        let stale = |host: &str, now: jiff::Timestamp| {
+            liveness::heartbeat_age(&dir, host, now).is_none_or(|age| age > lease)
+        };
+        let candidates: Vec<String> = busy
+            .into_iter()
+            .filter(|h| *h != self.config.host && stale(h, server_now))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let me = self.config.host.clone();
+        let max_attempts = self.settings.max_attempts;
+        let hb_path = liveness::heartbeat_path(&dir, &me);
+        let reclaimed = self.queue.store().write(|tx| {
+            // Judged again under the lock: a host that beat meanwhile keeps its jobs.
+            let now = liveness::touch(&hb_path)
+                .ok()
+                .and_then(|_| liveness::mtime(&hb_path))
+                .unwrap_or(server_now);
+            let stamp = time::now();
+            let mut done = Vec::new();
+            for host in &candidates {
+                if stale(host, now) {
+                    let (requeued, dead) =
+                        claims::reclaim_host(tx, host, &me, &stamp, max_attempts)?;
+                    done.push((host.clone(), requeued, dead));
+                }
+            }
+            Ok(done)
+        })?;
+        for (host, requeued, dead) in reclaimed {
+            if requeued + dead > 0 {
+                self.warn(&format!(
+                    "host {host} has no heartbeat for over {lease}s: reclaimed its jobs ({requeued} back to pending, {dead} dead)"
+                ));
+                queue::ring_doorbell(&dir);
+            }
+        }
+        Ok(())
+    }
+
+    /// Kill our copies of jobs someone else took over, and send signals `rq kill` asked for.
+    fn check_claims_and_kills(&mut self) -> Result<()> {
+        let jids: Vec<i64> = self
+            .running
+            .iter()
+            .filter(|j| !j.fenced)
+            .map(|j| j.jid)
+            .collect();
+        if jids.is_empty() {
+            return Ok(());
+        }
+        let current = self
+            .queue
+            .store()
+            .read(|tx| claims::current_claims(tx, &jids))?;
+        let mut messages = Vec::new();
+        for job in self.running.iter_mut().filter(|j| !j.fenced) {
+            let now = current.iter().find(|c| c.jid == job.jid);
+            match now {
+                Some(c) if c.claim.as_deref() == Some(job.claim.as_str()) => {
+                    let requested = c.kill_signal.as_deref().and_then(process::parse_signal);
+                    if let Some(sig) = requested.filter(|_| !job.killed_on_request) {
+                        job.killed_on_request = true;
+                        process::signal_group(job.pid, sig);
+                        messages.push((
+                            Level::Info,
+                            format!(
+                                "job {} signalled {} on request",
+                                job.jid,
+                                process::signal_name(sig)
+                            ),
+                        ));
+                    }
+                }
+                _ => {
+                    job.fenced = true;
+                    process::signal_group(job.pid, libc::SIGKILL);
+                    messages.push((
+                        Level::Warn,
+                        format!(
+                            "job {} was taken over by another host: killed our copy (pid {})",
+                            job.jid, job.pid
+                        ),
+                    ));
+                }
+            }
+        }
+        for (level, m) in messages {
+            self.log.log(level, &m);
+        }
+        Ok(())
+    }
+
+    /// TERM jobs past their timeout; KILL them after the grace period.
+    fn enforce_timeouts(&mut self) {
+        let grace = Duration::from_secs_f64(self.config.kill_grace);
+        let mut messages = Vec::new();
+        for job in &mut self.running {
+            let Some(limit) = job.timeout else { continue };
+            match job.term_sent {
+                None if job.started.elapsed().as_secs_f64() > limit => {
+                    process::signal_group(job.pid, libc::SIGTERM);
+                    job.term_sent = Some(Instant::now());
+                    messages.push(format!("job {} timed out after {limit}s: TERM", job.jid));
+                }
+                Some(at) if at.elapsed() > grace => {
+                    process::signal_group(job.pid, libc::SIGKILL);
+                    job.term_sent = Some(Instant::now() + Duration::from_secs(3600));
+                    messages.push(format!(
+                        "job {} still running {}s after TERM: KILL",
+                        job.jid, self.config.kill_grace
+                    ));
+                }
+                _ => {}
+            }
+        }
+        for m in messages {
+            self.warn(&m);
         }
     }
 
     /// Collect every child that has exited.
-    fn reap_children(&mut self) -> Vec<Completion> {
+    fn reap_children(&mut self) -> Vec<End> {
         let mut done = Vec::new();
         let mut i = 0;
         while i < self.running.len() {
             match self.running[i].child.try_wait() {
                 Ok(Some(status)) => {
                     let job = self.running.swap_remove(i);
-                    done.push(Completion {
+                    if job.fenced {
+                        continue;
+                    }
+                    let failed = status.code() != Some(0);
+                    let retry_at = (failed && !job.killed_on_request && job.retried < job.retries)
+                        .then(|| {
+                            let delay = job.retry_delay * 2f64.powi(job.retried.min(30) as i32);
+                            let wake =
+                                Instant::now() + Duration::from_secs_f64(delay.min(1e9) + 0.01);
+                            self.retry_wake = Some(self.retry_wake.map_or(wake, |w| w.min(wake)));
+                            time::format(
+                                time::now_ts()
+                                    .checked_add(jiff::SignedDuration::from_secs_f64(delay))
+                                    .unwrap_or_else(|_| time::now_ts()),
+                            )
+                        });
+                    done.push(End {
                         jid: job.jid,
                         claim: job.claim,
                         exit_status: status.code(),
                         signal: status.signal().map(process::signal_name),
                         elapsed: job.started.elapsed().as_secs_f64(),
-                        pid: job.pid,
+                        timed_out: job.term_sent.is_some(),
+                        retry_at,
                     });
                 }
                 _ => i += 1,
@@ -320,59 +646,55 @@ impl Feeder {
 
     /// One transaction: record finished jobs (only where our claim still holds), then
     /// claim up to `want` new ones.
-    fn record_and_claim(&mut self, completions: &[Completion], want: usize) -> Result<Vec<Row>> {
+    fn record_and_claim(&mut self, ends: &[End], want: usize) -> Result<Vec<Row>> {
         let host = self.config.host.clone();
         let feeder = self.id.clone();
-        let (claimed, fenced) = self.queue.store().write(|tx| {
+        let max_attempts = self.settings.max_attempts;
+        let (claimed, lost) = self.queue.store().write(|tx| {
             let now = time::now();
-            let mut fenced = Vec::new();
-            let mut finish = tx.prepare_cached(
-                "UPDATE jobs SET state = 'finished', finished = ?, elapsed = ?, exit_status = ?, \
-                 signal = ?, claim = NULL WHERE jid = ? AND claim = ?",
-            )?;
-            for c in completions {
-                let n = finish.execute(rusqlite::params![
-                    now,
-                    c.elapsed,
-                    c.exit_status,
-                    c.signal,
-                    c.jid,
-                    c.claim
-                ])?;
-                if n == 0 {
-                    fenced.push(c.jid);
+            let mut lost = Vec::new();
+            for end in ends {
+                if !claims::finish(tx, end, &now)? {
+                    lost.push(end.jid);
                 }
             }
             let claimed = if want > 0 {
-                claim(tx, &host, &feeder, &now, want)?
+                claims::claim(tx, &host, &feeder, &now, want, max_attempts)?
             } else {
                 Vec::new()
             };
-            Ok((claimed, fenced))
+            Ok((claimed, lost))
         })?;
-        for jid in fenced {
+        for end in ends {
+            let how = match (&end.exit_status, &end.signal) {
+                (Some(code), _) => format!("exit_status {code}"),
+                (None, Some(sig)) => format!("killed by signal {sig}"),
+                (None, None) => "ended".to_string(),
+            };
+            let level = if end.exit_status == Some(0) {
+                Level::Info
+            } else {
+                Level::Warn
+            };
+            let extra = match (&end.retry_at, end.timed_out) {
+                (Some(at), _) => format!(" (retry not before {at})"),
+                (None, true) => " (timed out)".to_string(),
+                _ => String::new(),
+            };
             self.log.log(
-                Level::Warn,
-                &format!("job {jid} was taken over by another host; its result here was discarded"),
+                level,
+                &format!(
+                    "finished - jid {} {how} elapsed {:.3}s{extra}",
+                    end.jid, end.elapsed
+                ),
             );
         }
+        for jid in lost {
+            self.warn(&format!(
+                "job {jid} was taken over by another host; its result here was discarded"
+            ));
+        }
         Ok(claimed)
-    }
-
-    fn log_completion(&mut self, c: &Completion) {
-        let (level, how) = match (&c.exit_status, &c.signal) {
-            (Some(0), _) => (Level::Info, "exit_status 0".to_string()),
-            (Some(code), _) => (Level::Warn, format!("exit_status {code}")),
-            (None, Some(sig)) => (Level::Warn, format!("killed by signal {sig}")),
-            (None, None) => (Level::Warn, "ended".to_string()),
-        };
-        self.log.log(
-            level,
-            &format!(
-                "finished - jid {} pid {} {how} elapsed {:.3}s",
-                c.jid, c.pid, c.elapsed
-            ),
-        );
     }
 
     /// Spawn claimed jobs (outside any transaction), then record their pids.
@@ -382,7 +704,7 @@ impl Feeder {
         for job in &claimed {
             let jid = job.jid();
             let claim = job.get("claim").as_text().unwrap_or_default().to_string();
-            match self.spawn(job) {
+            match runner::spawn(self.queue.dir(), &self.config.shell, job) {
                 Ok(child) => {
                     let pid = child.id();
                     let identity = process::identity(pid);
@@ -394,12 +716,24 @@ impl Feeder {
                         ),
                     );
                     started.push((jid, claim.clone(), pid, identity));
+                    let real = |f: &str| match job.get(f) {
+                        crate::job::Cell::Real(r) => Some(*r),
+                        crate::job::Cell::Int(i) => Some(*i as f64),
+                        _ => None,
+                    };
                     self.running.push(RunningJob {
                         jid,
                         claim,
                         child,
                         pid,
                         started: Instant::now(),
+                        timeout: real("timeout").filter(|t| *t > 0.0),
+                        term_sent: None,
+                        killed_on_request: false,
+                        fenced: false,
+                        retries: job.get("retries").as_int().unwrap_or(0),
+                        retried: job.get("retried").as_int().unwrap_or(0),
+                        retry_delay: real("retry_delay").unwrap_or(1.0),
                     });
                 }
                 Err(e) => {
@@ -411,144 +745,34 @@ impl Feeder {
                 }
             }
         }
-        let fenced = self.queue.store().write(|tx| {
-            let mut fenced = Vec::new();
-            let mut record = tx.prepare_cached(
-                "UPDATE jobs SET pid = ?, process = ? WHERE jid = ? AND claim = ?",
-            )?;
+        let lost = self.queue.store().write(|tx| {
+            let mut lost = Vec::new();
             for (jid, claim, pid, identity) in &started {
-                if record.execute(rusqlite::params![pid, identity, jid, claim])? == 0 {
-                    fenced.push(*jid);
+                if !claims::record_start(tx, *jid, claim, *pid, identity.as_deref())? {
+                    lost.push(*jid);
                 }
             }
-            // A shell that cannot start counts as "command not found".
-            let mut fail = tx.prepare_cached(
-                "UPDATE jobs SET state = 'finished', finished = ?, elapsed = 0, exit_status = 127, \
-                 claim = NULL WHERE jid = ? AND claim = ?",
-            )?;
             let now = time::now();
             for (jid, claim) in &failed {
-                fail.execute(rusqlite::params![now, jid, claim])?;
+                claims::failed_to_start(tx, *jid, claim, &now)?;
             }
-            Ok(fenced)
+            Ok(lost)
         })?;
-        for jid in fenced {
-            self.log.log(
-                Level::Warn,
-                &format!("job {jid} was taken over before it started here; killing it"),
-            );
-            if let Some(job) = self.running.iter().find(|j| j.jid == jid) {
+        for jid in lost {
+            if let Some(job) = self.running.iter_mut().find(|j| j.jid == jid) {
+                job.fenced = true;
                 process::signal_group(job.pid, libc::SIGKILL);
             }
+            self.warn(&format!(
+                "job {jid} was taken over before it started here; killed it"
+            ));
         }
         Ok(())
     }
 
-    fn spawn(&self, job: &Row) -> Result<Child> {
-        let dir = self.queue.dir();
-        let jid = job.jid();
-        let path_of = |field: &str| job.get(field).as_text().map(|rel| dir.join(rel));
-        let stdout_path =
-            path_of("stdout").unwrap_or_else(|| dir.join("stdout").join(jid.to_string()));
-        let stderr_path =
-            path_of("stderr").unwrap_or_else(|| dir.join("stderr").join(jid.to_string()));
-        let data_path = path_of("data").unwrap_or_else(|| dir.join("data").join(jid.to_string()));
-        let stdin_path = path_of("stdin");
-        if !data_path.exists() {
-            std::fs::create_dir_all(&data_path)
-                .context(|| format!("cannot create {}", data_path.display()))?;
-        }
-        let stdout = std::fs::File::create(&stdout_path)
-            .context(|| format!("cannot create {}", stdout_path.display()))?;
-        let stderr = std::fs::File::create(&stderr_path)
-            .context(|| format!("cannot create {}", stderr_path.display()))?;
-        let stdin = match &stdin_path {
-            Some(p) if p.is_file() => Stdio::from(
-                std::fs::File::open(p).context(|| format!("cannot open {}", p.display()))?,
-            ),
-            _ => Stdio::null(),
-        };
-        let cwd = job
-            .get("cwd")
-            .as_text()
-            .map(PathBuf::from)
-            .filter(|p| p.is_dir())
-            .or_else(|| {
-                std::env::var_os("HOME")
-                    .map(PathBuf::from)
-                    .filter(|p| p.is_dir())
-            })
-            .unwrap_or_else(|| PathBuf::from("/"));
-        let command = job.get("command").to_plain();
-        let program = &self.config.shell[0];
-        let shell_name = Path::new(program)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        // A login shell's profile may reset PATH: put the queue's bin/ first again.
-        let text = if matches!(shell_name.as_str(), "bash" | "sh" | "dash" | "zsh" | "ksh") {
-            format!("PATH=\"$RQ/bin:$PATH\"; export PATH\n{command}")
-        } else {
-            command.clone()
-        };
-        let mut cmd = Command::new(program);
-        cmd.args(&self.config.shell[1..])
-            .arg(text)
-            .arg0(format!("__rq_job__{jid}__{shell_name}__"))
-            .current_dir(&cwd)
-            .stdin(stdin)
-            .stdout(stdout)
-            .stderr(stderr)
-            .process_group(0);
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let mut new_path = dir.join("bin").into_os_string();
-        new_path.push(":");
-        new_path.push(path);
-        cmd.env("PATH", new_path);
-        cmd.env("RQ", dir);
-        for (name, cell) in &job.columns {
-            let value = match (name.as_str(), cell) {
-                ("stdin" | "stdout" | "stderr" | "data", Cell::Text(rel)) => {
-                    dir.join(rel).to_string_lossy().into_owned()
-                }
-                _ => cell.to_plain(),
-            };
-            cmd.env(format!("RQ_{}", name.to_ascii_uppercase()), value);
-        }
-        cmd.env("RQ_DATA", &data_path);
-        cmd.env("RQ_STDOUT", &stdout_path);
-        cmd.env("RQ_STDERR", &stderr_path);
-        cmd.env(
-            "RQ_STDIN",
-            stdin_path.as_deref().unwrap_or(Path::new("/dev/null")),
-        );
-        let record: serde_json::Map<String, serde_json::Value> = job
-            .columns
-            .iter()
-            .map(|(name, cell)| (name.clone(), crate::output::cell_json(cell)))
-            .collect();
-        cmd.env("RQ_JOB", serde_json::Value::Object(record).to_string());
-        // SAFETY: only async-signal-safe calls (signal, sigprocmask) between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                // Jobs never inherit ignored or blocked signals from the feeder.
-                for sig in 1..32 {
-                    if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                        libc::signal(sig, libc::SIG_DFL);
-                    }
-                }
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-                Ok(())
-            });
-        }
-        cmd.spawn().context(|| format!("cannot run {program}"))
-    }
-
-    /// QUIT: kill every running job now (TERM, then KILL after the grace period) and
-    /// handle them as crashed, recording the signal that ended each.
-    fn stop_now(&mut self) -> Result<()> {
+    /// Kill every running job (TERM, then KILL after the grace period) and handle them as
+    /// crashed, recording the signal that ended each.
+    fn stop_all(&mut self, why: Option<&str>) -> Result<()> {
         let grace = Duration::from_secs_f64(self.config.kill_grace);
         for job in &self.running {
             process::signal_group(job.pid, libc::SIGTERM);
@@ -560,11 +784,13 @@ impl Feeder {
             while i < self.running.len() {
                 if let Ok(Some(status)) = self.running[i].child.try_wait() {
                     let job = self.running.swap_remove(i);
-                    ended.push((
-                        job.jid,
-                        job.claim,
-                        status.signal().map(process::signal_name),
-                    ));
+                    if !job.fenced {
+                        ended.push((
+                            job.jid,
+                            job.claim,
+                            status.signal().map(process::signal_name),
+                        ));
+                    }
                 } else {
                     i += 1;
                 }
@@ -576,16 +802,19 @@ impl Feeder {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let max_attempts = self.settings.max_attempts;
         let outcomes = self.queue.store().write(|tx| {
             let mut outcomes = Vec::new();
             for (jid, claim, signal) in &ended {
-                outcomes.push((*jid, mark_crashed(tx, *jid, claim, signal.as_deref())?));
+                outcomes.push((
+                    *jid,
+                    claims::mark_crashed(tx, *jid, claim, signal.as_deref(), max_attempts)?,
+                ));
             }
             Ok(outcomes)
         })?;
         for (jid, outcome) in outcomes {
-            self.log
-                .log(Level::Warn, &format!("job {jid} stopped: {outcome}"));
+            self.warn(&format!("job {jid} {}: {outcome}", why.unwrap_or("killed")));
         }
         Ok(())
     }
@@ -615,13 +844,10 @@ impl Feeder {
                 continue;
             };
             if process::same_process(pid as u32, identity) {
-                self.log.log(
-                    Level::Warn,
-                    &format!(
-                        "job {} (pid {pid}) of an earlier feeder is still running: killing it",
-                        job.jid()
-                    ),
-                );
+                self.warn(&format!(
+                    "job {} (pid {pid}) of an earlier feeder is still running: killing it",
+                    job.jid()
+                ));
                 process::signal_group(pid as u32, libc::SIGTERM);
                 live.push((pid as u32, identity.to_string()));
             }
@@ -637,19 +863,22 @@ impl Feeder {
                 process::signal_group(*pid, libc::SIGKILL);
             }
         }
+        let max_attempts = self.settings.max_attempts;
         let outcomes = self.queue.store().write(|tx| {
             let mut outcomes = Vec::new();
             for job in &orphans {
                 let claim = job.get("claim").as_text().unwrap_or_default().to_string();
-                outcomes.push((job.jid(), mark_crashed(tx, job.jid(), &claim, None)?));
+                outcomes.push((
+                    job.jid(),
+                    claims::mark_crashed(tx, job.jid(), &claim, None, max_attempts)?,
+                ));
             }
             Ok(outcomes)
         })?;
         for (jid, outcome) in outcomes {
-            self.log.log(
-                Level::Warn,
-                &format!("job {jid} of an earlier feeder on this host: {outcome}"),
-            );
+            self.warn(&format!(
+                "job {jid} of an earlier feeder on this host: {outcome}"
+            ));
         }
         Ok(())
     }
@@ -657,21 +886,23 @@ impl Feeder {
     /// Remove files in stdin/ stdout/ stderr/ data/ that belong to no job. Only files older
     /// than ten minutes: a submit copies files before it inserts the rows naming them.
     fn reap_orphan_files(&mut self) {
-        let referenced: Result<HashMap<i64, Vec<String>>> = self.queue.store().read(|tx| {
-            let mut stmt = tx.prepare("SELECT jid, stdin, stdout, stderr, data FROM jobs")?;
-            let mut rows = stmt.query([])?;
-            let mut map = HashMap::new();
-            while let Some(r) = rows.next()? {
-                let files: Vec<String> = (1..=4)
-                    .filter_map(|i| r.get::<_, Option<String>>(i).ok().flatten())
-                    .collect();
-                map.insert(r.get(0)?, files);
-            }
-            Ok(map)
-        });
+        let referenced: Result<std::collections::HashMap<i64, Vec<String>>> =
+            self.queue.store().read(|tx| {
+                let mut stmt = tx.prepare("SELECT jid, stdin, stdout, stderr, data FROM jobs")?;
+                let mut rows = stmt.query([])?;
+                let mut map = std::collections::HashMap::new();
+                while let Some(r) = rows.next()? {
+                    let files: Vec<String> = (1..=4)
+                        .filter_map(|i| r.get::<_, Option<String>>(i).ok().flatten())
+                        .collect();
+                    map.insert(r.get(0)?, files);
+                }
+                Ok(map)
+            });
         let Ok(referenced) = referenced else { return };
         let dir = self.queue.dir().to_path_buf();
         let mut removed = 0;
+        let mut seen = HashSet::new();
         for sub in queue::JOB_DIRS {
             let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
                 continue;
@@ -694,7 +925,7 @@ impl Feeder {
                     Some(files) => files.contains(&rel) || name == jid.to_string(),
                     None => false,
                 };
-                if old && !in_use {
+                if old && !in_use && seen.insert(rel) {
                     queue::remove_path(&entry.path());
                     removed += 1;
                 }
@@ -706,85 +937,4 @@ impl Feeder {
             ));
         }
     }
-}
-
-/// Claim up to `want` of the best eligible jobs this host may run: pending jobs, and
-/// dead jobs marked restartable. Each branch walks the claim-order index, so picking
-/// stays O(log n) however many jobs the queue holds.
-fn claim(
-    tx: &rusqlite::Transaction<'_>,
-    host: &str,
-    feeder: &str,
-    now: &str,
-    want: usize,
-) -> Result<Vec<Row>> {
-    let token = format!("{:016x}", rand::random::<u64>());
-    let sql = format!(
-        "UPDATE jobs SET state = 'running', runner = ?1, started = ?2, claim = ?3 || '-' || jid, \
-         feeder = ?4, attempts = attempts + 1, stdout = 'stdout/' || jid, stderr = 'stderr/' || jid, \
-         data = coalesce(data, 'data/' || jid), pid = NULL, process = NULL, finished = NULL, \
-         elapsed = NULL, exit_status = NULL, signal = NULL \
-         WHERE jid IN (SELECT jid FROM ( \
-             SELECT jid, priority, submitted FROM (SELECT jid, priority, submitted FROM jobs \
-                 WHERE state = 'pending' AND rq_host_ok(hosts, ?1) \
-                 ORDER BY priority DESC, submitted, jid LIMIT ?5) \
-             UNION ALL \
-             SELECT jid, priority, submitted FROM (SELECT jid, priority, submitted FROM jobs \
-                 WHERE state = 'dead' AND restartable = 1 AND rq_host_ok(hosts, ?1) \
-                 ORDER BY priority DESC, submitted, jid LIMIT ?5)) \
-           ORDER BY priority DESC, submitted, jid LIMIT ?5) \
-         RETURNING {}",
-        queue::columns()
-    );
-    let names: Vec<String> = crate::job::FIELDS.iter().map(|s| s.to_string()).collect();
-    let mut stmt = tx.prepare_cached(&sql)?;
-    let mut rows = stmt
-        .query_map(
-            rusqlite::params![host, now, token, feeder, want as i64],
-            |r| Row::from_sql(r, &names),
-        )?
-        .collect::<rusqlite::Result<Vec<Row>>>()?;
-    // Start them in claim order.
-    rows.sort_by_key(|r| {
-        (
-            std::cmp::Reverse(r.get("priority").as_int().unwrap_or(0)),
-            r.get("submitted").to_plain(),
-            r.jid(),
-        )
-    });
-    Ok(rows)
-}
-
-/// A job whose run ended without a recorded exit (its feeder or host died, or it was
-/// stopped): a restartable job goes back to pending, any other becomes dead. Only while
-/// `claim` still holds. Returns what happened, for the log.
-pub fn mark_crashed(
-    tx: &rusqlite::Transaction<'_>,
-    jid: i64,
-    claim: &str,
-    signal: Option<&str>,
-) -> Result<String> {
-    let now = time::now();
-    let requeued = tx.execute(
-        "UPDATE jobs SET state = 'pending', runner = NULL, started = NULL, pid = NULL, process = NULL, \
-         claim = NULL, signal = ? WHERE jid = ? AND claim IS ? AND state = 'running' AND restartable = 1",
-        rusqlite::params![signal, jid, claim_or_null(claim)],
-    )?;
-    if requeued > 0 {
-        return Ok("restartable: back to pending".into());
-    }
-    let dead = tx.execute(
-        "UPDATE jobs SET state = 'dead', finished = ?, claim = NULL, signal = ? \
-         WHERE jid = ? AND claim IS ? AND state = 'running'",
-        rusqlite::params![now, signal, jid, claim_or_null(claim)],
-    )?;
-    Ok(if dead > 0 {
-        "marked dead".into()
-    } else {
-        "already taken over; left alone".into()
-    })
-}
-
-fn claim_or_null(claim: &str) -> Option<&str> {
-    (!claim.is_empty()).then_some(claim)
 }

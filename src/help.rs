@@ -42,6 +42,10 @@ modes (abbreviation):
   stop              stop this host's feeder now (running jobs are killed)
   restart           drain, then restart this host's feeder (same pid)
   pid, feeder       report this host's feeder
+  feeders           every host feeding the queue: alive or dead, heartbeat age
+  kill              signal running jobs on whatever host runs them
+  wait              block until jobs are done; exit 0 if all succeeded
+  lock (L)          run a command holding the queue lock
   help (h)          this text; 'rq help MODE' for one mode
 
 options (accepted anywhere on the line; '--' ends them):
@@ -55,8 +59,12 @@ options (accepted anywhere on the line; '--' ends them):
   -d, --data PATH        copy PATH as the jobs' data (RQ_DATA)
   -q, --quiet            print nothing on success
   -f, --fields a,b       only these fields (prefixes: -f s = state,submitted,...)
-      --format FMT       yaml (default) or json
+      --format FMT       yaml (default), json, or table (lists)
       --exit MAP         status: extra counters, e.g. 'ok=0 retry=75,76'
+      --timeout D        submit: TERM the job after D (90s, 2h), KILL 5s later
+      --retries N        submit: re-queue a failed job up to N times
+      --retry-delay D    submit: first retry after D (doubling; default 1s)
+      --signal SIG       kill: signal to send (default TERM)
   -D, --daemon           feed: detach; prints 'pid N started'
       --max_feed N       feed: jobs at once (default: number of CPUs)
       --shell 'CMD'      feed: shell prefix for jobs (default 'bash --login -c')
@@ -142,6 +150,22 @@ const TOPICS: &[(&str, &str)] = &[
     (
         "pid",
         "rq QUEUE pid | rq QUEUE feeder\n\nReport this host's feeder for the queue: `pid: N` (or `pid: ~`), `feeder: true|false`.\nExit status 0 if one runs, 1 if not.\n",
+    ),
+    (
+        "feeders",
+        "rq QUEUE feeders [--format table|json]\n\nEvery host that has fed the queue: alive (heartbeat younger than the lease, by the\nfile server's clock), stopped or dead; heartbeat age, running jobs, max_feed, pid,\nstart time, version.\n\n  rq q feeders --format table\n  rq q configure heartbeat=10s lease=60s max_attempts=3\n",
+    ),
+    (
+        "kill",
+        "rq QUEUE kill JID... [--signal SIG]\n\nSignal running jobs (their whole process group) on whatever host runs them: the\nowning feeder notices within about a second. Default signal TERM. A killed job is\nnot retried. Jobs that are not running are reported.\n\n  rq q kill 12 13\n  rq q query tag=bad state=running | rq q kill - --signal KILL\n",
+    ),
+    (
+        "wait",
+        "rq QUEUE wait [JID...|STATE...|field=value...]\n\nBlock until the selected jobs (default: all) are finished or dead. Exit status 0\nonly if every one finished with exit status 0. Shows progress on a terminal.\n\n  rq q submit -q < jobs && rq q wait pending running && echo all good\n  rq q wait tag=nightly\n",
+    ),
+    (
+        "lock",
+        "rq QUEUE lock read|shared|write|exclusive -- COMMAND...\n\nRun COMMAND (through sh -c) while holding the queue's lock: shared lets readers on\nand holds writers, exclusive holds everyone. rq exits with the command's status.\nFeeders and submitters wait (and say so) until it is released.\n\n  rq q lock exclusive -- cp q/db /backup/db\n",
     ),
     (
         "stdin",

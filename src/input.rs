@@ -17,6 +17,10 @@ pub struct JobSpec {
     pub stdin: Option<String>,
     pub data: Option<String>,
     pub cwd: Option<String>,
+    /// Seconds before the job is sent TERM (then KILL).
+    pub timeout: Option<f64>,
+    pub retries: Option<i64>,
+    pub retry_delay: Option<f64>,
 }
 
 /// What a selecting mode (list, delete, update, resubmit) was asked for.
@@ -134,7 +138,15 @@ fn job_from_value(item: Value) -> std::result::Result<JobSpec, String> {
             "stdin" => spec.stdin = text_of(&key, value)?,
             "data" => spec.data = text_of(&key, value)?,
             "cwd" => spec.cwd = text_of(&key, value)?,
-            other if job::is_field(other) || other == "timeout" => {} // rq's own output: ignored
+            "timeout" => spec.timeout = duration_of(&key, &value)?,
+            "retry_delay" => spec.retry_delay = duration_of(&key, &value)?,
+            "retries" => {
+                spec.retries = integer_of(&key, &value)?;
+                if spec.retries.is_some_and(|r| r < 0) {
+                    return Err("retries cannot be negative".into());
+                }
+            }
+            other if job::is_field(other) => {} // rq's own output: ignored
             other => return Err(format!("unknown field '{other}'")),
         }
     }
@@ -162,6 +174,24 @@ fn text_of(key: &str, value: Value) -> std::result::Result<Option<String>, Strin
         Value::Number(n) => Ok(Some(n.to_string())),
         Value::Bool(b) => Ok(Some(b.to_string())),
         other => Err(format!("{key} must be text, found {}", describe(&other))),
+    }
+}
+
+fn duration_of(key: &str, value: &Value) -> std::result::Result<Option<f64>, String> {
+    match value {
+        Value::Null => Ok(None),
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|s| *s >= 0.0 && s.is_finite())
+            .map(Some)
+            .ok_or_else(|| format!("{key} must be a duration, found {n}")),
+        Value::String(s) => crate::time::parse_duration(s)
+            .map(Some)
+            .ok_or_else(|| format!("{key} must be a duration like 90s or 2h, not '{s}'")),
+        other => Err(format!(
+            "{key} must be a duration, found {}",
+            describe(other)
+        )),
     }
 }
 

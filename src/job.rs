@@ -32,10 +32,20 @@ pub const FIELDS: &[&str] = &[
     "claim",
     "feeder",
     "process",
+    // schema version 2
+    "timeout",
+    "timed_out",
+    "retries",
+    "retry_delay",
+    "retried",
+    "not_before",
+    "kill_signal",
+    "reclaimed_by",
+    "reclaimed_at",
 ];
 
 /// Fields holding 0/1 that are shown as booleans.
-pub const BOOLEAN_FIELDS: &[&str] = &["restartable"];
+pub const BOOLEAN_FIELDS: &[&str] = &["restartable", "timed_out"];
 
 pub fn is_field(name: &str) -> bool {
     FIELDS.contains(&name)

@@ -12,14 +12,17 @@ pub mod store;
 pub mod time;
 
 pub use error::{Error, Result};
+pub mod claims;
 pub mod cli;
 pub mod control;
 pub mod feeder;
 pub mod help;
 pub mod host;
 pub mod input;
+pub mod liveness;
 pub mod lock;
 pub mod log;
 pub mod process;
 pub mod query;
 pub mod queue;
+pub mod runner;

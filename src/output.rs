@@ -13,6 +13,8 @@ use crate::job::{Cell, Row};
 pub enum Format {
     Yaml,
     Json,
+    /// Aligned columns for people (lists only).
+    Table,
 }
 
 impl Format {
@@ -20,8 +22,9 @@ impl Format {
         match text.to_ascii_lowercase().as_str() {
             "yaml" | "yml" => Ok(Format::Yaml),
             "json" => Ok(Format::Json),
+            "table" => Ok(Format::Table),
             other => Err(Error::usage(format!(
-                "--format: unknown format '{other}' (use yaml or json)"
+                "--format: unknown format '{other}' (use yaml, json or table)"
             ))),
         }
     }
@@ -32,6 +35,7 @@ impl Format {
 pub fn rows(rows: &[Row], fields: Option<&[String]>, format: Format) -> String {
     let keep = |name: &str| fields.is_none_or(|f| f.iter().any(|x| x == name));
     match format {
+        Format::Table => table(rows, &keep),
         Format::Json => {
             let list: Vec<Value> = rows
                 .iter()
@@ -71,6 +75,62 @@ pub fn rows(rows: &[Row], fields: Option<&[String]>, format: Format) -> String {
     }
 }
 
+/// Aligned columns with a header line; NULL shows as `-`, line breaks as `\n`.
+fn table(rows: &[Row], keep: &dyn Fn(&str) -> bool) -> String {
+    let Some(first) = rows.first() else {
+        return String::new();
+    };
+    let names: Vec<&str> = first
+        .columns
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| keep(n))
+        .collect();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            names
+                .iter()
+                .map(|n| match row.get(n) {
+                    Cell::Null => "-".to_string(),
+                    Cell::Real(r) => format!("{r:.3}"),
+                    other => other.to_plain().replace('\n', "\\n"),
+                })
+                .collect()
+        })
+        .collect();
+    let widths: Vec<usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            cells
+                .iter()
+                .map(|c| c[i].chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(n.len())
+        })
+        .collect();
+    let mut out = String::new();
+    let mut line = |values: Vec<&str>| {
+        let mut text = String::new();
+        for (i, v) in values.iter().enumerate() {
+            if i + 1 == values.len() {
+                text.push_str(v);
+            } else {
+                let _ = write!(text, "{v:<w$}  ", w = widths[i]);
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(names.clone());
+    for row in &cells {
+        line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
 pub fn cell_json(cell: &Cell) -> Value {
     match cell {
         Cell::Null => Value::Null,
@@ -107,6 +167,8 @@ fn real(r: f64) -> String {
 /// Render a value (status report, created paths, settings) as a document.
 pub fn value(value: &Value, format: Format) -> String {
     match format {
+        // A table of a single document is its YAML.
+        Format::Table => self::value(value, Format::Yaml),
         Format::Json => {
             let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
             text.push('\n');

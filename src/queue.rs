@@ -89,6 +89,9 @@ pub struct SubmitOptions {
     pub data: Option<PathBuf>,
     /// Return the inserted rows (for echoing).
     pub echo: bool,
+    pub timeout: Option<f64>,
+    pub retries: Option<i64>,
+    pub retry_delay: Option<f64>,
 }
 
 /// Changes `update` makes.
@@ -115,6 +118,20 @@ impl Changes {
             && self.stdin.is_none()
             && self.data.is_none()
     }
+}
+
+/// Where a set of jobs stands (`rq wait`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    pub pending: usize,
+    pub holding: usize,
+    pub running: usize,
+    pub finished: usize,
+    /// Finished with a non-zero exit or a signal.
+    pub failed: usize,
+    pub dead: usize,
+    /// Deleted meanwhile.
+    pub gone: usize,
 }
 
 /// A job a mode was asked to change but did not, and why.
@@ -260,7 +277,8 @@ impl Queue {
             let submitted = time::now();
             let mut insert = tx.prepare_cached(
                 "INSERT INTO jobs (jid, priority, state, submitted, submitter, stdin, data, tag, \
-                 restartable, command, hosts, cwd) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                 restartable, command, hosts, cwd, timeout, retries, retry_delay) \
+                 VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             )?;
             let mut first = None;
             for (i, (spec, file)) in specs.iter().zip(&files).enumerate() {
@@ -287,7 +305,10 @@ impl Queue {
                     restartable,
                     spec.command,
                     hosts,
-                    job_cwd
+                    job_cwd,
+                    opts.timeout.or(spec.timeout),
+                    opts.retries.or(spec.retries).unwrap_or(0),
+                    opts.retry_delay.or(spec.retry_delay)
                 ])?;
                 if i == 0 {
                     first = Some(tx.last_insert_rowid());
@@ -628,7 +649,8 @@ impl Queue {
                 "UPDATE jobs SET state = ?, submitted = ?, submitter = ?, started = NULL, \
                  finished = NULL, elapsed = NULL, runner = NULL, stdout = NULL, stderr = NULL, \
                  pid = NULL, exit_status = NULL, signal = NULL, attempts = 0, claim = NULL, \
-                 feeder = NULL, priority = coalesce(?, priority), tag = coalesce(?, tag), \
+                 feeder = NULL, process = NULL, timed_out = 0, retried = 0, not_before = NULL, \
+                 kill_signal = NULL, reclaimed_by = NULL, reclaimed_at = NULL, priority = coalesce(?, priority), tag = coalesce(?, tag), \
                  hosts = coalesce(?, hosts), restartable = max(restartable, ?) WHERE jid = ?",
             )?;
             let mut outputs = Vec::new();
@@ -773,6 +795,58 @@ impl Queue {
         })
     }
 
+    /// Ask the feeders running these jobs to signal them.
+    pub fn request_kill(&mut self, jids: &[i64], signal: &str) -> Result<(Vec<Row>, Vec<Skipped>)> {
+        let json = serde_json::to_string(jids).unwrap_or_default();
+        let (rows, skipped) = self.store.write(|tx| {
+            tx.execute(
+                "UPDATE jobs SET kill_signal = ? WHERE state = 'running' AND jid IN (SELECT value FROM json_each(?))",
+                rusqlite::params![signal, json],
+            )?;
+            let rows = select_rows(
+                tx,
+                "state = 'running' AND jid IN (SELECT value FROM json_each(?)) ORDER BY jid",
+                &[SqlValue::Text(json.clone())],
+            )?;
+            let skipped = skipped_jids(tx, jids, &rows, "only running jobs can be killed")?;
+            Ok((rows, skipped))
+        })?;
+        ring_doorbell(&self.dir);
+        Ok((rows, skipped))
+    }
+
+    /// Count where the given jobs stand.
+    pub fn progress(&mut self, jids: &[i64]) -> Result<Progress> {
+        let json = serde_json::to_string(jids).unwrap_or_default();
+        let total = jids.len();
+        self.store.read(|tx| {
+            let mut p = Progress::default();
+            let mut stmt = tx.prepare_cached(
+                "SELECT state, count(*), sum(exit_status IS NOT 0) FROM jobs \
+                 WHERE jid IN (SELECT value FROM json_each(?)) GROUP BY state",
+            )?;
+            let mut rows = stmt.query([&json])?;
+            let mut seen = 0usize;
+            while let Some(r) = rows.next()? {
+                let state: String = r.get(0)?;
+                let n = r.get::<_, i64>(1)? as usize;
+                seen += n;
+                match state.as_str() {
+                    "pending" => p.pending = n,
+                    "holding" => p.holding = n,
+                    "running" => p.running = n,
+                    "finished" => {
+                        p.finished = n;
+                        p.failed = r.get::<_, i64>(2)? as usize;
+                    }
+                    _ => p.dead = n,
+                }
+            }
+            p.gone = total.saturating_sub(seen);
+            Ok(p)
+        })
+    }
+
     /// Set queue-wide settings (`key=value`; an empty value removes the key) and return
     /// them all.
     pub fn configure(&mut self, settings: &[(String, String)]) -> Result<Value> {
@@ -819,7 +893,7 @@ impl Queue {
 
     /// The status report.
     pub fn status(&mut self, exit_codes: &[(String, Vec<i64>)]) -> Result<Value> {
-        let now = jiff::Timestamp::now();
+        let now = time::now_ts();
         let hour_marks: Vec<(i64, String)> = [1i64, 12, 24]
             .iter()
             .map(|h| (*h, time::format(now - jiff::SignedDuration::from_hours(*h))))

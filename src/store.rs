@@ -21,9 +21,10 @@ use crate::error::{Error, Result};
 /// `PRAGMA application_id` of an rq queue database ("rq2\0").
 pub const APPLICATION_ID: i64 = 0x7271_3200;
 /// The schema version this rq writes and understands.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
-/// The schema, version 1. Also written, with comments, to `Q/db.schema`.
+/// The schema as first released (version 1); `MIGRATIONS` bring it to `SCHEMA_VERSION`.
+/// Also written, with comments, to `Q/db.schema`.
 pub const SCHEMA_SQL: &str = r#"
 CREATE TABLE jobs (
     jid          INTEGER PRIMARY KEY AUTOINCREMENT, -- never reused, even after delete/rotate
@@ -61,6 +62,23 @@ CREATE TABLE attributes (key TEXT PRIMARY KEY, value TEXT);            -- rq Q c
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);                  -- schema version, creation
 "#;
 
+/// `MIGRATIONS[i]` turns schema version `i + 1` into `i + 2`. New fields are only ever
+/// appended, so the original's 18 fields keep their order.
+pub const MIGRATIONS: &[&str] = &[
+    // 2: timeouts, retries, kill requests, reclaim records.
+    r#"
+ALTER TABLE jobs ADD COLUMN timeout REAL;                      -- seconds before TERM (then KILL)
+ALTER TABLE jobs ADD COLUMN timed_out INTEGER NOT NULL DEFAULT 0; -- 1 if the last run hit its timeout
+ALTER TABLE jobs ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;   -- re-queue a failed run up to this often
+ALTER TABLE jobs ADD COLUMN retry_delay REAL;                  -- seconds before the first retry (doubling)
+ALTER TABLE jobs ADD COLUMN retried INTEGER NOT NULL DEFAULT 0;   -- failed runs re-queued so far
+ALTER TABLE jobs ADD COLUMN not_before TEXT;                   -- timestamp: not claimed before (retry delay)
+ALTER TABLE jobs ADD COLUMN kill_signal TEXT;                  -- rq kill: signal its runner should send
+ALTER TABLE jobs ADD COLUMN reclaimed_by TEXT;                 -- host that took the job from a dead host
+ALTER TABLE jobs ADD COLUMN reclaimed_at TEXT;                 -- when (reclaimer's clock)
+"#,
+];
+
 /// Human-readable description written to `Q/db.schema`.
 pub fn schema_file_text() -> String {
     format!(
@@ -75,7 +93,8 @@ pub fn schema_file_text() -> String {
          --\n\
          -- Connection settings: journal_mode=PERSIST, synchronous=FULL, mmap_size=0,\n\
          -- temp_store=MEMORY. Never switch this database to WAL: it is shared over the network.\n\
-         {SCHEMA_SQL}"
+         {SCHEMA_SQL}\n-- Migrations applied after version 1:\n{}",
+        MIGRATIONS.join("\n")
     )
 }
 
@@ -228,24 +247,14 @@ impl Store {
                 known: SCHEMA_VERSION,
             });
         }
+        if version < SCHEMA_VERSION {
+            migrate(&mut conn, version)?;
+        }
         if self.access == Access::ReadOnly {
             conn.pragma_update(None, "query_only", true)?;
         }
         self.conn = Some(conn);
-        if version < SCHEMA_VERSION && self.access == Access::ReadWrite {
-            self.migrate(version)?;
-        }
         Ok(())
-    }
-
-    /// Bring an older queue up to this rq's schema (run once, under the write lock).
-    fn migrate(&mut self, _from: i64) -> Result<()> {
-        // Version 1 is the first schema: there is nothing older to migrate from yet.
-        // Later versions add `ALTER TABLE jobs ADD COLUMN ...` steps here, keyed by `_from`.
-        self.write(|tx| {
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            Ok(())
-        })
     }
 
     fn conn(&mut self) -> Result<&mut Connection> {
@@ -261,6 +270,25 @@ impl Store {
     /// is reported, not retried: its outcome is unknown.
     pub fn write<T>(&mut self, mut body: impl FnMut(&Transaction<'_>) -> Result<T>) -> Result<T> {
         self.run(TransactionBehavior::Immediate, &mut body)
+    }
+
+    /// Hold the queue lock while `body` runs (`rq Q lock`): shared (readers go on, writers
+    /// wait) or exclusive (everyone waits). The one place rq runs a command under the lock,
+    /// because that is what the user asked for.
+    pub fn with_lock<T>(
+        &mut self,
+        exclusive: bool,
+        mut body: impl FnMut() -> Result<T>,
+    ) -> Result<T> {
+        if exclusive {
+            self.run(TransactionBehavior::Exclusive, &mut |_| body())
+        } else {
+            self.run(TransactionBehavior::Deferred, &mut |tx| {
+                // A read makes the deferred transaction take the shared lock.
+                tx.query_row("SELECT count(*) FROM meta", [], |r| r.get::<_, i64>(0))?;
+                body()
+            })
+        }
     }
 
     /// Run `body` in one read transaction. Print nothing inside it.
@@ -345,6 +373,23 @@ impl Store {
 enum Attempt {
     Retry(String),
     Fail(Error),
+}
+
+/// Bring a queue at schema version `from` up to `SCHEMA_VERSION`, in one write
+/// transaction (every other process waits; the check is redone under the lock, so two
+/// processes upgrading at once do it once).
+fn migrate(conn: &mut Connection, from: i64) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for version in current.max(from)..SCHEMA_VERSION {
+        let step = MIGRATIONS.get((version - 1) as usize).ok_or_else(|| {
+            Error::Conflict(format!("no migration from schema version {version}"))
+        })?;
+        tx.execute_batch(step)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// Settings every rq connection uses.
@@ -438,10 +483,11 @@ pub fn create_database(db_path: &Path) -> Result<()> {
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE;
              PRAGMA application_id = {APPLICATION_ID};
-             PRAGMA user_version = {SCHEMA_VERSION};
+             PRAGMA user_version = 1;
              {SCHEMA_SQL}
              COMMIT;"
         ))?;
+        migrate(&mut conn, 1)?;
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('created', ?1), ('rq_version', ?2)",
             (crate::time::now(), env!("CARGO_PKG_VERSION")),

@@ -11,9 +11,31 @@ pub fn format(ts: Timestamp) -> String {
     ts.strftime(FORMAT).to_string()
 }
 
-/// Now, on this host's clock (used for human-facing times only, never for liveness).
+/// Now, on this host's clock: for human-facing times and retry delays, never for
+/// liveness (see `liveness`, which uses the file server's clock). `RQ_TEST_CLOCK_OFFSET`
+/// (e.g. `+300s`, `-5m`) skews it, to test that a host with a wrong clock does no harm.
+pub fn now_ts() -> Timestamp {
+    let now = Timestamp::now();
+    match clock_offset() {
+        Some(offset) => now
+            .checked_add(jiff::SignedDuration::from_secs_f64(offset))
+            .unwrap_or(now),
+        None => now,
+    }
+}
+
 pub fn now() -> String {
-    format(Timestamp::now())
+    format(now_ts())
+}
+
+fn clock_offset() -> Option<f64> {
+    let text = std::env::var("RQ_TEST_CLOCK_OFFSET").ok()?;
+    let text = text.trim();
+    let (sign, rest) = match text.strip_prefix('-') {
+        Some(rest) => (-1.0, rest),
+        None => (1.0, text.strip_prefix('+').unwrap_or(text)),
+    };
+    parse_duration(rest).map(|s| sign * s)
 }
 
 pub fn parse(text: &str) -> Option<Timestamp> {

@@ -1,0 +1,207 @@
+//! The claim protocol's state changes, each meant to run inside one short write
+//! transaction. Every write about a claimed job checks its claim token (`WHERE claim = ?`),
+//! so a feeder can never overwrite a job that was taken over by someone else.
+
+use rusqlite::Transaction;
+
+use crate::error::Result;
+use crate::job::Row;
+use crate::queue;
+
+/// Claim up to `want` of the best eligible jobs `host` may run: pending jobs whose retry
+/// delay has passed, and dead jobs marked restartable that have attempts left. Each branch
+/// walks the claim-order index, so picking stays O(log n) however many jobs the queue holds.
+pub fn claim(
+    tx: &Transaction<'_>,
+    host: &str,
+    feeder: &str,
+    now: &str,
+    want: usize,
+    max_attempts: i64,
+) -> Result<Vec<Row>> {
+    let token = format!("{:016x}", rand::random::<u64>());
+    let sql = format!(
+        "UPDATE jobs SET state = 'running', runner = ?1, started = ?2, claim = ?3 || '-' || jid, \
+         feeder = ?4, attempts = attempts + 1, stdout = 'stdout/' || jid, stderr = 'stderr/' || jid, \
+         data = coalesce(data, 'data/' || jid), pid = NULL, process = NULL, finished = NULL, \
+         elapsed = NULL, exit_status = NULL, signal = NULL, timed_out = 0, kill_signal = NULL, \
+         not_before = NULL \
+         WHERE jid IN (SELECT jid FROM ( \
+             SELECT jid, priority, submitted FROM (SELECT jid, priority, submitted FROM jobs \
+                 WHERE state = 'pending' AND rq_host_ok(hosts, ?1) \
+                   AND (not_before IS NULL OR not_before <= ?2) \
+                 ORDER BY priority DESC, submitted, jid LIMIT ?5) \
+             UNION ALL \
+             SELECT jid, priority, submitted FROM (SELECT jid, priority, submitted FROM jobs \
+                 WHERE state = 'dead' AND restartable = 1 AND attempts < ?6 AND rq_host_ok(hosts, ?1) \
+                 ORDER BY priority DESC, submitted, jid LIMIT ?5)) \
+           ORDER BY priority DESC, submitted, jid LIMIT ?5) \
+         RETURNING {}",
+        queue::columns()
+    );
+    let names: Vec<String> = crate::job::FIELDS.iter().map(|s| s.to_string()).collect();
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let mut rows = stmt
+        .query_map(
+            rusqlite::params![host, now, token, feeder, want as i64, max_attempts],
+            |r| Row::from_sql(r, &names),
+        )?
+        .collect::<rusqlite::Result<Vec<Row>>>()?;
+    // Start them in claim order.
+    rows.sort_by_key(|r| {
+        (
+            std::cmp::Reverse(r.get("priority").as_int().unwrap_or(0)),
+            r.get("submitted").to_plain(),
+            r.jid(),
+        )
+    });
+    Ok(rows)
+}
+
+/// How a run ended, as the feeder saw it.
+#[derive(Debug, Clone)]
+pub struct End {
+    pub jid: i64,
+    pub claim: String,
+    pub exit_status: Option<i32>,
+    pub signal: Option<String>,
+    pub elapsed: f64,
+    pub timed_out: bool,
+    /// Queue the job again (a failed run with retries left) not before this timestamp.
+    pub retry_at: Option<String>,
+}
+
+/// Record the end of a run; false when the claim was lost (the job was taken over).
+pub fn finish(tx: &Transaction<'_>, end: &End, now: &str) -> Result<bool> {
+    let n = match &end.retry_at {
+        None => tx.execute(
+            "UPDATE jobs SET state = 'finished', finished = ?, elapsed = ?, exit_status = ?, \
+             signal = ?, timed_out = ?, claim = NULL, kill_signal = NULL WHERE jid = ? AND claim = ?",
+            rusqlite::params![now, end.elapsed, end.exit_status, end.signal, end.timed_out, end.jid, end.claim],
+        )?,
+        Some(at) => tx.execute(
+            "UPDATE jobs SET state = 'pending', finished = ?, elapsed = ?, exit_status = ?, \
+             signal = ?, timed_out = ?, claim = NULL, kill_signal = NULL, retried = retried + 1, \
+             not_before = ? WHERE jid = ? AND claim = ?",
+            rusqlite::params![now, end.elapsed, end.exit_status, end.signal, end.timed_out, at, end.jid, end.claim],
+        )?,
+    };
+    Ok(n > 0)
+}
+
+/// Record a started job's pid and process identity; false when the claim was lost.
+pub fn record_start(
+    tx: &Transaction<'_>,
+    jid: i64,
+    claim: &str,
+    pid: u32,
+    identity: Option<&str>,
+) -> Result<bool> {
+    let n = tx.execute(
+        "UPDATE jobs SET pid = ?, process = ? WHERE jid = ? AND claim = ?",
+        rusqlite::params![pid, identity, jid, claim],
+    )?;
+    Ok(n > 0)
+}
+
+/// A shell that could not be started counts as "command not found" (127).
+pub fn failed_to_start(tx: &Transaction<'_>, jid: i64, claim: &str, now: &str) -> Result<()> {
+    tx.execute(
+        "UPDATE jobs SET state = 'finished', finished = ?, elapsed = 0, exit_status = 127, \
+         claim = NULL WHERE jid = ? AND claim = ?",
+        rusqlite::params![now, jid, claim],
+    )?;
+    Ok(())
+}
+
+/// A run that ended without a recorded exit (its feeder or host died, or it was
+/// stopped): a restartable job with attempts left goes back to pending, any other becomes
+/// dead. Only while `claim` still holds. Returns what happened, for the log.
+pub fn mark_crashed(
+    tx: &Transaction<'_>,
+    jid: i64,
+    claim: &str,
+    signal: Option<&str>,
+    max_attempts: i64,
+) -> Result<String> {
+    let claim = (!claim.is_empty()).then_some(claim);
+    let requeued = tx.execute(
+        "UPDATE jobs SET state = 'pending', runner = NULL, started = NULL, pid = NULL, process = NULL, \
+         claim = NULL, signal = ? WHERE jid = ? AND claim IS ? AND state = 'running' \
+         AND restartable = 1 AND attempts < ?",
+        rusqlite::params![signal, jid, claim, max_attempts],
+    )?;
+    if requeued > 0 {
+        return Ok("restartable: back to pending".into());
+    }
+    let dead = tx.execute(
+        "UPDATE jobs SET state = 'dead', finished = ?, claim = NULL, signal = ? \
+         WHERE jid = ? AND claim IS ? AND state = 'running'",
+        rusqlite::params![crate::time::now(), signal, jid, claim],
+    )?;
+    Ok(if dead > 0 {
+        "marked dead".into()
+    } else {
+        "already taken over; left alone".into()
+    })
+}
+
+/// Take every running job of a dead host: restartable ones with attempts left go back to
+/// pending, the rest become dead; both record who reclaimed them and when. Returns
+/// (requeued, dead).
+pub fn reclaim_host(
+    tx: &Transaction<'_>,
+    dead_host: &str,
+    reclaimer: &str,
+    now: &str,
+    max_attempts: i64,
+) -> Result<(usize, usize)> {
+    let requeued = tx.execute(
+        "UPDATE jobs SET state = 'pending', runner = NULL, started = NULL, pid = NULL, process = NULL, \
+         claim = NULL, reclaimed_by = ?, reclaimed_at = ? \
+         WHERE state = 'running' AND runner = ? AND restartable = 1 AND attempts < ?",
+        rusqlite::params![reclaimer, now, dead_host, max_attempts],
+    )?;
+    let dead = tx.execute(
+        "UPDATE jobs SET state = 'dead', finished = ?, claim = NULL, reclaimed_by = ?, reclaimed_at = ? \
+         WHERE state = 'running' AND runner = ?",
+        rusqlite::params![now, reclaimer, now, dead_host],
+    )?;
+    Ok((requeued, dead))
+}
+
+/// A job's claim token and pending kill request, as the queue has them now.
+#[derive(Debug, Clone)]
+pub struct ClaimState {
+    pub jid: i64,
+    pub claim: Option<String>,
+    pub kill_signal: Option<String>,
+}
+
+/// The claim tokens and kill requests of the given jobs.
+pub fn current_claims(tx: &Transaction<'_>, jids: &[i64]) -> Result<Vec<ClaimState>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT jid, claim, kill_signal FROM jobs WHERE jid IN (SELECT value FROM json_each(?))",
+    )?;
+    let rows = stmt
+        .query_map([serde_json::to_string(jids).unwrap_or_default()], |r| {
+            Ok(ClaimState {
+                jid: r.get(0)?,
+                claim: r.get(1)?,
+                kill_signal: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Hosts that have running jobs.
+pub fn busy_hosts(tx: &Transaction<'_>) -> Result<Vec<String>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT DISTINCT runner FROM jobs WHERE state = 'running' AND runner IS NOT NULL",
+    )?;
+    let rows = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(rows)
+}

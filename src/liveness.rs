@@ -1,0 +1,227 @@
+//! Liveness of hosts without a central server or trusted clocks.
+//!
+//! Each feeder touches `Q/hosts/<host>.hb` every `heartbeat` seconds with
+//! `utimensat(UTIME_NOW)`, which on NFS makes the *file server* stamp the time. It reads
+//! "now" back from its own freshly touched file, so comparing another host's heartbeat
+//! with it compares two server timestamps: a host whose own clock is minutes off is neither
+//! declared dead nor kept alive wrongly. Reads use `statx(STATX_FORCE_SYNC)`, so an NFS
+//! client asks the server instead of its attribute cache.
+
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use crate::error::{IoContext, Result};
+
+/// Queue-wide liveness settings (`rq Q configure heartbeat=10s lease=60s max_attempts=3`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    pub heartbeat: f64,
+    pub lease: f64,
+    pub max_attempts: i64,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            heartbeat: 10.0,
+            lease: 60.0,
+            max_attempts: 3,
+        }
+    }
+}
+
+impl Settings {
+    /// From the queue's attributes; unset or unreadable keys keep their defaults.
+    pub fn from_attributes(get: impl Fn(&str) -> Option<String>) -> Settings {
+        let d = Settings::default();
+        let secs = |key: &str, default: f64| {
+            get(key)
+                .and_then(|v| crate::time::parse_duration(&v))
+                .filter(|s| *s > 0.0)
+                .unwrap_or(default)
+        };
+        let heartbeat = secs("heartbeat", d.heartbeat);
+        Settings {
+            heartbeat,
+            // A lease shorter than two heartbeats would declare healthy hosts dead.
+            lease: secs("lease", d.lease).max(2.0 * heartbeat),
+            max_attempts: get("max_attempts")
+                .and_then(|v| v.trim().parse().ok())
+                .filter(|n: &i64| *n > 0)
+                .unwrap_or(d.max_attempts),
+        }
+    }
+}
+
+pub fn hosts_dir(queue: &Path) -> PathBuf {
+    queue.join("hosts")
+}
+
+fn file_name(host: &str) -> String {
+    format!("{}.hb", host.replace('/', "_"))
+}
+
+/// A host's heartbeat file.
+pub fn heartbeat_path(queue: &Path, host: &str) -> PathBuf {
+    hosts_dir(queue).join(file_name(host))
+}
+
+/// Set a file's times to "now" on the file server's clock, creating it if needed.
+pub fn touch(path: &Path) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_NOW, utimensat};
+    let now = Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_NOW,
+        },
+        last_modification: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_NOW,
+        },
+    };
+    match utimensat(CWD, path, &now, AtFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::NOENT) => std::fs::write(path, b""),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A file's modification time, asked of the server.
+pub fn mtime(path: &Path) -> Option<Timestamp> {
+    use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
+    let st = statx(CWD, path, AtFlags::STATX_FORCE_SYNC, StatxFlags::MTIME).ok()?;
+    Timestamp::new(st.stx_mtime.tv_sec, st.stx_mtime.tv_nsec as i32).ok()
+}
+
+/// "Now" on the file server's clock, for a process that has no heartbeat file of its own.
+pub fn server_now(queue: &Path, host: &str) -> Result<Timestamp> {
+    let dir = hosts_dir(queue);
+    std::fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(format!(".clock.{}", file_name(host)));
+    touch(&path).context(|| format!("cannot touch {}", path.display()))?;
+    mtime(&path).ok_or_else(|| {
+        crate::Error::Conflict(format!("cannot read the time of {}", path.display()))
+    })
+}
+
+/// Age of a host's heartbeat on the server clock; `None` if it has none.
+pub fn heartbeat_age(queue: &Path, host: &str, server_now: Timestamp) -> Option<f64> {
+    let beat = mtime(&heartbeat_path(queue, host))?;
+    Some(crate::time::seconds_between(beat, server_now))
+}
+
+/// This feeder's heartbeat file.
+pub struct Heartbeat {
+    path: PathBuf,
+    info: Value,
+}
+
+impl Heartbeat {
+    /// Publish who is feeding (host, feeder id, pid, started, max_feed, version).
+    pub fn start(queue: &Path, host: &str, feeder: &str, max_feed: usize) -> Result<Heartbeat> {
+        let dir = hosts_dir(queue);
+        std::fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
+        let info = json!({
+            "host": host,
+            "feeder": feeder,
+            "pid": std::process::id(),
+            "started": crate::time::now(),
+            "max_feed": max_feed,
+            "version": env!("CARGO_PKG_VERSION"),
+            "stopped": false,
+        });
+        let hb = Heartbeat {
+            path: heartbeat_path(queue, host),
+            info,
+        };
+        hb.write()?;
+        Ok(hb)
+    }
+
+    /// Write the info through a temporary file and a rename (atomic for readers).
+    fn write(&self) -> Result<()> {
+        let tmp = self
+            .path
+            .with_extension(format!("hb.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, format!("{}\n", self.info))
+            .and_then(|_| std::fs::rename(&tmp, &self.path))
+            .context(|| format!("cannot write {}", self.path.display()))?;
+        touch(&self.path).context(|| format!("cannot touch {}", self.path.display()))
+    }
+
+    /// Beat: touch the file and return the server's "now" read back from it.
+    pub fn beat(&self) -> std::io::Result<Timestamp> {
+        touch(&self.path)?;
+        mtime(&self.path).ok_or_else(|| std::io::Error::other("heartbeat file has no time"))
+    }
+
+    /// Mark this feeder as cleanly stopped.
+    pub fn stopped(mut self) {
+        self.info["stopped"] = json!(true);
+        let _ = self.write();
+    }
+}
+
+/// Every host that has published a heartbeat: its info and heartbeat age.
+pub fn known_hosts(queue: &Path, server_now: Timestamp) -> Vec<(Value, Option<f64>)> {
+    let Ok(entries) = std::fs::read_dir(hosts_dir(queue)) else {
+        return Vec::new();
+    };
+    let mut hosts = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !name.ends_with(".hb") {
+            continue;
+        }
+        let info = std::fs::read_to_string(entry.path())
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .unwrap_or_else(|| json!({ "host": name.trim_end_matches(".hb") }));
+        let age = mtime(&entry.path()).map(|m| crate::time::seconds_between(m, server_now));
+        hosts.push((info, age));
+    }
+    hosts.sort_by(|a, b| a.0["host"].as_str().cmp(&b.0["host"].as_str()));
+    hosts
+}
+
+/// Seconds on a clock that keeps counting while the machine is suspended or the process
+/// stopped: what self-fencing measures missed heartbeats with.
+pub fn boot_clock() -> f64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_defaults_and_floor() {
+        let s = Settings::from_attributes(|_| None);
+        assert_eq!(s, Settings::default());
+        let s = Settings::from_attributes(|k| match k {
+            "heartbeat" => Some("5s".into()),
+            "lease" => Some("6".into()),
+            "max_attempts" => Some("x".into()),
+            _ => None,
+        });
+        assert_eq!(s.heartbeat, 5.0);
+        assert_eq!(s.lease, 10.0, "lease is at least two heartbeats");
+        assert_eq!(s.max_attempts, 3);
+    }
+
+    #[test]
+    fn heartbeat_age_uses_file_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let hb = Heartbeat::start(dir.path(), "h1", "f", 2).unwrap();
+        let now = hb.beat().unwrap();
+        let age = heartbeat_age(dir.path(), "h1", now).unwrap();
+        assert!(age.abs() < 1.0);
+        assert!(heartbeat_age(dir.path(), "h2", now).is_none());
+        let hosts = known_hosts(dir.path(), now);
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0].0["max_feed"], 2);
+    }
+}

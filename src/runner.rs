@@ -1,0 +1,112 @@
+//! How a job runs: its files, directory, environment and shell, in its own process
+//! group with default signal handling.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::error::{IoContext, Result};
+use crate::job::{Cell, Row};
+
+/// Start a claimed job: `SHELL... COMMAND` in the directory it was submitted from (else
+/// `$HOME`), stdin from its stdin file (else /dev/null), stdout/stderr into the queue,
+/// `Q/bin` first on PATH, and one `RQ_<FIELD>` variable per job field plus `RQ` (the
+/// queue) and `RQ_JOB` (the job as JSON). Paths in RQ_STDIN/STDOUT/STDERR/DATA are absolute.
+pub fn spawn(dir: &Path, shell: &[String], job: &Row) -> Result<Child> {
+    let jid = job.jid();
+    let path_of = |field: &str| job.get(field).as_text().map(|rel| dir.join(rel));
+    let stdout_path = path_of("stdout").unwrap_or_else(|| dir.join("stdout").join(jid.to_string()));
+    let stderr_path = path_of("stderr").unwrap_or_else(|| dir.join("stderr").join(jid.to_string()));
+    let data_path = path_of("data").unwrap_or_else(|| dir.join("data").join(jid.to_string()));
+    let stdin_path = path_of("stdin");
+    if !data_path.exists() {
+        std::fs::create_dir_all(&data_path)
+            .context(|| format!("cannot create {}", data_path.display()))?;
+    }
+    let stdout = std::fs::File::create(&stdout_path)
+        .context(|| format!("cannot create {}", stdout_path.display()))?;
+    let stderr = std::fs::File::create(&stderr_path)
+        .context(|| format!("cannot create {}", stderr_path.display()))?;
+    let stdin = match &stdin_path {
+        Some(p) if p.is_file() => {
+            Stdio::from(std::fs::File::open(p).context(|| format!("cannot open {}", p.display()))?)
+        }
+        _ => Stdio::null(),
+    };
+    let cwd = job
+        .get("cwd")
+        .as_text()
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_dir())
+        })
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let command = job.get("command").to_plain();
+    let program = &shell[0];
+    let shell_name = Path::new(program)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // A login shell's profile may reset PATH: put the queue's bin/ first again.
+    let text = if matches!(shell_name.as_str(), "bash" | "sh" | "dash" | "zsh" | "ksh") {
+        format!("PATH=\"$RQ/bin:$PATH\"; export PATH\n{command}")
+    } else {
+        command.clone()
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(&shell[1..])
+        .arg(text)
+        .arg0(format!("__rq_job__{jid}__{shell_name}__"))
+        .current_dir(&cwd)
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0);
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut new_path = dir.join("bin").into_os_string();
+    new_path.push(":");
+    new_path.push(path);
+    cmd.env("PATH", new_path);
+    cmd.env("RQ", dir);
+    for (name, cell) in &job.columns {
+        let value = match (name.as_str(), cell) {
+            ("stdin" | "stdout" | "stderr" | "data", Cell::Text(rel)) => {
+                dir.join(rel).to_string_lossy().into_owned()
+            }
+            _ => cell.to_plain(),
+        };
+        cmd.env(format!("RQ_{}", name.to_ascii_uppercase()), value);
+    }
+    cmd.env("RQ_DATA", &data_path);
+    cmd.env("RQ_STDOUT", &stdout_path);
+    cmd.env("RQ_STDERR", &stderr_path);
+    cmd.env(
+        "RQ_STDIN",
+        stdin_path.as_deref().unwrap_or(Path::new("/dev/null")),
+    );
+    let record: serde_json::Map<String, serde_json::Value> = job
+        .columns
+        .iter()
+        .map(|(name, cell)| (name.clone(), crate::output::cell_json(cell)))
+        .collect();
+    cmd.env("RQ_JOB", serde_json::Value::Object(record).to_string());
+    // SAFETY: only async-signal-safe calls (signal, sigprocmask) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            // Jobs never inherit ignored or blocked signals from the feeder.
+            for sig in 1..32 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    cmd.spawn().context(|| format!("cannot run {program}"))
+}
