@@ -275,7 +275,8 @@ pub struct Feeder {
 }
 
 impl Feeder {
-    pub fn new(queue: Queue, config: Config, log: Logger) -> Feeder {
+    pub fn new(mut queue: Queue, config: Config, log: Logger) -> Feeder {
+        queue.store().wait_when_full = true;
         let id = format!(
             "{}:{}:{:08x}",
             config.host,

@@ -110,6 +110,7 @@ pub enum Access {
 #[derive(Debug, Default)]
 struct WaitNotice {
     announced: AtomicBool,
+    full: AtomicBool,
 }
 
 pub struct Store {
@@ -119,6 +120,9 @@ pub struct Store {
     notice: Arc<WaitNotice>,
     /// Give up waiting for the lock after this long (None: wait forever).
     pub lock_timeout: Option<Duration>,
+    /// Wait for space when the filesystem is full instead of failing (feeders: a job's end
+    /// must be recorded once there is room again).
+    pub wait_when_full: bool,
 }
 
 /// Errors worth retrying the whole transaction for, on a fresh connection.
@@ -132,6 +136,10 @@ fn is_transient(err: &rusqlite::Error) -> bool {
                 | ErrorCode::FileLockingProtocolFailed
         )
     )
+}
+
+fn is_full(err: &rusqlite::Error) -> bool {
+    err.sqlite_error_code() == Some(ErrorCode::DiskFull)
 }
 
 fn is_busy(err: &rusqlite::Error) -> bool {
@@ -160,6 +168,7 @@ impl Store {
                 .ok()
                 .and_then(|s| crate::time::parse_duration(&s))
                 .map(Duration::from_secs_f64),
+            wait_when_full: false,
         };
         store.connect()?;
         Ok(store)
@@ -193,6 +202,10 @@ impl Store {
             {
                 self.corrupt(e.to_string())
             }
+            Error::Sql(e) if is_full(e) => Error::Conflict(format!(
+                "the filesystem of {} is full; nothing was changed: free some space and try again",
+                self.db_path.parent().unwrap_or(&self.db_path).display()
+            )),
             _ => err,
         }
     }
@@ -307,6 +320,9 @@ impl Store {
             let outcome = self.try_once(behavior, body);
             match outcome {
                 Ok(value) => {
+                    if self.notice.full.swap(false, Ordering::Relaxed) {
+                        eprintln!("rq: there is space again; continuing");
+                    }
                     if self.notice.announced.swap(false, Ordering::Relaxed) {
                         eprintln!(
                             "rq: got the queue lock after {:.1}s; continuing",
@@ -332,6 +348,16 @@ impl Store {
                     self.conn = None;
                     attempt += 1;
                     jitter_sleep(attempt);
+                }
+                Err(Attempt::Fail(Error::Sql(e))) if self.wait_when_full && is_full(&e) => {
+                    if !self.notice.full.swap(true, Ordering::Relaxed) {
+                        eprintln!(
+                            "rq: the filesystem of {} is full; waiting for space",
+                            self.db_path.display()
+                        );
+                    }
+                    self.conn = None;
+                    std::thread::sleep(Duration::from_millis(rand::random_range(500..1500)));
                 }
                 Err(Attempt::Fail(err)) => return Err(self.classify(err)),
             }
@@ -362,6 +388,8 @@ impl Store {
             Ok(()) => Ok(value),
             // Busy at commit: nothing was written (the transaction is rolled back on drop).
             Err(e) if is_busy(&e) => Err(Attempt::Retry(e.to_string())),
+            // A full disk at commit leaves the transaction rolled back.
+            Err(e) if is_full(&e) => Err(Attempt::Fail(e.into())),
             Err(e) => Err(Attempt::Fail(Error::Conflict(format!(
                 "the commit to {} failed ({e}); it may or may not have been applied: check with 'rq list' before retrying",
                 self.db_path.display()
@@ -398,6 +426,8 @@ fn configure_connection(
     notice: Arc<WaitNotice>,
     lock_timeout: Option<Duration>,
 ) -> Result<()> {
+    // First, before any statement can touch the file and meet another process's lock.
+    install_busy_handler(conn, notice, lock_timeout)?;
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
     conn.execute_batch(
         "PRAGMA synchronous = FULL;
@@ -407,7 +437,6 @@ fn configure_connection(
          PRAGMA locking_mode = NORMAL;
          PRAGMA foreign_keys = ON;",
     )?;
-    install_busy_handler(conn, notice, lock_timeout)?;
     // rq_host_ok(hosts, host): may `host` run a job restricted to `hosts`? (the claim query)
     conn.create_scalar_function(
         "rq_host_ok",

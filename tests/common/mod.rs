@@ -210,16 +210,27 @@ impl TestQueue {
         home
     }
 
-    /// Start `rq Q feed` as host `host` (RQ_HOST), fast polling, `sh -c` shell.
+    /// Start `rq Q feed` as host `host` (RQ_HOST), fast polling, `sh -c` shell; its
+    /// stderr (the log) goes to `feeder-<host>.err` in the temp dir.
     pub fn feeder(&self, host: &str, extra: &[&str]) -> FeederProc {
+        self.feeder_env(host, extra, &[])
+    }
+
+    pub fn feeder_env(&self, host: &str, extra: &[&str], env: &[(&str, &str)]) -> FeederProc {
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.tmp.path().join(format!("feeder-{host}.err")))
+            .unwrap();
         let mut cmd = rq_command();
         cmd.env("RQ_HOST", host)
             .env("HOME", self.home())
+            .envs(env.iter().copied())
             .current_dir(self.tmp.path())
             .args([self.q(), "feed", "--min_sleep", "0.05", "--shell", "sh -c"])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(err);
         FeederProc {
             child: cmd.spawn().expect("spawn feeder"),
             host: host.to_string(),
@@ -257,6 +268,11 @@ impl TestQueue {
         );
     }
 
+    pub fn feeder_log(&self, host: &str) -> String {
+        std::fs::read_to_string(self.tmp.path().join(format!("feeder-{host}.err")))
+            .unwrap_or_default()
+    }
+
     pub fn ledger(&self) -> PathBuf {
         self.tmp.path().join("ledger")
     }
@@ -279,4 +295,145 @@ pub fn unshare_works() -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
+}
+
+/// Pids of a process and all its descendants (from /proc).
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut parent_of = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let Some(close) = stat.rfind(')') else {
+                continue;
+            };
+            let ppid = stat[close + 2..]
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<i32>().ok());
+            if let Some(ppid) = ppid {
+                parent_of.push((pid, ppid));
+            }
+        }
+    }
+    let mut all = vec![root];
+    let mut i = 0;
+    while i < all.len() {
+        let p = all[i];
+        for (child, parent) in &parent_of {
+            if *parent == p && !all.contains(child) {
+                all.push(*child);
+            }
+        }
+        i += 1;
+    }
+    all
+}
+
+pub fn alive(pid: i32) -> bool {
+    // A zombie counts as dead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|c| stat[c + 2..].split_whitespace().next().map(|s| s != "Z"))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// A whole host: a feeder in its own UTS and PID namespace. Killing the namespace's init
+/// kills every process of the host at once, as a crash would.
+pub struct Host {
+    pub name: String,
+    pub unshare: std::process::Child,
+}
+
+impl Host {
+    /// The namespace's init (the `sh` that runs the feeder), as seen from outside.
+    pub fn init_pid(&self) -> i32 {
+        let root = self.unshare.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if let Some(pid) = descendants(root).get(1) {
+                return *pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "host {} did not start",
+                self.name
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    /// Every process of the host (init, feeder, jobs).
+    pub fn processes(&self) -> Vec<i32> {
+        descendants(self.init_pid())
+    }
+    pub fn crash(&mut self) {
+        let init = self.init_pid();
+        unsafe { libc::kill(init, libc::SIGKILL) };
+        let _ = self.unshare.wait();
+    }
+    pub fn freeze(&self) {
+        for pid in self.processes() {
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+        }
+    }
+    pub fn thaw(&self) {
+        for pid in self.processes() {
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Ok(None) = self.unshare.try_wait() {
+            self.thaw();
+            let init = self.init_pid();
+            unsafe { libc::kill(init, libc::SIGKILL) };
+            let _ = self.unshare.wait();
+        }
+    }
+}
+
+impl TestQueue {
+    /// Start a whole host `name` running `rq Q feed extra...` (output in `feeder-<name>.err`).
+    pub fn host(&self, name: &str, extra: &[&str]) -> Host {
+        assert!(unshare_works(), "these tests need root and unshare(1)");
+        let err =
+            std::fs::File::create(self.tmp.path().join(format!("feeder-{name}.err"))).unwrap();
+        let mut script = format!(
+            "hostname {name}; '{}' '{}' feed --min_sleep 0.05 --shell 'sh -c'",
+            rq_bin(),
+            self.q()
+        );
+        for arg in extra {
+            script.push_str(&format!(" '{arg}'"));
+        }
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--uts",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env("HOME", self.home())
+        .env_remove("RQ_HOST")
+        .current_dir(self.tmp.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err);
+        Host {
+            name: name.to_string(),
+            unshare: cmd.spawn().expect("unshare"),
+        }
+    }
 }

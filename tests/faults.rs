@@ -1,0 +1,453 @@
+//! Fault injection: the original author's manual kit (rq_killer, killrq), automated.
+//! Hosts are separate processes (and, where a whole host must crash or freeze, separate
+//! PID and UTS namespaces).
+
+mod common;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Short liveness settings so tests see reclaims within seconds.
+fn fast_lease(q: &TestQueue) {
+    q.rq(&["configure", "heartbeat=0.5s", "lease=2s"]).ok();
+}
+
+fn job(q: &TestQueue, jid: i64) -> serde_json::Map<String, serde_json::Value> {
+    q.rq(&["list", &jid.to_string()]).ok().records().remove(0)
+}
+
+#[test]
+fn exactly_once_under_load() {
+    let q = TestQueue::new();
+    let ledger = q.ledger();
+    let feeders: Vec<FeederProc> = ["l1", "l2", "l3", "l4"]
+        .iter()
+        .map(|h| q.feeder(h, &["--max_feed", "4"]))
+        .collect();
+    let line = format!(
+        "echo \"$RQ_JID $RQ_RUNNER $RQ_ATTEMPTS\" >> {}\n",
+        ledger.display()
+    );
+    let n = 2600;
+    let mut submitters = Vec::new();
+    for _ in 0..2 {
+        let path = q.tmp.path().join(format!("jobs{}", submitters.len()));
+        std::fs::write(&path, line.repeat(n)).unwrap();
+        let mut cmd = rq_command();
+        cmd.args([q.q(), "submit", "-q", "-i", path.to_str().unwrap()]);
+        submitters.push(cmd.spawn().unwrap());
+    }
+    for mut s in submitters {
+        assert!(s.wait().unwrap().success());
+    }
+    let total = 2 * n;
+    q.wait_for("every job to finish", 300, |q| {
+        q.count("finished") == total as i64
+    });
+    let mut runs: HashMap<i64, usize> = HashMap::new();
+    let mut hosts: HashMap<String, usize> = HashMap::new();
+    for l in q.ledger_lines() {
+        let parts: Vec<&str> = l.split(' ').collect();
+        assert_eq!(parts.len(), 3, "{l}");
+        *runs.entry(parts[0].parse().unwrap()).or_default() += 1;
+        *hosts.entry(parts[1].to_string()).or_default() += 1;
+        assert_eq!(parts[2], "1", "first attempt only: {l}");
+    }
+    assert_eq!(runs.len(), total);
+    assert!(runs.values().all(|n| *n == 1), "a job ran twice");
+    assert_eq!(hosts.len(), 4, "{hosts:?}");
+    q.integrity_ok();
+    drop(feeders);
+}
+
+#[test]
+fn a_crashed_host_loses_its_jobs_to_another_host() {
+    let q = TestQueue::new();
+    fast_lease(&q);
+    let ledger = q.ledger();
+    for _ in 0..2 {
+        q.rq(&[
+            "submit",
+            "-q",
+            "--restartable",
+            &format!("echo $RQ_RUNNER >> {}; sleep 3", ledger.display()),
+        ])
+        .ok();
+    }
+    q.rq(&["submit", "-q", "sleep 30"]).ok();
+    let mut a = q.host("crashy", &["--max_feed", "3"]);
+    q.wait_for("host crashy to run all three", 20, |q| {
+        q.rq(&["query", "state=running", "pid!=null"])
+            .ok()
+            .records()
+            .len()
+            == 3
+    });
+    let _b = q.feeder("b", &["--max_feed", "3"]);
+    let crashed_at = Instant::now();
+    a.crash();
+    q.wait_for("the restartable jobs to finish on b", 30, |q| {
+        q.count("finished") == 2
+    });
+    assert!(
+        crashed_at.elapsed() >= Duration::from_secs(2),
+        "reclaimed before the lease ran out"
+    );
+    let jobs = q.jobs();
+    for j in &jobs[..2] {
+        assert_eq!(text(j, "runner"), "b");
+        assert_eq!(int(j, "attempts"), 2);
+        assert_eq!(text(j, "reclaimed_by"), "b");
+        assert!(!text(j, "reclaimed_at").is_empty());
+    }
+    assert_eq!(text(&jobs[2], "state"), "dead");
+    assert_eq!(text(&jobs[2], "reclaimed_by"), "b");
+    assert_eq!(q.count("running"), 0);
+    let v = q.rq(&["feeders", "--format", "json"]).ok().stdout;
+    let list: Vec<serde_json::Value> = serde_json::from_str(&v).unwrap();
+    let crashy = list.iter().find(|f| f["host"] == "crashy").unwrap();
+    assert_eq!(crashy["alive"], false);
+    assert_eq!(crashy["state"], "dead");
+    let b = list.iter().find(|f| f["host"] == "b").unwrap();
+    assert_eq!(b["alive"], true);
+}
+
+#[test]
+fn a_frozen_host_kills_its_stale_copies_when_it_thaws() {
+    let q = TestQueue::new();
+    fast_lease(&q);
+    let marks = q.tmp.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    // Each copy of the job keeps touching a file named after its host, for 8 s.
+    let body = format!(
+        "for i in $(seq 80); do touch {m}/$RQ_JID-$RQ_RUNNER; sleep 0.1; done; echo done-$RQ_RUNNER",
+        m = marks.display()
+    );
+    q.rq(&["submit", "-q", "--restartable", &body]).ok();
+    let frozen = q.host("frozen", &["--max_feed", "1"]);
+    q.wait_for("host frozen to run the job", 20, |q| {
+        q.count("running") == 1 && marks.join("1-frozen").exists()
+    });
+    let _other = q.feeder("thawed-world", &["--max_feed", "1"]);
+    frozen.freeze();
+    let frozen_pids = frozen.processes();
+    q.wait_for("the job to be rerun elsewhere", 20, |q| {
+        let j = job(q, 1);
+        text(&j, "state") == "running"
+            && text(&j, "runner") == "thawed-world"
+            && marks.join("1-thawed-world").exists()
+    });
+    let new_claim = text(&job(&q, 1), "claim");
+    frozen.thaw();
+    // Within about a heartbeat the stale host must notice and kill its copy.
+    std::thread::sleep(Duration::from_millis(1500));
+    let job_pids: Vec<i32> = frozen_pids.iter().skip(2).copied().collect();
+    assert!(!job_pids.is_empty());
+    for pid in &job_pids {
+        assert!(!alive(*pid), "stale copy {pid} still running after thaw");
+    }
+    let stale_mark = marks.join("1-frozen");
+    let touched = std::fs::metadata(&stale_mark).unwrap().modified().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        std::fs::metadata(&stale_mark).unwrap().modified().unwrap(),
+        touched,
+        "stale copy still writing"
+    );
+    // The new owner's record was never overwritten.
+    let j = job(&q, 1);
+    assert_eq!(text(&j, "claim"), new_claim);
+    assert_eq!(text(&j, "runner"), "thawed-world");
+    q.wait_for("the new owner to finish", 20, |q| q.count("finished") == 1);
+    let j = job(&q, 1);
+    assert_eq!(text(&j, "runner"), "thawed-world");
+    assert_eq!(q.rq(&["stdout", "1"]).ok().stdout, "done-thawed-world\n");
+    drop(frozen);
+}
+
+#[test]
+fn a_held_lock_makes_everyone_wait_and_say_so() {
+    let q = TestQueue::new();
+    fast_lease(&q);
+    q.rq(&["submit", "-q", "sleep 2; echo survived"]).ok();
+    let f = q.feeder_env("h1", &[], &[("RQ_LOCK_NOTICE", "1")]);
+    q.wait_for("job running", 10, |q| q.count("running") == 1);
+    // killrq: an external process holds the write lock for a while.
+    let mut holder = rq_command();
+    holder.args([q.q(), "lock", "exclusive", "--", "sleep 5"]);
+    let mut holder = holder.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let mut cmd = rq_command();
+    cmd.env("RQ_LOCK_NOTICE", "1")
+        .args([q.q(), "submit", "-q", "echo after the lock"]);
+    let out = run_cmd(cmd, None).ok();
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "submit did not wait for the lock"
+    );
+    assert!(
+        out.stderr.contains("waiting for the queue lock"),
+        "{}",
+        out.stderr
+    );
+    assert!(holder.wait().unwrap().success());
+    q.wait_for("both jobs to finish", 20, |q| q.count("finished") == 2);
+    let jobs = q.jobs();
+    assert_eq!(
+        int(&jobs[0], "attempts"),
+        1,
+        "the running job was neither killed nor reclaimed"
+    );
+    assert_eq!(q.rq(&["stdout", "1"]).ok().stdout, "survived\n");
+    let log = q.feeder_log("h1");
+    assert!(log.contains("waiting for the queue lock"), "{log}");
+    q.integrity_ok();
+    drop(f);
+}
+
+#[test]
+fn a_feeder_killed_between_claim_and_spawn_loses_nothing() {
+    let q = TestQueue::new();
+    fast_lease(&q);
+    let ledger = q.ledger();
+    q.rq(&[
+        "submit",
+        "-q",
+        "--restartable",
+        &format!("echo ran >> {}", ledger.display()),
+    ])
+    .ok();
+    q.rq(&["submit", "-q", "echo not restartable"]).ok();
+    let mut a = q.feeder_env(
+        "victim",
+        &["--max_feed", "2"],
+        &[("RQ_FAULT", "after_claim")],
+    );
+    assert_ne!(
+        a.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "the fault should kill the feeder"
+    );
+    let jobs = q.jobs();
+    assert!(
+        jobs.iter()
+            .all(|j| text(j, "state") == "running" && j["pid"].is_null())
+    );
+    // Another host reclaims after the lease: the restartable job runs exactly once.
+    let _b = q.feeder("rescuer", &[]);
+    q.wait_for("the jobs to be recovered", 20, |q| {
+        q.count("finished") == 1 && q.count("dead") == 1
+    });
+    assert_eq!(q.ledger_lines(), ["ran"]);
+    let jobs = q.jobs();
+    assert_eq!(text(&jobs[0], "runner"), "rescuer");
+    assert_eq!(text(&jobs[1], "state"), "dead");
+    assert_eq!(text(&jobs[1], "reclaimed_by"), "rescuer");
+}
+
+#[test]
+fn a_feeder_killed_before_recording_an_end_is_recovered_by_its_successor() {
+    let q = TestQueue::new();
+    let ledger = q.ledger();
+    q.rq(&["submit", "-q", &format!("echo ran >> {}", ledger.display())])
+        .ok();
+    let mut a = q.feeder_env("h1", &[], &[("RQ_FAULT", "before_record")]);
+    assert_ne!(a.wait_exit(Duration::from_secs(10)), Some(0));
+    assert_eq!(q.ledger_lines(), ["ran"]);
+    let j = job(&q, 1);
+    assert_eq!(text(&j, "state"), "running", "the end was never recorded");
+    // The next feeder on the same host finds the job's process gone: dead, not lost, not rerun.
+    let mut b = q.feeder("h1", &["--exit_when_empty"]);
+    assert_eq!(b.wait_exit(Duration::from_secs(20)), Some(0));
+    assert_eq!(text(&job(&q, 1), "state"), "dead");
+    assert_eq!(q.ledger_lines(), ["ran"]);
+}
+
+struct Tmpfs(std::path::PathBuf);
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_submits_cleanly_and_feeders_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "mounting a tmpfs needs root");
+    let _mount = Tmpfs(mnt.clone());
+    let qpath = mnt.join("q");
+    rq_in(tmp.path(), &[qpath.to_str().unwrap(), "create"], None).ok();
+    let q = TestQueue { tmp, path: qpath };
+    let f = q.feeder("h1", &[]);
+    q.rq(&["submit", "-q", "echo before"]).ok();
+    q.wait_for("first job", 10, |q| q.count("finished") == 1);
+    let before = q.dump();
+    // Fill the filesystem.
+    let filler = mnt.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k", "count=100"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    let jobs: String = (0..3000)
+        .map(|i| format!("echo job {i} with a long enough command line to need pages\n"))
+        .collect();
+    let out = q.rq_stdin(&["submit", "-q", "-"], &jobs).fails();
+    assert!(out.stderr.contains("full"), "{}", out.stderr);
+    assert_eq!(q.dump(), before, "nothing partial");
+    // Space returns: submits and feeders carry on.
+    std::fs::remove_file(&filler).unwrap();
+    q.rq(&["submit", "-q", "echo after"]).ok();
+    q.wait_for("the feeder to resume", 20, |q| q.count("finished") == 2);
+    assert_eq!(q.rq(&["stdout", "2"]).ok().stdout, "after\n");
+    q.integrity_ok();
+    drop(f);
+}
+
+#[test]
+fn feeding_a_broken_queue_fails_clearly() {
+    let q = TestQueue::new();
+    std::fs::write(q.path.join("db"), b"this is not a database, just junk bytes................................................................................................").unwrap();
+    let out = q.rq_as("h1", &["feed"]).fails();
+    assert!(out.stderr.contains("damaged"), "{}", out.stderr);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = rq_in(tmp.path(), &[tmp.path().to_str().unwrap(), "feed"], None).fails();
+    assert!(out.stderr.contains("not an rq queue"), "{}", out.stderr);
+}
+
+#[test]
+fn an_old_queue_is_migrated_on_open() {
+    let q = TestQueue::new();
+    q.rq(&["submit", "-q", "echo old"]).ok();
+    // Make it a version-1 queue again.
+    let v2 = [
+        "timeout",
+        "timed_out",
+        "retries",
+        "retry_delay",
+        "retried",
+        "not_before",
+        "kill_signal",
+        "reclaimed_by",
+        "reclaimed_at",
+    ];
+    let drops: String = v2
+        .iter()
+        .map(|c| format!("ALTER TABLE jobs DROP COLUMN {c}; "))
+        .collect();
+    q.sql(&format!("{drops} PRAGMA user_version = 1"));
+    let jobs = q.jobs();
+    assert_eq!(text(&jobs[0], "command"), "echo old");
+    assert_eq!(int(&jobs[0], "retries"), 0);
+    assert!(
+        q.sql("PRAGMA user_version")
+            .stdout
+            .contains("user_version: 2")
+    );
+}
+
+#[test]
+fn hostile_input_gets_errors_or_is_stored_exactly() {
+    let q = TestQueue::new();
+    q.rq(&["submit", "-q", "true"]).ok();
+    let before = q.dump();
+    let deep = format!("- command: {}x{}\n", "[".repeat(5000), "]".repeat(5000));
+    let bomb = "a: &a [\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\",\"x\"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\n";
+    let bomb = format!(
+        "---\n- command: x\n  tag: {{{}}}\n",
+        bomb.replace('\n', ", ").trim_end_matches(", ")
+    );
+    for bad in [
+        deep.as_str(),
+        bomb.as_str(),
+        "---\n- command: x\n  priority: 99999999999999999999999\n",
+        "- command: ok\n- {command: [1, 2]}\n",
+    ] {
+        let out = q.rq_stdin(&["submit", "-"], bad);
+        assert_ne!(out.status, 0);
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+        assert_eq!(q.dump(), before);
+    }
+    // invalid UTF-8 and binary junk
+    let mut cmd = rq_command();
+    cmd.args([q.q(), "submit", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&[0xff, 0xfe, 0x00, 0x80, b'\n', 0xc3, 0x28])
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UTF-8"));
+    assert_eq!(q.dump(), before);
+    // A 1 MB command line is stored exactly.
+    let huge = format!("echo {}", "y".repeat(1 << 20));
+    q.rq_stdin(&["submit", "-q", "-"], &format!("{huge}\n"))
+        .ok();
+    let json = q
+        .rq(&["list", "2", "--format", "json", "-f", "command"])
+        .ok()
+        .stdout;
+    let parsed: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(parsed[0]["command"].as_str().unwrap(), huge);
+    // Priorities at the limits, and a command that looks like SQL.
+    q.rq(&["submit", "-q", "-p", "-9223372036854775808", "echo min"])
+        .ok();
+    let evil = "x'); DROP TABLE jobs; --";
+    q.rq(&["submit", "-q", "-t", evil, evil]).ok();
+    let found = q.rq(&["query", &format!("tag={evil}")]);
+    // The simple language does not apply to a value with spaces: that is raw SQL, refused.
+    assert_ne!(found.status, 0);
+    let found = q.rq(&["query", "command=~x')%"]).ok().records();
+    assert_eq!(found.len(), 1);
+    assert_eq!(text(&found[0], "command"), evil);
+    assert_eq!(q.rq(&["list", "3"]).ok().records()[0]["priority"], i64::MIN);
+    q.integrity_ok();
+}
+
+#[test]
+fn clock_skew_does_not_cause_false_reclaims() {
+    let q = TestQueue::new();
+    fast_lease(&q);
+    for _ in 0..4 {
+        q.rq(&["submit", "-q", "sleep 4"]).ok();
+    }
+    let _ahead = q.feeder_env(
+        "ahead",
+        &["--max_feed", "2"],
+        &[("RQ_TEST_CLOCK_OFFSET", "+600s")],
+    );
+    let _behind = q.feeder_env(
+        "behind",
+        &["--max_feed", "2"],
+        &[("RQ_TEST_CLOCK_OFFSET", "-600s")],
+    );
+    q.wait_for("all four to finish", 40, |q| q.count("finished") == 4);
+    for j in q.jobs() {
+        assert_eq!(int(&j, "attempts"), 1, "a job was reclaimed: {j:?}");
+        assert!(j["reclaimed_by"].is_null());
+    }
+    let runners: std::collections::HashSet<String> =
+        q.jobs().iter().map(|j| text(j, "runner")).collect();
+    assert_eq!(runners.len(), 2, "both hosts ran jobs");
+}
