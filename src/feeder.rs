@@ -270,8 +270,8 @@ pub struct Feeder {
     more_waiting: bool,
     /// Claiming is suspended: heartbeats have failed for half the lease.
     fenced: bool,
-    /// When a job this feeder queued for a retry becomes eligible.
-    retry_wake: Option<Instant>,
+    /// When jobs this feeder queued for a retry become eligible.
+    retry_wakes: Vec<Instant>,
 }
 
 impl Feeder {
@@ -297,7 +297,7 @@ impl Feeder {
             next_tick: Instant::now(),
             more_waiting: true,
             fenced: false,
-            retry_wake: None,
+            retry_wakes: Vec::new(),
         }
     }
 
@@ -389,10 +389,9 @@ impl Feeder {
             if rang && !self.running.is_empty() {
                 self.check_claims_and_kills()?;
             }
-            let retry_due = self.retry_wake.is_some_and(|at| Instant::now() >= at);
-            if retry_due {
-                self.retry_wake = None;
-            }
+            let now = Instant::now();
+            let retry_due = self.retry_wakes.iter().any(|at| *at <= now);
+            self.retry_wakes.retain(|at| *at > now);
             let full_poll_due = retry_due || self.last_full_poll.elapsed() >= self.next_full_poll;
             let want =
                 if free > 0 && (rang || full_poll_due || self.more_waiting || !ends.is_empty()) {
@@ -622,7 +621,7 @@ impl Feeder {
                             let delay = job.retry_delay * 2f64.powi(job.retried.min(30) as i32);
                             let wake =
                                 Instant::now() + Duration::from_secs_f64(delay.min(1e9) + 0.01);
-                            self.retry_wake = Some(self.retry_wake.map_or(wake, |w| w.min(wake)));
+                            self.retry_wakes.push(wake);
                             time::format(
                                 time::now_ts()
                                     .checked_add(jiff::SignedDuration::from_secs_f64(delay))

@@ -1,0 +1,223 @@
+//! Controlling jobs from anywhere: kill, timeouts, retries, wait, feeders, lock.
+
+mod common;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn job(q: &TestQueue, jid: i64) -> serde_json::Map<String, serde_json::Value> {
+    q.rq(&["list", &jid.to_string()]).ok().records().remove(0)
+}
+
+#[test]
+fn kill_signals_a_job_on_another_host() {
+    let q = TestQueue::new();
+    let marker = q.tmp.path().join("child-alive");
+    // The job starts a background child: kill must reach the whole process group.
+    q.rq(&[
+        "submit",
+        "-q",
+        &format!(
+            "(while true; do touch {}; sleep 0.1; done) & wait",
+            marker.display()
+        ),
+    ])
+    .ok();
+    q.rq(&["submit", "-q", "sleep 30"]).ok();
+    q.rq(&["submit", "-q", "--stage", "echo held"]).ok();
+    let _remote = q.feeder("remote", &["--max_feed", "2"]);
+    q.wait_for("jobs running", 10, |q| q.count("running") == 2);
+    let started = Instant::now();
+    let out = q.rq(&["kill", "1", "-f", "jid,kill_signal"]).ok().records();
+    assert_eq!(text(&out[0], "kill_signal"), "TERM");
+    q.wait_for("job 1 to end", 10, |q| {
+        text(&job(q, 1), "state") == "finished"
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "kill took too long"
+    );
+    let j = job(&q, 1);
+    assert_eq!(text(&j, "signal"), "TERM");
+    std::fs::remove_file(&marker).ok();
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(!marker.exists(), "the job's background child survived");
+    // --signal, and jobs that are not running
+    q.rq(&["kill", "2", "--signal", "KILL"]).ok();
+    q.wait_for("job 2 to end", 10, |q| {
+        text(&job(q, 2), "state") == "finished"
+    });
+    assert_eq!(text(&job(&q, 2), "signal"), "KILL");
+    let out = q.rq(&["kill", "3"]);
+    assert_eq!(out.status, 1);
+    assert!(
+        out.stderr.contains("job 3 not signalled: it is holding"),
+        "{}",
+        out.stderr
+    );
+    q.rq(&["kill", "2", "--signal", "NOPE"]).fails();
+    q.rq(&["kill"]).fails();
+}
+
+#[test]
+fn timeouts_term_then_kill() {
+    let q = TestQueue::new();
+    q.rq(&["submit", "-q", "--timeout", "1s", "sleep 30"]).ok();
+    // ignores TERM: KILL follows the grace period
+    q.rq(&["submit", "-q", "--timeout", "0.5", "trap '' TERM; sleep 30"])
+        .ok();
+    q.rq(&["submit", "-q", "--timeout", "10s", "echo quick"])
+        .ok();
+    q.rq(&["submit", "--timeout", "soon", "x"]).fails();
+    let mut f = q.feeder("h1", &["--max_feed", "3", "--exit_when_empty"]);
+    assert_eq!(f.wait_exit(Duration::from_secs(30)), Some(0));
+    let jobs = q.jobs();
+    assert_eq!(text(&jobs[0], "signal"), "TERM");
+    assert_eq!(jobs[0]["timed_out"], true);
+    let elapsed = jobs[0]["elapsed"].as_f64().unwrap();
+    assert!((1.0..4.0).contains(&elapsed), "{elapsed}");
+    assert_eq!(text(&jobs[1], "signal"), "KILL");
+    assert_eq!(jobs[1]["timed_out"], true);
+    assert_eq!(jobs[2]["timed_out"], false);
+    assert_eq!(int(&jobs[2], "exit_status"), 0);
+    let v = q.rq(&["status"]).ok().value();
+    assert_eq!(v["exit_status"]["failures"], 2);
+}
+
+#[test]
+fn retries_requeue_failed_jobs_with_growing_delays() {
+    let q = TestQueue::new();
+    let ledger = q.ledger();
+    // Fails twice, then succeeds.
+    let cmd = format!(
+        "date +%s.%N >> {l}; test $(wc -l < {l}) -ge 3",
+        l = ledger.display()
+    );
+    q.rq(&[
+        "submit",
+        "-q",
+        "--retries",
+        "3",
+        "--retry-delay",
+        "0.3s",
+        &cmd,
+    ])
+    .ok();
+    q.rq(&[
+        "submit",
+        "-q",
+        "--retries",
+        "1",
+        "--retry-delay",
+        "0.1",
+        "exit 9",
+    ])
+    .ok();
+    q.rq(&["submit", "--retries", "-1", "x"]).fails();
+    let _f = q.feeder("h1", &[]);
+    q.wait_for("both to end", 30, |q| q.count("finished") == 2);
+    let jobs = q.jobs();
+    assert_eq!(int(&jobs[0], "exit_status"), 0);
+    assert_eq!(int(&jobs[0], "retried"), 2);
+    assert_eq!(int(&jobs[0], "attempts"), 3);
+    let times: Vec<f64> = q
+        .ledger_lines()
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(times.len(), 3);
+    let (d1, d2) = (times[1] - times[0], times[2] - times[1]);
+    assert!(
+        d1 >= 0.3 && d2 >= 0.6,
+        "delays {d1} {d2} should be >= 0.3 and >= 0.6"
+    );
+    assert_eq!(
+        int(&jobs[1], "exit_status"),
+        9,
+        "the last exit status is kept"
+    );
+    assert_eq!(int(&jobs[1], "retried"), 1);
+    assert_eq!(int(&jobs[1], "attempts"), 2);
+}
+
+#[test]
+fn wait_blocks_until_done_and_reports_success() {
+    let q = TestQueue::new();
+    q.rq(&["submit", "-q", "-t", "good", "sleep 0.5"]).ok();
+    q.rq(&["submit", "-q", "-t", "good", "true"]).ok();
+    q.rq(&["submit", "-q", "-t", "bad", "sleep 0.3; exit 2"])
+        .ok();
+    let _f = q.feeder("h1", &["--max_feed", "3"]);
+    let started = Instant::now();
+    let out = q.rq(&["wait", "tag=good"]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.is_empty() && out.stderr.is_empty(),
+        "nothing extra when piped"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(text(&job(&q, 1), "state"), "finished");
+    assert_eq!(
+        q.rq(&["wait", "3"]).status,
+        1,
+        "a failed job makes wait fail"
+    );
+    assert_eq!(q.rq(&["wait"]).status, 1);
+    assert_eq!(q.rq(&["wait", "1", "2"]).status, 0);
+}
+
+#[test]
+fn feeders_lists_hosts_with_heartbeats() {
+    let q = TestQueue::new();
+    q.rq(&["configure", "heartbeat=0.5s", "lease=2s"]).ok();
+    q.rq(&["submit", "-q", "sleep 30"]).ok();
+    let a = q.feeder("alpha", &["--max_feed", "3"]);
+    q.wait_for("job running", 10, |q| q.count("running") == 1);
+    let mut b = q.feeder("beta", &["--max_feed", "1"]);
+    q.wait_for("beta's heartbeat", 10, |q| {
+        q.rq(&["feeders"]).ok().records().len() == 2
+    });
+    let rows = q.rq(&["feeders"]).ok().records();
+    let alpha = rows.iter().find(|r| text(r, "host") == "alpha").unwrap();
+    assert_eq!(alpha["alive"], true);
+    assert_eq!(int(alpha, "running"), 1);
+    assert_eq!(int(alpha, "max_feed"), 3);
+    assert_eq!(int(alpha, "pid"), a.pid() as i64);
+    assert!(alpha["heartbeat_age"].as_f64().unwrap() < 2.0);
+    // a cleanly stopped feeder is shown as stopped
+    b.signal(libc::SIGTERM);
+    assert_eq!(b.wait_exit(Duration::from_secs(10)), Some(0));
+    let rows = q.rq(&["feeders", "--format", "json"]).ok().stdout;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&rows).unwrap();
+    let beta = rows.iter().find(|r| r["host"] == "beta").unwrap();
+    assert_eq!(beta["state"], "stopped");
+    assert_eq!(beta["alive"], false);
+    let table = q.rq(&["feeders", "--format", "table"]).ok().stdout;
+    assert!(
+        table.starts_with("host") && table.contains("alpha"),
+        "{table}"
+    );
+    drop(a);
+}
+
+#[test]
+fn lock_runs_a_command_under_the_lock_and_returns_its_status() {
+    let q = TestQueue::new();
+    let out = q.rq(&["lock", "shared", "--", "echo inside; exit 3"]);
+    assert_eq!(out.status, 3);
+    assert_eq!(out.stdout, "inside\n");
+    // While an exclusive lock is held, even readers wait.
+    let mut holder = rq_command();
+    holder.args([q.q(), "L", "exclusive", "--", "sleep 2"]);
+    let mut holder = holder.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let started = Instant::now();
+    q.rq(&["status"]).ok();
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "status did not wait"
+    );
+    assert!(holder.wait().unwrap().success());
+    q.rq(&["lock", "sideways", "--", "true"]).fails();
+    q.rq(&["lock", "read"]).fails();
+}
