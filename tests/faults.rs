@@ -451,3 +451,23 @@ fn clock_skew_does_not_cause_false_reclaims() {
         q.jobs().iter().map(|j| text(j, "runner")).collect();
     assert_eq!(runners.len(), 2, "both hosts ran jobs");
 }
+
+#[test]
+fn a_crash_looping_job_becomes_dead_after_max_attempts() {
+    let q = TestQueue::new();
+    q.rq(&["configure", "max_attempts=2"]).ok();
+    q.rq(&["submit", "-q", "--restartable", "echo never gets to run"])
+        .ok();
+    // Each feeder claims the job and crashes before starting it; the next feeder on the
+    // host finds it.
+    for attempt in 1..=2 {
+        let mut f = q.feeder_env("looper", &[], &[("RQ_FAULT", "after_claim")]);
+        assert_ne!(f.wait_exit(Duration::from_secs(10)), Some(0));
+        assert_eq!(int(&job(&q, 1), "attempts"), attempt);
+    }
+    let mut f = q.feeder("looper", &["--exit_when_empty"]);
+    assert_eq!(f.wait_exit(Duration::from_secs(20)), Some(0));
+    let j = job(&q, 1);
+    assert_eq!(text(&j, "state"), "dead", "no third attempt");
+    assert_eq!(int(&j, "attempts"), 2);
+}
