@@ -885,56 +885,57 @@ impl Feeder {
 
     /// Remove files in stdin/ stdout/ stderr/ data/ that belong to no job. Only files older
     /// than ten minutes: a submit copies files before it inserts the rows naming them.
+    /// The work is proportional to the files present, not to the jobs in the queue.
     fn reap_orphan_files(&mut self) {
-        let referenced: Result<std::collections::HashMap<i64, Vec<String>>> =
-            self.queue.store().read(|tx| {
-                let mut stmt = tx.prepare("SELECT jid, stdin, stdout, stderr, data FROM jobs")?;
-                let mut rows = stmt.query([])?;
-                let mut map = std::collections::HashMap::new();
-                while let Some(r) = rows.next()? {
-                    let files: Vec<String> = (1..=4)
-                        .filter_map(|i| r.get::<_, Option<String>>(i).ok().flatten())
-                        .collect();
-                    map.insert(r.get(0)?, files);
-                }
-                Ok(map)
-            });
-        let Ok(referenced) = referenced else { return };
         let dir = self.queue.dir().to_path_buf();
-        let mut removed = 0;
-        let mut seen = HashSet::new();
+        let mut old_files: Vec<(i64, String, PathBuf)> = Vec::new();
         for sub in queue::JOB_DIRS {
-            let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
-                continue;
-            };
+            let Ok(entries) = std::fs::read_dir(dir.join(sub)) else { continue };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if name.starts_with(".nfs") {
                     continue;
                 }
-                let Some(jid) = name.split('.').next().and_then(|n| n.parse::<i64>().ok()) else {
-                    continue;
-                };
+                let Some(jid) = name.split('.').next().and_then(|n| n.parse::<i64>().ok()) else { continue };
                 let old = entry
                     .metadata()
                     .and_then(|m| m.modified())
                     .map(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(600))
                     .unwrap_or(false);
-                let rel = format!("{sub}/{name}");
-                let in_use = match referenced.get(&jid) {
-                    Some(files) => files.contains(&rel) || name == jid.to_string(),
-                    None => false,
-                };
-                if old && !in_use && seen.insert(rel) {
-                    queue::remove_path(&entry.path());
-                    removed += 1;
+                if old {
+                    old_files.push((jid, format!("{sub}/{name}"), entry.path()));
                 }
             }
         }
+        if old_files.is_empty() {
+            return;
+        }
+        let jids: Vec<i64> = old_files.iter().map(|(j, _, _)| *j).collect::<HashSet<_>>().into_iter().collect();
+        let referenced: Result<Vec<(i64, Vec<String>)>> = self.queue.store().read(|tx| {
+            let mut stmt = tx.prepare(
+                "SELECT jid, stdin, stdout, stderr, data FROM jobs WHERE jid IN (SELECT value FROM json_each(?))",
+            )?;
+            let rows = stmt
+                .query_map([serde_json::to_string(&jids).unwrap_or_default()], |r| {
+                    let files = (1..=4).filter_map(|i| r.get::<_, Option<String>>(i).ok().flatten()).collect();
+                    Ok((r.get(0)?, files))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        });
+        let Ok(referenced) = referenced else { return };
+        let mut removed = 0;
+        for (jid, rel, path) in old_files {
+            let in_use = referenced.iter().any(|(j, files)| {
+                *j == jid && (files.contains(&rel) || rel.rsplit('/').next() == Some(&jid.to_string()))
+            });
+            if !in_use {
+                queue::remove_path(&path);
+                removed += 1;
+            }
+        }
         if removed > 0 {
-            self.info(&format!(
-                "removed {removed} files of jobs that no longer exist"
-            ));
+            self.info(&format!("removed {removed} files of jobs that no longer exist"));
         }
     }
 }
