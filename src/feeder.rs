@@ -272,6 +272,19 @@ pub struct Feeder {
     fenced: bool,
     /// When jobs this feeder queued for a retry become eligible.
     retry_wakes: Vec<Instant>,
+    /// Started jobs whose pid is not recorded yet: written with the next transaction
+    /// (at most half a second later), so a job costs one transaction, not two.
+    starts: Vec<Start>,
+    /// Claimed jobs whose shell could not be started.
+    failed_starts: Vec<(i64, String)>,
+}
+
+struct Start {
+    jid: i64,
+    claim: String,
+    pid: u32,
+    identity: Option<String>,
+    at: Instant,
 }
 
 impl Feeder {
@@ -298,6 +311,8 @@ impl Feeder {
             more_waiting: true,
             fenced: false,
             retry_wakes: Vec::new(),
+            starts: Vec::new(),
+            failed_starts: Vec::new(),
         }
     }
 
@@ -337,6 +352,7 @@ impl Feeder {
 
     /// Run until drained, stopped or (with `exit_when_empty`) out of work.
     pub fn run(&mut self) -> Result<Exit> {
+        runner::reset_inherited_signals();
         let mut signals = Signals::install()?;
         self.read_settings()?;
         let heartbeat = Heartbeat::start(
@@ -399,8 +415,14 @@ impl Feeder {
                 } else {
                     0
                 };
+            let flush_due = !self.failed_starts.is_empty()
+                || self
+                    .starts
+                    .first()
+                    .is_some_and(|s| s.at.elapsed() >= Duration::from_millis(500))
+                || (draining && !self.starts.is_empty());
             let mut claimed = Vec::new();
-            if want > 0 || !ends.is_empty() {
+            if want > 0 || !ends.is_empty() || flush_due {
                 claimed = self.record_and_claim(&ends, want)?;
                 if want > 0 {
                     self.more_waiting = claimed.len() == want;
@@ -644,17 +666,28 @@ impl Feeder {
         done
     }
 
-    /// One transaction: record finished jobs (only where our claim still holds), then
-    /// claim up to `want` new ones.
+    /// One transaction: record the pids of jobs started since the last one, the ends of
+    /// finished jobs (only where our claim still holds), then claim up to `want` new ones.
     fn record_and_claim(&mut self, ends: &[End], want: usize) -> Result<Vec<Row>> {
         let host = self.config.host.clone();
         let feeder = self.id.clone();
         let max_attempts = self.settings.max_attempts;
-        let (claimed, lost) = self.queue.store().write(|tx| {
+        let starts = std::mem::take(&mut self.starts);
+        let failed_starts = std::mem::take(&mut self.failed_starts);
+        let (claimed, lost, lost_starts) = self.queue.store().write(|tx| {
             let now = time::now();
+            let mut lost_starts = Vec::new();
+            for s in &starts {
+                if !claims::record_start(tx, s.jid, &s.claim, s.pid, s.identity.as_deref())? {
+                    lost_starts.push(s.jid);
+                }
+            }
+            for (jid, claim) in &failed_starts {
+                claims::failed_to_start(tx, *jid, claim, &now)?;
+            }
             let mut lost = Vec::new();
             for end in ends {
-                if !claims::finish(tx, end, &now)? {
+                if !lost_starts.contains(&end.jid) && !claims::finish(tx, end, &now)? {
                     lost.push(end.jid);
                 }
             }
@@ -663,7 +696,7 @@ impl Feeder {
             } else {
                 Vec::new()
             };
-            Ok((claimed, lost))
+            Ok((claimed, lost, lost_starts))
         })?;
         for end in ends {
             let how = match (&end.exit_status, &end.signal) {
@@ -694,10 +727,20 @@ impl Feeder {
                 "job {jid} was taken over by another host; its result here was discarded"
             ));
         }
+        for jid in lost_starts {
+            if let Some(job) = self.running.iter_mut().find(|j| j.jid == jid) {
+                job.fenced = true;
+                process::signal_group(job.pid, libc::SIGKILL);
+            }
+            self.warn(&format!(
+                "job {jid} was taken over before it started here; killed it"
+            ));
+        }
         Ok(claimed)
     }
 
-    /// Spawn claimed jobs (outside any transaction), then record their pids.
+    /// Spawn claimed jobs (outside any transaction); their pids are recorded with the next
+    /// transaction.
     fn start_jobs(&mut self, claimed: Vec<Row>) -> Result<()> {
         let mut started = Vec::new();
         let mut failed = Vec::new();
@@ -745,34 +788,26 @@ impl Feeder {
                 }
             }
         }
-        let lost = self.queue.store().write(|tx| {
-            let mut lost = Vec::new();
-            for (jid, claim, pid, identity) in &started {
-                if !claims::record_start(tx, *jid, claim, *pid, identity.as_deref())? {
-                    lost.push(*jid);
-                }
-            }
-            let now = time::now();
-            for (jid, claim) in &failed {
-                claims::failed_to_start(tx, *jid, claim, &now)?;
-            }
-            Ok(lost)
-        })?;
-        for jid in lost {
-            if let Some(job) = self.running.iter_mut().find(|j| j.jid == jid) {
-                job.fenced = true;
-                process::signal_group(job.pid, libc::SIGKILL);
-            }
-            self.warn(&format!(
-                "job {jid} was taken over before it started here; killed it"
-            ));
-        }
+        let at = Instant::now();
+        self.starts.extend(
+            started
+                .into_iter()
+                .map(|(jid, claim, pid, identity)| Start {
+                    jid,
+                    claim,
+                    pid,
+                    identity,
+                    at,
+                }),
+        );
+        self.failed_starts.extend(failed);
         Ok(())
     }
 
     /// Kill every running job (TERM, then KILL after the grace period) and handle them as
     /// crashed, recording the signal that ended each.
     fn stop_all(&mut self, why: Option<&str>) -> Result<()> {
+        self.starts.clear();
         let grace = Duration::from_secs_f64(self.config.kill_grace);
         for job in &self.running {
             process::signal_group(job.pid, libc::SIGTERM);
@@ -803,7 +838,12 @@ impl Feeder {
             std::thread::sleep(Duration::from_millis(20));
         }
         let max_attempts = self.settings.max_attempts;
+        let failed_starts = std::mem::take(&mut self.failed_starts);
         let outcomes = self.queue.store().write(|tx| {
+            let now = time::now();
+            for (jid, claim) in &failed_starts {
+                claims::failed_to_start(tx, *jid, claim, &now)?;
+            }
             let mut outcomes = Vec::new();
             for (jid, claim, signal) in &ended {
                 outcomes.push((
@@ -835,8 +875,16 @@ impl Feeder {
         if orphans.is_empty() {
             return Ok(());
         }
-        let grace = Duration::from_secs_f64(self.config.kill_grace);
-        let mut live = Vec::new();
+        // A job's processes are found by the claim token in their environment (the pid
+        // may not have been recorded yet), or by recorded pid and process identity.
+        let tokens: Vec<String> = orphans
+            .iter()
+            .filter_map(|j| j.get("claim").as_text().map(|c| format!("RQ_CLAIM={c}")))
+            .collect();
+        let mut groups: Vec<u32> = process::find_by_environment(&tokens)
+            .into_iter()
+            .map(|(_, pgid, _)| pgid)
+            .collect();
         for job in &orphans {
             let (Some(pid), Some(identity)) =
                 (job.get("pid").as_int(), job.get("process").as_text())
@@ -844,24 +892,27 @@ impl Feeder {
                 continue;
             };
             if process::same_process(pid as u32, identity) {
-                self.warn(&format!(
-                    "job {} (pid {pid}) of an earlier feeder is still running: killing it",
-                    job.jid()
-                ));
-                process::signal_group(pid as u32, libc::SIGTERM);
-                live.push((pid as u32, identity.to_string()));
+                groups.push(pid as u32);
             }
         }
+        groups.sort_unstable();
+        groups.dedup();
+        if !groups.is_empty() {
+            self.warn(&format!(
+                "jobs of an earlier feeder on this host are still running (process groups {groups:?}): killing them"
+            ));
+        }
+        for pgid in &groups {
+            process::signal_group(*pgid, libc::SIGTERM);
+        }
+        let grace = Duration::from_secs_f64(self.config.kill_grace);
         let deadline = Instant::now() + grace;
-        while Instant::now() < deadline
-            && live.iter().any(|(pid, id)| process::same_process(*pid, id))
-        {
+        let alive = |groups: &[u32]| groups.iter().any(|g| process::signal_group(*g, 0));
+        while Instant::now() < deadline && alive(&groups) {
             std::thread::sleep(Duration::from_millis(50));
         }
-        for (pid, id) in &live {
-            if process::same_process(*pid, id) {
-                process::signal_group(*pid, libc::SIGKILL);
-            }
+        for pgid in &groups {
+            process::signal_group(*pgid, libc::SIGKILL);
         }
         let max_attempts = self.settings.max_attempts;
         let outcomes = self.queue.store().write(|tx| {
@@ -890,13 +941,17 @@ impl Feeder {
         let dir = self.queue.dir().to_path_buf();
         let mut old_files: Vec<(i64, String, PathBuf)> = Vec::new();
         for sub in queue::JOB_DIRS {
-            let Ok(entries) = std::fs::read_dir(dir.join(sub)) else { continue };
+            let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if name.starts_with(".nfs") {
                     continue;
                 }
-                let Some(jid) = name.split('.').next().and_then(|n| n.parse::<i64>().ok()) else { continue };
+                let Some(jid) = name.split('.').next().and_then(|n| n.parse::<i64>().ok()) else {
+                    continue;
+                };
                 let old = entry
                     .metadata()
                     .and_then(|m| m.modified())
@@ -910,7 +965,12 @@ impl Feeder {
         if old_files.is_empty() {
             return;
         }
-        let jids: Vec<i64> = old_files.iter().map(|(j, _, _)| *j).collect::<HashSet<_>>().into_iter().collect();
+        let jids: Vec<i64> = old_files
+            .iter()
+            .map(|(j, _, _)| *j)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
         let referenced: Result<Vec<(i64, Vec<String>)>> = self.queue.store().read(|tx| {
             let mut stmt = tx.prepare(
                 "SELECT jid, stdin, stdout, stderr, data FROM jobs WHERE jid IN (SELECT value FROM json_each(?))",
@@ -927,7 +987,8 @@ impl Feeder {
         let mut removed = 0;
         for (jid, rel, path) in old_files {
             let in_use = referenced.iter().any(|(j, files)| {
-                *j == jid && (files.contains(&rel) || rel.rsplit('/').next() == Some(&jid.to_string()))
+                *j == jid
+                    && (files.contains(&rel) || rel.rsplit('/').next() == Some(&jid.to_string()))
             });
             if !in_use {
                 queue::remove_path(&path);
@@ -935,7 +996,9 @@ impl Feeder {
             }
         }
         if removed > 0 {
-            self.info(&format!("removed {removed} files of jobs that no longer exist"));
+            self.info(&format!(
+                "removed {removed} files of jobs that no longer exist"
+            ));
         }
     }
 }

@@ -29,6 +29,36 @@ pub fn same_process(pid: u32, identity: &str) -> bool {
     self::identity(pid).as_deref() == Some(identity)
 }
 
+/// Processes whose environment holds one of `entries` (e.g. `RQ_CLAIM=<token>`): finds a
+/// job's processes even when its pid was never recorded. Returns (pid, process group, entry).
+pub fn find_by_environment(entries: &[String]) -> Vec<(u32, u32, String)> {
+    let mut found = Vec::new();
+    if entries.is_empty() {
+        return found;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        for var in environ.split(|b| *b == 0) {
+            if let Some(hit) = entries.iter().find(|e| e.as_bytes() == var) {
+                // SAFETY: getpgid(2) on a pid.
+                let pgid = unsafe { libc::getpgid(pid as libc::pid_t) };
+                if pgid > 1 {
+                    found.push((pid, pgid as u32, hit.clone()));
+                }
+            }
+        }
+    }
+    found
+}
+
 /// Send a signal to a whole process group (a job and everything it started).
 pub fn signal_group(pgid: u32, signal: i32) -> bool {
     if pgid <= 1 {

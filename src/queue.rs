@@ -946,10 +946,12 @@ impl Queue {
                 }
             }
 
-            let avg: Option<f64> = tx.query_row(
-                "SELECT avg(elapsed) FROM jobs WHERE state = 'finished'",
+            // One pass over the finished jobs (a covering index scan) for every aggregate.
+            let (avg, successes, finished_failures): (Option<f64>, i64, i64) = tx.query_row(
+                "SELECT avg(elapsed), count(*) FILTER (WHERE exit_status = 0), \
+                 count(*) FILTER (WHERE exit_status IS NOT 0) FROM jobs WHERE state = 'finished'",
                 [],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
             let mut recent = Map::new();
             for (hours, since) in &hour_marks {
@@ -960,16 +962,8 @@ impl Queue {
                 )?;
                 recent.insert(hours.to_string(), json!(n));
             }
-            let successes: i64 = tx.query_row(
-                "SELECT count(*) FROM jobs WHERE state = 'finished' AND exit_status = 0",
-                [],
-                |r| r.get(0),
-            )?;
-            let failures: i64 = tx.query_row(
-                "SELECT count(*) FROM jobs WHERE (state = 'finished' AND exit_status IS NOT 0) OR state = 'dead'",
-                [],
-                |r| r.get(0),
-            )?;
+            let dead = jobs.get("dead").and_then(Value::as_i64).unwrap_or(0);
+            let failures = finished_failures + dead;
             let mut exit = Map::new();
             exit.insert("successes".into(), json!(successes));
             exit.insert("failures".into(), json!(failures));

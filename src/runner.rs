@@ -8,6 +8,32 @@ use std::process::{Child, Command, Stdio};
 use crate::error::{IoContext, Result};
 use crate::job::{Cell, Row};
 
+/// Make every signal the feeder inherited as ignored (e.g. HUP under nohup) default again,
+/// so jobs never inherit ignored signals. Called once at feeder start, before handlers are
+/// installed; handled signals are reset to default by exec anyway.
+pub fn reset_inherited_signals() {
+    for sig in 1..32 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: sigaction(2) query, then signal(2) only for ignored signals.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction == libc::SIG_IGN
+            {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+    }
+    // SAFETY: an empty mask; the feeder never blocks signals on purpose.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
 /// Start a claimed job: `SHELL... COMMAND` in the directory it was submitted from (else
 /// `$HOME`), stdin from its stdin file (else /dev/null), stdout/stderr into the queue,
 /// `Q/bin` first on PATH, and one `RQ_<FIELD>` variable per job field plus `RQ` (the
@@ -93,20 +119,8 @@ pub fn spawn(dir: &Path, shell: &[String], job: &Row) -> Result<Child> {
         .map(|(name, cell)| (name.clone(), crate::output::cell_json(cell)))
         .collect();
     cmd.env("RQ_JOB", serde_json::Value::Object(record).to_string());
-    // SAFETY: only async-signal-safe calls (signal, sigprocmask) between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            // Jobs never inherit ignored or blocked signals from the feeder.
-            for sig in 1..32 {
-                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                    libc::signal(sig, libc::SIG_DFL);
-                }
-            }
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            Ok(())
-        });
-    }
+    // No pre_exec hook: it would force fork() instead of the much cheaper posix_spawn.
+    // Signal dispositions are made default in the feeder itself (see
+    // `reset_inherited_signals`), and std gives the child an empty signal mask.
     cmd.spawn().context(|| format!("cannot run {program}"))
 }

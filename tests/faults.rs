@@ -348,7 +348,10 @@ fn an_old_queue_is_migrated_on_open() {
         .iter()
         .map(|c| format!("ALTER TABLE jobs DROP COLUMN {c}; "))
         .collect();
-    q.sql(&format!("{drops} PRAGMA user_version = 1"));
+    q.sql(&format!(
+        "DROP INDEX jobs_ended_elapsed; DROP INDEX jobs_ended_finished; \
+         CREATE INDEX jobs_runner ON jobs (runner, state); {drops} PRAGMA user_version = 1"
+    ));
     let jobs = q.jobs();
     assert_eq!(text(&jobs[0], "command"), "echo old");
     assert_eq!(int(&jobs[0], "retries"), 0);
