@@ -46,6 +46,14 @@ modes (abbreviation):
   kill              signal running jobs on whatever host runs them
   wait              block until jobs are done; exit 0 if all succeeded
   lock (L)          run a command holding the queue lock
+  snapshot (S)      a consistent copy of the database for read-only modes
+  backup (B)        a consistent copy of the whole queue
+  rotate (R)        archive finished and dead jobs (QUEUE.<time>.tgz)
+  recover           check the database; rebuild it if it is damaged
+  cron, crontab     keep a feeder running from cron on this host
+  ioview (io)       open a job's stdin/stdout/stderr in an editor
+  tail (ta)         follow a running job's output
+  completions, man  shell completions, the man page
   help (h)          this text; 'rq help MODE' for one mode
 
 options (accepted anywhere on the line; '--' ends them):
@@ -65,6 +73,9 @@ options (accepted anywhere on the line; '--' ends them):
       --retries N        submit: re-queue a failed job up to N times
       --retry-delay D    submit: first retry after D (doubling; default 1s)
       --signal SIG       kill: signal to send (default TERM)
+  -s, --snapshot         run a read-only mode on a snapshot of the queue
+      --no-compress      rotate: keep the archive as a directory
+  -e, --editor CMD       ioview: the viewer (default $RQ_EDITOR or 'vim -R -o')
   -D, --daemon           feed: detach; prints 'pid N started'
       --max_feed N       feed: jobs at once (default: number of CPUs)
       --shell 'CMD'      feed: shell prefix for jobs (default 'bash --login -c')
@@ -168,6 +179,46 @@ const TOPICS: &[(&str, &str)] = &[
         "rq QUEUE lock read|shared|write|exclusive -- COMMAND...\n\nRun COMMAND (through sh -c) while holding the queue's lock: shared lets readers on\nand holds writers, exclusive holds everyone. rq exits with the command's status.\nFeeders and submitters wait (and say so) until it is released.\n\n  rq q lock exclusive -- cp q/db /backup/db\n",
     ),
     (
+        "snapshot",
+        "rq QUEUE snapshot [DEST]   (S)\n\nA consistent copy of the queue's database (SQLite's online backup API, never a\nfile copy), default QUEUE.snapshot next to the queue. Every read-only mode works\non it: rq q.snapshot status. --snapshot (-s) runs one read-only mode on a\ntemporary snapshot: rq q list -s running.\n",
+    ),
+    (
+        "backup",
+        "rq QUEUE backup [DEST]   (B)\n\nA consistent copy of the whole queue: the database (backup API) and every job's\nfiles, bin/ and the schema; default QUEUE.<time>.bak next to the queue. Feeders\nwait only while the database is copied. Refuses to overwrite.\n",
+    ),
+    (
+        "rotate",
+        "rq QUEUE rotate [DEST|DIR] [--no-compress]   (R)\n\nMove finished and dead jobs (rows and files) into an archive queue, packed as\nDEST.tgz (default QUEUE.<time>.tgz next to the queue; --no-compress keeps a\ndirectory). Pending, holding and running jobs stay. All or nothing. Read-only\nmodes open archives directly: rq q.20261127T000000Z.tgz list. jids stay unique.\n",
+    ),
+    (
+        "recover",
+        "rq QUEUE recover\n\nCheck the database (integrity_check). If it is damaged: keep a copy of it\n(db.damaged.<time>), rebuild it from every row still readable, write the result back\nthrough SQLite (feeders wait meanwhile) and report what was recovered and what\nwas lost. Exit status 0 when the database is sound afterwards.\n",
+    ),
+    (
+        "cron",
+        "rq QUEUE cron [start|add|tab|delete|shutdown|stop] [rotate] [feed options]\n\nManage a tagged crontab line that runs 'rq QUEUE start' every 15 minutes with\nthe feed options given (and, with the word rotate, a daily rotate). add is\nidempotent; start also starts a feeder now; delete removes exactly rq's lines;\nshutdown/stop also stop this host's feeder. 'rq QUEUE crontab' prints the lines.\n\n  rq /nfs/q cron start --max_feed 8\n",
+    ),
+    (
+        "crontab",
+        "rq QUEUE crontab [rotate] [feed options]\n\nPrint the crontab lines 'cron add' would install.\n",
+    ),
+    (
+        "ioview",
+        "rq QUEUE ioview JID... [--editor CMD]   (io)\n\nOpen each job's stdin, stdout and stderr in an editor: --editor, else $RQ_EDITOR,\nelse 'vim -R -o'.\n",
+    ),
+    (
+        "tail",
+        "rq QUEUE tail JID   (ta)\n\nFollow a job's stdout (to stdout) and stderr (to stderr) until it has finished,\nfrom any host. Over NFS new output appears as the running host writes it back.\n",
+    ),
+    (
+        "completions",
+        "rq completions bash|zsh|fish\n\nPrint a shell completion script:  rq completions bash > /etc/bash_completion.d/rq\n",
+    ),
+    (
+        "man",
+        "rq man\n\nPrint the man page (roff):  rq man > ~/.local/share/man/man1/rq.1\n",
+    ),
+    (
         "stdin",
         "rq QUEUE stdin|stdout|stderr JID... (0 1 2)\n\nPrint a job's captured stream. stdin4/stdout4/stderr4 print the file paths.\n",
     ),
@@ -195,4 +246,81 @@ pub fn text(topic: Option<&str>) -> Result<String> {
                 "no help for '{topic}' (see 'rq help' for the modes)"
             ))
         })
+}
+
+/// The command line as a clap command with one subcommand per mode (and its
+/// abbreviations), carrying every option: the source of completions and the man page.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let options = crate::cli::Options::command();
+    let mut cmd = clap::Command::new("rq")
+        .version(env!("CARGO_PKG_VERSION"))
+        .disable_help_flag(true)
+        .disable_version_flag(true)
+        .disable_help_subcommand(true)
+        .about("A zero-admin job queue for machines that share a directory")
+        .long_about(OVERVIEW)
+        .arg(
+            clap::Arg::new("queue")
+                .value_name("QUEUE")
+                .value_hint(clap::ValueHint::DirPath)
+                .help("the queue directory (or set RQ_Q)"),
+        );
+    for arg in options.get_arguments().filter(|a| a.get_id() != "words") {
+        cmd = cmd.arg(arg.clone().global(true));
+    }
+    for (name, abbrevs) in crate::cli::MODES {
+        let about = text(Some(name))
+            .ok()
+            .and_then(|t| t.lines().nth(2).map(str::to_string))
+            .unwrap_or_default();
+        let sub = clap::Command::new(*name)
+            .about(about)
+            .disable_help_flag(true)
+            .visible_aliases(abbrevs.iter().copied())
+            .arg(
+                clap::Arg::new("args")
+                    .num_args(0..)
+                    .trailing_var_arg(true)
+                    .allow_hyphen_values(true),
+            );
+        cmd = cmd.subcommand(sub);
+    }
+    cmd
+}
+
+/// `rq completions bash|zsh|fish`.
+pub fn completions(shell: Option<&str>) -> Result<i32> {
+    use clap_complete::Shell;
+    let shell = match shell {
+        Some("bash") => Shell::Bash,
+        Some("zsh") => Shell::Zsh,
+        Some("fish") => Shell::Fish,
+        other => {
+            return Err(Error::usage(format!(
+                "completions: say bash, zsh or fish (got {})",
+                other.unwrap_or("nothing")
+            )));
+        }
+    };
+    let mut cmd = command();
+    clap_complete::generate(shell, &mut cmd, "rq", &mut std::io::stdout());
+    Ok(0)
+}
+
+/// `rq man`: the man page (roff) on standard output: `rq man > rq.1`.
+pub fn man() -> Result<i32> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(command())
+        .render(&mut out)
+        .map_err(|e| Error::Io {
+            context: "cannot render the man page".into(),
+            source: e,
+        })?;
+    use std::io::Write;
+    std::io::stdout().write_all(&out).map_err(|e| Error::Io {
+        context: "cannot write to standard output".into(),
+        source: e,
+    })?;
+    Ok(0)
 }

@@ -12,9 +12,11 @@ pub mod store;
 pub mod time;
 
 pub use error::{Error, Result};
+pub mod admin;
 pub mod claims;
 pub mod cli;
 pub mod control;
+pub mod cron;
 pub mod feeder;
 pub mod help;
 pub mod host;

@@ -1,0 +1,511 @@
+//! Administration of a whole queue: snapshot, backup, rotate, recover. Databases are copied
+//! only through SQLite's online backup API (never as files while in use); job files are
+//! copied outside any transaction.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::backup::Backup;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OpenFlags};
+use serde_json::{Value, json};
+
+use crate::error::{Error, IoContext, Result};
+use crate::job::Row;
+use crate::queue::{self, JOB_DIRS, Queue};
+use crate::store;
+
+/// A timestamp for file names: 20261127T211503Z.
+fn stamp() -> String {
+    crate::time::now_ts().strftime("%Y%m%dT%H%M%SZ").to_string()
+}
+
+/// `<parent of Q>/<name of Q>.<suffix>`: archives and backups live next to the queue.
+pub fn beside(queue: &Path, suffix: &str) -> PathBuf {
+    let name = queue
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "q".into());
+    queue.with_file_name(format!("{name}.{suffix}"))
+}
+
+fn refuse_existing(path: &Path) -> Result<()> {
+    if path.exists() {
+        return Err(Error::Conflict(format!(
+            "{} already exists; choose another destination",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Copy the queue's database into `dest_db` in one step of the backup API inside a read
+/// transaction: a consistent copy; writers wait only while it is made.
+fn copy_database(q: &mut Queue, dest_db: &Path) -> Result<()> {
+    q.store().read(|tx| {
+        let mut dest = Connection::open(dest_db)?;
+        let backup = Backup::new(tx, &mut dest)?;
+        match backup.step(-1)? {
+            rusqlite::backup::StepResult::Done => Ok(()),
+            other => Err(Error::Conflict(format!(
+                "the database copy did not complete ({other:?}); try again"
+            ))),
+        }
+    })?;
+    // The copy is a rollback-journal database like the queue's own.
+    let conn = Connection::open(dest_db)?;
+    conn.query_row("PRAGMA journal_mode = PERSIST", [], |r| {
+        r.get::<_, String>(0)
+    })?;
+    Ok(())
+}
+
+/// `snapshot [DEST]`: a consistent copy of the database, usable by every read-only mode.
+pub fn snapshot(q: &mut Queue, dest: Option<&Path>) -> Result<Value> {
+    let dest = dest
+        .map(queue::resolve)
+        .unwrap_or_else(|| beside(q.dir(), "snapshot"));
+    refuse_existing(&dest)?;
+    std::fs::create_dir_all(&dest).context(|| format!("cannot create {}", dest.display()))?;
+    let result = (|| {
+        copy_database(q, &dest.join("db"))?;
+        std::fs::write(dest.join("db.schema"), store::schema_file_text())
+            .context(|| format!("cannot write {}", dest.join("db.schema").display()))?;
+        Ok(json!({"q": dest, "db": dest.join("db"), "schema": dest.join("db.schema")}))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&dest);
+    }
+    result
+}
+
+/// `backup [DEST]`: the database (backup API) plus every job file, bin/ and the schema.
+pub fn backup(q: &mut Queue, dest: Option<&Path>) -> Result<Value> {
+    let dest = dest
+        .map(queue::resolve)
+        .unwrap_or_else(|| beside(q.dir(), &format!("{}.bak", stamp())));
+    refuse_existing(&dest)?;
+    std::fs::create_dir_all(&dest).context(|| format!("cannot create {}", dest.display()))?;
+    let result = (|| {
+        copy_database(q, &dest.join("db"))?;
+        for entry in [
+            "db.schema",
+            "doorbell",
+            "bin",
+            "stdin",
+            "stdout",
+            "stderr",
+            "data",
+        ] {
+            let src = q.dir().join(entry);
+            if src.exists() {
+                queue::copy_tree(&src, &dest.join(entry))?;
+            }
+        }
+        Ok(json!({"backup": dest}))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&dest);
+    }
+    result
+}
+
+/// `rotate [DEST|DIR]`: move finished and dead jobs (rows and files) into an archive queue,
+/// then (unless `keep_dir`) pack it as `DEST.tgz`. Nothing changes in the live queue unless
+/// the archive is complete; jobs that change state meanwhile stay.
+pub fn rotate(q: &mut Queue, dest: Option<&Path>, keep_dir: bool) -> Result<Value> {
+    let name = q
+        .dir()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "q".into());
+    let dest = match dest.map(queue::resolve) {
+        None => beside(q.dir(), &stamp()),
+        Some(d) if d.is_dir() => d.join(format!("{name}.{}", stamp())),
+        Some(d) => d,
+    };
+    refuse_existing(&dest)?;
+    let tgz = PathBuf::from(format!("{}.tgz", dest.display()));
+    if !keep_dir {
+        refuse_existing(&tgz)?;
+    }
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)
+            .context(|| format!("cannot create {}", parent.display()))?;
+    }
+    queue::create(&dest)?;
+    let archived = match fill_archive(q, &dest) {
+        Ok(rows) => rows,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dest);
+            return Err(e);
+        }
+    };
+    // The live queue changes only now, in one transaction: rows still as archived go.
+    let jids: Vec<i64> = archived.iter().map(Row::jid).collect();
+    let stamps: Vec<(i64, String)> = archived
+        .iter()
+        .map(|r| (r.jid(), r.get("finished").to_plain()))
+        .collect();
+    let outcome = q.store().write(|tx| {
+        let mut deleted = Vec::new();
+        let mut del = tx.prepare_cached(
+            "DELETE FROM jobs WHERE jid = ? AND state IN ('finished', 'dead') AND coalesce(finished, '') = ?",
+        )?;
+        for (jid, finished) in &stamps {
+            if del.execute(rusqlite::params![jid, finished])? > 0 {
+                deleted.push(*jid);
+            }
+        }
+        Ok(deleted)
+    });
+    let deleted = match outcome {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dest);
+            return Err(e);
+        }
+    };
+    // Jobs resubmitted during the rotation are not archived.
+    let kept: Vec<i64> = jids
+        .iter()
+        .copied()
+        .filter(|j| !deleted.contains(j))
+        .collect();
+    if !kept.is_empty() {
+        let mut archive = Queue::open(&dest, store::Access::ReadWrite)?;
+        archive.store().write(|tx| {
+            tx.execute(
+                "DELETE FROM jobs WHERE jid IN (SELECT value FROM json_each(?))",
+                [serde_json::to_string(&kept).unwrap_or_default()],
+            )?;
+            Ok(())
+        })?;
+        for jid in &kept {
+            queue::remove_files_of(&dest, *jid, &[]);
+        }
+    }
+    for row in archived.iter().filter(|r| deleted.contains(&r.jid())) {
+        let named: Vec<String> = JOB_DIRS
+            .iter()
+            .filter_map(|f| row.get(f).as_text().map(String::from))
+            .collect();
+        queue::remove_files_of(q.dir(), row.jid(), &named);
+    }
+    let rotation = if keep_dir {
+        dest
+    } else {
+        pack(&dest, &tgz)?;
+        tgz
+    };
+    Ok(json!({"rotation": rotation, "jobs": deleted.len()}))
+}
+
+/// Copy every finished/dead row (with its jid) and its files into the archive queue.
+fn fill_archive(q: &mut Queue, dest: &Path) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let selection = queue::Selection {
+        states: vec![crate::job::State::Finished, crate::job::State::Dead],
+        ..Default::default()
+    };
+    q.list(&selection, &mut |chunk| {
+        rows.extend(chunk);
+        Ok(())
+    })?;
+    let mut archive = Queue::open(dest, store::Access::ReadWrite)?;
+    let fields = crate::job::FIELDS;
+    let placeholders = vec!["?"; fields.len()].join(", ");
+    let sql = format!(
+        "INSERT INTO jobs ({}) VALUES ({placeholders})",
+        fields.join(", ")
+    );
+    archive.store().write(|tx| {
+        let mut insert = tx.prepare_cached(&sql)?;
+        for row in &rows {
+            let values: Vec<SqlValue> = row
+                .columns
+                .iter()
+                .map(|(_, cell)| match cell {
+                    crate::job::Cell::Null => SqlValue::Null,
+                    crate::job::Cell::Int(i) => SqlValue::Integer(*i),
+                    crate::job::Cell::Real(r) => SqlValue::Real(*r),
+                    crate::job::Cell::Text(t) => SqlValue::Text(t.clone()),
+                    crate::job::Cell::Bool(b) => SqlValue::Integer(*b as i64),
+                })
+                .collect();
+            insert.execute(rusqlite::params_from_iter(values))?;
+        }
+        Ok(())
+    })?;
+    for row in &rows {
+        for field in JOB_DIRS {
+            if let Some(rel) = row.get(field).as_text() {
+                let src = q.dir().join(rel);
+                if src.exists() {
+                    queue::copy_tree(&src, &dest.join(rel))?;
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// `tar czf DEST.tgz` of the archive directory, which is then removed.
+fn pack(dir: &Path, tgz: &Path) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    let name = dir.file_name().unwrap_or_default();
+    let status = std::process::Command::new("tar")
+        .arg("czf")
+        .arg(tgz)
+        .arg("-C")
+        .arg(parent)
+        .arg(name)
+        .status()
+        .context(|| "cannot run tar".into())?;
+    if !status.success() {
+        let _ = std::fs::remove_file(tgz);
+        return Err(Error::Conflict(format!(
+            "tar could not pack {}; the archive is kept as a directory",
+            dir.display()
+        )));
+    }
+    std::fs::remove_dir_all(dir).context(|| format!("cannot remove {}", dir.display()))
+}
+
+/// Unpack an archive (`.tgz` made by rotate) into `into`; returns the queue directory.
+pub fn unpack(tgz: &Path, into: &Path) -> Result<PathBuf> {
+    let status = std::process::Command::new("tar")
+        .arg("xzf")
+        .arg(tgz)
+        .arg("-C")
+        .arg(into)
+        .status()
+        .context(|| "cannot run tar".into())?;
+    if !status.success() {
+        return Err(Error::NotAQueue {
+            path: tgz.to_path_buf(),
+            why: "it is not an archive made by rotate".into(),
+        });
+    }
+    let mut dirs = std::fs::read_dir(into)
+        .context(|| format!("cannot read {}", into.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("db").is_file());
+    dirs.next().ok_or_else(|| Error::NotAQueue {
+        path: tgz.to_path_buf(),
+        why: "the archive holds no queue".into(),
+    })
+}
+
+/// `recover`: check the database; if it is damaged, keep a copy of it, rebuild it from every
+/// row that can still be read, and write the result back through the backup API (the file
+/// keeps its inode, so other hosts' open connections stay valid; they wait meanwhile).
+pub fn recover(dir: &Path) -> Result<Value> {
+    let db = dir.join("db");
+    if !db.is_file() {
+        return Err(Error::NotAQueue {
+            path: dir.to_path_buf(),
+            why: "it has no db file".into(),
+        });
+    }
+    let check = integrity(&db);
+    if check.as_deref() == Ok("ok") {
+        return Ok(json!({"integrity": "ok", "damaged": false}));
+    }
+    let problem = match &check {
+        Ok(text) => text.lines().next().unwrap_or("").to_string(),
+        Err(e) => e.clone(),
+    };
+    // Keep the damaged file first, before this process holds any SQLite lock on it.
+    let copy = dir.join(format!("db.damaged.{}", stamp()));
+    std::fs::copy(&db, &copy)
+        .context(|| format!("cannot copy {} to {}", db.display(), copy.display()))?;
+    let salvage = salvage(&db);
+    let highest_file_jid = highest_jid_in_files(dir);
+    let fresh = dir.join(format!("db.recovering.{}", std::process::id()));
+    let _ = std::fs::remove_file(&fresh);
+    store::create_database(&fresh)?;
+    {
+        let conn = Connection::open(&fresh)?;
+        let fields = crate::job::FIELDS.join(", ");
+        let placeholders = vec!["?"; crate::job::FIELDS.len()].join(", ");
+        let tx = conn.unchecked_transaction()?;
+        {
+            let mut insert = tx.prepare(&format!(
+                "INSERT OR REPLACE INTO jobs ({fields}) VALUES ({placeholders})"
+            ))?;
+            for row in &salvage.rows {
+                insert.execute(rusqlite::params_from_iter(row.iter()))?;
+            }
+            for (k, v) in &salvage.attributes {
+                tx.execute(
+                    "INSERT OR REPLACE INTO attributes (key, value) VALUES (?, ?)",
+                    [k, v],
+                )?;
+            }
+        }
+        // jids are never reused: continue above every jid seen anywhere.
+        let top = salvage.highest_jid.max(highest_file_jid);
+        tx.execute(
+            "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'jobs'",
+            [top],
+        )?;
+        tx.execute(
+            "INSERT INTO sqlite_sequence (name, seq) SELECT 'jobs', ? WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'jobs')",
+            [top],
+        )?;
+        tx.commit()?;
+    }
+    // Write the rebuilt database over the damaged one, page by page, under its lock.
+    {
+        let src = Connection::open(&fresh)?;
+        let mut live = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        live.busy_timeout(std::time::Duration::from_secs(600))?;
+        let backup = Backup::new(&src, &mut live)?;
+        backup.run_to_completion(-1, std::time::Duration::from_millis(100), None)?;
+    }
+    let _ = std::fs::remove_file(&fresh);
+    let _ = std::fs::remove_file(fresh.with_extension("creating-journal"));
+    let after = integrity(&db).unwrap_or_else(|e| e);
+    Ok(json!({
+        "integrity": after,
+        "damaged": true,
+        "problem": problem,
+        "recovered_jobs": salvage.rows.len(),
+        "unreadable_ranges": salvage.unreadable,
+        "lost_jobs_at_most": (salvage.highest_jid.max(highest_file_jid) as usize).saturating_sub(salvage.rows.len()),
+        "damaged_copy": copy,
+    }))
+}
+
+fn integrity(db: &Path) -> std::result::Result<String, String> {
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| e.to_string())?;
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(600));
+    let mut stmt = conn
+        .prepare("PRAGMA integrity_check")
+        .map_err(|e| e.to_string())?;
+    let lines: std::result::Result<Vec<String>, _> = stmt
+        .query_map([], |r| r.get(0))
+        .map_err(|e| e.to_string())?
+        .collect();
+    lines.map(|l| l.join("\n")).map_err(|e| e.to_string())
+}
+
+struct Salvage {
+    rows: Vec<Vec<SqlValue>>,
+    attributes: Vec<(String, String)>,
+    highest_jid: i64,
+    unreadable: Vec<String>,
+}
+
+/// Read every row that can be read: ranges of jids, split in halves around errors.
+fn salvage(db: &Path) -> Salvage {
+    let mut out = Salvage {
+        rows: Vec::new(),
+        attributes: Vec::new(),
+        highest_jid: 0,
+        unreadable: Vec::new(),
+    };
+    let Ok(conn) = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+        return out;
+    };
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(600));
+    // Which columns the damaged schema has (it may be an older version).
+    let present: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('jobs')")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .unwrap_or_default();
+    let select: Vec<String> = crate::job::FIELDS
+        .iter()
+        .map(|f| {
+            if present.iter().any(|p| p == f) {
+                f.to_string()
+            } else {
+                format!("NULL AS {f}")
+            }
+        })
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM jobs WHERE jid BETWEEN ? AND ? ORDER BY jid",
+        select.join(", ")
+    );
+    let top: i64 = conn
+        .query_row(
+            "SELECT max(seq) FROM sqlite_sequence WHERE name = 'jobs'",
+            [],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(0)
+        .max(
+            conn.query_row("SELECT max(jid) FROM jobs", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .ok()
+            .flatten()
+            .unwrap_or(0),
+        );
+    out.highest_jid = top;
+    let mut stack = vec![(1i64, top.max(1))];
+    while let Some((lo, hi)) = stack.pop() {
+        let read = (|| -> rusqlite::Result<Vec<Vec<SqlValue>>> {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let n = crate::job::FIELDS.len();
+            stmt.query_map([lo, hi], |r| {
+                (0..n).map(|i| r.get::<_, SqlValue>(i)).collect()
+            })?
+            .collect()
+        })();
+        match read {
+            Ok(rows) => out.rows.extend(rows),
+            Err(_) if hi > lo => {
+                let mid = lo + (hi - lo) / 2;
+                stack.push((mid + 1, hi));
+                stack.push((lo, mid));
+            }
+            Err(_) => out.unreadable.push(lo.to_string()),
+        }
+    }
+    // Ranges read in halves may repeat jids only if a full range read succeeded after a
+    // split, which cannot happen; still, keep one row per jid.
+    out.rows.sort_by_key(|r| match r.first() {
+        Some(SqlValue::Integer(j)) => *j,
+        _ => 0,
+    });
+    out.rows.dedup_by_key(|r| match r.first() {
+        Some(SqlValue::Integer(j)) => *j,
+        _ => 0,
+    });
+    out.attributes = conn
+        .prepare("SELECT key, value FROM attributes")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                ))
+            })?
+            .collect()
+        })
+        .unwrap_or_default();
+    out
+}
+
+/// The highest jid named by a file in the queue's job directories.
+fn highest_jid_in_files(dir: &Path) -> i64 {
+    JOB_DIRS
+        .iter()
+        .filter_map(|sub| std::fs::read_dir(dir.join(sub)).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter_map(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .split('.')
+                .next()
+                .and_then(|n| n.parse::<i64>().ok())
+        })
+        .max()
+        .unwrap_or(0)
+}
