@@ -362,7 +362,12 @@ pub fn recover(dir: &Path) -> Result<Value> {
         let mut live = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         live.busy_timeout(std::time::Duration::from_secs(600))?;
         let backup = Backup::new(&src, &mut live)?;
-        backup.run_to_completion(-1, std::time::Duration::from_millis(100), None)?;
+        loop {
+            match backup.step(-1)? {
+                rusqlite::backup::StepResult::Done => break,
+                _ => std::thread::sleep(std::time::Duration::from_millis(100)),
+            }
+        }
     }
     let _ = std::fs::remove_file(&fresh);
     let _ = std::fs::remove_file(fresh.with_extension("creating-journal"));

@@ -1347,7 +1347,13 @@ impl Context<'_> {
             let files: Vec<PathBuf> = ["stdin", "stdout", "stderr"]
                 .iter()
                 .map(|s| q.dir().join(s).join(jid.to_string()))
+                .filter(|p| p.exists())
                 .collect();
+            if files.is_empty() {
+                eprintln!("rq: job {jid} has no stdin, stdout or stderr files (yet)");
+                worst = worst.max(1);
+                continue;
+            }
             let status = std::process::Command::new("sh")
                 .arg("-c")
                 .arg(format!("{editor} \"$@\""))

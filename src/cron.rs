@@ -23,11 +23,8 @@ pub fn marker(rq: &Path, queue: &Path) -> String {
 /// The lines for this queue: `start` with the given feeder options, and optionally a
 /// daily rotate.
 pub fn lines(rq: &Path, queue: &Path, options: &[String], rotate: bool) -> Vec<String> {
-    let q = |p: &Path| shell_words::quote(&p.to_string_lossy()).into_owned();
-    let opts: Vec<String> = options
-        .iter()
-        .map(|o| shell_words::quote(o).into_owned())
-        .collect();
+    let q = |p: &Path| quote(&p.to_string_lossy());
+    let opts: Vec<String> = options.iter().map(|o| quote(o)).collect();
     let tag = marker(rq, queue);
     let mut start = format!("*/15 * * * * {} {} start", q(rq), q(queue));
     for o in &opts {
@@ -39,6 +36,19 @@ pub fn lines(rq: &Path, queue: &Path, options: &[String], rotate: bool) -> Vec<S
         out.push(format!("0 0 * * * {} {} rotate {tag}", q(rq), q(queue)));
     }
     out
+}
+
+/// Quote a word for the shell cron runs, only when it needs it.
+fn quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./:=,+-@%".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        shell_words::quote(word).into_owned()
+    }
 }
 
 /// The current crontab (empty when the user has none).
