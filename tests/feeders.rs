@@ -399,22 +399,8 @@ fn daemon_mode_with_log_rolling() {
             ],
         )
         .ok();
-    let pid: i32 = out
-        .stdout
-        .trim()
-        .strip_prefix("pid ")
-        .unwrap()
-        .strip_suffix(" started")
-        .unwrap()
-        .parse()
-        .unwrap();
-    struct Kill(i32);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            unsafe { libc::kill(self.0, libc::SIGKILL) };
-        }
-    }
-    let _guard = Kill(pid);
+    let pid = started_pid(&out.stdout);
+    let _guard = Daemon(pid);
     assert_eq!(q.rq_as("h1", &["pid"]).value()["pid"], pid as i64);
     let lines: String = (0..40).map(|i| format!("echo {i}\n")).collect();
     q.rq_stdin(&["submit", "-q"], &lines).ok();
@@ -502,22 +488,8 @@ fn restart_of_a_started_feeder_keeps_feeding() {
     let out = q
         .rq_as("h1", &["start", "--shell", "sh -c", "--min_sleep", "0.05"])
         .ok();
-    let pid: i64 = out
-        .stdout
-        .trim()
-        .strip_prefix("pid ")
-        .unwrap()
-        .strip_suffix(" started")
-        .unwrap()
-        .parse()
-        .unwrap();
-    struct Kill(i32);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            unsafe { libc::kill(self.0, libc::SIGQUIT) };
-        }
-    }
-    let _guard = Kill(pid as i32);
+    let pid = started_pid(&out.stdout) as i64;
+    let _guard = Daemon(pid as i32);
     // start again: already running, says nothing, succeeds
     let again = q.rq_as("h1", &["start"]).ok();
     assert!(again.stdout.is_empty());

@@ -437,3 +437,27 @@ impl TestQueue {
         }
     }
 }
+
+/// The pid in a daemon's `pid N started` line.
+pub fn started_pid(stdout: &str) -> i32 {
+    stdout
+        .trim()
+        .strip_prefix("pid ")
+        .and_then(|s| s.strip_suffix(" started"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not a 'pid N started' line: {stdout}"))
+}
+
+/// A daemon feeder, stopped when dropped: QUIT (its jobs are killed), then KILL.
+pub struct Daemon(pub i32);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0, libc::SIGQUIT) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while alive(self.0) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
