@@ -83,7 +83,13 @@ pub fn touch(path: &Path) -> std::io::Result<()> {
     };
     match utimensat(CWD, path, &now, AtFlags::empty()) {
         Ok(()) => Ok(()),
-        Err(rustix::io::Errno::NOENT) => std::fs::write(path, b""),
+        // Removed by someone (even the whole hosts/ directory): make it again.
+        Err(rustix::io::Errno::NOENT) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(path, b"")
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -220,6 +226,9 @@ mod tests {
         let age = heartbeat_age(dir.path(), "h1", now).unwrap();
         assert!(age.abs() < 1.0);
         assert!(heartbeat_age(dir.path(), "h2", now).is_none());
+        // A deleted hosts/ directory does not stop the heartbeat.
+        std::fs::remove_dir_all(hosts_dir(dir.path())).unwrap();
+        assert!(hb.beat().is_ok());
         let hosts = known_hosts(dir.path(), now);
         assert_eq!(hosts.len(), 1);
         assert_eq!(hosts[0].0["max_feed"], 2);
