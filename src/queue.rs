@@ -919,7 +919,14 @@ impl Queue {
                         "SELECT jid, started FROM jobs WHERE state = ? AND started IS NOT NULL ORDER BY started DESC LIMIT 1",
                         "SELECT jid, started FROM jobs WHERE state = ? AND started IS NOT NULL ORDER BY started ASC LIMIT 1",
                     ),
-                    State::Finished | State::Dead => (
+                    // The partial index needs the literal state = 'finished'.
+                    State::Finished => (
+                        "SELECT jid, elapsed FROM jobs INDEXED BY jobs_finished_elapsed WHERE state = 'finished' \
+                         AND ?1 = 'finished' AND elapsed IS NOT NULL ORDER BY elapsed ASC LIMIT 1",
+                        "SELECT jid, elapsed FROM jobs INDEXED BY jobs_finished_elapsed WHERE state = 'finished' \
+                         AND ?1 = 'finished' AND elapsed IS NOT NULL ORDER BY elapsed DESC LIMIT 1",
+                    ),
+                    State::Dead => (
                         "SELECT jid, elapsed FROM jobs WHERE state = ? AND elapsed IS NOT NULL ORDER BY elapsed ASC LIMIT 1",
                         "SELECT jid, elapsed FROM jobs WHERE state = ? AND elapsed IS NOT NULL ORDER BY elapsed DESC LIMIT 1",
                     ),
@@ -949,14 +956,15 @@ impl Queue {
             // One pass over the finished jobs (a covering index scan) for every aggregate.
             let (avg, successes, finished_failures): (Option<f64>, i64, i64) = tx.query_row(
                 "SELECT avg(elapsed), count(*) FILTER (WHERE exit_status = 0), \
-                 count(*) FILTER (WHERE exit_status IS NOT 0) FROM jobs WHERE state = 'finished'",
+                 count(*) FILTER (WHERE exit_status IS NOT 0) FROM jobs INDEXED BY jobs_finished_elapsed \
+                 WHERE state = 'finished'",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
             let mut recent = Map::new();
             for (hours, since) in &hour_marks {
                 let n: i64 = tx.query_row(
-                    "SELECT count(*) FROM jobs WHERE state IN ('finished', 'dead') AND finished > ?",
+                    "SELECT count(*) FROM jobs INDEXED BY jobs_ended_at WHERE state IN ('finished', 'dead') AND finished > ?",
                     [since],
                     |r| r.get(0),
                 )?;
@@ -969,7 +977,7 @@ impl Queue {
             exit.insert("failures".into(), json!(failures));
             for (name, codes) in exit_codes {
                 let n: i64 = tx.query_row(
-                    "SELECT count(*) FROM jobs WHERE state = 'finished' AND exit_status IN (SELECT value FROM json_each(?))",
+                    "SELECT count(*) FROM jobs INDEXED BY jobs_finished_elapsed WHERE state = 'finished' AND exit_status IN (SELECT value FROM json_each(?))",
                     [serde_json::to_string(codes).unwrap_or_default()],
                     |r| r.get(0),
                 )?;

@@ -349,7 +349,7 @@ fn an_old_queue_is_migrated_on_open() {
         .map(|c| format!("ALTER TABLE jobs DROP COLUMN {c}; "))
         .collect();
     q.sql(&format!(
-        "DROP INDEX jobs_ended_elapsed; DROP INDEX jobs_ended_finished; \
+        "DROP INDEX jobs_finished_elapsed; DROP INDEX jobs_ended_at; \
          CREATE INDEX jobs_runner ON jobs (runner, state); {drops} PRAGMA user_version = 1"
     ));
     let jobs = q.jobs();
