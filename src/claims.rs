@@ -74,17 +74,11 @@ pub struct End {
 /// Record the end of a run; false when the claim was lost (the job was taken over).
 pub fn finish(tx: &Transaction<'_>, end: &End, now: &str) -> Result<bool> {
     let n = match &end.retry_at {
-        None => tx.execute(
-            "UPDATE jobs SET state = 'finished', finished = ?, elapsed = ?, exit_status = ?, \
-             signal = ?, timed_out = ?, claim = NULL, kill_signal = NULL WHERE jid = ? AND claim = ?",
-            rusqlite::params![now, end.elapsed, end.exit_status, end.signal, end.timed_out, end.jid, end.claim],
-        )?,
-        Some(at) => tx.execute(
-            "UPDATE jobs SET state = 'pending', finished = ?, elapsed = ?, exit_status = ?, \
+        None => tx.prepare_cached("UPDATE jobs SET state = 'finished', finished = ?, elapsed = ?, exit_status = ?, \
+             signal = ?, timed_out = ?, claim = NULL, kill_signal = NULL WHERE jid = ? AND claim = ?")?.execute(rusqlite::params![now, end.elapsed, end.exit_status, end.signal, end.timed_out, end.jid, end.claim])?,
+        Some(at) => tx.prepare_cached("UPDATE jobs SET state = 'pending', finished = ?, elapsed = ?, exit_status = ?, \
              signal = ?, timed_out = ?, claim = NULL, kill_signal = NULL, retried = retried + 1, \
-             not_before = ? WHERE jid = ? AND claim = ?",
-            rusqlite::params![now, end.elapsed, end.exit_status, end.signal, end.timed_out, at, end.jid, end.claim],
-        )?,
+             not_before = ? WHERE jid = ? AND claim = ?")?.execute(rusqlite::params![now, end.elapsed, end.exit_status, end.signal, end.timed_out, at, end.jid, end.claim])?,
     };
     Ok(n > 0)
 }
@@ -97,20 +91,19 @@ pub fn record_start(
     pid: u32,
     identity: Option<&str>,
 ) -> Result<bool> {
-    let n = tx.execute(
-        "UPDATE jobs SET pid = ?, process = ? WHERE jid = ? AND claim = ?",
-        rusqlite::params![pid, identity, jid, claim],
-    )?;
+    let n = tx
+        .prepare_cached("UPDATE jobs SET pid = ?, process = ? WHERE jid = ? AND claim = ?")?
+        .execute(rusqlite::params![pid, identity, jid, claim])?;
     Ok(n > 0)
 }
 
 /// A shell that could not be started counts as "command not found" (127).
 pub fn failed_to_start(tx: &Transaction<'_>, jid: i64, claim: &str, now: &str) -> Result<()> {
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE jobs SET state = 'finished', finished = ?, elapsed = 0, exit_status = 127, \
          claim = NULL WHERE jid = ? AND claim = ?",
-        rusqlite::params![now, jid, claim],
-    )?;
+    )?
+    .execute(rusqlite::params![now, jid, claim])?;
     Ok(())
 }
 
@@ -125,20 +118,18 @@ pub fn mark_crashed(
     max_attempts: i64,
 ) -> Result<String> {
     let claim = (!claim.is_empty()).then_some(claim);
-    let requeued = tx.execute(
-        "UPDATE jobs SET state = 'pending', runner = NULL, started = NULL, pid = NULL, process = NULL, \
+    let requeued = tx.prepare_cached("UPDATE jobs SET state = 'pending', runner = NULL, started = NULL, pid = NULL, process = NULL, \
          claim = NULL, signal = ? WHERE jid = ? AND claim IS ? AND state = 'running' \
-         AND restartable = 1 AND attempts < ?",
-        rusqlite::params![signal, jid, claim, max_attempts],
-    )?;
+         AND restartable = 1 AND attempts < ?")?.execute(rusqlite::params![signal, jid, claim, max_attempts])?;
     if requeued > 0 {
         return Ok("restartable: back to pending".into());
     }
-    let dead = tx.execute(
-        "UPDATE jobs SET state = 'dead', finished = ?, claim = NULL, signal = ? \
+    let dead = tx
+        .prepare_cached(
+            "UPDATE jobs SET state = 'dead', finished = ?, claim = NULL, signal = ? \
          WHERE jid = ? AND claim IS ? AND state = 'running'",
-        rusqlite::params![crate::time::now(), signal, jid, claim],
-    )?;
+        )?
+        .execute(rusqlite::params![crate::time::now(), signal, jid, claim])?;
     Ok(if dead > 0 {
         "marked dead".into()
     } else {
@@ -156,17 +147,11 @@ pub fn reclaim_host(
     now: &str,
     max_attempts: i64,
 ) -> Result<(usize, usize)> {
-    let requeued = tx.execute(
-        "UPDATE jobs SET state = 'pending', runner = NULL, started = NULL, pid = NULL, process = NULL, \
+    let requeued = tx.prepare_cached("UPDATE jobs SET state = 'pending', runner = NULL, started = NULL, pid = NULL, process = NULL, \
          claim = NULL, reclaimed_by = ?, reclaimed_at = ? \
-         WHERE state = 'running' AND runner = ? AND restartable = 1 AND attempts < ?",
-        rusqlite::params![reclaimer, now, dead_host, max_attempts],
-    )?;
-    let dead = tx.execute(
-        "UPDATE jobs SET state = 'dead', finished = ?, claim = NULL, reclaimed_by = ?, reclaimed_at = ? \
-         WHERE state = 'running' AND runner = ?",
-        rusqlite::params![now, reclaimer, now, dead_host],
-    )?;
+         WHERE state = 'running' AND runner = ? AND restartable = 1 AND attempts < ?")?.execute(rusqlite::params![reclaimer, now, dead_host, max_attempts])?;
+    let dead = tx.prepare_cached("UPDATE jobs SET state = 'dead', finished = ?, claim = NULL, reclaimed_by = ?, reclaimed_at = ? \
+         WHERE state = 'running' AND runner = ?")?.execute(rusqlite::params![now, reclaimer, now, dead_host])?;
     Ok((requeued, dead))
 }
 

@@ -2,11 +2,16 @@
 
 use std::path::Path;
 
-/// This boot's id: a process identity is only meaningful within one boot.
+/// This boot's id: a process identity is only meaningful within one boot. Read once.
 pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    static BOOT_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        })
+        .clone()
 }
 
 /// The start time of a process (clock ticks since boot), from /proc/PID/stat.
