@@ -156,10 +156,12 @@ fn is_busy(err: &rusqlite::Error) -> bool {
 }
 
 fn jitter_sleep(attempt: u32) {
-    // 1 ms doubling up to 50 ms, each sleep uniformly jittered between 50 % and 150 %:
-    // short enough that waiting feeders get their turn (SQLite's locks are polled, not
-    // queued), long enough that hundreds of hosts do not flood the lock server.
-    let base = 2f64.powi(attempt.min(8) as i32);
+    // 0.25 ms growing by half each time up to 50 ms, each sleep uniformly jittered between
+    // 50 % and 150 %: a transaction holds the lock about a millisecond, so a waiter first
+    // looks again soon (SQLite's locks are polled, not queued, and a long first sleep both
+    // wastes the lock's idle time and lets the last holder win again), while hundreds of
+    // waiting hosts still back off to a few polls a second.
+    let base = 0.25 * 1.5f64.powi(attempt.min(14) as i32);
     let ms = base.min(50.0) * rand::random_range(0.5..1.5);
     std::thread::sleep(Duration::from_secs_f64(ms / 1000.0));
 }
