@@ -79,6 +79,15 @@ pub fn feed(mut req: FeedRequest, start_mode: bool) -> Result<i32> {
         unsafe { std::env::remove_var(REEXEC_ENV) };
     }
     // Check the queue before detaching, so mistakes are reported to the user.
+    // Feeding with host-local locks could run a job on two hosts at once (checked before
+    // opening, which would only warn).
+    if let Some(problem) = crate::fsguard::check(&queue::resolve(&req.queue))
+        && std::env::var_os("RQ_ALLOW_LOCAL_LOCKS").is_none()
+    {
+        return Err(Error::Conflict(format!(
+            "refusing to feed: {problem} (if no other host ever feeds this queue, set RQ_ALLOW_LOCAL_LOCKS=1)"
+        )));
+    }
     let queue_dir = Queue::open(&req.queue, Access::ReadWrite)?
         .dir()
         .to_path_buf();

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod control;
 pub mod cron;
 pub mod feeder;
+pub mod fsguard;
 pub mod help;
 pub mod host;
 pub mod input;

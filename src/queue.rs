@@ -232,6 +232,9 @@ impl Queue {
                 why: "it has no db file; create a queue with 'rq PATH create'".into(),
             });
         }
+        if access == Access::ReadWrite {
+            crate::fsguard::warn_once(&dir);
+        }
         let store = Store::open(&db, access)?;
         Ok(Queue { dir, store })
     }

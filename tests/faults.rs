@@ -474,3 +474,46 @@ fn a_crash_looping_job_becomes_dead_after_max_attempts() {
     assert_eq!(text(&j, "state"), "dead", "no third attempt");
     assert_eq!(int(&j, "attempts"), 2);
 }
+
+#[test]
+fn feeders_refuse_a_queue_whose_locks_are_local_to_each_host() {
+    let q = TestQueue::new();
+    let info = q.tmp.path().join("mountinfo");
+    let mount = q.tmp.path().canonicalize().unwrap();
+    std::fs::write(
+        &info,
+        format!(
+            "22 1 8:1 / / rw - ext4 /dev/vda rw\n40 22 0:45 / {} rw - nfs server:/x rw,vers=3,nolock,local_lock=all\n",
+            mount.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = rq_command();
+    cmd.env("RQ_TEST_MOUNTINFO", &info)
+        .env("HOME", q.home())
+        .args([q.q(), "feed", "--exit_when_empty"]);
+    let out = run_cmd(cmd, None).fails();
+    assert!(
+        out.stderr.contains("refusing to feed") && out.stderr.contains("nolock"),
+        "{}",
+        out.stderr
+    );
+    // other writers warn, and still work
+    let mut cmd = rq_command();
+    cmd.env("RQ_TEST_MOUNTINFO", &info)
+        .args([q.q(), "submit", "-q", "true"]);
+    let out = run_cmd(cmd, None).ok();
+    assert!(
+        out.stderr.contains("WARNING") && out.stderr.contains("local to each host"),
+        "{}",
+        out.stderr
+    );
+    // a single-host user may override
+    let mut cmd = rq_command();
+    cmd.env("RQ_TEST_MOUNTINFO", &info)
+        .env("RQ_ALLOW_LOCAL_LOCKS", "1")
+        .env("HOME", q.home())
+        .args([q.q(), "feed", "--exit_when_empty", "--shell", "sh -c"]);
+    run_cmd(cmd, None).ok();
+    assert_eq!(q.count("finished"), 1);
+}
