@@ -280,7 +280,9 @@ fn one_feeder_per_host_per_queue() {
 fn shutdown_drains_running_jobs() {
     let q = TestQueue::new();
     q.rq(&["submit", "-q", "sleep 1; echo drained"]).ok();
-    let mut f = q.feeder("h1", &[]);
+    // One slot: the second job could only start after the first ends, when the feeder
+    // is already draining.
+    let mut f = q.feeder("h1", &["--max_feed", "1"]);
     q.wait_for("job to start", 10, |q| q.count("running") == 1);
     q.rq(&["submit", "-q", "echo never"]).ok();
     let out = q.rq_as("h1", &["shutdown"]).ok();

@@ -1,0 +1,447 @@
+//! The data modes: create, submit, touch, list, query, status, delete, resubmit,
+//! update, execute, configure, and the stdin/stdout/stderr dumps.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use super::{Context, duration_option};
+use crate::error::{Error, IoContext, Result};
+use crate::input::{self, Target};
+use crate::job::State;
+use crate::query;
+use crate::queue::{self, Changes, Selection, SubmitOptions};
+use crate::store::Access;
+
+impl Context<'_> {
+    pub(super) fn create(&mut self) -> Result<i32> {
+        if let Some(extra) = self.args().first() {
+            return Err(Error::usage(format!(
+                "create takes no arguments (got '{extra}')"
+            )));
+        }
+        let report = queue::create(&self.queue)?;
+        if !self.inv.opts.quiet {
+            self.print_value(&report)?;
+        }
+        Ok(0)
+    }
+
+    pub(super) fn submit_options(&self) -> Result<SubmitOptions> {
+        let o = &self.inv.opts;
+        let priority = match &o.priority {
+            Some(p) => Some(input::parse_priority(p).map_err(Error::usage)?),
+            None => None,
+        };
+        Ok(SubmitOptions {
+            priority,
+            tag: o.tag.clone(),
+            hosts: o.runner.as_deref().and_then(input::normalize_hosts),
+            restartable: o.restartable,
+            stage: o.stage,
+            stdin: None,
+            data: o.data.clone(),
+            echo: !o.quiet,
+            timeout: duration_option("timeout", &o.timeout)?,
+            retries: match &o.retries {
+                Some(r) => Some(r.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                    Error::usage(format!("--retries: '{r}' is not a whole number >= 0"))
+                })?),
+                None => None,
+            },
+            retry_delay: duration_option("retry-delay", &o.retry_delay)?,
+        })
+    }
+
+    pub(super) fn submit(&mut self, touch: bool) -> Result<i32> {
+        let mut opts = self.submit_options()?;
+        let mut specs = Vec::new();
+        if !self.args().is_empty() {
+            specs.push(input::JobSpec {
+                command: self.args().join(" "),
+                ..Default::default()
+            });
+        }
+        if let Some(file) = &self.inv.opts.infile {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| Error::input(format!("{}: {e}", file.display())))?;
+            specs.extend(input::parse_jobs(&text)?);
+        }
+        let stdin_wanted = self.inv.opts.stdin.as_deref() == Some("-");
+        let named = !specs.is_empty();
+        if stdin_wanted && self.inv.dash {
+            return Err(Error::usage(
+                "cannot read both the job list and --stdin from standard input; use --infile or --stdin FILE",
+            ));
+        }
+        // Keeps the spooled copy of standard input alive until the jobs are submitted.
+        let mut _spool: Option<tempfile::NamedTempFile> = None;
+        if stdin_wanted {
+            let mut spool =
+                tempfile::NamedTempFile::new().context(|| "cannot make a temporary file".into())?;
+            std::io::copy(&mut std::io::stdin().lock(), &mut spool)
+                .context(|| "cannot read standard input".into())?;
+            opts.stdin = Some(spool.path().to_path_buf());
+            _spool = Some(spool);
+        } else {
+            if let Some(path) = &self.inv.opts.stdin {
+                opts.stdin = Some(PathBuf::from(path));
+            }
+            if let Some(text) = self.stdin_text(named)? {
+                specs.extend(input::parse_jobs(&text)?);
+            }
+        }
+        if specs.is_empty() {
+            if self.inv.dash {
+                eprintln!("rq: no jobs on standard input; nothing submitted");
+                return Ok(0);
+            }
+            return Err(Error::usage(
+                "no jobs given: name a command, use --infile FILE, or pipe a job list (see 'rq help submit')",
+            ));
+        }
+        let mut q = self.open(Access::ReadWrite)?;
+        let rows = if touch {
+            q.touch(&specs, &opts)?
+        } else {
+            q.submit(&specs, &opts)?
+        };
+        self.print_rows(&rows)?;
+        Ok(0)
+    }
+
+    /// Targets named on the command line and, where wanted, on standard input.
+    pub(super) fn targets(&self, states_allowed: bool) -> Result<Vec<Target>> {
+        let mut targets = Vec::new();
+        for word in self.args() {
+            targets.push(input::parse_target_word(word, states_allowed).map_err(Error::usage)?);
+        }
+        if let Some(text) = self.stdin_text(!targets.is_empty())? {
+            targets.extend(input::parse_targets(&text, states_allowed)?);
+        }
+        Ok(targets)
+    }
+
+    pub(super) fn list(&mut self) -> Result<i32> {
+        let targets = self.targets(true)?;
+        let selection = if targets.is_empty() {
+            if self.inv.dash {
+                return Ok(0);
+            }
+            Selection {
+                all: true,
+                ..Default::default()
+            }
+        } else {
+            Selection::from_targets(&targets)
+        };
+        let mut q = self.open(Access::ReadOnly)?;
+        self.stream_rows(|each| q.list(&selection, each))?;
+        Ok(0)
+    }
+
+    pub(super) fn query(&mut self) -> Result<i32> {
+        let mut words: Vec<String> = self.args().to_vec();
+        if words.is_empty()
+            && let Some(text) = self.stdin_text(false)?
+        {
+            words.push(strip_comments(&text));
+        }
+        let clause = query::parse(&words)?;
+        let mut q = self.open(Access::ReadOnly)?;
+        self.stream_rows(|each| q.query(&clause, each))?;
+        Ok(0)
+    }
+
+    pub(super) fn status(&mut self) -> Result<i32> {
+        let exit_map = parse_exit_map(self.inv.opts.exit.as_deref().unwrap_or(""))?;
+        let mut q = self.open(Access::ReadOnly)?;
+        let report = q.status(&exit_map)?;
+        self.print_value(&report)?;
+        Ok(0)
+    }
+
+    pub(super) fn delete(&mut self) -> Result<i32> {
+        let targets = self.targets(true)?;
+        if targets.is_empty() {
+            if self.inv.dash {
+                eprintln!("rq: no jobs on standard input; nothing deleted");
+                return Ok(0);
+            }
+            return Err(Error::usage(
+                "nothing to delete: name jids, a state, 'all', or '-' to read jids",
+            ));
+        }
+        let mut q = self.open(Access::ReadWrite)?;
+        let (rows, skipped) = q.delete(&Selection::from_targets(&targets))?;
+        self.print_rows(&rows)?;
+        Ok(self.report_skipped("deleted", &skipped))
+    }
+
+    pub(super) fn resubmit(&mut self) -> Result<i32> {
+        let targets = self.targets(true)?;
+        if targets.is_empty() {
+            if self.inv.dash {
+                eprintln!("rq: no jobs on standard input; nothing resubmitted");
+                return Ok(0);
+            }
+            return Err(Error::usage(
+                "nothing to resubmit: name jids, a state, or '-' to read jids",
+            ));
+        }
+        let opts = self.submit_options()?;
+        if opts.data.is_some() || self.inv.opts.stdin.is_some() {
+            return Err(Error::usage(
+                "resubmit keeps each job's stdin and data; change them with 'update stdin=FILE data=PATH'",
+            ));
+        }
+        let mut q = self.open(Access::ReadWrite)?;
+        let (rows, skipped) = q.resubmit(&Selection::from_targets(&targets), &opts)?;
+        self.print_rows(&rows)?;
+        Ok(self.report_skipped("resubmitted", &skipped))
+    }
+
+    pub(super) fn update(&mut self) -> Result<i32> {
+        let mut changes = Changes::default();
+        let mut targets = Vec::new();
+        for word in self.args() {
+            if let Some((key, value)) = word.split_once('=')
+                && key != "jid"
+            {
+                apply_change(&mut changes, key, value)?;
+                continue;
+            }
+            match input::parse_target_word(word, true).map_err(Error::usage)? {
+                Target::State(s @ (State::Pending | State::Holding)) => {
+                    targets.push(Target::State(s))
+                }
+                Target::Jid(j) => targets.push(Target::Jid(j)),
+                _ => {
+                    return Err(Error::usage(format!(
+                        "update: '{word}' is not a jid, 'pending', 'holding' or key=value"
+                    )));
+                }
+            }
+        }
+        if let Some(stdin) = &self.inv.opts.stdin {
+            changes.stdin = Some(PathBuf::from(stdin));
+        }
+        if let Some(data) = &self.inv.opts.data {
+            changes.data = Some(data.clone());
+        }
+        if let Some(p) = &self.inv.opts.priority {
+            changes.priority = Some(input::parse_priority(p).map_err(Error::usage)?);
+        }
+        if let Some(t) = &self.inv.opts.tag {
+            changes.tag = Some(Some(t.clone()));
+        }
+        if let Some(h) = &self.inv.opts.runner {
+            changes.hosts = Some(input::normalize_hosts(h));
+        }
+        if self.inv.opts.restartable {
+            changes.restartable = Some(true);
+        }
+        if changes.is_empty() {
+            return Err(Error::usage(
+                "update: nothing to change; give key=value, e.g. priority=5 or state=holding",
+            ));
+        }
+        for path in changes.stdin.iter().chain(changes.data.iter()) {
+            if !path.exists() {
+                return Err(Error::input(format!("{}: no such file", path.display())));
+            }
+        }
+        if let Some(text) = self.stdin_text(!targets.is_empty())? {
+            for t in input::parse_targets(&text, true)? {
+                match t {
+                    Target::Jid(_) | Target::State(State::Pending | State::Holding) => {
+                        targets.push(t)
+                    }
+                    _ => {
+                        return Err(Error::input(
+                            "update reads jids, 'pending' or 'holding' from standard input",
+                        ));
+                    }
+                }
+            }
+        }
+        if targets.is_empty() {
+            if self.inv.dash {
+                eprintln!("rq: no jobs on standard input; nothing updated");
+                return Ok(0);
+            }
+            return Err(Error::usage(
+                "update: no jobs named; give jids, 'pending', 'holding', or '-' to read jids",
+            ));
+        }
+        let mut q = self.open(Access::ReadWrite)?;
+        let (rows, skipped) = q.update(&Selection::from_targets(&targets), &changes)?;
+        self.print_rows(&rows)?;
+        Ok(self.report_skipped("updated", &skipped))
+    }
+
+    pub(super) fn execute(&mut self) -> Result<i32> {
+        let mut sql = self.args().join(" ");
+        if sql.trim().is_empty()
+            && let Some(text) = self.stdin_text(false)?
+        {
+            sql = strip_comments(&text);
+        }
+        if sql.trim().is_empty() {
+            return Err(Error::usage("execute: no SQL given"));
+        }
+        let mut q = self.open(Access::ReadWrite)?;
+        let rows = q.execute(&sql).map_err(|e| match e {
+            Error::Sql(err) => Error::usage(format!("execute: {err}")),
+            other => other,
+        })?;
+        self.print_rows(&rows)?;
+        Ok(0)
+    }
+
+    pub(super) fn configure(&mut self) -> Result<i32> {
+        let mut settings = Vec::new();
+        for word in self.args() {
+            let Some((key, value)) = word.split_once('=') else {
+                return Err(Error::usage(format!(
+                    "configure: '{word}' is not key=value"
+                )));
+            };
+            let value = value.strip_prefix('=').unwrap_or(value);
+            let key = key.trim();
+            if key.is_empty() {
+                return Err(Error::usage(format!("configure: '{word}' has no key")));
+            }
+            validate_setting(key, value)?;
+            settings.push((key.to_string(), value.to_string()));
+        }
+        let mut q = self.open(if settings.is_empty() {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        })?;
+        let all = q.configure(&settings)?;
+        self.print_value(&all)?;
+        Ok(0)
+    }
+
+    pub(super) fn dump(&mut self, stream: &str, paths_only: bool) -> Result<i32> {
+        let targets = self.targets(false)?;
+        if targets.is_empty() {
+            return Err(Error::usage(format!(
+                "{stream}: name the jids whose {stream} to show"
+            )));
+        }
+        let q = self.open(Access::ReadOnly)?;
+        for target in targets {
+            let Target::Jid(jid) = target else { continue };
+            let path = q.dir().join(stream).join(jid.to_string());
+            if paths_only {
+                self.out.print(&format!("{}\n", path.display()))?;
+            } else if let Ok(mut file) = std::fs::File::open(&path) {
+                let mut bytes = Vec::new();
+                file.read_to_end(&mut bytes)
+                    .context(|| format!("cannot read {}", path.display()))?;
+                self.out
+                    .out
+                    .write_all(&bytes)
+                    .context(|| "cannot write to standard output".into())?;
+            }
+        }
+        Ok(0)
+    }
+}
+
+/// Keys `configure` knows the meaning of are checked; others are stored as given.
+fn validate_setting(key: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    let duration = ["heartbeat", "lease"];
+    if duration.contains(&key) && crate::time::parse_duration(value).is_none() {
+        return Err(Error::usage(format!(
+            "configure: {key} must be a duration like 10s or 2m, not '{value}'"
+        )));
+    }
+    if key == "max_attempts" && value.parse::<u32>().is_err() {
+        return Err(Error::usage(format!(
+            "configure: max_attempts must be a whole number, not '{value}'"
+        )));
+    }
+    Ok(())
+}
+
+fn apply_change(changes: &mut Changes, key: &str, value: &str) -> Result<()> {
+    let nullable = |v: &str| -> Option<String> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "" | "nil" | "null" | "nul" | "~" => None,
+            _ => Some(v.to_string()),
+        }
+    };
+    match key {
+        "priority" => changes.priority = Some(input::parse_priority(value).map_err(Error::usage)?),
+        "command" => {
+            if value.trim().is_empty() {
+                return Err(Error::usage("update: command cannot be empty"));
+            }
+            changes.command = Some(value.to_string());
+        }
+        "tag" => changes.tag = Some(nullable(value)),
+        "runner" | "hosts" => {
+            changes.hosts = Some(nullable(value).as_deref().and_then(input::normalize_hosts))
+        }
+        "restartable" => {
+            changes.restartable = Some(
+                input::parse_bool(value)
+                    .map_err(|e| Error::usage(format!("update: restartable: {e}")))?,
+            )
+        }
+        "state" => {
+            changes.state = match State::from_prefix(value) {
+                Some(s @ (State::Pending | State::Holding)) => Some(s),
+                _ => {
+                    return Err(Error::usage(format!(
+                        "update: state can be set to pending or holding, not '{value}'"
+                    )));
+                }
+            }
+        }
+        "stdin" => changes.stdin = Some(PathBuf::from(value)),
+        "data" => changes.data = Some(PathBuf::from(value)),
+        other => {
+            return Err(Error::usage(format!(
+                "update: cannot change '{other}' (changeable: priority, command, tag, runner, restartable, state, stdin, data)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `--exit 'ok=0 retry=75,76'` -> [("ok", [0]), ("retry", [75, 76])].
+fn parse_exit_map(text: &str) -> Result<Vec<(String, Vec<i64>)>> {
+    let normalized = text.replace(" =", "=").replace("= ", "=");
+    let mut map = Vec::new();
+    for item in normalized.split_whitespace() {
+        let bad = || Error::usage(format!("--exit: '{item}' is not name=code[,code...]"));
+        let (name, codes) = item.split_once('=').ok_or_else(bad)?;
+        if name.is_empty() {
+            return Err(bad());
+        }
+        let codes = codes
+            .split(',')
+            .map(|c| c.trim().parse::<i64>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| bad())?;
+        map.push((name.to_string(), codes));
+    }
+    Ok(map)
+}
+
+/// Drop whole-line `#` comments and join the rest with spaces (a `#` inside SQL text,
+/// e.g. in a quoted value, is kept).
+fn strip_comments(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

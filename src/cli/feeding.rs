@@ -1,0 +1,342 @@
+//! Feeding and controlling jobs: feed, start, pid, feeder, feeders, kill, wait, lock.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::Context;
+use crate::control::{self, FeedRequest, LogOptions};
+use crate::error::{Error, IoContext, Result};
+use crate::feeder;
+use crate::input::Target;
+use crate::job::{self, Row};
+use crate::log::{Age, Level};
+use crate::output;
+use crate::queue::{self, Selection};
+use crate::store::Access;
+use crate::{host, query};
+
+impl Context<'_> {
+    pub(super) fn feed(&mut self, start_mode: bool) -> Result<i32> {
+        if let Some(extra) = self.args().first() {
+            return Err(Error::usage(format!(
+                "{} takes no arguments (got '{extra}')",
+                if start_mode { "start" } else { "feed" }
+            )));
+        }
+        let o = &self.inv.opts;
+        let seconds = |name: &str, value: &Option<String>, default: f64| -> Result<f64> {
+            match value {
+                Some(v) => crate::time::parse_duration(v).ok_or_else(|| {
+                    Error::usage(format!("--{name}: '{v}' is not a number of seconds"))
+                }),
+                None => Ok(default),
+            }
+        };
+        let max_feed = match &o.max_feed {
+            Some(v) => v.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                Error::usage(format!("--max_feed: '{v}' is not a positive whole number"))
+            })?,
+            None => crate::process::cpus(),
+        };
+        let min_sleep = seconds("min_sleep", &o.min_sleep, 0.2)?;
+        let max_sleep = seconds("max_sleep", &o.max_sleep, 30.0)?.max(min_sleep);
+        let shell = match &o.shell {
+            Some(s) => {
+                let words: Vec<String> = s.split_whitespace().map(String::from).collect();
+                if words.is_empty() {
+                    return Err(Error::usage("--shell: empty"));
+                }
+                words
+            }
+            None => feeder::Config::default_shell(),
+        };
+        let level = match &o.verbosity {
+            Some(v) => Level::parse(v)?,
+            None => Level::Info,
+        };
+        let max_size = match &o.log_size {
+            Some(v) => Some(parse_bytes(v).ok_or_else(|| {
+                Error::usage(format!(
+                    "--log_size: '{v}' is not a size like 1000000 or 10M"
+                ))
+            })?),
+            None => None,
+        };
+        let age = o.log_age.as_deref().map(Age::parse).transpose()?;
+        let request = FeedRequest {
+            queue: self.queue.clone(),
+            state_base: o.dot_rq_dir.clone(),
+            config: feeder::Config {
+                host: host::name(),
+                max_feed,
+                shell,
+                min_sleep,
+                max_sleep,
+                exit_when_empty: o.exit_when_empty,
+                kill_grace: 5.0,
+            },
+            log: LogOptions {
+                path: o.log.clone().map(|p| queue::resolve(&p)),
+                level,
+                max_size,
+                age,
+            },
+            daemon: o.daemon || start_mode,
+            quiet: o.quiet,
+            argv: self.inv.argv.clone(),
+            cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+        };
+        self.out.flush()?;
+        control::feed(request, start_mode)
+    }
+
+    pub(super) fn feeder_status(&mut self, pid_only: bool) -> Result<i32> {
+        let pid = control::running_feeder(
+            &self.queue,
+            &host::name(),
+            self.inv.opts.dot_rq_dir.as_deref(),
+        )?;
+        let value = if pid_only {
+            serde_json::json!({ "pid": pid })
+        } else {
+            serde_json::json!({ "feeder": pid.is_some() })
+        };
+        self.print_value(&value)?;
+        Ok(if pid.is_some() { 0 } else { 1 })
+    }
+}
+
+impl Context<'_> {
+    /// `rq Q feeders`: every host that has fed the queue, judged by its heartbeat.
+    pub(super) fn feeders(&mut self) -> Result<i32> {
+        let mut q = self.open(Access::ReadOnly)?;
+        let lease = q.setting("lease")?;
+        let heartbeat = q.setting("heartbeat")?;
+        let max_attempts = q.setting("max_attempts")?;
+        let settings = crate::liveness::Settings::from_attributes(|k| match k {
+            "lease" => lease.clone(),
+            "heartbeat" => heartbeat.clone(),
+            "max_attempts" => max_attempts.clone(),
+            _ => None,
+        });
+        let running: Vec<(String, i64)> = q.store().read(|tx| {
+            let mut stmt = tx.prepare(
+                "SELECT runner, count(*) FROM jobs WHERE state = 'running' GROUP BY runner",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                        r.get(1)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })?;
+        let now = crate::liveness::server_now(q.dir(), &host::name())?;
+        let mut rows = Vec::new();
+        for (info, age) in crate::liveness::known_hosts(q.dir(), now) {
+            let name = info["host"].as_str().unwrap_or("?").to_string();
+            let stopped = info["stopped"].as_bool().unwrap_or(false);
+            let alive = !stopped && age.is_some_and(|a| a <= settings.lease);
+            let count = running
+                .iter()
+                .find(|(h, _)| *h == name)
+                .map_or(0, |(_, n)| *n);
+            let cell = |v: &serde_json::Value| match v {
+                serde_json::Value::Number(n) => n.as_i64().map_or(job::Cell::Null, job::Cell::Int),
+                serde_json::Value::String(s) => job::Cell::Text(s.clone()),
+                _ => job::Cell::Null,
+            };
+            rows.push(Row {
+                columns: vec![
+                    ("host".into(), job::Cell::Text(name)),
+                    ("alive".into(), job::Cell::Bool(alive)),
+                    (
+                        "state".into(),
+                        job::Cell::Text(
+                            if stopped {
+                                "stopped"
+                            } else if alive {
+                                "alive"
+                            } else {
+                                "dead"
+                            }
+                            .into(),
+                        ),
+                    ),
+                    (
+                        "heartbeat_age".into(),
+                        age.map_or(job::Cell::Null, |a| {
+                            job::Cell::Real((a * 10.0).round() / 10.0)
+                        }),
+                    ),
+                    ("running".into(), job::Cell::Int(count)),
+                    ("max_feed".into(), cell(&info["max_feed"])),
+                    ("pid".into(), cell(&info["pid"])),
+                    ("started".into(), cell(&info["started"])),
+                    ("version".into(), cell(&info["version"])),
+                    ("feeder".into(), cell(&info["feeder"])),
+                ],
+            });
+        }
+        let text = output::rows(&rows, None, self.format);
+        self.out.print(&text)?;
+        Ok(0)
+    }
+
+    /// `rq Q kill JID... [--signal SIG]`: ask each job's feeder, wherever it runs, to signal
+    /// the job's process group.
+    pub(super) fn kill(&mut self) -> Result<i32> {
+        let signal = match &self.inv.opts.signal {
+            Some(s) => crate::process::parse_signal(s).ok_or_else(|| {
+                Error::usage(format!(
+                    "--signal: unknown signal '{s}' (e.g. TERM, KILL, INT, 9)"
+                ))
+            })?,
+            None => libc::SIGTERM,
+        };
+        let targets = self.targets(false)?;
+        if targets.is_empty() {
+            return Err(Error::usage(
+                "kill: name the jids of running jobs (or '-' to read them)",
+            ));
+        }
+        let jids: Vec<i64> = targets
+            .iter()
+            .filter_map(|t| match t {
+                Target::Jid(j) => Some(*j),
+                _ => None,
+            })
+            .collect();
+        let mut q = self.open(Access::ReadWrite)?;
+        let (rows, skipped) = q.request_kill(&jids, &crate::process::signal_name(signal))?;
+        self.print_rows(&rows)?;
+        Ok(self.report_skipped("signalled", &skipped))
+    }
+
+    /// `rq Q wait [JIDS|STATES|query]`: until the jobs are finished or dead; exit 0 only
+    /// if every one succeeded.
+    pub(super) fn wait(&mut self) -> Result<i32> {
+        let args = self.args().to_vec();
+        let looks_like_query = args.iter().any(|a| a.contains(['=', '<', '>', '~', ' ']));
+        let mut q = self.open(Access::ReadOnly)?;
+        let mut jids = Vec::new();
+        if looks_like_query {
+            let clause = query::parse(&args)?;
+            q.query(&clause, &mut |rows| {
+                jids.extend(rows.iter().map(Row::jid));
+                Ok(())
+            })?;
+        } else {
+            let targets = self.targets(true)?;
+            let selection = if targets.is_empty() {
+                Selection {
+                    all: true,
+                    ..Default::default()
+                }
+            } else {
+                Selection::from_targets(&targets)
+            };
+            q.list(&selection, &mut |rows| {
+                jids.extend(rows.iter().map(Row::jid));
+                Ok(())
+            })?;
+        }
+        let tty = std::io::stderr().is_terminal();
+        let mut delay = 0.2f64;
+        loop {
+            let progress = q.progress(&jids)?;
+            if tty {
+                let width = 30usize;
+                let done = progress.finished + progress.dead + progress.gone;
+                let filled = if jids.is_empty() {
+                    width
+                } else {
+                    done * width / jids.len()
+                };
+                eprint!(
+                    "\r[{}{}] {done}/{} done, {} running, {} pending{}",
+                    "#".repeat(filled),
+                    " ".repeat(width - filled),
+                    jids.len(),
+                    progress.running,
+                    progress.pending,
+                    if progress.holding > 0 {
+                        format!(", {} holding", progress.holding)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            if progress.pending + progress.running + progress.holding == 0 {
+                if tty {
+                    eprintln!();
+                    if progress.failed > 0 || progress.dead > 0 {
+                        eprintln!("rq: {} failed, {} dead", progress.failed, progress.dead);
+                    }
+                }
+                return Ok(if progress.failed + progress.dead + progress.gone == 0 {
+                    0
+                } else {
+                    1
+                });
+            }
+            std::thread::sleep(Duration::from_secs_f64(delay));
+            delay = (delay * 1.5).min(2.0);
+        }
+    }
+
+    /// `rq Q lock read|shared|write|exclusive -- COMMAND...`: run a command holding the
+    /// queue lock; rq exits with the command's status.
+    pub(super) fn lock(&mut self) -> Result<i32> {
+        let Some((kind, command)) = self.args().split_first() else {
+            return Err(Error::usage(
+                "lock: say read|shared|write|exclusive, then the command (after --)",
+            ));
+        };
+        let exclusive = match kind.to_ascii_lowercase().as_str() {
+            k if k.starts_with('r') || k.starts_with("sh") => false,
+            k if k.starts_with('w') || k.starts_with("ex") => true,
+            _ => {
+                return Err(Error::usage(format!(
+                    "lock: '{kind}' is not read, shared, write or exclusive"
+                )));
+            }
+        };
+        if command.is_empty() {
+            return Err(Error::usage("lock: no command given (put it after --)"));
+        }
+        let command = command.join(" ");
+        self.out.flush()?;
+        let mut q = self.open(Access::ReadWrite)?;
+        let status = q.store().with_lock(exclusive, || {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&command)
+                .status()
+                .context(|| format!("cannot run {command}"))
+        })?;
+        Ok(status
+            .code()
+            .unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
+    }
+}
+
+/// `1000`, `64K`, `10M`, `1G`.
+fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, scale) = match text.char_indices().last()? {
+        (i, 'k' | 'K') => (&text[..i], 1u64 << 10),
+        (i, 'm' | 'M') => (&text[..i], 1 << 20),
+        (i, 'g' | 'G') => (&text[..i], 1 << 30),
+        _ => (text, 1),
+    };
+    number
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .map(|n| n * scale)
+}

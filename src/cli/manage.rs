@@ -1,0 +1,233 @@
+//! Administration and job I/O: snapshot, backup, rotate, recover, cron, ioview, tail.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::Context;
+use crate::control::{self};
+use crate::error::{Error, IoContext, Result};
+use crate::host;
+use crate::input::Target;
+use crate::queue::{self, Queue};
+use crate::store::Access;
+
+impl Context<'_> {
+    pub(super) fn admin(&mut self, mode: &str) -> Result<i32> {
+        if self.args().len() > 1 {
+            return Err(Error::usage(format!(
+                "{mode} takes at most one destination"
+            )));
+        }
+        let dest = self.args().first().map(PathBuf::from);
+        let mut q = self.open(if mode == "rotate" {
+            Access::ReadWrite
+        } else {
+            Access::ReadOnly
+        })?;
+        let report = match mode {
+            "snapshot" => crate::admin::snapshot(&mut q, dest.as_deref())?,
+            "backup" => crate::admin::backup(&mut q, dest.as_deref())?,
+            _ => crate::admin::rotate(&mut q, dest.as_deref(), self.inv.opts.no_compress)?,
+        };
+        if !self.inv.opts.quiet {
+            self.print_value(&report)?;
+        }
+        Ok(0)
+    }
+
+    pub(super) fn recover(&mut self) -> Result<i32> {
+        let dir = queue::resolve(&self.queue);
+        if !dir.is_dir() {
+            return Err(Error::NoQueue { path: dir });
+        }
+        self.out.flush()?;
+        let report = crate::admin::recover(&dir)?;
+        self.print_value(&report)?;
+        Ok(if report["integrity"] == "ok" { 0 } else { 1 })
+    }
+
+    /// The feeder options given on this command line, as `--name=value` words for cron.
+    pub(super) fn feeder_options(&self) -> Vec<String> {
+        let o = &self.inv.opts;
+        let mut out = Vec::new();
+        let mut add = |name: &str, value: &Option<String>| {
+            if let Some(v) = value {
+                out.push(format!("--{name}={v}"));
+            }
+        };
+        add("max_feed", &o.max_feed);
+        add("min_sleep", &o.min_sleep);
+        add("max_sleep", &o.max_sleep);
+        add("shell", &o.shell);
+        add("verbosity", &o.verbosity);
+        add("log_size", &o.log_size);
+        add("log_age", &o.log_age);
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| queue::resolve(p).to_string_lossy().into_owned())
+        };
+        add("log", &path(&o.log));
+        add("dot_rq_dir", &path(&o.dot_rq_dir));
+        out
+    }
+
+    pub(super) fn cron(&mut self, fixed: Option<&str>) -> Result<i32> {
+        let args = self.args().to_vec();
+        let action = fixed
+            .map(String::from)
+            .or_else(|| args.first().cloned())
+            .unwrap_or_else(|| "start".into());
+        let rotate = args
+            .iter()
+            .skip(usize::from(fixed.is_none()))
+            .any(|a| a == "rotate");
+        let rq = std::env::current_exe().context(|| "cannot find the rq executable".into())?;
+        let rq = PathBuf::from(
+            rq.to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_string(),
+        );
+        let dir = Queue::open(&self.queue, Access::ReadOnly)?
+            .dir()
+            .to_path_buf();
+        let options = self.feeder_options();
+        match action.as_str() {
+            "add" | "start" => {
+                let (lines, changed) = crate::cron::add(&rq, &dir, &options, rotate)?;
+                if !self.inv.opts.quiet {
+                    self.print_value(
+                        &serde_json::json!({ "installed": lines, "changed": changed }),
+                    )?;
+                }
+                if action == "start" {
+                    self.out.flush()?;
+                    return self.feed(true);
+                }
+                Ok(0)
+            }
+            "tab" => {
+                for line in crate::cron::lines(&rq, &dir, &options, rotate) {
+                    self.out.print(&format!("{line}\n"))?;
+                }
+                Ok(0)
+            }
+            "delete" | "shutdown" | "stop" => {
+                let removed = crate::cron::delete(&rq, &dir)?;
+                if !self.inv.opts.quiet {
+                    self.print_value(&serde_json::json!({ "removed": removed }))?;
+                }
+                if action != "delete" {
+                    self.out.flush()?;
+                    let _ = control::signal_feeder(
+                        &self.queue,
+                        &host::name(),
+                        self.inv.opts.dot_rq_dir.as_deref(),
+                        &action,
+                        self.inv.opts.quiet,
+                    )?;
+                }
+                Ok(0)
+            }
+            other => Err(Error::usage(format!(
+                "cron: '{other}' is not start, add, tab, delete, shutdown or stop"
+            ))),
+        }
+    }
+
+    /// `ioview JID...`: open each job's stdin, stdout and stderr in an editor.
+    pub(super) fn ioview(&mut self) -> Result<i32> {
+        let targets = self.targets(false)?;
+        if targets.is_empty() {
+            return Err(Error::usage("ioview: name the jids to show"));
+        }
+        let editor = self
+            .inv
+            .opts
+            .editor
+            .clone()
+            .or_else(|| std::env::var("RQ_EDITOR").ok())
+            .or_else(|| std::env::var("RQ_IOVIEW").ok())
+            .unwrap_or_else(|| "vim -R -o".into());
+        let q = self.open(Access::ReadOnly)?;
+        self.out.flush()?;
+        let mut worst = 0;
+        for t in targets {
+            let Target::Jid(jid) = t else { continue };
+            let files: Vec<PathBuf> = ["stdin", "stdout", "stderr"]
+                .iter()
+                .map(|s| q.dir().join(s).join(jid.to_string()))
+                .filter(|p| p.exists())
+                .collect();
+            if files.is_empty() {
+                eprintln!("rq: job {jid} has no stdin, stdout or stderr files (yet)");
+                worst = worst.max(1);
+                continue;
+            }
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("{editor} \"$@\""))
+                .arg("rq-ioview")
+                .args(&files)
+                .status()
+                .context(|| format!("cannot run {editor}"))?;
+            worst = worst.max(status.code().unwrap_or(1));
+        }
+        Ok(worst)
+    }
+
+    /// `tail JID`: follow a job's stdout and stderr until it has finished (from any host:
+    /// the files are reopened on every poll, so NFS close-to-open shows new data).
+    pub(super) fn tail(&mut self) -> Result<i32> {
+        let targets = self.targets(false)?;
+        let [Target::Jid(jid)] = targets.as_slice() else {
+            return Err(Error::usage("tail: name exactly one jid"));
+        };
+        let jid = *jid;
+        let mut q = self.open(Access::ReadOnly)?;
+        let paths = [
+            q.dir().join("stdout").join(jid.to_string()),
+            q.dir().join("stderr").join(jid.to_string()),
+        ];
+        let mut offsets = [0u64; 2];
+        let mut delay = 0.1f64;
+        loop {
+            let progress = q.progress(&[jid])?;
+            if progress.gone == 1 {
+                return Err(Error::usage(format!("tail: no job {jid}")));
+            }
+            let done = progress.pending + progress.holding + progress.running == 0;
+            let mut grew = false;
+            for (i, path) in paths.iter().enumerate() {
+                let Ok(mut file) = std::fs::File::open(path) else {
+                    continue;
+                };
+                use std::io::Seek;
+                if file.seek(std::io::SeekFrom::Start(offsets[i])).is_err() {
+                    continue;
+                }
+                let mut bytes = Vec::new();
+                if file.read_to_end(&mut bytes).is_ok() && !bytes.is_empty() {
+                    offsets[i] += bytes.len() as u64;
+                    grew = true;
+                    if i == 0 {
+                        self.out
+                            .out
+                            .write_all(&bytes)
+                            .context(|| "cannot write to standard output".into())?;
+                        self.out.flush()?;
+                    } else {
+                        std::io::stderr()
+                            .write_all(&bytes)
+                            .context(|| "cannot write to standard error".into())?;
+                    }
+                }
+            }
+            if done && !grew {
+                return Ok(0);
+            }
+            delay = if grew { 0.1 } else { (delay * 1.5).min(1.0) };
+            std::thread::sleep(Duration::from_secs_f64(delay));
+        }
+    }
+}

@@ -1,0 +1,558 @@
+//! The command line: `rq QUEUE MODE [ARGS] [OPTIONS]`. Options may appear anywhere, `--`
+//! ends them, `RQ_OPTS` supplies defaults the command line overrides, and `RQ_Q` supplies
+//! the queue.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::control::{self};
+use crate::error::{Error, IoContext, Result};
+use crate::job::{self, Row};
+use crate::output::{self, Format};
+use crate::queue::{self, Queue};
+use crate::store::Access;
+use crate::{help, host};
+
+mod data;
+mod feeding;
+mod manage;
+
+/// Every option of every mode (as in the original, any option is accepted anywhere, so
+/// `RQ_OPTS` can hold defaults for several modes).
+#[derive(Parser, Debug, Default, Clone)]
+#[command(
+    name = "rq",
+    disable_help_flag = true,
+    disable_version_flag = true,
+    args_override_self = true,
+    infer_long_args = true,
+    dont_collapse_args_in_usage = true
+)]
+pub struct Options {
+    /// Queue, mode and the mode's arguments.
+    #[arg(allow_hyphen_values = false)]
+    pub words: Vec<String>,
+    /// Job priority (any integer; higher runs first).
+    #[arg(short = 'p', long, allow_negative_numbers = true)]
+    pub priority: Option<String>,
+    /// Job tag.
+    #[arg(short = 't', long)]
+    pub tag: Option<String>,
+    /// Only these hosts may run the job (comma-separated; exact or short host names).
+    #[arg(long, visible_alias = "hosts")]
+    pub runner: Option<String>,
+    /// The job may be run again if its host dies.
+    #[arg(long)]
+    pub restartable: bool,
+    /// Submit jobs in the holding state (they do not run until updated to pending).
+    #[arg(long)]
+    pub stage: bool,
+    /// Read the job list from FILE.
+    #[arg(short = 'i', long)]
+    pub infile: Option<PathBuf>,
+    /// Copy FILE (or standard input, `-`) as the jobs' stdin.
+    #[arg(long, num_args = 0..=1, default_missing_value = "-")]
+    pub stdin: Option<String>,
+    /// Copy PATH (file or directory) as the jobs' data.
+    #[arg(short = 'd', long)]
+    pub data: Option<PathBuf>,
+    /// Print nothing on success.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Only these fields (comma-separated prefixes).
+    #[arg(short = 'f', long)]
+    pub fields: Option<String>,
+    /// Output format: yaml (default) or json.
+    #[arg(long)]
+    pub format: Option<String>,
+    /// status: extra exit-status counters, e.g. 'ok=0 retry=75,76'.
+    #[arg(long)]
+    pub exit: Option<String>,
+    /// submit: TERM the job after this long (e.g. 90s, 2h), KILL it a little later.
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// submit: re-queue a job that fails up to N times.
+    #[arg(long)]
+    pub retries: Option<String>,
+    /// submit: wait this long before the first retry (doubling each time; default 1s).
+    #[arg(long = "retry-delay", visible_alias = "retry_delay")]
+    pub retry_delay: Option<String>,
+    /// Run a read-only mode on a consistent snapshot of the queue.
+    #[arg(short = 's', long)]
+    pub snapshot: bool,
+    /// rotate: keep the archive as a directory (no .tgz).
+    #[arg(long = "no-compress", visible_alias = "no_compress")]
+    pub no_compress: bool,
+    /// ioview: the program that shows the files (default $RQ_EDITOR or 'vim -R -o').
+    #[arg(short = 'e', long)]
+    pub editor: Option<String>,
+    /// kill: the signal to send (default TERM).
+    #[arg(long)]
+    pub signal: Option<String>,
+    /// feed: detach and run in the background.
+    #[arg(short = 'D', long)]
+    pub daemon: bool,
+    /// feed: jobs run at once by this feeder (default: the number of CPUs).
+    #[arg(long = "max_feed", visible_alias = "max-feed")]
+    pub max_feed: Option<String>,
+    /// feed: seconds between cheap checks for new jobs while idle (default 0.2).
+    #[arg(long = "min_sleep", visible_alias = "min-sleep")]
+    pub min_sleep: Option<String>,
+    /// feed: seconds between full polls of the queue while idle (default 30).
+    #[arg(long = "max_sleep", visible_alias = "max-sleep")]
+    pub max_sleep: Option<String>,
+    /// feed: the shell jobs run in, as a prefix (default 'bash --login -c').
+    #[arg(long)]
+    pub shell: Option<String>,
+    /// feed: exit once nothing is running and nothing is left to run.
+    #[arg(long = "exit_when_empty", visible_alias = "exit-when-empty")]
+    pub exit_when_empty: bool,
+    /// feed: log file (default: stderr; for start, a file in the state directory).
+    #[arg(short = 'l', long)]
+    pub log: Option<PathBuf>,
+    /// feed: log level 0-4 or fatal, error, warn, info (default), debug.
+    #[arg(short = 'v', long, num_args = 0..=1, default_missing_value = "debug")]
+    pub verbosity: Option<String>,
+    /// feed: start a new log file past this size (e.g. 10M).
+    #[arg(long = "log_size", visible_alias = "log-size")]
+    pub log_size: Option<String>,
+    /// feed: start a new log file daily, weekly or monthly.
+    #[arg(long = "log_age", visible_alias = "log-age")]
+    pub log_age: Option<String>,
+    /// feed: directory for per-host pid files and logs (default ~/.rq).
+    #[arg(long = "dot_rq_dir", visible_alias = "dot-rq-dir")]
+    pub dot_rq_dir: Option<PathBuf>,
+    /// Print help.
+    #[arg(short = 'h', long)]
+    pub help: bool,
+    /// Print the version.
+    #[arg(long)]
+    pub version: bool,
+}
+
+/// A parsed invocation.
+#[derive(Debug)]
+pub struct Invocation {
+    pub queue: Option<PathBuf>,
+    pub mode: Option<String>,
+    pub args: Vec<String>,
+    /// A lone `-` was given: read the list from standard input.
+    pub dash: bool,
+    pub opts: Options,
+    /// The command line as given (a restarting feeder re-executes it).
+    pub argv: Vec<String>,
+}
+
+/// Modes that only read the queue (they may run on a snapshot or an archive).
+pub const READ_ONLY_MODES: &[&str] = &[
+    "list", "status", "query", "stdin", "stdout", "stderr", "stdin4", "stdout4", "stderr4",
+    "feeders",
+];
+
+/// The modes, each with the abbreviations it answers to.
+pub const MODES: &[(&str, &[&str])] = &[
+    ("create", &["c"]),
+    ("submit", &["s"]),
+    ("resubmit", &["r", "re"]),
+    ("list", &["l", "ls"]),
+    ("status", &["t"]),
+    ("delete", &["d", "rm"]),
+    ("update", &["u"]),
+    ("query", &["q"]),
+    ("execute", &["e"]),
+    ("configure", &["C"]),
+    ("touch", &["to"]),
+    ("stdin", &["0"]),
+    ("stdout", &["1"]),
+    ("stderr", &["2"]),
+    ("stdin4", &[]),
+    ("stdout4", &[]),
+    ("stderr4", &[]),
+    ("feed", &["f"]),
+    ("start", &[]),
+    ("shutdown", &[]),
+    ("stop", &[]),
+    ("restart", &[]),
+    ("pid", &[]),
+    ("feeder", &[]),
+    ("feeders", &[]),
+    ("kill", &[]),
+    ("wait", &[]),
+    ("lock", &["L"]),
+    ("snapshot", &["S"]),
+    ("backup", &["B"]),
+    ("rotate", &["R"]),
+    ("recover", &[]),
+    ("cron", &[]),
+    ("crontab", &[]),
+    ("ioview", &["io"]),
+    ("tail", &["ta"]),
+    ("completions", &[]),
+    ("man", &[]),
+    ("help", &["h", "H"]),
+];
+
+pub fn mode_name(word: &str) -> Option<&'static str> {
+    MODES
+        .iter()
+        .find(|(name, abbrevs)| *name == word || abbrevs.contains(&word))
+        .map(|(name, _)| *name)
+}
+
+fn clap_error(err: clap::Error) -> Error {
+    let text = err.to_string();
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("bad arguments")
+        .trim_start_matches("error: ");
+    Error::usage(format!("{line} (see 'rq help')"))
+}
+
+/// Parse argv (without the program name), `RQ_OPTS` and `RQ_Q`.
+pub fn parse(argv: &[String]) -> Result<Invocation> {
+    let env_opts = match std::env::var("RQ_OPTS").or_else(|_| std::env::var("RQ_OPTIONS")) {
+        Ok(text) => shell_words::split(&text).map_err(|e| Error::usage(format!("RQ_OPTS: {e}")))?,
+        Err(_) => Vec::new(),
+    };
+    let split = argv.iter().position(|a| a == "--");
+    let (before, after) = match split {
+        Some(i) => (&argv[..i], &argv[i + 1..]),
+        None => (argv, &[][..]),
+    };
+    if !env_opts.is_empty() {
+        let check = Options::try_parse_from(
+            std::iter::once("rq".to_string()).chain(env_opts.iter().cloned()),
+        )
+        .map_err(|e| Error::usage(format!("RQ_OPTS: {}", clap_error(e))))?;
+        if !check.words.is_empty() {
+            return Err(Error::usage(format!(
+                "RQ_OPTS may hold only options, not '{}'",
+                check.words[0]
+            )));
+        }
+    }
+    let all = std::iter::once("rq".to_string())
+        .chain(env_opts)
+        .chain(before.iter().cloned());
+    let mut opts = Options::try_parse_from(all).map_err(clap_error)?;
+    let mut words = std::mem::take(&mut opts.words);
+    let dash = words.iter().any(|w| w == "-");
+    words.retain(|w| w != "-");
+    words.extend(after.iter().cloned());
+
+    let env_queue = std::env::var("RQ_Q")
+        .or_else(|_| std::env::var("RQ_QUEUE"))
+        .ok()
+        .filter(|q| !q.is_empty());
+    let mut words = words.into_iter();
+    let (queue, mode) = match (env_queue, words.next()) {
+        // With RQ_Q set, the first word is the mode when it names one.
+        (Some(q), Some(first)) if mode_name(&first).is_some() => {
+            (Some(PathBuf::from(q)), Some(first))
+        }
+        (Some(q), None) => (Some(PathBuf::from(q)), None),
+        // Modes that need no queue.
+        (_, Some(first)) if ["help", "h", "completions", "man"].contains(&first.as_str()) => {
+            (None, Some(first))
+        }
+        (_, Some(first)) => (Some(PathBuf::from(first)), words.next()),
+        (None, None) => (None, None),
+    };
+    Ok(Invocation {
+        queue,
+        mode,
+        args: words.collect(),
+        dash,
+        opts,
+        argv: argv.to_vec(),
+    })
+}
+
+/// Standard output, where a closed pipe (`rq q list | head`) ends rq quietly.
+struct Out {
+    out: std::io::BufWriter<std::io::Stdout>,
+}
+
+impl Out {
+    fn new() -> Out {
+        Out {
+            out: std::io::BufWriter::new(std::io::stdout()),
+        }
+    }
+
+    fn print(&mut self, text: &str) -> Result<()> {
+        self.out
+            .write_all(text.as_bytes())
+            .context(|| "cannot write to standard output".into())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.out
+            .flush()
+            .context(|| "cannot write to standard output".into())
+    }
+}
+
+/// Run an invocation; returns the process exit status.
+pub fn run(argv: &[String]) -> Result<i32> {
+    let inv = parse(argv)?;
+    if inv.opts.version {
+        println!("rq {}", env!("CARGO_PKG_VERSION"));
+        return Ok(0);
+    }
+    let mode = inv.mode.as_deref().map(|m| (m, mode_name(m)));
+    if inv.opts.help || matches!(mode, Some((_, Some("help")))) {
+        let topic = match mode {
+            Some((_, Some("help"))) => inv.args.first().cloned(),
+            Some((m, _)) => Some(m.to_string()),
+            None => None,
+        };
+        print!("{}", help::text(topic.as_deref())?);
+        return Ok(0);
+    }
+    match mode {
+        Some((_, Some("completions"))) => {
+            return help::completions(inv.args.first().map(String::as_str));
+        }
+        Some((_, Some("man"))) => return help::man(),
+        _ => {}
+    }
+    let Some(queue) = inv.queue.clone() else {
+        eprint!("{}", help::SHORT);
+        return Ok(1);
+    };
+    let Some((word, name)) = mode else {
+        return Err(Error::usage(format!(
+            "no mode given for queue {}: try 'rq {} status' or 'rq help'",
+            queue.display(),
+            queue.display()
+        )));
+    };
+    let Some(name) = name else {
+        return Err(Error::usage(format!(
+            "unknown mode '{word}' (see 'rq help' for the modes)"
+        )));
+    };
+    let format = match &inv.opts.format {
+        Some(f) => Format::parse(f)?,
+        None => Format::Yaml,
+    };
+    // A rotated archive (.tgz) and --snapshot both run read-only modes on a temporary copy.
+    let mut _scratch: Option<tempfile::TempDir> = None;
+    let mut queue = queue;
+    let archive = queue.is_file() && queue.to_string_lossy().ends_with(".tgz");
+    if archive || inv.opts.snapshot {
+        if !READ_ONLY_MODES.contains(&name) {
+            return Err(Error::usage(format!(
+                "'{name}' changes the queue: it cannot run on {} (read-only modes: {})",
+                if archive {
+                    "an archive"
+                } else {
+                    "a --snapshot"
+                },
+                READ_ONLY_MODES.join(", ")
+            )));
+        }
+        let tmp = tempfile::tempdir().context(|| "cannot make a temporary directory".into())?;
+        queue = if archive {
+            crate::admin::unpack(&queue, tmp.path())?
+        } else {
+            let mut live = Queue::open(&queue, Access::ReadOnly)?;
+            let dest = tmp.path().join("snapshot");
+            crate::admin::snapshot(&mut live, Some(&dest))?;
+            dest
+        };
+        _scratch = Some(tmp);
+    }
+    let ctx = Context {
+        inv: &inv,
+        queue,
+        format,
+        out: Out::new(),
+    };
+    ctx.dispatch(name)
+}
+
+struct Context<'a> {
+    inv: &'a Invocation,
+    queue: PathBuf,
+    format: Format,
+    out: Out,
+}
+
+impl Context<'_> {
+    fn dispatch(mut self, mode: &str) -> Result<i32> {
+        let status = match mode {
+            "create" => self.create(),
+            "submit" => self.submit(false),
+            "touch" => self.submit(true),
+            "list" => self.list(),
+            "status" => self.status(),
+            "query" => self.query(),
+            "delete" => self.delete(),
+            "update" => self.update(),
+            "resubmit" => self.resubmit(),
+            "execute" => self.execute(),
+            "configure" => self.configure(),
+            "stdin" | "stdout" | "stderr" => self.dump(mode, false),
+            "stdin4" | "stdout4" | "stderr4" => self.dump(&mode[..mode.len() - 1], true),
+            "feed" => self.feed(false),
+            "start" => self.feed(true),
+            "shutdown" | "stop" | "restart" => {
+                self.out.flush()?;
+                control::signal_feeder(
+                    &self.queue,
+                    &host::name(),
+                    self.inv.opts.dot_rq_dir.as_deref(),
+                    mode,
+                    self.inv.opts.quiet,
+                )
+            }
+            "pid" => self.feeder_status(true),
+            "feeders" => self.feeders(),
+            "kill" => self.kill(),
+            "wait" => self.wait(),
+            "lock" => self.lock(),
+            "snapshot" | "backup" | "rotate" => self.admin(mode),
+            "recover" => self.recover(),
+            "cron" => self.cron(None),
+            "crontab" => self.cron(Some("tab")),
+            "ioview" => self.ioview(),
+            "tail" => self.tail(),
+            "feeder" => {
+                let pid_only = self.args().first().is_some_and(|a| a == "pid");
+                self.feeder_status(pid_only)
+            }
+            other => Err(Error::usage(format!("unknown mode '{other}'"))),
+        }?;
+        self.out.flush()?;
+        Ok(status)
+    }
+
+    fn open(&self, access: Access) -> Result<Queue> {
+        Queue::open(&self.queue, access)
+    }
+
+    fn args(&self) -> &[String] {
+        &self.inv.args
+    }
+
+    /// Read standard input when `-` was given, or when nothing was named on the command
+    /// line and standard input is not a terminal.
+    fn stdin_text(&self, named_anything: bool) -> Result<Option<String>> {
+        let stdin = std::io::stdin();
+        if self.inv.dash || (!named_anything && !stdin.is_terminal()) {
+            let mut bytes = Vec::new();
+            stdin
+                .lock()
+                .read_to_end(&mut bytes)
+                .context(|| "cannot read standard input".into())?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| Error::input("standard input is not valid UTF-8 text"))?;
+            return Ok(Some(text));
+        }
+        Ok(None)
+    }
+
+    fn fields(&self) -> Result<Option<Vec<String>>> {
+        match &self.inv.opts.fields {
+            Some(spec) => {
+                let all: Vec<String> = job::FIELDS.iter().map(|s| s.to_string()).collect();
+                Ok(Some(job::select_fields(spec, &all)?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn print_rows(&mut self, rows: &[Row]) -> Result<()> {
+        if self.inv.opts.quiet {
+            return Ok(());
+        }
+        let fields = self.fields()?;
+        let text = output::rows(rows, fields.as_deref(), self.format);
+        self.out.print(&text)
+    }
+
+    /// Print rows chunk by chunk (YAML: one `---`; JSON: one array).
+    fn stream_rows(
+        &mut self,
+        mut fetch: impl FnMut(&mut dyn FnMut(Vec<Row>) -> Result<()>) -> Result<()>,
+    ) -> Result<usize> {
+        let fields = self.fields()?;
+        let format = self.format;
+        if format == Format::Table {
+            let mut all = Vec::new();
+            fetch(&mut |rows: Vec<Row>| {
+                all.extend(rows);
+                Ok(())
+            })?;
+            let text = output::rows(&all, fields.as_deref(), Format::Table);
+            self.out.print(&text)?;
+            return Ok(all.len());
+        }
+        let mut count = 0usize;
+        let out = &mut self.out;
+        if format == Format::Json {
+            out.print("[")?;
+        }
+        fetch(&mut |rows: Vec<Row>| {
+            let text = match format {
+                Format::Yaml | Format::Table => {
+                    let text = output::rows(&rows, fields.as_deref(), Format::Yaml);
+                    if count == 0 {
+                        text
+                    } else {
+                        text.trim_start_matches("---\n").to_string()
+                    }
+                }
+                Format::Json => {
+                    let text = output::rows(&rows, fields.as_deref(), Format::Json);
+                    let inner = text
+                        .trim()
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .trim_end();
+                    if inner.trim().is_empty() {
+                        String::new()
+                    } else if count == 0 {
+                        inner.to_string()
+                    } else {
+                        format!(",{inner}")
+                    }
+                }
+            };
+            count += rows.len();
+            out.print(&text)
+        })?;
+        if format == Format::Json {
+            out.print(if count == 0 { "]\n" } else { "\n]\n" })?;
+        }
+        Ok(count)
+    }
+
+    fn print_value(&mut self, value: &serde_json::Value) -> Result<()> {
+        let text = output::value(value, self.format);
+        self.out.print(&text)
+    }
+
+    fn report_skipped(&self, verb: &str, skipped: &[queue::Skipped]) -> i32 {
+        for s in skipped {
+            eprintln!("rq: job {} not {verb}: {}", s.jid, s.why);
+        }
+        if skipped.is_empty() { 0 } else { 1 }
+    }
+}
+
+fn duration_option(name: &str, value: &Option<String>) -> Result<Option<f64>> {
+    match value {
+        Some(v) => crate::time::parse_duration(v).map(Some).ok_or_else(|| {
+            Error::usage(format!(
+                "--{name}: '{v}' is not a duration like 90s, 15m or 2h"
+            ))
+        }),
+        None => Ok(None),
+    }
+}
