@@ -96,7 +96,10 @@ given no jobs when standard input is not a terminal:
   rq q query tag=x | rq q update state=holding -
 
 environment: RQ_Q (queue), RQ_OPTS (default options), RQ_HOST (host name),
-RQ_SQL_DEBUG (trace SQL), RQ_LOCK_TIMEOUT (give up waiting for the lock).
+RQ_SQL_DEBUG (trace SQL), RQ_LOCK_TIMEOUT (give up waiting for the lock),
+RQ_LOCK_NOTICE (seconds before saying rq waits for the lock; 3),
+RQ_ALLOW_LOCAL_LOCKS=1 (feed a queue on an NFS mount without working locks).
+queue-wide settings: rq Q configure heartbeat=10s lease=60s max_attempts=3
 Output is YAML (valid, round-trips into submit/delete/update) or JSON.
 Exit status: 0 success; 1 error or a named job that was skipped.
 "#;
