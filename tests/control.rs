@@ -221,3 +221,23 @@ fn lock_runs_a_command_under_the_lock_and_returns_its_status() {
     q.rq(&["lock", "sideways", "--", "true"]).fails();
     q.rq(&["lock", "read"]).fails();
 }
+
+#[test]
+fn wait_shows_progress_on_a_terminal() {
+    let q = TestQueue::new();
+    q.rq(&["submit", "-q", "sleep 0.5"]).ok();
+    q.rq(&["submit", "-q", "exit 1"]).ok();
+    let _f = q.feeder("h1", &["--max_feed", "2"]);
+    // script(1) gives rq a terminal.
+    let out = std::process::Command::new("script")
+        .arg("-qec")
+        .arg(format!("'{}' '{}' wait", rq_bin(), q.q()))
+        .arg("/dev/null")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script(1) from util-linux");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("] 2/2 done"), "{text}");
+    assert!(text.contains("1 failed"), "{text}");
+    assert_eq!(out.status.code(), Some(1), "one job failed");
+}
