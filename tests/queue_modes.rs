@@ -428,6 +428,11 @@ fn delete_by_jid_state_all_and_pipeline_never_running() {
     assert_eq!(left, [5]);
     q.rq(&["delete"]).fails();
     q.rq(&["delete", "junk"]).fails();
+    // an empty pipe after '-' (a query that matched nothing) is not an error
+    let out = q.rq_stdin(&["delete", "-"], "");
+    assert_eq!(out.status, 0);
+    assert!(out.stderr.contains("nothing deleted"), "{}", out.stderr);
+    assert_eq!(q.rq_stdin(&["update", "priority=1", "-"], "").status, 0);
     // jids are never reused
     let row = &q.rq(&["submit", "x"]).ok().records()[0];
     assert_eq!(int(row, "jid"), 6);

@@ -13,6 +13,16 @@ use crate::queue::{self, Changes, Selection, SubmitOptions};
 use crate::store::Access;
 
 impl Context<'_> {
+    /// No jobs were named. After an explicit `-` that is an empty pipe (`rq q query x |
+    /// rq q delete -` that matched nothing): nothing to do. Otherwise a usage error.
+    fn nothing_named(&self, verb: &str, usage: &str) -> Result<i32> {
+        if self.inv.dash {
+            eprintln!("rq: no jobs on standard input; nothing {verb}");
+            return Ok(0);
+        }
+        Err(Error::usage(usage))
+    }
+
     pub(super) fn create(&mut self) -> Result<i32> {
         if let Some(extra) = self.args().first() {
             return Err(Error::usage(format!(
@@ -91,13 +101,7 @@ impl Context<'_> {
             }
         }
         if specs.is_empty() {
-            if self.inv.dash {
-                eprintln!("rq: no jobs on standard input; nothing submitted");
-                return Ok(0);
-            }
-            return Err(Error::usage(
-                "no jobs given: name a command, use --infile FILE, or pipe a job list (see 'rq help submit')",
-            ));
+            return self.nothing_named("submitted", "no jobs given: name a command, use --infile FILE, or pipe a job list (see 'rq help submit')");
         }
         let mut q = self.open(Access::ReadWrite)?;
         let rows = if touch {
@@ -163,13 +167,10 @@ impl Context<'_> {
     pub(super) fn delete(&mut self) -> Result<i32> {
         let targets = self.targets(true)?;
         if targets.is_empty() {
-            if self.inv.dash {
-                eprintln!("rq: no jobs on standard input; nothing deleted");
-                return Ok(0);
-            }
-            return Err(Error::usage(
+            return self.nothing_named(
+                "deleted",
                 "nothing to delete: name jids, a state, 'all', or '-' to read jids",
-            ));
+            );
         }
         let mut q = self.open(Access::ReadWrite)?;
         let (rows, skipped) = q.delete(&Selection::from_targets(&targets))?;
@@ -180,13 +181,10 @@ impl Context<'_> {
     pub(super) fn resubmit(&mut self) -> Result<i32> {
         let targets = self.targets(true)?;
         if targets.is_empty() {
-            if self.inv.dash {
-                eprintln!("rq: no jobs on standard input; nothing resubmitted");
-                return Ok(0);
-            }
-            return Err(Error::usage(
+            return self.nothing_named(
+                "resubmitted",
                 "nothing to resubmit: name jids, a state, or '-' to read jids",
-            ));
+            );
         }
         let opts = self.submit_options()?;
         if opts.data.is_some() || self.inv.opts.stdin.is_some() {
@@ -265,13 +263,10 @@ impl Context<'_> {
             }
         }
         if targets.is_empty() {
-            if self.inv.dash {
-                eprintln!("rq: no jobs on standard input; nothing updated");
-                return Ok(0);
-            }
-            return Err(Error::usage(
+            return self.nothing_named(
+                "updated",
                 "update: no jobs named; give jids, 'pending', 'holding', or '-' to read jids",
-            ));
+            );
         }
         let mut q = self.open(Access::ReadWrite)?;
         let (rows, skipped) = q.update(&Selection::from_targets(&targets), &changes)?;
