@@ -4,8 +4,9 @@
 //! Protocol (see ARCHITECTURE.md and `claims`):
 //! 1. claim: one short write transaction marks the best eligible jobs `running` for this
 //!    host with a fresh claim token, and commits *before* anything is spawned;
-//! 2. spawn outside any transaction; then record pid and process identity, checking the
-//!    claim token (a job taken over meanwhile is killed, not recorded);
+//! 2. spawn outside any transaction; the pid and process identity are written with the
+//!    next transaction (at most 0.5 s later), checking the claim token (a job taken over
+//!    meanwhile is killed, not recorded);
 //! 3. on exit, record the end, again only where the claim still holds. Several endings
 //!    and the next claim share one transaction.
 
@@ -314,10 +315,6 @@ impl Feeder {
             starts: Vec::new(),
             failed_starts: Vec::new(),
         }
-    }
-
-    pub fn id(&self) -> &str {
-        &self.id
     }
 
     fn info(&mut self, message: &str) {

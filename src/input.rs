@@ -70,7 +70,8 @@ fn parse_structured(text: &str) -> Result<Vec<Value>> {
     Ok(items)
 }
 
-fn first_line(text: &str) -> String {
+/// The first line of an error message, trimmed.
+pub(crate) fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or("").trim().to_string()
 }
 

@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{IoContext, Result};
 
@@ -16,7 +16,6 @@ use crate::error::{IoContext, Result};
 #[derive(Debug)]
 pub struct PidLock {
     file: File,
-    path: PathBuf,
 }
 
 fn flock(kind: libc::c_short) -> libc::flock {
@@ -82,14 +81,7 @@ impl PidLock {
             .and_then(|_| writeln!(file, "{}", std::process::id()))
             .and_then(|_| file.sync_all())
             .context(|| format!("cannot write {}", path.display()))?;
-        Ok(Some(PidLock {
-            file,
-            path: path.to_path_buf(),
-        }))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Some(PidLock { file }))
     }
 
     /// Release the lock (the kernel also releases it when the process dies or execs).

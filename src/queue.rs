@@ -48,10 +48,6 @@ impl Selection {
         sel
     }
 
-    pub fn is_empty(&self) -> bool {
-        !self.all && self.states.is_empty() && self.jids.is_empty()
-    }
-
     /// The selection as a where-clause. Lists are bound as one JSON array each, so any
     /// number of jids takes one parameter.
     fn clause(&self) -> Clause {
@@ -791,7 +787,7 @@ impl Queue {
         self.scan(clause, each).map_err(|e| match e {
             Error::Sql(err) if clause.raw => Error::usage(format!(
                 "query: {} (in: {})",
-                first_line_of(&err.to_string()),
+                crate::input::first_line(&err.to_string()),
                 clause.sql
             )),
             other => other,
@@ -1023,10 +1019,6 @@ impl JobFiles {
     fn any(&self) -> bool {
         self.stdin.is_some() || self.data.is_some()
     }
-}
-
-fn first_line_of(text: &str) -> &str {
-    text.lines().next().unwrap_or("")
 }
 
 /// Rows of `jobs` matching a where-clause (which may carry its own ORDER BY / LIMIT).

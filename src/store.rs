@@ -184,10 +184,6 @@ impl Store {
         Ok(store)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.db_path
-    }
-
     fn corrupt(&self, why: impl Into<String>) -> Error {
         Error::Corrupt {
             path: self.db_path.parent().unwrap_or(&self.db_path).to_path_buf(),
