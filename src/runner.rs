@@ -34,6 +34,26 @@ pub fn reset_inherited_signals() {
     }
 }
 
+/// The absolute path of a program named without a slash, searched on `PATH` like the
+/// shell would. The feeder resolves its shell once: the standard library can only use the
+/// cheap `posix_spawn` (vfork, no page-table copy) when the program needs no PATH search
+/// in a changed environment, and jobs get their own PATH.
+pub fn resolve_program(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if name.contains('/') {
+        return Some(PathBuf::from(name));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(name))
+        .find(|candidate| {
+            candidate
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 /// Start a claimed job: `SHELL... COMMAND` in the directory it was submitted from (else
 /// `$HOME`), stdin from its stdin file (else /dev/null), stdout/stderr into the queue,
 /// `Q/bin` first on PATH, and one `RQ_<FIELD>` variable per job field plus `RQ` (the

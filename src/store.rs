@@ -117,6 +117,8 @@ pub enum Access {
 struct WaitNotice {
     announced: AtomicBool,
     full: AtomicBool,
+    /// `try_write` is running: the busy handler gives up at once.
+    no_wait: AtomicBool,
 }
 
 pub struct Store {
@@ -289,6 +291,23 @@ impl Store {
     /// is reported, not retried: its outcome is unknown.
     pub fn write<T>(&mut self, mut body: impl FnMut(&Transaction<'_>) -> Result<T>) -> Result<T> {
         self.run(TransactionBehavior::Immediate, &mut body)
+    }
+
+    /// Like `write`, but only if the lock is free right now: `None` when another process
+    /// holds it (nothing was done). For work that can as well be done a little later, so
+    /// a feeder keeps its jobs going instead of waiting for the lock.
+    pub fn try_write<T>(
+        &mut self,
+        mut body: impl FnMut(&Transaction<'_>) -> Result<T>,
+    ) -> Result<Option<T>> {
+        self.notice.no_wait.store(true, Ordering::Relaxed);
+        let outcome = self.try_once(TransactionBehavior::Immediate, &mut body);
+        self.notice.no_wait.store(false, Ordering::Relaxed);
+        match outcome {
+            Ok(value) => Ok(Some(value)),
+            Err(Attempt::Retry(_)) => Ok(None),
+            Err(Attempt::Fail(err)) => Err(self.classify(err)),
+        }
     }
 
     /// Hold the queue lock while `body` runs (`rq Q lock`): shared (readers go on, writers
@@ -486,6 +505,9 @@ fn install_busy_handler(
         .min(Duration::from_secs(30));
     let mut wait_started = Instant::now();
     let handler = move |count: i32| -> bool {
+        if notice.no_wait.load(Ordering::Relaxed) {
+            return false;
+        }
         if count == 0 {
             wait_started = Instant::now();
         }
