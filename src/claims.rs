@@ -6,6 +6,7 @@ use rusqlite::Transaction;
 
 use crate::error::Result;
 use crate::job::Row;
+use crate::journal::Fate;
 use crate::queue;
 
 /// Claim up to `want` of the best eligible jobs `host` may run: pending jobs whose retry
@@ -58,8 +59,9 @@ pub fn claim(
     Ok(rows)
 }
 
-/// How a run ended, as the feeder saw it.
-#[derive(Debug, Clone)]
+/// How a run ended, as the feeder saw it (also a line of the start journal, so that a
+/// successor can record it if the feeder dies first).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct End {
     pub jid: i64,
     pub claim: String,
@@ -69,10 +71,13 @@ pub struct End {
     pub timed_out: bool,
     /// Queue the job again (a failed run with retries left) not before this timestamp.
     pub retry_at: Option<String>,
+    /// When the feeder saw it end (recorded as `finished`; ends are recorded in batches).
+    pub ended_at: String,
 }
 
 /// Record the end of a run; false when the claim was lost (the job was taken over).
-pub fn finish(tx: &Transaction<'_>, end: &End, now: &str) -> Result<bool> {
+pub fn finish(tx: &Transaction<'_>, end: &End) -> Result<bool> {
+    let now = &end.ended_at;
     let n = match &end.retry_at {
         None => tx.prepare_cached("UPDATE jobs SET state = 'finished', finished = ?, elapsed = ?, exit_status = ?, \
              signal = ?, timed_out = ?, claim = NULL, kill_signal = NULL WHERE jid = ? AND claim = ?")?.execute(rusqlite::params![now, end.elapsed, end.exit_status, end.signal, end.timed_out, end.jid, end.claim])?,
@@ -137,22 +142,106 @@ pub fn mark_crashed(
     })
 }
 
-/// Take every running job of a dead host: restartable ones with attempts left go back to
-/// pending, the rest become dead; both record who reclaimed them and when. Returns
-/// (requeued, dead).
+/// Give back a claimed job that provably never started (its claim token is in no start
+/// journal and no pid was recorded): it is pending again as if it had never been claimed,
+/// with its attempt returned. Only while `claim` still holds; false otherwise.
+pub fn release(
+    tx: &Transaction<'_>,
+    jid: i64,
+    claim: &str,
+    reclaimed: Option<(&str, &str)>,
+) -> Result<bool> {
+    let (by, at) = reclaimed.unzip();
+    let n = tx
+        .prepare_cached(
+            "UPDATE jobs SET state = 'pending', runner = NULL, started = NULL, pid = NULL, \
+             process = NULL, claim = NULL, feeder = NULL, attempts = max(attempts - 1, 0), \
+             kill_signal = NULL, reclaimed_by = coalesce(?, reclaimed_by), \
+             reclaimed_at = coalesce(?, reclaimed_at) \
+             WHERE jid = ? AND claim = ? AND state = 'running' AND pid IS NULL",
+        )?
+        .execute(rusqlite::params![by, at, jid, claim])?;
+    Ok(n > 0)
+}
+
+/// A running job as recovery sees it.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub jid: i64,
+    pub claim: String,
+    pub feeder: Option<String>,
+    pub pid_recorded: bool,
+}
+
+/// The running jobs of a host.
+pub fn running_on(tx: &Transaction<'_>, host: &str) -> Result<Vec<Claimed>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT jid, claim, feeder, pid IS NOT NULL FROM jobs \
+         WHERE state = 'running' AND runner = ? ORDER BY jid",
+    )?;
+    let rows = stmt
+        .query_map([host], |r| {
+            Ok(Claimed {
+                jid: r.get(0)?,
+                claim: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                feeder: r.get(2)?,
+                pid_recorded: r.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// What reclaiming a dead host did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reclaimed {
+    /// Claimed but provably never started: pending again, attempt returned.
+    pub released: usize,
+    /// Ended, as its feeder's journal says: recorded.
+    pub ended: usize,
+    /// Restartable, may have run: pending again.
+    pub requeued: usize,
+    /// May have run: dead.
+    pub dead: usize,
+}
+
+/// Take every running job of a dead host, as `fate` (its feeder's start journal) says:
+/// jobs that never started go back to pending untouched, jobs whose end was journaled get
+/// it recorded; of the rest, restartable ones with attempts left go back to pending, the
+/// others become dead. All record who reclaimed them and when.
 pub fn reclaim_host(
     tx: &Transaction<'_>,
     dead_host: &str,
     reclaimer: &str,
     now: &str,
     max_attempts: i64,
-) -> Result<(usize, usize)> {
-    let requeued = tx.prepare_cached("UPDATE jobs SET state = 'pending', runner = NULL, started = NULL, pid = NULL, process = NULL, \
+    fate: &mut dyn FnMut(&Claimed) -> Fate,
+) -> Result<Reclaimed> {
+    let mut done = Reclaimed::default();
+    let reclaimed = "UPDATE jobs SET reclaimed_by = ?, reclaimed_at = ? WHERE jid = ?";
+    for job in running_on(tx, dead_host)? {
+        match fate(&job) {
+            Fate::NeverStarted => {
+                if release(tx, job.jid, &job.claim, Some((reclaimer, now)))? {
+                    done.released += 1;
+                }
+            }
+            Fate::Ended(end) => {
+                if finish(tx, &end)? {
+                    tx.prepare_cached(reclaimed)?
+                        .execute(rusqlite::params![reclaimer, now, job.jid])?;
+                    done.ended += 1;
+                }
+            }
+            Fate::MayHaveRun => {}
+        }
+    }
+    done.requeued = tx.prepare_cached("UPDATE jobs SET state = 'pending', runner = NULL, started = NULL, pid = NULL, process = NULL, \
          claim = NULL, reclaimed_by = ?, reclaimed_at = ? \
          WHERE state = 'running' AND runner = ? AND restartable = 1 AND attempts < ?")?.execute(rusqlite::params![reclaimer, now, dead_host, max_attempts])?;
-    let dead = tx.prepare_cached("UPDATE jobs SET state = 'dead', finished = ?, claim = NULL, reclaimed_by = ?, reclaimed_at = ? \
+    done.dead = tx.prepare_cached("UPDATE jobs SET state = 'dead', finished = ?, claim = NULL, reclaimed_by = ?, reclaimed_at = ? \
          WHERE state = 'running' AND runner = ?")?.execute(rusqlite::params![now, reclaimer, now, dead_host])?;
-    Ok((requeued, dead))
+    Ok(done)
 }
 
 /// A job's claim token and pending kill request, as the queue has them now.

@@ -3,14 +3,20 @@
 //!
 //! Protocol (see ARCHITECTURE.md and `claims`):
 //! 1. claim: one short write transaction marks the best eligible jobs `running` for this
-//!    host with a fresh claim token, and commits *before* anything is spawned;
-//! 2. spawn outside any transaction; the pid and process identity are written with the
+//!    host with a fresh claim token, and commits *before* anything is spawned. With short
+//!    jobs it claims ahead (up to `lookahead` more than the free slots) into a local
+//!    buffer, so that one transaction serves many jobs;
+//! 2. before a claimed job is spawned, its token is appended to the feeder's start journal
+//!    and synced (see `journal`): recovery can then tell a job that never started from
+//!    one that may have run;
+//! 3. spawn outside any transaction; the pid and process identity are written with the
 //!    next transaction (at most 0.5 s later), checking the claim token (a job taken over
 //!    meanwhile is killed, not recorded);
-//! 3. on exit, record the end, again only where the claim still holds. Several endings
+//! 4. on exit, record the end, again only where the claim still holds. Ends wait for the
+//!    next transaction while claimed jobs are buffered (at most 0.1 s); several endings
 //!    and the next claim share one transaction.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -27,6 +33,7 @@ use rusqlite::types::Value as SqlValue;
 use crate::claims::{self, End};
 use crate::error::{Error, IoContext, Result};
 use crate::job::Row;
+use crate::journal::{self, StartJournal};
 use crate::liveness::{self, Heartbeat, Settings};
 use crate::log::{Level, Logger};
 use crate::queue::{self, Queue};
@@ -252,6 +259,14 @@ impl Beater {
     }
 }
 
+/// A claimed row's jid and claim token.
+fn claim_of(row: &Row) -> (i64, String) {
+    (
+        row.jid(),
+        row.get("claim").as_text().unwrap_or_default().to_string(),
+    )
+}
+
 fn jittered(seconds: f64) -> Duration {
     Duration::from_secs_f64((seconds * rand::random_range(0.8..1.2)).max(0.001))
 }
@@ -278,7 +293,25 @@ pub struct Feeder {
     starts: Vec<Start>,
     /// Claimed jobs whose shell could not be started.
     failed_starts: Vec<(i64, String)>,
+    /// Claimed ahead, not started yet, in claim order.
+    buffer: VecDeque<Row>,
+    /// Claimed jobs to give back (never started) with the next transaction.
+    releases: Vec<(i64, String)>,
+    /// Ends not recorded yet, and when the oldest of them happened.
+    ends: Vec<End>,
+    ends_since: Option<Instant>,
+    /// Running time of recent jobs (moving average, seconds): sets the look-ahead.
+    avg_run: Option<f64>,
+    /// Opened at the first start.
+    journal: Option<StartJournal>,
+    /// The journal could not be written: no look-ahead for a while.
+    journal_failed: Option<Instant>,
 }
+
+/// Ends wait at most this long for a transaction while claimed jobs are buffered.
+const END_BATCH: Duration = Duration::from_millis(100);
+/// Pids wait at most this long.
+const START_BATCH: Duration = Duration::from_millis(500);
 
 struct Start {
     jid: i64,
@@ -314,6 +347,33 @@ impl Feeder {
             retry_wakes: Vec::new(),
             starts: Vec::new(),
             failed_starts: Vec::new(),
+            buffer: VecDeque::new(),
+            releases: Vec::new(),
+            ends: Vec::new(),
+            ends_since: None,
+            avg_run: None,
+            journal: None,
+            journal_failed: None,
+        }
+    }
+
+    /// How many jobs to claim beyond the free slots. Only for short jobs, so that they share
+    /// transactions: a buffered job waits about `lookahead / max_feed` runs, kept under
+    /// ~0.2 s, so long jobs are never held back from idle hosts.
+    fn lookahead(&self) -> usize {
+        if self
+            .journal_failed
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(10))
+        {
+            return 0;
+        }
+        let slots = self.config.max_feed;
+        match self.avg_run {
+            Some(avg) if avg < 0.05 => {
+                let fits = (0.2 * slots as f64 / avg.max(1e-4)) as usize;
+                fits.min(4 * slots).min(64)
+            }
+            _ => 0,
         }
     }
 
@@ -350,8 +410,20 @@ impl Feeder {
     /// Run until drained, stopped or (with `exit_when_empty`) out of work.
     pub fn run(&mut self) -> Result<Exit> {
         runner::reset_inherited_signals();
+        match runner::resolve_program(&self.config.shell[0]) {
+            Some(program) => self.config.shell[0] = program.to_string_lossy().into_owned(),
+            None => self.log.log(
+                Level::Error,
+                &format!(
+                    "shell {:?} is not on PATH: jobs will fail with exit status 127 (see --shell)",
+                    self.config.shell[0]
+                ),
+            ),
+        }
         let mut signals = Signals::install()?;
         self.read_settings()?;
+        // Before the first claim, so that an empty journal proves nothing was started.
+        self.journal = Some(StartJournal::open(self.queue.dir(), &self.id)?);
         let heartbeat = Heartbeat::start(
             self.queue.dir(),
             &self.config.host,
@@ -370,6 +442,12 @@ impl Feeder {
             self.settings.lease
         ));
         let outcome = self.main_loop(&mut signals, &beater);
+        if outcome.is_ok() && self.buffer.is_empty() && self.running.is_empty() {
+            // Nothing claimed is left: the journal proves nothing any more.
+            if let Some(journal) = self.journal.take() {
+                journal.remove();
+            }
+        }
         beater.finish();
         outcome
     }
@@ -377,6 +455,7 @@ impl Feeder {
     fn main_loop(&mut self, signals: &mut Signals, beater: &Beater) -> Result<Exit> {
         self.recover_crashed()?;
         self.reap_orphan_files();
+        self.reap_old_journals();
         loop {
             if signals.stop.load(Ordering::SeqCst) {
                 self.stop_all(Some("stopped"))?;
@@ -392,46 +471,91 @@ impl Feeder {
             let ends = self.reap_children();
             if !ends.is_empty() {
                 fault("before_record");
+                self.journal_ends(&ends);
+                fault("after_journaling_end");
+                self.ends_since.get_or_insert_with(Instant::now);
+                self.ends.extend(ends);
             }
-            let free = if draining || self.fenced {
-                0
-            } else {
-                self.config.max_feed.saturating_sub(self.running.len())
-            };
             let rang = self.doorbell.rang();
-            if rang && !self.running.is_empty() {
+            if rang && !(self.running.is_empty() && self.buffer.is_empty()) {
                 self.check_claims_and_kills()?;
             }
+            if draining {
+                let unstarted: Vec<Row> = self.buffer.drain(..).collect();
+                self.releases.extend(unstarted.iter().map(claim_of));
+            }
+            // Claimed jobs start without a transaction, while our lease is safe: a host
+            // whose heartbeat fails may have its claims given to others.
+            let may_start =
+                !draining && !self.fenced && beater.missed() < self.settings.lease / 2.0;
+            if may_start {
+                self.start_buffered()?;
+            }
+            let free = self.config.max_feed.saturating_sub(self.running.len());
+            let lookahead = self.lookahead();
+            let room = if draining || self.fenced {
+                0
+            } else {
+                (self.config.max_feed + lookahead)
+                    .saturating_sub(self.running.len() + self.buffer.len())
+            };
             let now = Instant::now();
             let retry_due = self.retry_wakes.iter().any(|at| *at <= now);
             self.retry_wakes.retain(|at| *at > now);
             let full_poll_due = retry_due || self.last_full_poll.elapsed() >= self.next_full_poll;
-            let want =
-                if free > 0 && (rang || full_poll_due || self.more_waiting || !ends.is_empty()) {
-                    free
-                } else {
-                    0
-                };
+            let worth_asking = rang || full_poll_due || self.more_waiting;
+            let slot_idle = free > 0 && self.buffer.is_empty();
+            let refill = lookahead > 0 && self.buffer.len() * 2 <= lookahead;
+            let want = if room > 0
+                && ((slot_idle && (worth_asking || !self.ends.is_empty()))
+                    || (refill && worth_asking))
+            {
+                room
+            } else {
+                0
+            };
+            let ends_due = self
+                .ends_since
+                .is_some_and(|at| self.buffer.is_empty() || draining || at.elapsed() >= END_BATCH);
             let flush_due = !self.failed_starts.is_empty()
+                || !self.releases.is_empty()
                 || self
                     .starts
                     .first()
-                    .is_some_and(|s| s.at.elapsed() >= Duration::from_millis(500))
+                    .is_some_and(|s| s.at.elapsed() >= START_BATCH)
                 || (draining && !self.starts.is_empty());
-            let mut claimed = Vec::new();
-            if want > 0 || !ends.is_empty() || flush_due {
-                claimed = self.record_and_claim(&ends, want)?;
+            if want > 0 || ends_due || flush_due {
+                // With jobs buffered, the slots stay busy without us: no need to wait for
+                // the lock, unless something has waited too long.
+                let urgent = self.buffer.is_empty()
+                    || draining
+                    || self
+                        .ends_since
+                        .is_some_and(|at| at.elapsed() >= 10 * END_BATCH)
+                    || self
+                        .starts
+                        .first()
+                        .is_some_and(|s| s.at.elapsed() >= 2 * START_BATCH)
+                    || !self.failed_starts.is_empty()
+                    || !self.releases.is_empty();
+                let Some(claimed) = self.record_and_claim(want, urgent)? else {
+                    self.nap(signals, true);
+                    continue;
+                };
                 if want > 0 {
                     self.more_waiting = claimed.len() == want;
                     self.last_full_poll = Instant::now();
                     self.next_full_poll = jittered(self.config.max_sleep);
                 }
+                if !claimed.is_empty() {
+                    fault("after_claim");
+                    self.buffer.extend(claimed);
+                    if may_start {
+                        self.start_buffered()?;
+                    }
+                }
             }
-            if !claimed.is_empty() {
-                fault("after_claim");
-                self.start_jobs(claimed)?;
-            }
-            if self.running.is_empty() {
+            if self.running.is_empty() && self.buffer.is_empty() && self.ends.is_empty() {
                 if draining {
                     let restart = signals.restart.load(Ordering::SeqCst);
                     self.info(if restart {
@@ -446,12 +570,32 @@ impl Feeder {
                     return Ok(Exit::Done);
                 }
             }
-            if self.more_waiting && free > 0 && !draining {
+            // An idle slot and maybe more work: claim again at once.
+            let free = self.config.max_feed.saturating_sub(self.running.len());
+            if self.more_waiting && free > 0 && self.buffer.is_empty() && !draining && !self.fenced
+            {
                 continue;
             }
-            let until_tick = self.next_tick.saturating_duration_since(Instant::now());
-            signals.sleep(jittered(self.config.min_sleep).min(until_tick));
+            self.nap(signals, false);
         }
+    }
+
+    /// Sleep until a signal (a job ended), the next doorbell check, or something to record
+    /// is due; after finding the lock busy, only briefly (a job ending wakes us anyway).
+    fn nap(&self, signals: &mut Signals, lock_was_busy: bool) {
+        let mut nap = jittered(self.config.min_sleep)
+            .min(self.next_tick.saturating_duration_since(Instant::now()));
+        if lock_was_busy {
+            nap = nap.min(jittered(0.002));
+        } else {
+            if let Some(at) = self.ends_since {
+                nap = nap.min(END_BATCH.saturating_sub(at.elapsed()));
+            }
+            if let Some(s) = self.starts.first() {
+                nap = nap.min(START_BATCH.saturating_sub(s.at.elapsed()));
+            }
+        }
+        signals.sleep(nap);
     }
 
     /// Every heartbeat: fence ourselves if our heartbeats have failed, check our claims
@@ -522,19 +666,31 @@ impl Feeder {
                 .unwrap_or(server_now);
             let stamp = time::now();
             let mut done = Vec::new();
+            // Read inside the transaction, like the heartbeat: the journals are final once
+            // the host is dead, and a host that beat meanwhile is skipped.
+            let mut journals = HashMap::new();
+            let mut fate = |job: &claims::Claimed| {
+                journal::fate_of(
+                    &dir,
+                    &mut journals,
+                    job.feeder.as_deref(),
+                    &job.claim,
+                    job.pid_recorded,
+                )
+            };
             for host in &candidates {
                 if stale(host, now) {
-                    let (requeued, dead) =
-                        claims::reclaim_host(tx, host, &me, &stamp, max_attempts)?;
-                    done.push((host.clone(), requeued, dead));
+                    let r = claims::reclaim_host(tx, host, &me, &stamp, max_attempts, &mut fate)?;
+                    done.push((host.clone(), r));
                 }
             }
             Ok(done)
         })?;
-        for (host, requeued, dead) in reclaimed {
-            if requeued + dead > 0 {
+        for (host, r) in reclaimed {
+            if r.released + r.ended + r.requeued + r.dead > 0 {
                 self.warn(&format!(
-                    "host {host} has no heartbeat for over {lease}s: reclaimed its jobs ({requeued} back to pending, {dead} dead)"
+                    "host {host} has no heartbeat for over {lease}s: reclaimed its jobs ({} never started and {} restartable back to pending, {} ended as journaled, {} dead)",
+                    r.released, r.requeued, r.ended, r.dead
                 ));
                 queue::ring_doorbell(&dir);
             }
@@ -549,6 +705,7 @@ impl Feeder {
             .iter()
             .filter(|j| !j.fenced)
             .map(|j| j.jid)
+            .chain(self.buffer.iter().map(Row::jid))
             .collect();
         if jids.is_empty() {
             return Ok(());
@@ -558,6 +715,42 @@ impl Feeder {
             .store()
             .read(|tx| claims::current_claims(tx, &jids))?;
         let mut messages = Vec::new();
+        // Buffered jobs taken over are dropped; those asked to be killed end unstarted.
+        let claims_now: HashMap<i64, &claims::ClaimState> =
+            current.iter().map(|c| (c.jid, c)).collect();
+        let mut kept = VecDeque::new();
+        for row in self.buffer.drain(..) {
+            let (jid, claim) = claim_of(&row);
+            match claims_now.get(&jid) {
+                Some(c) if c.claim.as_deref() == Some(claim.as_str()) => {
+                    match c.kill_signal.as_deref().and_then(process::parse_signal) {
+                        Some(sig) => {
+                            messages.push((
+                                Level::Info,
+                                format!("job {jid} killed on request before it started"),
+                            ));
+                            self.ends_since.get_or_insert_with(Instant::now);
+                            self.ends.push(End {
+                                jid,
+                                claim,
+                                exit_status: None,
+                                signal: Some(process::signal_name(sig)),
+                                elapsed: 0.0,
+                                timed_out: false,
+                                retry_at: None,
+                                ended_at: time::now(),
+                            });
+                        }
+                        None => kept.push_back(row),
+                    }
+                }
+                _ => messages.push((
+                    Level::Warn,
+                    format!("job {jid} was taken over by another host before it started here"),
+                )),
+            }
+        }
+        self.buffer = kept;
         for job in self.running.iter_mut().filter(|j| !j.fenced) {
             let now = current.iter().find(|c| c.jid == job.jid);
             match now {
@@ -647,14 +840,20 @@ impl Feeder {
                                     .unwrap_or_else(|_| time::now_ts()),
                             )
                         });
+                    let elapsed = job.started.elapsed().as_secs_f64();
+                    self.avg_run = Some(match self.avg_run {
+                        Some(avg) => 0.8 * avg + 0.2 * elapsed,
+                        None => elapsed,
+                    });
                     done.push(End {
                         jid: job.jid,
                         claim: job.claim,
                         exit_status: status.code(),
                         signal: status.signal().map(process::signal_name),
-                        elapsed: job.started.elapsed().as_secs_f64(),
+                        elapsed,
                         timed_out: job.term_sent.is_some(),
                         retry_at,
+                        ended_at: time::now(),
                     });
                 }
                 _ => i += 1,
@@ -664,14 +863,18 @@ impl Feeder {
     }
 
     /// One transaction: record the pids of jobs started since the last one, the ends of
-    /// finished jobs (only where our claim still holds), then claim up to `want` new ones.
-    fn record_and_claim(&mut self, ends: &[End], want: usize) -> Result<Vec<Row>> {
+    /// finished jobs (only where our claim still holds), give back released jobs, then
+    /// claim up to `want` new ones. Unless `urgent`, only if the lock is free now: `None`
+    /// when it is not (everything is kept for the next try).
+    fn record_and_claim(&mut self, want: usize, urgent: bool) -> Result<Option<Vec<Row>>> {
         let host = self.config.host.clone();
         let feeder = self.id.clone();
         let max_attempts = self.settings.max_attempts;
         let starts = std::mem::take(&mut self.starts);
         let failed_starts = std::mem::take(&mut self.failed_starts);
-        let (claimed, lost, lost_starts) = self.queue.store().write(|tx| {
+        let releases = std::mem::take(&mut self.releases);
+        let ends = std::mem::take(&mut self.ends);
+        let body = |tx: &rusqlite::Transaction<'_>| {
             let now = time::now();
             let mut lost_starts = Vec::new();
             for s in &starts {
@@ -682,9 +885,12 @@ impl Feeder {
             for (jid, claim) in &failed_starts {
                 claims::failed_to_start(tx, *jid, claim, &now)?;
             }
+            for (jid, claim) in &releases {
+                claims::release(tx, *jid, claim, None)?;
+            }
             let mut lost = Vec::new();
-            for end in ends {
-                if !lost_starts.contains(&end.jid) && !claims::finish(tx, end, &now)? {
+            for end in &ends {
+                if !lost_starts.contains(&end.jid) && !claims::finish(tx, end)? {
                     lost.push(end.jid);
                 }
             }
@@ -694,8 +900,27 @@ impl Feeder {
                 Vec::new()
             };
             Ok((claimed, lost, lost_starts))
-        })?;
-        for end in ends {
+        };
+        let done = if urgent {
+            Some(self.queue.store().write(body)?)
+        } else {
+            self.queue.store().try_write(body)?
+        };
+        let Some((claimed, lost, lost_starts)) = done else {
+            self.starts = starts;
+            self.failed_starts = failed_starts;
+            self.releases = releases;
+            self.ends = ends;
+            return Ok(None);
+        };
+        self.ends_since = None;
+        if self.starts.is_empty() {
+            // Every start in the journal is now recorded as a pid.
+            if let Some(Err(e)) = self.journal.as_mut().map(StartJournal::compact) {
+                self.log.log(Level::Warn, &e.to_string());
+            }
+        }
+        for end in &ends {
             let how = match (&end.exit_status, &end.signal) {
                 (Some(code), _) => format!("exit_status {code}"),
                 (None, Some(sig)) => format!("killed by signal {sig}"),
@@ -719,6 +944,9 @@ impl Feeder {
                 ),
             );
         }
+        for (jid, _) in releases {
+            self.info(&format!("job {jid} given back unstarted"));
+        }
         for jid in lost {
             self.warn(&format!(
                 "job {jid} was taken over by another host; its result here was discarded"
@@ -733,15 +961,58 @@ impl Feeder {
                 "job {jid} was taken over before it started here; killed it"
             ));
         }
-        Ok(claimed)
+        Ok(Some(claimed))
     }
 
-    /// Spawn claimed jobs (outside any transaction); their pids are recorded with the next
-    /// transaction.
-    fn start_jobs(&mut self, claimed: Vec<Row>) -> Result<()> {
+    /// Note ends in the journal: should we die before the next transaction records them,
+    /// whoever recovers our jobs records them from there.
+    fn journal_ends(&mut self, ends: &[End]) {
+        let Some(journal) = &mut self.journal else {
+            return;
+        };
+        if let Some(Err(e)) = ends
+            .iter()
+            .map(|end| journal.record_end(end))
+            .find(Result::is_err)
+        {
+            self.log.log(Level::Warn, &e.to_string());
+        }
+    }
+
+    /// Start buffered jobs in the free slots (outside any transaction): journal them, then
+    /// spawn; their pids are recorded with the next transaction.
+    fn start_buffered(&mut self) -> Result<()> {
+        let free = self.config.max_feed.saturating_sub(self.running.len());
+        let n = free.min(self.buffer.len());
+        if n == 0 {
+            return Ok(());
+        }
+        let batch: Vec<Row> = self.buffer.drain(..n).collect();
+        let claims: Vec<(i64, String)> = batch.iter().map(claim_of).collect();
+        let journaled = match &mut self.journal {
+            Some(j) => j.record(&claims.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>()),
+            None => StartJournal::open(self.queue.dir(), &self.id).and_then(|j| {
+                self.journal
+                    .insert(j)
+                    .record(&claims.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>())
+            }),
+        };
+        if let Err(e) = journaled {
+            // Unjournaled jobs must not start: recovery would think they never did.
+            self.log.log(
+                Level::Error,
+                &format!("{e}: giving back {n} claimed jobs unstarted"),
+            );
+            self.journal_failed = Some(Instant::now());
+            self.releases.extend(claims);
+            self.releases
+                .extend(self.buffer.drain(..).map(|r| claim_of(&r)));
+            return Ok(());
+        }
+        fault("after_journal");
         let mut started = Vec::new();
         let mut failed = Vec::new();
-        for job in &claimed {
+        for job in &batch {
             let jid = job.jid();
             let claim = job.get("claim").as_text().unwrap_or_default().to_string();
             match runner::spawn(self.queue.dir(), &self.config.shell, job) {
@@ -836,10 +1107,21 @@ impl Feeder {
         }
         let max_attempts = self.settings.max_attempts;
         let failed_starts = std::mem::take(&mut self.failed_starts);
+        let unstarted: Vec<Row> = self.buffer.drain(..).collect();
+        let mut releases = std::mem::take(&mut self.releases);
+        releases.extend(unstarted.iter().map(claim_of));
+        let ends = std::mem::take(&mut self.ends);
+        self.ends_since = None;
         let outcomes = self.queue.store().write(|tx| {
             let now = time::now();
             for (jid, claim) in &failed_starts {
                 claims::failed_to_start(tx, *jid, claim, &now)?;
+            }
+            for (jid, claim) in &releases {
+                claims::release(tx, *jid, claim, None)?;
+            }
+            for end in &ends {
+                claims::finish(tx, end)?;
             }
             let mut outcomes = Vec::new();
             for (jid, claim, signal) in &ended {
@@ -878,10 +1160,9 @@ impl Feeder {
             .iter()
             .filter_map(|j| j.get("claim").as_text().map(|c| format!("RQ_CLAIM={c}")))
             .collect();
-        let mut groups: Vec<u32> = process::find_by_environment(&tokens)
-            .into_iter()
-            .map(|(_, pgid, _)| pgid)
-            .collect();
+        let found = process::find_by_environment(&tokens);
+        let seen: HashSet<String> = found.iter().map(|(_, _, e)| e.clone()).collect();
+        let mut groups: Vec<u32> = found.iter().map(|(_, pgid, _)| *pgid).collect();
         for job in &orphans {
             let (Some(pid), Some(identity)) =
                 (job.get("pid").as_int(), job.get("process").as_text())
@@ -911,18 +1192,53 @@ impl Feeder {
         for pgid in &groups {
             process::signal_group(*pgid, libc::SIGKILL);
         }
+        // A job with no recorded pid, no process and no line in its feeder's start journal
+        // never started: it goes back to pending; a journaled end is recorded. The earlier
+        // feeders are dead (we hold the host's feeder lock), so their journals go once
+        // their jobs are settled.
+        let dir = self.queue.dir().to_path_buf();
+        let mut journals = HashMap::new();
+        let fates: Vec<journal::Fate> = orphans
+            .iter()
+            .map(|job| {
+                let claim = job.get("claim").as_text().unwrap_or_default();
+                match journal::fate_of(
+                    &dir,
+                    &mut journals,
+                    job.get("feeder").as_text(),
+                    claim,
+                    job.get("pid").as_int().is_some(),
+                ) {
+                    journal::Fate::NeverStarted if seen.contains(&format!("RQ_CLAIM={claim}")) => {
+                        journal::Fate::MayHaveRun
+                    }
+                    fate => fate,
+                }
+            })
+            .collect();
         let max_attempts = self.settings.max_attempts;
         let outcomes = self.queue.store().write(|tx| {
             let mut outcomes = Vec::new();
-            for job in &orphans {
+            for (job, fate) in orphans.iter().zip(&fates) {
                 let claim = job.get("claim").as_text().unwrap_or_default().to_string();
-                outcomes.push((
-                    job.jid(),
-                    claims::mark_crashed(tx, job.jid(), &claim, None, max_attempts)?,
-                ));
+                let outcome = match fate {
+                    journal::Fate::NeverStarted
+                        if claims::release(tx, job.jid(), &claim, None)? =>
+                    {
+                        "never started: back to pending".to_string()
+                    }
+                    journal::Fate::Ended(end) if claims::finish(tx, end)? => {
+                        "ended before its feeder died: recorded from the journal".to_string()
+                    }
+                    _ => claims::mark_crashed(tx, job.jid(), &claim, None, max_attempts)?,
+                };
+                outcomes.push((job.jid(), outcome));
             }
             Ok(outcomes)
         })?;
+        for feeder in journals.keys() {
+            let _ = std::fs::remove_file(journal::path(&dir, feeder));
+        }
         for (jid, outcome) in outcomes {
             self.warn(&format!(
                 "job {jid} of an earlier feeder on this host: {outcome}"
@@ -996,6 +1312,41 @@ impl Feeder {
             self.info(&format!(
                 "removed {removed} files of jobs that no longer exist"
             ));
+        }
+    }
+
+    /// Start journals of feeders that died on hosts that never came back: once a day old
+    /// and without running jobs, they prove nothing anyone needs.
+    fn reap_old_journals(&mut self) {
+        let Ok(entries) = std::fs::read_dir(journal::dir(self.queue.dir())) else {
+            return;
+        };
+        let old: Vec<(String, PathBuf)> = entries
+            .flatten()
+            .filter(|e| {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(86400))
+            })
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+            .collect();
+        if old.is_empty() {
+            return;
+        }
+        let busy: Result<HashSet<String>> = self.queue.store().read(|tx| {
+            let mut stmt = tx.prepare(
+                "SELECT DISTINCT feeder FROM jobs WHERE state = 'running' AND feeder IS NOT NULL",
+            )?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<HashSet<_>>>()?;
+            Ok(rows.into_iter().map(|f| f.replace('/', "_")).collect())
+        });
+        let Ok(busy) = busy else { return };
+        for (name, path) in old {
+            if !busy.contains(&name) {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }

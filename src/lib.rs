@@ -24,6 +24,7 @@ pub mod fsguard;
 pub mod help;
 pub mod host;
 pub mod input;
+pub mod journal;
 pub mod liveness;
 pub mod lock;
 pub mod log;

@@ -207,10 +207,9 @@ fn a_held_lock_makes_everyone_wait_and_say_so() {
     drop(f);
 }
 
-#[test]
-fn a_feeder_killed_between_claim_and_spawn_loses_nothing() {
-    let q = TestQueue::new();
-    fast_lease(&q);
+/// One restartable and one plain job, claimed by a feeder that kills itself at `fault`.
+fn claim_then_crash(q: &TestQueue, fault: &str) {
+    fast_lease(q);
     let ledger = q.ledger();
     q.rq(&[
         "submit",
@@ -219,12 +218,13 @@ fn a_feeder_killed_between_claim_and_spawn_loses_nothing() {
         &format!("echo ran >> {}", ledger.display()),
     ])
     .ok();
-    q.rq(&["submit", "-q", "echo not restartable"]).ok();
-    let mut a = q.feeder_env(
-        "victim",
-        &["--max_feed", "2"],
-        &[("RQ_FAULT", "after_claim")],
-    );
+    q.rq(&[
+        "submit",
+        "-q",
+        &format!("echo plain >> {}", ledger.display()),
+    ])
+    .ok();
+    let mut a = q.feeder_env("victim", &["--max_feed", "2"], &[("RQ_FAULT", fault)]);
     assert_ne!(
         a.wait_exit(Duration::from_secs(10)),
         Some(0),
@@ -235,7 +235,37 @@ fn a_feeder_killed_between_claim_and_spawn_loses_nothing() {
         jobs.iter()
             .all(|j| text(j, "state") == "running" && j["pid"].is_null())
     );
-    // Another host reclaims after the lease: the restartable job runs exactly once.
+}
+
+#[test]
+fn a_feeder_killed_between_claim_and_spawn_loses_nothing() {
+    // Claimed, not journaled as started: both provably never ran, so another host gets
+    // both back as if they had never been claimed, restartable or not.
+    let q = TestQueue::new();
+    claim_then_crash(&q, "after_claim");
+    let _b = q.feeder("rescuer", &[]);
+    q.wait_for("the jobs to be recovered", 20, |q| q.count("finished") == 2);
+    let mut lines = q.ledger_lines();
+    lines.sort();
+    assert_eq!(lines, ["plain", "ran"]);
+    for j in q.jobs() {
+        assert_eq!(text(&j, "runner"), "rescuer");
+        assert_eq!(int(&j, "attempts"), 1, "the unstarted claim is no attempt");
+        assert_eq!(text(&j, "reclaimed_by"), "rescuer");
+    }
+    assert!(
+        q.feeder_log("rescuer").contains("2 never started"),
+        "{}",
+        q.feeder_log("rescuer")
+    );
+}
+
+#[test]
+fn a_feeder_killed_after_journaling_a_start_counts_the_job_as_possibly_run() {
+    // Journaled as started, then killed before the spawn: nobody can tell, so the job is
+    // handled as crashed: the restartable one runs once elsewhere, the other is dead.
+    let q = TestQueue::new();
+    claim_then_crash(&q, "after_journal");
     let _b = q.feeder("rescuer", &[]);
     q.wait_for("the jobs to be recovered", 20, |q| {
         q.count("finished") == 1 && q.count("dead") == 1
@@ -243,8 +273,31 @@ fn a_feeder_killed_between_claim_and_spawn_loses_nothing() {
     assert_eq!(q.ledger_lines(), ["ran"]);
     let jobs = q.jobs();
     assert_eq!(text(&jobs[0], "runner"), "rescuer");
+    assert_eq!(int(&jobs[0], "attempts"), 2);
     assert_eq!(text(&jobs[1], "state"), "dead");
     assert_eq!(text(&jobs[1], "reclaimed_by"), "rescuer");
+}
+
+#[test]
+fn the_successor_on_the_same_host_gives_back_unstarted_claims() {
+    let q = TestQueue::new();
+    claim_then_crash(&q, "after_claim");
+    let journals = q.tmp.path().join("q/starts");
+    assert_eq!(std::fs::read_dir(&journals).unwrap().count(), 1);
+    let mut f = q.feeder("victim", &["--exit_when_empty"]);
+    assert_eq!(f.wait_exit(Duration::from_secs(20)), Some(0));
+    assert_eq!(q.count("finished"), 2);
+    let mut lines = q.ledger_lines();
+    lines.sort();
+    assert_eq!(lines, ["plain", "ran"]);
+    assert!(q.jobs().iter().all(|j| int(j, "attempts") == 1));
+    let log = q.feeder_log("victim");
+    assert!(log.contains("never started: back to pending"), "{log}");
+    assert_eq!(
+        std::fs::read_dir(&journals).unwrap().count(),
+        0,
+        "the dead feeder's journal and the clean one's are gone"
+    );
 }
 
 #[test]
@@ -263,6 +316,138 @@ fn a_feeder_killed_before_recording_an_end_is_recovered_by_its_successor() {
     assert_eq!(b.wait_exit(Duration::from_secs(20)), Some(0));
     assert_eq!(text(&job(&q, 1), "state"), "dead");
     assert_eq!(q.ledger_lines(), ["ran"]);
+}
+
+#[test]
+fn an_end_journaled_before_the_feeder_died_is_recorded_by_its_successor() {
+    let q = TestQueue::new();
+    let ledger = q.ledger();
+    q.rq(&[
+        "submit",
+        "-q",
+        &format!("echo ran >> {}; exit 3", ledger.display()),
+    ])
+    .ok();
+    let mut a = q.feeder_env("h1", &[], &[("RQ_FAULT", "after_journaling_end")]);
+    assert_ne!(a.wait_exit(Duration::from_secs(10)), Some(0));
+    assert_eq!(
+        text(&job(&q, 1), "state"),
+        "running",
+        "not in the queue yet"
+    );
+    let mut b = q.feeder("h1", &["--exit_when_empty"]);
+    assert_eq!(b.wait_exit(Duration::from_secs(20)), Some(0));
+    let j = job(&q, 1);
+    assert_eq!(text(&j, "state"), "finished");
+    assert_eq!(int(&j, "exit_status"), 3);
+    assert_eq!(q.ledger_lines(), ["ran"]);
+    assert!(q.feeder_log("h1").contains("recorded from the journal"));
+}
+
+#[test]
+fn journals_of_feeders_that_never_came_back_are_removed_after_a_day() {
+    let q = TestQueue::new();
+    let dir = q.tmp.path().join("q/starts");
+    std::fs::create_dir_all(&dir).unwrap();
+    let old = dir.join("gone:1:00000000");
+    let recent = dir.join("gone:2:00000000");
+    std::fs::write(&old, "aaaa-1\n").unwrap();
+    std::fs::write(&recent, "bbbb-2\n").unwrap();
+    let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 86400);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(two_days_ago)
+        .unwrap();
+    let mut f = q.feeder("sweeper", &["--exit_when_empty"]);
+    assert_eq!(f.wait_exit(Duration::from_secs(20)), Some(0));
+    assert!(!old.exists(), "a day-old journal of a feeder without jobs stays");
+    assert!(recent.exists(), "a recent journal was removed");
+}
+
+/// Short jobs, so that feeders claim ahead; each appends its jid to the ledger.
+fn short_jobs(q: &TestQueue, n: usize) {
+    let line = format!("echo $RQ_JID >> {}\n", q.ledger().display());
+    q.rq_stdin(&["submit", "-q", "-"], &line.repeat(n)).ok();
+}
+
+/// Every ledger line is a distinct job: nothing ran twice. Returns how many ran.
+fn ran_once_each(q: &TestQueue) -> usize {
+    let lines = q.ledger_lines();
+    let distinct: std::collections::HashSet<&String> = lines.iter().collect();
+    assert_eq!(distinct.len(), lines.len(), "a job ran twice");
+    lines.len()
+}
+
+#[test]
+fn a_crashed_host_gives_back_what_it_claimed_ahead_and_nothing_runs_twice() {
+    let q = TestQueue::new();
+    fast_lease(&q);
+    short_jobs(&q, 2000);
+    let mut a = q.host("ahead", &["--max_feed", "2"]);
+    q.wait_for("host ahead to be well into the queue", 60, |q| {
+        q.count("finished") >= 200
+    });
+    a.crash();
+    let claimed = q.count("running");
+    assert!(
+        claimed > 2,
+        "only {claimed} jobs were claimed at the crash: no look-ahead"
+    );
+    let _b = q.feeder("rescuer", &["--max_feed", "4"]);
+    q.wait_for("every job to be settled", 120, |q| {
+        let v = q.rq(&["status"]).ok().value();
+        v["jobs"]["finished"].as_i64().unwrap() + v["jobs"]["dead"].as_i64().unwrap() == 2000
+    });
+    let ran = ran_once_each(&q);
+    let dead = q.count("dead");
+    // Only jobs the crashed host had actually started (at most its two slots) may be dead;
+    // what it had claimed ahead went back and ran on the rescuer.
+    assert!(
+        dead <= 2,
+        "{dead} dead jobs; claimed at the crash: {claimed}"
+    );
+    // Every finished job ran (once); a dead one may or may not have started.
+    let finished = 2000 - dead;
+    assert!(
+        ran as i64 >= finished && ran as i64 <= 2000,
+        "{ran} ran, {finished} finished"
+    );
+    let ledger: std::collections::HashSet<String> = q.ledger_lines().into_iter().collect();
+    for j in q.rq(&["query", "state=finished"]).ok().records() {
+        assert!(ledger.contains(&int(&j, "jid").to_string()), "{j:?}");
+    }
+    let log = q.feeder_log("rescuer");
+    assert!(log.contains("host ahead has no heartbeat"), "{log}");
+}
+
+#[test]
+fn a_draining_feeder_gives_back_the_jobs_it_claimed_ahead() {
+    let q = TestQueue::new();
+    short_jobs(&q, 3000);
+    let mut f = q.feeder("drainer", &["--max_feed", "2"]);
+    q.wait_for("the feeder to be well into the queue", 60, |q| {
+        q.count("finished") >= 200
+    });
+    f.signal(libc::SIGTERM);
+    assert_eq!(f.wait_exit(Duration::from_secs(20)), Some(0));
+    let finished = q.count("finished");
+    assert!(finished < 3000, "drained too late to tell");
+    assert_eq!(q.count("running"), 0, "claims were left behind");
+    assert_eq!(q.count("pending"), 3000 - finished);
+    let unclaimed = q
+        .rq(&["query", "state=pending", "attempts=0"])
+        .ok()
+        .records();
+    assert_eq!(
+        unclaimed.len() as i64,
+        3000 - finished,
+        "given back as never tried"
+    );
+    assert_eq!(ran_once_each(&q) as i64, finished);
+    let journals = q.tmp.path().join("q/starts");
+    assert_eq!(std::fs::read_dir(journals).unwrap().count(), 0);
 }
 
 struct Tmpfs(std::path::PathBuf);
@@ -461,10 +646,10 @@ fn a_crash_looping_job_becomes_dead_after_max_attempts() {
     q.rq(&["configure", "max_attempts=2"]).ok();
     q.rq(&["submit", "-q", "--restartable", "echo never gets to run"])
         .ok();
-    // Each feeder claims the job and crashes before starting it; the next feeder on the
-    // host finds it.
+    // Each feeder claims the job, journals its start and crashes (as a job that takes its
+    // host down would); the next feeder on the host finds it.
     for attempt in 1..=2 {
-        let mut f = q.feeder_env("looper", &[], &[("RQ_FAULT", "after_claim")]);
+        let mut f = q.feeder_env("looper", &[], &[("RQ_FAULT", "after_journal")]);
         assert_ne!(f.wait_exit(Duration::from_secs(10)), Some(0));
         assert_eq!(int(&job(&q, 1), "attempts"), attempt);
     }

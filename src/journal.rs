@@ -1,0 +1,250 @@
+//! The start journal: a feeder's durable record of which of its claimed jobs it has
+//! started.
+//!
+//! A feeder claims several jobs per transaction (its look-ahead), so at any moment some of
+//! its claimed jobs have started and some have not. Before it spawns a job it appends the
+//! job's claim token to `Q/starts/<feeder id>` and syncs the file; only then does it spawn.
+//! Whoever recovers the jobs of a dead feeder (its successor on the same host, or another
+//! host reclaiming a dead host) therefore knows: a claimed job whose pid was never recorded
+//! and whose token is not in the journal never started, and goes back to pending as if it
+//! had never been claimed. Anything else may have run and is handled as crashed. A journal
+//! that is missing or unreadable proves nothing, so every such job counts as started:
+//! errors only ever err towards "may have run", never towards running a job twice.
+//!
+//! The feeder also appends each end it sees (`E <json>`), without a sync of its own: the
+//! next start's sync makes it durable. A successor finding a job's end there records it
+//! instead of calling the job crashed, so batching the queue's end records costs nothing
+//! when a feeder dies.
+//!
+//! One append and one `fdatasync` per batch of starts (~0.14 ms on a local disk, one
+//! WRITE+COMMIT on NFS) instead of one write transaction per job. Only this feeder writes
+//! its file; readers open it afresh, so NFS close-to-open consistency shows them every
+//! synced line.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::claims::End;
+use crate::error::{IoContext, Result};
+
+/// Past this size the journal is emptied once every start in it is recorded in the queue.
+const TRUNCATE_AT: u64 = 64 * 1024;
+
+/// The directory of start journals.
+pub fn dir(queue: &Path) -> PathBuf {
+    queue.join("starts")
+}
+
+/// The journal of one feeder (feeder ids are `host:pid:random`).
+pub fn path(queue: &Path, feeder: &str) -> PathBuf {
+    dir(queue).join(feeder.replace('/', "_"))
+}
+
+/// What a feeder's journal says about its claims.
+#[derive(Debug, Default)]
+pub struct Journal {
+    /// Claim tokens of jobs that may have started.
+    pub started: HashSet<String>,
+    /// Ends seen but maybe not recorded in the queue, by claim token.
+    pub ends: HashMap<String, End>,
+}
+
+/// What happened to a claimed job, as far as its feeder's journal proves.
+#[derive(Debug)]
+pub enum Fate {
+    /// Claimed, never started: give it back.
+    NeverStarted,
+    /// Ended like this: record it.
+    Ended(End),
+    /// Started, end unknown: crashed.
+    MayHaveRun,
+}
+
+impl Journal {
+    /// The fate of the job with this claim, given whether its pid was recorded.
+    pub fn fate(&self, claim: &str, pid_recorded: bool) -> Fate {
+        match self.ends.get(claim) {
+            Some(end) => Fate::Ended(end.clone()),
+            None if !pid_recorded && !self.started.contains(claim) => Fate::NeverStarted,
+            None => Fate::MayHaveRun,
+        }
+    }
+}
+
+/// A feeder's journal; `None` when it cannot be read (then nothing is proven: every job
+/// may have run).
+pub fn read(queue: &Path, feeder: &str) -> Option<Journal> {
+    let text = std::fs::read(path(queue, feeder)).ok()?;
+    let mut journal = Journal::default();
+    for line in String::from_utf8_lossy(&text).lines() {
+        if let Some(json) = line.strip_prefix("E ") {
+            // A torn last line (the feeder died mid-write) proves nothing.
+            if let Ok(end) = serde_json::from_str::<End>(json) {
+                journal.ends.insert(end.claim.clone(), end);
+            }
+        } else if !line.is_empty() {
+            journal.started.insert(line.to_string());
+        }
+    }
+    Some(journal)
+}
+
+/// The fate of a claimed job of `feeder`, reading (and caching) its journal.
+pub fn fate_of(
+    queue: &Path,
+    cache: &mut HashMap<String, Option<Journal>>,
+    feeder: Option<&str>,
+    claim: &str,
+    pid_recorded: bool,
+) -> Fate {
+    let Some(feeder) = feeder else {
+        return Fate::MayHaveRun;
+    };
+    match cache
+        .entry(feeder.to_string())
+        .or_insert_with(|| read(queue, feeder))
+    {
+        Some(journal) => journal.fate(claim, pid_recorded),
+        None => Fate::MayHaveRun,
+    }
+}
+
+/// A feeder's own journal, open for appending.
+pub struct StartJournal {
+    queue: PathBuf,
+    feeder: String,
+    path: PathBuf,
+    file: File,
+}
+
+impl StartJournal {
+    pub fn open(queue: &Path, feeder: &str) -> Result<StartJournal> {
+        let path = path(queue, feeder);
+        let dir = dir(queue);
+        std::fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .context(|| format!("cannot open the start journal {}", path.display()))?;
+        Ok(StartJournal {
+            queue: queue.to_path_buf(),
+            feeder: feeder.to_string(),
+            path,
+            file,
+        })
+    }
+
+    /// Durably record that these claims are about to start. Returns only once the lines
+    /// are on stable storage; a job must not be spawned before that.
+    pub fn record(&mut self, claims: &[&str]) -> Result<()> {
+        let mut text = String::with_capacity(claims.len() * 24);
+        for claim in claims {
+            text.push_str(claim);
+            text.push('\n');
+        }
+        let what = || format!("cannot write the start journal {}", self.path.display());
+        self.file.write_all(text.as_bytes()).context(what)?;
+        self.file.sync_data().context(what)
+    }
+
+    /// Note an end, without syncing: the next start's sync (or the feeder's exit, which
+    /// flushes an NFS client's cache) makes it durable. Best effort: the queue gets the end
+    /// with the next transaction anyway.
+    pub fn record_end(&mut self, end: &End) -> Result<()> {
+        let json = serde_json::to_string(end).unwrap_or_default();
+        self.file
+            .write_all(format!("E {json}\n").as_bytes())
+            .context(|| format!("cannot write the start journal {}", self.path.display()))
+    }
+
+    /// Called when every start and end in the journal is recorded in the queue: the lines
+    /// prove nothing more, so a large journal is emptied. Also reopens the file if
+    /// someone removed it, so later lines land where readers look.
+    pub fn compact(&mut self) -> Result<()> {
+        let on_disk = std::fs::metadata(&self.path).ok();
+        let ours = self.file.metadata().ok();
+        let same = matches!((&on_disk, &ours), (Some(a), Some(b)) if a.ino() == b.ino() && a.dev() == b.dev());
+        if !same {
+            *self = StartJournal::open(&self.queue, &self.feeder)?;
+            return Ok(());
+        }
+        if ours.is_some_and(|m| m.len() > TRUNCATE_AT) {
+            self.file
+                .set_len(0)
+                .context(|| format!("cannot empty the start journal {}", self.path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// A feeder that ends with nothing claimed removes its journal.
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_claims_are_read_back_and_compaction_keeps_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let started = |d: &Path, f: &str| read(d, f).map(|j| j.started);
+        assert!(
+            started(dir.path(), "h:1:ab").is_none(),
+            "no journal proves nothing"
+        );
+        let mut j = StartJournal::open(dir.path(), "h:1:ab").unwrap();
+        j.record(&["aa-1", "bb-2"]).unwrap();
+        j.record(&["cc-3"]).unwrap();
+        let got = started(dir.path(), "h:1:ab").unwrap();
+        assert_eq!(got.len(), 3);
+        assert!(got.contains("bb-2"));
+        // Removed behind our back: compaction opens it again and new lines are seen.
+        std::fs::remove_file(path(dir.path(), "h:1:ab")).unwrap();
+        j.compact().unwrap();
+        j.record(&["dd-4"]).unwrap();
+        let got = started(dir.path(), "h:1:ab").unwrap();
+        assert_eq!(got.into_iter().collect::<Vec<_>>(), ["dd-4"]);
+        j.remove();
+        assert!(started(dir.path(), "h:1:ab").is_none());
+    }
+
+    #[test]
+    fn fates_follow_from_starts_ends_and_recorded_pids() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = StartJournal::open(dir.path(), "h:2:cd").unwrap();
+        j.record(&["s-1", "s-2"]).unwrap();
+        let end = End {
+            jid: 2,
+            claim: "s-2".into(),
+            exit_status: Some(3),
+            signal: None,
+            elapsed: 0.5,
+            timed_out: false,
+            retry_at: None,
+            ended_at: "2026-11-27T00:00:00.000000Z".into(),
+        };
+        j.record_end(&end).unwrap();
+        // A torn line at the end is ignored.
+        j.file.write_all(b"E {\"jid\": 3, \"cla").unwrap();
+        let journal = read(dir.path(), "h:2:cd").unwrap();
+        assert!(matches!(journal.fate("s-1", false), Fate::MayHaveRun));
+        assert!(matches!(journal.fate("s-2", false), Fate::Ended(e) if e.exit_status == Some(3)));
+        assert!(matches!(journal.fate("s-3", false), Fate::NeverStarted));
+        assert!(matches!(journal.fate("s-3", true), Fate::MayHaveRun));
+        let mut cache = HashMap::new();
+        assert!(matches!(
+            fate_of(dir.path(), &mut cache, Some("gone"), "s-3", false),
+            Fate::MayHaveRun
+        ));
+        assert!(matches!(
+            fate_of(dir.path(), &mut cache, None, "s-3", false),
+            Fate::MayHaveRun
+        ));
+    }
+}
