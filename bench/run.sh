@@ -20,6 +20,11 @@ cleanup() { for p in "${PIDS[@]:-}"; do kill -QUIT "$p" 2>/dev/null; done; sleep
 trap cleanup EXIT
 
 now() { date +%s.%N; }
+# Let the filesystem settle before a dispatch run. ext4 without a journal (this VM's disk)
+# re-checks every inode freed in the last 60 s (360 s while its block is dirty) on each
+# file create, so one run's deletions (GNU parallel's temp files, cargo's) would slow the
+# next run's creates several-fold. Each peer gets the same quiet start.
+settle() { [ "$QUICK" = 1 ] && return; sync; sleep 65; }
 calc() { python3 -c "print($1)"; }
 verdict() { if python3 -c "import sys; sys.exit(0 if ($1) else 1)"; then echo "MET"; else echo "MISSED"; fi; }
 count() { "$RQ" "$1" status --format json | python3 -c "import json,sys; print(json.load(sys.stdin)['jobs']['$2'])"; }
@@ -47,16 +52,16 @@ dispatch() { # shell feeders max_feed -> jobs/s
 }
 floor=$("$FLOOR" "$N" 4)
 floor2=$("$FLOOR" "$N" 2)
-t0=$(now); seq "$N" | parallel -j4 true >/dev/null; t1=$(now); par=$(calc "round($N/($t1-$t0))")
+settle; rq_sh=$(dispatch "sh -c" 2 2)
+settle; rq_bash=$(dispatch "bash --login -c" 2 2)
+settle; t0=$(now); seq "$N" | parallel -j4 true >/dev/null; t1=$(now); par=$(calc "round($N/($t1-$t0))")
 # GNU parallel's SQL queue: a master fills the table, two workers (2 slots each) drain it.
 PDB="$WORK/par.sqlite"; URL="sqlite3:///$(python3 -c "import urllib.parse,sys;print(urllib.parse.quote(sys.argv[1],safe=''))" "$PDB")/jobs"
-t0=$(now)
+settle; t0=$(now)
 seq "$N" | parallel --sqlmaster "$URL" true >/dev/null 2>&1
 parallel --sqlworker "$URL" -j2 >/dev/null 2>&1 & w1=$!
 parallel --sqlworker "$URL" -j2 >/dev/null 2>&1 & w2=$!
 wait $w1 $w2; t1=$(now); parsql=$(calc "round($N/($t1-$t0))")
-rq_sh=$(dispatch "sh -c" 2 2)
-rq_bash=$(dispatch "bash --login -c" 2 2)
 echo "## 1. Dispatch: $N trivial jobs"
 echo "| runner | jobs/s |"; echo "|---|---|"
 echo "| spawn floor (minimal program, 4 at a time) | $floor |"
@@ -73,7 +78,7 @@ echo "- target >= 10x GNU parallel SQL mode: $(verdict "$rq_sh >= 10*$parsql")"
 echo
 
 # 6. Fairness (4 feeders competing) -------------------------------------------------------
-dispatch "sh -c" 4 1 >/dev/null
+settle; dispatch "sh -c" 4 1 >/dev/null
 shares=$("$RQ" "$LAST_Q" query "state=finished" --format json -f runner | python3 -c "
 import json,sys,collections
 c=collections.Counter(r['runner'] for r in json.load(sys.stdin)); t=sum(c.values())

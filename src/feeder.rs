@@ -310,6 +310,8 @@ pub struct Feeder {
 
 /// Ends wait at most this long for a transaction while claimed jobs are buffered.
 const END_BATCH: Duration = Duration::from_millis(100);
+/// After the start journal could not be written, claim nothing for this long.
+const JOURNAL_RETRY: Duration = Duration::from_secs(10);
 /// Pids wait at most this long.
 const START_BATCH: Duration = Duration::from_millis(500);
 
@@ -361,12 +363,6 @@ impl Feeder {
     /// transactions: a buffered job waits about `lookahead / max_feed` runs, kept under
     /// ~0.2 s, so long jobs are never held back from idle hosts.
     fn lookahead(&self) -> usize {
-        if self
-            .journal_failed
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(10))
-        {
-            return 0;
-        }
         let slots = self.config.max_feed;
         match self.avg_run {
             Some(avg) if avg < 0.05 => {
@@ -493,7 +489,10 @@ impl Feeder {
             }
             let free = self.config.max_feed.saturating_sub(self.running.len());
             let lookahead = self.lookahead();
-            let room = if draining || self.fenced {
+            let journal_broken = self
+                .journal_failed
+                .is_some_and(|at| at.elapsed() < JOURNAL_RETRY);
+            let room = if draining || self.fenced || journal_broken {
                 0
             } else {
                 (self.config.max_feed + lookahead)
@@ -990,6 +989,11 @@ impl Feeder {
         let batch: Vec<Row> = self.buffer.drain(..n).collect();
         let claims: Vec<(i64, String)> = batch.iter().map(claim_of).collect();
         let journaled = match &mut self.journal {
+            // Test hook: the journal cannot be written (a full or read-only filesystem).
+            _ if std::env::var("RQ_FAULT").is_ok_and(|f| f == "journal_write") => Err(Error::Io {
+                context: "cannot write the start journal".into(),
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            }),
             Some(j) => j.record(&claims.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>()),
             None => StartJournal::open(self.queue.dir(), &self.id).and_then(|j| {
                 self.journal
@@ -1001,7 +1005,11 @@ impl Feeder {
             // Unjournaled jobs must not start: recovery would think they never did.
             self.log.log(
                 Level::Error,
-                &format!("{e}: giving back {n} claimed jobs unstarted"),
+                &format!(
+                    "{e}: giving back {} claimed jobs unstarted; claiming again in {}s",
+                    n + self.buffer.len(),
+                    JOURNAL_RETRY.as_secs()
+                ),
             );
             self.journal_failed = Some(Instant::now());
             self.releases.extend(claims);

@@ -362,8 +362,42 @@ fn journals_of_feeders_that_never_came_back_are_removed_after_a_day() {
         .unwrap();
     let mut f = q.feeder("sweeper", &["--exit_when_empty"]);
     assert_eq!(f.wait_exit(Duration::from_secs(20)), Some(0));
-    assert!(!old.exists(), "a day-old journal of a feeder without jobs stays");
+    assert!(
+        !old.exists(),
+        "a day-old journal of a feeder without jobs stays"
+    );
     assert!(recent.exists(), "a recent journal was removed");
+}
+
+#[test]
+fn a_feeder_that_cannot_journal_a_start_starts_nothing_and_gives_the_jobs_back() {
+    let q = TestQueue::new();
+    let ledger = q.ledger();
+    for _ in 0..2 {
+        q.rq(&["submit", "-q", &format!("echo ran >> {}", ledger.display())])
+            .ok();
+    }
+    let _f = q.feeder_env(
+        "nojournal",
+        &["--max_feed", "2"],
+        &[("RQ_FAULT", "journal_write")],
+    );
+    q.wait_for("the feeder to try", 10, |q| {
+        q.feeder_log("nojournal").contains("giving back")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(q.ledger_lines().is_empty(), "a job started unjournaled");
+    for j in q.jobs() {
+        assert_eq!(text(&j, "state"), "pending");
+        assert_eq!(int(&j, "attempts"), 0);
+    }
+    let log = q.feeder_log("nojournal");
+    assert_eq!(
+        log.matches("giving back").count(),
+        1,
+        "it should wait before claiming again: {log}"
+    );
+    assert!(log.contains("No space left on device"), "{log}");
 }
 
 /// Short jobs, so that feeders claim ahead; each appends its jid to the ledger.
