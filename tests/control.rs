@@ -60,6 +60,40 @@ fn kill_signals_a_job_on_another_host() {
 }
 
 #[test]
+fn killing_a_job_claimed_ahead_ends_it_before_it_starts() {
+    let q = TestQueue::new();
+    let ledger = q.ledger();
+    let line = format!("echo $RQ_JID >> {}\n", ledger.display());
+    // Short jobs make the feeder claim ahead; while the long one runs in its only slot,
+    // the jobs after it wait in its buffer: running in the queue, without a pid.
+    let jobs = format!("{}sleep 4\n{}", line.repeat(30), line.repeat(10));
+    q.rq_stdin(&["submit", "-q", "-"], &jobs).ok();
+    let _f = q.feeder("ahead", &["--max_feed", "1"]);
+    q.wait_for("the long job to run", 20, |q| {
+        text(&job(q, 31), "state") == "running" && !job(q, 31)["pid"].is_null()
+    });
+    let buffered = q.rq(&["query", "state=running", "pid=null"]).ok().records();
+    assert!(!buffered.is_empty(), "nothing claimed ahead");
+    let victim = int(&buffered[0], "jid");
+    q.rq(&["kill", &victim.to_string()]).ok();
+    q.wait_for("the buffered job to end", 10, |q| {
+        text(&job(q, victim), "state") == "finished"
+    });
+    assert_eq!(
+        text(&job(&q, 31), "state"),
+        "running",
+        "ended while the long job still ran: it never waited in the buffer"
+    );
+    let j = job(&q, victim);
+    assert_eq!(text(&j, "signal"), "TERM");
+    assert!(j["exit_status"].is_null());
+    q.wait_for("the rest to finish", 20, |q| q.count("finished") == 41);
+    let lines = q.ledger_lines();
+    assert_eq!(lines.len(), 39, "every job but the killed one ran, once");
+    assert!(!lines.contains(&victim.to_string()), "the killed job ran");
+}
+
+#[test]
 fn timeouts_term_then_kill() {
     let q = TestQueue::new();
     q.rq(&["submit", "-q", "--timeout", "1s", "sleep 30"]).ok();
