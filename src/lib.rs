@@ -3,7 +3,8 @@
 //! One module per concept: [`store`] (the SQLite database and its transaction rules),
 //! [`job`] (the job model), [`input`] (job lists and YAML/JSON input), [`query`] (the
 //! query language), [`queue`] (the data modes), [`output`] (YAML/JSON/tables),
-//! [`claims`] (the claim protocol's SQL), [`feeder`] and [`runner`] (running jobs),
+//! [`claims`] (the claim protocol's SQL), [`journal`] (a feeder's start journal),
+//! [`feeder`] and [`runner`] (running jobs),
 //! [`liveness`] (heartbeats), [`control`] (feeder daemons), [`admin`] (snapshot, backup,
 //! rotate, recover), [`cli`] (the command line). ARCHITECTURE.md has the whole picture.
 
