@@ -525,3 +525,40 @@ fn sql_debug_traces_statements() {
     let out = run_cmd(cmd, None).ok();
     assert!(out.stderr.contains("rq sql: SELECT"), "{}", out.stderr);
 }
+
+#[test]
+fn long_jobs_are_not_claimed_ahead_so_idle_hosts_get_them() {
+    let q = TestQueue::new();
+    let ledger = q.ledger();
+    for _ in 0..4 {
+        q.rq(&[
+            "submit",
+            "-q",
+            &format!("sleep 1.5; echo $RQ_RUNNER >> {}", ledger.display()),
+        ])
+        .ok();
+    }
+    let _a = q.feeder("first", &["--max_feed", "1"]);
+    q.wait_for("the first job to start", 10, |q| q.count("running") == 1);
+    let _b = q.feeder("second", &["--max_feed", "1"]);
+    q.wait_for("the second host to take a job", 10, |q| {
+        q.rq(&["query", "state=running", "runner=second"])
+            .ok()
+            .records()
+            .len()
+            == 1
+    });
+    // Each host holds only what it runs: nothing claimed ahead of long jobs.
+    q.wait_for("every job to finish", 20, |q| q.count("finished") == 4);
+    let lines = q.ledger_lines();
+    assert_eq!(
+        lines.iter().filter(|l| *l == "first").count(),
+        2,
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| *l == "second").count(),
+        2,
+        "{lines:?}"
+    );
+}
