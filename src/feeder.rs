@@ -295,6 +295,8 @@ pub struct Feeder {
     failed_starts: Vec<(i64, String)>,
     /// Claimed ahead, not started yet, in claim order.
     buffer: VecDeque<Row>,
+    /// When the buffered claims were last known to be ours (claimed, or read back).
+    buffer_checked: Instant,
     /// Claimed jobs to give back (never started) with the next transaction.
     releases: Vec<(i64, String)>,
     /// Ends not recorded yet, and when the oldest of them happened.
@@ -356,6 +358,7 @@ impl Feeder {
             starts: Vec::new(),
             failed_starts: Vec::new(),
             buffer: VecDeque::new(),
+            buffer_checked: Instant::now(),
             releases: Vec::new(),
             ends: Vec::new(),
             ends_since: None,
@@ -491,6 +494,7 @@ impl Feeder {
             let may_start =
                 !draining && !self.fenced && beater.missed() < self.settings.lease / 2.0;
             if may_start {
+                self.revalidate_buffer()?;
                 self.start_buffered()?;
             }
             let free = self.config.max_feed.saturating_sub(self.running.len());
@@ -554,8 +558,13 @@ impl Feeder {
                 }
                 if !claimed.is_empty() {
                     fault("after_claim");
+                    if self.buffer.is_empty() {
+                        self.buffer_checked = Instant::now();
+                    }
                     self.buffer.extend(claimed);
-                    if may_start {
+                    // Asked again: the transaction may have waited long for the lock.
+                    if !draining && !self.fenced && beater.missed() < self.settings.lease / 2.0 {
+                        self.revalidate_buffer()?;
                         self.start_buffered()?;
                     }
                 }
@@ -612,7 +621,7 @@ impl Feeder {
             .store((self.settings.heartbeat * 1000.0) as u64, Ordering::SeqCst);
         self.next_tick = Instant::now() + jittered(self.settings.heartbeat);
         let missed = beater.missed();
-        if missed > self.settings.lease && !self.running.is_empty() {
+        if missed > self.settings.lease && !(self.running.is_empty() && self.buffer.is_empty()) {
             {
                 self.log.log(
                     Level::Error,
@@ -632,7 +641,7 @@ impl Feeder {
                 self.info("heartbeats work again: claiming jobs");
             }
         }
-        if !self.running.is_empty() {
+        if !(self.running.is_empty() && self.buffer.is_empty()) {
             self.check_claims_and_kills()?;
         }
         // Only a host whose own heartbeat is healthy judges others.
@@ -756,6 +765,7 @@ impl Feeder {
             }
         }
         self.buffer = kept;
+        self.buffer_checked = Instant::now();
         for job in self.running.iter_mut().filter(|j| !j.fenced) {
             let now = current.iter().find(|c| c.jid == job.jid);
             match now {
@@ -967,6 +977,17 @@ impl Feeder {
             ));
         }
         Ok(Some(claimed))
+    }
+
+    /// Buffered claims not known to be ours for a quarter of the lease are read back
+    /// before any of them starts: after a freeze or a long wait another host may have
+    /// taken them, and our heartbeat must not have looked stale since they were checked.
+    fn revalidate_buffer(&mut self) -> Result<()> {
+        let limit = Duration::from_secs_f64(self.settings.lease / 4.0);
+        if !self.buffer.is_empty() && self.buffer_checked.elapsed() > limit {
+            self.check_claims_and_kills()?;
+        }
+        Ok(())
     }
 
     /// Note ends in the journal: should we die before the next transaction records them,

@@ -457,6 +457,34 @@ fn a_crashed_host_gives_back_what_it_claimed_ahead_and_nothing_runs_twice() {
 }
 
 #[test]
+fn a_frozen_host_does_not_start_what_it_claimed_ahead_once_it_was_given_away() {
+    let q = TestQueue::new();
+    fast_lease(&q);
+    short_jobs(&q, 2000);
+    let frozen = q.host("frozen", &["--max_feed", "2"]);
+    q.wait_for("host frozen to be well into the queue", 60, |q| {
+        q.count("finished") >= 200
+    });
+    frozen.freeze();
+    let _b = q.feeder("rescuer", &["--max_feed", "2"]);
+    q.wait_for("the frozen host's jobs to be reclaimed", 30, |q| {
+        q.feeder_log("rescuer")
+            .contains("host frozen has no heartbeat")
+    });
+    frozen.thaw();
+    q.wait_for("every job to be settled", 120, |q| {
+        let v = q.rq(&["status"]).ok().value();
+        v["jobs"]["finished"].as_i64().unwrap() + v["jobs"]["dead"].as_i64().unwrap() == 2000
+    });
+    ran_once_each(&q);
+    assert!(
+        q.count("dead") <= 2,
+        "only what was running when it froze may be dead"
+    );
+    drop(frozen);
+}
+
+#[test]
 fn a_draining_feeder_gives_back_the_jobs_it_claimed_ahead() {
     let q = TestQueue::new();
     short_jobs(&q, 3000);
