@@ -929,11 +929,9 @@ impl Feeder {
             return Ok(None);
         };
         self.ends_since = None;
-        if self.starts.is_empty() {
-            // Every start in the journal is now recorded as a pid.
-            if let Some(Err(e)) = self.journal.as_mut().map(StartJournal::compact) {
-                self.log.log(Level::Warn, &e.to_string());
-            }
+        // Every start and end in the journal is now recorded in the queue.
+        if let Some(Err(e)) = self.journal.as_mut().map(StartJournal::compact) {
+            self.log.log(Level::Warn, &e.to_string());
         }
         for end in &ends {
             let how = match (&end.exit_status, &end.signal) {
@@ -1015,18 +1013,16 @@ impl Feeder {
         }
         let batch: Vec<Row> = self.buffer.drain(..n).collect();
         let claims: Vec<(i64, String)> = batch.iter().map(claim_of).collect();
+        let tokens: Vec<&str> = claims.iter().map(|(_, c)| c.as_str()).collect();
         let journaled = match &mut self.journal {
             // Test hook: the journal cannot be written (a full or read-only filesystem).
             _ if std::env::var("RQ_FAULT").is_ok_and(|f| f == "journal_write") => Err(Error::Io {
                 context: "cannot write the start journal".into(),
                 source: std::io::Error::from_raw_os_error(libc::ENOSPC),
             }),
-            Some(j) => j.record(&claims.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>()),
-            None => StartJournal::open(self.queue.dir(), &self.id).and_then(|j| {
-                self.journal
-                    .insert(j)
-                    .record(&claims.iter().map(|(_, c)| c.as_str()).collect::<Vec<_>>())
-            }),
+            Some(journal) => journal.record(&tokens),
+            // Opened before the loop; only taken when the feeder ends.
+            None => Err(Error::Conflict("the start journal is not open".into())),
         };
         if let Err(e) = journaled {
             // Unjournaled jobs must not start: recovery would think they never did.

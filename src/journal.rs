@@ -215,6 +215,31 @@ mod tests {
     }
 
     #[test]
+    fn a_large_journal_is_emptied_once_recorded_and_stays_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = StartJournal::open(dir.path(), "h:3:ef").unwrap();
+        j.record(&["small-1"]).unwrap();
+        j.compact().unwrap();
+        assert_eq!(
+            read(dir.path(), "h:3:ef").unwrap().started.len(),
+            1,
+            "small: kept"
+        );
+        let many: Vec<String> = (0..4000).map(|i| format!("0123456789abcdef-{i}")).collect();
+        j.record(&many.iter().map(String::as_str).collect::<Vec<_>>())
+            .unwrap();
+        assert!(std::fs::metadata(path(dir.path(), "h:3:ef")).unwrap().len() > TRUNCATE_AT);
+        j.compact().unwrap();
+        assert_eq!(
+            std::fs::metadata(path(dir.path(), "h:3:ef")).unwrap().len(),
+            0
+        );
+        j.record(&["after-1"]).unwrap();
+        let started = read(dir.path(), "h:3:ef").unwrap().started;
+        assert_eq!(started.into_iter().collect::<Vec<_>>(), ["after-1"]);
+    }
+
+    #[test]
     fn fates_follow_from_starts_ends_and_recorded_pids() {
         let dir = tempfile::tempdir().unwrap();
         let mut j = StartJournal::open(dir.path(), "h:2:cd").unwrap();

@@ -306,6 +306,8 @@ impl Store {
         match outcome {
             Ok(value) => Ok(Some(value)),
             Err(Attempt::Retry(_)) => Ok(None),
+            // Not now either; a later `write` waits for space.
+            Err(Attempt::Fail(Error::Sql(e))) if self.wait_when_full && is_full(&e) => Ok(None),
             Err(Attempt::Fail(err)) => Err(self.classify(err)),
         }
     }
