@@ -106,7 +106,8 @@ pub fn feed(mut req: FeedRequest, start_mode: bool) -> Result<i32> {
             queue_dir.display()
         )));
     }
-    if start_mode && req.log.path.is_none() {
+    // A detached feeder always logs somewhere: its errors have no other place to go.
+    if (start_mode || req.daemon) && req.log.path.is_none() {
         req.log.path = Some(pid_file.with_file_name("log"));
     }
     std::fs::create_dir_all(pid_file.parent().unwrap_or(Path::new("/")))
@@ -208,8 +209,12 @@ fn daemonize(
             let code = match daemon_child(&req, queue_dir, &pid_file, &mut report) {
                 Ok(code) => code,
                 Err(e) => {
-                    if let Some(r) = report.as_mut() {
-                        let _ = writeln!(r, "err {e}");
+                    match report.as_mut() {
+                        Some(r) => {
+                            let _ = writeln!(r, "err {e}");
+                        }
+                        // After start-up stderr is the log.
+                        None => eprintln!("rq: feeder exiting: {e}"),
                     }
                     1
                 }

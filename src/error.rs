@@ -33,6 +33,12 @@ pub enum Error {
     },
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// A COMMIT failed in a way that leaves its outcome unknown (an I/O error on a shared
+    /// filesystem): the caller must read the queue back before acting on it.
+    #[error(
+        "the commit to {path} failed ({why}); it may or may not have been applied: check with 'rq list' before retrying"
+    )]
+    CommitUnknown { path: PathBuf, why: String },
     /// A feeder or lock-holder conflict, e.g. a second feeder on one host.
     #[error("{0}")]
     Conflict(String),

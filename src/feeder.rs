@@ -24,7 +24,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,7 @@ use crate::journal::{self, StartJournal};
 use crate::liveness::{self, Heartbeat, Settings};
 use crate::log::{Level, Logger};
 use crate::queue::{self, Queue};
+use crate::watchdog::{Lease, Limits, Watchdog};
 use crate::{process, runner, time};
 
 /// How a feeder runs.
@@ -193,34 +194,26 @@ impl Doorbell {
 }
 
 /// The heartbeat runs in its own thread, so a main loop waiting a long time for the
-/// queue lock still counts as alive; a stopped or frozen process does not.
+/// queue lock still counts as alive; a stopped or frozen process does not. Each beat that
+/// reaches the server is reported to the `Lease`, which the watchdog fences by.
 struct Beater {
-    /// Boot-clock milliseconds of the last successful beat.
-    last_ok_ms: Arc<AtomicU64>,
-    /// Server time (µs since the epoch) read back at the last successful beat.
-    server_now_us: Arc<AtomicI64>,
+    lease: Arc<Lease>,
     interval_ms: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Heartbeat>>,
+    _watchdog: Watchdog,
 }
 
 impl Beater {
-    fn start(heartbeat: Heartbeat, interval: f64) -> Beater {
-        let last_ok_ms = Arc::new(AtomicU64::new((liveness::boot_clock() * 1000.0) as u64));
-        let server_now_us = Arc::new(AtomicI64::new(0));
+    fn start(heartbeat: Heartbeat, interval: f64, lease: Arc<Lease>) -> Beater {
         let interval_ms = Arc::new(AtomicU64::new((interval * 1000.0) as u64));
         let stop = Arc::new(AtomicBool::new(false));
-        let (l, s, i, st) = (
-            last_ok_ms.clone(),
-            server_now_us.clone(),
-            interval_ms.clone(),
-            stop.clone(),
-        );
+        let (l, i, st) = (lease.clone(), interval_ms.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::SeqCst) {
+                let started = l.beat_starting();
                 if let Ok(now) = heartbeat.beat() {
-                    s.store(now.as_microsecond(), Ordering::SeqCst);
-                    l.store((liveness::boot_clock() * 1000.0) as u64, Ordering::SeqCst);
+                    l.beat_ok(started, now);
                 }
                 let wait = jittered(i.load(Ordering::SeqCst) as f64 / 1000.0);
                 let until = Instant::now() + wait;
@@ -231,30 +224,29 @@ impl Beater {
             heartbeat
         });
         Beater {
-            last_ok_ms,
-            server_now_us,
+            _watchdog: Watchdog::start(lease.clone()),
+            lease,
             interval_ms,
             stop,
             thread: Some(thread),
         }
     }
 
-    /// Seconds since the last successful beat.
+    /// Seconds since the start of the last successful beat.
     fn missed(&self) -> f64 {
-        liveness::boot_clock() - self.last_ok_ms.load(Ordering::SeqCst) as f64 / 1000.0
+        self.lease.missed()
     }
 
     fn server_now(&self) -> Option<jiff::Timestamp> {
-        match self.server_now_us.load(Ordering::SeqCst) {
-            0 => None,
-            us => jiff::Timestamp::from_microsecond(us).ok(),
-        }
+        self.lease.server_now()
     }
 
-    fn finish(mut self) {
+    /// Stop beating; mark the heartbeat file as stopped, with the error that ended the
+    /// feeder if there was one.
+    fn finish(mut self, error: Option<&str>) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(Ok(hb)) = self.thread.take().map(JoinHandle::join) {
-            hb.stopped();
+            hb.stopped(error);
         }
     }
 }
@@ -308,6 +300,10 @@ pub struct Feeder {
     journal: Option<StartJournal>,
     /// The journal could not be written: no look-ahead for a while.
     journal_failed: Option<Instant>,
+    /// Our lease, as the heartbeat thread sees it; the watchdog kills our jobs by it.
+    lease: Arc<Lease>,
+    /// Jobs the watchdog killed (jid, claim, signal): settled as crashed, not as ended.
+    lease_kills: Vec<(i64, String, Option<String>)>,
 }
 
 /// Ends wait at most this long for a transaction while claimed jobs are buffered.
@@ -320,6 +316,8 @@ const LOOKAHEAD_PER_SLOT: usize = 16;
 const LOOKAHEAD_MAX: usize = 64;
 /// After the start journal could not be written, claim nothing for this long.
 const JOURNAL_RETRY: Duration = Duration::from_secs(10);
+/// A feeder ends on a damaged database only after this many fresh connections agree.
+const MAX_DAMAGE_CHECKS: u32 = 3;
 /// Pids wait at most this long.
 const START_BATCH: Duration = Duration::from_millis(500);
 
@@ -341,6 +339,7 @@ impl Feeder {
             rand::random::<u32>()
         );
         let doorbell = Doorbell::new(queue.dir());
+        let kill_grace = config.kill_grace;
         Feeder {
             queue,
             next_full_poll: jittered(config.max_sleep),
@@ -365,6 +364,8 @@ impl Feeder {
             avg_run: None,
             journal: None,
             journal_failed: None,
+            lease: Lease::new(Limits::for_lease(Settings::default().lease, kill_grace)),
+            lease_kills: Vec::new(),
         }
     }
 
@@ -409,6 +410,10 @@ impl Feeder {
                 .find(|(key, _)| key == k)
                 .map(|(_, v)| v.clone())
         });
+        self.lease.set_limits(Limits::for_lease(
+            self.settings.lease,
+            self.config.kill_grace,
+        ));
         Ok(())
     }
 
@@ -435,7 +440,7 @@ impl Feeder {
             &self.id,
             self.config.max_feed,
         )?;
-        let beater = Beater::start(heartbeat, self.settings.heartbeat);
+        let beater = Beater::start(heartbeat, self.settings.heartbeat, self.lease.clone());
         self.info(&format!(
             "** STARTED ** rq {} feeder {} queue {} max_feed {} shell {:?} heartbeat {}s lease {}s",
             env!("CARGO_PKG_VERSION"),
@@ -446,22 +451,135 @@ impl Feeder {
             self.settings.heartbeat,
             self.settings.lease
         ));
-        let outcome = self.main_loop(&mut signals, &beater);
+        let outcome = self.recover_crashed().and_then(|()| {
+            self.reap_orphan_files();
+            self.reap_old_journals();
+            self.feed_through_faults(&mut signals, &beater)
+        });
         if outcome.is_ok() && self.buffer.is_empty() && self.running.is_empty() {
             // Nothing claimed is left: the journal proves nothing any more.
             if let Some(journal) = self.journal.take() {
                 journal.remove();
             }
         }
-        beater.finish();
+        let error = outcome.as_ref().err().map(ToString::to_string);
+        if let Some(e) = &error {
+            self.log.log(Level::Error, &format!("** EXITING ** {e}"));
+        }
+        beater.finish(error.as_deref());
         outcome
     }
 
-    fn main_loop(&mut self, signals: &mut Signals, beater: &Beater) -> Result<Exit> {
-        self.recover_crashed()?;
-        self.reap_orphan_files();
-        self.reap_old_journals();
+    /// The main loop, carried on through faults of the shared filesystem: a commit whose
+    /// outcome is unknown, an I/O error, a connection that went bad after the NFS client
+    /// lost its locks. After each, this feeder's jobs are read back from a fresh
+    /// connection and settled (`reconcile`). Only damage that fresh connections keep
+    /// confirming ends the feeder.
+    fn feed_through_faults(&mut self, signals: &mut Signals, beater: &Beater) -> Result<Exit> {
+        let mut faults = 0u32;
         loop {
+            let err = match self.main_loop(signals, beater) {
+                Err(e) if faults < MAX_DAMAGE_CHECKS || !matches!(e, Error::Corrupt { .. }) => e,
+                outcome => return outcome,
+            };
+            faults += 1;
+            let pause = Duration::from_secs(faults.min(30) as u64);
+            self.log.log(
+                Level::Error,
+                &format!(
+                    "{err}; reading back this feeder's jobs in {}s",
+                    pause.as_secs()
+                ),
+            );
+            signals.sleep(pause);
+            match self.reconcile() {
+                Ok(()) => faults = faults.min(MAX_DAMAGE_CHECKS - 1),
+                Err(e) if matches!(e, Error::Corrupt { .. }) && faults >= MAX_DAMAGE_CHECKS => {
+                    return Err(e);
+                }
+                Err(e) => self.log.log(Level::Error, &e.to_string()),
+            }
+        }
+    }
+
+    /// Read back every job the queue says this feeder holds and settle the ones it does
+    /// not know about (a claim whose commit it never saw, a run whose end it could not
+    /// record): by the start journal, never started → pending, ended → recorded, else
+    /// crashed. Then check the jobs it does know about: copies taken over are killed.
+    fn reconcile(&mut self) -> Result<()> {
+        let id = self.id.clone();
+        let held = self.queue.store().read(|tx| {
+            queue::select_rows(
+                tx,
+                "state = 'running' AND feeder = ? ORDER BY jid",
+                &[SqlValue::Text(id.clone())],
+            )
+        })?;
+        let known: HashSet<i64> = self
+            .running
+            .iter()
+            .map(|j| j.jid)
+            .chain(self.buffer.iter().map(Row::jid))
+            .chain(self.ends.iter().map(|e| e.jid))
+            .chain(self.releases.iter().map(|(jid, _)| *jid))
+            .chain(self.failed_starts.iter().map(|(jid, _)| *jid))
+            .collect();
+        let unknown: Vec<&Row> = held.iter().filter(|r| !known.contains(&r.jid())).collect();
+        if !unknown.is_empty() {
+            let dir = self.queue.dir().to_path_buf();
+            let mut journals = HashMap::new();
+            let settle: Vec<(i64, String, journal::Fate)> = unknown
+                .iter()
+                .map(|job| {
+                    let (jid, claim) = claim_of(job);
+                    let fate = journal::fate_of(
+                        &dir,
+                        &mut journals,
+                        Some(&id),
+                        &claim,
+                        job.get("pid").as_int().is_some(),
+                    );
+                    (jid, claim, fate)
+                })
+                .collect();
+            let max_attempts = self.settings.max_attempts;
+            let outcomes = self.queue.store().write(|tx| {
+                let mut outcomes = Vec::new();
+                for (jid, claim, fate) in &settle {
+                    let outcome = match fate {
+                        journal::Fate::NeverStarted if claims::release(tx, *jid, claim, None)? => {
+                            "never started: back to pending".to_string()
+                        }
+                        journal::Fate::Ended(end) if claims::finish(tx, end)? => {
+                            "recorded its end from the journal".to_string()
+                        }
+                        _ => claims::mark_crashed(tx, *jid, claim, None, max_attempts)?,
+                    };
+                    outcomes.push((*jid, outcome));
+                }
+                Ok(outcomes)
+            })?;
+            for (jid, outcome) in outcomes {
+                self.warn(&format!("job {jid}, held here but not followed: {outcome}"));
+            }
+        }
+        self.check_claims_and_kills()
+    }
+
+    fn main_loop(&mut self, signals: &mut Signals, beater: &Beater) -> Result<Exit> {
+        loop {
+            let fenced = self.lease.take_fenced();
+            if !fenced.is_empty() {
+                self.log.log(
+                    Level::Error,
+                    &format!(
+                        "no heartbeat reached the queue for {:.1}s (lease {}s): the watchdog killed {} running jobs before another host could take them over",
+                        self.lease.missed().max(self.settings.lease * 0.9),
+                        self.settings.lease,
+                        fenced.len()
+                    ),
+                );
+            }
             if signals.stop.load(Ordering::SeqCst) {
                 self.stop_all(Some("stopped"))?;
                 self.info("** STOPPED ** running jobs were killed");
@@ -474,6 +592,9 @@ impl Feeder {
                 signals.drain.load(Ordering::SeqCst) || signals.restart.load(Ordering::SeqCst);
             self.enforce_timeouts();
             let ends = self.reap_children();
+            if !self.lease_kills.is_empty() {
+                self.settle_lease_kills()?;
+            }
             if !ends.is_empty() {
                 fault("before_record");
                 self.journal_ends(&ends);
@@ -620,16 +741,8 @@ impl Feeder {
             .interval_ms
             .store((self.settings.heartbeat * 1000.0) as u64, Ordering::SeqCst);
         self.next_tick = Instant::now() + jittered(self.settings.heartbeat);
+        // Jobs are killed by the watchdog before the lease runs out (see `watchdog`).
         let missed = beater.missed();
-        if missed > self.settings.lease && !(self.running.is_empty() && self.buffer.is_empty()) {
-            {
-                self.log.log(
-                    Level::Error,
-                    &format!("no heartbeat for {missed:.1}s (lease {}s): other hosts may rerun our jobs; killing them", self.settings.lease),
-                );
-                self.stop_all(Some("lost the lease"))?;
-            }
-        }
         let fence = missed > self.settings.lease / 2.0;
         if fence != self.fenced {
             self.fenced = fence;
@@ -831,15 +944,41 @@ impl Feeder {
         }
     }
 
+    /// Reap the job at `i` if it has exited, forgetting its process group in the same
+    /// step (under the watchdog's lock, so the watchdog never signals a reused pid).
+    /// Also says whether the watchdog signalled it (then it is settled as crashed).
+    fn try_reap(&mut self, i: usize) -> Option<(std::process::ExitStatus, bool)> {
+        let lease = self.lease.clone();
+        let mut groups = lease.groups();
+        let job = &mut self.running[i];
+        match job.child.try_wait() {
+            Ok(Some(status)) => {
+                let fenced = groups
+                    .remove(&job.pid)
+                    .is_some_and(|f| f.termed || f.killed);
+                Some((status, fenced))
+            }
+            _ => None,
+        }
+    }
+
     /// Collect every child that has exited.
     fn reap_children(&mut self) -> Vec<End> {
         let mut done = Vec::new();
         let mut i = 0;
         while i < self.running.len() {
-            match self.running[i].child.try_wait() {
-                Ok(Some(status)) => {
+            match self.try_reap(i) {
+                Some((status, lease_lost)) => {
                     let job = self.running.swap_remove(i);
                     if job.fenced {
+                        continue;
+                    }
+                    if lease_lost {
+                        self.lease_kills.push((
+                            job.jid,
+                            job.claim,
+                            status.signal().map(process::signal_name),
+                        ));
                         continue;
                     }
                     let failed = status.code() != Some(0);
@@ -871,7 +1010,7 @@ impl Feeder {
                         ended_at: time::now(),
                     });
                 }
-                _ => i += 1,
+                None => i += 1,
             }
         }
         done
@@ -1049,6 +1188,7 @@ impl Feeder {
             match runner::spawn(self.queue.dir(), &self.config.shell, job) {
                 Ok(child) => {
                     let pid = child.id();
+                    self.lease.add(pid);
                     let identity = process::identity(pid);
                     self.log.log(
                         Level::Info,
@@ -1103,6 +1243,29 @@ impl Feeder {
         Ok(())
     }
 
+    /// Jobs the watchdog killed may have been taken over meanwhile: each is handled as
+    /// crashed, only where our claim still holds (restartable → pending, else dead).
+    fn settle_lease_kills(&mut self) -> Result<()> {
+        let kills = std::mem::take(&mut self.lease_kills);
+        let max_attempts = self.settings.max_attempts;
+        let outcomes = self.queue.store().write(|tx| {
+            let mut outcomes = Vec::new();
+            for (jid, claim, signal) in &kills {
+                outcomes.push((
+                    *jid,
+                    claims::mark_crashed(tx, *jid, claim, signal.as_deref(), max_attempts)?,
+                ));
+            }
+            Ok(outcomes)
+        })?;
+        for (jid, outcome) in outcomes {
+            self.warn(&format!(
+                "job {jid} killed by the watchdog (this host lost its lease): {outcome}"
+            ));
+        }
+        Ok(())
+    }
+
     /// Kill every running job (TERM, then KILL after the grace period) and handle them as
     /// crashed, recording the signal that ended each.
     fn stop_all(&mut self, why: Option<&str>) -> Result<()> {
@@ -1116,7 +1279,7 @@ impl Feeder {
         while !self.running.is_empty() {
             let mut i = 0;
             while i < self.running.len() {
-                if let Ok(Some(status)) = self.running[i].child.try_wait() {
+                if let Some((status, _)) = self.try_reap(i) {
                     let job = self.running.swap_remove(i);
                     if !job.fenced {
                         ended.push((

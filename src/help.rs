@@ -82,7 +82,7 @@ options (accepted anywhere on the line; '--' ends them):
       --min_sleep S      feed: seconds between cheap checks for work (0.2)
       --max_sleep S      feed: seconds between full queue polls when idle (30)
       --exit_when_empty  feed: exit when nothing is left to run
-  -l, --log FILE         feed: log file (start: ~/.rq/HOST/QUEUE/log)
+  -l, --log FILE         feed: log file (--daemon, start: ~/.rq/HOST/QUEUE/log)
   -v, --verbosity L      feed: 0-4 or fatal error warn info debug
       --log_size N       feed: roll the log past N bytes (10M)
       --log_age AGE      feed: roll the log daily, weekly or monthly
@@ -151,7 +151,7 @@ const TOPICS: &[(&str, &str)] = &[
     ),
     (
         "feed",
-        "rq QUEUE feed [--daemon] [--max_feed N] [--shell 'sh -c'] [--log FILE] ...\n\nRun the queue's jobs on this host: claim the best pending jobs this host may run\n(priority, then oldest), run each as `bash --login -c COMMAND` in the directory\nit was submitted from, with stdin/stdout/stderr in the queue and RQ_* variables\n(RQ, RQ_JID, RQ_TAG, RQ_DATA, RQ_JOB, ...), and record how it ended. One feeder\nper host per queue. With short jobs it claims a few ahead of its free slots (they\nshow as running without a pid; jobs it never started go back to pending if it\ndies). TERM/INT: give back jobs not started, finish running ones, then exit; HUP:\nthe same, then restart; QUIT: kill running jobs now. Idle, it checks the queue's\ndoorbell every --min_sleep seconds (no lock) and polls the queue every\n--max_sleep seconds.\n\n  rq /nfs/q feed --daemon --log ~/q.log\n  rq /nfs/q feed --max_feed 8 --shell 'sh -c'\n  rq /nfs/q feed --exit_when_empty        # run what is there, then exit\n",
+        "rq QUEUE feed [--daemon] [--max_feed N] [--shell 'sh -c'] [--log FILE] ...\n\nRun the queue's jobs on this host: claim the best pending jobs this host may run\n(priority, then oldest), run each as `bash --login -c COMMAND` in the directory\nit was submitted from, with stdin/stdout/stderr in the queue and RQ_* variables\n(RQ, RQ_JID, RQ_TAG, RQ_DATA, RQ_JOB, ...), and record how it ended. One feeder\nper host per queue. With short jobs it claims a few ahead of its free slots (they\nshow as running without a pid; jobs it never started go back to pending if it\ndies). TERM/INT: give back jobs not started, finish running ones, then exit; HUP:\nthe same, then restart; QUIT: kill running jobs now. Idle, it checks the queue's\ndoorbell every --min_sleep seconds (no lock) and polls the queue every\n--max_sleep seconds. A daemon logs to --log FILE, by default\n~/.rq/HOST/QUEUE/log.\n\n  rq /nfs/q feed --daemon --log ~/q.log\n  rq /nfs/q feed --max_feed 8 --shell 'sh -c'\n  rq /nfs/q feed --exit_when_empty        # run what is there, then exit\n",
     ),
     (
         "start",
@@ -167,7 +167,7 @@ const TOPICS: &[(&str, &str)] = &[
     ),
     (
         "feeders",
-        "rq QUEUE feeders [--format table|json]\n\nEvery host that has fed the queue: alive (heartbeat younger than the lease, by the\nfile server's clock), stopped or dead; heartbeat age, running jobs, max_feed, pid,\nstart time, version.\n\n  rq q feeders --format table\n  rq q configure heartbeat=10s lease=60s max_attempts=3\n",
+        "rq QUEUE feeders [--format table|json]\n\nEvery host that has fed the queue: alive (heartbeat younger than the lease, by the\nfile server's clock), stopped, failed (ended by an error, shown in `error`; its log\nsays more) or dead; heartbeat age, running jobs, max_feed, pid, start time, version.\n\n  rq q feeders --format table\n  rq q configure heartbeat=10s lease=60s max_attempts=3\n",
     ),
     (
         "kill",

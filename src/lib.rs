@@ -33,3 +33,4 @@ pub mod process;
 pub mod query;
 pub mod queue;
 pub mod runner;
+pub mod watchdog;

@@ -163,9 +163,12 @@ impl Heartbeat {
         mtime(&self.path).ok_or_else(|| std::io::Error::other("heartbeat file has no time"))
     }
 
-    /// Mark this feeder as cleanly stopped.
-    pub fn stopped(mut self) {
+    /// Mark this feeder as stopped: cleanly, or by the error that ended it.
+    pub fn stopped(mut self, error: Option<&str>) {
         self.info["stopped"] = json!(true);
+        if let Some(e) = error {
+            self.info["error"] = json!(e);
+        }
         let _ = self.write();
     }
 }

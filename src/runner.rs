@@ -56,7 +56,7 @@ pub fn resolve_program(name: &str) -> Option<PathBuf> {
 
 /// Start a claimed job: `SHELL... COMMAND` in the directory it was submitted from (else
 /// `$HOME`), stdin from its stdin file (else /dev/null), stdout/stderr into the queue,
-/// `Q/bin` first on PATH, and one `RQ_<FIELD>` variable per job field plus `RQ` (the
+/// `Q/bin` last on PATH, and one `RQ_<FIELD>` variable per job field plus `RQ` (the
 /// queue) and `RQ_JOB` (the job as JSON). Paths in RQ_STDIN/STDOUT/STDERR/DATA are absolute.
 pub fn spawn(dir: &Path, shell: &[String], job: &Row) -> Result<Child> {
     let jid = job.jid();
@@ -96,9 +96,11 @@ pub fn spawn(dir: &Path, shell: &[String], job: &Row) -> Result<Child> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    // A login shell's profile may reset PATH: put the queue's bin/ first again.
+    // A login shell's profile may reset PATH: add the queue's bin/ again unless it is there.
     let text = if matches!(shell_name.as_str(), "bash" | "sh" | "dash" | "zsh" | "ksh") {
-        format!("PATH=\"$RQ/bin:$PATH\"; export PATH\n{command}")
+        format!(
+            "case \":$PATH:\" in *\":$RQ/bin:\"*) ;; *) PATH=\"$PATH:$RQ/bin\"; export PATH;; esac\n{command}"
+        )
     } else {
         command.clone()
     };
@@ -111,10 +113,14 @@ pub fn spawn(dir: &Path, shell: &[String], job: &Row) -> Result<Child> {
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0);
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut new_path = dir.join("bin").into_os_string();
-    new_path.push(":");
-    new_path.push(path);
+    // Q/bin goes last: every command a job looks up on PATH would otherwise ask the file
+    // server first, so a job running only local programs would hang while the server is
+    // unreachable instead of going on (and its lookups would cost network round trips).
+    let mut new_path = std::env::var_os("PATH").unwrap_or_default();
+    if !new_path.is_empty() {
+        new_path.push(":");
+    }
+    new_path.push(dir.join("bin"));
     cmd.env("PATH", new_path);
     cmd.env("RQ", dir);
     for (name, cell) in &job.columns {

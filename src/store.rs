@@ -146,6 +146,18 @@ fn is_transient(err: &rusqlite::Error) -> bool {
     )
 }
 
+/// Errors that say the database file is damaged. Seen on a connection that was open for a
+/// while they may instead mean the connection went bad under us: after an NFS client
+/// lost its locks (a partition longer than the server's lease), reads on the old file
+/// descriptor fail or return garbage until it is reopened. Only a fresh connection's
+/// word is taken as damage.
+fn is_damage(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt)
+    )
+}
+
 fn is_full(err: &rusqlite::Error) -> bool {
     err.sqlite_error_code() == Some(ErrorCode::DiskFull)
 }
@@ -202,14 +214,7 @@ impl Store {
     /// Database corruption found anywhere becomes one clear error.
     fn classify(&self, err: Error) -> Error {
         match &err {
-            Error::Sql(e)
-                if matches!(
-                    e.sqlite_error_code(),
-                    Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt)
-                ) =>
-            {
-                self.corrupt(e.to_string())
-            }
+            Error::Sql(e) if is_damage(e) => self.corrupt(e.to_string()),
             Error::Sql(e) if is_full(e) => Error::Conflict(format!(
                 "the filesystem of {} is full; nothing was changed: free some space and try again",
                 self.db_path.parent().unwrap_or(&self.db_path).display()
@@ -306,6 +311,11 @@ impl Store {
         match outcome {
             Ok(value) => Ok(Some(value)),
             Err(Attempt::Retry(_)) => Ok(None),
+            // Checked on a fresh connection by the next `write`.
+            Err(Attempt::Suspect(_)) => {
+                self.conn = None;
+                Ok(None)
+            }
             // Not now either; a later `write` waits for space.
             Err(Attempt::Fail(Error::Sql(e))) if self.wait_when_full && is_full(&e) => Ok(None),
             Err(Attempt::Fail(err)) => Err(self.classify(err)),
@@ -343,6 +353,7 @@ impl Store {
     ) -> Result<T> {
         let started = Instant::now();
         let mut attempt = 0u32;
+        let mut damage_seen = false;
         loop {
             let outcome = self.try_once(behavior, body);
             match outcome {
@@ -358,6 +369,15 @@ impl Store {
                     }
                     return Ok(value);
                 }
+                // Damage reported by a connection that had been open: ask a fresh one once.
+                Err(Attempt::Suspect(err)) if !damage_seen => {
+                    damage_seen = true;
+                    self.conn = None;
+                    if std::env::var_os("RQ_SQL_DEBUG").is_some() {
+                        eprintln!("rq: {err}: reopening the database to check");
+                    }
+                }
+                Err(Attempt::Suspect(err)) => return Err(self.corrupt(err)),
                 Err(Attempt::Retry(err)) => {
                     if let Some(limit) = self.lock_timeout
                         && started.elapsed() > limit
@@ -396,6 +416,7 @@ impl Store {
         behavior: TransactionBehavior,
         body: &mut dyn FnMut(&Transaction<'_>) -> Result<T>,
     ) -> std::result::Result<T, Attempt> {
+        // A connection opened now that reports damage is believed (connect() says so).
         let conn = match self.conn() {
             Ok(c) => c,
             Err(Error::Sql(e)) if is_transient(&e) => return Err(Attempt::Retry(e.to_string())),
@@ -404,11 +425,13 @@ impl Store {
         let tx = match conn.transaction_with_behavior(behavior) {
             Ok(tx) => tx,
             Err(e) if is_transient(&e) => return Err(Attempt::Retry(e.to_string())),
+            Err(e) if is_damage(&e) => return Err(Attempt::Suspect(e.to_string())),
             Err(e) => return Err(Attempt::Fail(e.into())),
         };
         let value = match body(&tx) {
             Ok(v) => v,
             Err(Error::Sql(e)) if is_transient(&e) => return Err(Attempt::Retry(e.to_string())),
+            Err(Error::Sql(e)) if is_damage(&e) => return Err(Attempt::Suspect(e.to_string())),
             Err(e) => return Err(Attempt::Fail(e)),
         };
         match tx.commit() {
@@ -417,16 +440,23 @@ impl Store {
             Err(e) if is_busy(&e) => Err(Attempt::Retry(e.to_string())),
             // A full disk at commit leaves the transaction rolled back.
             Err(e) if is_full(&e) => Err(Attempt::Fail(e.into())),
-            Err(e) => Err(Attempt::Fail(Error::Conflict(format!(
-                "the commit to {} failed ({e}); it may or may not have been applied: check with 'rq list' before retrying",
-                self.db_path.display()
-            )))),
+            Err(e) => {
+                // The connection is suspect now; the next transaction uses a fresh one.
+                self.conn = None;
+                Err(Attempt::Fail(Error::CommitUnknown {
+                    path: self.db_path.clone(),
+                    why: e.to_string(),
+                }))
+            }
         }
     }
 }
 
 enum Attempt {
+    /// Transient (busy, I/O, locking protocol): roll back, reconnect, run it again.
     Retry(String),
+    /// The database looked damaged: believed only when a fresh connection agrees.
+    Suspect(String),
     Fail(Error),
 }
 

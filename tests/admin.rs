@@ -171,61 +171,60 @@ fn recover_rebuilds_a_damaged_database() {
     q.integrity_ok();
 }
 
-/// Root's crontab, restored when dropped.
-struct CrontabGuard(Option<String>);
-impl CrontabGuard {
-    fn save() -> CrontabGuard {
-        let out = std::process::Command::new("crontab")
-            .arg("-l")
-            .output()
-            .expect("crontab is needed (package cron)");
-        CrontabGuard(
-            out.status
-                .success()
-                .then(|| String::from_utf8_lossy(&out.stdout).into_owned()),
+/// A stand-in `crontab` (rq finds it by PATH) that keeps the table in a file: the test
+/// needs no cron package and never touches the user's real crontab.
+struct StandInCrontab {
+    dir: std::path::PathBuf,
+}
+
+impl StandInCrontab {
+    fn new(q: &TestQueue) -> StandInCrontab {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = q.tmp.path().join("cron-bin");
+        std::fs::create_dir_all(&dir).unwrap();
+        let table = dir.join("table");
+        let script = format!(
+            "#!/bin/sh\nf='{}'\ncase \"$1\" in\n-l) [ -f \"$f\" ] || {{ echo \"no crontab for $(id -un)\" >&2; exit 1; }}; cat \"$f\";;\n-r) rm -f \"$f\";;\n-) cat > \"$f\";;\n*) echo \"crontab: usage\" >&2; exit 1;;\nesac\n",
+            table.display()
+        );
+        let bin = dir.join("crontab");
+        std::fs::write(&bin, script).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        StandInCrontab { dir }
+    }
+
+    /// PATH with the stand-in first.
+    fn path(&self) -> String {
+        format!(
+            "{}:{}",
+            self.dir.display(),
+            std::env::var("PATH").unwrap_or_default()
         )
     }
-    fn current() -> String {
-        let out = std::process::Command::new("crontab")
-            .arg("-l")
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+
+    fn current(&self) -> String {
+        std::fs::read_to_string(self.dir.join("table")).unwrap_or_default()
     }
-    fn set(text: &str) {
-        use std::io::Write;
-        let mut c = std::process::Command::new("crontab")
-            .arg("-")
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-        assert!(c.wait().unwrap().success());
-    }
-}
-impl Drop for CrontabGuard {
-    fn drop(&mut self) {
-        match &self.0 {
-            Some(text) => CrontabGuard::set(text),
-            None => {
-                let _ = std::process::Command::new("crontab").arg("-r").status();
-            }
-        }
+
+    fn set(&self, text: &str) {
+        std::fs::write(self.dir.join("table"), text).unwrap();
     }
 }
 
 #[test]
 fn cron_add_and_delete_leave_other_lines_alone() {
-    let _guard = CrontabGuard::save();
-    let other = "# keep me\n0 5 * * * /bin/true other job\n";
-    CrontabGuard::set(other);
     let q = TestQueue::new();
+    let cron = StandInCrontab::new(&q);
+    let path = cron.path();
+    let env = [("PATH", path.as_str())];
+    let other = "# keep me\n0 5 * * * /bin/true other job\n";
+    cron.set(other);
     let out = q
-        .rq_as("h1", &["cron", "add", "rotate", "--max_feed", "3"])
+        .rq_as_env("h1", &["cron", "add", "rotate", "--max_feed", "3"], &env)
         .ok()
         .value();
     assert_eq!(out["changed"], true);
-    let tab = CrontabGuard::current();
+    let tab = cron.current();
     assert!(tab.starts_with(other), "{tab}");
     let ours: Vec<&str> = tab.lines().filter(|l| l.contains("###rq-cron:")).collect();
     assert_eq!(ours.len(), 2);
@@ -238,15 +237,15 @@ fn cron_add_and_delete_leave_other_lines_alone() {
     assert!(ours[1].starts_with("0 0 * * * ") && ours[1].contains(" rotate "));
     // idempotent
     assert_eq!(
-        q.rq_as("h1", &["cron", "add", "rotate", "--max_feed", "3"])
+        q.rq_as_env("h1", &["cron", "add", "rotate", "--max_feed", "3"], &env)
             .ok()
             .value()["changed"],
         false
     );
-    assert_eq!(CrontabGuard::current(), tab);
+    assert_eq!(cron.current(), tab);
     // crontab prints what would be installed
     let printed = q
-        .rq_as("h1", &["crontab", "rotate", "--max_feed", "3"])
+        .rq_as_env("h1", &["crontab", "rotate", "--max_feed", "3"], &env)
         .ok()
         .stdout;
     assert_eq!(printed.lines().collect::<Vec<_>>(), ours);
@@ -261,19 +260,20 @@ fn cron_add_and_delete_leave_other_lines_alone() {
     sh.arg("-c")
         .arg(&start)
         .env("RQ_HOST", "h1")
+        .env("PATH", &path)
         .env("HOME", q.home());
     assert!(sh.output().unwrap().status.success());
     q.wait_for("the cron-started feeder", 10, |q| {
-        q.rq_as("h1", &["pid"]).status == 0
+        q.rq_as_env("h1", &["pid"], &env).status == 0
     });
     // delete removes exactly our lines; stop also stops the feeder
-    let removed = q.rq_as("h1", &["cron", "stop"]).ok();
+    let removed = q.rq_as_env("h1", &["cron", "stop"], &env).ok();
     assert!(removed.stdout.contains("###rq-cron:"));
-    assert_eq!(CrontabGuard::current(), other);
+    assert_eq!(cron.current(), other);
     q.wait_for("the feeder to stop", 30, |q| {
-        q.rq_as("h1", &["pid"]).status == 1
+        q.rq_as_env("h1", &["pid"], &env).status == 1
     });
-    q.rq_as("h1", &["cron", "frobnicate"]).fails();
+    q.rq_as_env("h1", &["cron", "frobnicate"], &env).fails();
 }
 
 #[test]

@@ -219,7 +219,7 @@ fn job_environment_directory_stdin_and_signals() {
         "--stdin",
         input.to_str().unwrap(),
         "--",
-        "pwd; cat; echo $RQ_JID $RQ_TAG $RQ_RUNNER; echo $RQ; echo $RQ_STDOUT; test -d \"$RQ_DATA\" && echo data-ok; echo $PATH | cut -d: -f1; trap -p | wc -l; ls -l /proc/$$/fd | grep -c -E '/db|/pid|log|doorbell'; true",
+        "pwd; cat; echo $RQ_JID $RQ_TAG $RQ_RUNNER; echo $RQ; echo $RQ_STDOUT; test -d \"$RQ_DATA\" && echo data-ok; echo $(echo $PATH | tr : '\\n' | tail -n1) $(echo $PATH | tr : '\\n' | grep -cx \"$RQ/bin\"); trap -p | wc -l; ls -l /proc/$$/fd | grep -c -E '/db|/pid|log|doorbell'; true",
     ]);
     run_cmd(cmd, None).ok();
     q.rq(&["submit", "-q", "kill -TERM $$"]).ok();
@@ -234,7 +234,11 @@ fn job_environment_directory_stdin_and_signals() {
     assert_eq!(lines[3], q.path.to_str().unwrap());
     assert_eq!(lines[4], q.path.join("stdout/1").to_str().unwrap());
     assert_eq!(lines[5], "data-ok");
-    assert_eq!(lines[6], q.path.join("bin").to_str().unwrap());
+    // Q/bin once, and last: looking up local programs must not ask the file server.
+    assert_eq!(
+        lines[6],
+        format!("{} 1", q.path.join("bin").to_str().unwrap())
+    );
     assert_eq!(lines[7], "0", "jobs must not inherit ignored signals");
     assert_eq!(
         lines[8], "0",

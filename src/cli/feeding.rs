@@ -139,6 +139,7 @@ impl Context<'_> {
         for (info, age) in crate::liveness::known_hosts(q.dir(), now) {
             let name = info["host"].as_str().unwrap_or("?").to_string();
             let stopped = info["stopped"].as_bool().unwrap_or(false);
+            let error = info["error"].as_str().map(str::to_string);
             let alive = !stopped && age.is_some_and(|a| a <= settings.lease);
             let count = running
                 .iter()
@@ -156,7 +157,9 @@ impl Context<'_> {
                     (
                         "state".into(),
                         job::Cell::Text(
-                            if stopped {
+                            if stopped && error.is_some() {
+                                "failed"
+                            } else if stopped {
                                 "stopped"
                             } else if alive {
                                 "alive"
@@ -178,6 +181,10 @@ impl Context<'_> {
                     ("started".into(), cell(&info["started"])),
                     ("version".into(), cell(&info["version"])),
                     ("feeder".into(), cell(&info["feeder"])),
+                    (
+                        "error".into(),
+                        error.map_or(job::Cell::Null, job::Cell::Text),
+                    ),
                 ],
             });
         }

@@ -239,9 +239,15 @@ impl TestQueue {
 
     /// Run an rq command as host `host` with this test's HOME.
     pub fn rq_as(&self, host: &str, args: &[&str]) -> Run {
+        self.rq_as_env(host, args, &[])
+    }
+
+    /// `rq_as` with extra environment variables.
+    pub fn rq_as_env(&self, host: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = rq_command();
         cmd.env("RQ_HOST", host)
             .env("HOME", self.home())
+            .envs(env.iter().copied())
             .current_dir(self.tmp.path())
             .arg(self.q())
             .args(args);
