@@ -573,8 +573,7 @@ impl Feeder {
                 self.log.log(
                     Level::Error,
                     &format!(
-                        "no heartbeat reached the queue for {:.1}s (lease {}s): the watchdog killed {} running jobs before another host could take them over",
-                        self.lease.missed().max(self.settings.lease * 0.9),
+                        "our heartbeats did not reach the queue in time (lease {}s; this host was cut off, frozen or paused): the watchdog killed {} running jobs before another host could take them over",
                         self.settings.lease,
                         fenced.len()
                     ),
