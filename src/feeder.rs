@@ -952,9 +952,11 @@ impl Feeder {
         let job = &mut self.running[i];
         match job.child.try_wait() {
             Ok(Some(status)) => {
+                // Killed, or ended by the TERM that came first; a job that ignored the TERM
+                // and ended by itself after heartbeats worked again ended as it says.
                 let fenced = groups
                     .remove(&job.pid)
-                    .is_some_and(|f| f.termed || f.killed);
+                    .is_some_and(|f| f.killed || (f.termed && status.signal().is_some()));
                 Some((status, fenced))
             }
             _ => None,

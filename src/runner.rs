@@ -54,6 +54,29 @@ pub fn resolve_program(name: &str) -> Option<PathBuf> {
         })
 }
 
+/// A new, empty output file for this run. Never the previous run's inode: a stale copy of
+/// the job on a host that was cut off (and killed there) may still have writes in its NFS
+/// client's cache, which reach the server after the partition heals; they must land in the
+/// old, unlinked file, not in this run's output. Created with O_EXCL, so a link planted in
+/// the queue is replaced, never followed.
+fn fresh_file(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let create = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+    };
+    let file = match create() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(path).and_then(|()| create())
+        }
+        other => other,
+    };
+    file.context(|| format!("cannot create {}", path.display()))
+}
+
 /// Start a claimed job: `SHELL... COMMAND` in the directory it was submitted from (else
 /// `$HOME`), stdin from its stdin file (else /dev/null), stdout/stderr into the queue,
 /// `Q/bin` last on PATH, and one `RQ_<FIELD>` variable per job field plus `RQ` (the
@@ -69,10 +92,8 @@ pub fn spawn(dir: &Path, shell: &[String], job: &Row) -> Result<Child> {
         std::fs::create_dir_all(&data_path)
             .context(|| format!("cannot create {}", data_path.display()))?;
     }
-    let stdout = std::fs::File::create(&stdout_path)
-        .context(|| format!("cannot create {}", stdout_path.display()))?;
-    let stderr = std::fs::File::create(&stderr_path)
-        .context(|| format!("cannot create {}", stderr_path.display()))?;
+    let stdout = fresh_file(&stdout_path)?;
+    let stderr = fresh_file(&stderr_path)?;
     let stdin = match &stdin_path {
         Some(p) if p.is_file() => {
             Stdio::from(std::fs::File::open(p).context(|| format!("cannot open {}", p.display()))?)

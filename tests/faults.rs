@@ -764,3 +764,89 @@ fn feeders_refuse_a_queue_whose_locks_are_local_to_each_host() {
     run_cmd(cmd, None).ok();
     assert_eq!(q.count("finished"), 1);
 }
+
+#[test]
+fn a_feeder_whose_heartbeats_fail_kills_its_jobs_before_the_lease_runs_out() {
+    // The heartbeat cannot be written (its directory is replaced by a file), while the
+    // queue itself stays usable: the watchdog must kill the running job by 0.9 x lease,
+    // the job is settled as crashed (restartable: pending again), and once heartbeats work
+    // again it runs to the end.
+    let q = TestQueue::new();
+    q.rq(&["configure", "heartbeat=0.5s", "lease=4s"]).ok();
+    let marks = q.tmp.path().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    let body = format!(
+        "echo $$ >> {m}/runs; for i in $(seq 100); do touch {m}/alive; sleep 0.1; done",
+        m = marks.display()
+    );
+    q.rq(&["submit", "-q", "--restartable", &body]).ok();
+    let mut f = q.feeder("h1", &["--max_feed", "1"]);
+    q.wait_for("the job to run", 20, |_| marks.join("alive").exists());
+    let hosts = q.path.join("hosts");
+    std::fs::remove_dir_all(&hosts).unwrap();
+    std::fs::write(&hosts, "not a directory").unwrap();
+    let cut = std::time::Instant::now();
+    q.wait_for("the watchdog to kill the job", 20, |q| {
+        q.feeder_log("h1")
+            .contains("the watchdog killed 1 running jobs")
+    });
+    let touched = std::fs::metadata(marks.join("alive"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        std::fs::metadata(marks.join("alive"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        touched,
+        "the job still runs"
+    );
+    assert!(
+        cut.elapsed() < Duration::from_secs(4),
+        "killed after the lease ran out"
+    );
+    q.wait_for("the job to be settled as crashed", 10, |q| {
+        text(&job(q, 1), "state") == "pending"
+    });
+    std::fs::remove_file(&hosts).unwrap();
+    q.wait_for("the job to run again and finish", 40, |q| {
+        q.count("finished") == 1
+    });
+    let j = job(&q, 1);
+    assert_eq!(j["attempts"], 2);
+    assert_eq!(j["exit_status"], 0);
+    let runs = std::fs::read_to_string(marks.join("runs")).unwrap();
+    assert_eq!(runs.lines().count(), 2);
+    f.signal(libc::SIGTERM);
+    assert_eq!(f.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[test]
+fn each_run_gets_fresh_output_files_and_planted_links_are_not_followed() {
+    let q = TestQueue::new();
+    let victim = q.tmp.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    for dir in ["stdout", "stderr"] {
+        std::os::unix::fs::symlink(&victim, q.path.join(dir).join("1")).unwrap();
+    }
+    q.rq(&["submit", "-q", "echo out; echo err >&2"]).ok();
+    let mut f = q.feeder("h1", &["--exit_when_empty"]);
+    assert_eq!(f.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert_eq!(q.rq(&["stdout", "1"]).ok().stdout, "out\n");
+    assert_eq!(q.rq(&["stderr", "1"]).ok().stdout, "err\n");
+    // A stale writer holding the first run's file (a killed copy on a host that was cut
+    // off) cannot touch the next run's output.
+    use std::io::Write;
+    let mut stale = std::fs::OpenOptions::new()
+        .append(true)
+        .open(q.path.join("stdout/1"))
+        .unwrap();
+    q.rq(&["resubmit", "1"]).ok();
+    let mut f = q.feeder("h1", &["--exit_when_empty"]);
+    assert_eq!(f.wait_exit(Duration::from_secs(30)), Some(0));
+    stale.write_all(b"stale\n").unwrap();
+    assert_eq!(q.rq(&["stdout", "1"]).ok().stdout, "out\n");
+}

@@ -135,10 +135,10 @@ def restart_server():
 # ---- a scenario's queue, feeders and ledger ---------------------------------------------
 
 class Scenario:
-    def __init__(self, name, nodes=NODES):
+    def __init__(self, name, nodes=NODES, lease=LEASE):
         self.name, self.nodes = name, list(nodes)
         rq("node1", name, "create >/dev/null")
-        rq("node1", name, f"configure heartbeat={HEARTBEAT}s lease={LEASE}s >/dev/null")
+        rq("node1", name, f"configure heartbeat={HEARTBEAT}s lease={lease}s >/dev/null")
 
     def feed(self, node, max_feed=2):
         rq(node, self.name, f"feed --daemon --max_feed {max_feed} --shell 'sh -c'")
@@ -277,10 +277,10 @@ def s_walkthrough():
     sc.stop()
 
 
-def start_on_node3_first(sc, duration, extra=4):
+def start_on_node3_first(sc, duration, extra=4, node3_slots=2):
     """node3 alone takes one restartable and one plain job; then the others start and
     take `extra` more. Returns (restartable jid, plain jid, other jids)."""
-    sc.feed("node3")
+    sc.feed("node3", node3_slots)
     [r] = sc.submit("node1", [duration], "--restartable")
     [p] = sc.submit("node1", [duration])
     sc.wait_running([r, p])
@@ -373,29 +373,41 @@ def s_pause():
 
 def s_long_partition():
     """A partition longer than the lease: the cut-off host kills its jobs before the lease
-    runs out (no job has two overlapping runs), and after heal its feeder feeds again."""
+    runs out (no job has two overlapping runs), and after heal its feeder feeds again.
+    node3 is busy with short jobs too, so the partition is likely to catch it inside a
+    transaction (holding the queue lock, which its NFS client then loses)."""
     sc = Scenario("cut")
-    r, p, others = start_on_node3_first(sc, 30, extra=2)
+    r, p, others = start_on_node3_first(sc, 30, extra=2, node3_slots=4)
     sc.wait_running(others)
+    busy = sc.submit("node1", [0] * 60, "--restartable --runner node3")
+    sc.wait("node3 to be busy with short jobs", lambda: sc.status()["finished"] >= 5, timeout=120)
     _, pid_before = rq("node3", sc.name, "pid")
     lab("partition", "node3")
     time.sleep(LEASE * 2)
     lab("heal", "node3")
-    sc.wait_settled(4, timeout=240)
+    sc.wait_settled(64, timeout=400)
+    if "lost" in (LAB_DIR / "node3" / "console.log").read_text(errors="replace"):
+        say("  node3's NFS client reported lost locks")
     jobs = sc.jobs()
     check(jobs[r]["state"] == "finished" and jobs[r]["runner"] != "node3", f"restartable job: {jobs[r]}")
     check(jobs[p]["state"] == "dead", f"plain job: {jobs[p]}")
     runs = sc.runs()
     no_overlap(runs)
-    stale = [x for x in runs if x["host"] == "node3"]
+    stale = [x for x in runs if x["host"] == "node3" and x["jid"] in (r, p)]
     check(len(stale) == 2 and not any(x["ended"] for x in stale), f"stale runs: {stale}")
     exactly_once(runs, others)
+    per = by_jid(runs)
+    check(all(jobs[j]["state"] == "finished" and jobs[j]["exit_status"] == 0 for j in busy),
+          "a short job did not finish")
+    # A short job killed by the watchdog reruns (it is restartable); it may even have
+    # written its end just before the kill. Never two runs at once (no_overlap above).
+    check(all(any(x["ended"] for x in per[j]) for j in busy), "a short job never ended")
     # The same feeder is alive and feeding.
     sc.wait("node3's feeder to be alive", lambda: sc.feeders()["node3"]["state"] == "alive", timeout=60)
     _, pid_after = rq("node3", sc.name, "pid")
     check(pid_before == pid_after, f"node3's feeder changed: {pid_before} -> {pid_after}")
     more = sc.submit("node1", [0, 0, 0], "--runner node3")
-    sc.wait_settled(7, timeout=120)
+    sc.wait_settled(67, timeout=120)
     jobs = sc.jobs()
     check(all(jobs[j]["state"] == "finished" and jobs[j]["runner"] == "node3" for j in more),
           "node3 did not feed after the partition healed")
@@ -454,9 +466,11 @@ def s_clock_skew():
 
 
 def s_server_restart():
-    """The NFS server restarted mid-run (NFSv4 grace period, lock reclaim): no job lost or
-    doubled, feeders carry on without help."""
-    sc = Scenario("server")
+    """The NFS server restarted mid-run (NFSv4 grace period, lock reclaim): with a lease
+    longer than the outage (restart + 15 s grace) no job is lost, doubled or even
+    interrupted, and the feeders carry on without help. (With a lease shorter than the
+    outage every host's watchdog kills its jobs: restartable ones run again, others die.)"""
+    sc = Scenario("server", lease=60)
     for n in NODES:
         sc.feed(n)
     long = sc.submit("node1", [15] * 3, "--restartable")
@@ -467,11 +481,12 @@ def s_server_restart():
     sc.wait_settled(63, timeout=400)
     say(f"  all settled {time.time() - t0:.0f}s after the server restart")
     jobs = sc.jobs()
-    check(all(j["state"] == "finished" and j["exit_status"] == 0 for j in jobs.values()),
-          f"not every job finished cleanly: {[j for j in jobs.values() if j['state'] != 'finished' or j['exit_status'] != 0]}")
+    bad = [j for j in jobs.values() if j["state"] != "finished" or j["exit_status"] != 0
+           or j["attempts"] != 1 or j["reclaimed_by"] is not None]
+    check(not bad, f"not every job ran once to a clean end: {bad}")
     runs = sc.runs()
     no_overlap(runs)
-    exactly_once(runs, short)
+    exactly_once(runs, short + long)
     check(all(f["state"] == "alive" for f in sc.feeders().values()), "a feeder did not carry on")
     for n in NODES:
         no_damage_reported(sc, n)
