@@ -507,12 +507,13 @@ def s_local_locks():
             _, line = run("node2", f"grep ' {mnt} ' /proc/mounts")
             check("local_lock=none" in line, f"{opt}: {line}")
             # A lock held through /nfs on node1 excludes node2 through this mount.
-            run("node1", "nohup flock /nfs/locktest sleep 8 >/dev/null 2>&1 & sleep 1")
+            run("node1", "rm -f /root/locked; nohup flock /nfs/locktest sh -c 'touch /root/locked; sleep 10' "
+                         ">/dev/null 2>&1 & for i in $(seq 100); do [ -e /root/locked ] && exit 0; sleep 0.2; done; exit 1")
             rc, _ = run("node2", f"flock -n {mnt}/locktest true", ok=False)
             check(rc == 1, f"{opt}: node2 got a lock node1 holds (rc {rc})")
             rc, out = run("node2", f"rq {mnt}/locks feed --exit_when_empty --max_feed 1 2>&1", ok=False)
             check(rc == 0 and "refusing" not in out, f"{opt}: feeding was refused: {out}")
-            time.sleep(8)
+            run("node1", "while pgrep -f 'flock /nfs/locktest' >/dev/null; do sleep 0.5; done", timeout=60)
         finally:
             run("node2", f"umount {mnt}", ok=False)
     sc.stop()
