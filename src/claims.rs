@@ -192,6 +192,28 @@ pub fn running_on(tx: &Transaction<'_>, host: &str) -> Result<Vec<Claimed>> {
     Ok(rows)
 }
 
+/// Settle a job of this host's own whose run we lost track of (its feeder died, or a
+/// commit's outcome was unknown), as its feeder's start journal says: never started →
+/// pending, attempt returned; a journaled end → recorded; else crashed (restartable →
+/// pending, others dead). Only while `claim` still holds. Returns what happened.
+pub fn settle(
+    tx: &Transaction<'_>,
+    jid: i64,
+    claim: &str,
+    fate: &Fate,
+    max_attempts: i64,
+) -> Result<String> {
+    Ok(match fate {
+        Fate::NeverStarted if release(tx, jid, claim, None)? => {
+            "never started: back to pending".to_string()
+        }
+        Fate::Ended(end) if finish(tx, end)? => {
+            "ended as journaled: recorded from the journal".to_string()
+        }
+        _ => mark_crashed(tx, jid, claim, None, max_attempts)?,
+    })
+}
+
 /// What reclaiming a dead host did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Reclaimed {

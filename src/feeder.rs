@@ -546,16 +546,7 @@ impl Feeder {
             let outcomes = self.queue.store().write(|tx| {
                 let mut outcomes = Vec::new();
                 for (jid, claim, fate) in &settle {
-                    let outcome = match fate {
-                        journal::Fate::NeverStarted if claims::release(tx, *jid, claim, None)? => {
-                            "never started: back to pending".to_string()
-                        }
-                        journal::Fate::Ended(end) if claims::finish(tx, end)? => {
-                            "recorded its end from the journal".to_string()
-                        }
-                        _ => claims::mark_crashed(tx, *jid, claim, None, max_attempts)?,
-                    };
-                    outcomes.push((*jid, outcome));
+                    outcomes.push((*jid, claims::settle(tx, *jid, claim, fate, max_attempts)?));
                 }
                 Ok(outcomes)
             })?;
@@ -1415,19 +1406,11 @@ impl Feeder {
         let outcomes = self.queue.store().write(|tx| {
             let mut outcomes = Vec::new();
             for (job, fate) in orphans.iter().zip(&fates) {
-                let claim = job.get("claim").as_text().unwrap_or_default().to_string();
-                let outcome = match fate {
-                    journal::Fate::NeverStarted
-                        if claims::release(tx, job.jid(), &claim, None)? =>
-                    {
-                        "never started: back to pending".to_string()
-                    }
-                    journal::Fate::Ended(end) if claims::finish(tx, end)? => {
-                        "ended before its feeder died: recorded from the journal".to_string()
-                    }
-                    _ => claims::mark_crashed(tx, job.jid(), &claim, None, max_attempts)?,
-                };
-                outcomes.push((job.jid(), outcome));
+                let claim = job.get("claim").as_text().unwrap_or_default();
+                outcomes.push((
+                    job.jid(),
+                    claims::settle(tx, job.jid(), claim, fate, max_attempts)?,
+                ));
             }
             Ok(outcomes)
         })?;

@@ -438,20 +438,24 @@ def s_clock_skew():
     lab("skew", "node2", "-300")
     lab("skew", "node3", "300")
     try:
-        for n in NODES:
-            sc.feed(n)
-        jids = sc.submit("node1", [12] * 6, "--restartable")
+        # node1 takes two jobs; node2 and node3 two each, with a slot left for node1's.
+        sc.feed("node1")
+        on_node1 = sc.submit("node1", [30, 30], "--restartable")
+        sc.wait_running(on_node1)
+        sc.feed("node2", 3)
+        sc.feed("node3", 3)
+        jids = on_node1 + sc.submit("node1", [30] * 4, "--restartable")
         sc.wait_running(jids)
         time.sleep(LEASE + 5)  # long enough for a skewed judge to declare someone dead
         jobs = sc.jobs()
         check(all(j["reclaimed_by"] is None for j in jobs.values()), "a live host was reclaimed")
-        on_node1 = [j for j, v in jobs.items() if v["runner"] == "node1" and v["state"] == "running"]
-        check(on_node1, "node1 runs nothing to lose")
+        check(all(jobs[j]["runner"] == "node1" and jobs[j]["state"] == "running" for j in on_node1),
+              "node1's jobs ended before the crash: make them longer")
         lab("crash", "node1")
         sc.wait("node1's jobs to be reclaimed by a skewed host",
                 lambda: all(sc.jobs("node2")[j]["reclaimed_by"] in ("node2", "node3") for j in on_node1),
                 timeout=LEASE + 60)
-        sc.wait_settled(6, timeout=180, node="node2")
+        sc.wait_settled(6, timeout=300, node="node2")
         jobs = sc.jobs("node2")
         check(all(j["state"] == "finished" for j in jobs.values()), "not every job finished")
         check(sum(j["reclaimed_by"] is not None for j in jobs.values()) == len(on_node1),
