@@ -479,7 +479,14 @@ impl Feeder {
         let mut faults = 0u32;
         loop {
             let err = match self.main_loop(signals, beater) {
-                Err(e) if faults < MAX_DAMAGE_CHECKS || !matches!(e, Error::Corrupt { .. }) => e,
+                Err(e @ Error::Corrupt { .. }) if faults < MAX_DAMAGE_CHECKS => e,
+                Err(
+                    e @ (Error::Io { .. }
+                    | Error::Sql(_)
+                    | Error::CommitUnknown { .. }
+                    | Error::Conflict(_)),
+                ) => e,
+                // Damage confirmed, a queue replaced by a newer rq's or by something else.
                 outcome => return outcome,
             };
             faults += 1;
