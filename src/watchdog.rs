@@ -227,6 +227,15 @@ impl Drop for Watchdog {
 mod tests {
     use super::*;
 
+    /// A job stand-in in a process group of its own.
+    fn sleeper() -> std::process::Child {
+        std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap()
+    }
+
     #[test]
     fn limits_come_before_the_lease() {
         let l = Limits::for_lease(60.0, 5.0);
@@ -240,11 +249,7 @@ mod tests {
     #[test]
     fn a_jump_of_the_server_clock_fires() {
         let lease = Lease::new(Limits::for_lease(20.0, 5.0));
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .process_group(0)
-            .spawn()
-            .unwrap();
+        let mut child = sleeper();
         lease.add(child.id());
         let t0 = jiff::Timestamp::from_second(1_000_000).unwrap();
         lease.beat_ok(lease.beat_starting(), t0);
@@ -262,11 +267,7 @@ mod tests {
         assert!(lease.take_fenced().is_empty(), "reported once");
         assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
         // A job started after that beat is not touched.
-        let mut later = std::process::Command::new("sleep")
-            .arg("30")
-            .process_group(0)
-            .spawn()
-            .unwrap();
+        let mut later = sleeper();
         lease.add(later.id());
         assert!(lease.take_fenced().is_empty());
         later.kill().unwrap();
@@ -279,11 +280,7 @@ mod tests {
             term_after: 0.2,
             kill_after: 0.4,
         });
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .process_group(0)
-            .spawn()
-            .unwrap();
+        let mut child = sleeper();
         lease.add(child.id());
         let _dog = Watchdog::start(lease.clone());
         let started = std::time::Instant::now();
@@ -292,11 +289,7 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
         // A job started while the lease is lost dies at once.
         std::thread::sleep(Duration::from_millis(300));
-        let mut late = std::process::Command::new("sleep")
-            .arg("30")
-            .process_group(0)
-            .spawn()
-            .unwrap();
+        let mut late = sleeper();
         lease.add(late.id());
         assert_eq!(late.wait().unwrap().signal(), Some(libc::SIGKILL));
         let mut fenced = lease.take_fenced();
