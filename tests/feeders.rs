@@ -566,3 +566,30 @@ fn long_jobs_are_not_claimed_ahead_so_idle_hosts_get_them() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn a_daemon_without_log_option_logs_to_its_state_dir() {
+    let q = TestQueue::new();
+    let out = q
+        .rq_as(
+            "h1",
+            &["feed", "-D", "--shell", "sh -c", "--min_sleep", "0.05"],
+        )
+        .ok();
+    let pid = started_pid(&out.stdout);
+    let _guard = Daemon(pid);
+    let encoded = q
+        .path
+        .to_str()
+        .unwrap()
+        .replace('%', "%25")
+        .replace('/', "%2F");
+    let log = std::path::Path::new(&q.home())
+        .join(".rq")
+        .join("h1")
+        .join(encoded)
+        .join("log");
+    q.wait_for("the daemon's default log", 10, |_| {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("** STARTED **"))
+    });
+}
