@@ -850,3 +850,34 @@ fn each_run_gets_fresh_output_files_and_planted_links_are_not_followed() {
     stale.write_all(b"stale\n").unwrap();
     assert_eq!(q.rq(&["stdout", "1"]).ok().stdout, "out\n");
 }
+
+#[test]
+fn a_feeder_on_a_database_damaged_for_real_exits_and_says_why() {
+    // Damage that fresh connections keep confirming ends the feeder (after a few checks),
+    // in its log and as 'failed' in feeders; a passing fault would not.
+    let q = TestQueue::new();
+    q.rq(&["configure", "heartbeat=0.5s", "lease=4s"]).ok();
+    let mut f = q.feeder("h1", &["--max_feed", "1", "--max_sleep", "0.2"]);
+    q.wait_for("the feeder to start", 10, |q| {
+        q.feeder_log("h1").contains("** STARTED **")
+    });
+    // Cut the database to its first page: every table page is gone.
+    let db = std::fs::OpenOptions::new()
+        .write(true)
+        .open(q.path.join("db"))
+        .unwrap();
+    db.set_len(4096).unwrap();
+    assert_eq!(f.wait_exit(Duration::from_secs(60)), Some(1));
+    let log = q.feeder_log("h1");
+    assert!(
+        log.contains("** EXITING **") && log.contains("damaged"),
+        "{log}"
+    );
+    let hb = std::fs::read_to_string(q.path.join("hosts/h1.hb")).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&hb).unwrap();
+    assert_eq!(info["stopped"], true);
+    assert!(
+        info["error"].as_str().unwrap().contains("damaged"),
+        "{info}"
+    );
+}
