@@ -63,6 +63,9 @@ pub struct Lease {
     /// its children while holding this lock, so a group is never signalled after its pid
     /// could have been reused.
     groups: Mutex<HashMap<u32, Fenced>>,
+    /// Groups signalled since the last `take_fenced`, kept apart from `groups` because the
+    /// feeder may reap (and forget) a group before it asks.
+    newly_fenced: Mutex<Vec<u32>>,
 }
 
 /// What the watchdog did to a job's process group.
@@ -70,8 +73,6 @@ pub struct Lease {
 pub struct Fenced {
     pub termed: bool,
     pub killed: bool,
-    /// Already returned by `take_fenced`.
-    reported: bool,
 }
 
 fn now_ms() -> u64 {
@@ -87,6 +88,7 @@ impl Lease {
             kill_after_ms: AtomicU64::new(0),
             jumped: AtomicBool::new(false),
             groups: Mutex::new(HashMap::new()),
+            newly_fenced: Mutex::new(Vec::new()),
         };
         lease.set_limits(limits);
         Arc::new(lease)
@@ -137,15 +139,23 @@ impl Lease {
     /// been taken over, so they are settled as crashed (only where our claim still holds),
     /// never recorded as ended.
     pub fn take_fenced(&self) -> Vec<u32> {
-        let mut groups = self.groups();
-        let mut fenced = Vec::new();
-        for (pgid, f) in groups.iter_mut() {
-            if (f.termed || f.killed) && !f.reported {
-                f.reported = true;
-                fenced.push(*pgid);
-            }
+        std::mem::take(&mut *self.newly_fenced.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Signal a group, noting it for `take_fenced` the first time.
+    fn fence(&self, pgid: u32, f: &mut Fenced, signal: libc::c_int) {
+        if !f.termed && !f.killed {
+            self.newly_fenced
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(pgid);
         }
-        fenced
+        process::signal_group(pgid, signal);
+        if signal == libc::SIGKILL {
+            f.killed = true;
+        } else {
+            f.termed = true;
+        }
     }
 
     fn lost(&self) -> bool {
@@ -165,16 +175,14 @@ impl Lease {
         let mut groups = self.groups();
         let mut fenced = Fenced::default();
         if self.lost() {
-            process::signal_group(pgid, libc::SIGKILL);
-            fenced.killed = true;
+            self.fence(pgid, &mut fenced, libc::SIGKILL);
         }
         groups.insert(pgid, fenced);
     }
 
     fn kill_all(&self) {
         for (pgid, f) in self.groups().iter_mut() {
-            process::signal_group(*pgid, libc::SIGKILL);
-            f.killed = true;
+            self.fence(*pgid, f, libc::SIGKILL);
         }
     }
 
@@ -184,8 +192,7 @@ impl Lease {
             self.kill_all();
         } else if missed_ms >= self.term_after_ms.load(Ordering::SeqCst) {
             for (pgid, f) in self.groups().iter_mut().filter(|(_, f)| !f.termed) {
-                process::signal_group(*pgid, libc::SIGTERM);
-                f.termed = true;
+                self.fence(*pgid, f, libc::SIGTERM);
             }
         }
     }
@@ -292,6 +299,8 @@ mod tests {
         let mut late = sleeper();
         lease.add(late.id());
         assert_eq!(late.wait().unwrap().signal(), Some(libc::SIGKILL));
+        // The feeder may reap a group before it asks what was fenced: still reported.
+        lease.groups().remove(&child.id());
         let mut fenced = lease.take_fenced();
         fenced.sort();
         let mut both = vec![child.id(), late.id()];

@@ -135,8 +135,11 @@ def restart_server():
 # ---- a scenario's queue, feeders and ledger ---------------------------------------------
 
 class Scenario:
+    current = None  # the scenario under way, for the report when it fails
+
     def __init__(self, name, nodes=NODES, lease=LEASE):
         self.name, self.nodes = name, list(nodes)
+        Scenario.current = self
         rq("node1", name, "create >/dev/null")
         rq("node1", name, f"configure heartbeat={HEARTBEAT}s lease={lease}s >/dev/null")
 
@@ -210,6 +213,23 @@ class Scenario:
     def log(self, node):
         logs = list((home(node) / ".rq" / node).glob("*/log"))
         return "\n".join(p.read_text(errors="replace") for p in logs if self.name in str(p))
+
+    def report(self):
+        """What a failed scenario left behind: the queue's jobs and feeders as each host
+        sees them, and the tail of each feeder's log."""
+        for node in self.nodes:
+            rc, out = rq(node, self.name, "list all --format json", timeout=60, ok=False)
+            try:
+                jobs = json.loads(out)
+                say(f"  {node} sees: " + "; ".join(
+                    f"{j['jid']} {j['state']} on {j['runner']} attempts {j['attempts']}"
+                    f" reclaimed_by {j['reclaimed_by']}" for j in jobs))
+            except ValueError:
+                say(f"  {node}: list failed ({rc}): {out[-300:]}")
+            rc, out = rq(node, self.name, "feeders", timeout=60, ok=False)
+            say(f"  {node} feeders ({rc}):\n{out.strip()}")
+        for node in self.nodes:
+            say(f"  {node}'s log ends:\n" + "\n".join(self.log(node).splitlines()[-25:]))
 
     def stop(self):
         for node in self.nodes:
@@ -540,6 +560,7 @@ def main():
         lab_up()
         for s in chosen:
             say(f"scenario {s.__name__[2:]}: {s.__doc__.splitlines()[0]}")
+            Scenario.current = None
             started = time.time()
             try:
                 s()
@@ -552,6 +573,13 @@ def main():
                 for n in NODES:
                     lab("thaw", n, check_rc=False)
                     lab("heal", n, check_rc=False)
+                sc, Scenario.current = Scenario.current, None
+                if sc is not None:
+                    try:
+                        sc.report()
+                        sc.stop()
+                    except Exception as e2:  # noqa: BLE001 - the report is a courtesy
+                        say(f"  (no report: {e2})")
     finally:
         if not os.environ.get("NFS_SUITE_REUSE"):
             lab("down", check_rc=False)
