@@ -59,6 +59,19 @@ pub fn claim(
     Ok(rows)
 }
 
+/// Whether `claim` would find a job for this host now: a read-only look, so that an idle
+/// feeder's periodic poll does not take the write lock (on NFS a write transaction costs
+/// several times the round trips of a read).
+pub fn claimable(tx: &Transaction<'_>, host: &str, now: &str, max_attempts: i64) -> Result<bool> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'pending' AND rq_host_ok(hosts, ?1) \
+                          AND (not_before IS NULL OR not_before <= ?2)) \
+             OR EXISTS (SELECT 1 FROM jobs WHERE state = 'dead' AND restartable = 1 \
+                          AND attempts < ?3 AND rq_host_ok(hosts, ?1))",
+    )?;
+    Ok(stmt.query_row(rusqlite::params![host, now, max_attempts], |r| r.get(0))?)
+}
+
 /// How a run ended, as the feeder saw it (also a line of the start journal, so that a
 /// successor can record it if the feeder dies first).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -154,23 +154,59 @@ impl Signals {
     }
 }
 
+/// The queue's settings, as (key, value) rows.
+fn read_attributes(tx: &rusqlite::Transaction<'_>) -> Result<Vec<(String, String)>> {
+    let mut stmt = tx.prepare_cached("SELECT key, value FROM attributes")?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
 /// Cheap change detection on the doorbell file, without the queue lock. statx with
-/// FORCE_SYNC makes an NFS client ask the server instead of its attribute cache.
+/// FORCE_SYNC makes an NFS client ask the server instead of its attribute cache (one
+/// GETATTR). Checked every `min_sleep` after something happened, backing off to
+/// `DOORBELL_BACKOFF` times that while nothing does, so an idle feeder costs the file
+/// server little.
 struct Doorbell {
     path: PathBuf,
     last: Option<(i64, u32, i64, u32, u64)>,
+    min: Duration,
+    interval: Duration,
+    next_check: Instant,
 }
 
+/// How far an idle feeder's doorbell checks back off, in units of `min_sleep`.
+const DOORBELL_BACKOFF: u32 = 10;
+
 impl Doorbell {
-    fn new(dir: &Path) -> Doorbell {
+    fn new(dir: &Path, min_sleep: f64) -> Doorbell {
+        let min = Duration::from_secs_f64(min_sleep.max(0.001));
         Doorbell {
             path: dir.join("doorbell"),
             last: None,
+            min,
+            interval: min,
+            next_check: Instant::now(),
         }
+    }
+
+    /// Check again every `min_sleep` for a while: something happened.
+    fn hurry(&mut self) {
+        self.interval = self.min;
+        self.next_check = self.next_check.min(Instant::now() + self.min);
     }
 
     fn rang(&mut self) -> bool {
         use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
+        if Instant::now() < self.next_check {
+            return false;
+        }
         let now = statx(
             CWD,
             &self.path,
@@ -189,6 +225,12 @@ impl Doorbell {
         });
         let changed = now != self.last;
         self.last = now;
+        self.interval = if changed {
+            self.min
+        } else {
+            (self.interval * 2).min(self.min * DOORBELL_BACKOFF)
+        };
+        self.next_check = Instant::now() + self.interval;
         changed
     }
 }
@@ -304,6 +346,9 @@ pub struct Feeder {
     lease: Arc<Lease>,
     /// Jobs the watchdog killed (jid, claim, signal): settled as crashed, not as ended.
     lease_kills: Vec<(i64, String, Option<String>)>,
+    /// Seconds our write transactions take (moving average): on NFS often more than a
+    /// short job runs.
+    avg_txn: Option<f64>,
 }
 
 /// Ends wait at most this long for a transaction while claimed jobs are buffered.
@@ -338,7 +383,7 @@ impl Feeder {
             std::process::id(),
             rand::random::<u32>()
         );
-        let doorbell = Doorbell::new(queue.dir());
+        let doorbell = Doorbell::new(queue.dir(), config.min_sleep);
         let kill_grace = config.kill_grace;
         Feeder {
             queue,
@@ -362,6 +407,7 @@ impl Feeder {
             ends: Vec::new(),
             ends_since: None,
             avg_run: None,
+            avg_txn: None,
             journal: None,
             journal_failed: None,
             lease: Lease::new(Limits::for_lease(Settings::default().lease, kill_grace)),
@@ -369,14 +415,17 @@ impl Feeder {
         }
     }
 
-    /// How many jobs to claim beyond the free slots. Only for short jobs, so that they share
-    /// transactions: a buffered job waits about `lookahead / max_feed` runs, kept under
-    /// ~0.2 s, so long jobs are never held back from idle hosts.
+    /// How many jobs to claim beyond the free slots. Only for short jobs — shorter than
+    /// 50 ms, or than two of our write transactions (on NFS one costs tens of round trips)
+    /// — so that they share transactions: a buffered job waits about `lookahead / max_feed`
+    /// runs, kept under 0.2 s or two transactions, so long jobs are never held back from
+    /// idle hosts.
     fn lookahead(&self) -> usize {
         let slots = self.config.max_feed;
+        let txn = 2.0 * self.avg_txn.unwrap_or(0.0);
         match self.avg_run {
-            Some(avg) if avg < 0.05 => {
-                let fits = (0.2 * slots as f64 / avg.max(1e-4)) as usize;
+            Some(avg) if avg < txn.max(0.05) => {
+                let fits = (txn.max(0.2) * slots as f64 / avg.max(1e-4)) as usize;
                 fits.min(LOOKAHEAD_PER_SLOT * slots).min(LOOKAHEAD_MAX)
             }
             _ => 0,
@@ -392,18 +441,12 @@ impl Feeder {
     }
 
     fn read_settings(&mut self) -> Result<()> {
-        let attrs: Vec<(String, String)> = self.queue.store().read(|tx| {
-            let mut stmt = tx.prepare_cached("SELECT key, value FROM attributes")?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get::<_, Option<String>>(1)?.unwrap_or_default(),
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })?;
+        let attrs = self.queue.store().read(read_attributes)?;
+        self.apply_settings(attrs);
+        Ok(())
+    }
+
+    fn apply_settings(&mut self, attrs: Vec<(String, String)>) {
         self.settings = Settings::from_attributes(|k| {
             attrs
                 .iter()
@@ -414,7 +457,6 @@ impl Feeder {
             self.settings.lease,
             self.config.kill_grace,
         ));
-        Ok(())
     }
 
     /// Run until drained, stopped or (with `exit_when_empty`) out of work.
@@ -593,6 +635,8 @@ impl Feeder {
                 self.settle_lease_kills()?;
             }
             if !ends.is_empty() {
+                // A slot came free: new work should not wait for a backed-off doorbell.
+                self.doorbell.hurry();
                 fault("before_record");
                 self.journal_ends(&ends);
                 fault("after_journaling_end");
@@ -665,7 +709,9 @@ impl Feeder {
                         .is_some_and(|s| s.at.elapsed() >= 2 * START_BATCH)
                     || !self.failed_starts.is_empty()
                     || !self.releases.is_empty();
-                let Some(claimed) = self.record_and_claim(want, urgent)? else {
+                // A poll nothing announced looks before it takes the write lock.
+                let peek_first = !rang && !self.more_waiting;
+                let Some(claimed) = self.record_and_claim(want, urgent, peek_first)? else {
                     self.nap(signals, true);
                     continue;
                 };
@@ -675,6 +721,7 @@ impl Feeder {
                     self.next_full_poll = jittered(self.config.max_sleep);
                 }
                 if !claimed.is_empty() {
+                    self.doorbell.hurry();
                     fault("after_claim");
                     if self.buffer.is_empty() {
                         self.buffer_checked = Instant::now();
@@ -733,7 +780,18 @@ impl Feeder {
     /// Every heartbeat: fence ourselves if our heartbeats have failed, check our claims
     /// and kill requests, and reclaim the jobs of hosts whose heartbeat has stopped.
     fn tick(&mut self, beater: &Beater) -> Result<()> {
-        self.read_settings()?;
+        // One read transaction per heartbeat (each costs a handful of NFS round trips):
+        // the settings, our claims, and the hosts that have running jobs.
+        let jids = self.watched_jids();
+        let (attrs, current, busy) = self.queue.store().read(|tx| {
+            let current = if jids.is_empty() {
+                Vec::new()
+            } else {
+                claims::current_claims(tx, &jids)?
+            };
+            Ok((read_attributes(tx)?, current, claims::busy_hosts(tx)?))
+        })?;
+        self.apply_settings(attrs);
         beater
             .interval_ms
             .store((self.settings.heartbeat * 1000.0) as u64, Ordering::SeqCst);
@@ -751,22 +809,22 @@ impl Feeder {
                 self.info("heartbeats work again: claiming jobs");
             }
         }
-        if !(self.running.is_empty() && self.buffer.is_empty()) {
-            self.check_claims_and_kills()?;
+        if !jids.is_empty() {
+            self.apply_claims(&current);
         }
         // Only a host whose own heartbeat is healthy judges others.
         if let Some(now) = beater
             .server_now()
             .filter(|_| missed < self.settings.heartbeat * 2.0 + 1.0)
         {
-            self.reclaim_dead_hosts(now)?;
+            self.reclaim_dead_hosts(now, busy)?;
         }
         Ok(())
     }
 
     /// Hosts whose heartbeat is older than the lease (server clock) lose their running jobs.
-    fn reclaim_dead_hosts(&mut self, server_now: jiff::Timestamp) -> Result<()> {
-        let busy = self.queue.store().read(claims::busy_hosts)?;
+    /// `busy`: the hosts with running jobs.
+    fn reclaim_dead_hosts(&mut self, server_now: jiff::Timestamp, busy: Vec<String>) -> Result<()> {
         let dir = self.queue.dir().to_path_buf();
         let lease = self.settings.lease;
         let stale = |host: &str, now: jiff::Timestamp| {
@@ -824,13 +882,7 @@ impl Feeder {
 
     /// Kill our copies of jobs someone else took over, and send signals `rq kill` asked for.
     fn check_claims_and_kills(&mut self) -> Result<()> {
-        let jids: Vec<i64> = self
-            .running
-            .iter()
-            .filter(|j| !j.fenced)
-            .map(|j| j.jid)
-            .chain(self.buffer.iter().map(Row::jid))
-            .collect();
+        let jids = self.watched_jids();
         if jids.is_empty() {
             return Ok(());
         }
@@ -838,6 +890,22 @@ impl Feeder {
             .queue
             .store()
             .read(|tx| claims::current_claims(tx, &jids))?;
+        self.apply_claims(&current);
+        Ok(())
+    }
+
+    /// The jobs whose claims we hold: running (not already fenced) and buffered.
+    fn watched_jids(&self) -> Vec<i64> {
+        self.running
+            .iter()
+            .filter(|j| !j.fenced)
+            .map(|j| j.jid)
+            .chain(self.buffer.iter().map(Row::jid))
+            .collect()
+    }
+
+    /// Act on the current claims of our jobs (`current_claims` of `watched_jids`).
+    fn apply_claims(&mut self, current: &[claims::ClaimState]) {
         let mut messages = Vec::new();
         // Buffered jobs taken over are dropped; those asked to be killed end unstarted.
         let claims_now: HashMap<i64, &claims::ClaimState> =
@@ -910,7 +978,6 @@ impl Feeder {
         for (level, m) in messages {
             self.log.log(level, &m);
         }
-        Ok(())
     }
 
     /// TERM jobs past their timeout; KILL them after the grace period.
@@ -1019,10 +1086,29 @@ impl Feeder {
     /// finished jobs (only where our claim still holds), give back released jobs, then
     /// claim up to `want` new ones. Unless `urgent`, only if the lock is free now: `None`
     /// when it is not (everything is kept for the next try).
-    fn record_and_claim(&mut self, want: usize, urgent: bool) -> Result<Option<Vec<Row>>> {
+    fn record_and_claim(
+        &mut self,
+        want: usize,
+        urgent: bool,
+        peek_first: bool,
+    ) -> Result<Option<Vec<Row>>> {
         let host = self.config.host.clone();
         let feeder = self.id.clone();
         let max_attempts = self.settings.max_attempts;
+        let nothing_to_record = self.starts.is_empty()
+            && self.failed_starts.is_empty()
+            && self.releases.is_empty()
+            && self.ends.is_empty();
+        if peek_first && nothing_to_record {
+            let now = time::now();
+            let found = self
+                .queue
+                .store()
+                .read(|tx| claims::claimable(tx, &host, &now, max_attempts))?;
+            if !found {
+                return Ok(Some(Vec::new()));
+            }
+        }
         let starts = std::mem::take(&mut self.starts);
         let failed_starts = std::mem::take(&mut self.failed_starts);
         let releases = std::mem::take(&mut self.releases);
@@ -1054,11 +1140,16 @@ impl Feeder {
             };
             Ok((claimed, lost, lost_starts))
         };
+        let began = Instant::now();
         let done = if urgent {
             Some(self.queue.store().write(body)?)
         } else {
             self.queue.store().try_write(body)?
         };
+        if done.is_some() {
+            let took = began.elapsed().as_secs_f64();
+            self.avg_txn = Some(self.avg_txn.map_or(took, |avg| 0.8 * avg + 0.2 * took));
+        }
         let Some((claimed, lost, lost_starts)) = done else {
             self.starts = starts;
             self.failed_starts = failed_starts;
@@ -1533,5 +1624,41 @@ impl Feeder {
                 let _ = std::fs::remove_file(path);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_doorbell_is_checked_less_and_less_often() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("doorbell");
+        std::fs::write(&path, b"").unwrap();
+        let mut bell = Doorbell::new(dir.path(), 0.01);
+        assert!(bell.rang(), "the first look counts as news");
+        for _ in 0..5 {
+            std::thread::sleep(bell.interval);
+            assert!(!bell.rang());
+        }
+        assert_eq!(
+            bell.interval,
+            bell.min * DOORBELL_BACKOFF,
+            "backed off to the cap"
+        );
+        // Rung meanwhile: seen at the next due check, and checks are quick again.
+        queue::ring_doorbell(dir.path());
+        assert!(!bell.rang(), "not due yet: no look at the file");
+        std::thread::sleep(bell.interval);
+        assert!(bell.rang());
+        assert_eq!(bell.interval, bell.min);
+        // Something happened here (a job ended): the next check comes soon.
+        for _ in 0..4 {
+            std::thread::sleep(bell.interval);
+            bell.rang();
+        }
+        bell.hurry();
+        assert!(bell.next_check <= Instant::now() + bell.min);
     }
 }

@@ -19,6 +19,7 @@ It builds nothing: it runs target/release/rq (RQ_BIN). The last line is
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -140,6 +141,8 @@ class Scenario:
     def __init__(self, name, nodes=NODES, lease=LEASE):
         self.name, self.nodes = name, list(nodes)
         Scenario.current = self
+        if os.environ.get("NFS_SUITE_REUSE"):  # a queue left by an earlier run
+            shutil.rmtree(LAB_DIR / "export" / name, ignore_errors=True)
         rq("node1", name, "create >/dev/null")
         rq("node1", name, f"configure heartbeat={HEARTBEAT}s lease={lease}s >/dev/null")
 
