@@ -416,13 +416,14 @@ impl Feeder {
     }
 
     /// How many jobs to claim beyond the free slots. Only for short jobs — shorter than
-    /// 50 ms, or than two of our write transactions (on NFS one costs tens of round trips)
-    /// — so that they share transactions: a buffered job waits about `lookahead / max_feed`
-    /// runs, kept under 0.2 s or two transactions, so long jobs are never held back from
-    /// idle hosts.
+    /// 50 ms, or than four of our write transactions (on NFS one costs tens of round
+    /// trips) — so that they share transactions: a buffered job waits about
+    /// `lookahead / max_feed` runs, kept under 0.2 s or four transactions (transactions
+    /// then take at most about a fifth of a slot's time), so long jobs are never held back
+    /// from idle hosts.
     fn lookahead(&self) -> usize {
         let slots = self.config.max_feed;
-        let txn = 2.0 * self.avg_txn.unwrap_or(0.0);
+        let txn = 4.0 * self.avg_txn.unwrap_or(0.0);
         match self.avg_run {
             Some(avg) if avg < txn.max(0.05) => {
                 let fits = (txn.max(0.2) * slots as f64 / avg.max(1e-4)) as usize;
@@ -778,19 +779,35 @@ impl Feeder {
     }
 
     /// Every heartbeat: fence ourselves if our heartbeats have failed, check our claims
-    /// and kill requests, and reclaim the jobs of hosts whose heartbeat has stopped.
+    /// and kill requests, reclaim the jobs of hosts whose heartbeat has stopped, and (idle)
+    /// poll for work.
     fn tick(&mut self, beater: &Beater) -> Result<()> {
         // One read transaction per heartbeat (each costs a handful of NFS round trips):
         // the settings, our claims, and the hosts that have running jobs.
+        // An idle feeder also looks for claimable work there: its periodic poll.
         let jids = self.watched_jids();
-        let (attrs, current, busy) = self.queue.store().read(|tx| {
+        let idle = self.running.is_empty() && self.buffer.is_empty();
+        let (host, now, max_attempts) =
+            (&self.config.host, time::now(), self.settings.max_attempts);
+        let (attrs, current, busy, claimable) = self.queue.store().read(|tx| {
             let current = if jids.is_empty() {
                 Vec::new()
             } else {
                 claims::current_claims(tx, &jids)?
             };
-            Ok((read_attributes(tx)?, current, claims::busy_hosts(tx)?))
+            let claimable = idle && claims::claimable(tx, host, &now, max_attempts)?;
+            Ok((
+                read_attributes(tx)?,
+                current,
+                claims::busy_hosts(tx)?,
+                claimable,
+            ))
         })?;
+        if idle {
+            self.more_waiting |= claimable;
+            self.last_full_poll = Instant::now();
+            self.next_full_poll = jittered(self.config.max_sleep);
+        }
         self.apply_settings(attrs);
         beater
             .interval_ms

@@ -33,6 +33,11 @@ LAB_DIR = Path(os.environ.get("NFS_LAB_DIR", "/tmp/nfs-lab"))
 RQ_BIN = Path(os.environ.get("RQ_BIN", REPO / "target" / "release" / "rq"))
 NODES = ["node1", "node2", "node3"]
 HEARTBEAT, LEASE = 2, 20
+# How much slower than their nominal length the job script's runs are on this machine's
+# emulated hosts (measured at start-up, at least 1). Waits for jobs to run and settle are
+# stretched by it; waits for what the protocol bounds (reclaim within the lease, fencing
+# on thaw) are not.
+SLOW = 1.0
 
 JOB_SCRIPT = r"""#!/bin/bash
 # An NFS-scenario job: records its run in this host's local ledger (not on NFS, so it is
@@ -110,6 +115,28 @@ def lab_up():
         (home(node) / "rqjob.sh").write_text(JOB_SCRIPT)
     for node in NODES:
         run(node, "rq --version >/dev/null && test -x /root/rqjob.sh || chmod +x /root/rqjob.sh")
+    calibrate()
+
+
+def calibrate(seconds=5):
+    """Time a job script run of nominal length on each host at once; SLOW is the worst
+    ratio seen."""
+    global SLOW
+    took = {}
+
+    def one(node):
+        _, out = run(node, f"s=$EPOCHREALTIME; /root/rqjob.sh calibrate {seconds}; "
+                           f"e=$EPOCHREALTIME; rm -rf /root/ledger/calibrate; echo $s $e")
+        s, e = map(float, out.split()[-2:])
+        took[node] = e - s
+    threads = [threading.Thread(target=one, args=(n,)) for n in NODES]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    SLOW = max([1.0] + [t / seconds for t in took.values()])
+    say(f"lab: a {seconds}s job takes " + ", ".join(f"{n} {t:.1f}s" for n, t in sorted(took.items()))
+        + f": waits for jobs stretched x{SLOW:.2f}")
 
 
 def restart_server():
@@ -181,13 +208,13 @@ class Scenario:
         def settled():
             s = self.status(node)
             return s["finished"] + s["dead"] == total and s["running"] == 0
-        self.wait(f"all {total} jobs to finish or die", settled, timeout)
+        self.wait(f"all {total} jobs to finish or die", settled, timeout * SLOW)
 
     def wait_running(self, jids, timeout=120):
         def running():
             jobs = self.jobs()
             return all(jobs[j]["state"] == "running" and jobs[j]["pid"] for j in jids)
-        self.wait(f"jobs {jids} to run", running, timeout)
+        self.wait(f"jobs {jids} to run", running, timeout * SLOW)
 
     def runs(self):
         """Every run in the ledgers: dicts with jid, host, start, last, ended."""
@@ -357,7 +384,7 @@ def stall(pause):
             lambda: sc.jobs()[p]["state"] == "dead", timeout=LEASE + 60)
     sc.wait("its restartable job to run elsewhere",
             lambda: sc.jobs()[r]["state"] == "running" and sc.jobs()[r]["runner"] != "node3",
-            timeout=120)
+            timeout=120 * SLOW)
     lab("thaw", "node3")
     t_thaw = time.time()
     # The stale copies die at once: the watchdog (boot clock) or the first beat (server clock).
@@ -403,7 +430,7 @@ def s_long_partition():
     r, p, others = start_on_node3_first(sc, 30, extra=2, node3_slots=4)
     sc.wait_running(others)
     busy = sc.submit("node1", [0] * 60, "--restartable --runner node3")
-    sc.wait("node3 to be busy with short jobs", lambda: sc.status()["finished"] >= 5, timeout=120)
+    sc.wait("node3 to be busy with short jobs", lambda: sc.status()["finished"] >= 5, timeout=120 * SLOW)
     _, pid_before = rq("node3", sc.name, "pid")
     lab("partition", "node3")
     time.sleep(LEASE * 2)
@@ -426,7 +453,8 @@ def s_long_partition():
     # written its end just before the kill. Never two runs at once (no_overlap above).
     check(all(any(x["ended"] for x in per[j]) for j in busy), "a short job never ended")
     # The same feeder is alive and feeding.
-    sc.wait("node3's feeder to be alive", lambda: sc.feeders()["node3"]["state"] == "alive", timeout=60)
+    sc.wait("node3's feeder to be alive", lambda: sc.feeders()["node3"]["state"] == "alive",
+            timeout=60 * SLOW)
     _, pid_after = rq("node3", sc.name, "pid")
     check(pid_before == pid_after, f"node3's feeder changed: {pid_before} -> {pid_after}")
     more = sc.submit("node1", [0, 0, 0], "--runner node3")
@@ -502,7 +530,7 @@ def s_server_restart():
         sc.feed(n)
     long = sc.submit("node1", [15] * 3, "--restartable")
     short = sc.submit("node2", [0] * 60)
-    sc.wait("jobs to be under way", lambda: sc.status()["finished"] >= 10, timeout=120)
+    sc.wait("jobs to be under way", lambda: sc.status()["finished"] >= 10, timeout=120 * SLOW)
     restart_server()
     t0 = time.time()
     sc.wait_settled(63, timeout=400)
