@@ -182,7 +182,7 @@ struct Doorbell {
 }
 
 /// How far an idle feeder's doorbell checks back off, in units of `min_sleep`.
-const DOORBELL_BACKOFF: u32 = 10;
+const DOORBELL_BACKOFF: u32 = 15;
 
 impl Doorbell {
     fn new(dir: &Path, min_sleep: f64) -> Doorbell {
@@ -351,7 +351,8 @@ pub struct Feeder {
     avg_txn: Option<f64>,
 }
 
-/// Ends wait at most this long for a transaction while claimed jobs are buffered.
+/// Ends wait at most this long for a transaction while claimed jobs are buffered (or
+/// four transactions' time, where transactions are slower: see `batch_window`).
 const END_BATCH: Duration = Duration::from_millis(100);
 /// Look-ahead bounds: per slot, and in all. Larger buffers mean fewer transactions, so
 /// feeders contend less for the lock and share the work more evenly (4 feeders x 1 slot:
@@ -363,7 +364,7 @@ const LOOKAHEAD_MAX: usize = 64;
 const JOURNAL_RETRY: Duration = Duration::from_secs(10);
 /// A feeder ends on a damaged database only after this many fresh connections agree.
 const MAX_DAMAGE_CHECKS: u32 = 3;
-/// Pids wait at most this long.
+/// Pids wait at most this long (or four transactions' time).
 const START_BATCH: Duration = Duration::from_millis(500);
 
 struct Start {
@@ -431,6 +432,13 @@ impl Feeder {
             }
             _ => 0,
         }
+    }
+
+    /// How long ends and pids may wait to share a transaction: `base`, or four of our
+    /// transactions where those are slower (on NFS), so that batching keeps pace with
+    /// look-ahead instead of paying one transaction per job. Both are journaled first.
+    fn batch_window(&self, base: Duration) -> Duration {
+        base.max(Duration::from_secs_f64(4.0 * self.avg_txn.unwrap_or(0.0)))
     }
 
     fn info(&mut self, message: &str) {
@@ -686,15 +694,15 @@ impl Feeder {
             } else {
                 0
             };
-            let ends_due = self
-                .ends_since
-                .is_some_and(|at| self.buffer.is_empty() || draining || at.elapsed() >= END_BATCH);
+            let ends_due = self.ends_since.is_some_and(|at| {
+                self.buffer.is_empty() || draining || at.elapsed() >= self.batch_window(END_BATCH)
+            });
             let flush_due = !self.failed_starts.is_empty()
                 || !self.releases.is_empty()
                 || self
                     .starts
                     .first()
-                    .is_some_and(|s| s.at.elapsed() >= START_BATCH)
+                    .is_some_and(|s| s.at.elapsed() >= self.batch_window(START_BATCH))
                 || (draining && !self.starts.is_empty());
             if want > 0 || ends_due || flush_due {
                 // With jobs buffered, the slots stay busy without us: no need to wait for
@@ -703,11 +711,11 @@ impl Feeder {
                     || draining
                     || self
                         .ends_since
-                        .is_some_and(|at| at.elapsed() >= 10 * END_BATCH)
+                        .is_some_and(|at| at.elapsed() >= 10 * self.batch_window(END_BATCH))
                     || self
                         .starts
                         .first()
-                        .is_some_and(|s| s.at.elapsed() >= 2 * START_BATCH)
+                        .is_some_and(|s| s.at.elapsed() >= 2 * self.batch_window(START_BATCH))
                     || !self.failed_starts.is_empty()
                     || !self.releases.is_empty();
                 // A poll nothing announced looks before it takes the write lock.
@@ -769,10 +777,13 @@ impl Feeder {
             nap = nap.min(jittered(0.002));
         } else {
             if let Some(at) = self.ends_since {
-                nap = nap.min(END_BATCH.saturating_sub(at.elapsed()));
+                nap = nap.min(self.batch_window(END_BATCH).saturating_sub(at.elapsed()));
             }
             if let Some(s) = self.starts.first() {
-                nap = nap.min(START_BATCH.saturating_sub(s.at.elapsed()));
+                nap = nap.min(
+                    self.batch_window(START_BATCH)
+                        .saturating_sub(s.at.elapsed()),
+                );
             }
         }
         signals.sleep(nap);

@@ -79,7 +79,7 @@ options (accepted anywhere on the line; '--' ends them):
   -D, --daemon           feed: detach; prints 'pid N started'
       --max_feed N       feed: jobs at once (default: number of CPUs)
       --shell 'CMD'      feed: shell prefix for jobs (default 'bash --login -c')
-      --min_sleep S      feed: seconds between checks for work (0.2; idle: to 10x)
+      --min_sleep S      feed: seconds between checks for work (0.2; idle: to 15x)
       --max_sleep S      feed: seconds between full queue polls when idle (30)
       --exit_when_empty  feed: exit when nothing is left to run
   -l, --log FILE         feed: log file (--daemon, start: ~/.rq/HOST/QUEUE/log)
@@ -151,7 +151,7 @@ const TOPICS: &[(&str, &str)] = &[
     ),
     (
         "feed",
-        "rq QUEUE feed [--daemon] [--max_feed N] [--shell 'sh -c'] [--log FILE] ...\n\nRun the queue's jobs on this host: claim the best pending jobs this host may run\n(priority, then oldest), run each as `bash --login -c COMMAND` in the directory\nit was submitted from, with stdin/stdout/stderr in the queue and RQ_* variables\n(RQ, RQ_JID, RQ_TAG, RQ_DATA, RQ_JOB, ...), and record how it ended. One feeder\nper host per queue. With short jobs it claims a few ahead of its free slots (they\nshow as running without a pid; jobs it never started go back to pending if it\ndies). TERM/INT: give back jobs not started, finish running ones, then exit; HUP:\nthe same, then restart; QUIT: kill running jobs now. Idle, it checks the queue's\ndoorbell (no lock) every --min_sleep seconds, backing off to 10 times that\nwhile nothing happens, and polls the queue every --max_sleep seconds. A daemon logs to --log FILE, by default\n~/.rq/HOST/QUEUE/log. A feeder whose heartbeats cannot reach the queue kills its\nrunning jobs before its lease runs out (they may be taken over); it rides out\nI/O errors and lost NFS locks by reopening the queue.\n\n  rq /nfs/q feed --daemon --log ~/q.log\n  rq /nfs/q feed --max_feed 8 --shell 'sh -c'\n  rq /nfs/q feed --exit_when_empty        # run what is there, then exit\n",
+        "rq QUEUE feed [--daemon] [--max_feed N] [--shell 'sh -c'] [--log FILE] ...\n\nRun the queue's jobs on this host: claim the best pending jobs this host may run\n(priority, then oldest), run each as `bash --login -c COMMAND` in the directory\nit was submitted from, with stdin/stdout/stderr in the queue and RQ_* variables\n(RQ, RQ_JID, RQ_TAG, RQ_DATA, RQ_JOB, ...), and record how it ended. One feeder\nper host per queue. With short jobs it claims a few ahead of its free slots (they\nshow as running without a pid; jobs it never started go back to pending if it\ndies). TERM/INT: give back jobs not started, finish running ones, then exit; HUP:\nthe same, then restart; QUIT: kill running jobs now. Idle, it checks the queue's\ndoorbell (no lock) every --min_sleep seconds, backing off to 15 times that\nwhile nothing happens, and polls the queue every --max_sleep seconds. A\ndaemon logs to --log FILE, by default ~/.rq/HOST/QUEUE/log. A feeder whose\nheartbeats cannot reach the queue kills its running jobs before its lease runs\nout (they may be taken over); it rides out I/O errors and lost NFS locks by\nreopening the queue.\n\n  rq /nfs/q feed --daemon --log ~/q.log\n  rq /nfs/q feed --max_feed 8 --shell 'sh -c'\n  rq /nfs/q feed --exit_when_empty        # run what is there, then exit\n",
     ),
     (
         "start",

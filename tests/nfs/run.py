@@ -41,14 +41,15 @@ SLOW = 1.0
 
 JOB_SCRIPT = r"""#!/bin/bash
 # An NFS-scenario job: records its run in this host's local ledger (not on NFS, so it is
-# written even while the host is cut off from the server). usage: rqjob.sh SCENARIO SECONDS
+# written even while the host is cut off from the server): its start, a tick every 0.25 s
+# and its end. It runs for SECONDS of wall-clock time however slow the host is.
+# usage: rqjob.sh SCENARIO SECONDS
 d=/root/ledger/$1
 [ -d "$d" ] || mkdir -p "$d"
 f=$d/$RQ_JID.$HOSTNAME.$$
 echo "start $RQ_JID $HOSTNAME $EPOCHREALTIME" >> "$f"
-n=$(( $2 * 4 ))
-i=0
-while [ $i -lt $n ]; do sleep 0.25; echo "tick $EPOCHREALTIME" >> "$f"; i=$((i+1)); done
+end=$(( ${EPOCHREALTIME/./} + $2 * 1000000 ))
+while (( ${EPOCHREALTIME/./} < end )); do sleep 0.25; echo "tick $EPOCHREALTIME" >> "$f"; done
 echo "end $EPOCHREALTIME" >> "$f"
 """
 
