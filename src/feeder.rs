@@ -352,7 +352,7 @@ pub struct Feeder {
 }
 
 /// Ends wait at most this long for a transaction while claimed jobs are buffered (or
-/// four transactions' time, where transactions are slower: see `batch_window`).
+/// `TXN_SHARE` transactions' time, where transactions are slower: see `batch_window`).
 const END_BATCH: Duration = Duration::from_millis(100);
 /// Look-ahead bounds: per slot, and in all. Larger buffers mean fewer transactions, so
 /// feeders contend less for the lock and share the work more evenly (4 feeders x 1 slot:
@@ -360,11 +360,17 @@ const END_BATCH: Duration = Duration::from_millis(100);
 /// still keeps a buffered job's wait short.
 const LOOKAHEAD_PER_SLOT: usize = 16;
 const LOOKAHEAD_MAX: usize = 64;
+/// Where transactions are slow (NFS), short jobs are claimed ahead and their ends and pids
+/// recorded in batches, so that transactions take about 1/TXN_SHARE of a slot's time.
+const TXN_SHARE: f64 = 10.0;
+/// Write transactions taking longer than this were mostly waiting for the lock; the
+/// moving average of their cost counts them as this long.
+const TXN_COST_CAP: f64 = 0.5;
 /// After the start journal could not be written, claim nothing for this long.
 const JOURNAL_RETRY: Duration = Duration::from_secs(10);
 /// A feeder ends on a damaged database only after this many fresh connections agree.
 const MAX_DAMAGE_CHECKS: u32 = 3;
-/// Pids wait at most this long (or four transactions' time).
+/// Pids wait at most this long (or `TXN_SHARE` transactions' time).
 const START_BATCH: Duration = Duration::from_millis(500);
 
 struct Start {
@@ -417,28 +423,32 @@ impl Feeder {
     }
 
     /// How many jobs to claim beyond the free slots. Only for short jobs — shorter than
-    /// 50 ms, or than four of our write transactions (on NFS one costs tens of round
+    /// 50 ms, or than `TXN_SHARE` of our write transactions (on NFS one costs tens of round
     /// trips) — so that they share transactions: a buffered job waits about
-    /// `lookahead / max_feed` runs, kept under 0.2 s or four transactions (transactions
-    /// then take at most about a fifth of a slot's time), so long jobs are never held back
-    /// from idle hosts.
+    /// `lookahead / max_feed` runs, kept under 0.2 s or `TXN_SHARE` transactions, so long
+    /// jobs are never held back from idle hosts.
     fn lookahead(&self) -> usize {
         let slots = self.config.max_feed;
-        let txn = 4.0 * self.avg_txn.unwrap_or(0.0);
+        let txns = self.txn_share().as_secs_f64();
         match self.avg_run {
-            Some(avg) if avg < txn.max(0.05) => {
-                let fits = (txn.max(0.2) * slots as f64 / avg.max(1e-4)) as usize;
+            Some(avg) if avg < txns.max(0.05) => {
+                let fits = (txns.max(0.2) * slots as f64 / avg.max(1e-4)) as usize;
                 fits.min(LOOKAHEAD_PER_SLOT * slots).min(LOOKAHEAD_MAX)
             }
             _ => 0,
         }
     }
 
-    /// How long ends and pids may wait to share a transaction: `base`, or four of our
-    /// transactions where those are slower (on NFS), so that batching keeps pace with
+    /// `TXN_SHARE` of our write transactions, by their moving average.
+    fn txn_share(&self) -> Duration {
+        Duration::from_secs_f64(TXN_SHARE * self.avg_txn.unwrap_or(0.0))
+    }
+
+    /// How long ends and pids may wait to share a transaction: `base`, or `TXN_SHARE` of
+    /// our transactions where those are slower (on NFS), so that batching keeps pace with
     /// look-ahead instead of paying one transaction per job. Both are journaled first.
     fn batch_window(&self, base: Duration) -> Duration {
-        base.max(Duration::from_secs_f64(4.0 * self.avg_txn.unwrap_or(0.0)))
+        base.max(self.txn_share())
     }
 
     fn info(&mut self, message: &str) {
@@ -709,9 +719,9 @@ impl Feeder {
                 // the lock, unless something has waited too long.
                 let urgent = self.buffer.is_empty()
                     || draining
-                    || self
-                        .ends_since
-                        .is_some_and(|at| at.elapsed() >= 10 * self.batch_window(END_BATCH))
+                    || self.ends_since.is_some_and(|at| {
+                        at.elapsed() >= (10 * END_BATCH).max(2 * self.txn_share())
+                    })
                     || self
                         .starts
                         .first()
@@ -1175,7 +1185,8 @@ impl Feeder {
             self.queue.store().try_write(body)?
         };
         if done.is_some() {
-            let took = began.elapsed().as_secs_f64();
+            // Waiting for another host's lock is not what a transaction costs: clamp it.
+            let took = began.elapsed().as_secs_f64().min(TXN_COST_CAP);
             self.avg_txn = Some(self.avg_txn.map_or(took, |avg| 0.8 * avg + 0.2 * took));
         }
         let Some((claimed, lost, lost_starts)) = done else {
