@@ -175,10 +175,24 @@ fn read_attributes(tx: &rusqlite::Transaction<'_>) -> Result<Vec<(String, String
 /// server little.
 struct Doorbell {
     path: PathBuf,
+    /// The doorbell, kept open: statx on the descriptor asks the server about the file
+    /// alone, where a path would also revalidate the directory (a second GETATTR).
+    file: Option<std::fs::File>,
     last: Option<(i64, u32, i64, u32, u64)>,
     min: Duration,
     interval: Duration,
     next_check: Instant,
+}
+
+/// Open the doorbell to watch it: read-only, never through a link, only a regular file.
+fn open_doorbell(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    file.metadata().ok()?.is_file().then_some(file)
 }
 
 /// How far an idle feeder's doorbell checks back off, in units of `min_sleep`.
@@ -189,6 +203,7 @@ impl Doorbell {
         let min = Duration::from_secs_f64(min_sleep.max(0.001));
         Doorbell {
             path: dir.join("doorbell"),
+            file: None,
             last: None,
             min,
             interval: min,
@@ -207,22 +222,31 @@ impl Doorbell {
         if Instant::now() < self.next_check {
             return false;
         }
-        let now = statx(
-            CWD,
-            &self.path,
-            AtFlags::STATX_FORCE_SYNC,
-            StatxFlags::MTIME | StatxFlags::CTIME | StatxFlags::INO,
-        )
-        .ok()
-        .map(|s| {
-            (
-                s.stx_mtime.tv_sec,
-                s.stx_mtime.tv_nsec,
-                s.stx_ctime.tv_sec,
-                s.stx_ctime.tv_nsec,
-                s.stx_ino,
-            )
+        let want = StatxFlags::MTIME | StatxFlags::CTIME | StatxFlags::INO | StatxFlags::NLINK;
+        if self.file.is_none() {
+            self.file = open_doorbell(&self.path);
+        }
+        // A doorbell replaced or removed since we opened it (no links left, or stale on
+        // NFS) is opened again; meanwhile its path tells.
+        let by_fd = self.file.as_ref().and_then(|f| {
+            statx(f, "", AtFlags::EMPTY_PATH | AtFlags::STATX_FORCE_SYNC, want)
+                .ok()
+                .filter(|s| s.stx_nlink > 0)
         });
+        if by_fd.is_none() {
+            self.file = None;
+        }
+        let now = by_fd
+            .or_else(|| statx(CWD, &self.path, AtFlags::STATX_FORCE_SYNC, want).ok())
+            .map(|s| {
+                (
+                    s.stx_mtime.tv_sec,
+                    s.stx_mtime.tv_nsec,
+                    s.stx_ctime.tv_sec,
+                    s.stx_ctime.tv_nsec,
+                    s.stx_ino,
+                )
+            });
         let changed = now != self.last;
         self.last = now;
         self.interval = if changed {
@@ -1699,5 +1723,31 @@ mod tests {
         }
         bell.hurry();
         assert!(bell.next_check <= Instant::now() + bell.min);
+        // Watched through an open descriptor; a doorbell replaced by another file (or
+        // removed and made again) is still seen, and watched from then on.
+        std::thread::sleep(bell.interval);
+        assert!(!bell.rang());
+        assert!(bell.file.is_some());
+        let new = dir.path().join("new");
+        std::fs::write(&new, b"").unwrap();
+        std::fs::rename(&new, &path).unwrap();
+        std::thread::sleep(bell.interval);
+        assert!(bell.rang(), "a replaced doorbell rings");
+        std::thread::sleep(bell.interval);
+        assert!(!bell.rang());
+        std::fs::remove_file(&path).unwrap();
+        std::thread::sleep(bell.interval);
+        assert!(bell.rang(), "a removed doorbell is news too");
+        queue::ring_doorbell(dir.path());
+        std::thread::sleep(bell.interval);
+        assert!(bell.rang(), "made again");
+        // A link planted as the doorbell is not opened.
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), &path).unwrap();
+        std::fs::write(dir.path().join("elsewhere"), b"").unwrap();
+        bell.file = None;
+        std::thread::sleep(bell.interval);
+        bell.rang();
+        assert!(bell.file.is_none());
     }
 }
