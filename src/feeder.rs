@@ -857,7 +857,15 @@ impl Feeder {
         beater
             .interval_ms
             .store((self.settings.heartbeat * 1000.0) as u64, Ordering::SeqCst);
-        self.next_tick = Instant::now() + jittered(self.settings.heartbeat);
+        // An idle feeder's read can wait a quarter of the lease: it still judges dead hosts
+        // in time (their jobs are reclaimed within lease + lease/4) at less cost to the
+        // file server; the heartbeat thread beats every heartbeat regardless.
+        let every = if idle {
+            self.settings.heartbeat.max(self.settings.lease / 4.0)
+        } else {
+            self.settings.heartbeat
+        };
+        self.next_tick = Instant::now() + jittered(every);
         // Jobs are killed by the watchdog before the lease runs out (see `watchdog`).
         let missed = beater.missed();
         let fence = missed > self.settings.lease / 2.0;
