@@ -287,6 +287,17 @@ pub struct ClaimState {
     pub kill_signal: Option<String>,
 }
 
+/// The jobs the queue says this feeder is running (or holds unstarted).
+pub fn held_by(tx: &Transaction<'_>, host: &str, feeder: &str) -> Result<Vec<i64>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT jid FROM jobs WHERE runner = ?1 AND state = 'running' AND feeder = ?2",
+    )?;
+    let rows = stmt
+        .query_map([host, feeder], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<i64>>>()?;
+    Ok(rows)
+}
+
 /// The claim tokens and kill requests of the given jobs.
 pub fn current_claims(tx: &Transaction<'_>, jids: &[i64]) -> Result<Vec<ClaimState>> {
     let mut stmt = tx.prepare_cached(

@@ -370,6 +370,10 @@ pub struct Feeder {
     lease: Arc<Lease>,
     /// Jobs the watchdog killed (jid, claim, signal): settled as crashed, not as ended.
     lease_kills: Vec<(i64, String, Option<String>)>,
+    /// Ends recorded in the last two leases, kept to record them again should the queue
+    /// lose them (a cut-off host's stale writes reaching the server after it healed can
+    /// put the database back in time).
+    recorded_ends: VecDeque<(Instant, End)>,
     /// Seconds our write transactions take (moving average): on NFS often more than a
     /// short job runs.
     avg_txn: Option<f64>,
@@ -439,6 +443,7 @@ impl Feeder {
             ends_since: None,
             avg_run: None,
             avg_txn: None,
+            recorded_ends: VecDeque::new(),
             journal: None,
             journal_failed: None,
             lease: Lease::new(Limits::for_lease(Settings::default().lease, kill_grace)),
@@ -460,6 +465,21 @@ impl Feeder {
                 fits.min(LOOKAHEAD_PER_SLOT * slots).min(LOOKAHEAD_MAX)
             }
             _ => 0,
+        }
+    }
+
+    fn remember_ends(&mut self, ends: &[End]) {
+        let now = Instant::now();
+        let keep = Duration::from_secs_f64(2.0 * self.settings.lease);
+        self.recorded_ends
+            .extend(ends.iter().map(|e| (now, e.clone())));
+        while self
+            .recorded_ends
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > keep)
+            || self.recorded_ends.len() > 10_000
+        {
+            self.recorded_ends.pop_front();
         }
     }
 
@@ -607,15 +627,7 @@ impl Feeder {
                 &[SqlValue::Text(id.clone())],
             )
         })?;
-        let known: HashSet<i64> = self
-            .running
-            .iter()
-            .map(|j| j.jid)
-            .chain(self.buffer.iter().map(Row::jid))
-            .chain(self.ends.iter().map(|e| e.jid))
-            .chain(self.releases.iter().map(|(jid, _)| *jid))
-            .chain(self.failed_starts.iter().map(|(jid, _)| *jid))
-            .collect();
+        let known = self.known_jids();
         let unknown: Vec<&Row> = held.iter().filter(|r| !known.contains(&r.jid())).collect();
         if !unknown.is_empty() {
             let dir = self.queue.dir().to_path_buf();
@@ -624,13 +636,20 @@ impl Feeder {
                 .iter()
                 .map(|job| {
                     let (jid, claim) = claim_of(job);
-                    let fate = journal::fate_of(
-                        &dir,
-                        &mut journals,
-                        Some(&id),
-                        &claim,
-                        job.get("pid").as_int().is_some(),
-                    );
+                    let remembered = self
+                        .recorded_ends
+                        .iter()
+                        .find(|(_, e)| e.jid == jid && e.claim == claim)
+                        .map(|(_, e)| journal::Fate::Ended(e.clone()));
+                    let fate = remembered.unwrap_or_else(|| {
+                        journal::fate_of(
+                            &dir,
+                            &mut journals,
+                            Some(&id),
+                            &claim,
+                            job.get("pid").as_int().is_some(),
+                        )
+                    });
                     (jid, claim, fate)
                 })
                 .collect();
@@ -647,6 +666,18 @@ impl Feeder {
             }
         }
         self.check_claims_and_kills()
+    }
+
+    /// The jobs this feeder follows: running, buffered, or with something to record.
+    fn known_jids(&self) -> HashSet<i64> {
+        self.running
+            .iter()
+            .map(|j| j.jid)
+            .chain(self.buffer.iter().map(Row::jid))
+            .chain(self.ends.iter().map(|e| e.jid))
+            .chain(self.releases.iter().map(|(jid, _)| *jid))
+            .chain(self.failed_starts.iter().map(|(jid, _)| *jid))
+            .collect()
     }
 
     fn main_loop(&mut self, signals: &mut Signals, beater: &Beater) -> Result<Exit> {
@@ -834,7 +865,8 @@ impl Feeder {
         let idle = self.running.is_empty() && self.buffer.is_empty();
         let (host, now, max_attempts) =
             (&self.config.host, time::now(), self.settings.max_attempts);
-        let (attrs, current, busy, claimable) = self.queue.store().read(|tx| {
+        let id = &self.id;
+        let (attrs, current, busy, claimable, held) = self.queue.store().read(|tx| {
             let current = if jids.is_empty() {
                 Vec::new()
             } else {
@@ -846,6 +878,7 @@ impl Feeder {
                 current,
                 claims::busy_hosts(tx)?,
                 claimable,
+                claims::held_by(tx, host, id)?,
             ))
         })?;
         if idle {
@@ -854,6 +887,21 @@ impl Feeder {
             self.next_full_poll = jittered(self.config.max_sleep);
         }
         self.apply_settings(attrs);
+        // Jobs the queue says we hold that we do not follow: the database lost some of our
+        // writes (on NFS, a cut-off host's stale writes that reached the server after it
+        // healed can put it back in time). Settle them again rather than leave them
+        // `running` forever.
+        let known = self.known_jids();
+        let ghosts: Vec<i64> = held.into_iter().filter(|j| !known.contains(j)).collect();
+        if !ghosts.is_empty() {
+            self.log.log(
+                Level::Error,
+                &format!(
+                    "the queue says this feeder runs jobs {ghosts:?}, which it does not: some of its recorded writes were lost (a host cut off in mid-commit can put the database back in time when it heals); settling them again"
+                ),
+            );
+            self.reconcile()?;
+        }
         beater
             .interval_ms
             .store((self.settings.heartbeat * 1000.0) as u64, Ordering::SeqCst);
@@ -1233,6 +1281,7 @@ impl Feeder {
         if let Some(Err(e)) = self.journal.as_mut().map(StartJournal::compact) {
             self.log.log(Level::Warn, &e.to_string());
         }
+        self.remember_ends(&ends);
         for end in &ends {
             let how = match (&end.exit_status, &end.signal) {
                 (Some(code), _) => format!("exit_status {code}"),

@@ -881,3 +881,34 @@ fn a_feeder_on_a_database_damaged_for_real_exits_and_says_why() {
         "{info}"
     );
 }
+
+/// On NFS a host cut off in mid-commit can, when it heals, put the database back in time
+/// (its stale writes reach the server after others committed). Simulated here by copying
+/// an older database over the live one: the feeder finds a job the queue says it runs but
+/// it does not, and records it again with the end it remembers.
+#[test]
+fn a_feeder_records_again_ends_the_database_lost() {
+    let q = TestQueue::new();
+    fast_lease(&q);
+    q.rq(&["submit", "-q", "sleep 1; exit 3"]).ok();
+    let _f = q.feeder("h1", &["--max_feed", "1"]);
+    q.wait_for("the job to run", 10, |q| {
+        job(q, 1)["pid"].as_i64().is_some()
+    });
+    let db = q.path.join("db");
+    let old = q.tmp.path().join("db.old");
+    let copy = format!("cp {} {}", db.display(), old.display());
+    q.rq(&["lock", "exclusive", "--", &copy]).ok();
+    q.wait_for("the job to end", 10, |q| q.count("finished") == 1);
+    let back = format!("cat {} > {}", old.display(), db.display());
+    q.rq(&["lock", "exclusive", "--", &back]).ok();
+    assert_eq!(text(&job(&q, 1), "state"), "running", "back in time");
+    q.wait_for("the job to be recorded again", 10, |q| {
+        q.count("finished") == 1
+    });
+    let j = job(&q, 1);
+    assert_eq!(int(&j, "exit_status"), 3, "the end it remembered: {j:?}");
+    assert_eq!(int(&j, "attempts"), 1);
+    let err = std::fs::read_to_string(q.tmp.path().join("feeder-h1.err")).unwrap();
+    assert!(err.contains("settling them again"), "{err}");
+}

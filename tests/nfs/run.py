@@ -253,9 +253,14 @@ class Scenario:
             rc, out = rq(node, self.name, "list all --format json", timeout=60, ok=False)
             try:
                 jobs = json.loads(out)
-                say(f"  {node} sees: " + "; ".join(
+                counts = {}
+                for j in jobs:
+                    counts[j["state"]] = counts.get(j["state"], 0) + 1
+                odd = [j for j in jobs if j["state"] != "finished" or j["attempts"] != 1
+                       or j["reclaimed_by"] or j["exit_status"] != 0]
+                say(f"  {node} sees {counts}; the others: " + "; ".join(
                     f"{j['jid']} {j['state']} on {j['runner']} attempts {j['attempts']}"
-                    f" reclaimed_by {j['reclaimed_by']}" for j in jobs))
+                    f" exit {j['exit_status']} reclaimed_by {j['reclaimed_by']}" for j in odd))
             except ValueError:
                 say(f"  {node}: list failed ({rc}): {out[-300:]}")
             rc, out = rq(node, self.name, "feeders", timeout=60, ok=False)
@@ -379,7 +384,7 @@ def s_power_loss():
 def stall(pause):
     name = "pause" if pause else "freeze"
     sc = Scenario(name)
-    r, p, others = start_on_node3_first(sc, 40, extra=2)
+    r, p, others = start_on_node3_first(sc, 60, extra=2)
     sc.wait_running(others)
     lab(*(["freeze", "--pause", "node3"] if pause else ["freeze", "node3"]))
     sc.wait("the frozen host's jobs to be reclaimed",
@@ -429,7 +434,7 @@ def s_long_partition():
     node3 is busy with short jobs too, so the partition is likely to catch it inside a
     transaction (holding the queue lock, which its NFS client then loses)."""
     sc = Scenario("cut")
-    r, p, others = start_on_node3_first(sc, 30, extra=2, node3_slots=4)
+    r, p, others = start_on_node3_first(sc, 90, extra=2, node3_slots=4)
     sc.wait_running(others)
     busy = sc.submit("node1", [0] * 60, "--restartable --runner node3")
     sc.wait("node3 to be busy with short jobs", lambda: sc.status()["finished"] >= 5, timeout=120 * SLOW)
@@ -493,11 +498,11 @@ def s_clock_skew():
     try:
         # node1 takes two jobs; node2 and node3 two each, with a slot left for node1's.
         sc.feed("node1")
-        on_node1 = sc.submit("node1", [30, 30], "--restartable")
+        on_node1 = sc.submit("node1", [60, 60], "--restartable")
         sc.wait_running(on_node1)
         sc.feed("node2", 3)
         sc.feed("node3", 3)
-        jids = on_node1 + sc.submit("node1", [30] * 4, "--restartable")
+        jids = on_node1 + sc.submit("node1", [60] * 4, "--restartable")
         sc.wait_running(jids)
         time.sleep(LEASE + 5)  # long enough for a skewed judge to declare someone dead
         jobs = sc.jobs()
