@@ -353,7 +353,7 @@ def s_power_loss():
     """Power loss of a host mid-run: its restartable job reruns once elsewhere, its other
     job is dead, feeders shows it dead; after a restart and a new feeder nothing runs twice."""
     sc = Scenario("power")
-    r, p, others = start_on_node3_first(sc, 15)
+    r, p, others = start_on_node3_first(sc, 60)
     sc.wait_running(others)
     lab("crash", "node3")
     t_crash = time.time()
@@ -611,6 +611,13 @@ def main():
                 for n in NODES:
                     lab("thaw", n, check_rc=False)
                     lab("heal", n, check_rc=False)
+                    lab("skew", n, "0", check_rc=False)
+                # A host the scenario crashed is started again for the next ones.
+                for line in lab("status", check_rc=False).stdout.splitlines():
+                    n = line.split(":")[0]
+                    if n in NODES and " up " not in line:
+                        say(f"  restarting {n}")
+                        lab("restart", n, timeout=300, check_rc=False)
                 sc, Scenario.current = Scenario.current, None
                 if sc is not None:
                     try:
