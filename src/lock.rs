@@ -1,13 +1,17 @@
-//! rq's own lock files: Linux open-file-description (OFD) locks, which belong to one
-//! open file and so survive other opens and closes of the same path in the process
-//! (classic POSIX locks do not), and which the kernel (or the NFS server's lease)
-//! releases when the holder dies. The file is opened close-on-exec so jobs never keep
-//! a feeder's lock alive.
+//! Locks rq takes itself.
+//!
+//! - rq's own lock files: Linux open-file-description (OFD) locks, which belong to one
+//!   open file and so survive other opens and closes of the same path in the process
+//!   (classic POSIX locks do not), and which the kernel (or the NFS server's lease)
+//!   releases when the holder dies. The file is opened close-on-exec so jobs never keep
+//!   a feeder's lock alive.
+//! - The journal fence: a classic POSIX read lock on the database's rollback journal
+//!   during each write transaction (see [`JournalFence`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use crate::error::{IoContext, Result};
@@ -110,6 +114,100 @@ pub fn holder(path: &Path) -> Result<Option<u32>> {
     file.read_to_string(&mut text)
         .context(|| format!("cannot read {}", path.display()))?;
     Ok(text.trim().parse().ok())
+}
+
+/// A shared POSIX lock on the queue database's rollback journal (`Q/db-journal`), held
+/// while this process's write transaction writes it.
+///
+/// Why: SQLite writes `Q/db` only under its POSIX lock on `Q/db`. When an NFS client is
+/// cut off for longer than the server's lease, the server drops that client's locks, and
+/// after the partition heals the Linux client fails every write it still held for a file
+/// whose lock was lost (EIO). SQLite takes no lock on the journal, so the held-back
+/// writes to *it* went through (seen in the NFS lab): a journal from before the cut,
+/// completed after other hosts had committed, was then played back as a hot journal and
+/// put those pages of the database back in time. With any lock of this process on the
+/// journal, the client sends the journal writes under that lock too, and they fail the
+/// same way.
+///
+/// A read lock, so writers never wait on it (the database lock orders them); a POSIX lock
+/// (not OFD), because the NFS client matches a write to the locks of the writing process,
+/// and SQLite writes through its own descriptor. It is taken after `BEGIN IMMEDIATE`:
+/// SQLite's hot-journal check at the start of a transaction opens and closes the journal,
+/// and closing any descriptor of a file drops the process's POSIX locks on it. SQLite's
+/// own close of the journal at the end of the transaction drops it again, so it is taken
+/// anew for every write transaction (one LOCK on NFS, and one unlock).
+#[derive(Debug)]
+pub struct JournalFence {
+    path: std::path::PathBuf,
+    /// Permission bits for a journal created here: the database's, as SQLite does.
+    mode: u32,
+    file: Option<File>,
+}
+
+impl JournalFence {
+    pub fn new(db_path: &Path) -> JournalFence {
+        use std::os::unix::fs::PermissionsExt;
+        let mut path = db_path.as_os_str().to_owned();
+        path.push("-journal");
+        let mode = std::fs::metadata(db_path)
+            .map(|m| m.permissions().mode() & 0o666)
+            .unwrap_or(0o644);
+        JournalFence {
+            path: path.into(),
+            mode,
+            file: None,
+        }
+    }
+
+    /// Forget the open journal (after a connection fault: it may be a stale descriptor).
+    pub fn close(&mut self) {
+        self.file = None;
+    }
+
+    /// Lock the journal for the write transaction under way. Creates an empty journal if
+    /// there is none yet (SQLite then writes into it); never follows a link and locks
+    /// nothing but a regular file.
+    pub fn hold(&mut self) -> std::io::Result<()> {
+        // A journal removed since we opened it: SQLite writes a new one.
+        let stale = match &self.file {
+            Some(file) => file.metadata().map(|m| m.nlink() == 0).unwrap_or(true),
+            None => true,
+        };
+        if stale {
+            self.file = None;
+            self.file = Some(self.open()?);
+        }
+        let file = self.file.as_ref().expect("opened above");
+        let mut fl = flock(libc::F_RDLCK as libc::c_short);
+        fl.l_len = 0;
+        loop {
+            // SAFETY: fcntl with a valid fd and a pointer to a valid flock struct.
+            let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) };
+            if rc == 0 {
+                return Ok(());
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                self.file = None;
+                return Err(err);
+            }
+        }
+    }
+
+    fn open(&self) -> std::io::Result<File> {
+        use rustix::fs::{Mode, OFlags};
+        let flags =
+            OFlags::RDONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = rustix::fs::open(&self.path, flags, Mode::from_raw_mode(self.mode))?;
+        let file = File::from(fd);
+        if !file.metadata()?.is_file() {
+            return Err(std::io::Error::other(format!(
+                "{} is not a regular file",
+                self.path.display()
+            )));
+        }
+        Ok(file)
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
 use crate::error::{Error, Result};
+use crate::lock::JournalFence;
 
 /// `PRAGMA application_id` of an rq queue database ("rq2\0").
 pub const APPLICATION_ID: i64 = 0x7271_3200;
@@ -125,6 +126,8 @@ pub struct Store {
     db_path: PathBuf,
     access: Access,
     conn: Option<Connection>,
+    /// Locks the rollback journal in each write transaction (see `JournalFence`).
+    fence: JournalFence,
     notice: Arc<WaitNotice>,
     /// Give up waiting for the lock after this long (None: wait forever).
     pub lock_timeout: Option<Duration>,
@@ -187,6 +190,7 @@ impl Store {
             db_path: db_path.to_path_buf(),
             access,
             conn: None,
+            fence: JournalFence::new(db_path),
             notice: Arc::new(WaitNotice::default()),
             lock_timeout: std::env::var("RQ_LOCK_TIMEOUT")
                 .ok()
@@ -225,6 +229,7 @@ impl Store {
 
     fn connect_checked(&mut self) -> Result<()> {
         self.conn = None;
+        self.fence.close();
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(&self.db_path, flags)?;
         configure_connection(&mut conn, self.notice.clone(), self.lock_timeout)?;
@@ -274,7 +279,7 @@ impl Store {
             });
         }
         if version < SCHEMA_VERSION {
-            migrate(&mut conn, version)?;
+            migrate(&mut conn, version, Some(&mut self.fence))?;
         }
         if self.access == Access::ReadOnly {
             conn.pragma_update(None, "query_only", true)?;
@@ -417,17 +422,25 @@ impl Store {
         body: &mut dyn FnMut(&Transaction<'_>) -> Result<T>,
     ) -> std::result::Result<T, Attempt> {
         // A connection opened now that reports damage is believed (connect() says so).
-        let conn = match self.conn() {
-            Ok(c) => c,
-            Err(Error::Sql(e)) if is_transient(&e) => return Err(Attempt::Retry(e.to_string())),
-            Err(e) => return Err(Attempt::Fail(e)),
-        };
+        if let Err(e) = self.conn() {
+            return Err(match e {
+                Error::Sql(e) if is_transient(&e) => Attempt::Retry(e.to_string()),
+                e => Attempt::Fail(e),
+            });
+        }
+        let conn = self.conn.as_mut().expect("connected above");
         let tx = match conn.transaction_with_behavior(behavior) {
             Ok(tx) => tx,
             Err(e) if is_transient(&e) => return Err(Attempt::Retry(e.to_string())),
             Err(e) if is_damage(&e) => return Err(Attempt::Suspect(e.to_string())),
             Err(e) => return Err(Attempt::Fail(e.into())),
         };
+        if !matches!(behavior, TransactionBehavior::Deferred) {
+            // Before the body writes the first page to the journal.
+            if let Err(e) = self.fence.hold() {
+                return Err(fence_failed(&self.db_path, e));
+            }
+        }
         let value = match body(&tx) {
             Ok(v) => v,
             Err(Error::Sql(e)) if is_transient(&e) => return Err(Attempt::Retry(e.to_string())),
@@ -452,6 +465,26 @@ impl Store {
     }
 }
 
+/// The journal could not be locked: an NFS fault is worth another try on a fresh
+/// connection; anything else (e.g. something that is not a file planted as the journal)
+/// is reported.
+fn fence_failed(db_path: &Path, err: std::io::Error) -> Attempt {
+    let transient = matches!(
+        err.raw_os_error(),
+        Some(
+            libc::EIO | libc::ESTALE | libc::ENOLCK | libc::ETIMEDOUT | libc::EAGAIN | libc::EACCES
+        )
+    );
+    if transient {
+        Attempt::Retry(format!("cannot lock the journal: {err}"))
+    } else {
+        Attempt::Fail(Error::Io {
+            context: format!("cannot lock the journal of {}", db_path.display()),
+            source: err,
+        })
+    }
+}
+
 enum Attempt {
     /// Transient (busy, I/O, locking protocol): roll back, reconnect, run it again.
     Retry(String),
@@ -463,8 +496,14 @@ enum Attempt {
 /// Bring a queue at schema version `from` up to `SCHEMA_VERSION`, in one write
 /// transaction (every other process waits; the check is redone under the lock, so two
 /// processes upgrading at once do it once).
-fn migrate(conn: &mut Connection, from: i64) -> Result<()> {
+fn migrate(conn: &mut Connection, from: i64, fence: Option<&mut JournalFence>) -> Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if let Some(fence) = fence {
+        fence.hold().map_err(|source| Error::Io {
+            context: "cannot lock the journal for the schema upgrade".into(),
+            source,
+        })?;
+    }
     let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     for version in current.max(from)..SCHEMA_VERSION {
         let step = MIGRATIONS.get((version - 1) as usize).ok_or_else(|| {
@@ -576,7 +615,7 @@ pub fn create_database(db_path: &Path) -> Result<()> {
              {SCHEMA_SQL}
              COMMIT;"
         ))?;
-        migrate(&mut conn, 1)?;
+        migrate(&mut conn, 1, None)?;
         conn.execute(
             "INSERT INTO meta (key, value) VALUES ('created', ?1), ('rq_version', ?2)",
             (crate::time::now(), env!("CARGO_PKG_VERSION")),

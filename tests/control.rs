@@ -256,6 +256,61 @@ fn lock_runs_a_command_under_the_lock_and_returns_its_status() {
     q.rq(&["lock", "read"]).fails();
 }
 
+/// The lock another process holds on `path`, as F_GETLK sees it: (type, pid).
+fn posix_lock_on(path: &std::path::Path) -> Option<(i16, i32)> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .ok()?;
+    // SAFETY: flock is a plain C struct; all-zero is valid. F_GETLK fills it in.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut fl) };
+    assert_eq!(rc, 0, "F_GETLK: {}", std::io::Error::last_os_error());
+    (fl.l_type != libc::F_UNLCK as i16).then_some((fl.l_type, fl.l_pid))
+}
+
+#[test]
+fn a_write_transaction_holds_a_read_lock_on_the_journal() {
+    // On NFS this makes the client send the journal's writes under a lock, so a host
+    // that lost its locks in a partition cannot write a stale journal after it heals.
+    let q = TestQueue::new();
+    q.rq(&["submit", "-q", "true"]).ok();
+    let journal = q.path.join("db-journal");
+    assert_eq!(posix_lock_on(&journal), None);
+    let mut holder = rq_command();
+    holder.args([q.q(), "lock", "exclusive", "--", "sleep 2"]);
+    let mut holder = holder.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = None;
+    while seen.is_none() && Instant::now() < deadline {
+        seen = posix_lock_on(&journal);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(seen, Some((libc::F_RDLCK as i16, holder.id() as i32)));
+    assert!(holder.wait().unwrap().success());
+    assert_eq!(
+        posix_lock_on(&journal),
+        None,
+        "released with the transaction"
+    );
+    // A link planted as the journal is not followed, and nothing is written.
+    std::fs::remove_file(&journal).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", &journal).unwrap();
+    q.rq(&["submit", "-q", "true"]).fails();
+    std::fs::remove_file(&journal).unwrap();
+    let jobs = q.rq(&["list", "all", "--format", "json"]).ok().stdout;
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&jobs)
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
 #[test]
 fn wait_shows_progress_on_a_terminal() {
     let q = TestQueue::new();
