@@ -371,8 +371,8 @@ pub struct Feeder {
     /// Jobs the watchdog killed (jid, claim, signal): settled as crashed, not as ended.
     lease_kills: Vec<(i64, String, Option<String>)>,
     /// Ends recorded in the last two leases, kept to record them again should the queue
-    /// lose them (a cut-off host's stale writes reaching the server after it healed can
-    /// put the database back in time).
+    /// lose them (a safety net: the journal fence keeps a cut-off host's late writes out,
+    /// but a database restored from a copy, say, also forgets recent writes).
     recorded_ends: VecDeque<(Instant, End)>,
     /// Seconds our write transactions take (moving average): on NFS often more than a
     /// short job runs.
@@ -888,8 +888,8 @@ impl Feeder {
         }
         self.apply_settings(attrs);
         // Jobs the queue says we hold that we do not follow: the database lost some of our
-        // writes (on NFS, a cut-off host's stale writes that reached the server after it
-        // healed can put it back in time). Settle them again rather than leave them
+        // writes (e.g. it was put back from a copy; before the journal fence, a cut-off
+        // host's late journal writes did it). Settle them again rather than leave them
         // `running` forever.
         let known = self.known_jids();
         let ghosts: Vec<i64> = held.into_iter().filter(|j| !known.contains(j)).collect();
@@ -897,7 +897,7 @@ impl Feeder {
             self.log.log(
                 Level::Error,
                 &format!(
-                    "the queue says this feeder runs jobs {ghosts:?}, which it does not: some of its recorded writes were lost (a host cut off in mid-commit can put the database back in time when it heals); settling them again"
+                    "the queue says this feeder runs jobs {ghosts:?}, which it does not: some of its recorded writes were lost (was the database put back from a copy?); settling them again"
                 ),
             );
             self.reconcile()?;
