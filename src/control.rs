@@ -73,6 +73,7 @@ pub fn running_feeder(queue: &Path, host: &str, state_base: Option<&Path>) -> Re
 /// `feed`: run a feeder in the foreground, or detached with `daemon`. Returns the exit
 /// status for rq.
 pub fn feed(mut req: FeedRequest, start_mode: bool) -> Result<i32> {
+    crate::process::inherited_fds_cloexec();
     let reexec = std::env::var_os(REEXEC_ENV).is_some();
     if reexec {
         // SAFETY: single-threaded at this point (no thread has been started yet).
@@ -214,7 +215,7 @@ fn daemonize(
                             let _ = writeln!(r, "err {e}");
                         }
                         // After start-up stderr is the log.
-                        None => eprintln!("rq: feeder exiting: {e}"),
+                        None => crate::note!("rq: feeder exiting: {e}"),
                     }
                     1
                 }
@@ -231,7 +232,7 @@ fn daemonize(
             let line = text.lines().next().unwrap_or("");
             if let Some(pid) = line.strip_prefix("ok ") {
                 if !req.quiet || start_mode {
-                    println!("pid {pid} started");
+                    crate::output::to_stdout(&format!("pid {pid} started\n"))?;
                 }
                 Ok(0)
             } else if line == "busy" {
@@ -307,7 +308,7 @@ pub fn signal_feeder(
 ) -> Result<i32> {
     let Some(pid) = running_feeder(queue, host, state_base)? else {
         if !quiet {
-            eprintln!(
+            crate::note!(
                 "rq: no feeder is running for {} on host {host}",
                 queue::resolve(queue).display()
             );
@@ -333,7 +334,7 @@ pub fn signal_feeder(
         return Err(Error::Conflict(format!("cannot signal feeder pid {pid}")));
     }
     if !quiet {
-        println!("pid {pid} {message}");
+        crate::output::to_stdout(&format!("pid {pid} {message}\n"))?;
     }
     if how == "stop" {
         // A feeder stuck (e.g. waiting for the queue lock) is killed after a while; its

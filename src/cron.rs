@@ -21,34 +21,43 @@ pub fn marker(rq: &Path, queue: &Path) -> String {
 }
 
 /// The lines for this queue: `start` with the given feeder options, and optionally a
-/// daily rotate.
-pub fn lines(rq: &Path, queue: &Path, options: &[String], rotate: bool) -> Vec<String> {
-    let q = |p: &Path| quote(&p.to_string_lossy());
-    let opts: Vec<String> = options.iter().map(|o| quote(o)).collect();
+/// daily rotate. Refuses words that cannot be put in a crontab line.
+pub fn lines(rq: &Path, queue: &Path, options: &[String], rotate: bool) -> Result<Vec<String>> {
+    let rq_word = cron_word(&rq.to_string_lossy())?;
+    let queue_word = cron_word(&queue.to_string_lossy())?;
     let tag = marker(rq, queue);
-    let mut start = format!("*/15 * * * * {} {} start", q(rq), q(queue));
-    for o in &opts {
+    let mut start = format!("*/15 * * * * {rq_word} {queue_word} start");
+    for o in options {
         start.push(' ');
-        start.push_str(o);
+        start.push_str(&cron_word(o)?);
     }
     let mut out = vec![format!("{start} {tag}")];
     if rotate {
-        out.push(format!("0 0 * * * {} {} rotate {tag}", q(rq), q(queue)));
+        out.push(format!("0 0 * * * {rq_word} {queue_word} rotate {tag}"));
     }
-    out
+    Ok(out)
 }
 
-/// Quote a word for the shell cron runs, only when it needs it.
-fn quote(word: &str) -> String {
+/// A word of a crontab command: quoted for the shell cron runs, and with `%` escaped,
+/// because cron turns an unescaped `%` into a newline (the rest becomes the command's
+/// stdin). A control character, above all a newline, would end the crontab line and
+/// start another: refused.
+fn cron_word(word: &str) -> Result<String> {
+    if word.chars().any(char::is_control) {
+        return Err(Error::usage(format!(
+            "cannot put {word:?} into a crontab line: it holds a control character"
+        )));
+    }
     let plain = !word.is_empty()
         && word
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_./:=,+-@%".contains(c));
-    if plain {
+            .all(|c| c.is_ascii_alphanumeric() || "_./:=,+-@".contains(c));
+    let quoted = if plain {
         word.to_string()
     } else {
         shell_words::quote(word).into_owned()
-    }
+    };
+    Ok(quoted.replace('%', "\\%"))
 }
 
 /// The current crontab (empty when the user has none).
@@ -114,7 +123,7 @@ pub fn add(
     rotate: bool,
 ) -> Result<(Vec<String>, bool)> {
     let tag = marker(rq, queue);
-    let wanted = lines(rq, queue, options, rotate);
+    let wanted = lines(rq, queue, options, rotate)?;
     let current = read_crontab()?;
     let ours: Vec<&String> = current.iter().filter(|l| is_ours(l, &tag)).collect();
     if ours.len() == wanted.len() && ours.iter().zip(&wanted).all(|(a, b)| *a == b) {
@@ -146,7 +155,7 @@ mod tests {
     fn lines_are_tagged_and_quoted() {
         let rq = Path::new("/usr/bin/rq");
         let q = Path::new("/nfs/my q");
-        let l = lines(rq, q, &["--max_feed=4".into()], true);
+        let l = lines(rq, q, &["--max_feed=4".into()], true).unwrap();
         assert_eq!(l.len(), 2);
         assert!(
             l[0].starts_with("*/15 * * * * /usr/bin/rq '/nfs/my q' start --max_feed=4 ###rq-cron:")
@@ -156,5 +165,31 @@ mod tests {
         assert_ne!(marker(rq, q), marker(rq, Path::new("/other")));
         assert!(is_ours(&l[0], &marker(rq, q)));
         assert!(!is_ours(&format!("# {}", l[0]), &marker(rq, q)));
+    }
+
+    #[test]
+    fn percent_is_escaped_and_control_characters_refused() {
+        let rq = Path::new("/usr/bin/rq");
+        let l = lines(rq, Path::new("/nfs/50%q"), &["--log=/a%b".into()], false).unwrap();
+        assert!(
+            l[0].contains(" '/nfs/50\\%q' start '--log=/a\\%b' "),
+            "{}",
+            l[0]
+        );
+        // What cron hands the shell (it turns \% into %) is the original words.
+        let command = l[0]
+            .trim_start_matches("*/15 * * * * ")
+            .split(" ###")
+            .next()
+            .unwrap()
+            .replace("\\%", "%");
+        assert_eq!(
+            shell_words::split(&command).unwrap(),
+            ["/usr/bin/rq", "/nfs/50%q", "start", "--log=/a%b"]
+        );
+        for bad in ["/nfs/q\n* * * * * evil", "/nfs/q\r", "/nfs/\u{7f}q"] {
+            assert!(lines(rq, Path::new(bad), &[], false).is_err(), "{bad:?}");
+        }
+        assert!(lines(rq, Path::new("/nfs/q"), &["--log=/x\ny".into()], true).is_err());
     }
 }

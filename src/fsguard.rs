@@ -86,7 +86,7 @@ pub fn warn_once(queue_dir: &Path) {
     static WARNED: std::sync::Once = std::sync::Once::new();
     WARNED.call_once(|| {
         if let Some(problem) = check(queue_dir) {
-            eprintln!("rq: WARNING: {problem}");
+            crate::note!("rq: WARNING: {problem}");
         }
     });
 }

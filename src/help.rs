@@ -307,7 +307,10 @@ pub fn completions(shell: Option<&str>) -> Result<i32> {
         }
     };
     let mut cmd = command();
-    clap_complete::generate(shell, &mut cmd, "rq", &mut std::io::stdout());
+    // Into a buffer first: clap_complete panics when its writer fails (`| head -c1`).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "rq", &mut script);
+    crate::output::to_stdout(&String::from_utf8_lossy(&script))?;
     Ok(0)
 }
 
@@ -320,10 +323,6 @@ pub fn man() -> Result<i32> {
             context: "cannot render the man page".into(),
             source: e,
         })?;
-    use std::io::Write;
-    std::io::stdout().write_all(&out).map_err(|e| Error::Io {
-        context: "cannot write to standard output".into(),
-        source: e,
-    })?;
+    crate::output::to_stdout(&String::from_utf8_lossy(&out))?;
     Ok(0)
 }

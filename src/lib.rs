@@ -8,6 +8,20 @@
 //! [`liveness`] (heartbeats), [`control`] (feeder daemons), [`admin`] (snapshot, backup,
 //! rotate, recover), [`cli`] (the command line). ARCHITECTURE.md has the whole picture.
 
+/// A line (or, with `note!(inline ...)`, text) on stderr for a person. Never panics:
+/// a closed or broken stderr loses the note, nothing else (`eprintln!` would panic).
+#[macro_export]
+macro_rules! note {
+    (inline $($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod error;
 pub mod job;
 pub mod output;

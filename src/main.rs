@@ -9,7 +9,7 @@ fn main() {
         Ok(code) => code,
         Err(rq::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => 0,
         Err(e) => {
-            eprintln!("rq: {e}");
+            rq::note!("rq: {e}");
             1
         }
     };

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::job::{Cell, Row};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,6 +291,16 @@ fn plain_is_safe(text: &str) -> bool {
         return false;
     }
     true
+}
+
+/// Write `text` to standard output now. A closed pipe is an `Io` error of kind
+/// `BrokenPipe`, which the binary turns into a quiet exit (never a panic, as `print!` is).
+pub fn to_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .context(|| "cannot write to standard output".into())
 }
 
 #[cfg(test)]

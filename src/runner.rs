@@ -34,6 +34,16 @@ pub fn reset_inherited_signals() {
     }
 }
 
+/// rq's own switches (test hooks, debugging, re-exec): a job has no use for them, and a
+/// job that runs rq must not inherit them.
+const HIDDEN_FROM_JOBS: &[&str] = &[
+    "RQ_FAULT",
+    "RQ_FEEDER_REEXEC",
+    "RQ_SQL_DEBUG",
+    "RQ_TEST_CLOCK_OFFSET",
+    "RQ_TEST_MOUNTINFO",
+];
+
 /// The absolute path of a program named without a slash, searched on `PATH` like the
 /// shell would. The feeder resolves its shell once: the standard library can only use the
 /// cheap `posix_spawn` (vfork, no page-table copy) when the program needs no PATH search
@@ -137,12 +147,20 @@ pub fn spawn(dir: &Path, shell: &[String], job: &Row) -> Result<Child> {
     // Q/bin goes last: every command a job looks up on PATH would otherwise ask the file
     // server first, so a job running only local programs would hang while the server is
     // unreachable instead of going on (and its lookups would cost network round trips).
+    // Once: a feeder started from a job (or a login profile) may have it there already.
+    let bin = dir.join("bin");
     let mut new_path = std::env::var_os("PATH").unwrap_or_default();
-    if !new_path.is_empty() {
-        new_path.push(":");
+    if !std::env::split_paths(&new_path).any(|p| p == bin) {
+        if !new_path.is_empty() {
+            new_path.push(":");
+        }
+        new_path.push(&bin);
     }
-    new_path.push(dir.join("bin"));
     cmd.env("PATH", new_path);
+    // Jobs inherit the feeder's environment (as in the original rq), minus rq's internals.
+    for internal in HIDDEN_FROM_JOBS {
+        cmd.env_remove(internal);
+    }
     cmd.env("RQ", dir);
     for (name, cell) in &job.columns {
         let value = match (name.as_str(), cell) {

@@ -364,10 +364,10 @@ impl Store {
             match outcome {
                 Ok(value) => {
                     if self.notice.full.swap(false, Ordering::Relaxed) {
-                        eprintln!("rq: there is space again; continuing");
+                        crate::note!("rq: there is space again; continuing");
                     }
                     if self.notice.announced.swap(false, Ordering::Relaxed) {
-                        eprintln!(
+                        crate::note!(
                             "rq: got the queue lock after {:.1}s; continuing",
                             started.elapsed().as_secs_f64()
                         );
@@ -379,7 +379,7 @@ impl Store {
                     damage_seen = true;
                     self.conn = None;
                     if std::env::var_os("RQ_SQL_DEBUG").is_some() {
-                        eprintln!("rq: {err}: reopening the database to check");
+                        crate::note!("rq: {err}: reopening the database to check");
                     }
                 }
                 Err(Attempt::Suspect(err)) => return Err(self.corrupt(err)),
@@ -403,7 +403,7 @@ impl Store {
                 }
                 Err(Attempt::Fail(Error::Sql(e))) if self.wait_when_full && is_full(&e) => {
                     if !self.notice.full.swap(true, Ordering::Relaxed) {
-                        eprintln!(
+                        crate::note!(
                             "rq: the filesystem of {} is full; waiting for space",
                             self.db_path.display()
                         );
@@ -550,7 +550,7 @@ fn configure_connection(
             rusqlite::trace::TraceEventCodes::SQLITE_TRACE_STMT,
             Some(|event: rusqlite::trace::TraceEvent<'_>| {
                 if let rusqlite::trace::TraceEvent::Stmt(_, sql) = event {
-                    eprintln!("rq sql: {sql}");
+                    crate::note!("rq sql: {sql}");
                 }
             }),
         )?;
@@ -584,7 +584,7 @@ fn install_busy_handler(
         }
         let waited = wait_started.elapsed();
         if waited >= announce_after && !notice.announced.swap(true, Ordering::Relaxed) {
-            eprintln!(
+            crate::note!(
                 "rq: waiting for the queue lock (another process holds it); rq keeps trying, Ctrl-C to give up"
             );
         }

@@ -274,6 +274,31 @@ fn cron_add_and_delete_leave_other_lines_alone() {
         q.rq_as_env("h1", &["pid"], &env).status == 1
     });
     q.rq_as_env("h1", &["cron", "frobnicate"], &env).fails();
+    // `cron start` (the default action) installs the line and starts a feeder at once.
+    q.rq_as_env("h1", &["cron", "start", "nonsense"], &env)
+        .fails();
+    assert_eq!(
+        cron.current(),
+        other,
+        "a refused cron start changed the crontab"
+    );
+    q.rq_as_env("h1", &["cron", "start", "--max_feed", "2"], &env)
+        .ok();
+    assert_eq!(
+        cron.current()
+            .lines()
+            .filter(|l| l.contains("###rq-cron:"))
+            .count(),
+        1
+    );
+    q.wait_for("the feeder cron start started", 10, |q| {
+        q.rq_as_env("h1", &["pid"], &env).status == 0
+    });
+    q.rq_as_env("h1", &["cron", "stop"], &env).ok();
+    assert_eq!(cron.current(), other);
+    q.wait_for("the feeder to stop", 30, |q| {
+        q.rq_as_env("h1", &["pid"], &env).status == 1
+    });
 }
 
 #[test]

@@ -330,3 +330,89 @@ fn wait_shows_progress_on_a_terminal() {
     assert!(text.contains("1 failed"), "{text}");
     assert_eq!(out.status.code(), Some(1), "one job failed");
 }
+
+/// A pipe whose reading end is already closed: every write to it fails with EPIPE.
+fn broken_pipe() -> std::process::Stdio {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two new descriptors; we own both.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: closing the read end we just created.
+    unsafe { libc::close(fds[0]) };
+    // SAFETY: fds[1] is a fresh descriptor owned by nothing else.
+    std::process::Stdio::from(unsafe { std::fs::File::from_raw_fd(fds[1]) })
+}
+
+#[test]
+fn no_mode_panics_when_stdout_or_stderr_is_a_broken_pipe() {
+    let q = TestQueue::new();
+    q.rq(&["submit", "-q", "true"]).ok();
+    let cases: &[&[&str]] = &[
+        &["completions", "bash"],
+        &["--version"],
+        &["help"],
+        &["man"],
+        &[q.q(), "list", "all"],
+        &[q.q(), "status"],
+    ];
+    for args in cases {
+        let mut cmd = rq_command();
+        cmd.args(*args)
+            .stdout(broken_pipe())
+            .stderr(std::process::Stdio::piped());
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() != Some(101) && !err.contains("panicked"),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+    }
+    // Errors and notes on a broken stderr: the exit status still says what happened.
+    for (args, code) in [
+        (&["/nonexistent/queue", "status"][..], 1),
+        (&[q.q(), "delete", "-"][..], 0),
+    ] {
+        let mut cmd = rq_command();
+        cmd.args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(broken_pipe());
+        let status = cmd.status().unwrap();
+        assert_eq!(status.code(), Some(code), "{args:?}");
+    }
+}
+
+#[test]
+fn jobs_get_exactly_stdio_and_no_rq_internals() {
+    let q = TestQueue::new();
+    q.rq(&[
+        "submit",
+        "-q",
+        "ls /proc/$$/fd | tr '\\n' ' '; echo; env | grep -c '^RQ_TEST_' ; echo \"$PATH\"",
+    ])
+    .ok();
+    // The shell that starts the feeder has descriptor 7 open (not close-on-exec), a
+    // test hook set, and the queue's bin/ on PATH already.
+    let bin = q.path.join("bin");
+    let script = format!(
+        "exec 7</etc/hostname; PATH='{}':\"$PATH\" RQ_TEST_CLOCK_OFFSET=+0s exec '{}' '{}' feed --exit_when_empty",
+        bin.display(),
+        rq_bin(),
+        q.q()
+    );
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(&script)
+        .env("RQ_HOST", "h1")
+        .env("HOME", q.home());
+    assert!(run_cmd(cmd, None).status == 0);
+    let out = std::fs::read_to_string(q.path.join("stdout/1")).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0].trim(), "0 1 2", "{out}");
+    assert_eq!(lines[1], "0", "{out}");
+    let bins = std::env::split_paths(lines[2])
+        .filter(|p| *p == bin)
+        .count();
+    assert_eq!(bins, 1, "{out}");
+}

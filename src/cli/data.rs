@@ -17,7 +17,7 @@ impl Context<'_> {
     /// rq q delete -` that matched nothing): nothing to do. Otherwise a usage error.
     fn nothing_named(&self, verb: &str, usage: &str) -> Result<i32> {
         if self.inv.dash {
-            eprintln!("rq: no jobs on standard input; nothing {verb}");
+            crate::note!("rq: no jobs on standard input; nothing {verb}");
             return Ok(0);
         }
         Err(Error::usage(usage))

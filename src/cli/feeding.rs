@@ -24,6 +24,11 @@ impl Context<'_> {
                 if start_mode { "start" } else { "feed" }
             )));
         }
+        self.run_feeder(start_mode)
+    }
+
+    /// `feed`/`start` once the arguments are checked (`cron start` has its own).
+    pub(super) fn run_feeder(&mut self, start_mode: bool) -> Result<i32> {
         let o = &self.inv.opts;
         let seconds = |name: &str, value: &Option<String>, default: f64| -> Result<f64> {
             match value {
@@ -263,7 +268,7 @@ impl Context<'_> {
                 } else {
                     done * width / jids.len()
                 };
-                eprint!(
+                crate::note!(inline
                     "\r[{}{}] {done}/{} done, {} running, {} pending{}",
                     "#".repeat(filled),
                     " ".repeat(width - filled),
@@ -279,9 +284,9 @@ impl Context<'_> {
             }
             if progress.pending + progress.running + progress.holding == 0 {
                 if tty {
-                    eprintln!();
+                    crate::note!("");
                     if progress.failed > 0 || progress.dead > 0 {
-                        eprintln!("rq: {} failed, {} dead", progress.failed, progress.dead);
+                        crate::note!("rq: {} failed, {} dead", progress.failed, progress.dead);
                     }
                 }
                 return Ok(if progress.failed + progress.dead + progress.gone == 0 {

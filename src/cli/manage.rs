@@ -78,10 +78,13 @@ impl Context<'_> {
             .map(String::from)
             .or_else(|| args.first().cloned())
             .unwrap_or_else(|| "start".into());
-        let rotate = args
-            .iter()
-            .skip(usize::from(fixed.is_none()))
-            .any(|a| a == "rotate");
+        let words = &args[usize::from(fixed.is_none()).min(args.len())..];
+        if let Some(extra) = words.iter().find(|a| *a != "rotate") {
+            return Err(Error::usage(format!(
+                "cron {action}: unexpected '{extra}' (only 'rotate' may follow)"
+            )));
+        }
+        let rotate = !words.is_empty();
         let rq = std::env::current_exe().context(|| "cannot find the rq executable".into())?;
         let rq = PathBuf::from(
             rq.to_string_lossy()
@@ -102,12 +105,12 @@ impl Context<'_> {
                 }
                 if action == "start" {
                     self.out.flush()?;
-                    return self.feed(true);
+                    return self.run_feeder(true);
                 }
                 Ok(0)
             }
             "tab" => {
-                for line in crate::cron::lines(&rq, &dir, &options, rotate) {
+                for line in crate::cron::lines(&rq, &dir, &options, rotate)? {
                     self.out.print(&format!("{line}\n"))?;
                 }
                 Ok(0)
@@ -160,7 +163,7 @@ impl Context<'_> {
                 .filter(|p| p.exists())
                 .collect();
             if files.is_empty() {
-                eprintln!("rq: job {jid} has no stdin, stdout or stderr files (yet)");
+                crate::note!("rq: job {jid} has no stdin, stdout or stderr files (yet)");
                 worst = worst.max(1);
                 continue;
             }

@@ -300,7 +300,7 @@ impl Out {
 pub fn run(argv: &[String]) -> Result<i32> {
     let inv = parse(argv)?;
     if inv.opts.version {
-        println!("rq {}", env!("CARGO_PKG_VERSION"));
+        output::to_stdout(&format!("rq {}\n", env!("CARGO_PKG_VERSION")))?;
         return Ok(0);
     }
     let mode = inv.mode.as_deref().map(|m| (m, mode_name(m)));
@@ -310,7 +310,7 @@ pub fn run(argv: &[String]) -> Result<i32> {
             Some((m, _)) => Some(m.to_string()),
             None => None,
         };
-        print!("{}", help::text(topic.as_deref())?);
+        output::to_stdout(&help::text(topic.as_deref())?)?;
         return Ok(0);
     }
     match mode {
@@ -321,7 +321,7 @@ pub fn run(argv: &[String]) -> Result<i32> {
         _ => {}
     }
     let Some(queue) = inv.queue.clone() else {
-        eprint!("{}", help::SHORT);
+        crate::note!(inline "{}", help::SHORT);
         return Ok(1);
     };
     let Some((word, name)) = mode else {
@@ -540,7 +540,7 @@ impl Context<'_> {
 
     fn report_skipped(&self, verb: &str, skipped: &[queue::Skipped]) -> i32 {
         for s in skipped {
-            eprintln!("rq: job {} not {verb}: {}", s.jid, s.why);
+            crate::note!("rq: job {} not {verb}: {}", s.jid, s.why);
         }
         if skipped.is_empty() { 0 } else { 1 }
     }
