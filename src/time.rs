@@ -58,26 +58,57 @@ pub fn hms(seconds: f64) -> String {
 
 /// A duration given by a user: `90`, `90s`, `15m`, `2h`, `1d`, `1.5h`.
 pub fn parse_duration(text: &str) -> Option<f64> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let value: f64 = number.trim().parse().ok()?;
-    let scale = match unit {
-        "ms" => 0.001,
-        "s" | "sec" | "secs" => 1.0,
-        "m" | "min" | "mins" => 60.0,
-        "h" | "hr" | "hrs" => 3600.0,
-        "d" | "day" | "days" => 86400.0,
-        _ => return None,
-    };
-    (value.is_finite() && value >= 0.0).then_some(value * scale)
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0.0;
+    let mut terms = 0;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(number_end);
+        let unit_end = after
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_end);
+        let value: f64 = number.parse().ok()?;
+        let scale = match unit {
+            // A bare number is seconds, but only on its own: "1h30" is a mistake.
+            "" if terms == 0 && after.trim().is_empty() => 1.0,
+            "ms" => 0.001,
+            "s" | "sec" | "secs" => 1.0,
+            "m" | "min" | "mins" => 60.0,
+            "h" | "hr" | "hrs" => 3600.0,
+            "d" | "day" | "days" => 86400.0,
+            _ => return None,
+        };
+        total += value * scale;
+        terms += 1;
+        rest = after.trim_start();
+    }
+    total.is_finite().then_some(total)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_may_be_compound() {
+        assert_eq!(parse_duration("90"), Some(90.0));
+        assert_eq!(parse_duration("1.5s"), Some(1.5));
+        assert_eq!(parse_duration("10ms"), Some(0.01));
+        assert_eq!(parse_duration("1h30m"), Some(5400.0));
+        assert_eq!(parse_duration("2d 4h"), Some(187_200.0));
+        assert_eq!(parse_duration("1m30s"), Some(90.0));
+        for bad in [
+            "", "-5s", "1h30", "5x", "h", "1.2.3s", "1e400s", "nan", "inf",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn timestamps_are_fixed_width_utc_and_round_trip() {

@@ -641,3 +641,22 @@ fn every_mode_has_help() {
         }
     }
 }
+
+#[test]
+fn durations_are_compound_and_negative_ones_refused_by_name() {
+    let q = TestQueue::new();
+    let job = q
+        .rq(&["submit", "--timeout", "1h30m", "--format", "json", "true"])
+        .ok()
+        .stdout;
+    assert!(job.contains("\"timeout\": 5400.0"), "{job}");
+    for (opt, value) in [
+        ("--timeout", "-5s"),
+        ("--retry-delay", "-1m"),
+        ("--timeout", "1h30"),
+    ] {
+        let out = q.rq(&["submit", opt, value, "true"]).fails();
+        assert!(out.stderr.contains(opt), "{opt} {value}: {}", out.stderr);
+    }
+    assert_eq!(q.jobs().len(), 1, "a refused submit added a job");
+}

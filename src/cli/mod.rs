@@ -70,14 +70,19 @@ pub struct Options {
     /// status: extra exit-status counters, e.g. 'ok=0 retry=75,76'.
     #[arg(long)]
     pub exit: Option<String>,
-    /// submit: TERM the job after this long (e.g. 90s, 2h), KILL it a little later.
-    #[arg(long)]
+    /// submit: TERM the job after this long (e.g. 90s, 2h, 1h30m), KILL it a little later.
+    // Hyphen values are taken, so '-5s' is refused as a duration, not as an option.
+    #[arg(long, allow_hyphen_values = true)]
     pub timeout: Option<String>,
     /// submit: re-queue a job that fails up to N times.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub retries: Option<String>,
     /// submit: wait this long before the first retry (doubling each time; default 1s).
-    #[arg(long = "retry-delay", visible_alias = "retry_delay")]
+    #[arg(
+        long = "retry-delay",
+        visible_alias = "retry_delay",
+        allow_hyphen_values = true
+    )]
     pub retry_delay: Option<String>,
     /// Run a read-only mode on a consistent snapshot of the queue.
     #[arg(short = 's', long)]
@@ -550,7 +555,7 @@ fn duration_option(name: &str, value: &Option<String>) -> Result<Option<f64>> {
     match value {
         Some(v) => crate::time::parse_duration(v).map(Some).ok_or_else(|| {
             Error::usage(format!(
-                "--{name}: '{v}' is not a duration like 90s, 15m or 2h"
+                "--{name}: '{v}' is not a duration like 90s, 15m, 2h or 1h30m"
             ))
         }),
         None => Ok(None),
