@@ -210,6 +210,32 @@ pub fn select_fields(spec: &str, available: &[String]) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The longest command rq accepts, in bytes as it is put into the job's environment
+/// (`RQ_JOB` carries it JSON-escaped): the kernel passes no single argument or
+/// environment string longer than 128 KiB (`MAX_ARG_STRLEN`), so a longer command could
+/// only ever fail to start (exit 127).
+pub const MAX_COMMAND_BYTES: usize = 120_000;
+
+/// Why a command can never run, if it cannot.
+pub fn command_problem(command: &str) -> Option<String> {
+    if command.trim().is_empty() {
+        return Some("the command is empty".into());
+    }
+    if command.contains('\0') {
+        return Some("the command contains a NUL byte, which no program can be given".into());
+    }
+    let escaped = serde_json::Value::String(command.to_string())
+        .to_string()
+        .len();
+    if escaped > MAX_COMMAND_BYTES {
+        return Some(format!(
+            "the command is too long ({escaped} bytes as the job sees it; at most \
+             {MAX_COMMAND_BYTES}): put it in a script and submit the script"
+        ));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -250,6 +250,18 @@ impl Queue {
                 "no jobs given: name a command, use --infile FILE, or pipe a job list",
             ));
         }
+        for (i, spec) in specs.iter().enumerate() {
+            if let Some(problem) = crate::job::command_problem(&spec.command) {
+                let which = if specs.len() > 1 {
+                    format!("job {}: ", i + 1)
+                } else {
+                    String::new()
+                };
+                return Err(Error::input(format!(
+                    "{which}{problem}; nothing was submitted"
+                )));
+            }
+        }
         let files = self.plan_files(specs, opts)?;
         let submitter = host::name();
         let cwd = std::env::current_dir()

@@ -660,3 +660,30 @@ fn durations_are_compound_and_negative_ones_refused_by_name() {
     }
     assert_eq!(q.jobs().len(), 1, "a refused submit added a job");
 }
+
+#[test]
+fn commands_that_could_never_run_are_refused() {
+    let q = TestQueue::new();
+    q.rq(&["submit", "-q", "true"]).ok();
+    let long = "x".repeat(130_000);
+    for (how, out) in [
+        ("NUL byte", q.rq_stdin(&["submit"], "echo a\0b\n")),
+        ("blank", q.rq(&["submit", "   "])),
+        ("too long", q.rq(&["submit", &long])),
+        (
+            "blank in a list",
+            q.rq_stdin(&["submit"], "- command: 'true'\n- command: ' '\n"),
+        ),
+        ("update", q.rq(&["update", "1", "command= "])),
+    ] {
+        assert_ne!(out.status, 0, "{how}");
+        assert!(
+            out.stderr.lines().count() == 1 && out.stderr.contains("command"),
+            "{how}: {}",
+            out.stderr
+        );
+    }
+    let jobs = q.jobs();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(text(&jobs[0], "command"), "true");
+}

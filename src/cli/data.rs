@@ -375,8 +375,8 @@ fn apply_change(changes: &mut Changes, key: &str, value: &str) -> Result<()> {
     match key {
         "priority" => changes.priority = Some(input::parse_priority(value).map_err(Error::usage)?),
         "command" => {
-            if value.trim().is_empty() {
-                return Err(Error::usage("update: command cannot be empty"));
+            if let Some(problem) = crate::job::command_problem(value) {
+                return Err(Error::usage(format!("update: {problem}")));
             }
             changes.command = Some(value.to_string());
         }
