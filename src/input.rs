@@ -89,6 +89,8 @@ fn describe(value: &Value) -> &'static str {
 /// Jobs to submit from text: YAML/JSON records, or one command per line (blank lines and
 /// lines starting with `#` skipped).
 pub fn parse_jobs(text: &str) -> Result<Vec<JobSpec>> {
+    // A byte-order mark (editors on other systems write one) is not part of the first job.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if !is_structured(text) {
         return Ok(text
             .lines()

@@ -241,13 +241,41 @@ fn yaml_block(out: &mut String, value: &Value, indent: usize) {
 }
 
 /// A string as a YAML scalar: plain when that reads back as the same string, otherwise
-/// double-quoted (a JSON string is a valid YAML double-quoted scalar).
+/// double-quoted.
 pub fn scalar(text: &str) -> String {
     if plain_is_safe(text) {
         text.to_string()
     } else {
-        serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into())
+        double_quoted(text)
     }
+}
+
+/// A YAML double-quoted scalar that any YAML 1.1 or 1.2 parser reads back as exactly
+/// `text`: besides `"` and `\`, every character YAML does not allow in a stream (C0
+/// and C1 controls, DEL) or treats as a line break (NEL, U+2028, U+2029), the BOM and
+/// the non-characters U+FFFE/U+FFFF are escaped. (JSON's escaping misses DEL, C1 and
+/// the Unicode line breaks.)
+fn double_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\0'..='\u{1f}' | '\u{7f}'..='\u{9f}' => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn is_rq_timestamp(text: &str) -> bool {
@@ -349,5 +377,68 @@ mod tests {
             assert_eq!(parsed[0]["command"], Value::from(text), "{yaml}");
             assert_eq!(parsed[0]["tag"], Value::Null);
         }
+    }
+
+    /// Every character YAML treats specially inside a stream, in one command.
+    fn every_awkward_character() -> String {
+        let mut text: String = (0u32..=0xff).filter_map(char::from_u32).collect();
+        text.push_str("\u{2028}\u{2029}\u{feff}\u{fffe}\u{ffff}\u{d7ff}\u{e000}✓🦀 end");
+        text
+    }
+
+    #[test]
+    fn control_and_line_break_characters_round_trip() {
+        let text = every_awkward_character();
+        let quoted = scalar(&text);
+        assert!(
+            !quoted
+                .chars()
+                .any(|c| c.is_control() || ('\u{2028}'..='\u{2029}').contains(&c)),
+            "{quoted:?}"
+        );
+        let back: String = serde_saphyr::from_str(&quoted).unwrap();
+        assert_eq!(back, text);
+        for c in ['\u{7f}', '\u{85}', '\u{9f}', '\u{2028}', '\u{feff}'] {
+            let one = format!("a{c}b");
+            let back: String = serde_saphyr::from_str(&scalar(&one)).unwrap();
+            assert_eq!(back, one, "{c:?}");
+        }
+    }
+
+    /// PyYAML is the strictest YAML 1.1 reader around: when this machine has it, it must
+    /// read the same string back (a fresh machine may not: then this says so and passes).
+    #[test]
+    fn pyyaml_reads_back_the_exact_string() {
+        use std::io::Write as _;
+        let text = every_awkward_character();
+        let doc = format!("- command: {}\n", scalar(&text));
+        let child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sys, json, yaml; print(json.dumps(yaml.safe_load(sys.stdin.read())[0]['command']))",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        let Ok(mut child) = child else {
+            eprintln!("skipped: no python3 on this machine");
+            return;
+        };
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(doc.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No module named 'yaml'") {
+            eprintln!("skipped: python3 has no yaml module");
+            return;
+        }
+        assert!(out.status.success(), "{err}");
+        let back: String = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(back, text);
     }
 }

@@ -687,3 +687,18 @@ fn commands_that_could_never_run_are_refused() {
     assert_eq!(jobs.len(), 1);
     assert_eq!(text(&jobs[0], "command"), "true");
 }
+
+#[test]
+fn a_byte_order_mark_does_not_turn_a_yaml_list_into_shell_jobs() {
+    let q = TestQueue::new();
+    q.rq_stdin(
+        &["submit", "-q"],
+        "\u{feff}- command: echo hi\n  priority: 3\n",
+    )
+    .ok();
+    q.rq_stdin(&["submit", "-q"], "\u{feff}echo plain\n").ok();
+    let jobs = q.jobs();
+    assert_eq!(text(&jobs[0], "command"), "echo hi");
+    assert_eq!(int(&jobs[0], "priority"), 3);
+    assert_eq!(text(&jobs[1], "command"), "echo plain");
+}
