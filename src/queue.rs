@@ -383,18 +383,11 @@ impl Queue {
                 (None, Some(path)) => Some(self.input_path(path)),
                 (None, None) => None,
             };
-            for path in stdin.iter().chain(data.iter()) {
-                if std::fs::symlink_metadata(path).is_err() {
-                    return Err(Error::input(format!("{}: no such file", path.display())));
-                }
+            if let Some(path) = &stdin {
+                check_input(path, &self.dir, InputKind::Stdin)?;
             }
-            if let Some(path) = &stdin
-                && !path.is_file()
-            {
-                return Err(Error::input(format!(
-                    "{}: stdin must be a file",
-                    path.display()
-                )));
+            if let Some(path) = &data {
+                check_input(path, &self.dir, InputKind::Data)?;
             }
             plans.push(JobFiles { stdin, data });
         }
@@ -511,6 +504,12 @@ impl Queue {
         // New stdin/data files get fresh names, written before the transaction that points
         // the jobs at them; the old files are removed after it commits.
         let mut new_files: Vec<(i64, Option<String>, Option<String>)> = Vec::new();
+        if let Some(path) = &changes.stdin {
+            check_input(path, &self.dir, InputKind::Stdin)?;
+        }
+        if let Some(path) = &changes.data {
+            check_input(path, &self.dir, InputKind::Data)?;
+        }
         if changes.stdin.is_some() || changes.data.is_some() {
             let targets = self
                 .store
@@ -1104,6 +1103,90 @@ pub fn remove_path(path: &Path) {
     }
 }
 
+/// Most a job's data may hold: it is copied into the queue (on NFS: over the network)
+/// once per job. Larger inputs belong on the shared filesystem, named in the command.
+pub const MAX_DATA_BYTES: u64 = 1 << 30;
+pub const MAX_DATA_ENTRIES: u64 = 100_000;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum InputKind {
+    Stdin,
+    Data,
+}
+
+/// Refuse a job input that cannot be copied sensibly, before anything is copied: one
+/// that does not exist; a FIFO, device or socket (reading one would hang or never end)
+/// anywhere in it; the queue itself or a directory holding it (the copy would copy
+/// itself); a path inside the queue other than a job's own stdin/data (as rq's output
+/// names them); and data larger than MAX_DATA_BYTES or MAX_DATA_ENTRIES.
+fn check_input(path: &Path, queue_dir: &Path, kind: InputKind) -> Result<()> {
+    let what = if kind == InputKind::Stdin {
+        "stdin"
+    } else {
+        "data"
+    };
+    let refuse = |why: String| Err(Error::input(format!("{what} {}: {why}", path.display())));
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(_) => return refuse("no such file".into()),
+    };
+    if kind == InputKind::Stdin && !meta.is_file() {
+        return refuse("must be a regular file".into());
+    }
+    if let (Ok(src), Ok(queue)) = (path.canonicalize(), queue_dir.canonicalize()) {
+        if queue.starts_with(&src) {
+            return refuse(format!("holds the queue {} itself", queue.display()));
+        }
+        let job_file = JOB_DIRS
+            .iter()
+            .filter(|d| matches!(**d, "stdin" | "data"))
+            .any(|d| src.starts_with(queue.join(d)) && src != queue.join(d));
+        if src.starts_with(&queue) && !job_file {
+            return refuse("is inside the queue directory".into());
+        }
+    }
+    let (mut bytes, mut entries) = (0u64, 0u64);
+    let mut pending = vec![path.to_path_buf()];
+    let mut first = true;
+    while let Some(p) = pending.pop() {
+        // The top is followed if it is a link; inside, links are copied as links.
+        let meta = if first {
+            std::fs::metadata(&p)
+        } else {
+            std::fs::symlink_metadata(&p)
+        }
+        .context(|| format!("cannot read {}", p.display()))?;
+        first = false;
+        entries += 1;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            for entry in std::fs::read_dir(&p).context(|| format!("cannot read {}", p.display()))? {
+                pending.push(
+                    entry
+                        .context(|| format!("cannot read {}", p.display()))?
+                        .path(),
+                );
+            }
+        } else if kind.is_file() {
+            bytes += meta.len();
+        } else if !kind.is_symlink() {
+            return Err(Error::input(format!(
+                "{what} {}: {} is not a regular file or directory (a FIFO, device or socket)",
+                path.display(),
+                p.display()
+            )));
+        }
+        if bytes > MAX_DATA_BYTES || entries > MAX_DATA_ENTRIES {
+            return refuse(format!(
+                "is too big to copy into the queue for each job (at most {} MiB in {MAX_DATA_ENTRIES} \
+                 files); leave it on the shared filesystem and name it in the command",
+                MAX_DATA_BYTES >> 20
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Copy a file, or a directory recursively (symlinks copied as links).
 pub fn copy_tree(src: &Path, dest: &Path) -> Result<()> {
     let meta =
@@ -1119,9 +1202,14 @@ pub fn copy_tree(src: &Path, dest: &Path) -> Result<()> {
             let entry = entry.context(|| format!("cannot read {}", src.display()))?;
             copy_tree(&entry.path(), &dest.join(entry.file_name()))?;
         }
-    } else {
+    } else if meta.is_file() {
         std::fs::copy(src, dest)
             .context(|| format!("cannot copy {} to {}", src.display(), dest.display()))?;
+    } else {
+        return Err(Error::input(format!(
+            "{} is not a regular file or directory",
+            src.display()
+        )));
     }
     Ok(())
 }

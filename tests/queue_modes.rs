@@ -702,3 +702,57 @@ fn a_byte_order_mark_does_not_turn_a_yaml_list_into_shell_jobs() {
     assert_eq!(int(&jobs[0], "priority"), 3);
     assert_eq!(text(&jobs[1], "command"), "echo plain");
 }
+
+#[test]
+fn job_inputs_that_cannot_be_copied_are_refused_at_once() {
+    let q = TestQueue::new();
+    let dir = q.tmp.path();
+    let fifo = dir.join("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let tree = dir.join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("f"), "x").unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(tree.join("p"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    q.rq(&["submit", "-q", "true"]).ok();
+    let fifo_s = fifo.to_str().unwrap();
+    let tree_s = tree.to_str().unwrap();
+    let queue_data = format!("{}/data", q.q());
+    let update_fifo = format!("data={fifo_s}");
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["submit", "--data", fifo_s, "true"],
+        vec!["submit", "--stdin", fifo_s, "true"],
+        vec!["submit", "--data", tree_s, "true"],
+        vec!["submit", "--data", "/", "true"],
+        vec!["submit", "--data", q.q(), "true"],
+        vec!["submit", "--data", &queue_data, "true"],
+        vec!["submit", "--stdin", "/dev/zero", "true"],
+        vec!["update", "1", &update_fifo],
+    ];
+    for args in cases {
+        let started = std::time::Instant::now();
+        let out = q.rq(&args).fails();
+        assert!(started.elapsed().as_secs() < 10, "{args:?} took long");
+        assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
+    }
+    assert_eq!(q.jobs().len(), 1);
+    assert_eq!(std::fs::read_dir(q.path.join("data")).unwrap().count(), 0);
+    // A plain tree is fine.
+    std::fs::remove_file(tree.join("p")).unwrap();
+    q.rq(&["submit", "-q", "--data", tree_s, "true"]).ok();
+    assert_eq!(
+        std::fs::read_to_string(q.path.join("data/2/f")).unwrap(),
+        "x"
+    );
+}
