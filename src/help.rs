@@ -147,7 +147,7 @@ const TOPICS: &[(&str, &str)] = &[
     ),
     (
         "configure",
-        "rq QUEUE configure [key=value ...]\n\nSet queue-wide settings (key= removes one); with no arguments print them.\n",
+        "rq QUEUE configure [key=value ...]\n\nSet queue-wide settings (key= removes one); with no arguments print them.\n\n  heartbeat     0.5s to 1h (default 10s): how often feeders show they live\n  lease         1s to 7d, at least two heartbeats (default 60s): after this\n                without a heartbeat a host's jobs are taken over\n  max_attempts  1 to 1000 (default 3): runs a restartable job gets in all\n\nOther keys and values out of range are refused; nothing is changed then.\n",
     ),
     (
         "feed",

@@ -55,6 +55,66 @@ impl Settings {
     }
 }
 
+/// The settings `configure` accepts, with their ranges (README, "Settings").
+pub const SETTING_RANGES: &[(&str, &str)] = &[
+    ("heartbeat", "a duration from 0.5s to 1h (default 10s)"),
+    (
+        "lease",
+        "a duration from 5s to 7d, at least two heartbeats (default 60s)",
+    ),
+    ("max_attempts", "a whole number from 1 to 1000 (default 3)"),
+];
+
+/// Check a queue's settings as they would be after a `configure`: every key known, every
+/// value in its range, and the lease at least two heartbeats (a shorter one would declare
+/// healthy hosts dead). `get` gives the value a key would have (None: unset, default).
+pub fn check_settings(keys: &[&str], get: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+    for key in keys {
+        if !SETTING_RANGES.iter().any(|(k, _)| k == key) {
+            let known: Vec<&str> = SETTING_RANGES.iter().map(|(k, _)| *k).collect();
+            return Err(format!(
+                "unknown setting '{key}' (known: {})",
+                known.join(", ")
+            ));
+        }
+    }
+    let range = |key: &str| {
+        SETTING_RANGES
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or("", |r| r.1)
+    };
+    let duration = |key: &str, min: f64, max: f64| -> Result<Option<f64>, String> {
+        let Some(text) = get(key) else {
+            return Ok(None);
+        };
+        match crate::time::parse_duration(&text) {
+            Some(secs) if (min..=max).contains(&secs) => Ok(Some(secs)),
+            _ => Err(format!("{key} must be {}, not '{text}'", range(key))),
+        }
+    };
+    let heartbeat = duration("heartbeat", 0.5, 3600.0)?.unwrap_or(Settings::default().heartbeat);
+    let lease = duration("lease", 1.0, 7.0 * 86400.0)?.unwrap_or(Settings::default().lease);
+    if lease < 2.0 * heartbeat {
+        return Err(format!(
+            "the lease ({lease}s) must be at least two heartbeats ({heartbeat}s each): \
+             a shorter one would declare healthy hosts dead"
+        ));
+    }
+    if let Some(text) = get("max_attempts") {
+        match text.trim().parse::<i64>() {
+            Ok(n) if (1..=1000).contains(&n) => {}
+            _ => {
+                return Err(format!(
+                    "max_attempts must be {}, not '{text}'",
+                    range("max_attempts")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn hosts_dir(queue: &Path) -> PathBuf {
     queue.join("hosts")
 }

@@ -876,6 +876,18 @@ impl Queue {
             return self.store.read(|tx| read_all(tx));
         }
         self.store.write(|tx| {
+            // Checked as the settings will be, with the stored ones: lease and heartbeat
+            // depend on each other.
+            let current = read_all(tx)?;
+            let keys: Vec<&str> = settings.iter().map(|(k, _)| k.as_str()).collect();
+            crate::liveness::check_settings(&keys, |key| {
+                match settings.iter().rev().find(|(k, _)| k == key) {
+                    Some((_, v)) if v.is_empty() => None,
+                    Some((_, v)) => Some(v.clone()),
+                    None => current.get(key).and_then(Value::as_str).map(String::from),
+                }
+            })
+            .map_err(|e| Error::usage(format!("configure: {e}; nothing was changed")))?;
             for (key, value) in settings {
                 if value.is_empty() {
                     tx.execute("DELETE FROM attributes WHERE key = ?", [key])?;

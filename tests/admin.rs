@@ -143,7 +143,7 @@ fn recover_rebuilds_a_damaged_database() {
         .map(|i| format!("echo job number {i} with some padding to fill pages\n"))
         .collect();
     q.rq_stdin(&["submit", "-q"], &lines).ok();
-    q.rq(&["configure", "note=kept"]).ok();
+    q.rq(&["configure", "max_attempts=7"]).ok();
     let healthy = q.rq(&["recover"]).ok().value();
     assert_eq!(healthy["integrity"], "ok");
     assert_eq!(healthy["damaged"], false);
@@ -164,7 +164,7 @@ fn recover_rebuilds_a_damaged_database() {
     assert!(recovered > 3000 && recovered < 4000, "{report}");
     assert!(std::path::Path::new(report["damaged_copy"].as_str().unwrap()).exists());
     assert_eq!(q.count("pending") as u64, recovered);
-    assert_eq!(q.rq(&["configure"]).ok().value()["note"], "kept");
+    assert_eq!(q.rq(&["configure"]).ok().value()["max_attempts"], "7");
     // jids continue above every jid the queue ever had
     let new = q.rq(&["submit", "true"]).ok().records();
     assert_eq!(int(&new[0], "jid"), 4001);

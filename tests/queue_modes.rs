@@ -488,14 +488,46 @@ fn execute_and_configure() {
         .records();
     assert_eq!(rows[0]["n"], 1);
     q.rq(&["execute", "SELEKT"]).fails();
-    let v = q
-        .rq(&["configure", "heartbeat=5s", "note=hello world"])
-        .ok()
-        .value();
+    let v = q.rq(&["configure", "heartbeat=5s"]).ok().value();
     assert_eq!(v["heartbeat"], "5s");
-    assert_eq!(q.rq(&["C"]).ok().value()["note"], "hello world");
     q.rq(&["configure", "heartbeat=soon"]).fails();
     q.rq(&["configure", "novalue"]).fails();
+}
+
+#[test]
+fn configure_refuses_unknown_keys_and_values_out_of_range() {
+    let q = TestQueue::new();
+    q.rq(&["configure", "heartbeat=5s", "lease=1m", "max_attempts=4"])
+        .ok();
+    let before = q.rq(&["configure"]).ok().stdout;
+    for bad in [
+        &["note=hello"][..],
+        &["heartbeat=0.001s"],
+        &["heartbeat=0"],
+        &["heartbeat=2d"],
+        &["lease=9s"],      // under two of the stored 5 s heartbeats
+        &["heartbeat=40s"], // the stored 1 m lease is under two of these
+        &["lease=1000d"],
+        &["max_attempts=0"],
+        &["max_attempts=-1"],
+        &["max_attempts=many"],
+        &["heartbeat=1s", "colour=red"], // one bad key: nothing changes
+    ] {
+        let mut args = vec!["configure"];
+        args.extend_from_slice(bad);
+        let out = q.rq(&args).fails();
+        assert_eq!(out.stderr.lines().count(), 1, "{bad:?}: {}", out.stderr);
+        assert_eq!(
+            q.rq(&["configure"]).ok().stdout,
+            before,
+            "{bad:?} changed something"
+        );
+    }
+    // Both together are judged together; removing a key returns it to its default.
+    q.rq(&["configure", "heartbeat=40s", "lease=2m"]).ok();
+    q.rq(&["configure", "lease="]).fails(); // default 60 s < two 40 s heartbeats
+    q.rq(&["configure", "heartbeat=", "lease="]).ok();
+    assert_eq!(q.rq(&["configure"]).ok().value()["max_attempts"], "4");
 }
 
 #[test]

@@ -306,7 +306,6 @@ impl Context<'_> {
             if key.is_empty() {
                 return Err(Error::usage(format!("configure: '{word}' has no key")));
             }
-            validate_setting(key, value)?;
             settings.push((key.to_string(), value.to_string()));
         }
         let mut q = self.open(if settings.is_empty() {
@@ -344,25 +343,6 @@ impl Context<'_> {
         }
         Ok(0)
     }
-}
-
-/// Keys `configure` knows the meaning of are checked; others are stored as given.
-fn validate_setting(key: &str, value: &str) -> Result<()> {
-    if value.is_empty() {
-        return Ok(());
-    }
-    let duration = ["heartbeat", "lease"];
-    if duration.contains(&key) && crate::time::parse_duration(value).is_none() {
-        return Err(Error::usage(format!(
-            "configure: {key} must be a duration like 10s or 2m, not '{value}'"
-        )));
-    }
-    if key == "max_attempts" && value.parse::<u32>().is_err() {
-        return Err(Error::usage(format!(
-            "configure: max_attempts must be a whole number, not '{value}'"
-        )));
-    }
-    Ok(())
 }
 
 fn apply_change(changes: &mut Changes, key: &str, value: &str) -> Result<()> {
