@@ -141,23 +141,38 @@ pub fn touch(path: &Path) -> std::io::Result<()> {
             tv_nsec: UTIME_NOW,
         },
     };
-    match utimensat(CWD, path, &now, AtFlags::empty()) {
+    // Never through a link planted in the queue: a link gets its own times set.
+    match utimensat(CWD, path, &now, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(()) => Ok(()),
         // Removed by someone (even the whole hosts/ directory): make it again.
         Err(rustix::io::Errno::NOENT) => {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            std::fs::write(path, b"")
+            match create_new(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                other => other.map(drop),
+            }
         }
         Err(e) => Err(e.into()),
     }
 }
 
+/// Create a new, empty file; fails if anything (a link included) is there already.
+pub fn create_new(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
 /// A file's modification time, asked of the server.
 pub fn mtime(path: &Path) -> Option<Timestamp> {
     use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
-    let st = statx(CWD, path, AtFlags::STATX_FORCE_SYNC, StatxFlags::MTIME).ok()?;
+    let flags = AtFlags::STATX_FORCE_SYNC | AtFlags::SYMLINK_NOFOLLOW;
+    let st = statx(CWD, path, flags, StatxFlags::MTIME).ok()?;
     Timestamp::new(st.stx_mtime.tv_sec, st.stx_mtime.tv_nsec as i32).ok()
 }
 
@@ -211,7 +226,13 @@ impl Heartbeat {
         let tmp = self
             .path
             .with_extension(format!("hb.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, format!("{}\n", self.info))
+        // A new file (a link planted under the temporary name is removed, not followed),
+        // then a rename, which replaces whatever is at the heartbeat's name.
+        let _ = std::fs::remove_file(&tmp);
+        create_new(&tmp)
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, format!("{}\n", self.info).as_bytes())
+            })
             .and_then(|_| std::fs::rename(&tmp, &self.path))
             .context(|| format!("cannot write {}", self.path.display()))?;
         touch(&self.path).context(|| format!("cannot touch {}", self.path.display()))

@@ -204,8 +204,10 @@ pub fn ring_doorbell(dir: &Path) {
             tv_nsec: rustix::fs::UTIME_NOW,
         },
     };
-    if rustix::fs::utimensat(rustix::fs::CWD, &path, &now, rustix::fs::AtFlags::empty()).is_err() {
-        let _ = std::fs::write(&path, b"");
+    // A link planted as the doorbell gets its own times set, never its target's.
+    let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+    if rustix::fs::utimensat(rustix::fs::CWD, &path, &now, flags).is_err() {
+        let _ = crate::liveness::create_new(&path);
     }
 }
 

@@ -416,3 +416,39 @@ fn jobs_get_exactly_stdio_and_no_rq_internals() {
         .count();
     assert_eq!(bins, 1, "{out}");
 }
+
+#[test]
+fn links_planted_in_the_queue_are_never_written_through() {
+    use std::os::unix::fs::MetadataExt;
+    let q = TestQueue::new();
+    let victim = q.tmp.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&victim)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    // Whoever can write the queue plants links where rq writes: the doorbell, this
+    // host's heartbeat, the next job's output files.
+    std::fs::remove_file(q.path.join("doorbell")).unwrap();
+    std::fs::create_dir_all(q.path.join("hosts")).unwrap();
+    for name in ["doorbell", "hosts/h1.hb", "stdout/1", "stderr/1"] {
+        std::os::unix::fs::symlink(&victim, q.path.join(name)).unwrap();
+    }
+    q.rq(&["submit", "-q", "echo out; echo err >&2"]).ok();
+    let mut f = q.feeder("h1", &["--exit_when_empty"]);
+    assert_eq!(f.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert_eq!(
+        std::fs::metadata(&victim).unwrap().mtime(),
+        1_000_000_000,
+        "the victim was touched"
+    );
+    assert_eq!(
+        std::fs::read_to_string(q.path.join("stdout/1")).unwrap(),
+        "out\n"
+    );
+    assert_eq!(q.rq(&["list", "1"]).ok().records()[0]["exit_status"], 0);
+}
