@@ -650,8 +650,14 @@ fn hostile_input_gets_errors_or_is_stored_exactly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("UTF-8"));
     assert_eq!(q.dump(), before);
-    // A 1 MB command line is stored exactly.
-    let huge = format!("echo {}", "y".repeat(1 << 20));
+    // A 1 MB command could never start (the kernel passes at most 128 KiB): refused,
+    // nothing changed. One of 100 kB is stored exactly.
+    let before = q.dump();
+    let too_big = format!("echo {}", "y".repeat(1 << 20));
+    q.rq_stdin(&["submit", "-q", "-"], &format!("{too_big}\n"))
+        .fails();
+    assert_eq!(q.dump(), before);
+    let huge = format!("echo {}", "y".repeat(100_000));
     q.rq_stdin(&["submit", "-q", "-"], &format!("{huge}\n"))
         .ok();
     let json = q
