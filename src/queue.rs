@@ -418,9 +418,8 @@ impl Queue {
                 match &shared_stdin {
                     Some((s, copy)) if s == src && std::fs::hard_link(copy, &dest).is_ok() => {}
                     _ => {
-                        std::fs::copy(src, &dest).context(|| {
-                            format!("cannot copy {} to {}", src.display(), dest.display())
-                        })?;
+                        clear(&dest)?;
+                        copy_file_new(src, &dest)?;
                         shared_stdin = Some((src.clone(), dest));
                     }
                 }
@@ -522,8 +521,9 @@ impl Queue {
                 let stdin = match &changes.stdin {
                     Some(src) => {
                         let rel = format!("stdin/{jid}.{token}");
-                        std::fs::copy(src, self.dir.join(&rel))
-                            .context(|| format!("cannot copy {}", src.display()))?;
+                        let dest = self.dir.join(&rel);
+                        clear(&dest)?;
+                        copy_file_new(src, &dest)?;
                         Some(rel)
                     }
                     None => None,
@@ -1201,8 +1201,29 @@ fn check_input(path: &Path, queue_dir: &Path, kind: InputKind) -> Result<()> {
     Ok(())
 }
 
-/// Copy a file, or a directory recursively (symlinks copied as links).
+/// Copy a file, or a directory recursively (symlinks copied as links), to `dest` in a
+/// queue. Whatever is at `dest` already (a link someone planted under the next jid, a
+/// leftover of a crash) is removed first, never followed, and every file and directory
+/// of the copy is created new: nothing outside the queue is written through it.
 pub fn copy_tree(src: &Path, dest: &Path) -> Result<()> {
+    clear(dest)?;
+    copy_new(src, dest)
+}
+
+/// Remove what is at `path` (a link itself, not its target).
+fn clear(path: &Path) -> Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if meta.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    }
+    .context(|| format!("cannot remove {}", path.display()))
+}
+
+fn copy_new(src: &Path, dest: &Path) -> Result<()> {
     let meta =
         std::fs::symlink_metadata(src).context(|| format!("cannot read {}", src.display()))?;
     if meta.file_type().is_symlink() {
@@ -1211,19 +1232,30 @@ pub fn copy_tree(src: &Path, dest: &Path) -> Result<()> {
         std::os::unix::fs::symlink(target, dest)
             .context(|| format!("cannot create {}", dest.display()))?;
     } else if meta.is_dir() {
-        std::fs::create_dir_all(dest).context(|| format!("cannot create {}", dest.display()))?;
+        std::fs::create_dir(dest).context(|| format!("cannot create {}", dest.display()))?;
         for entry in std::fs::read_dir(src).context(|| format!("cannot read {}", src.display()))? {
             let entry = entry.context(|| format!("cannot read {}", src.display()))?;
-            copy_tree(&entry.path(), &dest.join(entry.file_name()))?;
+            copy_new(&entry.path(), &dest.join(entry.file_name()))?;
         }
     } else if meta.is_file() {
-        std::fs::copy(src, dest)
-            .context(|| format!("cannot copy {} to {}", src.display(), dest.display()))?;
+        copy_file_new(src, dest)?;
     } else {
         return Err(Error::input(format!(
             "{} is not a regular file or directory",
             src.display()
         )));
+    }
+    Ok(())
+}
+
+/// Copy a regular file to a new file `dest` (O_EXCL, O_NOFOLLOW), with its permissions.
+pub fn copy_file_new(src: &Path, dest: &Path) -> Result<()> {
+    let context = || format!("cannot copy {} to {}", src.display(), dest.display());
+    let mut from = std::fs::File::open(src).context(context)?;
+    let mut to = crate::liveness::create_new(dest).context(context)?;
+    std::io::copy(&mut from, &mut to).context(context)?;
+    if let Ok(meta) = from.metadata() {
+        let _ = to.set_permissions(meta.permissions());
     }
     Ok(())
 }

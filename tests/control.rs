@@ -452,3 +452,41 @@ fn links_planted_in_the_queue_are_never_written_through() {
     );
     assert_eq!(q.rq(&["list", "1"]).ok().records()[0]["exit_status"], 0);
 }
+
+#[test]
+fn submit_never_copies_job_inputs_through_planted_links() {
+    let q = TestQueue::new();
+    q.rq(&["submit", "-q", "true"]).ok();
+    let victim = q.tmp.path().join("victim");
+    let victim_dir = q.tmp.path().join("victim-dir");
+    std::fs::write(&victim, "precious\n").unwrap();
+    std::fs::create_dir(&victim_dir).unwrap();
+    // The next jid is 2: links wait under its names.
+    std::os::unix::fs::symlink(&victim, q.path.join("stdin/2")).unwrap();
+    std::os::unix::fs::symlink(&victim_dir, q.path.join("data/2")).unwrap();
+    let input = q.tmp.path().join("input");
+    let data = q.tmp.path().join("data-in");
+    std::fs::write(&input, "job input\n").unwrap();
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("f"), "job data\n").unwrap();
+    q.rq(&[
+        "submit",
+        "-q",
+        "--stdin",
+        input.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "cat",
+    ])
+    .ok();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert_eq!(std::fs::read_dir(&victim_dir).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_to_string(q.path.join("stdin/2")).unwrap(),
+        "job input\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(q.path.join("data/2/f")).unwrap(),
+        "job data\n"
+    );
+}
