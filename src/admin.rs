@@ -309,10 +309,17 @@ pub fn recover(dir: &Path) -> Result<Value> {
         });
     }
     let check = integrity(&db);
-    if check.as_deref() == Ok("ok") {
-        return Ok(json!({"integrity": "ok", "damaged": false}));
-    }
     let problem = match &check {
+        // A sound SQLite file is only a healthy queue if it holds an rq schema: an empty
+        // (0-byte) file or some other database passes the integrity check too.
+        Ok(text) if text == "ok" => match rq_schema(&db) {
+            Ok(()) => {
+                // Sound after all (the damage seen was in a connection, not the file).
+                let cleared = std::fs::remove_file(store::damage_mark(&db)).is_ok();
+                return Ok(json!({"integrity": "ok", "damaged": false, "mark_cleared": cleared}));
+            }
+            Err(why) => why,
+        },
         Ok(text) => text.lines().next().unwrap_or("").to_string(),
         Err(e) => e.clone(),
     };
@@ -324,6 +331,18 @@ pub fn recover(dir: &Path) -> Result<Value> {
     let highest_file_jid = highest_jid_in_files(dir);
     let fresh = dir.join(format!("db.recovering.{}", std::process::id()));
     let _ = std::fs::remove_file(&fresh);
+    // Whatever happens below, the half-built database does not stay behind.
+    struct RemoveOnDrop(PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+            let _ = std::fs::remove_file(self.0.with_extension("creating-journal"));
+            let mut journal = self.0.as_os_str().to_owned();
+            journal.push("-journal");
+            let _ = std::fs::remove_file(journal);
+        }
+    }
+    let _cleanup = RemoveOnDrop(fresh.clone());
     store::create_database(&fresh)?;
     {
         let conn = Connection::open(&fresh)?;
@@ -356,22 +375,39 @@ pub fn recover(dir: &Path) -> Result<Value> {
         )?;
         tx.commit()?;
     }
-    // Write the rebuilt database over the damaged one, page by page, under its lock.
-    {
+    // Write the rebuilt database over the damaged one, page by page, under its lock (same
+    // inode: other hosts' connections stay valid). A file SQLite cannot even open as a
+    // database is replaced by the new one instead (a rename: atomic).
+    let write_over = || -> rusqlite::Result<()> {
         let src = Connection::open(&fresh)?;
         let mut live = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         live.busy_timeout(std::time::Duration::from_secs(600))?;
         let backup = Backup::new(&src, &mut live)?;
         loop {
             match backup.step(-1)? {
-                rusqlite::backup::StepResult::Done => break,
+                rusqlite::backup::StepResult::Done => return Ok(()),
                 _ => std::thread::sleep(std::time::Duration::from_millis(100)),
             }
         }
+    };
+    if write_over().is_err() {
+        std::fs::rename(&fresh, &db).context(|| {
+            format!(
+                "cannot put the rebuilt database in place of {}",
+                db.display()
+            )
+        })?;
     }
-    let _ = std::fs::remove_file(&fresh);
-    let _ = std::fs::remove_file(fresh.with_extension("creating-journal"));
     let after = integrity(&db).unwrap_or_else(|e| e);
+    let _ = std::fs::remove_file(store::damage_mark(&db));
+    // The proof that counts: the queue opens again.
+    if let Err(e) = store::Store::open(&db, store::Access::ReadOnly) {
+        return Err(Error::Conflict(format!(
+            "recover rebuilt {} but the queue still does not open ({e}); the damaged file is kept as {}",
+            db.display(),
+            copy.display()
+        )));
+    }
     Ok(json!({
         "integrity": after,
         "damaged": true,
@@ -381,6 +417,30 @@ pub fn recover(dir: &Path) -> Result<Value> {
         "lost_jobs_at_most": (salvage.highest_jid.max(highest_file_jid) as usize).saturating_sub(salvage.rows.len()),
         "damaged_copy": copy,
     }))
+}
+
+/// Does this (sound) SQLite file hold an rq queue's schema?
+fn rq_schema(db: &Path) -> std::result::Result<(), String> {
+    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| e.to_string())?;
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(600));
+    let app_id: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('jobs', 'attributes', 'meta')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| e.to_string())?;
+    if app_id == store::APPLICATION_ID && tables == 3 {
+        Ok(())
+    } else if tables == 0 && std::fs::metadata(db).map(|m| m.len()).unwrap_or(0) == 0 {
+        Err("the database file is empty".into())
+    } else {
+        Err("the database file holds no rq queue".into())
+    }
 }
 
 fn integrity(db: &Path) -> std::result::Result<String, String> {

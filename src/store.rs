@@ -105,6 +105,22 @@ pub fn schema_file_text() -> String {
     )
 }
 
+/// `Q/damaged`: written when an rq process confirms the database is damaged (one line:
+/// when, and what SQLite said); while it exists, writers refuse. `recover` removes it.
+pub fn damage_mark(db_path: &Path) -> PathBuf {
+    db_path.with_file_name("damaged")
+}
+
+/// `PRAGMA quick_check` on a connection of its own: does the file hold a sound database?
+fn file_checks_out(db_path: &Path) -> bool {
+    let Ok(conn) = Connection::open_with_flags(db_path, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+        return false;
+    };
+    let _ = conn.busy_timeout(Duration::from_secs(60));
+    conn.query_row("PRAGMA quick_check(1)", [], |r| r.get::<_, String>(0))
+        .is_ok_and(|text| text == "ok")
+}
+
 /// How a store connection may be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -198,14 +214,38 @@ impl Store {
                 .map(Duration::from_secs_f64),
             wait_when_full: false,
         };
+        // Damage some process already confirmed (perhaps in pages this one would not
+        // read) stops every writer, so nothing is built on it before `recover`.
+        if access == Access::ReadWrite
+            && let Ok(text) = std::fs::read_to_string(damage_mark(db_path))
+        {
+            let why = text
+                .split_once(' ')
+                .map_or(text.trim(), |(_, why)| why.trim());
+            return Err(store.corrupt(why.to_string()));
+        }
         store.connect()?;
         Ok(store)
     }
 
+    /// Damage confirmed (by a fresh connection): say so, and leave the mark that makes
+    /// every later writer refuse until `recover` (see `damage_mark`).
     fn corrupt(&self, why: impl Into<String>) -> Error {
+        let why = why.into();
+        // Marked only when a whole check of the file agrees: on NFS a connection can read
+        // garbage for a moment after its client lost its locks, and a mark would stop
+        // every writer until someone runs `recover`.
+        let mark = damage_mark(&self.db_path);
+        if !mark.exists()
+            && !file_checks_out(&self.db_path)
+            && let Ok(mut file) = crate::liveness::create_new(&mark)
+        {
+            use std::io::Write;
+            let _ = writeln!(file, "{} {why}", crate::time::now());
+        }
         Error::Corrupt {
             path: self.db_path.parent().unwrap_or(&self.db_path).to_path_buf(),
-            why: why.into(),
+            why,
         }
     }
 

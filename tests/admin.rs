@@ -342,3 +342,52 @@ fn completions_and_man_page_come_from_the_modes() {
     let man = rq_in(tmp.path(), &["man"], None).ok().stdout;
     assert!(man.starts_with(".ie") && man.contains(".TH rq 1") && man.contains("rotate"));
 }
+
+#[test]
+fn damage_seen_by_a_reader_stops_writers_until_recover() {
+    let q = TestQueue::new();
+    let lines: String = (0..4000)
+        .map(|i| format!("echo job number {i} with some padding to fill pages\n"))
+        .collect();
+    q.rq_stdin(&["submit", "-q"], &lines).ok();
+    let db = q.path.join("db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 8192] {
+        *b = 0xa5;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    let read = q.rq(&["list", "all"]).fails();
+    assert!(read.stderr.contains("recover"), "{}", read.stderr);
+    // A submit would only touch the last pages, which are fine: it is refused all the same.
+    let write = q.rq(&["submit", "true"]).fails();
+    assert!(
+        write.stderr.contains("damaged") && write.stderr.contains("recover"),
+        "{}",
+        write.stderr
+    );
+    assert!(q.path.join("damaged").exists());
+    q.rq(&["recover"]).ok();
+    assert!(!q.path.join("damaged").exists());
+    q.rq(&["submit", "-q", "true"]).ok();
+}
+
+#[test]
+fn recover_makes_an_empty_or_foreign_db_file_a_working_queue() {
+    for content in [&b""[..], b"this is not a database at all\n"] {
+        let q = TestQueue::new();
+        q.rq(&["submit", "-q", "true"]).ok();
+        std::fs::write(q.path.join("db"), content).unwrap();
+        q.rq(&["status"]).fails();
+        let report = q.rq(&["recover"]).ok().value();
+        assert_eq!(report["damaged"], true, "{report}");
+        q.rq(&["status"]).ok();
+        q.rq(&["submit", "-q", "true"]).ok();
+        let debris: Vec<String> = std::fs::read_dir(&q.path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("recovering"))
+            .collect();
+        assert!(debris.is_empty(), "{debris:?}");
+    }
+}
