@@ -165,6 +165,9 @@ pub fn rotate(q: &mut Queue, dest: Option<&Path>, keep_dir: bool) -> Result<Valu
             return Err(e);
         }
     };
+    if !deleted.is_empty() {
+        q.store().reclaim_space()?;
+    }
     // Jobs resubmitted during the rotation are not archived.
     let kept: Vec<i64> = jids
         .iter()

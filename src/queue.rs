@@ -488,6 +488,9 @@ impl Queue {
         for row in &rows {
             remove_files_of(&self.dir, row.jid(), &paths_of(row));
         }
+        if !rows.is_empty() {
+            self.store.reclaim_space()?;
+        }
         Ok((rows, skipped))
     }
 

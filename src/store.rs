@@ -99,7 +99,8 @@ pub fn schema_file_text() -> String {
          -- States: pending -> running -> finished | dead; holding jobs never run.\n\
          --\n\
          -- Connection settings: journal_mode=PERSIST, synchronous=FULL, mmap_size=0,\n\
-         -- temp_store=MEMORY. Never switch this database to WAL: it is shared over the network.\n\
+         -- temp_store=MEMORY; auto_vacuum=INCREMENTAL (set at creation: deletes give space\n\
+         -- back in short steps). Never switch this database to WAL: it is shared over the network.\n\
          {SCHEMA_SQL}\n-- Migrations applied after version 1:\n{}",
         MIGRATIONS.join("\n")
     )
@@ -386,6 +387,42 @@ impl Store {
         }
     }
 
+    /// Give the space of deleted rows back to the filesystem: on a database made with
+    /// incremental auto-vacuum (queues created since 2026-12-03), free pages are cut off
+    /// the end of the file, `VACUUM_STEP` pages per short write transaction, so other
+    /// processes wait at most one step. Does nothing on older queues (their files only
+    /// shrink with a full `VACUUM`). Returns the pages given back.
+    pub fn reclaim_space(&mut self) -> Result<i64> {
+        const VACUUM_STEP: i64 = 2048;
+        let incremental: i64 =
+            self.read(|tx| Ok(tx.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?))?;
+        if incremental != 2 {
+            return Ok(0);
+        }
+        let mut total = 0;
+        loop {
+            let (freed, left) = self.write(|tx| {
+                let free = |tx: &Transaction<'_>| -> Result<i64> {
+                    Ok(tx.query_row("PRAGMA freelist_count", [], |r| r.get(0))?)
+                };
+                let before = free(tx)?;
+                if before > 0 {
+                    // Stepped to the end: the pragma frees a page per step.
+                    let mut stmt =
+                        tx.prepare(&format!("PRAGMA incremental_vacuum({VACUUM_STEP})"))?;
+                    let mut rows = stmt.query([])?;
+                    while rows.next()?.is_some() {}
+                }
+                let after = free(tx)?;
+                Ok((before - after, after))
+            })?;
+            total += freed;
+            if left == 0 || freed == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
     /// Run `body` in one read transaction. Print nothing inside it.
     pub fn read<T>(&mut self, mut body: impl FnMut(&Transaction<'_>) -> Result<T>) -> Result<T> {
         self.run(TransactionBehavior::Deferred, &mut body)
@@ -648,6 +685,9 @@ pub fn create_database(db_path: &Path) -> Result<()> {
         configure_connection(&mut conn, Arc::new(WaitNotice::default()), None)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = PERSIST", [], |r| r.get(0))?;
         debug_assert_eq!(mode, "persist");
+        // Incremental auto-vacuum (only settable before the first table): space freed by
+        // deleting jobs can be given back in short steps (`Store::reclaim_space`).
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")?;
         conn.execute_batch(&format!(
             "BEGIN IMMEDIATE;
              PRAGMA application_id = {APPLICATION_ID};

@@ -788,3 +788,21 @@ fn job_inputs_that_cannot_be_copied_are_refused_at_once() {
         "x"
     );
 }
+
+#[test]
+fn deleting_jobs_gives_their_space_back() {
+    let q = TestQueue::new();
+    let big = format!("echo {}\n", "y".repeat(100_000));
+    q.rq_stdin(&["submit", "-q"], &big.repeat(200)).ok();
+    let db = q.path.join("db");
+    let full = std::fs::metadata(&db).unwrap().len();
+    assert!(full > 20_000_000, "{full}");
+    q.rq(&["delete", "all", "-q"]).ok();
+    let after = std::fs::metadata(&db).unwrap().len();
+    assert!(
+        after < 1_000_000,
+        "the database stayed {after} bytes after delete all"
+    );
+    q.integrity_ok();
+    q.rq(&["submit", "-q", "true"]).ok();
+}
