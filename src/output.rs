@@ -135,7 +135,9 @@ pub fn cell_json(cell: &Cell) -> Value {
     match cell {
         Cell::Null => Value::Null,
         Cell::Int(i) => Value::from(*i),
-        Cell::Real(r) => serde_json::Number::from_f64(*r).map_or(Value::Null, Value::Number),
+        Cell::Real(r) => {
+            serde_json::Number::from_f64(to_millis(*r)).map_or(Value::Null, Value::Number)
+        }
         Cell::Text(t) => Value::from(t.as_str()),
         Cell::Bool(b) => Value::from(*b),
     }
@@ -151,9 +153,14 @@ fn cell_yaml(cell: &Cell) -> String {
     }
 }
 
+/// Seconds to the millisecond: rq measures no finer, and 1.7160269559999999 is noise.
+fn to_millis(r: f64) -> f64 {
+    (r * 1000.0).round() / 1000.0
+}
+
 fn real(r: f64) -> String {
     if r.is_finite() {
-        let text = format!("{r}");
+        let text = format!("{}", to_millis(r));
         if text.contains(['.', 'e', 'E']) {
             text
         } else {
@@ -334,6 +341,14 @@ pub fn to_stdout(text: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_print_to_the_millisecond() {
+        assert_eq!(real(1.7160269559999999), "1.716");
+        assert_eq!(real(91.179507759), "91.18");
+        assert_eq!(real(5400.0), "5400.0");
+        assert_eq!(cell_json(&Cell::Real(0.1 + 0.2)).to_string(), "0.3");
+    }
 
     #[test]
     fn scalars_that_need_quotes_get_them() {
