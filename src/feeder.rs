@@ -264,6 +264,8 @@ impl Doorbell {
 /// reaches the server is reported to the `Lease`, which the watchdog fences by.
 struct Beater {
     lease: Arc<Lease>,
+    /// A note for `feeders` (why this feeder is not claiming), published by the beat thread.
+    note: Arc<std::sync::Mutex<Option<Option<String>>>>,
     interval_ms: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Heartbeat>>,
@@ -274,9 +276,20 @@ impl Beater {
     fn start(heartbeat: Heartbeat, interval: f64, lease: Arc<Lease>) -> Beater {
         let interval_ms = Arc::new(AtomicU64::new((interval * 1000.0) as u64));
         let stop = Arc::new(AtomicBool::new(false));
-        let (l, i, st) = (lease.clone(), interval_ms.clone(), stop.clone());
+        let note: Arc<std::sync::Mutex<Option<Option<String>>>> = Arc::default();
+        let (l, i, st, n) = (
+            lease.clone(),
+            interval_ms.clone(),
+            stop.clone(),
+            note.clone(),
+        );
+        let mut heartbeat = heartbeat;
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::SeqCst) {
+                let changed = n.lock().ok().and_then(|mut pending| pending.take());
+                if let Some(text) = changed {
+                    heartbeat.set_note(text.as_deref());
+                }
                 let started = l.beat_starting();
                 if let Ok(now) = heartbeat.beat() {
                     l.beat_ok(started, now);
@@ -292,9 +305,17 @@ impl Beater {
         Beater {
             _watchdog: Watchdog::start(lease.clone()),
             lease,
+            note,
             interval_ms,
             stop,
             thread: Some(thread),
+        }
+    }
+
+    /// Publish (or with None, clear) a note in the heartbeat file with the next beat.
+    fn set_note(&self, text: Option<String>) {
+        if let Ok(mut pending) = self.note.lock() {
+            *pending = Some(text);
         }
     }
 
@@ -315,6 +336,12 @@ impl Beater {
             hb.stopped(error);
         }
     }
+}
+
+/// The free space below which a feeder claims nothing: 1 % of the filesystem, at least
+/// 16 KiB and at most 1 GiB.
+fn disk_reserve(total: u64) -> u64 {
+    (total / 100).clamp(16 << 10, 1 << 30)
 }
 
 /// A claimed row's jid and claim token.
@@ -344,6 +371,9 @@ pub struct Feeder {
     more_waiting: bool,
     /// Claiming is suspended: heartbeats have failed for half the lease.
     fenced: bool,
+    /// Claiming is suspended: the queue's filesystem is (nearly) full, so jobs could not
+    /// write their output and would fail one after another.
+    disk_full: bool,
     /// When jobs this feeder queued for a retry become eligible.
     retry_wakes: Vec<Instant>,
     /// Started jobs whose pid is not recorded yet: written with the next transaction
@@ -433,6 +463,7 @@ impl Feeder {
             next_tick: Instant::now(),
             more_waiting: true,
             fenced: false,
+            disk_full: false,
             retry_wakes: Vec::new(),
             starts: Vec::new(),
             failed_starts: Vec::new(),
@@ -738,7 +769,7 @@ impl Feeder {
             let journal_broken = self
                 .journal_failed
                 .is_some_and(|at| at.elapsed() < JOURNAL_RETRY);
-            let room = if draining || self.fenced || journal_broken {
+            let room = if draining || self.fenced || journal_broken || self.disk_full {
                 0
             } else {
                 (self.config.max_feed + lookahead)
@@ -857,6 +888,38 @@ impl Feeder {
     /// Every heartbeat: fence ourselves if our heartbeats have failed, check our claims
     /// and kill requests, reclaim the jobs of hosts whose heartbeat has stopped, and (idle)
     /// poll for work.
+    /// Once a tick (one STATFS on NFS): stop claiming while the queue's filesystem has
+    /// less than `disk_reserve` free, say so in the log and in `feeders`, and go on when
+    /// there is twice that again (running jobs go on meanwhile).
+    fn check_disk_space(&mut self, beater: &Beater) {
+        let Ok(st) = rustix::fs::statvfs(self.queue.dir()) else {
+            return;
+        };
+        let total = st.f_blocks.saturating_mul(st.f_frsize);
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        let reserve = disk_reserve(total);
+        let full = if self.disk_full {
+            free < 2 * reserve
+        } else {
+            free < reserve
+        };
+        if full == self.disk_full {
+            return;
+        }
+        self.disk_full = full;
+        if full {
+            let note = format!(
+                "the queue's filesystem is full ({} KiB free): not claiming jobs until there is space",
+                free / 1024
+            );
+            self.warn(&note);
+            beater.set_note(Some(note));
+        } else {
+            self.info("the queue's filesystem has space again: claiming jobs");
+            beater.set_note(None);
+        }
+    }
+
     fn tick(&mut self, beater: &Beater) -> Result<()> {
         // One read transaction per heartbeat (each costs a handful of NFS round trips):
         // the settings, our claims, and the hosts that have running jobs.
@@ -914,6 +977,7 @@ impl Feeder {
             self.settings.heartbeat
         };
         self.next_tick = Instant::now() + jittered(every);
+        self.check_disk_space(beater);
         // Jobs are killed by the watchdog before the lease runs out (see `watchdog`).
         let missed = beater.missed();
         let fence = missed > self.settings.lease / 2.0;

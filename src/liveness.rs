@@ -244,6 +244,19 @@ impl Heartbeat {
         mtime(&self.path).ok_or_else(|| std::io::Error::other("heartbeat file has no time"))
     }
 
+    /// Publish why this feeder is not claiming (None: it is again).
+    pub fn set_note(&mut self, text: Option<&str>) {
+        match text {
+            Some(t) => self.info["note"] = json!(t),
+            None => {
+                if let Some(map) = self.info.as_object_mut() {
+                    map.remove("note");
+                }
+            }
+        }
+        let _ = self.write();
+    }
+
     /// Mark this feeder as stopped: cleanly, or by the error that ended it.
     pub fn stopped(mut self, error: Option<&str>) {
         self.info["stopped"] = json!(true);

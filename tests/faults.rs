@@ -918,3 +918,66 @@ fn a_feeder_records_again_ends_the_database_lost() {
     let err = std::fs::read_to_string(q.tmp.path().join("feeder-h1.err")).unwrap();
     assert!(err.contains("settling them again"), "{err}");
 }
+
+#[test]
+fn a_feeder_claims_nothing_while_the_filesystem_is_full() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "mounting a tmpfs needs root");
+    let _mount = Tmpfs(mnt.clone());
+    let qpath = mnt.join("q");
+    rq_in(tmp.path(), &[qpath.to_str().unwrap(), "create"], None).ok();
+    let q = TestQueue { tmp, path: qpath };
+    q.rq(&["configure", "heartbeat=0.5s", "lease=4s"]).ok();
+    let f = q.feeder("h1", &["--max_feed", "2"]);
+    q.rq(&["submit", "-q", "echo before"]).ok();
+    q.wait_for("the first job", 10, |q| q.count("finished") == 1);
+    // Leave 12 KiB free: under the reserve (1 % of 3 MiB = 30 KiB), yet room for a submit.
+    let free = rustix::fs::statvfs(&mnt).unwrap();
+    let avail = free.f_bavail * free.f_frsize;
+    let filler = mnt.join("filler");
+    let blocks = (avail - 12 * 1024) / 4096;
+    assert!(
+        std::process::Command::new("dd")
+            .args(["if=/dev/zero", "bs=4096", &format!("count={blocks}")])
+            .arg(format!("of={}", filler.display()))
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    );
+    q.wait_for("the feeder to notice", 10, |q| {
+        q.rq_as("h1", &["feeders", "--format", "json"])
+            .stdout
+            .contains("\"waiting\"")
+    });
+    q.rq(&["submit", "-q", "echo one"]).ok();
+    q.rq(&["submit", "-q", "echo two"]).ok();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        q.count("pending"),
+        2,
+        "a feeder claimed jobs on a full filesystem"
+    );
+    let feeders = q.rq_as("h1", &["feeders", "--format", "json"]).ok().stdout;
+    assert!(feeders.contains("filesystem is full"), "{feeders}");
+    // Space again: the jobs run, and their output is whole.
+    std::fs::remove_file(&filler).unwrap();
+    q.wait_for("the jobs after space returned", 20, |q| {
+        q.count("finished") == 3
+    });
+    assert_eq!(q.rq(&["stdout", "3"]).ok().stdout, "two\n");
+    let log = q.feeder_log("h1");
+    assert!(
+        log.contains("filesystem is full") && log.contains("space again"),
+        "{log}"
+    );
+    drop(f);
+}

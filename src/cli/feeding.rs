@@ -145,6 +145,8 @@ impl Context<'_> {
             let name = info["host"].as_str().unwrap_or("?").to_string();
             let stopped = info["stopped"].as_bool().unwrap_or(false);
             let error = info["error"].as_str().map(str::to_string);
+            // Alive but not claiming, and why (e.g. the filesystem is full).
+            let note = info["note"].as_str().map(str::to_string);
             let alive = !stopped && age.is_some_and(|a| a <= settings.lease);
             let count = running
                 .iter()
@@ -166,6 +168,8 @@ impl Context<'_> {
                                 "failed"
                             } else if stopped {
                                 "stopped"
+                            } else if alive && note.is_some() {
+                                "waiting"
                             } else if alive {
                                 "alive"
                             } else {
@@ -188,7 +192,9 @@ impl Context<'_> {
                     ("feeder".into(), cell(&info["feeder"])),
                     (
                         "error".into(),
-                        error.map_or(job::Cell::Null, job::Cell::Text),
+                        error
+                            .or(note.filter(|_| alive))
+                            .map_or(job::Cell::Null, job::Cell::Text),
                     ),
                 ],
             });
