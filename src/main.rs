@@ -8,6 +8,12 @@ fn main() {
     let code = match rq::cli::run(&argv) {
         Ok(code) => code,
         Err(rq::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        // The exit-status rule (README): 2 for a command line rq cannot run as written,
+        // 1 for everything that went wrong after that.
+        Err(e @ rq::Error::Usage(_)) => {
+            rq::note!("rq: {e}");
+            2
+        }
         Err(e) => {
             rq::note!("rq: {e}");
             1

@@ -477,8 +477,19 @@ impl Queue {
         let (rows, skipped) = self.store.write(|tx| {
             let sql = format!("({}) AND state != 'running' ORDER BY jid", clause.sql);
             let rows = select_rows(tx, &sql, &clause.params)?;
-            let skipped =
+            let mut skipped =
                 skipped_jids(tx, &selection.jids, &rows, "it is running (kill it first)")?;
+            // Running jobs a state or `all` selected are not deleted either: said, not
+            // passed over in silence.
+            let running = format!("({}) AND state = 'running' ORDER BY jid", clause.sql);
+            for row in select_rows(tx, &running, &clause.params)? {
+                if !selection.jids.contains(&row.jid()) {
+                    skipped.push(Skipped {
+                        jid: row.jid(),
+                        why: "it is running (kill it first)".into(),
+                    });
+                }
+            }
             let mut delete = tx.prepare_cached("DELETE FROM jobs WHERE jid = ?")?;
             for row in &rows {
                 delete.execute([row.jid()])?;

@@ -806,3 +806,55 @@ fn deleting_jobs_gives_their_space_back() {
     q.integrity_ok();
     q.rq(&["submit", "-q", "true"]).ok();
 }
+
+/// The exit-status rule (README): 0 did what was asked, 1 something named could not be
+/// acted on or a failure after the command line was understood, 2 a command line rq
+/// cannot run as written. Each with one line on stderr saying why.
+#[test]
+fn exit_statuses_follow_one_rule() {
+    let q = TestQueue::new();
+    q.rq(&["submit", "-q", "true"]).ok();
+    q.rq(&["submit", "-q", "sleep 60"]).ok();
+    q.sql("UPDATE jobs SET state='running', runner='elsewhere' WHERE jid=2");
+    let table: &[(&[&str], i32, &str)] = &[
+        (&["list", "pending"], 0, ""),
+        (&["list", "dead"], 0, ""),
+        (&["list", "99999"], 1, "no such job"),
+        (&["delete", "99999"], 1, "no such job"),
+        (&["delete", "running"], 1, "running"),
+        (&["resubmit", "99999"], 1, "no such job"),
+        (&["kill", "1"], 1, "not"),
+        (&["update", "1", "jid=100"], 2, "jid"),
+        (&["update", "1", "colour=red"], 2, "colour"),
+        (&["status", "foo"], 2, "no arguments"),
+        (&["frobnicate"], 2, "unknown mode"),
+        (&["list", "--bogus"], 2, "--bogus"),
+        (&["submit", "--timeout", "-5s", "x"], 2, "--timeout"),
+        (&["submit", "-p", "high", "x"], 2, ""),
+        (&["wait", "abc"], 2, "abc"),
+        (&["feeders", "--fields", "nope"], 2, "nope"),
+    ];
+    for (args, code, says) in table {
+        let out = q.rq(args);
+        assert_eq!(out.status, *code, "{args:?}: {}", out.stderr);
+        if *code != 0 {
+            assert_eq!(
+                out.stderr.trim().lines().count(),
+                1,
+                "{args:?}: {}",
+                out.stderr
+            );
+            assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+        }
+    }
+    q.rq_as("h1", &["feed", "--exit_when_empty"]).ok();
+    let hosts = q
+        .rq(&["feeders", "--fields", "host", "--format", "json"])
+        .ok()
+        .stdout;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&hosts).unwrap();
+    assert_eq!(rows.len(), 1, "{hosts}");
+    assert_eq!(rows[0], serde_json::json!({"host": "h1"}));
+    // Bad job input on stdin is not a command-line mistake: 1.
+    assert_eq!(q.rq_stdin(&["submit"], "- command: [unclosed\n").status, 1);
+}

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::{Context, duration_option};
 use crate::error::{Error, IoContext, Result};
 use crate::input::{self, Target};
-use crate::job::State;
+use crate::job::{Row, State};
 use crate::query;
 use crate::queue::{self, Changes, Selection, SubmitOptions};
 use crate::store::Access;
@@ -139,8 +139,27 @@ impl Context<'_> {
             Selection::from_targets(&targets)
         };
         let mut q = self.open(Access::ReadOnly)?;
-        self.stream_rows(|each| q.list(&selection, each))?;
-        Ok(0)
+        let mut seen = Vec::new();
+        let named = !selection.jids.is_empty();
+        self.stream_rows(|each| {
+            q.list(&selection, &mut |rows: Vec<Row>| {
+                if named {
+                    seen.extend(rows.iter().map(Row::jid));
+                }
+                each(rows)
+            })
+        })?;
+        // A jid that was asked for by number and does not exist is said, like delete does.
+        let missing: Vec<i64> = selection
+            .jids
+            .iter()
+            .copied()
+            .filter(|j| !seen.contains(j))
+            .collect();
+        for jid in &missing {
+            crate::note!("rq: job {jid}: no such job");
+        }
+        Ok(i32::from(!missing.is_empty()))
     }
 
     pub(super) fn query(&mut self) -> Result<i32> {
@@ -157,6 +176,11 @@ impl Context<'_> {
     }
 
     pub(super) fn status(&mut self) -> Result<i32> {
+        if let Some(extra) = self.args().first() {
+            return Err(Error::usage(format!(
+                "status takes no arguments (got '{extra}'); to see some jobs: rq Q list {extra}"
+            )));
+        }
         let exit_map = parse_exit_map(self.inv.opts.exit.as_deref().unwrap_or(""))?;
         let mut q = self.open(Access::ReadOnly)?;
         let report = q.status(&exit_map)?;
@@ -239,6 +263,12 @@ impl Context<'_> {
             changes.restartable = Some(true);
         }
         if changes.is_empty() {
+            if let Some(word) = self.args().iter().find(|w| w.starts_with("jid=")) {
+                return Err(Error::usage(format!(
+                    "update: a job's jid cannot be changed ('{word}' names a job to update); \
+                     give key=value, e.g. priority=5"
+                )));
+            }
             return Err(Error::usage(
                 "update: nothing to change; give key=value, e.g. priority=5 or state=holding",
             ));

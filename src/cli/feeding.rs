@@ -199,7 +199,26 @@ impl Context<'_> {
                 ],
             });
         }
-        let text = output::rows(&rows, None, self.format);
+        let columns: Vec<String> = [
+            "host",
+            "alive",
+            "state",
+            "heartbeat_age",
+            "running",
+            "max_feed",
+            "pid",
+            "started",
+            "version",
+            "feeder",
+            "error",
+        ]
+        .map(String::from)
+        .to_vec();
+        let fields = match &self.inv.opts.fields {
+            Some(spec) => Some(job::select_fields(spec, &columns)?),
+            None => None,
+        };
+        let text = output::rows(&rows, fields.as_deref(), self.format);
         self.out.print(&text)?;
         Ok(0)
     }
