@@ -236,9 +236,16 @@ fn list_by_state_prefix_jid_and_stdin() {
     let out = q.rq(&["list", "-f", "jid,comm"]).ok().records();
     assert_eq!(out[0].keys().collect::<Vec<_>>(), ["jid", "command"]);
     q.rq(&["list", "-f", "nosuch"]).fails();
-    assert_eq!(q.rq(&["list", "99"]).ok().stdout, "");
+    // A jid asked for that does not exist is said (exit 1), as delete does.
+    let missing = q.rq(&["list", "99"]).fails();
+    assert_eq!(missing.stdout, "");
+    assert!(
+        missing.stderr.contains("job 99: no such job"),
+        "{}",
+        missing.stderr
+    );
     assert_eq!(
-        q.rq(&["list", "99", "--format", "json"]).ok().stdout.trim(),
+        q.rq(&["list", "99", "--format", "json"]).stdout.trim(),
         "[]"
     );
 }
@@ -422,8 +429,11 @@ fn delete_by_jid_state_all_and_pipeline_never_running() {
     let out = q.rq(&["rm", "5", "3"]);
     assert_eq!(out.status, 1);
     assert!(out.stderr.contains("job 5 not deleted"));
-    let out = q.rq(&["delete", "all"]).ok().records();
-    assert_eq!(out.len(), 1);
+    // `all` deletes everything it can; the running job left is said (exit 1).
+    let out = q.rq(&["delete", "all"]);
+    assert_eq!(out.status, 1);
+    assert!(out.stderr.contains("job 5 not deleted"), "{}", out.stderr);
+    assert_eq!(out.records().len(), 1);
     let left: Vec<i64> = q.jobs().iter().map(|r| int(r, "jid")).collect();
     assert_eq!(left, [5]);
     q.rq(&["delete"]).fails();
