@@ -25,6 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::claims::End;
@@ -125,9 +126,11 @@ impl StartJournal {
         let path = path(queue, feeder);
         let dir = dir(queue);
         std::fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
+        // Never through a link planted in the queue's starts/ directory.
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .context(|| format!("cannot open the start journal {}", path.display()))?;
         Ok(StartJournal {
