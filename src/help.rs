@@ -69,7 +69,8 @@ options (accepted anywhere on the line; '--' ends them):
   -f, --fields a,b       only these fields (prefixes: -f s = state,submitted,...)
       --format FMT       yaml (default), json, or table (lists)
       --exit MAP         status: extra counters, e.g. 'ok=0 retry=75,76'
-      --timeout D        submit: TERM the job after D (90s, 2h), KILL 5s later
+      --timeout D        submit: TERM the job after D (90s, 2h, 1h30m, 500ms),
+                         KILL 5s later; 0 means no timeout
       --retries N        submit: re-queue a failed job up to N times
       --retry-delay D    submit: first retry after D (doubling; default 1s)
       --signal SIG       kill: signal to send (default TERM)
