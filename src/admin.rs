@@ -416,7 +416,7 @@ pub fn recover(dir: &Path) -> Result<Value> {
         "damaged": true,
         "problem": problem,
         "recovered_jobs": salvage.rows.len(),
-        "unreadable_ranges": salvage.unreadable,
+        "missing_jids": missing_ranges(&salvage.rows, salvage.highest_jid),
         "lost_jobs_at_most": (salvage.highest_jid.max(highest_file_jid) as usize).saturating_sub(salvage.rows.len()),
         "damaged_copy": copy,
     }))
@@ -464,7 +464,6 @@ struct Salvage {
     rows: Vec<Vec<SqlValue>>,
     attributes: Vec<(String, String)>,
     highest_jid: i64,
-    unreadable: Vec<String>,
 }
 
 /// Read every row that can be read: ranges of jids, split in halves around errors.
@@ -473,7 +472,6 @@ fn salvage(db: &Path) -> Salvage {
         rows: Vec::new(),
         attributes: Vec::new(),
         highest_jid: 0,
-        unreadable: Vec::new(),
     };
     let Ok(conn) = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
         return out;
@@ -533,7 +531,8 @@ fn salvage(db: &Path) -> Salvage {
                 stack.push((mid + 1, hi));
                 stack.push((lo, mid));
             }
-            Err(_) => out.unreadable.push(lo.to_string()),
+            // Left to the page pass (`add_rows_from_pages`).
+            Err(_) => {}
         }
     }
     // Ranges read in halves may repeat jids only if a full range read succeeded after a
@@ -558,6 +557,97 @@ fn salvage(db: &Path) -> Salvage {
             .collect()
         })
         .unwrap_or_default();
+    add_rows_from_pages(db, &mut out);
+    out
+}
+
+/// What SQLite could not read, read from the pages themselves (`salvage` module): rows of
+/// jids the SQL pass missed, and the settings if that pass lost them.
+fn add_rows_from_pages(db: &Path, out: &mut Salvage) {
+    let Ok(bytes) = std::fs::read(db) else {
+        return;
+    };
+    let n = crate::job::FIELDS.len();
+    let state_at = crate::job::FIELDS.iter().position(|f| *f == "state");
+    let is_job = |cols: &[SqlValue]| {
+        cols.len() >= 25
+            && cols.len() <= n
+            && state_at.is_some_and(|i| {
+                matches!(&cols[i], SqlValue::Text(s)
+                    if ["pending", "holding", "running", "finished", "dead"].contains(&s.as_str()))
+            })
+    };
+    let known: std::collections::HashSet<i64> = out
+        .rows
+        .iter()
+        .filter_map(|r| match r.first() {
+            Some(SqlValue::Integer(j)) => Some(*j),
+            _ => None,
+        })
+        .collect();
+    for (jid, mut cols) in crate::salvage::table_rows(&bytes, "jobs", is_job) {
+        if known.contains(&jid) || !is_job(&cols) {
+            continue;
+        }
+        // The INTEGER PRIMARY KEY is stored as the rowid; columns an older schema lacks
+        // take their defaults on insert.
+        cols[0] = SqlValue::Integer(jid);
+        cols.resize(n, SqlValue::Null);
+        out.highest_jid = out.highest_jid.max(jid);
+        out.rows.push(cols);
+    }
+    out.rows.sort_by_key(|r| match r.first() {
+        Some(SqlValue::Integer(j)) => *j,
+        _ => 0,
+    });
+    // The highest jid ever given, from sqlite_sequence, shows the jids lost at the end.
+    for cols in crate::salvage::table_rows(&bytes, "sqlite_sequence", |_| false).into_values() {
+        if let (Some(SqlValue::Text(name)), Some(SqlValue::Integer(seq))) =
+            (cols.first(), cols.get(1))
+            && name == "jobs"
+        {
+            out.highest_jid = out.highest_jid.max(*seq);
+        }
+    }
+    if out.attributes.is_empty() {
+        let pairs = crate::salvage::table_rows(&bytes, "attributes", |_| false);
+        out.attributes = pairs
+            .into_values()
+            .filter_map(|cols| match (cols.first(), cols.get(1)) {
+                (Some(SqlValue::Text(k)), Some(SqlValue::Text(v))) => Some((k.clone(), v.clone())),
+                _ => None,
+            })
+            .collect();
+    }
+}
+
+/// Jids from 1 to `top` that are not in `rows`, as ranges ("7", "12-40"): deleted on
+/// purpose or lost with the damage (the file cannot tell which).
+fn missing_ranges(rows: &[Vec<SqlValue>], top: i64) -> Vec<String> {
+    let have: std::collections::BTreeSet<i64> = rows
+        .iter()
+        .filter_map(|r| match r.first() {
+            Some(SqlValue::Integer(j)) => Some(*j),
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut start = None;
+    for jid in 1..=top + 1 {
+        let absent = jid <= top && !have.contains(&jid);
+        match (absent, start) {
+            (true, None) => start = Some(jid),
+            (false, Some(s)) => {
+                out.push(if s == jid - 1 {
+                    s.to_string()
+                } else {
+                    format!("{s}-{}", jid - 1)
+                });
+                start = None;
+            }
+            _ => {}
+        }
+    }
     out
 }
 

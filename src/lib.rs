@@ -47,4 +47,5 @@ pub mod process;
 pub mod query;
 pub mod queue;
 pub mod runner;
+pub mod salvage;
 pub mod watchdog;

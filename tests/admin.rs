@@ -392,3 +392,35 @@ fn recover_makes_an_empty_or_foreign_db_file_a_working_queue() {
         assert!(debris.is_empty(), "{debris:?}");
     }
 }
+
+#[test]
+fn recover_salvages_a_truncated_database_from_its_pages() {
+    let q = TestQueue::new();
+    let lines: String = (0..4000)
+        .map(|i| format!("echo job number {i} with some padding to fill pages\n"))
+        .collect();
+    q.rq_stdin(&["submit", "-q"], &lines).ok();
+    q.rq(&["configure", "max_attempts=5"]).ok();
+    let db = q.path.join("db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    std::fs::File::options()
+        .write(true)
+        .open(&db)
+        .unwrap()
+        .set_len(len * 9 / 10 / 4096 * 4096)
+        .unwrap();
+    q.rq(&["list", "all"]).fails();
+    let report = q.rq(&["recover"]).ok().value();
+    assert_eq!(report["damaged"], true);
+    let saved = report["recovered_jobs"].as_u64().unwrap();
+    assert!(saved > 3000, "{report}");
+    let lost = report["lost_jobs_at_most"].as_u64().unwrap();
+    assert_eq!(saved + lost, 4000, "{report}");
+    let missing = report["missing_jids"].as_array().unwrap();
+    assert!(!missing.is_empty(), "{report}");
+    assert_eq!(q.count("pending") as u64, saved);
+    assert_eq!(q.rq(&["configure"]).ok().value()["max_attempts"], "5");
+    let new = q.rq(&["submit", "true"]).ok().records();
+    assert_eq!(int(&new[0], "jid"), 4001);
+    q.integrity_ok();
+}
