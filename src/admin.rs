@@ -328,8 +328,9 @@ pub fn recover(dir: &Path) -> Result<Value> {
     };
     // Keep the damaged file first, before this process holds any SQLite lock on it.
     let copy = dir.join(format!("db.damaged.{}", stamp()));
-    std::fs::copy(&db, &copy)
-        .context(|| format!("cannot copy {} to {}", db.display(), copy.display()))?;
+    // A new file (O_EXCL|O_NOFOLLOW): its name is predictable, so a link planted there
+    // must not be written through.
+    queue::copy_file_new(&db, &copy)?;
     let salvage = salvage(&db);
     let highest_file_jid = highest_jid_in_files(dir);
     let fresh = dir.join(format!("db.recovering.{}", std::process::id()));
