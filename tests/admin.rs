@@ -137,13 +137,18 @@ fn rotate_archives_ended_jobs_and_loses_nothing_under_concurrent_submits() {
     q.integrity_ok();
 }
 
-#[test]
-fn recover_rebuilds_a_damaged_database() {
-    let q = TestQueue::new();
-    let lines: String = (0..4000)
+/// Submit `n` jobs with commands long enough to fill a few hundred pages.
+fn submit_padded_jobs(q: &TestQueue, n: usize) {
+    let lines: String = (0..n)
         .map(|i| format!("echo job number {i} with some padding to fill pages\n"))
         .collect();
     q.rq_stdin(&["submit", "-q"], &lines).ok();
+}
+
+#[test]
+fn recover_rebuilds_a_damaged_database() {
+    let q = TestQueue::new();
+    submit_padded_jobs(&q, 4000);
     q.rq(&["configure", "max_attempts=7"]).ok();
     let healthy = q.rq(&["recover"]).ok().value();
     assert_eq!(healthy["integrity"], "ok");
@@ -347,10 +352,7 @@ fn completions_and_man_page_come_from_the_modes() {
 #[test]
 fn damage_seen_by_a_reader_stops_writers_until_recover() {
     let q = TestQueue::new();
-    let lines: String = (0..4000)
-        .map(|i| format!("echo job number {i} with some padding to fill pages\n"))
-        .collect();
-    q.rq_stdin(&["submit", "-q"], &lines).ok();
+    submit_padded_jobs(&q, 4000);
     let db = q.path.join("db");
     let mut bytes = std::fs::read(&db).unwrap();
     let mid = bytes.len() / 2;
@@ -396,10 +398,7 @@ fn recover_makes_an_empty_or_foreign_db_file_a_working_queue() {
 #[test]
 fn recover_salvages_a_truncated_database_from_its_pages() {
     let q = TestQueue::new();
-    let lines: String = (0..4000)
-        .map(|i| format!("echo job number {i} with some padding to fill pages\n"))
-        .collect();
-    q.rq_stdin(&["submit", "-q"], &lines).ok();
+    submit_padded_jobs(&q, 4000);
     q.rq(&["configure", "max_attempts=5"]).ok();
     let db = q.path.join("db");
     let len = std::fs::metadata(&db).unwrap().len();

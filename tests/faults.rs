@@ -522,8 +522,8 @@ impl Drop for Tmpfs {
     }
 }
 
-#[test]
-fn a_full_disk_fails_submits_cleanly_and_feeders_resume() {
+/// A queue on a 3 MiB tmpfs of its own (unmounted when the `Tmpfs` is dropped).
+fn queue_on_a_small_filesystem() -> (TestQueue, std::path::PathBuf, Tmpfs) {
     let tmp = tempfile::tempdir().unwrap();
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
@@ -534,10 +534,15 @@ fn a_full_disk_fails_submits_cleanly_and_feeders_resume() {
         .map(|s| s.success())
         .unwrap_or(false);
     assert!(ok, "mounting a tmpfs needs root");
-    let _mount = Tmpfs(mnt.clone());
+    let mount = Tmpfs(mnt.clone());
     let qpath = mnt.join("q");
     rq_in(tmp.path(), &[qpath.to_str().unwrap(), "create"], None).ok();
-    let q = TestQueue { tmp, path: qpath };
+    (TestQueue { tmp, path: qpath }, mnt, mount)
+}
+
+#[test]
+fn a_full_disk_fails_submits_cleanly_and_feeders_resume() {
+    let (q, mnt, _mount) = queue_on_a_small_filesystem();
     let f = q.feeder("h1", &[]);
     q.rq(&["submit", "-q", "echo before"]).ok();
     q.wait_for("first job", 10, |q| q.count("finished") == 1);
@@ -921,20 +926,7 @@ fn a_feeder_records_again_ends_the_database_lost() {
 
 #[test]
 fn a_feeder_claims_nothing_while_the_filesystem_is_full() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(ok, "mounting a tmpfs needs root");
-    let _mount = Tmpfs(mnt.clone());
-    let qpath = mnt.join("q");
-    rq_in(tmp.path(), &[qpath.to_str().unwrap(), "create"], None).ok();
-    let q = TestQueue { tmp, path: qpath };
+    let (q, mnt, _mount) = queue_on_a_small_filesystem();
     q.rq(&["configure", "heartbeat=0.5s", "lease=4s"]).ok();
     let f = q.feeder("h1", &["--max_feed", "2"]);
     q.rq(&["submit", "-q", "echo before"]).ok();
