@@ -3,6 +3,7 @@
 //! while printing.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 
 use serde_json::Value;
 
@@ -34,44 +35,197 @@ impl Format {
 /// ` field: value` line per column. No rows: nothing in YAML, `[]` in JSON.
 pub fn rows(rows: &[Row], fields: Option<&[String]>, format: Format) -> String {
     let keep = |name: &str| fields.is_none_or(|f| f.iter().any(|x| x == name));
-    match format {
-        Format::Table => table(rows, &keep),
-        Format::Json => {
-            let list: Vec<Value> = rows
-                .iter()
-                .map(|row| {
-                    let mut map = serde_json::Map::new();
-                    for (name, cell) in &row.columns {
-                        if keep(name) {
-                            map.insert(name.clone(), cell_json(cell));
+    let Some(first) = rows.first() else {
+        return if format == Format::Json {
+            "[]\n".into()
+        } else {
+            String::new()
+        };
+    };
+    if format == Format::Table {
+        return table(rows, &keep);
+    }
+    let names: Vec<String> = first.columns.iter().map(|(n, _)| n.clone()).collect();
+    let writer = RowWriter::new(&names, fields, format);
+    let mut out = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let cells = writer
+            .columns
+            .iter()
+            .map(|(index, _, _)| CellRef::from(&row.columns[*index].1));
+        writer.write_cells(i == 0, &mut out, cells);
+    }
+    writer.finish(rows.len(), &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// A result cell as written: borrowed, so rows can go from SQLite's cursor to the output
+/// buffer without a copy.
+#[derive(Debug, Clone)]
+enum CellRef<'a> {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(std::borrow::Cow<'a, str>),
+    Bool(bool),
+}
+
+impl<'a> From<&'a Cell> for CellRef<'a> {
+    fn from(cell: &'a Cell) -> CellRef<'a> {
+        match cell {
+            Cell::Null => CellRef::Null,
+            Cell::Int(i) => CellRef::Int(*i),
+            Cell::Real(r) => CellRef::Real(*r),
+            Cell::Text(t) => CellRef::Text(t.into()),
+            Cell::Bool(b) => CellRef::Bool(*b),
+        }
+    }
+}
+
+/// Writes rows as rq's YAML or JSON into a byte buffer, one row at a time, so that a
+/// listing of millions of jobs streams in bounded memory: the rows of one chunk are
+/// written inside its read transaction (no I/O, nothing that blocks) and the buffer is
+/// printed after the transaction ends. Also the one writer behind [`rows`], so chunked
+/// and whole output are the same bytes.
+pub struct RowWriter {
+    format: Format,
+    /// The kept columns: index in the result row, and the key as written.
+    columns: Vec<(usize, String, bool)>,
+}
+
+impl RowWriter {
+    /// A writer for result rows with these column names; `fields` keeps only those.
+    /// A table is written as YAML here (tables need every row to size their columns).
+    pub fn new(names: &[String], fields: Option<&[String]>, format: Format) -> RowWriter {
+        let format = if format == Format::Json {
+            Format::Json
+        } else {
+            Format::Yaml
+        };
+        let columns = names
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| fields.is_none_or(|f| f.iter().any(|x| x == *n)))
+            .map(|(i, n)| {
+                let boolean = crate::job::BOOLEAN_FIELDS.contains(&n.as_str());
+                let key = if format == Format::Json {
+                    let mut key = serde_json::to_string(n).unwrap_or_default();
+                    key.insert_str(0, "    ");
+                    key.push_str(": ");
+                    key
+                } else {
+                    format!(" {}:", scalar(n))
+                };
+                (i, key, boolean)
+            })
+            .collect();
+        RowWriter { format, columns }
+    }
+
+    /// Append one row read from SQLite. `first`: it is the first row of the output.
+    pub fn write_sql_row(
+        &self,
+        first: bool,
+        out: &mut Vec<u8>,
+        row: &rusqlite::Row<'_>,
+    ) -> rusqlite::Result<()> {
+        use rusqlite::types::ValueRef;
+        // The columns come from the statement that produced the row, so each is there.
+        let cells = self
+            .columns
+            .iter()
+            .map(|(index, _, _)| match row.get_ref(*index) {
+                Ok(ValueRef::Null) | Err(_) => CellRef::Null,
+                Ok(ValueRef::Integer(i)) => CellRef::Int(i),
+                Ok(ValueRef::Real(r)) => CellRef::Real(r),
+                Ok(ValueRef::Text(t) | ValueRef::Blob(t)) => {
+                    CellRef::Text(String::from_utf8_lossy(t))
+                }
+            });
+        self.write_cells(first, out, cells);
+        Ok(())
+    }
+
+    /// Append one row: the kept columns' cells, in order.
+    fn write_cells<'c>(
+        &self,
+        first: bool,
+        out: &mut Vec<u8>,
+        cells: impl IntoIterator<Item = CellRef<'c>>,
+    ) {
+        let cells = self.columns.iter().zip(cells);
+        match self.format {
+            Format::Json => {
+                out.extend_from_slice(if first { b"[\n  {" } else { b",\n  {" });
+                if self.columns.is_empty() {
+                    out.push(b'}');
+                    return;
+                }
+                for (n, ((_, key, boolean), cell)) in cells.enumerate() {
+                    out.extend_from_slice(if n == 0 { b"\n" } else { b",\n" });
+                    out.extend_from_slice(key.as_bytes());
+                    write_json(out, bool_cell(cell, *boolean));
+                }
+                out.extend_from_slice(b"\n  }");
+            }
+            _ => {
+                out.extend_from_slice(if first { b"---\n-\n" } else { b"-\n" });
+                for ((_, key, boolean), cell) in cells {
+                    out.extend_from_slice(key.as_bytes());
+                    match bool_cell(cell, *boolean) {
+                        CellRef::Null => {}
+                        value => {
+                            out.push(b' ');
+                            write_yaml(out, value);
                         }
                     }
-                    Value::Object(map)
-                })
-                .collect();
-            let mut text = serde_json::to_string_pretty(&list).unwrap_or_default();
-            text.push('\n');
-            text
-        }
-        Format::Yaml => {
-            let mut out = String::new();
-            if rows.is_empty() {
-                return out;
-            }
-            out.push_str("---\n");
-            for row in rows {
-                out.push_str("-\n");
-                for (name, cell) in &row.columns {
-                    if keep(name) {
-                        let _ = match cell {
-                            Cell::Null => writeln!(out, " {name}:"),
-                            _ => writeln!(out, " {name}: {}", cell_yaml(cell)),
-                        };
-                    }
+                    out.push(b'\n');
                 }
             }
-            out
         }
+    }
+
+    /// Close the output after `count` rows.
+    pub fn finish(&self, count: usize, out: &mut Vec<u8>) {
+        if self.format == Format::Json {
+            out.extend_from_slice(if count == 0 { b"[]\n" } else { b"\n]\n" });
+        }
+    }
+}
+
+fn bool_cell(cell: CellRef<'_>, boolean: bool) -> CellRef<'_> {
+    match cell {
+        CellRef::Int(i) if boolean => CellRef::Bool(i != 0),
+        other => other,
+    }
+}
+
+fn write_json(out: &mut Vec<u8>, cell: CellRef<'_>) {
+    let _ = match cell {
+        CellRef::Null => serde_json::to_writer(&mut *out, &()),
+        CellRef::Int(i) => serde_json::to_writer(&mut *out, &i),
+        CellRef::Real(r) if r.is_finite() => serde_json::to_writer(&mut *out, &to_millis(r)),
+        CellRef::Real(_) => serde_json::to_writer(&mut *out, &()),
+        CellRef::Text(t) => serde_json::to_writer(&mut *out, t.as_ref()),
+        CellRef::Bool(b) => serde_json::to_writer(&mut *out, &b),
+    };
+}
+
+fn write_yaml(out: &mut Vec<u8>, cell: CellRef<'_>) {
+    match cell {
+        CellRef::Null => out.push(b'~'),
+        CellRef::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        CellRef::Real(r) => out.extend_from_slice(real(r).as_bytes()),
+        CellRef::Text(t) => {
+            if plain_is_safe(&t) {
+                out.extend_from_slice(t.as_bytes());
+            } else {
+                out.extend_from_slice(double_quoted(&t).as_bytes());
+            }
+        }
+        CellRef::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
     }
 }
 
@@ -140,16 +294,6 @@ pub fn cell_json(cell: &Cell) -> Value {
         }
         Cell::Text(t) => Value::from(t.as_str()),
         Cell::Bool(b) => Value::from(*b),
-    }
-}
-
-fn cell_yaml(cell: &Cell) -> String {
-    match cell {
-        Cell::Null => "~".into(),
-        Cell::Int(i) => i.to_string(),
-        Cell::Real(r) => real(*r),
-        Cell::Text(t) => scalar(t),
-        Cell::Bool(b) => b.to_string(),
     }
 }
 
@@ -286,34 +430,75 @@ fn double_quoted(text: &str) -> String {
 }
 
 fn is_rq_timestamp(text: &str) -> bool {
-    text.len() == 27 && text.ends_with('Z') && crate::time::parse(text).is_some()
+    // The shape first (cheap, and every listed job has three of these), then the calendar.
+    let shape = b"dddd-dd-ddTdd:dd:dd.ddddddZ";
+    text.len() == shape.len()
+        && text.bytes().zip(shape).all(|(c, s)| match s {
+            b'd' => c.is_ascii_digit(),
+            s => c == *s,
+        })
+        && crate::time::parse(text).is_some()
 }
 
 fn plain_is_safe(text: &str) -> bool {
     let Some(first) = text.chars().next() else {
         return false;
     };
-    if text.trim() != text {
+    if first.is_whitespace() || text.chars().next_back().is_some_and(char::is_whitespace) {
         return false;
     }
-    if "-?:,[]{}#&*!|>'\"%@`".contains(first) {
-        return false;
-    }
-    if text.contains(": ") || text.contains(" #") || text.ends_with(':') {
-        return false;
-    }
-    if text
-        .chars()
-        .any(|c| c.is_control() || matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}'))
+    if matches!(
+        first,
+        '-' | '?'
+            | ':'
+            | ','
+            | '['
+            | ']'
+            | '{'
+            | '}'
+            | '#'
+            | '&'
+            | '*'
+            | '!'
+            | '|'
+            | '>'
+            | '\''
+            | '"'
+            | '%'
+            | '@'
+            | '`'
+    ) || text.ends_with(':')
     {
         return false;
     }
-    let lower = text.to_ascii_lowercase();
-    if matches!(
-        lower.as_str(),
-        "~" | "null" | "true" | "false" | "yes" | "no" | "on" | "off" | "y" | "n" | "=" | "<<"
-    ) || lower.starts_with(".inf")
-        || lower.starts_with(".nan")
+    // One pass over the bytes (this runs for every text cell of a listing): `: ` and ` #`
+    // would start a mapping or a comment, and controls must be escaped.
+    let mut previous = 0u8;
+    for &byte in text.as_bytes() {
+        match (previous, byte) {
+            (b':', b' ') | (b' ', b'#') => return false,
+            (_, 0..=0x1f | 0x7f) => return false,
+            _ => {}
+        }
+        previous = byte;
+    }
+    if !text.is_ascii()
+        && text
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}'))
+    {
+        return false;
+    }
+    let special = [
+        "~", "null", "true", "false", "yes", "no", "on", "off", "y", "n", "=", "<<",
+    ];
+    let starts_with = |prefix: &str| {
+        text.get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    };
+    if (text.len() <= 5 && special.iter().any(|word| text.eq_ignore_ascii_case(word)))
+        || starts_with(".inf")
+        || starts_with(".nan")
     {
         return false;
     }

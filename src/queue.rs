@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 use crate::error::{Error, IoContext, Result};
 use crate::input::{JobSpec, Target};
 use crate::job::{self, Row, State};
+use crate::output::RowWriter;
 use crate::query::Clause;
 use crate::store::{self, Access, Store};
 use crate::{host, time};
@@ -50,7 +51,7 @@ impl Selection {
 
     /// The selection as a where-clause. Lists are bound as one JSON array each, so any
     /// number of jids takes one parameter.
-    fn clause(&self) -> Clause {
+    pub fn clause(&self) -> Clause {
         if self.all || State::ALL.iter().all(|s| self.states.contains(s)) {
             return Clause {
                 sql: "1".into(),
@@ -471,6 +472,51 @@ impl Queue {
         }
     }
 
+    /// Write the jobs matching a where-clause in jid order with `writer`, a chunk per read
+    /// transaction; `emit` gets each chunk's bytes and jids after its transaction ended
+    /// (so a slow reader of our output never holds the queue). Returns the row count.
+    pub fn render(
+        &mut self,
+        clause: &Clause,
+        writer: &RowWriter,
+        emit: &mut dyn FnMut(&[u8], &[i64]) -> Result<()>,
+    ) -> Result<usize> {
+        let sql = format!(
+            "SELECT {} FROM jobs WHERE ({}) AND jid > ? ORDER BY jid LIMIT {CHUNK}",
+            columns(),
+            clause.sql
+        );
+        let mut after = 0i64;
+        let mut count = 0usize;
+        let mut bytes = Vec::new();
+        let mut jids = Vec::with_capacity(CHUNK);
+        loop {
+            let mut params = clause.params.clone();
+            params.push(SqlValue::Integer(after));
+            self.store.read(|tx| {
+                // A retried transaction starts its chunk again.
+                bytes.clear();
+                jids.clear();
+                let mut stmt = tx.prepare_cached(&sql)?;
+                let mut rows = stmt.query(params_from_iter(params.iter()))?;
+                while let Some(row) = rows.next()? {
+                    writer.write_sql_row(count + jids.len() == 0, &mut bytes, row)?;
+                    jids.push(row.get::<_, i64>(0)?);
+                }
+                Ok(())
+            })?;
+            count += jids.len();
+            if jids.len() < CHUNK {
+                writer.finish(count, &mut bytes);
+            }
+            emit(&bytes, &jids)?;
+            match jids.last() {
+                Some(last) if jids.len() == CHUNK => after = *last,
+                _ => return Ok(count),
+            }
+        }
+    }
+
     /// Delete the selected jobs that are not running; their files go after the commit.
     pub fn delete(&mut self, selection: &Selection) -> Result<(Vec<Row>, Vec<Skipped>)> {
         let clause = selection.clause();
@@ -811,14 +857,18 @@ impl Queue {
         clause: &Clause,
         each: &mut dyn FnMut(Vec<Row>) -> Result<()>,
     ) -> Result<()> {
-        self.scan(clause, each).map_err(|e| match e {
-            Error::Sql(err) if clause.raw => Error::usage(format!(
-                "query: {} (in: {})",
-                crate::input::first_line(&err.to_string()),
-                clause.sql
-            )),
-            other => other,
-        })
+        self.scan(clause, each).map_err(|e| query_error(clause, e))
+    }
+
+    /// `query`, written with `writer` (see [`Queue::render`]).
+    pub fn query_render(
+        &mut self,
+        clause: &Clause,
+        writer: &RowWriter,
+        emit: &mut dyn FnMut(&[u8], &[i64]) -> Result<()>,
+    ) -> Result<usize> {
+        self.render(clause, writer, emit)
+            .map_err(|e| query_error(clause, e))
     }
 
     /// Ask the feeders running these jobs to signal them.
@@ -1057,6 +1107,18 @@ struct JobFiles {
 impl JobFiles {
     fn any(&self) -> bool {
         self.stdin.is_some() || self.data.is_some()
+    }
+}
+
+/// A raw query's SQL error is the user's: say which SQL it was.
+fn query_error(clause: &Clause, e: Error) -> Error {
+    match e {
+        Error::Sql(err) if clause.raw => Error::usage(format!(
+            "query: {} (in: {})",
+            crate::input::first_line(&err.to_string()),
+            clause.sql
+        )),
+        other => other,
     }
 }
 

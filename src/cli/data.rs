@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::{Context, duration_option};
 use crate::error::{Error, IoContext, Result};
 use crate::input::{self, Target};
-use crate::job::{Row, State};
+use crate::job::State;
 use crate::query;
 use crate::queue::{self, Changes, Selection, SubmitOptions};
 use crate::store::Access;
@@ -139,15 +139,12 @@ impl Context<'_> {
             Selection::from_targets(&targets)
         };
         let mut q = self.open(Access::ReadOnly)?;
-        let mut seen = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let named = !selection.jids.is_empty();
-        self.stream_rows(|each| {
-            q.list(&selection, &mut |rows: Vec<Row>| {
-                if named {
-                    seen.extend(rows.iter().map(Row::jid));
-                }
-                each(rows)
-            })
+        self.stream_rows(&mut q, &selection.clause(), false, &mut |jids| {
+            if named {
+                seen.extend(jids.iter().copied());
+            }
         })?;
         // A jid that was asked for by number and does not exist is said, like delete does.
         let missing: Vec<i64> = selection
@@ -171,7 +168,7 @@ impl Context<'_> {
         }
         let clause = query::parse(&words)?;
         let mut q = self.open(Access::ReadOnly)?;
-        self.stream_rows(|each| q.query(&clause, each))?;
+        self.stream_rows(&mut q, &clause, true, &mut |_| {})?;
         Ok(0)
     }
 

@@ -11,6 +11,7 @@ use crate::control::{self};
 use crate::error::{Error, IoContext, Result};
 use crate::job::{self, Row};
 use crate::output::{self, Format};
+use crate::query::Clause;
 use crate::queue::{self, Queue};
 use crate::store::Access;
 use crate::{help, host};
@@ -289,8 +290,12 @@ impl Out {
     }
 
     fn print(&mut self, text: &str) -> Result<()> {
+        self.write_bytes(text.as_bytes())
+    }
+
+    fn write_bytes(&mut self, bytes: &[u8]) -> Result<()> {
         self.out
-            .write_all(text.as_bytes())
+            .write_all(bytes)
             .context(|| "cannot write to standard output".into())
     }
 
@@ -481,61 +486,45 @@ impl Context<'_> {
         self.out.print(&text)
     }
 
-    /// Print rows chunk by chunk (YAML: one `---`; JSON: one array).
+    /// Print the jobs matching `clause` chunk by chunk (YAML: one `---`; JSON: one array);
+    /// `seen` gets the jids printed. `query`: the clause is a user's query.
     fn stream_rows(
         &mut self,
-        mut fetch: impl FnMut(&mut dyn FnMut(Vec<Row>) -> Result<()>) -> Result<()>,
+        q: &mut Queue,
+        clause: &Clause,
+        query: bool,
+        seen: &mut dyn FnMut(&[i64]),
     ) -> Result<usize> {
         let fields = self.fields()?;
-        let format = self.format;
-        if format == Format::Table {
+        if self.format == Format::Table {
+            // A table sizes its columns to every row.
             let mut all = Vec::new();
-            fetch(&mut |rows: Vec<Row>| {
+            let mut each = |rows: Vec<Row>| {
+                seen(&rows.iter().map(Row::jid).collect::<Vec<_>>());
                 all.extend(rows);
                 Ok(())
-            })?;
+            };
+            if query {
+                q.query(clause, &mut each)?;
+            } else {
+                q.scan(clause, &mut each)?;
+            }
             let text = output::rows(&all, fields.as_deref(), Format::Table);
             self.out.print(&text)?;
             return Ok(all.len());
         }
-        let mut count = 0usize;
+        let names: Vec<String> = job::FIELDS.iter().map(|s| s.to_string()).collect();
+        let writer = output::RowWriter::new(&names, fields.as_deref(), self.format);
         let out = &mut self.out;
-        if format == Format::Json {
-            out.print("[")?;
+        let mut emit = |bytes: &[u8], jids: &[i64]| {
+            seen(jids);
+            out.write_bytes(bytes)
+        };
+        if query {
+            q.query_render(clause, &writer, &mut emit)
+        } else {
+            q.render(clause, &writer, &mut emit)
         }
-        fetch(&mut |rows: Vec<Row>| {
-            let text = match format {
-                Format::Yaml | Format::Table => {
-                    let text = output::rows(&rows, fields.as_deref(), Format::Yaml);
-                    if count == 0 {
-                        text
-                    } else {
-                        text.trim_start_matches("---\n").to_string()
-                    }
-                }
-                Format::Json => {
-                    let text = output::rows(&rows, fields.as_deref(), Format::Json);
-                    let inner = text
-                        .trim()
-                        .trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .trim_end();
-                    if inner.trim().is_empty() {
-                        String::new()
-                    } else if count == 0 {
-                        inner.to_string()
-                    } else {
-                        format!(",{inner}")
-                    }
-                }
-            };
-            count += rows.len();
-            out.print(&text)
-        })?;
-        if format == Format::Json {
-            out.print(if count == 0 { "]\n" } else { "\n]\n" })?;
-        }
-        Ok(count)
     }
 
     fn print_value(&mut self, value: &serde_json::Value) -> Result<()> {
