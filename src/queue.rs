@@ -19,6 +19,8 @@ use crate::{host, time};
 
 /// Directories of a queue that hold per-job files.
 pub const JOB_DIRS: [&str; 4] = ["stdin", "stdout", "stderr", "data"];
+/// Where [`Queue::render`] sends each chunk: its bytes and the jids it holds.
+pub type ChunkSink<'a> = dyn FnMut(&[u8], &[i64]) -> Result<()> + 'a;
 /// Rows fetched per read transaction when listing.
 const CHUNK: usize = 2000;
 
@@ -479,7 +481,7 @@ impl Queue {
         &mut self,
         clause: &Clause,
         writer: &RowWriter,
-        emit: &mut dyn FnMut(&[u8], &[i64]) -> Result<()>,
+        emit: &mut ChunkSink<'_>,
     ) -> Result<usize> {
         let sql = format!(
             "SELECT {} FROM jobs WHERE ({}) AND jid > ? ORDER BY jid LIMIT {CHUNK}",
@@ -865,7 +867,7 @@ impl Queue {
         &mut self,
         clause: &Clause,
         writer: &RowWriter,
-        emit: &mut dyn FnMut(&[u8], &[i64]) -> Result<()>,
+        emit: &mut ChunkSink<'_>,
     ) -> Result<usize> {
         self.render(clause, writer, emit)
             .map_err(|e| query_error(clause, e))
