@@ -1,6 +1,8 @@
 //! Job-list input: one command per line, or YAML/JSON (rq's own output or any list of
 //! mappings with at least `command`); and jid lists for the modes that select jobs.
 
+use std::io::{BufRead, Read};
+
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -49,25 +51,230 @@ pub fn is_structured(text: &str) -> bool {
         || first.starts_with('{')
 }
 
-/// Parse YAML or JSON (one or more documents) into a flat list of items.
-fn parse_structured(text: &str) -> Result<Vec<Value>> {
-    let docs: Vec<Value> = serde_saphyr::from_str_multiple(text)
-        .map_err(|e| Error::input(first_line(&e.to_string())))?;
-    let mut items = Vec::new();
-    for doc in docs {
-        match doc {
-            Value::Null => {}
-            Value::Array(list) => items.extend(list),
-            Value::Object(_) => items.push(doc),
-            other => {
-                return Err(Error::input(format!(
-                    "expected a list of jobs, found {}",
-                    describe(&other)
-                )));
+/// Hand every item of YAML or JSON (one or more documents) to `each`, one at a time: a
+/// top-level list is streamed item by item, a mapping is one item, an empty document
+/// none. Memory does not grow with the input, so rq's own listing of millions of jobs
+/// can be piped back in. Documents are split at their `---` and `...` lines, which YAML
+/// forbids inside any content.
+pub fn for_each_item(
+    mut reader: impl BufRead,
+    each: &mut dyn FnMut(Value) -> Result<()>,
+) -> Result<()> {
+    let mut pending = None;
+    loop {
+        let mut document = Document {
+            inner: &mut reader,
+            pending: &mut pending,
+            line: Vec::new(),
+            pos: 0,
+            lines: 0,
+            ended: false,
+            error: None,
+        };
+        if !document.has_more()? {
+            return Ok(());
+        }
+        let mut failure = None;
+        // The whole stream is checked as it is read (memory stays bounded), so the
+        // per-document budget only keeps its structural limits (depth, aliases).
+        let options = serde_saphyr::options! {
+            budget: serde_saphyr::budget! {
+                max_reader_input_bytes: None,
+                max_events: usize::MAX,
+                max_nodes: usize::MAX,
+                max_total_scalar_bytes: usize::MAX,
+                max_documents: usize::MAX,
+            },
+        };
+        let parsed = serde_saphyr::with_deserializer_from_reader_with_options(
+            &mut document,
+            options,
+            |de| {
+                serde::de::DeserializeSeed::deserialize(
+                    ItemSink {
+                        each: &mut *each,
+                        failure: &mut failure,
+                    },
+                    de,
+                )
+            },
+        );
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if let Some(e) = document.error.take() {
+            return Err(Error::input(format!("cannot read the job list: {e}")));
+        }
+        parsed.map_err(|e| Error::input(first_line(&e.to_string())))?;
+    }
+}
+
+/// One YAML document of a stream: its lines up to the next document start (`---`) or
+/// after its end marker (`...`).
+struct Document<'a, R> {
+    inner: &'a mut R,
+    /// A document-start line read ahead, which begins the next document.
+    pending: &'a mut Option<Vec<u8>>,
+    line: Vec<u8>,
+    pos: usize,
+    lines: usize,
+    ended: bool,
+    /// A read error, kept to report it as such (the parser would only see an end).
+    error: Option<std::io::Error>,
+}
+
+impl<R: BufRead> Document<'_, R> {
+    /// Load the next line of this document; false at its end.
+    fn next_line(&mut self) -> std::io::Result<bool> {
+        if self.ended {
+            return Ok(false);
+        }
+        self.pos = 0;
+        self.line.clear();
+        if let Some(line) = self.pending.take() {
+            self.line = line;
+        } else if self.inner.read_until(b'\n', &mut self.line)? == 0 {
+            self.ended = true;
+            return Ok(false);
+        }
+        let marker = |m: &[u8]| {
+            self.line.starts_with(m) && self.line.get(3).is_none_or(|c| c.is_ascii_whitespace())
+        };
+        if marker(b"---") && self.lines > 0 {
+            *self.pending = Some(std::mem::take(&mut self.line));
+            self.ended = true;
+            return Ok(false);
+        }
+        if marker(b"...") {
+            self.ended = true;
+            self.pending.take();
+        }
+        self.lines += 1;
+        Ok(true)
+    }
+
+    /// Whether anything but blank lines and comments is left in the stream; leaves the
+    /// reader at the first such line.
+    fn has_more(&mut self) -> Result<bool> {
+        loop {
+            if self.pending.is_some() {
+                return Ok(true);
+            }
+            let mut line = Vec::new();
+            let n = self
+                .inner
+                .read_until(b'\n', &mut line)
+                .map_err(|e| Error::input(format!("cannot read the job list: {e}")))?;
+            if n == 0 {
+                return Ok(false);
+            }
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim();
+            if !text.is_empty() && !text.starts_with('#') && text != "..." {
+                *self.pending = Some(line);
+                return Ok(true);
             }
         }
     }
-    Ok(items)
+}
+
+impl<R: BufRead> Read for Document<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.line.len() {
+            match self.next_line() {
+                Ok(true) => {}
+                Ok(false) => return Ok(0),
+                Err(e) => {
+                    self.error = Some(e);
+                    self.ended = true;
+                    return Ok(0);
+                }
+            }
+        }
+        let n = buf.len().min(self.line.len() - self.pos);
+        buf[..n].copy_from_slice(&self.line[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Deserializes one document, handing its items on as they are parsed. An error of
+/// `each` is kept in `failure` (the parser gets a stand-in to stop at).
+struct ItemSink<'a> {
+    each: &'a mut dyn FnMut(Value) -> Result<()>,
+    failure: &'a mut Option<Error>,
+}
+
+impl ItemSink<'_> {
+    fn give<E: serde::de::Error>(&mut self, item: Value) -> std::result::Result<(), E> {
+        (self.each)(item).map_err(|e| {
+            *self.failure = Some(e);
+            E::custom("stopped")
+        })
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ItemSink<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> std::result::Result<(), D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ItemSink<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of jobs")
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_none<E>(self) -> std::result::Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        mut self,
+        mut seq: A,
+    ) -> std::result::Result<(), A::Error> {
+        while let Some(item) = seq.next_element::<Value>()? {
+            self.give(item)?;
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        mut self,
+        map: A,
+    ) -> std::result::Result<(), A::Error> {
+        use serde::Deserialize;
+        let item = Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+        self.give(item)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> std::result::Result<(), E> {
+        Err(E::custom("expected a list of jobs, found a boolean"))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> std::result::Result<(), E> {
+        Err(E::custom("expected a list of jobs, found a number"))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> std::result::Result<(), E> {
+        Err(E::custom("expected a list of jobs, found a number"))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> std::result::Result<(), E> {
+        Err(E::custom("expected a list of jobs, found a number"))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> std::result::Result<(), E> {
+        Err(E::custom("expected a list of jobs, found a string"))
+    }
 }
 
 /// The first line of an error message, trimmed.
@@ -89,26 +296,69 @@ fn describe(value: &Value) -> &'static str {
 /// Jobs to submit from text: YAML/JSON records, or one command per line (blank lines and
 /// lines starting with `#` skipped).
 pub fn parse_jobs(text: &str) -> Result<Vec<JobSpec>> {
-    // A byte-order mark (editors on other systems write one) is not part of the first job.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    if !is_structured(text) {
-        return Ok(text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|l| JobSpec {
-                command: l.to_string(),
-                ..JobSpec::default()
-            })
-            .collect());
+    let mut jobs = Vec::new();
+    read_jobs(text.as_bytes(), &mut |job| {
+        jobs.push(job);
+        Ok(())
+    })?;
+    Ok(jobs)
+}
+
+/// Every job of a job list, in order, to `each`, reading as it goes: YAML/JSON records,
+/// or one command per line (blank lines and lines starting with `#` skipped).
+pub fn read_jobs(
+    mut reader: impl BufRead,
+    each: &mut dyn FnMut(JobSpec) -> Result<()>,
+) -> Result<()> {
+    // Look at the first line that says something, then read on from the start.
+    let mut head = Vec::new();
+    let first = loop {
+        let start = head.len();
+        let n = reader
+            .read_until(b'\n', &mut head)
+            .map_err(|e| Error::input(format!("cannot read the job list: {e}")))?;
+        if start == 0 && head.starts_with("\u{feff}".as_bytes()) {
+            // A byte-order mark (editors on other systems write one) is not part of a job.
+            head.drain(..3);
+        }
+        let line = String::from_utf8_lossy(&head[start..]).trim().to_string();
+        if n == 0 || (!line.is_empty() && !line.starts_with('#')) {
+            break line;
+        }
+    };
+    let mut reader = std::io::Cursor::new(head).chain(reader);
+    if !is_structured(&first) {
+        let mut line = Vec::new();
+        let mut number = 0usize;
+        loop {
+            line.clear();
+            number += 1;
+            let n = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| Error::input(format!("cannot read the job list: {e}")))?;
+            if n == 0 {
+                return Ok(());
+            }
+            let text = std::str::from_utf8(&line).map_err(|_| {
+                Error::input(format!(
+                    "line {number} of the job list is not valid UTF-8 text"
+                ))
+            })?;
+            let command = text.trim();
+            if !command.is_empty() && !command.starts_with('#') {
+                each(JobSpec {
+                    command: command.to_string(),
+                    ..JobSpec::default()
+                })?;
+            }
+        }
     }
-    parse_structured(text)?
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| {
-            job_from_value(item).map_err(|e| Error::input(format!("job {}: {e}", i + 1)))
-        })
-        .collect()
+    let mut number = 0usize;
+    for_each_item(reader, &mut |item| {
+        number += 1;
+        let job = job_from_value(item).map_err(|e| Error::input(format!("job {number}: {e}")))?;
+        each(job)
+    })
 }
 
 fn job_from_value(item: Value) -> std::result::Result<JobSpec, String> {
@@ -282,7 +532,9 @@ pub fn normalize_hosts(text: &str) -> Option<String> {
 pub fn parse_targets(text: &str, states_allowed: bool) -> Result<Vec<Target>> {
     if is_structured(text) {
         let mut targets = Vec::new();
-        for (i, item) in parse_structured(text)?.into_iter().enumerate() {
+        let mut number = 0usize;
+        for_each_item(text.as_bytes(), &mut |item| {
+            number += 1;
             let jid = match &item {
                 Value::Object(map) => map.get("jid").cloned().unwrap_or(Value::Null),
                 other => other.clone(),
@@ -294,9 +546,10 @@ pub fn parse_targets(text: &str, states_allowed: bool) -> Result<Vec<Target>> {
             };
             match jid {
                 Some(j) => targets.push(Target::Jid(j)),
-                None => return Err(Error::input(format!("item {}: no valid jid", i + 1))),
+                None => return Err(Error::input(format!("item {number}: no valid jid"))),
             }
-        }
+            Ok(())
+        })?;
         return Ok(targets);
     }
     let mut targets = Vec::new();

@@ -224,6 +224,10 @@ pub fn command_problem(command: &str) -> Option<String> {
     if command.contains('\0') {
         return Some("the command contains a NUL byte, which no program can be given".into());
     }
+    // JSON escaping at most sextuples a byte (`\u001f`): only long commands need measuring.
+    if command.len() * 6 + 2 <= MAX_COMMAND_BYTES {
+        return None;
+    }
     let escaped = serde_json::Value::String(command.to_string())
         .to_string()
         .len();

@@ -16,6 +16,17 @@ pub struct Clause {
     pub raw: bool,
 }
 
+impl Clause {
+    /// Jobs `first..=last`.
+    pub fn jid_range(first: i64, last: i64) -> Clause {
+        Clause {
+            sql: "jid >= ? AND jid <= ?".into(),
+            params: vec![SqlValue::Integer(first), SqlValue::Integer(last)],
+            raw: false,
+        }
+    }
+}
+
 struct Term<'a> {
     field: &'a str,
     op: &'static str,

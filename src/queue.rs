@@ -248,26 +248,42 @@ impl Queue {
         &mut self.store
     }
 
-    /// Submit jobs: all of them or none.
-    pub fn submit(&mut self, specs: &[JobSpec], opts: &SubmitOptions) -> Result<Vec<Row>> {
-        if specs.is_empty() {
-            return Err(Error::usage(
-                "no jobs given: name a command, use --infile FILE, or pipe a job list",
-            ));
-        }
-        for (i, spec) in specs.iter().enumerate() {
+    /// Submit the jobs of `sources`: all of them or none. The input is read three times
+    /// at most, never held: once to check every job (and plan its files), once to copy
+    /// the files of jobs that have any, once inside the transaction to insert the rows in
+    /// batches. With `echo`, the first chunk of submitted rows is written inside the
+    /// transaction (see [`Submitted`]).
+    pub fn submit(
+        &mut self,
+        sources: &[JobSource],
+        opts: &SubmitOptions,
+        echo: Option<&RowWriter>,
+    ) -> Result<Submitted> {
+        let mut count = 0usize;
+        let mut files = Vec::new();
+        read_sources(sources, &mut |spec| {
+            count += 1;
             if let Some(problem) = crate::job::command_problem(&spec.command) {
-                let which = if specs.len() > 1 {
-                    format!("job {}: ", i + 1)
-                } else {
-                    String::new()
-                };
                 return Err(Error::input(format!(
-                    "{which}{problem}; nothing was submitted"
+                    "job {count}: {problem}; nothing was submitted"
                 )));
             }
+            if let Some(plan) = self.plan_files(&spec)? {
+                files.push((count - 1, plan));
+            }
+            Ok(())
+        })?;
+        if count == 0 {
+            return Ok(Submitted::default());
         }
-        let files = self.plan_files(specs, opts)?;
+        for (path, kind) in [
+            (&opts.stdin, InputKind::Stdin),
+            (&opts.data, InputKind::Data),
+        ] {
+            if let Some(path) = path {
+                check_input(path, &self.dir, kind)?;
+            }
+        }
         let submitter = host::name();
         let cwd = std::env::current_dir()
             .map(|p| p.to_string_lossy().into_owned())
@@ -279,10 +295,11 @@ impl Queue {
         };
         // Jobs with files get jids reserved first, so their files are in place before the
         // rows that name them exist; a crash in between leaves only orphan files.
-        let first_reserved = if files.iter().any(JobFiles::any) {
-            let first = self.reserve_jids(specs.len())?;
-            if let Err(e) = self.copy_files(first, &files) {
-                self.remove_job_files(first, specs.len());
+        let with_files = !files.is_empty() || opts.stdin.is_some() || opts.data.is_some();
+        let first_reserved = if with_files {
+            let first = self.reserve_jids(count)?;
+            if let Err(e) = self.copy_files(first, count, &files, opts) {
+                self.remove_job_files(first, count);
                 return Err(e);
             }
             Some(first)
@@ -291,67 +308,82 @@ impl Queue {
         };
         let outcome = self.store.write(|tx| {
             let submitted = time::now();
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO jobs (jid, priority, state, submitted, submitter, stdin, data, tag, \
-                 restartable, command, hosts, cwd, timeout, retries, retry_delay) \
-                 VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            )?;
+            let mut batch: Vec<NewJob> = Vec::with_capacity(INSERT_BATCH);
+            let mut inserted = 0usize;
             let mut first = None;
-            for (i, (spec, file)) in specs.iter().zip(&files).enumerate() {
-                let jid = first_reserved.map(|f| f + i as i64);
-                let stdin = jid
-                    .filter(|_| file.stdin.is_some())
-                    .map(|j| format!("stdin/{j}"));
-                let data = jid
-                    .filter(|_| file.data.is_some())
-                    .map(|j| format!("data/{j}"));
-                let tag = opts.tag.clone().or_else(|| spec.tag.clone().flatten());
-                let hosts = opts.hosts.clone().or_else(|| spec.hosts.clone().flatten());
-                let restartable = opts.restartable || spec.restartable.unwrap_or(false);
-                let job_cwd = spec.cwd.clone().or_else(|| cwd.clone());
-                insert.execute(rusqlite::params![
-                    jid,
-                    opts.priority.or(spec.priority).unwrap_or(0),
-                    state.as_str(),
-                    submitted,
-                    submitter,
-                    stdin,
-                    data,
-                    tag,
-                    restartable,
-                    spec.command,
-                    hosts,
-                    job_cwd,
-                    opts.timeout.or(spec.timeout),
-                    opts.retries.or(spec.retries).unwrap_or(0),
-                    opts.retry_delay.or(spec.retry_delay)
-                ])?;
-                if i == 0 {
-                    first = Some(tx.last_insert_rowid());
+            let mut each = |spec: JobSpec| {
+                if inserted + batch.len() == count {
+                    return Err(changed_while_reading());
                 }
+                if crate::job::command_problem(&spec.command).is_some() {
+                    return Err(changed_while_reading());
+                }
+                let jid = first_reserved.map(|f| f + (inserted + batch.len()) as i64);
+                let file =
+                    |given: bool, dir: &str| jid.filter(|_| given).map(|j| format!("{dir}/{j}"));
+                batch.push(NewJob {
+                    jid,
+                    priority: opts.priority.or(spec.priority).unwrap_or(0),
+                    stdin: file(opts.stdin.is_some() || spec.stdin.is_some(), "stdin"),
+                    data: file(opts.data.is_some() || spec.data.is_some(), "data"),
+                    tag: opts.tag.clone().or_else(|| spec.tag.clone().flatten()),
+                    hosts: opts.hosts.clone().or_else(|| spec.hosts.clone().flatten()),
+                    restartable: opts.restartable || spec.restartable.unwrap_or(false),
+                    cwd: spec.cwd.clone().or_else(|| cwd.clone()),
+                    timeout: opts.timeout.or(spec.timeout),
+                    retries: opts.retries.or(spec.retries).unwrap_or(0),
+                    retry_delay: opts.retry_delay.or(spec.retry_delay),
+                    command: spec.command,
+                });
+                if batch.len() == INSERT_BATCH {
+                    let last = insert_jobs(tx, &batch, state, &submitted, &submitter)?;
+                    first.get_or_insert(last - batch.len() as i64 + 1);
+                    inserted += batch.len();
+                    batch.clear();
+                }
+                Ok(())
+            };
+            read_sources(sources, &mut each)?;
+            if !batch.is_empty() {
+                let last = insert_jobs(tx, &batch, state, &submitted, &submitter)?;
+                first.get_or_insert(last - batch.len() as i64 + 1);
+                inserted += batch.len();
+            }
+            if inserted != count {
+                return Err(changed_while_reading());
             }
             let first = first.unwrap_or(0);
-            if opts.echo {
-                select_rows(
-                    tx,
-                    "jid >= ? AND jid <= ?",
-                    &[
-                        SqlValue::Integer(first),
-                        SqlValue::Integer(tx.last_insert_rowid()),
-                    ],
-                )
-            } else {
-                Ok(Vec::new())
+            let last = first + count as i64 - 1;
+            let mut echoed = Vec::new();
+            let mut echoed_rows = 0;
+            if let Some(writer) = echo {
+                let sql = format!(
+                    "SELECT {} FROM jobs WHERE jid >= ? AND jid <= ? ORDER BY jid LIMIT {CHUNK}",
+                    columns()
+                );
+                let mut stmt = tx.prepare_cached(&sql)?;
+                let mut rows = stmt.query([first, last])?;
+                while let Some(row) = rows.next()? {
+                    writer.write_sql_row(echoed_rows == 0, &mut echoed, row)?;
+                    echoed_rows += 1;
+                }
             }
+            Ok(Submitted {
+                count,
+                first,
+                last,
+                echoed,
+                echoed_rows,
+            })
         });
         match outcome {
-            Ok(rows) => {
+            Ok(submitted) => {
                 ring_doorbell(&self.dir);
-                Ok(rows)
+                Ok(submitted)
             }
             Err(e) => {
                 if let Some(first) = first_reserved {
-                    self.remove_job_files(first, specs.len());
+                    self.remove_job_files(first, count);
                 }
                 Err(e)
             }
@@ -374,29 +406,21 @@ impl Queue {
         })
     }
 
-    /// Where each job's stdin and data come from (checked before anything is written).
-    fn plan_files(&self, specs: &[JobSpec], opts: &SubmitOptions) -> Result<Vec<JobFiles>> {
-        let mut plans = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let stdin = match (&opts.stdin, &spec.stdin) {
-                (Some(path), _) => Some(path.clone()),
-                (None, Some(path)) => Some(self.input_path(path)),
-                (None, None) => None,
-            };
-            let data = match (&opts.data, &spec.data) {
-                (Some(path), _) => Some(path.clone()),
-                (None, Some(path)) => Some(self.input_path(path)),
-                (None, None) => None,
-            };
-            if let Some(path) = &stdin {
-                check_input(path, &self.dir, InputKind::Stdin)?;
-            }
-            if let Some(path) = &data {
-                check_input(path, &self.dir, InputKind::Data)?;
-            }
-            plans.push(JobFiles { stdin, data });
+    /// Where a job's own stdin and data come from (checked before anything is written);
+    /// `None` when it names neither.
+    fn plan_files(&self, spec: &JobSpec) -> Result<Option<JobFiles>> {
+        if spec.stdin.is_none() && spec.data.is_none() {
+            return Ok(None);
         }
-        Ok(plans)
+        let stdin = spec.stdin.as_deref().map(|p| self.input_path(p));
+        let data = spec.data.as_deref().map(|p| self.input_path(p));
+        if let Some(path) = &stdin {
+            check_input(path, &self.dir, InputKind::Stdin)?;
+        }
+        if let Some(path) = &data {
+            check_input(path, &self.dir, InputKind::Data)?;
+        }
+        Ok(Some(JobFiles { stdin, data }))
     }
 
     /// A stdin/data path from job input: a file of this queue (`stdin/12`, as in rq's own
@@ -411,11 +435,23 @@ impl Queue {
         }
     }
 
-    fn copy_files(&self, first: i64, files: &[JobFiles]) -> Result<()> {
+    /// Copy the files of jobs `first..first + count`: each job's own (`files`, by job
+    /// index), else the ones given for every job in `opts`.
+    fn copy_files(
+        &self,
+        first: i64,
+        count: usize,
+        files: &[(usize, JobFiles)],
+        opts: &SubmitOptions,
+    ) -> Result<()> {
         let mut shared_stdin: Option<(PathBuf, PathBuf)> = None;
-        for (i, file) in files.iter().enumerate() {
+        let mut own = files.iter().peekable();
+        for i in 0..count {
             let jid = first + i as i64;
-            if let Some(src) = &file.stdin {
+            let mine = own.next_if(|(index, _)| *index == i).map(|(_, f)| f);
+            let stdin = mine.and_then(|f| f.stdin.as_ref()).or(opts.stdin.as_ref());
+            let data = mine.and_then(|f| f.data.as_ref()).or(opts.data.as_ref());
+            if let Some(src) = stdin {
                 let dest = self.dir.join("stdin").join(jid.to_string());
                 // One copy per distinct source; further jobs get hard links to it.
                 match &shared_stdin {
@@ -427,7 +463,7 @@ impl Queue {
                     }
                 }
             }
-            if let Some(src) = &file.data {
+            if let Some(src) = data {
                 let dest = self.dir.join("data").join(jid.to_string());
                 copy_tree(src, &dest)?;
             }
@@ -483,13 +519,24 @@ impl Queue {
         writer: &RowWriter,
         emit: &mut ChunkSink<'_>,
     ) -> Result<usize> {
+        self.render_after(clause, writer, 0, emit)
+    }
+
+    /// [`Queue::render`], continuing an output that has `already` rows.
+    pub fn render_after(
+        &mut self,
+        clause: &Clause,
+        writer: &RowWriter,
+        already: usize,
+        emit: &mut ChunkSink<'_>,
+    ) -> Result<usize> {
         let sql = format!(
             "SELECT {} FROM jobs WHERE ({}) AND jid > ? ORDER BY jid LIMIT {CHUNK}",
             columns(),
             clause.sql
         );
         let mut after = 0i64;
-        let mut count = 0usize;
+        let mut count = already;
         let mut bytes = Vec::new();
         let mut jids = Vec::with_capacity(CHUNK);
         loop {
@@ -514,7 +561,7 @@ impl Queue {
             emit(&bytes, &jids)?;
             match jids.last() {
                 Some(last) if jids.len() == CHUNK => after = *last,
-                _ => return Ok(count),
+                _ => return Ok(count - already),
             }
         }
     }
@@ -989,10 +1036,22 @@ impl Queue {
             .map(|h| (*h, time::format(now - jiff::SignedDuration::from_hours(*h))))
             .collect();
         self.store.read(|tx| {
+            // Counts and run-time sums come from `job_counts`, which triggers keep in step
+            // with every change: no scan, however many jobs there are.
+            let mut counts = std::collections::HashMap::new();
+            let mut stmt = tx.prepare_cached("SELECT state, n, elapsed_n, elapsed_sum, ok FROM job_counts")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let state: String = r.get(0)?;
+                let row: (i64, i64, f64, i64) = (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+                counts.insert(state, row);
+            }
+            drop(rows);
+            let count = |state: State| counts.get(state.as_str()).copied().unwrap_or((0, 0, 0.0, 0));
             let mut jobs = Map::new();
             let mut total = 0i64;
             for state in State::ALL {
-                let n: i64 = tx.query_row("SELECT count(*) FROM jobs WHERE state = ?", [state.as_str()], |r| r.get(0))?;
+                let n = count(state).0;
                 total += n;
                 jobs.insert(state.as_str().into(), json!(n));
             }
@@ -1000,42 +1059,37 @@ impl Queue {
 
             let mut temporal = Map::new();
             for state in State::ALL {
-                let (sql_min, sql_max) = match state {
-                    State::Pending | State::Holding => (
-                        "SELECT jid, submitted FROM jobs WHERE state = ? ORDER BY submitted DESC LIMIT 1",
-                        "SELECT jid, submitted FROM jobs WHERE state = ? ORDER BY submitted ASC LIMIT 1",
-                    ),
+                let (min, max) = match state {
+                    // Newest and oldest by submit time: a look at each priority's ends of the
+                    // claim index (state, priority, submitted, jid).
+                    State::Pending | State::Holding => waiting_ends(tx, state)?,
                     State::Running => (
-                        "SELECT jid, started FROM jobs WHERE state = ? AND started IS NOT NULL ORDER BY started DESC LIMIT 1",
-                        "SELECT jid, started FROM jobs WHERE state = ? AND started IS NOT NULL ORDER BY started ASC LIMIT 1",
+                        first_row(tx, "SELECT jid, started FROM jobs WHERE state = 'running' AND started IS NOT NULL ORDER BY started DESC LIMIT 1")?,
+                        first_row(tx, "SELECT jid, started FROM jobs WHERE state = 'running' AND started IS NOT NULL ORDER BY started ASC LIMIT 1")?,
                     ),
-                    // The partial index needs the literal state = 'finished'.
+                    // The partial index's ends.
                     State::Finished => (
-                        "SELECT jid, elapsed FROM jobs INDEXED BY jobs_finished_elapsed WHERE state = 'finished' \
-                         AND ?1 = 'finished' AND elapsed IS NOT NULL ORDER BY elapsed ASC LIMIT 1",
-                        "SELECT jid, elapsed FROM jobs INDEXED BY jobs_finished_elapsed WHERE state = 'finished' \
-                         AND ?1 = 'finished' AND elapsed IS NOT NULL ORDER BY elapsed DESC LIMIT 1",
+                        first_row(tx, "SELECT jid, elapsed FROM jobs INDEXED BY jobs_finished_elapsed WHERE state = 'finished' \
+                             AND elapsed IS NOT NULL ORDER BY elapsed ASC LIMIT 1")?,
+                        first_row(tx, "SELECT jid, elapsed FROM jobs INDEXED BY jobs_finished_elapsed WHERE state = 'finished' \
+                             AND elapsed IS NOT NULL ORDER BY elapsed DESC LIMIT 1")?,
                     ),
                     State::Dead => (
-                        "SELECT jid, elapsed FROM jobs WHERE state = ? AND elapsed IS NOT NULL ORDER BY elapsed ASC LIMIT 1",
-                        "SELECT jid, elapsed FROM jobs WHERE state = ? AND elapsed IS NOT NULL ORDER BY elapsed DESC LIMIT 1",
+                        first_row(tx, "SELECT jid, elapsed FROM jobs WHERE state = 'dead' AND elapsed IS NOT NULL ORDER BY elapsed ASC LIMIT 1")?,
+                        first_row(tx, "SELECT jid, elapsed FROM jobs WHERE state = 'dead' AND elapsed IS NOT NULL ORDER BY elapsed DESC LIMIT 1")?,
                     ),
                 };
-                let seconds = |sql: &str| -> Result<Option<(i64, f64)>> {
-                    let found = tx.query_row(sql, [state.as_str()], |r| {
-                        let jid: i64 = r.get(0)?;
-                        let value = r.get_ref(1)?;
-                        Ok((jid, value.as_f64().ok(), value.as_str().ok().map(String::from)))
-                    });
-                    match found {
-                        Ok((jid, Some(secs), _)) => Ok(Some((jid, secs))),
-                        Ok((jid, None, Some(stamp))) => Ok(time::parse(&stamp).map(|t| (jid, time::seconds_between(t, now)))),
-                        Ok(_) => Ok(None),
-                        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
-                        Err(e) => Err(e.into()),
+                let seconds = |found: Option<(i64, SqlValue)>| -> Option<(i64, f64)> {
+                    match found? {
+                        (jid, SqlValue::Real(secs)) => Some((jid, secs)),
+                        (jid, SqlValue::Integer(secs)) => Some((jid, secs as f64)),
+                        (jid, SqlValue::Text(stamp)) => {
+                            time::parse(&stamp).map(|t| (jid, time::seconds_between(t, now)))
+                        }
+                        _ => None,
                     }
                 };
-                if let (Some(min), Some(max)) = (seconds(sql_min)?, seconds(sql_max)?) {
+                if let (Some(min), Some(max)) = (seconds(min), seconds(max)) {
                     temporal.insert(
                         state.as_str().into(),
                         json!({"min": {min.0.to_string(): time::hms(min.1)}, "max": {max.0.to_string(): time::hms(max.1)}}),
@@ -1043,14 +1097,9 @@ impl Queue {
                 }
             }
 
-            // One pass over the finished jobs (a covering index scan) for every aggregate.
-            let (avg, successes, finished_failures): (Option<f64>, i64, i64) = tx.query_row(
-                "SELECT avg(elapsed), count(*) FILTER (WHERE exit_status = 0), \
-                 count(*) FILTER (WHERE exit_status IS NOT 0) FROM jobs INDEXED BY jobs_finished_elapsed \
-                 WHERE state = 'finished'",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?;
+            let (_, elapsed_n, elapsed_sum, successes) = count(State::Finished);
+            let avg = (elapsed_n > 0).then(|| elapsed_sum / elapsed_n as f64);
+            let finished_failures = count(State::Finished).0 - successes;
             let mut recent = Map::new();
             for (hours, since) in &hour_marks {
                 let n: i64 = tx.query_row(
@@ -1106,10 +1155,189 @@ struct JobFiles {
     data: Option<PathBuf>,
 }
 
-impl JobFiles {
-    fn any(&self) -> bool {
-        self.stdin.is_some() || self.data.is_some()
+/// Where the jobs of one submit come from, read in this order.
+#[derive(Debug, Clone)]
+pub enum JobSource {
+    /// A job given on the command line.
+    Job(JobSpec),
+    /// A job list: one command per line, or YAML/JSON.
+    File(PathBuf),
+}
+
+/// Read every job of `sources`, in order, handing each to `each`.
+pub fn read_sources(
+    sources: &[JobSource],
+    each: &mut dyn FnMut(JobSpec) -> Result<()>,
+) -> Result<()> {
+    for source in sources {
+        match source {
+            JobSource::Job(spec) => each(spec.clone())?,
+            JobSource::File(path) => {
+                let file = std::fs::File::open(path)
+                    .map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+                crate::input::read_jobs(std::io::BufReader::with_capacity(1 << 16, file), each)?;
+            }
+        }
     }
+    Ok(())
+}
+
+/// What a submit did: jids `first..=last` (consecutive: one transaction took them all),
+/// and, when asked, the first `echoed_rows` of them as written inside the transaction.
+#[derive(Debug, Default)]
+pub struct Submitted {
+    pub count: usize,
+    pub first: i64,
+    pub last: i64,
+    pub echoed: Vec<u8>,
+    pub echoed_rows: usize,
+}
+
+/// Rows per INSERT statement when submitting: fewer statements (each also updates the
+/// jid sequence) for the cost of one long statement text.
+const INSERT_BATCH: usize = 64;
+
+/// One row to insert; the columns all jobs of a submit share are passed apart.
+struct NewJob {
+    jid: Option<i64>,
+    priority: i64,
+    stdin: Option<String>,
+    data: Option<String>,
+    tag: Option<String>,
+    restartable: bool,
+    command: String,
+    hosts: Option<String>,
+    cwd: Option<String>,
+    timeout: Option<f64>,
+    retries: i64,
+    retry_delay: Option<f64>,
+}
+
+/// Insert a batch of jobs with one statement; returns the last jid.
+fn insert_jobs(
+    tx: &Transaction<'_>,
+    batch: &[NewJob],
+    state: State,
+    submitted: &str,
+    submitter: &str,
+) -> Result<i64> {
+    use rusqlite::ToSql;
+    let row = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    let sql = format!(
+        "INSERT INTO jobs (jid, priority, state, submitted, submitter, stdin, data, tag, \
+         restartable, command, hosts, cwd, timeout, retries, retry_delay) VALUES {}",
+        vec![row; batch.len()].join(",")
+    );
+    let mut insert = tx.prepare_cached(&sql)?;
+    let state = state.as_str();
+    let mut params: Vec<&dyn ToSql> = Vec::with_capacity(batch.len() * 15);
+    for job in batch {
+        params.extend_from_slice(&[
+            &job.jid as &dyn ToSql,
+            &job.priority,
+            &state,
+            &submitted,
+            &submitter,
+            &job.stdin,
+            &job.data,
+            &job.tag,
+            &job.restartable,
+            &job.command,
+            &job.hosts,
+            &job.cwd,
+            &job.timeout,
+            &job.retries,
+            &job.retry_delay,
+        ]);
+    }
+    insert.execute(params.as_slice())?;
+    Ok(tx.last_insert_rowid())
+}
+
+fn changed_while_reading() -> Error {
+    Error::input("the job list changed while it was being submitted; nothing was submitted")
+}
+
+/// A job named in `status`'s temporal report: its jid and the value shown for it.
+type Named = Option<(i64, SqlValue)>;
+
+/// The first row of a two-column query (jid, value), if any.
+fn first_row(tx: &Transaction<'_>, sql: &str) -> Result<Named> {
+    let mut stmt = tx.prepare_cached(sql)?;
+    let mut rows = stmt.query([])?;
+    match rows.next()? {
+        Some(r) => Ok(Some((r.get(0)?, r.get(1)?))),
+        None => Ok(None),
+    }
+}
+
+/// The most recently and the earliest submitted job waiting in `state` (pending or
+/// holding), each as (jid, submitted). The claim index orders by priority first, so this
+/// visits each distinct priority (a skip-scan: a few index look-ups per priority); with
+/// more priorities than that is worth, it scans the state's jobs instead.
+fn waiting_ends(tx: &Transaction<'_>, state: State) -> Result<(Named, Named)> {
+    const MAX_PRIORITIES: usize = 64;
+    let state = state.as_str();
+    // Two statements: `(?2 IS NULL OR priority < ?2)` would cost the index range.
+    let mut highest = tx.prepare_cached(
+        "SELECT priority FROM jobs WHERE state = ?1 ORDER BY priority DESC LIMIT 1",
+    )?;
+    let mut next_below = tx.prepare_cached(
+        "SELECT priority FROM jobs WHERE state = ?1 AND priority < ?2 ORDER BY priority DESC LIMIT 1",
+    )?;
+    let mut priorities: Vec<i64> = Vec::new();
+    while priorities.len() <= MAX_PRIORITIES {
+        let found = match priorities.last() {
+            None => highest.query_row([state], |r| r.get(0)),
+            Some(p) => next_below.query_row(rusqlite::params![state, p], |r| r.get(0)),
+        };
+        match found {
+            Ok(p) => priorities.push(p),
+            Err(rusqlite::Error::QueryReturnedNoRows) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let end = |sql: &str, priority: Option<i64>| -> Result<Option<(String, i64)>> {
+        let mut stmt = tx.prepare_cached(sql)?;
+        let mut rows = stmt.query(rusqlite::params![state, priority])?;
+        Ok(match rows.next()? {
+            Some(r) => Some((r.get(1)?, r.get(0)?)),
+            None => None,
+        })
+    };
+    let (newest, oldest) = if priorities.len() > MAX_PRIORITIES {
+        (
+            end(
+                "SELECT jid, submitted FROM jobs WHERE state = ?1 AND ?2 IS NULL ORDER BY submitted DESC, jid DESC LIMIT 1",
+                None,
+            )?,
+            end(
+                "SELECT jid, submitted FROM jobs WHERE state = ?1 AND ?2 IS NULL ORDER BY submitted, jid LIMIT 1",
+                None,
+            )?,
+        )
+    } else {
+        let mut newest: Option<(String, i64)> = None;
+        let mut oldest: Option<(String, i64)> = None;
+        for priority in priorities {
+            let last = end(
+                "SELECT jid, submitted FROM jobs WHERE state = ?1 AND priority = ?2 ORDER BY submitted DESC, jid DESC LIMIT 1",
+                Some(priority),
+            )?;
+            let first = end(
+                "SELECT jid, submitted FROM jobs WHERE state = ?1 AND priority = ?2 ORDER BY submitted, jid LIMIT 1",
+                Some(priority),
+            )?;
+            newest = newest.max(last);
+            oldest = match (oldest, first) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        (newest, oldest)
+    };
+    let as_row = |end: Option<(String, i64)>| end.map(|(stamp, jid)| (jid, SqlValue::Text(stamp)));
+    Ok((as_row(newest), as_row(oldest)))
 }
 
 /// A raw query's SQL error is the user's: say which SQL it was.

@@ -389,7 +389,9 @@ fn jobs_get_exactly_stdio_and_no_rq_internals() {
     q.rq(&[
         "submit",
         "-q",
-        "ls /proc/$$/fd | tr '\\n' ' '; echo; env | grep -c '^RQ_TEST_' ; echo \"$PATH\"",
+        // No pipeline before the listing: the shell holds a pipe's ends while it starts
+        // the commands on both sides, and `ls` could see them.
+        "ls /proc/$$/fd > fds; tr '\\n' ' ' < fds; echo; env | grep -c '^RQ_TEST_' ; echo \"$PATH\"",
     ])
     .ok();
     // The shell that starts the feeder has descriptor 7 open (not close-on-exec), a

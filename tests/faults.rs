@@ -601,7 +601,11 @@ fn an_old_queue_is_migrated_on_open() {
         .map(|c| format!("ALTER TABLE jobs DROP COLUMN {c}; "))
         .collect();
     q.sql(&format!(
-        "DROP INDEX jobs_finished_elapsed; DROP INDEX jobs_ended_at; \
+        "DROP TRIGGER job_counts_insert; DROP TRIGGER job_counts_insert_ended; \
+         DROP TRIGGER job_counts_update; \
+         DROP TRIGGER job_counts_delete; DROP TABLE job_counts; DROP INDEX jobs_tag; \
+         CREATE INDEX jobs_tag ON jobs (tag); \
+         DROP INDEX jobs_finished_elapsed; DROP INDEX jobs_ended_at; \
          CREATE INDEX jobs_runner ON jobs (runner, state); {drops} PRAGMA user_version = 1"
     ));
     let jobs = q.jobs();
@@ -610,8 +614,12 @@ fn an_old_queue_is_migrated_on_open() {
     assert!(
         q.sql("PRAGMA user_version")
             .stdout
-            .contains("user_version: 2")
+            .contains("user_version: 3")
     );
+    // The counts status reads are filled from the jobs already there.
+    let status = q.rq(&["status", "--format", "json"]).ok().value();
+    assert_eq!(status["jobs"]["pending"], 1, "{status}");
+    assert_eq!(status["jobs"]["total"], 1, "{status}");
 }
 
 #[test]

@@ -868,3 +868,194 @@ fn exit_statuses_follow_one_rule() {
     // Bad job input on stdin is not a command-line mistake: 1.
     assert_eq!(q.rq_stdin(&["submit"], "- command: [unclosed\n").status, 1);
 }
+
+#[test]
+fn rq_own_listing_of_thousands_of_jobs_pipes_back_in() {
+    let q = TestQueue::new();
+    let lines: String = (0..5000).map(|i| format!("echo {i}\n")).collect();
+    q.rq_stdin(&["submit", "-q", "-t", "sweep", "-"], &lines)
+        .ok();
+    let other = TestQueue::new();
+    for format in ["yaml", "json"] {
+        let listing = q.rq(&["list", "--format", format]).ok().stdout;
+        let echo = other
+            .rq_stdin(
+                &[
+                    "submit",
+                    "--format",
+                    "json",
+                    "-f",
+                    "jid,state,command,tag",
+                    "-",
+                ],
+                &listing,
+            )
+            .ok()
+            .stdout;
+        // Every submitted row is echoed, past the first chunk too, with consecutive jids.
+        let echoed: Vec<Value> = serde_json::from_str(&echo).unwrap();
+        assert_eq!(echoed.len(), 5000, "{format}");
+        let first = echoed[0]["jid"].as_i64().unwrap();
+        for (i, row) in echoed.iter().enumerate() {
+            assert_eq!(row["jid"], first + i as i64);
+            assert_eq!(row["command"], format!("echo {i}"));
+            assert_eq!(row["tag"], "sweep");
+            assert_eq!(row["state"], "pending");
+        }
+    }
+    // Two listings one after the other are two YAML documents: both go in.
+    let one = q.rq(&["list", "1", "2"]).ok().stdout;
+    let two = q.rq(&["list", "4999"]).ok().stdout;
+    let echo = other
+        .rq_stdin(
+            &["submit", "--format", "json", "-f", "command", "-"],
+            &format!("{one}{two}"),
+        )
+        .ok()
+        .stdout;
+    let echoed: Vec<Value> = serde_json::from_str(&echo).unwrap();
+    let commands: Vec<&str> = echoed
+        .iter()
+        .map(|r| r["command"].as_str().unwrap())
+        .collect();
+    assert_eq!(commands, ["echo 0", "echo 1", "echo 4998"]);
+    assert_eq!(other.count("pending"), 10003);
+}
+
+#[test]
+fn a_bad_job_deep_in_a_long_list_commits_nothing() {
+    let q = TestQueue::new();
+    q.rq(&["submit", "-q", "true"]).ok();
+    let before = q.dump();
+    let mut yaml: String = (0..5000)
+        .map(|i| format!("- command: echo {i}\n"))
+        .collect();
+    yaml.push_str("- command: x\n  colour: red\n");
+    let out = q.rq_stdin(&["submit", "-"], &yaml).fails();
+    assert!(
+        out.stderr.contains("job 5001: unknown field 'colour'"),
+        "{}",
+        out.stderr
+    );
+    let mut lines: String = (0..5000).map(|i| format!("echo {i}\n")).collect();
+    lines.push_str(&format!("echo {}\n", "x".repeat(200_000)));
+    let out = q.rq_stdin(&["submit", "-"], &lines).fails();
+    assert!(
+        out.stderr.contains("job 5001: the command is too long"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(q.dump(), before);
+}
+
+/// The counts in `status` against a count of the rows themselves.
+fn assert_status_matches_rows(q: &TestQueue, when: &str) {
+    let status = q.rq(&["status", "--format", "json"]).ok().value();
+    let truth = q
+        .rq(&[
+            "execute",
+            "SELECT state, count(*) AS n, (SELECT count(*) FROM jobs WHERE state = 'finished' AND exit_status = 0) AS ok, \
+             (SELECT round(avg(elapsed), 2) FROM jobs WHERE state = 'finished') AS avg FROM jobs GROUP BY state",
+            "--format",
+            "json",
+        ])
+        .ok()
+        .value();
+    let mut total = 0;
+    let mut ok = 0;
+    let mut avg = Value::Null;
+    for state in ["pending", "holding", "running", "finished", "dead"] {
+        let n = truth
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["state"] == state)
+            .map_or(0, |r| {
+                ok = r["ok"].as_i64().unwrap();
+                avg = r["avg"].clone();
+                r["n"].as_i64().unwrap()
+            });
+        total += n;
+        assert_eq!(status["jobs"][state], n, "{state} {when}: {status}");
+    }
+    assert_eq!(status["jobs"]["total"], total, "{when}");
+    assert_eq!(status["exit_status"]["successes"], ok, "{when}");
+    if let Some(avg) = avg.as_f64() {
+        let shown = status["performance"]["avg_time_per_job"].as_str().unwrap();
+        let seconds: f64 = shown
+            .trim_end_matches('s')
+            .rsplit('m')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((seconds - avg).abs() < 0.011, "{when}: {shown} vs {avg}");
+    }
+}
+
+#[test]
+fn status_counts_follow_every_kind_of_change() {
+    let q = TestQueue::new();
+    q.rq_stdin(&["submit", "-q", "-"], "true\nfalse\nexit 3\necho a\n")
+        .ok();
+    q.rq(&["submit", "-q", "--stage", "echo later"]).ok();
+    assert_status_matches_rows(&q, "after submit");
+    q.rq_as("h1", &["feed", "--exit_when_empty", "--shell", "sh -c"])
+        .ok();
+    assert_status_matches_rows(&q, "after feeding");
+    q.rq(&["update", "5", "state=pending"]).ok();
+    q.rq(&["resubmit", "2"]).ok();
+    q.rq(&["delete", "1"]).ok();
+    assert_status_matches_rows(&q, "after update, resubmit, delete");
+    // Raw SQL keeps them too: the counts are kept by triggers in the database.
+    q.sql("UPDATE jobs SET state = 'finished', exit_status = 0, elapsed = 4.25 WHERE state = 'pending'");
+    q.sql("INSERT INTO jobs (state, submitted, submitter, command, elapsed, exit_status) VALUES ('dead', '2026-01-01T00:00:00.000000Z', 'x', 'y', 1.5, NULL)");
+    assert_status_matches_rows(&q, "after raw SQL");
+    q.rq(&["rotate"]).ok();
+    assert_status_matches_rows(&q, "after rotate");
+    q.rq_stdin(&["submit", "-q", "-"], "a\nb\n").ok();
+    q.rq(&["delete", "all"]).ok();
+    assert_status_matches_rows(&q, "after delete all");
+}
+
+#[test]
+fn status_names_the_oldest_and_newest_waiting_jobs_across_priorities() {
+    for priorities in [3, 70] {
+        let q = TestQueue::new();
+        let lines: String = (0..200).map(|i| format!("echo {i}\n")).collect();
+        q.rq_stdin(&["submit", "-q", "-"], &lines).ok();
+        // Scatter priorities and submit times so that neither order follows the jids.
+        q.sql(&format!(
+            "UPDATE jobs SET priority = (jid * 7) % {priorities}, \
+             submitted = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || ((jid * 37) % 200) || ' minutes')"
+        ));
+        let want = |order: &str| {
+            let rows = q
+                .rq(&[
+                    "query",
+                    &format!(
+                        "jid = (SELECT jid FROM jobs WHERE state = 'pending' \
+                         ORDER BY submitted {order}, jid {order} LIMIT 1)"
+                    ),
+                    "-f",
+                    "jid",
+                ])
+                .ok()
+                .records();
+            rows[0]["jid"].to_string()
+        };
+        let status = q.rq(&["status", "--format", "json"]).ok().value();
+        let pending = &status["temporal"]["pending"];
+        let name = |end: &str| {
+            pending[end]
+                .as_object()
+                .unwrap()
+                .keys()
+                .next()
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(name("max"), want("ASC"), "oldest, {priorities} priorities");
+        assert_eq!(name("min"), want("DESC"), "newest, {priorities} priorities");
+    }
+}

@@ -8,9 +8,19 @@ use super::{Context, duration_option};
 use crate::error::{Error, IoContext, Result};
 use crate::input::{self, Target};
 use crate::job::State;
+use crate::output::{Format, RowWriter};
 use crate::query;
-use crate::queue::{self, Changes, Selection, SubmitOptions};
+use crate::queue::{self, Changes, JobSource, Selection, SubmitOptions};
 use crate::store::Access;
+
+/// Copy standard input to a temporary file.
+fn spool_stdin() -> Result<tempfile::NamedTempFile> {
+    let mut spool =
+        tempfile::NamedTempFile::new().context(|| "cannot make a temporary file".into())?;
+    std::io::copy(&mut std::io::stdin().lock(), &mut spool)
+        .context(|| "cannot read standard input".into())?;
+    Ok(spool)
+}
 
 impl Context<'_> {
     /// No jobs were named. After an explicit `-` that is an empty pipe (`rq q query x |
@@ -64,52 +74,95 @@ impl Context<'_> {
 
     pub(super) fn submit(&mut self, touch: bool) -> Result<i32> {
         let mut opts = self.submit_options()?;
-        let mut specs = Vec::new();
+        let mut sources = Vec::new();
         if !self.args().is_empty() {
-            specs.push(input::JobSpec {
+            sources.push(JobSource::Job(input::JobSpec {
                 command: self.args().join(" "),
                 ..Default::default()
-            });
+            }));
         }
         if let Some(file) = &self.inv.opts.infile {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| Error::input(format!("{}: {e}", file.display())))?;
-            specs.extend(input::parse_jobs(&text)?);
+            sources.push(JobSource::File(file.clone()));
         }
         let stdin_wanted = self.inv.opts.stdin.as_deref() == Some("-");
-        let named = !specs.is_empty();
+        let named = !sources.is_empty();
         if stdin_wanted && self.inv.dash {
             return Err(Error::usage(
                 "cannot read both the job list and --stdin from standard input; use --infile or --stdin FILE",
             ));
         }
-        // Keeps the spooled copy of standard input alive until the jobs are submitted.
+        // Standard input (the jobs' stdin, or the job list) is spooled to a temporary file
+        // first: memory stays flat, and the queue is never locked while a slow producer
+        // writes the pipe. The spool lives until the jobs are submitted.
         let mut _spool: Option<tempfile::NamedTempFile> = None;
         if stdin_wanted {
-            let mut spool =
-                tempfile::NamedTempFile::new().context(|| "cannot make a temporary file".into())?;
-            std::io::copy(&mut std::io::stdin().lock(), &mut spool)
-                .context(|| "cannot read standard input".into())?;
+            let spool = spool_stdin()?;
             opts.stdin = Some(spool.path().to_path_buf());
             _spool = Some(spool);
         } else {
             if let Some(path) = &self.inv.opts.stdin {
                 opts.stdin = Some(PathBuf::from(path));
             }
-            if let Some(text) = self.stdin_text(named)? {
-                specs.extend(input::parse_jobs(&text)?);
+            if self.stdin_wanted(named) {
+                let spool = spool_stdin()?;
+                sources.push(JobSource::File(spool.path().to_path_buf()));
+                _spool = Some(spool);
             }
         }
-        if specs.is_empty() {
-            return self.nothing_named("submitted", "no jobs given: name a command, use --infile FILE, or pipe a job list (see 'rq help submit')");
+        let no_jobs = "no jobs given: name a command, use --infile FILE, or pipe a job list (see 'rq help submit')";
+        if sources.is_empty() {
+            return self.nothing_named("submitted", no_jobs);
+        }
+        if touch {
+            let mut specs = Vec::new();
+            queue::read_sources(&sources, &mut |spec| {
+                specs.push(spec);
+                Ok(())
+            })?;
+            if specs.is_empty() {
+                return self.nothing_named("submitted", no_jobs);
+            }
+            let mut q = self.open(Access::ReadWrite)?;
+            let rows = q.touch(&specs, &opts)?;
+            self.print_rows(&rows)?;
+            return Ok(0);
         }
         let mut q = self.open(Access::ReadWrite)?;
-        let rows = if touch {
-            q.touch(&specs, &opts)?
-        } else {
-            q.submit(&specs, &opts)?
-        };
-        self.print_rows(&rows)?;
+        let fields = self.fields()?;
+        let quiet = self.inv.opts.quiet;
+        // Table output needs every row; it is printed from a listing after the commit.
+        let writer = (!quiet && self.format != Format::Table).then(|| {
+            let names: Vec<String> = crate::job::FIELDS.iter().map(|s| s.to_string()).collect();
+            RowWriter::new(&names, fields.as_deref(), self.format)
+        });
+        let submitted = q.submit(&sources, &opts, writer.as_ref())?;
+        if submitted.count == 0 {
+            return self.nothing_named("submitted", no_jobs);
+        }
+        if quiet {
+            return Ok(0);
+        }
+        let clause = query::Clause::jid_range(
+            submitted.first + submitted.echoed_rows as i64,
+            submitted.last,
+        );
+        match &writer {
+            Some(writer) => {
+                self.out.write_bytes(&submitted.echoed)?;
+                if submitted.echoed_rows == submitted.count {
+                    let mut end = Vec::new();
+                    writer.finish(submitted.count, &mut end);
+                    self.out.write_bytes(&end)?;
+                } else {
+                    // The rows past the first chunk are listed as they are now.
+                    let mut emit = |bytes: &[u8], _: &[i64]| self.out.write_bytes(bytes);
+                    q.render_after(&clause, writer, submitted.echoed_rows, &mut emit)?;
+                }
+            }
+            None => {
+                self.stream_rows(&mut q, &clause, false, &mut |_| {})?;
+            }
+        }
         Ok(0)
     }
 

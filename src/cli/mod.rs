@@ -452,9 +452,15 @@ impl Context<'_> {
 
     /// Read standard input when `-` was given, or when nothing was named on the command
     /// line and standard input is not a terminal.
+    /// Whether standard input holds what the mode works on: after `-`, or when nothing
+    /// was named and it is not a terminal.
+    fn stdin_wanted(&self, named_anything: bool) -> bool {
+        self.inv.dash || (!named_anything && !std::io::stdin().is_terminal())
+    }
+
     fn stdin_text(&self, named_anything: bool) -> Result<Option<String>> {
         let stdin = std::io::stdin();
-        if self.inv.dash || (!named_anything && !stdin.is_terminal()) {
+        if self.stdin_wanted(named_anything) {
             let mut bytes = Vec::new();
             stdin
                 .lock()
