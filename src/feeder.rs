@@ -45,7 +45,8 @@ use crate::{process, runner, time};
 pub struct Config {
     pub host: String,
     pub max_feed: usize,
-    /// The shell prefix; the job's command is appended as one argument.
+    /// The shell prefix; the job's command is appended as one argument. Empty (`--shell
+    /// none`): plain commands run without a shell.
     pub shell: Vec<String>,
     /// Seconds between cheap doorbell checks.
     pub min_sleep: f64,
@@ -556,15 +557,16 @@ impl Feeder {
     /// Run until drained, stopped or (with `exit_when_empty`) out of work.
     pub fn run(&mut self) -> Result<Exit> {
         runner::reset_inherited_signals();
-        match runner::resolve_program(&self.config.shell[0]) {
-            Some(program) => self.config.shell[0] = program.to_string_lossy().into_owned(),
-            None => self.log.log(
-                Level::Error,
-                &format!(
-                    "shell {:?} is not on PATH: jobs will fail with exit status 127 (see --shell)",
-                    self.config.shell[0]
+        if let Some(shell) = self.config.shell.first() {
+            match runner::resolve_program(shell) {
+                Some(program) => self.config.shell[0] = program.to_string_lossy().into_owned(),
+                None => self.log.log(
+                    Level::Error,
+                    &format!(
+                        "shell {shell:?} is not on PATH: jobs will fail with exit status 127 (see --shell)"
+                    ),
                 ),
-            ),
+            }
         }
         let mut signals = Signals::install()?;
         self.read_settings()?;
@@ -583,7 +585,11 @@ impl Feeder {
             self.id,
             self.queue.dir().display(),
             self.config.max_feed,
-            self.config.shell,
+            if self.config.shell.is_empty() {
+                vec!["none".to_string()]
+            } else {
+                self.config.shell.clone()
+            },
             self.settings.heartbeat,
             self.settings.lease
         ));

@@ -79,7 +79,8 @@ options (accepted anywhere on the line; '--' ends them):
   -e, --editor CMD       ioview: the viewer (default $RQ_EDITOR or 'vim -R -o')
   -D, --daemon           feed: detach; prints 'pid N started'
       --max_feed N       feed: jobs at once (default: number of CPUs)
-      --shell 'CMD'      feed: shell prefix for jobs (default 'bash --login -c')
+      --shell 'CMD'      feed: shell prefix for jobs (default 'bash --login -c');
+                         'none': plain commands without a shell, the rest in sh
       --min_sleep S      feed: seconds between checks for work (0.2; idle: to 15x)
       --max_sleep S      feed: seconds between full queue polls when idle (30)
       --exit_when_empty  feed: exit when nothing is left to run
@@ -152,7 +153,7 @@ const TOPICS: &[(&str, &str)] = &[
     ),
     (
         "feed",
-        "rq QUEUE feed [--daemon] [--max_feed N] [--shell 'sh -c'] [--log FILE] ...\n\nRun the queue's jobs on this host: claim the best pending jobs this host may run\n(priority, then oldest), run each as `bash --login -c COMMAND` in the directory\nit was submitted from, with stdin/stdout/stderr in the queue and RQ_* variables\n(RQ, RQ_JID, RQ_TAG, RQ_DATA, RQ_JOB, ...), and record how it ended. One feeder\nper host per queue. With short jobs it claims a few ahead of its free slots (they\nshow as running without a pid; jobs it never started go back to pending if it\ndies). TERM/INT: give back jobs not started, finish running ones, then exit; HUP:\nthe same, then restart; QUIT: kill running jobs now. Idle, it checks the queue's\ndoorbell (no lock) every --min_sleep seconds, backing off to 15 times that\nwhile nothing happens, and polls the queue every --max_sleep seconds. A\ndaemon logs to --log FILE, by default ~/.rq/HOST/QUEUE/log. A feeder whose\nheartbeats cannot reach the queue kills its running jobs before its lease runs\nout (they may be taken over); it rides out I/O errors and lost NFS locks by\nreopening the queue.\n\n  rq /nfs/q feed --daemon --log ~/q.log\n  rq /nfs/q feed --max_feed 8 --shell 'sh -c'\n  rq /nfs/q feed --exit_when_empty        # run what is there, then exit\n",
+        "rq QUEUE feed [--daemon] [--max_feed N] [--shell 'sh -c'] [--log FILE] ...\n\nRun the queue's jobs on this host: claim the best pending jobs this host may run\n(priority, then oldest), run each as `bash --login -c COMMAND` in the directory\nit was submitted from, with stdin/stdout/stderr in the queue and RQ_* variables\n(RQ, RQ_JID, RQ_TAG, RQ_DATA, RQ_JOB, ...), and record how it ended. One feeder\nper host per queue. With short jobs it claims a few ahead of its free slots (they\nshow as running without a pid; jobs it never started go back to pending if it\ndies). TERM/INT: give back jobs not started, finish running ones, then exit; HUP:\nthe same, then restart; QUIT: kill running jobs now. Idle, it checks the queue's\ndoorbell (no lock) every --min_sleep seconds, backing off to 15 times that\nwhile nothing happens, and polls the queue every --max_sleep seconds. A\ndaemon logs to --log FILE, by default ~/.rq/HOST/QUEUE/log. A feeder whose\nheartbeats cannot reach the queue kills its running jobs before its lease runs\nout (they may be taken over); it rides out I/O errors and lost NFS locks by\nreopening the queue.\n\n  rq /nfs/q feed --daemon --log ~/q.log\n  rq /nfs/q feed --max_feed 8 --shell 'sh -c'\n  rq /nfs/q feed --shell none             # `./sim -n 5` runs without a shell\n  rq /nfs/q feed --exit_when_empty        # run what is there, then exit\n",
     ),
     (
         "start",

@@ -49,19 +49,10 @@ const HIDDEN_FROM_JOBS: &[&str] = &[
 /// cheap `posix_spawn` (vfork, no page-table copy) when the program needs no PATH search
 /// in a changed environment, and jobs get their own PATH.
 pub fn resolve_program(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
     if name.contains('/') {
         return Some(PathBuf::from(name));
     }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .filter(|dir| dir.is_absolute())
-        .map(|dir| dir.join(name))
-        .find(|candidate| {
-            candidate
-                .metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+    search_path(name, &std::env::var_os("PATH")?)
 }
 
 /// A new, empty output file for this run. Never the previous run's inode: a stale copy of
@@ -122,28 +113,6 @@ pub fn spawn(dir: &Path, shell: &[String], job: &Row) -> Result<Child> {
         })
         .unwrap_or_else(|| PathBuf::from("/"));
     let command = job.get("command").to_plain();
-    let program = &shell[0];
-    let shell_name = Path::new(program)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // A login shell's profile may reset PATH: add the queue's bin/ again unless it is there.
-    let text = if matches!(shell_name.as_str(), "bash" | "sh" | "dash" | "zsh" | "ksh") {
-        format!(
-            "case \":$PATH:\" in *\":$RQ/bin:\"*) ;; *) PATH=\"$PATH:$RQ/bin\"; export PATH;; esac\n{command}"
-        )
-    } else {
-        command.clone()
-    };
-    let mut cmd = Command::new(program);
-    cmd.args(&shell[1..])
-        .arg(text)
-        .arg0(format!("__rq_job__{jid}__{shell_name}__"))
-        .current_dir(&cwd)
-        .stdin(stdin)
-        .stdout(stdout)
-        .stderr(stderr)
-        .process_group(0);
     // Q/bin goes last: every command a job looks up on PATH would otherwise ask the file
     // server first, so a job running only local programs would hang while the server is
     // unreachable instead of going on (and its lookups would cost network round trips).
@@ -156,7 +125,52 @@ pub fn spawn(dir: &Path, shell: &[String], job: &Row) -> Result<Child> {
         }
         new_path.push(&bin);
     }
-    cmd.env("PATH", new_path);
+    let mut cmd = match shell {
+        // --shell none: a plain command (words only) is the program and its arguments;
+        // anything else, or a program not on the job's PATH, goes to `sh -c`.
+        [] => match plain_argv(&command)
+            .and_then(|argv| Some((search_path(&argv[0], &new_path)?, argv)))
+        {
+            Some((program, argv)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(&argv[1..]).arg0(&argv[0]);
+                cmd
+            }
+            None => {
+                let mut cmd = Command::new(SH);
+                cmd.arg("-c")
+                    .arg(&command)
+                    .arg0(format!("__rq_job__{jid}__sh__"));
+                cmd
+            }
+        },
+        [program, args @ ..] => {
+            let shell_name = Path::new(program)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            // A login shell's profile may reset PATH: add the queue's bin/ again unless
+            // it is there.
+            let text = if matches!(shell_name.as_str(), "bash" | "sh" | "dash" | "zsh" | "ksh") {
+                format!(
+                    "case \":$PATH:\" in *\":$RQ/bin:\"*) ;; *) PATH=\"$PATH:$RQ/bin\"; export PATH;; esac\n{command}"
+                )
+            } else {
+                command.clone()
+            };
+            let mut cmd = Command::new(program);
+            cmd.args(args)
+                .arg(text)
+                .arg0(format!("__rq_job__{jid}__{shell_name}__"));
+            cmd
+        }
+    };
+    cmd.current_dir(&cwd)
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0);
+    cmd.env("PATH", &new_path);
     // Jobs inherit the feeder's environment (as in the original rq), minus rq's internals.
     for internal in HIDDEN_FROM_JOBS {
         cmd.env_remove(internal);
@@ -187,5 +201,85 @@ pub fn spawn(dir: &Path, shell: &[String], job: &Row) -> Result<Child> {
     // No pre_exec hook: it would force fork() instead of the much cheaper posix_spawn.
     // Signal dispositions are made default in the feeder itself (see
     // `reset_inherited_signals`), and std gives the child an empty signal mask.
+    let program = cmd.get_program().to_string_lossy().into_owned();
     cmd.spawn().context(|| format!("cannot run {program}"))
+}
+
+/// The shell `--shell none` falls back to for commands with shell syntax.
+const SH: &str = "/bin/sh";
+
+/// The words of a command that needs no shell: only letters, digits, non-ASCII text and
+/// `-_./:,+@%^=` (no `=` in the first word, which would be an assignment), separated by
+/// spaces or tabs. Anything a shell would expand, quote, redirect or split on is not.
+pub fn plain_argv(command: &str) -> Option<Vec<String>> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || !c.is_ascii() || "-_./:,+@%^=".contains(c);
+    let words: Vec<String> = command
+        .split([' ', '\t'])
+        .filter(|w| !w.is_empty())
+        .map(String::from)
+        .collect();
+    let first = words.first()?;
+    if words.iter().all(|w| w.chars().all(plain)) && !first.contains('=') {
+        Some(words)
+    } else {
+        None
+    }
+}
+
+/// `name` looked up on `path` (as the job's shell would), or as given when it has a slash.
+fn search_path(name: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return executable(&p).then_some(p);
+    }
+    std::env::split_paths(path)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(name))
+        .find(|candidate| executable(candidate))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_argv;
+
+    #[test]
+    fn only_commands_without_shell_syntax_are_plain() {
+        assert_eq!(
+            plain_argv("  ./sim --n=5 -o out/1.dat\tx,y@z%^ ü ").unwrap(),
+            ["./sim", "--n=5", "-o", "out/1.dat", "x,y@z%^", "ü"]
+        );
+        for shell in [
+            "",
+            "  ",
+            "a | b",
+            "a; b",
+            "a && b",
+            "a > f",
+            "a < f",
+            "echo $HOME",
+            "echo `x`",
+            "echo 'q'",
+            "echo \"q\"",
+            "echo \\n",
+            "ls *.c",
+            "ls ?",
+            "ls [ab]",
+            "cd ~",
+            "a &",
+            "(a)",
+            "echo {a,b}",
+            "# note",
+            "X=1 cmd",
+            "echo a\nb",
+            "! true",
+            "echo #x",
+        ] {
+            assert_eq!(plain_argv(shell), None, "{shell:?}");
+        }
+    }
 }

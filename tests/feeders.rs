@@ -593,3 +593,58 @@ fn a_daemon_without_log_option_logs_to_its_state_dir() {
         std::fs::read_to_string(&log).is_ok_and(|t| t.contains("** STARTED **"))
     });
 }
+
+#[test]
+fn shell_none_runs_plain_commands_directly_and_the_rest_in_sh() {
+    let q = TestQueue::new();
+    let work = q.tmp.path().join("work dir");
+    std::fs::create_dir_all(&work).unwrap();
+    // A program of the queue's bin/ is found on the job's PATH without a shell.
+    std::fs::write(
+        q.path.join("bin/hello"),
+        "#!/bin/sh\necho \"hello $1 from $RQ_JID\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        q.path.join("bin/hello"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut cmd = rq_command();
+    cmd.current_dir(&work)
+        .arg(q.q())
+        .arg("submit")
+        .arg("-q")
+        .arg("-");
+    let jobs = "hello world\n\
+                printenv RQ_JID\n\
+                pwd\n\
+                false\n\
+                echo a | tr a b\n\
+                exit 7\n\
+                no-such-program here\n\
+                echo $RQ_JID\n";
+    run_cmd(cmd, Some(jobs)).ok();
+    let mut f = q.feeder("h1", &["--exit_when_empty", "--shell", "none"]);
+    assert_eq!(f.wait_exit(Duration::from_secs(30)), Some(0));
+    let out = |jid: &str| q.rq(&["stdout", jid]).ok().stdout;
+    assert_eq!(out("1"), "hello world from 1\n");
+    assert_eq!(out("2"), "2\n");
+    assert_eq!(
+        out("3").trim_end(),
+        work.canonicalize().unwrap().to_str().unwrap()
+    );
+    assert_eq!(out("5"), "b\n");
+    assert_eq!(out("8"), "8\n");
+    let jobs = q.jobs();
+    let status = |i: usize| jobs[i]["exit_status"].as_i64();
+    assert_eq!(status(0), Some(0));
+    assert_eq!(status(3), Some(1));
+    assert_eq!(status(5), Some(7));
+    assert_eq!(
+        status(6),
+        Some(127),
+        "an unknown program fails as in a shell"
+    );
+    assert!(q.rq(&["stderr", "7"]).ok().stdout.contains("not found"));
+}

@@ -52,7 +52,8 @@ impl Context<'_> {
                 if words.is_empty() {
                     return Err(Error::usage("--shell: empty"));
                 }
-                words
+                // `none`: run plain commands without a shell (see runner::plain_argv).
+                if words == ["none"] { Vec::new() } else { words }
             }
             None => feeder::Config::default_shell(),
         };

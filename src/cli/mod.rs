@@ -109,7 +109,8 @@ pub struct Options {
     /// feed: seconds between full polls of the queue while idle (default 30).
     #[arg(long = "max_sleep", visible_alias = "max-sleep")]
     pub max_sleep: Option<String>,
-    /// feed: the shell jobs run in, as a prefix (default 'bash --login -c').
+    /// feed: the shell jobs run in, as a prefix (default 'bash --login -c'); 'none' runs
+    /// plain commands without a shell.
     #[arg(long)]
     pub shell: Option<String>,
     /// feed: exit once nothing is running and nothing is left to run.
