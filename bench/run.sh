@@ -7,10 +7,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 QUICK=0; [ "${1:-}" = "--quick" ] && QUICK=1
 N=5000; SCALE_FINISHED=1000000; SCALE_PENDING=10000; SUBMIT_N=100000; INVOCATIONS=1000; LAT_N=50; IDLE_S=60
-if [ $QUICK = 1 ]; then N=1000; SCALE_FINISHED=100000; SCALE_PENDING=2000; SUBMIT_N=20000; INVOCATIONS=100; LAT_N=10; IDLE_S=10; fi
+LARGE="1000000 10000000"
+if [ $QUICK = 1 ]; then N=1000; SCALE_FINISHED=100000; SCALE_PENDING=2000; SUBMIT_N=20000; INVOCATIONS=100; LAT_N=10; IDLE_S=10; LARGE="100000"; fi
 
-if ! command -v parallel >/dev/null || ! perl -MDBD::SQLite -e1 2>/dev/null; then
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq parallel libdbd-sqlite3-perl >/dev/null
+if ! command -v parallel >/dev/null || ! perl -MDBD::SQLite -e1 2>/dev/null || [ ! -x /usr/bin/time ] || ! command -v sqlite3 >/dev/null; then
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq parallel libdbd-sqlite3-perl time sqlite3 >/dev/null
 fi
 cargo build --release --quiet && cargo build --release --quiet --example spawn_floor || exit 1
 RQ="$PWD/target/release/rq"; FLOOR="$PWD/target/release/examples/spawn_floor"
@@ -54,6 +55,7 @@ floor=$("$FLOOR" "$N" 4)
 floor2=$("$FLOOR" "$N" 2)
 settle; rq_sh=$(dispatch "sh -c" 2 2)
 settle; rq_bash=$(dispatch "bash --login -c" 2 2)
+settle; rq_none=$(dispatch "none" 2 2)
 settle; t0=$(now); seq "$N" | parallel -j4 true >/dev/null; t1=$(now); par=$(calc "round($N/($t1-$t0))")
 # GNU parallel's SQL queue: a master fills the table, two workers (2 slots each) drain it.
 PDB="$WORK/par.sqlite"; URL="sqlite3:///$(python3 -c "import urllib.parse,sys;print(urllib.parse.quote(sys.argv[1],safe=''))" "$PDB")/jobs"
@@ -70,7 +72,9 @@ echo "| GNU parallel -j4 | $par |"
 echo "| GNU parallel --sqlmaster + 2 --sqlworker -j2 | $parsql |"
 echo "| rq, 2 feeders x max_feed 2, --shell 'sh -c' | $rq_sh |"
 echo "| rq, 2 feeders x max_feed 2, bash --login -c | $rq_bash |"
+echo "| rq, 2 feeders x max_feed 2, --shell none | $rq_none |"
 echo
+echo "- rq/floor(4): sh -c $(calc "round($rq_sh/$floor,2)"), --shell none $(calc "round($rq_none/$floor,2)") (target >= 0.8: $(verdict "max($rq_sh,$rq_none) >= 0.8*$floor"))"
 echo "- rq/floor(4) = $(calc "round($rq_sh/$floor,2)"), rq/parallel = $(calc "round($rq_sh/$par,2)"), rq/parallel-sql = $(calc "round($rq_sh/$parsql,1)")"
 echo "- target >= 1000 jobs/s with sh -c: $(verdict "$rq_sh >= 1000")"
 echo "- target >= 2x GNU parallel -j4: $(verdict "$rq_sh >= 2*$par")"
@@ -146,3 +150,47 @@ claims=$(grep -c "started - jid" "$WORK/scale.log")
 echo "## 4. Scale: $SCALE_FINISHED finished + $SCALE_PENDING pending jobs (db ${size} MB)"
 echo "- status ${st} ms (target < 200: $(verdict "$st < 200")); list pending ${lp} ms (target < 200: $(verdict "$lp < 200")); query tag=x ${qx} ms"
 echo "- one feeder (max_feed 1) claimed and ran $claims jobs in 3 s on this queue: $(calc "round(3000/max($claims,1),1)") ms per claim+run+record"
+echo
+
+# 7. Many hosts at equal total slots ------------------------------------------------------
+settle; h2=$(dispatch "sh -c" 2 4)
+settle; h4=$(dispatch "sh -c" 4 2)
+settle; h8=$(dispatch "sh -c" 8 1)
+echo "## 7. Hosts at equal total slots (8): $N trivial jobs, --shell 'sh -c'"
+echo "| feeders x max_feed | jobs/s |"; echo "|---|---|"
+echo "| 2 x 4 | $h2 |"; echo "| 4 x 2 | $h4 |"; echo "| 8 x 1 | $h8 |"
+echo "- 8 hosts / 2 hosts = $(calc "round($h8/$h2,2)") (target >= 0.95: $(verdict "$h8 >= 0.95*$h2"))"
+echo
+
+# 8. Large queues ---------------------------------------------------------------------------
+# Time and peak RSS of each command (GNU time), beside sqlite3 doing the same in SQL.
+measure() { /usr/bin/time -f "%e %M" -o "$WORK/time" "$@" >/dev/null 2>"$WORK/err" || cat "$WORK/err" >&2; cat "$WORK/time"; }
+secs() { echo "$1" | cut -d' ' -f1; }
+mb() { calc "round($(echo "$1" | cut -d' ' -f2)/1024)"; }
+echo "## 8. Large queues (pending jobs \`echo <i>\`; seconds, peak RSS)"
+echo "| jobs | submit from stdin | jobs/s | sqlite3 INSERT..SELECT | status | list all --format json | rows/s | list all (YAML) | rows/s | sqlite3 .mode json | query command='echo 7' | claim+run+record (1 feeder) | db MB |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+for size in $LARGE; do
+    QL="$WORK/large$size"; "$RQ" "$QL" create -q
+    seq "$size" | sed 's/^/echo /' > "$WORK/jobs"
+    sub=$(measure sh -c "'$RQ' '$QL' submit -q < '$WORK/jobs'")
+    # The floor: the same rows inserted by SQL into a copy of the empty queue's schema.
+    "$RQ" "$WORK/floorq" create -q; cp "$WORK/floorq/db" "$WORK/floor.db"
+    sqlt=$(measure sqlite3 "$WORK/floor.db" "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < $size)
+        INSERT INTO jobs (priority, state, submitted, submitter, command, cwd) SELECT 0, 'pending',
+        strftime('%Y-%m-%dT%H:%M:%fZ','now'), 'b', 'echo ' || i, '/tmp' FROM n")
+    rm -rf "$WORK/floorq" "$WORK/floor.db"
+    st=$(measure "$RQ" "$QL" status)
+    lj=$(measure "$RQ" "$QL" list all --format json)
+    ly=$(measure "$RQ" "$QL" list all)
+    sj=$(measure sqlite3 -json "$QL/db" "SELECT * FROM jobs")
+    qc=$(measure "$RQ" "$QL" query "command=echo 7")
+    RQ_HOST=c1 "$RQ" "$QL" feed --shell 'sh -c' --max_feed 1 2>"$WORK/claim.log" >/dev/null & cp=$!
+    sleep 5; kill -TERM $cp 2>/dev/null; wait $cp 2>/dev/null
+    claims=$(grep -c "started - jid" "$WORK/claim.log")
+    size_mb=$(du -m "$QL/db" | cut -f1)
+    echo "| $size | $(secs "$sub") s, $(mb "$sub") MB | $(calc "round($size/max($(secs "$sub"),0.001))") | $(secs "$sqlt") s | $(calc "round(1000*$(secs "$st"))") ms, $(mb "$st") MB | $(secs "$lj") s, $(mb "$lj") MB | $(calc "round($size/max($(secs "$lj"),0.001))") | $(secs "$ly") s, $(mb "$ly") MB | $(calc "round($size/max($(secs "$ly"),0.001))") | $(secs "$sj") s | $(secs "$qc") s | $(calc "round(5000/max($claims,1),1)") ms | $size_mb |"
+    rm -rf "$QL" "$WORK/jobs"
+done
+echo
+echo "- targets: submit >= 250,000 jobs/s and RSS < 64 MB; list >= 500,000 rows/s and RSS < 64 MB; status < 100 ms at 1M, < 300 ms at 10M"
