@@ -306,52 +306,15 @@ pub fn parse_jobs(text: &str) -> Result<Vec<JobSpec>> {
 
 /// Every job of a job list, in order, to `each`, reading as it goes: YAML/JSON records,
 /// or one command per line (blank lines and lines starting with `#` skipped).
-pub fn read_jobs(
-    mut reader: impl BufRead,
-    each: &mut dyn FnMut(JobSpec) -> Result<()>,
-) -> Result<()> {
-    // Look at the first line that says something, then read on from the start.
-    let mut head = Vec::new();
-    let first = loop {
-        let start = head.len();
-        let n = reader
-            .read_until(b'\n', &mut head)
-            .map_err(|e| Error::input(format!("cannot read the job list: {e}")))?;
-        if start == 0 && head.starts_with("\u{feff}".as_bytes()) {
-            // A byte-order mark (editors on other systems write one) is not part of a job.
-            head.drain(..3);
-        }
-        let line = String::from_utf8_lossy(&head[start..]).trim().to_string();
-        if n == 0 || (!line.is_empty() && !line.starts_with('#')) {
-            break line;
-        }
-    };
-    let mut reader = std::io::Cursor::new(head).chain(reader);
+pub fn read_jobs(reader: impl BufRead, each: &mut dyn FnMut(JobSpec) -> Result<()>) -> Result<()> {
+    let (first, reader) = peek_first_line(reader)?;
     if !is_structured(&first) {
-        let mut line = Vec::new();
-        let mut number = 0usize;
-        loop {
-            line.clear();
-            number += 1;
-            let n = reader
-                .read_until(b'\n', &mut line)
-                .map_err(|e| Error::input(format!("cannot read the job list: {e}")))?;
-            if n == 0 {
-                return Ok(());
-            }
-            let text = std::str::from_utf8(&line).map_err(|_| {
-                Error::input(format!(
-                    "line {number} of the job list is not valid UTF-8 text"
-                ))
-            })?;
-            let command = text.trim();
-            if !command.is_empty() && !command.starts_with('#') {
-                each(JobSpec {
-                    command: command.to_string(),
-                    ..JobSpec::default()
-                })?;
-            }
-        }
+        return for_each_line(reader, &mut |_, command| {
+            each(JobSpec {
+                command: command.to_string(),
+                ..JobSpec::default()
+            })
+        });
     }
     let mut number = 0usize;
     for_each_item(reader, &mut |item| {
@@ -359,6 +322,52 @@ pub fn read_jobs(
         let job = job_from_value(item).map_err(|e| Error::input(format!("job {number}: {e}")))?;
         each(job)
     })
+}
+
+/// The first line that says something (not blank, not a comment), and a reader that
+/// starts from the beginning again (without a byte-order mark, which editors on other
+/// systems write and which is not part of the first job).
+fn peek_first_line(mut reader: impl BufRead) -> Result<(String, impl BufRead)> {
+    let mut head = Vec::new();
+    let first = loop {
+        let start = head.len();
+        let n = reader
+            .read_until(b'\n', &mut head)
+            .map_err(|e| Error::input(format!("cannot read the input: {e}")))?;
+        if start == 0 && head.starts_with("\u{feff}".as_bytes()) {
+            head.drain(..3);
+        }
+        let line = String::from_utf8_lossy(&head[start..]).trim().to_string();
+        if n == 0 || (!line.is_empty() && !line.starts_with('#')) {
+            break line;
+        }
+    };
+    Ok((first, std::io::Cursor::new(head).chain(reader)))
+}
+
+/// Each line that says something, trimmed, with its line number.
+fn for_each_line(
+    mut reader: impl BufRead,
+    each: &mut dyn FnMut(usize, &str) -> Result<()>,
+) -> Result<()> {
+    let mut line = Vec::new();
+    let mut number = 0usize;
+    loop {
+        line.clear();
+        number += 1;
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| Error::input(format!("cannot read the input: {e}")))?;
+        if n == 0 {
+            return Ok(());
+        }
+        let text = std::str::from_utf8(&line)
+            .map_err(|_| Error::input(format!("line {number} is not valid UTF-8 text")))?
+            .trim();
+        if !text.is_empty() && !text.starts_with('#') {
+            each(number, text)?;
+        }
+    }
 }
 
 fn job_from_value(item: Value) -> std::result::Result<JobSpec, String> {
@@ -530,10 +539,16 @@ pub fn normalize_hosts(text: &str) -> Option<String> {
 /// Targets from text: rq YAML/JSON (each record's `jid`), or lines holding a jid
 /// (`12`, `jid=12`, `jid: 12`) or, where `states_allowed`, a state name or `all`.
 pub fn parse_targets(text: &str, states_allowed: bool) -> Result<Vec<Target>> {
-    if is_structured(text) {
-        let mut targets = Vec::new();
+    read_targets(text.as_bytes(), states_allowed)
+}
+
+/// [`parse_targets`], reading as it goes (rq's listing of millions of jobs is not held).
+pub fn read_targets(reader: impl BufRead, states_allowed: bool) -> Result<Vec<Target>> {
+    let (first, reader) = peek_first_line(reader)?;
+    let mut targets = Vec::new();
+    if is_structured(&first) {
         let mut number = 0usize;
-        for_each_item(text.as_bytes(), &mut |item| {
+        for_each_item(reader, &mut |item| {
             number += 1;
             let jid = match &item {
                 Value::Object(map) => map.get("jid").cloned().unwrap_or(Value::Null),
@@ -552,18 +567,14 @@ pub fn parse_targets(text: &str, states_allowed: bool) -> Result<Vec<Target>> {
         })?;
         return Ok(targets);
     }
-    let mut targets = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
+    for_each_line(reader, &mut |number, line| {
         let word = line.strip_prefix("jid:").map(str::trim).unwrap_or(line);
         targets.push(
             parse_target_word(word, states_allowed)
-                .map_err(|e| Error::input(format!("line {}: {e}", n + 1)))?,
+                .map_err(|e| Error::input(format!("line {number}: {e}")))?,
         );
-    }
+        Ok(())
+    })?;
     Ok(targets)
 }
 

@@ -920,6 +920,10 @@ fn rq_own_listing_of_thousands_of_jobs_pipes_back_in() {
         .collect();
     assert_eq!(commands, ["echo 0", "echo 1", "echo 4998"]);
     assert_eq!(other.count("pending"), 10003);
+    // And a listing of thousands of jobs names them to the modes that take jids.
+    let listing = other.rq(&["list", "pending"]).ok().stdout;
+    other.rq_stdin(&["delete", "-q", "-"], &listing).ok();
+    assert_eq!(other.count("pending"), 0);
 }
 
 #[test]

@@ -13,6 +13,11 @@ use crate::query;
 use crate::queue::{self, Changes, JobSource, Selection, SubmitOptions};
 use crate::store::Access;
 
+/// Standard input, buffered.
+fn stdin_reader() -> impl std::io::BufRead {
+    std::io::BufReader::with_capacity(1 << 16, std::io::stdin())
+}
+
 /// Copy standard input to a temporary file.
 fn spool_stdin() -> Result<tempfile::NamedTempFile> {
     let mut spool =
@@ -172,8 +177,8 @@ impl Context<'_> {
         for word in self.args() {
             targets.push(input::parse_target_word(word, states_allowed).map_err(Error::usage)?);
         }
-        if let Some(text) = self.stdin_text(!targets.is_empty())? {
-            targets.extend(input::parse_targets(&text, states_allowed)?);
+        if self.stdin_wanted(!targets.is_empty()) {
+            targets.extend(input::read_targets(stdin_reader(), states_allowed)?);
         }
         Ok(targets)
     }
@@ -328,8 +333,8 @@ impl Context<'_> {
                 return Err(Error::input(format!("{}: no such file", path.display())));
             }
         }
-        if let Some(text) = self.stdin_text(!targets.is_empty())? {
-            for t in input::parse_targets(&text, true)? {
+        if self.stdin_wanted(!targets.is_empty()) {
+            for t in input::read_targets(stdin_reader(), true)? {
                 match t {
                     Target::Jid(_) | Target::State(State::Pending | State::Holding) => {
                         targets.push(t)
