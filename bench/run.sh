@@ -164,11 +164,11 @@ echo
 
 # 8. Large queues ---------------------------------------------------------------------------
 # Time and peak RSS of each command (GNU time), beside sqlite3 doing the same in SQL.
-measure() { /usr/bin/time -f "%e %M" -o "$WORK/time" "$@" >/dev/null 2>"$WORK/err" || cat "$WORK/err" >&2; cat "$WORK/time"; }
+measure() { /usr/bin/time -f "%e %M" -o "$WORK/time" "$@" >/dev/null 2>"$WORK/err" || cat "$WORK/err" >&2; tail -1 "$WORK/time"; }
 secs() { echo "$1" | cut -d' ' -f1; }
 mb() { calc "round($(echo "$1" | cut -d' ' -f2)/1024)"; }
 echo "## 8. Large queues (pending jobs \`echo <i>\`; seconds, peak RSS)"
-echo "| jobs | submit from stdin | jobs/s | sqlite3 INSERT..SELECT | status | list all --format json | rows/s | list all (YAML) | rows/s | sqlite3 .mode json | query command='echo 7' | claim+run+record (1 feeder) | db MB |"
+echo "| jobs | submit from stdin | jobs/s | sqlite3 INSERT..SELECT | status | list all --format json | rows/s | list all (YAML) | rows/s | sqlite3 -json | query command='echo 7' | claim+run+record (1 feeder) | db MB |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for size in $LARGE; do
     QL="$WORK/large$size"; "$RQ" "$QL" create -q
@@ -184,7 +184,7 @@ for size in $LARGE; do
     lj=$(measure "$RQ" "$QL" list all --format json)
     ly=$(measure "$RQ" "$QL" list all)
     sj=$(measure sqlite3 -json "$QL/db" "SELECT * FROM jobs")
-    qc=$(measure "$RQ" "$QL" query "command=echo 7")
+    qc=$(measure "$RQ" "$QL" query "command='echo 7'")
     RQ_HOST=c1 "$RQ" "$QL" feed --shell 'sh -c' --max_feed 1 2>"$WORK/claim.log" >/dev/null & cp=$!
     sleep 5; kill -TERM $cp 2>/dev/null; wait $cp 2>/dev/null
     claims=$(grep -c "started - jid" "$WORK/claim.log")
