@@ -1063,3 +1063,30 @@ fn status_names_the_oldest_and_newest_waiting_jobs_across_priorities() {
         assert_eq!(name("min"), want("DESC"), "newest, {priorities} priorities");
     }
 }
+
+#[test]
+fn a_job_list_from_a_pipe_is_read_once_and_spooled() {
+    let q = TestQueue::new();
+    // `-i /dev/stdin` and `-i <(generator)` name pipes: submit must not read them twice.
+    q.rq_stdin(&["submit", "-q", "-i", "/dev/stdin"], "echo a\necho b\n")
+        .ok();
+    let fifo = q.tmp.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            std::fs::write(&fifo, "echo c\n- not yaml, a command\n").unwrap()
+        })
+    };
+    q.rq(&["submit", "-q", "-i", fifo.to_str().unwrap()]).ok();
+    writer.join().unwrap();
+    let commands: Vec<String> = q.jobs().iter().map(|j| text(j, "command")).collect();
+    assert_eq!(
+        commands,
+        ["echo a", "echo b", "echo c", "- not yaml, a command"]
+    );
+}

@@ -18,12 +18,11 @@ fn stdin_reader() -> impl std::io::BufRead {
     std::io::BufReader::with_capacity(1 << 16, std::io::stdin())
 }
 
-/// Copy standard input to a temporary file.
-fn spool_stdin() -> Result<tempfile::NamedTempFile> {
+/// Copy an input that can be read only once (standard input, a pipe) to a temporary file.
+fn spool_from(mut input: impl Read) -> Result<tempfile::NamedTempFile> {
     let mut spool =
         tempfile::NamedTempFile::new().context(|| "cannot make a temporary file".into())?;
-    std::io::copy(&mut std::io::stdin().lock(), &mut spool)
-        .context(|| "cannot read standard input".into())?;
+    std::io::copy(&mut input, &mut spool).context(|| "cannot read the input".into())?;
     Ok(spool)
 }
 
@@ -86,8 +85,22 @@ impl Context<'_> {
                 ..Default::default()
             }));
         }
+        // Spooled copies of inputs that can be read only once; they live until the jobs
+        // are submitted.
+        let mut spools: Vec<tempfile::NamedTempFile> = Vec::new();
         if let Some(file) = &self.inv.opts.infile {
-            sources.push(JobSource::File(file.clone()));
+            // Submit reads its job list more than once: a pipe (`-i <(gen)`, `-i
+            // /dev/stdin`) is copied first.
+            let once_only = std::fs::metadata(file).is_ok_and(|m| !m.is_file());
+            if once_only {
+                let source = std::fs::File::open(file)
+                    .map_err(|e| Error::input(format!("{}: {e}", file.display())))?;
+                let spool = spool_from(source)?;
+                sources.push(JobSource::File(spool.path().to_path_buf()));
+                spools.push(spool);
+            } else {
+                sources.push(JobSource::File(file.clone()));
+            }
         }
         let stdin_wanted = self.inv.opts.stdin.as_deref() == Some("-");
         let named = !sources.is_empty();
@@ -98,20 +111,19 @@ impl Context<'_> {
         }
         // Standard input (the jobs' stdin, or the job list) is spooled to a temporary file
         // first: memory stays flat, and the queue is never locked while a slow producer
-        // writes the pipe. The spool lives until the jobs are submitted.
-        let mut _spool: Option<tempfile::NamedTempFile> = None;
+        // writes the pipe.
         if stdin_wanted {
-            let spool = spool_stdin()?;
+            let spool = spool_from(std::io::stdin().lock())?;
             opts.stdin = Some(spool.path().to_path_buf());
-            _spool = Some(spool);
+            spools.push(spool);
         } else {
             if let Some(path) = &self.inv.opts.stdin {
                 opts.stdin = Some(PathBuf::from(path));
             }
             if self.stdin_wanted(named) {
-                let spool = spool_stdin()?;
+                let spool = spool_from(std::io::stdin().lock())?;
                 sources.push(JobSource::File(spool.path().to_path_buf()));
-                _spool = Some(spool);
+                spools.push(spool);
             }
         }
         let no_jobs = "no jobs given: name a command, use --infile FILE, or pipe a job list (see 'rq help submit')";
