@@ -324,6 +324,78 @@ pub fn read_jobs(reader: impl BufRead, each: &mut dyn FnMut(JobSpec) -> Result<(
     })
 }
 
+/// Whether a job list is YAML/JSON rather than one command per line.
+pub fn is_structured_list(reader: impl BufRead) -> Result<bool> {
+    let (first, _) = peek_first_line(reader)?;
+    Ok(is_structured(&first))
+}
+
+/// Append a job to a spool of parsed jobs (one JSON object per line), so that a YAML list
+/// is parsed once, outside the transaction that inserts it.
+pub fn spool_job(out: &mut impl std::io::Write, job: &JobSpec) -> Result<()> {
+    // serde writes `Some(None)` and `None` alike (null): the outer Option goes as a list.
+    let wrap = |v: &Option<Option<String>>| v.as_ref().map(|inner| vec![inner.clone()]);
+    let line = serde_json::json!({
+        "command": job.command,
+        "priority": job.priority,
+        "tag": wrap(&job.tag),
+        "hosts": wrap(&job.hosts),
+        "restartable": job.restartable,
+        "stdin": job.stdin,
+        "data": job.data,
+        "cwd": job.cwd,
+        "timeout": job.timeout,
+        "retries": job.retries,
+        "retry_delay": job.retry_delay,
+    });
+    serde_json::to_writer(&mut *out, &line)
+        .map_err(std::io::Error::from)
+        .and_then(|()| out.write_all(b"\n"))
+        .map_err(|e| Error::input(format!("cannot write the spool of parsed jobs: {e}")))
+}
+
+/// Every job of a spool written by [`spool_job`], in order.
+pub fn read_spooled(
+    reader: impl BufRead,
+    each: &mut dyn FnMut(JobSpec) -> Result<()>,
+) -> Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        command: String,
+        priority: Option<i64>,
+        tag: Option<Vec<Option<String>>>,
+        hosts: Option<Vec<Option<String>>>,
+        restartable: Option<bool>,
+        stdin: Option<String>,
+        data: Option<String>,
+        cwd: Option<String>,
+        timeout: Option<f64>,
+        retries: Option<i64>,
+        retry_delay: Option<f64>,
+    }
+    let unwrap = |v: Option<Vec<Option<String>>>| v.map(|list| list.into_iter().next().flatten());
+    for line in reader.lines() {
+        let line =
+            line.map_err(|e| Error::input(format!("cannot read the spool of parsed jobs: {e}")))?;
+        let job: Line = serde_json::from_str(&line)
+            .map_err(|e| Error::input(format!("the spool of parsed jobs is damaged: {e}")))?;
+        each(JobSpec {
+            command: job.command,
+            priority: job.priority,
+            tag: unwrap(job.tag),
+            hosts: unwrap(job.hosts),
+            restartable: job.restartable,
+            stdin: job.stdin,
+            data: job.data,
+            cwd: job.cwd,
+            timeout: job.timeout,
+            retries: job.retries,
+            retry_delay: job.retry_delay,
+        })?;
+    }
+    Ok(())
+}
+
 /// The first line that says something (not blank, not a comment), and a reader that
 /// starts from the beginning again (without a byte-order mark, which editors on other
 /// systems write and which is not part of the first job).

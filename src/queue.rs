@@ -259,20 +259,50 @@ impl Queue {
         opts: &SubmitOptions,
         echo: Option<&RowWriter>,
     ) -> Result<Submitted> {
+        // First pass, outside any transaction: check every job and plan its files. YAML/JSON
+        // lists are parsed here once and spooled, parsed, to a local temporary file; the
+        // transaction then reads that (or plain lines, which cost nothing to parse).
         let mut count = 0usize;
         let mut files = Vec::new();
-        read_sources(sources, &mut |spec| {
-            count += 1;
-            if let Some(problem) = crate::job::command_problem(&spec.command) {
-                return Err(Error::input(format!(
-                    "job {count}: {problem}; nothing was submitted"
-                )));
+        let mut to_insert = Vec::with_capacity(sources.len());
+        let mut spools = Vec::new();
+        for source in sources {
+            let mut spool = match source {
+                JobSource::File(path) if is_structured_file(path)? => {
+                    let file = tempfile::NamedTempFile::new()
+                        .context(|| "cannot make a temporary file".into())?;
+                    Some(std::io::BufWriter::new(file))
+                }
+                _ => None,
+            };
+            read_sources(std::slice::from_ref(source), &mut |spec| {
+                count += 1;
+                if let Some(problem) = crate::job::command_problem(&spec.command) {
+                    return Err(Error::input(format!(
+                        "job {count}: {problem}; nothing was submitted"
+                    )));
+                }
+                if let Some(plan) = self.plan_files(&spec)? {
+                    files.push((count - 1, plan));
+                }
+                if let Some(out) = spool.as_mut() {
+                    crate::input::spool_job(out, &spec)?;
+                }
+                Ok(())
+            })?;
+            match spool {
+                Some(out) => {
+                    let file = out
+                        .into_inner()
+                        .map_err(|e| e.into_error())
+                        .context(|| "cannot write the spool of parsed jobs".into())?;
+                    to_insert.push(JobSource::Parsed(file.path().to_path_buf()));
+                    spools.push(file);
+                }
+                None => to_insert.push(source.clone()),
             }
-            if let Some(plan) = self.plan_files(&spec)? {
-                files.push((count - 1, plan));
-            }
-            Ok(())
-        })?;
+        }
+        let sources = to_insert.as_slice();
         if count == 0 {
             return Ok(Submitted::default());
         }
@@ -1162,6 +1192,15 @@ pub enum JobSource {
     Job(JobSpec),
     /// A job list: one command per line, or YAML/JSON.
     File(PathBuf),
+    /// Jobs already parsed and checked, spooled by `submit` (see `input::spool_job`).
+    Parsed(PathBuf),
+}
+
+/// Whether a job list file is YAML/JSON (worth parsing only once).
+fn is_structured_file(path: &Path) -> Result<bool> {
+    let file =
+        std::fs::File::open(path).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+    crate::input::is_structured_list(std::io::BufReader::new(file))
 }
 
 /// Read every job of `sources`, in order, handing each to `each`.
@@ -1176,6 +1215,11 @@ pub fn read_sources(
                 let file = std::fs::File::open(path)
                     .map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
                 crate::input::read_jobs(std::io::BufReader::with_capacity(1 << 16, file), each)?;
+            }
+            JobSource::Parsed(path) => {
+                let file = std::fs::File::open(path)
+                    .map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+                crate::input::read_spooled(std::io::BufReader::with_capacity(1 << 16, file), each)?;
             }
         }
     }
