@@ -37,6 +37,36 @@ pub fn allowed(hosts: Option<&str>, host: &str) -> bool {
         })
 }
 
+/// The login name of the real user running rq (`getpwuid_r` of the real uid; the uid in
+/// digits when the password database does not know it). Recorded as a job's `user`:
+/// bookkeeping, not a permission (every job runs as its feeder's user).
+pub fn user_name() -> String {
+    let uid = unsafe { libc::getuid() };
+    let mut buf = vec![0u8; 4096];
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer points into buffers that outlive the call; the result is
+    // read only when the call says it filled `pwd`.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc == 0 && !found.is_null() && !pwd.pw_name.is_null() {
+        // SAFETY: pw_name is a NUL-terminated string inside `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+        let name = name.to_string_lossy();
+        if !name.is_empty() {
+            return name.into_owned();
+        }
+    }
+    uid.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,12 +23,272 @@ pub struct JobSpec {
     pub timeout: Option<f64>,
     pub retries: Option<i64>,
     pub retry_delay: Option<f64>,
+    /// Its name in this job list: other jobs of the list may wait for it by name.
+    pub name: Option<String>,
+    /// Jobs that must finish with exit 0 before it runs (`after`), or just have ended
+    /// (`after_any`).
+    pub after: Vec<DepRef>,
+    pub after_any: Vec<DepRef>,
+    /// Environment variables set for it, on top of the feeder's environment.
+    pub env: Option<std::collections::BTreeMap<String, String>>,
+    /// Not run before this timestamp (`at:`, `--at`, `--in`).
+    pub not_before: Option<String>,
+    /// Its index when it is one of an array (`--array`, `--each-line`).
+    pub array_index: Option<i64>,
+    /// Its `jid` in rq's own output it was read from: jobs of the same list that wait for
+    /// that jid wait for this copy.
+    pub listed_jid: Option<i64>,
+}
+
+/// A job waited for, as written in a job list or `--after`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum DepRef {
+    Jid(i64),
+    /// Every job of an array (`array:ID`).
+    Array(i64),
+    /// A job of the same list, by its `name`.
+    Name(String),
+}
+
+impl std::fmt::Display for DepRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DepRef::Jid(j) => write!(f, "{j}"),
+            DepRef::Array(a) => write!(f, "array:{a}"),
+            DepRef::Name(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// `12`, `array:3` or a name (a word that is not a number).
+fn dep_ref(word: &str) -> std::result::Result<DepRef, String> {
+    let word = word.trim();
+    if let Some(jid) = job::parse_jid(word) {
+        return Ok(DepRef::Jid(jid));
+    }
+    if let Some(id) = word.strip_prefix("array:") {
+        return job::parse_jid(id.trim())
+            .map(DepRef::Array)
+            .ok_or_else(|| format!("'{word}' is not an array (array:JID)"));
+    }
+    if word.is_empty() || word.starts_with('-') || word.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("'{word}' is neither a jid nor a job name"));
+    }
+    Ok(DepRef::Name(word.to_string()))
+}
+
+/// Jobs to wait for from text: `12,13`, `prepare`, `array:3` (comma or space separated).
+pub fn parse_deps(text: &str) -> std::result::Result<Vec<DepRef>, String> {
+    text.split([',', ' '])
+        .filter(|w| !w.trim().is_empty())
+        .map(dep_ref)
+        .collect()
+}
+
+fn deps_of(key: &str, value: Value) -> std::result::Result<Vec<DepRef>, String> {
+    match value {
+        Value::Null => Ok(Vec::new()),
+        Value::Number(n) => n
+            .as_i64()
+            .filter(|j| *j > 0)
+            .map(|j| vec![DepRef::Jid(j)])
+            .ok_or_else(|| format!("{key}: {n} is not a jid")),
+        Value::String(s) => parse_deps(&s).map_err(|e| format!("{key}: {e}")),
+        Value::Array(items) => {
+            let mut deps = Vec::new();
+            for item in items {
+                deps.extend(deps_of(key, item)?);
+            }
+            Ok(deps)
+        }
+        other => Err(format!(
+            "{key} must be jids or job names, found {}",
+            describe(&other)
+        )),
+    }
+}
+
+/// `KEY=VALUE`: a name a shell would accept, and its value.
+pub fn env_pair(text: &str) -> std::result::Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("'{text}' is not KEY=VALUE"))?;
+    check_env_name(key)?;
+    Ok((key.to_string(), value.to_string()))
+}
+
+fn check_env_name(key: &str) -> std::result::Result<(), String> {
+    let mut bytes = key.bytes();
+    let good_start = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+    if !good_start || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(format!(
+            "'{key}' is not an environment variable name (letters, digits and _)"
+        ));
+    }
+    Ok(())
+}
+
+fn env_of(
+    value: Value,
+) -> std::result::Result<Option<std::collections::BTreeMap<String, String>>, String> {
+    let mut env = std::collections::BTreeMap::new();
+    match value {
+        Value::Null => return Ok(None),
+        Value::Object(map) => {
+            for (key, value) in map {
+                check_env_name(&key)?;
+                let value = match value {
+                    Value::String(s) => s,
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    Value::Null => String::new(),
+                    other => {
+                        return Err(format!(
+                            "env {key} must be text, found {}",
+                            describe(&other)
+                        ));
+                    }
+                };
+                if value.contains('\0') {
+                    return Err(format!("env {key} contains a NUL byte"));
+                }
+                // rq's listings hide the values of secret-looking variables: such a job
+                // piped back in does not get the placeholder as its value.
+                if value == crate::output::HIDDEN {
+                    crate::note!(
+                        "rq: env {key}: its value was hidden in the listing; the job gets the \
+                         value given with --env {key}=..., or none"
+                    );
+                    continue;
+                }
+                env.insert(key, value);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                match item {
+                    Value::String(s) => {
+                        let (k, v) = env_pair(&s)?;
+                        env.insert(k, v);
+                    }
+                    other => {
+                        return Err(format!(
+                            "env entries must be KEY=VALUE, found {}",
+                            describe(&other)
+                        ));
+                    }
+                }
+            }
+        }
+        other => {
+            return Err(format!(
+                "env must be a mapping of names to values, found {}",
+                describe(&other)
+            ));
+        }
+    }
+    Ok(Some(env))
+}
+
+/// `submit --array`: indices `1-1000`, `1-1000:2` (step), `3,5,8-10`, each optionally
+/// ending in `%N` (at most N of the array run at once).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArraySpec {
+    /// (first, last, step) ranges, in the order given.
+    pub ranges: Vec<(i64, i64, i64)>,
+    pub limit: Option<i64>,
+}
+
+/// The most jobs one array may hold (a typo like `1-1000000000` is refused, not queued).
+pub const MAX_ARRAY: i64 = 10_000_000;
+
+impl ArraySpec {
+    pub fn parse(text: &str) -> std::result::Result<ArraySpec, String> {
+        let text = text.trim();
+        let (list, limit) = match text.split_once('%') {
+            Some((list, limit)) => {
+                let n = limit
+                    .trim()
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        format!("--array: '%{limit}' must be a number of jobs (at least 1)")
+                    })?;
+                (list, Some(n))
+            }
+            None => (text, None),
+        };
+        let number = |w: &str| {
+            w.trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| format!("--array: '{w}' is not an index (a whole number >= 0)"))
+        };
+        let mut ranges = Vec::new();
+        let mut total = 0i64;
+        for part in list.split(',').filter(|p| !p.trim().is_empty()) {
+            let (span, step) = match part.split_once(':') {
+                Some((span, step)) => {
+                    let step = number(step)?;
+                    if step == 0 {
+                        return Err("--array: a step must be at least 1".into());
+                    }
+                    (span, step)
+                }
+                None => (part, 1),
+            };
+            let (first, last) = match span.split_once('-') {
+                Some((a, b)) => (number(a)?, number(b)?),
+                None => (number(span)?, number(span)?),
+            };
+            if last < first {
+                return Err(format!("--array: '{span}' runs backwards"));
+            }
+            total += (last - first) / step + 1;
+            if total > MAX_ARRAY {
+                return Err(format!("--array: more than {MAX_ARRAY} jobs"));
+            }
+            ranges.push((first, last, step));
+        }
+        if ranges.is_empty() {
+            return Err("--array: no indices (e.g. 1-100, 1-100:2, 3,5,8-10, 1-1000%20)".into());
+        }
+        Ok(ArraySpec { ranges, limit })
+    }
+
+    /// Every index, in order.
+    pub fn indices(&self) -> impl Iterator<Item = i64> + '_ {
+        self.ranges
+            .iter()
+            .flat_map(|&(first, last, step)| (first..=last).step_by(step as usize))
+    }
+}
+
+/// `{}` in a command replaced by `value` (`--subst`), shell-quoted unless it is a plain
+/// word, so an item with spaces or quotes stays one argument.
+pub fn substitute(command: &str, value: &str) -> String {
+    let plain = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:,+@%=".contains(&b));
+    let quoted = if plain {
+        std::borrow::Cow::Borrowed(value)
+    } else {
+        std::borrow::Cow::Owned(shell_words::quote(value).into_owned())
+    };
+    command.replace("{}", &quoted)
 }
 
 /// What a selecting mode (list, delete, update, resubmit) was asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     Jid(i64),
+    /// Every job of an array (`array:ID`, ID being the jid of its first job).
+    Array(i64),
     State(State),
     All,
 }
@@ -347,6 +607,13 @@ pub fn spool_job(out: &mut impl std::io::Write, job: &JobSpec) -> Result<()> {
         "timeout": job.timeout,
         "retries": job.retries,
         "retry_delay": job.retry_delay,
+        "name": job.name,
+        "after": job.after,
+        "after_any": job.after_any,
+        "env": job.env,
+        "not_before": job.not_before,
+        "array_index": job.array_index,
+        "listed_jid": job.listed_jid,
     });
     serde_json::to_writer(&mut *out, &line)
         .map_err(std::io::Error::from)
@@ -372,6 +639,15 @@ pub fn read_spooled(
         timeout: Option<f64>,
         retries: Option<i64>,
         retry_delay: Option<f64>,
+        name: Option<String>,
+        #[serde(default)]
+        after: Vec<DepRef>,
+        #[serde(default)]
+        after_any: Vec<DepRef>,
+        env: Option<std::collections::BTreeMap<String, String>>,
+        not_before: Option<String>,
+        array_index: Option<i64>,
+        listed_jid: Option<i64>,
     }
     let unwrap = |v: Option<Vec<Option<String>>>| v.map(|list| list.into_iter().next().flatten());
     for line in reader.lines() {
@@ -391,6 +667,13 @@ pub fn read_spooled(
             timeout: job.timeout,
             retries: job.retries,
             retry_delay: job.retry_delay,
+            name: job.name,
+            after: job.after,
+            after_any: job.after_any,
+            env: job.env,
+            not_before: job.not_before,
+            array_index: job.array_index,
+            listed_jid: job.listed_jid,
         })?;
     }
     Ok(())
@@ -474,6 +757,24 @@ fn job_from_value(item: Value) -> std::result::Result<JobSpec, String> {
             "cwd" => spec.cwd = text_of(&key, value)?,
             "timeout" => spec.timeout = duration_of(&key, &value)?,
             "retry_delay" => spec.retry_delay = duration_of(&key, &value)?,
+            "name" => spec.name = text_of(&key, value)?.filter(|n| !n.trim().is_empty()),
+            "after" => spec.after = deps_of(&key, value)?,
+            "after_any" => spec.after_any = deps_of(&key, value)?,
+            "env" => spec.env = env_of(value)?,
+            "at" => {
+                if let Some(text) = text_of(&key, value)? {
+                    let at = crate::time::parse_start_time(&text, crate::time::now_ts())?;
+                    spec.not_before = Some(crate::time::format(at));
+                }
+            }
+            "not_before" => {
+                if let Some(text) = text_of(&key, value)? {
+                    let at = crate::time::parse(&text)
+                        .ok_or_else(|| format!("not_before: '{text}' is not a timestamp"))?;
+                    spec.not_before = Some(crate::time::format(at));
+                }
+            }
+            "jid" => spec.listed_jid = integer_of(&key, &value)?.filter(|j| *j > 0),
             "retries" => {
                 spec.retries = integer_of(&key, &value)?;
                 if spec.retries.is_some_and(|r| r < 0) {
@@ -655,6 +956,11 @@ pub fn parse_target_word(word: &str, states_allowed: bool) -> std::result::Resul
     if let Some(jid) = job::parse_jid(word) {
         return Ok(Target::Jid(jid));
     }
+    if let Some(id) = word.strip_prefix("array:") {
+        return job::parse_jid(id.trim())
+            .map(Target::Array)
+            .ok_or_else(|| format!("'{word}' is not an array (array:JID)"));
+    }
     if states_allowed {
         if word.eq_ignore_ascii_case("all") || word.eq_ignore_ascii_case("a") {
             return Ok(Target::All);
@@ -663,10 +969,10 @@ pub fn parse_target_word(word: &str, states_allowed: bool) -> std::result::Resul
             return Ok(Target::State(state));
         }
         return Err(format!(
-            "'{word}' is neither a jid nor a state (pending, holding, running, finished, dead, all)"
+            "'{word}' is neither a jid, array:ID nor a state (pending, holding, running, finished, dead, waiting, cancelled, all)"
         ));
     }
-    Err(format!("'{word}' is not a jid"))
+    Err(format!("'{word}' is not a jid (or array:ID)"))
 }
 
 #[cfg(test)]

@@ -42,7 +42,21 @@ pub const FIELDS: &[&str] = &[
     "kill_signal",
     "reclaimed_by",
     "reclaimed_at",
+    // schema version 4: workflows
+    "user",
+    "name",
+    "after",
+    "after_any",
+    "waiting_on",
+    "reason",
+    "array_id",
+    "array_index",
+    "array_limit",
+    "env",
 ];
+
+/// Fields holding JSON text (a list of jids, an environment), shown as YAML/JSON values.
+pub const JSON_FIELDS: &[&str] = &["after", "after_any", "env"];
 
 /// Fields holding 0/1 that are shown as booleans.
 pub const BOOLEAN_FIELDS: &[&str] = &["restartable", "timed_out"];
@@ -58,15 +72,21 @@ pub enum State {
     Running,
     Finished,
     Dead,
+    /// Waits for the jobs it was submitted `--after`: not in the claim path at all.
+    Waiting,
+    /// Will never run: a job it waited for failed, died or was deleted (see `reason`).
+    Cancelled,
 }
 
 impl State {
-    pub const ALL: [State; 5] = [
+    pub const ALL: [State; 7] = [
         State::Pending,
         State::Holding,
         State::Running,
         State::Finished,
         State::Dead,
+        State::Waiting,
+        State::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -76,6 +96,8 @@ impl State {
             State::Running => "running",
             State::Finished => "finished",
             State::Dead => "dead",
+            State::Waiting => "waiting",
+            State::Cancelled => "cancelled",
         }
     }
 
@@ -188,6 +210,14 @@ pub fn select_fields(spec: &str, available: &[String]) -> Result<Vec<String>> {
     let mut picked = vec![false; available.len()];
     for token in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         let token = token.to_ascii_lowercase();
+        // A whole name picks that field only (`after`, not also `after_any`).
+        if let Some(i) = available
+            .iter()
+            .position(|n| n.to_ascii_lowercase() == token)
+        {
+            picked[i] = true;
+            continue;
+        }
         let mut any = false;
         for (i, name) in available.iter().enumerate() {
             if name.to_ascii_lowercase().starts_with(&token) {

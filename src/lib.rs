@@ -3,7 +3,7 @@
 //! One module per concept: [`store`] (the SQLite database and its transaction rules),
 //! [`job`] (the job model), [`input`] (job lists and YAML/JSON input), [`query`] (the
 //! query language), [`queue`] (the data modes), [`output`] (YAML/JSON/tables),
-//! [`claims`] (the claim protocol's SQL), [`journal`] (a feeder's start journal),
+//! [`claims`] (the claim protocol's SQL), [`deps`] (jobs waiting for jobs), [`journal`] (a feeder's start journal),
 //! [`feeder`] and [`runner`] (running jobs),
 //! [`liveness`] (heartbeats), [`control`] (feeder daemons), [`admin`] (snapshot, backup,
 //! rotate, recover), [`cli`] (the command line). ARCHITECTURE.md has the whole picture.
@@ -34,6 +34,7 @@ pub mod claims;
 pub mod cli;
 pub mod control;
 pub mod cron;
+pub mod deps;
 pub mod feeder;
 pub mod fsguard;
 pub mod help;

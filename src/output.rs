@@ -89,8 +89,19 @@ impl<'a> From<&'a Cell> for CellRef<'a> {
 /// and whole output are the same bytes.
 pub struct RowWriter {
     format: Format,
-    /// The kept columns: index in the result row, and the key as written.
-    columns: Vec<(usize, String, bool)>,
+    /// The kept columns: index in the result row, the key as written, and how its
+    /// values are shown.
+    columns: Vec<(usize, String, Shown)>,
+}
+
+/// How a column's values are shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    AsIs,
+    /// 0/1 as false/true.
+    Bool,
+    /// JSON text (a jid list, an environment) as a YAML/JSON value.
+    Json,
 }
 
 impl RowWriter {
@@ -107,7 +118,13 @@ impl RowWriter {
             .enumerate()
             .filter(|(_, n)| fields.is_none_or(|f| f.iter().any(|x| x == *n)))
             .map(|(i, n)| {
-                let boolean = crate::job::BOOLEAN_FIELDS.contains(&n.as_str());
+                let shown = if crate::job::BOOLEAN_FIELDS.contains(&n.as_str()) {
+                    Shown::Bool
+                } else if crate::job::JSON_FIELDS.contains(&n.as_str()) {
+                    Shown::Json
+                } else {
+                    Shown::AsIs
+                };
                 let key = if format == Format::Json {
                     let mut key = serde_json::to_string(n).unwrap_or_default();
                     key.insert_str(0, "    ");
@@ -116,7 +133,7 @@ impl RowWriter {
                 } else {
                     format!(" {}:", scalar(n))
                 };
-                (i, key, boolean)
+                (i, key, shown)
             })
             .collect();
         RowWriter { format, columns }
@@ -161,18 +178,29 @@ impl RowWriter {
                     out.push(b'}');
                     return;
                 }
-                for (n, ((_, key, boolean), cell)) in cells.enumerate() {
+                for (n, ((_, key, shown), cell)) in cells.enumerate() {
                     out.extend_from_slice(if n == 0 { b"\n" } else { b",\n" });
                     out.extend_from_slice(key.as_bytes());
-                    write_json(out, bool_cell(cell, *boolean));
+                    match json_cell(&cell, *shown) {
+                        Some(value) => {
+                            let _ = serde_json::to_writer(&mut *out, &value);
+                        }
+                        None => write_json(out, bool_cell(cell, *shown)),
+                    }
                 }
                 out.extend_from_slice(b"\n  }");
             }
             _ => {
                 out.extend_from_slice(if first { b"---\n-\n" } else { b"-\n" });
-                for ((_, key, boolean), cell) in cells {
+                for ((_, key, shown), cell) in cells {
                     out.extend_from_slice(key.as_bytes());
-                    match bool_cell(cell, *boolean) {
+                    if let Some(value) = json_cell(&cell, *shown) {
+                        out.push(b' ');
+                        out.extend_from_slice(yaml_flow(&value).as_bytes());
+                        out.push(b'\n');
+                        continue;
+                    }
+                    match bool_cell(cell, *shown) {
                         CellRef::Null => {}
                         value => {
                             out.push(b' ');
@@ -193,11 +221,42 @@ impl RowWriter {
     }
 }
 
-fn bool_cell(cell: CellRef<'_>, boolean: bool) -> CellRef<'_> {
+fn bool_cell(cell: CellRef<'_>, shown: Shown) -> CellRef<'_> {
     match cell {
-        CellRef::Int(i) if boolean => CellRef::Bool(i != 0),
+        CellRef::Int(i) if shown == Shown::Bool => CellRef::Bool(i != 0),
         other => other,
     }
+}
+
+/// The value of a JSON column, with the values of secret-looking variables hidden; None
+/// for other columns, NULL, and text that is not JSON (shown as text).
+fn json_cell(cell: &CellRef<'_>, shown: Shown) -> Option<Value> {
+    let CellRef::Text(text) = cell else {
+        return None;
+    };
+    if shown != Shown::Json {
+        return None;
+    }
+    let mut value: Value = serde_json::from_str(text).ok()?;
+    if let Value::Object(env) = &mut value {
+        for (name, value) in env.iter_mut() {
+            if is_secret_name(name) {
+                *value = Value::from(HIDDEN);
+            }
+        }
+    }
+    Some(value)
+}
+
+/// What rq shows instead of the value of a variable whose name looks secret.
+pub const HIDDEN: &str = "<hidden>";
+
+/// `*TOKEN*`, `*SECRET*`, `*PASSWORD*`, `*KEY*` (any case): values not shown in listings.
+pub fn is_secret_name(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    ["TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY"]
+        .iter()
+        .any(|word| upper.contains(word))
 }
 
 fn write_json(out: &mut Vec<u8>, cell: CellRef<'_>) {
@@ -337,6 +396,33 @@ pub fn value(value: &Value, format: Format) -> String {
             }
             out
         }
+    }
+}
+
+/// A value on one line in YAML's flow style: `[12, 13]`, `{STAGE: merge, N: "1,2"}`.
+fn yaml_flow(value: &Value) -> String {
+    let text = |s: &str| {
+        let plain = scalar(s);
+        if plain == s && !s.contains([',', '[', ']', '{', '}', '#']) {
+            plain
+        } else {
+            double_quoted(s)
+        }
+    };
+    match value {
+        Value::String(s) => text(s),
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(yaml_flow).collect();
+            format!("[{}]", items.join(", "))
+        }
+        Value::Object(map) => {
+            let items: Vec<String> = map
+                .iter()
+                .map(|(k, v)| format!("{}: {}", text(k), yaml_flow(v)))
+                .collect();
+            format!("{{{}}}", items.join(", "))
+        }
+        other => yaml_inline(other),
     }
 }
 

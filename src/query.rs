@@ -17,6 +17,17 @@ pub struct Clause {
 }
 
 impl Clause {
+    /// Only the jobs of this clause that `user` submitted (`--mine`).
+    pub fn of_user(self, user: &str) -> Clause {
+        let mut params = self.params;
+        params.push(SqlValue::Text(user.to_string()));
+        Clause {
+            sql: format!("({}) AND user = ?", self.sql),
+            params,
+            raw: self.raw,
+        }
+    }
+
     /// Jobs `first..=last`.
     pub fn jid_range(first: i64, last: i64) -> Clause {
         Clause {

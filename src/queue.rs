@@ -21,6 +21,9 @@ use crate::{host, time};
 pub const JOB_DIRS: [&str; 4] = ["stdin", "stdout", "stderr", "data"];
 /// Where [`Queue::render`] sends each chunk: its bytes and the jids it holds.
 pub type ChunkSink<'a> = dyn FnMut(&[u8], &[i64]) -> Result<()> + 'a;
+/// The most environment (names and values) a job may be given at submit: it is stored
+/// with every job, and the kernel limits a program's whole environment.
+pub const MAX_ENV_BYTES: usize = 64 * 1024;
 /// Rows fetched per read transaction when listing.
 const CHUNK: usize = 2000;
 
@@ -35,6 +38,8 @@ pub struct Selection {
     pub all: bool,
     pub states: Vec<State>,
     pub jids: Vec<i64>,
+    /// Every job of these arrays.
+    pub arrays: Vec<i64>,
 }
 
 impl Selection {
@@ -46,6 +51,7 @@ impl Selection {
                 Target::State(s) if !sel.states.contains(&s) => sel.states.push(s),
                 Target::State(_) => {}
                 Target::Jid(j) => sel.jids.push(j),
+                Target::Array(a) => sel.arrays.push(a),
             }
         }
         sel
@@ -62,13 +68,23 @@ impl Selection {
             };
         }
         let states: Vec<&str> = self.states.iter().map(|s| s.as_str()).collect();
+        let mut sql =
+            "(state IN (SELECT value FROM json_each(?)) OR jid IN (SELECT value FROM json_each(?))"
+                .to_string();
+        let mut params = vec![
+            SqlValue::Text(serde_json::to_string(&states).unwrap_or_default()),
+            SqlValue::Text(serde_json::to_string(&self.jids).unwrap_or_default()),
+        ];
+        if !self.arrays.is_empty() {
+            sql.push_str(" OR array_id IN (SELECT value FROM json_each(?))");
+            params.push(SqlValue::Text(
+                serde_json::to_string(&self.arrays).unwrap_or_default(),
+            ));
+        }
+        sql.push(')');
         Clause {
-            sql: "(state IN (SELECT value FROM json_each(?)) OR jid IN (SELECT value FROM json_each(?)))"
-                .into(),
-            params: vec![
-                SqlValue::Text(serde_json::to_string(&states).unwrap_or_default()),
-                SqlValue::Text(serde_json::to_string(&self.jids).unwrap_or_default()),
-            ],
+            sql,
+            params,
             raw: false,
         }
     }
@@ -91,6 +107,17 @@ pub struct SubmitOptions {
     pub timeout: Option<f64>,
     pub retries: Option<i64>,
     pub retry_delay: Option<f64>,
+    /// Every job waits for these to finish with exit 0 / to end.
+    pub after: Vec<crate::input::DepRef>,
+    pub after_any: Vec<crate::input::DepRef>,
+    /// Environment for every job (a job's own `env` adds to it and wins).
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Not run before this timestamp.
+    pub not_before: Option<String>,
+    /// The jobs are one array (`--array`, `--each-line`): its id is the first jid.
+    pub array: bool,
+    /// At most this many of the array pending or running at once.
+    pub array_limit: Option<i64>,
 }
 
 /// Changes `update` makes.
@@ -129,6 +156,10 @@ pub struct Progress {
     /// Finished with a non-zero exit or a signal.
     pub failed: usize,
     pub dead: usize,
+    /// Waiting for other jobs or for their array's limit: they will run.
+    pub waiting: usize,
+    /// Will never run: a job they needed failed.
+    pub cancelled: usize,
     /// Deleted meanwhile.
     pub gone: usize,
 }
@@ -263,6 +294,7 @@ impl Queue {
         // lists are parsed here once and spooled, parsed, to a local temporary file; the
         // transaction then reads that (or plain lines, which cost nothing to parse).
         let mut count = 0usize;
+        let mut plan = crate::deps::Plan::default();
         let mut files = Vec::new();
         let mut to_insert = Vec::with_capacity(sources.len());
         let mut spools = Vec::new();
@@ -277,6 +309,20 @@ impl Queue {
             };
             read_sources(std::slice::from_ref(source), &mut |spec| {
                 count += 1;
+                plan.note(count - 1, &spec)?;
+                if let Some(env) = &spec.env {
+                    let size: usize = env
+                        .iter()
+                        .chain(opts.env.iter())
+                        .map(|(k, v)| k.len() + v.len() + 2)
+                        .sum();
+                    if size > MAX_ENV_BYTES {
+                        return Err(Error::input(format!(
+                            "job {count}: its environment is too large ({size} bytes; at most \
+                             {MAX_ENV_BYTES}); nothing was submitted"
+                        )));
+                    }
+                }
                 if let Some(problem) = crate::job::command_problem(&spec.command) {
                     return Err(Error::input(format!(
                         "job {count}: {problem}; nothing was submitted"
@@ -314,7 +360,22 @@ impl Queue {
                 check_input(path, &self.dir, kind)?;
             }
         }
+        let resolved = plan.resolve()?;
+        let global_waits: Vec<(crate::deps::Wait, crate::deps::Kind)> = opts
+            .after
+            .iter()
+            .map(|d| (d, crate::deps::Kind::Ok))
+            .chain(opts.after_any.iter().map(|d| (d, crate::deps::Kind::Any)))
+            .map(|(d, kind)| match d {
+                crate::input::DepRef::Jid(j) => Ok((crate::deps::Wait::Jid(*j), kind)),
+                crate::input::DepRef::Array(a) => Ok((crate::deps::Wait::Array(*a), kind)),
+                crate::input::DepRef::Name(n) => Err(Error::usage(format!(
+                    "--after: '{n}' is not a jid (names are for jobs of one list: `after:` in YAML)"
+                ))),
+            })
+            .collect::<Result<_>>()?;
         let submitter = host::name();
+        let user = host::user_name();
         let cwd = std::env::current_dir()
             .map(|p| p.to_string_lossy().into_owned())
             .ok();
@@ -325,20 +386,36 @@ impl Queue {
         };
         // Jobs with files get jids reserved first, so their files are in place before the
         // rows that name them exist; a crash in between leaves only orphan files.
+        // So are jobs that wait for others of the list, and arrays: their rows name jids.
         let with_files = !files.is_empty() || opts.stdin.is_some() || opts.data.is_some();
-        let first_reserved = if with_files {
-            let first = self.reserve_jids(count)?;
-            if let Err(e) = self.copy_files(first, count, &files, opts) {
-                self.remove_job_files(first, count);
-                return Err(e);
+        let first_reserved =
+            if with_files || !resolved.is_empty() || !global_waits.is_empty() || opts.array {
+                let first = self.reserve_jids(count)?;
+                if with_files && let Err(e) = self.copy_files(first, count, &files, opts) {
+                    self.remove_job_files(first, count);
+                    return Err(e);
+                }
+                Some(first)
+            } else {
+                None
+            };
+        let env_json = |own: &Option<std::collections::BTreeMap<String, String>>| {
+            if opts.env.is_empty() && own.as_ref().is_none_or(|e| e.is_empty()) {
+                return None;
             }
-            Some(first)
-        } else {
-            None
+            let mut env = opts.env.clone();
+            env.extend(own.iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
+            serde_json::to_string(&env).ok()
+        };
+        let jid_list = |jids: &[i64]| {
+            (!jids.is_empty()).then(|| serde_json::to_string(jids).unwrap_or_default())
         };
         let outcome = self.store.write(|tx| {
             let submitted = time::now();
             let mut batch: Vec<NewJob> = Vec::with_capacity(INSERT_BATCH);
+            let mut starts: Vec<(i64, crate::deps::Start)> = Vec::new();
+            let mut lookups = crate::deps::Lookups::default();
+            let mut next_wait = resolved.iter().peekable();
             let mut inserted = 0usize;
             let mut first = None;
             let mut each = |spec: JobSpec| {
@@ -348,7 +425,46 @@ impl Queue {
                 if crate::job::command_problem(&spec.command).is_some() {
                     return Err(changed_while_reading());
                 }
-                let jid = first_reserved.map(|f| f + (inserted + batch.len()) as i64);
+                let index = inserted + batch.len();
+                let jid = first_reserved.map(|f| f + index as i64);
+                let own_waits = next_wait
+                    .next_if(|(i, _)| *i == index)
+                    .map(|(_, w)| w.as_slice());
+                let mut job_state = state;
+                let mut waiting_on = 0;
+                let mut reason = None;
+                let (mut after, mut after_any) = (None, None);
+                if own_waits.is_some() || !global_waits.is_empty() {
+                    let (Some(jid), Some(base)) = (jid, first_reserved) else {
+                        return Err(changed_while_reading());
+                    };
+                    let waits: Vec<_> = global_waits
+                        .iter()
+                        .chain(own_waits.into_iter().flatten())
+                        .copied()
+                        .collect();
+                    let start = crate::deps::start(tx, &mut lookups, index + 1, &waits, &|i| {
+                        base + i as i64
+                    })?;
+                    after = jid_list(&start.after);
+                    after_any = jid_list(&start.after_any);
+                    waiting_on = start.unmet;
+                    if let Some(why) = &start.failed {
+                        job_state = State::Cancelled;
+                        reason = Some(why.clone());
+                    } else if start.unmet > 0 && state == State::Pending {
+                        job_state = State::Waiting;
+                    }
+                    starts.push((jid, start));
+                }
+                // An array with a limit: only its first jobs join the claim path; the
+                // others wait for a place (see the trigger `array_next`).
+                if let Some(limit) = opts.array_limit
+                    && job_state == State::Pending
+                    && index as i64 >= limit
+                {
+                    job_state = State::Waiting;
+                }
                 let file =
                     |given: bool, dir: &str| jid.filter(|_| given).map(|j| format!("{dir}/{j}"));
                 batch.push(NewJob {
@@ -363,10 +479,21 @@ impl Queue {
                     timeout: opts.timeout.or(spec.timeout),
                     retries: opts.retries.or(spec.retries).unwrap_or(0),
                     retry_delay: opts.retry_delay.or(spec.retry_delay),
+                    state: job_state,
+                    name: spec.name.clone(),
+                    after,
+                    after_any,
+                    waiting_on,
+                    reason,
+                    array_id: first_reserved.filter(|_| opts.array),
+                    array_index: spec.array_index,
+                    array_limit: opts.array_limit.filter(|_| opts.array),
+                    env: env_json(&spec.env),
+                    not_before: opts.not_before.clone().or(spec.not_before),
                     command: spec.command,
                 });
                 if batch.len() == INSERT_BATCH {
-                    let last = insert_jobs(tx, &batch, state, &submitted, &submitter)?;
+                    let last = insert_jobs(tx, &batch, &submitted, &submitter, &user)?;
                     first.get_or_insert(last - batch.len() as i64 + 1);
                     inserted += batch.len();
                     batch.clear();
@@ -375,12 +502,15 @@ impl Queue {
             };
             read_sources(sources, &mut each)?;
             if !batch.is_empty() {
-                let last = insert_jobs(tx, &batch, state, &submitted, &submitter)?;
+                let last = insert_jobs(tx, &batch, &submitted, &submitter, &user)?;
                 first.get_or_insert(last - batch.len() as i64 + 1);
                 inserted += batch.len();
             }
             if inserted != count {
                 return Err(changed_while_reading());
+            }
+            for (jid, start) in &starts {
+                crate::deps::record(tx, *jid, start)?;
             }
             let first = first.unwrap_or(0);
             let last = first + count as i64 - 1;
@@ -597,11 +727,48 @@ impl Queue {
     }
 
     /// Delete the selected jobs that are not running; their files go after the commit.
-    pub fn delete(&mut self, selection: &Selection) -> Result<(Vec<Row>, Vec<Skipped>)> {
+    /// Jobs that others wait for are kept (and said) unless `force`: then those others
+    /// are cancelled, or stop waiting if they only waited for an end (`after_any`).
+    pub fn delete(
+        &mut self,
+        selection: &Selection,
+        force: bool,
+    ) -> Result<(Vec<Row>, Vec<Skipped>)> {
         let clause = selection.clause();
         let (rows, skipped) = self.store.write(|tx| {
             let sql = format!("({}) AND state != 'running' ORDER BY jid", clause.sql);
-            let rows = select_rows(tx, &sql, &clause.params)?;
+            let mut rows = select_rows(tx, &sql, &clause.params)?;
+            let deleting: std::collections::HashSet<i64> = rows.iter().map(Row::jid).collect();
+            let mut waited_for = Vec::new();
+            for row in &rows {
+                let others: Vec<i64> = crate::deps::waiting_for(tx, row.jid())?
+                    .into_iter()
+                    .map(|(j, _)| j)
+                    .filter(|j| !deleting.contains(j))
+                    .collect();
+                if !others.is_empty() {
+                    waited_for.push((row.jid(), others));
+                }
+            }
+            let mut kept = Vec::new();
+            for (jid, others) in &waited_for {
+                if force {
+                    crate::deps::forget(tx, *jid)?;
+                } else {
+                    let shown: Vec<String> = others.iter().take(5).map(i64::to_string).collect();
+                    let more = if others.len() > 5 { ", ..." } else { "" };
+                    kept.push(Skipped {
+                        jid: *jid,
+                        why: format!(
+                            "job{} {}{more} wait{} for it (delete those too, or use --force to cancel them)",
+                            if others.len() == 1 { "" } else { "s" },
+                            shown.join(", "),
+                            if others.len() == 1 { "s" } else { "" },
+                        ),
+                    });
+                }
+            }
+            rows.retain(|r| !kept.iter().any(|k| k.jid == r.jid()));
             let mut skipped =
                 skipped_jids(tx, &selection.jids, &rows, "it is running (kill it first)")?;
             // Running jobs a state or `all` selected are not deleted either: said, not
@@ -619,6 +786,7 @@ impl Queue {
             for row in &rows {
                 delete.execute([row.jid()])?;
             }
+            skipped.extend(kept);
             Ok((rows, skipped))
         })?;
         for row in &rows {
@@ -638,7 +806,7 @@ impl Queue {
     ) -> Result<(Vec<Row>, Vec<Skipped>)> {
         let clause = selection.clause();
         let editable = format!(
-            "({}) AND state IN ('pending', 'holding') ORDER BY jid",
+            "({}) AND state IN ('pending', 'holding', 'waiting') ORDER BY jid",
             clause.sql
         );
         // New stdin/data files get fresh names, written before the transaction that points
@@ -684,7 +852,7 @@ impl Queue {
                 tx,
                 &selection.jids,
                 &before,
-                "only pending and holding jobs can be updated",
+                "only pending, waiting and holding jobs can be updated",
             )?;
             let mut sets: Vec<&str> = Vec::new();
             let mut values: Vec<SqlValue> = Vec::new();
@@ -737,6 +905,10 @@ impl Queue {
                     &format!("UPDATE jobs SET {} WHERE jid = ?", row_sets.join(", ")),
                     params_from_iter(row_values),
                 )?;
+                // Released (or set pending): it still waits for its jobs and its place.
+                if changes.state == Some(State::Pending) {
+                    crate::deps::restate(tx, jid)?;
+                }
             }
             let jids: Vec<i64> = before.iter().map(Row::jid).collect();
             let after = select_rows(
@@ -816,6 +988,7 @@ impl Queue {
                     opts.restartable,
                     row.jid()
                 ])?;
+                crate::deps::restate(tx, row.jid())?;
                 for field in ["stdout", "stderr"] {
                     outputs.extend(row.get(field).as_text().map(String::from));
                 }
@@ -850,6 +1023,7 @@ impl Queue {
             ));
         }
         let submitter = host::name();
+        let user = host::user_name();
         let cwd = std::env::current_dir()
             .map(|p| p.to_string_lossy().into_owned())
             .ok();
@@ -886,8 +1060,8 @@ impl Queue {
                     jids.push(jid);
                 } else {
                     tx.execute(
-                        "INSERT INTO jobs (priority, state, submitted, submitter, tag, restartable, command, hosts, cwd) \
-                         VALUES (?,?,?,?,?,?,?,?,?)",
+                        "INSERT INTO jobs (priority, state, submitted, submitter, tag, restartable, command, hosts, cwd, user) \
+                         VALUES (?,?,?,?,?,?,?,?,?,?)",
                         rusqlite::params![
                             priority.unwrap_or(0),
                             state.as_str(),
@@ -897,7 +1071,8 @@ impl Queue {
                             restartable,
                             spec.command,
                             hosts,
-                            spec.cwd.clone().or_else(|| cwd.clone())
+                            spec.cwd.clone().or_else(|| cwd.clone()),
+                            user
                         ],
                     )?;
                     jids.push(tx.last_insert_rowid());
@@ -994,6 +1169,8 @@ impl Queue {
                         p.finished = n;
                         p.failed = r.get::<_, i64>(2)? as usize;
                     }
+                    "waiting" => p.waiting = n,
+                    "cancelled" => p.cancelled = n,
                     _ => p.dead = n,
                 }
             }
@@ -1058,6 +1235,58 @@ impl Queue {
         })
     }
 
+    /// Counts by state (and successes/failures) of the jobs of `clause`: `status
+    /// array:ID`, `status --mine`.
+    pub fn status_of(&mut self, clause: &Clause) -> Result<Value> {
+        self.store.read(|tx| {
+            let sql = format!(
+                "SELECT state, count(*), count(*) FILTER (WHERE state = 'finished' AND exit_status IS 0), \
+                 count(*) FILTER (WHERE state = 'finished' AND exit_status IS NOT 0) \
+                 FROM jobs WHERE {} GROUP BY state",
+                clause.sql
+            );
+            let mut stmt = tx.prepare(&sql).map_err(|e| query_error(clause, e.into()))?;
+            let mut rows = stmt.query(params_from_iter(clause.params.iter()))?;
+            let mut counts = std::collections::HashMap::new();
+            let (mut ok, mut failed) = (0i64, 0i64);
+            while let Some(r) = rows.next()? {
+                counts.insert(r.get::<_, String>(0)?, r.get::<_, i64>(1)?);
+                ok += r.get::<_, i64>(2)?;
+                failed += r.get::<_, i64>(3)?;
+            }
+            let mut jobs = Map::new();
+            let mut total = 0;
+            for state in State::ALL {
+                let n = counts.get(state.as_str()).copied().unwrap_or(0);
+                total += n;
+                jobs.insert(state.as_str().into(), json!(n));
+            }
+            jobs.insert("total".into(), json!(total));
+            let dead = counts.get("dead").copied().unwrap_or(0);
+            Ok(json!({
+                "jobs": Value::Object(jobs),
+                "exit_status": {"successes": ok, "failures": failed + dead},
+            }))
+        })
+    }
+
+    /// The jids of the jobs of these arrays (in `state`, when given).
+    pub fn array_jids(&mut self, arrays: &[i64], state: Option<&str>) -> Result<Vec<i64>> {
+        self.store.read(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT jid FROM jobs WHERE array_id IN (SELECT value FROM json_each(?1)) \
+                 AND (?2 IS NULL OR state = ?2) ORDER BY jid",
+            )?;
+            let jids = stmt
+                .query_map(
+                    rusqlite::params![serde_json::to_string(arrays).unwrap_or_default(), state],
+                    |r| r.get(0),
+                )?
+                .collect::<rusqlite::Result<Vec<i64>>>()?;
+            Ok(jids)
+        })
+    }
+
     /// The status report.
     pub fn status(&mut self, exit_codes: &[(String, Vec<i64>)]) -> Result<Value> {
         let now = time::now_ts();
@@ -1092,7 +1321,8 @@ impl Queue {
                 let (min, max) = match state {
                     // Newest and oldest by submit time: a look at each priority's ends of the
                     // claim index (state, priority, submitted, jid).
-                    State::Pending | State::Holding => waiting_ends(tx, state)?,
+                    State::Pending | State::Holding | State::Waiting => waiting_ends(tx, state)?,
+                    State::Cancelled => (None, None),
                     State::Running => (
                         first_row(tx, "SELECT jid, started FROM jobs WHERE state = 'running' AND started IS NOT NULL ORDER BY started DESC LIMIT 1")?,
                         first_row(tx, "SELECT jid, started FROM jobs WHERE state = 'running' AND started IS NOT NULL ORDER BY started ASC LIMIT 1")?,
@@ -1194,6 +1424,18 @@ pub enum JobSource {
     File(PathBuf),
     /// Jobs already parsed and checked, spooled by `submit` (see `input::spool_job`).
     Parsed(PathBuf),
+    /// One job per index (`--array`); `subst`: `{}` in the command becomes the index.
+    Array {
+        spec: JobSpec,
+        array: crate::input::ArraySpec,
+        subst: bool,
+    },
+    /// One job per line of a file (`--each-line`), the line in `RQ_ITEM`.
+    EachLine {
+        spec: JobSpec,
+        path: PathBuf,
+        subst: bool,
+    },
 }
 
 /// Whether a job list file is YAML/JSON (worth parsing only once).
@@ -1220,6 +1462,56 @@ pub fn read_sources(
                 let file = std::fs::File::open(path)
                     .map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
                 crate::input::read_spooled(std::io::BufReader::with_capacity(1 << 16, file), each)?;
+            }
+            JobSource::Array { spec, array, subst } => {
+                for index in array.indices() {
+                    let mut job = spec.clone();
+                    if *subst {
+                        job.command = crate::input::substitute(&spec.command, &index.to_string());
+                    }
+                    job.array_index = Some(index);
+                    each(job)?;
+                }
+            }
+            JobSource::EachLine { spec, path, subst } => {
+                let file = std::fs::File::open(path)
+                    .map_err(|e| Error::input(format!("--each-line: {}: {e}", path.display())))?;
+                let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+                let mut line = String::new();
+                let mut number = 0i64;
+                loop {
+                    line.clear();
+                    number += 1;
+                    let n = std::io::BufRead::read_line(&mut reader, &mut line).map_err(|e| {
+                        Error::input(format!(
+                            "--each-line: {}: line {number}: {e}",
+                            path.display()
+                        ))
+                    })?;
+                    if n == 0 {
+                        break;
+                    }
+                    let item = line.trim_end_matches(['\n', '\r']);
+                    if item.trim().is_empty() {
+                        continue;
+                    }
+                    if item.contains('\0') {
+                        return Err(Error::input(format!(
+                            "--each-line: {}: line {number} holds a NUL byte",
+                            path.display()
+                        )));
+                    }
+                    let mut job = spec.clone();
+                    if *subst {
+                        job.command = crate::input::substitute(&spec.command, item);
+                    }
+                    job.array_index = Some(number);
+                    job.env = Some(std::collections::BTreeMap::from([(
+                        "RQ_ITEM".to_string(),
+                        item.to_string(),
+                    )]));
+                    each(job)?;
+                }
             }
         }
     }
@@ -1255,31 +1547,44 @@ struct NewJob {
     timeout: Option<f64>,
     retries: i64,
     retry_delay: Option<f64>,
+    state: State,
+    name: Option<String>,
+    after: Option<String>,
+    after_any: Option<String>,
+    waiting_on: i64,
+    reason: Option<String>,
+    array_id: Option<i64>,
+    array_index: Option<i64>,
+    array_limit: Option<i64>,
+    env: Option<String>,
+    not_before: Option<String>,
 }
 
 /// Insert a batch of jobs with one statement; returns the last jid.
 fn insert_jobs(
     tx: &Transaction<'_>,
     batch: &[NewJob],
-    state: State,
     submitted: &str,
     submitter: &str,
+    user: &str,
 ) -> Result<i64> {
     use rusqlite::ToSql;
-    let row = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    let row = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
     let sql = format!(
         "INSERT INTO jobs (jid, priority, state, submitted, submitter, stdin, data, tag, \
-         restartable, command, hosts, cwd, timeout, retries, retry_delay) VALUES {}",
+         restartable, command, hosts, cwd, timeout, retries, retry_delay, user, name, after, \
+         after_any, waiting_on, reason, array_id, array_index, array_limit, env, not_before) \
+         VALUES {}",
         vec![row; batch.len()].join(",")
     );
     let mut insert = tx.prepare_cached(&sql)?;
-    let state = state.as_str();
-    let mut params: Vec<&dyn ToSql> = Vec::with_capacity(batch.len() * 15);
-    for job in batch {
+    let states: Vec<&str> = batch.iter().map(|job| job.state.as_str()).collect();
+    let mut params: Vec<&dyn ToSql> = Vec::with_capacity(batch.len() * 26);
+    for (job, state) in batch.iter().zip(&states) {
         params.extend_from_slice(&[
             &job.jid as &dyn ToSql,
             &job.priority,
-            &state,
+            state,
             &submitted,
             &submitter,
             &job.stdin,
@@ -1292,6 +1597,17 @@ fn insert_jobs(
             &job.timeout,
             &job.retries,
             &job.retry_delay,
+            &user,
+            &job.name,
+            &job.after,
+            &job.after_any,
+            &job.waiting_on,
+            &job.reason,
+            &job.array_id,
+            &job.array_index,
+            &job.array_limit,
+            &job.env,
+            &job.not_before,
         ]);
     }
     insert.execute(params.as_slice())?;

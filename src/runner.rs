@@ -117,8 +117,23 @@ pub fn spawn(dir: &Path, shell: &[String], job: &Row) -> Result<Child> {
     // server first, so a job running only local programs would hang while the server is
     // unreachable instead of going on (and its lookups would cost network round trips).
     // Once: a feeder started from a job (or a login profile) may have it there already.
+    // The environment given at submit (`--env`, `--export`, `env:`) goes on top of the
+    // feeder's, under rq's own RQ_* variables.
+    let job_env: Vec<(String, String)> = job
+        .get("env")
+        .as_text()
+        .and_then(|text| {
+            serde_json::from_str::<std::collections::BTreeMap<String, String>>(text).ok()
+        })
+        .map(|env| env.into_iter().collect())
+        .unwrap_or_default();
     let bin = dir.join("bin");
-    let mut new_path = std::env::var_os("PATH").unwrap_or_default();
+    let mut new_path = job_env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| std::ffi::OsString::from(v))
+        .or_else(|| std::env::var_os("PATH"))
+        .unwrap_or_default();
     if !std::env::split_paths(&new_path).any(|p| p == bin) {
         if !new_path.is_empty() {
             new_path.push(":");
@@ -170,13 +185,18 @@ pub fn spawn(dir: &Path, shell: &[String], job: &Row) -> Result<Child> {
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0);
-    cmd.env("PATH", &new_path);
     // Jobs inherit the feeder's environment (as in the original rq), minus rq's internals.
     for internal in HIDDEN_FROM_JOBS {
         cmd.env_remove(internal);
     }
+    for (key, value) in &job_env {
+        cmd.env(key, value);
+    }
+    cmd.env("PATH", &new_path);
     cmd.env("RQ", dir);
-    for (name, cell) in &job.columns {
+    // (The environment given at submit is not repeated in RQ_ENV nor RQ_JOB: its
+    // variables are there, and the kernel limits each string to 128 KiB.)
+    for (name, cell) in job.columns.iter().filter(|(n, _)| n != "env") {
         let value = match (name.as_str(), cell) {
             ("stdin" | "stdout" | "stderr" | "data", Cell::Text(rel)) => {
                 dir.join(rel).to_string_lossy().into_owned()
@@ -195,6 +215,7 @@ pub fn spawn(dir: &Path, shell: &[String], job: &Row) -> Result<Child> {
     let record: serde_json::Map<String, serde_json::Value> = job
         .columns
         .iter()
+        .filter(|(name, _)| name != "env")
         .map(|(name, cell)| (name.clone(), crate::output::cell_json(cell)))
         .collect();
     cmd.env("RQ_JOB", serde_json::Value::Object(record).to_string());

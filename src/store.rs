@@ -22,7 +22,7 @@ use crate::lock::JournalFence;
 /// `PRAGMA application_id` of an rq queue database ("rq2\0").
 pub const APPLICATION_ID: i64 = 0x7271_3200;
 /// The schema version this rq writes and understands.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The schema as first released (version 1); `MIGRATIONS` bring it to `SCHEMA_VERSION`.
 /// Also written, with comments, to `Q/db.schema`.
@@ -130,7 +130,108 @@ END;
 DROP INDEX IF EXISTS jobs_tag;
 CREATE INDEX jobs_tag ON jobs (tag) WHERE tag IS NOT NULL;
 "#,
+    // 4: workflows. (Before this runs, rq widens the CHECK on `state` to the states
+    // 'waiting' and 'cancelled': see `widen_states`.)
+    r#"
+ALTER TABLE jobs ADD COLUMN user TEXT;          -- login name of the user who submitted it
+ALTER TABLE jobs ADD COLUMN name TEXT;          -- its name in the job list it came in (for after:)
+ALTER TABLE jobs ADD COLUMN after TEXT;         -- JSON list of jids that must finish with exit 0 first
+ALTER TABLE jobs ADD COLUMN after_any TEXT;     -- JSON list of jids that must have ended first
+ALTER TABLE jobs ADD COLUMN waiting_on INTEGER NOT NULL DEFAULT 0; -- of those, how many have not
+ALTER TABLE jobs ADD COLUMN reason TEXT;        -- why it was cancelled
+ALTER TABLE jobs ADD COLUMN array_id INTEGER;   -- jid of the first job of its array
+ALTER TABLE jobs ADD COLUMN array_index INTEGER; -- its index in the array
+ALTER TABLE jobs ADD COLUMN array_limit INTEGER; -- at most this many of the array run at once
+ALTER TABLE jobs ADD COLUMN env TEXT;           -- JSON object: environment given at submit
+-- Who waits for whom: one row per (job it waits for, waiting job). `met` once the wait is
+-- over (kind 'ok': finished with exit 0; kind 'any': ended, whatever the result).
+CREATE TABLE deps (
+    dep          INTEGER NOT NULL,               -- the job waited for
+    job          INTEGER NOT NULL,               -- the waiting job
+    kind         TEXT NOT NULL CHECK (kind IN ('ok', 'any')),
+    met          INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (dep, job)
+) WITHOUT ROWID;
+CREATE INDEX deps_job ON deps (job);
+CREATE INDEX jobs_array ON jobs (array_id, state, array_index) WHERE array_id IS NOT NULL;
+INSERT INTO job_counts (state) VALUES ('waiting'), ('cancelled');
+-- A job ends (finished; dead and not to be restarted; cancelled): the waits on it that this
+-- end satisfies are met, in the same transaction, whoever recorded the end.
+CREATE TRIGGER deps_met AFTER UPDATE OF state ON jobs
+WHEN OLD.state IS NOT NEW.state
+ AND (NEW.state IN ('finished', 'cancelled') OR (NEW.state = 'dead' AND NEW.restartable = 0))
+BEGIN
+    UPDATE jobs SET waiting_on = waiting_on - 1
+    WHERE jid IN (SELECT job FROM deps WHERE dep = NEW.jid AND met = 0
+                  AND (kind = 'any' OR (NEW.state = 'finished' AND NEW.exit_status IS 0)));
+    UPDATE deps SET met = 1 WHERE dep = NEW.jid AND met = 0
+        AND (kind = 'any' OR (NEW.state = 'finished' AND NEW.exit_status IS 0));
+END;
+-- The last wait is over: the job joins the claim path (unless its array is at its limit).
+CREATE TRIGGER deps_released AFTER UPDATE OF waiting_on ON jobs
+WHEN NEW.state = 'waiting' AND NEW.waiting_on <= 0
+ AND (NEW.array_limit IS NULL OR NEW.array_limit > (SELECT count(*) FROM jobs a
+      WHERE a.array_id = NEW.array_id
+        AND (a.state IN ('pending', 'running') OR (a.state = 'dead' AND a.restartable = 1))))
+BEGIN
+    UPDATE jobs SET state = 'pending' WHERE jid = NEW.jid;
+END;
+-- A job of an array with a limit ends: the next ones of the array (by index) whose waits
+-- are over take its place. So at most `array_limit` of an array are ever pending or running.
+CREATE TRIGGER array_next AFTER UPDATE OF state ON jobs
+WHEN NEW.array_limit IS NOT NULL AND OLD.state IS NOT NEW.state
+ AND NEW.state NOT IN ('pending', 'running') AND NOT (NEW.state = 'dead' AND NEW.restartable = 1)
+BEGIN
+    UPDATE jobs SET state = 'pending' WHERE jid IN (
+        SELECT jid FROM jobs WHERE array_id = NEW.array_id AND state = 'waiting' AND waiting_on <= 0
+        ORDER BY array_index
+        LIMIT max(0, NEW.array_limit - (SELECT count(*) FROM jobs a WHERE a.array_id = NEW.array_id
+              AND (a.state IN ('pending', 'running') OR (a.state = 'dead' AND a.restartable = 1)))));
+END;
+-- A deleted job waits for nothing any more.
+CREATE TRIGGER deps_deleted AFTER DELETE ON jobs BEGIN
+    DELETE FROM deps WHERE job = OLD.jid;
+END;
+"#,
 ];
+
+/// The CHECK on `jobs.state` as written by schema versions 1 to 3, and as widened by 4.
+const STATES_CHECK_V1: &str = "CHECK (state IN ('pending','holding','running','finished','dead'))";
+const STATES_CHECK_V4: &str =
+    "CHECK (state IN ('pending','holding','running','finished','dead','waiting','cancelled'))";
+
+/// Let `jobs.state` hold the states of schema 4. SQLite cannot alter a CHECK; a CHECK that
+/// only accepts more values changes nothing stored, so SQLite's documented procedure for
+/// such changes applies (ALTER TABLE, "other kinds of table schema changes"): rewrite the
+/// table's SQL in `sqlite_schema` and bump the schema version, in the migration's
+/// transaction. Instant on a queue of any size, where copying the table would not be.
+fn widen_states(tx: &Transaction<'_>) -> Result<()> {
+    let sql: String = tx.query_row(
+        "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = 'jobs'",
+        [],
+        |r| r.get(0),
+    )?;
+    if sql.contains(STATES_CHECK_V4) {
+        return Ok(());
+    }
+    if !sql.contains(STATES_CHECK_V1) {
+        return Err(Error::Conflict(
+            "cannot upgrade this queue: its jobs table is not the one rq made (the CHECK on \
+             state was changed)"
+                .into(),
+        ));
+    }
+    let version: i64 = tx.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+    tx.execute_batch("PRAGMA writable_schema = ON")?;
+    let changed = tx.execute(
+        "UPDATE sqlite_schema SET sql = ? WHERE type = 'table' AND name = 'jobs'",
+        [sql.replace(STATES_CHECK_V1, STATES_CHECK_V4)],
+    );
+    tx.execute_batch(&format!("PRAGMA schema_version = {}", version + 1))?;
+    tx.execute_batch("PRAGMA writable_schema = OFF")?;
+    changed?;
+    Ok(())
+}
 
 /// Human-readable description written to `Q/db.schema`.
 pub fn schema_file_text() -> String {
@@ -142,7 +243,9 @@ pub fn schema_file_text() -> String {
          -- microseconds and a Z suffix, fixed width: 2026-11-27T21:05:03.123456Z.\n\
          -- They sort and compare correctly as text and work with SQLite's date functions,\n\
          -- e.g.  rq Q query \"finished > '2026-11-27'\".\n\
-         -- States: pending -> running -> finished | dead; holding jobs never run.\n\
+         -- States: pending -> running -> finished | dead; holding jobs never run; waiting\n\
+         -- jobs wait for other jobs (table deps) or for their array's limit, and become\n\
+         -- pending (or cancelled, when a job they need failed).\n\
          --\n\
          -- Connection settings: journal_mode=PERSIST, synchronous=FULL, mmap_size=0,\n\
          -- temp_store=MEMORY; auto_vacuum=INCREMENTAL (set at creation: deletes give space\n\
@@ -370,6 +473,8 @@ impl Store {
         }
         if self.access == Access::ReadOnly {
             conn.pragma_update(None, "query_only", true)?;
+        } else {
+            crate::deps::install(&conn)?;
         }
         self.conn = Some(conn);
         Ok(())
@@ -564,7 +669,17 @@ impl Store {
                 return Err(fence_failed(&self.db_path, e));
             }
         }
-        let value = match body(&tx) {
+        let settled = |value: T| -> Result<T> {
+            // What the ends and re-starts in this transaction mean for jobs waiting on
+            // them is part of the same transaction.
+            if !matches!(behavior, TransactionBehavior::Deferred)
+                && self.access == Access::ReadWrite
+            {
+                crate::deps::settle(&tx)?;
+            }
+            Ok(value)
+        };
+        let value = match body(&tx).and_then(settled) {
             Ok(v) => v,
             Err(Error::Sql(e)) if is_transient(&e) => return Err(Attempt::Retry(e.to_string())),
             Err(Error::Sql(e)) if is_damage(&e) => return Err(Attempt::Suspect(e.to_string())),
@@ -620,6 +735,15 @@ enum Attempt {
 /// transaction (every other process waits; the check is redone under the lock, so two
 /// processes upgrading at once do it once).
 fn migrate(conn: &mut Connection, from: i64, fence: Option<&mut JournalFence>) -> Result<()> {
+    // Defensive mode forbids the schema rewrite of `widen_states`; on again right after.
+    use rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE;
+    conn.set_db_config(SQLITE_DBCONFIG_DEFENSIVE, false)?;
+    let outcome = migrate_steps(conn, from, fence);
+    conn.set_db_config(SQLITE_DBCONFIG_DEFENSIVE, true)?;
+    outcome
+}
+
+fn migrate_steps(conn: &mut Connection, from: i64, fence: Option<&mut JournalFence>) -> Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if let Some(fence) = fence {
         fence.hold().map_err(|source| Error::Io {
@@ -632,6 +756,9 @@ fn migrate(conn: &mut Connection, from: i64, fence: Option<&mut JournalFence>) -
         let step = MIGRATIONS.get((version - 1) as usize).ok_or_else(|| {
             Error::Conflict(format!("no migration from schema version {version}"))
         })?;
+        if version + 1 == 4 {
+            widen_states(&tx)?;
+        }
         tx.execute_batch(step)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;

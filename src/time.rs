@@ -47,6 +47,49 @@ pub fn seconds_between(earlier: Timestamp, later: Timestamp) -> f64 {
     (later.as_microsecond() - earlier.as_microsecond()) as f64 / 1e6
 }
 
+/// A start time given by a user (`submit --at`): `22:00` or `22:00:30` (the next time the
+/// clock shows it, local time), `2026-12-24` (midnight), `2026-12-24T08:00` or
+/// `2026-12-24 08:00` (local time), or any of these with a zone: `...Z`, `...+01:00`,
+/// `...[Europe/Paris]`.
+pub fn parse_start_time(text: &str, now: Timestamp) -> std::result::Result<Timestamp, String> {
+    use jiff::civil;
+    let text = text.trim();
+    let bad = || {
+        format!(
+            "'{text}' is not a time: use 22:00, 2026-12-24, 2026-12-24T08:00 (local time), \
+             or add a zone (Z, +01:00, [Europe/Paris])"
+        )
+    };
+    if let Ok(ts) = text.parse::<Timestamp>() {
+        return Ok(ts);
+    }
+    if let Ok(zoned) = text.parse::<jiff::ZonedDateTime>() {
+        return Ok(zoned.timestamp());
+    }
+    let zone = jiff::tz::TimeZone::system();
+    let local = |dt: civil::DateTime| -> std::result::Result<Timestamp, String> {
+        dt.to_zoned_datetime(zone.clone())
+            .map(|z| z.timestamp())
+            .map_err(|e| format!("{text}: {e}"))
+    };
+    if let Ok(dt) = text.replacen(' ', "T", 1).parse::<civil::DateTime>() {
+        return local(dt);
+    }
+    if let Ok(date) = text.parse::<civil::Date>() {
+        return local(date.to_datetime(civil::Time::midnight()));
+    }
+    if let Ok(time) = text.parse::<civil::Time>() {
+        let today = now.to_zoned_datetime(zone.clone()).date();
+        let at = local(today.to_datetime(time))?;
+        if at > now {
+            return Ok(at);
+        }
+        let tomorrow = today.tomorrow().map_err(|e| format!("{text}: {e}"))?;
+        return local(tomorrow.to_datetime(time));
+    }
+    Err(bad())
+}
+
 /// `12h03m07.25s`: the original rq's duration layout in `status`.
 pub fn hms(seconds: f64) -> String {
     let seconds = seconds.max(0.0);

@@ -583,43 +583,48 @@ fn feeding_a_broken_queue_fails_clearly() {
 #[test]
 fn an_old_queue_is_migrated_on_open() {
     let q = TestQueue::new();
-    q.rq(&["submit", "-q", "echo old"]).ok();
-    // Make it a version-1 queue again.
-    let v2 = [
-        "timeout",
-        "timed_out",
-        "retries",
-        "retry_delay",
-        "retried",
-        "not_before",
-        "kill_signal",
-        "reclaimed_by",
-        "reclaimed_at",
-    ];
-    let drops: String = v2
-        .iter()
-        .map(|c| format!("ALTER TABLE jobs DROP COLUMN {c}; "))
-        .collect();
-    q.sql(&format!(
-        "DROP TRIGGER job_counts_insert; DROP TRIGGER job_counts_insert_ended; \
-         DROP TRIGGER job_counts_update; \
-         DROP TRIGGER job_counts_delete; DROP TABLE job_counts; DROP INDEX jobs_tag; \
-         CREATE INDEX jobs_tag ON jobs (tag); \
-         DROP INDEX jobs_finished_elapsed; DROP INDEX jobs_ended_at; \
-         CREATE INDEX jobs_runner ON jobs (runner, state); {drops} PRAGMA user_version = 1"
-    ));
+    // A queue as the first release made it (schema version 1), with a job in it.
+    let db = std::path::Path::new(q.q()).join("db");
+    std::fs::remove_file(&db).unwrap();
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = PERSIST; {} PRAGMA application_id = {}; PRAGMA user_version = 1;",
+            rq::store::SCHEMA_SQL,
+            rq::store::APPLICATION_ID
+        ))
+        .unwrap();
+        conn.execute(
+            "INSERT INTO jobs (state, submitted, submitter, command) \
+             VALUES ('pending', '2026-01-01T00:00:00.000000Z', 'h1', 'echo old')",
+            [],
+        )
+        .unwrap();
+    }
     let jobs = q.jobs();
     assert_eq!(text(&jobs[0], "command"), "echo old");
     assert_eq!(int(&jobs[0], "retries"), 0);
+    assert_eq!(int(&jobs[0], "waiting_on"), 0);
     assert!(
         q.sql("PRAGMA user_version")
             .stdout
-            .contains("user_version: 3")
+            .contains(&format!("user_version: {}", rq::store::SCHEMA_VERSION))
     );
     // The counts status reads are filled from the jobs already there.
     let status = q.rq(&["status", "--format", "json"]).ok().value();
     assert_eq!(status["jobs"]["pending"], 1, "{status}");
     assert_eq!(status["jobs"]["total"], 1, "{status}");
+    // The table accepts the states of workflows now, and is sound.
+    let waiting = q.rq(&["submit", "--after", "1", "echo new"]).ok().records();
+    assert_eq!(text(&waiting[0], "state"), "waiting");
+    assert!(q.sql("PRAGMA integrity_check").stdout.contains("ok"));
+    // A state outside the known ones is still refused.
+    let bogus = q.rq(&["execute", "UPDATE jobs SET state = 'bogus' WHERE jid = 1"]);
+    assert!(
+        bogus.stderr.contains("CHECK constraint failed"),
+        "{}",
+        bogus.stderr
+    );
 }
 
 #[test]

@@ -836,7 +836,7 @@ fn exit_statuses_follow_one_rule() {
         (&["kill", "1"], 1, "not"),
         (&["update", "1", "jid=100"], 2, "jid"),
         (&["update", "1", "colour=red"], 2, "colour"),
-        (&["status", "foo"], 2, "no arguments"),
+        (&["status", "foo"], 2, "neither a jid"),
         (&["frobnicate"], 2, "unknown mode"),
         (&["list", "--bogus"], 2, "--bogus"),
         (&["submit", "--timeout", "-5s", "x"], 2, "--timeout"),

@@ -73,13 +73,52 @@ impl Context<'_> {
                 None => None,
             },
             retry_delay: duration_option("retry-delay", &o.retry_delay)?,
+            after: deps_option("after", &o.after)?,
+            after_any: deps_option("after-any", &o.after_any)?,
+            env: env_option(&o.env, o.export)?,
+            not_before: start_option(&o.at, &o.in_)?,
+            array: o.array.is_some() || o.each_line.is_some(),
+            array_limit: match &o.array {
+                Some(text) => input::ArraySpec::parse(text).map_err(Error::usage)?.limit,
+                None => None,
+            },
         })
     }
 
     pub(super) fn submit(&mut self, touch: bool) -> Result<i32> {
         let mut opts = self.submit_options()?;
         let mut sources = Vec::new();
-        if !self.args().is_empty() {
+        let o = &self.inv.opts;
+        if opts.array {
+            if o.array.is_some() && o.each_line.is_some() {
+                return Err(Error::usage(
+                    "--array and --each-line cannot be used together",
+                ));
+            }
+            if self.args().is_empty() || o.infile.is_some() || self.inv.dash || touch {
+                return Err(Error::usage(
+                    "--array and --each-line make jobs from one command given on the command line \
+                     (e.g. rq Q submit --array 1-100 --subst 'sim --seed {}')",
+                ));
+            }
+            let spec = input::JobSpec {
+                command: self.args().join(" "),
+                ..Default::default()
+            };
+            let subst = o.subst;
+            if let Some(text) = &o.array {
+                let array = input::ArraySpec::parse(text).map_err(Error::usage)?;
+                sources.push(JobSource::Array { spec, array, subst });
+            } else if let Some(path) = &o.each_line {
+                sources.push(JobSource::EachLine {
+                    spec,
+                    path: path.clone(),
+                    subst,
+                });
+            }
+        } else if o.subst {
+            return Err(Error::usage("--subst goes with --array or --each-line"));
+        } else if !self.args().is_empty() {
             sources.push(JobSource::Job(input::JobSpec {
                 command: self.args().join(" "),
                 ..Default::default()
@@ -211,7 +250,8 @@ impl Context<'_> {
         let mut q = self.open(Access::ReadOnly)?;
         let mut seen = std::collections::HashSet::new();
         let named = !selection.jids.is_empty();
-        self.stream_rows(&mut q, &selection.clause(), false, &mut |jids| {
+        let clause = self.mine(selection.clause());
+        self.stream_rows(&mut q, &clause, false, &mut |jids| {
             if named {
                 seen.extend(jids.iter().copied());
             }
@@ -236,17 +276,38 @@ impl Context<'_> {
         {
             words.push(strip_comments(&text));
         }
-        let clause = query::parse(&words)?;
+        let clause = self.mine(query::parse(&words)?);
         let mut q = self.open(Access::ReadOnly)?;
         self.stream_rows(&mut q, &clause, true, &mut |_| {})?;
         Ok(0)
     }
 
+    /// `--mine`: only the jobs the user running rq submitted.
+    fn mine(&self, clause: crate::query::Clause) -> crate::query::Clause {
+        if self.inv.opts.mine {
+            clause.of_user(&crate::host::user_name())
+        } else {
+            clause
+        }
+    }
+
     pub(super) fn status(&mut self) -> Result<i32> {
-        if let Some(extra) = self.args().first() {
-            return Err(Error::usage(format!(
-                "status takes no arguments (got '{extra}'); to see some jobs: rq Q list {extra}"
-            )));
+        if !self.args().is_empty() || self.inv.opts.mine {
+            // Some jobs (array:ID, jids, states; --mine): their counts.
+            let targets = self.targets(true)?;
+            let selection = if targets.is_empty() {
+                Selection {
+                    all: true,
+                    ..Default::default()
+                }
+            } else {
+                Selection::from_targets(&targets)
+            };
+            let clause = self.mine(selection.clause());
+            let mut q = self.open(Access::ReadOnly)?;
+            let report = q.status_of(&clause)?;
+            self.print_value(&report)?;
+            return Ok(0);
         }
         let exit_map = parse_exit_map(self.inv.opts.exit.as_deref().unwrap_or(""))?;
         let mut q = self.open(Access::ReadOnly)?;
@@ -264,7 +325,7 @@ impl Context<'_> {
             );
         }
         let mut q = self.open(Access::ReadWrite)?;
-        let (rows, skipped) = q.delete(&Selection::from_targets(&targets))?;
+        let (rows, skipped) = q.delete(&Selection::from_targets(&targets), self.inv.opts.force)?;
         self.print_rows(&rows)?;
         Ok(self.report_skipped("deleted", &skipped))
     }
@@ -303,10 +364,11 @@ impl Context<'_> {
                 Target::State(s @ (State::Pending | State::Holding)) => {
                     targets.push(Target::State(s))
                 }
-                Target::Jid(j) => targets.push(Target::Jid(j)),
+                t @ (Target::Jid(_) | Target::Array(_)) => targets.push(t),
+                Target::State(State::Waiting) => targets.push(Target::State(State::Waiting)),
                 _ => {
                     return Err(Error::usage(format!(
-                        "update: '{word}' is not a jid, 'pending', 'holding' or key=value"
+                        "update: '{word}' is not a jid, array:ID, 'pending', 'waiting', 'holding' or key=value"
                     )));
                 }
             }
@@ -348,7 +410,9 @@ impl Context<'_> {
         if self.stdin_wanted(!targets.is_empty()) {
             for t in input::read_targets(stdin_reader(), true)? {
                 match t {
-                    Target::Jid(_) | Target::State(State::Pending | State::Holding) => {
+                    Target::Jid(_)
+                    | Target::Array(_)
+                    | Target::State(State::Pending | State::Holding | State::Waiting) => {
                         targets.push(t)
                     }
                     _ => {
@@ -516,4 +580,118 @@ fn strip_comments(text: &str) -> String {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+fn deps_option(name: &str, text: &Option<String>) -> Result<Vec<input::DepRef>> {
+    match text {
+        Some(text) => {
+            let deps =
+                input::parse_deps(text).map_err(|e| Error::usage(format!("--{name}: {e}")))?;
+            if deps.is_empty() {
+                return Err(Error::usage(format!("--{name}: no jids given")));
+            }
+            Ok(deps)
+        }
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Variables `--export` leaves out: they describe the submitter's terminal, session or
+/// host, mean nothing (or harm) on another host, or are rq's own per-job variables.
+pub const EXPORT_DENY: &[&str] = &[
+    "TERM",
+    "TERMCAP",
+    "COLORTERM",
+    "COLUMNS",
+    "LINES",
+    "DISPLAY",
+    "WAYLAND_DISPLAY",
+    "XAUTHORITY",
+    "SSH_AUTH_SOCK",
+    "SSH_AGENT_PID",
+    "SSH_CLIENT",
+    "SSH_CONNECTION",
+    "SSH_TTY",
+    "SESSION_MANAGER",
+    "DBUS_SESSION_BUS_ADDRESS",
+    "XDG_RUNTIME_DIR",
+    "XDG_SEAT",
+    "XDG_VTNR",
+    "GPG_AGENT_INFO",
+    "GPG_TTY",
+    "WINDOWID",
+    "TMUX",
+    "TMUX_PANE",
+    "STY",
+    "SHLVL",
+    "PWD",
+    "OLDPWD",
+    "_",
+    "HOSTNAME",
+    "HOST",
+    "MAIL",
+    "PS1",
+    "PS2",
+    "PROMPT_COMMAND",
+    "LS_COLORS",
+    "KRB5CCNAME",
+];
+
+/// Prefixes `--export` leaves out (XDG_SESSION_ID, ..., and rq's own RQ_* variables).
+pub const EXPORT_DENY_PREFIXES: &[&str] = &["XDG_SESSION_", "RQ_", "BASH_FUNC_"];
+
+fn env_option(
+    pairs: &[String],
+    export: bool,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let mut env = std::collections::BTreeMap::new();
+    if export {
+        for (key, value) in std::env::vars_os() {
+            let (Some(key), Some(value)) = (key.to_str(), value.to_str()) else {
+                continue;
+            };
+            if EXPORT_DENY.contains(&key)
+                || EXPORT_DENY_PREFIXES.iter().any(|p| key.starts_with(p))
+                || input::env_pair(&format!("{key}=")).is_err()
+            {
+                continue;
+            }
+            env.insert(key.to_string(), value.to_string());
+        }
+    }
+    for pair in pairs {
+        let (key, value) =
+            input::env_pair(pair).map_err(|e| Error::usage(format!("--env: {e}")))?;
+        env.insert(key, value);
+    }
+    let size: usize = env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    if size > crate::queue::MAX_ENV_BYTES {
+        return Err(Error::usage(format!(
+            "the environment to give the jobs is too large ({size} bytes; at most {})",
+            crate::queue::MAX_ENV_BYTES
+        )));
+    }
+    Ok(env)
+}
+
+fn start_option(at: &Option<String>, after: &Option<String>) -> Result<Option<String>> {
+    let now = crate::time::now_ts();
+    match (at, after) {
+        (Some(_), Some(_)) => Err(Error::usage("give --at or --in, not both")),
+        (Some(text), None) => crate::time::parse_start_time(text, now)
+            .map(|t| Some(crate::time::format(t)))
+            .map_err(|e| Error::usage(format!("--at: {e}"))),
+        (None, Some(text)) => {
+            let seconds = crate::time::parse_duration(text).ok_or_else(|| {
+                Error::usage(format!(
+                    "--in: '{text}' is not a duration (e.g. 90m, 2h, 1d)"
+                ))
+            })?;
+            let at = now
+                .checked_add(jiff::SignedDuration::from_secs_f64(seconds))
+                .map_err(|e| Error::usage(format!("--in: {e}")))?;
+            Ok(Some(crate::time::format(at)))
+        }
+        (None, None) => Ok(None),
+    }
 }

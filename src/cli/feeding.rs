@@ -241,14 +241,25 @@ impl Context<'_> {
                 "kill: name the jids of running jobs (or '-' to read them)",
             ));
         }
-        let jids: Vec<i64> = targets
+        let mut jids: Vec<i64> = targets
             .iter()
             .filter_map(|t| match t {
                 Target::Jid(j) => Some(*j),
                 _ => None,
             })
             .collect();
+        let arrays: Vec<i64> = targets
+            .iter()
+            .filter_map(|t| match t {
+                Target::Array(a) => Some(*a),
+                _ => None,
+            })
+            .collect();
         let mut q = self.open(Access::ReadWrite)?;
+        if !arrays.is_empty() {
+            // The array's running jobs; the others are simply not signalled.
+            jids.extend(q.array_jids(&arrays, Some("running"))?);
+        }
         let (rows, skipped) = q.request_kill(&jids, &crate::process::signal_name(signal))?;
         self.print_rows(&rows)?;
         Ok(self.report_skipped("signalled", &skipped))
@@ -288,38 +299,51 @@ impl Context<'_> {
             let progress = q.progress(&jids)?;
             if tty {
                 let width = 30usize;
-                let done = progress.finished + progress.dead + progress.gone;
+                let done = progress.finished + progress.dead + progress.cancelled + progress.gone;
                 let filled = if jids.is_empty() {
                     width
                 } else {
                     done * width / jids.len()
                 };
+                let mut more = String::new();
+                for (n, what) in [
+                    (progress.waiting, "waiting for other jobs"),
+                    (progress.holding, "holding"),
+                    (progress.cancelled, "cancelled"),
+                ] {
+                    if n > 0 {
+                        more.push_str(&format!(", {n} {what}"));
+                    }
+                }
                 crate::note!(inline
-                    "\r[{}{}] {done}/{} done, {} running, {} pending{}",
+                    "\r[{}{}] {done}/{} done, {} running, {} pending{more}",
                     "#".repeat(filled),
                     " ".repeat(width - filled),
                     jids.len(),
                     progress.running,
                     progress.pending,
-                    if progress.holding > 0 {
-                        format!(", {} holding", progress.holding)
-                    } else {
-                        String::new()
-                    }
                 );
             }
-            if progress.pending + progress.running + progress.holding == 0 {
+            // Waiting jobs are not stuck: they run once the jobs they wait for end.
+            if progress.pending + progress.running + progress.holding + progress.waiting == 0 {
                 if tty {
                     crate::note!("");
-                    if progress.failed > 0 || progress.dead > 0 {
-                        crate::note!("rq: {} failed, {} dead", progress.failed, progress.dead);
+                    if progress.failed > 0 || progress.dead > 0 || progress.cancelled > 0 {
+                        crate::note!(
+                            "rq: {} failed, {} dead, {} cancelled",
+                            progress.failed,
+                            progress.dead,
+                            progress.cancelled
+                        );
                     }
                 }
-                return Ok(if progress.failed + progress.dead + progress.gone == 0 {
-                    0
-                } else {
-                    1
-                });
+                return Ok(
+                    if progress.failed + progress.dead + progress.cancelled + progress.gone == 0 {
+                        0
+                    } else {
+                        1
+                    },
+                );
             }
             std::thread::sleep(Duration::from_secs_f64(delay));
             delay = (delay * 1.5).min(2.0);

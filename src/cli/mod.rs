@@ -85,6 +85,39 @@ pub struct Options {
         allow_hyphen_values = true
     )]
     pub retry_delay: Option<String>,
+    /// submit: run only after these jobs finished with exit 0 (jids, array:ID; comma-separated).
+    #[arg(long)]
+    pub after: Option<String>,
+    /// submit: run only after these jobs ended, whatever the result.
+    #[arg(long = "after-any", visible_alias = "after_any")]
+    pub after_any: Option<String>,
+    /// submit: one job per index, e.g. 1-1000, 1-1000:2, 3,5,8-10; %N runs at most N at once.
+    #[arg(long)]
+    pub array: Option<String>,
+    /// submit: one job per line of FILE, the line in RQ_ITEM.
+    #[arg(long = "each-line", visible_alias = "each_line")]
+    pub each_line: Option<PathBuf>,
+    /// submit: replace {} in the command by the array index or the line.
+    #[arg(long)]
+    pub subst: bool,
+    /// submit: do not start before this time (22:00, 2026-12-24T08:00; local unless a zone is given).
+    #[arg(long)]
+    pub at: Option<String>,
+    /// submit: do not start before this long from now (e.g. 90m, 2h).
+    #[arg(long = "in")]
+    pub in_: Option<String>,
+    /// submit: set KEY=VALUE in the job's environment (repeatable).
+    #[arg(long)]
+    pub env: Vec<String>,
+    /// submit: run the job with this environment (all but terminal/session variables).
+    #[arg(long)]
+    pub export: bool,
+    /// list, query, status: only jobs submitted by me.
+    #[arg(long)]
+    pub mine: bool,
+    /// delete: also delete jobs others wait for (those are cancelled).
+    #[arg(long)]
+    pub force: bool,
     /// Run a read-only mode on a consistent snapshot of the queue.
     #[arg(short = 's', long)]
     pub snapshot: bool,

@@ -1,0 +1,604 @@
+//! Dependencies between jobs (`submit --after`, `after:` in job lists).
+//!
+//! A job that waits for others is `waiting`: it is not in the claim path at all, so a
+//! feeder never looks at dependency graphs. Who waits for whom is the table `deps` (one row
+//! per wait, `met` once it is over). Two kinds of change follow a job's end:
+//!
+//! - the waits it satisfies are met (`finished` with exit 0 for `after`; any end for
+//!   `after_any`), and a job whose last wait is over becomes `pending`: schema triggers
+//!   (`deps_met`, `deps_released`) do this in the very transaction that records the end,
+//!   whoever records it;
+//! - when it failed (another exit, killed, dead and not to be restarted, cancelled), the
+//!   jobs waiting for it with `after` are `cancelled` with the reason, and theirs in turn,
+//!   however long the chain. SQLite limits how deep triggers may recurse, so this part is
+//!   rq's: temporary triggers on each of rq's connections note the failures, and
+//!   [`settle`] cancels their dependents before the transaction commits.
+//!
+//! A job that goes back from an end to `pending` (resubmit, update) re-arms the jobs that
+//! were cancelled because of it, and makes its dependents wait for its new run.
+//! A job ends "for its dependents" when it is finished, cancelled, or dead and not
+//! restartable (a restartable dead job will run again).
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, Transaction, params};
+
+use crate::error::{Error, Result};
+use crate::input::{DepRef, JobSpec};
+
+/// Temporary (per-connection) tables and triggers that note, during a write transaction,
+/// the jobs whose ends or new starts concern jobs waiting for them. Only rows that have
+/// dependents are noted: a job nobody waits for costs one index probe.
+const TEMP_SQL: &str = r#"
+CREATE TEMP TABLE IF NOT EXISTS dep_failures (jid INTEGER NOT NULL, reason TEXT NOT NULL);
+CREATE TEMP TABLE IF NOT EXISTS dep_rearms (jid INTEGER NOT NULL);
+CREATE TEMP TRIGGER IF NOT EXISTS dep_failed AFTER UPDATE OF state ON main.jobs
+WHEN OLD.state IS NOT NEW.state
+ AND (NEW.state = 'cancelled' OR (NEW.state = 'finished' AND NEW.exit_status IS NOT 0)
+      OR (NEW.state = 'dead' AND NEW.restartable = 0))
+ AND EXISTS (SELECT 1 FROM main.deps WHERE dep = NEW.jid AND kind = 'ok')
+BEGIN
+    INSERT INTO dep_failures (jid, reason) VALUES (NEW.jid, CASE
+        WHEN NEW.state = 'cancelled' THEN coalesce(NEW.reason, 'dependency ' || NEW.jid || ' was cancelled')
+        WHEN NEW.state = 'finished' AND NEW.exit_status IS NOT NULL
+            THEN 'dependency ' || NEW.jid || ' exited ' || NEW.exit_status
+        WHEN NEW.signal IS NOT NULL THEN 'dependency ' || NEW.jid || ' was killed by ' || NEW.signal
+        ELSE 'dependency ' || NEW.jid || ' died' END);
+END;
+CREATE TEMP TRIGGER IF NOT EXISTS dep_rearmed AFTER UPDATE OF state ON main.jobs
+WHEN OLD.state IN ('finished', 'dead', 'cancelled') AND NEW.state IN ('pending', 'holding', 'waiting')
+ AND EXISTS (SELECT 1 FROM main.deps WHERE dep = NEW.jid)
+BEGIN
+    INSERT INTO dep_rearms (jid) VALUES (NEW.jid);
+END;
+"#;
+
+/// Set up a read-write connection (after the schema is current).
+pub fn install(conn: &Connection) -> Result<()> {
+    conn.execute_batch(TEMP_SQL)?;
+    Ok(())
+}
+
+/// The waits of job `?1` not over yet, on jobs still in the queue (a job deleted or
+/// rotated away is waited for no longer).
+const UNMET: &str = "(SELECT count(*) FROM deps d JOIN jobs w ON w.jid = d.dep \
+                     WHERE d.job = ?1 AND d.met = 0)";
+
+/// The SQL condition "job `j` failed, as its `after` dependents see it".
+const FAILED: &str = "(j.state = 'cancelled' OR (j.state = 'finished' AND j.exit_status IS NOT 0) \
+                      OR (j.state = 'dead' AND j.restartable = 0))";
+
+/// Carry out what the transaction's ends and re-starts mean for the jobs waiting on them;
+/// run by the store before every commit. Cheap when nothing was noted.
+pub fn settle(tx: &Transaction<'_>) -> Result<()> {
+    loop {
+        let failures: Vec<(i64, String)> = {
+            let mut stmt = tx.prepare_cached("SELECT jid, reason FROM temp.dep_failures")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let rearms: Vec<i64> = {
+            let mut stmt = tx.prepare_cached("SELECT jid FROM temp.dep_rearms")?;
+            stmt.query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        if failures.is_empty() && rearms.is_empty() {
+            return Ok(());
+        }
+        tx.execute_batch("DELETE FROM temp.dep_failures; DELETE FROM temp.dep_rearms;")?;
+        // Each cancellation is noted in turn by `dep_failed`, with the first reason: the
+        // next round cancels the jobs waiting for these.
+        for (jid, reason) in failures {
+            tx.prepare_cached(
+                "UPDATE jobs SET state = 'cancelled', reason = ?2 \
+                 WHERE jid IN (SELECT job FROM deps WHERE dep = ?1 AND kind = 'ok') \
+                   AND state IN ('waiting', 'holding')",
+            )?
+            .execute(params![jid, reason])?;
+        }
+        for jid in rearms {
+            rearm(tx, jid)?;
+        }
+    }
+}
+
+/// Job `jid` is to run again: the jobs waiting for it wait for this new run, and those
+/// cancelled for want of it wait again (unless another job they need failed too).
+fn rearm(tx: &Transaction<'_>, jid: i64) -> Result<()> {
+    let state: Option<String> = tx
+        .prepare_cached("SELECT state FROM jobs WHERE jid = ?")?
+        .query_row([jid], |r| r.get(0))
+        .ok();
+    if !matches!(
+        state.as_deref(),
+        Some("pending" | "holding" | "waiting" | "running")
+    ) {
+        return Ok(());
+    }
+    let dependents: Vec<(i64, String)> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT d.job, j.state FROM deps d JOIN jobs j ON j.jid = d.job \
+             WHERE d.dep = ? AND j.state IN ('waiting', 'holding', 'cancelled')",
+        )?;
+        stmt.query_map([jid], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    for (job, state) in dependents {
+        tx.prepare_cached("UPDATE deps SET met = 0 WHERE dep = ? AND job = ?")?
+            .execute([jid, job])?;
+        let unmet = UNMET;
+        if state == "cancelled" {
+            match failed_dependency(tx, job)? {
+                Some(reason) => {
+                    tx.prepare_cached("UPDATE jobs SET reason = ? WHERE jid = ?")?
+                        .execute(params![reason, job])?;
+                }
+                None => {
+                    // Noted by `dep_rearmed` in turn: its own dependents are next.
+                    tx.prepare_cached(&format!(
+                        "UPDATE jobs SET state = 'waiting', reason = NULL, waiting_on = {unmet} \
+                         WHERE jid = ?1"
+                    ))?
+                    .execute([job])?;
+                }
+            }
+        } else {
+            tx.prepare_cached(&format!(
+                "UPDATE jobs SET waiting_on = {unmet} WHERE jid = ?1"
+            ))?
+            .execute([job])?;
+        }
+    }
+    Ok(())
+}
+
+/// Why `job` cannot run: the first job it waits for with `after` that failed.
+fn failed_dependency(tx: &Transaction<'_>, job: i64) -> Result<Option<String>> {
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT j.jid, j.state, j.exit_status, j.signal, j.reason FROM deps d \
+         JOIN jobs j ON j.jid = d.dep WHERE d.job = ? AND d.kind = 'ok' AND {FAILED} \
+         ORDER BY j.jid LIMIT 1"
+    ))?;
+    let mut rows = stmt.query([job])?;
+    let Some(r) = rows.next()? else {
+        return Ok(None);
+    };
+    let (jid, state, exit, signal, reason): (
+        i64,
+        String,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+    ) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+    Ok(Some(failure_reason(
+        jid,
+        &state,
+        exit,
+        signal.as_deref(),
+        reason.as_deref(),
+    )))
+}
+
+/// The reason given to the dependents of a failed job (the same words as `dep_failed`).
+pub fn failure_reason(
+    jid: i64,
+    state: &str,
+    exit: Option<i64>,
+    signal: Option<&str>,
+    reason: Option<&str>,
+) -> String {
+    match (state, exit, signal) {
+        ("cancelled", _, _) => reason
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("dependency {jid} was cancelled")),
+        ("finished", Some(code), _) => format!("dependency {jid} exited {code}"),
+        (_, _, Some(signal)) => format!("dependency {jid} was killed by {signal}"),
+        _ => format!("dependency {jid} died"),
+    }
+}
+
+// ---- Submitting jobs that wait ------------------------------------------------------
+
+/// The two kinds of wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `after`: the job must finish with exit 0 (Slurm's afterok).
+    Ok,
+    /// `after_any`: the job must have ended, whatever the result (afterany).
+    Any,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Ok => "ok",
+            Kind::Any => "any",
+        }
+    }
+}
+
+/// A job waited for, resolved: another job of the same submit (by its position in it), a
+/// job already in the queue, or every job of an array already in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Wait {
+    Item(usize),
+    Jid(i64),
+    Array(i64),
+}
+
+/// What a submit's first pass learns about names and waits (kept only for the jobs that
+/// have them, plus 16 bytes per job read from rq's own listing).
+#[derive(Debug, Default)]
+pub struct Plan {
+    names: HashMap<String, usize>,
+    /// (jid in the listing it came from, position in this submit)
+    listed: Vec<(i64, usize)>,
+    waits: Vec<(usize, Vec<DepRef>, Vec<DepRef>)>,
+}
+
+/// Each waiting job of a submit (by position, in order) with what it waits for.
+pub type Resolved = Vec<(usize, Vec<(Wait, Kind)>)>;
+
+impl Plan {
+    /// Note job `index` of the submit.
+    pub fn note(&mut self, index: usize, spec: &JobSpec) -> Result<()> {
+        if let Some(name) = &spec.name
+            && let Some(earlier) = self.names.insert(name.clone(), index)
+        {
+            return Err(Error::input(format!(
+                "job {}: the name '{name}' is already job {}'s; names in one list must differ; \
+                 nothing was submitted",
+                index + 1,
+                earlier + 1
+            )));
+        }
+        if let Some(jid) = spec.listed_jid {
+            self.listed.push((jid, index));
+        }
+        if !spec.after.is_empty() || !spec.after_any.is_empty() {
+            self.waits
+                .push((index, spec.after.clone(), spec.after_any.clone()));
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.waits.is_empty()
+    }
+
+    /// Names and listed jids turned into positions; refuses unknown names and cycles.
+    pub fn resolve(mut self) -> Result<Resolved> {
+        self.listed.sort_unstable();
+        let listed = |jid: i64| {
+            self.listed
+                .binary_search_by_key(&jid, |&(j, _)| j)
+                .ok()
+                .map(|i| self.listed[i].1)
+        };
+        let mut resolved = Vec::with_capacity(self.waits.len());
+        for (index, after, after_any) in &self.waits {
+            let mut waits = Vec::new();
+            for (refs, kind) in [(after, Kind::Ok), (after_any, Kind::Any)] {
+                for dep in refs {
+                    let wait = match dep {
+                        DepRef::Name(name) => {
+                            Wait::Item(*self.names.get(name).ok_or_else(|| {
+                                Error::input(format!(
+                                    "job {}: waits for '{name}', but no job of this list has that \
+                                 name; nothing was submitted",
+                                    index + 1
+                                ))
+                            })?)
+                        }
+                        DepRef::Jid(jid) => listed(*jid).map_or(Wait::Jid(*jid), Wait::Item),
+                        DepRef::Array(id) => Wait::Array(*id),
+                    };
+                    if wait == Wait::Item(*index) {
+                        return Err(Error::input(format!(
+                            "job {}: waits for itself; nothing was submitted",
+                            index + 1
+                        )));
+                    }
+                    if !waits.iter().any(|(w, _)| *w == wait) {
+                        waits.push((wait, kind));
+                    }
+                }
+            }
+            resolved.push((*index, waits));
+        }
+        check_cycles(&resolved)?;
+        Ok(resolved)
+    }
+}
+
+/// Refuse a list whose jobs wait for each other in a circle (they could never run).
+fn check_cycles(resolved: &Resolved) -> Result<()> {
+    let edges: HashMap<usize, Vec<usize>> = resolved
+        .iter()
+        .map(|(i, waits)| {
+            let items = waits
+                .iter()
+                .filter_map(|(w, _)| match w {
+                    Wait::Item(j) => Some(*j),
+                    _ => None,
+                })
+                .collect();
+            (*i, items)
+        })
+        .collect();
+    // 1: on the current path, 2: done.
+    let mut mark: HashMap<usize, u8> = HashMap::new();
+    for &start in edges.keys() {
+        if mark.contains_key(&start) {
+            continue;
+        }
+        let mut stack = vec![(start, 0usize)];
+        mark.insert(start, 1);
+        while let Some((node, next)) = stack.pop() {
+            let targets = edges.get(&node).map_or(&[][..], Vec::as_slice);
+            if let Some(&target) = targets.get(next) {
+                stack.push((node, next + 1));
+                match mark.get(&target) {
+                    Some(1) => {
+                        let mut path: Vec<usize> = stack.iter().map(|(n, _)| *n + 1).collect();
+                        let from = path.iter().position(|n| *n == target + 1).unwrap_or(0);
+                        path.drain(..from);
+                        path.push(target + 1);
+                        let path: Vec<String> = path.iter().map(|n| n.to_string()).collect();
+                        return Err(Error::input(format!(
+                            "the jobs of this list wait for each other in a circle (jobs {}); \
+                             nothing was submitted",
+                            path.join(" -> ")
+                        )));
+                    }
+                    Some(_) => {}
+                    None => {
+                        mark.insert(target, 1);
+                        stack.push((target, 0));
+                    }
+                }
+            } else {
+                mark.insert(node, 2);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How a new job starts out, given what it waits for.
+#[derive(Debug, Default)]
+pub struct Start {
+    /// jids it waits for, by kind (for the `after`/`after_any` columns).
+    pub after: Vec<i64>,
+    pub after_any: Vec<i64>,
+    /// Waits not over yet.
+    pub unmet: i64,
+    /// A job it needs (`after`) already failed: it is cancelled from the start.
+    pub failed: Option<String>,
+    /// (jid waited for, kind, met)
+    edges: Vec<(i64, Kind, bool)>,
+}
+
+/// Where a job already in the queue stands, as the jobs waiting for it see it.
+#[derive(Debug, Clone)]
+struct Outcome {
+    state: String,
+    exit_status: Option<i64>,
+    signal: Option<String>,
+    reason: Option<String>,
+    restartable: bool,
+}
+
+/// What is known, inside a submit's transaction, about jobs already in the queue.
+#[derive(Debug, Default)]
+pub struct Lookups {
+    jobs: HashMap<i64, Option<Outcome>>,
+    arrays: HashMap<i64, Vec<i64>>,
+}
+
+impl Lookups {
+    fn job(&mut self, tx: &Transaction<'_>, jid: i64) -> Result<Option<Outcome>> {
+        if let Some(found) = self.jobs.get(&jid) {
+            return Ok(found.clone());
+        }
+        let found = tx
+            .prepare_cached(
+                "SELECT state, exit_status, signal, reason, restartable FROM jobs WHERE jid = ?",
+            )?
+            .query_row([jid], |r| {
+                Ok(Outcome {
+                    state: r.get(0)?,
+                    exit_status: r.get(1)?,
+                    signal: r.get(2)?,
+                    reason: r.get(3)?,
+                    restartable: r.get(4)?,
+                })
+            })
+            .ok();
+        self.jobs.insert(jid, found.clone());
+        Ok(found)
+    }
+
+    fn array(&mut self, tx: &Transaction<'_>, id: i64) -> Result<Vec<i64>> {
+        if let Some(jids) = self.arrays.get(&id) {
+            return Ok(jids.clone());
+        }
+        let jids: Vec<i64> = tx
+            .prepare_cached("SELECT jid FROM jobs WHERE array_id = ? ORDER BY jid")?
+            .query_map([id], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        self.arrays.insert(id, jids.clone());
+        Ok(jids)
+    }
+}
+
+/// Work out how job `number` (1-based, for messages) starts: `waits` resolved, items of
+/// this submit at `jid_of(position)`.
+pub fn start(
+    tx: &Transaction<'_>,
+    lookups: &mut Lookups,
+    number: usize,
+    waits: &[(Wait, Kind)],
+    jid_of: &dyn Fn(usize) -> i64,
+) -> Result<Start> {
+    let mut start = Start::default();
+    let mut seen = std::collections::HashSet::new();
+    for &(wait, kind) in waits {
+        let jids = match wait {
+            Wait::Item(i) => vec![(jid_of(i), true)],
+            Wait::Jid(jid) => vec![(jid, false)],
+            Wait::Array(id) => {
+                let jids = lookups.array(tx, id)?;
+                if jids.is_empty() {
+                    return Err(Error::input(format!(
+                        "job {number}: waits for array:{id}, which has no jobs in this queue; \
+                         nothing was submitted"
+                    )));
+                }
+                jids.into_iter().map(|j| (j, false)).collect()
+            }
+        };
+        for (jid, new) in jids {
+            if !seen.insert(jid) {
+                continue;
+            }
+            let met = if new {
+                false
+            } else {
+                let Some(Outcome {
+                    state,
+                    exit_status: exit,
+                    signal,
+                    reason,
+                    restartable,
+                }) = lookups.job(tx, jid)?
+                else {
+                    return Err(Error::input(format!(
+                        "job {number}: waits for job {jid}, which is not in this queue; \
+                         nothing was submitted"
+                    )));
+                };
+                let succeeded = state == "finished" && exit == Some(0);
+                let failed = !succeeded
+                    && (state == "finished"
+                        || state == "cancelled"
+                        || (state == "dead" && !restartable));
+                if failed && kind == Kind::Ok && start.failed.is_none() {
+                    start.failed = Some(failure_reason(
+                        jid,
+                        &state,
+                        exit,
+                        signal.as_deref(),
+                        reason.as_deref(),
+                    ));
+                }
+                succeeded || (failed && kind == Kind::Any)
+            };
+            if !met {
+                start.unmet += 1;
+            }
+            match kind {
+                Kind::Ok => start.after.push(jid),
+                Kind::Any => start.after_any.push(jid),
+            }
+            start.edges.push((jid, kind, met));
+        }
+    }
+    Ok(start)
+}
+
+/// Record the waits of new job `jid` (after its row is inserted).
+pub fn record(tx: &Transaction<'_>, jid: i64, start: &Start) -> Result<()> {
+    let mut insert =
+        tx.prepare_cached("INSERT INTO deps (dep, job, kind, met) VALUES (?, ?, ?, ?)")?;
+    for &(dep, kind, met) in &start.edges {
+        insert.execute(params![dep, jid, kind.as_str(), met])?;
+    }
+    if let Some(reason) = &start.failed {
+        // Jobs of the same submit waiting for this one are cancelled in turn by `settle`.
+        tx.prepare_cached("INSERT INTO temp.dep_failures (jid, reason) VALUES (?, ?)")?
+            .execute(params![jid, reason])?;
+    }
+    Ok(())
+}
+
+/// Job `jid` was just put back to `pending` by a person (resubmit, update): it still waits
+/// for what it was submitted to wait for (or is cancelled again if one of those failed),
+/// and for a place when its array has a limit.
+pub fn restate(tx: &Transaction<'_>, jid: i64) -> Result<()> {
+    let found: Option<(String, Option<i64>, Option<i64>)> = tx
+        .prepare_cached("SELECT state, array_id, array_limit FROM jobs WHERE jid = ?")?
+        .query_row([jid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .ok();
+    let Some((state, array_id, array_limit)) = found else {
+        return Ok(());
+    };
+    if state != "pending" {
+        return Ok(());
+    }
+    let unmet: i64 = tx
+        .prepare_cached(&format!("SELECT {UNMET}"))?
+        .query_row([jid], |r| r.get(0))?;
+    if let Some(reason) = failed_dependency(tx, jid)? {
+        tx.prepare_cached(
+            "UPDATE jobs SET state = 'cancelled', reason = ?, waiting_on = ? WHERE jid = ?",
+        )?
+        .execute(params![reason, unmet, jid])?;
+        return Ok(());
+    }
+    let array_full = match (array_id, array_limit) {
+        (Some(id), Some(limit)) => {
+            let active: i64 = tx
+                .prepare_cached(
+                    "SELECT count(*) FROM jobs WHERE array_id = ?1 AND jid != ?2 \
+                     AND (state IN ('pending', 'running') OR (state = 'dead' AND restartable = 1))",
+                )?
+                .query_row([id, jid], |r| r.get(0))?;
+            active >= limit
+        }
+        _ => false,
+    };
+    let waits = unmet > 0 || array_full;
+    tx.prepare_cached("UPDATE jobs SET state = ?, waiting_on = ?, reason = NULL WHERE jid = ?")?
+        .execute(params![
+            if waits { "waiting" } else { "pending" },
+            unmet,
+            jid
+        ])?;
+    Ok(())
+}
+
+/// Jobs `jid` is waited for by that have not run yet: (jid, kind).
+pub fn waiting_for(tx: &Transaction<'_>, jid: i64) -> Result<Vec<(i64, Kind)>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT d.job, d.kind FROM deps d JOIN jobs j ON j.jid = d.job \
+         WHERE d.dep = ? AND d.met = 0 AND j.state IN ('waiting', 'holding')",
+    )?;
+    let found = stmt
+        .query_map([jid], |r| {
+            let kind: String = r.get(1)?;
+            Ok((r.get(0)?, if kind == "any" { Kind::Any } else { Kind::Ok }))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(found)
+}
+
+/// Job `jid` is about to be deleted although jobs wait for it (`delete --force`): those
+/// that needed it to succeed are cancelled (theirs in turn, by `settle`), those that
+/// only waited for it to end wait no longer.
+pub fn forget(tx: &Transaction<'_>, jid: i64) -> Result<()> {
+    tx.prepare_cached(
+        "UPDATE jobs SET state = 'cancelled', reason = 'dependency ' || ?1 || ' was deleted' \
+         WHERE jid IN (SELECT job FROM deps WHERE dep = ?1 AND kind = 'ok' AND met = 0) \
+           AND state IN ('waiting', 'holding')",
+    )?
+    .execute([jid])?;
+    tx.prepare_cached(
+        "UPDATE jobs SET waiting_on = waiting_on - 1 \
+         WHERE jid IN (SELECT job FROM deps WHERE dep = ?1 AND kind = 'any' AND met = 0)",
+    )?
+    .execute([jid])?;
+    tx.prepare_cached("DELETE FROM deps WHERE dep = ?")?
+        .execute([jid])?;
+    Ok(())
+}
