@@ -38,7 +38,7 @@ pub fn claim(
                  ORDER BY priority DESC, submitted, jid LIMIT ?5)) \
            ORDER BY priority DESC, submitted, jid LIMIT ?5) \
          RETURNING {}",
-        queue::columns()
+        queue::stored_columns()
     );
     let names: Vec<String> = crate::job::FIELDS.iter().map(|s| s.to_string()).collect();
     let mut stmt = tx.prepare_cached(&sql)?;

@@ -602,3 +602,38 @@ pub fn forget(tx: &Transaction<'_>, jid: i64) -> Result<()> {
         .execute([jid])?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waits(edges: &[(usize, &[usize])]) -> Resolved {
+        edges
+            .iter()
+            .map(|(i, deps)| {
+                (
+                    *i,
+                    deps.iter().map(|d| (Wait::Item(*d), Kind::Ok)).collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn diamonds_and_chains_are_not_circles() {
+        // 0 <- 1, 0 <- 2, {1, 2} <- 3; a long chain.
+        assert!(check_cycles(&waits(&[(1, &[0]), (2, &[0]), (3, &[1, 2])])).is_ok());
+        let chain: Vec<(usize, Vec<usize>)> = (1..10_000).map(|i| (i, vec![i - 1])).collect();
+        let chain: Vec<(usize, &[usize])> = chain.iter().map(|(i, d)| (*i, d.as_slice())).collect();
+        assert!(check_cycles(&waits(&chain)).is_ok());
+    }
+
+    #[test]
+    fn circles_are_found_and_named() {
+        let err = check_cycles(&waits(&[(0, &[2]), (1, &[0]), (2, &[1]), (3, &[0])]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("circle"), "{err}");
+        assert!(err.contains("->"), "{err}");
+    }
+}

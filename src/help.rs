@@ -26,10 +26,10 @@ modes (abbreviation):
   create (c)        make a new queue directory
   submit (s)        add jobs: a command, --infile FILE, or a list on stdin
   touch (to)        submit unless an identical job (command and tag) is pending
-  list (l, ls)      show jobs by state (p h r f d, all) or jid
+  list (l, ls)      show jobs by state (p h r f d w c, all), jid or array:ID
   status (t)        counts per state, timings, successes and failures
   query (q)         find jobs: field=value terms, or an SQL where-clause
-  update (u)        change pending/holding jobs: key=value ...
+  update (u)        change pending/waiting/holding jobs: key=value ...
   delete (d, rm)    remove jobs that are not running (and their files)
   resubmit (r, re)  queue finished/dead jobs again, in place
   execute (e)       run SQL under the write lock
@@ -73,6 +73,18 @@ options (accepted anywhere on the line; '--' ends them):
                          KILL 5s later; 0 means no timeout
       --retries N        submit: re-queue a failed job up to N times
       --retry-delay D    submit: first retry after D (doubling; default 1s)
+      --after JIDS       submit: run after these jobs finished with exit 0
+                         (12,13 or array:12); --after-any: after they ended
+      --array SPEC       submit: one job per index: 1-1000, 1-99:2, 3,5,8-10;
+                         %N: at most N of the array at once (1-1000%20)
+      --each-line FILE   submit: one job per line of FILE (in RQ_ITEM)
+      --subst            submit: {} in the command is the index or the line
+      --at TIME          submit: not before TIME (22:00, 2026-12-24T08:00, +zone)
+      --in D             submit: not before D from now (90m, 2h)
+      --env KEY=VALUE    submit: set in the job's environment (repeatable)
+      --export           submit: run the job with this environment (see help submit)
+      --mine             list, query, status: only jobs I submitted
+      --force            delete: also jobs others wait for (they are cancelled)
       --signal SIG       kill: signal to send (default TERM)
   -s, --snapshot         run a read-only mode on a snapshot of the queue
       --no-compress      rotate: keep the archive as a directory
@@ -113,7 +125,37 @@ const TOPICS: &[(&str, &str)] = &[
     ),
     (
         "submit",
-        "rq QUEUE submit [COMMAND...] [-i FILE] [-] [OPTIONS]\n\nAdd jobs. The words after the mode are one job; --infile FILE and standard\ninput hold one command per line (blank lines and #-lines skipped) or YAML/JSON:\nrq's own output, or a list of mappings with at least `command` (and optionally\npriority, tag, runner, restartable, stdin, data). All jobs go in, or none.\nThe jobs run in the directory they were submitted from.\n\n  rq q submit 'make -C ~/src test'\n  rq q submit -p 9 -t nightly --runner n1,n2 -- ./run --fast\n  rq q submit < joblist\n  rq q list finished | rq q submit -\n  rq q submit --stdin input.txt 'wc -l'\n  rq q submit --stage 'echo later'       # holding until updated to pending\n",
+        "rq QUEUE submit [COMMAND...] [-i FILE] [-] [OPTIONS]\n\nAdd jobs. The words after the mode are one job; --infile FILE and standard\ninput hold one command per line (blank lines and #-lines skipped) or YAML/JSON:\nrq's own output, or a list of mappings with at least `command` (and optionally\npriority, tag, runner, restartable, stdin, data, timeout, retries, name, after,\nafter_any, env, at). All jobs go in, or none.\nThe jobs run in the directory they were submitted from.\n\n  rq q submit 'make -C ~/src test'\n  rq q submit -p 9 -t nightly --runner n1,n2 -- ./run --fast\n  rq q submit < joblist\n  rq q list finished | rq q submit -\n  rq q submit --stdin input.txt 'wc -l'\n  rq q submit --stage 'echo later'       # holding until updated to pending\n\
+\n\
+Workflows. A job can wait for others: --after 12,13 (they must finish with exit\n\
+0) or --after-any 12 (they must have ended); in a list, `after:` and\n\
+`after_any:` name jids or other jobs of the same list by their `name:`. A job\n\
+that waits is `waiting` until then, and `cancelled` (with the reason) if one it\n\
+needs fails; resubmitting that one puts it back to waiting. One submit is all or\n\
+nothing; circles and unknown names are refused. A pipeline in one file:\n\
+\n\
+  # pipeline.yaml:   rq q submit < pipeline.yaml\n\
+  - {name: prepare, command: ./prepare.sh}\n\
+  - {name: sim1, command: ./sim --seed 1, after: prepare}\n\
+  - {name: sim2, command: ./sim --seed 2, after: prepare}\n\
+  - {command: ./merge.sh, after: [sim1, sim2]}\n\
+\n\
+Arrays: --array 1-1000 makes one job per index (RQ_ARRAY_ID is the first job's\n\
+jid, RQ_ARRAY_INDEX the index); --each-line FILE one per line (RQ_ITEM); with\n\
+--subst, {} in the command is replaced by the index or the (quoted) line. Modes\n\
+that take jids take array:ID. %N keeps at most N of the array running at once.\n\
+\n\
+  rq q submit --array 1-1000%50 --subst './sim --seed {}'\n\
+  rq q submit --each-line files.txt --subst 'gzip {}'\n\
+  rq q submit --after array:12 ./merge.sh\n\
+  rq q submit --at 22:00 ./nightly.sh           # or --in 90m\n\
+\n\
+Environment: --env KEY=VALUE sets a variable for the job; --export takes the\n\
+whole environment of the submit, except variables of the terminal, session and\n\
+host (TERM, DISPLAY, SSH_*, XDG_SESSION_*, PWD, SHLVL, HOSTNAME, RQ_*, ...).\n\
+They go on top of the feeder's environment. Listings show values of names with\n\
+TOKEN, SECRET, PASSWORD or KEY as <hidden>. Every job records its `user` (who\n\
+submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n",
     ),
     (
         "touch",

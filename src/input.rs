@@ -1025,4 +1025,50 @@ mod tests {
         let t = parse_targets("---\n-\n jid: 9\n command: x\n", false).unwrap();
         assert_eq!(t, [Target::Jid(9)]);
     }
+
+    #[test]
+    fn array_specs() {
+        let a = ArraySpec::parse("1-5").unwrap();
+        assert_eq!(a.indices().collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        assert_eq!(a.limit, None);
+        let a = ArraySpec::parse("0-10:5,3,8-9%2").unwrap();
+        assert_eq!(a.indices().collect::<Vec<_>>(), [0, 5, 10, 3, 8, 9]);
+        assert_eq!(a.limit, Some(2));
+        for bad in ["", "5-1", "1-10:0", "x", "1-10%0", "-3", "1-100000000"] {
+            assert!(ArraySpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn substitution_quotes_what_is_not_a_plain_word() {
+        assert_eq!(substitute("sim --seed {}", "42"), "sim --seed 42");
+        assert_eq!(substitute("gzip {}", "a b.txt"), "gzip 'a b.txt'");
+        assert_eq!(substitute("cat {} {}", "it's"), "cat 'it'\\''s' 'it'\\''s'");
+        assert_eq!(substitute("echo", "x"), "echo");
+    }
+
+    #[test]
+    fn waits_and_environments_in_job_lists() {
+        let jobs = parse_jobs(
+            "- {name: m, command: x, after: [1, prep, 'array:4'], after_any: '5,6', env: {A: 1, B: two}}\n",
+        )
+        .unwrap();
+        assert_eq!(jobs[0].name.as_deref(), Some("m"));
+        assert_eq!(
+            jobs[0].after,
+            [
+                DepRef::Jid(1),
+                DepRef::Name("prep".into()),
+                DepRef::Array(4)
+            ]
+        );
+        assert_eq!(jobs[0].after_any, [DepRef::Jid(5), DepRef::Jid(6)]);
+        let env = jobs[0].env.as_ref().unwrap();
+        assert_eq!(env["A"], "1");
+        assert_eq!(env["B"], "two");
+        assert!(parse_jobs("- {command: x, env: {'1A': x}}\n").is_err());
+        assert!(parse_jobs("- {command: x, after: [-1]}\n").is_err());
+        assert!(env_pair("A=b=c").is_ok_and(|(k, v)| k == "A" && v == "b=c"));
+        assert!(env_pair("A-B=1").is_err());
+    }
 }

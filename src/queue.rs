@@ -171,9 +171,30 @@ pub struct Skipped {
     pub why: String,
 }
 
+/// The columns rq reads jobs with: every field, and for a waiting job, `reason` says what
+/// it waits for (up to five jobs and their states, or its array's limit).
 pub fn columns() -> String {
+    job::FIELDS
+        .iter()
+        .map(|f| if *f == "reason" { WAITING_REASON } else { f })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every field as stored (for RETURNING, which takes no subqueries).
+pub fn stored_columns() -> String {
     job::FIELDS.join(", ")
 }
+
+const WAITING_REASON: &str = "CASE WHEN state = 'waiting' THEN coalesce(\
+    (SELECT 'waits for ' || group_concat(x, ', ') \
+        || CASE WHEN jobs.waiting_on > 5 THEN ' and ' || (jobs.waiting_on - 5) || ' more' ELSE '' END \
+     FROM (SELECT d.dep || ' (' || coalesce(w.state, 'gone') || ')' AS x FROM deps d \
+           LEFT JOIN jobs w ON w.jid = d.dep WHERE d.job = jobs.jid AND d.met = 0 \
+           ORDER BY d.dep LIMIT 5)), \
+    CASE WHEN array_limit IS NOT NULL THEN 'waits for a place: at most ' || array_limit \
+        || ' of array ' || array_id || ' run at once' END, \
+    reason) ELSE reason END AS reason";
 
 fn field_names() -> Vec<String> {
     job::FIELDS.iter().map(|s| s.to_string()).collect()

@@ -170,4 +170,33 @@ mod tests {
         assert_eq!(parse_duration("-3s"), None);
         assert_eq!(hms(3725.5), "01h02m05.50s");
     }
+
+    #[test]
+    fn start_times() {
+        let now: Timestamp = "2026-12-03T10:00:00Z".parse().unwrap();
+        let utc = |text: &str| parse_start_time(text, now).map(format);
+        assert_eq!(
+            utc("2026-12-24T08:00Z").unwrap(),
+            "2026-12-24T08:00:00.000000Z"
+        );
+        assert_eq!(
+            utc("2026-12-24T08:00+01:00").unwrap(),
+            "2026-12-24T07:00:00.000000Z"
+        );
+        assert_eq!(
+            utc("2026-12-24T08:00[Europe/Paris]").unwrap(),
+            "2026-12-24T07:00:00.000000Z"
+        );
+        // Local times: in the future, at most a day ahead.
+        for text in ["09:00", "11:30", "10:00:01"] {
+            let at = parse_start_time(text, now).unwrap();
+            let ahead = seconds_between(now, at);
+            assert!(ahead > 0.0 && ahead <= 86_400.0, "{text}: {ahead}");
+        }
+        assert!(parse_start_time("2026-12-24", now).is_ok());
+        assert!(parse_start_time("2026-12-24 08:00", now).is_ok());
+        for bad in ["soon", "25:00", "2026-13-01", ""] {
+            assert!(parse_start_time(bad, now).is_err(), "{bad}");
+        }
+    }
 }
