@@ -16,8 +16,8 @@
 //!
 //! A job that goes back from an end to `pending` (resubmit, update) re-arms the jobs that
 //! were cancelled because of it, and makes its dependents wait for its new run.
-//! A job ends "for its dependents" when it is finished, cancelled, or dead and not
-//! restartable (a restartable dead job will run again).
+//! A job ends "for its dependents" when it is finished, cancelled, or dead for good (not
+//! restartable, or out of attempts: a restartable dead job with attempts left runs again).
 
 use std::collections::HashMap;
 
@@ -35,7 +35,8 @@ CREATE TEMP TABLE IF NOT EXISTS dep_rearms (jid INTEGER NOT NULL);
 CREATE TEMP TRIGGER IF NOT EXISTS dep_failed AFTER UPDATE OF state ON main.jobs
 WHEN OLD.state IS NOT NEW.state
  AND (NEW.state = 'cancelled' OR (NEW.state = 'finished' AND NEW.exit_status IS NOT 0)
-      OR (NEW.state = 'dead' AND NEW.restartable = 0))
+      OR (NEW.state = 'dead' AND (NEW.restartable = 0
+          OR NEW.attempts >= coalesce((SELECT CAST(value AS INTEGER) FROM main.attributes WHERE key = 'max_attempts'), 3))))
  AND EXISTS (SELECT 1 FROM main.deps WHERE dep = NEW.jid AND kind = 'ok')
 BEGIN
     INSERT INTO dep_failures (jid, reason) VALUES (NEW.jid, CASE
@@ -46,7 +47,8 @@ BEGIN
         ELSE 'dependency ' || NEW.jid || ' died' END);
 END;
 CREATE TEMP TRIGGER IF NOT EXISTS dep_rearmed AFTER UPDATE OF state ON main.jobs
-WHEN OLD.state IN ('finished', 'dead', 'cancelled') AND NEW.state IN ('pending', 'holding', 'waiting')
+WHEN OLD.state IN ('finished', 'dead', 'cancelled')
+ AND NEW.state IN ('pending', 'holding', 'waiting', 'running')
  AND EXISTS (SELECT 1 FROM main.deps WHERE dep = NEW.jid)
 BEGIN
     INSERT INTO dep_rearms (jid) VALUES (NEW.jid);
@@ -66,7 +68,7 @@ const UNMET: &str = "(SELECT count(*) FROM deps d JOIN jobs w ON w.jid = d.dep \
 
 /// The SQL condition "job `j` failed, as its `after` dependents see it".
 const FAILED: &str = "(j.state = 'cancelled' OR (j.state = 'finished' AND j.exit_status IS NOT 0) \
-                      OR (j.state = 'dead' AND j.restartable = 0))";
+                      OR (j.state = 'dead' AND (j.restartable = 0 OR j.attempts >= coalesce((SELECT CAST(value AS INTEGER) FROM attributes WHERE key = 'max_attempts'), 3))))";
 
 /// Carry out what the transaction's ends and re-starts mean for the jobs waiting on them;
 /// run by the store before every commit. Cheap when nothing was noted.
@@ -386,6 +388,7 @@ struct Outcome {
     exit_status: Option<i64>,
     signal: Option<String>,
     reason: Option<String>,
+    /// Dead now, but it may run again (restartable, with attempts left).
     restartable: bool,
 }
 
@@ -403,7 +406,8 @@ impl Lookups {
         }
         let found = tx
             .prepare_cached(
-                "SELECT state, exit_status, signal, reason, restartable FROM jobs WHERE jid = ?",
+                "SELECT state, exit_status, signal, reason, \
+                 restartable = 1 AND attempts < coalesce((SELECT CAST(value AS INTEGER) FROM attributes WHERE key = 'max_attempts'), 3) FROM jobs WHERE jid = ?",
             )?
             .query_row([jid], |r| {
                 Ok(Outcome {
@@ -551,7 +555,8 @@ pub fn restate(tx: &Transaction<'_>, jid: i64) -> Result<()> {
             let active: i64 = tx
                 .prepare_cached(
                     "SELECT count(*) FROM jobs WHERE array_id = ?1 AND jid != ?2 \
-                     AND (state IN ('pending', 'running') OR (state = 'dead' AND restartable = 1))",
+                     AND (state IN ('pending', 'running') \
+                          OR (state = 'dead' AND restartable = 1 AND attempts < coalesce((SELECT CAST(value AS INTEGER) FROM attributes WHERE key = 'max_attempts'), 3)))",
                 )?
                 .query_row([id, jid], |r| r.get(0))?;
             active >= limit

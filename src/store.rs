@@ -155,11 +155,13 @@ CREATE TABLE deps (
 CREATE INDEX deps_job ON deps (job);
 CREATE INDEX jobs_array ON jobs (array_id, state, array_index) WHERE array_id IS NOT NULL;
 INSERT INTO job_counts (state) VALUES ('waiting'), ('cancelled');
--- A job ends (finished; dead and not to be restarted; cancelled): the waits on it that this
--- end satisfies are met, in the same transaction, whoever recorded the end.
+-- A job ends (finished; cancelled; dead for good: not restartable, or no attempts left,
+-- max_attempts being a setting): the waits on it that this end satisfies are met, in the
+-- same transaction, whoever recorded the end.
 CREATE TRIGGER deps_met AFTER UPDATE OF state ON jobs
 WHEN OLD.state IS NOT NEW.state
- AND (NEW.state IN ('finished', 'cancelled') OR (NEW.state = 'dead' AND NEW.restartable = 0))
+ AND (NEW.state IN ('finished', 'cancelled')
+      OR (NEW.state = 'dead' AND (NEW.restartable = 0 OR NEW.attempts >= coalesce((SELECT CAST(value AS INTEGER) FROM attributes WHERE key = 'max_attempts'), 3))))
 BEGIN
     UPDATE jobs SET waiting_on = waiting_on - 1
     WHERE jid IN (SELECT job FROM deps WHERE dep = NEW.jid AND met = 0
@@ -172,7 +174,8 @@ CREATE TRIGGER deps_released AFTER UPDATE OF waiting_on ON jobs
 WHEN NEW.state = 'waiting' AND NEW.waiting_on <= 0
  AND (NEW.array_limit IS NULL OR NEW.array_limit > (SELECT count(*) FROM jobs a
       WHERE a.array_id = NEW.array_id
-        AND (a.state IN ('pending', 'running') OR (a.state = 'dead' AND a.restartable = 1))))
+        AND (a.state IN ('pending', 'running')
+             OR (a.state = 'dead' AND a.restartable = 1 AND a.attempts < coalesce((SELECT CAST(value AS INTEGER) FROM attributes WHERE key = 'max_attempts'), 3)))))
 BEGIN
     UPDATE jobs SET state = 'pending' WHERE jid = NEW.jid;
 END;
@@ -180,13 +183,15 @@ END;
 -- are over take its place. So at most `array_limit` of an array are ever pending or running.
 CREATE TRIGGER array_next AFTER UPDATE OF state ON jobs
 WHEN NEW.array_limit IS NOT NULL AND OLD.state IS NOT NEW.state
- AND NEW.state NOT IN ('pending', 'running') AND NOT (NEW.state = 'dead' AND NEW.restartable = 1)
+ AND NEW.state NOT IN ('pending', 'running')
+ AND NOT (NEW.state = 'dead' AND NEW.restartable = 1 AND NEW.attempts < coalesce((SELECT CAST(value AS INTEGER) FROM attributes WHERE key = 'max_attempts'), 3))
 BEGIN
     UPDATE jobs SET state = 'pending' WHERE jid IN (
         SELECT jid FROM jobs WHERE array_id = NEW.array_id AND state = 'waiting' AND waiting_on <= 0
         ORDER BY array_index
         LIMIT max(0, NEW.array_limit - (SELECT count(*) FROM jobs a WHERE a.array_id = NEW.array_id
-              AND (a.state IN ('pending', 'running') OR (a.state = 'dead' AND a.restartable = 1)))));
+              AND (a.state IN ('pending', 'running')
+                   OR (a.state = 'dead' AND a.restartable = 1 AND a.attempts < coalesce((SELECT CAST(value AS INTEGER) FROM attributes WHERE key = 'max_attempts'), 3))))));
 END;
 -- A deleted job waits for nothing any more.
 CREATE TRIGGER deps_deleted AFTER DELETE ON jobs BEGIN

@@ -108,7 +108,14 @@ fn a_failed_dependency_cancels_its_dependents_and_resubmitting_rearms_them() {
     let jobs = by_jid(&q);
     assert_eq!(text(&jobs[&b], "state"), "waiting");
     assert_eq!(text(&jobs[&c], "state"), "waiting");
-    assert!(jobs[&b]["reason"].is_null());
+    assert_eq!(
+        text(&jobs[&b], "reason"),
+        format!("waits for {a} (pending)")
+    );
+    assert_eq!(
+        text(&jobs[&c], "reason"),
+        format!("waits for {b} (waiting)")
+    );
     // d already ran after a's first end; it is not run again.
     assert_eq!(text(&jobs[&d], "state"), "finished");
     let _h2 = q.feeder("h2", &[]);
@@ -308,11 +315,25 @@ fn kill_takes_an_array() {
         .ok()
         .records();
     let id = int(&arr[0], "jid");
+    // A job after the whole array.
+    let after = q
+        .rq(&["submit", "--after", &format!("array:{id}"), "echo merge"])
+        .ok()
+        .records();
+    assert_eq!(after[0]["after"], serde_json::json!([id, id + 1]));
     let _h1 = q.feeder("h1", &["--max_feed", "2"]);
     q.wait_for("both to run", 30, |q| q.count("running") == 2);
     q.rq(&["kill", &format!("array:{id}"), "-q"]).ok();
     q.wait_for("both to end", 30, |q| q.count("finished") == 2);
-    assert!(q.jobs().iter().all(|j| text(j, "signal") == "TERM"));
+    let jobs = by_jid(&q);
+    assert_eq!(text(&jobs[&id], "signal"), "TERM");
+    assert_eq!(text(&jobs[&(id + 1)], "signal"), "TERM");
+    let merge = &jobs[&int(&after[0], "jid")];
+    assert_eq!(text(merge, "state"), "cancelled");
+    assert_eq!(
+        text(merge, "reason"),
+        format!("dependency {id} was killed by TERM")
+    );
 }
 
 #[test]
