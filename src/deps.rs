@@ -46,6 +46,12 @@ BEGIN
         WHEN NEW.signal IS NOT NULL THEN 'dependency ' || NEW.jid || ' was killed by ' || NEW.signal
         ELSE 'dependency ' || NEW.jid || ' died' END);
 END;
+CREATE TEMP TABLE IF NOT EXISTS dep_released (jid INTEGER NOT NULL);
+CREATE TEMP TRIGGER IF NOT EXISTS dep_release AFTER UPDATE OF state ON main.jobs
+WHEN OLD.state = 'waiting' AND NEW.state = 'pending'
+BEGIN
+    INSERT INTO dep_released (jid) VALUES (NEW.jid);
+END;
 CREATE TEMP TRIGGER IF NOT EXISTS dep_rearmed AFTER UPDATE OF state ON main.jobs
 WHEN OLD.state IN ('finished', 'dead', 'cancelled')
  AND NEW.state IN ('pending', 'holding', 'waiting', 'running')
@@ -71,8 +77,21 @@ const FAILED: &str = "(j.state = 'cancelled' OR (j.state = 'finished' AND j.exit
                       OR (j.state = 'dead' AND (j.restartable = 0 OR j.attempts >= coalesce((SELECT CAST(value AS INTEGER) FROM attributes WHERE key = 'max_attempts'), 3))))";
 
 /// Carry out what the transaction's ends and re-starts mean for the jobs waiting on them;
-/// run by the store before every commit. Cheap when nothing was noted.
-pub fn settle(tx: &Transaction<'_>) -> Result<()> {
+/// run by the store before every commit. Cheap when nothing was noted. True when jobs
+/// left `waiting` for `pending`: the store rings the doorbell once it committed, so idle
+/// feeders on other hosts come for them at once.
+pub fn settle(tx: &Transaction<'_>) -> Result<bool> {
+    settle_waits(tx)?;
+    let released: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM temp.dep_released)")?
+        .query_row([], |r| r.get(0))?;
+    if released {
+        tx.execute_batch("DELETE FROM temp.dep_released")?;
+    }
+    Ok(released)
+}
+
+fn settle_waits(tx: &Transaction<'_>) -> Result<()> {
     loop {
         let failures: Vec<(i64, String)> = {
             let mut stmt = tx.prepare_cached("SELECT jid, reason FROM temp.dep_failures")?;

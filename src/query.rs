@@ -121,7 +121,11 @@ pub fn parse(args: &[String]) -> Result<Clause> {
     };
     let mut sql = Vec::new();
     let mut params = Vec::new();
-    for term in terms {
+    for mut term in terms {
+        // The host a job was submitted from is the original's `submitter`.
+        if term.field == "submit_host" {
+            term.field = "submitter";
+        }
         if !job::is_field(term.field) {
             return Err(Error::usage(format!(
                 "query: unknown field '{}' (fields: {})",

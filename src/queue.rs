@@ -172,7 +172,8 @@ pub struct Skipped {
 }
 
 /// The columns rq reads jobs with: every field, and for a waiting job, `reason` says what
-/// it waits for (up to five jobs and their states, or its array's limit).
+/// it waits for (up to five jobs and their states, or its array's limit); for a pending
+/// job not to start yet, when it starts.
 pub fn columns() -> String {
     job::FIELDS
         .iter()
@@ -194,7 +195,9 @@ const WAITING_REASON: &str = "CASE WHEN state = 'waiting' THEN coalesce(\
            ORDER BY d.dep LIMIT 5)), \
     CASE WHEN array_limit IS NOT NULL THEN 'waits for a place: at most ' || array_limit \
         || ' of array ' || array_id || ' run at once' END, \
-    reason) ELSE reason END AS reason";
+    reason) \
+    WHEN state = 'pending' AND not_before > strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+    THEN 'starts at ' || not_before ELSE reason END AS reason";
 
 fn field_names() -> Vec<String> {
     job::FIELDS.iter().map(|s| s.to_string()).collect()
@@ -1041,6 +1044,23 @@ impl Queue {
         {
             return Err(Error::usage(
                 "touch does not take stdin or data files; use submit",
+            ));
+        }
+        if !opts.after.is_empty()
+            || !opts.after_any.is_empty()
+            || opts.array
+            || !opts.env.is_empty()
+            || opts.not_before.is_some()
+            || specs.iter().any(|s| {
+                !s.after.is_empty()
+                    || !s.after_any.is_empty()
+                    || s.name.is_some()
+                    || s.env.is_some()
+                    || s.not_before.is_some()
+            })
+        {
+            return Err(Error::usage(
+                "touch does not take dependencies, names, arrays, environments or start times; use submit",
             ));
         }
         let submitter = host::name();

@@ -674,13 +674,14 @@ impl Store {
                 return Err(fence_failed(&self.db_path, e));
             }
         }
+        let mut released = false;
         let settled = |value: T| -> Result<T> {
             // What the ends and re-starts in this transaction mean for jobs waiting on
             // them is part of the same transaction.
             if !matches!(behavior, TransactionBehavior::Deferred)
                 && self.access == Access::ReadWrite
             {
-                crate::deps::settle(&tx)?;
+                released = crate::deps::settle(&tx)?;
             }
             Ok(value)
         };
@@ -691,7 +692,13 @@ impl Store {
             Err(e) => return Err(Attempt::Fail(e)),
         };
         match tx.commit() {
-            Ok(()) => Ok(value),
+            Ok(()) => {
+                // Jobs became claimable without a submit: wake the idle feeders.
+                if released && let Some(dir) = self.db_path.parent() {
+                    crate::queue::ring_doorbell(dir);
+                }
+                Ok(value)
+            }
             // Busy at commit: nothing was written (the transaction is rolled back on drop).
             Err(e) if is_busy(&e) => Err(Attempt::Retry(e.to_string())),
             // A full disk at commit leaves the transaction rolled back.

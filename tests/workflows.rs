@@ -367,6 +367,7 @@ fn a_delayed_job_starts_on_time_not_before() {
     let q = TestQueue::new();
     let job = q.rq(&["submit", "--in", "3s", "echo late"]).ok().records();
     let not_before = text(&job[0], "not_before");
+    assert_eq!(text(&job[0], "reason"), format!("starts at {not_before}"));
     let _h1 = q.feeder("h1", &["--max_sleep", "1"]);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(q.count("pending"), 1, "it must not start early");
@@ -375,6 +376,20 @@ fn a_delayed_job_starts_on_time_not_before() {
     assert!(started >= not_before, "{started} < {not_before}");
     let late = seconds(&started) - seconds(&not_before);
     assert!(late < 3.0, "started {late:.1}s late");
+    // --at a local clock time, a few seconds ahead.
+    let at = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(3))
+        .unwrap()
+        .to_zoned_datetime(jiff::tz::TimeZone::system())
+        .strftime("%H:%M:%S")
+        .to_string();
+    let job = q.rq(&["submit", "--at", &at, "echo at"]).ok().records();
+    let not_before = text(&job[0], "not_before");
+    let ahead = seconds(&not_before) - seconds(&text(&job[0], "submitted"));
+    assert!((1.0..=4.0).contains(&ahead), "--at {at}: {ahead}s ahead");
+    q.wait_for("the --at job to run", 20, |q| q.count("finished") == 2);
+    let started = text(&by_jid(&q)[&int(&job[0], "jid")], "started");
+    assert!(started >= not_before, "{started} < {not_before}");
     // --at in the past today means tomorrow; a time with a zone is taken as is.
     let tomorrow = q.rq(&["submit", "--at", "00:00:00", "-q", "--stage", "echo"]);
     tomorrow.ok();
@@ -460,6 +475,7 @@ fn owners_are_recorded_and_listed() {
     let alice = q.rq(&["query", "user=alice"]).ok().records();
     assert_eq!(alice.len(), 1);
     assert_eq!(text(&alice[0], "submitter"), "h9");
+    assert_eq!(q.rq(&["query", "submit_host=h9"]).ok().records().len(), 1);
     assert_eq!(q.rq(&["status", "--mine"]).ok().value()["jobs"]["total"], 1);
 }
 
