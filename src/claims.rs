@@ -9,9 +9,56 @@ use crate::job::Row;
 use crate::journal::Fate;
 use crate::queue;
 
-/// Claim up to `want` of the best eligible jobs `host` may run: pending jobs whose retry
-/// delay has passed, and dead jobs marked restartable that have attempts left. Each branch
-/// walks the claim-order index, so picking stays O(log n) however many jobs the queue holds.
+/// The jobs `claim` may take, best first: pending jobs whose retry delay or start time
+/// has passed, and dead jobs marked restartable that have attempts left; none while the
+/// queue is paused or this host is drained; no job of a tag at its limit (`?7`, a JSON
+/// list). Each branch walks the claim-order index, so picking stays O(log n) however many
+/// jobs the queue holds.
+const CANDIDATES: &str = "SELECT jid FROM ( \
+     SELECT jid, priority, submitted FROM (SELECT jid, priority, submitted FROM jobs \
+         WHERE state = 'pending' AND rq_host_ok(hosts, ?1) \
+           AND (not_before IS NULL OR not_before <= ?2) \
+           AND (tag IS NULL OR tag NOT IN (SELECT value FROM json_each(?7))) \
+         ORDER BY priority DESC, submitted, jid LIMIT ?5) \
+     UNION ALL \
+     SELECT jid, priority, submitted FROM (SELECT jid, priority, submitted FROM jobs \
+         WHERE state = 'dead' AND restartable = 1 AND attempts < ?6 AND rq_host_ok(hosts, ?1) \
+           AND (tag IS NULL OR tag NOT IN (SELECT value FROM json_each(?7))) \
+         ORDER BY priority DESC, submitted, jid LIMIT ?5)) \
+   WHERE NOT EXISTS (SELECT 1 FROM attributes WHERE key IN ('paused', 'drain.' || ?1)) \
+   ORDER BY priority DESC, submitted, jid LIMIT ?5";
+
+/// What a claim sets on each job it takes (`?1` host, `?2` now, `?3` token, `?4` feeder).
+const CLAIM_SET: &str = "UPDATE jobs SET state = 'running', runner = ?1, started = ?2, \
+     claim = ?3 || '-' || jid, feeder = ?4, attempts = attempts + 1, stdout = 'stdout/' || jid, \
+     stderr = 'stderr/' || jid, data = coalesce(data, 'data/' || jid), pid = NULL, \
+     process = NULL, finished = NULL, elapsed = NULL, exit_status = NULL, signal = NULL, \
+     timed_out = 0, kill_signal = NULL, not_before = NULL";
+
+/// Per-tag limits (`configure limit.TAG=N`): how many more jobs of each limited tag may
+/// start now, counting the ones running anywhere.
+fn tag_room(tx: &Transaction<'_>) -> Result<Vec<(String, i64)>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT substr(key, 7), CAST(value AS INTEGER) FROM attributes \
+         WHERE key > 'limit.' AND key < 'limit/'",
+    )?;
+    let limits: Vec<(String, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut running = tx.prepare_cached(
+        "SELECT count(*) FROM jobs INDEXED BY jobs_tag WHERE tag = ? AND state = 'running'",
+    )?;
+    let mut room = Vec::with_capacity(limits.len());
+    for (tag, limit) in limits {
+        let n: i64 = running.query_row([&tag], |r| r.get(0))?;
+        room.push((tag, (limit - n).max(0)));
+    }
+    Ok(room)
+}
+
+/// Claim up to `want` of the best jobs `host` may run (see [`CANDIDATES`]), in one
+/// statement; with tag limits, the candidates are read first and cut to each tag's room,
+/// so one claim never takes more of a tag than its limit allows.
 pub fn claim(
     tx: &Transaction<'_>,
     host: &str,
@@ -21,33 +68,55 @@ pub fn claim(
     max_attempts: i64,
 ) -> Result<Vec<Row>> {
     let token = format!("{:016x}", rand::random::<u64>());
-    let sql = format!(
-        "UPDATE jobs SET state = 'running', runner = ?1, started = ?2, claim = ?3 || '-' || jid, \
-         feeder = ?4, attempts = attempts + 1, stdout = 'stdout/' || jid, stderr = 'stderr/' || jid, \
-         data = coalesce(data, 'data/' || jid), pid = NULL, process = NULL, finished = NULL, \
-         elapsed = NULL, exit_status = NULL, signal = NULL, timed_out = 0, kill_signal = NULL, \
-         not_before = NULL \
-         WHERE jid IN (SELECT jid FROM ( \
-             SELECT jid, priority, submitted FROM (SELECT jid, priority, submitted FROM jobs \
-                 WHERE state = 'pending' AND rq_host_ok(hosts, ?1) \
-                   AND (not_before IS NULL OR not_before <= ?2) \
-                 ORDER BY priority DESC, submitted, jid LIMIT ?5) \
-             UNION ALL \
-             SELECT jid, priority, submitted FROM (SELECT jid, priority, submitted FROM jobs \
-                 WHERE state = 'dead' AND restartable = 1 AND attempts < ?6 AND rq_host_ok(hosts, ?1) \
-                 ORDER BY priority DESC, submitted, jid LIMIT ?5)) \
-           ORDER BY priority DESC, submitted, jid LIMIT ?5) \
-         RETURNING {}",
-        queue::stored_columns()
-    );
+    let room = tag_room(tx)?;
+    let full: Vec<&str> = room
+        .iter()
+        .filter(|(_, n)| *n == 0)
+        .map(|(t, _)| t.as_str())
+        .collect();
+    let full = serde_json::to_string(&full).unwrap_or_default();
+    let returning = queue::stored_columns();
     let names: Vec<String> = crate::job::FIELDS.iter().map(|s| s.to_string()).collect();
-    let mut stmt = tx.prepare_cached(&sql)?;
-    let mut rows = stmt
-        .query_map(
-            rusqlite::params![host, now, token, feeder, want as i64, max_attempts],
-            |r| Row::from_sql(r, &names),
-        )?
-        .collect::<rusqlite::Result<Vec<Row>>>()?;
+    let base = rusqlite::params![host, now, token, feeder, want as i64, max_attempts, full];
+    let mut rows = if room.iter().all(|(_, n)| *n == 0) {
+        // No tag with room left to count: the candidates go as they are.
+        let sql = format!("{CLAIM_SET} WHERE jid IN ({CANDIDATES}) RETURNING {returning}");
+        let mut stmt = tx.prepare_cached(&sql)?;
+        stmt.query_map(base, |r| Row::from_sql(r, &names))?
+            .collect::<rusqlite::Result<Vec<Row>>>()?
+    } else {
+        let pick = format!(
+            "SELECT jid, tag FROM jobs WHERE jid IN ({CANDIDATES}) \
+             ORDER BY priority DESC, submitted, jid"
+        );
+        let candidates: Vec<(i64, Option<String>)> = tx
+            .prepare_cached(&pick)?
+            .query_map(base, |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut room = room;
+        let mut chosen = Vec::with_capacity(candidates.len());
+        for (jid, tag) in candidates {
+            if let Some(tag) = tag
+                && let Some((_, left)) = room.iter_mut().find(|(t, _)| *t == tag)
+            {
+                if *left == 0 {
+                    continue;
+                }
+                *left -= 1;
+            }
+            chosen.push(jid);
+        }
+        let sql = format!(
+            "{CLAIM_SET} WHERE jid IN (SELECT value FROM json_each(?5)) \
+             AND state IN ('pending', 'dead') RETURNING {returning}"
+        );
+        let chosen = serde_json::to_string(&chosen).unwrap_or_default();
+        let mut stmt = tx.prepare_cached(&sql)?;
+        stmt.query_map(rusqlite::params![host, now, token, feeder, chosen], |r| {
+            Row::from_sql(r, &names)
+        })?
+        .collect::<rusqlite::Result<Vec<Row>>>()?
+    };
     // Start them in claim order.
     rows.sort_by_key(|r| {
         (
@@ -63,13 +132,42 @@ pub fn claim(
 /// feeder's periodic poll does not take the write lock (on NFS a write transaction costs
 /// several times the round trips of a read).
 pub fn claimable(tx: &Transaction<'_>, host: &str, now: &str, max_attempts: i64) -> Result<bool> {
+    let full: Vec<String> = tag_room(tx)?
+        .into_iter()
+        .filter(|(_, n)| *n == 0)
+        .map(|(t, _)| t)
+        .collect();
+    let sql = format!("SELECT EXISTS ({CANDIDATES})");
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let params = rusqlite::params![
+        host,
+        now,
+        "",
+        "",
+        1i64,
+        max_attempts,
+        serde_json::to_string(&full).unwrap_or_default()
+    ];
+    Ok(stmt.query_row(params, |r| r.get(0))?)
+}
+
+/// Why this host claims nothing although jobs may be waiting: the queue is paused, or
+/// this host is drained (`rq Q pause`, `rq Q drain HOST`).
+pub fn held_back(tx: &Transaction<'_>, host: &str) -> Result<Option<String>> {
     let mut stmt = tx.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'pending' AND rq_host_ok(hosts, ?1) \
-                          AND (not_before IS NULL OR not_before <= ?2)) \
-             OR EXISTS (SELECT 1 FROM jobs WHERE state = 'dead' AND restartable = 1 \
-                          AND attempts < ?3 AND rq_host_ok(hosts, ?1))",
+        "SELECT key, value FROM attributes WHERE key IN ('paused', 'drain.' || ?1) ORDER BY key DESC",
     )?;
-    Ok(stmt.query_row(rusqlite::params![host, now, max_attempts], |r| r.get(0))?)
+    let found: Option<(String, String)> = stmt
+        .query_map([host], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .next()
+        .transpose()?;
+    Ok(found.map(|(key, since)| {
+        if key == "paused" {
+            format!("the queue is paused ({since})")
+        } else {
+            format!("draining ({since})")
+        }
+    }))
 }
 
 /// How a run ended, as the feeder saw it (also a line of the start journal, so that a

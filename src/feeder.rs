@@ -375,6 +375,8 @@ pub struct Feeder {
     /// Claiming is suspended: the queue's filesystem is (nearly) full, so jobs could not
     /// write their output and would fail one after another.
     disk_full: bool,
+    /// Why the queue holds this feeder back (paused, or this host drained), as last read.
+    held_back: Option<String>,
     /// When jobs this feeder queued for a retry become eligible.
     retry_wakes: Vec<Instant>,
     /// Started jobs whose pid is not recorded yet: written with the next transaction
@@ -465,6 +467,7 @@ impl Feeder {
             more_waiting: true,
             fenced: false,
             disk_full: false,
+            held_back: None,
             retry_wakes: Vec::new(),
             starts: Vec::new(),
             failed_starts: Vec::new(),
@@ -935,7 +938,7 @@ impl Feeder {
         let (host, now, max_attempts) =
             (&self.config.host, time::now(), self.settings.max_attempts);
         let id = &self.id;
-        let (attrs, current, busy, claimable, held) = self.queue.store().read(|tx| {
+        let (attrs, current, busy, claimable, held, held_back) = self.queue.store().read(|tx| {
             let current = if jids.is_empty() {
                 Vec::new()
             } else {
@@ -948,8 +951,17 @@ impl Feeder {
                 claims::busy_hosts(tx)?,
                 claimable,
                 claims::held_by(tx, host, id)?,
+                claims::held_back(tx, host)?,
             ))
         })?;
+        // Paused or drained: the claim itself checks; the log says so once.
+        if held_back != self.held_back {
+            match &held_back {
+                Some(why) => self.info(&format!("not claiming jobs: {why}")),
+                None => self.info("claiming jobs again"),
+            }
+            self.held_back = held_back;
+        }
         if idle {
             self.more_waiting |= claimable;
             self.last_full_poll = Instant::now();

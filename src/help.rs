@@ -44,6 +44,8 @@ modes (abbreviation):
   pid, feeder       report this host's feeder
   feeders           every host feeding the queue: alive or dead, heartbeat age
   kill              signal running jobs on whatever host runs them
+  pause, resume     stop / restart claiming on every host (running jobs go on)
+  drain, undrain    stop / restart claiming on some hosts, from any host
   wait              block until jobs are done; exit 0 if all succeeded
   lock (L)          run a command holding the queue lock
   snapshot (S)      a consistent copy of the database for read-only modes
@@ -114,6 +116,7 @@ RQ_SQL_DEBUG (trace SQL), RQ_LOCK_TIMEOUT (give up waiting for the lock),
 RQ_LOCK_NOTICE (seconds before saying rq waits for the lock; 3),
 RQ_ALLOW_LOCAL_LOCKS=1 (feed a queue on an NFS mount without working locks).
 queue-wide settings: rq Q configure heartbeat=10s lease=60s max_attempts=3
+  limit.TAG=N (at most N jobs tagged TAG run at once, over all hosts)
 Output is YAML (valid, round-trips into submit/delete/update) or JSON.
 Exit status: 0 success; 1 error or a named job that was skipped.
 "#;
@@ -212,6 +215,22 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     (
         "feeders",
         "rq QUEUE feeders [--format table|json]\n\nEvery host that has fed the queue: alive (heartbeat younger than the lease, by the\nfile server's clock), stopped, failed (ended by an error, shown in `error`; its log\nsays more) or dead; heartbeat age, running jobs, max_feed, pid, start time, version.\n\n  rq q feeders --format table\n  rq q configure heartbeat=10s lease=60s max_attempts=3\n",
+    ),
+    (
+        "pause",
+        "rq QUEUE pause | resume\n\nPause the queue: no feeder on any host claims a job until `resume` (running jobs\ngo on). Kept in the queue, so it holds across feeder restarts; `status` shows\n`paused` (since when, by whom) and `feeders` shows the feeders `paused`.\n\n  rq q pause; rq q update pending priority=9; rq q resume\n",
+    ),
+    (
+        "resume",
+        "rq QUEUE resume\n\nEnd a `pause`: feeders claim jobs again at once. See 'rq help pause'.\n",
+    ),
+    (
+        "drain",
+        "rq QUEUE drain [HOST...] | undrain [HOST...]\n\nDrain hosts (default: this one), from any host: their feeders claim nothing more\nand their running jobs finish; `feeders` shows them `draining`, then `drained`.\nKept in the queue, so it holds across feeder restarts, until `undrain`.\n\n  rq q drain node7            # before maintenance of node7\n  rq q undrain node7\n\nLimits by tag are settings: rq q configure limit.licence=4 (at most 4 jobs\ntagged licence run at once, over all hosts); limit.licence= removes it.\n",
+    ),
+    (
+        "undrain",
+        "rq QUEUE undrain [HOST...]\n\nEnd a `drain`: the hosts' feeders claim jobs again at once. See 'rq help drain'.\n",
     ),
     (
         "kill",

@@ -70,10 +70,27 @@ pub const SETTING_RANGES: &[(&str, &str)] = &[
 /// healthy hosts dead). `get` gives the value a key would have (None: unset, default).
 pub fn check_settings(keys: &[&str], get: impl Fn(&str) -> Option<String>) -> Result<(), String> {
     for key in keys {
+        // limit.TAG=N: at most N jobs tagged TAG run at once, over all hosts.
+        if let Some(tag) = key.strip_prefix("limit.") {
+            if tag.is_empty() {
+                return Err("limit. needs a tag: limit.TAG=N".into());
+            }
+            if let Some(text) = get(key)
+                && !text
+                    .trim()
+                    .parse::<i64>()
+                    .is_ok_and(|n| (0..=1_000_000).contains(&n))
+            {
+                return Err(format!(
+                    "{key} must be how many jobs tagged {tag} may run at once (0 to 1000000), not '{text}'"
+                ));
+            }
+            continue;
+        }
         if !SETTING_RANGES.iter().any(|(k, _)| k == key) {
             let known: Vec<&str> = SETTING_RANGES.iter().map(|(k, _)| *k).collect();
             return Err(format!(
-                "unknown setting '{key}' (known: {})",
+                "unknown setting '{key}' (known: {}, limit.TAG)",
                 known.join(", ")
             ));
         }

@@ -1265,6 +1265,25 @@ impl Queue {
         })
     }
 
+    /// Set (`Some`) or remove (`None`) a flag that holds feeders back: `paused`, or
+    /// `drain.HOST`. Returns whether it changed.
+    pub fn set_flag(&mut self, key: &str, value: Option<&str>) -> Result<bool> {
+        let changed = self.store.write(|tx| {
+            Ok(match value {
+                Some(v) => tx.execute(
+                    "INSERT INTO attributes (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
+                    [key, v],
+                )?,
+                None => tx.execute("DELETE FROM attributes WHERE key = ?", [key])?,
+            })
+        })?;
+        if changed > 0 && value.is_none() {
+            // Feeders that were held back come back at once.
+            ring_doorbell(&self.dir);
+        }
+        Ok(changed > 0)
+    }
+
     /// One queue-wide setting.
     pub fn setting(&mut self, key: &str) -> Result<Option<String>> {
         self.store.read(|tx| {
@@ -1446,6 +1465,27 @@ impl Queue {
             );
             report.insert("exit_status".into(), Value::Object(exit));
             report.insert("running_per_host".into(), Value::Object(runners));
+            // Feeders held back: the whole queue, or some hosts.
+            let mut stmt = tx.prepare_cached(
+                "SELECT key, value FROM attributes WHERE key = 'paused' OR (key > 'drain.' AND key < 'drain/') ORDER BY key",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut drained = Map::new();
+            while let Some(r) = rows.next()? {
+                let key: String = r.get(0)?;
+                let value: String = r.get(1)?;
+                match key.strip_prefix("drain.") {
+                    Some(host) => {
+                        drained.insert(host.to_string(), json!(value));
+                    }
+                    None => {
+                        report.insert("paused".into(), json!(value));
+                    }
+                }
+            }
+            if !drained.is_empty() {
+                report.insert("draining".into(), Value::Object(drained));
+            }
             Ok(Value::Object(report))
         })
     }

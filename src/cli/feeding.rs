@@ -140,9 +140,11 @@ impl Context<'_> {
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })?;
+        let paused = q.setting("paused")?;
         let now = crate::liveness::server_now(q.dir(), &host::name())?;
         let mut rows = Vec::new();
         for (info, age) in crate::liveness::known_hosts(q.dir(), now) {
+            let drained = q.setting(&format!("drain.{}", info["host"].as_str().unwrap_or("?")))?;
             let name = info["host"].as_str().unwrap_or("?").to_string();
             let stopped = info["stopped"].as_bool().unwrap_or(false);
             let error = info["error"].as_str().map(str::to_string);
@@ -169,6 +171,12 @@ impl Context<'_> {
                                 "failed"
                             } else if stopped {
                                 "stopped"
+                            } else if alive && drained.is_some() && count > 0 {
+                                "draining"
+                            } else if alive && drained.is_some() {
+                                "drained"
+                            } else if alive && paused.is_some() {
+                                "paused"
                             } else if alive && note.is_some() {
                                 "waiting"
                             } else if alive {
@@ -195,6 +203,11 @@ impl Context<'_> {
                         "error".into(),
                         error
                             .or(note.filter(|_| alive))
+                            .or(drained.filter(|_| alive).map(|d| format!("drained {d}")))
+                            .or(paused
+                                .clone()
+                                .filter(|_| alive)
+                                .map(|p| format!("the queue is paused {p}")))
                             .map_or(job::Cell::Null, job::Cell::Text),
                     ),
                 ],

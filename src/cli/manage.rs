@@ -36,6 +36,62 @@ impl Context<'_> {
         Ok(0)
     }
 
+    /// `rq Q pause` / `rq Q resume`: no feeder claims anything while the queue is paused
+    /// (running jobs go on).
+    pub(super) fn pause(&mut self, on: bool) -> Result<i32> {
+        if let Some(extra) = self.args().first() {
+            return Err(Error::usage(format!(
+                "pause and resume take no arguments (got '{extra}'); to stop one host: rq Q drain HOST"
+            )));
+        }
+        let mut q = self.open(Access::ReadWrite)?;
+        let since = held_since();
+        let changed = q.set_flag("paused", on.then_some(since.as_str()))?;
+        let said = match (on, changed) {
+            (true, true) => format!("paused: {since}"),
+            (true, false) => "paused: it already was".to_string(),
+            (false, true) => "resumed: feeders claim jobs again".to_string(),
+            (false, false) => "resumed: it was not paused".to_string(),
+        };
+        if !self.inv.opts.quiet {
+            self.print_value(&serde_json::json!({ "queue": said }))?;
+        }
+        Ok(0)
+    }
+
+    /// `rq Q drain HOST...` / `rq Q undrain HOST...` (this host when none is named): the
+    /// host's feeder claims nothing more and its running jobs finish; kept in the queue,
+    /// so it holds across feeder restarts and can be set from any host.
+    pub(super) fn drain(&mut self, on: bool) -> Result<i32> {
+        let mut hosts: Vec<String> = self.args().to_vec();
+        if hosts.is_empty() {
+            hosts.push(host::name());
+        }
+        if let Some(bad) = hosts
+            .iter()
+            .find(|h| h.is_empty() || h.contains(['/', ',', ' ']) || h.starts_with('-'))
+        {
+            return Err(Error::usage(format!("'{bad}' is not a host name")));
+        }
+        let mut q = self.open(Access::ReadWrite)?;
+        let since = held_since();
+        let mut report = serde_json::Map::new();
+        for h in &hosts {
+            let changed = q.set_flag(&format!("drain.{h}"), on.then_some(since.as_str()))?;
+            let said = match (on, changed) {
+                (true, true) => format!("draining: {since}"),
+                (true, false) => "draining: it already was".to_string(),
+                (false, true) => "claims jobs again".to_string(),
+                (false, false) => "was not drained".to_string(),
+            };
+            report.insert(h.clone(), serde_json::Value::String(said));
+        }
+        if !self.inv.opts.quiet {
+            self.print_value(&serde_json::Value::Object(report))?;
+        }
+        Ok(0)
+    }
+
     pub(super) fn recover(&mut self) -> Result<i32> {
         let dir = queue::resolve(&self.queue);
         if !dir.is_dir() {
@@ -233,4 +289,14 @@ impl Context<'_> {
             std::thread::sleep(Duration::from_secs_f64(delay));
         }
     }
+}
+
+/// `since <time> by <user>@<host>`: when and by whom a pause or drain was asked for.
+fn held_since() -> String {
+    format!(
+        "since {} by {}@{}",
+        crate::time::now(),
+        host::user_name(),
+        host::name()
+    )
 }
