@@ -12,18 +12,21 @@ use crate::queue;
 /// The jobs `claim` may take, best first: pending jobs whose retry delay or start time
 /// has passed, and dead jobs marked restartable that have attempts left; none while the
 /// queue is paused or this host is drained; no job of a tag at its limit (`?7`, a JSON
-/// list). Each branch walks the claim-order index, so picking stays O(log n) however many
+/// list); no job that needs more than this host has (`?8` CPUs, `?9` bytes of memory,
+/// `?10` GPUs). Each branch walks the claim-order index, so picking stays O(log n) however many
 /// jobs the queue holds.
 const CANDIDATES: &str = "SELECT jid FROM ( \
      SELECT jid, priority, submitted FROM (SELECT jid, priority, submitted FROM jobs \
          WHERE state = 'pending' AND rq_host_ok(hosts, ?1) \
            AND (not_before IS NULL OR not_before <= ?2) \
            AND (tag IS NULL OR tag NOT IN (SELECT value FROM json_each(?7))) \
+           AND cpus <= ?8 AND mem <= ?9 AND gpus <= ?10 \
          ORDER BY priority DESC, submitted, jid LIMIT ?5) \
      UNION ALL \
      SELECT jid, priority, submitted FROM (SELECT jid, priority, submitted FROM jobs \
          WHERE state = 'dead' AND restartable = 1 AND attempts < ?6 AND rq_host_ok(hosts, ?1) \
            AND (tag IS NULL OR tag NOT IN (SELECT value FROM json_each(?7))) \
+           AND cpus <= ?8 AND mem <= ?9 AND gpus <= ?10 \
          ORDER BY priority DESC, submitted, jid LIMIT ?5)) \
    WHERE NOT EXISTS (SELECT 1 FROM attributes WHERE key IN ('paused', 'drain.' || ?1)) \
    ORDER BY priority DESC, submitted, jid LIMIT ?5";
@@ -56,67 +59,150 @@ fn tag_room(tx: &Transaction<'_>) -> Result<Vec<(String, i64)>> {
     Ok(room)
 }
 
-/// Claim up to `want` of the best jobs `host` may run (see [`CANDIDATES`]), in one
-/// statement; with tag limits, the candidates are read first and cut to each tag's room,
-/// so one claim never takes more of a tag than its limit allows.
+/// What a host offers its jobs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capacity {
+    pub cpus: i64,
+    /// Bytes.
+    pub mem: i64,
+    /// GPU device names (`0`, `1`, ... as CUDA numbers them).
+    pub devices: Vec<String>,
+}
+
+/// What one claim may take.
+#[derive(Debug, Clone)]
+pub struct Room {
+    /// Jobs, at most.
+    pub jobs: usize,
+    /// Of those, how many one-CPU jobs may be claimed ahead of free CPUs (short jobs are
+    /// buffered to start as soon as a slot frees).
+    pub ahead: usize,
+    /// The host's whole capacity: jobs that need more are not for this host.
+    pub total: Capacity,
+    /// What the jobs this feeder runs or holds leave free.
+    pub free: Capacity,
+    /// Seconds after which the best job that does not fit yet stops jobs behind it from
+    /// being claimed, so the host drains until it fits (`configure reserve_after=`).
+    pub reserve_after: f64,
+}
+
+/// Claim the best jobs `host` may run (see [`CANDIDATES`]) that fit the room: read the
+/// candidates with their needs, take them in order while they fit (CPUs, memory, GPU
+/// devices, each tag's room under its limit), and claim those in the same transaction.
+/// GPU jobs are given their devices here (`gpu_ids`), so two jobs never share one.
 pub fn claim(
     tx: &Transaction<'_>,
     host: &str,
     feeder: &str,
     now: &str,
-    want: usize,
+    room: &Room,
     max_attempts: i64,
 ) -> Result<Vec<Row>> {
     let token = format!("{:016x}", rand::random::<u64>());
-    let room = tag_room(tx)?;
-    let full: Vec<&str> = room
+    let mut tags = tag_room(tx)?;
+    let full: Vec<&str> = tags
         .iter()
         .filter(|(_, n)| *n == 0)
         .map(|(t, _)| t.as_str())
         .collect();
     let full = serde_json::to_string(&full).unwrap_or_default();
-    let returning = queue::stored_columns();
-    let names: Vec<String> = crate::job::FIELDS.iter().map(|s| s.to_string()).collect();
-    let base = rusqlite::params![host, now, token, feeder, want as i64, max_attempts, full];
-    let mut rows = if room.iter().all(|(_, n)| *n == 0) {
-        // No tag with room left to count: the candidates go as they are.
-        let sql = format!("{CLAIM_SET} WHERE jid IN ({CANDIDATES}) RETURNING {returning}");
-        let mut stmt = tx.prepare_cached(&sql)?;
-        stmt.query_map(base, |r| Row::from_sql(r, &names))?
-            .collect::<rusqlite::Result<Vec<Row>>>()?
-    } else {
-        let pick = format!(
-            "SELECT jid, tag FROM jobs WHERE jid IN ({CANDIDATES}) \
-             ORDER BY priority DESC, submitted, jid"
-        );
-        let candidates: Vec<(i64, Option<String>)> = tx
-            .prepare_cached(&pick)?
-            .query_map(base, |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        let mut room = room;
-        let mut chosen = Vec::with_capacity(candidates.len());
-        for (jid, tag) in candidates {
-            if let Some(tag) = tag
-                && let Some((_, left)) = room.iter_mut().find(|(t, _)| *t == tag)
-            {
-                if *left == 0 {
-                    continue;
-                }
-                *left -= 1;
-            }
-            chosen.push(jid);
+    // Candidates beyond the room: some may not fit.
+    let scan = (room.jobs * 2).max(room.jobs + 16) as i64;
+    let pick = format!(
+        "SELECT jid, tag, cpus, mem, gpus, submitted FROM jobs WHERE jid IN ({CANDIDATES}) \
+         ORDER BY priority DESC, submitted, jid"
+    );
+    let candidates: Vec<(i64, Option<String>, i64, i64, i64, String)> = tx
+        .prepare_cached(&pick)?
+        .query_map(
+            rusqlite::params![
+                host,
+                now,
+                "",
+                "",
+                scan,
+                max_attempts,
+                full,
+                room.total.cpus,
+                room.total.mem,
+                room.total.devices.len() as i64
+            ],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    let now_ts = crate::time::parse(now);
+    let mut free = room.free.clone();
+    let mut ahead = room.ahead;
+    let mut chosen: Vec<i64> = Vec::new();
+    let mut devices = serde_json::Map::new();
+    for (jid, tag, cpus, mem, gpus, submitted) in candidates {
+        if chosen.len() >= room.jobs {
+            break;
         }
-        let sql = format!(
-            "{CLAIM_SET} WHERE jid IN (SELECT value FROM json_each(?5)) \
-             AND state IN ('pending', 'dead') RETURNING {returning}"
-        );
-        let chosen = serde_json::to_string(&chosen).unwrap_or_default();
-        let mut stmt = tx.prepare_cached(&sql)?;
-        stmt.query_map(rusqlite::params![host, now, token, feeder, chosen], |r| {
-            Row::from_sql(r, &names)
-        })?
-        .collect::<rusqlite::Result<Vec<Row>>>()?
-    };
+        let tag_left = tag
+            .as_ref()
+            .and_then(|t| tags.iter_mut().find(|(name, _)| name == t));
+        if tag_left.as_ref().is_some_and(|(_, left)| *left == 0) {
+            continue;
+        }
+        let fits = cpus <= free.cpus && mem <= free.mem && gpus as usize <= free.devices.len();
+        // A one-CPU job may be claimed ahead of free CPUs, to start when a slot frees.
+        let ahead_ok = cpus == 1 && mem == 0 && gpus == 0 && ahead > 0;
+        if !(fits || ahead_ok) {
+            // The reservation: once the best job that does not fit has waited long
+            // enough, nothing behind it is started here until it fits.
+            let waited = match (now_ts, crate::time::parse(&submitted)) {
+                (Some(now), Some(at)) => crate::time::seconds_between(at, now),
+                _ => 0.0,
+            };
+            if waited >= room.reserve_after {
+                break;
+            }
+            continue;
+        }
+        if fits {
+            free.cpus -= cpus;
+            free.mem -= mem;
+        } else {
+            ahead -= 1;
+        }
+        if gpus > 0 {
+            let ids: Vec<String> = free.devices.drain(..gpus as usize).collect();
+            devices.insert(format!("j{jid}"), serde_json::Value::String(ids.join(",")));
+        }
+        if let Some((_, left)) = tag_left {
+            *left -= 1;
+        }
+        chosen.push(jid);
+    }
+    if chosen.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "{CLAIM_SET}, gpu_ids = json_extract(?6, '$.j' || jid) \
+         WHERE jid IN (SELECT value FROM json_each(?5)) AND state IN ('pending', 'dead') \
+         RETURNING {}",
+        queue::stored_columns()
+    );
+    let names: Vec<String> = crate::job::FIELDS.iter().map(|s| s.to_string()).collect();
+    let chosen = serde_json::to_string(&chosen).unwrap_or_default();
+    let devices = serde_json::Value::Object(devices).to_string();
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let mut rows = stmt
+        .query_map(
+            rusqlite::params![host, now, token, feeder, chosen, devices],
+            |r| Row::from_sql(r, &names),
+        )?
+        .collect::<rusqlite::Result<Vec<Row>>>()?;
     // Start them in claim order.
     rows.sort_by_key(|r| {
         (
@@ -131,7 +217,13 @@ pub fn claim(
 /// Whether `claim` would find a job for this host now: a read-only look, so that an idle
 /// feeder's periodic poll does not take the write lock (on NFS a write transaction costs
 /// several times the round trips of a read).
-pub fn claimable(tx: &Transaction<'_>, host: &str, now: &str, max_attempts: i64) -> Result<bool> {
+pub fn claimable(
+    tx: &Transaction<'_>,
+    host: &str,
+    now: &str,
+    max_attempts: i64,
+    total: &Capacity,
+) -> Result<bool> {
     let full: Vec<String> = tag_room(tx)?
         .into_iter()
         .filter(|(_, n)| *n == 0)
@@ -146,7 +238,10 @@ pub fn claimable(tx: &Transaction<'_>, host: &str, now: &str, max_attempts: i64)
         "",
         1i64,
         max_attempts,
-        serde_json::to_string(&full).unwrap_or_default()
+        serde_json::to_string(&full).unwrap_or_default(),
+        total.cpus,
+        total.mem,
+        total.devices.len() as i64
     ];
     Ok(stmt.query_row(params, |r| r.get(0))?)
 }

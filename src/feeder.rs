@@ -56,6 +56,8 @@ pub struct Config {
     pub exit_when_empty: bool,
     /// Seconds a job gets between TERM and KILL when it must be stopped.
     pub kill_grace: f64,
+    /// What this host offers jobs (CPUs, memory, GPU devices).
+    pub capacity: crate::claims::Capacity,
 }
 
 impl Config {
@@ -91,6 +93,35 @@ struct RunningJob {
     retries: i64,
     retried: i64,
     retry_delay: f64,
+    /// What it takes of the host while it runs.
+    needs: Needs,
+}
+
+/// What a claimed job takes of its host: CPUs, memory, the GPU devices it was given.
+#[derive(Debug, Clone, Default)]
+struct Needs {
+    cpus: i64,
+    mem: i64,
+    devices: Vec<String>,
+}
+
+impl Needs {
+    fn of(job: &Row) -> Needs {
+        Needs {
+            cpus: job.get("cpus").as_int().unwrap_or(1),
+            mem: job.get("mem").as_int().unwrap_or(0),
+            devices: job
+                .get("gpu_ids")
+                .as_text()
+                .map(|ids| {
+                    ids.split(',')
+                        .filter(|d| !d.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// Test-only fault injection (`RQ_FAULT`): the feeder kills itself at a chosen point, as a
@@ -503,6 +534,30 @@ impl Feeder {
         }
     }
 
+    /// What a claim of `want` jobs may take: the host's capacity less what the jobs this
+    /// feeder runs or holds take; one-CPU jobs may be claimed ahead by the look-ahead.
+    fn claim_room(&self, want: usize) -> claims::Room {
+        let total = self.config.capacity.clone();
+        let mut free = total.clone();
+        let held = self
+            .running
+            .iter()
+            .map(|j| j.needs.clone())
+            .chain(self.buffer.iter().map(Needs::of));
+        for needs in held {
+            free.cpus -= needs.cpus;
+            free.mem -= needs.mem;
+            free.devices.retain(|d| !needs.devices.contains(d));
+        }
+        claims::Room {
+            jobs: want,
+            ahead: self.lookahead().min(want),
+            total,
+            free,
+            reserve_after: self.settings.reserve_after,
+        }
+    }
+
     fn remember_ends(&mut self, ends: &[End]) {
         let now = Instant::now();
         let keep = Duration::from_secs_f64(2.0 * self.settings.lease);
@@ -580,6 +635,7 @@ impl Feeder {
             &self.config.host,
             &self.id,
             self.config.max_feed,
+            &self.config.capacity,
         )?;
         let beater = Beater::start(heartbeat, self.settings.heartbeat, self.lease.clone());
         self.info(&format!(
@@ -938,13 +994,14 @@ impl Feeder {
         let (host, now, max_attempts) =
             (&self.config.host, time::now(), self.settings.max_attempts);
         let id = &self.id;
+        let total = &self.config.capacity;
         let (attrs, current, busy, claimable, held, held_back) = self.queue.store().read(|tx| {
             let current = if jids.is_empty() {
                 Vec::new()
             } else {
                 claims::current_claims(tx, &jids)?
             };
-            let claimable = idle && claims::claimable(tx, host, &now, max_attempts)?;
+            let claimable = idle && claims::claimable(tx, host, &now, max_attempts, total)?;
             Ok((
                 read_attributes(tx)?,
                 current,
@@ -1295,6 +1352,8 @@ impl Feeder {
         let host = self.config.host.clone();
         let feeder = self.id.clone();
         let max_attempts = self.settings.max_attempts;
+        let total = self.config.capacity.clone();
+        let room = self.claim_room(want);
         let nothing_to_record = self.starts.is_empty()
             && self.failed_starts.is_empty()
             && self.releases.is_empty()
@@ -1304,7 +1363,7 @@ impl Feeder {
             let found = self
                 .queue
                 .store()
-                .read(|tx| claims::claimable(tx, &host, &now, max_attempts))?;
+                .read(|tx| claims::claimable(tx, &host, &now, max_attempts, &total))?;
             if !found {
                 return Ok(Some(Vec::new()));
             }
@@ -1334,7 +1393,7 @@ impl Feeder {
                 }
             }
             let claimed = if want > 0 {
-                claims::claim(tx, &host, &feeder, &now, want, max_attempts)?
+                claims::claim(tx, &host, &feeder, &now, &room, max_attempts)?
             } else {
                 Vec::new()
             };
@@ -1438,7 +1497,26 @@ impl Feeder {
     /// spawn; their pids are recorded with the next transaction.
     fn start_buffered(&mut self) -> Result<()> {
         let free = self.config.max_feed.saturating_sub(self.running.len());
-        let n = free.min(self.buffer.len());
+        // In claim order, while slots are free and each job fits what the running ones
+        // leave (a job that does not fit yet holds back those behind it: no starvation).
+        let mut n = 0;
+        let (mut cpus, mut mem) = self
+            .running
+            .iter()
+            .fold((0, 0), |(c, m), j| (c + j.needs.cpus, m + j.needs.mem));
+        for job in self.buffer.iter().take(free) {
+            let needs = Needs::of(job);
+            let alone = self.running.is_empty() && n == 0;
+            if !alone
+                && (cpus + needs.cpus > self.config.capacity.cpus
+                    || mem + needs.mem > self.config.capacity.mem)
+            {
+                break;
+            }
+            cpus += needs.cpus;
+            mem += needs.mem;
+            n += 1;
+        }
         if n == 0 {
             return Ok(());
         }
@@ -1477,7 +1555,8 @@ impl Feeder {
         for job in &batch {
             let jid = job.jid();
             let claim = job.get("claim").as_text().unwrap_or_default().to_string();
-            match runner::spawn(self.queue.dir(), &self.config.shell, job) {
+            let gpu_host = !self.config.capacity.devices.is_empty();
+            match runner::spawn(self.queue.dir(), &self.config.shell, job, gpu_host) {
                 Ok(child) => {
                     let pid = child.id();
                     self.lease.add(pid);
@@ -1508,6 +1587,7 @@ impl Feeder {
                         retries: job.get("retries").as_int().unwrap_or(0),
                         retried: job.get("retried").as_int().unwrap_or(0),
                         retry_delay: real("retry_delay").unwrap_or(1.0),
+                        needs: Needs::of(job),
                     });
                 }
                 Err(e) => {

@@ -38,6 +38,10 @@ pub struct JobSpec {
     /// Its `jid` in rq's own output it was read from: jobs of the same list that wait for
     /// that jid wait for this copy.
     pub listed_jid: Option<i64>,
+    /// What it needs of a host: CPUs, bytes of memory, GPUs.
+    pub cpus: Option<i64>,
+    pub mem: Option<i64>,
+    pub gpus: Option<i64>,
 }
 
 /// A job waited for, as written in a job list or `--after`.
@@ -105,6 +109,61 @@ fn deps_of(key: &str, value: Value) -> std::result::Result<Vec<DepRef>, String> 
             "{key} must be jids or job names, found {}",
             describe(&other)
         )),
+    }
+}
+
+/// A size in bytes: `1000000`, `512K`, `10M`, `4G`, `1T` (binary units; a trailing `B`
+/// or `iB` is allowed: `4GB`, `4GiB`).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let text = text
+        .strip_suffix("iB")
+        .or_else(|| text.strip_suffix('B'))
+        .or_else(|| text.strip_suffix('b'))
+        .unwrap_or(text);
+    let (number, scale) = match text.char_indices().last()? {
+        (i, 'k' | 'K') => (&text[..i], 1u64 << 10),
+        (i, 'm' | 'M') => (&text[..i], 1 << 20),
+        (i, 'g' | 'G') => (&text[..i], 1 << 30),
+        (i, 't' | 'T') => (&text[..i], 1 << 40),
+        _ => (text, 1),
+    };
+    let number = number.trim();
+    if let Ok(n) = number.parse::<u64>() {
+        return n.checked_mul(scale);
+    }
+    // 1.5G
+    let n: f64 = number
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+    let bytes = n * scale as f64;
+    (bytes < 9.0e18).then_some(bytes.round() as u64)
+}
+
+fn count_of(key: &str, value: &Value, min: i64) -> std::result::Result<Option<i64>, String> {
+    let n = integer_of(key, value)?;
+    match n {
+        Some(n) if n < min || n > 100_000 => {
+            Err(format!("{key} must be from {min} to 100000, not {n}"))
+        }
+        other => Ok(other),
+    }
+}
+
+fn size_of(key: &str, value: &Value) -> std::result::Result<Option<i64>, String> {
+    match value {
+        Value::Null => Ok(None),
+        Value::Number(n) => n
+            .as_i64()
+            .filter(|n| *n >= 0)
+            .map(Some)
+            .ok_or_else(|| format!("{key} must be a size like 4G, not {n}")),
+        Value::String(s) => parse_size(s)
+            .and_then(|n| i64::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| format!("{key} must be a size like 512M or 4G, not '{s}'")),
+        other => Err(format!("{key} must be a size, found {}", describe(other))),
     }
 }
 
@@ -614,6 +673,9 @@ pub fn spool_job(out: &mut impl std::io::Write, job: &JobSpec) -> Result<()> {
         "not_before": job.not_before,
         "array_index": job.array_index,
         "listed_jid": job.listed_jid,
+        "cpus": job.cpus,
+        "mem": job.mem,
+        "gpus": job.gpus,
     });
     serde_json::to_writer(&mut *out, &line)
         .map_err(std::io::Error::from)
@@ -648,6 +710,9 @@ pub fn read_spooled(
         not_before: Option<String>,
         array_index: Option<i64>,
         listed_jid: Option<i64>,
+        cpus: Option<i64>,
+        mem: Option<i64>,
+        gpus: Option<i64>,
     }
     let unwrap = |v: Option<Vec<Option<String>>>| v.map(|list| list.into_iter().next().flatten());
     for line in reader.lines() {
@@ -674,6 +739,9 @@ pub fn read_spooled(
             not_before: job.not_before,
             array_index: job.array_index,
             listed_jid: job.listed_jid,
+            cpus: job.cpus,
+            mem: job.mem,
+            gpus: job.gpus,
         })?;
     }
     Ok(())
@@ -775,6 +843,9 @@ fn job_from_value(item: Value) -> std::result::Result<JobSpec, String> {
                 }
             }
             "jid" => spec.listed_jid = integer_of(&key, &value)?.filter(|j| *j > 0),
+            "cpus" => spec.cpus = count_of(&key, &value, 1)?,
+            "gpus" => spec.gpus = count_of(&key, &value, 0)?,
+            "mem" => spec.mem = size_of(&key, &value)?,
             "retries" => {
                 spec.retries = integer_of(&key, &value)?;
                 if spec.retries.is_some_and(|r| r < 0) {

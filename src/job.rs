@@ -53,6 +53,11 @@ pub const FIELDS: &[&str] = &[
     "array_index",
     "array_limit",
     "env",
+    // schema version 5: resources
+    "cpus",
+    "mem",
+    "gpus",
+    "gpu_ids",
 ];
 
 /// Fields holding JSON text (a list of jids, an environment), shown as YAML/JSON values.

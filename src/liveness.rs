@@ -20,6 +20,9 @@ pub struct Settings {
     pub heartbeat: f64,
     pub lease: f64,
     pub max_attempts: i64,
+    /// Seconds after which the best job that does not fit a host yet makes that host stop
+    /// claiming jobs behind it, until it fits (a simple reservation against starvation).
+    pub reserve_after: f64,
 }
 
 impl Default for Settings {
@@ -28,6 +31,7 @@ impl Default for Settings {
             heartbeat: 10.0,
             lease: 60.0,
             max_attempts: 3,
+            reserve_after: 600.0,
         }
     }
 }
@@ -51,6 +55,10 @@ impl Settings {
                 .and_then(|v| v.trim().parse().ok())
                 .filter(|n: &i64| *n > 0)
                 .unwrap_or(d.max_attempts),
+            reserve_after: get("reserve_after")
+                .and_then(|v| crate::time::parse_duration(&v))
+                .filter(|s| *s >= 0.0)
+                .unwrap_or(d.reserve_after),
         }
     }
 }
@@ -63,6 +71,10 @@ pub const SETTING_RANGES: &[(&str, &str)] = &[
         "a duration from 5s to 7d, at least two heartbeats (default 60s)",
     ),
     ("max_attempts", "a whole number from 1 to 1000 (default 3)"),
+    (
+        "reserve_after",
+        "a duration from 0s to 7d (default 10m): how long the best job that does not fit may wait before hosts it fits stop claiming jobs behind it",
+    ),
 ];
 
 /// Check a queue's settings as they would be after a `configure`: every key known, every
@@ -110,6 +122,7 @@ pub fn check_settings(keys: &[&str], get: impl Fn(&str) -> Option<String>) -> Re
             _ => Err(format!("{key} must be {}, not '{text}'", range(key))),
         }
     };
+    duration("reserve_after", 0.0, 7.0 * 86400.0)?;
     let heartbeat = duration("heartbeat", 0.5, 3600.0)?.unwrap_or(Settings::default().heartbeat);
     let lease = duration("lease", 1.0, 7.0 * 86400.0)?.unwrap_or(Settings::default().lease);
     if lease < 2.0 * heartbeat {
@@ -218,7 +231,13 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     /// Publish who is feeding (host, feeder id, pid, started, max_feed, version).
-    pub fn start(queue: &Path, host: &str, feeder: &str, max_feed: usize) -> Result<Heartbeat> {
+    pub fn start(
+        queue: &Path,
+        host: &str,
+        feeder: &str,
+        max_feed: usize,
+        capacity: &crate::claims::Capacity,
+    ) -> Result<Heartbeat> {
         let dir = hosts_dir(queue);
         std::fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
         let info = json!({
@@ -227,6 +246,9 @@ impl Heartbeat {
             "pid": std::process::id(),
             "started": crate::time::now(),
             "max_feed": max_feed,
+            "cpus": capacity.cpus,
+            "mem": capacity.mem,
+            "gpus": capacity.devices.join(","),
             "version": env!("CARGO_PKG_VERSION"),
             "stopped": false,
         });
@@ -306,6 +328,79 @@ pub fn known_hosts(queue: &Path, server_now: Timestamp) -> Vec<(Value, Option<f6
     hosts
 }
 
+/// The most CPUs, memory and GPUs any live feeder offers (each the largest of its kind),
+/// or None when no live feeder says what it offers.
+pub fn largest_live(queue: &Path, lease: f64) -> Result<Option<crate::claims::Capacity>> {
+    let now = server_now(queue, &crate::host::name())?;
+    let mut largest: Option<crate::claims::Capacity> = None;
+    for (info, age) in known_hosts(queue, now) {
+        let alive = !info["stopped"].as_bool().unwrap_or(false) && age.is_some_and(|a| a <= lease);
+        let Some(cpus) = info["cpus"].as_i64().filter(|_| alive) else {
+            continue;
+        };
+        let mem = info["mem"].as_i64().unwrap_or(0);
+        let gpus = info["gpus"].as_str().unwrap_or("");
+        let devices: Vec<String> = gpus
+            .split(',')
+            .filter(|d| !d.is_empty())
+            .map(String::from)
+            .collect();
+        let l = largest.get_or_insert_with(Default::default);
+        l.cpus = l.cpus.max(cpus);
+        l.mem = l.mem.max(mem);
+        if devices.len() > l.devices.len() {
+            l.devices = devices;
+        }
+    }
+    Ok(largest)
+}
+
+/// The largest live feeder, as a listing in this process found it: read by the SQL
+/// function `rq_unfit` so `list` can say why a job cannot run. Unset: nothing is said.
+static LARGEST_LIVE: std::sync::RwLock<Option<crate::claims::Capacity>> =
+    std::sync::RwLock::new(None);
+
+pub fn set_largest_live(largest: Option<crate::claims::Capacity>) {
+    if let Ok(mut slot) = LARGEST_LIVE.write() {
+        *slot = largest;
+    }
+}
+
+pub fn largest_live_known() -> Option<crate::claims::Capacity> {
+    LARGEST_LIVE.read().ok().and_then(|l| l.clone())
+}
+
+/// Why a job that needs `cpus`, `mem` bytes and `gpus` cannot run on any live feeder.
+pub fn unfit_reason(
+    cpus: i64,
+    mem: i64,
+    gpus: i64,
+    largest: &crate::claims::Capacity,
+) -> Option<String> {
+    let plural = |n: i64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    if gpus > largest.devices.len() as i64 {
+        Some(format!(
+            "needs {}; the largest feeder has {}",
+            plural(gpus, "GPU", "GPUs"),
+            largest.devices.len()
+        ))
+    } else if cpus > largest.cpus {
+        Some(format!(
+            "needs {}; the largest feeder has {}",
+            plural(cpus, "CPU", "CPUs"),
+            largest.cpus
+        ))
+    } else if mem > largest.mem {
+        Some(format!(
+            "needs {} MiB of memory; the largest feeder has {} MiB",
+            mem >> 20,
+            largest.mem >> 20
+        ))
+    } else {
+        None
+    }
+}
+
 /// Seconds on a clock that keeps counting while the machine is suspended or the process
 /// stopped: what self-fencing measures missed heartbeats with.
 pub fn boot_clock() -> f64 {
@@ -335,7 +430,7 @@ mod tests {
     #[test]
     fn heartbeat_age_uses_file_times() {
         let dir = tempfile::tempdir().unwrap();
-        let hb = Heartbeat::start(dir.path(), "h1", "f", 2).unwrap();
+        let hb = Heartbeat::start(dir.path(), "h1", "f", 2, &Default::default()).unwrap();
         let now = hb.beat().unwrap();
         let age = heartbeat_age(dir.path(), "h1", now).unwrap();
         assert!(age.abs() < 1.0);

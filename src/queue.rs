@@ -118,6 +118,10 @@ pub struct SubmitOptions {
     pub array: bool,
     /// At most this many of the array pending or running at once.
     pub array_limit: Option<i64>,
+    /// What every job needs of its host (a job's own values are overridden).
+    pub cpus: Option<i64>,
+    pub mem: Option<i64>,
+    pub gpus: Option<i64>,
 }
 
 /// Changes `update` makes.
@@ -196,6 +200,8 @@ const WAITING_REASON: &str = "CASE WHEN state = 'waiting' THEN coalesce(\
     CASE WHEN array_limit IS NOT NULL THEN 'waits for a place: at most ' || array_limit \
         || ' of array ' || array_id || ' run at once' END, \
     reason) \
+    WHEN state = 'pending' AND (cpus > 1 OR gpus > 0 OR mem > 0) \
+         AND rq_unfit(cpus, mem, gpus) IS NOT NULL THEN rq_unfit(cpus, mem, gpus) \
     WHEN state = 'pending' AND not_before > strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
     THEN 'starts at ' || not_before ELSE reason END AS reason";
 
@@ -514,6 +520,9 @@ impl Queue {
                     array_limit: opts.array_limit.filter(|_| opts.array),
                     env: env_json(&spec.env),
                     not_before: opts.not_before.clone().or(spec.not_before),
+                    cpus: opts.cpus.or(spec.cpus).unwrap_or(1),
+                    mem: opts.mem.or(spec.mem).unwrap_or(0),
+                    gpus: opts.gpus.or(spec.gpus).unwrap_or(0),
                     command: spec.command,
                 });
                 if batch.len() == INSERT_BATCH {
@@ -1347,6 +1356,63 @@ impl Queue {
         })
     }
 
+    /// Jobs waiting to run (pending or waiting) that no live feeder can run: they need
+    /// more CPUs, memory or GPUs than any has. How many, and the first few with why.
+    /// Costs one index probe when no job needs more than one CPU.
+    pub fn unfit(&mut self, jids: Option<&[i64]>) -> Result<(i64, Vec<(i64, String)>)> {
+        let needy = "FROM jobs INDEXED BY jobs_needs WHERE (cpus > 1 OR gpus > 0 OR mem > 0) \
+                     AND state IN ('pending', 'waiting') \
+                     AND (?1 IS NULL OR jid IN (SELECT value FROM json_each(?1)))";
+        let filter = jids.map(|j| serde_json::to_string(j).unwrap_or_default());
+        let any: bool = self.store.read(|tx| {
+            Ok(tx.query_row(
+                &format!("SELECT EXISTS (SELECT 1 {needy})"),
+                [&filter],
+                |r| r.get(0),
+            )?)
+        })?;
+        if !any {
+            return Ok((0, Vec::new()));
+        }
+        let largest = self.largest_live()?;
+        crate::liveness::set_largest_live(largest.clone());
+        let Some(largest) = largest else {
+            return Ok((0, Vec::new()));
+        };
+        self.store.read(|tx| {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT jid, cpus, mem, gpus {needy} AND (cpus > ?2 OR mem > ?3 OR gpus > ?4) ORDER BY jid"
+            ))?;
+            let mut rows = stmt.query(rusqlite::params![
+                filter,
+                largest.cpus,
+                largest.mem,
+                largest.devices.len() as i64
+            ])?;
+            let (mut count, mut some) = (0i64, Vec::new());
+            while let Some(r) = rows.next()? {
+                count += 1;
+                if some.len() < 5 {
+                    let (jid, cpus, mem, gpus): (i64, i64, i64, i64) =
+                        (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+                    if let Some(why) = crate::liveness::unfit_reason(cpus, mem, gpus, &largest) {
+                        some.push((jid, why));
+                    }
+                }
+            }
+            Ok((count, some))
+        })
+    }
+
+    /// The largest live feeder (see `liveness::largest_live`).
+    fn largest_live(&mut self) -> Result<Option<crate::claims::Capacity>> {
+        let lease = self
+            .setting("lease")?
+            .and_then(|v| time::parse_duration(&v))
+            .unwrap_or(crate::liveness::Settings::default().lease);
+        crate::liveness::largest_live(&self.dir, lease)
+    }
+
     /// The status report.
     pub fn status(&mut self, exit_codes: &[(String, Vec<i64>)]) -> Result<Value> {
         let now = time::now_ts();
@@ -1639,6 +1705,9 @@ struct NewJob {
     array_limit: Option<i64>,
     env: Option<String>,
     not_before: Option<String>,
+    cpus: i64,
+    mem: i64,
+    gpus: i64,
 }
 
 /// Insert a batch of jobs with one statement; returns the last jid.
@@ -1650,17 +1719,17 @@ fn insert_jobs(
     user: &str,
 ) -> Result<i64> {
     use rusqlite::ToSql;
-    let row = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    let row = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
     let sql = format!(
         "INSERT INTO jobs (jid, priority, state, submitted, submitter, stdin, data, tag, \
          restartable, command, hosts, cwd, timeout, retries, retry_delay, user, name, after, \
-         after_any, waiting_on, reason, array_id, array_index, array_limit, env, not_before) \
-         VALUES {}",
+         after_any, waiting_on, reason, array_id, array_index, array_limit, env, not_before, \
+         cpus, mem, gpus) VALUES {}",
         vec![row; batch.len()].join(",")
     );
     let mut insert = tx.prepare_cached(&sql)?;
     let states: Vec<&str> = batch.iter().map(|job| job.state.as_str()).collect();
-    let mut params: Vec<&dyn ToSql> = Vec::with_capacity(batch.len() * 26);
+    let mut params: Vec<&dyn ToSql> = Vec::with_capacity(batch.len() * 29);
     for (job, state) in batch.iter().zip(&states) {
         params.extend_from_slice(&[
             &job.jid as &dyn ToSql,
@@ -1689,6 +1758,9 @@ fn insert_jobs(
             &job.array_limit,
             &job.env,
             &job.not_before,
+            &job.cpus,
+            &job.mem,
+            &job.gpus,
         ]);
     }
     insert.execute(params.as_slice())?;

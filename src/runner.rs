@@ -82,7 +82,12 @@ fn fresh_file(path: &Path) -> Result<std::fs::File> {
 /// `$HOME`), stdin from its stdin file (else /dev/null), stdout/stderr into the queue,
 /// `Q/bin` last on PATH, and one `RQ_<FIELD>` variable per job field plus `RQ` (the
 /// queue) and `RQ_JOB` (the job as JSON). Paths in RQ_STDIN/STDOUT/STDERR/DATA are absolute.
-pub fn spawn(dir: &Path, shell: &[String], job: &Row) -> Result<Child> {
+///
+/// Resources: `RQ_CPUS` and `OMP_NUM_THREADS` (unless the job's own environment sets it)
+/// are the CPUs it asked for; on a host with GPUs (`gpu_host`), `CUDA_VISIBLE_DEVICES`,
+/// `ROCR_VISIBLE_DEVICES` and `RQ_GPUS` name exactly the devices it was given (none for
+/// a job that asked for none, so it cannot take another job's device by accident).
+pub fn spawn(dir: &Path, shell: &[String], job: &Row, gpu_host: bool) -> Result<Child> {
     let jid = job.jid();
     let path_of = |field: &str| job.get(field).as_text().map(|rel| dir.join(rel));
     let stdout_path = path_of("stdout").unwrap_or_else(|| dir.join("stdout").join(jid.to_string()));
@@ -204,6 +209,16 @@ pub fn spawn(dir: &Path, shell: &[String], job: &Row) -> Result<Child> {
             _ => cell.to_plain(),
         };
         cmd.env(format!("RQ_{}", name.to_ascii_uppercase()), value);
+    }
+    let cpus = job.get("cpus").as_int().unwrap_or(1).max(1);
+    if !job_env.iter().any(|(k, _)| k == "OMP_NUM_THREADS") {
+        cmd.env("OMP_NUM_THREADS", cpus.to_string());
+    }
+    let gpu_ids = job.get("gpu_ids").as_text().unwrap_or_default().to_string();
+    if gpu_host || !gpu_ids.is_empty() {
+        for name in ["CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "RQ_GPUS"] {
+            cmd.env(name, &gpu_ids);
+        }
     }
     cmd.env("RQ_DATA", &data_path);
     cmd.env("RQ_STDOUT", &stdout_path);

@@ -22,7 +22,7 @@ use crate::lock::JournalFence;
 /// `PRAGMA application_id` of an rq queue database ("rq2\0").
 pub const APPLICATION_ID: i64 = 0x7271_3200;
 /// The schema version this rq writes and understands.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The schema as first released (version 1); `MIGRATIONS` bring it to `SCHEMA_VERSION`.
 /// Also written, with comments, to `Q/db.schema`.
@@ -197,6 +197,16 @@ END;
 CREATE TRIGGER deps_deleted AFTER DELETE ON jobs BEGIN
     DELETE FROM deps WHERE job = OLD.jid;
 END;
+"#,
+    // 5: what a job needs of its host; a feeder claims only what fits.
+    r#"
+ALTER TABLE jobs ADD COLUMN cpus INTEGER NOT NULL DEFAULT 1;  -- CPUs it needs
+ALTER TABLE jobs ADD COLUMN mem INTEGER NOT NULL DEFAULT 0;   -- bytes of memory it needs (0: not counted)
+ALTER TABLE jobs ADD COLUMN gpus INTEGER NOT NULL DEFAULT 0;  -- GPUs it needs
+ALTER TABLE jobs ADD COLUMN gpu_ids TEXT;                     -- the devices its run was given (e.g. 0,1)
+-- Jobs that need more than one CPU, any memory or GPUs (few): to tell at once which
+-- ones no live feeder can run. One-CPU jobs are not in it.
+CREATE INDEX jobs_needs ON jobs (state, cpus, gpus, mem) WHERE cpus > 1 OR gpus > 0 OR mem > 0;
 "#,
 ];
 
@@ -805,6 +815,18 @@ fn configure_connection(
             let hosts: Option<String> = ctx.get(0)?;
             let host: String = ctx.get(1)?;
             Ok(crate::host::allowed(hosts.as_deref(), &host))
+        },
+    )?;
+    // rq_unfit(cpus, mem, gpus): why no live feeder can run a job that needs these, as a
+    // listing shows it (see `liveness::set_largest_live`); NULL when it fits or nobody asked.
+    conn.create_scalar_function(
+        "rq_unfit",
+        3,
+        rusqlite::functions::FunctionFlags::SQLITE_UTF8,
+        |ctx| {
+            let (cpus, mem, gpus): (i64, i64, i64) = (ctx.get(0)?, ctx.get(1)?, ctx.get(2)?);
+            Ok(crate::liveness::largest_live_known()
+                .and_then(|largest| crate::liveness::unfit_reason(cpus, mem, gpus, &largest)))
         },
     )?;
     if std::env::var_os("RQ_SQL_DEBUG").is_some_and(|v| !v.is_empty()) {

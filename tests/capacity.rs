@@ -150,3 +150,183 @@ fn a_tag_limit_holds_across_hosts() {
     q.rq(&["configure", "limit.db=", "-q"]).ok();
     assert!(q.rq(&["configure"]).ok().value().get("limit.db").is_none());
 }
+
+/// Replay start/end lines `start|end <time> <amount> <rest...>` as the most held at once.
+fn most_at_once(lines: &[String]) -> i64 {
+    let mut events: Vec<(f64, i64)> = lines
+        .iter()
+        .map(|line| {
+            let w: Vec<&str> = line.split(' ').collect();
+            let amount: i64 = w[2].parse().unwrap();
+            (
+                w[1].parse().unwrap(),
+                if w[0] == "start" { amount } else { -amount },
+            )
+        })
+        .collect();
+    // Ends before starts at the same instant.
+    events.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (mut now, mut most) = (0, 0);
+    for (_, change) in events {
+        now += change;
+        most = most.max(now);
+    }
+    most
+}
+
+#[test]
+fn a_feeder_never_runs_more_cpus_than_it_offers() {
+    let q = TestQueue::new();
+    let ledger = q.ledger();
+    let mut list = String::new();
+    for i in 0..18 {
+        let cpus = 1 + i % 3;
+        list.push_str(&format!(
+            "- {{cpus: {cpus}, command: 'echo \"start $(date +%s.%N) $RQ_CPUS $OMP_NUM_THREADS\" >> {l}; sleep 0.15; echo \"end $(date +%s.%N) $RQ_CPUS\" >> {l}'}}\n",
+            l = ledger.display()
+        ));
+    }
+    q.rq_stdin(&["submit", "-q", "-"], &list).ok();
+    {
+        let _h1 = q.feeder("h1", &["--cpus", "4", "--max_feed", "8"]);
+        q.wait_for("every job", 60, |q| q.count("finished") == 18);
+    }
+    let lines = q.ledger_lines();
+    for line in lines.iter().filter(|l| l.starts_with("start")) {
+        let w: Vec<&str> = line.split(' ').collect();
+        assert_eq!(
+            w[2], w[3],
+            "OMP_NUM_THREADS follows the CPUs asked for: {line}"
+        );
+    }
+    let most = most_at_once(&lines);
+    assert!(
+        most <= 4,
+        "{most} CPUs of jobs ran at once on a 4-CPU feeder"
+    );
+    assert!(most >= 3, "the feeder never used its CPUs ({most})");
+    // What the feeder offers is shown.
+    let feeders = q.rq(&["feeders"]).ok().records();
+    assert_eq!(int(&feeders[0], "cpus"), 4);
+}
+
+#[test]
+fn gpus_are_never_shared_and_jobs_see_exactly_theirs() {
+    let q = TestQueue::new();
+    let ledger = q.ledger();
+    let job = |gpus: u32| {
+        format!(
+            "- {{gpus: {gpus}, command: 'echo \"start $(date +%s.%N) {gpus} $CUDA_VISIBLE_DEVICES $ROCR_VISIBLE_DEVICES $RQ_GPUS\" >> {l}; sleep 0.3; echo \"end $(date +%s.%N) {gpus} $CUDA_VISIBLE_DEVICES\" >> {l}'}}\n",
+            l = ledger.display()
+        )
+    };
+    let mut list = String::new();
+    for _ in 0..3 {
+        list.push_str(&job(1));
+        list.push_str(&job(1));
+        list.push_str(&job(2));
+    }
+    list.push_str(&format!(
+        "- {{command: 'echo \"cpu [$CUDA_VISIBLE_DEVICES]\" >> {}'}}\n",
+        ledger.display()
+    ));
+    q.rq_stdin(&["submit", "-q", "-"], &list).ok();
+    {
+        let _h1 = q.feeder("h1", &["--gpus", "0,1", "--max_feed", "4"]);
+        q.wait_for("every job", 60, |q| q.count("finished") == 10);
+    }
+    let lines = q.ledger_lines();
+    assert!(
+        lines.contains(&"cpu []".to_string()),
+        "a CPU job sees no GPU: {lines:?}"
+    );
+    let gpu_lines: Vec<String> = lines
+        .iter()
+        .filter(|l| !l.starts_with("cpu"))
+        .cloned()
+        .collect();
+    // Each job saw as many devices as it asked for, the same in every variable.
+    for line in gpu_lines.iter().filter(|l| l.starts_with("start")) {
+        let w: Vec<&str> = line.split(' ').collect();
+        let devices: Vec<&str> = w[3].split(',').collect();
+        assert_eq!(devices.len().to_string(), w[2], "{line}");
+        assert!(devices.iter().all(|d| *d == "0" || *d == "1"), "{line}");
+        assert_eq!(w[3], w[4]);
+        assert_eq!(w[3], w[5]);
+    }
+    // Per device: never two jobs at once.
+    for device in ["0", "1"] {
+        let on_device: Vec<String> = gpu_lines
+            .iter()
+            .filter(|l| l.split(' ').nth(3).unwrap().split(',').any(|d| d == device))
+            .map(|l| {
+                let w: Vec<&str> = l.split(' ').collect();
+                format!("{} {} 1", w[0], w[1])
+            })
+            .collect();
+        assert_eq!(most_at_once(&on_device), 1, "device {device} was shared");
+    }
+    // Recorded in the queue too.
+    let jobs = q.jobs();
+    assert!(
+        jobs.iter()
+            .filter(|j| int(j, "gpus") == 2)
+            .all(|j| text(j, "gpu_ids") == "0,1")
+    );
+}
+
+#[test]
+fn a_big_job_is_not_starved_by_a_stream_of_small_ones() {
+    let q = TestQueue::new();
+    q.rq(&["configure", "reserve_after=1s", "-q"]).ok();
+    let small = "sleep 0.4";
+    for _ in 0..30 {
+        q.rq(&["submit", "-q", small]).ok();
+    }
+    let _h1 = q.feeder("h1", &["--cpus", "2", "--max_feed", "2"]);
+    q.wait_for("two small jobs to run", 30, |q| q.count("running") == 2);
+    let big = q
+        .rq(&["submit", "-p", "5", "--cpus", "2", "echo big"])
+        .ok()
+        .records();
+    let big = int(&big[0], "jid");
+    q.wait_for("the big job to run", 30, |q| {
+        q.jobs()
+            .iter()
+            .any(|j| int(j, "jid") == big && text(j, "state") == "finished")
+    });
+    // It ran long before the stream of small jobs was through.
+    assert!(
+        q.count("pending") >= 10,
+        "the big job waited for the stream: {}",
+        q.count("pending")
+    );
+}
+
+#[test]
+fn a_job_no_live_feeder_can_run_is_flagged() {
+    let q = TestQueue::new();
+    let big = q.rq(&["submit", "--gpus", "8", "echo big"]).ok().records();
+    let big = int(&big[0], "jid");
+    q.rq(&["submit", "-q", "--cpus", "2", "echo fits"]).ok();
+    // No feeder yet: nothing to compare with, nothing said.
+    assert!(q.rq(&["status"]).ok().value().get("unfit").is_none());
+    let _h1 = q.feeder("h1", &["--gpus", "0,1,2,3", "--cpus", "4"]);
+    q.wait_for("the job that fits", 30, |q| q.count("finished") == 1);
+    let status = q.rq(&["status"]).ok().value();
+    assert_eq!(status["unfit"]["jobs"], 1, "{status}");
+    let why = "needs 8 GPUs; the largest feeder has 4";
+    assert_eq!(status["unfit"]["for_example"][big.to_string()], why);
+    let listed = q.rq(&["list", &big.to_string()]).ok().records();
+    assert_eq!(text(&listed[0], "reason"), why);
+    let mut cmd = rq_command();
+    cmd.arg(q.q())
+        .args(["wait", &big.to_string()])
+        .env("HOME", q.home());
+    let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(why), "wait says why: {said}");
+}

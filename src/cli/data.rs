@@ -82,6 +82,18 @@ impl Context<'_> {
                 Some(text) => input::ArraySpec::parse(text).map_err(Error::usage)?.limit,
                 None => None,
             },
+            cpus: count_option("cpus", &o.cpus, 1)?,
+            gpus: count_option("gpus", &o.gpus, 0)?,
+            mem: match &o.mem {
+                Some(text) => Some(
+                    input::parse_size(text)
+                        .and_then(|n| i64::try_from(n).ok())
+                        .ok_or_else(|| {
+                            Error::usage(format!("--mem: '{text}' is not a size like 512M or 4G"))
+                        })?,
+                ),
+                None => None,
+            },
         })
     }
 
@@ -248,6 +260,8 @@ impl Context<'_> {
             Selection::from_targets(&targets)
         };
         let mut q = self.open(Access::ReadOnly)?;
+        // So that jobs no live feeder can run say why (`reason`).
+        q.unfit(None)?;
         let mut seen = std::collections::HashSet::new();
         let named = !selection.jids.is_empty();
         let clause = self.mine(selection.clause());
@@ -311,7 +325,16 @@ impl Context<'_> {
         }
         let exit_map = parse_exit_map(self.inv.opts.exit.as_deref().unwrap_or(""))?;
         let mut q = self.open(Access::ReadOnly)?;
-        let report = q.status(&exit_map)?;
+        let mut report = q.status(&exit_map)?;
+        // Jobs no live feeder can run: said, not left to wait in silence.
+        let (count, some) = q.unfit(None)?;
+        if count > 0 {
+            let examples: serde_json::Map<String, serde_json::Value> = some
+                .into_iter()
+                .map(|(jid, why)| (jid.to_string(), serde_json::Value::String(why)))
+                .collect();
+            report["unfit"] = serde_json::json!({ "jobs": count, "for_example": examples });
+        }
         self.print_value(&report)?;
         Ok(0)
     }
@@ -693,5 +716,22 @@ fn start_option(at: &Option<String>, after: &Option<String>) -> Result<Option<St
             Ok(Some(crate::time::format(at)))
         }
         (None, None) => Ok(None),
+    }
+}
+
+fn count_option(name: &str, text: &Option<String>, min: i64) -> Result<Option<i64>> {
+    match text {
+        Some(text) => text
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (min..=100_000).contains(n))
+            .map(Some)
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "--{name}: '{text}' is not a whole number from {min} to 100000"
+                ))
+            }),
+        None => Ok(None),
     }
 }

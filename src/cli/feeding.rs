@@ -81,6 +81,7 @@ impl Context<'_> {
                 max_sleep,
                 exit_when_empty: o.exit_when_empty,
                 kill_grace: 5.0,
+                capacity: host_capacity(o, max_feed)?,
             },
             log: LogOptions {
                 path: o.log.clone().map(|p| queue::resolve(&p)),
@@ -195,6 +196,15 @@ impl Context<'_> {
                     ),
                     ("running".into(), job::Cell::Int(count)),
                     ("max_feed".into(), cell(&info["max_feed"])),
+                    ("cpus".into(), cell(&info["cpus"])),
+                    ("mem".into(), cell(&info["mem"])),
+                    (
+                        "gpus".into(),
+                        match &info["gpus"] {
+                            serde_json::Value::String(s) if s.is_empty() => job::Cell::Null,
+                            other => cell(other),
+                        },
+                    ),
                     ("pid".into(), cell(&info["pid"])),
                     ("started".into(), cell(&info["started"])),
                     ("version".into(), cell(&info["version"])),
@@ -220,6 +230,9 @@ impl Context<'_> {
             "heartbeat_age",
             "running",
             "max_feed",
+            "cpus",
+            "mem",
+            "gpus",
             "pid",
             "started",
             "version",
@@ -307,6 +320,19 @@ impl Context<'_> {
             })?;
         }
         let tty = std::io::stderr().is_terminal();
+        // Jobs no live feeder can run would be waited for forever: say so at once.
+        let (count, some) = q.unfit(Some(&jids))?;
+        for (jid, why) in &some {
+            crate::note!(
+                "rq: job {jid} {why}: it cannot run until a feeder that large starts (rq Q feed --cpus/--mem/--gpus)"
+            );
+        }
+        if count > some.len() as i64 {
+            crate::note!(
+                "rq: and {} more jobs no live feeder can run",
+                count - some.len() as i64
+            );
+        }
         let mut delay = 0.2f64;
         loop {
             let progress = q.progress(&jids)?;
@@ -401,17 +427,76 @@ impl Context<'_> {
 
 /// `1000`, `64K`, `10M`, `1G`.
 fn parse_bytes(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let (number, scale) = match text.char_indices().last()? {
-        (i, 'k' | 'K') => (&text[..i], 1u64 << 10),
-        (i, 'm' | 'M') => (&text[..i], 1 << 20),
-        (i, 'g' | 'G') => (&text[..i], 1 << 30),
-        _ => (text, 1),
+    crate::input::parse_size(text).filter(|n| *n > 0)
+}
+
+/// What this host offers jobs: `--cpus` (default: all, or `--max_feed` if that is more,
+/// so that `--max_feed` keeps its meaning for one-CPU jobs), `--mem` (default: all the
+/// memory), `--gpus 0,1,...` or `auto` (the devices `nvidia-smi -L` lists; default none).
+fn host_capacity(o: &super::Options, max_feed: usize) -> Result<crate::claims::Capacity> {
+    let cpus = match &o.cpus {
+        Some(v) => v
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| Error::usage(format!("--cpus: '{v}' is not a positive whole number")))?,
+        None => (crate::process::cpus() as i64).max(max_feed as i64),
     };
-    number
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .map(|n| n * scale)
+    let mem = match &o.mem {
+        Some(v) => crate::input::parse_size(v)
+            .and_then(|n| i64::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| Error::usage(format!("--mem: '{v}' is not a size like 64G")))?,
+        None => total_memory().unwrap_or(i64::MAX / 2),
+    };
+    let devices = match o.gpus.as_deref().map(str::trim) {
+        None | Some("") | Some("none") => Vec::new(),
+        Some("auto") => nvidia_devices(),
+        Some(list) => {
+            let ids: Vec<String> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+                .map(String::from)
+                .collect();
+            if let Some(bad) = ids.iter().find(|d| {
+                !d.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_:.".contains(&b))
+            }) {
+                return Err(Error::usage(format!(
+                    "--gpus: '{bad}' is not a device name"
+                )));
+            }
+            let mut seen = std::collections::HashSet::new();
+            if let Some(twice) = ids.iter().find(|d| !seen.insert(*d)) {
+                return Err(Error::usage(format!(
+                    "--gpus: device {twice} is listed twice"
+                )));
+            }
+            ids
+        }
+    };
+    Ok(crate::claims::Capacity { cpus, mem, devices })
+}
+
+/// MemTotal from /proc/meminfo, in bytes.
+fn total_memory() -> Option<i64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: i64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The GPUs `nvidia-smi -L` lists (`GPU 0: ...`), by index; none without nvidia-smi.
+fn nvidia_devices() -> Vec<String> {
+    let Ok(out) = std::process::Command::new("nvidia-smi").arg("-L").output() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("GPU "))
+        .filter_map(|rest| rest.split(':').next())
+        .map(|n| n.trim().to_string())
+        .collect()
 }

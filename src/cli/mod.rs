@@ -112,6 +112,17 @@ pub struct Options {
     /// submit: run the job with this environment (all but terminal/session variables).
     #[arg(long)]
     pub export: bool,
+    /// submit: CPUs each job needs (default 1); feed: CPUs this host offers (default: all).
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// submit: memory each job needs (e.g. 4G; default 0: not counted); feed: memory this
+    /// host offers (default: all).
+    #[arg(long)]
+    pub mem: Option<String>,
+    /// submit: GPUs each job needs (default 0); feed: this host's GPU devices (e.g. 0,1,2,3,
+    /// or auto: the devices nvidia-smi lists; default none).
+    #[arg(long)]
+    pub gpus: Option<String>,
     /// list, query, status: only jobs submitted by me.
     #[arg(long)]
     pub mine: bool,

@@ -63,7 +63,15 @@ impl Run {
         if self.stdout.trim().is_empty() {
             return Vec::new();
         }
-        serde_saphyr::from_str(&self.stdout)
+        // Listings of thousands of jobs exceed the parser's default node budget.
+        let options = serde_saphyr::options! {
+            budget: serde_saphyr::budget! {
+                max_nodes: usize::MAX,
+                max_events: usize::MAX,
+                max_total_scalar_bytes: usize::MAX,
+            },
+        };
+        serde_saphyr::from_str_with_options(&self.stdout, options)
             .unwrap_or_else(|e| panic!("bad YAML ({e}): {}", self.stdout))
     }
     pub fn value(&self) -> Value {
