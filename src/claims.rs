@@ -187,9 +187,10 @@ pub fn claim(
     if chosen.is_empty() {
         return Ok(Vec::new());
     }
+    // `+state`: found by jid (the rowid); an index on state would walk every pending job.
     let sql = format!(
         "{CLAIM_SET}, gpu_ids = json_extract(?6, '$.j' || jid) \
-         WHERE jid IN (SELECT value FROM json_each(?5)) AND state IN ('pending', 'dead') \
+         WHERE jid IN (SELECT value FROM json_each(?5)) AND +state IN ('pending', 'dead') \
          RETURNING {}",
         queue::stored_columns()
     );

@@ -85,6 +85,10 @@ options (accepted anywhere on the line; '--' ends them):
       --in D             submit: not before D from now (90m, 2h)
       --env KEY=VALUE    submit: set in the job's environment (repeatable)
       --export           submit: run the job with this environment (see help submit)
+      --cpus N           submit: CPUs a job needs (1); feed: CPUs to offer (all)
+      --mem SIZE         submit: memory a job needs (4G; 0); feed: to offer (all)
+      --gpus N|LIST      submit: GPUs a job needs (0); feed: devices to offer
+                         (0,1,2,3 or auto: as nvidia-smi lists them; none)
       --mine             list, query, status: only jobs I submitted
       --force            delete: also jobs others wait for (they are cancelled)
       --signal SIG       kill: signal to send (default TERM)
@@ -198,7 +202,7 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "feed",
-        "rq QUEUE feed [--daemon] [--max_feed N] [--shell 'sh -c'] [--log FILE] ...\n\nRun the queue's jobs on this host: claim the best pending jobs this host may run\n(priority, then oldest), run each as `bash --login -c COMMAND` in the directory\nit was submitted from, with stdin/stdout/stderr in the queue and RQ_* variables\n(RQ, RQ_JID, RQ_TAG, RQ_DATA, RQ_JOB, ...), and record how it ended. One feeder\nper host per queue. With short jobs it claims a few ahead of its free slots (they\nshow as running without a pid; jobs it never started go back to pending if it\ndies). TERM/INT: give back jobs not started, finish running ones, then exit; HUP:\nthe same, then restart; QUIT: kill running jobs now. Idle, it checks the queue's\ndoorbell (no lock) every --min_sleep seconds, backing off to 15 times that\nwhile nothing happens, and polls the queue every --max_sleep seconds. A\ndaemon logs to --log FILE, by default ~/.rq/HOST/QUEUE/log. A feeder whose\nheartbeats cannot reach the queue kills its running jobs before its lease runs\nout (they may be taken over); it rides out I/O errors and lost NFS locks by\nreopening the queue.\n\n  rq /nfs/q feed --daemon --log ~/q.log\n  rq /nfs/q feed --max_feed 8 --shell 'sh -c'\n  rq /nfs/q feed --shell none             # `./sim -n 5` runs without a shell\n  rq /nfs/q feed --exit_when_empty        # run what is there, then exit\n",
+        "rq QUEUE feed [--daemon] [--max_feed N] [--cpus N] [--mem SIZE] [--gpus LIST|auto]\n              [--shell 'sh -c'] [--log FILE] ...\n\nRun the queue's jobs on this host: claim the best pending jobs this host may run\nand has room for (priority, then oldest; CPUs, memory and GPU devices counted:\nsee 'rq help submit' and the README's Capacity), run each as `bash --login -c COMMAND` in the directory\nit was submitted from, with stdin/stdout/stderr in the queue and RQ_* variables\n(RQ, RQ_JID, RQ_TAG, RQ_DATA, RQ_JOB, ...), and record how it ended. One feeder\nper host per queue. With short jobs it claims a few ahead of its free slots (they\nshow as running without a pid; jobs it never started go back to pending if it\ndies). TERM/INT: give back jobs not started, finish running ones, then exit; HUP:\nthe same, then restart; QUIT: kill running jobs now. Idle, it checks the queue's\ndoorbell (no lock) every --min_sleep seconds, backing off to 15 times that\nwhile nothing happens, and polls the queue every --max_sleep seconds. A\ndaemon logs to --log FILE, by default ~/.rq/HOST/QUEUE/log. A feeder whose\nheartbeats cannot reach the queue kills its running jobs before its lease runs\nout (they may be taken over); it rides out I/O errors and lost NFS locks by\nreopening the queue.\n\n  rq /nfs/q feed --daemon --log ~/q.log\n  rq /nfs/q feed --max_feed 8 --shell 'sh -c'\n  rq /nfs/q feed --shell none             # `./sim -n 5` runs without a shell\n  rq /nfs/q feed --exit_when_empty        # run what is there, then exit\n",
     ),
     (
         "start",

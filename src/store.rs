@@ -207,6 +207,9 @@ ALTER TABLE jobs ADD COLUMN gpu_ids TEXT;                     -- the devices its
 -- Jobs that need more than one CPU, any memory or GPUs (few): to tell at once which
 -- ones no live feeder can run. One-CPU jobs are not in it.
 CREATE INDEX jobs_needs ON jobs (state, cpus, gpus, mem) WHERE cpus > 1 OR gpus > 0 OR mem > 0;
+-- A claim counts the running jobs of each tag with a limit (limit.TAG): by tag and state.
+DROP INDEX IF EXISTS jobs_tag;
+CREATE INDEX jobs_tag ON jobs (tag, state) WHERE tag IS NOT NULL;
 "#,
 ];
 
