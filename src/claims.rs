@@ -106,113 +106,198 @@ pub fn claim(
         .map(|(t, _)| t.as_str())
         .collect();
     let full = serde_json::to_string(&full).unwrap_or_default();
-    // Candidates beyond the room: some may not fit.
-    let scan = (room.jobs * 2).max(room.jobs + 16) as i64;
-    let pick = format!(
-        "SELECT jid, tag, cpus, mem, gpus, submitted FROM jobs WHERE jid IN ({CANDIDATES}) \
-         ORDER BY priority DESC, submitted, jid"
-    );
-    let candidates: Vec<(i64, Option<String>, i64, i64, i64, String)> = tx
-        .prepare_cached(&pick)?
-        .query_map(
-            rusqlite::params![
-                host,
-                now,
-                "",
-                "",
-                scan,
-                max_attempts,
-                full,
-                room.total.cpus,
-                room.total.mem,
-                room.total.devices.len() as i64
-            ],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            },
-        )?
-        .collect::<rusqlite::Result<_>>()?;
     let now_ts = crate::time::parse(now);
-    let mut free = room.free.clone();
-    let mut ahead = room.ahead;
-    let mut chosen: Vec<i64> = Vec::new();
-    let mut devices = serde_json::Map::new();
-    for (jid, tag, cpus, mem, gpus, submitted) in candidates {
-        if chosen.len() >= room.jobs {
+    let mut pick = Pick {
+        free: room.free.clone(),
+        ahead: room.ahead,
+        chosen: Vec::new(),
+        devices: serde_json::Map::new(),
+    };
+    // First the best candidates that fit the host at all (some may not fit what is free
+    // now: the first of those is the one a reservation is for) ...
+    let scan = (room.jobs * 2).max(room.jobs + 16) as i64;
+    let window = candidates(tx, host, now, scan, max_attempts, &full, &room.total)?;
+    let seen = window.len() as i64;
+    let mut blocked = false;
+    for candidate in window {
+        if pick.chosen.len() >= room.jobs {
             break;
         }
-        let tag_left = tag
-            .as_ref()
-            .and_then(|t| tags.iter_mut().find(|(name, _)| name == t));
-        if tag_left.as_ref().is_some_and(|(_, left)| *left == 0) {
-            continue;
-        }
-        let fits = cpus <= free.cpus && mem <= free.mem && gpus as usize <= free.devices.len();
-        // A one-CPU job may be claimed ahead of free CPUs, to start when a slot frees.
-        let ahead_ok = cpus == 1 && mem == 0 && gpus == 0 && ahead > 0;
-        if !(fits || ahead_ok) {
+        if !pick.take(&candidate, &mut tags) {
             // The reservation: once the best job that does not fit has waited long
             // enough, nothing behind it is started here until it fits.
-            let waited = match (now_ts, crate::time::parse(&submitted)) {
+            let waited = match (now_ts, crate::time::parse(&candidate.submitted)) {
                 (Some(now), Some(at)) => crate::time::seconds_between(at, now),
                 _ => 0.0,
             };
             if waited >= room.reserve_after {
+                return pick.claim(tx, host, feeder, now, &token);
+            }
+            blocked = true;
+        }
+    }
+    // ... then, when jobs that do not fit yet filled that window, the best of those that
+    // fit what is free now (GPU jobs waiting for a card must not idle the CPUs).
+    if blocked && pick.chosen.len() < room.jobs && seen == scan {
+        let now_free = Capacity {
+            cpus: pick.free.cpus.max(i64::from(pick.ahead > 0)),
+            mem: pick.free.mem,
+            devices: pick.free.devices.clone(),
+        };
+        for candidate in candidates(tx, host, now, scan, max_attempts, &full, &now_free)? {
+            if pick.chosen.len() >= room.jobs {
                 break;
             }
-            continue;
+            if !pick.chosen.contains(&candidate.jid) {
+                pick.take(&candidate, &mut tags);
+            }
+        }
+    }
+    pick.claim(tx, host, feeder, now, &token)
+}
+
+/// A job a claim may take, with what it needs.
+struct Candidate {
+    jid: i64,
+    tag: Option<String>,
+    cpus: i64,
+    mem: i64,
+    gpus: i64,
+    submitted: String,
+}
+
+/// The best `scan` candidates (see [`CANDIDATES`]) that need no more than `within`.
+fn candidates(
+    tx: &Transaction<'_>,
+    host: &str,
+    now: &str,
+    scan: i64,
+    max_attempts: i64,
+    full_tags: &str,
+    within: &Capacity,
+) -> Result<Vec<Candidate>> {
+    let sql = format!(
+        "SELECT jid, tag, cpus, mem, gpus, submitted FROM jobs WHERE jid IN ({CANDIDATES}) \
+         ORDER BY priority DESC, submitted, jid"
+    );
+    let params = rusqlite::params![
+        host,
+        now,
+        "",
+        "",
+        scan,
+        max_attempts,
+        full_tags,
+        within.cpus,
+        within.mem,
+        within.devices.len() as i64
+    ];
+    let found = tx
+        .prepare_cached(&sql)?
+        .query_map(params, |r| {
+            Ok(Candidate {
+                jid: r.get(0)?,
+                tag: r.get(1)?,
+                cpus: r.get(2)?,
+                mem: r.get(3)?,
+                gpus: r.get(4)?,
+                submitted: r.get(5)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(found)
+}
+
+/// The jobs one claim takes, and what they leave free.
+struct Pick {
+    free: Capacity,
+    ahead: usize,
+    chosen: Vec<i64>,
+    /// `j<jid>` -> the devices given to it.
+    devices: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Pick {
+    /// Take `c` if it fits (or, a one-CPU job, may be claimed ahead) and its tag has room.
+    /// False when it does not fit; true when taken or passed over for its tag.
+    fn take(&mut self, c: &Candidate, tags: &mut [(String, i64)]) -> bool {
+        let tag_left = c
+            .tag
+            .as_ref()
+            .and_then(|t| tags.iter_mut().find(|(name, _)| name == t));
+        if tag_left.as_ref().is_some_and(|(_, left)| *left == 0) {
+            return true;
+        }
+        let fits = c.cpus <= self.free.cpus
+            && c.mem <= self.free.mem
+            && c.gpus as usize <= self.free.devices.len();
+        // A one-CPU job may be claimed ahead of free CPUs, to start when a slot frees.
+        let ahead_ok = c.cpus == 1 && c.mem == 0 && c.gpus == 0 && self.ahead > 0;
+        if !(fits || ahead_ok) {
+            return false;
         }
         if fits {
-            free.cpus -= cpus;
-            free.mem -= mem;
+            self.free.cpus -= c.cpus;
+            self.free.mem -= c.mem;
         } else {
-            ahead -= 1;
+            self.ahead -= 1;
         }
-        if gpus > 0 {
-            let ids: Vec<String> = free.devices.drain(..gpus as usize).collect();
-            devices.insert(format!("j{jid}"), serde_json::Value::String(ids.join(",")));
+        if c.gpus > 0 {
+            let ids: Vec<String> = self.free.devices.drain(..c.gpus as usize).collect();
+            self.devices.insert(
+                format!("j{}", c.jid),
+                serde_json::Value::String(ids.join(",")),
+            );
         }
         if let Some((_, left)) = tag_left {
             *left -= 1;
         }
-        chosen.push(jid);
+        self.chosen.push(c.jid);
+        true
     }
-    if chosen.is_empty() {
-        return Ok(Vec::new());
-    }
-    // `+state`: found by jid (the rowid); an index on state would walk every pending job.
-    let sql = format!(
-        "{CLAIM_SET}, gpu_ids = json_extract(?6, '$.j' || jid) \
+
+    /// Claim the chosen jobs, with their devices; in claim order.
+    fn claim(
+        self,
+        tx: &Transaction<'_>,
+        host: &str,
+        feeder: &str,
+        now: &str,
+        token: &str,
+    ) -> Result<Vec<Row>> {
+        let Pick {
+            chosen, devices, ..
+        } = self;
+        if chosen.is_empty() {
+            return Ok(Vec::new());
+        }
+        // `+state`: found by jid (the rowid); an index on state would walk every pending job.
+        let sql = format!(
+            "{CLAIM_SET}, gpu_ids = json_extract(?6, '$.j' || jid) \
          WHERE jid IN (SELECT value FROM json_each(?5)) AND +state IN ('pending', 'dead') \
          RETURNING {}",
-        queue::stored_columns()
-    );
-    let names: Vec<String> = crate::job::FIELDS.iter().map(|s| s.to_string()).collect();
-    let chosen = serde_json::to_string(&chosen).unwrap_or_default();
-    let devices = serde_json::Value::Object(devices).to_string();
-    let mut stmt = tx.prepare_cached(&sql)?;
-    let mut rows = stmt
-        .query_map(
-            rusqlite::params![host, now, token, feeder, chosen, devices],
-            |r| Row::from_sql(r, &names),
-        )?
-        .collect::<rusqlite::Result<Vec<Row>>>()?;
-    // Start them in claim order.
-    rows.sort_by_key(|r| {
-        (
-            std::cmp::Reverse(r.get("priority").as_int().unwrap_or(0)),
-            r.get("submitted").to_plain(),
-            r.jid(),
-        )
-    });
-    Ok(rows)
+            queue::stored_columns()
+        );
+        let names: Vec<String> = crate::job::FIELDS.iter().map(|s| s.to_string()).collect();
+        let chosen = serde_json::to_string(&chosen).unwrap_or_default();
+        let devices = serde_json::Value::Object(devices).to_string();
+        let mut stmt = tx.prepare_cached(&sql)?;
+        let mut rows = stmt
+            .query_map(
+                rusqlite::params![host, now, token, feeder, chosen, devices],
+                |r| Row::from_sql(r, &names),
+            )?
+            .collect::<rusqlite::Result<Vec<Row>>>()?;
+        // Start them in claim order.
+        rows.sort_by_key(|r| {
+            (
+                std::cmp::Reverse(r.get("priority").as_int().unwrap_or(0)),
+                r.get("submitted").to_plain(),
+                r.jid(),
+            )
+        });
+        Ok(rows)
+    }
 }
 
 /// Whether `claim` would find a job for this host now: a read-only look, so that an idle

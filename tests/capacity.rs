@@ -330,3 +330,35 @@ fn a_job_no_live_feeder_can_run_is_flagged() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains(why), "wait says why: {said}");
 }
+
+#[test]
+fn jobs_waiting_for_a_gpu_do_not_idle_the_cpus() {
+    let q = TestQueue::new();
+    q.rq(&["configure", "reserve_after=1h", "-q"]).ok();
+    // More GPU jobs at the top than a claim looks at, all for the one card.
+    let mut list = String::new();
+    for _ in 0..30 {
+        list.push_str("- {gpus: 1, priority: 5, command: 'sleep 0.3'}\n");
+    }
+    for _ in 0..3 {
+        list.push_str("- {command: 'echo cpu'}\n");
+    }
+    q.rq_stdin(&["submit", "-q", "-"], &list).ok();
+    let _h1 = q.feeder("h1", &["--gpus", "0", "--cpus", "4", "--max_feed", "4"]);
+    q.wait_for("the CPU jobs", 30, |q| {
+        q.rq(&["query", "command='echo cpu'", "state=finished"])
+            .ok()
+            .records()
+            .len()
+            == 3
+    });
+    let gpu_done = q
+        .rq(&["query", "gpus=1", "state=finished"])
+        .ok()
+        .records()
+        .len();
+    assert!(
+        gpu_done < 5,
+        "the CPU jobs waited for the GPU queue ({gpu_done} GPU jobs done)"
+    );
+}
