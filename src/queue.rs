@@ -57,6 +57,18 @@ impl Selection {
         sel
     }
 
+    /// The jobs `targets` name; every job when they name none.
+    pub fn from_targets_or_all(targets: &[Target]) -> Selection {
+        if targets.is_empty() {
+            Selection {
+                all: true,
+                ..Default::default()
+            }
+        } else {
+            Selection::from_targets(targets)
+        }
+    }
+
     /// The selection as a where-clause. Lists are bound as one JSON array each, so any
     /// number of jids takes one parameter.
     pub fn clause(&self) -> Clause {

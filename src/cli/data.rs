@@ -309,14 +309,7 @@ impl Context<'_> {
         if !self.args().is_empty() || self.inv.opts.mine {
             // Some jobs (array:ID, jids, states; --mine): their counts.
             let targets = self.targets(true)?;
-            let selection = if targets.is_empty() {
-                Selection {
-                    all: true,
-                    ..Default::default()
-                }
-            } else {
-                Selection::from_targets(&targets)
-            };
+            let selection = Selection::from_targets_or_all(&targets);
             let clause = self.mine(selection.clause());
             let mut q = self.open(Access::ReadOnly)?;
             let report = q.status_of(&clause)?;

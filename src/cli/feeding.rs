@@ -306,14 +306,7 @@ impl Context<'_> {
             })?;
         } else {
             let targets = self.targets(true)?;
-            let selection = if targets.is_empty() {
-                Selection {
-                    all: true,
-                    ..Default::default()
-                }
-            } else {
-                Selection::from_targets(&targets)
-            };
+            let selection = Selection::from_targets_or_all(&targets);
             q.list(&selection, &mut |rows| {
                 jids.extend(rows.iter().map(Row::jid));
                 Ok(())
