@@ -21,6 +21,18 @@
 
 use std::collections::HashMap;
 
+/// SQL for the queue's `max_attempts` setting (default 3, as `liveness::Settings`), from
+/// the `attributes` table of `$schema` (`""` or `"main."`, for temporary triggers).
+macro_rules! max_attempts {
+    ($schema:literal) => {
+        concat!(
+            "coalesce((SELECT CAST(value AS INTEGER) FROM ",
+            $schema,
+            "attributes WHERE key = 'max_attempts'), 3)"
+        )
+    };
+}
+
 use rusqlite::{Connection, Transaction, params};
 
 use crate::error::{Error, Result};
@@ -29,14 +41,17 @@ use crate::input::{DepRef, JobSpec};
 /// Temporary (per-connection) tables and triggers that note, during a write transaction,
 /// the jobs whose ends or new starts concern jobs waiting for them. Only rows that have
 /// dependents are noted: a job nobody waits for costs one index probe.
-const TEMP_SQL: &str = r#"
+const TEMP_SQL: &str = concat!(
+    r#"
 CREATE TEMP TABLE IF NOT EXISTS dep_failures (jid INTEGER NOT NULL, reason TEXT NOT NULL);
 CREATE TEMP TABLE IF NOT EXISTS dep_rearms (jid INTEGER NOT NULL);
 CREATE TEMP TRIGGER IF NOT EXISTS dep_failed AFTER UPDATE OF state ON main.jobs
 WHEN OLD.state IS NOT NEW.state
  AND (NEW.state = 'cancelled' OR (NEW.state = 'finished' AND NEW.exit_status IS NOT 0)
       OR (NEW.state = 'dead' AND (NEW.restartable = 0
-          OR NEW.attempts >= coalesce((SELECT CAST(value AS INTEGER) FROM main.attributes WHERE key = 'max_attempts'), 3))))
+          OR NEW.attempts >= "#,
+    max_attempts!("main."),
+    r#")))
  AND EXISTS (SELECT 1 FROM main.deps WHERE dep = NEW.jid AND kind = 'ok')
 BEGIN
     INSERT INTO dep_failures (jid, reason) VALUES (NEW.jid, CASE
@@ -59,7 +74,8 @@ WHEN OLD.state IN ('finished', 'dead', 'cancelled')
 BEGIN
     INSERT INTO dep_rearms (jid) VALUES (NEW.jid);
 END;
-"#;
+"#
+);
 
 /// Set up a read-write connection (after the schema is current).
 pub fn install(conn: &Connection) -> Result<()> {
@@ -73,8 +89,12 @@ const UNMET: &str = "(SELECT count(*) FROM deps d JOIN jobs w ON w.jid = d.dep \
                      WHERE d.job = ?1 AND d.met = 0)";
 
 /// The SQL condition "job `j` failed, as its `after` dependents see it".
-const FAILED: &str = "(j.state = 'cancelled' OR (j.state = 'finished' AND j.exit_status IS NOT 0) \
-                      OR (j.state = 'dead' AND (j.restartable = 0 OR j.attempts >= coalesce((SELECT CAST(value AS INTEGER) FROM attributes WHERE key = 'max_attempts'), 3))))";
+const FAILED: &str = concat!(
+    "(j.state = 'cancelled' OR (j.state = 'finished' AND j.exit_status IS NOT 0) \
+                      OR (j.state = 'dead' AND (j.restartable = 0 OR j.attempts >= ",
+    max_attempts!(""),
+    ")))"
+);
 
 /// Carry out what the transaction's ends and re-starts mean for the jobs waiting on them;
 /// run by the store before every commit. Cheap when nothing was noted. True when jobs
@@ -424,10 +444,12 @@ impl Lookups {
             return Ok(found.clone());
         }
         let found = tx
-            .prepare_cached(
+            .prepare_cached(concat!(
                 "SELECT state, exit_status, signal, reason, \
-                 restartable = 1 AND attempts < coalesce((SELECT CAST(value AS INTEGER) FROM attributes WHERE key = 'max_attempts'), 3) FROM jobs WHERE jid = ?",
-            )?
+                 restartable = 1 AND attempts < ",
+                max_attempts!(""),
+                " FROM jobs WHERE jid = ?"
+            ))?
             .query_row([jid], |r| {
                 Ok(Outcome {
                     state: r.get(0)?,
@@ -572,11 +594,13 @@ pub fn restate(tx: &Transaction<'_>, jid: i64) -> Result<()> {
     let array_full = match (array_id, array_limit) {
         (Some(id), Some(limit)) => {
             let active: i64 = tx
-                .prepare_cached(
+                .prepare_cached(concat!(
                     "SELECT count(*) FROM jobs WHERE array_id = ?1 AND jid != ?2 \
                      AND (state IN ('pending', 'running') \
-                          OR (state = 'dead' AND restartable = 1 AND attempts < coalesce((SELECT CAST(value AS INTEGER) FROM attributes WHERE key = 'max_attempts'), 3)))",
-                )?
+                          OR (state = 'dead' AND restartable = 1 AND attempts < ",
+                    max_attempts!(""),
+                    "))"
+                ))?
                 .query_row([id, jid], |r| r.get(0))?;
             active >= limit
         }

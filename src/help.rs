@@ -170,11 +170,11 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "list",
-        "rq QUEUE list [STATE|JID ...] [-]\n\nShow jobs. States by any prefix: p(ending) h(olding) r(unning) f(inished)\nd(ead); `all` or `a` or nothing: every job. Jids, and jids or rq YAML on stdin.\n\n  rq q list running\n  rq q list 12 13 -f jid,state,command\n  rq q list --format json\n",
+        "rq QUEUE list [STATE|JID ...] [-]\n\nShow jobs. States by any prefix: p(ending) h(olding) r(unning) f(inished)\nd(ead) w(aiting) c(ancelled); `all` or `a` or nothing: every job. Jids, array:ID,\nand jids or rq YAML on stdin. --mine: only jobs I submitted. `reason` says what a\nwaiting job waits for, why a job was cancelled, or why no feeder can run it.\n\n  rq q list running\n  rq q list 12 13 -f jid,state,command\n  rq q list --format json\n",
     ),
     (
         "status",
-        "rq QUEUE status [--exit 'name=codes ...']\n\nCounts per state, the youngest/oldest job per state, average run time, jobs\nended in the last 1/12/24 hours, successes and failures (failures include\nsignals and dead jobs), and running jobs per host.\n\n  rq q status --exit 'retry=75 oom=137'\n",
+        "rq QUEUE status [--exit 'name=codes ...'] [JID|STATE|array:ID ...] [--mine]\n\nCounts per state, the youngest/oldest job per state, average run time, jobs\nended in the last 1/12/24 hours, successes and failures (failures include\nsignals and dead jobs), and running jobs per host; `paused` and `draining` when\nfeeders are held back, `unfit` when jobs need more than any live feeder has.\nGiven jobs (e.g. array:12) or --mine: the counts of those jobs only.\n\n  rq q status --exit 'retry=75 oom=137'\n",
     ),
     (
         "query",
@@ -186,7 +186,7 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "delete",
-        "rq QUEUE delete JID...|STATE...|all|-\n\nRemove jobs that are not running, and their stdin/stdout/stderr/data files.\nPrints what it deleted.\n\n  rq q delete 12 13\n  rq q delete finished\n  rq q query exit_status=0 | rq q delete -\n",
+        "rq QUEUE delete JID...|STATE...|all|-\n\nRemove jobs that are not running, and their stdin/stdout/stderr/data files.\nPrints what it deleted. A job other jobs wait for is kept (and said) unless\n--force, which cancels those that needed it to succeed.\n\n  rq q delete 12 13\n  rq q delete finished\n  rq q query exit_status=0 | rq q delete -\n",
     ),
     (
         "resubmit",
@@ -198,7 +198,7 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "configure",
-        "rq QUEUE configure [key=value ...]\n\nSet queue-wide settings (key= removes one); with no arguments print them.\n\n  heartbeat     0.5s to 1h (default 10s): how often feeders show they live\n  lease         1s to 7d, at least two heartbeats (default 60s): after this\n                without a heartbeat a host's jobs are taken over\n  max_attempts  1 to 1000 (default 3): runs a restartable job gets in all\n\nOther keys and values out of range are refused; nothing is changed then.\n",
+        "rq QUEUE configure [key=value ...]\n\nSet queue-wide settings (key= removes one); with no arguments print them.\n\n  heartbeat     0.5s to 1h (default 10s): how often feeders show they live\n  lease         1s to 7d, at least two heartbeats (default 60s): after this\n                without a heartbeat a host's jobs are taken over\n  max_attempts  1 to 1000 (default 3): runs a restartable job gets in all\n  reserve_after 0s to 7d (default 10m): how long the best job that does not fit\n                may wait before hosts it fits stop taking jobs behind it\n  limit.TAG     0 to 1000000: at most this many jobs tagged TAG run at once\n\nOther keys and values out of range are refused; nothing is changed then.\n",
     ),
     (
         "feed",
@@ -242,7 +242,7 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "wait",
-        "rq QUEUE wait [JID...|STATE...|field=value...]\n\nBlock until the selected jobs (default: all) are finished or dead. Exit status 0\nonly if every one finished with exit status 0. Shows progress on a terminal.\n\n  rq q submit -q < jobs && rq q wait pending running && echo all good\n  rq q wait tag=nightly\n",
+        "rq QUEUE wait [JID...|STATE...|field=value...]\n\nBlock until the selected jobs (default: all) are finished, dead or cancelled\n(waiting jobs are waited for: they run once their dependencies end). Exit status\n0 only if every one finished with exit status 0. Jobs no live feeder can run are\nsaid at once. Shows progress on a terminal.\n\n  rq q submit -q < jobs && rq q wait pending running && echo all good\n  rq q wait tag=nightly\n",
     ),
     (
         "lock",

@@ -505,3 +505,37 @@ fn rq_own_listing_of_a_pipeline_pipes_into_another_queue_with_its_waits() {
     assert_eq!(copied[2]["after"], serde_json::json!([3, 4]));
     assert_eq!(text(&copied[2], "state"), "waiting");
 }
+
+#[test]
+fn a_dead_dependency_cancels_but_a_restartable_one_that_runs_again_does_not() {
+    let q = TestQueue::new();
+    let list = "\
+- {name: fragile, command: 'sleep 30'}
+- {name: sturdy, command: 'sleep 30', restartable: true}
+- {command: 'echo after fragile', after: fragile}
+- {command: 'echo after sturdy', after: sturdy}
+";
+    let jobs = q.rq_stdin(&["submit", "-"], list).ok().records();
+    let fragile = int(&jobs[0], "jid");
+    let mut f = q.feeder("h1", &["--max_feed", "2"]);
+    q.wait_for("both to run", 30, |q| {
+        q.rq(&["query", "state=running", "pid!=null"])
+            .ok()
+            .records()
+            .len()
+            == 2
+    });
+    // The host stops: its jobs are killed; the restartable one is queued again.
+    q.rq_as("h1", &["stop"]).ok();
+    assert_eq!(f.wait_exit(Duration::from_secs(15)), Some(0));
+    let jobs = by_jid(&q);
+    assert_eq!(text(&jobs[&fragile], "state"), "dead");
+    assert_eq!(text(&jobs[&(fragile + 1)], "state"), "pending");
+    let cancelled = &jobs[&(fragile + 2)];
+    assert_eq!(text(cancelled, "state"), "cancelled");
+    assert!(
+        text(cancelled, "reason").starts_with(&format!("dependency {fragile} ")),
+        "{cancelled:?}"
+    );
+    assert_eq!(text(&jobs[&(fragile + 3)], "state"), "waiting");
+}
