@@ -47,6 +47,7 @@ modes (abbreviation):
   pause, resume     stop / restart claiming on every host (running jobs go on)
   drain, undrain    stop / restart claiming on some hosts, from any host
   wait              block until jobs are done; exit 0 if all succeeded
+  top               a live full-screen view (also: status --watch)
   lock (L)          run a command holding the queue lock
   snapshot (S)      a consistent copy of the database for read-only modes
   backup (B)        a consistent copy of the whole queue
@@ -68,11 +69,18 @@ options (accepted anywhere on the line; '--' ends them):
       --stdin [FILE|-]   copy FILE (or standard input) as the jobs' stdin
   -d, --data PATH        copy PATH as the jobs' data (RQ_DATA)
   -q, --quiet            print nothing on success
-  -f, --fields a,b       only these fields (prefixes: -f s = state,submitted,...)
-      --format FMT       yaml (default), json, or table (lists)
+  -f, --fields a,b       only these fields (prefixes: -f s = state,submitted,...);
+                         a table shows them in the order given
+      --format FMT       yaml, json or table (default: table on a terminal for
+                         list, query, status and feeders, yaml otherwise)
+      --color WHEN       auto (default: on a terminal, unless NO_COLOR is set),
+                         always, never
+  -L, --long             list, query: a table with every field
+  -w, --watch            status: the live view (same as the mode top)
       --exit MAP         status: extra counters, e.g. 'ok=0 retry=75,76'
       --timeout D        submit: TERM the job after D (90s, 2h, 1h30m, 500ms),
-                         KILL 5s later; 0 means no timeout
+                         KILL 5s later; 0 means no timeout. wait: give up after
+                         D (exit status 124)
       --retries N        submit: re-queue a failed job up to N times
       --retry-delay D    submit: first retry after D (doubling; default 1s)
       --after JIDS       submit: run after these jobs finished with exit 0
@@ -115,15 +123,282 @@ given no jobs when standard input is not a terminal:
   rq q query exit_status=0 | rq q delete -
   rq q query tag=x | rq q update state=holding -
 
-environment: RQ_Q (queue), RQ_OPTS (default options), RQ_HOST (host name),
-RQ_SQL_DEBUG (trace SQL), RQ_LOCK_TIMEOUT (give up waiting for the lock),
-RQ_LOCK_NOTICE (seconds before saying rq waits for the lock; 3),
-RQ_ALLOW_LOCAL_LOCKS=1 (feed a queue on an NFS mount without working locks).
 queue-wide settings: rq Q configure heartbeat=10s lease=60s max_attempts=3
   limit.TAG=N (at most N jobs tagged TAG run at once, over all hosts)
-Output is YAML (valid, round-trips into submit/delete/update) or JSON.
-Exit status: 0 success; 1 error or a named job that was skipped.
+
+Output: on a terminal, list, query, status and feeders print tables with local
+times and colour; piped or redirected they print YAML (valid, round-trips into
+submit/delete/update), exactly the same whatever the terminal. --format json
+gives JSON. Timestamps in YAML/JSON are UTC ISO-8601, seconds to the millisecond.
 "#;
+
+/// The environment variables rq reads (help and the man page's ENVIRONMENT).
+pub const ENVIRONMENT: &[(&str, &str)] = &[
+    (
+        "RQ_Q",
+        "the queue, when the command line names none (also RQ_QUEUE)",
+    ),
+    (
+        "RQ_OPTS",
+        "default options, overridden by the command line (also RQ_OPTIONS)",
+    ),
+    (
+        "RQ_HOST",
+        "this host's name as rq records it (default: the host name)",
+    ),
+    ("RQ_EDITOR", "ioview's viewer (default 'vim -R -o')"),
+    (
+        "RQ_LOCK_TIMEOUT",
+        "give up waiting for the queue lock after this long",
+    ),
+    (
+        "RQ_LOCK_NOTICE",
+        "seconds before rq says it waits for the lock (default 3)",
+    ),
+    (
+        "RQ_ALLOW_LOCAL_LOCKS",
+        "1: feed a queue on an NFS mount without working locks (unsafe with several hosts)",
+    ),
+    (
+        "RQ_SQL_DEBUG",
+        "1: print every SQL statement rq runs on stderr",
+    ),
+    ("NO_COLOR", "any value: no colour (unless --color always)"),
+    (
+        "COLUMNS",
+        "the table width when standard output is not a terminal",
+    ),
+    (
+        "TZ",
+        "the time zone of times shown on a terminal (YAML/JSON are always UTC)",
+    ),
+    (
+        "RQ, RQ_JID, RQ_TAG, RQ_DATA, RQ_JOB, RQ_ARRAY_ID, RQ_ARRAY_INDEX, RQ_ITEM, RQ_GPUS",
+        "set for every job (see rq help feed)",
+    ),
+];
+
+/// The files of a queue and of a host (the man page's FILES).
+pub const FILES: &[(&str, &str)] = &[
+    (
+        "QUEUE/db",
+        "the SQLite database: jobs, dependencies, settings",
+    ),
+    (
+        "QUEUE/db.schema",
+        "the schema, for reading the database with sqlite3",
+    ),
+    (
+        "QUEUE/stdin/JID, QUEUE/stdout/JID, QUEUE/stderr/JID",
+        "a job's captured streams",
+    ),
+    (
+        "QUEUE/data/JID",
+        "a job's data (submit --data), its RQ_DATA",
+    ),
+    (
+        "QUEUE/hosts/HOST.hb",
+        "a feeder's heartbeat: its age on the file server's clock says whether it lives",
+    ),
+    ("QUEUE/bin", "added to every job's PATH"),
+    (
+        "~/.rq/HOST/QUEUE/",
+        "a daemon feeder's pid file and log (--dot_rq_dir)",
+    ),
+];
+
+/// The exit-status rule of every mode (the man page's EXIT STATUS).
+pub const EXIT_STATUS: &str = "\
+0    success
+1    an error, or a job named on the command line was skipped (not found, in the
+     wrong state); wait: some job failed, died, was cancelled or deleted
+2    the command line cannot run as written (unknown mode or option, bad value)
+124  wait --timeout: the time ran out before the jobs were done
+lock: the command's own exit status";
+
+/// Examples for the man page.
+pub const EXAMPLES: &str = "\
+rq /nfs/q create
+rq /nfs/q cron start --max_feed 8      # on every node: keep a feeder running
+rq /nfs/q submit < joblist             # one command per line
+rq /nfs/q submit --array 1-1000%50 --subst './sim --seed {}'
+rq /nfs/q status                       # a summary on a terminal
+rq /nfs/q top                          # live
+rq /nfs/q list running                 # a table; YAML when piped
+rq /nfs/q query exit_status!=0 | rq /nfs/q resubmit -
+rq /nfs/q wait --timeout 2h && echo all good";
+
+/// The options each mode takes (besides -h, -q, --format, --color, --fields), by their
+/// long names: `rq help MODE` and the man page list them with their arguments.
+pub const MODE_OPTIONS: &[(&str, &[&str])] = &[
+    (
+        "submit",
+        &[
+            "priority",
+            "tag",
+            "runner",
+            "restartable",
+            "stage",
+            "infile",
+            "stdin",
+            "data",
+            "timeout",
+            "retries",
+            "retry_delay",
+            "after",
+            "after_any",
+            "array",
+            "each_line",
+            "subst",
+            "at",
+            "in_",
+            "env",
+            "export",
+            "cpus",
+            "mem",
+            "gpus",
+        ],
+    ),
+    (
+        "touch",
+        &[
+            "priority",
+            "tag",
+            "runner",
+            "restartable",
+            "stage",
+            "infile",
+            "stdin",
+            "data",
+        ],
+    ),
+    ("list", &["long", "mine", "snapshot"]),
+    ("query", &["long", "mine", "snapshot"]),
+    ("status", &["exit", "mine", "watch", "snapshot"]),
+    ("feeders", &["snapshot"]),
+    ("update", &["priority", "tag", "runner"]),
+    ("delete", &["force"]),
+    ("resubmit", &["priority", "tag", "runner", "stage"]),
+    ("kill", &["signal"]),
+    ("wait", &["timeout"]),
+    ("rotate", &["no_compress"]),
+    ("ioview", &["editor"]),
+    (
+        "feed",
+        &[
+            "daemon",
+            "max_feed",
+            "cpus",
+            "mem",
+            "gpus",
+            "shell",
+            "min_sleep",
+            "max_sleep",
+            "exit_when_empty",
+            "log",
+            "verbosity",
+            "log_size",
+            "log_age",
+            "dot_rq_dir",
+        ],
+    ),
+    (
+        "start",
+        &[
+            "max_feed",
+            "cpus",
+            "mem",
+            "gpus",
+            "shell",
+            "min_sleep",
+            "max_sleep",
+            "log",
+            "verbosity",
+            "log_size",
+            "log_age",
+            "dot_rq_dir",
+        ],
+    ),
+    (
+        "cron",
+        &[
+            "max_feed",
+            "cpus",
+            "mem",
+            "gpus",
+            "shell",
+            "log",
+            "dot_rq_dir",
+        ],
+    ),
+    ("shutdown", &["dot_rq_dir"]),
+    ("pid", &["dot_rq_dir"]),
+];
+
+/// `-p, --priority N   Job priority...` for each option a mode takes.
+fn option_lines(mode: &str) -> String {
+    use clap::CommandFactory;
+    let Some((_, ids)) = MODE_OPTIONS.iter().find(|(m, _)| *m == mode) else {
+        return String::new();
+    };
+    let mut cmd = crate::cli::Options::command();
+    cmd.build();
+    let mut out = String::from("\noptions:\n");
+    for id in *ids {
+        let Some(arg) = cmd.get_arguments().find(|a| a.get_id() == *id) else {
+            continue;
+        };
+        out.push_str(&format!("  {}\n", option_usage(arg)));
+        if let Some(help) = arg.get_help() {
+            out.push_str(&wrap(&help.to_string(), 8, 80));
+        }
+    }
+    out
+}
+
+/// Words of `text` in lines of at most `width` columns, each indented by `indent`.
+fn wrap(text: &str, indent: usize, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && indent + line.len() + 1 + word.len() > width {
+            out.push_str(&format!("{:indent$}{line}\n", ""));
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        out.push_str(&format!("{:indent$}{line}\n", ""));
+    }
+    out
+}
+
+/// `-p, --priority N` as the option is written.
+fn option_usage(arg: &clap::Arg) -> String {
+    let mut text = String::new();
+    if let Some(short) = arg.get_short() {
+        text.push_str(&format!("-{short}, "));
+    }
+    if let Some(long) = arg.get_long() {
+        text.push_str(&format!("--{long}"));
+    }
+    let takes_value = arg.get_num_args().is_some_and(|n| n.takes_values());
+    if takes_value {
+        let name = arg
+            .get_value_names()
+            .and_then(|v| v.first().map(|n| n.to_string()))
+            .unwrap_or_else(|| arg.get_id().to_string().to_uppercase());
+        if arg.get_num_args().is_some_and(|n| n.min_values() == 0) {
+            text.push_str(&format!(" [{name}]"));
+        } else {
+            text.push_str(&format!(" {name}"));
+        }
+    }
+    text
+}
 
 const TOPICS: &[(&str, &str)] = &[
     (
@@ -170,11 +445,11 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "list",
-        "rq QUEUE list [STATE|JID ...] [-]\n\nShow jobs. States by any prefix: p(ending) h(olding) r(unning) f(inished)\nd(ead) w(aiting) c(ancelled); `all` or `a` or nothing: every job. Jids, array:ID,\nand jids or rq YAML on stdin. --mine: only jobs I submitted. `reason` says what a\nwaiting job waits for, why a job was cancelled, or why no feeder can run it.\n\n  rq q list running\n  rq q list 12 13 -f jid,state,command\n  rq q list --format json\n",
+        "rq QUEUE list [STATE|JID ...] [-] [-L] [-f FIELDS]\n\nShow jobs. States by any prefix: p(ending) h(olding) r(unning) f(inished)\nd(ead) w(aiting) c(ancelled); `all` or `a` or nothing: every job. Jids, array:ID,\nand jids or rq YAML on stdin. --mine: only jobs I submitted. `reason` says what a\nwaiting job waits for, why a job was cancelled, or why no feeder can run it.\n\nOn a terminal: a table of jid, state, pri(ority), tag, host, started/age (when it\nstarted, local time; or how long ago it was submitted), elapsed (so far, for a\nrunning job), exit (status or signal) and the command, cut to the width. -L adds\nevery other field a job has; -f picks the columns, in the order given. Piped or\nredirected: YAML (--format json: JSON), every field, whatever the terminal.\n\n  rq q list running\n  rq q list -L 12\n  rq q list 12 13 -f jid,state,command\n  rq q list --format json\n",
     ),
     (
         "status",
-        "rq QUEUE status [--exit 'name=codes ...'] [JID|STATE|array:ID ...] [--mine]\n\nCounts per state, the youngest/oldest job per state, average run time, jobs\nended in the last 1/12/24 hours, successes and failures (failures include\nsignals and dead jobs), and running jobs per host; `paused` and `draining` when\nfeeders are held back, `unfit` when jobs need more than any live feeder has.\nGiven jobs (e.g. array:12) or --mine: the counts of those jobs only.\n\n  rq q status --exit 'retry=75 oom=137'\n",
+        "rq QUEUE status [--exit 'name=codes ...'] [JID|STATE|array:ID ...] [--mine]\n\nCounts per state, the youngest/oldest job per state, average run time, jobs\nended in the last 1/12/24 hours, successes and failures (failures include\nsignals and dead jobs), and running jobs per host; `paused` and `draining` when\nfeeders are held back, `unfit` when jobs need more than any live feeder has.\nGiven jobs (e.g. array:12) or --mine: the counts of those jobs only.\n\nOn a terminal, one screen: counts by state with a bar, jobs ended per minute\nover the last 10 minutes, successes and failures, the time left for pending\njobs at that rate (eta), the oldest pending job, running jobs per host, feeders\nalive and dead. --watch (or the mode top) keeps it on screen, live.\n\n  rq q status --exit 'retry=75 oom=137'\n",
     ),
     (
         "query",
@@ -218,7 +493,7 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "feeders",
-        "rq QUEUE feeders [--format table|json]\n\nEvery host that has fed the queue: alive (heartbeat younger than the lease, by the\nfile server's clock), stopped, failed (ended by an error, shown in `error`; its log\nsays more) or dead; heartbeat age, running jobs, max_feed, pid, start time, version.\n\n  rq q feeders --format table\n  rq q configure heartbeat=10s lease=60s max_attempts=3\n",
+        "rq QUEUE feeders [--format yaml|json|table]\n\nEvery host that has fed the queue: alive (heartbeat younger than the lease, by the\nfile server's clock), stopped, failed (ended by an error, shown in `error`; its log\nsays more) or dead; heartbeat age, running jobs, max_feed, pid, start time, version.\nA table on a terminal (dead hosts in red), YAML when piped.\n\n  rq q feeders --format table\n  rq q configure heartbeat=10s lease=60s max_attempts=3\n",
     ),
     (
         "pause",
@@ -242,7 +517,11 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "wait",
-        "rq QUEUE wait [JID...|STATE...|field=value...]\n\nBlock until the selected jobs (default: all) are finished, dead or cancelled\n(waiting jobs are waited for: they run once their dependencies end). Exit status\n0 only if every one finished with exit status 0. Jobs no live feeder can run are\nsaid at once. Shows progress on a terminal.\n\n  rq q submit -q < jobs && rq q wait pending running && echo all good\n  rq q wait tag=nightly\n",
+        "rq QUEUE wait [JID...|STATE...|field=value...] [--timeout D]\n\nBlock until the selected jobs (default: all) are finished, dead or cancelled\n(waiting jobs are waited for: they run once their dependencies end).\n\nExit status: 0 if every one finished with exit status 0; 1 if any failed (exit\nstatus not 0, or a signal), died, was cancelled or was deleted meanwhile: each\nis then listed on stderr with why (exit status or signal, host, the first line\nof its stderr); 124 if --timeout D ran out first.\n\nOn a terminal it shows progress (done/total, running, pending, failed so far,\nETA). It says when the jobs cannot go on: no feeder is alive, every remaining\njob is holding, or jobs may run only on hosts (--runner) without a live feeder,\nor need more CPUs/memory/GPUs than any live feeder has; with what to do.\n\n  rq q submit -q < jobs && rq q wait pending running && echo all good\n  rq q wait tag=nightly --timeout 2h\n",
+    ),
+    (
+        "top",
+        "rq QUEUE top   (or rq QUEUE status --watch)\n\nA live full-screen view, refreshed every second: the status summary (counts,\nbar, jobs ended per minute, ETA, feeders), then a list: running jobs (host,\nelapsed, command), pending jobs in the order feeders take them, recently ended\njobs (exit status, run time), dead and cancelled jobs (why), or the feeders.\nKeys: r p e d f (or Tab and the arrow keys) switch lists, the up/down arrows\nand PgUp/PgDn scroll, q (or Esc, Ctrl-C) quits. Read-only: one read\ntransaction per refresh, never the write lock; no key changes a job.\nNO_COLOR or --color never: no colour.\n",
     ),
     (
         "lock",
@@ -282,11 +561,11 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "completions",
-        "rq completions bash|zsh|fish\n\nPrint a shell completion script:  rq completions bash > /etc/bash_completion.d/rq\n",
+        "rq completions bash|zsh|fish\n\nPrint a shell completion script. It completes modes, options and their values\n(states, --fields names, --format, --color, configure keys):\n\n  rq completions bash > ~/.local/share/bash-completion/completions/rq\n  rq completions zsh > ~/.zfunc/_rq\n  rq completions fish > ~/.config/fish/completions/rq.fish\n",
     ),
     (
         "man",
-        "rq man\n\nPrint the man page (roff):  rq man > ~/.local/share/man/man1/rq.1\n",
+        "rq man\n\nPrint the man page (roff): every mode as 'rq help MODE' tells it, the options,\nENVIRONMENT, FILES, EXIT STATUS and EXAMPLES.\n\n  rq man > ~/.local/share/man/man1/rq.1 && man rq\n",
     ),
     (
         "stdin",
@@ -297,25 +576,39 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
 /// Help text for a topic (a mode or abbreviation), or the overview.
 pub fn text(topic: Option<&str>) -> Result<String> {
     let Some(topic) = topic else {
-        return Ok(OVERVIEW.to_string());
+        return Ok(overview());
     };
     let mode = crate::cli::mode_name(topic).unwrap_or(topic);
     let mode = match mode {
         "stdout" | "stderr" | "stdin4" | "stdout4" | "stderr4" => "stdin",
         "stop" | "restart" => "shutdown",
         "feeder" => "pid",
-        "help" => return Ok(OVERVIEW.to_string()),
+        "help" => return Ok(overview()),
         other => other,
     };
     TOPICS
         .iter()
         .find(|(name, _)| *name == mode)
-        .map(|(_, text)| text.to_string())
+        .map(|(_, text)| format!("{text}{}", option_lines(mode)))
         .ok_or_else(|| {
             Error::usage(format!(
                 "no help for '{topic}' (see 'rq help' for the modes)"
             ))
         })
+}
+
+/// `rq help`: the overview, the environment and the exit status rule.
+fn overview() -> String {
+    let mut text = OVERVIEW.to_string();
+    text.push_str("\nenvironment:\n");
+    for (name, what) in ENVIRONMENT {
+        text.push_str(&format!("  {name}: {what}\n"));
+    }
+    text.push_str("\nexit status:\n");
+    for line in EXIT_STATUS.lines() {
+        text.push_str(&format!("  {line}\n"));
+    }
+    text
 }
 
 /// The command line as a clap command with one subcommand per mode (and its
@@ -337,23 +630,104 @@ pub fn command() -> clap::Command {
                 .help("the queue directory (or set RQ_Q)"),
         );
     for arg in options.get_arguments().filter(|a| a.get_id() != "words") {
-        cmd = cmd.arg(arg.clone().global(true));
+        let arg = arg.clone().global(true);
+        // What the shell offers for an option's value (the parser takes more: prefixes).
+        let arg = match arg.get_id().as_str() {
+            "fields" => arg
+                .value_parser(clap::builder::PossibleValuesParser::new(crate::job::FIELDS))
+                .value_delimiter(','),
+            "format" => arg.value_parser(["yaml", "json", "table"]),
+            "color" => arg.value_parser(["auto", "always", "never"]),
+            "signal" => arg.value_parser([
+                "TERM", "KILL", "INT", "HUP", "QUIT", "USR1", "USR2", "STOP", "CONT",
+            ]),
+            "verbosity" => arg.value_parser(["fatal", "error", "warn", "info", "debug"]),
+            "log_age" => arg.value_parser(["daily", "weekly", "monthly"]),
+            "infile" | "each_line" | "log" => arg.value_hint(clap::ValueHint::FilePath),
+            "data" => arg.value_hint(clap::ValueHint::AnyPath),
+            "dot_rq_dir" => arg.value_hint(clap::ValueHint::DirPath),
+            "editor" | "shell" => arg.value_hint(clap::ValueHint::CommandString),
+            _ => arg,
+        };
+        cmd = cmd.arg(arg);
     }
     for (name, abbrevs) in crate::cli::MODES {
         let about = text(Some(name))
             .ok()
             .and_then(|t| t.lines().nth(2).map(str::to_string))
             .unwrap_or_default();
+        let mut args = clap::Arg::new("args")
+            .num_args(0..)
+            .trailing_var_arg(true)
+            .allow_hyphen_values(true);
+        // The words a mode takes, where they are a fixed set (jids are typed).
+        let words: &[&str] = match *name {
+            "list" | "status" | "wait" | "delete" | "resubmit" | "update" => &[
+                "pending",
+                "holding",
+                "running",
+                "finished",
+                "dead",
+                "waiting",
+                "cancelled",
+                "all",
+            ],
+            "configure" => &[
+                "heartbeat=",
+                "lease=",
+                "max_attempts=",
+                "reserve_after=",
+                "limit.",
+            ],
+            "lock" => &["read", "shared", "write", "exclusive"],
+            "cron" => &[
+                "start", "add", "tab", "delete", "shutdown", "stop", "rotate",
+            ],
+            "completions" => &["bash", "zsh", "fish"],
+            "help" => &[
+                "create",
+                "submit",
+                "touch",
+                "list",
+                "status",
+                "query",
+                "update",
+                "delete",
+                "resubmit",
+                "execute",
+                "configure",
+                "stdout",
+                "feed",
+                "start",
+                "shutdown",
+                "pid",
+                "feeders",
+                "kill",
+                "pause",
+                "drain",
+                "wait",
+                "top",
+                "lock",
+                "snapshot",
+                "backup",
+                "rotate",
+                "recover",
+                "cron",
+                "ioview",
+                "tail",
+                "completions",
+                "man",
+            ],
+            _ => &[],
+        };
+        if !words.is_empty() {
+            args = args.value_parser(clap::builder::PossibleValuesParser::new(words));
+        }
         let sub = clap::Command::new(*name)
             .about(about)
             .disable_help_flag(true)
             .visible_aliases(abbrevs.iter().copied())
-            .arg(
-                clap::Arg::new("args")
-                    .num_args(0..)
-                    .trailing_var_arg(true)
-                    .allow_hyphen_values(true),
-            );
+            .arg(args);
         cmd = cmd.subcommand(sub);
     }
     cmd
@@ -383,13 +757,93 @@ pub fn completions(shell: Option<&str>) -> Result<i32> {
 
 /// `rq man`: the man page (roff) on standard output: `rq man > rq.1`.
 pub fn man() -> Result<i32> {
-    let mut out = Vec::new();
-    clap_mangen::Man::new(command())
-        .render(&mut out)
-        .map_err(|e| Error::Io {
-            context: "cannot render the man page".into(),
-            source: e,
-        })?;
-    crate::output::to_stdout(&String::from_utf8_lossy(&out))?;
+    crate::output::to_stdout(&man_page()?)?;
     Ok(0)
+}
+
+/// The man page: NAME, SYNOPSIS, DESCRIPTION, every mode as `rq help MODE` tells it,
+/// OPTIONS (from the same definitions the command line parses), ENVIRONMENT, FILES,
+/// EXIT STATUS, EXAMPLES.
+pub fn man_page() -> Result<String> {
+    let io = |e: std::io::Error| Error::Io {
+        context: "cannot render the man page".into(),
+        source: e,
+    };
+    let mut options = crate::cli::Options::command_for_man();
+    options.build();
+    let man = clap_mangen::Man::new(options).manual("rq manual");
+    // Every render starts with the same two-line preamble; the page needs it once.
+    let body = |bytes: Vec<u8>| -> String {
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| !l.starts_with(".ie \\n(.g .ds Aq") && !l.starts_with(".el .ds Aq"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let mut out = Vec::new();
+    man.render_title(&mut out).map_err(io)?;
+    let mut page = String::from_utf8_lossy(&out).into_owned();
+    let mut out = Vec::new();
+    man.render_name_section(&mut out).map_err(io)?;
+    page.push_str(&body(out));
+    page.push_str(
+        ".SH SYNOPSIS\n.B rq\n\\fIQUEUE\\fR \\fIMODE\\fR [\\fIARGS\\fR] [\\fIOPTIONS\\fR]\n.br\n",
+    );
+    page.push_str("RQ_Q=\\fIQUEUE\\fR \\fBrq\\fR \\fIMODE\\fR [\\fIARGS\\fR] [\\fIOPTIONS\\fR]\n");
+    page.push_str(".SH DESCRIPTION\n");
+    page.push_str(&preformatted(OVERVIEW));
+    page.push_str(".SH MODES\n");
+    for (mode, _) in crate::cli::MODES {
+        let Some((_, body)) = TOPICS.iter().find(|(name, _)| name == mode) else {
+            continue;
+        };
+        page.push_str(&format!(".SS {}\n", roff_text(mode)));
+        page.push_str(&preformatted(&format!("{body}{}", option_lines(mode))));
+    }
+    let mut out = Vec::new();
+    man.render_options_section(&mut out).map_err(io)?;
+    page.push_str(&body(out));
+    page.push_str(".SH ENVIRONMENT\n");
+    for (name, what) in ENVIRONMENT {
+        page.push_str(&format!(
+            ".TP\n.B {}\n{}\n",
+            roff_text(name),
+            roff_text(what)
+        ));
+    }
+    page.push_str(".SH FILES\n");
+    for (name, what) in FILES {
+        page.push_str(&format!(
+            ".TP\n.I {}\n{}\n",
+            roff_text(name),
+            roff_text(what)
+        ));
+    }
+    page.push_str(".SH \"EXIT STATUS\"\n");
+    page.push_str(&preformatted(EXIT_STATUS));
+    page.push_str(".SH EXAMPLES\n");
+    page.push_str(&preformatted(EXAMPLES));
+    page.push_str(&format!(".SH VERSION\nrq {}\n", env!("CARGO_PKG_VERSION")));
+    Ok(page)
+}
+
+/// Text as roff: backslashes escaped, and a line that would read as a request kept text.
+fn roff_text(text: &str) -> String {
+    let escaped = text.replace('\\', "\\e").replace('-', "\\-");
+    if escaped.starts_with(['.', '\'']) {
+        format!("\\&{escaped}")
+    } else {
+        escaped
+    }
+}
+
+/// Lines kept as they are (no filling): the help text's own layout.
+fn preformatted(text: &str) -> String {
+    let mut out = String::from(".nf\n");
+    for line in text.lines() {
+        out.push_str(&roff_text(line));
+        out.push('\n');
+    }
+    out.push_str(".fi\n");
+    out
 }

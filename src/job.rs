@@ -245,6 +245,19 @@ pub fn select_fields(spec: &str, available: &[String]) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Like [`select_fields`], but in the order the tokens give (a table's `--fields`).
+pub fn select_fields_in_order(spec: &str, available: &[String]) -> Result<Vec<String>> {
+    let mut picked: Vec<String> = Vec::new();
+    for token in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        for name in select_fields(token, available)? {
+            if !picked.contains(&name) {
+                picked.push(name);
+            }
+        }
+    }
+    Ok(picked)
+}
+
 /// The longest command rq accepts, in bytes as it is put into the job's environment
 /// (`RQ_JOB` carries it JSON-escaped): the kernel passes no single argument or
 /// environment string longer than 128 KiB (`MAX_ARG_STRLEN`), so a longer command could

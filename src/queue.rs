@@ -1784,7 +1784,7 @@ fn changed_while_reading() -> Error {
 }
 
 /// A job named in `status`'s temporal report: its jid and the value shown for it.
-type Named = Option<(i64, SqlValue)>;
+pub(crate) type Named = Option<(i64, SqlValue)>;
 
 /// The first row of a two-column query (jid, value), if any.
 fn first_row(tx: &Transaction<'_>, sql: &str) -> Result<Named> {
@@ -1800,7 +1800,7 @@ fn first_row(tx: &Transaction<'_>, sql: &str) -> Result<Named> {
 /// holding), each as (jid, submitted). The claim index orders by priority first, so this
 /// visits each distinct priority (a skip-scan: a few index look-ups per priority); with
 /// more priorities than that is worth, it scans the state's jobs instead.
-fn waiting_ends(tx: &Transaction<'_>, state: State) -> Result<(Named, Named)> {
+pub(crate) fn waiting_ends(tx: &Transaction<'_>, state: State) -> Result<(Named, Named)> {
     const MAX_PRIORITIES: usize = 64;
     let state = state.as_str();
     // Two statements: `(?2 IS NULL OR priority < ?2)` would cost the index range.

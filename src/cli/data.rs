@@ -306,6 +306,9 @@ impl Context<'_> {
     }
 
     pub(super) fn status(&mut self) -> Result<i32> {
+        if self.format == Format::Table {
+            return self.status_screen();
+        }
         if !self.args().is_empty() || self.inv.opts.mine {
             // Some jobs (array:ID, jids, states; --mine): their counts.
             let targets = self.targets(true)?;
@@ -329,6 +332,54 @@ impl Context<'_> {
             report["unfit"] = serde_json::json!({ "jobs": count, "for_example": examples });
         }
         self.print_value(&report)?;
+        Ok(0)
+    }
+
+    /// `status` for people: one screen (see `human::status_screen`).
+    fn status_screen(&mut self) -> Result<i32> {
+        use crate::overview::Summary;
+        let mut q = self.open(Access::ReadOnly)?;
+        let scoped = !self.args().is_empty() || self.inv.opts.mine;
+        let summary = if scoped {
+            let targets = self.targets(true)?;
+            let clause = self.mine(Selection::from_targets_or_all(&targets).clause());
+            let report = q.status_of(&clause)?;
+            let counts: Vec<(State, i64)> = State::ALL
+                .iter()
+                .map(|s| (*s, report["jobs"][s.as_str()].as_i64().unwrap_or(0)))
+                .collect();
+            let successes = report["exit_status"]["successes"].as_i64().unwrap_or(0);
+            let dead = report["jobs"]["dead"].as_i64().unwrap_or(0);
+            Summary {
+                total: counts.iter().map(|(_, n)| n).sum(),
+                counts,
+                successes,
+                failed: report["exit_status"]["failures"].as_i64().unwrap_or(0) - dead,
+                ..Default::default()
+            }
+        } else {
+            let now = crate::time::now_ts();
+            q.store().read(|tx| crate::overview::summary(tx, now))?
+        };
+        let feeders = crate::overview::feeders(&mut q)?;
+        let (count, some) = q.unfit(None)?;
+        let mut text = crate::human::status_screen(
+            &self.queue.display().to_string(),
+            &summary,
+            &feeders,
+            Some((count, some.into_iter().next())),
+            &self.terminal,
+        );
+        let exit_map = parse_exit_map(self.inv.opts.exit.as_deref().unwrap_or(""))?;
+        if !exit_map.is_empty() && !scoped {
+            let report = q.status(&exit_map)?;
+            let counted: Vec<String> = exit_map
+                .iter()
+                .map(|(name, _)| format!("{name} {}", report["exit_status"][name]))
+                .collect();
+            text.push_str(&format!("{:<11}{}\n", "exit codes", counted.join(" · ")));
+        }
+        self.out.print(&text)?;
         Ok(0)
     }
 

@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Context;
 use crate::control::{self, FeedRequest, LogOptions};
@@ -11,7 +11,7 @@ use crate::feeder;
 use crate::input::Target;
 use crate::job::{self, Row};
 use crate::log::{Age, Level};
-use crate::output;
+use crate::output::{self, Format};
 use crate::queue::{self, Selection};
 use crate::store::Access;
 use crate::{host, query};
@@ -118,133 +118,20 @@ impl Context<'_> {
     /// `rq Q feeders`: every host that has fed the queue, judged by its heartbeat.
     pub(super) fn feeders(&mut self) -> Result<i32> {
         let mut q = self.open(Access::ReadOnly)?;
-        let lease = q.setting("lease")?;
-        let heartbeat = q.setting("heartbeat")?;
-        let max_attempts = q.setting("max_attempts")?;
-        let settings = crate::liveness::Settings::from_attributes(|k| match k {
-            "lease" => lease.clone(),
-            "heartbeat" => heartbeat.clone(),
-            "max_attempts" => max_attempts.clone(),
-            _ => None,
-        });
-        let running: Vec<(String, i64)> = q.store().read(|tx| {
-            let mut stmt = tx.prepare(
-                "SELECT runner, count(*) FROM jobs WHERE state = 'running' GROUP BY runner",
-            )?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, Option<String>>(0)?.unwrap_or_default(),
-                        r.get(1)?,
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })?;
-        let paused = q.setting("paused")?;
-        let now = crate::liveness::server_now(q.dir(), &host::name())?;
-        let mut rows = Vec::new();
-        for (info, age) in crate::liveness::known_hosts(q.dir(), now) {
-            let drained = q.setting(&format!("drain.{}", info["host"].as_str().unwrap_or("?")))?;
-            let name = info["host"].as_str().unwrap_or("?").to_string();
-            let stopped = info["stopped"].as_bool().unwrap_or(false);
-            let error = info["error"].as_str().map(str::to_string);
-            // Alive but not claiming, and why (e.g. the filesystem is full).
-            let note = info["note"].as_str().map(str::to_string);
-            let alive = !stopped && age.is_some_and(|a| a <= settings.lease);
-            let count = running
-                .iter()
-                .find(|(h, _)| *h == name)
-                .map_or(0, |(_, n)| *n);
-            let cell = |v: &serde_json::Value| match v {
-                serde_json::Value::Number(n) => n.as_i64().map_or(job::Cell::Null, job::Cell::Int),
-                serde_json::Value::String(s) => job::Cell::Text(s.clone()),
-                _ => job::Cell::Null,
-            };
-            rows.push(Row {
-                columns: vec![
-                    ("host".into(), job::Cell::Text(name)),
-                    ("alive".into(), job::Cell::Bool(alive)),
-                    (
-                        "state".into(),
-                        job::Cell::Text(
-                            if stopped && error.is_some() {
-                                "failed"
-                            } else if stopped {
-                                "stopped"
-                            } else if alive && drained.is_some() && count > 0 {
-                                "draining"
-                            } else if alive && drained.is_some() {
-                                "drained"
-                            } else if alive && paused.is_some() {
-                                "paused"
-                            } else if alive && note.is_some() {
-                                "waiting"
-                            } else if alive {
-                                "alive"
-                            } else {
-                                "dead"
-                            }
-                            .into(),
-                        ),
-                    ),
-                    (
-                        "heartbeat_age".into(),
-                        age.map_or(job::Cell::Null, |a| {
-                            job::Cell::Real((a * 10.0).round() / 10.0)
-                        }),
-                    ),
-                    ("running".into(), job::Cell::Int(count)),
-                    ("max_feed".into(), cell(&info["max_feed"])),
-                    ("cpus".into(), cell(&info["cpus"])),
-                    ("mem".into(), cell(&info["mem"])),
-                    (
-                        "gpus".into(),
-                        match &info["gpus"] {
-                            serde_json::Value::String(s) if s.is_empty() => job::Cell::Null,
-                            other => cell(other),
-                        },
-                    ),
-                    ("pid".into(), cell(&info["pid"])),
-                    ("started".into(), cell(&info["started"])),
-                    ("version".into(), cell(&info["version"])),
-                    ("feeder".into(), cell(&info["feeder"])),
-                    (
-                        "error".into(),
-                        error
-                            .or(note.filter(|_| alive))
-                            .or(drained.filter(|_| alive).map(|d| format!("drained {d}")))
-                            .or(paused
-                                .clone()
-                                .filter(|_| alive)
-                                .map(|p| format!("the queue is paused {p}")))
-                            .map_or(job::Cell::Null, job::Cell::Text),
-                    ),
-                ],
-            });
-        }
-        let columns: Vec<String> = [
-            "host",
-            "alive",
-            "state",
-            "heartbeat_age",
-            "running",
-            "max_feed",
-            "cpus",
-            "mem",
-            "gpus",
-            "pid",
-            "started",
-            "version",
-            "feeder",
-            "error",
-        ]
-        .map(String::from)
-        .to_vec();
+        let feeders = crate::overview::feeders(&mut q)?;
+        let columns: Vec<String> = crate::overview::FEEDER_FIELDS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let fields = match &self.inv.opts.fields {
             Some(spec) => Some(job::select_fields(spec, &columns)?),
             None => None,
         };
+        if self.format == Format::Table {
+            let text = crate::human::feeders_table(&feeders, fields.as_deref(), &self.terminal);
+            return self.out.print(&text).map(|_| 0);
+        }
+        let rows: Vec<Row> = feeders.iter().map(|f| f.to_row()).collect();
         let text = output::rows(&rows, fields.as_deref(), self.format);
         self.out.print(&text)?;
         Ok(0)
@@ -291,11 +178,15 @@ impl Context<'_> {
         Ok(self.report_skipped("signalled", &skipped))
     }
 
-    /// `rq Q wait [JIDS|STATES|query]`: until the jobs are finished or dead; exit 0 only
-    /// if every one succeeded.
+    /// `rq Q wait [JIDS|STATES|query] [--timeout D]`: until the jobs are finished, dead
+    /// or cancelled. Exit 0 only if every one succeeded; 1 if any failed, died, was
+    /// cancelled or deleted (they are listed, with why); 124 when the timeout came first.
     pub(super) fn wait(&mut self) -> Result<i32> {
         let args = self.args().to_vec();
         let looks_like_query = args.iter().any(|a| a.contains(['=', '<', '>', '~', ' ']));
+        let deadline = super::duration_option("timeout", &self.inv.opts.timeout)?
+            .filter(|d| *d > 0.0)
+            .map(|d| (Instant::now() + Duration::from_secs_f64(d), d));
         let mut q = self.open(Access::ReadOnly)?;
         let mut jids = Vec::new();
         if looks_like_query {
@@ -326,60 +217,97 @@ impl Context<'_> {
                 count - some.len() as i64
             );
         }
+        let started = Instant::now();
+        let mut done_at_start = None;
+        let mut said = std::collections::HashSet::new();
+        let mut next_check = Instant::now();
         let mut delay = 0.2f64;
         loop {
             let progress = q.progress(&jids)?;
+            let done = progress.finished + progress.dead + progress.cancelled + progress.gone;
+            let left = progress.pending + progress.running + progress.holding + progress.waiting;
+            let first_done = *done_at_start.get_or_insert(done);
             if tty {
-                let width = 30usize;
-                let done = progress.finished + progress.dead + progress.cancelled + progress.gone;
-                let filled = if jids.is_empty() {
-                    width
+                // The rate since wait began gives the ETA.
+                let secs = started.elapsed().as_secs_f64();
+                let eta = if done > first_done && left > 0 && secs > 1.0 {
+                    let rate = (done - first_done) as f64 / secs;
+                    format!(" · ETA {}", crate::human::duration(left as f64 / rate))
                 } else {
-                    done * width / jids.len()
+                    String::new()
                 };
+                let failed = progress.failed + progress.dead + progress.cancelled;
                 let mut more = String::new();
                 for (n, what) in [
+                    (failed, "failed"),
                     (progress.waiting, "waiting for other jobs"),
                     (progress.holding, "holding"),
-                    (progress.cancelled, "cancelled"),
                 ] {
                     if n > 0 {
                         more.push_str(&format!(", {n} {what}"));
                     }
                 }
                 crate::note!(inline
-                    "\r[{}{}] {done}/{} done, {} running, {} pending{more}",
-                    "#".repeat(filled),
-                    " ".repeat(width - filled),
+                    "\r\x1b[K{} {done}/{} done, {} running, {} pending{more}{eta}",
+                    crate::human::bar(done as i64, jids.len().max(1) as i64, 20),
                     jids.len(),
                     progress.running,
                     progress.pending,
                 );
             }
             // Waiting jobs are not stuck: they run once the jobs they wait for end.
-            if progress.pending + progress.running + progress.holding + progress.waiting == 0 {
+            if left == 0 {
                 if tty {
                     crate::note!("");
-                    if progress.failed > 0 || progress.dead > 0 || progress.cancelled > 0 {
-                        crate::note!(
-                            "rq: {} failed, {} dead, {} cancelled",
-                            progress.failed,
-                            progress.dead,
-                            progress.cancelled
-                        );
+                }
+                let bad = progress.failed + progress.dead + progress.cancelled + progress.gone;
+                if bad > 0 {
+                    report_failures(&mut q, &jids, progress.gone)?;
+                }
+                return Ok(i32::from(bad > 0));
+            }
+            if Instant::now() >= next_check {
+                for warning in stuck(&mut q, &jids, &progress)? {
+                    if said.insert(warning.clone()) {
+                        if tty {
+                            crate::note!("");
+                        }
+                        crate::note!("rq: {warning}");
                     }
                 }
-                return Ok(
-                    if progress.failed + progress.dead + progress.cancelled + progress.gone == 0 {
-                        0
-                    } else {
-                        1
-                    },
-                );
+                next_check = Instant::now() + Duration::from_secs(10);
             }
-            std::thread::sleep(Duration::from_secs_f64(delay));
+            if let Some((deadline, limit)) = deadline
+                && Instant::now() >= deadline
+            {
+                if tty {
+                    crate::note!("");
+                }
+                crate::note!(
+                    "rq: wait: gave up after {}: {left} of {} jobs not done ({} running, {} pending, {} waiting, {} holding)",
+                    crate::human::duration(limit),
+                    jids.len(),
+                    progress.running,
+                    progress.pending,
+                    progress.waiting,
+                    progress.holding
+                );
+                return Ok(124);
+            }
+            let mut nap = Duration::from_secs_f64(delay);
+            if let Some((deadline, _)) = deadline {
+                nap = nap.min(deadline.saturating_duration_since(Instant::now()));
+            }
+            std::thread::sleep(nap);
             delay = (delay * 1.5).min(2.0);
         }
+    }
+
+    /// `rq Q top` and `rq Q status --watch`: the live view.
+    pub(super) fn top(&mut self) -> Result<i32> {
+        let mut q = self.open(Access::ReadOnly)?;
+        self.out.flush()?;
+        crate::top::run(&mut q, &self.queue.display().to_string(), &self.terminal)
     }
 
     /// `rq Q lock read|shared|write|exclusive -- COMMAND...`: run a command holding the
@@ -419,6 +347,145 @@ impl Context<'_> {
 }
 
 /// `1000`, `64K`, `10M`, `1G`.
+/// Why the jobs `wait` waits for may never end, with what to do: no live feeder, every
+/// remaining job holding, or jobs that may run only on hosts without a live feeder.
+fn stuck(q: &mut queue::Queue, jids: &[i64], p: &queue::Progress) -> Result<Vec<String>> {
+    let mut warnings = Vec::new();
+    let runnable = p.pending + p.running + p.waiting;
+    if runnable == 0 && p.holding > 0 {
+        warnings.push(format!(
+            "the {} remaining jobs are holding: they run only once released \
+             (rq Q update holding state=pending)",
+            p.holding
+        ));
+        return Ok(warnings);
+    }
+    if p.pending + p.waiting == 0 {
+        return Ok(warnings);
+    }
+    let feeders = crate::overview::feeders(q)?;
+    let live: Vec<&str> = feeders
+        .iter()
+        .filter(|f| f.alive)
+        .map(|f| f.host.as_str())
+        .collect();
+    if live.is_empty() {
+        warnings.push(
+            "no feeder is alive on this queue: nothing runs until one starts \
+             (rq Q feed --daemon on a host, or rq Q cron start)"
+                .into(),
+        );
+        return Ok(warnings);
+    }
+    let json = serde_json::to_string(jids).unwrap_or_default();
+    let restricted: Vec<(i64, String)> = q.store().read(|tx| {
+        let mut stmt = tx.prepare_cached(
+            "SELECT jid, hosts FROM jobs WHERE jid IN (SELECT value FROM json_each(?)) \
+             AND state = 'pending' AND hosts IS NOT NULL ORDER BY jid",
+        )?;
+        let rows = stmt
+            .query_map([&json], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    })?;
+    let orphans: Vec<&(i64, String)> = restricted
+        .iter()
+        .filter(|(_, hosts)| !live.iter().any(|h| host::allowed(Some(hosts), h)))
+        .collect();
+    if let Some((jid, hosts)) = orphans.first() {
+        warnings.push(format!(
+            "{} pending jobs may run only on hosts with no live feeder (e.g. job {jid}: \
+             --runner {hosts}; live: {}): start a feeder there, or let them run anywhere \
+             (rq Q update {jid} runner=null)",
+            orphans.len(),
+            live.join(",")
+        ));
+    }
+    Ok(warnings)
+}
+
+/// After `wait`: which jobs failed, died or were cancelled, and why (exit status or
+/// signal, host, the first line of their stderr).
+fn report_failures(q: &mut queue::Queue, jids: &[i64], gone: usize) -> Result<()> {
+    const SHOWN: i64 = 20;
+    let json = serde_json::to_string(jids).unwrap_or_default();
+    let where_failed = "jid IN (SELECT value FROM json_each(?1)) AND (state IN ('dead', 'cancelled') \
+         OR (state = 'finished' AND exit_status IS NOT 0))";
+    let (rows, total) = q.store().read(|tx| {
+        let rows = queue::select_rows(
+            tx,
+            &format!("{where_failed} ORDER BY jid LIMIT {SHOWN}"),
+            &[rusqlite::types::Value::Text(json.clone())],
+        )?;
+        let total: i64 = tx.query_row(
+            &format!("SELECT count(*) FROM jobs WHERE {where_failed}"),
+            [&json],
+            |r| r.get(0),
+        )?;
+        Ok((rows, total))
+    })?;
+    for row in &rows {
+        let text = |name: &str| row.get(name).as_text().map(str::to_string);
+        let on = text("runner")
+            .map(|h| format!(" on {h}"))
+            .unwrap_or_default();
+        let what = match text("state").as_deref() {
+            Some("cancelled") => format!(
+                "cancelled: {}",
+                text("reason").unwrap_or_else(|| "a job it needed failed".into())
+            ),
+            Some("dead") => format!("died{on} (its host or feeder stopped while it ran)"),
+            _ => match (text("signal"), row.get("exit_status").as_int()) {
+                (Some(sig), _) if row.get("timed_out").as_int() == Some(1) => {
+                    format!("timed out{on} (killed by {sig})")
+                }
+                (Some(sig), _) => format!("was killed by {sig}{on}"),
+                (None, Some(code)) => format!("failed with exit status {code}{on}"),
+                _ => format!("failed{on}"),
+            },
+        };
+        let stderr = first_stderr_line(q.dir(), row.jid())
+            .map(|l| format!(": {l}"))
+            .unwrap_or_default();
+        crate::note!("rq: job {} {what}{stderr}", row.jid());
+    }
+    if total > SHOWN {
+        crate::note!(
+            "rq: and {} more (rq Q query \"exit_status != 0 or state in ('dead', 'cancelled')\")",
+            total - SHOWN
+        );
+    }
+    if gone > 0 {
+        crate::note!("rq: {gone} jobs were deleted while waited for");
+    }
+    Ok(())
+}
+
+/// The first non-empty line of a job's stderr, if it has one: read without following a
+/// link or opening anything but a regular file (the queue directory is shared).
+fn first_stderr_line(queue: &std::path::Path, jid: i64) -> Option<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = queue.join("stderr").join(jid.to_string());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut head = Vec::new();
+    file.take(4096).read_to_end(&mut head).ok()?;
+    let text = String::from_utf8_lossy(&head);
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
+    let mut line: String = line.chars().filter(|c| !c.is_control()).take(160).collect();
+    if line.chars().count() == 160 {
+        line.push('…');
+    }
+    Some(line)
+}
+
 fn parse_bytes(text: &str) -> Option<u64> {
     crate::input::parse_size(text).filter(|n| *n > 0)
 }

@@ -36,13 +36,13 @@ pub struct Options {
     #[arg(allow_hyphen_values = false)]
     pub words: Vec<String>,
     /// Job priority (any integer; higher runs first).
-    #[arg(short = 'p', long, allow_negative_numbers = true)]
+    #[arg(short = 'p', long, allow_negative_numbers = true, value_name = "N")]
     pub priority: Option<String>,
     /// Job tag.
-    #[arg(short = 't', long)]
+    #[arg(short = 't', long, value_name = "TAG")]
     pub tag: Option<String>,
     /// Only these hosts may run the job (comma-separated; exact or short host names).
-    #[arg(long, visible_alias = "hosts")]
+    #[arg(long, visible_alias = "hosts", value_name = "HOSTS")]
     pub runner: Option<String>,
     /// The job may be run again if its host dies.
     #[arg(long)]
@@ -51,77 +51,89 @@ pub struct Options {
     #[arg(long)]
     pub stage: bool,
     /// Read the job list from FILE.
-    #[arg(short = 'i', long)]
+    #[arg(short = 'i', long, value_name = "FILE")]
     pub infile: Option<PathBuf>,
     /// Copy FILE (or standard input, `-`) as the jobs' stdin.
-    #[arg(long, num_args = 0..=1, default_missing_value = "-")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "-", value_name = "FILE")]
     pub stdin: Option<String>,
     /// Copy PATH (file or directory) as the jobs' data.
-    #[arg(short = 'd', long)]
+    #[arg(short = 'd', long, value_name = "PATH")]
     pub data: Option<PathBuf>,
     /// Print nothing on success.
     #[arg(short = 'q', long)]
     pub quiet: bool,
     /// Only these fields (comma-separated prefixes).
-    #[arg(short = 'f', long)]
+    #[arg(short = 'f', long, value_name = "FIELDS")]
     pub fields: Option<String>,
-    /// Output format: yaml (default) or json.
-    #[arg(long)]
+    /// Output format: yaml, json or table (default: table on a terminal for list, query,
+    /// status and feeders; yaml otherwise).
+    #[arg(long, value_name = "FORMAT")]
     pub format: Option<String>,
+    /// Colour on a terminal: auto (default; never when NO_COLOR is set), always, never.
+    #[arg(long, visible_alias = "colour", value_name = "WHEN")]
+    pub color: Option<String>,
+    /// list, query: every field in the table (the default table shows the main ones).
+    #[arg(short = 'L', long)]
+    pub long: bool,
+    /// status: a live view, refreshed every second (the same as the mode `top`).
+    #[arg(short = 'w', long)]
+    pub watch: bool,
     /// status: extra exit-status counters, e.g. 'ok=0 retry=75,76'.
-    #[arg(long)]
+    #[arg(long, value_name = "MAP")]
     pub exit: Option<String>,
     /// submit: TERM the job after this long (e.g. 90s, 2h, 1h30m), KILL it a little later.
+    /// wait: give up after this long (exit status 124).
     // Hyphen values are taken, so '-5s' is refused as a duration, not as an option.
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION")]
     pub timeout: Option<String>,
     /// submit: re-queue a job that fails up to N times.
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_name = "N")]
     pub retries: Option<String>,
     /// submit: wait this long before the first retry (doubling each time; default 1s).
     #[arg(
         long = "retry-delay",
         visible_alias = "retry_delay",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_name = "DURATION"
     )]
     pub retry_delay: Option<String>,
     /// submit: run only after these jobs finished with exit 0 (jids, array:ID; comma-separated).
-    #[arg(long)]
+    #[arg(long, value_name = "JIDS")]
     pub after: Option<String>,
     /// submit: run only after these jobs ended, whatever the result.
-    #[arg(long = "after-any", visible_alias = "after_any")]
+    #[arg(long = "after-any", visible_alias = "after_any", value_name = "JIDS")]
     pub after_any: Option<String>,
     /// submit: one job per index, e.g. 1-1000, 1-1000:2, 3,5,8-10; %N runs at most N at once.
-    #[arg(long)]
+    #[arg(long, value_name = "SPEC")]
     pub array: Option<String>,
     /// submit: one job per line of FILE, the line in RQ_ITEM.
-    #[arg(long = "each-line", visible_alias = "each_line")]
+    #[arg(long = "each-line", visible_alias = "each_line", value_name = "FILE")]
     pub each_line: Option<PathBuf>,
     /// submit: replace {} in the command by the array index or the line.
     #[arg(long)]
     pub subst: bool,
     /// submit: do not start before this time (22:00, 2026-12-24T08:00; local unless a zone is given).
-    #[arg(long)]
+    #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
     /// submit: do not start before this long from now (e.g. 90m, 2h).
-    #[arg(long = "in")]
+    #[arg(long = "in", value_name = "DURATION")]
     pub in_: Option<String>,
     /// submit: set KEY=VALUE in the job's environment (repeatable).
-    #[arg(long)]
+    #[arg(long, value_name = "KEY=VALUE")]
     pub env: Vec<String>,
     /// submit: run the job with this environment (all but terminal/session variables).
     #[arg(long)]
     pub export: bool,
     /// submit: CPUs each job needs (default 1); feed: CPUs this host offers (default: all).
-    #[arg(long)]
+    #[arg(long, value_name = "N")]
     pub cpus: Option<String>,
     /// submit: memory each job needs (e.g. 4G; default 0: not counted); feed: memory this
     /// host offers (default: all).
-    #[arg(long)]
+    #[arg(long, value_name = "SIZE")]
     pub mem: Option<String>,
     /// submit: GPUs each job needs (default 0); feed: this host's GPU devices (e.g. 0,1,2,3,
     /// or auto: the devices nvidia-smi lists; default none).
-    #[arg(long)]
+    #[arg(long, value_name = "N|LIST")]
     pub gpus: Option<String>,
     /// list, query, status: only jobs submitted by me.
     #[arg(long)]
@@ -136,44 +148,52 @@ pub struct Options {
     #[arg(long = "no-compress", visible_alias = "no_compress")]
     pub no_compress: bool,
     /// ioview: the program that shows the files (default $RQ_EDITOR or 'vim -R -o').
-    #[arg(short = 'e', long)]
+    #[arg(short = 'e', long, value_name = "CMD")]
     pub editor: Option<String>,
     /// kill: the signal to send (default TERM).
-    #[arg(long)]
+    #[arg(long, value_name = "SIG")]
     pub signal: Option<String>,
     /// feed: detach and run in the background.
     #[arg(short = 'D', long)]
     pub daemon: bool,
     /// feed: jobs run at once by this feeder (default: the number of CPUs).
-    #[arg(long = "max_feed", visible_alias = "max-feed")]
+    #[arg(long = "max_feed", visible_alias = "max-feed", value_name = "N")]
     pub max_feed: Option<String>,
     /// feed: seconds between cheap checks for new jobs while idle (default 0.2).
-    #[arg(long = "min_sleep", visible_alias = "min-sleep")]
+    #[arg(
+        long = "min_sleep",
+        visible_alias = "min-sleep",
+        value_name = "SECONDS"
+    )]
     pub min_sleep: Option<String>,
     /// feed: seconds between full polls of the queue while idle (default 30).
-    #[arg(long = "max_sleep", visible_alias = "max-sleep")]
+    #[arg(
+        long = "max_sleep",
+        visible_alias = "max-sleep",
+        value_name = "SECONDS"
+    )]
     pub max_sleep: Option<String>,
     /// feed: the shell jobs run in, as a prefix (default 'bash --login -c'); 'none' runs
     /// plain commands without a shell.
-    #[arg(long)]
+    #[arg(long, value_name = "CMD")]
     pub shell: Option<String>,
     /// feed: exit once nothing is running and nothing is left to run.
     #[arg(long = "exit_when_empty", visible_alias = "exit-when-empty")]
     pub exit_when_empty: bool,
     /// feed: log file (default: stderr; for start, a file in the state directory).
-    #[arg(short = 'l', long)]
+    #[arg(short = 'l', long, value_name = "FILE")]
     pub log: Option<PathBuf>,
     /// feed: log level 0-4 or fatal, error, warn, info (default), debug.
-    #[arg(short = 'v', long, num_args = 0..=1, default_missing_value = "debug")]
+    #[arg(short = 'v', long, num_args = 0..=1, default_missing_value = "debug", value_name = "LEVEL")]
     pub verbosity: Option<String>,
     /// feed: start a new log file past this size (e.g. 10M).
-    #[arg(long = "log_size", visible_alias = "log-size")]
+    #[arg(long = "log_size", visible_alias = "log-size", value_name = "SIZE")]
     pub log_size: Option<String>,
     /// feed: start a new log file daily, weekly or monthly.
-    #[arg(long = "log_age", visible_alias = "log-age")]
+    #[arg(long = "log_age", visible_alias = "log-age", value_name = "AGE")]
     pub log_age: Option<String>,
     /// feed: directory for per-host pid files and logs (default ~/.rq).
-    #[arg(long = "dot_rq_dir", visible_alias = "dot-rq-dir")]
+    #[arg(long = "dot_rq_dir", visible_alias = "dot-rq-dir", value_name = "DIR")]
     pub dot_rq_dir: Option<PathBuf>,
     /// Print help.
     #[arg(short = 'h', long)]
@@ -181,6 +201,25 @@ pub struct Options {
     /// Print the version.
     #[arg(long)]
     pub version: bool,
+}
+
+impl Options {
+    /// The options as the man page lists them (the queue/mode words left out).
+    pub fn command_for_man() -> clap::Command {
+        use clap::CommandFactory;
+        let cmd = Options::command();
+        let args: Vec<clap::Arg> = cmd
+            .get_arguments()
+            .filter(|a| a.get_id() != "words")
+            .cloned()
+            .collect();
+        clap::Command::new("rq")
+            .version(env!("CARGO_PKG_VERSION"))
+            .about("a zero-admin job queue for machines that share a directory")
+            .disable_help_flag(true)
+            .disable_version_flag(true)
+            .args(args)
+    }
 }
 
 /// A parsed invocation.
@@ -199,8 +238,12 @@ pub struct Invocation {
 /// Modes that only read the queue (they may run on a snapshot or an archive).
 pub const READ_ONLY_MODES: &[&str] = &[
     "list", "status", "query", "stdin", "stdout", "stderr", "stdin4", "stdout4", "stderr4",
-    "feeders",
+    "feeders", "top",
 ];
+
+/// Modes that print a table for people when standard output is a terminal (and YAML,
+/// exactly as ever, when it is not).
+pub const TABLE_ON_A_TERMINAL: &[&str] = &["list", "query", "status", "feeders"];
 
 /// The modes, each with the abbreviations it answers to.
 pub const MODES: &[(&str, &[&str])] = &[
@@ -235,6 +278,7 @@ pub const MODES: &[(&str, &[&str])] = &[
     ("drain", &[]),
     ("undrain", &[]),
     ("wait", &[]),
+    ("top", &[]),
     ("lock", &["L"]),
     ("snapshot", &["S"]),
     ("backup", &["B"]),
@@ -397,8 +441,16 @@ pub fn run(argv: &[String]) -> Result<i32> {
     };
     let format = match &inv.opts.format {
         Some(f) => Format::parse(f)?,
+        None if TABLE_ON_A_TERMINAL.contains(&name) && std::io::stdout().is_terminal() => {
+            Format::Table
+        }
         None => Format::Yaml,
     };
+    let color = match &inv.opts.color {
+        Some(c) => crate::human::ColorChoice::parse(c)?,
+        None => crate::human::ColorChoice::Auto,
+    };
+    let terminal = crate::human::Terminal::for_stdout(color);
     // A rotated archive (.tgz) and --snapshot both run read-only modes on a temporary copy.
     let mut _scratch: Option<tempfile::TempDir> = None;
     let mut queue = queue;
@@ -430,6 +482,7 @@ pub fn run(argv: &[String]) -> Result<i32> {
         inv: &inv,
         queue,
         format,
+        terminal,
         out: Out::new(),
     };
     ctx.dispatch(name)
@@ -439,6 +492,8 @@ struct Context<'a> {
     inv: &'a Invocation,
     queue: PathBuf,
     format: Format,
+    /// Where human output goes (colour, width), for tables and `top`.
+    terminal: crate::human::Terminal,
     out: Out,
 }
 
@@ -449,6 +504,7 @@ impl Context<'_> {
             "submit" => self.submit(false),
             "touch" => self.submit(true),
             "list" => self.list(),
+            "status" if self.inv.opts.watch => self.top(),
             "status" => self.status(),
             "query" => self.query(),
             "delete" => self.delete(),
@@ -478,6 +534,7 @@ impl Context<'_> {
             "undrain" => self.drain(false),
             "kill" => self.kill(),
             "wait" => self.wait(),
+            "top" => self.top(),
             "lock" => self.lock(),
             "snapshot" | "backup" | "rotate" => self.admin(mode),
             "recover" => self.recover(),
@@ -540,9 +597,31 @@ impl Context<'_> {
         if self.inv.opts.quiet {
             return Ok(());
         }
+        if self.format == Format::Table {
+            let mut table = self.job_table()?;
+            let text = table.render(rows);
+            return self.out.print(&text);
+        }
         let fields = self.fields()?;
         let text = output::rows(rows, fields.as_deref(), self.format);
         self.out.print(&text)
+    }
+
+    /// The table of jobs for people: the default columns, `--long`, or `--fields` in the
+    /// order given.
+    fn job_table(&self) -> Result<crate::human::JobTable> {
+        let fields = match &self.inv.opts.fields {
+            Some(spec) => {
+                let all: Vec<String> = job::FIELDS.iter().map(|s| s.to_string()).collect();
+                Some(job::select_fields_in_order(spec, &all)?)
+            }
+            None => None,
+        };
+        Ok(crate::human::JobTable::new(
+            self.terminal.clone(),
+            fields,
+            self.inv.opts.long,
+        ))
     }
 
     /// Print the jobs matching `clause` chunk by chunk (YAML: one `---`; JSON: one array);
@@ -556,21 +635,21 @@ impl Context<'_> {
     ) -> Result<usize> {
         let fields = self.fields()?;
         if self.format == Format::Table {
-            // A table sizes its columns to every row.
-            let mut all = Vec::new();
+            // A chunk at a time: the first sizes the columns, the others keep them.
+            let mut table = self.job_table()?;
+            let mut count = 0;
+            let out = &mut self.out;
             let mut each = |rows: Vec<Row>| {
                 seen(&rows.iter().map(Row::jid).collect::<Vec<_>>());
-                all.extend(rows);
-                Ok(())
+                count += rows.len();
+                out.print(&table.render(&rows))
             };
             if query {
                 q.query(clause, &mut each)?;
             } else {
                 q.scan(clause, &mut each)?;
             }
-            let text = output::rows(&all, fields.as_deref(), Format::Table);
-            self.out.print(&text)?;
-            return Ok(all.len());
+            return Ok(count);
         }
         let names: Vec<String> = job::FIELDS.iter().map(|s| s.to_string()).collect();
         let writer = output::RowWriter::new(&names, fields.as_deref(), self.format);

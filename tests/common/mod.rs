@@ -7,6 +7,8 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::{Map, Value};
 
+pub mod pty;
+
 pub fn rq_bin() -> &'static str {
     env!("CARGO_BIN_EXE_rq")
 }

@@ -1,0 +1,363 @@
+//! What a person watching the queue wants to know at a glance: counts by state, how fast
+//! jobs end, what runs where, which feeders live. Read in one transaction (never the write
+//! lock), then shown by `status` on a terminal, `top` and `wait`.
+
+use jiff::Timestamp;
+use rusqlite::Transaction;
+use rusqlite::types::Value as SqlValue;
+
+use crate::error::Result;
+use crate::job::{Cell, Row, State};
+use crate::liveness;
+use crate::queue::{self, Queue};
+use crate::time;
+
+/// Minutes of history behind the jobs-per-minute rate.
+pub const RATE_MINUTES: usize = 10;
+
+/// Counts and rates of the whole queue.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Jobs per state, in `State::ALL` order.
+    pub counts: Vec<(State, i64)>,
+    pub total: i64,
+    /// Finished with exit status 0.
+    pub successes: i64,
+    /// Finished with another exit status or a signal.
+    pub failed: i64,
+    /// Jobs that ended (finished or dead) in each of the last [`RATE_MINUTES`] minutes,
+    /// oldest first; the last is the minute now running.
+    pub ended_per_minute: Vec<i64>,
+    pub ended_last_hour: i64,
+    /// The pending job submitted first: jid and age in seconds.
+    pub oldest_pending: Option<(i64, f64)>,
+    /// Mean run time of finished jobs.
+    pub avg_elapsed: Option<f64>,
+    pub running_per_host: Vec<(String, i64)>,
+    /// `pause`d: since when and by whom.
+    pub paused: Option<String>,
+    /// Drained hosts and since when.
+    pub draining: Vec<(String, String)>,
+}
+
+impl Summary {
+    pub fn count(&self, state: State) -> i64 {
+        self.counts
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Jobs ended per minute, over the last full minutes (the running minute is partial).
+    pub fn rate_per_minute(&self) -> f64 {
+        let full = &self.ended_per_minute[..self.ended_per_minute.len().saturating_sub(1)];
+        let window = full.iter().rev().take(5).collect::<Vec<_>>();
+        if window.is_empty() {
+            return 0.0;
+        }
+        window.iter().copied().sum::<i64>() as f64 / window.len() as f64
+    }
+
+    /// Seconds until the jobs still to run (pending and waiting) are done at the current
+    /// rate; None when nothing ends.
+    pub fn eta(&self) -> Option<f64> {
+        let left = self.count(State::Pending) + self.count(State::Waiting);
+        let rate = self.rate_per_minute();
+        (left > 0 && rate > 0.0).then(|| left as f64 / rate * 60.0)
+    }
+}
+
+/// Read the summary inside a read transaction.
+pub fn summary(tx: &Transaction<'_>, now: Timestamp) -> Result<Summary> {
+    let mut s = Summary::default();
+    // Kept in step by triggers: no scan, however many jobs there are.
+    let mut stmt =
+        tx.prepare_cached("SELECT state, n, elapsed_n, elapsed_sum, ok FROM job_counts")?;
+    let mut rows = stmt.query([])?;
+    let mut raw = std::collections::HashMap::new();
+    while let Some(r) = rows.next()? {
+        let state: String = r.get(0)?;
+        raw.insert(
+            state,
+            (
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, f64>(3)?,
+                r.get::<_, i64>(4)?,
+            ),
+        );
+    }
+    drop(rows);
+    for state in State::ALL {
+        let n = raw.get(state.as_str()).map_or(0, |r| r.0);
+        s.counts.push((state, n));
+        s.total += n;
+    }
+    if let Some(&(n, elapsed_n, elapsed_sum, ok)) = raw.get("finished") {
+        s.successes = ok;
+        s.failed = n - ok;
+        s.avg_elapsed = (elapsed_n > 0).then(|| elapsed_sum / elapsed_n as f64);
+    }
+
+    // Ended per minute: one range of the index of end times, counted by minute.
+    let minute_start = |back: i64| {
+        let start = now - jiff::SignedDuration::from_secs(now.as_second() % 60 + back * 60);
+        time::format(Timestamp::from_second(start.as_second()).unwrap_or(start))
+    };
+    let since = minute_start(RATE_MINUTES as i64 - 1);
+    let mut stmt = tx.prepare_cached(
+        "SELECT substr(finished, 1, 16), count(*) FROM jobs INDEXED BY jobs_ended_at \
+         WHERE state IN ('finished', 'dead') AND finished >= ? GROUP BY 1",
+    )?;
+    let per_minute: Vec<(String, i64)> = stmt
+        .query_map([&since], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for back in (0..RATE_MINUTES as i64).rev() {
+        let key = &minute_start(back)[..16];
+        s.ended_per_minute.push(
+            per_minute
+                .iter()
+                .filter(|(m, _)| m.as_str() == key)
+                .map(|(_, n)| *n)
+                .sum(),
+        );
+    }
+    s.ended_last_hour = tx.query_row(
+        "SELECT count(*) FROM jobs INDEXED BY jobs_ended_at WHERE state IN ('finished', 'dead') AND finished > ?",
+        [time::format(now - jiff::SignedDuration::from_hours(1))],
+        |r| r.get(0),
+    )?;
+
+    if s.count(State::Pending) > 0 {
+        let (_, oldest) = queue::waiting_ends(tx, State::Pending)?;
+        if let Some((jid, SqlValue::Text(submitted))) = oldest {
+            s.oldest_pending =
+                time::parse(&submitted).map(|t| (jid, time::seconds_between(t, now)));
+        }
+    }
+
+    let mut stmt = tx.prepare_cached(
+        "SELECT coalesce(runner, '?'), count(*) FROM jobs WHERE state = 'running' GROUP BY 1 ORDER BY 1",
+    )?;
+    s.running_per_host = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+
+    let mut stmt = tx.prepare_cached(
+        "SELECT key, value FROM attributes WHERE key = 'paused' OR (key > 'drain.' AND key < 'drain/') ORDER BY key",
+    )?;
+    let flags: Vec<(String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (key, value) in flags {
+        match key.strip_prefix("drain.") {
+            Some(host) => s.draining.push((host.to_string(), value)),
+            None => s.paused = Some(value),
+        }
+    }
+    Ok(s)
+}
+
+/// A host that feeds (or fed) the queue, as its heartbeat file and the queue say.
+#[derive(Debug, Clone, Default)]
+pub struct Feeder {
+    pub host: String,
+    /// Heartbeat younger than the lease (on the file server's clock) and not stopped.
+    pub alive: bool,
+    /// alive, waiting (alive but not claiming, see `error`), paused, draining, drained,
+    /// stopped, failed or dead.
+    pub state: &'static str,
+    pub heartbeat_age: Option<f64>,
+    pub running: i64,
+    pub max_feed: Option<i64>,
+    pub cpus: Option<i64>,
+    pub mem: Option<i64>,
+    pub gpus: Option<String>,
+    pub pid: Option<i64>,
+    pub started: Option<String>,
+    pub version: Option<String>,
+    pub feeder: Option<String>,
+    /// Why a feeder failed, or why a live one does not claim.
+    pub error: Option<String>,
+}
+
+/// The columns of `rq Q feeders`, in order.
+pub const FEEDER_FIELDS: &[&str] = &[
+    "host",
+    "alive",
+    "state",
+    "heartbeat_age",
+    "running",
+    "max_feed",
+    "cpus",
+    "mem",
+    "gpus",
+    "pid",
+    "started",
+    "version",
+    "feeder",
+    "error",
+];
+
+impl Feeder {
+    /// As a result row with [`FEEDER_FIELDS`].
+    pub fn to_row(&self) -> Row {
+        let int = |v: Option<i64>| v.map_or(Cell::Null, Cell::Int);
+        let text = |v: &Option<String>| v.clone().map_or(Cell::Null, Cell::Text);
+        Row {
+            columns: vec![
+                ("host".into(), Cell::Text(self.host.clone())),
+                ("alive".into(), Cell::Bool(self.alive)),
+                ("state".into(), Cell::Text(self.state.into())),
+                (
+                    "heartbeat_age".into(),
+                    self.heartbeat_age
+                        .map_or(Cell::Null, |a| Cell::Real((a * 10.0).round() / 10.0)),
+                ),
+                ("running".into(), Cell::Int(self.running)),
+                ("max_feed".into(), int(self.max_feed)),
+                ("cpus".into(), int(self.cpus)),
+                ("mem".into(), int(self.mem)),
+                ("gpus".into(), text(&self.gpus)),
+                ("pid".into(), int(self.pid)),
+                ("started".into(), text(&self.started)),
+                ("version".into(), text(&self.version)),
+                ("feeder".into(), text(&self.feeder)),
+                ("error".into(), text(&self.error)),
+            ],
+        }
+    }
+}
+
+/// Every host that has published a heartbeat, with the queue's view of it.
+pub fn feeders(q: &mut Queue) -> Result<Vec<Feeder>> {
+    let lease = q.setting("lease")?;
+    let settings = liveness::Settings::from_attributes(|k| match k {
+        "lease" => lease.clone(),
+        _ => None,
+    });
+    type Counts = Vec<(String, i64)>;
+    type Flags = Vec<(String, String)>;
+    let (running, flags): (Counts, Flags) = q.store().read(|tx| {
+        let mut stmt = tx.prepare_cached(
+            "SELECT coalesce(runner, ''), count(*) FROM jobs WHERE state = 'running' GROUP BY 1",
+        )?;
+        let running = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut stmt = tx.prepare_cached(
+            "SELECT key, value FROM attributes WHERE key = 'paused' OR (key > 'drain.' AND key < 'drain/')",
+        )?;
+        let flags = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok((running, flags))
+    })?;
+    let flag = |key: &str| flags.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let paused = flag("paused");
+    let now = liveness::server_now(q.dir(), &crate::host::name())?;
+    let mut list = Vec::new();
+    for (info, age) in liveness::known_hosts(q.dir(), now) {
+        let host = info["host"].as_str().unwrap_or("?").to_string();
+        let drained = flag(&format!("drain.{host}"));
+        let stopped = info["stopped"].as_bool().unwrap_or(false);
+        let failure = info["error"].as_str().map(str::to_string);
+        // Alive but not claiming, and why (e.g. the filesystem is full).
+        let note = info["note"].as_str().map(str::to_string);
+        let alive = !stopped && age.is_some_and(|a| a <= settings.lease);
+        let running = running
+            .iter()
+            .find(|(h, _)| *h == host)
+            .map_or(0, |(_, n)| *n);
+        let state = if stopped && failure.is_some() {
+            "failed"
+        } else if stopped {
+            "stopped"
+        } else if alive && drained.is_some() && running > 0 {
+            "draining"
+        } else if alive && drained.is_some() {
+            "drained"
+        } else if alive && paused.is_some() {
+            "paused"
+        } else if alive && note.is_some() {
+            "waiting"
+        } else if alive {
+            "alive"
+        } else {
+            "dead"
+        };
+        let error = failure
+            .or(note.filter(|_| alive))
+            .or(drained.filter(|_| alive).map(|d| format!("drained {d}")))
+            .or(paused
+                .clone()
+                .filter(|_| alive)
+                .map(|p| format!("the queue is paused {p}")));
+        let int = |key: &str| info[key].as_i64();
+        let text = |key: &str| {
+            info[key]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
+        list.push(Feeder {
+            alive,
+            state,
+            heartbeat_age: age,
+            running,
+            max_feed: int("max_feed"),
+            cpus: int("cpus"),
+            mem: int("mem"),
+            gpus: text("gpus"),
+            pid: int("pid"),
+            started: text("started"),
+            version: text("version"),
+            feeder: text("feeder"),
+            error,
+            host,
+        });
+    }
+    Ok(list)
+}
+
+/// How many jobs of each list [`view`] reads.
+pub const VIEW_ROWS: usize = 500;
+
+/// Everything `top` shows, read at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub summary: Summary,
+    /// Running jobs, longest running first.
+    pub running: Vec<Row>,
+    /// Pending jobs in the order feeders take them.
+    pub pending: Vec<Row>,
+    /// Jobs that ended most recently first (finished or dead).
+    pub ended: Vec<Row>,
+    /// Dead and cancelled jobs, most recent first.
+    pub dead: Vec<Row>,
+    pub feeders: Vec<Feeder>,
+}
+
+/// Read a [`View`]: one read transaction for the jobs, then the heartbeat files.
+pub fn view(q: &mut Queue) -> Result<View> {
+    let now = time::now_ts();
+    let limit = SqlValue::Integer(VIEW_ROWS as i64);
+    let mut view = q.store().read(|tx| {
+        let select = |sql: &str| queue::select_rows(tx, sql, std::slice::from_ref(&limit));
+        Ok(View {
+            summary: summary(tx, now)?,
+            running: select("state = 'running' ORDER BY started IS NULL, started, jid LIMIT ?")?,
+            pending: select("state = 'pending' ORDER BY priority DESC, submitted, jid LIMIT ?")?,
+            ended: select(
+                "jid IN (SELECT jid FROM jobs INDEXED BY jobs_ended_at WHERE state IN ('finished', 'dead') \
+                 ORDER BY finished DESC LIMIT ?) ORDER BY finished DESC, jid DESC",
+            )?,
+            dead: select(
+                "state IN ('dead', 'cancelled') ORDER BY coalesce(finished, submitted) DESC, jid DESC LIMIT ?",
+            )?,
+            feeders: Vec::new(),
+        })
+    })?;
+    view.feeders = feeders(q)?;
+    Ok(view)
+}
