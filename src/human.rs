@@ -217,20 +217,6 @@ enum Column {
     Field(String),
 }
 
-/// The fields the default columns show (`--long` adds the others).
-const SHOWN_BY_DEFAULT: &[&str] = &[
-    "jid",
-    "state",
-    "priority",
-    "tag",
-    "runner",
-    "started",
-    "elapsed",
-    "exit_status",
-    "signal",
-    "command",
-];
-
 impl Column {
     fn header(&self) -> &str {
         match self {
@@ -358,7 +344,8 @@ const MAX_FLEXIBLE_WIDTH: usize = 24;
 const GAP: usize = 2;
 
 impl JobTable {
-    /// `fields`: the columns, in this order (`--fields`); `long`: every field.
+    /// `fields`: the columns, in this order (`--fields`); `long`: every field of each job,
+    /// a block per job.
     pub fn new(term: Terminal, fields: Option<Vec<String>>, long: bool) -> JobTable {
         JobTable {
             term,
@@ -369,7 +356,7 @@ impl JobTable {
         }
     }
 
-    fn columns_for(&self, rows: &[Row]) -> Vec<Column> {
+    fn columns_for(&self) -> Vec<Column> {
         if let Some(fields) = &self.fields {
             return fields.iter().map(|f| Column::Field(f.clone())).collect();
         }
@@ -383,17 +370,6 @@ impl JobTable {
             Column::Elapsed,
             Column::Exit,
         ];
-        if self.long {
-            // Every other field that any of these rows has.
-            for name in crate::job::FIELDS {
-                if SHOWN_BY_DEFAULT.contains(name) {
-                    continue;
-                }
-                if rows.iter().any(|r| !matches!(r.get(name), Cell::Null)) {
-                    columns.push(Column::Field(name.to_string()));
-                }
-            }
-        }
         columns.push(Column::Command);
         columns
     }
@@ -403,9 +379,12 @@ impl JobTable {
         if rows.is_empty() {
             return String::new();
         }
+        if self.long && self.fields.is_none() {
+            return self.records(rows);
+        }
         let first = self.layout.is_none();
         if first {
-            let columns = self.columns_for(rows);
+            let columns = self.columns_for();
             self.layout = Some(columns.into_iter().map(|c| (c, 0)).collect());
             let cells = self.cells(rows);
             self.size_columns(&cells);
@@ -415,6 +394,55 @@ impl JobTable {
         let headers: Vec<String> = layout.iter().map(|(c, _)| c.header().to_string()).collect();
         let widths: Vec<usize> = layout.iter().map(|(_, w)| *w).collect();
         draw(&self.term, first.then_some(&headers[..]), &widths, &cells)
+    }
+
+    /// `--long`: every field a job has, one per line, a block per job (46 columns do
+    /// not fit a terminal side by side).
+    fn records(&mut self, rows: &[Row]) -> String {
+        let mut out = String::new();
+        // Two spaces, the name in 13 columns, two spaces: 17 columns before the value.
+        let value_width = self.term.width.map(|w| w.saturating_sub(17).max(10));
+        for row in rows {
+            if self.layout.is_some() {
+                out.push('\n');
+            }
+            self.layout.get_or_insert_with(Vec::new);
+            let state = Column::State.cell(row, &self.term);
+            let exit = Column::Exit.cell(row, &self.term);
+            let mut head = format!(
+                "{} {}",
+                self.term.paint("job", None),
+                self.term.paint(&row.jid().to_string(), None)
+            );
+            head.push_str(&format!("  {}", self.term.paint(&state.0, state.1)));
+            if exit.0 != "-" {
+                head.push_str(&format!("  exit {}", self.term.paint(&exit.0, exit.1)));
+            }
+            out.push_str(&head);
+            out.push('\n');
+            for name in crate::job::FIELDS
+                .iter()
+                .filter(|n| !matches!(**n, "jid" | "state"))
+            {
+                if matches!(row.get(name), Cell::Null) {
+                    continue;
+                }
+                let (mut value, color) = Column::Field(name.to_string()).cell(row, &self.term);
+                if let Some(width) = value_width
+                    && text_width(&value) > width
+                {
+                    value = value.chars().take(width.saturating_sub(1)).collect();
+                    value.push('…');
+                }
+                out.push_str(&format!(
+                    "  {}  {}\n",
+                    self.term
+                        .paint(&format!("{name:<13}"), Some(Color::DarkGrey)),
+                    self.term.paint(&value, color)
+                ));
+            }
+        }
+        out
     }
 
     /// The rows' cells in the layout's columns.

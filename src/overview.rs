@@ -29,6 +29,8 @@ pub struct Summary {
     /// oldest first; the last is the minute now running.
     pub ended_per_minute: Vec<i64>,
     pub ended_last_hour: i64,
+    /// Seconds into the current minute (the last of `ended_per_minute`).
+    pub minute_elapsed: f64,
     /// The pending job submitted first: jid and age in seconds.
     pub oldest_pending: Option<(i64, f64)>,
     /// Mean run time of finished jobs.
@@ -48,14 +50,22 @@ impl Summary {
             .map_or(0, |(_, n)| *n)
     }
 
-    /// Jobs ended per minute, over the last full minutes (the running minute is partial).
+    /// Jobs ended per minute: the mean of the last (up to 5) full minutes since jobs
+    /// began to end; in the first minute, the minute so far.
     pub fn rate_per_minute(&self) -> f64 {
-        let full = &self.ended_per_minute[..self.ended_per_minute.len().saturating_sub(1)];
-        let window = full.iter().rev().take(5).collect::<Vec<_>>();
-        if window.is_empty() {
+        let Some((now, full)) = self.ended_per_minute.split_last() else {
             return 0.0;
+        };
+        let active = full
+            .iter()
+            .position(|n| *n > 0)
+            .map_or(&[][..], |i| &full[i..]);
+        let window: Vec<i64> = active.iter().rev().take(5).copied().collect();
+        if window.is_empty() {
+            // Seconds into this minute, at least 10 so one job is not a rate of hundreds.
+            return *now as f64 * 60.0 / self.minute_elapsed.max(10.0);
         }
-        window.iter().copied().sum::<i64>() as f64 / window.len() as f64
+        window.iter().sum::<i64>() as f64 / window.len() as f64
     }
 
     /// Seconds until the jobs still to run (pending and waiting) are done at the current
@@ -104,6 +114,7 @@ pub fn summary(tx: &Transaction<'_>, now: Timestamp) -> Result<Summary> {
         let start = now - jiff::SignedDuration::from_secs(now.as_second() % 60 + back * 60);
         time::format(Timestamp::from_second(start.as_second()).unwrap_or(start))
     };
+    s.minute_elapsed = (now.as_millisecond() % 60_000) as f64 / 1000.0;
     let since = minute_start(RATE_MINUTES as i64 - 1);
     let mut stmt = tx.prepare_cached(
         "SELECT substr(finished, 1, 16), count(*) FROM jobs INDEXED BY jobs_ended_at \
@@ -229,42 +240,73 @@ impl Feeder {
     }
 }
 
+/// What the queue's database says about its feeders: the lease, running jobs per host,
+/// and the pause and drain flags. Read inside the caller's transaction.
+#[derive(Debug, Clone, Default)]
+pub struct FeederFacts {
+    lease: f64,
+    running: Vec<(String, i64)>,
+    flags: Vec<(String, String)>,
+}
+
+pub fn feeder_facts(tx: &Transaction<'_>) -> Result<FeederFacts> {
+    // The lease is judged with the other liveness settings (it must span two heartbeats).
+    let mut stmt = tx.prepare_cached(
+        "SELECT key, value FROM attributes WHERE key IN ('heartbeat', 'lease', 'max_attempts')",
+    )?;
+    let liveness: Vec<(String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let settings = liveness::Settings::from_attributes(|k| {
+        liveness
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    });
+    let mut stmt = tx.prepare_cached(
+        "SELECT coalesce(runner, ''), count(*) FROM jobs WHERE state = 'running' GROUP BY 1",
+    )?;
+    let running = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = tx.prepare_cached(
+        "SELECT key, value FROM attributes WHERE key = 'paused' OR (key > 'drain.' AND key < 'drain/')",
+    )?;
+    let flags = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(FeederFacts {
+        lease: settings.lease,
+        running,
+        flags,
+    })
+}
+
 /// Every host that has published a heartbeat, with the queue's view of it.
 pub fn feeders(q: &mut Queue) -> Result<Vec<Feeder>> {
-    let lease = q.setting("lease")?;
-    let settings = liveness::Settings::from_attributes(|k| match k {
-        "lease" => lease.clone(),
-        _ => None,
-    });
-    type Counts = Vec<(String, i64)>;
-    type Flags = Vec<(String, String)>;
-    let (running, flags): (Counts, Flags) = q.store().read(|tx| {
-        let mut stmt = tx.prepare_cached(
-            "SELECT coalesce(runner, ''), count(*) FROM jobs WHERE state = 'running' GROUP BY 1",
-        )?;
-        let running = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        let mut stmt = tx.prepare_cached(
-            "SELECT key, value FROM attributes WHERE key = 'paused' OR (key > 'drain.' AND key < 'drain/')",
-        )?;
-        let flags = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok((running, flags))
-    })?;
+    let facts = q.store().read(feeder_facts)?;
+    feeders_from(q.dir(), &facts)
+}
+
+/// [`feeders`] from facts already read: the heartbeat files, on the file server's clock.
+pub fn feeders_from(dir: &std::path::Path, facts: &FeederFacts) -> Result<Vec<Feeder>> {
+    let FeederFacts {
+        lease,
+        running,
+        flags,
+    } = facts;
     let flag = |key: &str| flags.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
     let paused = flag("paused");
-    let now = liveness::server_now(q.dir(), &crate::host::name())?;
+    let now = liveness::server_now(dir, &crate::host::name())?;
     let mut list = Vec::new();
-    for (info, age) in liveness::known_hosts(q.dir(), now) {
+    for (info, age) in liveness::known_hosts(dir, now) {
         let host = info["host"].as_str().unwrap_or("?").to_string();
         let drained = flag(&format!("drain.{host}"));
         let stopped = info["stopped"].as_bool().unwrap_or(false);
         let failure = info["error"].as_str().map(str::to_string);
         // Alive but not claiming, and why (e.g. the filesystem is full).
         let note = info["note"].as_str().map(str::to_string);
-        let alive = !stopped && age.is_some_and(|a| a <= settings.lease);
+        let alive = !stopped && age.is_some_and(|a| a <= *lease);
         let running = running
             .iter()
             .find(|(h, _)| *h == host)
@@ -338,13 +380,14 @@ pub struct View {
     pub feeders: Vec<Feeder>,
 }
 
-/// Read a [`View`]: one read transaction for the jobs, then the heartbeat files.
+/// Read a [`View`]: one read transaction for everything in the database, then the
+/// heartbeat files.
 pub fn view(q: &mut Queue) -> Result<View> {
     let now = time::now_ts();
     let limit = SqlValue::Integer(VIEW_ROWS as i64);
-    let mut view = q.store().read(|tx| {
+    let (mut view, facts) = q.store().read(|tx| {
         let select = |sql: &str| queue::select_rows(tx, sql, std::slice::from_ref(&limit));
-        Ok(View {
+        let view = View {
             summary: summary(tx, now)?,
             running: select("state = 'running' ORDER BY started IS NULL, started, jid LIMIT ?")?,
             pending: select("state = 'pending' ORDER BY priority DESC, submitted, jid LIMIT ?")?,
@@ -356,8 +399,31 @@ pub fn view(q: &mut Queue) -> Result<View> {
                 "state IN ('dead', 'cancelled') ORDER BY coalesce(finished, submitted) DESC, jid DESC LIMIT ?",
             )?,
             feeders: Vec::new(),
-        })
+        };
+        Ok((view, feeder_facts(tx)?))
     })?;
-    view.feeders = feeders(q)?;
+    view.feeders = feeders_from(q.dir(), &facts)?;
     Ok(view)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_counts_minutes_since_jobs_began_to_end() {
+        let mut s = Summary {
+            ended_per_minute: vec![0, 0, 0, 0, 0, 0, 0, 30, 60, 5],
+            minute_elapsed: 5.0,
+            ..Default::default()
+        };
+        assert_eq!(s.rate_per_minute(), 45.0);
+        s.ended_per_minute = vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 20];
+        s.minute_elapsed = 30.0;
+        assert_eq!(s.rate_per_minute(), 40.0);
+        s.ended_per_minute = vec![10; 10];
+        assert_eq!(s.rate_per_minute(), 10.0);
+        s.counts = vec![(State::Pending, 100)];
+        assert_eq!(s.eta(), Some(600.0));
+    }
 }

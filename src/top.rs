@@ -125,6 +125,10 @@ fn event_loop(
     let mut next_read = Instant::now() + REFRESH;
     loop {
         screen.draw(|frame| draw(frame, app)).map_err(io)?;
+        // Test-only fault injection: the terminal must come back from a panic too.
+        if std::env::var("RQ_FAULT").is_ok_and(|f| f == "top_panic") {
+            panic!("injected fault RQ_FAULT=top_panic");
+        }
         if stop.load(Ordering::Relaxed) {
             return Ok(0);
         }

@@ -118,13 +118,25 @@ fn fields_pick_columns_in_order_and_long_adds_the_rest() {
     let text = strip_ansi(&out);
     let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(header, ["command", "jid"], "{text}");
-    let (_, out) = pty::run(on_terminal(&q, &["list", "--long", "1"]), 250);
+    // -l (as in ls -l) is --long in list: every field of the job, a line each.
+    let (_, out) = pty::run(on_terminal(&q, &["list", "-l", "2"]), 60);
     let text = strip_ansi(&out);
-    let header = text.lines().next().unwrap();
-    for more in ["submitted", "finished", "submitter", "user"] {
-        assert!(header.contains(more), "{more} in {header}");
+    assert!(text.starts_with("job 2  finished  exit 3"), "{text}");
+    for more in [
+        "submitted",
+        "finished",
+        "submitter",
+        "user",
+        "cwd",
+        "tag            nightly",
+    ] {
+        assert!(text.contains(more), "{more} in {text}");
     }
-    lines_fit(&out, 250);
+    lines_fit(&out, 60);
+    // Elsewhere -l is --log, as in the original.
+    let out = q.rq(&["feed", "-l"]);
+    assert_eq!(out.status, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--log"), "{}", out.stderr);
     // Piped, --fields keeps the YAML field order, as it always did.
     let yaml = q.rq(&["list", "1", "-f", "command,jid"]).ok().stdout;
     assert_eq!(yaml, "---\n-\n jid: 1\n command: echo hello\n");
@@ -333,6 +345,31 @@ fn top_leaves_cooked_mode_behind() {
     assert_ne!(modes.c_lflag & libc::ECHO, 0, "echo restored");
     let (code, _) = top.finish(10);
     assert_eq!(code, Some(0), "Ctrl-C quits");
+}
+
+#[test]
+fn top_gives_the_terminal_back_after_a_panic() {
+    let q = TestQueue::new();
+    let mut cmd = on_terminal(&q, &["top"]);
+    cmd.env("RQ_FAULT", "top_panic");
+    let top = Pty::spawn(cmd, 80, 24);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline && common::alive(top.pid()) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let modes = top.termios();
+    let (code, out) = top.finish(10);
+    assert_eq!(code, Some(101), "a panic: {out}");
+    assert_ne!(
+        modes.c_lflag & libc::ICANON,
+        0,
+        "cooked mode after the panic"
+    );
+    assert!(out.contains("\x1b[?1049l"), "left the alternate screen");
+    assert!(
+        out.contains("injected fault"),
+        "the panic message is readable: {out}"
+    );
 }
 
 #[test]

@@ -220,7 +220,9 @@ impl Context<'_> {
         let started = Instant::now();
         let mut done_at_start = None;
         let mut said = std::collections::HashSet::new();
-        let mut next_check = Instant::now();
+        // The first look for reasons to be stuck comes after feeders had a moment to
+        // start (and publish their heartbeats) beside this wait.
+        let mut next_check = Instant::now() + Duration::from_secs(2);
         let mut delay = 0.2f64;
         loop {
             let progress = q.progress(&jids)?;
@@ -248,7 +250,7 @@ impl Context<'_> {
                     }
                 }
                 crate::note!(inline
-                    "\r\x1b[K{} {done}/{} done, {} running, {} pending{more}{eta}",
+                    "\r\x1b[K[{}] {done}/{} done, {} running, {} pending{more}{eta}",
                     crate::human::bar(done as i64, jids.len().max(1) as i64, 20),
                     jids.len(),
                     progress.running,
@@ -282,6 +284,12 @@ impl Context<'_> {
             {
                 if tty {
                     crate::note!("");
+                }
+                // Why they did not end, if it can be told.
+                for warning in stuck(&mut q, &jids, &progress)? {
+                    if !said.contains(&warning) {
+                        crate::note!("rq: {warning}");
+                    }
                 }
                 crate::note!(
                     "rq: wait: gave up after {}: {left} of {} jobs not done ({} running, {} pending, {} waiting, {} holding)",

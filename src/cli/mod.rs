@@ -73,6 +73,7 @@ pub struct Options {
     #[arg(long, visible_alias = "colour", value_name = "WHEN")]
     pub color: Option<String>,
     /// list, query: every field in the table (the default table shows the main ones).
+    /// -l means --long in list and query (elsewhere it is --log).
     #[arg(short = 'L', long)]
     pub long: bool,
     /// status: a live view, refreshed every second (the same as the mode `top`).
@@ -310,8 +311,40 @@ fn clap_error(err: clap::Error) -> Error {
     Error::usage(format!("{line} (see 'rq help')"))
 }
 
+/// Modes where `-l` means `--long` (as in `ls -l`); elsewhere it is `--log`, as in the
+/// original rq.
+const LONG_L_MODES: &[&str] = &["list", "query"];
+
 /// Parse argv (without the program name), `RQ_OPTS` and `RQ_Q`.
 pub fn parse(argv: &[String]) -> Result<Invocation> {
+    let end = argv.iter().position(|a| a == "--").unwrap_or(argv.len());
+    if argv[..end].iter().any(|a| a == "-l") {
+        let long: Vec<String> = argv
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                if i < end && a == "-l" {
+                    "--long".to_string()
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        if let Ok(mut inv) = parse_options(&long)
+            && inv
+                .mode
+                .as_deref()
+                .and_then(mode_name)
+                .is_some_and(|m| LONG_L_MODES.contains(&m))
+        {
+            inv.argv = argv.to_vec();
+            return Ok(inv);
+        }
+    }
+    parse_options(argv)
+}
+
+fn parse_options(argv: &[String]) -> Result<Invocation> {
     let env_opts = match std::env::var("RQ_OPTS").or_else(|_| std::env::var("RQ_OPTIONS")) {
         Ok(text) => shell_words::split(&text).map_err(|e| Error::usage(format!("RQ_OPTS: {e}")))?,
         Err(_) => Vec::new(),
