@@ -2,7 +2,8 @@
 //!
 //! One module per concept: [`store`] (the SQLite database and its transaction rules),
 //! [`job`] (the job model), [`input`] (job lists and YAML/JSON input), [`query`] (the
-//! query language), [`queue`] (the data modes), [`output`] (YAML/JSON/tables),
+//! query language), [`queue`] (the data modes), [`output`] (YAML/JSON), [`human`],
+//! [`overview`] and [`top`] (what people see on a terminal),
 //! [`claims`] (the claim protocol's SQL), [`deps`] (jobs waiting for jobs), [`journal`] (a feeder's start journal),
 //! [`feeder`] and [`runner`] (running jobs),
 //! [`liveness`] (heartbeats), [`control`] (feeder daemons), [`admin`] (snapshot, backup,
