@@ -335,6 +335,9 @@ pub struct JobTable {
     layout: Option<Vec<(Column, usize)>>,
     /// The width the last column's content wants.
     last_wanted: usize,
+    /// The largest jid that may come, so that the jid column is wide enough from the
+    /// first chunk on.
+    largest_jid: i64,
 }
 
 /// A flexible column is cut at this width even when the terminal has room, so one long
@@ -353,7 +356,14 @@ impl JobTable {
             long,
             layout: None,
             last_wanted: 0,
+            largest_jid: 0,
         }
+    }
+
+    /// Size the jid column for jids up to `jid` (the queue's largest).
+    pub fn expect_jids_up_to(mut self, jid: i64) -> JobTable {
+        self.largest_jid = jid;
+        self
     }
 
     fn columns_for(&self) -> Vec<Column> {
@@ -392,7 +402,27 @@ impl JobTable {
         let cells = self.cells(rows);
         let layout = self.layout.as_ref().expect("set above");
         let headers: Vec<String> = layout.iter().map(|(c, _)| c.header().to_string()).collect();
-        let widths: Vec<usize> = layout.iter().map(|(_, w)| *w).collect();
+        // Later chunks keep the first one's widths, but a wider number (jid 10000 after
+        // 9999) is never cut, and the last column takes what the terminal has left.
+        let last = layout.len() - 1;
+        let widths: Vec<usize> = layout
+            .iter()
+            .enumerate()
+            .map(|(i, (column, planned))| {
+                let widest = || cells.iter().map(|r| text_width(&r[i].0)).max().unwrap_or(0);
+                if i == last {
+                    let room = self.term.width.map_or(usize::MAX, |total| {
+                        let others: usize = layout[..last].iter().map(|(_, w)| w + GAP).sum();
+                        total.saturating_sub(others).max(*planned)
+                    });
+                    widest().max(*planned).min(room)
+                } else if column.flexible() {
+                    *planned
+                } else {
+                    widest().max(*planned)
+                }
+            })
+            .collect();
         draw(&self.term, first.then_some(&headers[..]), &widths, &cells)
     }
 
@@ -471,6 +501,11 @@ impl JobTable {
                 .max()
                 .unwrap_or(0)
                 .max(text_width(column.header()));
+            let widest = if *column == Column::Jid || *column == Column::Field("jid".into()) {
+                widest.max(self.largest_jid.to_string().len())
+            } else {
+                widest
+            };
             *width = if column.flexible() && i != last {
                 widest.min(MAX_FLEXIBLE_WIDTH)
             } else {
@@ -983,5 +1018,20 @@ mod tests {
             assert_eq!(more.lines().count(), 1);
             assert_eq!(more.find("pending"), lines[1].find("pending"), "{more}");
         }
+    }
+
+    #[test]
+    fn later_chunks_keep_the_columns_and_cut_nothing_they_need() {
+        let mut table =
+            JobTable::new(Terminal::plain(Some(100)), None, false).expect_jids_up_to(100_000);
+        let first = table.render(&[job(1, "pending", "echo job 1")]);
+        let later = table.render(&[job(100_000, "pending", "echo job 100000 and more words")]);
+        let state_at = |text: &str| text.lines().last().unwrap().find("pending");
+        assert_eq!(state_at(&first), state_at(&later), "{first}{later}");
+        assert!(
+            later.trim_end().ends_with("echo job 100000 and more words"),
+            "{later}"
+        );
+        assert!(later.starts_with("100000 "), "{later}");
     }
 }

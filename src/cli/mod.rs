@@ -669,7 +669,10 @@ impl Context<'_> {
         let fields = self.fields()?;
         if self.format == Format::Table {
             // A chunk at a time: the first sizes the columns, the others keep them.
-            let mut table = self.job_table()?;
+            let largest: Option<i64> = q
+                .store()
+                .read(|tx| Ok(tx.query_row("SELECT max(jid) FROM jobs", [], |r| r.get(0))?))?;
+            let mut table = self.job_table()?.expect_jids_up_to(largest.unwrap_or(0));
             let mut count = 0;
             let out = &mut self.out;
             let mut each = |rows: Vec<Row>| {
