@@ -48,6 +48,8 @@ modes (abbreviation):
   drain, undrain    stop / restart claiming on some hosts, from any host
   wait              block until jobs are done; exit 0 if all succeeded
   top               a live full-screen view (also: status --watch)
+  serve             a live web dashboard and /metrics (--listen, --allow-actions)
+  metrics           the queue in OpenMetrics text, once (for Prometheus)
   lock (L)          run a command holding the queue lock
   snapshot (S)      a consistent copy of the database for read-only modes
   backup (B)        a consistent copy of the whole queue
@@ -281,6 +283,7 @@ pub const MODE_OPTIONS: &[(&str, &[&str])] = &[
     ("resubmit", &["priority", "tag", "runner", "stage"]),
     ("kill", &["signal"]),
     ("wait", &["timeout"]),
+    ("serve", &["listen", "allow_actions", "daemon", "log"]),
     ("rotate", &["no_compress"]),
     ("ioview", &["editor"]),
     (
@@ -518,6 +521,14 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     (
         "wait",
         "rq QUEUE wait [JID...|STATE...|field=value...] [--timeout D]\n\nBlock until the selected jobs (default: all) are finished, dead or cancelled\n(waiting jobs are waited for: they run once their dependencies end).\n\nExit status: 0 if every one finished with exit status 0; 1 if any failed (exit\nstatus not 0, or a signal), died, was cancelled or was deleted meanwhile: each\nis then listed on stderr with why (exit status or signal, host, the first line\nof its stderr); 124 if --timeout D ran out first.\n\nOn a terminal it shows progress (done/total, running, pending, failed so far,\nETA). It says when the jobs cannot go on: no feeder is alive, every remaining\njob is holding, or jobs may run only on hosts (--runner) without a live feeder,\nor need more CPUs/memory/GPUs than any live feeder has; with what to do.\n\n  rq q submit -q < jobs && rq q wait pending running && echo all good\n  rq q wait tag=nightly --timeout 2h\n",
+    ),
+    (
+        "serve",
+        "rq QUEUE serve [--listen 127.0.0.1:8080] [--daemon] [--allow-actions]\n\nA live web dashboard of the queue, from this binary alone (no CDN, nothing to\ninstall): an overview (counts by state, a bar, jobs ended per minute over the\nlast hour, successes and failures, ETA, oldest pending job), the hosts (every\nfeeder alive or dead, heartbeat age, running/max_feed, jobs done in the last\nhour, and a timeline of the last 30 minutes: one lane per host, one bar per\njob), the jobs (filter by state, tag, host, text; paged by jid) and each job\n(every field, the tail of its stdout/stderr, followed live). Pages update by\nthemselves every 1.5 s and read fine without JavaScript. GET /metrics serves\nthe OpenMetrics text of 'rq Q metrics'.\n\nIt listens on 127.0.0.1 unless --listen says otherwise (then it warns: whoever\ncan reach the port sees every command and output). Read-only unless\n--allow-actions: then kill, hold, release and resubmit buttons work for whoever\nshows the token kept in ~/.rq/serve-token (0600, printed when made): sign in at\n/login (a same-site cookie) or send the header X-RQ-Token. Actions are POSTs,\nrefused cross-site, done as the CLI does them and logged on stderr. The queue is\nread once a second whatever the number of viewers, never under the write lock.\n\n  rq /nfs/q serve                          # then open http://127.0.0.1:8080/\n  rq /nfs/q serve --daemon --log ~/serve.log\n  ssh -L 8080:127.0.0.1:8080 login1        # from your laptop\n",
+    ),
+    (
+        "metrics",
+        "rq QUEUE metrics\n\nPrint the queue's metrics once, in OpenMetrics text: rq_jobs{state}, the\ntotals rq_jobs_finished_total, rq_jobs_failed_total, rq_jobs_dead_total, the\nhistogram rq_job_duration_seconds of recent jobs, per host rq_feeder_up,\nrq_feeder_heartbeat_age_seconds, rq_feeder_running, rq_feeder_max_feed, and\nrq_oldest_pending_age_seconds, rq_queue_db_bytes. For node_exporter's textfile\ncollector from cron; 'rq Q serve' serves the same at /metrics.\n\n  * * * * * rq /nfs/q metrics > /var/lib/node_exporter/rq.prom.tmp && mv /var/lib/node_exporter/rq.prom.tmp /var/lib/node_exporter/rq.prom\n",
     ),
     (
         "top",

@@ -287,6 +287,9 @@ impl Column {
                     Cell::Real(r) if SECONDS_FIELDS.contains(&name.as_str()) => duration(*r),
                     Cell::Int(i) if SECONDS_FIELDS.contains(&name.as_str()) => duration(*i as f64),
                     Cell::Int(i) if name == "mem" => bytes(*i),
+                    Cell::Text(t) if crate::job::JSON_FIELDS.contains(&name.as_str()) => {
+                        one_line(&crate::output::json_for_people(t))
+                    }
                     Cell::Real(r) => format!("{}", (r * 1000.0).round() / 1000.0),
                     Cell::Int(i) if crate::job::BOOLEAN_FIELDS.contains(&name.as_str()) => {
                         (*i != 0).to_string()

@@ -248,6 +248,15 @@ fn json_cell(cell: &CellRef<'_>, shown: Shown) -> Option<Value> {
     Some(value)
 }
 
+/// A JSON column's text as people see it: values of secret-looking variables hidden
+/// (tables, the dashboard); text that is not JSON as it is.
+pub fn json_for_people(text: &str) -> String {
+    match json_cell(&CellRef::Text(text.into()), Shown::Json) {
+        Some(value) => value.to_string(),
+        None => text.to_string(),
+    }
+}
+
 /// What rq shows instead of the value of a variable whose name looks secret.
 pub const HIDDEN: &str = "<hidden>";
 

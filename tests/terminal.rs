@@ -25,8 +25,16 @@ fn on_terminal(q: &TestQueue, args: &[&str]) -> std::process::Command {
 fn queue_with_history() -> TestQueue {
     let q = TestQueue::new();
     q.rq(&["submit", "-q", "echo hello"]).ok();
-    q.rq(&["submit", "-q", "-t", "nightly", "echo broken >&2; exit 3"])
-        .ok();
+    q.rq(&[
+        "submit",
+        "-q",
+        "-t",
+        "nightly",
+        "--env",
+        "DB_PASSWORD=hunter2",
+        "echo broken >&2; exit 3",
+    ])
+    .ok();
     let mut f = q.feeder("h1", &["--exit_when_empty"]);
     assert_eq!(f.wait_exit(Duration::from_secs(30)), Some(0));
     let long = format!("./simulate --input data/{} --verbose", "x".repeat(200));
@@ -133,6 +141,10 @@ fn fields_pick_columns_in_order_and_long_adds_the_rest() {
         assert!(text.contains(more), "{more} in {text}");
     }
     lines_fit(&out, 60);
+    assert!(
+        text.contains("DB_PASSWORD") && !text.contains("hunter2"),
+        "secrets hidden: {text}"
+    );
     // Elsewhere -l is --log, as in the original.
     let out = q.rq(&["feed", "-l"]);
     assert_eq!(out.status, 2, "{}", out.stderr);

@@ -92,6 +92,29 @@ impl Context<'_> {
         Ok(0)
     }
 
+    /// `rq Q serve`: the web dashboard and /metrics.
+    pub(super) fn serve(&mut self) -> Result<i32> {
+        let o = &self.inv.opts;
+        let opts = crate::serve::Options {
+            listen: o.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".into()),
+            daemon: o.daemon,
+            allow_actions: o.allow_actions,
+            log: o.log.clone(),
+            quiet: o.quiet,
+        };
+        self.out.flush()?;
+        let name = self.queue.display().to_string();
+        crate::serve::run(&crate::queue::resolve(&self.queue), &name, opts)
+    }
+
+    /// `rq Q metrics`: the OpenMetrics text once (for node_exporter's textfile collector).
+    pub(super) fn metrics(&mut self) -> Result<i32> {
+        let mut q = self.open(Access::ReadOnly)?;
+        let text = crate::serve::metrics_once(&mut q)?;
+        self.out.print(&text)?;
+        Ok(0)
+    }
+
     pub(super) fn recover(&mut self) -> Result<i32> {
         let dir = queue::resolve(&self.queue);
         if !dir.is_dir() {

@@ -154,7 +154,7 @@ pub struct Options {
     /// kill: the signal to send (default TERM).
     #[arg(long, value_name = "SIG")]
     pub signal: Option<String>,
-    /// feed: detach and run in the background.
+    /// feed, serve: detach and run in the background.
     #[arg(short = 'D', long)]
     pub daemon: bool,
     /// feed: jobs run at once by this feeder (default: the number of CPUs).
@@ -181,7 +181,8 @@ pub struct Options {
     /// feed: exit once nothing is running and nothing is left to run.
     #[arg(long = "exit_when_empty", visible_alias = "exit-when-empty")]
     pub exit_when_empty: bool,
-    /// feed: log file (default: stderr; for start, a file in the state directory).
+    /// feed, serve: log file (default: stderr; for start, a file in the state directory;
+    /// for serve --daemon, none).
     #[arg(short = 'l', long, value_name = "FILE")]
     pub log: Option<PathBuf>,
     /// feed: log level 0-4 or fatal, error, warn, info (default), debug.
@@ -196,6 +197,12 @@ pub struct Options {
     /// feed: directory for per-host pid files and logs (default ~/.rq).
     #[arg(long = "dot_rq_dir", visible_alias = "dot-rq-dir", value_name = "DIR")]
     pub dot_rq_dir: Option<PathBuf>,
+    /// serve: the address and port to listen on (default 127.0.0.1:8080).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+    /// serve: enable kill/hold/release/resubmit for holders of the token in ~/.rq/serve-token.
+    #[arg(long = "allow-actions", visible_alias = "allow_actions")]
+    pub allow_actions: bool,
     /// Print help.
     #[arg(short = 'h', long)]
     pub help: bool,
@@ -239,7 +246,7 @@ pub struct Invocation {
 /// Modes that only read the queue (they may run on a snapshot or an archive).
 pub const READ_ONLY_MODES: &[&str] = &[
     "list", "status", "query", "stdin", "stdout", "stderr", "stdin4", "stdout4", "stderr4",
-    "feeders", "top",
+    "feeders", "top", "metrics",
 ];
 
 /// Modes that print a table for people when standard output is a terminal (and YAML,
@@ -280,6 +287,8 @@ pub const MODES: &[(&str, &[&str])] = &[
     ("undrain", &[]),
     ("wait", &[]),
     ("top", &[]),
+    ("serve", &[]),
+    ("metrics", &[]),
     ("lock", &["L"]),
     ("snapshot", &["S"]),
     ("backup", &["B"]),
@@ -568,6 +577,8 @@ impl Context<'_> {
             "kill" => self.kill(),
             "wait" => self.wait(),
             "top" => self.top(),
+            "serve" => self.serve(),
+            "metrics" => self.metrics(),
             "lock" => self.lock(),
             "snapshot" | "backup" | "rotate" => self.admin(mode),
             "recover" => self.recover(),

@@ -7,6 +7,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::{Map, Value};
 
+pub mod browser;
 pub mod pty;
 
 pub fn rq_bin() -> &'static str {

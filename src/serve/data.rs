@@ -1,0 +1,379 @@
+//! What the dashboard shows, read from the queue at most once a second for every viewer
+//! (see `Cache`): one read transaction (never the write lock), then the heartbeat files.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use rusqlite::types::Value as SqlValue;
+
+use crate::error::Result;
+use crate::job::Row;
+use crate::overview::{self, View};
+use crate::queue::{self, Queue};
+use crate::time;
+
+/// Minutes of history in the throughput chart and the per-host counts.
+pub const HOUR: usize = 60;
+/// Minutes of history in the hosts' timeline.
+pub const TIMELINE_MINUTES: i64 = 30;
+/// At most this many bars in the timeline (the most recent).
+const TIMELINE_JOBS: i64 = 3000;
+
+/// One job's bar in the timeline.
+#[derive(Debug, Clone)]
+pub struct Bar {
+    pub jid: i64,
+    pub host: String,
+    pub start: Timestamp,
+    /// None while it runs.
+    pub end: Option<Timestamp>,
+    /// running, ok, failed, dead.
+    pub outcome: &'static str,
+}
+
+/// Everything the pages and /metrics show, read at one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub view: View,
+    /// Jobs ended in each of the last [`HOUR`] minutes, oldest first.
+    pub per_minute: Vec<i64>,
+    /// Jobs each host ended in the last hour.
+    pub per_host_hour: BTreeMap<String, i64>,
+    pub timeline: Vec<Bar>,
+    /// Run times of the jobs in the timeline that ended.
+    pub durations: Vec<f64>,
+    pub db_bytes: u64,
+    pub taken: Timestamp,
+}
+
+/// Counts of ended jobs per minute and host. Minutes that are over do not change, so
+/// each is counted once; every refresh counts only the last two minutes again.
+#[derive(Debug, Default)]
+pub struct MinuteCounts {
+    minutes: BTreeMap<String, BTreeMap<String, i64>>,
+}
+
+impl MinuteCounts {
+    fn refresh(&mut self, tx: &rusqlite::Transaction<'_>, now: Timestamp) -> Result<()> {
+        let minute = |back: i64| {
+            let t = Timestamp::from_second(now.as_second() - now.as_second() % 60 - back * 60)
+                .unwrap_or(now);
+            time::format(t)[..16].to_string()
+        };
+        let oldest = minute(HOUR as i64 - 1);
+        self.minutes.retain(|m, _| *m >= oldest);
+        // From the first minute not yet counted (or the one before the last, which may
+        // still have been growing when it was counted).
+        let recount_from = minute(1);
+        let from = match self.minutes.keys().next() {
+            Some(_) => recount_from.clone(),
+            None => oldest.clone(),
+        };
+        self.minutes.retain(|m, _| *m < from);
+        let mut stmt = tx.prepare_cached(
+            "SELECT substr(finished, 1, 16), coalesce(runner, '?'), count(*) FROM jobs INDEXED BY jobs_ended_at \
+             WHERE state IN ('finished', 'dead') AND finished >= ? GROUP BY 1, 2",
+        )?;
+        let mut rows = stmt.query([format!("{from}:00")])?;
+        while let Some(r) = rows.next()? {
+            let m: String = r.get(0)?;
+            let host: String = r.get(1)?;
+            let n: i64 = r.get(2)?;
+            self.minutes.entry(m).or_default().insert(host, n);
+        }
+        // Minutes without jobs are counted too (as empty), so they are not asked again.
+        for back in 0..HOUR as i64 {
+            let m = minute(back);
+            if m >= from {
+                self.minutes.entry(m).or_default();
+            }
+        }
+        Ok(())
+    }
+
+    fn per_minute(&self, now: Timestamp) -> Vec<i64> {
+        (0..HOUR as i64)
+            .rev()
+            .map(|back| {
+                let t = Timestamp::from_second(now.as_second() - now.as_second() % 60 - back * 60)
+                    .unwrap_or(now);
+                let key = &time::format(t)[..16];
+                self.minutes
+                    .get(key)
+                    .map_or(0, |hosts| hosts.values().sum())
+            })
+            .collect()
+    }
+
+    fn per_host(&self) -> BTreeMap<String, i64> {
+        let mut total = BTreeMap::new();
+        for hosts in self.minutes.values() {
+            for (host, n) in hosts {
+                *total.entry(host.clone()).or_insert(0) += n;
+            }
+        }
+        total
+    }
+}
+
+/// A timeline row as read: jid, host, started, finished, state, exit status, signal.
+type RawBar = (
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<i64>,
+    Option<String>,
+);
+
+/// Read a snapshot.
+pub fn read(q: &mut Queue, counts: &mut MinuteCounts) -> Result<Snapshot> {
+    let now = time::now_ts();
+    let limit = SqlValue::Integer(overview::VIEW_ROWS as i64);
+    let since = time::format(now - jiff::SignedDuration::from_mins(TIMELINE_MINUTES));
+    let (mut view, facts, bars) = q.store().read(|tx| {
+        let select = |sql: &str| queue::select_rows(tx, sql, std::slice::from_ref(&limit));
+        let view = View {
+            summary: overview::summary(tx, now)?,
+            running: select("state = 'running' ORDER BY started IS NULL, started, jid LIMIT ?")?,
+            pending: select("state = 'pending' ORDER BY priority DESC, submitted, jid LIMIT ?")?,
+            ended: select(
+                "jid IN (SELECT jid FROM jobs INDEXED BY jobs_ended_at WHERE state IN ('finished', 'dead') \
+                 ORDER BY finished DESC LIMIT ?) ORDER BY finished DESC, jid DESC",
+            )?,
+            dead: Vec::new(),
+            feeders: Vec::new(),
+        };
+        counts.refresh(tx, now)?;
+        let mut stmt = tx.prepare_cached(
+            "SELECT jid, coalesce(runner, '?'), started, finished, state, exit_status, signal FROM jobs \
+             WHERE jid IN (SELECT jid FROM jobs INDEXED BY jobs_ended_at WHERE state IN ('finished', 'dead') \
+               AND finished >= ?1 ORDER BY finished DESC LIMIT ?2) \
+             OR (state = 'running' AND started IS NOT NULL)",
+        )?;
+        let bars: Vec<RawBar> = stmt
+            .query_map(rusqlite::params![since, TIMELINE_JOBS], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok((view, overview::feeder_facts(tx)?, bars))
+    })?;
+    view.feeders = overview::feeders_from(q.dir(), &facts)?;
+    let mut timeline = Vec::new();
+    let mut durations = Vec::new();
+    for (jid, host, started, finished, state, exit, signal) in bars {
+        let Some(start) = started.as_deref().and_then(time::parse) else {
+            continue;
+        };
+        let end = finished.as_deref().and_then(time::parse);
+        if let Some(end) = end {
+            durations.push(time::seconds_between(start, end).max(0.0));
+        }
+        let outcome = match state.as_str() {
+            "running" => "running",
+            "dead" => "dead",
+            _ if exit == Some(0) && signal.is_none() => "ok",
+            _ => "failed",
+        };
+        timeline.push(Bar {
+            jid,
+            host,
+            start,
+            end,
+            outcome,
+        });
+    }
+    Ok(Snapshot {
+        per_minute: counts.per_minute(now),
+        per_host_hour: counts.per_host(),
+        view,
+        timeline,
+        durations,
+        db_bytes: db_bytes(q.dir()),
+        taken: now,
+    })
+}
+
+fn db_bytes(dir: &Path) -> u64 {
+    std::fs::symlink_metadata(dir.join("db")).map_or(0, |m| m.len())
+}
+
+/// A snapshot shared by every viewer for about a second, so a hundred open tabs cost
+/// the queue what one does.
+pub struct Cache {
+    queue: Queue,
+    counts: MinuteCounts,
+    last: Option<(Instant, std::sync::Arc<Snapshot>)>,
+}
+
+/// How long a snapshot serves.
+pub const FRESH: Duration = Duration::from_millis(1000);
+
+impl Cache {
+    pub fn new(queue: Queue) -> Cache {
+        Cache {
+            queue,
+            counts: MinuteCounts::default(),
+            last: None,
+        }
+    }
+
+    /// The current snapshot, read again when older than [`FRESH`].
+    pub fn get(&mut self) -> Result<std::sync::Arc<Snapshot>> {
+        if let Some((at, snap)) = &self.last
+            && at.elapsed() < FRESH
+        {
+            return Ok(snap.clone());
+        }
+        let snap = std::sync::Arc::new(read(&mut self.queue, &mut self.counts)?);
+        self.last = Some((Instant::now(), snap.clone()));
+        Ok(snap)
+    }
+
+    pub fn queue(&mut self) -> &mut Queue {
+        &mut self.queue
+    }
+
+    /// Forget the snapshot (after an action, so the page shows its effect).
+    pub fn invalidate(&mut self) {
+        self.last = None;
+    }
+}
+
+/// One job with every field, for its page.
+pub fn job(q: &mut Queue, jid: i64) -> Result<Option<Row>> {
+    let rows = q
+        .store()
+        .read(|tx| queue::select_rows(tx, "jid = ?", &[SqlValue::Integer(jid)]))?;
+    Ok(rows.into_iter().next())
+}
+
+/// Filters and paging of the jobs table.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+pub struct JobFilter {
+    pub state: Option<String>,
+    pub tag: Option<String>,
+    pub host: Option<String>,
+    /// Text the command contains.
+    pub q: Option<String>,
+    /// Keyset paging: jobs after (or before) this jid.
+    pub after: Option<i64>,
+    pub before: Option<i64>,
+    /// `desc`: newest first.
+    pub order: Option<String>,
+}
+
+/// Rows per page of the jobs table.
+pub const PAGE: i64 = 50;
+
+impl JobFilter {
+    pub fn descending(&self) -> bool {
+        self.order.as_deref() == Some("desc")
+    }
+
+    /// The query string of these filters (without paging), for links.
+    pub fn query_string(&self) -> String {
+        let mut parts = Vec::new();
+        for (key, value) in [
+            ("state", &self.state),
+            ("tag", &self.tag),
+            ("host", &self.host),
+            ("q", &self.q),
+            ("order", &self.order),
+        ] {
+            if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+                parts.push(format!("{key}={}", url_encode(v)));
+            }
+        }
+        parts.join("&")
+    }
+}
+
+pub fn url_encode(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// A page of jobs: keyset paging on jid (the primary key), every value bound.
+pub fn jobs_page(q: &mut Queue, f: &JobFilter) -> Result<Vec<Row>> {
+    let mut clauses = vec!["1".to_string()];
+    let mut params: Vec<SqlValue> = Vec::new();
+    let text = |v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    if let Some(state) = text(&f.state) {
+        clauses.push("state = ?".into());
+        params.push(SqlValue::Text(state));
+    }
+    if let Some(tag) = text(&f.tag) {
+        clauses.push("tag = ?".into());
+        params.push(SqlValue::Text(tag));
+    }
+    if let Some(host) = text(&f.host) {
+        clauses.push("runner = ?".into());
+        params.push(SqlValue::Text(host));
+    }
+    if let Some(q) = text(&f.q) {
+        clauses.push("instr(command, ?) > 0".into());
+        params.push(SqlValue::Text(q));
+    }
+    // Going back a page walks the other way, then the rows are turned around.
+    let backwards = f.before.is_some();
+    let desc = f.descending() != backwards;
+    if let Some(after) = f.after {
+        clauses.push(if f.descending() { "jid < ?" } else { "jid > ?" }.into());
+        params.push(SqlValue::Integer(after));
+    }
+    if let Some(before) = f.before {
+        clauses.push(if f.descending() { "jid > ?" } else { "jid < ?" }.into());
+        params.push(SqlValue::Integer(before));
+    }
+    let sql = format!(
+        "{} ORDER BY jid {} LIMIT {PAGE}",
+        clauses.join(" AND "),
+        if desc { "DESC" } else { "ASC" }
+    );
+    let mut rows = q.store().read(|tx| queue::select_rows(tx, &sql, &params))?;
+    if backwards {
+        rows.reverse();
+    }
+    Ok(rows)
+}
+
+/// The last `max` bytes of a job's stream, read without following a link or opening
+/// anything but a regular file; the jid is a number, so the path stays in the queue.
+pub fn tail(queue_dir: &Path, stream: &str, jid: i64, max: u64) -> Option<(String, bool)> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    debug_assert!(matches!(stream, "stdout" | "stderr"));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(queue_dir.join(stream).join(jid.to_string()))
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let cut = meta.len() > max;
+    if cut {
+        file.seek(SeekFrom::Start(meta.len() - max)).ok()?;
+    }
+    let mut bytes = Vec::new();
+    file.take(max).read_to_end(&mut bytes).ok()?;
+    Some((String::from_utf8_lossy(&bytes).into_owned(), cut))
+}

@@ -1,0 +1,410 @@
+//! `rq Q serve` in a real browser (headless Chromium through chromedriver), and its
+//! /metrics read by a real Prometheus text parser and checked against the queue.
+
+mod common;
+
+use std::time::Duration;
+
+use common::browser::{Browser, Server};
+use common::*;
+use fantoccini::Locator;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_counts_and_updates_without_a_reload() {
+    let q = TestQueue::new();
+    q.rq(&["submit", "-q", "true"]).ok();
+    let mut f = q.feeder("h1", &["--exit_when_empty"]);
+    assert_eq!(f.wait_exit(Duration::from_secs(30)), Some(0));
+    q.rq(&["submit", "-q", "echo a"]).ok();
+    q.rq(&["submit", "-q", "echo b"]).ok();
+    let server = Server::start(&q, &[]);
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&format!("{}/", server.url))
+        .await
+        .unwrap();
+    assert_eq!(browser.text("#count-pending b").await, "2");
+    assert_eq!(browser.text("#count-finished b").await, "1");
+    assert_eq!(browser.text("#total b").await, "3");
+    assert_eq!(browser.text("#ok").await, "1");
+    browser.screenshot("dashboard-overview").await;
+    // A mark that a reload would wipe out.
+    browser
+        .client
+        .execute("window.rqMark = 42; return 0;", vec![])
+        .await
+        .unwrap();
+    q.rq(&["submit", "-q", "echo c"]).ok();
+    let pending = browser
+        .wait_text("#count-pending b", 15, |t| t == "3")
+        .await;
+    assert_eq!(pending, "3", "the page shows the new job by itself");
+    let mark = browser
+        .client
+        .execute("return window.rqMark;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(mark, serde_json::json!(42), "without a reload");
+    // Without JavaScript the same numbers are in the HTML itself.
+    let (status, html) = server.request("GET", "/", &[], "");
+    assert_eq!(status, 200);
+    assert!(html.contains("id=\"count-pending\""), "{html}");
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_page_follows_its_output_live() {
+    let q = TestQueue::new();
+    q.rq(&[
+        "submit",
+        "-q",
+        "for i in 1 2 3 4 5 6; do echo line$i; sleep 0.7; done; echo oops >&2",
+    ])
+    .ok();
+    q.rq(&[
+        "submit",
+        "-q",
+        "-t",
+        "other",
+        "--env",
+        "API_TOKEN=s3cret",
+        "echo other",
+    ])
+    .ok();
+    let server = Server::start(&q, &[]);
+    let browser = Browser::start().await;
+    let _f = q.feeder("h1", &[]);
+    browser
+        .client
+        .goto(&format!("{}/jobs/1", server.url))
+        .await
+        .unwrap();
+    let out = browser
+        .wait_text("#stdout", 20, |t| t.contains("line2"))
+        .await;
+    assert!(
+        out.contains("line2") && !out.contains("line6"),
+        "mid-run: {out:?}"
+    );
+    let out = browser
+        .wait_text("#stdout", 20, |t| t.contains("line6"))
+        .await;
+    assert!(out.contains("line6"), "followed to the end: {out:?}");
+    let state = browser.wait_text("#state", 20, |t| t == "finished").await;
+    assert_eq!(state, "finished");
+    assert_eq!(
+        browser.wait_text("#stderr", 10, |t| t == "oops").await,
+        "oops"
+    );
+    browser.screenshot("dashboard-job").await;
+    // The jobs table filters (by tag here) and links to the job.
+    browser
+        .client
+        .goto(&format!("{}/jobs?tag=other", server.url))
+        .await
+        .unwrap();
+    let rows = browser
+        .client
+        .find_all(Locator::Css("#jobs tbody tr"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(browser.text("#jobs tbody tr").await.contains("echo other"));
+    // Secret-looking variables are not shown.
+    browser
+        .client
+        .goto(&format!("{}/jobs/2", server.url))
+        .await
+        .unwrap();
+    let fields = browser.text("#fields").await;
+    assert!(
+        fields.contains("API_TOKEN") && fields.contains("<hidden>"),
+        "{fields}"
+    );
+    assert!(!browser.client.source().await.unwrap().contains("s3cret"));
+    browser
+        .client
+        .goto(&format!("{}/jobs", server.url))
+        .await
+        .unwrap();
+    browser.screenshot("dashboard-jobs").await;
+    // No path from a URL reaches a file: a jid is a number or nothing.
+    let (status, _) = server.request("GET", "/jobs/..%2F..%2Fetc%2Fpasswd", &[], "");
+    assert_eq!(status, 404);
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hosts_view_shows_a_killed_feeder_as_dead() {
+    let q = TestQueue::new();
+    q.rq(&["configure", "heartbeat=0.5s", "lease=1s"]).ok();
+    for i in 0..6 {
+        q.rq(&["submit", "-q", &format!("sleep 0.{i}")]).ok();
+    }
+    let _alive = q.feeder("alive1", &[]);
+    let doomed = q.feeder("doomed", &[]);
+    let server = Server::start(&q, &[]);
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&format!("{}/hosts", server.url))
+        .await
+        .unwrap();
+    let state = browser
+        .wait_text("tr[data-host=doomed] td:nth-child(2)", 15, |t| t == "alive")
+        .await;
+    assert_eq!(state, "alive");
+    doomed.signal(libc::SIGKILL);
+    let state = browser
+        .wait_text("tr[data-host=doomed] td:nth-child(2)", 20, |t| t == "dead")
+        .await;
+    assert_eq!(
+        state, "dead",
+        "the page shows the killed feeder dead, by itself"
+    );
+    assert_eq!(
+        browser.text("tr[data-host=alive1] td:nth-child(2)").await,
+        "alive"
+    );
+    let bars = browser
+        .client
+        .find_all(Locator::Css("#timeline rect.ok"))
+        .await
+        .unwrap();
+    assert!(!bars.is_empty(), "the timeline has the jobs that ran");
+    browser.screenshot("dashboard-hosts").await;
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_need_the_token() {
+    let q = TestQueue::new();
+    q.rq(&["submit", "-q", "sleep 60"]).ok();
+    q.rq(&["submit", "-q", "--stage", "echo later"]).ok();
+    let _f = q.feeder("h1", &[]);
+    q.wait_for("the job to run", 20, |q| q.count("running") == 1);
+
+    // Read-only by default: POST is refused, whoever asks.
+    let ro = Server::start(&q, &[]);
+    let (status, body) = ro.request(
+        "POST",
+        "/jobs/1/action",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        "do=kill",
+    );
+    assert_eq!(status, 403, "{body}");
+    drop(ro);
+
+    let server = Server::start(&q, &["--allow-actions"]);
+    let token = std::fs::read_to_string(q.home().join(".rq/serve-token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        server.stderr().contains(&token),
+        "printed once: {}",
+        server.stderr()
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(q.home().join(".rq/serve-token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let (status, _) = server.request("POST", "/jobs/1/action", &form, "do=kill");
+    assert_eq!(status, 401, "no token");
+    let (status, _) = server.request(
+        "POST",
+        "/jobs/1/action",
+        &[form[0], ("X-RQ-Token", "not-the-token")],
+        "do=kill",
+    );
+    assert_eq!(status, 401, "a wrong token");
+    // A cross-site form post is refused even with the cookie.
+    let cookie = format!("rq_token={token}");
+    let (status, _) = server.request(
+        "POST",
+        "/jobs/2/action",
+        &[
+            form[0],
+            ("Cookie", &cookie),
+            ("Origin", "http://evil.example"),
+        ],
+        "do=release",
+    );
+    assert_eq!(status, 403, "cross-site");
+    assert_eq!(q.count("holding"), 1);
+    // With the token in a header: released, as `rq update 2 state=pending` would.
+    let (status, _) = server.request(
+        "POST",
+        "/jobs/2/action",
+        &[form[0], ("X-RQ-Token", &token)],
+        "do=release",
+    );
+    assert_eq!(status, 303);
+    q.wait_for("the released job to run", 20, |q| q.count("holding") == 0);
+
+    // In the browser: no button before signing in; sign in; kill.
+    let browser = Browser::start().await;
+    browser
+        .client
+        .goto(&format!("{}/jobs/1", server.url))
+        .await
+        .unwrap();
+    assert!(
+        browser.client.find(Locator::Id("do-kill")).await.is_err(),
+        "no kill button without the token"
+    );
+    let refused = browser
+        .client
+        .execute(
+            "return fetch('/jobs/1/action', {method: 'POST', headers: {'Content-Type': 'application/x-www-form-urlencoded'}, body: 'do=kill'}).then(r => r.status);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, serde_json::json!(401));
+    assert_eq!(q.count("running"), 1, "still running");
+    browser
+        .client
+        .goto(&format!("{}/login", server.url))
+        .await
+        .unwrap();
+    let field = browser
+        .client
+        .find(Locator::Css("input[name=token]"))
+        .await
+        .unwrap();
+    field.send_keys(&token).await.unwrap();
+    browser
+        .client
+        .find(Locator::Id("login"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser
+        .client
+        .goto(&format!("{}/jobs/1", server.url))
+        .await
+        .unwrap();
+    browser.screenshot("dashboard-actions").await;
+    browser
+        .client
+        .find(Locator::Id("do-kill"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    q.wait_for("the killed job to end", 20, |q| {
+        let jobs = q.rq(&["list", "1"]).ok().records();
+        text(&jobs[0], "state") == "finished" && text(&jobs[0], "signal") == "TERM"
+    });
+    assert!(
+        server
+            .stderr()
+            .contains("rq: serve: kill job 1 (asked from 127.0.0.1"),
+        "actions are logged: {}",
+        server.stderr()
+    );
+    browser.close().await;
+}
+
+/// Parse OpenMetrics/Prometheus text with a real parser: every sample, by name and labels.
+fn samples(text: &str) -> Vec<prometheus_parse::Sample> {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines)
+        .expect("valid exposition text")
+        .samples
+}
+
+fn value(samples: &[prometheus_parse::Sample], name: &str, label: Option<(&str, &str)>) -> f64 {
+    let sample = samples
+        .iter()
+        .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+        .unwrap_or_else(|| panic!("no {name} {label:?}"));
+    match sample.value {
+        prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Untyped(v) => v,
+        _ => panic!("{name} is not a number"),
+    }
+}
+
+#[test]
+fn metrics_parse_and_match_the_queue() {
+    let q = TestQueue::new();
+    q.rq(&["submit", "-q", "true"]).ok();
+    q.rq(&["submit", "-q", "exit 3"]).ok();
+    let mut f = q.feeder("h1", &["--exit_when_empty"]);
+    assert_eq!(f.wait_exit(Duration::from_secs(30)), Some(0));
+    q.rq(&["submit", "-q", "echo later"]).ok();
+    q.rq(&["submit", "-q", "--stage", "echo held"]).ok();
+
+    let once = q.rq(&["metrics"]).ok().stdout;
+    assert!(
+        once.trim_end().ends_with("# EOF"),
+        "OpenMetrics ends with # EOF"
+    );
+    let server = Server::start(&q, &[]);
+    let (status, served) = server.request("GET", "/metrics", &[], "");
+    assert_eq!(status, 200);
+    for text in [&once, &served] {
+        let s = samples(text);
+        assert_eq!(value(&s, "rq_jobs", Some(("state", "pending"))), 1.0);
+        assert_eq!(value(&s, "rq_jobs", Some(("state", "holding"))), 1.0);
+        assert_eq!(value(&s, "rq_jobs", Some(("state", "finished"))), 2.0);
+        assert_eq!(value(&s, "rq_jobs_finished_total", None), 2.0);
+        assert_eq!(value(&s, "rq_jobs_failed_total", None), 1.0);
+        assert_eq!(value(&s, "rq_jobs_dead_total", None), 0.0);
+        assert_eq!(
+            value(&s, "rq_feeder_up", Some(("host", "h1"))),
+            0.0,
+            "it exited"
+        );
+        assert_eq!(value(&s, "rq_feeder_max_feed", Some(("host", "h1"))), 2.0);
+        assert!(value(&s, "rq_oldest_pending_age_seconds", None) >= 0.0);
+        assert!(value(&s, "rq_queue_db_bytes", None) > 0.0);
+        assert_eq!(value(&s, "rq_job_duration_seconds_count", None), 2.0);
+    }
+    // Names follow the conventions: the prefix, units, _total on counters.
+    for line in once.lines().filter(|l| !l.starts_with('#')) {
+        assert!(line.starts_with("rq_"), "{line}");
+    }
+}
+
+#[test]
+fn serve_listens_on_loopback_and_warns_about_wider_listening() {
+    let q = TestQueue::new();
+    let server = Server::start(&q, &[]);
+    assert!(
+        server.url.starts_with("http://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    assert!(!server.stderr().contains("anyone who can reach"));
+    drop(server);
+    let wide = Server::start(&q, &["--listen", "0.0.0.0:0"]);
+    assert!(
+        wide.stderr()
+            .contains("anyone who can reach this port sees every job"),
+        "{}",
+        wide.stderr()
+    );
+    drop(wide);
+    q.rq(&["serve", "--listen", "nowhere"]).fails();
+    // A big request body is refused, not read.
+    let server = Server::start(&q, &[]);
+    let big = "x".repeat(100_000);
+    let (status, _) = server.request(
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        &format!("token={big}"),
+    );
+    assert!(status == 413 || status == 403, "{status}");
+}
