@@ -397,6 +397,26 @@ fn serve_listens_on_loopback_and_warns_about_wider_listening() {
     );
     drop(wide);
     q.rq(&["serve", "--listen", "nowhere"]).fails();
+    // --daemon: detached, says its pid and address, and answers.
+    let out = q
+        .rq_as("h1", &["serve", "--daemon", "--listen", "127.0.0.1:0"])
+        .ok();
+    let words: Vec<&str> = out.stdout.split_whitespace().collect();
+    assert_eq!(words[0], "pid", "{}", out.stdout);
+    let pid: i32 = words[1].parse().unwrap();
+    let addr = words[3]
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let answered = std::net::TcpStream::connect(&addr).is_ok();
+    // SAFETY: ending the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(answered, "the daemon serves on {addr}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while common::alive(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!common::alive(pid), "TERM stops it");
     // A big request body is refused, not read.
     let server = Server::start(&q, &[]);
     let big = "x".repeat(100_000);

@@ -207,7 +207,14 @@ pub struct Cache {
     queue: Queue,
     counts: MinuteCounts,
     last: Option<(Instant, std::sync::Arc<Snapshot>)>,
+    /// Other reads (a page of the jobs table, a job), by what was asked, for as long.
+    reads: std::collections::HashMap<String, (Instant, CachedRead)>,
 }
+
+type CachedRead = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
+/// At most this many different reads are kept (the oldest go first).
+const CACHED_READS: usize = 256;
 
 /// How long a snapshot serves.
 pub const FRESH: Duration = Duration::from_millis(1000);
@@ -218,6 +225,7 @@ impl Cache {
             queue,
             counts: MinuteCounts::default(),
             last: None,
+            reads: std::collections::HashMap::new(),
         }
     }
 
@@ -237,9 +245,34 @@ impl Cache {
         &mut self.queue
     }
 
-    /// Forget the snapshot (after an action, so the page shows its effect).
+    /// `read` of the queue, shared for [`FRESH`] by every request that asks the same
+    /// `key` (so a hundred viewers of one job cost what one does).
+    pub fn shared<T: Send + Sync + 'static>(
+        &mut self,
+        key: String,
+        read: impl FnOnce(&mut Queue) -> Result<T>,
+    ) -> Result<std::sync::Arc<T>> {
+        if let Some((at, value)) = self.reads.get(&key)
+            && at.elapsed() < FRESH
+            && let Ok(value) = value.clone().downcast::<T>()
+        {
+            return Ok(value);
+        }
+        let value = std::sync::Arc::new(read(&mut self.queue)?);
+        if self.reads.len() >= CACHED_READS {
+            self.reads.retain(|_, (at, _)| at.elapsed() < FRESH);
+            if self.reads.len() >= CACHED_READS {
+                self.reads.clear();
+            }
+        }
+        self.reads.insert(key, (Instant::now(), value.clone()));
+        Ok(value)
+    }
+
+    /// Forget what was read (after an action, so the page shows its effect).
     pub fn invalidate(&mut self) {
         self.last = None;
+        self.reads.clear();
     }
 }
 
@@ -252,7 +285,7 @@ pub fn job(q: &mut Queue, jid: i64) -> Result<Option<Row>> {
 }
 
 /// Filters and paging of the jobs table.
-#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Deserialize, Hash, PartialEq, Eq)]
 pub struct JobFilter {
     pub state: Option<String>,
     pub tag: Option<String>,

@@ -388,7 +388,8 @@ async fn jobs(
     headers: HeaderMap,
 ) -> Response {
     let f = filter.clone();
-    let rows = match blocking(&app, move |c| data::jobs_page(c.queue(), &f)).await {
+    let key = format!("jobs {f:?}");
+    let rows = match blocking(&app, move |c| c.shared(key, |q| data::jobs_page(q, &f))).await {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -417,16 +418,20 @@ async fn job(
     };
     let dir = app.dir.clone();
     let found = blocking(&app, move |c| {
-        let row = data::job(c.queue(), jid)?;
-        let out = data::tail(&dir, "stdout", jid, TAIL_BYTES);
-        let err = data::tail(&dir, "stderr", jid, TAIL_BYTES);
-        Ok(row.map(|r| (r, out, err)))
+        c.shared(format!("job {jid}"), |q| {
+            let row = data::job(q, jid)?;
+            let out = data::tail(&dir, "stdout", jid, TAIL_BYTES);
+            let err = data::tail(&dir, "stderr", jid, TAIL_BYTES);
+            Ok(row.map(|r| (r, out, err)))
+        })
     })
     .await;
-    let (row, out, err) = match found {
-        Ok(Some(found)) => found,
-        Ok(None) => return (StatusCode::NOT_FOUND, format!("no job {jid}")).into_response(),
+    let found = match found {
+        Ok(found) => found,
         Err(r) => return r,
+    };
+    let Some((row, out, err)) = found.as_ref().clone() else {
+        return (StatusCode::NOT_FOUND, format!("no job {jid}")).into_response();
     };
     let authed = authorized(&app, &headers);
     let state = row.get("state").as_text().unwrap_or("").to_string();
