@@ -79,6 +79,12 @@ impl Summary {
 
 /// Read the summary inside a read transaction.
 pub fn summary(tx: &Transaction<'_>, now: Timestamp) -> Result<Summary> {
+    summary_with(tx, now, true)
+}
+
+/// The summary, with the jobs ended per minute and in the last hour only when `rates`
+/// (counting them reads the index of end times; the dashboard keeps its own counts).
+pub fn summary_with(tx: &Transaction<'_>, now: Timestamp, rates: bool) -> Result<Summary> {
     let mut s = Summary::default();
     // Kept in step by triggers: no scan, however many jobs there are.
     let mut stmt =
@@ -109,12 +115,21 @@ pub fn summary(tx: &Transaction<'_>, now: Timestamp) -> Result<Summary> {
         s.avg_elapsed = (elapsed_n > 0).then(|| elapsed_sum / elapsed_n as f64);
     }
 
+    s.minute_elapsed = (now.as_millisecond() % 60_000) as f64 / 1000.0;
+    if rates {
+        ended_counts(tx, now, &mut s)?;
+    }
+    oldest_and_flags(tx, now, &mut s)?;
+    Ok(s)
+}
+
+/// Jobs ended in each of the last [`RATE_MINUTES`] minutes and in the last hour.
+fn ended_counts(tx: &Transaction<'_>, now: Timestamp, s: &mut Summary) -> Result<()> {
     // Ended per minute: one range of the index of end times, counted by minute.
     let minute_start = |back: i64| {
         let start = now - jiff::SignedDuration::from_secs(now.as_second() % 60 + back * 60);
         time::format(Timestamp::from_second(start.as_second()).unwrap_or(start))
     };
-    s.minute_elapsed = (now.as_millisecond() % 60_000) as f64 / 1000.0;
     let since = minute_start(RATE_MINUTES as i64 - 1);
     let mut stmt = tx.prepare_cached(
         "SELECT substr(finished, 1, 16), count(*) FROM jobs INDEXED BY jobs_ended_at \
@@ -138,7 +153,11 @@ pub fn summary(tx: &Transaction<'_>, now: Timestamp) -> Result<Summary> {
         [time::format(now - jiff::SignedDuration::from_hours(1))],
         |r| r.get(0),
     )?;
+    Ok(())
+}
 
+/// The oldest pending job, running jobs per host, pause and drain flags.
+fn oldest_and_flags(tx: &Transaction<'_>, now: Timestamp, s: &mut Summary) -> Result<()> {
     if s.count(State::Pending) > 0 {
         let (_, oldest) = queue::waiting_ends(tx, State::Pending)?;
         if let Some((jid, SqlValue::Text(submitted))) = oldest {
@@ -166,7 +185,7 @@ pub fn summary(tx: &Transaction<'_>, now: Timestamp) -> Result<Summary> {
             None => s.paused = Some(value),
         }
     }
-    Ok(s)
+    Ok(())
 }
 
 /// A host that feeds (or fed) the queue, as its heartbeat file and the queue say.

@@ -28,6 +28,12 @@ async fn the_overview_counts_and_updates_without_a_reload() {
     assert_eq!(browser.text("#count-finished b").await, "1");
     assert_eq!(browser.text("#total b").await, "3");
     assert_eq!(browser.text("#ok").await, "1");
+    let source = browser.client.source().await.unwrap();
+    assert_eq!(source.matches("<rect").count(), 60, "an hour of minutes");
+    assert!(
+        source.contains("1 jobs, 0 min ago") || source.contains("1 jobs, 1 min ago"),
+        "the job that just ended is in the chart"
+    );
     browser.screenshot("dashboard-overview").await;
     // A mark that a reload would wipe out.
     browser

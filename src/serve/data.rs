@@ -53,6 +53,9 @@ pub struct Snapshot {
 #[derive(Debug, Default)]
 pub struct MinuteCounts {
     minutes: BTreeMap<String, BTreeMap<String, i64>>,
+    /// The minute that was still running at the last refresh: counted once more after
+    /// it ends (jobs that ended in its last second), then never again.
+    open: Option<String>,
 }
 
 impl MinuteCounts {
@@ -64,13 +67,18 @@ impl MinuteCounts {
         };
         let oldest = minute(HOUR as i64 - 1);
         self.minutes.retain(|m, _| *m >= oldest);
-        // From the first minute not yet counted (or the one before the last, which may
-        // still have been growing when it was counted).
-        let recount_from = minute(1);
-        let from = match self.minutes.keys().next() {
-            Some(_) => recount_from.clone(),
-            None => oldest.clone(),
+        // The whole hour the first time; then the running minute, and the one before it
+        // once more if it was still running at the last refresh.
+        let now_minute = minute(0);
+        let from = if self.minutes.is_empty() {
+            oldest.clone()
+        } else {
+            match &self.open {
+                Some(open) if *open < now_minute => open.clone(),
+                _ => now_minute.clone(),
+            }
         };
+        self.open = Some(now_minute);
         self.minutes.retain(|m, _| *m < from);
         let mut stmt = tx.prepare_cached(
             "SELECT substr(finished, 1, 16), coalesce(runner, '?'), count(*) FROM jobs INDEXED BY jobs_ended_at \
@@ -137,7 +145,7 @@ pub fn read(q: &mut Queue, counts: &mut MinuteCounts) -> Result<Snapshot> {
     let (mut view, facts, bars) = q.store().read(|tx| {
         let select = |sql: &str| queue::select_rows(tx, sql, std::slice::from_ref(&limit));
         let view = View {
-            summary: overview::summary(tx, now)?,
+            summary: overview::summary_with(tx, now, false)?,
             running: select("state = 'running' ORDER BY started IS NULL, started, jid LIMIT ?")?,
             pending: select("state = 'pending' ORDER BY priority DESC, submitted, jid LIMIT ?")?,
             ended: select(
@@ -186,8 +194,12 @@ pub fn read(q: &mut Queue, counts: &mut MinuteCounts) -> Result<Snapshot> {
             outcome,
         });
     }
+    // The summary's rates, from the counts kept here.
+    let per_minute = counts.per_minute(now);
+    view.summary.ended_last_hour = per_minute.iter().sum();
+    view.summary.ended_per_minute = per_minute[HOUR - overview::RATE_MINUTES..].to_vec();
     Ok(Snapshot {
-        per_minute: counts.per_minute(now),
+        per_minute,
         per_host_hour: counts.per_host(),
         view,
         timeline,
@@ -349,7 +361,24 @@ pub fn jobs_page(q: &mut Queue, f: &JobFilter) -> Result<Vec<Row>> {
             .map(str::to_string)
     };
     if let Some(state) = text(&f.state) {
-        clauses.push("state = ?".into());
+        // A state of few jobs: through the index that starts with the state, then sorted.
+        // A state of many: in jid order (`+state` keeps SQLite off that index), which
+        // finds a page long before it would have sorted them all.
+        let many: i64 = q.store().read(|tx| {
+            Ok(tx
+                .query_row("SELECT n FROM job_counts WHERE state = ?", [&state], |r| {
+                    r.get(0)
+                })
+                .unwrap_or(0))
+        })?;
+        clauses.push(
+            if many > 20_000 {
+                "+state = ?"
+            } else {
+                "state = ?"
+            }
+            .into(),
+        );
         params.push(SqlValue::Text(state));
     }
     if let Some(tag) = text(&f.tag) {
