@@ -533,6 +533,32 @@ fn draw_list(frame: &mut Frame, area: Rect, app: &App) {
             }
         })
         .collect();
+    // The last column's room: cut what does not fit with `…`, as the tables do.
+    let fixed: usize = widths
+        .iter()
+        .map(|c| match c {
+            Constraint::Length(n) => *n as usize + 2,
+            _ => 0,
+        })
+        .sum();
+    let room = (area.width as usize).saturating_sub(fixed).max(1);
+    let cut = |text: &str| -> String {
+        if unicode_width::UnicodeWidthStr::width(text) <= room {
+            return text.to_string();
+        }
+        let mut out = String::new();
+        let mut used = 0;
+        for c in text.chars() {
+            let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+            if used + w + 1 > room {
+                break;
+            }
+            used += w;
+            out.push(c);
+        }
+        out.push('…');
+        out
+    };
     let visible = area.height.saturating_sub(1) as usize;
     let skip = app.scroll.min(rows.len().saturating_sub(visible.max(1)));
     let body: Vec<TableRow> = rows
@@ -540,11 +566,14 @@ fn draw_list(frame: &mut Frame, area: Rect, app: &App) {
         .skip(skip)
         .take(visible)
         .map(|cells| {
-            TableRow::new(
-                cells
-                    .iter()
-                    .map(|(text, color)| Cell::from(text.clone()).style(app.style(*color))),
-            )
+            TableRow::new(cells.iter().enumerate().map(|(i, (text, color))| {
+                let text = if i + 1 == columns {
+                    cut(text)
+                } else {
+                    text.clone()
+                };
+                Cell::from(text).style(app.style(*color))
+            }))
         })
         .collect();
     let header = TableRow::new(headers.iter().map(|h| Cell::from(*h)))

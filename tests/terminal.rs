@@ -298,6 +298,16 @@ fn top_draws_redraws_switches_views_and_gives_the_terminal_back() {
         "the pending view lists it: {}",
         top.screen()
     );
+    // A command longer than the screen is cut with an ellipsis.
+    let long = format!("echo {}", "y".repeat(150));
+    q.rq(&["submit", "-q", &long]).ok();
+    assert!(
+        top.wait_screen(10, |s| s
+            .lines()
+            .any(|l| l.contains("echo yyyy") && l.trim_end().ends_with('…'))),
+        "{}",
+        top.screen()
+    );
     top.send(b"f");
     assert!(
         top.wait_screen(10, |s| s.contains("no feeder has fed this queue")),
