@@ -425,6 +425,23 @@ fn serve_listens_on_loopback_and_warns_about_wider_listening() {
     assert!(!common::alive(pid), "TERM stops it");
     // A big request body is refused, not read.
     let server = Server::start(&q, &[]);
+    // A client that sends half a request and stalls does not hold up anyone else.
+    let host = server.url.trim_start_matches("http://").to_string();
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(&host).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+        stalled.push(s);
+    }
+    let started = std::time::Instant::now();
+    let (status, _) = server.request("GET", "/metrics", &[], "");
+    assert_eq!(status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "served beside stalled clients"
+    );
+    drop(stalled);
     let big = "x".repeat(100_000);
     let (status, _) = server.request(
         "POST",
