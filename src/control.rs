@@ -272,7 +272,7 @@ fn daemon_child(
 }
 
 /// stdin from /dev/null; stdout and stderr to the log file (or /dev/null).
-fn redirect_stdio(log: Option<&Path>) -> Result<()> {
+pub(crate) fn redirect_stdio(log: Option<&Path>) -> Result<()> {
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -326,6 +326,25 @@ fn text_width(text: &str) -> usize {
     unicode_width::UnicodeWidthStr::width(text)
 }
 
+/// `text` in at most `width` terminal columns: cut with `…` when longer.
+pub fn cut(text: &str, width: usize) -> String {
+    if text_width(text) <= width {
+        return text.to_string();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        if used + w + 1 > width {
+            break;
+        }
+        out.push(c);
+        used += w;
+    }
+    out.push('…');
+    out
+}
+
 /// The job table (`list`, `query` on a terminal), written a chunk of rows at a time so a
 /// listing of a million jobs needs no more memory than a chunk: the first chunk sets the
 /// columns and their widths, later chunks keep them.
@@ -461,11 +480,8 @@ impl JobTable {
                     continue;
                 }
                 let (mut value, color) = Column::Field(name.to_string()).cell(row, &self.term);
-                if let Some(width) = value_width
-                    && text_width(&value) > width
-                {
-                    value = value.chars().take(width.saturating_sub(1)).collect();
-                    value.push('…');
+                if let Some(width) = value_width {
+                    value = cut(&value, width);
                 }
                 out.push_str(&format!(
                     "  {}  {}\n",
@@ -588,23 +604,6 @@ fn draw(
         table.force_no_tty();
     }
     let last = widths.len().saturating_sub(1);
-    let cut = |text: &str, width: usize| -> String {
-        if text_width(text) <= width {
-            return text.to_string();
-        }
-        let mut out = String::new();
-        let mut used = 0;
-        for c in text.chars() {
-            let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
-            if used + w + 1 > width {
-                break;
-            }
-            out.push(c);
-            used += w;
-        }
-        out.push('…');
-        out
-    };
     if let Some(headers) = headers {
         table.set_header(headers.iter().enumerate().map(|(i, h)| {
             let cell = TableCell::new(cut(h, widths[i]));

@@ -403,26 +403,36 @@ pub struct View {
 /// heartbeat files.
 pub fn view(q: &mut Queue) -> Result<View> {
     let now = time::now_ts();
-    let limit = SqlValue::Integer(VIEW_ROWS as i64);
     let (mut view, facts) = q.store().read(|tx| {
-        let select = |sql: &str| queue::select_rows(tx, sql, std::slice::from_ref(&limit));
-        let view = View {
-            summary: summary(tx, now)?,
-            running: select("state = 'running' ORDER BY started IS NULL, started, jid LIMIT ?")?,
-            pending: select("state = 'pending' ORDER BY priority DESC, submitted, jid LIMIT ?")?,
-            ended: select(
-                "jid IN (SELECT jid FROM jobs INDEXED BY jobs_ended_at WHERE state IN ('finished', 'dead') \
-                 ORDER BY finished DESC LIMIT ?) ORDER BY finished DESC, jid DESC",
-            )?,
-            dead: select(
-                "state IN ('dead', 'cancelled') ORDER BY coalesce(finished, submitted) DESC, jid DESC LIMIT ?",
-            )?,
-            feeders: Vec::new(),
-        };
+        let view = jobs_in(tx, summary(tx, now)?, true)?;
         Ok((view, feeder_facts(tx)?))
     })?;
     view.feeders = feeders_from(q.dir(), &facts)?;
     Ok(view)
+}
+
+/// A view's lists of jobs (at most [`VIEW_ROWS`] each), read inside the caller's
+/// transaction, around `summary`; the dead and cancelled ones only when `with_dead`.
+pub fn jobs_in(tx: &Transaction<'_>, summary: Summary, with_dead: bool) -> Result<View> {
+    let limit = SqlValue::Integer(VIEW_ROWS as i64);
+    let select = |sql: &str| queue::select_rows(tx, sql, std::slice::from_ref(&limit));
+    Ok(View {
+        summary,
+        running: select("state = 'running' ORDER BY started IS NULL, started, jid LIMIT ?")?,
+        pending: select("state = 'pending' ORDER BY priority DESC, submitted, jid LIMIT ?")?,
+        ended: select(
+            "jid IN (SELECT jid FROM jobs INDEXED BY jobs_ended_at WHERE state IN ('finished', 'dead') \
+             ORDER BY finished DESC LIMIT ?) ORDER BY finished DESC, jid DESC",
+        )?,
+        dead: if with_dead {
+            select(
+                "state IN ('dead', 'cancelled') ORDER BY coalesce(finished, submitted) DESC, jid DESC LIMIT ?",
+            )?
+        } else {
+            Vec::new()
+        },
+        feeders: Vec::new(),
+    })
 }
 
 #[cfg(test)]

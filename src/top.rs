@@ -542,23 +542,7 @@ fn draw_list(frame: &mut Frame, area: Rect, app: &App) {
         })
         .sum();
     let room = (area.width as usize).saturating_sub(fixed).max(1);
-    let cut = |text: &str| -> String {
-        if unicode_width::UnicodeWidthStr::width(text) <= room {
-            return text.to_string();
-        }
-        let mut out = String::new();
-        let mut used = 0;
-        for c in text.chars() {
-            let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
-            if used + w + 1 > room {
-                break;
-            }
-            used += w;
-            out.push(c);
-        }
-        out.push('…');
-        out
-    };
+    let cut = |text: &str| human::cut(text, room);
     let visible = area.height.saturating_sub(1) as usize;
     let skip = app.scroll.min(rows.len().saturating_sub(visible.max(1)));
     let body: Vec<TableRow> = rows

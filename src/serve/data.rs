@@ -140,21 +140,9 @@ type RawBar = (
 /// Read a snapshot.
 pub fn read(q: &mut Queue, counts: &mut MinuteCounts) -> Result<Snapshot> {
     let now = time::now_ts();
-    let limit = SqlValue::Integer(overview::VIEW_ROWS as i64);
     let since = time::format(now - jiff::SignedDuration::from_mins(TIMELINE_MINUTES));
     let (mut view, facts, bars) = q.store().read(|tx| {
-        let select = |sql: &str| queue::select_rows(tx, sql, std::slice::from_ref(&limit));
-        let view = View {
-            summary: overview::summary_with(tx, now, false)?,
-            running: select("state = 'running' ORDER BY started IS NULL, started, jid LIMIT ?")?,
-            pending: select("state = 'pending' ORDER BY priority DESC, submitted, jid LIMIT ?")?,
-            ended: select(
-                "jid IN (SELECT jid FROM jobs INDEXED BY jobs_ended_at WHERE state IN ('finished', 'dead') \
-                 ORDER BY finished DESC LIMIT ?) ORDER BY finished DESC, jid DESC",
-            )?,
-            dead: Vec::new(),
-            feeders: Vec::new(),
-        };
+        let view = overview::jobs_in(tx, overview::summary_with(tx, now, false)?, false)?;
         counts.refresh(tx, now)?;
         let mut stmt = tx.prepare_cached(
             "SELECT jid, coalesce(runner, '?'), started, finished, state, exit_status, signal FROM jobs \

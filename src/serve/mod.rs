@@ -100,7 +100,7 @@ pub fn run(queue_dir: &Path, queue_name: &str, opts: Options) -> Result<i32> {
                         }
                     }
                 }
-                redirect_stdio(opts.log.as_deref())?;
+                crate::control::redirect_stdio(opts.log.as_deref())?;
                 let _ = std::env::set_current_dir("/");
             }
             child => {
@@ -179,33 +179,6 @@ async fn shutdown() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-}
-
-/// stdin from /dev/null; stdout and stderr to the log (or /dev/null).
-fn redirect_stdio(log: Option<&Path>) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .context(|| "cannot open /dev/null".into())?;
-    let out = match log {
-        Some(path) => std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .context(|| format!("cannot open {}", path.display()))?,
-        None => null
-            .try_clone()
-            .context(|| "cannot open /dev/null".into())?,
-    };
-    // SAFETY: dup2 onto the standard descriptors.
-    unsafe {
-        libc::dup2(null.as_raw_fd(), 0);
-        libc::dup2(out.as_raw_fd(), 1);
-        libc::dup2(out.as_raw_fd(), 2);
-    }
-    Ok(())
 }
 
 /// The actions token: read from `~/.rq/serve-token`, or made there (0600) and printed
@@ -341,24 +314,37 @@ fn page(
     response
 }
 
-async fn overview(
-    State(app): State<Shared>,
-    Query(partial): Query<Partial>,
+/// A page made from the shared snapshot.
+async fn snapshot_page(
+    app: Shared,
+    partial: Partial,
     headers: HeaderMap,
+    which: pages::Page,
+    title: &str,
+    render: fn(&Snapshot) -> maud::Markup,
 ) -> Response {
     let snap = match blocking(&app, |c| c.get()).await {
         Ok(s) => s,
         Err(r) => return r,
     };
     let authed = authorized(&app, &headers);
-    page(
-        &app,
+    page(&app, which, title, render(&snap), &partial, authed)
+}
+
+async fn overview(
+    State(app): State<Shared>,
+    Query(partial): Query<Partial>,
+    headers: HeaderMap,
+) -> Response {
+    snapshot_page(
+        app,
+        partial,
+        headers,
         pages::Page::Overview,
         "Overview",
-        pages::overview(&snap),
-        &partial,
-        authed,
+        pages::overview,
     )
+    .await
 }
 
 async fn hosts(
@@ -366,19 +352,15 @@ async fn hosts(
     Query(partial): Query<Partial>,
     headers: HeaderMap,
 ) -> Response {
-    let snap = match blocking(&app, |c| c.get()).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let authed = authorized(&app, &headers);
-    page(
-        &app,
+    snapshot_page(
+        app,
+        partial,
+        headers,
         pages::Page::Hosts,
         "Hosts",
-        pages::hosts(&snap),
-        &partial,
-        authed,
+        pages::hosts,
     )
+    .await
 }
 
 async fn jobs(
