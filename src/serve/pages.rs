@@ -172,6 +172,33 @@ pub fn hosts(snap: &Snapshot) -> Markup {
     }
 }
 
+/// Jobs that ran at the same time on a host get rows of their own within its lane (the
+/// first row free at their start), so concurrent jobs do not hide each other.
+fn rows_within_lanes(bars: &[Bar], now: jiff::Timestamp) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..bars.len()).collect();
+    order.sort_by_key(|&i| (bars[i].host.clone(), bars[i].start));
+    let mut row_of = vec![0; bars.len()];
+    let mut ends: Vec<jiff::Timestamp> = Vec::new();
+    let mut host: Option<&str> = None;
+    for i in order {
+        if host != Some(bars[i].host.as_str()) {
+            host = Some(bars[i].host.as_str());
+            ends.clear();
+        }
+        let end = bars[i].end.unwrap_or(now);
+        let row = match ends.iter().position(|e| *e <= bars[i].start) {
+            Some(free) => free,
+            None => {
+                ends.push(end);
+                ends.len() - 1
+            }
+        };
+        ends[row] = end;
+        row_of[i] = row;
+    }
+    row_of
+}
+
 fn timeline(snap: &Snapshot) -> Markup {
     let mut hosts: Vec<&str> = snap.view.feeders.iter().map(|f| f.host.as_str()).collect();
     for bar in &snap.timeline {
@@ -179,7 +206,27 @@ fn timeline(snap: &Snapshot) -> Markup {
             hosts.push(&bar.host);
         }
     }
-    let lane = 22.0;
+    let row_of = rows_within_lanes(&snap.timeline, snap.taken);
+    // Each host's lane is as tall as the jobs it ran at once need (4 px a row, 22 at least).
+    let rows_per_host: Vec<usize> = hosts
+        .iter()
+        .map(|h| {
+            snap.timeline
+                .iter()
+                .zip(&row_of)
+                .filter(|(b, _)| b.host == *h)
+                .map(|(_, r)| r + 1)
+                .max()
+                .unwrap_or(1)
+        })
+        .collect();
+    let lane_height = |rows: usize| (rows as f64 * 4.0 + 6.0).max(22.0);
+    let mut tops = Vec::new();
+    let mut y = 0.0;
+    for rows in &rows_per_host {
+        tops.push(y);
+        y += lane_height(*rows);
+    }
     let label = 110.0;
     let width = 960.0;
     let span = TIMELINE_MINUTES as f64 * 60.0;
@@ -187,18 +234,21 @@ fn timeline(snap: &Snapshot) -> Markup {
         let back = crate::time::seconds_between(t, snap.taken).clamp(0.0, span);
         label + (span - back) / span * (width - label)
     };
-    let height = lane * hosts.len().max(1) as f64 + 20.0;
-    let lane_of = |b: &Bar| hosts.iter().position(|h| *h == b.host).unwrap_or(0) as f64;
+    let height = y.max(22.0) + 20.0;
+    let lane_of = |b: &Bar| hosts.iter().position(|h| *h == b.host).unwrap_or(0);
     html! {
         svg #timeline width=(width) height=(height) viewBox=(format!("0 0 {width} {height}")) role="img" aria-label="jobs per host over time" {
             @for (i, host) in hosts.iter().enumerate() {
-                text x="4" y=(format!("{:.0}", i as f64 * lane + 15.0)) font-size="12" { (host) }
-                line x1=(label) x2=(width) y1=(format!("{:.0}", (i + 1) as f64 * lane)) y2=(format!("{:.0}", (i + 1) as f64 * lane)) stroke="#e3e6eb" {}
+                text x="4" y=(format!("{:.0}", tops[i] + 15.0)) font-size="12" { (host) }
+                line x1=(label) x2=(width) y1=(format!("{:.0}", tops[i] + lane_height(rows_per_host[i]))) y2=(format!("{:.0}", tops[i] + lane_height(rows_per_host[i]))) stroke="#e3e6eb" {}
             }
-            @for b in &snap.timeline {
+            @for (b, row) in snap.timeline.iter().zip(&row_of) {
+                @let lane = lane_of(b);
+                @let rows = rows_per_host[lane];
+                @let bar_height = (lane_height(rows) - 6.0) / rows as f64;
                 @let x0 = x(b.start);
                 @let x1 = x(b.end.unwrap_or(snap.taken)).max(x0 + 1.5);
-                rect class=(b.outcome) x=(format!("{x0:.1}")) y=(format!("{:.1}", lane_of(b) * lane + 3.0)) width=(format!("{:.1}", x1 - x0)) height=(lane - 6.0)
+                rect class=(b.outcome) x=(format!("{x0:.1}")) y=(format!("{:.1}", tops[lane] + 3.0 + *row as f64 * bar_height)) width=(format!("{:.1}", x1 - x0)) height=(format!("{:.1}", (bar_height - 0.5).max(1.0)))
                     fill=(match b.outcome { "ok" => "#2e9e5b", "running" => "#2b8fd6", _ => "#d64545" }) {
                     title { "job " (b.jid) " " (b.outcome) }
                 }
@@ -334,5 +384,31 @@ pub fn login(error: Option<&str>) -> Markup {
             input type="password" name="token" placeholder="token" autocomplete="off";
             button type="submit" #login { "Sign in" }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_at_the_same_time_on_a_host_get_rows_of_their_own() {
+        let t = |s: i64| jiff::Timestamp::from_second(1_800_000_000 + s).unwrap();
+        let bar = |host: &str, start: i64, end: i64| Bar {
+            jid: start,
+            host: host.into(),
+            start: t(start),
+            end: Some(t(end)),
+            outcome: "ok",
+        };
+        let bars = [
+            bar("a", 0, 10),
+            bar("a", 5, 15),
+            bar("a", 10, 20),
+            bar("b", 0, 30),
+            bar("a", 16, 18),
+        ];
+        // a: 0-10 row 0; 5-15 row 1; 10-20 row 0 again; 16-18 row 1 again; b alone.
+        assert_eq!(rows_within_lanes(&bars, t(100)), [0, 1, 0, 0, 1]);
     }
 }
