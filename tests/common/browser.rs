@@ -82,8 +82,9 @@ impl Browser {
                 ],
             }),
         );
-        let client = fantoccini::ClientBuilder::rustls()
-            .expect("tls")
+        // chromedriver is on loopback: plain HTTP, no TLS stack to build.
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let client = fantoccini::ClientBuilder::new(connector)
             .capabilities(caps)
             .connect(&format!("http://127.0.0.1:{port}"))
             .await
