@@ -77,7 +77,8 @@ options (accepted anywhere on the line; '--' ends them):
                          list, query, status and feeders, yaml otherwise)
       --color WHEN       auto (default: on a terminal, unless NO_COLOR is set),
                          always, never
-  -L, --long             list, query: a table with every field
+  -L, --long             list, query: every field of each job, a block per job
+                         (-l too in list and query; elsewhere -l is --log)
   -w, --watch            status: the live view (same as the mode top)
       --exit MAP         status: extra counters, e.g. 'ok=0 retry=75,76'
       --timeout D        submit: TERM the job after D (90s, 2h, 1h30m, 500ms),

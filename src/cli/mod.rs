@@ -72,8 +72,8 @@ pub struct Options {
     /// Colour on a terminal: auto (default; never when NO_COLOR is set), always, never.
     #[arg(long, visible_alias = "colour", value_name = "WHEN")]
     pub color: Option<String>,
-    /// list, query: every field in the table (the default table shows the main ones).
-    /// -l means --long in list and query (elsewhere it is --log).
+    /// list, query: every field of each job, a block per job (the table shows the main
+    /// ones). -l means --long in list and query (elsewhere it is --log).
     #[arg(short = 'L', long)]
     pub long: bool,
     /// status: a live view, refreshed every second (the same as the mode `top`).
