@@ -14,7 +14,7 @@ use crate::job::{Cell, Row};
 pub enum Format {
     Yaml,
     Json,
-    /// Aligned columns for people (lists only).
+    /// A table for people: rendered by `human` (a table of a document is its YAML).
     Table,
 }
 
@@ -32,9 +32,9 @@ impl Format {
 }
 
 /// Render job rows (or any result rows). YAML: `---`, then per row a `-` line and one
-/// ` field: value` line per column. No rows: nothing in YAML, `[]` in JSON.
+/// ` field: value` line per column. No rows: nothing in YAML, `[]` in JSON. (Tables for
+/// people are `human`'s.)
 pub fn rows(rows: &[Row], fields: Option<&[String]>, format: Format) -> String {
-    let keep = |name: &str| fields.is_none_or(|f| f.iter().any(|x| x == name));
     let Some(first) = rows.first() else {
         return if format == Format::Json {
             "[]\n".into()
@@ -42,9 +42,6 @@ pub fn rows(rows: &[Row], fields: Option<&[String]>, format: Format) -> String {
             String::new()
         };
     };
-    if format == Format::Table {
-        return table(rows, &keep);
-    }
     let names: Vec<String> = first.columns.iter().map(|(n, _)| n.clone()).collect();
     let writer = RowWriter::new(&names, fields, format);
     let mut out = Vec::new();
@@ -295,62 +292,6 @@ fn write_yaml(out: &mut Vec<u8>, cell: CellRef<'_>) {
         }
         CellRef::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
     }
-}
-
-/// Aligned columns with a header line; NULL shows as `-`, line breaks as `\n`.
-fn table(rows: &[Row], keep: &dyn Fn(&str) -> bool) -> String {
-    let Some(first) = rows.first() else {
-        return String::new();
-    };
-    let names: Vec<&str> = first
-        .columns
-        .iter()
-        .map(|(n, _)| n.as_str())
-        .filter(|n| keep(n))
-        .collect();
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|row| {
-            names
-                .iter()
-                .map(|n| match row.get(n) {
-                    Cell::Null => "-".to_string(),
-                    Cell::Real(r) => format!("{r:.3}"),
-                    other => other.to_plain().replace('\n', "\\n"),
-                })
-                .collect()
-        })
-        .collect();
-    let widths: Vec<usize> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            cells
-                .iter()
-                .map(|c| c[i].chars().count())
-                .max()
-                .unwrap_or(0)
-                .max(n.len())
-        })
-        .collect();
-    let mut out = String::new();
-    let mut line = |values: Vec<&str>| {
-        let mut text = String::new();
-        for (i, v) in values.iter().enumerate() {
-            if i + 1 == values.len() {
-                text.push_str(v);
-            } else {
-                let _ = write!(text, "{v:<w$}  ", w = widths[i]);
-            }
-        }
-        out.push_str(text.trim_end());
-        out.push('\n');
-    };
-    line(names.clone());
-    for row in &cells {
-        line(row.iter().map(String::as_str).collect());
-    }
-    out
 }
 
 pub fn cell_json(cell: &Cell) -> Value {
