@@ -648,50 +648,9 @@ pub fn feeders_table(feeders: &[Feeder], fields: Option<&[String]>, term: &Termi
         let mut table = JobTable::new(term.clone(), Some(fields.to_vec()), false);
         return table.render(&rows);
     }
-    let headers: Vec<String> = [
-        "host",
-        "state",
-        "heartbeat",
-        "running",
-        "cpus",
-        "mem",
-        "gpus",
-        "pid",
-        "started",
-        "version",
-        "note",
-    ]
-    .map(String::from)
-    .to_vec();
-    let cells: Vec<Vec<(String, Option<Color>)>> = feeders
-        .iter()
-        .map(|f| {
-            let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-            vec![
-                (f.host.clone(), None),
-                (f.state.to_string(), feeder_color(f.state)),
-                (
-                    f.heartbeat_age
-                        .map_or("-".into(), |a| format!("{} ago", duration(a))),
-                    (!f.alive).then_some(Color::Red),
-                ),
-                (
-                    match f.max_feed {
-                        Some(m) => format!("{}/{m}", f.running),
-                        None => f.running.to_string(),
-                    },
-                    None,
-                ),
-                (opt(f.cpus.map(|c| c.to_string())), None),
-                (opt(f.mem.map(bytes)), None),
-                (opt(f.gpus.clone()), None),
-                (opt(f.pid.map(|p| p.to_string())), None),
-                (opt(f.started.as_deref().map(|s| term.time_text(s))), None),
-                (opt(f.version.clone()), None),
-                (opt(f.error.as_deref().map(one_line)), None),
-            ]
-        })
-        .collect();
+    let headers: Vec<String> = FEEDER_COLUMNS.iter().map(|h| h.to_string()).collect();
+    let cells: Vec<Vec<(String, Option<Color>)>> =
+        feeders.iter().map(|f| feeder_cells(f, term)).collect();
     let mut widths: Vec<usize> = (0..headers.len())
         .map(|i| {
             cells
@@ -709,6 +668,49 @@ pub fn feeders_table(feeders: &[Feeder], fields: Option<&[String]>, term: &Termi
         widths[last] = widths[last].min(total.saturating_sub(used).max(4));
     }
     draw(term, Some(&headers), &widths, &cells)
+}
+
+/// The columns of a feeder for people (`feeders` on a terminal; `top` shows some).
+pub const FEEDER_COLUMNS: [&str; 11] = [
+    "host",
+    "state",
+    "heartbeat",
+    "running",
+    "cpus",
+    "mem",
+    "gpus",
+    "pid",
+    "started",
+    "version",
+    "note",
+];
+
+/// A feeder's cells in [`FEEDER_COLUMNS`] order, with their colours.
+pub fn feeder_cells(f: &Feeder, term: &Terminal) -> Vec<(String, Option<Color>)> {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    vec![
+        (f.host.clone(), None),
+        (f.state.to_string(), feeder_color(f.state)),
+        (
+            f.heartbeat_age
+                .map_or("-".into(), |a| format!("{} ago", duration(a))),
+            (!f.alive).then_some(Color::Red),
+        ),
+        (
+            match f.max_feed {
+                Some(m) => format!("{}/{m}", f.running),
+                None => f.running.to_string(),
+            },
+            None,
+        ),
+        (opt(f.cpus.map(|c| c.to_string())), None),
+        (opt(f.mem.map(bytes)), None),
+        (opt(f.gpus.clone()), None),
+        (opt(f.pid.map(|p| p.to_string())), None),
+        (opt(f.started.as_deref().map(|s| term.time_text(s))), None),
+        (opt(f.version.clone()), None),
+        (opt(f.error.as_deref().map(one_line)), None),
+    ]
 }
 
 pub fn feeder_color(state: &str) -> Option<Color> {

@@ -434,8 +434,9 @@ fn job_cells(row: &Row, tab: Tab, term: &Terminal) -> Cells {
 fn draw_list(frame: &mut Frame, area: Rect, app: &App) {
     let term = Terminal::plain(None);
     let (headers, rows): (Vec<&str>, Vec<Cells>) = match app.tab {
-        Tab::Feeders => (
-            vec![
+        Tab::Feeders => {
+            // The terminal table's feeder columns, those that fit a screen.
+            let shown = [
                 "host",
                 "state",
                 "heartbeat",
@@ -444,34 +445,23 @@ fn draw_list(frame: &mut Frame, area: Rect, app: &App) {
                 "mem",
                 "version",
                 "note",
-            ],
-            app.view
-                .feeders
+            ];
+            let keep: Vec<usize> = shown
                 .iter()
-                .map(|f| {
-                    vec![
-                        (f.host.clone(), None),
-                        (f.state.to_string(), human::feeder_color(f.state)),
-                        (
-                            f.heartbeat_age
-                                .map_or("-".into(), |a| format!("{} ago", duration(a))),
-                            None,
-                        ),
-                        (
-                            match f.max_feed {
-                                Some(m) => format!("{}/{m}", f.running),
-                                None => f.running.to_string(),
-                            },
-                            None,
-                        ),
-                        (f.cpus.map_or("-".into(), |c| c.to_string()), None),
-                        (f.mem.map_or("-".into(), human::bytes), None),
-                        (f.version.clone().unwrap_or_default(), None),
-                        (f.error.clone().unwrap_or_default(), None),
-                    ]
-                })
-                .collect(),
-        ),
+                .filter_map(|h| human::FEEDER_COLUMNS.iter().position(|c| c == h))
+                .collect();
+            (
+                shown.to_vec(),
+                app.view
+                    .feeders
+                    .iter()
+                    .map(|f| {
+                        let cells = human::feeder_cells(f, &term);
+                        keep.iter().map(|&i| cells[i].clone()).collect()
+                    })
+                    .collect(),
+            )
+        }
         tab => {
             let (headers, jobs) = match tab {
                 Tab::Running => (
