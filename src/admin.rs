@@ -38,12 +38,23 @@ fn refuse_existing(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The SQLite connection of a transaction: these modes work on the queue's database file.
+fn sqlite_only<'a>(tx: &crate::store::Tx<'a>) -> Result<&'a Connection> {
+    tx.sqlite().ok_or_else(|| {
+        Error::usage(
+            "this mode works on a queue directory's database file; a PostgreSQL queue is \
+             backed up with pg_dump (or 'rq Q export --to URL')",
+        )
+    })
+}
+
 /// Copy the queue's database into `dest_db` in one step of the backup API inside a read
 /// transaction: a consistent copy; writers wait only while it is made.
 fn copy_database(q: &mut Queue, dest_db: &Path) -> Result<()> {
     q.store().read(|tx| {
+        let conn = sqlite_only(tx)?;
         let mut dest = Connection::open(dest_db)?;
-        let backup = Backup::new(tx, &mut dest)?;
+        let backup = Backup::new(conn, &mut dest)?;
         match backup.step(-1)? {
             rusqlite::backup::StepResult::Done => Ok(()),
             other => Err(Error::Conflict(format!(
@@ -235,7 +246,7 @@ fn fill_archive(q: &mut Queue, dest: &Path) -> Result<Vec<Row>> {
                     crate::job::Cell::Bool(b) => SqlValue::Integer(*b as i64),
                 })
                 .collect();
-            insert.execute(rusqlite::params_from_iter(values))?;
+            insert.execute(crate::store::params_from_iter(values))?;
         }
         Ok(())
     })?;
@@ -405,7 +416,7 @@ pub fn recover(dir: &Path) -> Result<Value> {
     let after = integrity(&db).unwrap_or_else(|e| e);
     let _ = std::fs::remove_file(store::damage_mark(&db));
     // The proof that counts: the queue opens again.
-    if let Err(e) = store::Store::open(&db, store::Access::ReadOnly) {
+    if let Err(e) = store::SqliteStore::open(&db, store::Access::ReadOnly) {
         return Err(Error::Conflict(format!(
             "recover rebuilt {} but the queue still does not open ({e}); the damaged file is kept as {}",
             db.display(),

@@ -2,12 +2,11 @@
 //! transaction. Every write about a claimed job checks its claim token (`WHERE claim = ?`),
 //! so a feeder can never overwrite a job that was taken over by someone else.
 
-use rusqlite::Transaction;
-
 use crate::error::Result;
 use crate::job::Row;
 use crate::journal::Fate;
 use crate::queue;
+use crate::store::Tx;
 
 /// The jobs `claim` may take, best first: pending jobs whose retry delay or start time
 /// has passed, and dead jobs marked restartable that have attempts left; none while the
@@ -40,7 +39,7 @@ const CLAIM_SET: &str = "UPDATE jobs SET state = 'running', runner = ?1, started
 
 /// Per-tag limits (`configure limit.TAG=N`): how many more jobs of each limited tag may
 /// start now, counting the ones running anywhere.
-fn tag_room(tx: &Transaction<'_>) -> Result<Vec<(String, i64)>> {
+fn tag_room(tx: &Tx<'_>) -> Result<Vec<(String, i64)>> {
     let mut stmt = tx.prepare_cached(
         "SELECT substr(key, 7), CAST(value AS INTEGER) FROM attributes \
          WHERE key > 'limit.' AND key < 'limit/'",
@@ -91,7 +90,7 @@ pub struct Room {
 /// devices, each tag's room under its limit), and claim those in the same transaction.
 /// GPU jobs are given their devices here (`gpu_ids`), so two jobs never share one.
 pub fn claim(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     host: &str,
     feeder: &str,
     now: &str,
@@ -168,7 +167,7 @@ struct Candidate {
 
 /// The best `scan` candidates (see [`CANDIDATES`]) that need no more than `within`.
 fn candidates(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     host: &str,
     now: &str,
     scan: i64,
@@ -259,7 +258,7 @@ impl Pick {
     /// Claim the chosen jobs, with their devices; in claim order.
     fn claim(
         self,
-        tx: &Transaction<'_>,
+        tx: &Tx<'_>,
         host: &str,
         feeder: &str,
         now: &str,
@@ -304,7 +303,7 @@ impl Pick {
 /// feeder's periodic poll does not take the write lock (on NFS a write transaction costs
 /// several times the round trips of a read).
 pub fn claimable(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     host: &str,
     now: &str,
     max_attempts: i64,
@@ -329,12 +328,12 @@ pub fn claimable(
         total.mem,
         total.devices.len() as i64
     ];
-    Ok(stmt.query_row(params, |r| r.get(0))?)
+    stmt.query_row(params, |r| r.get(0))
 }
 
 /// Why this host claims nothing although jobs may be waiting: the queue is paused, or
 /// this host is drained (`rq Q pause`, `rq Q drain HOST`).
-pub fn held_back(tx: &Transaction<'_>, host: &str) -> Result<Option<String>> {
+pub fn held_back(tx: &Tx<'_>, host: &str) -> Result<Option<String>> {
     let mut stmt = tx.prepare_cached(
         "SELECT key, value FROM attributes WHERE key IN ('paused', 'drain.' || ?1) ORDER BY key DESC",
     )?;
@@ -368,7 +367,7 @@ pub struct End {
 }
 
 /// Record the end of a run; false when the claim was lost (the job was taken over).
-pub fn finish(tx: &Transaction<'_>, end: &End) -> Result<bool> {
+pub fn finish(tx: &Tx<'_>, end: &End) -> Result<bool> {
     let now = &end.ended_at;
     let n = match &end.retry_at {
         None => tx.prepare_cached("UPDATE jobs SET state = 'finished', finished = ?, elapsed = ?, exit_status = ?, \
@@ -382,7 +381,7 @@ pub fn finish(tx: &Transaction<'_>, end: &End) -> Result<bool> {
 
 /// Record a started job's pid and process identity; false when the claim was lost.
 pub fn record_start(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     jid: i64,
     claim: &str,
     pid: u32,
@@ -395,7 +394,7 @@ pub fn record_start(
 }
 
 /// A shell that could not be started counts as "command not found" (127).
-pub fn failed_to_start(tx: &Transaction<'_>, jid: i64, claim: &str, now: &str) -> Result<()> {
+pub fn failed_to_start(tx: &Tx<'_>, jid: i64, claim: &str, now: &str) -> Result<()> {
     tx.prepare_cached(
         "UPDATE jobs SET state = 'finished', finished = ?, elapsed = 0, exit_status = 127, \
          claim = NULL WHERE jid = ? AND claim = ?",
@@ -408,7 +407,7 @@ pub fn failed_to_start(tx: &Transaction<'_>, jid: i64, claim: &str, now: &str) -
 /// stopped): a restartable job with attempts left goes back to pending, any other becomes
 /// dead. Only while `claim` still holds. Returns what happened, for the log.
 pub fn mark_crashed(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     jid: i64,
     claim: &str,
     signal: Option<&str>,
@@ -438,7 +437,7 @@ pub fn mark_crashed(
 /// journal and no pid was recorded): it is pending again as if it had never been claimed,
 /// with its attempt returned. Only while `claim` still holds; false otherwise.
 pub fn release(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     jid: i64,
     claim: &str,
     reclaimed: Option<(&str, &str)>,
@@ -466,7 +465,7 @@ pub struct Claimed {
 }
 
 /// The running jobs of a host.
-pub fn running_on(tx: &Transaction<'_>, host: &str) -> Result<Vec<Claimed>> {
+pub fn running_on(tx: &Tx<'_>, host: &str) -> Result<Vec<Claimed>> {
     let mut stmt = tx.prepare_cached(
         "SELECT jid, claim, feeder, pid IS NOT NULL FROM jobs \
          WHERE state = 'running' AND runner = ? ORDER BY jid",
@@ -489,7 +488,7 @@ pub fn running_on(tx: &Transaction<'_>, host: &str) -> Result<Vec<Claimed>> {
 /// pending, attempt returned; a journaled end → recorded; else crashed (restartable →
 /// pending, others dead). Only while `claim` still holds. Returns what happened.
 pub fn settle(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     jid: i64,
     claim: &str,
     fate: &Fate,
@@ -524,7 +523,7 @@ pub struct Reclaimed {
 /// it recorded; of the rest, restartable ones with attempts left go back to pending, the
 /// others become dead. All record who reclaimed them and when.
 pub fn reclaim_host(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     dead_host: &str,
     reclaimer: &str,
     now: &str,
@@ -567,7 +566,7 @@ pub struct ClaimState {
 }
 
 /// The jobs the queue says this feeder is running (or holds unstarted).
-pub fn held_by(tx: &Transaction<'_>, host: &str, feeder: &str) -> Result<Vec<i64>> {
+pub fn held_by(tx: &Tx<'_>, host: &str, feeder: &str) -> Result<Vec<i64>> {
     let mut stmt = tx.prepare_cached(
         "SELECT jid FROM jobs WHERE runner = ?1 AND state = 'running' AND feeder = ?2",
     )?;
@@ -578,7 +577,7 @@ pub fn held_by(tx: &Transaction<'_>, host: &str, feeder: &str) -> Result<Vec<i64
 }
 
 /// The claim tokens and kill requests of the given jobs.
-pub fn current_claims(tx: &Transaction<'_>, jids: &[i64]) -> Result<Vec<ClaimState>> {
+pub fn current_claims(tx: &Tx<'_>, jids: &[i64]) -> Result<Vec<ClaimState>> {
     let mut stmt = tx.prepare_cached(
         "SELECT jid, claim, kill_signal FROM jobs WHERE jid IN (SELECT value FROM json_each(?))",
     )?;
@@ -595,7 +594,7 @@ pub fn current_claims(tx: &Transaction<'_>, jids: &[i64]) -> Result<Vec<ClaimSta
 }
 
 /// Hosts that have running jobs.
-pub fn busy_hosts(tx: &Transaction<'_>) -> Result<Vec<String>> {
+pub fn busy_hosts(tx: &Tx<'_>) -> Result<Vec<String>> {
     let mut stmt = tx.prepare_cached(
         "SELECT DISTINCT runner FROM jobs WHERE state = 'running' AND runner IS NOT NULL",
     )?;

@@ -33,10 +33,11 @@ macro_rules! max_attempts {
     };
 }
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, params};
 
 use crate::error::{Error, Result};
 use crate::input::{DepRef, JobSpec};
+use crate::store::Tx;
 
 /// Temporary (per-connection) tables and triggers that note, during a write transaction,
 /// the jobs whose ends or new starts concern jobs waiting for them. Only rows that have
@@ -100,33 +101,33 @@ const FAILED: &str = concat!(
 /// run by the store before every commit. Cheap when nothing was noted. True when jobs
 /// left `waiting` for `pending`: the store rings the doorbell once it committed, so idle
 /// feeders on other hosts come for them at once.
-pub fn settle(tx: &Transaction<'_>) -> Result<bool> {
+pub fn settle(tx: &Tx<'_>) -> Result<bool> {
     settle_waits(tx)?;
     let released: bool = tx
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM temp.dep_released)")?
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM dep_released)")?
         .query_row([], |r| r.get(0))?;
     if released {
-        tx.execute_batch("DELETE FROM temp.dep_released")?;
+        tx.execute_batch("DELETE FROM dep_released")?;
     }
     Ok(released)
 }
 
-fn settle_waits(tx: &Transaction<'_>) -> Result<()> {
+fn settle_waits(tx: &Tx<'_>) -> Result<()> {
     loop {
         let failures: Vec<(i64, String)> = {
-            let mut stmt = tx.prepare_cached("SELECT jid, reason FROM temp.dep_failures")?;
+            let mut stmt = tx.prepare_cached("SELECT jid, reason FROM dep_failures")?;
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?
         };
         let rearms: Vec<i64> = {
-            let mut stmt = tx.prepare_cached("SELECT jid FROM temp.dep_rearms")?;
+            let mut stmt = tx.prepare_cached("SELECT jid FROM dep_rearms")?;
             stmt.query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?
         };
         if failures.is_empty() && rearms.is_empty() {
             return Ok(());
         }
-        tx.execute_batch("DELETE FROM temp.dep_failures; DELETE FROM temp.dep_rearms;")?;
+        tx.execute_batch("DELETE FROM dep_failures; DELETE FROM dep_rearms;")?;
         // Each cancellation is noted in turn by `dep_failed`, with the first reason: the
         // next round cancels the jobs waiting for these.
         for (jid, reason) in failures {
@@ -145,7 +146,7 @@ fn settle_waits(tx: &Transaction<'_>) -> Result<()> {
 
 /// Job `jid` is to run again: the jobs waiting for it wait for this new run, and those
 /// cancelled for want of it wait again (unless another job they need failed too).
-fn rearm(tx: &Transaction<'_>, jid: i64) -> Result<()> {
+fn rearm(tx: &Tx<'_>, jid: i64) -> Result<()> {
     let state: Option<String> = tx
         .prepare_cached("SELECT state FROM jobs WHERE jid = ?")?
         .query_row([jid], |r| r.get(0))
@@ -194,7 +195,7 @@ fn rearm(tx: &Transaction<'_>, jid: i64) -> Result<()> {
 }
 
 /// Why `job` cannot run: the first job it waits for with `after` that failed.
-fn failed_dependency(tx: &Transaction<'_>, job: i64) -> Result<Option<String>> {
+fn failed_dependency(tx: &Tx<'_>, job: i64) -> Result<Option<String>> {
     let mut stmt = tx.prepare_cached(&format!(
         "SELECT j.jid, j.state, j.exit_status, j.signal, j.reason FROM deps d \
          JOIN jobs j ON j.jid = d.dep WHERE d.job = ? AND d.kind = 'ok' AND {FAILED} \
@@ -439,7 +440,7 @@ pub struct Lookups {
 }
 
 impl Lookups {
-    fn job(&mut self, tx: &Transaction<'_>, jid: i64) -> Result<Option<Outcome>> {
+    fn job(&mut self, tx: &Tx<'_>, jid: i64) -> Result<Option<Outcome>> {
         if let Some(found) = self.jobs.get(&jid) {
             return Ok(found.clone());
         }
@@ -464,7 +465,7 @@ impl Lookups {
         Ok(found)
     }
 
-    fn array(&mut self, tx: &Transaction<'_>, id: i64) -> Result<Vec<i64>> {
+    fn array(&mut self, tx: &Tx<'_>, id: i64) -> Result<Vec<i64>> {
         if let Some(jids) = self.arrays.get(&id) {
             return Ok(jids.clone());
         }
@@ -480,7 +481,7 @@ impl Lookups {
 /// Work out how job `number` (1-based, for messages) starts: `waits` resolved, items of
 /// this submit at `jid_of(position)`.
 pub fn start(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     lookups: &mut Lookups,
     number: usize,
     waits: &[(Wait, Kind)],
@@ -553,7 +554,7 @@ pub fn start(
 }
 
 /// Record the waits of new job `jid` (after its row is inserted).
-pub fn record(tx: &Transaction<'_>, jid: i64, start: &Start) -> Result<()> {
+pub fn record(tx: &Tx<'_>, jid: i64, start: &Start) -> Result<()> {
     let mut insert =
         tx.prepare_cached("INSERT INTO deps (dep, job, kind, met) VALUES (?, ?, ?, ?)")?;
     for &(dep, kind, met) in &start.edges {
@@ -561,7 +562,7 @@ pub fn record(tx: &Transaction<'_>, jid: i64, start: &Start) -> Result<()> {
     }
     if let Some(reason) = &start.failed {
         // Jobs of the same submit waiting for this one are cancelled in turn by `settle`.
-        tx.prepare_cached("INSERT INTO temp.dep_failures (jid, reason) VALUES (?, ?)")?
+        tx.prepare_cached("INSERT INTO dep_failures (jid, reason) VALUES (?, ?)")?
             .execute(params![jid, reason])?;
     }
     Ok(())
@@ -570,7 +571,7 @@ pub fn record(tx: &Transaction<'_>, jid: i64, start: &Start) -> Result<()> {
 /// Job `jid` was just put back to `pending` by a person (resubmit, update): it still waits
 /// for what it was submitted to wait for (or is cancelled again if one of those failed),
 /// and for a place when its array has a limit.
-pub fn restate(tx: &Transaction<'_>, jid: i64) -> Result<()> {
+pub fn restate(tx: &Tx<'_>, jid: i64) -> Result<()> {
     let found: Option<(String, Option<i64>, Option<i64>)> = tx
         .prepare_cached("SELECT state, array_id, array_limit FROM jobs WHERE jid = ?")?
         .query_row([jid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
@@ -617,7 +618,7 @@ pub fn restate(tx: &Transaction<'_>, jid: i64) -> Result<()> {
 }
 
 /// Jobs `jid` is waited for by that have not run yet: (jid, kind).
-pub fn waiting_for(tx: &Transaction<'_>, jid: i64) -> Result<Vec<(i64, Kind)>> {
+pub fn waiting_for(tx: &Tx<'_>, jid: i64) -> Result<Vec<(i64, Kind)>> {
     let mut stmt = tx.prepare_cached(
         "SELECT d.job, d.kind FROM deps d JOIN jobs j ON j.jid = d.job \
          WHERE d.dep = ? AND d.met = 0 AND j.state IN ('waiting', 'holding')",
@@ -634,7 +635,7 @@ pub fn waiting_for(tx: &Transaction<'_>, jid: i64) -> Result<Vec<(i64, Kind)>> {
 /// Job `jid` is about to be deleted although jobs wait for it (`delete --force`): those
 /// that needed it to succeed are cancelled (theirs in turn, by `settle`), those that
 /// only waited for it to end wait no longer.
-pub fn forget(tx: &Transaction<'_>, jid: i64) -> Result<()> {
+pub fn forget(tx: &Tx<'_>, jid: i64) -> Result<()> {
     tx.prepare_cached(
         "UPDATE jobs SET state = 'cancelled', reason = 'dependency ' || ?1 || ' was deleted' \
          WHERE jid IN (SELECT job FROM deps WHERE dep = ?1 AND kind = 'ok' AND met = 0) \

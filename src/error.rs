@@ -33,6 +33,9 @@ pub enum Error {
     },
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// An error from a PostgreSQL server or the connection to it.
+    #[error("postgresql: {}", postgres_message(.0))]
+    Postgres(#[from] postgres::Error),
     /// A COMMIT failed in a way that leaves its outcome unknown (an I/O error on a shared
     /// filesystem): the caller must read the queue back before acting on it.
     #[error(
@@ -42,6 +45,17 @@ pub enum Error {
     /// A feeder or lock-holder conflict, e.g. a second feeder on one host.
     #[error("{0}")]
     Conflict(String),
+}
+
+/// The server's own message (with its detail) rather than the client's "db error: ...".
+fn postgres_message(err: &postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => err.to_string(),
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -37,6 +37,7 @@ use crate::journal::{self, StartJournal};
 use crate::liveness::{self, Heartbeat, Settings};
 use crate::log::{Level, Logger};
 use crate::queue::{self, Queue};
+use crate::store::Tx;
 use crate::watchdog::{Lease, Limits, Watchdog};
 use crate::{process, runner, time};
 
@@ -187,7 +188,7 @@ impl Signals {
 }
 
 /// The queue's settings, as (key, value) rows.
-fn read_attributes(tx: &rusqlite::Transaction<'_>) -> Result<Vec<(String, String)>> {
+fn read_attributes(tx: &Tx<'_>) -> Result<Vec<(String, String)>> {
     let mut stmt = tx.prepare_cached("SELECT key, value FROM attributes")?;
     let rows = stmt
         .query_map([], |r| {
@@ -475,7 +476,7 @@ struct Start {
 
 impl Feeder {
     pub fn new(mut queue: Queue, config: Config, log: Logger) -> Feeder {
-        queue.store().wait_when_full = true;
+        queue.store().wait_when_full();
         let id = format!(
             "{}:{}:{:08x}",
             config.host,
@@ -1372,7 +1373,7 @@ impl Feeder {
         let failed_starts = std::mem::take(&mut self.failed_starts);
         let releases = std::mem::take(&mut self.releases);
         let ends = std::mem::take(&mut self.ends);
-        let body = |tx: &rusqlite::Transaction<'_>| {
+        let body = |tx: &Tx<'_>| {
             let now = time::now();
             let mut lost_starts = Vec::new();
             for s in &starts {

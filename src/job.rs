@@ -173,7 +173,7 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn from_sql(row: &rusqlite::Row<'_>, names: &[String]) -> rusqlite::Result<Row> {
+    pub fn from_sql(row: &crate::store::Cells<'_>, names: &[String]) -> rusqlite::Result<Row> {
         let mut columns = Vec::with_capacity(names.len());
         for (i, name) in names.iter().enumerate() {
             let mut cell = Cell::from_sql(row.get_ref(i)?);

@@ -141,7 +141,7 @@ impl RowWriter {
         &self,
         first: bool,
         out: &mut Vec<u8>,
-        row: &rusqlite::Row<'_>,
+        row: &crate::store::Cells<'_>,
     ) -> rusqlite::Result<()> {
         use rusqlite::types::ValueRef;
         // The columns come from the statement that produced the row, so each is there.

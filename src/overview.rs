@@ -3,13 +3,14 @@
 //! lock), then shown by `status` on a terminal, `top` and `wait`.
 
 use jiff::Timestamp;
-use rusqlite::Transaction;
+
 use rusqlite::types::Value as SqlValue;
 
 use crate::error::Result;
 use crate::job::{Cell, Row, State};
 use crate::liveness;
 use crate::queue::{self, Queue};
+use crate::store::Tx;
 use crate::time;
 
 /// Minutes of history behind the jobs-per-minute rate.
@@ -78,13 +79,13 @@ impl Summary {
 }
 
 /// Read the summary inside a read transaction.
-pub fn summary(tx: &Transaction<'_>, now: Timestamp) -> Result<Summary> {
+pub fn summary(tx: &Tx<'_>, now: Timestamp) -> Result<Summary> {
     summary_with(tx, now, true)
 }
 
 /// The summary, with the jobs ended per minute and in the last hour only when `rates`
 /// (counting them reads the index of end times; the dashboard keeps its own counts).
-pub fn summary_with(tx: &Transaction<'_>, now: Timestamp, rates: bool) -> Result<Summary> {
+pub fn summary_with(tx: &Tx<'_>, now: Timestamp, rates: bool) -> Result<Summary> {
     let mut s = Summary::default();
     // Kept in step by triggers: no scan, however many jobs there are.
     let mut stmt =
@@ -124,7 +125,7 @@ pub fn summary_with(tx: &Transaction<'_>, now: Timestamp, rates: bool) -> Result
 }
 
 /// Jobs ended in each of the last [`RATE_MINUTES`] minutes and in the last hour.
-fn ended_counts(tx: &Transaction<'_>, now: Timestamp, s: &mut Summary) -> Result<()> {
+fn ended_counts(tx: &Tx<'_>, now: Timestamp, s: &mut Summary) -> Result<()> {
     // Ended per minute: one range of the index of end times, counted by minute.
     let minute_start = |back: i64| {
         let start = now - jiff::SignedDuration::from_secs(now.as_second() % 60 + back * 60);
@@ -157,7 +158,7 @@ fn ended_counts(tx: &Transaction<'_>, now: Timestamp, s: &mut Summary) -> Result
 }
 
 /// The oldest pending job, running jobs per host, pause and drain flags.
-fn oldest_and_flags(tx: &Transaction<'_>, now: Timestamp, s: &mut Summary) -> Result<()> {
+fn oldest_and_flags(tx: &Tx<'_>, now: Timestamp, s: &mut Summary) -> Result<()> {
     if s.count(State::Pending) > 0 {
         let (_, oldest) = queue::waiting_ends(tx, State::Pending)?;
         if let Some((jid, SqlValue::Text(submitted))) = oldest {
@@ -268,7 +269,7 @@ pub struct FeederFacts {
     flags: Vec<(String, String)>,
 }
 
-pub fn feeder_facts(tx: &Transaction<'_>) -> Result<FeederFacts> {
+pub fn feeder_facts(tx: &Tx<'_>) -> Result<FeederFacts> {
     // The lease is judged with the other liveness settings (it must span two heartbeats).
     let mut stmt = tx.prepare_cached(
         "SELECT key, value FROM attributes WHERE key IN ('heartbeat', 'lease', 'max_attempts')",
@@ -413,7 +414,7 @@ pub fn view(q: &mut Queue) -> Result<View> {
 
 /// A view's lists of jobs (at most [`VIEW_ROWS`] each), read inside the caller's
 /// transaction, around `summary`; the dead and cancelled ones only when `with_dead`.
-pub fn jobs_in(tx: &Transaction<'_>, summary: Summary, with_dead: bool) -> Result<View> {
+pub fn jobs_in(tx: &Tx<'_>, summary: Summary, with_dead: bool) -> Result<View> {
     let limit = SqlValue::Integer(VIEW_ROWS as i64);
     let select = |sql: &str| queue::select_rows(tx, sql, std::slice::from_ref(&limit));
     Ok(View {

@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Transaction, params_from_iter};
 use serde_json::{Map, Value, json};
 
 use crate::error::{Error, IoContext, Result};
@@ -14,7 +13,8 @@ use crate::input::{JobSpec, Target};
 use crate::job::{self, Row, State};
 use crate::output::RowWriter;
 use crate::query::Clause;
-use crate::store::{self, Access, Store};
+use crate::store::postgres::{Location as PgLocation, PgStore};
+use crate::store::{self, Access, Optional, Store, Tx};
 use crate::{host, time};
 
 /// Directories of a queue that hold per-job files.
@@ -227,8 +227,24 @@ pub fn resolve(path: &Path) -> PathBuf {
         .unwrap_or_else(|_| std::path::absolute(path).unwrap_or(path.to_path_buf()))
 }
 
-/// Create a queue directory; refuse a path that already holds anything.
+/// The PostgreSQL queue a queue argument names, when it is a URL.
+pub fn postgres_location(path: &Path) -> Result<Option<PgLocation>> {
+    match path.to_str() {
+        Some(text) if PgLocation::is_url(text) => Ok(Some(PgLocation::parse(text)?)),
+        _ => Ok(None),
+    }
+}
+
+/// Create a queue directory, or a queue in a PostgreSQL database; refuse a path that
+/// already holds anything, or a queue name already taken.
 pub fn create(path: &Path) -> Result<Value> {
+    if let Some(location) = postgres_location(path)? {
+        crate::store::postgres::create_queue(&location)?;
+        let mut report = Map::new();
+        report.insert("q".into(), json!(location.display()));
+        report.insert("schema".into(), json!(location.schema()));
+        return Ok(Value::Object(report));
+    }
     let dir = resolve(path);
     if dir.exists() {
         let empty = dir.is_dir()
@@ -289,6 +305,22 @@ pub fn ring_doorbell(dir: &Path) {
 
 impl Queue {
     pub fn open(path: &Path, access: Access) -> Result<Queue> {
+        if let Some(location) = postgres_location(path)? {
+            let mut store = PgStore::open(&location, access)?;
+            let files = store
+                .read(|tx| {
+                    tx.query_row("SELECT value FROM attributes WHERE key = 'files'", [], |r| {
+                        r.get::<_, String>(0)
+                    })
+                    .optional()
+                })?
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            return Ok(Queue {
+                dir: files,
+                store: Store::Postgres(Box::new(store)),
+            });
+        }
         let dir = resolve(path);
         if !dir.exists() {
             return Err(Error::NoQueue { path: dir });
@@ -309,12 +341,55 @@ impl Queue {
         if access == Access::ReadWrite {
             crate::fsguard::warn_once(&dir);
         }
-        let store = Store::open(&db, access)?;
+        let store = Store::Sqlite(store::SqliteStore::open(&db, access)?);
         Ok(Queue { dir, store })
     }
 
+    /// The queue's directory: its database and job files (SQLite), or the job-file
+    /// directory a PostgreSQL queue was given (`configure files=DIR`; empty without).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Does this queue keep job files (stdin, data, output) in a directory?
+    pub fn has_files(&self) -> bool {
+        !self.dir.as_os_str().is_empty()
+    }
+
+    /// The directory of the job files, or why there is none.
+    fn files_dir(&self) -> Result<&Path> {
+        if self.has_files() {
+            Ok(&self.dir)
+        } else {
+            Err(Error::usage(format!(
+                "{} keeps no job files yet: give it a directory every host sees with \
+                 'rq QUEUE configure files=DIR'",
+                self.name()
+            )))
+        }
+    }
+
+    /// How the queue is named to people: its directory or its PostgreSQL URL.
+    pub fn name(&self) -> String {
+        match &self.store {
+            Store::Postgres(pg) => pg.location.display(),
+            Store::Sqlite(_) => self.dir.display().to_string(),
+        }
+    }
+
+    /// Remove one job file (a path relative to the queue), when the queue keeps files.
+    fn remove_file(&self, rel: &str) {
+        if self.has_files() {
+            remove_path(&self.dir.join(rel));
+        }
+    }
+
+    /// Wake idle feeders: the doorbell file (SQLite) or a NOTIFY (PostgreSQL).
+    fn ring_doorbell(&mut self) {
+        match &mut self.store {
+            Store::Sqlite(_) => ring_doorbell(&self.dir),
+            Store::Postgres(pg) => pg.notify(),
+        }
     }
 
     pub fn store(&mut self) -> &mut Store {
@@ -399,7 +474,7 @@ impl Queue {
             (&opts.data, InputKind::Data),
         ] {
             if let Some(path) = path {
-                check_input(path, &self.dir, kind)?;
+                check_input(path, self.files_dir()?, kind)?;
             }
         }
         let resolved = plan.resolve()?;
@@ -566,12 +641,11 @@ impl Queue {
                     "SELECT {} FROM jobs WHERE jid >= ? AND jid <= ? ORDER BY jid LIMIT {CHUNK}",
                     columns()
                 );
-                let mut stmt = tx.prepare_cached(&sql)?;
-                let mut rows = stmt.query([first, last])?;
-                while let Some(row) = rows.next()? {
+                tx.query_each(&sql, [first, last], |row| {
                     writer.write_sql_row(echoed_rows == 0, &mut echoed, row)?;
                     echoed_rows += 1;
-                }
+                    Ok(())
+                })?;
             }
             Ok(Submitted {
                 count,
@@ -583,7 +657,7 @@ impl Queue {
         });
         match outcome {
             Ok(submitted) => {
-                ring_doorbell(&self.dir);
+                self.ring_doorbell();
                 Ok(submitted)
             }
             Err(e) => {
@@ -597,6 +671,17 @@ impl Queue {
 
     fn reserve_jids(&mut self, count: usize) -> Result<i64> {
         self.store.write(|tx| {
+            if tx.is_postgres() {
+                // Inserts take ROW EXCLUSIVE on jobs, which this lock excludes: no jid is
+                // drawn from the sequence between the two calls.
+                tx.execute_batch("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE")?;
+                let last: i64 = tx.query_row(
+                    "SELECT setval('jobs_jid_seq', nextval('jobs_jid_seq') + ? - 1)",
+                    [count as i64],
+                    |r| r.get(0),
+                )?;
+                return Ok(last - count as i64 + 1);
+            }
             tx.execute(
                 "INSERT INTO sqlite_sequence (name, seq) SELECT 'jobs', coalesce((SELECT max(jid) FROM jobs), 0) \
                  WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'jobs')",
@@ -620,10 +705,10 @@ impl Queue {
         let stdin = spec.stdin.as_deref().map(|p| self.input_path(p));
         let data = spec.data.as_deref().map(|p| self.input_path(p));
         if let Some(path) = &stdin {
-            check_input(path, &self.dir, InputKind::Stdin)?;
+            check_input(path, self.files_dir()?, InputKind::Stdin)?;
         }
         if let Some(path) = &data {
-            check_input(path, &self.dir, InputKind::Data)?;
+            check_input(path, self.files_dir()?, InputKind::Data)?;
         }
         Ok(Some(JobFiles { stdin, data }))
     }
@@ -678,7 +763,9 @@ impl Queue {
 
     fn remove_job_files(&self, first: i64, count: usize) {
         for jid in first..first + count as i64 {
-            remove_files_of(&self.dir, jid, &[]);
+            if self.has_files() {
+                remove_files_of(&self.dir, jid, &[]);
+            }
         }
     }
 
@@ -751,13 +838,11 @@ impl Queue {
                 // A retried transaction starts its chunk again.
                 bytes.clear();
                 jids.clear();
-                let mut stmt = tx.prepare_cached(&sql)?;
-                let mut rows = stmt.query(params_from_iter(params.iter()))?;
-                while let Some(row) = rows.next()? {
+                tx.query_each(&sql, params.as_slice(), |row| {
                     writer.write_sql_row(count + jids.len() == 0, &mut bytes, row)?;
                     jids.push(row.get::<_, i64>(0)?);
-                }
-                Ok(())
+                    Ok(())
+                })
             })?;
             count += jids.len();
             if jids.len() < CHUNK {
@@ -834,8 +919,10 @@ impl Queue {
             skipped.extend(kept);
             Ok((rows, skipped))
         })?;
-        for row in &rows {
-            remove_files_of(&self.dir, row.jid(), &paths_of(row));
+        if self.has_files() {
+            for row in &rows {
+                remove_files_of(&self.dir, row.jid(), &paths_of(row));
+            }
         }
         if !rows.is_empty() {
             self.store.reclaim_space()?;
@@ -858,10 +945,10 @@ impl Queue {
         // the jobs at them; the old files are removed after it commits.
         let mut new_files: Vec<(i64, Option<String>, Option<String>)> = Vec::new();
         if let Some(path) = &changes.stdin {
-            check_input(path, &self.dir, InputKind::Stdin)?;
+            check_input(path, self.files_dir()?, InputKind::Stdin)?;
         }
         if let Some(path) = &changes.data {
-            check_input(path, &self.dir, InputKind::Data)?;
+            check_input(path, self.files_dir()?, InputKind::Data)?;
         }
         if changes.stdin.is_some() || changes.data.is_some() {
             let targets = self
@@ -948,7 +1035,7 @@ impl Queue {
                 row_values.push(SqlValue::Integer(jid));
                 tx.execute(
                     &format!("UPDATE jobs SET {} WHERE jid = ?", row_sets.join(", ")),
-                    params_from_iter(row_values),
+                    crate::store::params_from_iter(row_values),
                 )?;
                 // Released (or set pending): it still waits for its jobs and its place.
                 if changes.state == Some(State::Pending) {
@@ -969,25 +1056,25 @@ impl Queue {
             Ok((rows, skipped, old_files)) => {
                 let updated: Vec<i64> = rows.iter().map(Row::jid).collect();
                 for rel in old_files {
-                    remove_path(&self.dir.join(rel));
+                    self.remove_file(rel);
                 }
                 // New files of jobs that stopped being editable meanwhile are not used.
                 for (jid, stdin, data) in &new_files {
                     if !updated.contains(jid) {
                         for rel in stdin.iter().chain(data.iter()) {
-                            remove_path(&self.dir.join(rel));
+                            self.remove_file(rel);
                         }
                     }
                 }
                 if changes.state == Some(State::Pending) {
-                    ring_doorbell(&self.dir);
+                    self.ring_doorbell();
                 }
                 Ok((rows, skipped))
             }
             Err(e) => {
                 for (_, stdin, data) in &new_files {
                     for rel in stdin.iter().chain(data.iter()) {
-                        remove_path(&self.dir.join(rel));
+                        self.remove_file(rel);
                     }
                 }
                 Err(e)
@@ -1050,9 +1137,9 @@ impl Queue {
         })?;
         // The previous run's output would only mislead once the job is queued again.
         for rel in outputs {
-            remove_path(&self.dir.join(rel));
+            self.remove_file(rel);
         }
-        ring_doorbell(&self.dir);
+        self.ring_doorbell();
         Ok((rows, skipped))
     }
 
@@ -1108,11 +1195,7 @@ impl Queue {
                         rusqlite::params![spec.command, tag],
                         |r| r.get(0),
                     )
-                    .map(Some)
-                    .or_else(|e| match e {
-                        rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                        e => Err(e),
-                    })?;
+                    .optional()?;
                 if let Some(jid) = twin {
                     tx.execute(
                         "UPDATE jobs SET priority = coalesce(?, priority), hosts = coalesce(?, hosts), \
@@ -1137,7 +1220,7 @@ impl Queue {
                             user
                         ],
                     )?;
-                    jids.push(tx.last_insert_rowid());
+                    jids.push(tx.last_insert_rowid()?);
                 }
             }
             select_rows(
@@ -1146,21 +1229,24 @@ impl Queue {
                 &[SqlValue::Text(serde_json::to_string(&jids).unwrap_or_default())],
             )
         })?;
-        ring_doorbell(&self.dir);
+        self.ring_doorbell();
         Ok(rows)
     }
 
     /// Run SQL under the write lock; returns the rows of the statements that return rows.
     pub fn execute(&mut self, sql: &str) -> Result<Vec<Row>> {
         self.store.write(|tx| {
+            let Some(conn) = tx.sqlite() else {
+                return crate::store::postgres::run_script(tx, sql);
+            };
             let mut rows = Vec::new();
             use fallible_iterator::FallibleIterator;
-            let mut batch = rusqlite::Batch::new(tx, sql);
+            let mut batch = rusqlite::Batch::new(conn, sql);
             while let Some(mut stmt) = batch.next()? {
                 let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
                 let mut result = stmt.query([])?;
                 while let Some(row) = result.next()? {
-                    rows.push(Row::from_sql(row, &names)?);
+                    rows.push(Row::from_sql(&crate::store::Cells::Sqlite(row), &names)?);
                 }
             }
             Ok(rows)
@@ -1203,7 +1289,7 @@ impl Queue {
             let skipped = skipped_jids(tx, jids, &rows, "only running jobs can be killed")?;
             Ok((rows, skipped))
         })?;
-        ring_doorbell(&self.dir);
+        self.ring_doorbell();
         Ok((rows, skipped))
     }
 
@@ -1244,7 +1330,7 @@ impl Queue {
     /// Set queue-wide settings (`key=value`; an empty value removes the key) and return
     /// them all.
     pub fn configure(&mut self, settings: &[(String, String)]) -> Result<Value> {
-        let read_all = |tx: &Transaction<'_>| -> Result<Value> {
+        let read_all = |tx: &Tx<'_>| -> Result<Value> {
             let mut stmt = tx.prepare("SELECT key, value FROM attributes ORDER BY key")?;
             let mut map = Map::new();
             let mut rows = stmt.query([])?;
@@ -1300,7 +1386,7 @@ impl Queue {
         })?;
         if changed > 0 && value.is_none() {
             // Feeders that were held back come back at once.
-            ring_doorbell(&self.dir);
+            self.ring_doorbell();
         }
         Ok(changed > 0)
     }
@@ -1326,8 +1412,8 @@ impl Queue {
                  FROM jobs WHERE {} GROUP BY state",
                 clause.sql
             );
-            let mut stmt = tx.prepare(&sql).map_err(|e| query_error(clause, e.into()))?;
-            let mut rows = stmt.query(params_from_iter(clause.params.iter()))?;
+            let mut stmt = tx.prepare(&sql).map_err(|e| query_error(clause, e))?;
+            let mut rows = stmt.query(crate::store::params_from_iter(clause.params.iter()))?;
             let mut counts = std::collections::HashMap::new();
             let (mut ok, mut failed) = (0i64, 0i64);
             while let Some(r) = rows.next()? {
@@ -1377,11 +1463,11 @@ impl Queue {
                      AND (?1 IS NULL OR jid IN (SELECT value FROM json_each(?1)))";
         let filter = jids.map(|j| serde_json::to_string(j).unwrap_or_default());
         let any: bool = self.store.read(|tx| {
-            Ok(tx.query_row(
+            tx.query_row(
                 &format!("SELECT EXISTS (SELECT 1 {needy})"),
                 [&filter],
                 |r| r.get(0),
-            )?)
+            )
         })?;
         if !any {
             return Ok((0, Vec::new()));
@@ -1422,6 +1508,9 @@ impl Queue {
             .setting("lease")?
             .and_then(|v| time::parse_duration(&v))
             .unwrap_or(crate::liveness::Settings::default().lease);
+        if !self.has_files() {
+            return Ok(None);
+        }
         crate::liveness::largest_live(&self.dir, lease)
     }
 
@@ -1724,7 +1813,7 @@ struct NewJob {
 
 /// Insert a batch of jobs with one statement; returns the last jid.
 fn insert_jobs(
-    tx: &Transaction<'_>,
+    tx: &Tx<'_>,
     batch: &[NewJob],
     submitted: &str,
     submitter: &str,
@@ -1776,7 +1865,7 @@ fn insert_jobs(
         ]);
     }
     insert.execute(params.as_slice())?;
-    Ok(tx.last_insert_rowid())
+    tx.last_insert_rowid()
 }
 
 fn changed_while_reading() -> Error {
@@ -1787,7 +1876,7 @@ fn changed_while_reading() -> Error {
 pub(crate) type Named = Option<(i64, SqlValue)>;
 
 /// The first row of a two-column query (jid, value), if any.
-fn first_row(tx: &Transaction<'_>, sql: &str) -> Result<Named> {
+fn first_row(tx: &Tx<'_>, sql: &str) -> Result<Named> {
     let mut stmt = tx.prepare_cached(sql)?;
     let mut rows = stmt.query([])?;
     match rows.next()? {
@@ -1800,7 +1889,7 @@ fn first_row(tx: &Transaction<'_>, sql: &str) -> Result<Named> {
 /// holding), each as (jid, submitted). The claim index orders by priority first, so this
 /// visits each distinct priority (a skip-scan: a few index look-ups per priority); with
 /// more priorities than that is worth, it scans the state's jobs instead.
-pub(crate) fn waiting_ends(tx: &Transaction<'_>, state: State) -> Result<(Named, Named)> {
+pub(crate) fn waiting_ends(tx: &Tx<'_>, state: State) -> Result<(Named, Named)> {
     const MAX_PRIORITIES: usize = 64;
     let state = state.as_str();
     // Two statements: `(?2 IS NULL OR priority < ?2)` would cost the index range.
@@ -1818,8 +1907,8 @@ pub(crate) fn waiting_ends(tx: &Transaction<'_>, state: State) -> Result<(Named,
         };
         match found {
             Ok(p) => priorities.push(p),
-            Err(rusqlite::Error::QueryReturnedNoRows) => break,
-            Err(e) => return Err(e.into()),
+            Err(Error::Sql(rusqlite::Error::QueryReturnedNoRows)) => break,
+            Err(e) => return Err(e),
         }
     }
     let end = |sql: &str, priority: Option<i64>| -> Result<Option<(String, i64)>> {
@@ -1878,12 +1967,12 @@ fn query_error(clause: &Clause, e: Error) -> Error {
 }
 
 /// Rows of `jobs` matching a where-clause (which may carry its own ORDER BY / LIMIT).
-pub fn select_rows(tx: &Transaction<'_>, where_sql: &str, params: &[SqlValue]) -> Result<Vec<Row>> {
+pub fn select_rows(tx: &Tx<'_>, where_sql: &str, params: &[SqlValue]) -> Result<Vec<Row>> {
     let sql = format!("SELECT {} FROM jobs WHERE {where_sql}", columns());
     let mut stmt = tx.prepare_cached(&sql)?;
     let names = field_names();
     let rows = stmt
-        .query_map(params_from_iter(params.iter()), |r| {
+        .query_map(crate::store::params_from_iter(params.iter()), |r| {
             Row::from_sql(r, &names)
         })?
         .collect::<rusqlite::Result<Vec<Row>>>()?;
@@ -1892,12 +1981,7 @@ pub fn select_rows(tx: &Transaction<'_>, where_sql: &str, params: &[SqlValue]) -
 
 /// Explicitly named jids that a mode did not act on: missing jobs and jobs in the wrong
 /// state.
-fn skipped_jids(
-    tx: &Transaction<'_>,
-    named: &[i64],
-    acted: &[Row],
-    why: &str,
-) -> Result<Vec<Skipped>> {
+fn skipped_jids(tx: &Tx<'_>, named: &[i64], acted: &[Row], why: &str) -> Result<Vec<Skipped>> {
     let mut skipped = Vec::new();
     for &jid in named {
         if acted.iter().any(|r| r.jid() == jid) || skipped.iter().any(|s: &Skipped| s.jid == jid) {

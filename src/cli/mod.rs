@@ -682,7 +682,7 @@ impl Context<'_> {
             // A chunk at a time: the first sizes the columns, the others keep them.
             let largest: Option<i64> = q
                 .store()
-                .read(|tx| Ok(tx.query_row("SELECT max(jid) FROM jobs", [], |r| r.get(0))?))?;
+                .read(|tx| tx.query_row("SELECT max(jid) FROM jobs", [], |r| r.get(0)))?;
             let mut table = self.job_table()?.expect_jids_up_to(largest.unwrap_or(0));
             let mut count = 0;
             let out = &mut self.out;

@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::job::Row;
 use crate::overview::{self, View};
 use crate::queue::{self, Queue};
+use crate::store::Tx;
 use crate::time;
 
 /// Minutes of history in the throughput chart and the per-host counts.
@@ -59,7 +60,7 @@ pub struct MinuteCounts {
 }
 
 impl MinuteCounts {
-    fn refresh(&mut self, tx: &rusqlite::Transaction<'_>, now: Timestamp) -> Result<()> {
+    fn refresh(&mut self, tx: &Tx<'_>, now: Timestamp) -> Result<()> {
         let minute = |back: i64| {
             let t = Timestamp::from_second(now.as_second() - now.as_second() % 60 - back * 60)
                 .unwrap_or(now);

@@ -18,6 +18,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavio
 
 use crate::error::{Error, Result};
 use crate::lock::JournalFence;
+use crate::store::Tx;
 
 /// `PRAGMA application_id` of an rq queue database ("rq2\0").
 pub const APPLICATION_ID: i64 = 0x7271_3200;
@@ -509,7 +510,7 @@ impl Store {
     /// (lock time-outs, I/O errors) roll back and rerun the whole body on a fresh
     /// connection, so the body must do nothing but SQL. An I/O error during COMMIT itself
     /// is reported, not retried: its outcome is unknown.
-    pub fn write<T>(&mut self, mut body: impl FnMut(&Transaction<'_>) -> Result<T>) -> Result<T> {
+    pub fn write<T>(&mut self, mut body: impl FnMut(&Tx<'_>) -> Result<T>) -> Result<T> {
         self.run(TransactionBehavior::Immediate, &mut body)
     }
 
@@ -518,7 +519,7 @@ impl Store {
     /// a feeder keeps its jobs going instead of waiting for the lock.
     pub fn try_write<T>(
         &mut self,
-        mut body: impl FnMut(&Transaction<'_>) -> Result<T>,
+        mut body: impl FnMut(&Tx<'_>) -> Result<T>,
     ) -> Result<Option<T>> {
         self.notice.no_wait.store(true, Ordering::Relaxed);
         let outcome = self.try_once(TransactionBehavior::Immediate, &mut body);
@@ -564,23 +565,24 @@ impl Store {
     pub fn reclaim_space(&mut self) -> Result<i64> {
         const VACUUM_STEP: i64 = 2048;
         let incremental: i64 =
-            self.read(|tx| Ok(tx.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?))?;
+            self.read(|tx| tx.query_row("PRAGMA auto_vacuum", [], |r| r.get(0)))?;
         if incremental != 2 {
             return Ok(0);
         }
         let mut total = 0;
         loop {
             let (freed, left) = self.write(|tx| {
-                let free = |tx: &Transaction<'_>| -> Result<i64> {
-                    Ok(tx.query_row("PRAGMA freelist_count", [], |r| r.get(0))?)
+                let free = |tx: &Tx<'_>| -> Result<i64> {
+                    tx.query_row("PRAGMA freelist_count", [], |r| r.get(0))
                 };
                 let before = free(tx)?;
                 if before > 0 {
                     // Stepped to the end: the pragma frees a page per step.
-                    let mut stmt =
-                        tx.prepare(&format!("PRAGMA incremental_vacuum({VACUUM_STEP})"))?;
-                    let mut rows = stmt.query([])?;
-                    while rows.next()?.is_some() {}
+                    tx.query_each(
+                        &format!("PRAGMA incremental_vacuum({VACUUM_STEP})"),
+                        [],
+                        |_| Ok(()),
+                    )?;
                 }
                 let after = free(tx)?;
                 Ok((before - after, after))
@@ -593,14 +595,14 @@ impl Store {
     }
 
     /// Run `body` in one read transaction. Print nothing inside it.
-    pub fn read<T>(&mut self, mut body: impl FnMut(&Transaction<'_>) -> Result<T>) -> Result<T> {
+    pub fn read<T>(&mut self, mut body: impl FnMut(&Tx<'_>) -> Result<T>) -> Result<T> {
         self.run(TransactionBehavior::Deferred, &mut body)
     }
 
     fn run<T>(
         &mut self,
         behavior: TransactionBehavior,
-        body: &mut dyn FnMut(&Transaction<'_>) -> Result<T>,
+        body: &mut dyn FnMut(&Tx<'_>) -> Result<T>,
     ) -> Result<T> {
         let started = Instant::now();
         let mut attempt = 0u32;
@@ -665,7 +667,7 @@ impl Store {
     fn try_once<T>(
         &mut self,
         behavior: TransactionBehavior,
-        body: &mut dyn FnMut(&Transaction<'_>) -> Result<T>,
+        body: &mut dyn FnMut(&Tx<'_>) -> Result<T>,
     ) -> std::result::Result<T, Attempt> {
         // A connection opened now that reports damage is believed (connect() says so).
         if let Err(e) = self.conn() {
@@ -694,11 +696,11 @@ impl Store {
             if !matches!(behavior, TransactionBehavior::Deferred)
                 && self.access == Access::ReadWrite
             {
-                released = crate::deps::settle(&tx)?;
+                released = crate::deps::settle(&Tx::Sqlite(&tx))?;
             }
             Ok(value)
         };
-        let value = match body(&tx).and_then(settled) {
+        let value = match body(&Tx::Sqlite(&tx)).and_then(settled) {
             Ok(v) => v,
             Err(Error::Sql(e)) if is_transient(&e) => return Err(Attempt::Retry(e.to_string())),
             Err(Error::Sql(e)) if is_damage(&e) => return Err(Attempt::Suspect(e.to_string())),

@@ -1,0 +1,527 @@
+//! The store boundary: where a queue keeps its jobs. Two stores keep the same tables and
+//! the same protocol: a SQLite database in the queue directory (`sqlite`, the default, for
+//! a shared filesystem) and a PostgreSQL database (`postgres`, for clusters that outgrow
+//! one file server or have none).
+//!
+//! The queue, the feeder and every mode speak SQL to a `Tx`, one short transaction of
+//! either store, with the same statements: placeholders are written `?`/`?N` and
+//! translated for PostgreSQL, values cross the boundary in SQLite's value model (null,
+//! integer, real, text, blob), which both stores map their columns to. The few places where
+//! the dialects differ ask `Tx::dialect`. What each store must guarantee (ARCHITECTURE.md):
+//! a write transaction is serializable with every other write that touches the same jobs,
+//! commits or rolls back as a whole, is retried as a whole only when it surely did not
+//! commit, and an error during COMMIT is reported as "outcome unknown".
+
+pub mod pg_sql;
+pub mod postgres;
+pub mod sqlite;
+
+pub use rusqlite::types::{Value as SqlValue, ValueRef};
+pub use rusqlite::{OptionalExtension, ToSql};
+pub use sqlite::{
+    APPLICATION_ID, Access, MIGRATIONS, SCHEMA_SQL, SCHEMA_VERSION, Store as SqliteStore,
+    create_database, damage_mark, schema_file_text,
+};
+
+use crate::error::{Error, Result};
+
+/// A queue's store: its SQLite database, or its PostgreSQL database.
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(Box<postgres::PgStore>),
+}
+
+impl Store {
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Store::Sqlite(_) => Dialect::Sqlite,
+            Store::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    /// Run `body` in one write transaction and commit it; transient failures rerun the
+    /// whole body (so it must do nothing but SQL); an error during COMMIT is reported as
+    /// `CommitUnknown`.
+    pub fn write<T>(&mut self, body: impl FnMut(&Tx<'_>) -> Result<T>) -> Result<T> {
+        match self {
+            Store::Sqlite(store) => store.write(body),
+            Store::Postgres(store) => store.write(body),
+        }
+    }
+
+    /// Like `write`, but `None` when it would have to wait for another process now.
+    pub fn try_write<T>(&mut self, body: impl FnMut(&Tx<'_>) -> Result<T>) -> Result<Option<T>> {
+        match self {
+            Store::Sqlite(store) => store.try_write(body),
+            // Claims skip locked rows instead of waiting: nothing to wait for.
+            Store::Postgres(store) => store.write(body).map(Some),
+        }
+    }
+
+    /// Run `body` in one read transaction (one consistent snapshot). Print nothing inside.
+    pub fn read<T>(&mut self, body: impl FnMut(&Tx<'_>) -> Result<T>) -> Result<T> {
+        match self {
+            Store::Sqlite(store) => store.read(body),
+            Store::Postgres(store) => store.read(body),
+        }
+    }
+
+    /// Hold the queue lock while `body` runs (`rq Q lock`).
+    pub fn with_lock<T>(&mut self, exclusive: bool, body: impl FnMut() -> Result<T>) -> Result<T> {
+        match self {
+            Store::Sqlite(store) => store.with_lock(exclusive, body),
+            Store::Postgres(store) => store.with_lock(exclusive, body),
+        }
+    }
+
+    /// Give the space of deleted rows back (see each store); pages (SQLite) or 0.
+    pub fn reclaim_space(&mut self) -> Result<i64> {
+        match self {
+            Store::Sqlite(store) => store.reclaim_space(),
+            Store::Postgres(_) => Ok(0),
+        }
+    }
+
+    /// Wait for space when the filesystem is full instead of failing (feeders).
+    pub fn wait_when_full(&mut self) {
+        if let Store::Sqlite(store) = self {
+            store.wait_when_full = true;
+        }
+    }
+}
+
+/// Which SQL dialect a transaction speaks, for the few statements that differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// Parameters of a statement, as both stores bind them: rusqlite's `ToSql` values
+/// (`params![..]`, arrays, slices of values).
+pub type Params<'p> = &'p [&'p dyn ToSql];
+
+/// What can be given as a statement's parameters.
+pub trait AsParams {
+    fn with<R>(self, f: impl FnOnce(Params<'_>) -> R) -> R;
+}
+
+impl AsParams for &[&dyn ToSql] {
+    fn with<R>(self, f: impl FnOnce(Params<'_>) -> R) -> R {
+        f(self)
+    }
+}
+
+impl<const N: usize> AsParams for &[&dyn ToSql; N] {
+    fn with<R>(self, f: impl FnOnce(Params<'_>) -> R) -> R {
+        f(self)
+    }
+}
+
+impl AsParams for [&dyn ToSql; 0] {
+    fn with<R>(self, f: impl FnOnce(Params<'_>) -> R) -> R {
+        f(&[])
+    }
+}
+
+impl AsParams for &[SqlValue] {
+    fn with<R>(self, f: impl FnOnce(Params<'_>) -> R) -> R {
+        let refs: Vec<&dyn ToSql> = self.iter().map(|v| v as &dyn ToSql).collect();
+        f(&refs)
+    }
+}
+
+impl AsParams for &Vec<SqlValue> {
+    fn with<R>(self, f: impl FnOnce(Params<'_>) -> R) -> R {
+        self.as_slice().with(f)
+    }
+}
+
+impl AsParams for Vec<SqlValue> {
+    fn with<R>(self, f: impl FnOnce(Params<'_>) -> R) -> R {
+        self.as_slice().with(f)
+    }
+}
+
+/// Parameters from an iterator of values (as rusqlite's `params_from_iter`).
+pub struct ParamsIter<I>(I);
+
+pub fn params_from_iter<I>(iter: I) -> ParamsIter<I>
+where
+    I: IntoIterator,
+    I::Item: ToSql,
+{
+    ParamsIter(iter)
+}
+
+impl<I> AsParams for ParamsIter<I>
+where
+    I: IntoIterator,
+    I::Item: ToSql,
+{
+    fn with<R>(self, f: impl FnOnce(Params<'_>) -> R) -> R {
+        let items: Vec<I::Item> = self.0.into_iter().collect();
+        let refs: Vec<&dyn ToSql> = items.iter().map(|v| v as &dyn ToSql).collect();
+        f(&refs)
+    }
+}
+
+macro_rules! array_params {
+    ($($n:literal)*) => {$(
+        impl<T: ToSql> AsParams for [T; $n] {
+            fn with<R>(self, f: impl FnOnce(Params<'_>) -> R) -> R {
+                let refs: Vec<&dyn ToSql> = self.iter().map(|v| v as &dyn ToSql).collect();
+                f(&refs)
+            }
+        }
+    )*};
+}
+array_params!(1 2 3 4 5 6 7 8);
+
+/// Rows read by `Stmt::query`.
+pub struct Rows {
+    rows: Vec<Vec<SqlValue>>,
+    next: usize,
+}
+
+impl Rows {
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Result<Option<Cells<'_>>> {
+        let row = self.rows.get(self.next);
+        self.next += 1;
+        Ok(row.map(|values| Cells::Values(values)))
+    }
+}
+
+/// An owned copy of a value read.
+pub fn owned(value: ValueRef<'_>) -> SqlValue {
+    match value {
+        ValueRef::Null => SqlValue::Null,
+        ValueRef::Integer(i) => SqlValue::Integer(i),
+        ValueRef::Real(f) => SqlValue::Real(f),
+        ValueRef::Text(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
+    }
+}
+
+/// A statement of a transaction (prepared and cached by the store on first use).
+pub struct Stmt<'a> {
+    tx: Tx<'a>,
+    sql: String,
+}
+
+impl Stmt<'_> {
+    pub fn execute(&mut self, params: impl AsParams) -> Result<usize> {
+        self.tx.execute(&self.sql, params)
+    }
+
+    pub fn query_row<T>(
+        &mut self,
+        params: impl AsParams,
+        f: impl FnOnce(&Cells<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        self.tx.query_row(&self.sql, params, f)
+    }
+
+    /// Every row, mapped (an iterator of results, as rusqlite's, to collect).
+    pub fn query_map<T>(
+        &mut self,
+        params: impl AsParams,
+        mut f: impl FnMut(&Cells<'_>) -> rusqlite::Result<T>,
+    ) -> Result<std::vec::IntoIter<rusqlite::Result<T>>> {
+        let rows = self.tx.query_map(&self.sql, params, |r| Ok(f(r)))?;
+        Ok(rows.into_iter())
+    }
+
+    /// The rows, read in full (for small results; large ones stream with `query_each`).
+    pub fn query(&mut self, params: impl AsParams) -> Result<Rows> {
+        let rows = self.tx.query_map(&self.sql, params, |r| {
+            (0..r.column_count())
+                .map(|i| r.get_ref(i).map(owned))
+                .collect::<rusqlite::Result<Vec<SqlValue>>>()
+        })?;
+        Ok(Rows { rows, next: 0 })
+    }
+
+    pub fn column_names(&self) -> Result<Vec<String>> {
+        self.tx.column_names(&self.sql)
+    }
+
+    pub fn exists(&mut self, params: impl AsParams) -> Result<bool> {
+        let mut any = false;
+        self.tx.query_each(&self.sql, params, |_| {
+            any = true;
+            Ok(())
+        })?;
+        Ok(any)
+    }
+}
+
+/// One transaction of either store (see the module comment).
+#[derive(Clone, Copy)]
+pub enum Tx<'a> {
+    Sqlite(&'a rusqlite::Connection),
+    Postgres(&'a (dyn postgres::PgConn + 'a)),
+}
+
+/// A column's position (as rusqlite's `RowIndex`, so `row.get::<_, T>(0)` reads alike).
+pub trait ColumnIndex {
+    fn index(self) -> usize;
+}
+
+impl ColumnIndex for usize {
+    fn index(self) -> usize {
+        self
+    }
+}
+
+/// One result row of either store.
+pub enum Cells<'r> {
+    Sqlite(&'r rusqlite::Row<'r>),
+    Values(&'r [SqlValue]),
+}
+
+impl Cells<'_> {
+    pub fn get_ref(&self, idx: usize) -> rusqlite::Result<ValueRef<'_>> {
+        match self {
+            Cells::Sqlite(row) => row.get_ref(idx),
+            Cells::Values(values) => values
+                .get(idx)
+                .map(ValueRef::from)
+                .ok_or(rusqlite::Error::InvalidColumnIndex(idx)),
+        }
+    }
+
+    /// The column converted as rusqlite converts it, whichever store read it.
+    pub fn get<I: ColumnIndex, T: rusqlite::types::FromSql>(&self, idx: I) -> rusqlite::Result<T> {
+        let idx = idx.index();
+        match self {
+            Cells::Sqlite(row) => row.get(idx),
+            Cells::Values(_) => {
+                let value = self.get_ref(idx)?;
+                T::column_result(value).map_err(|e| match e {
+                    rusqlite::types::FromSqlError::InvalidType => {
+                        rusqlite::Error::InvalidColumnType(
+                            idx,
+                            format!("column {idx}"),
+                            value.data_type(),
+                        )
+                    }
+                    other => rusqlite::Error::FromSqlConversionFailure(
+                        idx,
+                        value.data_type(),
+                        Box::new(other),
+                    ),
+                })
+            }
+        }
+    }
+
+    pub fn column_count(&self) -> usize {
+        match self {
+            Cells::Sqlite(row) => row.as_ref().column_count(),
+            Cells::Values(values) => values.len(),
+        }
+    }
+}
+
+impl<'a> Tx<'a> {
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Tx::Sqlite(_) => Dialect::Sqlite,
+            Tx::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.dialect() == Dialect::Postgres
+    }
+
+    /// Run one statement; the number of rows it changed.
+    pub fn execute(&self, sql: &str, params: impl AsParams) -> Result<usize> {
+        params.with(|params| match self {
+            Tx::Sqlite(conn) => Ok(conn.prepare_cached(sql)?.execute(params)?),
+            Tx::Postgres(tx) => tx.execute(sql, params),
+        })
+    }
+
+    /// Run statements without parameters (DDL, several separated by `;`).
+    pub fn execute_batch(&self, sql: &str) -> Result<()> {
+        match self {
+            Tx::Sqlite(conn) => Ok(conn.execute_batch(sql)?),
+            Tx::Postgres(tx) => tx.batch(sql),
+        }
+    }
+
+    /// The first row (an error `QueryReturnedNoRows` when there is none; see `optional`).
+    pub fn query_row<T>(
+        &self,
+        sql: &str,
+        params: impl AsParams,
+        f: impl FnOnce(&Cells<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        params.with(|params| match self {
+            Tx::Sqlite(conn) => Ok(conn
+                .prepare_cached(sql)?
+                .query_row(params, |row| f(&Cells::Sqlite(row)))?),
+            Tx::Postgres(tx) => {
+                let rows = tx.query(sql, params, Some(1))?;
+                let first = rows.first().ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+                Ok(f(&Cells::Values(first))?)
+            }
+        })
+    }
+
+    /// Every row, mapped.
+    pub fn query_map<T>(
+        &self,
+        sql: &str,
+        params: impl AsParams,
+        mut f: impl FnMut(&Cells<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        self.query_each(sql, params, |row| {
+            out.push(f(row)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Call `f` for each row as it comes (SQLite: straight from the cursor).
+    pub fn query_each(
+        &self,
+        sql: &str,
+        params: impl AsParams,
+        mut f: impl FnMut(&Cells<'_>) -> rusqlite::Result<()>,
+    ) -> Result<()> {
+        params.with(|params| match self {
+            Tx::Sqlite(conn) => {
+                let mut stmt = conn.prepare_cached(sql)?;
+                let mut rows = stmt.query(params)?;
+                while let Some(row) = rows.next()? {
+                    f(&Cells::Sqlite(row))?;
+                }
+                Ok(())
+            }
+            Tx::Postgres(tx) => {
+                for row in tx.query(sql, params, None)? {
+                    f(&Cells::Values(&row))?;
+                }
+                Ok(())
+            }
+        })
+    }
+
+    /// A statement to run once.
+    pub fn prepare(&self, sql: &str) -> Result<Stmt<'a>> {
+        self.prepare_cached(sql)
+    }
+
+    /// A statement to run (several times, perhaps).
+    pub fn prepare_cached(&self, sql: &str) -> Result<Stmt<'a>> {
+        Ok(Stmt {
+            tx: *self,
+            sql: sql.to_string(),
+        })
+    }
+
+    /// The jid of the job this transaction inserted last.
+    pub fn last_insert_rowid(&self) -> Result<i64> {
+        match self {
+            Tx::Sqlite(conn) => Ok(conn.last_insert_rowid()),
+            Tx::Postgres(_) => self.query_row("SELECT lastval()", [], |r| r.get(0)),
+        }
+    }
+
+    /// The connection, for what only SQLite has (pragmas, the backup API).
+    pub fn sqlite(&self) -> Option<&'a rusqlite::Connection> {
+        match self {
+            Tx::Sqlite(conn) => Some(conn),
+            Tx::Postgres(_) => None,
+        }
+    }
+
+    /// The names of the columns a query returns.
+    pub fn column_names(&self, sql: &str) -> Result<Vec<String>> {
+        match self {
+            Tx::Sqlite(conn) => Ok(conn
+                .prepare_cached(sql)?
+                .column_names()
+                .map(String::from)
+                .collect()),
+            Tx::Postgres(tx) => tx.column_names(sql),
+        }
+    }
+}
+
+/// `QueryReturnedNoRows` becomes `None`, as rusqlite's `optional()` does, for both stores.
+pub trait Optional<T> {
+    fn optional(self) -> Result<Option<T>>;
+}
+
+impl<T> Optional<T> for Result<T> {
+    fn optional(self) -> Result<Option<T>> {
+        match self {
+            Ok(value) => Ok(Some(value)),
+            Err(Error::Sql(rusqlite::Error::QueryReturnedNoRows)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Rewrite SQLite placeholders (`?`, `?N`) as PostgreSQL's (`$N`), leaving quoted text,
+/// quoted names and comments alone. An anonymous `?` takes the number after the largest
+/// used so far, as in SQLite.
+pub fn numbered_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut chars = sql.chars().peekable();
+    let mut largest = 0usize;
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' => {
+                out.push(c);
+                for d in chars.by_ref() {
+                    out.push(d);
+                    if d == c {
+                        break;
+                    }
+                }
+            }
+            '-' if chars.peek() == Some(&'-') => {
+                out.push(c);
+                for d in chars.by_ref() {
+                    out.push(d);
+                    if d == '\n' {
+                        break;
+                    }
+                }
+            }
+            '?' => {
+                let mut digits = String::new();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    digits.push(*d);
+                    chars.next();
+                }
+                let n = digits.parse().unwrap_or(largest + 1);
+                largest = largest.max(n);
+                out.push('$');
+                out.push_str(&n.to_string());
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbered_placeholders;
+
+    #[test]
+    fn placeholders_are_numbered_outside_quotes() {
+        assert_eq!(
+            numbered_placeholders("SELECT ? , ?3, ? FROM t WHERE a = '?' AND \"b?\" = ? -- ?\n"),
+            "SELECT $1 , $3, $4 FROM t WHERE a = '?' AND \"b?\" = $5 -- ?\n"
+        );
+    }
+}

@@ -1,0 +1,478 @@
+//! PostgreSQL's side of the shared SQL: the schema (the SQLite schema's tables, indexes
+//! and triggers, in PostgreSQL's terms) and the translation of rq's statements, which are
+//! written once in SQLite's dialect, into PostgreSQL's.
+//!
+//! The translation is a short list of textual rewrites applied outside quoted text, each
+//! for one construct rq uses (see `translate`); a construct not on the list reaches the
+//! server unchanged, and a test that runs the statement on both stores catches it.
+
+use std::sync::LazyLock;
+
+use regex::{Captures, Regex};
+
+/// Columns holding integers that rq compares with lists given as JSON (`x IN (SELECT value
+/// FROM json_each(?))`): the list's elements are read as integers for these, text otherwise.
+const INTEGER_LIST_COLUMNS: &[&str] = &["jid", "array_id", "exit_status", "dep", "job"];
+
+struct Rewrite {
+    pattern: Regex,
+    with: fn(&Captures<'_>) -> String,
+}
+
+fn rewrite(pattern: &str, with: fn(&Captures<'_>) -> String) -> Rewrite {
+    Rewrite {
+        pattern: Regex::new(pattern).expect("a valid pattern"),
+        with,
+    }
+}
+
+static REWRITES: LazyLock<Vec<Rewrite>> = LazyLock::new(|| {
+    vec![
+        // PostgreSQL's planner picks indexes itself; SQLite's hints go.
+        rewrite(r"\bINDEXED BY \w+", |_| String::new()),
+        // SQLite's `+column` (keep the planner off an index): a plain column.
+        rewrite(r"([\s(,])\+([a-z_]+)\b", |c| format!("{}{}", &c[1], &c[2])),
+        // A JSON list of values as a set.
+        rewrite(
+            r"(\b[\w.]+)( NOT)? IN \(SELECT value FROM json_each\((\?\d*)\)\)",
+            |c| {
+                let column = c[1].rsplit('.').next().unwrap_or(&c[1]);
+                let value = if INTEGER_LIST_COLUMNS.contains(&column) {
+                    "CAST(value AS bigint)"
+                } else {
+                    "value"
+                };
+                format!(
+                    "{}{} IN (SELECT {value} FROM jsonb_array_elements_text(CAST({} AS jsonb)) AS je(value))",
+                    &c[1],
+                    c.get(2).map_or("", |m| m.as_str()),
+                    &c[3]
+                )
+            },
+        ),
+        rewrite(r"json_extract\((\?\d*), '\$\.' \|\| (\w+)\)", |c| {
+            format!("(CAST({} AS jsonb) ->> CAST({} AS text))", &c[1], &c[2])
+        }),
+        rewrite(r"json_extract\((\?\d*), '\$\.j' \|\| (\w+)\)", |c| {
+            format!("(CAST({} AS jsonb) ->> ('j' || {}))", &c[1], &c[2])
+        }),
+        // SQLite's IS with a value is PostgreSQL's IS [NOT] DISTINCT FROM.
+        rewrite(r"\bIS NOT (\d+|\?\d*)", |c| {
+            format!("IS DISTINCT FROM {}", &c[1])
+        }),
+        rewrite(r"\bIS (\d+|\?\d*)", |c| format!("IS NOT DISTINCT FROM {}", &c[1])),
+        rewrite(r"\bgroup_concat\(([\w.]+), ", |c| {
+            format!("string_agg(CAST({} AS text), ", &c[1])
+        }),
+        rewrite(r"strftime\('%Y-%m-%dT%H:%M:%fZ', 'now'\)", |_| {
+            r#"to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"#
+                .into()
+        }),
+        rewrite(r"\binstr\(", |_| "strpos(".into()),
+        rewrite(r"\bAS INTEGER\)", |_| "AS bigint)".into()),
+        // SQLite's LIKE ignores ASCII case; so does rq's `=~` on both stores.
+        rewrite(r"\bLIKE\b", |_| "ILIKE".into()),
+        // The column `user` (a reserved word in PostgreSQL).
+        rewrite(r#"(^|[^\w."])user\b"#, |c| format!("{}\"user\"", &c[1])),
+    ]
+});
+
+/// SQLite's two-argument `max(a, b)`/`min(a, b)` (scalar) are `greatest`/`least`; the
+/// one-argument aggregates stay.
+fn scalar_min_max(code: &str) -> String {
+    static CALL: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\b(max|min)\(").unwrap());
+    let mut out = String::with_capacity(code.len());
+    let mut rest = code;
+    while let Some(m) = CALL.find(rest) {
+        out.push_str(&rest[..m.start()]);
+        let args = &rest[m.end()..];
+        // Find the closing parenthesis and whether a comma sits at depth 0.
+        let mut depth = 0i32;
+        let mut comma = false;
+        for c in args.chars() {
+            match c {
+                '(' => depth += 1,
+                ')' if depth == 0 => break,
+                ')' => depth -= 1,
+                ',' if depth == 0 => comma = true,
+                _ => {}
+            }
+        }
+        let name = &rest[m.start()..m.end() - 1];
+        let renamed = match (name, comma) {
+            ("max", true) => "greatest",
+            ("min", true) => "least",
+            _ => name,
+        };
+        out.push_str(renamed);
+        out.push('(');
+        rest = args;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One statement of rq's, in PostgreSQL's dialect (placeholders numbered `$N`).
+pub fn translate(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 32);
+    for (code, quoted) in split_quoted(sql) {
+        if quoted {
+            out.push_str(code);
+            continue;
+        }
+        let mut code = code.to_string();
+        for rule in REWRITES.iter() {
+            code = rule
+                .pattern
+                .replace_all(&code, |c: &Captures<'_>| (rule.with)(c))
+                .into_owned();
+        }
+        out.push_str(&scalar_min_max(&code));
+    }
+    super::numbered_placeholders(&out)
+}
+
+/// The statement cut into code and quoted parts ('text', "name"), in order.
+fn split_quoted(sql: &str) -> Vec<(&str, bool)> {
+    let mut parts = Vec::new();
+    let bytes = sql.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c == b'\'' || c == b'"' {
+            if start < i {
+                parts.push((&sql[start..i], false));
+            }
+            let end = sql[i + 1..].find(c as char).map_or(sql.len(), |j| i + 1 + j + 1);
+            parts.push((&sql[i..end], true));
+            start = end;
+            i = end;
+        } else {
+            i += 1;
+        }
+    }
+    if start < sql.len() {
+        parts.push((&sql[start..], false));
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::translate;
+
+    #[test]
+    fn statements_are_translated() {
+        assert_eq!(
+            translate("SELECT count(*) FROM jobs INDEXED BY jobs_tag WHERE tag = ? AND +state = 'running'"),
+            "SELECT count(*) FROM jobs  WHERE tag = $1 AND state = 'running'"
+        );
+        assert_eq!(
+            translate("DELETE FROM jobs WHERE jid IN (SELECT value FROM json_each(?))"),
+            "DELETE FROM jobs WHERE jid IN (SELECT CAST(value AS bigint) FROM jsonb_array_elements_text(CAST($1 AS jsonb)) AS je(value))"
+        );
+        assert_eq!(
+            translate("SELECT 1 WHERE tag NOT IN (SELECT value FROM json_each(?7)) AND exit_status IS NOT 0 AND tag IS ?"),
+            "SELECT 1 WHERE tag NOT IN (SELECT value FROM jsonb_array_elements_text(CAST($7 AS jsonb)) AS je(value)) AND exit_status IS DISTINCT FROM 0 AND tag IS NOT DISTINCT FROM $8"
+        );
+        assert_eq!(
+            translate("UPDATE jobs SET attempts = max(attempts - 1, 0), n = (SELECT max(jid) FROM jobs), user = 'user'"),
+            "UPDATE jobs SET attempts = greatest(attempts - 1, 0), n = (SELECT max(jid) FROM jobs), \"user\" = 'user'"
+        );
+        assert_eq!(
+            translate("SELECT jid, user, w.user FROM jobs WHERE command LIKE ?"),
+            "SELECT jid, \"user\", w.user FROM jobs WHERE command ILIKE $1"
+        );
+    }
+}
+
+/// The schema of a PostgreSQL queue, in its own schema `rq_<name>` (the caller created it
+/// and put it first on the search path). The same tables and columns as the SQLite
+/// schema at `SCHEMA_VERSION` (integers are `bigint`, reals `double precision`, so values
+/// cross the boundary unchanged), with these differences:
+/// - `jid` comes from a sequence (never reused), assigned by a trigger when a row gives
+///   none, as SQLite's AUTOINCREMENT does;
+/// - `job_counts` is a view: the counts folded so far plus deltas that statement-level
+///   triggers append (one row per state a statement changed), so concurrent claims never
+///   wait on a shared counter row; `fold_counts()` folds the deltas in;
+/// - the dependency triggers are PL/pgSQL; the ones that note failures for `deps::settle`
+///   write to the session's temporary tables (made by `SESSION_SQL`) when they exist.
+pub fn create_sql() -> String {
+    r#"
+CREATE TABLE meta (key text PRIMARY KEY, value text);
+CREATE TABLE attributes (key text PRIMARY KEY, value text);
+CREATE SEQUENCE jobs_jid_seq;
+CREATE TABLE jobs (
+    jid          bigint PRIMARY KEY,
+    priority     bigint NOT NULL DEFAULT 0,
+    state        text NOT NULL CHECK (state IN ('pending','holding','running','finished','dead','waiting','cancelled')),
+    submitted    text NOT NULL,
+    started      text,
+    finished     text,
+    elapsed      double precision,
+    submitter    text NOT NULL,
+    runner       text,
+    stdin        text,
+    stdout       text,
+    stderr       text,
+    data         text,
+    pid          bigint,
+    exit_status  bigint,
+    tag          text,
+    restartable  bigint NOT NULL DEFAULT 0 CHECK (restartable IN (0,1)),
+    command      text NOT NULL,
+    hosts        text,
+    cwd          text,
+    signal       text,
+    attempts     bigint NOT NULL DEFAULT 0,
+    claim        text,
+    feeder       text,
+    process      text,
+    timeout      double precision,
+    timed_out    bigint NOT NULL DEFAULT 0,
+    retries      bigint NOT NULL DEFAULT 0,
+    retry_delay  double precision,
+    retried      bigint NOT NULL DEFAULT 0,
+    not_before   text,
+    kill_signal  text,
+    reclaimed_by text,
+    reclaimed_at text,
+    "user"       text,
+    name         text,
+    after        text,
+    after_any    text,
+    waiting_on   bigint NOT NULL DEFAULT 0,
+    reason       text,
+    array_id     bigint,
+    array_index  bigint,
+    array_limit  bigint,
+    env          text,
+    cpus         bigint NOT NULL DEFAULT 1,
+    mem          bigint NOT NULL DEFAULT 0,
+    gpus         bigint NOT NULL DEFAULT 0,
+    gpu_ids      text
+);
+CREATE INDEX jobs_claim_order ON jobs (state, priority DESC, submitted, jid);
+CREATE INDEX jobs_finished_elapsed ON jobs (elapsed, exit_status) WHERE state = 'finished';
+CREATE INDEX jobs_ended_at ON jobs (finished) WHERE state IN ('finished', 'dead');
+CREATE INDEX jobs_tag ON jobs (tag, state) WHERE tag IS NOT NULL;
+CREATE INDEX jobs_array ON jobs (array_id, state, array_index) WHERE array_id IS NOT NULL;
+CREATE INDEX jobs_needs ON jobs (state, cpus, gpus, mem) WHERE cpus > 1 OR gpus > 0 OR mem > 0;
+CREATE TABLE deps (
+    dep  bigint NOT NULL,
+    job  bigint NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('ok', 'any')),
+    met  bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (dep, job)
+);
+CREATE INDEX deps_job ON deps (job);
+
+CREATE FUNCTION jid_assign() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    IF NEW.jid IS NULL THEN
+        NEW.jid := nextval('jobs_jid_seq');
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER jid_assign BEFORE INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION jid_assign();
+
+CREATE TABLE job_counts_folded (
+    state       text PRIMARY KEY,
+    n           bigint NOT NULL DEFAULT 0,
+    elapsed_n   bigint NOT NULL DEFAULT 0,
+    elapsed_sum double precision NOT NULL DEFAULT 0,
+    ok          bigint NOT NULL DEFAULT 0
+);
+INSERT INTO job_counts_folded (state) VALUES ('pending'), ('holding'), ('running'),
+    ('finished'), ('dead'), ('waiting'), ('cancelled');
+CREATE TABLE job_counts_delta (
+    state       text NOT NULL,
+    n           bigint NOT NULL,
+    elapsed_n   bigint NOT NULL,
+    elapsed_sum double precision NOT NULL,
+    ok          bigint NOT NULL
+);
+CREATE VIEW job_counts AS
+    SELECT state, CAST(sum(n) AS bigint) AS n, CAST(sum(elapsed_n) AS bigint) AS elapsed_n,
+           CAST(sum(elapsed_sum) AS double precision) AS elapsed_sum, CAST(sum(ok) AS bigint) AS ok
+    FROM (SELECT * FROM job_counts_folded UNION ALL SELECT * FROM job_counts_delta) c
+    GROUP BY state;
+CREATE FUNCTION fold_counts() RETURNS void LANGUAGE sql SET search_path FROM CURRENT AS $$
+    WITH gone AS (DELETE FROM job_counts_delta RETURNING *),
+    sums AS (SELECT state, sum(n) AS n, sum(elapsed_n) AS elapsed_n,
+                    sum(elapsed_sum) AS elapsed_sum, sum(ok) AS ok FROM gone GROUP BY state)
+    UPDATE job_counts_folded f SET n = f.n + s.n, elapsed_n = f.elapsed_n + s.elapsed_n,
+        elapsed_sum = f.elapsed_sum + s.elapsed_sum, ok = f.ok + s.ok
+    FROM sums s WHERE f.state = s.state;
+$$;
+CREATE FUNCTION job_counts_changed() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO job_counts_delta
+        SELECT state, count(*), count(elapsed), coalesce(sum(elapsed), 0),
+               count(*) FILTER (WHERE exit_status = 0)
+        FROM new_rows GROUP BY state;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO job_counts_delta
+        SELECT state, -count(*), -count(elapsed), -coalesce(sum(elapsed), 0),
+               -count(*) FILTER (WHERE exit_status = 0)
+        FROM old_rows GROUP BY state;
+    ELSE
+        INSERT INTO job_counts_delta
+        SELECT state, sum(n), sum(elapsed_n), sum(elapsed_sum), sum(ok) FROM (
+            SELECT o.state, -1 AS n, -CAST(o.elapsed IS NOT NULL AS int) AS elapsed_n,
+                   -coalesce(o.elapsed, 0) AS elapsed_sum,
+                   -CAST(o.exit_status IS NOT DISTINCT FROM 0 AS int) AS ok
+            FROM old_rows o JOIN new_rows w ON w.jid = o.jid
+            WHERE (o.state, o.elapsed, o.exit_status) IS DISTINCT FROM (w.state, w.elapsed, w.exit_status)
+            UNION ALL
+            SELECT w.state, 1, CAST(w.elapsed IS NOT NULL AS int), coalesce(w.elapsed, 0),
+                   CAST(w.exit_status IS NOT DISTINCT FROM 0 AS int)
+            FROM old_rows o JOIN new_rows w ON w.jid = o.jid
+            WHERE (o.state, o.elapsed, o.exit_status) IS DISTINCT FROM (w.state, w.elapsed, w.exit_status)
+        ) d GROUP BY state
+        HAVING sum(n) <> 0 OR sum(elapsed_n) <> 0 OR sum(elapsed_sum) <> 0 OR sum(ok) <> 0;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER job_counts_insert AFTER INSERT ON jobs REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION job_counts_changed();
+CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION job_counts_changed();
+CREATE TRIGGER job_counts_update AFTER UPDATE ON jobs
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION job_counts_changed();
+
+CREATE FUNCTION max_attempts() RETURNS bigint LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
+    SELECT coalesce((SELECT CAST(value AS bigint) FROM attributes WHERE key = 'max_attempts'), 3)
+$$;
+-- Does a job's host list allow `host`? (host::allowed: an entry equals the name or its
+-- short name, ignoring case.)
+CREATE FUNCTION rq_host_ok(hosts text, host text) RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
+    SELECT hosts IS NULL OR EXISTS (
+        SELECT 1 FROM unnest(string_to_array(hosts, ',')) AS h(name)
+        WHERE btrim(h.name) <> ''
+          AND (lower(btrim(h.name)) = lower(host)
+               OR lower(btrim(h.name)) = lower(split_part(host, '.', 1))
+               OR lower(split_part(btrim(h.name), '.', 1)) = lower(host)))
+$$;
+-- Why no live feeder can run a job that needs these (liveness::unfit_reason), from the
+-- largest live feeder's capacity this session was told (rq.largest_*); NULL otherwise.
+CREATE FUNCTION rq_unfit(cpus bigint, mem bigint, gpus bigint) RETURNS text LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    big_cpus bigint := nullif(current_setting('rq.largest_cpus', true), '')::bigint;
+    big_mem bigint := nullif(current_setting('rq.largest_mem', true), '')::bigint;
+    big_gpus bigint := nullif(current_setting('rq.largest_gpus', true), '')::bigint;
+BEGIN
+    IF big_cpus IS NULL THEN
+        RETURN NULL;
+    ELSIF gpus > big_gpus THEN
+        RETURN format('needs %s %s; the largest feeder has %s', gpus,
+                      CASE WHEN gpus = 1 THEN 'GPU' ELSE 'GPUs' END, big_gpus);
+    ELSIF cpus > big_cpus THEN
+        RETURN format('needs %s %s; the largest feeder has %s', cpus,
+                      CASE WHEN cpus = 1 THEN 'CPU' ELSE 'CPUs' END, big_cpus);
+    ELSIF mem > big_mem THEN
+        RETURN format('needs %s MiB of memory; the largest feeder has %s MiB', mem >> 20, big_mem >> 20);
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- Dependencies (see the SQLite schema's triggers of the same names).
+CREATE FUNCTION deps_met() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    IF NEW.state IN ('finished', 'cancelled')
+       OR (NEW.state = 'dead' AND (NEW.restartable = 0 OR NEW.attempts >= max_attempts())) THEN
+        UPDATE jobs SET waiting_on = waiting_on - 1
+        WHERE jid IN (SELECT job FROM deps WHERE dep = NEW.jid AND met = 0
+                      AND (kind = 'any' OR (NEW.state = 'finished' AND NEW.exit_status IS NOT DISTINCT FROM 0)));
+        UPDATE deps SET met = 1 WHERE dep = NEW.jid AND met = 0
+            AND (kind = 'any' OR (NEW.state = 'finished' AND NEW.exit_status IS NOT DISTINCT FROM 0));
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER deps_met AFTER UPDATE OF state ON jobs FOR EACH ROW
+    WHEN (OLD.state IS DISTINCT FROM NEW.state AND NEW.state IN ('finished', 'cancelled', 'dead'))
+    EXECUTE FUNCTION deps_met();
+
+CREATE FUNCTION array_active(id bigint) RETURNS bigint LANGUAGE sql STABLE SET search_path FROM CURRENT AS $$
+    SELECT count(*) FROM jobs a WHERE a.array_id = id
+      AND (a.state IN ('pending', 'running')
+           OR (a.state = 'dead' AND a.restartable = 1 AND a.attempts < max_attempts()))
+$$;
+CREATE FUNCTION deps_released() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    IF NEW.array_limit IS NULL OR NEW.array_limit > array_active(NEW.array_id) THEN
+        UPDATE jobs SET state = 'pending' WHERE jid = NEW.jid;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER deps_released AFTER UPDATE OF waiting_on ON jobs FOR EACH ROW
+    WHEN (NEW.state = 'waiting' AND NEW.waiting_on <= 0)
+    EXECUTE FUNCTION deps_released();
+
+CREATE FUNCTION array_next() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    IF NOT (NEW.state = 'dead' AND NEW.restartable = 1 AND NEW.attempts < max_attempts()) THEN
+        UPDATE jobs SET state = 'pending' WHERE jid IN (
+            SELECT jid FROM jobs WHERE array_id = NEW.array_id AND state = 'waiting' AND waiting_on <= 0
+            ORDER BY array_index
+            LIMIT greatest(0, NEW.array_limit - array_active(NEW.array_id)));
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER array_next AFTER UPDATE OF state ON jobs FOR EACH ROW
+    WHEN (NEW.array_limit IS NOT NULL AND OLD.state IS DISTINCT FROM NEW.state
+          AND NEW.state NOT IN ('pending', 'running'))
+    EXECUTE FUNCTION array_next();
+
+CREATE FUNCTION deps_deleted() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    DELETE FROM deps WHERE job IN (SELECT jid FROM old_rows);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER deps_deleted AFTER DELETE ON jobs REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION deps_deleted();
+
+-- What deps::settle carries out before commit, noted in the session's temporary tables
+-- (rq's connections make them; other sessions' changes are not noted, as on SQLite).
+CREATE FUNCTION dep_note() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    IF (NEW.state = 'cancelled' OR (NEW.state = 'finished' AND NEW.exit_status IS DISTINCT FROM 0)
+        OR (NEW.state = 'dead' AND (NEW.restartable = 0 OR NEW.attempts >= max_attempts())))
+       AND to_regclass('pg_temp.dep_failures') IS NOT NULL
+       AND EXISTS (SELECT 1 FROM deps WHERE dep = NEW.jid AND kind = 'ok') THEN
+        INSERT INTO pg_temp.dep_failures (jid, reason) VALUES (NEW.jid, CASE
+            WHEN NEW.state = 'cancelled' THEN coalesce(NEW.reason, 'dependency ' || NEW.jid || ' was cancelled')
+            WHEN NEW.state = 'finished' AND NEW.exit_status IS NOT NULL
+                THEN 'dependency ' || NEW.jid || ' exited ' || NEW.exit_status
+            WHEN NEW.signal IS NOT NULL THEN 'dependency ' || NEW.jid || ' was killed by ' || NEW.signal
+            ELSE 'dependency ' || NEW.jid || ' died' END);
+    END IF;
+    IF OLD.state = 'waiting' AND NEW.state = 'pending'
+       AND to_regclass('pg_temp.dep_released') IS NOT NULL THEN
+        INSERT INTO pg_temp.dep_released (jid) VALUES (NEW.jid);
+    END IF;
+    IF OLD.state IN ('finished', 'dead', 'cancelled')
+       AND NEW.state IN ('pending', 'holding', 'waiting', 'running')
+       AND to_regclass('pg_temp.dep_rearms') IS NOT NULL
+       AND EXISTS (SELECT 1 FROM deps WHERE dep = NEW.jid) THEN
+        INSERT INTO pg_temp.dep_rearms (jid) VALUES (NEW.jid);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER dep_note AFTER UPDATE OF state ON jobs FOR EACH ROW
+    WHEN (OLD.state IS DISTINCT FROM NEW.state AND NEW.state IN ('cancelled', 'finished', 'dead', 'pending', 'holding', 'waiting', 'running')
+          AND (NEW.state <> 'running' OR OLD.state IN ('finished', 'dead', 'cancelled')))
+    EXECUTE FUNCTION dep_note();
+"#
+    .to_string()
+}
+
+/// Run on each read-write connection: the temporary tables `dep_note` writes to.
+pub const SESSION_SQL: &str = "
+CREATE TEMP TABLE IF NOT EXISTS dep_failures (jid bigint NOT NULL, reason text NOT NULL);
+CREATE TEMP TABLE IF NOT EXISTS dep_rearms (jid bigint NOT NULL);
+CREATE TEMP TABLE IF NOT EXISTS dep_released (jid bigint NOT NULL);
+";

@@ -1,0 +1,621 @@
+//! The PostgreSQL store: a queue kept in a PostgreSQL database (see `store`).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::error::Error as StdError;
+
+use ::postgres::types::{IsNull, Type};
+use bytes::BytesMut;
+use rusqlite::types::ToSqlOutput;
+
+use super::{Params, SqlValue};
+use crate::error::{Error, Result};
+
+/// One transaction on a PostgreSQL connection, with the connection's prepared statements.
+pub struct PgTx<'c> {
+    tx: RefCell<::postgres::Transaction<'c>>,
+    statements: &'c RefCell<HashMap<String, ::postgres::Statement>>,
+}
+
+/// A value bound to a PostgreSQL parameter, converted to the type the server expects there
+/// (SQLite's dynamic values meet PostgreSQL's static types).
+#[derive(Debug)]
+struct Bound(SqlValue);
+
+impl Bound {
+    fn from_param(param: &dyn rusqlite::ToSql) -> Result<Bound> {
+        let value = match param.to_sql()? {
+            ToSqlOutput::Borrowed(v) => super::owned(v),
+            ToSqlOutput::Owned(v) => v,
+            other => {
+                return Err(Error::Conflict(format!(
+                    "a value of this kind cannot be stored in PostgreSQL: {other:?}"
+                )));
+            }
+        };
+        Ok(Bound(value))
+    }
+}
+
+type BoxError = Box<dyn StdError + Sync + Send>;
+
+impl ::postgres::types::ToSql for Bound {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> std::result::Result<IsNull, BoxError> {
+        use SqlValue::*;
+        let as_i64 = || -> std::result::Result<i64, BoxError> {
+            Ok(match &self.0 {
+                Integer(i) => *i,
+                Real(f) => *f as i64,
+                Text(t) => t.trim().parse()?,
+                other => return Err(format!("{other:?} is not an integer").into()),
+            })
+        };
+        if matches!(self.0, Null) {
+            return Ok(IsNull::Yes);
+        }
+        match *ty {
+            Type::INT8 => as_i64()?.to_sql(ty, out),
+            Type::INT4 => i32::try_from(as_i64()?)?.to_sql(ty, out),
+            Type::INT2 => i16::try_from(as_i64()?)?.to_sql(ty, out),
+            Type::BOOL => (as_i64()? != 0).to_sql(ty, out),
+            Type::FLOAT8 | Type::FLOAT4 => {
+                let f = match &self.0 {
+                    Integer(i) => *i as f64,
+                    Real(f) => *f,
+                    Text(t) => t.trim().parse()?,
+                    other => return Err(format!("{other:?} is not a number").into()),
+                };
+                if *ty == Type::FLOAT4 {
+                    (f as f32).to_sql(ty, out)
+                } else {
+                    f.to_sql(ty, out)
+                }
+            }
+            Type::BYTEA => match &self.0 {
+                Blob(b) => b.to_sql(ty, out),
+                Text(t) => t.as_bytes().to_sql(ty, out),
+                other => Err(format!("{other:?} is not bytes").into()),
+            },
+            _ => match &self.0 {
+                Text(t) => t.to_sql(ty, out),
+                Integer(i) => i.to_string().to_sql(ty, out),
+                Real(f) => f.to_string().to_sql(ty, out),
+                Blob(b) => String::from_utf8_lossy(b).into_owned().to_sql(ty, out),
+                Null => unreachable!("handled above"),
+            },
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    ::postgres::types::to_sql_checked!();
+}
+
+/// A column of a result row in SQLite's value model.
+fn cell(row: &::postgres::Row, idx: usize) -> std::result::Result<SqlValue, ::postgres::Error> {
+    let ty = row.columns()[idx].type_().clone();
+    let value = match ty {
+        Type::INT8 => row.try_get::<_, Option<i64>>(idx)?.map(SqlValue::Integer),
+        Type::INT4 => row
+            .try_get::<_, Option<i32>>(idx)?
+            .map(|v| SqlValue::Integer(v.into())),
+        Type::INT2 => row
+            .try_get::<_, Option<i16>>(idx)?
+            .map(|v| SqlValue::Integer(v.into())),
+        Type::BOOL => row
+            .try_get::<_, Option<bool>>(idx)?
+            .map(|v| SqlValue::Integer(v.into())),
+        Type::FLOAT8 => row.try_get::<_, Option<f64>>(idx)?.map(SqlValue::Real),
+        Type::FLOAT4 => row
+            .try_get::<_, Option<f32>>(idx)?
+            .map(|v| SqlValue::Real(v.into())),
+        Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(idx)?.map(SqlValue::Blob),
+        _ => row.try_get::<_, Option<String>>(idx)?.map(SqlValue::Text),
+    };
+    Ok(value.unwrap_or(SqlValue::Null))
+}
+
+impl<'c> PgTx<'c> {
+    pub fn new(
+        tx: ::postgres::Transaction<'c>,
+        statements: &'c RefCell<HashMap<String, ::postgres::Statement>>,
+    ) -> PgTx<'c> {
+        PgTx {
+            tx: RefCell::new(tx),
+            statements,
+        }
+    }
+
+    pub fn into_inner(self) -> ::postgres::Transaction<'c> {
+        self.tx.into_inner()
+    }
+}
+
+/// What a `Tx` asks of a PostgreSQL transaction (a trait object, so `Tx` has one lifetime).
+pub trait PgConn {
+    fn execute(&self, sql: &str, params: Params<'_>) -> Result<usize>;
+    fn query(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+        limit: Option<usize>,
+    ) -> Result<Vec<Vec<SqlValue>>>;
+    fn batch(&self, sql: &str) -> Result<()>;
+    fn column_names(&self, sql: &str) -> Result<Vec<String>>;
+    fn simple_query(&self, sql: &str) -> Result<Vec<::postgres::SimpleQueryMessage>>;
+}
+
+impl PgTx<'_> {
+    fn statement(&self, sql: &str) -> Result<::postgres::Statement> {
+        if let Some(stmt) = self.statements.borrow().get(sql) {
+            return Ok(stmt.clone());
+        }
+        let stmt = self.tx.borrow_mut().prepare(&numbered_placeholders(sql))?;
+        self.statements
+            .borrow_mut()
+            .insert(sql.to_string(), stmt.clone());
+        Ok(stmt)
+    }
+
+    fn bind(params: Params<'_>) -> Result<Vec<Bound>> {
+        params.iter().map(|p| Bound::from_param(*p)).collect()
+    }
+}
+
+impl PgConn for PgTx<'_> {
+    fn simple_query(&self, sql: &str) -> Result<Vec<::postgres::SimpleQueryMessage>> {
+        Ok(self.tx.borrow_mut().simple_query(sql)?)
+    }
+
+    fn execute(&self, sql: &str, params: Params<'_>) -> Result<usize> {
+        let stmt = self.statement(sql)?;
+        let bound = Self::bind(params)?;
+        let args: Vec<&(dyn ::postgres::types::ToSql + Sync)> =
+            bound.iter().map(|b| b as _).collect();
+        Ok(self.tx.borrow_mut().execute(&stmt, &args)? as usize)
+    }
+
+    fn query(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+        limit: Option<usize>,
+    ) -> Result<Vec<Vec<SqlValue>>> {
+        let stmt = self.statement(sql)?;
+        let bound = Self::bind(params)?;
+        let args: Vec<&(dyn ::postgres::types::ToSql + Sync)> =
+            bound.iter().map(|b| b as _).collect();
+        let rows = self.tx.borrow_mut().query(&stmt, &args)?;
+        let take = limit.unwrap_or(rows.len());
+        rows.iter()
+            .take(take)
+            .map(|row| {
+                (0..row.len())
+                    .map(|i| cell(row, i).map_err(Error::from))
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn batch(&self, sql: &str) -> Result<()> {
+        Ok(self.tx.borrow_mut().batch_execute(sql)?)
+    }
+
+    fn column_names(&self, sql: &str) -> Result<Vec<String>> {
+        let stmt = self.statement(sql)?;
+        Ok(stmt
+            .columns()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect())
+    }
+}
+
+/// Where a PostgreSQL queue is: the server's connection string (without rq's own
+/// `queue=` parameter) and the queue's name, which is its schema `rq_<name>` in that
+/// database (several queues can share one database).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub url: String,
+    pub queue: String,
+}
+
+impl Location {
+    /// Is `text` a PostgreSQL connection URL (rather than a directory)?
+    pub fn is_url(text: &str) -> bool {
+        text.starts_with("postgres://") || text.starts_with("postgresql://")
+    }
+
+    pub fn parse(text: &str) -> Result<Location> {
+        let (base, query) = match text.split_once('?') {
+            Some((base, query)) => (base, query),
+            None => (text, ""),
+        };
+        let mut queue = None;
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("queue", name)) => queue = Some(name.to_string()),
+                _ => kept.push(pair),
+            }
+        }
+        let queue = queue.unwrap_or_else(|| "default".to_string());
+        let valid = !queue.is_empty()
+            && queue.len() <= 40
+            && queue
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            return Err(Error::usage(format!(
+                "bad queue name '{queue}' in {text}: use 1 to 40 of a-z, 0-9 and _"
+            )));
+        }
+        let url = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        url.parse::<::postgres::Config>()
+            .map_err(|e| Error::usage(format!("bad PostgreSQL connection string {text}: {e}")))?;
+        Ok(Location { url, queue })
+    }
+
+    /// The schema holding this queue's tables.
+    pub fn schema(&self) -> String {
+        format!("rq_{}", self.queue)
+    }
+
+    /// How the queue is named to people (no password).
+    pub fn display(&self) -> String {
+        let shown = match self.url.split_once("://") {
+            Some((scheme, rest)) => match rest.split_once('@') {
+                Some((user, host)) => {
+                    let user = user.split(':').next().unwrap_or(user);
+                    format!("{scheme}://{user}@{host}")
+                }
+                None => self.url.clone(),
+            },
+            None => self.url.clone(),
+        };
+        let sep = if shown.contains('?') { '&' } else { '?' };
+        format!("{shown}{sep}queue={}", self.queue)
+    }
+}
+
+/// A connection to a queue's PostgreSQL database, with the transaction discipline of
+/// `Store` (short transactions, whole-transaction retry on a fresh connection when the
+/// server or the connection failed, "outcome unknown" when COMMIT did).
+pub struct PgStore {
+    pub location: Location,
+    access: crate::store::Access,
+    client: Option<::postgres::Client>,
+    statements: RefCell<HashMap<String, ::postgres::Statement>>,
+    /// Give up after this long when the server cannot be reached (None: keep trying).
+    pub give_up_after: Option<std::time::Duration>,
+}
+
+/// Errors after which the whole transaction is worth running again on a fresh connection:
+/// the connection or server went away, or PostgreSQL chose this transaction to abort
+/// (serialization failure, deadlock).
+fn is_transient(err: &::postgres::Error) -> bool {
+    if err.is_closed() {
+        return true;
+    }
+    match err.code() {
+        Some(code) => {
+            let code = code.code();
+            code == "40001"
+                || code == "40P01"
+                || code == "55P03"
+                || code.starts_with("08")
+                || code.starts_with("57P")
+        }
+        // No SQLSTATE: an I/O or protocol error on the connection.
+        None => err.as_db_error().is_none(),
+    }
+}
+
+impl PgStore {
+    pub fn open(location: &Location, access: crate::store::Access) -> Result<PgStore> {
+        let mut store = PgStore {
+            location: location.clone(),
+            access,
+            client: None,
+            statements: RefCell::new(HashMap::new()),
+            give_up_after: std::env::var("RQ_LOCK_TIMEOUT")
+                .ok()
+                .and_then(|s| crate::time::parse_duration(&s))
+                .map(std::time::Duration::from_secs_f64)
+                .or(Some(std::time::Duration::from_secs(60))),
+        };
+        store.connect()?;
+        Ok(store)
+    }
+
+    /// A new connection, on the queue's schema, checked to hold a queue of a schema
+    /// version this rq knows.
+    fn connect(&mut self) -> Result<()> {
+        self.client = None;
+        self.statements.borrow_mut().clear();
+        let mut client = connect_client(&self.location.url)?;
+        let schema = self.location.schema();
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1",
+                &[&schema],
+            )?
+            .is_some();
+        if !exists {
+            return Err(Error::NoQueue {
+                path: self.location.display().into(),
+            });
+        }
+        client.batch_execute(&format!(
+            "SET search_path TO \"{schema}\"; SET TIME ZONE 'UTC'"
+        ))?;
+        let found: i64 = client
+            .query_one(
+                "SELECT CAST(value AS bigint) FROM meta WHERE key = 'schema_version'",
+                &[],
+            )?
+            .get(0);
+        if found > super::SCHEMA_VERSION {
+            return Err(Error::NewerSchema {
+                path: self.location.display().into(),
+                found,
+                known: super::SCHEMA_VERSION,
+            });
+        }
+        if self.access == crate::store::Access::ReadOnly {
+            client.batch_execute("SET default_transaction_read_only = on")?;
+        } else {
+            client.batch_execute(super::pg_sql::SESSION_SQL)?;
+        }
+        self.client = Some(client);
+        Ok(())
+    }
+
+    pub fn write<T>(&mut self, mut body: impl FnMut(&super::Tx<'_>) -> Result<T>) -> Result<T> {
+        self.run(false, &mut body)
+    }
+
+    pub fn read<T>(&mut self, mut body: impl FnMut(&super::Tx<'_>) -> Result<T>) -> Result<T> {
+        self.run(true, &mut body)
+    }
+
+    /// `rq Q lock`: an advisory lock on the queue (shared or exclusive) that rq's own
+    /// writers take too, held while `body` runs.
+    pub fn with_lock<T>(
+        &mut self,
+        exclusive: bool,
+        mut body: impl FnMut() -> Result<T>,
+    ) -> Result<T> {
+        let key = self.lock_key();
+        let take = if exclusive {
+            "SELECT pg_advisory_lock($1)"
+        } else {
+            "SELECT pg_advisory_lock_shared($1)"
+        };
+        let give = if exclusive {
+            "SELECT pg_advisory_unlock($1)"
+        } else {
+            "SELECT pg_advisory_unlock_shared($1)"
+        };
+        self.client()?.execute(take, &[&key])?;
+        let outcome = body();
+        let _ = self.client()?.execute(give, &[&key]);
+        outcome
+    }
+
+    /// Wake the queue's idle feeders (LISTEN rq_<name>); a failure only delays pick-up
+    /// until their next poll.
+    pub fn notify(&mut self) {
+        let channel = self.location.schema();
+        if let Ok(client) = self.client() {
+            let _ = client.batch_execute(&format!("NOTIFY \"{channel}\""));
+        }
+    }
+
+    /// The advisory lock key of this queue (its schema's name, hashed by the server).
+    fn lock_key(&self) -> i64 {
+        let mut hash: i64 = 0x7271;
+        for b in self.location.schema().bytes() {
+            hash = hash.wrapping_mul(31).wrapping_add(b as i64);
+        }
+        hash
+    }
+
+    fn client(&mut self) -> Result<&mut ::postgres::Client> {
+        if self.client.is_none() {
+            self.connect()?;
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    fn run<T>(
+        &mut self,
+        read_only: bool,
+        body: &mut dyn FnMut(&super::Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let started = std::time::Instant::now();
+        let mut attempt = 0u32;
+        let mut announced = false;
+        loop {
+            match self.try_once(read_only, body) {
+                Ok(value) => {
+                    if announced {
+                        crate::note!("rq: the PostgreSQL server answers again; continuing");
+                    }
+                    return Ok(value);
+                }
+                Err(Attempt::Retry(why)) => {
+                    self.client = None;
+                    if let Some(limit) = self.give_up_after
+                        && started.elapsed() > limit
+                    {
+                        return Err(Error::Conflict(format!(
+                            "gave up on the PostgreSQL server of {} after {:.0}s: {why}",
+                            self.location.display(),
+                            started.elapsed().as_secs_f64()
+                        )));
+                    }
+                    if started.elapsed() > std::time::Duration::from_secs(3) && !announced {
+                        announced = true;
+                        crate::note!(
+                            "rq: cannot reach the PostgreSQL server of {} ({why}); rq keeps trying, Ctrl-C to give up",
+                            self.location.display()
+                        );
+                    }
+                    attempt += 1;
+                    let ms = (20.0 * 1.5f64.powi(attempt.min(10) as i32)).min(2000.0)
+                        * rand::random_range(0.5..1.5);
+                    std::thread::sleep(std::time::Duration::from_secs_f64(ms / 1000.0));
+                }
+                Err(Attempt::Fail(err)) => return Err(err),
+            }
+        }
+    }
+
+    fn try_once<T>(
+        &mut self,
+        read_only: bool,
+        body: &mut dyn FnMut(&super::Tx<'_>) -> Result<T>,
+    ) -> std::result::Result<T, Attempt> {
+        let classify = |e: Error| match e {
+            Error::Postgres(pg) if is_transient(&pg) => Attempt::Retry(pg.to_string()),
+            Error::NoQueue { .. } | Error::NewerSchema { .. } => Attempt::Fail(e),
+            other => Attempt::Fail(other),
+        };
+        if self.client.is_none() {
+            self.connect().map_err(classify)?;
+        }
+        let access = self.access;
+        let client = self.client.as_mut().expect("connected above");
+        let tx = client
+            .build_transaction()
+            .read_only(read_only)
+            .start()
+            .map_err(|e| classify(e.into()))?;
+        let pg = PgTx::new(tx, &self.statements);
+        let value = {
+            let tx = super::Tx::Postgres(&pg);
+            let settled = |value: T| -> Result<T> {
+                if !read_only && access == crate::store::Access::ReadWrite {
+                    crate::deps::settle(&tx)?;
+                }
+                Ok(value)
+            };
+            body(&tx).and_then(settled)
+        };
+        let value = match value {
+            Ok(value) => value,
+            Err(e) => {
+                // A failed statement may have left a prepared statement invalid (schema
+                // changes); start the cache afresh.
+                self.statements.borrow_mut().clear();
+                return Err(classify(e));
+            }
+        };
+        match pg.into_inner().commit() {
+            Ok(()) => Ok(value),
+            // PostgreSQL aborted it at commit (serialization): nothing was written.
+            Err(e)
+                if e.code()
+                    .is_some_and(|c| c.code() == "40001" || c.code() == "40P01") =>
+            {
+                Err(Attempt::Retry(e.to_string()))
+            }
+            Err(e) => {
+                self.client = None;
+                Err(Attempt::Fail(Error::CommitUnknown {
+                    path: self.location.display().into(),
+                    why: e.to_string(),
+                }))
+            }
+        }
+    }
+}
+
+enum Attempt {
+    Retry(String),
+    Fail(Error),
+}
+
+/// A connection with rq's settings: bounded connect time, TCP keepalives (a server that
+/// vanished in a partition is noticed), the application name in `pg_stat_activity`.
+pub fn connect_client(url: &str) -> Result<::postgres::Client> {
+    let mut config: ::postgres::Config = url
+        .parse()
+        .map_err(|e| Error::usage(format!("bad PostgreSQL connection string: {e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(10));
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(std::time::Duration::from_secs(10))
+        .application_name(&format!("rq {}", crate::host::name()));
+    Ok(config.connect(::postgres::NoTls)?)
+}
+
+/// Create the queue's schema with its tables (fails when the queue exists).
+pub fn create_queue(location: &Location) -> Result<()> {
+    let mut client = connect_client(&location.url)?;
+    let schema = location.schema();
+    let mut tx = client.transaction()?;
+    let exists = tx
+        .query_opt("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1", &[&schema])?
+        .is_some();
+    if exists {
+        return Err(Error::Conflict(format!(
+            "{} already exists; pick another queue name (queue=NAME)",
+            location.display()
+        )));
+    }
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA \"{schema}\"; SET LOCAL search_path TO \"{schema}\";"
+    ))?;
+    tx.batch_execute(&super::pg_sql::create_sql())?;
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('schema_version', $1), ('created', $2), ('rq_version', $3)",
+        &[
+            &super::SCHEMA_VERSION.to_string(),
+            &crate::time::now(),
+            &env!("CARGO_PKG_VERSION"),
+        ],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// `rq Q execute` on PostgreSQL: the statements as one script; the rows of those that
+/// return rows (as text, the simple query protocol's only form).
+pub fn run_script(tx: &super::Tx<'_>, sql: &str) -> Result<Vec<crate::job::Row>> {
+    let super::Tx::Postgres(pg) = tx else {
+        unreachable!("run_script is for PostgreSQL transactions");
+    };
+    let messages = pg.simple_query(sql)?;
+    let mut rows = Vec::new();
+    for message in messages {
+        if let ::postgres::SimpleQueryMessage::Row(row) = message {
+            let columns = row
+                .columns()
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let cell = match row.get(i) {
+                        None => crate::job::Cell::Null,
+                        Some(text) => match text.parse::<i64>() {
+                            Ok(n) => crate::job::Cell::Int(n),
+                            Err(_) => crate::job::Cell::Text(text.to_string()),
+                        },
+                    };
+                    (c.name().to_string(), cell)
+                })
+                .collect();
+            rows.push(crate::job::Row { columns });
+        }
+    }
+    Ok(rows)
+}
