@@ -74,7 +74,7 @@ impl Selection {
     pub fn clause(&self) -> Clause {
         if self.all || State::ALL.iter().all(|s| self.states.contains(s)) {
             return Clause {
-                sql: "1".into(),
+                sql: "TRUE".into(),
                 params: vec![],
                 raw: false,
             };
@@ -309,9 +309,11 @@ impl Queue {
             let mut store = PgStore::open(&location, access)?;
             let files = store
                 .read(|tx| {
-                    tx.query_row("SELECT value FROM attributes WHERE key = 'files'", [], |r| {
-                        r.get::<_, String>(0)
-                    })
+                    tx.query_row(
+                        "SELECT value FROM attributes WHERE key = 'files'",
+                        [],
+                        |r| r.get::<_, String>(0),
+                    )
                     .optional()
                 })?
                 .map(PathBuf::from)
@@ -1056,7 +1058,7 @@ impl Queue {
             Ok((rows, skipped, old_files)) => {
                 let updated: Vec<i64> = rows.iter().map(Row::jid).collect();
                 for rel in old_files {
-                    self.remove_file(rel);
+                    self.remove_file(&rel);
                 }
                 // New files of jobs that stopped being editable meanwhile are not used.
                 for (jid, stdin, data) in &new_files {
@@ -1137,7 +1139,7 @@ impl Queue {
         })?;
         // The previous run's output would only mislead once the job is queued again.
         for rel in outputs {
-            self.remove_file(rel);
+            self.remove_file(&rel);
         }
         self.ring_doorbell();
         Ok((rows, skipped))

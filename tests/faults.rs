@@ -537,7 +537,15 @@ fn queue_on_a_small_filesystem() -> (TestQueue, std::path::PathBuf, Tmpfs) {
     let mount = Tmpfs(mnt.clone());
     let qpath = mnt.join("q");
     rq_in(tmp.path(), &[qpath.to_str().unwrap(), "create"], None).ok();
-    (TestQueue { tmp, path: qpath }, mnt, mount)
+    (
+        TestQueue {
+            tmp,
+            path: qpath,
+            store: common::StoreKind::Sqlite,
+        },
+        mnt,
+        mount,
+    )
 }
 
 #[test]

@@ -341,7 +341,7 @@ pub fn url_encode(text: &str) -> String {
 
 /// A page of jobs: keyset paging on jid (the primary key), every value bound.
 pub fn jobs_page(q: &mut Queue, f: &JobFilter) -> Result<Vec<Row>> {
-    let mut clauses = vec!["1".to_string()];
+    let mut clauses = vec!["TRUE".to_string()];
     let mut params: Vec<SqlValue> = Vec::new();
     let text = |v: &Option<String>| {
         v.as_deref()

@@ -50,23 +50,15 @@ static REWRITES: LazyLock<Vec<Rewrite>> = LazyLock::new(|| {
                 )
             },
         ),
-        rewrite(r"json_extract\((\?\d*), '\$\.' \|\| (\w+)\)", |c| {
-            format!("(CAST({} AS jsonb) ->> CAST({} AS text))", &c[1], &c[2])
-        }),
-        rewrite(r"json_extract\((\?\d*), '\$\.j' \|\| (\w+)\)", |c| {
-            format!("(CAST({} AS jsonb) ->> ('j' || {}))", &c[1], &c[2])
-        }),
         // SQLite's IS with a value is PostgreSQL's IS [NOT] DISTINCT FROM.
         rewrite(r"\bIS NOT (\d+|\?\d*)", |c| {
             format!("IS DISTINCT FROM {}", &c[1])
         }),
-        rewrite(r"\bIS (\d+|\?\d*)", |c| format!("IS NOT DISTINCT FROM {}", &c[1])),
+        rewrite(r"\bIS (\d+|\?\d*)", |c| {
+            format!("IS NOT DISTINCT FROM {}", &c[1])
+        }),
         rewrite(r"\bgroup_concat\(([\w.]+), ", |c| {
             format!("string_agg(CAST({} AS text), ", &c[1])
-        }),
-        rewrite(r"strftime\('%Y-%m-%dT%H:%M:%fZ', 'now'\)", |_| {
-            r#"to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"#
-                .into()
         }),
         rewrite(r"\binstr\(", |_| "strpos(".into()),
         rewrite(r"\bAS INTEGER\)", |_| "AS bigint)".into()),
@@ -74,6 +66,19 @@ static REWRITES: LazyLock<Vec<Rewrite>> = LazyLock::new(|| {
         rewrite(r"\bLIKE\b", |_| "ILIKE".into()),
         // The column `user` (a reserved word in PostgreSQL).
         rewrite(r#"(^|[^\w."])user\b"#, |c| format!("{}\"user\"", &c[1])),
+    ]
+});
+
+/// Rewrites of constructs that include quoted text, applied to the whole statement first.
+static WHOLE_REWRITES: LazyLock<Vec<Rewrite>> = LazyLock::new(|| {
+    vec![
+        rewrite(r"json_extract\((\?\d*), '\$\.j' \|\| (\w+)\)", |c| {
+            format!("(CAST({} AS jsonb) ->> ('j' || {}))", &c[1], &c[2])
+        }),
+        rewrite(r"strftime\('%Y-%m-%dT%H:%M:%fZ', 'now'\)", |_| {
+            r#"to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"#
+                .into()
+        }),
     ]
 });
 
@@ -114,8 +119,15 @@ fn scalar_min_max(code: &str) -> String {
 
 /// One statement of rq's, in PostgreSQL's dialect (placeholders numbered `$N`).
 pub fn translate(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 32);
-    for (code, quoted) in split_quoted(sql) {
+    let mut whole = sql.to_string();
+    for rule in WHOLE_REWRITES.iter() {
+        whole = rule
+            .pattern
+            .replace_all(&whole, |c: &Captures<'_>| (rule.with)(c))
+            .into_owned();
+    }
+    let mut out = String::with_capacity(whole.len() + 32);
+    for (code, quoted) in split_quoted(&whole) {
         if quoted {
             out.push_str(code);
             continue;
@@ -129,7 +141,78 @@ pub fn translate(sql: &str) -> String {
         }
         out.push_str(&scalar_min_max(&code));
     }
-    super::numbered_placeholders(&out)
+    super::numbered_placeholders(&alias_subqueries(&out))
+}
+
+/// PostgreSQL (before 16) wants a name for every subquery in FROM; SQLite does not.
+fn alias_subqueries(sql: &str) -> String {
+    const NOT_ALIASES: &[&str] = &[
+        "WHERE",
+        "ORDER",
+        "GROUP",
+        "LIMIT",
+        "UNION",
+        "JOIN",
+        "LEFT",
+        "ON",
+        "HAVING",
+        "EXCEPT",
+        "INTERSECT",
+        "WINDOW",
+        "OFFSET",
+        "FOR",
+        "RETURNING",
+        "CROSS",
+        "INNER",
+    ];
+    let bytes = sql.as_bytes();
+    // The position of each parenthesis' partner, skipping quoted text.
+    let mut partner = vec![usize::MAX; bytes.len()];
+    let mut stack = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            q @ (b'\'' | b'"') => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != q {
+                    i += 1;
+                }
+            }
+            b'(' => stack.push(i),
+            b')' => {
+                if let Some(open) = stack.pop() {
+                    partner[open] = i;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let mut inserts = Vec::new();
+    for (open, &close) in partner.iter().enumerate() {
+        if close == usize::MAX {
+            continue;
+        }
+        let before = sql[..open].trim_end();
+        let opens_from = before.ends_with("FROM") || before.ends_with("JOIN");
+        let is_subquery = sql[open + 1..].trim_start().starts_with("SELECT");
+        if !(opens_from && is_subquery) {
+            continue;
+        }
+        let next: String = sql[close + 1..]
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if next.is_empty() || NOT_ALIASES.contains(&next.to_ascii_uppercase().as_str()) {
+            inserts.push(close + 1);
+        }
+    }
+    let mut out = sql.to_string();
+    for (n, at) in inserts.iter().enumerate().rev() {
+        out.insert_str(*at, &format!(" AS rq_sub{n}"));
+    }
+    out
 }
 
 /// The statement cut into code and quoted parts ('text', "name"), in order.
@@ -144,7 +227,9 @@ fn split_quoted(sql: &str) -> Vec<(&str, bool)> {
             if start < i {
                 parts.push((&sql[start..i], false));
             }
-            let end = sql[i + 1..].find(c as char).map_or(sql.len(), |j| i + 1 + j + 1);
+            let end = sql[i + 1..]
+                .find(c as char)
+                .map_or(sql.len(), |j| i + 1 + j + 1);
             parts.push((&sql[i..end], true));
             start = end;
             i = end;
@@ -156,35 +241,6 @@ fn split_quoted(sql: &str) -> Vec<(&str, bool)> {
         parts.push((&sql[start..], false));
     }
     parts
-}
-
-#[cfg(test)]
-mod tests {
-    use super::translate;
-
-    #[test]
-    fn statements_are_translated() {
-        assert_eq!(
-            translate("SELECT count(*) FROM jobs INDEXED BY jobs_tag WHERE tag = ? AND +state = 'running'"),
-            "SELECT count(*) FROM jobs  WHERE tag = $1 AND state = 'running'"
-        );
-        assert_eq!(
-            translate("DELETE FROM jobs WHERE jid IN (SELECT value FROM json_each(?))"),
-            "DELETE FROM jobs WHERE jid IN (SELECT CAST(value AS bigint) FROM jsonb_array_elements_text(CAST($1 AS jsonb)) AS je(value))"
-        );
-        assert_eq!(
-            translate("SELECT 1 WHERE tag NOT IN (SELECT value FROM json_each(?7)) AND exit_status IS NOT 0 AND tag IS ?"),
-            "SELECT 1 WHERE tag NOT IN (SELECT value FROM jsonb_array_elements_text(CAST($7 AS jsonb)) AS je(value)) AND exit_status IS DISTINCT FROM 0 AND tag IS NOT DISTINCT FROM $8"
-        );
-        assert_eq!(
-            translate("UPDATE jobs SET attempts = max(attempts - 1, 0), n = (SELECT max(jid) FROM jobs), user = 'user'"),
-            "UPDATE jobs SET attempts = greatest(attempts - 1, 0), n = (SELECT max(jid) FROM jobs), \"user\" = 'user'"
-        );
-        assert_eq!(
-            translate("SELECT jid, user, w.user FROM jobs WHERE command LIKE ?"),
-            "SELECT jid, \"user\", w.user FROM jobs WHERE command ILIKE $1"
-        );
-    }
 }
 
 /// The schema of a PostgreSQL queue, in its own schema `rq_<name>` (the caller created it
@@ -476,3 +532,48 @@ CREATE TEMP TABLE IF NOT EXISTS dep_failures (jid bigint NOT NULL, reason text N
 CREATE TEMP TABLE IF NOT EXISTS dep_rearms (jid bigint NOT NULL);
 CREATE TEMP TABLE IF NOT EXISTS dep_released (jid bigint NOT NULL);
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::translate;
+
+    #[test]
+    fn subqueries_in_from_get_names() {
+        assert_eq!(
+            translate(
+                "SELECT jid FROM (SELECT jid FROM (SELECT jid FROM jobs) WHERE 1) x, (SELECT 1) ORDER BY jid"
+            ),
+            "SELECT jid FROM (SELECT jid FROM (SELECT jid FROM jobs) AS rq_sub0 WHERE 1) x, (SELECT 1) ORDER BY jid"
+        );
+    }
+
+    #[test]
+    fn statements_are_translated() {
+        assert_eq!(
+            translate(
+                "SELECT count(*) FROM jobs INDEXED BY jobs_tag WHERE tag = ? AND +state = 'running'"
+            ),
+            "SELECT count(*) FROM jobs  WHERE tag = $1 AND state = 'running'"
+        );
+        assert_eq!(
+            translate("DELETE FROM jobs WHERE jid IN (SELECT value FROM json_each(?))"),
+            "DELETE FROM jobs WHERE jid IN (SELECT CAST(value AS bigint) FROM jsonb_array_elements_text(CAST($1 AS jsonb)) AS je(value))"
+        );
+        assert_eq!(
+            translate(
+                "SELECT 1 WHERE tag NOT IN (SELECT value FROM json_each(?7)) AND exit_status IS NOT 0 AND tag IS ?"
+            ),
+            "SELECT 1 WHERE tag NOT IN (SELECT value FROM jsonb_array_elements_text(CAST($7 AS jsonb)) AS je(value)) AND exit_status IS DISTINCT FROM 0 AND tag IS NOT DISTINCT FROM $8"
+        );
+        assert_eq!(
+            translate(
+                "UPDATE jobs SET attempts = max(attempts - 1, 0), n = (SELECT max(jid) FROM jobs), user = 'user'"
+            ),
+            "UPDATE jobs SET attempts = greatest(attempts - 1, 0), n = (SELECT max(jid) FROM jobs), \"user\" = 'user'"
+        );
+        assert_eq!(
+            translate("SELECT jid, user, w.user FROM jobs WHERE command LIKE ?"),
+            "SELECT jid, \"user\", w.user FROM jobs WHERE command ILIKE $1"
+        );
+    }
+}

@@ -35,6 +35,16 @@ impl Bound {
         };
         Ok(Bound(value))
     }
+
+    /// The PostgreSQL type of the value itself (for parameters the server cannot type).
+    fn natural_type(&self) -> Type {
+        match self.0 {
+            SqlValue::Integer(_) => Type::INT8,
+            SqlValue::Real(_) => Type::FLOAT8,
+            SqlValue::Blob(_) => Type::BYTEA,
+            SqlValue::Text(_) | SqlValue::Null => Type::TEXT,
+        }
+    }
 }
 
 type BoxError = Box<dyn StdError + Sync + Send>;
@@ -70,6 +80,21 @@ impl ::postgres::types::ToSql for Bound {
                 } else {
                     f.to_sql(ty, out)
                 }
+            }
+            // JSON text as such; jsonb's binary form is a version byte (1) and the text.
+            Type::JSONB | Type::JSON => {
+                let text = match &self.0 {
+                    Text(t) => t.clone(),
+                    Integer(i) => i.to_string(),
+                    Real(f) => f.to_string(),
+                    Blob(b) => String::from_utf8_lossy(b).into_owned(),
+                    Null => unreachable!("handled above"),
+                };
+                if *ty == Type::JSONB {
+                    out.extend_from_slice(&[1]);
+                }
+                out.extend_from_slice(text.as_bytes());
+                Ok(IsNull::No)
             }
             Type::BYTEA => match &self.0 {
                 Blob(b) => b.to_sql(ty, out),
@@ -148,11 +173,38 @@ pub trait PgConn {
 }
 
 impl PgTx<'_> {
-    fn statement(&self, sql: &str) -> Result<::postgres::Statement> {
+    /// The prepared statement for `sql`, from the connection's cache or prepared now.
+    /// A parameter PostgreSQL cannot infer a type for (`? IS NULL`, `SELECT ?`) takes the
+    /// type of the value bound to it (the prepare is tried in a savepoint, since a
+    /// failed statement would abort the transaction).
+    fn statement(&self, sql: &str, bound: &[Bound]) -> Result<::postgres::Statement> {
         if let Some(stmt) = self.statements.borrow().get(sql) {
             return Ok(stmt.clone());
         }
-        let stmt = self.tx.borrow_mut().prepare(&numbered_placeholders(sql))?;
+        let translated = super::pg_sql::translate(sql);
+        if std::env::var_os("RQ_SQL_DEBUG").is_some_and(|v| !v.is_empty()) {
+            crate::note!("rq sql: {translated}");
+        }
+        let mut tx = self.tx.borrow_mut();
+        tx.batch_execute("SAVEPOINT rq_prepare")?;
+        let stmt = match tx.prepare(&translated) {
+            Ok(stmt) => stmt,
+            Err(e)
+                if e.code().is_some_and(|c| {
+                    *c == ::postgres::error::SqlState::INDETERMINATE_DATATYPE
+                        || *c == ::postgres::error::SqlState::AMBIGUOUS_PARAMETER
+                }) =>
+            {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT rq_prepare")?;
+                let types: Vec<Type> = bound.iter().map(Bound::natural_type).collect();
+                tx.prepare_typed(&translated, &types)?
+            }
+            Err(e) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT rq_prepare")?;
+                return Err(e.into());
+            }
+        };
+        tx.batch_execute("RELEASE SAVEPOINT rq_prepare")?;
         self.statements
             .borrow_mut()
             .insert(sql.to_string(), stmt.clone());
@@ -170,8 +222,8 @@ impl PgConn for PgTx<'_> {
     }
 
     fn execute(&self, sql: &str, params: Params<'_>) -> Result<usize> {
-        let stmt = self.statement(sql)?;
         let bound = Self::bind(params)?;
+        let stmt = self.statement(sql, &bound)?;
         let args: Vec<&(dyn ::postgres::types::ToSql + Sync)> =
             bound.iter().map(|b| b as _).collect();
         Ok(self.tx.borrow_mut().execute(&stmt, &args)? as usize)
@@ -183,8 +235,8 @@ impl PgConn for PgTx<'_> {
         params: Params<'_>,
         limit: Option<usize>,
     ) -> Result<Vec<Vec<SqlValue>>> {
-        let stmt = self.statement(sql)?;
         let bound = Self::bind(params)?;
+        let stmt = self.statement(sql, &bound)?;
         let args: Vec<&(dyn ::postgres::types::ToSql + Sync)> =
             bound.iter().map(|b| b as _).collect();
         let rows = self.tx.borrow_mut().query(&stmt, &args)?;
@@ -204,7 +256,7 @@ impl PgConn for PgTx<'_> {
     }
 
     fn column_names(&self, sql: &str) -> Result<Vec<String>> {
-        let stmt = self.statement(sql)?;
+        let stmt = self.statement(sql, &[])?;
         Ok(stmt
             .columns()
             .iter()
@@ -565,7 +617,10 @@ pub fn create_queue(location: &Location) -> Result<()> {
     let schema = location.schema();
     let mut tx = client.transaction()?;
     let exists = tx
-        .query_opt("SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1", &[&schema])?
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1",
+            &[&schema],
+        )?
         .is_some();
     if exists {
         return Err(Error::Conflict(format!(

@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 use serde_json::{Map, Value};
 
 pub mod browser;
+pub mod pg;
 pub mod pty;
 
 pub fn rq_bin() -> &'static str {
@@ -114,18 +115,54 @@ pub fn run_cmd(mut cmd: Command, stdin: Option<&str>) -> Run {
     finish(child.wait_with_output().expect("wait rq"))
 }
 
-/// A queue in a fresh temp directory.
+/// Where a test keeps its queue: tests that hold for both stores run once on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+/// Define `#[test] fn NAME` (SQLite) and `#[test] fn NAME_on_postgres` running the same
+/// body, a `fn NAME(store: StoreKind)`.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name($crate::common::StoreKind::Sqlite)
+            })*
+        }
+        mod on_postgres {
+            $(#[test]
+            fn $name() {
+                super::$name($crate::common::StoreKind::Postgres)
+            })*
+        }
+    };
+}
+
+/// A queue in a fresh temp directory (or on the test PostgreSQL server, with the temp
+/// directory as the working directory).
 pub struct TestQueue {
     pub tmp: tempfile::TempDir,
     pub path: PathBuf,
+    pub store: StoreKind,
 }
 
 impl TestQueue {
     pub fn new() -> TestQueue {
+        TestQueue::on(StoreKind::Sqlite)
+    }
+
+    pub fn on(store: StoreKind) -> TestQueue {
         let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("q");
+        let path = match store {
+            StoreKind::Sqlite => tmp.path().join("q"),
+            StoreKind::Postgres => PathBuf::from(pg::new_queue_url()),
+        };
         rq_in(tmp.path(), &[path.to_str().unwrap(), "create"], None).ok();
-        TestQueue { tmp, path }
+        TestQueue { tmp, path, store }
     }
     pub fn q(&self) -> &str {
         self.path.to_str().unwrap()
