@@ -72,6 +72,10 @@ pub const SETTING_RANGES: &[(&str, &str)] = &[
     ),
     ("max_attempts", "a whole number from 1 to 1000 (default 3)"),
     (
+        "files",
+        "PostgreSQL queues only: the absolute path of a directory every host sees, for job files (stdin, data, output)",
+    ),
+    (
         "reserve_after",
         "a duration from 0s to 7d (default 10m): how long the best job that does not fit may wait before hosts it fits stop claiming jobs behind it",
     ),

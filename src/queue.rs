@@ -1347,7 +1347,11 @@ impl Queue {
         if settings.is_empty() {
             return self.store.read(|tx| read_all(tx));
         }
-        self.store.write(|tx| {
+        let files = settings.iter().rev().find(|(k, _)| k == "files");
+        if let Some((_, dir)) = files {
+            self.prepare_files_dir(dir)?;
+        }
+        let report = self.store.write(|tx| {
             // Checked as the settings will be, with the stored ones: lease and heartbeat
             // depend on each other.
             let current = read_all(tx)?;
@@ -1371,7 +1375,45 @@ impl Queue {
                 }
             }
             read_all(tx)
-        })
+        })?;
+        if let Some((_, dir)) = files {
+            self.dir = PathBuf::from(dir);
+        }
+        Ok(report)
+    }
+
+    /// `configure files=DIR` (PostgreSQL queues): the directory and its job-file
+    /// directories, made before the setting is stored so a stored one always exists.
+    fn prepare_files_dir(&self, dir: &str) -> Result<()> {
+        if matches!(self.store, Store::Sqlite(_)) {
+            return Err(Error::usage(
+                "configure: files= is for PostgreSQL queues; a queue directory keeps its job \
+                 files in itself; nothing was changed",
+            ));
+        }
+        if dir.is_empty() {
+            return Ok(());
+        }
+        let path = Path::new(dir);
+        if !path.is_absolute() {
+            return Err(Error::usage(format!(
+                "configure: files must be an absolute path every host sees, not '{dir}'; nothing was changed"
+            )));
+        }
+        for sub in ["", "bin", "stdin", "stdout", "stderr", "data"] {
+            let p = path.join(sub);
+            std::fs::create_dir_all(&p).context(|| format!("cannot create {}", p.display()))?;
+            // Never a link planted in a shared directory.
+            let meta =
+                std::fs::symlink_metadata(&p).context(|| format!("cannot read {}", p.display()))?;
+            if !meta.is_dir() {
+                return Err(Error::Conflict(format!(
+                    "{} is not a directory; nothing was changed",
+                    p.display()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Set (`Some`) or remove (`None`) a flag that holds feeders back: `paused`, or

@@ -24,9 +24,8 @@ fn create_makes_the_layout_and_refuses_existing_paths() {
     rq_in(tmp.path(), &[file.to_str().unwrap(), "create"], None).fails();
 }
 
-#[test]
-fn submit_from_argv_infile_stdin_and_dash() {
-    let q = TestQueue::new();
+fn submit_from_argv_infile_stdin_and_dash(store: StoreKind) {
+    let q = TestQueue::on(store);
     let rows = q
         .rq(&["submit", "echo", "one", "-p", "5", "-t", "a"])
         .ok()
@@ -75,9 +74,8 @@ fn submit_from_argv_infile_stdin_and_dash() {
     assert_eq!(text(q.jobs().last().unwrap(), "command"), "ls -l");
 }
 
-#[test]
-fn submit_options_stage_runner_restartable_negative_priority() {
-    let q = TestQueue::new();
+fn submit_options_stage_runner_restartable_negative_priority(store: StoreKind) {
+    let q = TestQueue::on(store);
     let rows = q
         .rq(&[
             "submit",
@@ -102,9 +100,8 @@ fn submit_options_stage_runner_restartable_negative_priority() {
         .fails();
 }
 
-#[test]
-fn submit_copies_stdin_and_data() {
-    let q = TestQueue::new();
+fn submit_copies_stdin_and_data(store: StoreKind) {
+    let q = TestQueue::on(store);
     let input = q.tmp.path().join("in.txt");
     std::fs::write(&input, "hello\n").unwrap();
     let data = q.tmp.path().join("d");
@@ -124,11 +121,11 @@ fn submit_copies_stdin_and_data() {
     let jid = int(&rows[0], "jid");
     assert_eq!(text(&rows[0], "stdin"), format!("stdin/{jid}"));
     assert_eq!(
-        std::fs::read_to_string(q.path.join(format!("stdin/{jid}"))).unwrap(),
+        std::fs::read_to_string(q.files().join(format!("stdin/{jid}"))).unwrap(),
         "hello\n"
     );
     assert_eq!(
-        std::fs::read_to_string(q.path.join(format!("data/{jid}/sub/f"))).unwrap(),
+        std::fs::read_to_string(q.files().join(format!("data/{jid}/sub/f"))).unwrap(),
         "x"
     );
     assert_eq!(q.rq(&["stdin", &jid.to_string()]).ok().stdout, "hello\n");
@@ -145,7 +142,7 @@ fn submit_copies_stdin_and_data() {
     for row in &rows {
         let jid = int(row, "jid");
         assert_eq!(
-            std::fs::read_to_string(q.path.join(format!("stdin/{jid}"))).unwrap(),
+            std::fs::read_to_string(q.files().join(format!("stdin/{jid}"))).unwrap(),
             "piped\n"
         );
     }
@@ -158,9 +155,8 @@ fn submit_copies_stdin_and_data() {
     assert_eq!(q.dump(), before);
 }
 
-#[test]
-fn yaml_and_json_input_and_round_trips() {
-    let q = TestQueue::new();
+fn yaml_and_json_input_and_round_trips(store: StoreKind) {
+    let q = TestQueue::on(store);
     let yaml = "- command: \"echo 'a: b' # not a comment\"\n  priority: 3\n  tag: t1\n- command: \"42\"\n- command: |\n    echo line1\n    echo line2\n  runner: [n1, n2]\n  restartable: true\n";
     let rows = q.rq_stdin(&["submit", "-"], yaml).ok().records();
     assert_eq!(rows.len(), 3);
@@ -186,9 +182,8 @@ fn yaml_and_json_input_and_round_trips() {
     assert_eq!(text(&again[0], "command"), "echo 'a: b' # not a comment");
 }
 
-#[test]
-fn a_bad_batch_commits_nothing() {
-    let q = TestQueue::new();
+fn a_bad_batch_commits_nothing(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "true"]).ok();
     let before = q.dump();
     for bad in [
@@ -204,9 +199,8 @@ fn a_bad_batch_commits_nothing() {
     }
 }
 
-#[test]
-fn list_by_state_prefix_jid_and_stdin() {
-    let q = TestQueue::new();
+fn list_by_state_prefix_jid_and_stdin(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq_stdin(&["submit"], "a\nb\nc\n").ok();
     q.rq(&["submit", "--stage", "d"]).ok();
     q.sql("UPDATE jobs SET state='finished', exit_status=0 WHERE jid=2");
@@ -250,9 +244,8 @@ fn list_by_state_prefix_jid_and_stdin() {
     );
 }
 
-#[test]
-fn many_jobs_list_in_chunks_without_losing_any() {
-    let q = TestQueue::new();
+fn many_jobs_list_in_chunks_without_losing_any(store: StoreKind) {
+    let q = TestQueue::on(store);
     let lines: String = (0..5000).map(|i| format!("echo {i}\n")).collect();
     q.rq_stdin(&["submit", "-q", "-"], &lines).ok();
     let rows = q.rq(&["list", "pending", "-f", "jid"]).ok().records();
@@ -262,9 +255,8 @@ fn many_jobs_list_in_chunks_without_losing_any() {
     assert_eq!(parsed.len(), 5000);
 }
 
-#[test]
-fn status_report() {
-    let q = TestQueue::new();
+fn status_report(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq_stdin(&["submit"], "a\nb\nc\nd\ne\n").ok();
     q.sql("UPDATE jobs SET state='finished', exit_status=0, elapsed=2.5, finished=strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE jid IN (1,2)");
     q.sql("UPDATE jobs SET state='finished', exit_status=75, elapsed=1.0, finished=strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE jid=3");
@@ -296,9 +288,8 @@ fn status_report() {
     q.rq(&["status", "--exit", "bad"]).fails();
 }
 
-#[test]
-fn query_simple_like_raw_and_injection() {
-    let q = TestQueue::new();
+fn query_simple_like_raw_and_injection(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-t", "x", "make all"]).ok();
     q.rq(&["submit", "-t", "it's", "echo 1"]).ok();
     q.rq(&["submit", "-t", "42", "-p", "9", "echo 2"]).ok();
@@ -342,9 +333,8 @@ fn query_simple_like_raw_and_injection() {
     );
 }
 
-#[test]
-fn update_targets_values_and_skips() {
-    let q = TestQueue::new();
+fn update_targets_values_and_skips(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq_stdin(&["submit", "-t", "x"], "a\nb\nc\n").ok();
     let rows = q
         .rq(&["update", "1", "command=echo a b", "priority=4", "tag=null"])
@@ -385,7 +375,10 @@ fn update_targets_values_and_skips() {
         .ok()
         .records()[0];
     let rel = text(row, "stdin");
-    assert_eq!(std::fs::read_to_string(q.path.join(rel)).unwrap(), "new\n");
+    assert_eq!(
+        std::fs::read_to_string(q.files().join(rel)).unwrap(),
+        "new\n"
+    );
     assert_eq!(
         q.rq(&["stdin", "3"]).ok().stdout,
         "",
@@ -402,9 +395,8 @@ fn update_targets_values_and_skips() {
     assert_eq!(q.dump(), before);
 }
 
-#[test]
-fn delete_by_jid_state_all_and_pipeline_never_running() {
-    let q = TestQueue::new();
+fn delete_by_jid_state_all_and_pipeline_never_running(store: StoreKind) {
+    let q = TestQueue::on(store);
     let input = q.tmp.path().join("in");
     std::fs::write(&input, "x").unwrap();
     q.rq_stdin(
@@ -414,7 +406,7 @@ fn delete_by_jid_state_all_and_pipeline_never_running() {
     .ok();
     q.sql("UPDATE jobs SET state='finished', exit_status=0 WHERE jid IN (1,2)");
     q.sql("UPDATE jobs SET state='running' WHERE jid=5");
-    std::fs::write(q.path.join("stdout/1"), "out").unwrap();
+    std::fs::write(q.files().join("stdout/1"), "out").unwrap();
     let deleted = q
         .rq_stdin(
             &["delete", "-"],
@@ -423,9 +415,9 @@ fn delete_by_jid_state_all_and_pipeline_never_running() {
         .ok()
         .records();
     assert_eq!(deleted.len(), 2);
-    assert!(!q.path.join("stdout/1").exists());
-    assert!(!q.path.join("stdin/1").exists());
-    assert!(q.path.join("stdin/3").exists());
+    assert!(!q.files().join("stdout/1").exists());
+    assert!(!q.files().join("stdin/1").exists());
+    assert!(q.files().join("stdin/3").exists());
     let out = q.rq(&["rm", "5", "3"]);
     assert_eq!(out.status, 1);
     assert!(out.stderr.contains("job 5 not deleted"));
@@ -448,9 +440,8 @@ fn delete_by_jid_state_all_and_pipeline_never_running() {
     assert_eq!(int(row, "jid"), 6);
 }
 
-#[test]
-fn resubmit_resets_in_place_without_pinning() {
-    let q = TestQueue::new();
+fn resubmit_resets_in_place_without_pinning(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "--runner", "n1,n2", "-t", "t", "echo x"])
         .ok();
     q.rq(&["submit", "echo y"]).ok();
@@ -477,9 +468,8 @@ fn resubmit_resets_in_place_without_pinning() {
     }
 }
 
-#[test]
-fn touch_submits_or_updates_a_pending_twin() {
-    let q = TestQueue::new();
+fn touch_submits_or_updates_a_pending_twin(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["touch", "-t", "a", "echo x"]).ok();
     let rows = q.rq(&["to", "-t", "a", "-p", "5", "echo x"]).ok().records();
     assert_eq!(int(&rows[0], "jid"), 1);
@@ -488,9 +478,8 @@ fn touch_submits_or_updates_a_pending_twin() {
     assert_eq!(q.jobs().len(), 2);
 }
 
-#[test]
-fn execute_and_configure() {
-    let q = TestQueue::new();
+fn execute_and_configure(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "true"]).ok();
     let rows = q
         .rq(&["execute", "SELECT count(*) AS n FROM jobs"])
@@ -504,9 +493,8 @@ fn execute_and_configure() {
     q.rq(&["configure", "novalue"]).fails();
 }
 
-#[test]
-fn configure_refuses_unknown_keys_and_values_out_of_range() {
-    let q = TestQueue::new();
+fn configure_refuses_unknown_keys_and_values_out_of_range(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["configure", "heartbeat=5s", "lease=1m", "max_attempts=4"])
         .ok();
     let before = q.rq(&["configure"]).ok().stdout;
@@ -540,9 +528,8 @@ fn configure_refuses_unknown_keys_and_values_out_of_range() {
     assert_eq!(q.rq(&["configure"]).ok().value()["max_attempts"], "4");
 }
 
-#[test]
-fn bad_invocations_get_one_line_errors_and_change_nothing() {
-    let q = TestQueue::new();
+fn bad_invocations_get_one_line_errors_and_change_nothing(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "true"]).ok();
     let before = q.dump();
     q.rq(&["frobnicate"]).fails();
@@ -594,9 +581,8 @@ fn help_version_rq_q_and_rq_opts() {
     run_cmd(cmd, None).fails();
 }
 
-#[test]
-fn closed_pipe_exits_quietly() {
-    let q = TestQueue::new();
+fn closed_pipe_exits_quietly(store: StoreKind) {
+    let q = TestQueue::on(store);
     let lines: String = (0..3000).map(|i| format!("echo {i}\n")).collect();
     q.rq_stdin(&["submit", "-q"], &lines).ok();
     let out = std::process::Command::new("sh")
@@ -634,9 +620,8 @@ fn damaged_foreign_and_newer_queues_are_refused_clearly() {
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
 }
 
-#[test]
-fn concurrent_submitters_and_updaters_lose_nothing() {
-    let q = TestQueue::new();
+fn concurrent_submitters_and_updaters_lose_nothing(store: StoreKind) {
+    let q = TestQueue::on(store);
     let mut children = Vec::new();
     for w in 0..4 {
         let lines: String = (0..100).map(|i| format!("echo w{w} j{i}\n")).collect();
@@ -684,9 +669,8 @@ fn every_mode_has_help() {
     }
 }
 
-#[test]
-fn durations_are_compound_and_negative_ones_refused_by_name() {
-    let q = TestQueue::new();
+fn durations_are_compound_and_negative_ones_refused_by_name(store: StoreKind) {
+    let q = TestQueue::on(store);
     let job = q
         .rq(&["submit", "--timeout", "1h30m", "--format", "json", "true"])
         .ok()
@@ -703,9 +687,8 @@ fn durations_are_compound_and_negative_ones_refused_by_name() {
     assert_eq!(q.jobs().len(), 1, "a refused submit added a job");
 }
 
-#[test]
-fn commands_that_could_never_run_are_refused() {
-    let q = TestQueue::new();
+fn commands_that_could_never_run_are_refused(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "true"]).ok();
     let long = "x".repeat(130_000);
     for (how, out) in [
@@ -730,9 +713,8 @@ fn commands_that_could_never_run_are_refused() {
     assert_eq!(text(&jobs[0], "command"), "true");
 }
 
-#[test]
-fn a_byte_order_mark_does_not_turn_a_yaml_list_into_shell_jobs() {
-    let q = TestQueue::new();
+fn a_byte_order_mark_does_not_turn_a_yaml_list_into_shell_jobs(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq_stdin(
         &["submit", "-q"],
         "\u{feff}- command: echo hi\n  priority: 3\n",
@@ -745,9 +727,8 @@ fn a_byte_order_mark_does_not_turn_a_yaml_list_into_shell_jobs() {
     assert_eq!(text(&jobs[1], "command"), "echo plain");
 }
 
-#[test]
-fn job_inputs_that_cannot_be_copied_are_refused_at_once() {
-    let q = TestQueue::new();
+fn job_inputs_that_cannot_be_copied_are_refused_at_once(store: StoreKind) {
+    let q = TestQueue::on(store);
     let dir = q.tmp.path();
     let fifo = dir.join("fifo");
     assert!(
@@ -789,12 +770,15 @@ fn job_inputs_that_cannot_be_copied_are_refused_at_once() {
         assert_eq!(out.stderr.lines().count(), 1, "{args:?}: {}", out.stderr);
     }
     assert_eq!(q.jobs().len(), 1);
-    assert_eq!(std::fs::read_dir(q.path.join("data")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(q.files().join("data")).unwrap().count(),
+        0
+    );
     // A plain tree is fine.
     std::fs::remove_file(tree.join("p")).unwrap();
     q.rq(&["submit", "-q", "--data", tree_s, "true"]).ok();
     assert_eq!(
-        std::fs::read_to_string(q.path.join("data/2/f")).unwrap(),
+        std::fs::read_to_string(q.files().join("data/2/f")).unwrap(),
         "x"
     );
 }
@@ -869,9 +853,8 @@ fn exit_statuses_follow_one_rule() {
     assert_eq!(q.rq_stdin(&["submit"], "- command: [unclosed\n").status, 1);
 }
 
-#[test]
-fn rq_own_listing_of_thousands_of_jobs_pipes_back_in() {
-    let q = TestQueue::new();
+fn rq_own_listing_of_thousands_of_jobs_pipes_back_in(store: StoreKind) {
+    let q = TestQueue::on(store);
     let lines: String = (0..5000).map(|i| format!("echo {i}\n")).collect();
     q.rq_stdin(&["submit", "-q", "-t", "sweep", "-"], &lines)
         .ok();
@@ -926,9 +909,8 @@ fn rq_own_listing_of_thousands_of_jobs_pipes_back_in() {
     assert_eq!(other.count("pending"), 0);
 }
 
-#[test]
-fn a_bad_job_deep_in_a_long_list_commits_nothing() {
-    let q = TestQueue::new();
+fn a_bad_job_deep_in_a_long_list_commits_nothing(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "true"]).ok();
     let before = q.dump();
     let mut yaml: String = (0..5000)
@@ -1064,9 +1046,8 @@ fn status_names_the_oldest_and_newest_waiting_jobs_across_priorities() {
     }
 }
 
-#[test]
-fn a_job_list_from_a_pipe_is_read_once_and_spooled() {
-    let q = TestQueue::new();
+fn a_job_list_from_a_pipe_is_read_once_and_spooled(store: StoreKind) {
+    let q = TestQueue::on(store);
     // `-i /dev/stdin` and `-i <(generator)` name pipes: submit must not read them twice.
     q.rq_stdin(&["submit", "-q", "-i", "/dev/stdin"], "echo a\necho b\n")
         .ok();
@@ -1090,3 +1071,31 @@ fn a_job_list_from_a_pipe_is_read_once_and_spooled() {
         ["echo a", "echo b", "echo c", "- not yaml, a command"]
     );
 }
+
+crate::on_both_stores!(
+    submit_from_argv_infile_stdin_and_dash,
+    submit_options_stage_runner_restartable_negative_priority,
+    submit_copies_stdin_and_data,
+    yaml_and_json_input_and_round_trips,
+    a_bad_batch_commits_nothing,
+    list_by_state_prefix_jid_and_stdin,
+    many_jobs_list_in_chunks_without_losing_any,
+    status_report,
+    query_simple_like_raw_and_injection,
+    update_targets_values_and_skips,
+    delete_by_jid_state_all_and_pipeline_never_running,
+    resubmit_resets_in_place_without_pinning,
+    touch_submits_or_updates_a_pending_twin,
+    execute_and_configure,
+    configure_refuses_unknown_keys_and_values_out_of_range,
+    bad_invocations_get_one_line_errors_and_change_nothing,
+    closed_pipe_exits_quietly,
+    concurrent_submitters_and_updaters_lose_nothing,
+    durations_are_compound_and_negative_ones_refused_by_name,
+    commands_that_could_never_run_are_refused,
+    a_byte_order_mark_does_not_turn_a_yaml_list_into_shell_jobs,
+    job_inputs_that_cannot_be_copied_are_refused_at_once,
+    rq_own_listing_of_thousands_of_jobs_pipes_back_in,
+    a_bad_job_deep_in_a_long_list_commits_nothing,
+    a_job_list_from_a_pipe_is_read_once_and_spooled,
+);

@@ -61,6 +61,10 @@ static REWRITES: LazyLock<Vec<Rewrite>> = LazyLock::new(|| {
             format!("string_agg(CAST({} AS text), ", &c[1])
         }),
         rewrite(r"\binstr\(", |_| "strpos(".into()),
+        // round(x, digits) exists for numeric only.
+        rewrite(r"\bround\(([^(),]+(?:\([^()]*\))?), (\d+)\)", |c| {
+            format!("round(CAST({} AS numeric), {})", &c[1], &c[2])
+        }),
         rewrite(r"\bAS INTEGER\)", |_| "AS bigint)".into()),
         // SQLite's LIKE ignores ASCII case; so does rq's `=~` on both stores.
         rewrite(r"\bLIKE\b", |_| "ILIKE".into()),
@@ -71,16 +75,83 @@ static REWRITES: LazyLock<Vec<Rewrite>> = LazyLock::new(|| {
 
 /// Rewrites of constructs that include quoted text, applied to the whole statement first.
 static WHOLE_REWRITES: LazyLock<Vec<Rewrite>> = LazyLock::new(|| {
-    vec![
-        rewrite(r"json_extract\((\?\d*), '\$\.j' \|\| (\w+)\)", |c| {
-            format!("(CAST({} AS jsonb) ->> ('j' || {}))", &c[1], &c[2])
-        }),
-        rewrite(r"strftime\('%Y-%m-%dT%H:%M:%fZ', 'now'\)", |_| {
-            r#"to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"#
-                .into()
-        }),
-    ]
+    vec![rewrite(
+        r"json_extract\((\?\d*), '\$\.j' \|\| (\w+)\)",
+        |c| format!("(CAST({} AS jsonb) ->> ('j' || {}))", &c[1], &c[2]),
+    )]
 });
+
+/// SQLite's `strftime('%Y-%m-%dT%H:%M:%fZ', 'now'[, modifier])` (rq's timestamps, made in
+/// SQL) as PostgreSQL's `to_char` of the server's time, the modifier ('-5 minutes') an
+/// interval.
+fn rewrite_strftime(sql: &str) -> String {
+    const CALL: &str = "strftime('%Y-%m-%dT%H:%M:%fZ',";
+    let mut out = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(at) = rest.find(CALL) {
+        out.push_str(&rest[..at]);
+        let args_start = at + CALL.len();
+        let Some((args, end)) = call_arguments(&rest[args_start..]) else {
+            out.push_str(&rest[at..]);
+            return out;
+        };
+        let mut time = "clock_timestamp()".to_string();
+        if args.first().map(|a| a.trim()) != Some("'now'") {
+            out.push_str(&rest[at..args_start + end]);
+            rest = &rest[args_start + end..];
+            continue;
+        }
+        if let Some(modifier) = args.get(1) {
+            time = format!(
+                "(clock_timestamp() + CAST({} AS interval))",
+                modifier.trim()
+            );
+        }
+        out.push_str(&format!(
+            r#"to_char({time} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"#
+        ));
+        rest = &rest[args_start + end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The comma-separated arguments of a call whose `(` came just before `text` (quotes and
+/// nested parentheses respected), and the length up to and including its `)`.
+fn call_arguments(text: &str) -> Option<(Vec<String>, usize)> {
+    let mut args = Vec::new();
+    let mut current = String::new();
+    let mut depth = 0;
+    let mut quote: Option<char> = None;
+    for (i, c) in text.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => {
+                quote = None;
+                current.push(c);
+            }
+            (Some(_), c) => current.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                current.push(c);
+            }
+            (None, '(') => {
+                depth += 1;
+                current.push(c);
+            }
+            (None, ')') if depth == 0 => {
+                args.push(current);
+                return Some((args, i + 1));
+            }
+            (None, ')') => {
+                depth -= 1;
+                current.push(c);
+            }
+            (None, ',') if depth == 0 => args.push(std::mem::take(&mut current)),
+            (None, c) => current.push(c),
+        }
+    }
+    None
+}
 
 /// SQLite's two-argument `max(a, b)`/`min(a, b)` (scalar) are `greatest`/`least`; the
 /// one-argument aggregates stay.
@@ -119,7 +190,7 @@ fn scalar_min_max(code: &str) -> String {
 
 /// One statement of rq's, in PostgreSQL's dialect (placeholders numbered `$N`).
 pub fn translate(sql: &str) -> String {
-    let mut whole = sql.to_string();
+    let mut whole = rewrite_strftime(sql);
     for rule in WHOLE_REWRITES.iter() {
         whole = rule
             .pattern
@@ -536,6 +607,22 @@ CREATE TEMP TABLE IF NOT EXISTS dep_released (jid bigint NOT NULL);
 #[cfg(test)]
 mod tests {
     use super::translate;
+
+    #[test]
+    fn timestamps_made_in_sql_use_the_server_clock() {
+        assert_eq!(
+            translate(
+                "UPDATE jobs SET finished=strftime('%Y-%m-%dT%H:%M:%fZ','now'), x = round(avg(elapsed), 2)"
+            ),
+            "UPDATE jobs SET finished=to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), x = round(CAST(avg(elapsed) AS numeric), 2)"
+        );
+        assert_eq!(
+            translate(
+                "SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || ((jid * 37) % 200) || ' minutes')"
+            ),
+            "SELECT to_char((clock_timestamp() + CAST('-' || ((jid * 37) % 200) || ' minutes' AS interval)) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+        );
+    }
 
     #[test]
     fn subqueries_in_from_get_names() {

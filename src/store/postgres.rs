@@ -137,9 +137,55 @@ fn cell(row: &::postgres::Row, idx: usize) -> std::result::Result<SqlValue, ::po
             .try_get::<_, Option<f32>>(idx)?
             .map(|v| SqlValue::Real(v.into())),
         Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(idx)?.map(SqlValue::Blob),
+        Type::NUMERIC => row.try_get::<_, Option<Numeric>>(idx)?.map(|n| n.0),
         _ => row.try_get::<_, Option<String>>(idx)?.map(SqlValue::Text),
     };
     Ok(value.unwrap_or(SqlValue::Null))
+}
+
+/// A `numeric` (sums and averages of integers, `round`) as an integer when it is one,
+/// else a real: PostgreSQL's binary form is base-10000 digits with a weight and a sign.
+struct Numeric(SqlValue);
+
+impl<'a> ::postgres::types::FromSql<'a> for Numeric {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> std::result::Result<Numeric, BoxError> {
+        let word = |i: usize| -> std::result::Result<i16, BoxError> {
+            let bytes = raw.get(i * 2..i * 2 + 2).ok_or("short numeric")?;
+            Ok(i16::from_be_bytes([bytes[0], bytes[1]]))
+        };
+        let (ndigits, weight, sign, scale) = (word(0)?, word(1)?, word(2)? as u16, word(3)?);
+        if sign == 0xC000 {
+            return Ok(Numeric(SqlValue::Real(f64::NAN)));
+        }
+        let mut value = 0f64;
+        let mut exact: Option<i128> = Some(0);
+        for i in 0..ndigits.max(0) as usize {
+            let digit = word(4 + i)? as f64;
+            let power = weight as i32 - i as i32;
+            value += digit * 10000f64.powi(power);
+            exact = match exact {
+                Some(n) if power >= 0 => 10000i128
+                    .checked_pow(power as u32)
+                    .and_then(|p| (digit as i128).checked_mul(p))
+                    .and_then(|d| n.checked_add(d)),
+                Some(_) if digit == 0.0 => exact,
+                _ => None,
+            };
+        }
+        let negative = sign == 0x4000;
+        let cell = match exact {
+            Some(n) if scale == 0 && i64::try_from(n).is_ok() => {
+                let n = n as i64;
+                SqlValue::Integer(if negative { -n } else { n })
+            }
+            _ => SqlValue::Real(if negative { -value } else { value }),
+        };
+        Ok(Numeric(cell))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::NUMERIC
+    }
 }
 
 impl<'c> PgTx<'c> {
@@ -650,7 +696,7 @@ pub fn run_script(tx: &super::Tx<'_>, sql: &str) -> Result<Vec<crate::job::Row>>
     let super::Tx::Postgres(pg) = tx else {
         unreachable!("run_script is for PostgreSQL transactions");
     };
-    let messages = pg.simple_query(sql)?;
+    let messages = pg.simple_query(&super::pg_sql::translate(sql))?;
     let mut rows = Vec::new();
     for message in messages {
         if let ::postgres::SimpleQueryMessage::Row(row) = message {
