@@ -175,8 +175,16 @@ fn candidates(
     full_tags: &str,
     within: &Capacity,
 ) -> Result<Vec<Candidate>> {
+    // On PostgreSQL, feeders claim at the same time: each locks the candidates it reads
+    // and skips those another feeder holds, so they take different jobs instead of all
+    // reading the same best ones and all but one coming away empty.
+    let candidates = if tx.is_postgres() {
+        CANDIDATES.replace("LIMIT ?5)", "LIMIT ?5 FOR UPDATE SKIP LOCKED)")
+    } else {
+        CANDIDATES.to_string()
+    };
     let sql = format!(
-        "SELECT jid, tag, cpus, mem, gpus, submitted FROM jobs WHERE jid IN ({CANDIDATES}) \
+        "SELECT jid, tag, cpus, mem, gpus, submitted FROM jobs WHERE jid IN ({candidates}) \
          ORDER BY priority DESC, submitted, jid"
     );
     let params = rusqlite::params![
@@ -271,10 +279,18 @@ impl Pick {
             return Ok(Vec::new());
         }
         // `+state`: found by jid (the rowid); an index on state would walk every pending job.
+        // On PostgreSQL, where feeders claim at the same time, rows another feeder is
+        // claiming right now are skipped rather than waited for (and its claim re-checked
+        // by the state test once it commits).
+        let chosen_rows = if tx.is_postgres() {
+            "jid IN (SELECT jid FROM jobs WHERE jid IN (SELECT value FROM json_each(?5)) \
+             AND state IN ('pending', 'dead') FOR UPDATE SKIP LOCKED)"
+        } else {
+            "jid IN (SELECT value FROM json_each(?5)) AND +state IN ('pending', 'dead')"
+        };
         let sql = format!(
-            "{CLAIM_SET}, gpu_ids = json_extract(?6, '$.j' || jid) \
-         WHERE jid IN (SELECT value FROM json_each(?5)) AND +state IN ('pending', 'dead') \
-         RETURNING {}",
+            "{CLAIM_SET}, gpu_ids = json_extract(?6, '$.j' || jid) WHERE {chosen_rows} \
+             RETURNING {}",
             queue::stored_columns()
         );
         let names: Vec<String> = crate::job::FIELDS.iter().map(|s| s.to_string()).collect();

@@ -66,8 +66,34 @@ fn pid_path(req: &FeedRequest, queue_dir: &Path) -> PathBuf {
 
 /// The pid of the feeder running for this queue on this host, if any.
 pub fn running_feeder(queue: &Path, host: &str, state_base: Option<&Path>) -> Result<Option<u32>> {
-    let dir = queue::resolve(queue);
+    let dir = feeder_dir(queue)?;
     lock::holder(&state_dir(state_base, host, &dir).join("pid"))
+}
+
+/// The directory a queue's feeders share: the queue directory, or a PostgreSQL queue's
+/// job-file directory (`configure files=DIR`), where they publish heartbeats and start
+/// journals and keep job output.
+pub fn feeder_dir(queue: &Path) -> Result<PathBuf> {
+    if queue::postgres_location(queue)?.is_none() {
+        return Ok(queue::resolve(queue));
+    }
+    let q = Queue::open(queue, Access::ReadOnly)?;
+    if !q.has_files() {
+        return Err(Error::usage(format!(
+            "{} has no job-file directory, which its feeders need (job output, heartbeats): \
+             give it one every host sees with 'rq QUEUE configure files=DIR'",
+            q.name()
+        )));
+    }
+    Ok(q.dir().to_path_buf())
+}
+
+/// How a feeder opens its queue again (after detaching): by its directory, or by its URL.
+fn reopen_path(req: &FeedRequest, queue_dir: &Path) -> PathBuf {
+    match queue::postgres_location(&req.queue) {
+        Ok(Some(_)) => req.queue.clone(),
+        _ => queue_dir.to_path_buf(),
+    }
 }
 
 /// `feed`: run a feeder in the foreground, or detached with `daemon`. Returns the exit
@@ -82,16 +108,16 @@ pub fn feed(mut req: FeedRequest, start_mode: bool) -> Result<i32> {
     // Check the queue before detaching, so mistakes are reported to the user.
     // Feeding with host-local locks could run a job on two hosts at once (checked before
     // opening, which would only warn).
-    if let Some(problem) = crate::fsguard::check(&queue::resolve(&req.queue))
+    let on_postgres = queue::postgres_location(&req.queue)?.is_some();
+    if !on_postgres
+        && let Some(problem) = crate::fsguard::check(&queue::resolve(&req.queue))
         && std::env::var_os("RQ_ALLOW_LOCAL_LOCKS").is_none()
     {
         return Err(Error::Conflict(format!(
             "refusing to feed: {problem} (if no other host ever feeds this queue, set RQ_ALLOW_LOCAL_LOCKS=1)"
         )));
     }
-    let queue_dir = Queue::open(&req.queue, Access::ReadWrite)?
-        .dir()
-        .to_path_buf();
+    let queue_dir = feeder_dir(&req.queue)?;
     let pid_file = pid_path(&req, &queue_dir);
     if let Some(pid) = lock::holder(&pid_file)? {
         if start_mode {
@@ -138,7 +164,7 @@ fn open_log(opts: &LogOptions) -> Result<Logger> {
 }
 
 fn run_feeder(req: FeedRequest, queue_dir: PathBuf, lock: PidLock, log: Logger) -> Result<i32> {
-    let queue = Queue::open(&queue_dir, Access::ReadWrite)?;
+    let queue = Queue::open(&reopen_path(&req, &queue_dir), Access::ReadWrite)?;
     let mut feeder = Feeder::new(queue, req.config.clone(), log);
     let exit = feeder.run()?;
     drop(feeder);

@@ -1557,7 +1557,8 @@ impl Feeder {
             let jid = job.jid();
             let claim = job.get("claim").as_text().unwrap_or_default().to_string();
             let gpu_host = !self.config.capacity.devices.is_empty();
-            match runner::spawn(self.queue.dir(), &self.config.shell, job, gpu_host) {
+            let queue = self.queue.name();
+            match runner::spawn(self.queue.dir(), &queue, &self.config.shell, job, gpu_host) {
                 Ok(child) => {
                     let pid = child.id();
                     self.lease.add(pid);

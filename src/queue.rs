@@ -318,6 +318,9 @@ impl Queue {
                 })?
                 .map(PathBuf::from)
                 .unwrap_or_default();
+            if !files.as_os_str().is_empty() {
+                store.doorbell_dir = Some(files.clone());
+            }
             return Ok(Queue {
                 dir: files,
                 store: Store::Postgres(Box::new(store)),
@@ -386,11 +389,14 @@ impl Queue {
         }
     }
 
-    /// Wake idle feeders: the doorbell file (SQLite) or a NOTIFY (PostgreSQL).
+    /// Wake idle feeders: the doorbell file (in the job-file directory of a PostgreSQL
+    /// queue too, whose feeders watch it) and, on PostgreSQL, a NOTIFY.
     fn ring_doorbell(&mut self) {
-        match &mut self.store {
-            Store::Sqlite(_) => ring_doorbell(&self.dir),
-            Store::Postgres(pg) => pg.notify(),
+        if self.has_files() {
+            ring_doorbell(&self.dir);
+        }
+        if let Store::Postgres(pg) = &mut self.store {
+            pg.notify();
         }
     }
 
@@ -1400,7 +1406,9 @@ impl Queue {
                 "configure: files must be an absolute path every host sees, not '{dir}'; nothing was changed"
             )));
         }
-        for sub in ["", "bin", "stdin", "stdout", "stderr", "data"] {
+        for sub in [
+            "", "bin", "stdin", "stdout", "stderr", "data", "hosts", "starts",
+        ] {
             let p = path.join(sub);
             std::fs::create_dir_all(&p).context(|| format!("cannot create {}", p.display()))?;
             // Never a link planted in a shared directory.

@@ -87,7 +87,13 @@ fn fresh_file(path: &Path) -> Result<std::fs::File> {
 /// are the CPUs it asked for; on a host with GPUs (`gpu_host`), `CUDA_VISIBLE_DEVICES`,
 /// `ROCR_VISIBLE_DEVICES` and `RQ_GPUS` name exactly the devices it was given (none for
 /// a job that asked for none, so it cannot take another job's device by accident).
-pub fn spawn(dir: &Path, shell: &[String], job: &Row, gpu_host: bool) -> Result<Child> {
+pub fn spawn(
+    dir: &Path,
+    queue: &str,
+    shell: &[String],
+    job: &Row,
+    gpu_host: bool,
+) -> Result<Child> {
     let jid = job.jid();
     let path_of = |field: &str| job.get(field).as_text().map(|rel| dir.join(rel));
     let stdout_path = path_of("stdout").unwrap_or_else(|| dir.join("stdout").join(jid.to_string()));
@@ -173,7 +179,7 @@ pub fn spawn(dir: &Path, shell: &[String], job: &Row, gpu_host: bool) -> Result<
             // it is there.
             let text = if matches!(shell_name.as_str(), "bash" | "sh" | "dash" | "zsh" | "ksh") {
                 format!(
-                    "case \":$PATH:\" in *\":$RQ/bin:\"*) ;; *) PATH=\"$PATH:$RQ/bin\"; export PATH;; esac\n{command}"
+                    "case \":$PATH:\" in *\":$RQ_BIN:\"*) ;; *) PATH=\"$PATH:$RQ_BIN\"; export PATH;; esac\n{command}"
                 )
             } else {
                 command.clone()
@@ -198,7 +204,8 @@ pub fn spawn(dir: &Path, shell: &[String], job: &Row, gpu_host: bool) -> Result<
         cmd.env(key, value);
     }
     cmd.env("PATH", &new_path);
-    cmd.env("RQ", dir);
+    cmd.env("RQ", queue);
+    cmd.env("RQ_BIN", dir.join("bin"));
     // (The environment given at submit is not repeated in RQ_ENV nor RQ_JOB: its
     // variables are there, and the kernel limits each string to 128 KiB.)
     for (name, cell) in job.columns.iter().filter(|(n, _)| n != "env") {

@@ -21,9 +21,8 @@ fn submit_ledger_jobs(q: &TestQueue, n: usize, extra: &[&str]) {
     q.rq_stdin(&args, &lines).ok();
 }
 
-#[test]
-fn several_hosts_run_every_job_exactly_once() {
-    let q = TestQueue::new();
+fn several_hosts_run_every_job_exactly_once(store: StoreKind) {
+    let q = TestQueue::on(store);
     let n = 1500;
     let feeders: Vec<FeederProc> = ["h1", "h2", "h3"]
         .iter()
@@ -60,7 +59,7 @@ fn several_hosts_run_every_job_exactly_once() {
             text(job, "runner"),
             "ledger and queue disagree on job {jid}"
         );
-        let out = std::fs::read_to_string(q.path.join(format!("stdout/{jid}"))).unwrap();
+        let out = std::fs::read_to_string(q.files().join(format!("stdout/{jid}"))).unwrap();
         assert_eq!(out, format!("out-{jid}\n"));
         *per_host.entry(text(job, "runner")).or_default() += 1;
     }
@@ -128,9 +127,8 @@ fn hosts_faked_with_uts_namespaces() {
     assert_eq!(q.rq(&["stdout", "41"]).ok().stdout, "uts2\n");
 }
 
-#[test]
-fn priority_order_then_oldest_first() {
-    let q = TestQueue::new();
+fn priority_order_then_oldest_first(store: StoreKind) {
+    let q = TestQueue::on(store);
     let ledger = q.ledger();
     let job = |p: &str, name: &str| {
         q.rq(&[
@@ -152,9 +150,8 @@ fn priority_order_then_oldest_first() {
     assert_eq!(q.ledger_lines(), ["e", "b", "d", "a", "c"]);
 }
 
-#[test]
-fn runner_restrictions_holding_and_max_feed() {
-    let q = TestQueue::new();
+fn runner_restrictions_holding_and_max_feed(store: StoreKind) {
+    let q = TestQueue::on(store);
     let ledger = q.ledger();
     let running = q.tmp.path().join("running");
     std::fs::create_dir_all(&running).unwrap();
@@ -202,9 +199,8 @@ fn runner_restrictions_holding_and_max_feed() {
     assert_eq!(f.wait_exit(Duration::from_secs(10)), Some(0));
 }
 
-#[test]
-fn job_environment_directory_stdin_and_signals() {
-    let q = TestQueue::new();
+fn job_environment_directory_stdin_and_signals(store: StoreKind) {
+    let q = TestQueue::on(store);
     let work = q.tmp.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let input = q.tmp.path().join("input");
@@ -219,7 +215,7 @@ fn job_environment_directory_stdin_and_signals() {
         "--stdin",
         input.to_str().unwrap(),
         "--",
-        "pwd; cat; echo $RQ_JID $RQ_TAG $RQ_RUNNER; echo $RQ; echo $RQ_STDOUT; test -d \"$RQ_DATA\" && echo data-ok; echo $(echo $PATH | tr : '\\n' | tail -n1) $(echo $PATH | tr : '\\n' | grep -cx \"$RQ/bin\"); trap -p | wc -l; ls -l /proc/$$/fd | grep -c -E '/db|/pid|log|doorbell'; true",
+        "pwd; cat; echo $RQ_JID $RQ_TAG $RQ_RUNNER; echo $RQ; echo $RQ_STDOUT; test -d \"$RQ_DATA\" && echo data-ok; echo $(echo $PATH | tr : '\\n' | tail -n1) $(echo $PATH | tr : '\\n' | grep -cx \"$RQ_BIN\"); trap -p | wc -l; ls -l /proc/$$/fd | grep -c -E '/db|/pid|log|doorbell'; true",
     ]);
     run_cmd(cmd, None).ok();
     q.rq(&["submit", "-q", "kill -TERM $$"]).ok();
@@ -232,12 +228,12 @@ fn job_environment_directory_stdin_and_signals() {
     assert_eq!(lines[1], "from stdin");
     assert_eq!(lines[2], "1 envtest h1");
     assert_eq!(lines[3], q.path.to_str().unwrap());
-    assert_eq!(lines[4], q.path.join("stdout/1").to_str().unwrap());
+    assert_eq!(lines[4], q.files().join("stdout/1").to_str().unwrap());
     assert_eq!(lines[5], "data-ok");
     // Q/bin once, and last: looking up local programs must not ask the file server.
     assert_eq!(
         lines[6],
-        format!("{} 1", q.path.join("bin").to_str().unwrap())
+        format!("{} 1", q.files().join("bin").to_str().unwrap())
     );
     assert_eq!(lines[7], "0", "jobs must not inherit ignored signals");
     assert_eq!(
@@ -253,9 +249,8 @@ fn job_environment_directory_stdin_and_signals() {
     assert_eq!(v["exit_status"]["successes"], 1);
 }
 
-#[test]
-fn one_feeder_per_host_per_queue() {
-    let q = TestQueue::new();
+fn one_feeder_per_host_per_queue(store: StoreKind) {
+    let q = TestQueue::on(store);
     let _f = q.feeder("h1", &[]);
     q.wait_for("feeder to start", 10, |q| {
         q.rq_as("h1", &["pid"]).status == 0
@@ -280,9 +275,8 @@ fn one_feeder_per_host_per_queue() {
     drop(other);
 }
 
-#[test]
-fn shutdown_drains_running_jobs() {
-    let q = TestQueue::new();
+fn shutdown_drains_running_jobs(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "sleep 1; echo drained"]).ok();
     // One slot: the second job could only start after the first ends, when the feeder
     // is already draining.
@@ -307,9 +301,8 @@ fn shutdown_drains_running_jobs() {
     );
 }
 
-#[test]
-fn stop_marks_dead_and_restartable_jobs_run_again() {
-    let q = TestQueue::new();
+fn stop_marks_dead_and_restartable_jobs_run_again(store: StoreKind) {
+    let q = TestQueue::on(store);
     let ledger = q.ledger();
     q.rq(&[
         "submit",
@@ -341,9 +334,8 @@ fn stop_marks_dead_and_restartable_jobs_run_again() {
     assert_eq!(int(job, "attempts"), 2);
 }
 
-#[test]
-fn a_crashed_feeder_is_cleaned_up_by_the_next_one_on_its_host() {
-    let q = TestQueue::new();
+fn a_crashed_feeder_is_cleaned_up_by_the_next_one_on_its_host(store: StoreKind) {
+    let q = TestQueue::on(store);
     let marker = q.tmp.path().join("alive");
     q.rq(&[
         "submit",
@@ -384,9 +376,8 @@ fn a_crashed_feeder_is_cleaned_up_by_the_next_one_on_its_host() {
     });
 }
 
-#[test]
-fn daemon_mode_with_log_rolling() {
-    let q = TestQueue::new();
+fn daemon_mode_with_log_rolling(store: StoreKind) {
+    let q = TestQueue::on(store);
     let log = q.tmp.path().join("feeder.log");
     let out = q
         .rq_as(
@@ -424,9 +415,8 @@ fn daemon_mode_with_log_rolling() {
     assert!(all.contains("finished - jid"));
 }
 
-#[test]
-fn seed_walkthrough_four_hosts() {
-    let q = TestQueue::new();
+fn seed_walkthrough_four_hosts(store: StoreKind) {
+    let q = TestQueue::on(store);
     let feeders: Vec<FeederProc> = ["n1", "n2", "n3", "n4"]
         .iter()
         .map(|h| q.feeder(h, &["--max_feed", "2"]))
@@ -452,11 +442,10 @@ fn seed_walkthrough_four_hosts() {
     drop(feeders);
 }
 
-#[test]
-fn orphan_files_are_removed_at_start() {
-    let q = TestQueue::new();
-    let old = q.path.join("stdout/9999");
-    let fresh = q.path.join("stdout/9998");
+fn orphan_files_are_removed_at_start(store: StoreKind) {
+    let q = TestQueue::on(store);
+    let old = q.files().join("stdout/9999");
+    let fresh = q.files().join("stdout/9998");
     std::fs::write(&old, "x").unwrap();
     std::fs::write(&fresh, "x").unwrap();
     let t = std::time::SystemTime::now() - Duration::from_secs(3600);
@@ -475,9 +464,8 @@ fn orphan_files_are_removed_at_start() {
     );
 }
 
-#[test]
-fn dead_restartable_jobs_are_eligible() {
-    let q = TestQueue::new();
+fn dead_restartable_jobs_are_eligible(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "--restartable", "echo again"]).ok();
     q.rq(&["submit", "-q", "echo not again"]).ok();
     q.sql("UPDATE jobs SET state = 'dead'");
@@ -488,9 +476,8 @@ fn dead_restartable_jobs_are_eligible() {
     assert_eq!(text(&jobs[1], "state"), "dead");
 }
 
-#[test]
-fn restart_of_a_started_feeder_keeps_feeding() {
-    let q = TestQueue::new();
+fn restart_of_a_started_feeder_keeps_feeding(store: StoreKind) {
+    let q = TestQueue::on(store);
     let out = q
         .rq_as("h1", &["start", "--shell", "sh -c", "--min_sleep", "0.05"])
         .ok();
@@ -507,7 +494,7 @@ fn restart_of_a_started_feeder_keeps_feeding() {
     let state = rq::control::state_dir(
         Some(&q.home().join(".rq")),
         "h1",
-        &q.path.canonicalize().unwrap(),
+        &q.files().canonicalize().unwrap(),
     );
     let log = || std::fs::read_to_string(state.join("log")).unwrap_or_default();
     q.wait_for("the re-executed feeder", 10, |_| {
@@ -521,18 +508,16 @@ fn restart_of_a_started_feeder_keeps_feeding() {
     assert_eq!(q.rq_as("h1", &["shutdown"]).status, 0);
 }
 
-#[test]
-fn sql_debug_traces_statements() {
-    let q = TestQueue::new();
+fn sql_debug_traces_statements(store: StoreKind) {
+    let q = TestQueue::on(store);
     let mut cmd = rq_command();
     cmd.env("RQ_SQL_DEBUG", "1").args([q.q(), "list"]);
     let out = run_cmd(cmd, None).ok();
     assert!(out.stderr.contains("rq sql: SELECT"), "{}", out.stderr);
 }
 
-#[test]
-fn long_jobs_are_not_claimed_ahead_so_idle_hosts_get_them() {
-    let q = TestQueue::new();
+fn long_jobs_are_not_claimed_ahead_so_idle_hosts_get_them(store: StoreKind) {
+    let q = TestQueue::on(store);
     let ledger = q.ledger();
     for _ in 0..4 {
         q.rq(&[
@@ -567,9 +552,8 @@ fn long_jobs_are_not_claimed_ahead_so_idle_hosts_get_them() {
     );
 }
 
-#[test]
-fn a_daemon_without_log_option_logs_to_its_state_dir() {
-    let q = TestQueue::new();
+fn a_daemon_without_log_option_logs_to_its_state_dir(store: StoreKind) {
+    let q = TestQueue::on(store);
     let out = q
         .rq_as(
             "h1",
@@ -579,7 +563,7 @@ fn a_daemon_without_log_option_logs_to_its_state_dir() {
     let pid = started_pid(&out.stdout);
     let _guard = Daemon(pid);
     let encoded = q
-        .path
+        .files()
         .to_str()
         .unwrap()
         .replace('%', "%25")
@@ -594,19 +578,18 @@ fn a_daemon_without_log_option_logs_to_its_state_dir() {
     });
 }
 
-#[test]
-fn shell_none_runs_plain_commands_directly_and_the_rest_in_sh() {
-    let q = TestQueue::new();
+fn shell_none_runs_plain_commands_directly_and_the_rest_in_sh(store: StoreKind) {
+    let q = TestQueue::on(store);
     let work = q.tmp.path().join("work dir");
     std::fs::create_dir_all(&work).unwrap();
     // A program of the queue's bin/ is found on the job's PATH without a shell.
     std::fs::write(
-        q.path.join("bin/hello"),
+        q.files().join("bin/hello"),
         "#!/bin/sh\necho \"hello $1 from $RQ_JID\"\n",
     )
     .unwrap();
     std::fs::set_permissions(
-        q.path.join("bin/hello"),
+        q.files().join("bin/hello"),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
@@ -648,3 +631,23 @@ fn shell_none_runs_plain_commands_directly_and_the_rest_in_sh() {
     );
     assert!(q.rq(&["stderr", "7"]).ok().stdout.contains("not found"));
 }
+
+crate::on_both_stores!(
+    several_hosts_run_every_job_exactly_once,
+    priority_order_then_oldest_first,
+    runner_restrictions_holding_and_max_feed,
+    job_environment_directory_stdin_and_signals,
+    one_feeder_per_host_per_queue,
+    shutdown_drains_running_jobs,
+    stop_marks_dead_and_restartable_jobs_run_again,
+    a_crashed_feeder_is_cleaned_up_by_the_next_one_on_its_host,
+    daemon_mode_with_log_rolling,
+    seed_walkthrough_four_hosts,
+    orphan_files_are_removed_at_start,
+    dead_restartable_jobs_are_eligible,
+    restart_of_a_started_feeder_keeps_feeding,
+    sql_debug_traces_statements,
+    long_jobs_are_not_claimed_ahead_so_idle_hosts_get_them,
+    a_daemon_without_log_option_logs_to_its_state_dir,
+    shell_none_runs_plain_commands_directly_and_the_rest_in_sh,
+);

@@ -804,9 +804,8 @@ fn deleting_jobs_gives_their_space_back() {
 /// The exit-status rule (README): 0 did what was asked, 1 something named could not be
 /// acted on or a failure after the command line was understood, 2 a command line rq
 /// cannot run as written. Each with one line on stderr saying why.
-#[test]
-fn exit_statuses_follow_one_rule() {
-    let q = TestQueue::new();
+fn exit_statuses_follow_one_rule(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "true"]).ok();
     q.rq(&["submit", "-q", "sleep 60"]).ok();
     q.sql("UPDATE jobs SET state='running', runner='elsewhere' WHERE jid=2");
@@ -979,9 +978,8 @@ fn assert_status_matches_rows(q: &TestQueue, when: &str) {
     }
 }
 
-#[test]
-fn status_counts_follow_every_kind_of_change() {
-    let q = TestQueue::new();
+fn status_counts_follow_every_kind_of_change(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq_stdin(&["submit", "-q", "-"], "true\nfalse\nexit 3\necho a\n")
         .ok();
     q.rq(&["submit", "-q", "--stage", "echo later"]).ok();
@@ -1073,6 +1071,8 @@ fn a_job_list_from_a_pipe_is_read_once_and_spooled(store: StoreKind) {
 }
 
 crate::on_both_stores!(
+    status_counts_follow_every_kind_of_change,
+    exit_statuses_follow_one_rule,
     submit_from_argv_infile_stdin_and_dash,
     submit_options_stage_runner_restartable_negative_priority,
     submit_copies_stdin_and_data,

@@ -279,6 +279,8 @@ fn alias_subqueries(sql: &str) -> String {
             inserts.push(close + 1);
         }
     }
+    // From the end, so earlier positions stay valid.
+    inserts.sort_unstable();
     let mut out = sql.to_string();
     for (n, at) in inserts.iter().enumerate().rev() {
         out.insert_str(*at, &format!(" AS rq_sub{n}"));
@@ -621,6 +623,16 @@ mod tests {
                 "SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || ((jid * 37) % 200) || ' minutes')"
             ),
             "SELECT to_char((clock_timestamp() + CAST('-' || ((jid * 37) % 200) || ' minutes' AS interval)) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+        );
+    }
+
+    #[test]
+    fn nested_and_sibling_subqueries_get_names() {
+        assert_eq!(
+            translate(
+                "SELECT 1 FROM (SELECT a FROM (SELECT a FROM t) UNION ALL SELECT a FROM (SELECT a FROM u LIMIT 2)) WHERE 1"
+            ),
+            "SELECT 1 FROM (SELECT a FROM (SELECT a FROM t) AS rq_sub0 UNION ALL SELECT a FROM (SELECT a FROM u LIMIT 2) AS rq_sub1) AS rq_sub2 WHERE 1"
         );
     }
 

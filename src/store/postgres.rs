@@ -392,6 +392,8 @@ pub struct PgStore {
     statements: RefCell<HashMap<String, ::postgres::Statement>>,
     /// Give up after this long when the server cannot be reached (None: keep trying).
     pub give_up_after: Option<std::time::Duration>,
+    /// The job-file directory whose doorbell feeders watch (`configure files=`).
+    pub doorbell_dir: Option<std::path::PathBuf>,
 }
 
 /// Errors after which the whole transaction is worth running again on a fresh connection:
@@ -427,6 +429,7 @@ impl PgStore {
                 .and_then(|s| crate::time::parse_duration(&s))
                 .map(std::time::Duration::from_secs_f64)
                 .or(Some(std::time::Duration::from_secs(60))),
+            doorbell_dir: None,
         };
         store.connect()?;
         Ok(store)
@@ -597,11 +600,12 @@ impl PgStore {
             .start()
             .map_err(|e| classify(e.into()))?;
         let pg = PgTx::new(tx, &self.statements);
+        let mut released = false;
         let value = {
             let tx = super::Tx::Postgres(&pg);
             let settled = |value: T| -> Result<T> {
                 if !read_only && access == crate::store::Access::ReadWrite {
-                    crate::deps::settle(&tx)?;
+                    released = crate::deps::settle(&tx)?;
                 }
                 Ok(value)
             };
@@ -617,7 +621,16 @@ impl PgStore {
             }
         };
         match pg.into_inner().commit() {
-            Ok(()) => Ok(value),
+            Ok(()) => {
+                // Jobs became claimable without a submit: wake the idle feeders.
+                if released {
+                    if let Some(dir) = &self.doorbell_dir {
+                        crate::queue::ring_doorbell(dir);
+                    }
+                    self.notify();
+                }
+                Ok(value)
+            }
             // PostgreSQL aborted it at commit (serialization): nothing was written.
             Err(e)
                 if e.code()
