@@ -477,6 +477,7 @@ struct Start {
 impl Feeder {
     pub fn new(mut queue: Queue, config: Config, log: Logger) -> Feeder {
         queue.store().wait_when_full();
+        queue.store().keep_trying();
         let id = format!(
             "{}:{}:{:08x}",
             config.host,
@@ -685,6 +686,7 @@ impl Feeder {
                 Err(
                     e @ (Error::Io { .. }
                     | Error::Sql(_)
+                    | Error::Postgres(_)
                     | Error::CommitUnknown { .. }
                     | Error::Conflict(_)),
                 ) => e,
@@ -1402,9 +1404,9 @@ impl Feeder {
         };
         let began = Instant::now();
         let done = if urgent {
-            Some(self.queue.store().write(body)?)
+            Some(self.queue.store().write_shared(body)?)
         } else {
-            self.queue.store().try_write(body)?
+            self.queue.store().try_write_shared(body)?
         };
         if done.is_some() {
             // Waiting for another host's lock is not what a transaction costs: clamp it.

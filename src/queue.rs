@@ -1308,7 +1308,7 @@ impl Queue {
         self.store.read(|tx| {
             let mut p = Progress::default();
             let mut stmt = tx.prepare_cached(
-                "SELECT state, count(*), sum(exit_status IS NOT 0) FROM jobs \
+                "SELECT state, count(*), count(*) FILTER (WHERE exit_status IS NOT 0) FROM jobs \
                  WHERE jid IN (SELECT value FROM json_each(?)) GROUP BY state",
             )?;
             let mut rows = stmt.query([&json])?;

@@ -17,9 +17,8 @@ fn feeder_state(q: &TestQueue, host: &str) -> (String, String) {
     (text(row, "state"), error)
 }
 
-#[test]
-fn a_paused_queue_runs_nothing_new_until_resumed() {
-    let q = TestQueue::new();
+fn a_paused_queue_runs_nothing_new_until_resumed(store: StoreKind) {
+    let q = TestQueue::on(store);
     let _h1 = q.feeder("h1", &["--max_feed", "2"]);
     let _h2 = q.feeder("h2", &["--max_feed", "2"]);
     q.rq(&["submit", "-q", "sleep 1.5; echo long"]).ok();
@@ -53,9 +52,8 @@ fn a_paused_queue_runs_nothing_new_until_resumed() {
     assert!(q.rq(&["resume"]).ok().stdout.contains("was not paused"));
 }
 
-#[test]
-fn a_drained_host_takes_nothing_new_even_after_a_restart() {
-    let q = TestQueue::new();
+fn a_drained_host_takes_nothing_new_even_after_a_restart(store: StoreKind) {
+    let q = TestQueue::on(store);
     let mut h1 = q.feeder("h1", &["--max_feed", "1"]);
     q.rq(&["submit", "-q", "sleep 1; echo first"]).ok();
     q.wait_for("the first job to run on h1", 30, |q| {
@@ -97,9 +95,8 @@ fn a_drained_host_takes_nothing_new_even_after_a_restart() {
     assert_eq!(text(&jobs[2], "runner"), "h1");
 }
 
-#[test]
-fn a_tag_limit_holds_across_hosts() {
-    let q = TestQueue::new();
+fn a_tag_limit_holds_across_hosts(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["configure", "limit.db=2", "-q"]).ok();
     let ledger = q.ledger();
     let job = |tag: &str| {
@@ -174,9 +171,8 @@ fn most_at_once(lines: &[String]) -> i64 {
     most
 }
 
-#[test]
-fn a_feeder_never_runs_more_cpus_than_it_offers() {
-    let q = TestQueue::new();
+fn a_feeder_never_runs_more_cpus_than_it_offers(store: StoreKind) {
+    let q = TestQueue::on(store);
     let ledger = q.ledger();
     let mut list = String::new();
     for i in 0..18 {
@@ -210,9 +206,8 @@ fn a_feeder_never_runs_more_cpus_than_it_offers() {
     assert_eq!(int(&feeders[0], "cpus"), 4);
 }
 
-#[test]
-fn gpus_are_never_shared_and_jobs_see_exactly_theirs() {
-    let q = TestQueue::new();
+fn gpus_are_never_shared_and_jobs_see_exactly_theirs(store: StoreKind) {
+    let q = TestQueue::on(store);
     let ledger = q.ledger();
     let job = |gpus: u32| {
         format!(
@@ -275,9 +270,8 @@ fn gpus_are_never_shared_and_jobs_see_exactly_theirs() {
     );
 }
 
-#[test]
-fn a_big_job_is_not_starved_by_a_stream_of_small_ones() {
-    let q = TestQueue::new();
+fn a_big_job_is_not_starved_by_a_stream_of_small_ones(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["configure", "reserve_after=1s", "-q"]).ok();
     let small = "sleep 0.4";
     for _ in 0..30 {
@@ -303,9 +297,8 @@ fn a_big_job_is_not_starved_by_a_stream_of_small_ones() {
     );
 }
 
-#[test]
-fn a_job_no_live_feeder_can_run_is_flagged() {
-    let q = TestQueue::new();
+fn a_job_no_live_feeder_can_run_is_flagged(store: StoreKind) {
+    let q = TestQueue::on(store);
     let big = q.rq(&["submit", "--gpus", "8", "echo big"]).ok().records();
     let big = int(&big[0], "jid");
     q.rq(&["submit", "-q", "--cpus", "2", "echo fits"]).ok();
@@ -331,9 +324,8 @@ fn a_job_no_live_feeder_can_run_is_flagged() {
     assert!(said.contains(why), "wait says why: {said}");
 }
 
-#[test]
-fn jobs_waiting_for_a_gpu_do_not_idle_the_cpus() {
-    let q = TestQueue::new();
+fn jobs_waiting_for_a_gpu_do_not_idle_the_cpus(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["configure", "reserve_after=1h", "-q"]).ok();
     // More GPU jobs at the top than a claim looks at, all for the one card.
     let mut list = String::new();
@@ -362,3 +354,14 @@ fn jobs_waiting_for_a_gpu_do_not_idle_the_cpus() {
         "the CPU jobs waited for the GPU queue ({gpu_done} GPU jobs done)"
     );
 }
+
+crate::on_both_stores!(
+    a_paused_queue_runs_nothing_new_until_resumed,
+    a_drained_host_takes_nothing_new_even_after_a_restart,
+    a_tag_limit_holds_across_hosts,
+    a_feeder_never_runs_more_cpus_than_it_offers,
+    gpus_are_never_shared_and_jobs_see_exactly_theirs,
+    a_big_job_is_not_starved_by_a_stream_of_small_ones,
+    a_job_no_live_feeder_can_run_is_flagged,
+    jobs_waiting_for_a_gpu_do_not_idle_the_cpus,
+);

@@ -9,9 +9,8 @@ fn job(q: &TestQueue, jid: i64) -> serde_json::Map<String, serde_json::Value> {
     q.rq(&["list", &jid.to_string()]).ok().records().remove(0)
 }
 
-#[test]
-fn kill_signals_a_job_on_another_host() {
-    let q = TestQueue::new();
+fn kill_signals_a_job_on_another_host(store: StoreKind) {
+    let q = TestQueue::on(store);
     let marker = q.tmp.path().join("child-alive");
     // The job starts a background child: kill must reach the whole process group.
     q.rq(&[
@@ -59,9 +58,8 @@ fn kill_signals_a_job_on_another_host() {
     q.rq(&["kill"]).fails();
 }
 
-#[test]
-fn killing_a_job_claimed_ahead_ends_it_before_it_starts() {
-    let q = TestQueue::new();
+fn killing_a_job_claimed_ahead_ends_it_before_it_starts(store: StoreKind) {
+    let q = TestQueue::on(store);
     let ledger = q.ledger();
     let line = format!("echo $RQ_JID >> {}\n", ledger.display());
     // Short jobs make the feeder claim ahead; while the long one runs in its only slot,
@@ -93,9 +91,8 @@ fn killing_a_job_claimed_ahead_ends_it_before_it_starts() {
     assert!(!lines.contains(&victim.to_string()), "the killed job ran");
 }
 
-#[test]
-fn timeouts_term_then_kill() {
-    let q = TestQueue::new();
+fn timeouts_term_then_kill(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "--timeout", "1s", "sleep 30"]).ok();
     // ignores TERM: KILL follows the grace period
     q.rq(&["submit", "-q", "--timeout", "0.5", "trap '' TERM; sleep 30"])
@@ -118,9 +115,8 @@ fn timeouts_term_then_kill() {
     assert_eq!(v["exit_status"]["failures"], 2);
 }
 
-#[test]
-fn retries_requeue_failed_jobs_with_growing_delays() {
-    let q = TestQueue::new();
+fn retries_requeue_failed_jobs_with_growing_delays(store: StoreKind) {
+    let q = TestQueue::on(store);
     let ledger = q.ledger();
     // Fails twice, then succeeds.
     let cmd = format!(
@@ -174,9 +170,8 @@ fn retries_requeue_failed_jobs_with_growing_delays() {
     assert_eq!(int(&jobs[1], "attempts"), 2);
 }
 
-#[test]
-fn wait_blocks_until_done_and_reports_success() {
-    let q = TestQueue::new();
+fn wait_blocks_until_done_and_reports_success(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "-t", "good", "sleep 0.5"]).ok();
     q.rq(&["submit", "-q", "-t", "good", "true"]).ok();
     q.rq(&["submit", "-q", "-t", "bad", "sleep 0.3; exit 2"])
@@ -200,9 +195,8 @@ fn wait_blocks_until_done_and_reports_success() {
     assert_eq!(q.rq(&["wait", "1", "2"]).status, 0);
 }
 
-#[test]
-fn feeders_lists_hosts_with_heartbeats() {
-    let q = TestQueue::new();
+fn feeders_lists_hosts_with_heartbeats(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["configure", "heartbeat=0.5s", "lease=2s"]).ok();
     q.rq(&["submit", "-q", "sleep 30"]).ok();
     let a = q.feeder("alpha", &["--max_feed", "3"]);
@@ -234,9 +228,8 @@ fn feeders_lists_hosts_with_heartbeats() {
     drop(a);
 }
 
-#[test]
-fn lock_runs_a_command_under_the_lock_and_returns_its_status() {
-    let q = TestQueue::new();
+fn lock_runs_a_command_under_the_lock_and_returns_its_status(store: StoreKind) {
+    let q = TestQueue::on(store);
     let out = q.rq(&["lock", "shared", "--", "echo inside; exit 3"]);
     assert_eq!(out.status, 3);
     assert_eq!(out.stdout, "inside\n");
@@ -279,7 +272,7 @@ fn a_write_transaction_holds_a_read_lock_on_the_journal() {
     // that lost its locks in a partition cannot write a stale journal after it heals.
     let q = TestQueue::new();
     q.rq(&["submit", "-q", "true"]).ok();
-    let journal = q.path.join("db-journal");
+    let journal = q.files().join("db-journal");
     assert_eq!(posix_lock_on(&journal), None);
     let mut holder = rq_command();
     holder.args([q.q(), "lock", "exclusive", "--", "sleep 2"]);
@@ -311,9 +304,8 @@ fn a_write_transaction_holds_a_read_lock_on_the_journal() {
     );
 }
 
-#[test]
-fn wait_shows_progress_on_a_terminal() {
-    let q = TestQueue::new();
+fn wait_shows_progress_on_a_terminal(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "sleep 0.5"]).ok();
     q.rq(&["submit", "-q", "exit 1"]).ok();
     let _f = q.feeder("h1", &["--max_feed", "2"]);
@@ -343,9 +335,8 @@ fn broken_pipe() -> std::process::Stdio {
     std::process::Stdio::from(unsafe { std::fs::File::from_raw_fd(fds[1]) })
 }
 
-#[test]
-fn no_mode_panics_when_stdout_or_stderr_is_a_broken_pipe() {
-    let q = TestQueue::new();
+fn no_mode_panics_when_stdout_or_stderr_is_a_broken_pipe(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "true"]).ok();
     let cases: &[&[&str]] = &[
         &["completions", "bash"],
@@ -383,9 +374,8 @@ fn no_mode_panics_when_stdout_or_stderr_is_a_broken_pipe() {
     }
 }
 
-#[test]
-fn jobs_get_exactly_stdio_and_no_rq_internals() {
-    let q = TestQueue::new();
+fn jobs_get_exactly_stdio_and_no_rq_internals(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&[
         "submit",
         "-q",
@@ -396,7 +386,7 @@ fn jobs_get_exactly_stdio_and_no_rq_internals() {
     .ok();
     // The shell that starts the feeder has descriptor 7 open (not close-on-exec), a
     // test hook set, and the queue's bin/ on PATH already.
-    let bin = q.path.join("bin");
+    let bin = q.files().join("bin");
     let script = format!(
         "exec 7</etc/hostname; PATH='{}':\"$PATH\" RQ_TEST_CLOCK_OFFSET=+0s exec '{}' '{}' feed --exit_when_empty",
         bin.display(),
@@ -409,7 +399,7 @@ fn jobs_get_exactly_stdio_and_no_rq_internals() {
         .env("RQ_HOST", "h1")
         .env("HOME", q.home());
     assert!(run_cmd(cmd, None).status == 0);
-    let out = std::fs::read_to_string(q.path.join("stdout/1")).unwrap();
+    let out = std::fs::read_to_string(q.files().join("stdout/1")).unwrap();
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0].trim(), "0 1 2", "{out}");
     assert_eq!(lines[1], "0", "{out}");
@@ -434,10 +424,10 @@ fn links_planted_in_the_queue_are_never_written_through() {
         .unwrap();
     // Whoever can write the queue plants links where rq writes: the doorbell, this
     // host's heartbeat, the next job's output files.
-    std::fs::remove_file(q.path.join("doorbell")).unwrap();
-    std::fs::create_dir_all(q.path.join("hosts")).unwrap();
+    std::fs::remove_file(q.files().join("doorbell")).unwrap();
+    std::fs::create_dir_all(q.files().join("hosts")).unwrap();
     for name in ["doorbell", "hosts/h1.hb", "stdout/1", "stderr/1"] {
-        std::os::unix::fs::symlink(&victim, q.path.join(name)).unwrap();
+        std::os::unix::fs::symlink(&victim, q.files().join(name)).unwrap();
     }
     q.rq(&["submit", "-q", "echo out; echo err >&2"]).ok();
     let mut f = q.feeder("h1", &["--exit_when_empty"]);
@@ -449,23 +439,22 @@ fn links_planted_in_the_queue_are_never_written_through() {
         "the victim was touched"
     );
     assert_eq!(
-        std::fs::read_to_string(q.path.join("stdout/1")).unwrap(),
+        std::fs::read_to_string(q.files().join("stdout/1")).unwrap(),
         "out\n"
     );
     assert_eq!(q.rq(&["list", "1"]).ok().records()[0]["exit_status"], 0);
 }
 
-#[test]
-fn submit_never_copies_job_inputs_through_planted_links() {
-    let q = TestQueue::new();
+fn submit_never_copies_job_inputs_through_planted_links(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "true"]).ok();
     let victim = q.tmp.path().join("victim");
     let victim_dir = q.tmp.path().join("victim-dir");
     std::fs::write(&victim, "precious\n").unwrap();
     std::fs::create_dir(&victim_dir).unwrap();
     // The next jid is 2: links wait under its names.
-    std::os::unix::fs::symlink(&victim, q.path.join("stdin/2")).unwrap();
-    std::os::unix::fs::symlink(&victim_dir, q.path.join("data/2")).unwrap();
+    std::os::unix::fs::symlink(&victim, q.files().join("stdin/2")).unwrap();
+    std::os::unix::fs::symlink(&victim_dir, q.files().join("data/2")).unwrap();
     let input = q.tmp.path().join("input");
     let data = q.tmp.path().join("data-in");
     std::fs::write(&input, "job input\n").unwrap();
@@ -484,11 +473,25 @@ fn submit_never_copies_job_inputs_through_planted_links() {
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
     assert_eq!(std::fs::read_dir(&victim_dir).unwrap().count(), 0);
     assert_eq!(
-        std::fs::read_to_string(q.path.join("stdin/2")).unwrap(),
+        std::fs::read_to_string(q.files().join("stdin/2")).unwrap(),
         "job input\n"
     );
     assert_eq!(
-        std::fs::read_to_string(q.path.join("data/2/f")).unwrap(),
+        std::fs::read_to_string(q.files().join("data/2/f")).unwrap(),
         "job data\n"
     );
 }
+
+crate::on_both_stores!(
+    kill_signals_a_job_on_another_host,
+    killing_a_job_claimed_ahead_ends_it_before_it_starts,
+    timeouts_term_then_kill,
+    retries_requeue_failed_jobs_with_growing_delays,
+    wait_blocks_until_done_and_reports_success,
+    feeders_lists_hosts_with_heartbeats,
+    lock_runs_a_command_under_the_lock_and_returns_its_status,
+    wait_shows_progress_on_a_terminal,
+    no_mode_panics_when_stdout_or_stderr_is_a_broken_pipe,
+    jobs_get_exactly_stdio_and_no_rq_internals,
+    submit_never_copies_job_inputs_through_planted_links,
+);

@@ -24,9 +24,8 @@ fn stdout_of(q: &TestQueue, jid: i64) -> String {
         .to_string()
 }
 
-#[test]
-fn a_three_stage_pipeline_from_one_yaml_file_runs_in_order() {
-    let q = TestQueue::new();
+fn a_three_stage_pipeline_from_one_yaml_file_runs_in_order(store: StoreKind) {
+    let q = TestQueue::on(store);
     let pipeline = "\
 - name: prepare
   command: sleep 0.3; echo prepared
@@ -68,9 +67,8 @@ fn a_three_stage_pipeline_from_one_yaml_file_runs_in_order() {
     assert!(jobs.values().all(|j| int(j, "waiting_on") == 0));
 }
 
-#[test]
-fn a_failed_dependency_cancels_its_dependents_and_resubmitting_rearms_them() {
-    let q = TestQueue::new();
+fn a_failed_dependency_cancels_its_dependents_and_resubmitting_rearms_them(store: StoreKind) {
+    let q = TestQueue::on(store);
     let list = "\
 - {name: a, command: 'exit 3'}
 - {name: b, command: 'echo b', after: a}
@@ -130,9 +128,8 @@ fn a_failed_dependency_cancels_its_dependents_and_resubmitting_rearms_them() {
     );
 }
 
-#[test]
-fn waits_on_jobs_already_in_the_queue() {
-    let q = TestQueue::new();
+fn waits_on_jobs_already_in_the_queue(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "echo first"]).ok();
     q.rq(&["submit", "-q", "exit 7"]).ok();
     {
@@ -167,9 +164,8 @@ fn waits_on_jobs_already_in_the_queue() {
     assert_eq!(q.jobs().len(), before);
 }
 
-#[test]
-fn cycles_unknown_names_and_duplicate_names_are_refused_and_nothing_is_submitted() {
-    let q = TestQueue::new();
+fn cycles_unknown_names_and_duplicate_names_are_refused_and_nothing_is_submitted(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "echo keep"]).ok();
     let cases = [
         (
@@ -199,9 +195,8 @@ fn cycles_unknown_names_and_duplicate_names_are_refused_and_nothing_is_submitted
     q.integrity_ok();
 }
 
-#[test]
-fn deleting_a_job_others_wait_for_is_refused_unless_forced() {
-    let q = TestQueue::new();
+fn deleting_a_job_others_wait_for_is_refused_unless_forced(store: StoreKind) {
+    let q = TestQueue::on(store);
     let list = "- {name: a, command: echo a}\n- {command: echo b, after: a}\n- {command: echo c, after_any: a}\n";
     q.rq_stdin(&["submit", "-q", "-"], list).ok();
     let run = q.rq(&["delete", "1"]);
@@ -221,9 +216,8 @@ fn deleting_a_job_others_wait_for_is_refused_unless_forced() {
     assert_eq!(text(&jobs[&6], "state"), "pending");
 }
 
-#[test]
-fn an_array_with_a_limit_never_runs_more_than_the_limit_at_once() {
-    let q = TestQueue::new();
+fn an_array_with_a_limit_never_runs_more_than_the_limit_at_once(store: StoreKind) {
+    let q = TestQueue::on(store);
     let ledger = q.ledger();
     let command = format!(
         "echo \"start $(date +%s.%N) $RQ_ARRAY_INDEX\" >> {l}; sleep 0.02; echo \"end $(date +%s.%N) $RQ_ARRAY_INDEX\" >> {l}; echo {{}}",
@@ -272,9 +266,8 @@ fn an_array_with_a_limit_never_runs_more_than_the_limit_at_once() {
     assert_eq!(stdout_of(&q, first + 41), "42");
 }
 
-#[test]
-fn an_array_is_addressed_as_a_unit() {
-    let q = TestQueue::new();
+fn an_array_is_addressed_as_a_unit(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "echo other"]).ok();
     let arr = q
         .rq(&["submit", "--array", "3,5,8-10", "echo $RQ_ARRAY_INDEX"])
@@ -307,9 +300,8 @@ fn an_array_is_addressed_as_a_unit() {
     assert_eq!(q.jobs().len(), 1);
 }
 
-#[test]
-fn kill_takes_an_array() {
-    let q = TestQueue::new();
+fn kill_takes_an_array(store: StoreKind) {
+    let q = TestQueue::on(store);
     let arr = q
         .rq(&["submit", "--array", "1-2", "sleep 60"])
         .ok()
@@ -345,9 +337,8 @@ fn kill_takes_an_array() {
     );
 }
 
-#[test]
-fn each_line_makes_a_job_per_line_with_the_line_in_rq_item() {
-    let q = TestQueue::new();
+fn each_line_makes_a_job_per_line_with_the_line_in_rq_item(store: StoreKind) {
+    let q = TestQueue::on(store);
     let items = q.home().join("items.txt");
     std::fs::write(&items, "alpha\n\nhas space\nit's\n").unwrap();
     let jobs = q
@@ -371,9 +362,8 @@ fn each_line_makes_a_job_per_line_with_the_line_in_rq_item() {
     assert_eq!(stdout_of(&q, first + 2), "it's|it's");
 }
 
-#[test]
-fn a_delayed_job_starts_on_time_not_before() {
-    let q = TestQueue::new();
+fn a_delayed_job_starts_on_time_not_before(store: StoreKind) {
+    let q = TestQueue::on(store);
     let job = q.rq(&["submit", "--in", "3s", "echo late"]).ok().records();
     let not_before = text(&job[0], "not_before");
     assert_eq!(text(&job[0], "reason"), format!("starts at {not_before}"));
@@ -411,9 +401,8 @@ fn seconds(text: &str) -> f64 {
     text.parse::<jiff::Timestamp>().unwrap().as_microsecond() as f64 / 1e6
 }
 
-#[test]
-fn the_submitters_environment_reaches_the_job() {
-    let q = TestQueue::new();
+fn the_submitters_environment_reaches_the_job(store: StoreKind) {
+    let q = TestQueue::on(store);
     let env = [
         ("RQ_TEST_EXPORTED", "from the submitter"),
         ("TERM", "xterm-submitter"),
@@ -469,9 +458,8 @@ fn the_submitters_environment_reaches_the_job() {
     );
 }
 
-#[test]
-fn owners_are_recorded_and_listed() {
-    let q = TestQueue::new();
+fn owners_are_recorded_and_listed(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "echo mine"]).ok();
     // Another user's job, as it would be recorded on their host.
     q.sql("INSERT INTO jobs (state, submitted, submitter, command, user) VALUES ('pending', '2026-01-01T00:00:00.000000Z', 'h9', 'echo theirs', 'alice')")
@@ -488,9 +476,8 @@ fn owners_are_recorded_and_listed() {
     assert_eq!(q.rq(&["status", "--mine"]).ok().value()["jobs"]["total"], 1);
 }
 
-#[test]
-fn rq_own_listing_of_a_pipeline_pipes_into_another_queue_with_its_waits() {
-    let q = TestQueue::new();
+fn rq_own_listing_of_a_pipeline_pipes_into_another_queue_with_its_waits(store: StoreKind) {
+    let q = TestQueue::on(store);
     let list = "- {name: a, command: echo a}\n- {name: b, command: echo b, after: a}\n- {command: echo c, after: [a, b]}\n";
     q.rq_stdin(&["submit", "-q", "-"], list).ok();
     // Jobs in the second queue get other jids; their waits follow them.
@@ -506,9 +493,8 @@ fn rq_own_listing_of_a_pipeline_pipes_into_another_queue_with_its_waits() {
     assert_eq!(text(&copied[2], "state"), "waiting");
 }
 
-#[test]
-fn a_dead_dependency_cancels_but_a_restartable_one_that_runs_again_does_not() {
-    let q = TestQueue::new();
+fn a_dead_dependency_cancels_but_a_restartable_one_that_runs_again_does_not(store: StoreKind) {
+    let q = TestQueue::on(store);
     let list = "\
 - {name: fragile, command: 'sleep 30'}
 - {name: sturdy, command: 'sleep 30', restartable: true}
@@ -539,3 +525,20 @@ fn a_dead_dependency_cancels_but_a_restartable_one_that_runs_again_does_not() {
     );
     assert_eq!(text(&jobs[&(fragile + 3)], "state"), "waiting");
 }
+
+crate::on_both_stores!(
+    a_three_stage_pipeline_from_one_yaml_file_runs_in_order,
+    a_failed_dependency_cancels_its_dependents_and_resubmitting_rearms_them,
+    waits_on_jobs_already_in_the_queue,
+    cycles_unknown_names_and_duplicate_names_are_refused_and_nothing_is_submitted,
+    deleting_a_job_others_wait_for_is_refused_unless_forced,
+    an_array_with_a_limit_never_runs_more_than_the_limit_at_once,
+    an_array_is_addressed_as_a_unit,
+    kill_takes_an_array,
+    each_line_makes_a_job_per_line_with_the_line_in_rq_item,
+    a_delayed_job_starts_on_time_not_before,
+    the_submitters_environment_reaches_the_job,
+    owners_are_recorded_and_listed,
+    rq_own_listing_of_a_pipeline_pipes_into_another_queue_with_its_waits,
+    a_dead_dependency_cancels_but_a_restartable_one_that_runs_again_does_not,
+);

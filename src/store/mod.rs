@@ -58,6 +58,30 @@ impl Store {
         }
     }
 
+    /// A write that other feeders' claims, starts and ends may run beside (`write` on
+    /// SQLite, where every write excludes the others). On PostgreSQL the queue's
+    /// advisory lock is taken shared instead of exclusive: for the feeder's own state
+    /// changes, which claim rows with FOR UPDATE SKIP LOCKED and change them only under
+    /// their claim token, so they need no other exclusion; every other write excludes
+    /// them (a `delete` must not meet a claim half-way).
+    pub fn write_shared<T>(&mut self, body: impl FnMut(&Tx<'_>) -> Result<T>) -> Result<T> {
+        match self {
+            Store::Sqlite(store) => store.write(body),
+            Store::Postgres(store) => store.write_shared(body),
+        }
+    }
+
+    /// `try_write` for `write_shared` bodies.
+    pub fn try_write_shared<T>(
+        &mut self,
+        body: impl FnMut(&Tx<'_>) -> Result<T>,
+    ) -> Result<Option<T>> {
+        match self {
+            Store::Sqlite(store) => store.try_write(body),
+            Store::Postgres(store) => store.write_shared(body).map(Some),
+        }
+    }
+
     /// Run `body` in one read transaction (one consistent snapshot). Print nothing inside.
     pub fn read<T>(&mut self, body: impl FnMut(&Tx<'_>) -> Result<T>) -> Result<T> {
         match self {
@@ -79,6 +103,14 @@ impl Store {
         match self {
             Store::Sqlite(store) => store.reclaim_space(),
             Store::Postgres(_) => Ok(0),
+        }
+    }
+
+    /// Keep trying while the database server cannot be reached, however long (feeders:
+    /// the ends of their jobs must be recorded once it is back).
+    pub fn keep_trying(&mut self) {
+        if let Store::Postgres(store) = self {
+            store.give_up_after = None;
         }
     }
 

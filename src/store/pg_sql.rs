@@ -530,10 +530,20 @@ CREATE FUNCTION array_active(id bigint) RETURNS bigint LANGUAGE sql STABLE SET s
       AND (a.state IN ('pending', 'running')
            OR (a.state = 'dead' AND a.restartable = 1 AND a.attempts < max_attempts()))
 $$;
+-- Jobs of an array are let out (waiting -> pending) by whoever ends one of them, and
+-- ends run side by side: the array's own lock (to the end of the transaction) makes
+-- each count what the others let out, so the limit holds. PL/pgSQL statements read
+-- the latest committed rows, so the count after the lock is current.
+CREATE FUNCTION array_lock(id bigint) RETURNS void LANGUAGE sql AS $$
+    SELECT pg_advisory_xact_lock(29298, CAST(id % 2147483647 AS int))
+$$;
 CREATE FUNCTION deps_released() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
+    IF NEW.array_limit IS NOT NULL THEN
+        PERFORM array_lock(NEW.array_id);
+    END IF;
     IF NEW.array_limit IS NULL OR NEW.array_limit > array_active(NEW.array_id) THEN
-        UPDATE jobs SET state = 'pending' WHERE jid = NEW.jid;
+        UPDATE jobs SET state = 'pending' WHERE jid = NEW.jid AND state = 'waiting';
     END IF;
     RETURN NULL;
 END $$;
@@ -544,10 +554,12 @@ CREATE TRIGGER deps_released AFTER UPDATE OF waiting_on ON jobs FOR EACH ROW
 CREATE FUNCTION array_next() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
     IF NOT (NEW.state = 'dead' AND NEW.restartable = 1 AND NEW.attempts < max_attempts()) THEN
+        PERFORM array_lock(NEW.array_id);
         UPDATE jobs SET state = 'pending' WHERE jid IN (
             SELECT jid FROM jobs WHERE array_id = NEW.array_id AND state = 'waiting' AND waiting_on <= 0
             ORDER BY array_index
-            LIMIT greatest(0, NEW.array_limit - array_active(NEW.array_id)));
+            LIMIT greatest(0, NEW.array_limit - array_active(NEW.array_id)))
+          AND state = 'waiting';
     END IF;
     RETURN NULL;
 END $$;

@@ -137,6 +137,7 @@ fn cell(row: &::postgres::Row, idx: usize) -> std::result::Result<SqlValue, ::po
             .try_get::<_, Option<f32>>(idx)?
             .map(|v| SqlValue::Real(v.into())),
         Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(idx)?.map(SqlValue::Blob),
+        Type::VOID => None,
         Type::NUMERIC => row.try_get::<_, Option<Numeric>>(idx)?.map(|n| n.0),
         _ => row.try_get::<_, Option<String>>(idx)?.map(SqlValue::Text),
     };
@@ -394,6 +395,8 @@ pub struct PgStore {
     pub give_up_after: Option<std::time::Duration>,
     /// The job-file directory whose doorbell feeders watch (`configure files=`).
     pub doorbell_dir: Option<std::path::PathBuf>,
+    /// The largest live feeder this session's `rq_unfit` was told about.
+    told_largest: Option<(i64, i64, i64)>,
 }
 
 /// Errors after which the whole transaction is worth running again on a fresh connection:
@@ -412,8 +415,9 @@ fn is_transient(err: &::postgres::Error) -> bool {
                 || code.starts_with("08")
                 || code.starts_with("57P")
         }
-        // No SQLSTATE: an I/O or protocol error on the connection.
-        None => err.as_db_error().is_none(),
+        // No SQLSTATE: transient when the connection failed (I/O), not when a value
+        // could not be converted.
+        None => StdError::source(err).is_some_and(|e| e.is::<std::io::Error>()),
     }
 }
 
@@ -430,6 +434,7 @@ impl PgStore {
                 .map(std::time::Duration::from_secs_f64)
                 .or(Some(std::time::Duration::from_secs(60))),
             doorbell_dir: None,
+            told_largest: None,
         };
         store.connect()?;
         Ok(store)
@@ -439,6 +444,7 @@ impl PgStore {
     /// version this rq knows.
     fn connect(&mut self) -> Result<()> {
         self.client = None;
+        self.told_largest = None;
         self.statements.borrow_mut().clear();
         let mut client = connect_client(&self.location.url)?;
         let schema = self.location.schema();
@@ -478,12 +484,24 @@ impl PgStore {
         Ok(())
     }
 
+    /// A write transaction holding the queue's advisory lock exclusively (as SQLite's
+    /// BEGIN IMMEDIATE: no other rq write runs beside it).
     pub fn write<T>(&mut self, mut body: impl FnMut(&super::Tx<'_>) -> Result<T>) -> Result<T> {
-        self.run(false, &mut body)
+        self.run(Kind::Write, &mut body)
     }
 
+    /// A write transaction holding the advisory lock shared (see `Store::write_shared`).
+    pub fn write_shared<T>(
+        &mut self,
+        mut body: impl FnMut(&super::Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.run(Kind::SharedWrite, &mut body)
+    }
+
+    /// A read-only transaction (a snapshot; it takes the advisory lock shared only so
+    /// that `rq Q lock exclusive` holds readers back as on SQLite).
     pub fn read<T>(&mut self, mut body: impl FnMut(&super::Tx<'_>) -> Result<T>) -> Result<T> {
-        self.run(true, &mut body)
+        self.run(Kind::Read, &mut body)
     }
 
     /// `rq Q lock`: an advisory lock on the queue (shared or exclusive) that rq's own
@@ -537,14 +555,14 @@ impl PgStore {
 
     fn run<T>(
         &mut self,
-        read_only: bool,
+        kind: Kind,
         body: &mut dyn FnMut(&super::Tx<'_>) -> Result<T>,
     ) -> Result<T> {
         let started = std::time::Instant::now();
         let mut attempt = 0u32;
         let mut announced = false;
         loop {
-            match self.try_once(read_only, body) {
+            match self.try_once(kind, body) {
                 Ok(value) => {
                     if announced {
                         crate::note!("rq: the PostgreSQL server answers again; continuing");
@@ -581,9 +599,10 @@ impl PgStore {
 
     fn try_once<T>(
         &mut self,
-        read_only: bool,
+        kind: Kind,
         body: &mut dyn FnMut(&super::Tx<'_>) -> Result<T>,
     ) -> std::result::Result<T, Attempt> {
+        let read_only = kind == Kind::Read;
         let classify = |e: Error| match e {
             Error::Postgres(pg) if is_transient(&pg) => Attempt::Retry(pg.to_string()),
             Error::NoQueue { .. } | Error::NewerSchema { .. } => Attempt::Fail(e),
@@ -592,7 +611,23 @@ impl PgStore {
         if self.client.is_none() {
             self.connect().map_err(classify)?;
         }
+        // `rq_unfit` says why no live feeder can run a job from what this process found
+        // (liveness::set_largest_live), told to the session as settings.
+        let largest =
+            crate::liveness::largest_live_known().map(|c| (c.cpus, c.mem, c.devices.len() as i64));
+        if largest.is_some() && largest != self.told_largest {
+            let (cpus, mem, gpus) = largest.unwrap_or_default();
+            let client = self.client.as_mut().expect("connected above");
+            client
+                .batch_execute(&format!(
+                    "SET rq.largest_cpus = '{cpus}'; SET rq.largest_mem = '{mem}'; \
+                     SET rq.largest_gpus = '{gpus}'"
+                ))
+                .map_err(|e| classify(e.into()))?;
+            self.told_largest = largest;
+        }
         let access = self.access;
+        let key = self.lock_key();
         let client = self.client.as_mut().expect("connected above");
         let tx = client
             .build_transaction()
@@ -600,6 +635,11 @@ impl PgStore {
             .start()
             .map_err(|e| classify(e.into()))?;
         let pg = PgTx::new(tx, &self.statements);
+        let lock = match kind {
+            Kind::Write => "SELECT pg_advisory_xact_lock(?)",
+            Kind::SharedWrite | Kind::Read => "SELECT pg_advisory_xact_lock_shared(?)",
+        };
+        pg.query(lock, &[&key], None).map_err(classify)?;
         let mut released = false;
         let value = {
             let tx = super::Tx::Postgres(&pg);
@@ -652,6 +692,14 @@ impl PgStore {
 enum Attempt {
     Retry(String),
     Fail(Error),
+}
+
+/// What a transaction does, and so how it takes the queue's advisory lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Write,
+    SharedWrite,
+    Read,
 }
 
 /// A connection with rq's settings: bounded connect time, TCP keepalives (a server that

@@ -156,11 +156,21 @@ impl TestQueue {
     }
 
     pub fn on(store: StoreKind) -> TestQueue {
-        let tmp = tempfile::tempdir().unwrap();
         let path = match store {
-            StoreKind::Sqlite => tmp.path().join("q"),
-            StoreKind::Postgres => PathBuf::from(pg::new_queue_url()),
+            StoreKind::Sqlite => None,
+            StoreKind::Postgres => Some(PathBuf::from(pg::new_queue_url())),
         };
+        TestQueue::at(store, path)
+    }
+
+    /// A queue on a server of the test's own.
+    pub fn on_server(server: &pg::Server) -> TestQueue {
+        TestQueue::at(StoreKind::Postgres, Some(server.queue_url("q").into()))
+    }
+
+    fn at(store: StoreKind, path: Option<PathBuf>) -> TestQueue {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = path.unwrap_or_else(|| tmp.path().join("q"));
         rq_in(tmp.path(), &[path.to_str().unwrap(), "create"], None).ok();
         if store == StoreKind::Postgres {
             // The directory every host would see for job files (on NFS in a cluster).

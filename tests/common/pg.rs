@@ -62,8 +62,24 @@ fn as_server_user(program: &Path) -> Command {
 
 impl Server {
     fn start() -> Server {
+        Server::start_in(format!("rq-pg-{}", std::process::id()))
+    }
+
+    /// A server of the calling test's own (for faults that would disturb other tests:
+    /// restarts), stopped when dropped.
+    pub fn private() -> Server {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        Server::start_in(format!("rq-pg-{}-{n}", std::process::id()))
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn start_in(name: String) -> Server {
         let bin = installed();
-        let dir = std::env::temp_dir().join(format!("rq-pg-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         if is_root() {
@@ -73,10 +89,10 @@ impl Server {
                 .status()
                 .unwrap();
         }
-        let data = dir.join("data");
-        let out = as_server_user(&bin.join("initdb"))
+        let server = Server { dir, bin };
+        let out = as_server_user(&server.bin.join("initdb"))
             .arg("-D")
-            .arg(&data)
+            .arg(server.data())
             .args(["-A", "trust", "-U", "rq", "-E", "UTF8", "--no-sync"])
             .stdout(Stdio::null())
             .output()
@@ -86,26 +102,7 @@ impl Server {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let options = format!(
-            "-k {} -c listen_addresses='' -c max_connections=200 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off",
-            dir.display()
-        );
-        let out = as_server_user(&bin.join("pg_ctl"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-o", &options, "-l"])
-            .arg(dir.join("log"))
-            .args(["-w", "start"])
-            .stdout(Stdio::null())
-            .output()
-            .expect("pg_ctl start");
-        assert!(
-            out.status.success(),
-            "pg_ctl start: {} {}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(dir.join("log")).unwrap_or_default()
-        );
+        server.start_server();
         // The guard: once this test process is gone, stop the server and clean up.
         let stop = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
@@ -116,9 +113,9 @@ impl Server {
             } else {
                 ""
             },
-            pg_ctl = bin.join("pg_ctl").display(),
-            data = data.display(),
-            dir = dir.display(),
+            pg_ctl = server.bin.join("pg_ctl").display(),
+            data = server.data().display(),
+            dir = server.dir.display(),
         );
         use std::os::unix::process::CommandExt;
         // In the background of a shell that exits at once (so nothing is left to reap).
@@ -127,7 +124,50 @@ impl Server {
             .process_group(0)
             .status()
             .expect("the server's guard");
-        Server { dir, bin }
+        server
+    }
+
+    fn start_server(&self) {
+        let options = format!(
+            "-k {} -c listen_addresses='' -c max_connections=200 -c fsync=off \
+             -c synchronous_commit=off -c full_page_writes=off",
+            self.dir.display()
+        );
+        let out = as_server_user(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.data())
+            .args(["-o", &options, "-l"])
+            .arg(self.dir.join("log"))
+            .args(["-w", "start"])
+            .stdout(Stdio::null())
+            .output()
+            .expect("pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {} {}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+        );
+    }
+
+    /// `pg_ctl stop -m immediate` (the server is killed, as in a crash, and recovers from
+    /// its WAL on start), then a start after `down`.
+    pub fn crash_and_restart(&self, down: std::time::Duration) {
+        let stop = as_server_user(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_ctl stop");
+        assert!(stop.success(), "pg_ctl stop");
+        std::thread::sleep(down);
+        self.start_server();
+    }
+
+    /// A URL for a new queue on this server.
+    pub fn queue_url(&self, name: &str) -> String {
+        format!("{}?queue={name}", self.url())
     }
 
     /// The connection URL of database `postgres` (percent-encoded socket directory).
@@ -160,6 +200,19 @@ impl Server {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = as_server_user(&self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
