@@ -459,8 +459,10 @@ impl PgStore {
                 path: self.location.display().into(),
             });
         }
+        // A commit rq acts on (a claim, before its job is spawned) must survive a server
+        // crash, whatever the server's default.
         client.batch_execute(&format!(
-            "SET search_path TO \"{schema}\"; SET TIME ZONE 'UTC'"
+            "SET search_path TO \"{schema}\"; SET TIME ZONE 'UTC'; SET synchronous_commit = on"
         ))?;
         let found: i64 = client
             .query_one(

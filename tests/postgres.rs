@@ -1,0 +1,151 @@
+//! Faults of the PostgreSQL store, on real servers: a server crash and restart while
+//! feeders run, connections killed under the feeders, and many feeders and submitters
+//! at once. Each job must run exactly once (a ledger every job appends to says so).
+
+mod common;
+use common::*;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Jobs that append "jid host attempt" to the ledger, after `pause`.
+fn ledger_jobs(q: &TestQueue, n: usize, pause: &str) -> String {
+    let line = format!(
+        "sleep {pause}; echo \"$RQ_JID $RQ_RUNNER $RQ_ATTEMPTS\" >> {}\n",
+        q.ledger().display()
+    );
+    let path = q.tmp.path().join(format!("jobs-{n}-{pause}"));
+    std::fs::write(&path, line.repeat(n)).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Every one of `total` jobs finished with exit 0 and ran exactly once.
+fn each_ran_once(q: &TestQueue, total: usize) -> HashMap<String, usize> {
+    let mut runs: HashMap<i64, usize> = HashMap::new();
+    let mut hosts: HashMap<String, usize> = HashMap::new();
+    for l in q.ledger_lines() {
+        let parts: Vec<&str> = l.split(' ').collect();
+        assert_eq!(parts.len(), 3, "{l}");
+        *runs.entry(parts[0].parse().unwrap()).or_default() += 1;
+        *hosts.entry(parts[1].to_string()).or_default() += 1;
+    }
+    let twice: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "jobs ran more than once: {twice:?}");
+    assert_eq!(runs.len(), total, "every job ran");
+    let finished = q.rq(&[
+        "list",
+        "finished",
+        "-f",
+        "jid,exit_status",
+        "--format",
+        "json",
+    ]);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&finished.ok().stdout).unwrap();
+    assert_eq!(rows.len(), total);
+    assert!(rows.iter().all(|r| r["exit_status"] == 0), "all exited 0");
+    q.integrity_ok();
+    hosts
+}
+
+#[test]
+fn a_server_crash_mid_run_loses_no_job_and_runs_none_twice() {
+    let server = pg::Server::private();
+    let q = TestQueue::on_server(&server);
+    let total = 300;
+    let jobs = ledger_jobs(&q, total, "0.05");
+    q.rq(&["submit", "-q", "-i", &jobs]).ok();
+    let feeders: Vec<FeederProc> = ["h1", "h2"]
+        .iter()
+        .map(|h| q.feeder(h, &["--max_feed", "3"]))
+        .collect();
+    q.wait_for("a third of the jobs", 60, |q| {
+        q.ledger_lines().len() >= total / 3
+    });
+    // Killed as in a crash (no checkpoint, WAL recovery), down for two seconds.
+    server.crash_and_restart(Duration::from_secs(2));
+    q.wait_for("every job to finish after the restart", 120, |q| {
+        q.count("finished") == total as i64
+    });
+    let hosts = each_ran_once(&q, total);
+    assert_eq!(hosts.len(), 2, "both feeders came back: {hosts:?}");
+    for f in &feeders {
+        assert_eq!(
+            q.rq_as(&f.host, &["shutdown"]).status,
+            0,
+            "{} is alive",
+            f.host
+        );
+    }
+}
+
+#[test]
+fn connections_killed_under_the_feeders_are_replaced() {
+    let server = pg::Server::private();
+    let q = TestQueue::on_server(&server);
+    let total = 300;
+    let jobs = ledger_jobs(&q, total, "0.02");
+    q.rq(&["submit", "-q", "-i", &jobs]).ok();
+    let feeders: Vec<FeederProc> = ["h1", "h2", "h3"]
+        .iter()
+        .map(|h| q.feeder(h, &["--max_feed", "2"]))
+        .collect();
+    // Terminate every rq connection a few times while the jobs run.
+    let started = Instant::now();
+    let mut killed = 0;
+    while q.count("finished") < total as i64 && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(300));
+        let n: usize = server
+            .psql(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name LIKE 'rq %' AND pid <> pg_backend_pid()",
+            )
+            .trim()
+            .parse()
+            .unwrap();
+        killed += n;
+    }
+    assert!(killed >= 3, "connections were killed ({killed})");
+    q.wait_for("every job to finish", 60, |q| {
+        q.count("finished") == total as i64
+    });
+    each_ran_once(&q, total);
+    for f in &feeders {
+        assert_eq!(
+            q.rq_as(&f.host, &["shutdown"]).status,
+            0,
+            "{} is alive",
+            f.host
+        );
+    }
+}
+
+#[test]
+fn eight_feeders_and_two_submitters_run_ten_thousand_jobs_once_each() {
+    let q = TestQueue::on(StoreKind::Postgres);
+    let feeders: Vec<FeederProc> = (1..=8)
+        .map(|i| q.feeder(&format!("n{i}"), &["--max_feed", "4"]))
+        .collect();
+    let n = 5000;
+    let mut submitters = Vec::new();
+    for _ in 0..2 {
+        let jobs = ledger_jobs(&q, n, "0");
+        std::fs::rename(&jobs, format!("{jobs}-{}", submitters.len())).unwrap();
+        let mut cmd = rq_command();
+        cmd.args([
+            q.q(),
+            "submit",
+            "-q",
+            "-i",
+            &format!("{jobs}-{}", submitters.len()),
+        ]);
+        submitters.push(cmd.spawn().unwrap());
+    }
+    for mut s in submitters {
+        assert!(s.wait().unwrap().success());
+    }
+    q.wait_for("every job to finish", 400, |q| {
+        q.count("finished") == 2 * n as i64
+    });
+    let hosts = each_ran_once(&q, 2 * n);
+    assert_eq!(hosts.len(), 8, "every feeder ran jobs: {hosts:?}");
+    drop(feeders);
+}
