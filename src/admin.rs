@@ -42,8 +42,8 @@ fn refuse_existing(path: &Path) -> Result<()> {
 fn sqlite_only<'a>(tx: &crate::store::Tx<'a>) -> Result<&'a Connection> {
     tx.sqlite().ok_or_else(|| {
         Error::usage(
-            "this mode works on a queue directory's database file; a PostgreSQL queue is \
-             backed up with pg_dump (or 'rq Q export --to URL')",
+            "this mode works on a queue directory's database file; back up a PostgreSQL \
+             queue with pg_dump --schema=rq_NAME",
         )
     })
 }

@@ -23,7 +23,8 @@ jobs and run them; there is no server.
   rq /nfs/q list pending           show jobs
 
 modes (abbreviation):
-  create (c)        make a new queue directory
+  create (c)        make a new queue directory (or a queue in PostgreSQL: QUEUE is
+                    postgres://USER@HOST/DB?queue=NAME, see the README)
   submit (s)        add jobs: a command, --infile FILE, or a list on stdin
   touch (to)        submit unless an identical job (command and tag) is pending
   list (l, ls)      show jobs by state (p h r f d w c, all), jid or array:ID
@@ -176,8 +177,8 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "the time zone of times shown on a terminal (YAML/JSON are always UTC)",
     ),
     (
-        "RQ, RQ_JID, RQ_TAG, RQ_DATA, RQ_JOB, RQ_ARRAY_ID, RQ_ARRAY_INDEX, RQ_ITEM, RQ_GPUS",
-        "set for every job (see rq help feed)",
+        "RQ, RQ_BIN, RQ_JID, RQ_TAG, RQ_DATA, RQ_JOB, RQ_ARRAY_ID, RQ_ARRAY_INDEX, RQ_ITEM, RQ_GPUS",
+        "set for every job (see rq help feed): RQ is the queue (a directory or a URL), RQ_BIN its bin/",
     ),
 ];
 
@@ -639,7 +640,7 @@ pub fn command() -> clap::Command {
             clap::Arg::new("queue")
                 .value_name("QUEUE")
                 .value_hint(clap::ValueHint::DirPath)
-                .help("the queue directory (or set RQ_Q)"),
+                .help("the queue directory or postgres:// URL (or set RQ_Q)"),
         );
     for arg in options.get_arguments().filter(|a| a.get_id() != "words") {
         let arg = arg.clone().global(true);

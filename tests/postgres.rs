@@ -149,3 +149,25 @@ fn eight_feeders_and_two_submitters_run_ten_thousand_jobs_once_each() {
     assert_eq!(hosts.len(), 8, "every feeder ran jobs: {hosts:?}");
     drop(feeders);
 }
+
+#[test]
+fn modes_for_the_database_file_are_refused_clearly_and_make_nothing() {
+    let q = TestQueue::on(StoreKind::Postgres);
+    q.rq(&["submit", "-q", "true"]).ok();
+    for mode in ["snapshot", "backup", "rotate"] {
+        let dest = q.tmp.path().join(format!("{mode}-dest"));
+        let out = q.rq(&[mode, dest.to_str().unwrap()]).fails();
+        assert_eq!(out.status, 2, "{mode}");
+        assert!(out.stderr.contains("pg_dump"), "{}", out.stderr);
+        assert!(!dest.exists(), "{mode} made nothing");
+        assert!(!q.tmp.path().join(format!("{mode}-dest.tgz")).exists());
+    }
+    assert_eq!(q.rq(&["recover"]).fails().status, 2);
+    assert_eq!(q.jobs().len(), 1, "the queue is as it was");
+    // A queue name is checked, and a queue that does not exist is named as such.
+    let bad = format!("{}?queue=Bad-Name", pg::server().url());
+    rq_in(q.tmp.path(), &[&bad, "status"], None).fails();
+    let missing = format!("{}?queue=nothing_here", pg::server().url());
+    let out = rq_in(q.tmp.path(), &[&missing, "status"], None).fails();
+    assert!(out.stderr.contains("no such queue"), "{}", out.stderr);
+}

@@ -14,6 +14,7 @@ use crate::store::Access;
 
 impl Context<'_> {
     pub(super) fn admin(&mut self, mode: &str) -> Result<i32> {
+        self.refuse_on_postgres(mode)?;
         if self.args().len() > 1 {
             return Err(Error::usage(format!(
                 "{mode} takes at most one destination"
@@ -34,6 +35,18 @@ impl Context<'_> {
             self.print_value(&report)?;
         }
         Ok(0)
+    }
+
+    /// The modes that work on the queue directory's database file say so on a
+    /// PostgreSQL queue, before anything is made.
+    pub(super) fn refuse_on_postgres(&self, mode: &str) -> Result<()> {
+        if crate::queue::postgres_location(&self.queue)?.is_some() {
+            return Err(Error::usage(format!(
+                "{mode} works on a queue directory's database file; back up a PostgreSQL \
+                 queue with pg_dump --schema=rq_NAME"
+            )));
+        }
+        Ok(())
     }
 
     /// `rq Q pause` / `rq Q resume`: no feeder claims anything while the queue is paused
@@ -116,6 +129,7 @@ impl Context<'_> {
     }
 
     pub(super) fn recover(&mut self) -> Result<i32> {
+        self.refuse_on_postgres("recover")?;
         let dir = queue::resolve(&self.queue);
         if !dir.is_dir() {
             return Err(Error::NoQueue { path: dir });
