@@ -215,6 +215,8 @@ struct Doorbell {
     min: Duration,
     interval: Duration,
     next_check: Instant,
+    /// A PostgreSQL queue's NOTIFY, heard at every nap (the file is still watched).
+    listener: Option<crate::store::postgres::Listener>,
 }
 
 /// Open the doorbell to watch it: read-only, never through a link, only a regular file.
@@ -241,6 +243,7 @@ impl Doorbell {
             min,
             interval: min,
             next_check: Instant::now(),
+            listener: None,
         }
     }
 
@@ -252,6 +255,10 @@ impl Doorbell {
 
     fn rang(&mut self) -> bool {
         use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
+        if self.listener.as_mut().is_some_and(|l| l.heard()) {
+            self.hurry();
+            return true;
+        }
         if Instant::now() < self.next_check {
             return false;
         }
@@ -484,7 +491,8 @@ impl Feeder {
             std::process::id(),
             rand::random::<u32>()
         );
-        let doorbell = Doorbell::new(queue.dir(), config.min_sleep);
+        let mut doorbell = Doorbell::new(queue.dir(), config.min_sleep);
+        doorbell.listener = queue.listener();
         let kill_grace = config.kill_grace;
         Feeder {
             queue,

@@ -389,6 +389,14 @@ impl Queue {
         }
     }
 
+    /// For a feeder of a PostgreSQL queue: its ear for the queue's NOTIFY.
+    pub fn listener(&self) -> Option<crate::store::postgres::Listener> {
+        match &self.store {
+            Store::Postgres(pg) => Some(crate::store::postgres::Listener::start(&pg.location)),
+            Store::Sqlite(_) => None,
+        }
+    }
+
     /// Wake idle feeders: the doorbell file (in the job-file directory of a PostgreSQL
     /// queue too, whose feeders watch it) and, on PostgreSQL, a NOTIFY.
     fn ring_doorbell(&mut self) {

@@ -171,3 +171,30 @@ fn modes_for_the_database_file_are_refused_clearly_and_make_nothing() {
     let out = rq_in(q.tmp.path(), &[&missing, "status"], None).fails();
     assert!(out.stderr.contains("no such queue"), "{}", out.stderr);
 }
+
+#[test]
+fn an_idle_feeder_hears_a_notify_at_once() {
+    let q = TestQueue::on(StoreKind::Postgres);
+    // Polls only every minute: only the NOTIFY can bring it the job sooner.
+    let mut f = q.feeder("h1", &["--max_sleep", "60"]);
+    q.wait_for("the feeder to start", 10, |q| {
+        q.rq(&["feeders"]).ok().stdout.contains("h1")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    // A job put there with SQL, which rings no doorbell file, and a NOTIFY.
+    let schema = q.q().rsplit("queue=").next().unwrap().to_string();
+    q.sql(&format!(
+        "INSERT INTO jobs (state, submitted, submitter, command) \
+         VALUES ('pending', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'sql', 'echo heard'); \
+         NOTIFY rq_{schema}"
+    ));
+    let started = Instant::now();
+    q.wait_for("the job to run", 30, |q| q.count("finished") == 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "picked up long before the next poll"
+    );
+    assert_eq!(q.rq(&["stdout", "1"]).ok().stdout, "heard\n");
+    f.signal(libc::SIGTERM);
+    assert_eq!(f.wait_exit(Duration::from_secs(10)), Some(0));
+}

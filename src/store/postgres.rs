@@ -783,3 +783,66 @@ pub fn run_script(tx: &super::Tx<'_>, sql: &str) -> Result<Vec<crate::job::Row>>
     }
     Ok(rows)
 }
+
+/// A feeder's ear for the queue's NOTIFY (sent by every submit and by every write that
+/// lets jobs out of `waiting`): a connection of its own that LISTENs, read without
+/// blocking, so an idle feeder hears of new work within one nap (min_sleep) at no cost
+/// to the server. A lost connection is made again (at most every few seconds) and
+/// counts as having heard something, since a notification may have been missed.
+pub struct Listener {
+    location: Location,
+    client: Option<::postgres::Client>,
+    retry_at: std::time::Instant,
+}
+
+impl Listener {
+    pub fn start(location: &Location) -> Listener {
+        let mut listener = Listener {
+            location: location.clone(),
+            client: None,
+            retry_at: std::time::Instant::now(),
+        };
+        listener.connect();
+        listener
+    }
+
+    fn connect(&mut self) -> bool {
+        self.retry_at = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let channel = self.location.schema();
+        self.client = connect_client(&self.location.url).ok().and_then(|mut c| {
+            c.batch_execute(&format!("LISTEN \"{channel}\""))
+                .ok()
+                .map(|_| c)
+        });
+        self.client.is_some()
+    }
+
+    /// Did a notification arrive since the last call?
+    pub fn heard(&mut self) -> bool {
+        use ::postgres::fallible_iterator::FallibleIterator;
+        let Some(client) = self.client.as_mut() else {
+            return std::time::Instant::now() >= self.retry_at && self.connect();
+        };
+        let mut heard = false;
+        let mut lost = false;
+        {
+            let mut notifications = client.notifications();
+            let mut pending = notifications.iter();
+            loop {
+                match pending.next() {
+                    Ok(Some(_)) => heard = true,
+                    Ok(None) => break,
+                    Err(_) => {
+                        lost = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if lost || client.is_closed() {
+            self.client = None;
+            return true;
+        }
+        heard
+    }
+}
