@@ -1924,7 +1924,16 @@ fn insert_jobs(
             &job.gpus,
         ]);
     }
-    insert.execute(params.as_slice())?;
+    if let Tx::Postgres(pg) = tx {
+        // PostgreSQL takes rows fastest by COPY (one message for the whole batch).
+        const COLUMNS: &str = "jid, priority, state, submitted, submitter, stdin, data, tag, \
+             restartable, command, hosts, cwd, timeout, retries, retry_delay, user, name, \
+             after, after_any, waiting_on, reason, array_id, array_index, array_limit, env, \
+             not_before, cpus, mem, gpus";
+        crate::store::postgres::copy_in(*pg, "jobs", COLUMNS, &params, 29)?;
+    } else {
+        insert.execute(params.as_slice())?;
+    }
     tx.last_insert_rowid()
 }
 

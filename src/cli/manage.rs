@@ -14,7 +14,10 @@ use crate::store::Access;
 
 impl Context<'_> {
     pub(super) fn admin(&mut self, mode: &str) -> Result<i32> {
-        self.refuse_on_postgres(mode)?;
+        // rotate archives a PostgreSQL queue's ended jobs into a queue directory too.
+        if mode != "rotate" {
+            self.refuse_on_postgres(mode)?;
+        }
         if self.args().len() > 1 {
             return Err(Error::usage(format!(
                 "{mode} takes at most one destination"
