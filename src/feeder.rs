@@ -997,6 +997,7 @@ impl Feeder {
     }
 
     fn tick(&mut self, beater: &Beater) -> Result<()> {
+        self.queue.store().maintain()?;
         // One read transaction per heartbeat (each costs a handful of NFS round trips):
         // the settings, our claims, and the hosts that have running jobs.
         // An idle feeder also looks for claimable work there: its periodic poll.

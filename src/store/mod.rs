@@ -106,6 +106,18 @@ impl Store {
         }
     }
 
+    /// Housekeeping a feeder does once a heartbeat: on PostgreSQL, fold the per-statement
+    /// count deltas into the counts (so `status` sums a few rows, not a day's deltas).
+    /// Nothing on SQLite, whose counts are kept in place.
+    pub fn maintain(&mut self) -> Result<()> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(store) => {
+                store.write_shared(|tx| tx.query_row("SELECT 1 FROM fold_counts()", [], |_| Ok(())))
+            }
+        }
+    }
+
     /// Keep trying while the database server cannot be reached, however long (feeders:
     /// the ends of their jobs must be recorded once it is back).
     pub fn keep_trying(&mut self) {
