@@ -3,6 +3,7 @@
 # machine: dispatch of trivial jobs with 2, 4 and 8 feeders (2 slots each), submit of
 # 100,000 jobs from a file, status and list on 1,000,000 jobs, pick-up latency of a job
 # submitted to an idle feeder. Usage: bench/postgres.sh [--quick]
+# ONLY=dispatch,submit,big,pickup runs those sections only.
 # Needs root (the server runs as the postgres user) and Debian's postgresql (installed
 # when missing). The server runs on a Unix socket in a temporary directory with its
 # default durability (fsync on), as a real deployment would.
@@ -53,6 +54,8 @@ dispatch() { # store feeders -> jobs/s
     [ "$done" = "$N" ] || echo "WARNING: $done of $N jobs finished" >&2
     calc "round($N/($t1-$t0))"
 }
+want() { [ -z "${ONLY:-}" ] || [[ ",$ONLY," == *",$1,"* ]]; }
+if want dispatch; then
 echo "## Dispatch: $N trivial jobs (sh -c true), feeders of 2 slots each, jobs/s"
 echo "| feeders | SQLite directory | PostgreSQL | ratio |"
 echo "|---|---|---|---|"
@@ -63,7 +66,9 @@ for f in 2 4 8; do
 done
 echo "target: PostgreSQL >= 2x SQLite at 8 feeders: $(verdict "$P8 >= 2 * $S8")"
 echo
+fi
 
+if want submit; then
 echo "## Submit $SUBMIT_N jobs from a file"
 seq "$SUBMIT_N" | sed 's/.*/echo &/' > "$WORK/jobs"
 for store in sqlite postgres; do
@@ -74,7 +79,9 @@ for store in sqlite postgres; do
     [ $store = postgres ] && echo "  target >= 50,000 jobs/s: $(verdict "$rate >= 50000")"
 done
 echo
+fi
 
+if want big; then
 echo "## A queue of $BIG pending jobs: status and list"
 seq "$BIG" | sed 's/.*/echo &/' > "$WORK/big"
 for store in sqlite postgres; do
@@ -87,7 +94,9 @@ for store in sqlite postgres; do
     [ $store = postgres ] && echo "  target status < 200 ms: $(verdict "$best < 0.2")"
 done
 echo
+fi
 
+want pickup || exit 0
 echo "## Pick-up: submit to an idle feeder (min_sleep 0.05 s), ms until the job started"
 for store in sqlite postgres; do
     q=$(newq $store)
@@ -101,7 +110,7 @@ for store in sqlite postgres; do
         started=$("$RQ" "$q" stdout "$jid")
         lat+=("$(calc "round(($started-$t0)*1000)")")
     done
-    kill -TERM $fp; wait $fp 2>/dev/null
+    kill -QUIT $fp; wait $fp 2>/dev/null
     med=$(printf '%s\n' "${lat[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
     echo "- $store: median $med ms over $LAT_N jobs"
 done
