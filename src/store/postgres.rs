@@ -552,7 +552,9 @@ impl PgStore {
         }
     }
 
-    /// The advisory lock key of this queue (its schema's name, hashed by the server).
+    /// The advisory lock key of this queue: its schema's name, hashed (queues sharing a
+    /// database have their own locks; the array and tag-limit locks of the triggers and
+    /// claims are database-wide, which costs at most some waiting, never correctness).
     fn lock_key(&self) -> i64 {
         let mut hash: i64 = 0x7271;
         for b in self.location.schema().bytes() {
