@@ -800,9 +800,9 @@ pub fn run_script(tx: &super::Tx<'_>, sql: &str) -> Result<Vec<crate::job::Row>>
 }
 
 /// A feeder's ear for the queue's NOTIFY (sent by every submit and by every write that
-/// lets jobs out of `waiting`): a connection of its own that LISTENs, read without
-/// blocking, so an idle feeder hears of new work within one nap (min_sleep) at no cost
-/// to the server. A lost connection is made again (at most every few seconds) and
+/// lets jobs out of `waiting`): a connection of its own that LISTENs, read at every nap
+/// (waiting a millisecond at most), so an idle feeder hears of new work within one nap
+/// (min_sleep) at no cost to the server. A lost connection is made again (at most every few seconds) and
 /// counts as having heard something, since a notification may have been missed.
 pub struct Listener {
     location: Location,
@@ -841,8 +841,10 @@ impl Listener {
         let mut heard = false;
         let mut lost = false;
         {
+            // A millisecond's wait, not none: the driver reads the socket only while it
+            // waits (a non-blocking look sees only what an earlier call already read).
             let mut notifications = client.notifications();
-            let mut pending = notifications.iter();
+            let mut pending = notifications.timeout_iter(std::time::Duration::from_millis(1));
             loop {
                 match pending.next() {
                     Ok(Some(_)) => heard = true,
