@@ -175,7 +175,9 @@ fn modes_for_the_database_file_are_refused_clearly_and_make_nothing() {
 #[test]
 fn an_idle_feeder_hears_a_notify_at_once() {
     let q = TestQueue::on(StoreKind::Postgres);
-    // Polls only every minute: only the NOTIFY can bring it the job sooner.
+    // Polls (full polls and its heartbeat's look) only every minute: only the NOTIFY
+    // can bring it the job sooner.
+    q.rq(&["configure", "heartbeat=60s", "lease=3m"]).ok();
     let mut f = q.feeder("h1", &["--max_sleep", "60"]);
     q.wait_for("the feeder to start", 10, |q| {
         q.rq(&["feeders"]).ok().stdout.contains("h1")
@@ -189,11 +191,12 @@ fn an_idle_feeder_hears_a_notify_at_once() {
          NOTIFY rq_{schema}"
     ));
     let started = Instant::now();
-    q.wait_for("the job to run", 30, |q| q.count("finished") == 1);
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "picked up long before the next poll"
+    q.wait_for(
+        "the job to run (a NOTIFY missed waits for the next poll, in a minute)",
+        20,
+        |q| q.count("finished") == 1,
     );
+    assert!(started.elapsed() < Duration::from_secs(20));
     assert_eq!(q.rq(&["stdout", "1"]).ok().stdout, "heard\n");
     f.signal(libc::SIGTERM);
     assert_eq!(f.wait_exit(Duration::from_secs(10)), Some(0));
