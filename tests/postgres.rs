@@ -46,6 +46,18 @@ fn each_ran_once(q: &TestQueue, total: usize) -> HashMap<String, usize> {
     hosts
 }
 
+/// Every feeder is still running (it rode the fault out) and stops when asked.
+fn all_alive_and_stopped(q: &TestQueue, feeders: &[FeederProc]) {
+    for f in feeders {
+        assert_eq!(
+            q.rq_as(&f.host, &["shutdown"]).status,
+            0,
+            "{} is alive",
+            f.host
+        );
+    }
+}
+
 #[test]
 fn a_server_crash_mid_run_loses_no_job_and_runs_none_twice() {
     let server = pg::Server::private();
@@ -67,14 +79,7 @@ fn a_server_crash_mid_run_loses_no_job_and_runs_none_twice() {
     });
     let hosts = each_ran_once(&q, total);
     assert_eq!(hosts.len(), 2, "both feeders came back: {hosts:?}");
-    for f in &feeders {
-        assert_eq!(
-            q.rq_as(&f.host, &["shutdown"]).status,
-            0,
-            "{} is alive",
-            f.host
-        );
-    }
+    all_alive_and_stopped(&q, &feeders);
 }
 
 #[test]
@@ -108,14 +113,7 @@ fn connections_killed_under_the_feeders_are_replaced() {
         q.count("finished") == total as i64
     });
     each_ran_once(&q, total);
-    for f in &feeders {
-        assert_eq!(
-            q.rq_as(&f.host, &["shutdown"]).status,
-            0,
-            "{} is alive",
-            f.host
-        );
-    }
+    all_alive_and_stopped(&q, &feeders);
 }
 
 #[test]
