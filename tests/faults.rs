@@ -464,6 +464,7 @@ fn a_frozen_host_does_not_start_what_it_claimed_ahead_once_it_was_given_away(sto
         q.feeder_log("rescuer")
             .contains("host frozen has no heartbeat")
     };
+    let mut freezes = 1;
     for attempt in 1..=4 {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !reclaimed(&q) && Instant::now() < deadline {
@@ -475,6 +476,7 @@ fn a_frozen_host_does_not_start_what_it_claimed_ahead_once_it_was_given_away(sto
         frozen.thaw();
         std::thread::sleep(Duration::from_millis(700));
         frozen.freeze();
+        freezes += 1;
     }
     assert!(reclaimed(&q), "the frozen host's jobs were reclaimed");
     frozen.thaw();
@@ -483,9 +485,10 @@ fn a_frozen_host_does_not_start_what_it_claimed_ahead_once_it_was_given_away(sto
         v["jobs"]["finished"].as_i64().unwrap() + v["jobs"]["dead"].as_i64().unwrap() == 2000
     });
     ran_once_each(&q);
+    // Each freeze may cost what was running then (2 slots), nothing more.
     assert!(
-        q.count("dead") <= 2,
-        "only what was running when it froze may be dead"
+        q.count("dead") <= 2 * freezes,
+        "only what was running when it froze may be dead ({freezes} freezes)"
     );
     drop(frozen);
 }
