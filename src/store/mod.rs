@@ -32,13 +32,6 @@ pub enum Store {
 }
 
 impl Store {
-    pub fn dialect(&self) -> Dialect {
-        match self {
-            Store::Sqlite(_) => Dialect::Sqlite,
-            Store::Postgres(_) => Dialect::Postgres,
-        }
-    }
-
     /// Run `body` in one write transaction and commit it; transient failures rerun the
     /// whole body (so it must do nothing but SQL); an error during COMMIT is reported as
     /// `CommitUnknown`.
@@ -286,19 +279,6 @@ impl Stmt<'_> {
         })?;
         Ok(Rows { rows, next: 0 })
     }
-
-    pub fn column_names(&self) -> Result<Vec<String>> {
-        self.tx.column_names(&self.sql)
-    }
-
-    pub fn exists(&mut self, params: impl AsParams) -> Result<bool> {
-        let mut any = false;
-        self.tx.query_each(&self.sql, params, |_| {
-            any = true;
-            Ok(())
-        })?;
-        Ok(any)
-    }
 }
 
 /// One transaction of either store (see the module comment).
@@ -482,18 +462,6 @@ impl<'a> Tx<'a> {
         match self {
             Tx::Sqlite(conn) => Some(conn),
             Tx::Postgres(_) => None,
-        }
-    }
-
-    /// The names of the columns a query returns.
-    pub fn column_names(&self, sql: &str) -> Result<Vec<String>> {
-        match self {
-            Tx::Sqlite(conn) => Ok(conn
-                .prepare_cached(sql)?
-                .column_names()
-                .map(String::from)
-                .collect()),
-            Tx::Postgres(tx) => tx.column_names(sql),
         }
     }
 }

@@ -215,7 +215,6 @@ pub trait PgConn {
         limit: Option<usize>,
     ) -> Result<Vec<Vec<SqlValue>>>;
     fn batch(&self, sql: &str) -> Result<()>;
-    fn column_names(&self, sql: &str) -> Result<Vec<String>>;
     fn simple_query(&self, sql: &str) -> Result<Vec<::postgres::SimpleQueryMessage>>;
     /// COPY ... FROM STDIN with `data` in COPY's text format.
     fn copy_in(&self, sql: &str, data: &[u8]) -> Result<u64>;
@@ -313,15 +312,6 @@ impl PgConn for PgTx<'_> {
 
     fn batch(&self, sql: &str) -> Result<()> {
         Ok(self.tx.borrow_mut().batch_execute(sql)?)
-    }
-
-    fn column_names(&self, sql: &str) -> Result<Vec<String>> {
-        let stmt = self.statement(sql, &[])?;
-        Ok(stmt
-            .columns()
-            .iter()
-            .map(|c| c.name().to_string())
-            .collect())
     }
 }
 
