@@ -56,6 +56,7 @@ modes (abbreviation):
   backup (B)        a consistent copy of the whole queue
   rotate (R)        archive finished and dead jobs (QUEUE.<time>.tgz)
   recover           check the database; rebuild it if it is damaged
+  export            move the queue into a new one (e.g. into PostgreSQL)
   cron, crontab     keep a feeder running from cron on this host
   ioview (io)       open a job's stdin/stdout/stderr in an editor
   tail (ta)         follow a running job's output
@@ -106,6 +107,8 @@ options (accepted anywhere on the line; '--' ends them):
       --signal SIG       kill: signal to send (default TERM)
   -s, --snapshot         run a read-only mode on a snapshot of the queue
       --no-compress      rotate: keep the archive as a directory
+      --to QUEUE         export: the new queue (directory or postgres:// URL)
+      --files DIR        export: a new PostgreSQL queue's job-file directory
   -e, --editor CMD       ioview: the viewer (default $RQ_EDITOR or 'vim -R -o')
   -D, --daemon           feed: detach; prints 'pid N started'
       --max_feed N       feed: jobs at once (default: number of CPUs)
@@ -287,6 +290,7 @@ pub const MODE_OPTIONS: &[(&str, &[&str])] = &[
     ("wait", &["timeout"]),
     ("serve", &["listen", "allow_actions", "daemon", "log"]),
     ("rotate", &["no_compress"]),
+    ("export", &["to", "files"]),
     ("ioview", &["editor"]),
     (
         "feed",
@@ -553,6 +557,10 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
         "rq QUEUE rotate [DEST|DIR] [--no-compress]   (R)\n\nMove finished and dead jobs (rows and files) into an archive queue, packed as\nDEST.tgz (default QUEUE.<time>.tgz next to the queue; --no-compress keeps a\ndirectory). Pending, holding and running jobs stay. All or nothing. Read-only\nmodes open archives directly: rq q.20261127T000000Z.tgz list. jids stay unique.\n",
     ),
     (
+        "export",
+        "rq QUEUE export --to NEWQUEUE [--files DIR]\n\nMove the queue into a new queue, a directory or a PostgreSQL URL, keeping every\njob with its jid, state and history, the dependencies, the settings and the job\nfiles (into --files DIR, which a PostgreSQL queue needs: a directory every host\nsees, new or empty). The source is paused first and kept as it was: its feeders\nclaim nothing more, so no job runs in both ('rq QUEUE resume' undoes). Refused\nwhile a job runs: pause, let the running jobs end, then export. All or nothing.\n\n  rq /nfs/q pause; rq /nfs/q wait running\n  rq /nfs/q export --to 'postgres://rq@db/rq?queue=sims' --files /nfs/rqfiles\n",
+    ),
+    (
         "recover",
         "rq QUEUE recover\n\nCheck the database (integrity_check). If it is damaged: keep a copy of it\n(db.damaged.<time>), rebuild it from every row still readable, write the result back\nthrough SQLite (feeders wait meanwhile) and report what was recovered and what\nwas lost. Exit status 0 when the database is sound afterwards.\n",
     ),
@@ -725,6 +733,7 @@ pub fn command() -> clap::Command {
                 "backup",
                 "rotate",
                 "recover",
+                "export",
                 "cron",
                 "ioview",
                 "tail",

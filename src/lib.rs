@@ -37,6 +37,7 @@ pub mod cli;
 pub mod control;
 pub mod cron;
 pub mod deps;
+pub mod export;
 pub mod feeder;
 pub mod fsguard;
 pub mod help;

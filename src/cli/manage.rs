@@ -1,4 +1,4 @@
-//! Administration and job I/O: snapshot, backup, rotate, recover, cron, ioview, tail.
+//! Administration and job I/O: snapshot, backup, rotate, recover, export, cron, ioview, tail.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -34,6 +34,28 @@ impl Context<'_> {
             "backup" => crate::admin::backup(&mut q, dest.as_deref())?,
             _ => crate::admin::rotate(&mut q, dest.as_deref(), self.inv.opts.no_compress)?,
         };
+        if !self.inv.opts.quiet {
+            self.print_value(&report)?;
+        }
+        Ok(0)
+    }
+
+    /// `rq Q export --to DEST [--files DIR]` (or `rq Q export DEST`): the queue moved into
+    /// a new queue of either store, the source kept but paused.
+    pub(super) fn export(&mut self) -> Result<i32> {
+        let dest = match (self.inv.opts.to.clone(), self.args()) {
+            (Some(to), []) => to,
+            (None, [to]) => PathBuf::from(to),
+            (None, []) => {
+                return Err(Error::usage(
+                    "export needs the new queue: rq Q export --to postgres://HOST/DB?queue=NAME --files DIR",
+                ));
+            }
+            _ => return Err(Error::usage("export takes one destination")),
+        };
+        let mut q = self.open(Access::ReadWrite)?;
+        let o = &self.inv.opts;
+        let report = crate::export::export(&mut q, &dest, o.files.as_deref(), o.quiet)?;
         if !self.inv.opts.quiet {
             self.print_value(&report)?;
         }

@@ -145,6 +145,12 @@ pub struct Options {
     /// Run a read-only mode on a consistent snapshot of the queue.
     #[arg(short = 's', long)]
     pub snapshot: bool,
+    /// export: the new queue (a directory or a PostgreSQL URL) the jobs move into.
+    #[arg(long, value_name = "QUEUE")]
+    pub to: Option<PathBuf>,
+    /// export: the job-file directory of a new PostgreSQL queue (as configure files=).
+    #[arg(long, value_name = "DIR")]
+    pub files: Option<PathBuf>,
     /// rotate: keep the archive as a directory (no .tgz).
     #[arg(long = "no-compress", visible_alias = "no_compress")]
     pub no_compress: bool,
@@ -293,6 +299,7 @@ pub const MODES: &[(&str, &[&str])] = &[
     ("snapshot", &["S"]),
     ("backup", &["B"]),
     ("rotate", &["R"]),
+    ("export", &[]),
     ("recover", &[]),
     ("cron", &[]),
     ("crontab", &[]),
@@ -582,6 +589,7 @@ impl Context<'_> {
             "lock" => self.lock(),
             "snapshot" | "backup" | "rotate" => self.admin(mode),
             "recover" => self.recover(),
+            "export" => self.export(),
             "cron" => self.cron(None),
             "crontab" => self.cron(Some("tab")),
             "ioview" => self.ioview(),

@@ -636,9 +636,18 @@ impl PgStore {
         let access = self.access;
         let key = self.lock_key();
         let client = self.client.as_mut().expect("connected above");
+        // A reader sees one snapshot through all its statements (as under SQLite's shared
+        // lock): list pages, status counts and export agree with each other. Read-only
+        // transactions never fail to serialize at this level.
+        let isolation = if read_only {
+            ::postgres::IsolationLevel::RepeatableRead
+        } else {
+            ::postgres::IsolationLevel::ReadCommitted
+        };
         let tx = client
             .build_transaction()
             .read_only(read_only)
+            .isolation_level(isolation)
             .start()
             .map_err(|e| classify(e.into()))?;
         let pg = PgTx::new(tx, &self.statements);
@@ -755,6 +764,17 @@ pub fn create_queue(location: &Location) -> Result<()> {
         ],
     )?;
     tx.commit()?;
+    Ok(())
+}
+
+/// Remove a queue from its database (its schema and everything in it): only for a queue
+/// this process has just made and failed to fill (`export`).
+pub fn drop_queue(location: &Location) -> Result<()> {
+    let mut client = connect_client(&location.url)?;
+    client.batch_execute(&format!(
+        "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+        location.schema()
+    ))?;
     Ok(())
 }
 

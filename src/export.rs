@@ -1,0 +1,417 @@
+//! `rq SRC export --to DEST`: a queue moved into another store — a queue directory into
+//! PostgreSQL when the cluster outgrows its file server, or back — keeping every job with
+//! its jid, state and history, the dependencies, the settings and the job files.
+//!
+//! The new queue is made first (refused when it exists), then the source is paused, so no
+//! feeder claims anything from it while, or after, it is copied: its jobs live on in the
+//! new queue, and they must not run twice. A job still running refuses the export. The
+//! rows are copied inside one read transaction of the source and one write transaction of
+//! the new queue; the job files after both, outside any transaction. A failure removes
+//! the new queue and resumes the source (if export paused it): all or nothing.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+
+use serde_json::{Value, json};
+
+use crate::error::{Error, IoContext, Result};
+use crate::queue::{self, JOB_DIRS, Queue};
+use crate::store::{self, Access, SqlValue, ToSql, Tx};
+
+/// Rows read and written per statement (bounded memory whatever the queue's size).
+const PAGE: i64 = 2000;
+
+/// What the copy of the rows found and wrote.
+#[derive(Default)]
+struct Copied {
+    jobs: usize,
+    deps: usize,
+    /// Job files (paths relative to the queue) named by the copied jobs.
+    files: Vec<String>,
+    highest_jid: i64,
+}
+
+/// Export `src` into the new queue `to`; `files` is the job-file directory of a
+/// PostgreSQL destination (`configure files=`); progress on a terminal unless `quiet`.
+pub fn export(src: &mut Queue, to: &Path, files: Option<&Path>, quiet: bool) -> Result<Value> {
+    let to_postgres = queue::postgres_location(to)?;
+    let files = match (&to_postgres, files) {
+        (Some(_), None) => {
+            return Err(Error::usage(
+                "export to PostgreSQL needs --files DIR: the directory every host sees for the \
+                 job files (stdin, stdout, stderr, data); nothing was changed",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Error::usage(
+                "--files is for a PostgreSQL destination: a queue directory keeps its job files \
+                 in itself; nothing was changed",
+            ));
+        }
+        (_, files) => files.map(queue::resolve),
+    };
+    let dest_name = match &to_postgres {
+        Some(location) => location.display(),
+        None => queue::resolve(to).display().to_string(),
+    };
+    if dest_name == src.name() {
+        return Err(Error::usage(
+            "export needs another queue as its destination; nothing was changed",
+        ));
+    }
+    let made_files_dir = match &files {
+        Some(dir) => check_files_dir(src, dir)?,
+        None => false,
+    };
+
+    queue::create(to)?;
+    let mut paused_here = false;
+    let outcome = fill(src, to, files.as_deref(), quiet, &mut paused_here);
+    match outcome {
+        Ok(copied) => {
+            let mut report = serde_json::Map::new();
+            report.insert("exported".into(), json!(dest_name));
+            if let Some(dir) = &files {
+                report.insert("files".into(), json!(dir));
+            }
+            report.insert("jobs".into(), json!(copied.jobs));
+            report.insert("dependencies".into(), json!(copied.deps));
+            report.insert("job_files".into(), json!(copied.files.len()));
+            report.insert("next_jid".into(), json!(copied.highest_jid + 1));
+            report.insert(
+                "source".into(),
+                json!(format!(
+                    "{} is kept, paused: its feeders claim nothing ('rq {} resume' undoes)",
+                    src.name(),
+                    src.name()
+                )),
+            );
+            Ok(Value::Object(report))
+        }
+        Err(e) => {
+            if paused_here {
+                let _ = src.set_flag("paused", None);
+            }
+            match &to_postgres {
+                Some(location) => {
+                    let _ = crate::store::postgres::drop_queue(location);
+                }
+                None => {
+                    let _ = std::fs::remove_dir_all(queue::resolve(to));
+                }
+            }
+            if let Some(dir) = &files {
+                if made_files_dir {
+                    let _ = std::fs::remove_dir_all(dir);
+                } else {
+                    remove_job_dirs(dir);
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The job-file directory of the new queue must be new or empty (another queue's files
+/// there would meet these jids), and not the source's own. Returns whether it is new.
+fn check_files_dir(src: &Queue, dir: &Path) -> Result<bool> {
+    if src.has_files() && queue::resolve(src.dir()) == dir {
+        return Err(Error::usage(format!(
+            "--files {} is the source's own directory; give the new queue a new one; nothing \
+             was changed",
+            dir.display()
+        )));
+    }
+    match std::fs::symlink_metadata(dir) {
+        Err(_) => Ok(true),
+        Ok(meta) if meta.is_dir() => {
+            let empty = std::fs::read_dir(dir)
+                .context(|| format!("cannot read {}", dir.display()))?
+                .next()
+                .is_none();
+            if empty {
+                Ok(false)
+            } else {
+                Err(Error::Conflict(format!(
+                    "--files {} is not empty; give the new queue an empty directory; nothing \
+                     was changed",
+                    dir.display()
+                )))
+            }
+        }
+        Ok(_) => Err(Error::Conflict(format!(
+            "--files {} is not a directory; nothing was changed",
+            dir.display()
+        ))),
+    }
+}
+
+/// The directories `configure files=` makes in a job-file directory.
+fn remove_job_dirs(dir: &Path) {
+    for sub in [
+        "bin", "stdin", "stdout", "stderr", "data", "hosts", "starts",
+    ] {
+        let _ = std::fs::remove_dir_all(dir.join(sub));
+    }
+    let _ = std::fs::remove_file(dir.join("doorbell"));
+}
+
+/// Pause the source, copy its rows into the new queue, then its job files.
+fn fill(
+    src: &mut Queue,
+    to: &Path,
+    files: Option<&Path>,
+    quiet: bool,
+    paused_here: &mut bool,
+) -> Result<Copied> {
+    let mut dest = Queue::open(to, Access::ReadWrite)?;
+    if let Some(dir) = files {
+        dest.configure(&[("files".into(), dir.display().to_string())])?;
+    }
+    let since = format!(
+        "since {} by {}@{} (exported to {})",
+        crate::time::now(),
+        crate::host::user_name(),
+        crate::host::name(),
+        dest.name()
+    );
+    *paused_here = src.set_flag("paused", Some(&since))?;
+    let source_name = src.name();
+    let progress = Progress::start(!quiet);
+    let copied = src.store().read(|from| {
+        dest.store()
+            .write(|into| copy_rows(from, into, &source_name, &progress))
+    });
+    progress.stop();
+    let copied = copied?;
+    if src.has_files() {
+        let bin = src.dir().join("bin");
+        if bin.is_dir() {
+            queue::copy_tree(&bin, &dest.dir().join("bin"))?;
+        }
+        for rel in &copied.files {
+            let from = src.dir().join(rel);
+            if std::fs::symlink_metadata(&from).is_ok() {
+                queue::copy_tree(&from, &dest.dir().join(rel))?;
+            }
+        }
+    }
+    Ok(copied)
+}
+
+/// Every row of the source (jobs, dependencies, settings) into the new queue, and its jid
+/// sequence: jids go on above every jid the source ever gave.
+fn copy_rows(from: &Tx<'_>, into: &Tx<'_>, source: &str, progress: &Progress) -> Result<Copied> {
+    let (running, total): (i64, i64) = from.query_row(
+        "SELECT count(*) FILTER (WHERE state = 'running'), count(*) FROM jobs",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    progress.total.store(total, Ordering::Relaxed);
+    progress.done.store(0, Ordering::Relaxed);
+    if running > 0 {
+        return Err(Error::Conflict(format!(
+            "{running} job{} still running in {source}: pause it ('rq {source} pause'), let \
+             them end, then export again; nothing was changed",
+            if running == 1 { " is" } else { "s are" }
+        )));
+    }
+    let mut copied = Copied::default();
+
+    let mut settings = Vec::new();
+    from.query_each("SELECT key, value FROM attributes ORDER BY key", [], |r| {
+        let key: String = r.get(0)?;
+        let value: Option<String> = r.get(1)?;
+        // The job-file directory is the new queue's own. The pause stays with the source:
+        // it is what keeps the source from running the jobs the new queue now has.
+        if key != "files" && key != "paused" {
+            settings.push((key, value));
+        }
+        Ok(())
+    })?;
+    for (key, value) in &settings {
+        into.execute(
+            "INSERT INTO attributes (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            rusqlite::params![key, value],
+        )?;
+    }
+
+    let fields = crate::job::FIELDS;
+    let file_columns: Vec<usize> = JOB_DIRS
+        .iter()
+        .filter_map(|d| fields.iter().position(|f| f == d))
+        .collect();
+    let select = format!(
+        "SELECT {} FROM jobs WHERE jid > ? ORDER BY jid LIMIT ?",
+        fields.join(", ")
+    );
+    let mut after = 0i64;
+    loop {
+        let mut page: Vec<Vec<SqlValue>> = Vec::new();
+        from.query_each(&select, [after, PAGE], |r| {
+            let row = (0..fields.len())
+                .map(|i| r.get::<_, SqlValue>(i))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            page.push(row);
+            Ok(())
+        })?;
+        let Some(last) = page.last() else { break };
+        if let SqlValue::Integer(jid) = last[0] {
+            after = jid;
+        }
+        for row in &page {
+            for &i in &file_columns {
+                if let SqlValue::Text(rel) = &row[i] {
+                    copied.files.push(rel.clone());
+                }
+            }
+        }
+        insert_rows(into, "jobs", fields, &page)?;
+        copied.jobs += page.len();
+        progress.done.store(copied.jobs, Ordering::Relaxed);
+    }
+
+    let mut after = (0i64, 0i64);
+    loop {
+        let mut page: Vec<Vec<SqlValue>> = Vec::new();
+        from.query_each(
+            "SELECT dep, job, kind, met FROM deps WHERE dep > ?1 OR (dep = ?1 AND job > ?2) \
+             ORDER BY dep, job LIMIT ?3",
+            [after.0, after.1, PAGE],
+            |r| {
+                page.push(
+                    (0..4)
+                        .map(|i| r.get::<_, SqlValue>(i))
+                        .collect::<rusqlite::Result<Vec<_>>>()?,
+                );
+                Ok(())
+            },
+        )?;
+        let Some(last) = page.last() else { break };
+        if let (SqlValue::Integer(dep), SqlValue::Integer(job)) = (&last[0], &last[1]) {
+            after = (*dep, *job);
+        }
+        copied.deps += page.len();
+        insert_rows(into, "deps", &["dep", "job", "kind", "met"], &page)?;
+    }
+
+    copied.highest_jid = highest_jid_given(from)?;
+    continue_jids_above(into, copied.highest_jid)?;
+    into.execute(
+        "INSERT INTO meta (key, value) VALUES ('exported_from', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [format!("{source} at {}", crate::time::now())],
+    )?;
+    Ok(copied)
+}
+
+/// Insert rows of `columns`: by COPY on PostgreSQL (one message per page), by one prepared
+/// statement on SQLite.
+fn insert_rows(tx: &Tx<'_>, table: &str, columns: &[&str], rows: &[Vec<SqlValue>]) -> Result<()> {
+    if let Tx::Postgres(pg) = tx {
+        let values: Vec<&dyn ToSql> = rows.iter().flatten().map(|v| v as &dyn ToSql).collect();
+        return crate::store::postgres::copy_in(
+            *pg,
+            table,
+            &columns.join(", "),
+            &values,
+            columns.len(),
+        );
+    }
+    let sql = format!(
+        "INSERT INTO {table} ({}) VALUES ({})",
+        columns.join(", "),
+        vec!["?"; columns.len()].join(", ")
+    );
+    let mut insert = tx.prepare_cached(&sql)?;
+    for row in rows {
+        insert.execute(store::params_from_iter(row))?;
+    }
+    Ok(())
+}
+
+/// The highest jid the queue ever gave (deleted and rotated jobs' too: jids are never
+/// reused).
+fn highest_jid_given(tx: &Tx<'_>) -> Result<i64> {
+    let given = if tx.is_postgres() {
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM jobs_jid_seq"
+    } else {
+        "SELECT coalesce((SELECT max(seq) FROM sqlite_sequence WHERE name = 'jobs'), 0)"
+    };
+    let given: i64 = tx.query_row(given, [], |r| r.get(0))?;
+    let present: i64 = tx.query_row("SELECT coalesce(max(jid), 0) FROM jobs", [], |r| r.get(0))?;
+    Ok(given.max(present))
+}
+
+/// Make the queue's next jid come after `top`.
+fn continue_jids_above(tx: &Tx<'_>, top: i64) -> Result<()> {
+    if top <= 0 {
+        return Ok(());
+    }
+    if tx.is_postgres() {
+        tx.query_row("SELECT setval('jobs_jid_seq', ?)", [top], |r| {
+            r.get::<_, i64>(0)
+        })?;
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO sqlite_sequence (name, seq) SELECT 'jobs', 0 \
+         WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'jobs')",
+        [],
+    )?;
+    tx.execute(
+        "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'jobs'",
+        [top],
+    )?;
+    Ok(())
+}
+
+/// "export: N of M jobs copied" on a terminal, once a second, from a thread of its own:
+/// the copy runs inside transactions, which must never wait on a terminal.
+struct Progress {
+    total: Arc<AtomicI64>,
+    done: Arc<AtomicUsize>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(show: bool) -> Progress {
+        let total = Arc::new(AtomicI64::new(0));
+        let done = Arc::new(AtomicUsize::new(0));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = (show && std::io::stderr().is_terminal()).then(|| {
+            let (total, done) = (total.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut shown = false;
+                while stopped
+                    .recv_timeout(std::time::Duration::from_secs(1))
+                    .is_err_and(|e| e == std::sync::mpsc::RecvTimeoutError::Timeout)
+                {
+                    let (done, total) =
+                        (done.load(Ordering::Relaxed), total.load(Ordering::Relaxed));
+                    eprint!("\rexport: {done} of {total} jobs copied");
+                    let _ = std::io::stderr().flush();
+                    shown = true;
+                }
+                if shown {
+                    eprint!("\r\x1b[K");
+                }
+            })
+        });
+        Progress {
+            total,
+            done,
+            stop: Some(stop),
+            thread,
+        }
+    }
+
+    fn stop(mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
