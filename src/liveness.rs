@@ -212,6 +212,11 @@ pub fn mtime(path: &Path) -> Option<Timestamp> {
 
 /// "Now" on the file server's clock, for a process that has no heartbeat file of its own.
 pub fn server_now(queue: &Path, host: &str) -> Result<Timestamp> {
+    if queue.as_os_str().is_empty() {
+        // A PostgreSQL queue without a job-file directory: no heartbeat to compare, and
+        // an empty path must not become the caller's working directory.
+        return Ok(crate::time::now_ts());
+    }
     let dir = hosts_dir(queue);
     std::fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join(format!(".clock.{}", file_name(host)));
@@ -312,6 +317,9 @@ impl Heartbeat {
 
 /// Every host that has published a heartbeat: its info and heartbeat age.
 pub fn known_hosts(queue: &Path, server_now: Timestamp) -> Vec<(Value, Option<f64>)> {
+    if queue.as_os_str().is_empty() {
+        return Vec::new();
+    }
     let Ok(entries) = std::fs::read_dir(hosts_dir(queue)) else {
         return Vec::new();
     };

@@ -98,7 +98,11 @@ pub fn render(inputs: &Inputs<'_>) -> Result<String> {
     );
     let db = Gauge::<i64>::default();
     db.set(inputs.db_bytes as i64);
-    registry.register("rq_queue_db_bytes", "Size of the queue's database file", db);
+    registry.register(
+        "rq_queue_db_bytes",
+        "Size of the queue's database (its file, or its PostgreSQL tables)",
+        db,
+    );
 
     let up = Family::<HostLabel, Gauge>::default();
     let age = Family::<HostLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();

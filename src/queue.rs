@@ -408,6 +408,27 @@ impl Queue {
         }
     }
 
+    /// The space the queue's database takes: its file, or its PostgreSQL tables and
+    /// indexes (0 when it cannot be read).
+    pub fn size_bytes(&mut self) -> u64 {
+        match &mut self.store {
+            Store::Sqlite(_) => {
+                std::fs::symlink_metadata(self.dir.join("db")).map_or(0, |m| m.len())
+            }
+            Store::Postgres(pg) => pg
+                .read(|tx| {
+                    tx.query_row(
+                        "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c \
+                         JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm')",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )
+                })
+                .map_or(0, |n| n.max(0) as u64),
+        }
+    }
+
     pub fn store(&mut self) -> &mut Store {
         &mut self.store
     }

@@ -9,9 +9,8 @@ use common::browser::{Browser, Server};
 use common::*;
 use fantoccini::Locator;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_overview_counts_and_updates_without_a_reload() {
-    let q = TestQueue::new();
+async fn the_overview_counts_and_updates_without_a_reload(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "true"]).ok();
     let mut f = q.feeder("h1", &["--exit_when_empty"]);
     assert_eq!(f.wait_exit(Duration::from_secs(30)), Some(0));
@@ -59,9 +58,8 @@ async fn the_overview_counts_and_updates_without_a_reload() {
     browser.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_jobs_page_follows_its_output_live() {
-    let q = TestQueue::new();
+async fn a_jobs_page_follows_its_output_live(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&[
         "submit",
         "-q",
@@ -141,9 +139,8 @@ async fn a_jobs_page_follows_its_output_live() {
     browser.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_hosts_view_shows_a_killed_feeder_as_dead() {
-    let q = TestQueue::new();
+async fn the_hosts_view_shows_a_killed_feeder_as_dead(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["configure", "heartbeat=0.5s", "lease=1s"]).ok();
     for i in 0..6 {
         q.rq(&["submit", "-q", &format!("sleep 0.{i}")]).ok();
@@ -183,9 +180,8 @@ async fn the_hosts_view_shows_a_killed_feeder_as_dead() {
     browser.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn actions_need_the_token() {
-    let q = TestQueue::new();
+async fn actions_need_the_token(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "sleep 60"]).ok();
     q.rq(&["submit", "-q", "--stage", "echo later"]).ok();
     let _f = q.feeder("h1", &[]);
@@ -341,9 +337,9 @@ fn value(samples: &[prometheus_parse::Sample], name: &str, label: Option<(&str, 
     }
 }
 
-#[test]
-fn metrics_parse_and_match_the_queue() {
-    let q = TestQueue::new();
+// async only so one macro makes every test of this file (its calls all block).
+async fn metrics_parse_and_match_the_queue(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "true"]).ok();
     q.rq(&["submit", "-q", "exit 3"]).ok();
     let mut f = q.feeder("h1", &["--exit_when_empty"]);
@@ -383,9 +379,9 @@ fn metrics_parse_and_match_the_queue() {
     }
 }
 
-#[test]
-fn serve_listens_on_loopback_and_warns_about_wider_listening() {
-    let q = TestQueue::new();
+// async only so one macro makes every test of this file (its calls all block).
+async fn serve_listens_on_loopback_and_warns_about_wider_listening(store: StoreKind) {
+    let q = TestQueue::on(store);
     let server = Server::start(&q, &[]);
     assert!(
         server.url.starts_with("http://127.0.0.1:"),
@@ -451,3 +447,12 @@ fn serve_listens_on_loopback_and_warns_about_wider_listening() {
     );
     assert!(status == 413 || status == 403, "{status}");
 }
+
+crate::on_both_stores_async!(
+    the_overview_counts_and_updates_without_a_reload,
+    a_jobs_page_follows_its_output_live,
+    the_hosts_view_shows_a_killed_feeder_as_dead,
+    actions_need_the_token,
+    metrics_parse_and_match_the_queue,
+    serve_listens_on_loopback_and_warns_about_wider_listening,
+);

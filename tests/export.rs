@@ -203,7 +203,7 @@ fn nix_mkfifo(path: &std::path::Path) {
     assert!(status.success());
 }
 
-on_both_stores!(
+crate::on_both_stores!(
     export_keeps_every_job_dependency_setting_and_file,
     export_is_refused_while_a_job_runs_and_changes_nothing,
     a_failed_export_removes_the_new_queue_and_resumes_the_source,

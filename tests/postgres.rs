@@ -199,3 +199,22 @@ fn an_idle_feeder_hears_a_notify_at_once() {
     f.signal(libc::SIGTERM);
     assert_eq!(f.wait_exit(Duration::from_secs(10)), Some(0));
 }
+
+#[test]
+fn a_queue_without_a_file_directory_writes_nothing_where_it_is_asked_from() {
+    let url = pg::new_queue_url();
+    let cwd = tempfile::tempdir().unwrap();
+    rq_in(cwd.path(), &[&url, "create"], None).ok();
+    rq_in(cwd.path(), &[&url, "submit", "-q", "true"], None).ok();
+    for mode in ["status", "feeders", "list", "metrics"] {
+        rq_in(cwd.path(), &[&url, mode], None).ok();
+    }
+    let feeding = rq_in(cwd.path(), &[&url, "feed"], None).fails();
+    assert!(
+        feeding.stderr.contains("configure files=DIR"),
+        "{}",
+        feeding.stderr
+    );
+    let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -22,8 +22,8 @@ fn on_terminal(q: &TestQueue, args: &[&str]) -> std::process::Command {
 
 /// A queue with a finished job, a failed one, a pending one with a long command and a
 /// holding one.
-fn queue_with_history() -> TestQueue {
-    let q = TestQueue::new();
+fn queue_with_history(store: StoreKind) -> TestQueue {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "echo hello"]).ok();
     q.rq(&[
         "submit",
@@ -56,9 +56,8 @@ fn unicode_width(line: &str) -> usize {
     line.chars().count()
 }
 
-#[test]
-fn list_is_a_table_on_a_terminal_and_yaml_when_piped() {
-    let q = queue_with_history();
+fn list_is_a_table_on_a_terminal_and_yaml_when_piped(store: StoreKind) {
+    let q = queue_with_history(store);
     for width in [80u16, 200] {
         let (code, out) = pty::run(on_terminal(&q, &["list"]), width);
         assert_eq!(code, 0, "{out}");
@@ -119,9 +118,8 @@ fn list_is_a_table_on_a_terminal_and_yaml_when_piped() {
     assert!(strip_ansi(&out).starts_with("---\n-\n jid: 1\n"), "{out}");
 }
 
-#[test]
-fn fields_pick_columns_in_order_and_long_adds_the_rest() {
-    let q = queue_with_history();
+fn fields_pick_columns_in_order_and_long_adds_the_rest(store: StoreKind) {
+    let q = queue_with_history(store);
     let (_, out) = pty::run(on_terminal(&q, &["list", "-f", "command,jid"]), 120);
     let text = strip_ansi(&out);
     let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
@@ -154,9 +152,8 @@ fn fields_pick_columns_in_order_and_long_adds_the_rest() {
     assert_eq!(yaml, "---\n-\n jid: 1\n command: echo hello\n");
 }
 
-#[test]
-fn colour_on_a_terminal_unless_no_color_or_never() {
-    let q = queue_with_history();
+fn colour_on_a_terminal_unless_no_color_or_never(store: StoreKind) {
+    let q = queue_with_history(store);
     let (_, coloured) = pty::run(on_terminal(&q, &["list"]), 120);
     assert!(
         coloured.contains("\x1b["),
@@ -187,9 +184,8 @@ fn colour_on_a_terminal_unless_no_color_or_never() {
     q.rq(&["list", "--color", "sometimes"]).fails();
 }
 
-#[test]
-fn tables_into_a_pipe_take_columns_from_the_environment() {
-    let q = queue_with_history();
+fn tables_into_a_pipe_take_columns_from_the_environment(store: StoreKind) {
+    let q = queue_with_history(store);
     let mut cmd = rq_command();
     cmd.current_dir(q.tmp.path())
         .env("COLUMNS", "60")
@@ -201,9 +197,8 @@ fn tables_into_a_pipe_take_columns_from_the_environment() {
     assert!(!out.stdout.contains("\x1b["), "no colour into a pipe");
 }
 
-#[test]
-fn status_on_a_terminal_is_one_screen() {
-    let q = queue_with_history();
+fn status_on_a_terminal_is_one_screen(store: StoreKind) {
+    let q = queue_with_history(store);
     let (code, out) = pty::run(on_terminal(&q, &["status"]), 100);
     assert_eq!(code, 0);
     let text = strip_ansi(&out);
@@ -238,9 +233,8 @@ fn status_on_a_terminal_is_one_screen() {
     );
 }
 
-#[test]
-fn feeders_show_a_dead_host_in_red() {
-    let q = TestQueue::new();
+fn feeders_show_a_dead_host_in_red(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["configure", "heartbeat=0.5s", "lease=1s"]).ok();
     let alive = q.feeder("alive1", &[]);
     let doomed = q.feeder("doomed", &[]);
@@ -274,9 +268,8 @@ fn feeders_show_a_dead_host_in_red() {
     drop(doomed);
 }
 
-#[test]
-fn top_draws_redraws_switches_views_and_gives_the_terminal_back() {
-    let q = TestQueue::new();
+fn top_draws_redraws_switches_views_and_gives_the_terminal_back(store: StoreKind) {
+    let q = TestQueue::on(store);
     let mut top = Pty::spawn(on_terminal(&q, &["top"]), 100, 30);
     assert!(
         top.wait_screen(20, |s| s.contains("0 jobs") && s.contains("Running")),
@@ -324,9 +317,8 @@ fn top_draws_redraws_switches_views_and_gives_the_terminal_back() {
     assert!(out.contains("\x1b[?25h"), "cursor shown again: {tail:?}");
 }
 
-#[test]
-fn top_restores_the_terminal_on_term_and_refuses_a_pipe() {
-    let q = TestQueue::new();
+fn top_restores_the_terminal_on_term_and_refuses_a_pipe(store: StoreKind) {
+    let q = TestQueue::on(store);
     let top = Pty::spawn(on_terminal(&q, &["status", "--watch"]), 80, 24);
     assert!(
         top.wait_screen(20, |s| s.contains("Pending")),
@@ -349,9 +341,8 @@ fn top_restores_the_terminal_on_term_and_refuses_a_pipe() {
     );
 }
 
-#[test]
-fn top_leaves_cooked_mode_behind() {
-    let q = TestQueue::new();
+fn top_leaves_cooked_mode_behind(store: StoreKind) {
+    let q = TestQueue::on(store);
     let mut top = Pty::spawn(on_terminal(&q, &["top"]), 80, 24);
     assert!(top.wait_screen(20, |s| s.contains("Running")));
     assert_eq!(top.termios().c_lflag & libc::ICANON, 0, "raw while running");
@@ -369,9 +360,8 @@ fn top_leaves_cooked_mode_behind() {
     assert_eq!(code, Some(0), "Ctrl-C quits");
 }
 
-#[test]
-fn top_gives_the_terminal_back_after_a_panic() {
-    let q = TestQueue::new();
+fn top_gives_the_terminal_back_after_a_panic(store: StoreKind) {
+    let q = TestQueue::on(store);
     let mut cmd = on_terminal(&q, &["top"]);
     cmd.env("RQ_FAULT", "top_panic");
     let top = Pty::spawn(cmd, 80, 24);
@@ -394,9 +384,8 @@ fn top_gives_the_terminal_back_after_a_panic() {
     );
 }
 
-#[test]
-fn wait_says_which_jobs_failed_and_why() {
-    let q = TestQueue::new();
+fn wait_says_which_jobs_failed_and_why(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "true"]).ok();
     q.rq(&["submit", "-q", "echo 'cannot open input.dat' >&2; exit 3"])
         .ok();
@@ -419,9 +408,8 @@ fn wait_says_which_jobs_failed_and_why() {
     assert_eq!(q.rq(&["wait", "1"]).status, 0);
 }
 
-#[test]
-fn wait_warns_when_nothing_can_run_and_gives_up_at_its_timeout() {
-    let q = TestQueue::new();
+fn wait_warns_when_nothing_can_run_and_gives_up_at_its_timeout(store: StoreKind) {
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "true"]).ok();
     let out = q.rq(&["wait", "--timeout", "1s"]);
     assert_eq!(out.status, 124, "{}", out.stderr);
@@ -434,7 +422,7 @@ fn wait_warns_when_nothing_can_run_and_gives_up_at_its_timeout() {
     );
 
     // Holding jobs.
-    let q = TestQueue::new();
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "--stage", "true"]).ok();
     let out = q.rq(&["wait", "--timeout", "1s"]);
     assert_eq!(out.status, 124);
@@ -445,7 +433,7 @@ fn wait_warns_when_nothing_can_run_and_gives_up_at_its_timeout() {
     );
 
     // Jobs only hosts without a live feeder may run.
-    let q = TestQueue::new();
+    let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "--runner", "gpu7", "true"]).ok();
     let _f = q.feeder("h1", &[]);
     q.wait_for("the feeder to live", 20, |q| {
@@ -467,9 +455,8 @@ fn wait_warns_when_nothing_can_run_and_gives_up_at_its_timeout() {
     q.rq(&["wait", "--timeout", "soon"]).fails();
 }
 
-#[test]
-fn wait_shows_progress_on_a_terminal() {
-    let q = TestQueue::new();
+fn wait_shows_progress_on_a_terminal(store: StoreKind) {
+    let q = TestQueue::on(store);
     for i in 0..3 {
         q.rq(&["submit", "-q", &format!("sleep 0.{i}")]).ok();
     }
@@ -560,3 +547,19 @@ fn help_man_page_and_completions_say_the_same_thing() {
     assert_eq!(complete(&["rq", "/q", "configure", "lea"]), "lease=");
     assert!(complete(&["rq", "/q", "to"]).split(' ').any(|m| m == "top"));
 }
+
+crate::on_both_stores!(
+    list_is_a_table_on_a_terminal_and_yaml_when_piped,
+    fields_pick_columns_in_order_and_long_adds_the_rest,
+    colour_on_a_terminal_unless_no_color_or_never,
+    tables_into_a_pipe_take_columns_from_the_environment,
+    status_on_a_terminal_is_one_screen,
+    feeders_show_a_dead_host_in_red,
+    top_draws_redraws_switches_views_and_gives_the_terminal_back,
+    top_restores_the_terminal_on_term_and_refuses_a_pipe,
+    top_leaves_cooked_mode_behind,
+    top_gives_the_terminal_back_after_a_panic,
+    wait_says_which_jobs_failed_and_why,
+    wait_warns_when_nothing_can_run_and_gives_up_at_its_timeout,
+    wait_shows_progress_on_a_terminal,
+);

@@ -62,6 +62,15 @@ impl Context<'_> {
         Ok(0)
     }
 
+    /// The queue as another process should be told it: a directory made absolute, or a
+    /// PostgreSQL URL as given.
+    fn queue_arg(&self) -> Result<PathBuf> {
+        Ok(match crate::queue::postgres_location(&self.queue)? {
+            Some(_) => self.queue.clone(),
+            None => crate::queue::resolve(&self.queue),
+        })
+    }
+
     /// The modes that work on the queue directory's database file say so on a
     /// PostgreSQL queue, before anything is made.
     pub(super) fn refuse_on_postgres(&self, mode: &str) -> Result<()> {
@@ -142,7 +151,7 @@ impl Context<'_> {
         };
         self.out.flush()?;
         let name = self.queue.display().to_string();
-        crate::serve::run(&crate::queue::resolve(&self.queue), &name, opts)
+        crate::serve::run(&self.queue_arg()?, &name, opts)
     }
 
     /// `rq Q metrics`: the OpenMetrics text once (for node_exporter's textfile collector).
@@ -209,9 +218,10 @@ impl Context<'_> {
                 .trim_end_matches(" (deleted)")
                 .to_string(),
         );
-        let dir = Queue::open(&self.queue, Access::ReadOnly)?
-            .dir()
-            .to_path_buf();
+        // The queue as cron will name it: its directory, or its URL (whose `%`s cron
+        // gets escaped).
+        drop(Queue::open(&self.queue, Access::ReadOnly)?);
+        let dir = self.queue_arg()?;
         let options = self.feeder_options();
         match action.as_str() {
             "add" | "start" => {

@@ -193,13 +193,9 @@ pub fn read(q: &mut Queue, counts: &mut MinuteCounts) -> Result<Snapshot> {
         view,
         timeline,
         durations,
-        db_bytes: db_bytes(q.dir()),
+        db_bytes: q.size_bytes(),
         taken: now,
     })
-}
-
-fn db_bytes(dir: &Path) -> u64 {
-    std::fs::symlink_metadata(dir.join("db")).map_or(0, |m| m.len())
 }
 
 /// A snapshot shared by every viewer for about a second, so a hundred open tabs cost
@@ -411,6 +407,9 @@ pub fn tail(queue_dir: &Path, stream: &str, jid: i64, max: u64) -> Option<(Strin
     use std::io::{Read, Seek, SeekFrom};
     use std::os::unix::fs::OpenOptionsExt;
     debug_assert!(matches!(stream, "stdout" | "stderr"));
+    if queue_dir.as_os_str().is_empty() {
+        return None; // a PostgreSQL queue without a job-file directory
+    }
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)

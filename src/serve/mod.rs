@@ -47,7 +47,7 @@ struct App {
 type Shared = Arc<App>;
 
 /// Run the server until it is stopped (TERM, INT).
-pub fn run(queue_dir: &Path, queue_name: &str, opts: Options) -> Result<i32> {
+pub fn run(queue: &Path, queue_name: &str, opts: Options) -> Result<i32> {
     let addr: SocketAddr = opts.listen.parse().map_err(|_| {
         Error::usage(format!(
             "--listen: '{}' is not an address and port like 127.0.0.1:8080",
@@ -55,7 +55,7 @@ pub fn run(queue_dir: &Path, queue_name: &str, opts: Options) -> Result<i32> {
         ))
     })?;
     // The queue must open before anything else happens (a clear error, not a dead page).
-    drop(Queue::open(queue_dir, Access::ReadOnly)?);
+    drop(Queue::open(queue, Access::ReadOnly)?);
     if !addr.ip().is_loopback() {
         crate::note!(
             "rq: serve: listening on {addr}: anyone who can reach this port sees every job's \
@@ -125,10 +125,12 @@ pub fn run(queue_dir: &Path, queue_name: &str, opts: Options) -> Result<i32> {
     } else {
         Access::ReadOnly
     };
+    let q = Queue::open(queue, access)?;
     let app = Arc::new(App {
-        cache: Mutex::new(data::Cache::new(Queue::open(queue_dir, access)?)),
+        // Job output is read from the job-file directory (a PostgreSQL queue's own).
+        dir: q.dir().to_path_buf(),
+        cache: Mutex::new(data::Cache::new(q)),
         queue_name: queue_name.to_string(),
-        dir: queue_dir.to_path_buf(),
         token,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -142,6 +142,26 @@ macro_rules! on_both_stores {
     };
 }
 
+/// `on_both_stores!` for async bodies (`async fn NAME(store: StoreKind)`), each run on a
+/// multi-threaded tokio runtime.
+#[macro_export]
+macro_rules! on_both_stores_async {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($crate::common::StoreKind::Sqlite).await
+            })*
+        }
+        mod on_postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name($crate::common::StoreKind::Postgres).await
+            })*
+        }
+    };
+}
+
 /// A queue in a fresh temp directory (or on the test PostgreSQL server, with the temp
 /// directory as the working directory).
 pub struct TestQueue {
