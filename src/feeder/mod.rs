@@ -1,0 +1,767 @@
+//! The feeder: claims jobs for this host, runs them, records how they ended, keeps the
+//! host's heartbeat, and reclaims the jobs of hosts whose heartbeat has stopped.
+//!
+//! Protocol (see ARCHITECTURE.md and `claims`):
+//! 1. claim: one short write transaction marks the best eligible jobs `running` for this
+//!    host with a fresh claim token, and commits *before* anything is spawned. With short
+//!    jobs it claims ahead (up to `lookahead` more than the free slots) into a local
+//!    buffer, so that one transaction serves many jobs;
+//! 2. before a claimed job is spawned, its token is appended to the feeder's start journal
+//!    and synced (see `journal`): recovery can then tell a job that never started from
+//!    one that may have run;
+//! 3. spawn outside any transaction; the pid and process identity are written with the
+//!    next transaction (at most 0.5 s later), checking the claim token (a job taken over
+//!    meanwhile is killed, not recorded);
+//! 4. on exit, record the end, again only where the claim still holds. Ends wait for the
+//!    next transaction while claimed jobs are buffered (at most 0.1 s); several endings
+//!    and the next claim share one transaction.
+//!
+//! This file is the loop and the claim/record transaction; `running` starts, reaps,
+//! times out and kills jobs; `recovery` recovers this host's crashed feeder and reclaims
+//! dead hosts' jobs; `heartbeat` keeps the host alive to others and runs the periodic
+//! tick; `wake` is what wakes an idle feeder (signals, the doorbell).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::types::Value as SqlValue;
+
+use crate::claims::{self, End};
+use crate::error::{Error, IoContext, Result};
+use crate::job::Row;
+use crate::journal::{self, StartJournal};
+use crate::liveness::{self, Heartbeat, Settings};
+use crate::log::{Level, Logger};
+use crate::queue::{self, Queue};
+use crate::store::Tx;
+use crate::watchdog::{Lease, Limits, Watchdog};
+use crate::{process, runner, time};
+
+mod heartbeat;
+mod recovery;
+mod running;
+mod wake;
+
+use heartbeat::*;
+use running::*;
+use wake::*;
+
+/// How a feeder runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: String,
+    pub max_feed: usize,
+    /// The shell prefix; the job's command is appended as one argument. Empty (`--shell
+    /// none`): plain commands run without a shell.
+    pub shell: Vec<String>,
+    /// Seconds between cheap doorbell checks.
+    pub min_sleep: f64,
+    /// Seconds between full database polls while idle.
+    pub max_sleep: f64,
+    /// Exit once nothing is running and nothing is left to claim.
+    pub exit_when_empty: bool,
+    /// Seconds a job gets between TERM and KILL when it must be stopped.
+    pub kill_grace: f64,
+    /// What this host offers jobs (CPUs, memory, GPU devices).
+    pub capacity: crate::claims::Capacity,
+}
+
+impl Config {
+    pub fn default_shell() -> Vec<String> {
+        vec!["bash".into(), "--login".into(), "-c".into()]
+    }
+}
+
+/// Why the feeder loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Drained after TERM/INT, or ran out of work with `exit_when_empty`.
+    Done,
+    /// Drained after HUP: the caller re-executes the feeder.
+    Restart,
+    /// Stopped at once (QUIT): running jobs were killed and handled as crashed.
+    Stopped,
+}
+
+/// Test-only fault injection (`RQ_FAULT`): the feeder kills itself at a chosen point, as a
+/// crash would.
+fn fault(point: &str) {
+    if std::env::var("RQ_FAULT").is_ok_and(|f| f == point) {
+        // SAFETY: raise(2) on ourselves.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
+}
+
+/// The queue's settings, as (key, value) rows.
+fn read_attributes(tx: &Tx<'_>) -> Result<Vec<(String, String)>> {
+    let mut stmt = tx.prepare_cached("SELECT key, value FROM attributes")?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// A claimed row's jid and claim token.
+fn claim_of(row: &Row) -> (i64, String) {
+    (
+        row.jid(),
+        row.get("claim").as_text().unwrap_or_default().to_string(),
+    )
+}
+
+fn jittered(seconds: f64) -> Duration {
+    Duration::from_secs_f64((seconds * rand::random_range(0.8..1.2)).max(0.001))
+}
+
+pub struct Feeder {
+    queue: Queue,
+    config: Config,
+    log: Logger,
+    id: String,
+    settings: Settings,
+    running: Vec<RunningJob>,
+    doorbell: Doorbell,
+    last_full_poll: Instant,
+    next_full_poll: Duration,
+    next_tick: Instant,
+    /// The last claim filled every free slot, so more work may be waiting.
+    more_waiting: bool,
+    /// Claiming is suspended: heartbeats have failed for half the lease.
+    fenced: bool,
+    /// Claiming is suspended: the queue's filesystem is (nearly) full, so jobs could not
+    /// write their output and would fail one after another.
+    disk_full: bool,
+    /// Why the queue holds this feeder back (paused, or this host drained), as last read.
+    held_back: Option<String>,
+    /// When jobs this feeder queued for a retry become eligible.
+    retry_wakes: Vec<Instant>,
+    /// Started jobs whose pid is not recorded yet: written with the next transaction
+    /// (at most half a second later), so a job costs one transaction, not two.
+    starts: Vec<Start>,
+    /// Claimed jobs whose shell could not be started.
+    failed_starts: Vec<(i64, String)>,
+    /// Claimed ahead, not started yet, in claim order.
+    buffer: VecDeque<Row>,
+    /// When the buffered claims were last known to be ours (claimed, or read back).
+    buffer_checked: Instant,
+    /// Claimed jobs to give back (never started) with the next transaction.
+    releases: Vec<(i64, String)>,
+    /// Ends not recorded yet, and when the oldest of them happened.
+    ends: Vec<End>,
+    ends_since: Option<Instant>,
+    /// Running time of recent jobs (moving average, seconds): sets the look-ahead.
+    avg_run: Option<f64>,
+    /// Opened at the first start.
+    journal: Option<StartJournal>,
+    /// The journal could not be written: no look-ahead for a while.
+    journal_failed: Option<Instant>,
+    /// Our lease, as the heartbeat thread sees it; the watchdog kills our jobs by it.
+    lease: Arc<Lease>,
+    /// Jobs the watchdog killed (jid, claim, signal): settled as crashed, not as ended.
+    lease_kills: Vec<(i64, String, Option<String>)>,
+    /// Ends recorded in the last two leases, kept to record them again should the queue
+    /// lose them (a safety net: the journal fence keeps a cut-off host's late writes out,
+    /// but a database restored from a copy, say, also forgets recent writes).
+    recorded_ends: VecDeque<(Instant, End)>,
+    /// Seconds our write transactions take (moving average): on NFS often more than a
+    /// short job runs.
+    avg_txn: Option<f64>,
+}
+
+/// Ends wait at most this long for a transaction while claimed jobs are buffered (or
+/// `TXN_SHARE` transactions' time, where transactions are slower: see `batch_window`).
+const END_BATCH: Duration = Duration::from_millis(100);
+/// Look-ahead bounds: per slot, and in all. Larger buffers mean fewer transactions, so
+/// feeders contend less for the lock and share the work more evenly (4 feeders x 1 slot:
+/// shares 18-33 % with 4 per slot, 24-25 % with 16); the 0.2 s rule in `lookahead`
+/// still keeps a buffered job's wait short.
+const LOOKAHEAD_PER_SLOT: usize = 16;
+const LOOKAHEAD_MAX: usize = 64;
+/// Where transactions are slow (NFS), short jobs are claimed ahead and their ends and pids
+/// recorded in batches, so that transactions take about 1/TXN_SHARE of a slot's time.
+const TXN_SHARE: f64 = 10.0;
+/// Write transactions taking longer than this were mostly waiting for the lock; the
+/// moving average of their cost counts them as this long.
+const TXN_COST_CAP: f64 = 0.5;
+/// After the start journal could not be written, claim nothing for this long.
+const JOURNAL_RETRY: Duration = Duration::from_secs(10);
+/// A feeder ends on a damaged database only after this many fresh connections agree.
+const MAX_DAMAGE_CHECKS: u32 = 3;
+/// Pids wait at most this long (or `TXN_SHARE` transactions' time).
+const START_BATCH: Duration = Duration::from_millis(500);
+
+struct Start {
+    jid: i64,
+    claim: String,
+    pid: u32,
+    identity: Option<String>,
+    at: Instant,
+}
+
+impl Feeder {
+    pub fn new(mut queue: Queue, config: Config, log: Logger) -> Feeder {
+        queue.store().wait_when_full();
+        queue.store().keep_trying();
+        let id = format!(
+            "{}:{}:{:08x}",
+            config.host,
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let mut doorbell = Doorbell::new(queue.dir(), config.min_sleep);
+        doorbell.listener = queue.listener();
+        let kill_grace = config.kill_grace;
+        Feeder {
+            queue,
+            next_full_poll: jittered(config.max_sleep),
+            config,
+            log,
+            id,
+            settings: Settings::default(),
+            running: Vec::new(),
+            doorbell,
+            last_full_poll: Instant::now(),
+            next_tick: Instant::now(),
+            more_waiting: true,
+            fenced: false,
+            disk_full: false,
+            held_back: None,
+            retry_wakes: Vec::new(),
+            starts: Vec::new(),
+            failed_starts: Vec::new(),
+            buffer: VecDeque::new(),
+            buffer_checked: Instant::now(),
+            releases: Vec::new(),
+            ends: Vec::new(),
+            ends_since: None,
+            avg_run: None,
+            avg_txn: None,
+            recorded_ends: VecDeque::new(),
+            journal: None,
+            journal_failed: None,
+            lease: Lease::new(Limits::for_lease(Settings::default().lease, kill_grace)),
+            lease_kills: Vec::new(),
+        }
+    }
+
+    /// How many jobs to claim beyond the free slots. Only for short jobs — shorter than
+    /// 50 ms, or than `TXN_SHARE` of our write transactions (on NFS one costs tens of round
+    /// trips) — so that they share transactions: a buffered job waits about
+    /// `lookahead / max_feed` runs, kept under 0.2 s or `TXN_SHARE` transactions, so long
+    /// jobs are never held back from idle hosts.
+    fn lookahead(&self) -> usize {
+        let slots = self.config.max_feed;
+        let txns = self.txn_share().as_secs_f64();
+        match self.avg_run {
+            Some(avg) if avg < txns.max(0.05) => {
+                let fits = (txns.max(0.2) * slots as f64 / avg.max(1e-4)) as usize;
+                fits.min(LOOKAHEAD_PER_SLOT * slots).min(LOOKAHEAD_MAX)
+            }
+            _ => 0,
+        }
+    }
+
+    /// What a claim of `want` jobs may take: the host's capacity less what the jobs this
+    /// feeder runs or holds take; one-CPU jobs may be claimed ahead by the look-ahead.
+    fn claim_room(&self, want: usize) -> claims::Room {
+        let total = self.config.capacity.clone();
+        let mut free = total.clone();
+        let held = self
+            .running
+            .iter()
+            .map(|j| j.needs.clone())
+            .chain(self.buffer.iter().map(Needs::of));
+        for needs in held {
+            free.cpus -= needs.cpus;
+            free.mem -= needs.mem;
+            free.devices.retain(|d| !needs.devices.contains(d));
+        }
+        claims::Room {
+            jobs: want,
+            ahead: self.lookahead().min(want),
+            total,
+            free,
+            reserve_after: self.settings.reserve_after,
+        }
+    }
+
+    fn remember_ends(&mut self, ends: &[End]) {
+        let now = Instant::now();
+        let keep = Duration::from_secs_f64(2.0 * self.settings.lease);
+        self.recorded_ends
+            .extend(ends.iter().map(|e| (now, e.clone())));
+        while self
+            .recorded_ends
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > keep)
+            || self.recorded_ends.len() > 10_000
+        {
+            self.recorded_ends.pop_front();
+        }
+    }
+
+    /// `TXN_SHARE` of our write transactions, by their moving average.
+    fn txn_share(&self) -> Duration {
+        Duration::from_secs_f64(TXN_SHARE * self.avg_txn.unwrap_or(0.0))
+    }
+
+    /// How long ends and pids may wait to share a transaction: `base`, or `TXN_SHARE` of
+    /// our transactions where those are slower (on NFS), so that batching keeps pace with
+    /// look-ahead instead of paying one transaction per job. Both are journaled first.
+    fn batch_window(&self, base: Duration) -> Duration {
+        base.max(self.txn_share())
+    }
+
+    fn info(&mut self, message: &str) {
+        self.log.log(Level::Info, message);
+    }
+
+    fn warn(&mut self, message: &str) {
+        self.log.log(Level::Warn, message);
+    }
+
+    fn read_settings(&mut self) -> Result<()> {
+        let attrs = self.queue.store().read(read_attributes)?;
+        self.apply_settings(attrs);
+        Ok(())
+    }
+
+    fn apply_settings(&mut self, attrs: Vec<(String, String)>) {
+        self.settings = Settings::from_attributes(|k| {
+            attrs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        });
+        self.lease.set_limits(Limits::for_lease(
+            self.settings.lease,
+            self.config.kill_grace,
+        ));
+    }
+
+    /// Run until drained, stopped or (with `exit_when_empty`) out of work.
+    pub fn run(&mut self) -> Result<Exit> {
+        runner::reset_inherited_signals();
+        if let Some(shell) = self.config.shell.first() {
+            match runner::resolve_program(shell) {
+                Some(program) => self.config.shell[0] = program.to_string_lossy().into_owned(),
+                None => self.log.log(
+                    Level::Error,
+                    &format!(
+                        "shell {shell:?} is not on PATH: jobs will fail with exit status 127 (see --shell)"
+                    ),
+                ),
+            }
+        }
+        let mut signals = Signals::install()?;
+        self.read_settings()?;
+        // Before the first claim, so that an empty journal proves nothing was started.
+        self.journal = Some(StartJournal::open(self.queue.dir(), &self.id)?);
+        let heartbeat = Heartbeat::start(
+            self.queue.dir(),
+            &self.config.host,
+            &self.id,
+            self.config.max_feed,
+            &self.config.capacity,
+        )?;
+        let beater = Beater::start(heartbeat, self.settings.heartbeat, self.lease.clone());
+        self.info(&format!(
+            "** STARTED ** rq {} feeder {} queue {} max_feed {} shell {:?} heartbeat {}s lease {}s",
+            env!("CARGO_PKG_VERSION"),
+            self.id,
+            self.queue.dir().display(),
+            self.config.max_feed,
+            if self.config.shell.is_empty() {
+                vec!["none".to_string()]
+            } else {
+                self.config.shell.clone()
+            },
+            self.settings.heartbeat,
+            self.settings.lease
+        ));
+        let outcome = self.recover_crashed().and_then(|()| {
+            self.reap_orphan_files();
+            self.reap_old_journals();
+            self.feed_through_faults(&mut signals, &beater)
+        });
+        if outcome.is_ok() && self.buffer.is_empty() && self.running.is_empty() {
+            // Nothing claimed is left: the journal proves nothing any more.
+            if let Some(journal) = self.journal.take() {
+                journal.remove();
+            }
+        }
+        let error = outcome.as_ref().err().map(ToString::to_string);
+        if let Some(e) = &error {
+            self.log.log(Level::Error, &format!("** EXITING ** {e}"));
+        }
+        beater.finish(error.as_deref());
+        outcome
+    }
+
+    /// The main loop, carried on through faults of the shared filesystem: a commit whose
+    /// outcome is unknown, an I/O error, a connection that went bad after the NFS client
+    /// lost its locks. After each, this feeder's jobs are read back from a fresh
+    /// connection and settled (`reconcile`). Only damage that fresh connections keep
+    /// confirming ends the feeder.
+    fn feed_through_faults(&mut self, signals: &mut Signals, beater: &Beater) -> Result<Exit> {
+        let mut faults = 0u32;
+        loop {
+            let err = match self.main_loop(signals, beater) {
+                Err(e @ Error::Corrupt { .. }) if faults < MAX_DAMAGE_CHECKS => e,
+                Err(
+                    e @ (Error::Io { .. }
+                    | Error::Sql(_)
+                    | Error::Postgres(_)
+                    | Error::CommitUnknown { .. }
+                    | Error::Conflict(_)),
+                ) => e,
+                // Damage confirmed, a queue replaced by a newer rq's or by something else.
+                outcome => return outcome,
+            };
+            faults += 1;
+            let pause = Duration::from_secs(faults.min(30) as u64);
+            self.log.log(
+                Level::Error,
+                &format!(
+                    "{err}; reading back this feeder's jobs in {}s",
+                    pause.as_secs()
+                ),
+            );
+            signals.sleep(pause);
+            match self.reconcile() {
+                Ok(()) => faults = faults.min(MAX_DAMAGE_CHECKS - 1),
+                Err(e) if matches!(e, Error::Corrupt { .. }) && faults >= MAX_DAMAGE_CHECKS => {
+                    return Err(e);
+                }
+                Err(e) => self.log.log(Level::Error, &e.to_string()),
+            }
+        }
+    }
+
+    fn main_loop(&mut self, signals: &mut Signals, beater: &Beater) -> Result<Exit> {
+        loop {
+            let fenced = self.lease.take_fenced();
+            if !fenced.is_empty() {
+                self.log.log(
+                    Level::Error,
+                    &format!(
+                        "our heartbeats did not reach the queue in time (lease {}s; this host was cut off, frozen or paused): the watchdog killed {} running jobs before another host could take them over",
+                        self.settings.lease,
+                        fenced.len()
+                    ),
+                );
+            }
+            if signals.stop.load(Ordering::SeqCst) {
+                self.stop_all(Some("stopped"))?;
+                self.info("** STOPPED ** running jobs were killed");
+                return Ok(Exit::Stopped);
+            }
+            if Instant::now() >= self.next_tick {
+                self.tick(beater)?;
+            }
+            let draining =
+                signals.drain.load(Ordering::SeqCst) || signals.restart.load(Ordering::SeqCst);
+            self.enforce_timeouts();
+            let ends = self.reap_children();
+            if !self.lease_kills.is_empty() {
+                self.settle_lease_kills()?;
+            }
+            if !ends.is_empty() {
+                // A slot came free: new work should not wait for a backed-off doorbell.
+                self.doorbell.hurry();
+                fault("before_record");
+                self.journal_ends(&ends);
+                fault("after_journaling_end");
+                self.ends_since.get_or_insert_with(Instant::now);
+                self.ends.extend(ends);
+            }
+            let rang = self.doorbell.rang();
+            if rang && !(self.running.is_empty() && self.buffer.is_empty()) {
+                self.check_claims_and_kills()?;
+            }
+            if draining {
+                let unstarted: Vec<Row> = self.buffer.drain(..).collect();
+                self.releases.extend(unstarted.iter().map(claim_of));
+            }
+            // Claimed jobs start without a transaction, while our lease is safe: a host
+            // whose heartbeat fails may have its claims given to others.
+            let may_start =
+                !draining && !self.fenced && beater.missed() < self.settings.lease / 2.0;
+            if may_start {
+                self.revalidate_buffer()?;
+                self.start_buffered()?;
+            }
+            let free = self.config.max_feed.saturating_sub(self.running.len());
+            let lookahead = self.lookahead();
+            let journal_broken = self
+                .journal_failed
+                .is_some_and(|at| at.elapsed() < JOURNAL_RETRY);
+            let room = if draining || self.fenced || journal_broken || self.disk_full {
+                0
+            } else {
+                (self.config.max_feed + lookahead)
+                    .saturating_sub(self.running.len() + self.buffer.len())
+            };
+            let now = Instant::now();
+            let retry_due = self.retry_wakes.iter().any(|at| *at <= now);
+            self.retry_wakes.retain(|at| *at > now);
+            let full_poll_due = retry_due || self.last_full_poll.elapsed() >= self.next_full_poll;
+            let worth_asking = rang || full_poll_due || self.more_waiting;
+            let slot_idle = free > 0 && self.buffer.is_empty();
+            let refill = lookahead > 0 && self.buffer.len() * 2 <= lookahead;
+            let want = if room > 0
+                && ((slot_idle && (worth_asking || !self.ends.is_empty()))
+                    || (refill && worth_asking))
+            {
+                room
+            } else {
+                0
+            };
+            let ends_due = self.ends_since.is_some_and(|at| {
+                self.buffer.is_empty() || draining || at.elapsed() >= self.batch_window(END_BATCH)
+            });
+            let flush_due = !self.failed_starts.is_empty()
+                || !self.releases.is_empty()
+                || self
+                    .starts
+                    .first()
+                    .is_some_and(|s| s.at.elapsed() >= self.batch_window(START_BATCH))
+                || (draining && !self.starts.is_empty());
+            if want > 0 || ends_due || flush_due {
+                // With jobs buffered, the slots stay busy without us: no need to wait for
+                // the lock, unless something has waited too long.
+                let urgent = self.buffer.is_empty()
+                    || draining
+                    || self.ends_since.is_some_and(|at| {
+                        at.elapsed() >= (10 * END_BATCH).max(2 * self.txn_share())
+                    })
+                    || self
+                        .starts
+                        .first()
+                        .is_some_and(|s| s.at.elapsed() >= 2 * self.batch_window(START_BATCH))
+                    || !self.failed_starts.is_empty()
+                    || !self.releases.is_empty();
+                // A poll nothing announced looks before it takes the write lock.
+                let peek_first = !rang && !self.more_waiting;
+                let Some(claimed) = self.record_and_claim(want, urgent, peek_first)? else {
+                    self.nap(signals, true);
+                    continue;
+                };
+                if want > 0 {
+                    self.more_waiting = claimed.len() == want;
+                    self.last_full_poll = Instant::now();
+                    self.next_full_poll = jittered(self.config.max_sleep);
+                }
+                if !claimed.is_empty() {
+                    self.doorbell.hurry();
+                    fault("after_claim");
+                    if self.buffer.is_empty() {
+                        self.buffer_checked = Instant::now();
+                    }
+                    self.buffer.extend(claimed);
+                    // Asked again: the transaction may have waited long for the lock.
+                    if !draining && !self.fenced && beater.missed() < self.settings.lease / 2.0 {
+                        self.revalidate_buffer()?;
+                        self.start_buffered()?;
+                    }
+                }
+            }
+            if self.running.is_empty() && self.buffer.is_empty() && self.ends.is_empty() {
+                if draining {
+                    let restart = signals.restart.load(Ordering::SeqCst);
+                    self.info(if restart {
+                        "** RESTARTING **"
+                    } else {
+                        "** STOPPING ** drained"
+                    });
+                    return Ok(if restart { Exit::Restart } else { Exit::Done });
+                }
+                if self.config.exit_when_empty && want > 0 && !self.more_waiting {
+                    self.info("** STOPPING ** no jobs left");
+                    return Ok(Exit::Done);
+                }
+            }
+            // An idle slot and maybe more work: claim again at once.
+            let free = self.config.max_feed.saturating_sub(self.running.len());
+            if self.more_waiting && free > 0 && self.buffer.is_empty() && !draining && !self.fenced
+            {
+                continue;
+            }
+            self.nap(signals, false);
+        }
+    }
+
+    /// Sleep until a signal (a job ended), the next doorbell check, or something to record
+    /// is due; after finding the lock busy, only briefly (a job ending wakes us anyway).
+    fn nap(&self, signals: &mut Signals, lock_was_busy: bool) {
+        let mut nap = jittered(self.config.min_sleep)
+            .min(self.next_tick.saturating_duration_since(Instant::now()));
+        if lock_was_busy {
+            nap = nap.min(jittered(0.002));
+        } else {
+            if let Some(at) = self.ends_since {
+                nap = nap.min(self.batch_window(END_BATCH).saturating_sub(at.elapsed()));
+            }
+            if let Some(s) = self.starts.first() {
+                nap = nap.min(
+                    self.batch_window(START_BATCH)
+                        .saturating_sub(s.at.elapsed()),
+                );
+            }
+        }
+        signals.sleep(nap);
+    }
+
+    /// One transaction: record the pids of jobs started since the last one, the ends of
+    /// finished jobs (only where our claim still holds), give back released jobs, then
+    /// claim up to `want` new ones. Unless `urgent`, only if the lock is free now: `None`
+    /// when it is not (everything is kept for the next try).
+    fn record_and_claim(
+        &mut self,
+        want: usize,
+        urgent: bool,
+        peek_first: bool,
+    ) -> Result<Option<Vec<Row>>> {
+        let host = self.config.host.clone();
+        let feeder = self.id.clone();
+        let max_attempts = self.settings.max_attempts;
+        let total = self.config.capacity.clone();
+        let room = self.claim_room(want);
+        let nothing_to_record = self.starts.is_empty()
+            && self.failed_starts.is_empty()
+            && self.releases.is_empty()
+            && self.ends.is_empty();
+        if peek_first && nothing_to_record {
+            let now = time::now();
+            let found = self
+                .queue
+                .store()
+                .read(|tx| claims::claimable(tx, &host, &now, max_attempts, &total))?;
+            if !found {
+                return Ok(Some(Vec::new()));
+            }
+        }
+        let starts = std::mem::take(&mut self.starts);
+        let failed_starts = std::mem::take(&mut self.failed_starts);
+        let releases = std::mem::take(&mut self.releases);
+        let ends = std::mem::take(&mut self.ends);
+        let body = |tx: &Tx<'_>| {
+            let now = time::now();
+            let mut lost_starts = Vec::new();
+            for s in &starts {
+                if !claims::record_start(tx, s.jid, &s.claim, s.pid, s.identity.as_deref())? {
+                    lost_starts.push(s.jid);
+                }
+            }
+            for (jid, claim) in &failed_starts {
+                claims::failed_to_start(tx, *jid, claim, &now)?;
+            }
+            for (jid, claim) in &releases {
+                claims::release(tx, *jid, claim, None)?;
+            }
+            let mut lost = Vec::new();
+            for end in &ends {
+                if !lost_starts.contains(&end.jid) && !claims::finish(tx, end)? {
+                    lost.push(end.jid);
+                }
+            }
+            let claimed = if want > 0 {
+                claims::claim(tx, &host, &feeder, &now, &room, max_attempts)?
+            } else {
+                Vec::new()
+            };
+            Ok((claimed, lost, lost_starts))
+        };
+        let began = Instant::now();
+        let done = if urgent {
+            Some(self.queue.store().write_shared(body)?)
+        } else {
+            self.queue.store().try_write_shared(body)?
+        };
+        if done.is_some() {
+            // Waiting for another host's lock is not what a transaction costs: clamp it.
+            let took = began.elapsed().as_secs_f64().min(TXN_COST_CAP);
+            self.avg_txn = Some(self.avg_txn.map_or(took, |avg| 0.8 * avg + 0.2 * took));
+        }
+        let Some((claimed, lost, lost_starts)) = done else {
+            self.starts = starts;
+            self.failed_starts = failed_starts;
+            self.releases = releases;
+            self.ends = ends;
+            return Ok(None);
+        };
+        self.ends_since = None;
+        // Every start and end in the journal is now recorded in the queue.
+        if let Some(Err(e)) = self.journal.as_mut().map(StartJournal::compact) {
+            self.log.log(Level::Warn, &e.to_string());
+        }
+        self.remember_ends(&ends);
+        for end in &ends {
+            let how = match (&end.exit_status, &end.signal) {
+                (Some(code), _) => format!("exit_status {code}"),
+                (None, Some(sig)) => format!("killed by signal {sig}"),
+                (None, None) => "ended".to_string(),
+            };
+            let level = if end.exit_status == Some(0) {
+                Level::Info
+            } else {
+                Level::Warn
+            };
+            let extra = match (&end.retry_at, end.timed_out) {
+                (Some(at), _) => format!(" (retry not before {at})"),
+                (None, true) => " (timed out)".to_string(),
+                _ => String::new(),
+            };
+            self.log.log(
+                level,
+                &format!(
+                    "finished - jid {} {how} elapsed {:.3}s{extra}",
+                    end.jid, end.elapsed
+                ),
+            );
+        }
+        for (jid, _) in releases {
+            self.info(&format!("job {jid} given back unstarted"));
+        }
+        for jid in lost {
+            self.warn(&format!(
+                "job {jid} was taken over by another host; its result here was discarded"
+            ));
+        }
+        for jid in lost_starts {
+            if let Some(job) = self.running.iter_mut().find(|j| j.jid == jid) {
+                job.fenced = true;
+                process::signal_group(job.pid, libc::SIGKILL);
+            }
+            self.warn(&format!(
+                "job {jid} was taken over before it started here; killed it"
+            ));
+        }
+        Ok(Some(claimed))
+    }
+
+    /// Buffered claims not known to be ours for a quarter of the lease are read back
+    /// before any of them starts: after a freeze or a long wait another host may have
+    /// taken them, and our heartbeat must not have looked stale since they were checked.
+    fn revalidate_buffer(&mut self) -> Result<()> {
+        let limit = Duration::from_secs_f64(self.settings.lease / 4.0);
+        if !self.buffer.is_empty() && self.buffer_checked.elapsed() > limit {
+            self.check_claims_and_kills()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,460 @@
+//! Running jobs: starting the claimed ones (journal first, then spawn, outside any
+//! transaction), reaping them, their timeouts, kills on request and fencing when another
+//! host took a job over, and stopping them all when the feeder stops.
+
+use super::*;
+
+pub(super) struct RunningJob {
+    pub(super) jid: i64,
+    pub(super) claim: String,
+    pub(super) child: Child,
+    pub(super) pid: u32,
+    pub(super) started: Instant,
+    pub(super) timeout: Option<f64>,
+    /// When the timeout's TERM was sent.
+    pub(super) term_sent: Option<Instant>,
+    /// `rq kill` asked for this job to be signalled (it is then not retried).
+    pub(super) killed_on_request: bool,
+    /// Someone else holds the job now: our copy was killed and its end is not recorded.
+    pub(super) fenced: bool,
+    pub(super) retries: i64,
+    pub(super) retried: i64,
+    pub(super) retry_delay: f64,
+    /// What it takes of the host while it runs.
+    pub(super) needs: Needs,
+}
+
+/// What a claimed job takes of its host: CPUs, memory, the GPU devices it was given.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Needs {
+    pub(super) cpus: i64,
+    pub(super) mem: i64,
+    pub(super) devices: Vec<String>,
+}
+
+impl Needs {
+    pub(super) fn of(job: &Row) -> Needs {
+        Needs {
+            cpus: job.get("cpus").as_int().unwrap_or(1),
+            mem: job.get("mem").as_int().unwrap_or(0),
+            devices: job
+                .get("gpu_ids")
+                .as_text()
+                .map(|ids| {
+                    ids.split(',')
+                        .filter(|d| !d.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl Feeder {
+    /// Kill our copies of jobs someone else took over, and send signals `rq kill` asked for.
+    pub(super) fn check_claims_and_kills(&mut self) -> Result<()> {
+        let jids = self.watched_jids();
+        if jids.is_empty() {
+            return Ok(());
+        }
+        let current = self
+            .queue
+            .store()
+            .read(|tx| claims::current_claims(tx, &jids))?;
+        self.apply_claims(&current);
+        Ok(())
+    }
+
+    /// The jobs whose claims we hold: running (not already fenced) and buffered.
+    pub(super) fn watched_jids(&self) -> Vec<i64> {
+        self.running
+            .iter()
+            .filter(|j| !j.fenced)
+            .map(|j| j.jid)
+            .chain(self.buffer.iter().map(Row::jid))
+            .collect()
+    }
+
+    /// Act on the current claims of our jobs (`current_claims` of `watched_jids`).
+    pub(super) fn apply_claims(&mut self, current: &[claims::ClaimState]) {
+        let mut messages = Vec::new();
+        // Buffered jobs taken over are dropped; those asked to be killed end unstarted.
+        let claims_now: HashMap<i64, &claims::ClaimState> =
+            current.iter().map(|c| (c.jid, c)).collect();
+        let mut kept = VecDeque::new();
+        for row in self.buffer.drain(..) {
+            let (jid, claim) = claim_of(&row);
+            match claims_now.get(&jid) {
+                Some(c) if c.claim.as_deref() == Some(claim.as_str()) => {
+                    match c.kill_signal.as_deref().and_then(process::parse_signal) {
+                        Some(sig) => {
+                            messages.push((
+                                Level::Info,
+                                format!("job {jid} killed on request before it started"),
+                            ));
+                            self.ends_since.get_or_insert_with(Instant::now);
+                            self.ends.push(End {
+                                jid,
+                                claim,
+                                exit_status: None,
+                                signal: Some(process::signal_name(sig)),
+                                elapsed: 0.0,
+                                timed_out: false,
+                                retry_at: None,
+                                ended_at: time::now(),
+                            });
+                        }
+                        None => kept.push_back(row),
+                    }
+                }
+                _ => messages.push((
+                    Level::Warn,
+                    format!("job {jid} was taken over by another host before it started here"),
+                )),
+            }
+        }
+        self.buffer = kept;
+        self.buffer_checked = Instant::now();
+        for job in self.running.iter_mut().filter(|j| !j.fenced) {
+            let now = current.iter().find(|c| c.jid == job.jid);
+            match now {
+                Some(c) if c.claim.as_deref() == Some(job.claim.as_str()) => {
+                    let requested = c.kill_signal.as_deref().and_then(process::parse_signal);
+                    if let Some(sig) = requested.filter(|_| !job.killed_on_request) {
+                        job.killed_on_request = true;
+                        process::signal_group(job.pid, sig);
+                        messages.push((
+                            Level::Info,
+                            format!(
+                                "job {} signalled {} on request",
+                                job.jid,
+                                process::signal_name(sig)
+                            ),
+                        ));
+                    }
+                }
+                _ => {
+                    job.fenced = true;
+                    process::signal_group(job.pid, libc::SIGKILL);
+                    messages.push((
+                        Level::Warn,
+                        format!(
+                            "job {} was taken over by another host: killed our copy (pid {})",
+                            job.jid, job.pid
+                        ),
+                    ));
+                }
+            }
+        }
+        for (level, m) in messages {
+            self.log.log(level, &m);
+        }
+    }
+
+    /// TERM jobs past their timeout; KILL them after the grace period.
+    pub(super) fn enforce_timeouts(&mut self) {
+        let grace = Duration::from_secs_f64(self.config.kill_grace);
+        let mut messages = Vec::new();
+        for job in &mut self.running {
+            let Some(limit) = job.timeout else { continue };
+            match job.term_sent {
+                None if job.started.elapsed().as_secs_f64() > limit => {
+                    process::signal_group(job.pid, libc::SIGTERM);
+                    job.term_sent = Some(Instant::now());
+                    messages.push(format!("job {} timed out after {limit}s: TERM", job.jid));
+                }
+                Some(at) if at.elapsed() > grace => {
+                    process::signal_group(job.pid, libc::SIGKILL);
+                    job.term_sent = Some(Instant::now() + Duration::from_secs(3600));
+                    messages.push(format!(
+                        "job {} still running {}s after TERM: KILL",
+                        job.jid, self.config.kill_grace
+                    ));
+                }
+                _ => {}
+            }
+        }
+        for m in messages {
+            self.warn(&m);
+        }
+    }
+
+    /// Reap the job at `i` if it has exited, forgetting its process group in the same
+    /// step (under the watchdog's lock, so the watchdog never signals a reused pid).
+    /// Also says whether the watchdog signalled it (then it is settled as crashed).
+    pub(super) fn try_reap(&mut self, i: usize) -> Option<(std::process::ExitStatus, bool)> {
+        let lease = self.lease.clone();
+        let mut groups = lease.groups();
+        let job = &mut self.running[i];
+        match job.child.try_wait() {
+            Ok(Some(status)) => {
+                // Killed, or ended by the TERM that came first; a job that ignored the TERM
+                // and ended by itself after heartbeats worked again ended as it says.
+                let fenced = groups
+                    .remove(&job.pid)
+                    .is_some_and(|f| f.killed || (f.termed && status.signal().is_some()));
+                Some((status, fenced))
+            }
+            _ => None,
+        }
+    }
+
+    /// Collect every child that has exited.
+    pub(super) fn reap_children(&mut self) -> Vec<End> {
+        let mut done = Vec::new();
+        let mut i = 0;
+        while i < self.running.len() {
+            match self.try_reap(i) {
+                Some((status, lease_lost)) => {
+                    let job = self.running.swap_remove(i);
+                    if job.fenced {
+                        continue;
+                    }
+                    if lease_lost {
+                        self.lease_kills.push((
+                            job.jid,
+                            job.claim,
+                            status.signal().map(process::signal_name),
+                        ));
+                        continue;
+                    }
+                    let failed = status.code() != Some(0);
+                    let retry_at = (failed && !job.killed_on_request && job.retried < job.retries)
+                        .then(|| {
+                            let delay = job.retry_delay * 2f64.powi(job.retried.min(30) as i32);
+                            let wake =
+                                Instant::now() + Duration::from_secs_f64(delay.min(1e9) + 0.01);
+                            self.retry_wakes.push(wake);
+                            time::format(
+                                time::now_ts()
+                                    .checked_add(jiff::SignedDuration::from_secs_f64(delay))
+                                    .unwrap_or_else(|_| time::now_ts()),
+                            )
+                        });
+                    let elapsed = job.started.elapsed().as_secs_f64();
+                    self.avg_run = Some(match self.avg_run {
+                        Some(avg) => 0.8 * avg + 0.2 * elapsed,
+                        None => elapsed,
+                    });
+                    done.push(End {
+                        jid: job.jid,
+                        claim: job.claim,
+                        exit_status: status.code(),
+                        signal: status.signal().map(process::signal_name),
+                        elapsed,
+                        timed_out: job.term_sent.is_some(),
+                        retry_at,
+                        ended_at: time::now(),
+                    });
+                }
+                None => i += 1,
+            }
+        }
+        done
+    }
+
+    /// Note ends in the journal: should we die before the next transaction records them,
+    /// whoever recovers our jobs records them from there.
+    pub(super) fn journal_ends(&mut self, ends: &[End]) {
+        let Some(journal) = &mut self.journal else {
+            return;
+        };
+        if let Some(Err(e)) = ends
+            .iter()
+            .map(|end| journal.record_end(end))
+            .find(Result::is_err)
+        {
+            self.log.log(Level::Warn, &e.to_string());
+        }
+    }
+
+    /// Start buffered jobs in the free slots (outside any transaction): journal them, then
+    /// spawn; their pids are recorded with the next transaction.
+    pub(super) fn start_buffered(&mut self) -> Result<()> {
+        let free = self.config.max_feed.saturating_sub(self.running.len());
+        // In claim order, while slots are free and each job fits what the running ones
+        // leave (a job that does not fit yet holds back those behind it: no starvation).
+        let mut n = 0;
+        let (mut cpus, mut mem) = self
+            .running
+            .iter()
+            .fold((0, 0), |(c, m), j| (c + j.needs.cpus, m + j.needs.mem));
+        for job in self.buffer.iter().take(free) {
+            let needs = Needs::of(job);
+            let alone = self.running.is_empty() && n == 0;
+            if !alone
+                && (cpus + needs.cpus > self.config.capacity.cpus
+                    || mem + needs.mem > self.config.capacity.mem)
+            {
+                break;
+            }
+            cpus += needs.cpus;
+            mem += needs.mem;
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let batch: Vec<Row> = self.buffer.drain(..n).collect();
+        let claims: Vec<(i64, String)> = batch.iter().map(claim_of).collect();
+        let tokens: Vec<&str> = claims.iter().map(|(_, c)| c.as_str()).collect();
+        let journaled = match &mut self.journal {
+            // Test hook: the journal cannot be written (a full or read-only filesystem).
+            _ if std::env::var("RQ_FAULT").is_ok_and(|f| f == "journal_write") => Err(Error::Io {
+                context: "cannot write the start journal".into(),
+                source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+            }),
+            Some(journal) => journal.record(&tokens),
+            // Opened before the loop; only taken when the feeder ends.
+            None => Err(Error::Conflict("the start journal is not open".into())),
+        };
+        if let Err(e) = journaled {
+            // Unjournaled jobs must not start: recovery would think they never did.
+            self.log.log(
+                Level::Error,
+                &format!(
+                    "{e}: giving back {} claimed jobs unstarted; claiming again in {}s",
+                    n + self.buffer.len(),
+                    JOURNAL_RETRY.as_secs()
+                ),
+            );
+            self.journal_failed = Some(Instant::now());
+            self.releases.extend(claims);
+            self.releases
+                .extend(self.buffer.drain(..).map(|r| claim_of(&r)));
+            return Ok(());
+        }
+        fault("after_journal");
+        let mut started = Vec::new();
+        let mut failed = Vec::new();
+        for job in &batch {
+            let jid = job.jid();
+            let claim = job.get("claim").as_text().unwrap_or_default().to_string();
+            let gpu_host = !self.config.capacity.devices.is_empty();
+            let queue = self.queue.name();
+            match runner::spawn(self.queue.dir(), &queue, &self.config.shell, job, gpu_host) {
+                Ok(child) => {
+                    let pid = child.id();
+                    self.lease.add(pid);
+                    let identity = process::identity(pid);
+                    self.log.log(
+                        Level::Info,
+                        &format!(
+                            "started - jid {jid} pid {pid} command {}",
+                            job.get("command").to_plain()
+                        ),
+                    );
+                    started.push((jid, claim.clone(), pid, identity));
+                    let real = |f: &str| match job.get(f) {
+                        crate::job::Cell::Real(r) => Some(*r),
+                        crate::job::Cell::Int(i) => Some(*i as f64),
+                        _ => None,
+                    };
+                    self.running.push(RunningJob {
+                        jid,
+                        claim,
+                        child,
+                        pid,
+                        started: Instant::now(),
+                        timeout: real("timeout").filter(|t| *t > 0.0),
+                        term_sent: None,
+                        killed_on_request: false,
+                        fenced: false,
+                        retries: job.get("retries").as_int().unwrap_or(0),
+                        retried: job.get("retried").as_int().unwrap_or(0),
+                        retry_delay: real("retry_delay").unwrap_or(1.0),
+                        needs: Needs::of(job),
+                    });
+                }
+                Err(e) => {
+                    self.log
+                        .log(Level::Error, &format!("not started - jid {jid}: {e}"));
+                    let stderr = self.queue.dir().join("stderr").join(jid.to_string());
+                    let _ = std::fs::write(&stderr, format!("rq: could not start the job: {e}\n"));
+                    failed.push((jid, claim));
+                }
+            }
+        }
+        let at = Instant::now();
+        self.starts.extend(
+            started
+                .into_iter()
+                .map(|(jid, claim, pid, identity)| Start {
+                    jid,
+                    claim,
+                    pid,
+                    identity,
+                    at,
+                }),
+        );
+        self.failed_starts.extend(failed);
+        Ok(())
+    }
+
+    /// Kill every running job (TERM, then KILL after the grace period) and handle them as
+    /// crashed, recording the signal that ended each.
+    pub(super) fn stop_all(&mut self, why: Option<&str>) -> Result<()> {
+        self.starts.clear();
+        let grace = Duration::from_secs_f64(self.config.kill_grace);
+        for job in &self.running {
+            process::signal_group(job.pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        let mut ended: Vec<(i64, String, Option<String>)> = Vec::new();
+        while !self.running.is_empty() {
+            let mut i = 0;
+            while i < self.running.len() {
+                if let Some((status, _)) = self.try_reap(i) {
+                    let job = self.running.swap_remove(i);
+                    if !job.fenced {
+                        ended.push((
+                            job.jid,
+                            job.claim,
+                            status.signal().map(process::signal_name),
+                        ));
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            if Instant::now() >= deadline {
+                for job in &self.running {
+                    process::signal_group(job.pid, libc::SIGKILL);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let max_attempts = self.settings.max_attempts;
+        let failed_starts = std::mem::take(&mut self.failed_starts);
+        let unstarted: Vec<Row> = self.buffer.drain(..).collect();
+        let mut releases = std::mem::take(&mut self.releases);
+        releases.extend(unstarted.iter().map(claim_of));
+        let ends = std::mem::take(&mut self.ends);
+        self.ends_since = None;
+        let outcomes = self.queue.store().write(|tx| {
+            let now = time::now();
+            for (jid, claim) in &failed_starts {
+                claims::failed_to_start(tx, *jid, claim, &now)?;
+            }
+            for (jid, claim) in &releases {
+                claims::release(tx, *jid, claim, None)?;
+            }
+            for end in &ends {
+                claims::finish(tx, end)?;
+            }
+            let mut outcomes = Vec::new();
+            for (jid, claim, signal) in &ended {
+                outcomes.push((
+                    *jid,
+                    claims::mark_crashed(tx, *jid, claim, signal.as_deref(), max_attempts)?,
+                ));
+            }
+            Ok(outcomes)
+        })?;
+        for (jid, outcome) in outcomes {
+            self.warn(&format!("job {jid} {}: {outcome}", why.unwrap_or("killed")));
+        }
+        Ok(())
+    }
+}
