@@ -1,0 +1,339 @@
+//! `update`, `delete`, `resubmit` and kill requests: changes to chosen jobs, each in one
+//! write transaction that skips (and reports) the jobs it may not change.
+
+use super::*;
+
+/// Changes `update` makes.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    pub priority: Option<i64>,
+    pub command: Option<String>,
+    pub tag: Option<Option<String>>,
+    pub hosts: Option<Option<String>>,
+    pub restartable: Option<bool>,
+    pub state: Option<State>,
+    pub stdin: Option<PathBuf>,
+    pub data: Option<PathBuf>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.priority.is_none()
+            && self.command.is_none()
+            && self.tag.is_none()
+            && self.hosts.is_none()
+            && self.restartable.is_none()
+            && self.state.is_none()
+            && self.stdin.is_none()
+            && self.data.is_none()
+    }
+}
+
+impl Queue {
+    /// Delete the selected jobs that are not running; their files go after the commit.
+    /// Jobs that others wait for are kept (and said) unless `force`: then those others
+    /// are cancelled, or stop waiting if they only waited for an end (`after_any`).
+    pub fn delete(
+        &mut self,
+        selection: &Selection,
+        force: bool,
+    ) -> Result<(Vec<Row>, Vec<Skipped>)> {
+        let clause = selection.clause();
+        let (rows, skipped) = self.store.write(|tx| {
+            let sql = format!("({}) AND state != 'running' ORDER BY jid", clause.sql);
+            let mut rows = select_rows(tx, &sql, &clause.params)?;
+            let deleting: std::collections::HashSet<i64> = rows.iter().map(Row::jid).collect();
+            let mut waited_for = Vec::new();
+            for row in &rows {
+                let others: Vec<i64> = crate::deps::waiting_for(tx, row.jid())?
+                    .into_iter()
+                    .map(|(j, _)| j)
+                    .filter(|j| !deleting.contains(j))
+                    .collect();
+                if !others.is_empty() {
+                    waited_for.push((row.jid(), others));
+                }
+            }
+            let mut kept = Vec::new();
+            for (jid, others) in &waited_for {
+                if force {
+                    crate::deps::forget(tx, *jid)?;
+                } else {
+                    let shown: Vec<String> = others.iter().take(5).map(i64::to_string).collect();
+                    let more = if others.len() > 5 { ", ..." } else { "" };
+                    kept.push(Skipped {
+                        jid: *jid,
+                        why: format!(
+                            "job{} {}{more} wait{} for it (delete those too, or use --force to cancel them)",
+                            if others.len() == 1 { "" } else { "s" },
+                            shown.join(", "),
+                            if others.len() == 1 { "s" } else { "" },
+                        ),
+                    });
+                }
+            }
+            rows.retain(|r| !kept.iter().any(|k| k.jid == r.jid()));
+            let mut skipped =
+                skipped_jids(tx, &selection.jids, &rows, "it is running (kill it first)")?;
+            // Running jobs a state or `all` selected are not deleted either: said, not
+            // passed over in silence.
+            let running = format!("({}) AND state = 'running' ORDER BY jid", clause.sql);
+            for row in select_rows(tx, &running, &clause.params)? {
+                if !selection.jids.contains(&row.jid()) {
+                    skipped.push(Skipped {
+                        jid: row.jid(),
+                        why: "it is running (kill it first)".into(),
+                    });
+                }
+            }
+            let mut delete = tx.prepare_cached("DELETE FROM jobs WHERE jid = ?")?;
+            for row in &rows {
+                delete.execute([row.jid()])?;
+            }
+            skipped.extend(kept);
+            Ok((rows, skipped))
+        })?;
+        if self.has_files() {
+            for row in &rows {
+                remove_files_of(&self.dir, row.jid(), &paths_of(row));
+            }
+        }
+        if !rows.is_empty() {
+            self.store.reclaim_space()?;
+        }
+        Ok((rows, skipped))
+    }
+
+    /// Change pending/holding jobs.
+    pub fn update(
+        &mut self,
+        selection: &Selection,
+        changes: &Changes,
+    ) -> Result<(Vec<Row>, Vec<Skipped>)> {
+        let clause = selection.clause();
+        let editable = format!(
+            "({}) AND state IN ('pending', 'holding', 'waiting') ORDER BY jid",
+            clause.sql
+        );
+        // New stdin/data files get fresh names, written before the transaction that points
+        // the jobs at them; the old files are removed after it commits.
+        let mut new_files: Vec<(i64, Option<String>, Option<String>)> = Vec::new();
+        if let Some(path) = &changes.stdin {
+            check_input(path, self.files_dir()?, InputKind::Stdin)?;
+        }
+        if let Some(path) = &changes.data {
+            check_input(path, self.files_dir()?, InputKind::Data)?;
+        }
+        if changes.stdin.is_some() || changes.data.is_some() {
+            let targets = self
+                .store
+                .read(|tx| select_rows(tx, &editable, &clause.params))?;
+            let token = format!("{:08x}", rand::random::<u32>());
+            for row in &targets {
+                let jid = row.jid();
+                let stdin = match &changes.stdin {
+                    Some(src) => {
+                        let rel = format!("stdin/{jid}.{token}");
+                        let dest = self.dir.join(&rel);
+                        clear(&dest)?;
+                        copy_file_new(src, &dest)?;
+                        Some(rel)
+                    }
+                    None => None,
+                };
+                let data = match &changes.data {
+                    Some(src) => {
+                        let rel = format!("data/{jid}.{token}");
+                        copy_tree(src, &self.dir.join(&rel))?;
+                        Some(rel)
+                    }
+                    None => None,
+                };
+                new_files.push((jid, stdin, data));
+            }
+        }
+        let outcome = self.store.write(|tx| {
+            let before = select_rows(tx, &editable, &clause.params)?;
+            let skipped = skipped_jids(
+                tx,
+                &selection.jids,
+                &before,
+                "only pending, waiting and holding jobs can be updated",
+            )?;
+            let mut sets: Vec<&str> = Vec::new();
+            let mut values: Vec<SqlValue> = Vec::new();
+            if let Some(p) = changes.priority {
+                sets.push("priority = ?");
+                values.push(SqlValue::Integer(p));
+            }
+            if let Some(c) = &changes.command {
+                sets.push("command = ?");
+                values.push(SqlValue::Text(c.clone()));
+            }
+            if let Some(t) = &changes.tag {
+                sets.push("tag = ?");
+                values.push(t.clone().map_or(SqlValue::Null, SqlValue::Text));
+            }
+            if let Some(h) = &changes.hosts {
+                sets.push("hosts = ?");
+                values.push(h.clone().map_or(SqlValue::Null, SqlValue::Text));
+            }
+            if let Some(r) = changes.restartable {
+                sets.push("restartable = ?");
+                values.push(SqlValue::Integer(r as i64));
+            }
+            if let Some(s) = changes.state {
+                sets.push("state = ?");
+                values.push(SqlValue::Text(s.as_str().into()));
+            }
+            let mut old_files = Vec::new();
+            for row in &before {
+                let jid = row.jid();
+                let mut row_sets = sets.clone();
+                let mut row_values = values.clone();
+                if let Some((_, stdin, data)) = new_files.iter().find(|(j, _, _)| *j == jid) {
+                    if let Some(s) = stdin {
+                        row_sets.push("stdin = ?");
+                        row_values.push(SqlValue::Text(s.clone()));
+                        old_files.extend(row.get("stdin").as_text().map(String::from));
+                    }
+                    if let Some(d) = data {
+                        row_sets.push("data = ?");
+                        row_values.push(SqlValue::Text(d.clone()));
+                        old_files.extend(row.get("data").as_text().map(String::from));
+                    }
+                }
+                if row_sets.is_empty() {
+                    continue;
+                }
+                row_values.push(SqlValue::Integer(jid));
+                tx.execute(
+                    &format!("UPDATE jobs SET {} WHERE jid = ?", row_sets.join(", ")),
+                    crate::store::params_from_iter(row_values),
+                )?;
+                // Released (or set pending): it still waits for its jobs and its place.
+                if changes.state == Some(State::Pending) {
+                    crate::deps::restate(tx, jid)?;
+                }
+            }
+            let jids: Vec<i64> = before.iter().map(Row::jid).collect();
+            let after = select_rows(
+                tx,
+                "jid IN (SELECT value FROM json_each(?)) ORDER BY jid",
+                &[SqlValue::Text(
+                    serde_json::to_string(&jids).unwrap_or_default(),
+                )],
+            )?;
+            Ok((after, skipped, old_files))
+        });
+        match outcome {
+            Ok((rows, skipped, old_files)) => {
+                let updated: Vec<i64> = rows.iter().map(Row::jid).collect();
+                for rel in old_files {
+                    self.remove_file(&rel);
+                }
+                // New files of jobs that stopped being editable meanwhile are not used.
+                for (jid, stdin, data) in &new_files {
+                    if !updated.contains(jid) {
+                        for rel in stdin.iter().chain(data.iter()) {
+                            self.remove_file(rel);
+                        }
+                    }
+                }
+                if changes.state == Some(State::Pending) {
+                    self.ring_doorbell();
+                }
+                Ok((rows, skipped))
+            }
+            Err(e) => {
+                for (_, stdin, data) in &new_files {
+                    for rel in stdin.iter().chain(data.iter()) {
+                        self.remove_file(rel);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Reset jobs that are not running to pending (or holding with `stage`), in place.
+    pub fn resubmit(
+        &mut self,
+        selection: &Selection,
+        opts: &SubmitOptions,
+    ) -> Result<(Vec<Row>, Vec<Skipped>)> {
+        let clause = selection.clause();
+        let submitter = host::name();
+        let state = if opts.stage {
+            State::Holding
+        } else {
+            State::Pending
+        };
+        let (rows, skipped, outputs) = self.store.write(|tx| {
+            let sql = format!("({}) AND state != 'running' ORDER BY jid", clause.sql);
+            let before = select_rows(tx, &sql, &clause.params)?;
+            let skipped = skipped_jids(tx, &selection.jids, &before, "it is running")?;
+            let now = time::now();
+            let mut reset = tx.prepare_cached(
+                "UPDATE jobs SET state = ?, submitted = ?, submitter = ?, started = NULL, \
+                 finished = NULL, elapsed = NULL, runner = NULL, stdout = NULL, stderr = NULL, \
+                 pid = NULL, exit_status = NULL, signal = NULL, attempts = 0, claim = NULL, \
+                 feeder = NULL, process = NULL, timed_out = 0, retried = 0, not_before = NULL, \
+                 kill_signal = NULL, reclaimed_by = NULL, reclaimed_at = NULL, priority = coalesce(?, priority), tag = coalesce(?, tag), \
+                 hosts = coalesce(?, hosts), restartable = max(restartable, ?) WHERE jid = ?",
+            )?;
+            let mut outputs = Vec::new();
+            for row in &before {
+                reset.execute(rusqlite::params![
+                    state.as_str(),
+                    now,
+                    submitter,
+                    opts.priority,
+                    opts.tag,
+                    opts.hosts,
+                    opts.restartable,
+                    row.jid()
+                ])?;
+                crate::deps::restate(tx, row.jid())?;
+                for field in ["stdout", "stderr"] {
+                    outputs.extend(row.get(field).as_text().map(String::from));
+                }
+            }
+            let jids: Vec<i64> = before.iter().map(Row::jid).collect();
+            let after = select_rows(
+                tx,
+                "jid IN (SELECT value FROM json_each(?)) ORDER BY jid",
+                &[SqlValue::Text(
+                    serde_json::to_string(&jids).unwrap_or_default(),
+                )],
+            )?;
+            Ok((after, skipped, outputs))
+        })?;
+        // The previous run's output would only mislead once the job is queued again.
+        for rel in outputs {
+            self.remove_file(&rel);
+        }
+        self.ring_doorbell();
+        Ok((rows, skipped))
+    }
+
+    /// Ask the feeders running these jobs to signal them.
+    pub fn request_kill(&mut self, jids: &[i64], signal: &str) -> Result<(Vec<Row>, Vec<Skipped>)> {
+        let json = serde_json::to_string(jids).unwrap_or_default();
+        let (rows, skipped) = self.store.write(|tx| {
+            tx.execute(
+                "UPDATE jobs SET kill_signal = ? WHERE state = 'running' AND jid IN (SELECT value FROM json_each(?))",
+                rusqlite::params![signal, json],
+            )?;
+            let rows = select_rows(
+                tx,
+                "state = 'running' AND jid IN (SELECT value FROM json_each(?)) ORDER BY jid",
+                &[SqlValue::Text(json.clone())],
+            )?;
+            let skipped = skipped_jids(tx, jids, &rows, "only running jobs can be killed")?;
+            Ok((rows, skipped))
+        })?;
+        self.ring_doorbell();
+        Ok((rows, skipped))
+    }
+}

@@ -1,0 +1,133 @@
+//! `list`, `query` and `execute`: jobs read in chunks by jid (a read transaction per
+//! chunk), rendered straight to the output.
+
+use super::*;
+
+impl Queue {
+    /// Visit the selected jobs in jid order, a chunk per read transaction.
+    pub fn list(
+        &mut self,
+        selection: &Selection,
+        each: &mut dyn FnMut(Vec<Row>) -> Result<()>,
+    ) -> Result<()> {
+        self.scan(&selection.clause(), each)
+    }
+
+    /// Visit jobs matching a where-clause in jid order, a chunk per read transaction.
+    pub fn scan(
+        &mut self,
+        clause: &Clause,
+        each: &mut dyn FnMut(Vec<Row>) -> Result<()>,
+    ) -> Result<()> {
+        let mut after = 0i64;
+        loop {
+            let sql = format!("({}) AND jid > ? ORDER BY jid LIMIT {CHUNK}", clause.sql);
+            let mut params = clause.params.clone();
+            params.push(SqlValue::Integer(after));
+            let rows = self.store.read(|tx| select_rows(tx, &sql, &params))?;
+            let Some(last) = rows.last() else {
+                return Ok(());
+            };
+            after = last.jid();
+            let done = rows.len() < CHUNK;
+            each(rows)?;
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Write the jobs matching a where-clause in jid order with `writer`, a chunk per read
+    /// transaction; `emit` gets each chunk's bytes and jids after its transaction ended
+    /// (so a slow reader of our output never holds the queue). Returns the row count.
+    pub fn render(
+        &mut self,
+        clause: &Clause,
+        writer: &RowWriter,
+        emit: &mut ChunkSink<'_>,
+    ) -> Result<usize> {
+        self.render_after(clause, writer, 0, emit)
+    }
+
+    /// [`Queue::render`], continuing an output that has `already` rows.
+    pub fn render_after(
+        &mut self,
+        clause: &Clause,
+        writer: &RowWriter,
+        already: usize,
+        emit: &mut ChunkSink<'_>,
+    ) -> Result<usize> {
+        let sql = format!(
+            "SELECT {} FROM jobs WHERE ({}) AND jid > ? ORDER BY jid LIMIT {CHUNK}",
+            columns(),
+            clause.sql
+        );
+        let mut after = 0i64;
+        let mut count = already;
+        let mut bytes = Vec::new();
+        let mut jids = Vec::with_capacity(CHUNK);
+        loop {
+            let mut params = clause.params.clone();
+            params.push(SqlValue::Integer(after));
+            self.store.read(|tx| {
+                // A retried transaction starts its chunk again.
+                bytes.clear();
+                jids.clear();
+                tx.query_each(&sql, params.as_slice(), |row| {
+                    writer.write_sql_row(count + jids.len() == 0, &mut bytes, row)?;
+                    jids.push(row.get::<_, i64>(0)?);
+                    Ok(())
+                })
+            })?;
+            count += jids.len();
+            if jids.len() < CHUNK {
+                writer.finish(count, &mut bytes);
+            }
+            emit(&bytes, &jids)?;
+            match jids.last() {
+                Some(last) if jids.len() == CHUNK => after = *last,
+                _ => return Ok(count - already),
+            }
+        }
+    }
+
+    /// Run SQL under the write lock; returns the rows of the statements that return rows.
+    pub fn execute(&mut self, sql: &str) -> Result<Vec<Row>> {
+        self.store.write(|tx| {
+            let Some(conn) = tx.sqlite() else {
+                return crate::store::postgres::run_script(tx, sql);
+            };
+            let mut rows = Vec::new();
+            use fallible_iterator::FallibleIterator;
+            let mut batch = rusqlite::Batch::new(conn, sql);
+            while let Some(mut stmt) = batch.next()? {
+                let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
+                let mut result = stmt.query([])?;
+                while let Some(row) = result.next()? {
+                    rows.push(Row::from_sql(&crate::store::Cells::Sqlite(row), &names)?);
+                }
+            }
+            Ok(rows)
+        })
+    }
+
+    /// Run a read-only where-clause (simple or raw) and visit the matching jobs.
+    pub fn query(
+        &mut self,
+        clause: &Clause,
+        each: &mut dyn FnMut(Vec<Row>) -> Result<()>,
+    ) -> Result<()> {
+        self.scan(clause, each).map_err(|e| query_error(clause, e))
+    }
+
+    /// `query`, written with `writer` (see [`Queue::render`]).
+    pub fn query_render(
+        &mut self,
+        clause: &Clause,
+        writer: &RowWriter,
+        emit: &mut ChunkSink<'_>,
+    ) -> Result<usize> {
+        self.render(clause, writer, emit)
+            .map_err(|e| query_error(clause, e))
+    }
+}

@@ -1,0 +1,400 @@
+//! The queue: a directory holding the database and the jobs' files (or a PostgreSQL
+//! queue and its job-file directory), and the data modes, a file each: `submit` (and
+//! touch), `list` (query, execute), `change` (update, delete, resubmit, kill requests),
+//! `status`, `settings` (configure, pause, drain); `files` copies and removes job files.
+//! File copies happen outside every transaction; files of jobs that a transaction removes
+//! are deleted after it commits.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::types::Value as SqlValue;
+use serde_json::{Map, Value, json};
+
+use crate::error::{Error, IoContext, Result};
+use crate::input::{JobSpec, Target};
+use crate::job::{self, Row, State};
+use crate::output::RowWriter;
+use crate::query::Clause;
+use crate::store::postgres::{Location as PgLocation, PgStore};
+use crate::store::{self, Access, Optional, Store, Tx};
+use crate::{host, time};
+
+mod change;
+mod files;
+mod list;
+mod settings;
+mod status;
+mod submit;
+
+pub use change::*;
+pub use files::*;
+pub use status::*;
+pub use submit::*;
+
+/// Directories of a queue that hold per-job files.
+pub const JOB_DIRS: [&str; 4] = ["stdin", "stdout", "stderr", "data"];
+/// Where [`Queue::render`] sends each chunk: its bytes and the jids it holds.
+pub type ChunkSink<'a> = dyn FnMut(&[u8], &[i64]) -> Result<()> + 'a;
+/// The most environment (names and values) a job may be given at submit: it is stored
+/// with every job, and the kernel limits a program's whole environment.
+pub const MAX_ENV_BYTES: usize = 64 * 1024;
+/// Rows fetched per read transaction when listing.
+const CHUNK: usize = 2000;
+
+pub struct Queue {
+    dir: PathBuf,
+    store: Store,
+}
+
+/// Which jobs a mode works on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Selection {
+    pub all: bool,
+    pub states: Vec<State>,
+    pub jids: Vec<i64>,
+    /// Every job of these arrays.
+    pub arrays: Vec<i64>,
+}
+
+impl Selection {
+    pub fn from_targets(targets: &[Target]) -> Selection {
+        let mut sel = Selection::default();
+        for target in targets {
+            match *target {
+                Target::All => sel.all = true,
+                Target::State(s) if !sel.states.contains(&s) => sel.states.push(s),
+                Target::State(_) => {}
+                Target::Jid(j) => sel.jids.push(j),
+                Target::Array(a) => sel.arrays.push(a),
+            }
+        }
+        sel
+    }
+
+    /// The jobs `targets` name; every job when they name none.
+    pub fn from_targets_or_all(targets: &[Target]) -> Selection {
+        if targets.is_empty() {
+            Selection {
+                all: true,
+                ..Default::default()
+            }
+        } else {
+            Selection::from_targets(targets)
+        }
+    }
+
+    /// The selection as a where-clause. Lists are bound as one JSON array each, so any
+    /// number of jids takes one parameter.
+    pub fn clause(&self) -> Clause {
+        if self.all || State::ALL.iter().all(|s| self.states.contains(s)) {
+            return Clause {
+                sql: "TRUE".into(),
+                params: vec![],
+                raw: false,
+            };
+        }
+        let states: Vec<&str> = self.states.iter().map(|s| s.as_str()).collect();
+        let mut sql =
+            "(state IN (SELECT value FROM json_each(?)) OR jid IN (SELECT value FROM json_each(?))"
+                .to_string();
+        let mut params = vec![
+            SqlValue::Text(serde_json::to_string(&states).unwrap_or_default()),
+            SqlValue::Text(serde_json::to_string(&self.jids).unwrap_or_default()),
+        ];
+        if !self.arrays.is_empty() {
+            sql.push_str(" OR array_id IN (SELECT value FROM json_each(?))");
+            params.push(SqlValue::Text(
+                serde_json::to_string(&self.arrays).unwrap_or_default(),
+            ));
+        }
+        sql.push(')');
+        Clause {
+            sql,
+            params,
+            raw: false,
+        }
+    }
+}
+
+/// A job a mode was asked to change but did not, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skipped {
+    pub jid: i64,
+    pub why: String,
+}
+
+/// The columns rq reads jobs with: every field, and for a waiting job, `reason` says what
+/// it waits for (up to five jobs and their states, or its array's limit); for a pending
+/// job not to start yet, when it starts.
+pub fn columns() -> String {
+    job::FIELDS
+        .iter()
+        .map(|f| if *f == "reason" { WAITING_REASON } else { f })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Every field as stored (for RETURNING, which takes no subqueries).
+pub fn stored_columns() -> String {
+    job::FIELDS.join(", ")
+}
+
+/// Resolve a queue argument to an absolute path (symlinks resolved when it exists).
+pub fn resolve(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| std::path::absolute(path).unwrap_or(path.to_path_buf()))
+}
+
+/// The PostgreSQL queue a queue argument names, when it is a URL.
+pub fn postgres_location(path: &Path) -> Result<Option<PgLocation>> {
+    match path.to_str() {
+        Some(text) if PgLocation::is_url(text) => Ok(Some(PgLocation::parse(text)?)),
+        _ => Ok(None),
+    }
+}
+
+/// Create a queue directory, or a queue in a PostgreSQL database; refuse a path that
+/// already holds anything, or a queue name already taken.
+pub fn create(path: &Path) -> Result<Value> {
+    if let Some(location) = postgres_location(path)? {
+        crate::store::postgres::create_queue(&location)?;
+        let mut report = Map::new();
+        report.insert("q".into(), json!(location.display()));
+        report.insert("schema".into(), json!(location.schema()));
+        return Ok(Value::Object(report));
+    }
+    let dir = resolve(path);
+    if dir.exists() {
+        let empty = dir.is_dir()
+            && std::fs::read_dir(&dir)
+                .context(|| format!("cannot read {}", dir.display()))?
+                .next()
+                .is_none();
+        if !empty {
+            return Err(Error::Conflict(format!(
+                "{} already exists and is not empty; pick a new path",
+                dir.display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
+    let schema = dir.join("db.schema");
+    std::fs::write(&schema, store::schema_file_text())
+        .context(|| format!("cannot write {}", schema.display()))?;
+    let mut report = Map::new();
+    report.insert("q".into(), json!(dir));
+    for sub in ["bin", "stdin", "stdout", "stderr", "data"] {
+        let p = dir.join(sub);
+        std::fs::create_dir_all(&p).context(|| format!("cannot create {}", p.display()))?;
+    }
+    std::fs::write(dir.join("doorbell"), b"")
+        .context(|| format!("cannot create {}", dir.join("doorbell").display()))?;
+    // The database last: its presence marks a complete queue.
+    let db = dir.join("db");
+    store::create_database(&db)?;
+    report.insert("db".into(), json!(db));
+    report.insert("schema".into(), json!(schema));
+    for sub in ["bin", "stdin", "stdout", "stderr", "data"] {
+        report.insert(sub.into(), json!(dir.join(sub)));
+    }
+    Ok(Value::Object(report))
+}
+
+/// Touch the doorbell so idle feeders look at the queue now. Uses the file server's clock
+/// (UTIME_NOW); a failure only delays pick-up until the next full poll.
+pub fn ring_doorbell(dir: &Path) {
+    let path = dir.join("doorbell");
+    let now = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+    };
+    // A link planted as the doorbell gets its own times set, never its target's.
+    let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+    if rustix::fs::utimensat(rustix::fs::CWD, &path, &now, flags).is_err() {
+        let _ = crate::liveness::create_new(&path);
+    }
+}
+
+impl Queue {
+    pub fn open(path: &Path, access: Access) -> Result<Queue> {
+        if let Some(location) = postgres_location(path)? {
+            let mut store = PgStore::open(&location, access)?;
+            let files = store
+                .read(|tx| {
+                    tx.query_row(
+                        "SELECT value FROM attributes WHERE key = 'files'",
+                        [],
+                        |r| r.get::<_, String>(0),
+                    )
+                    .optional()
+                })?
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            if !files.as_os_str().is_empty() {
+                store.doorbell_dir = Some(files.clone());
+            }
+            return Ok(Queue {
+                dir: files,
+                store: Store::Postgres(Box::new(store)),
+            });
+        }
+        let dir = resolve(path);
+        if !dir.exists() {
+            return Err(Error::NoQueue { path: dir });
+        }
+        if !dir.is_dir() {
+            return Err(Error::NotAQueue {
+                path: dir,
+                why: "not a directory".into(),
+            });
+        }
+        let db = dir.join("db");
+        if !db.is_file() {
+            return Err(Error::NotAQueue {
+                path: dir,
+                why: "it has no db file; create a queue with 'rq PATH create'".into(),
+            });
+        }
+        if access == Access::ReadWrite {
+            crate::fsguard::warn_once(&dir);
+        }
+        let store = Store::Sqlite(store::SqliteStore::open(&db, access)?);
+        Ok(Queue { dir, store })
+    }
+
+    /// The queue's directory: its database and job files (SQLite), or the job-file
+    /// directory a PostgreSQL queue was given (`configure files=DIR`; empty without).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Does this queue keep job files (stdin, data, output) in a directory?
+    pub fn has_files(&self) -> bool {
+        !self.dir.as_os_str().is_empty()
+    }
+
+    /// The directory of the job files, or why there is none.
+    fn files_dir(&self) -> Result<&Path> {
+        if self.has_files() {
+            Ok(&self.dir)
+        } else {
+            Err(Error::usage(format!(
+                "{} keeps no job files yet: give it a directory every host sees with \
+                 'rq QUEUE configure files=DIR'",
+                self.name()
+            )))
+        }
+    }
+
+    /// How the queue is named to people: its directory or its PostgreSQL URL.
+    pub fn name(&self) -> String {
+        match &self.store {
+            Store::Postgres(pg) => pg.location.display(),
+            Store::Sqlite(_) => self.dir.display().to_string(),
+        }
+    }
+
+    /// Remove one job file (a path relative to the queue), when the queue keeps files.
+    fn remove_file(&self, rel: &str) {
+        if self.has_files() {
+            remove_path(&self.dir.join(rel));
+        }
+    }
+
+    /// For a feeder of a PostgreSQL queue: its ear for the queue's NOTIFY.
+    pub fn listener(&self) -> Option<crate::store::postgres::Listener> {
+        match &self.store {
+            Store::Postgres(pg) => Some(crate::store::postgres::Listener::start(&pg.location)),
+            Store::Sqlite(_) => None,
+        }
+    }
+
+    /// Wake idle feeders: the doorbell file (in the job-file directory of a PostgreSQL
+    /// queue too, whose feeders watch it) and, on PostgreSQL, a NOTIFY.
+    fn ring_doorbell(&mut self) {
+        if self.has_files() {
+            ring_doorbell(&self.dir);
+        }
+        if let Store::Postgres(pg) = &mut self.store {
+            pg.notify();
+        }
+    }
+
+    /// The space the queue's database takes: its file, or its PostgreSQL tables and
+    /// indexes (0 when it cannot be read).
+    pub fn size_bytes(&mut self) -> u64 {
+        match &mut self.store {
+            Store::Sqlite(_) => {
+                std::fs::symlink_metadata(self.dir.join("db")).map_or(0, |m| m.len())
+            }
+            Store::Postgres(pg) => pg
+                .read(|tx| {
+                    tx.query_row(
+                        "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c \
+                         JOIN pg_namespace n ON n.oid = c.relnamespace \
+                         WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm')",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )
+                })
+                .map_or(0, |n| n.max(0) as u64),
+        }
+    }
+
+    pub fn store(&mut self) -> &mut Store {
+        &mut self.store
+    }
+}
+
+/// A raw query's SQL error is the user's: say which SQL it was.
+fn query_error(clause: &Clause, e: Error) -> Error {
+    match e {
+        Error::Sql(err) if clause.raw => Error::usage(format!(
+            "query: {} (in: {})",
+            crate::input::first_line(&err.to_string()),
+            clause.sql
+        )),
+        other => other,
+    }
+}
+
+/// Rows of `jobs` matching a where-clause (which may carry its own ORDER BY / LIMIT).
+pub fn select_rows(tx: &Tx<'_>, where_sql: &str, params: &[SqlValue]) -> Result<Vec<Row>> {
+    let sql = format!("SELECT {} FROM jobs WHERE {where_sql}", columns());
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let names = field_names();
+    let rows = stmt
+        .query_map(crate::store::params_from_iter(params.iter()), |r| {
+            Row::from_sql(r, &names)
+        })?
+        .collect::<rusqlite::Result<Vec<Row>>>()?;
+    Ok(rows)
+}
+
+/// Explicitly named jids that a mode did not act on: missing jobs and jobs in the wrong
+/// state.
+fn skipped_jids(tx: &Tx<'_>, named: &[i64], acted: &[Row], why: &str) -> Result<Vec<Skipped>> {
+    let mut skipped = Vec::new();
+    for &jid in named {
+        if acted.iter().any(|r| r.jid() == jid) || skipped.iter().any(|s: &Skipped| s.jid == jid) {
+            continue;
+        }
+        let state: Option<String> = tx
+            .query_row("SELECT state FROM jobs WHERE jid = ?", [jid], |r| r.get(0))
+            .ok();
+        skipped.push(Skipped {
+            jid,
+            why: match state {
+                Some(state) => format!("it is {state}: {why}"),
+                None => "no such job".into(),
+            },
+        });
+    }
+    Ok(skipped)
+}

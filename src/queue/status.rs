@@ -1,0 +1,413 @@
+//! `status` and what `wait` watches: counts from the kept counters, the oldest and newest
+//! waiting jobs from the claim index, and why jobs cannot run.
+
+use super::*;
+
+/// Where a set of jobs stands (`rq wait`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    pub pending: usize,
+    pub holding: usize,
+    pub running: usize,
+    pub finished: usize,
+    /// Finished with a non-zero exit or a signal.
+    pub failed: usize,
+    pub dead: usize,
+    /// Waiting for other jobs or for their array's limit: they will run.
+    pub waiting: usize,
+    /// Will never run: a job they needed failed.
+    pub cancelled: usize,
+    /// Deleted meanwhile.
+    pub gone: usize,
+}
+
+pub(super) const WAITING_REASON: &str = "CASE WHEN state = 'waiting' THEN coalesce(\
+    (SELECT 'waits for ' || group_concat(x, ', ') \
+        || CASE WHEN jobs.waiting_on > 5 THEN ' and ' || (jobs.waiting_on - 5) || ' more' ELSE '' END \
+     FROM (SELECT d.dep || ' (' || coalesce(w.state, 'gone') || ')' AS x FROM deps d \
+           LEFT JOIN jobs w ON w.jid = d.dep WHERE d.job = jobs.jid AND d.met = 0 \
+           ORDER BY d.dep LIMIT 5)), \
+    CASE WHEN array_limit IS NOT NULL THEN 'waits for a place: at most ' || array_limit \
+        || ' of array ' || array_id || ' run at once' END, \
+    reason) \
+    WHEN state = 'pending' AND (cpus > 1 OR gpus > 0 OR mem > 0) \
+         AND rq_unfit(cpus, mem, gpus) IS NOT NULL THEN rq_unfit(cpus, mem, gpus) \
+    WHEN state = 'pending' AND not_before > strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+    THEN 'starts at ' || not_before ELSE reason END AS reason";
+
+pub(super) fn field_names() -> Vec<String> {
+    job::FIELDS.iter().map(|s| s.to_string()).collect()
+}
+
+/// A job named in `status`'s temporal report: its jid and the value shown for it.
+pub(crate) type Named = Option<(i64, SqlValue)>;
+
+/// The first row of a two-column query (jid, value), if any.
+pub(super) fn first_row(tx: &Tx<'_>, sql: &str) -> Result<Named> {
+    let mut stmt = tx.prepare_cached(sql)?;
+    let mut rows = stmt.query([])?;
+    match rows.next()? {
+        Some(r) => Ok(Some((r.get(0)?, r.get(1)?))),
+        None => Ok(None),
+    }
+}
+
+/// The most recently and the earliest submitted job waiting in `state` (pending or
+/// holding), each as (jid, submitted). The claim index orders by priority first, so this
+/// visits each distinct priority (a skip-scan: a few index look-ups per priority); with
+/// more priorities than that is worth, it scans the state's jobs instead.
+pub(crate) fn waiting_ends(tx: &Tx<'_>, state: State) -> Result<(Named, Named)> {
+    const MAX_PRIORITIES: usize = 64;
+    let state = state.as_str();
+    // Two statements: `(?2 IS NULL OR priority < ?2)` would cost the index range.
+    let mut highest = tx.prepare_cached(
+        "SELECT priority FROM jobs WHERE state = ?1 ORDER BY priority DESC LIMIT 1",
+    )?;
+    let mut next_below = tx.prepare_cached(
+        "SELECT priority FROM jobs WHERE state = ?1 AND priority < ?2 ORDER BY priority DESC LIMIT 1",
+    )?;
+    let mut priorities: Vec<i64> = Vec::new();
+    while priorities.len() <= MAX_PRIORITIES {
+        let found = match priorities.last() {
+            None => highest.query_row([state], |r| r.get(0)),
+            Some(p) => next_below.query_row(rusqlite::params![state, p], |r| r.get(0)),
+        };
+        match found {
+            Ok(p) => priorities.push(p),
+            Err(Error::Sql(rusqlite::Error::QueryReturnedNoRows)) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    let end = |sql: &str, priority: Option<i64>| -> Result<Option<(String, i64)>> {
+        let mut stmt = tx.prepare_cached(sql)?;
+        let mut rows = stmt.query(rusqlite::params![state, priority])?;
+        Ok(match rows.next()? {
+            Some(r) => Some((r.get(1)?, r.get(0)?)),
+            None => None,
+        })
+    };
+    let (newest, oldest) = if priorities.len() > MAX_PRIORITIES {
+        (
+            end(
+                "SELECT jid, submitted FROM jobs WHERE state = ?1 AND ?2 IS NULL ORDER BY submitted DESC, jid DESC LIMIT 1",
+                None,
+            )?,
+            end(
+                "SELECT jid, submitted FROM jobs WHERE state = ?1 AND ?2 IS NULL ORDER BY submitted, jid LIMIT 1",
+                None,
+            )?,
+        )
+    } else {
+        let mut newest: Option<(String, i64)> = None;
+        let mut oldest: Option<(String, i64)> = None;
+        for priority in priorities {
+            let last = end(
+                "SELECT jid, submitted FROM jobs WHERE state = ?1 AND priority = ?2 ORDER BY submitted DESC, jid DESC LIMIT 1",
+                Some(priority),
+            )?;
+            let first = end(
+                "SELECT jid, submitted FROM jobs WHERE state = ?1 AND priority = ?2 ORDER BY submitted, jid LIMIT 1",
+                Some(priority),
+            )?;
+            newest = newest.max(last);
+            oldest = match (oldest, first) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        (newest, oldest)
+    };
+    let as_row = |end: Option<(String, i64)>| end.map(|(stamp, jid)| (jid, SqlValue::Text(stamp)));
+    Ok((as_row(newest), as_row(oldest)))
+}
+
+impl Queue {
+    /// Count where the given jobs stand.
+    pub fn progress(&mut self, jids: &[i64]) -> Result<Progress> {
+        let json = serde_json::to_string(jids).unwrap_or_default();
+        let total = jids.len();
+        self.store.read(|tx| {
+            let mut p = Progress::default();
+            let mut stmt = tx.prepare_cached(
+                "SELECT state, count(*), count(*) FILTER (WHERE exit_status IS NOT 0) FROM jobs \
+                 WHERE jid IN (SELECT value FROM json_each(?)) GROUP BY state",
+            )?;
+            let mut rows = stmt.query([&json])?;
+            let mut seen = 0usize;
+            while let Some(r) = rows.next()? {
+                let state: String = r.get(0)?;
+                let n = r.get::<_, i64>(1)? as usize;
+                seen += n;
+                match state.as_str() {
+                    "pending" => p.pending = n,
+                    "holding" => p.holding = n,
+                    "running" => p.running = n,
+                    "finished" => {
+                        p.finished = n;
+                        p.failed = r.get::<_, i64>(2)? as usize;
+                    }
+                    "waiting" => p.waiting = n,
+                    "cancelled" => p.cancelled = n,
+                    _ => p.dead = n,
+                }
+            }
+            p.gone = total.saturating_sub(seen);
+            Ok(p)
+        })
+    }
+
+    /// Counts by state (and successes/failures) of the jobs of `clause`: `status
+    /// array:ID`, `status --mine`.
+    pub fn status_of(&mut self, clause: &Clause) -> Result<Value> {
+        self.store.read(|tx| {
+            let sql = format!(
+                "SELECT state, count(*), count(*) FILTER (WHERE state = 'finished' AND exit_status IS 0), \
+                 count(*) FILTER (WHERE state = 'finished' AND exit_status IS NOT 0) \
+                 FROM jobs WHERE {} GROUP BY state",
+                clause.sql
+            );
+            let mut stmt = tx.prepare(&sql).map_err(|e| query_error(clause, e))?;
+            let mut rows = stmt.query(crate::store::params_from_iter(clause.params.iter()))?;
+            let mut counts = std::collections::HashMap::new();
+            let (mut ok, mut failed) = (0i64, 0i64);
+            while let Some(r) = rows.next()? {
+                counts.insert(r.get::<_, String>(0)?, r.get::<_, i64>(1)?);
+                ok += r.get::<_, i64>(2)?;
+                failed += r.get::<_, i64>(3)?;
+            }
+            let mut jobs = Map::new();
+            let mut total = 0;
+            for state in State::ALL {
+                let n = counts.get(state.as_str()).copied().unwrap_or(0);
+                total += n;
+                jobs.insert(state.as_str().into(), json!(n));
+            }
+            jobs.insert("total".into(), json!(total));
+            let dead = counts.get("dead").copied().unwrap_or(0);
+            Ok(json!({
+                "jobs": Value::Object(jobs),
+                "exit_status": {"successes": ok, "failures": failed + dead},
+            }))
+        })
+    }
+
+    /// The jids of the jobs of these arrays (in `state`, when given).
+    pub fn array_jids(&mut self, arrays: &[i64], state: Option<&str>) -> Result<Vec<i64>> {
+        self.store.read(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT jid FROM jobs WHERE array_id IN (SELECT value FROM json_each(?1)) \
+                 AND (?2 IS NULL OR state = ?2) ORDER BY jid",
+            )?;
+            let jids = stmt
+                .query_map(
+                    rusqlite::params![serde_json::to_string(arrays).unwrap_or_default(), state],
+                    |r| r.get(0),
+                )?
+                .collect::<rusqlite::Result<Vec<i64>>>()?;
+            Ok(jids)
+        })
+    }
+
+    /// Jobs waiting to run (pending or waiting) that no live feeder can run: they need
+    /// more CPUs, memory or GPUs than any has. How many, and the first few with why.
+    /// Costs one index probe when no job needs more than one CPU.
+    pub fn unfit(&mut self, jids: Option<&[i64]>) -> Result<(i64, Vec<(i64, String)>)> {
+        let needy = "FROM jobs INDEXED BY jobs_needs WHERE (cpus > 1 OR gpus > 0 OR mem > 0) \
+                     AND state IN ('pending', 'waiting') \
+                     AND (?1 IS NULL OR jid IN (SELECT value FROM json_each(?1)))";
+        let filter = jids.map(|j| serde_json::to_string(j).unwrap_or_default());
+        let any: bool = self.store.read(|tx| {
+            tx.query_row(
+                &format!("SELECT EXISTS (SELECT 1 {needy})"),
+                [&filter],
+                |r| r.get(0),
+            )
+        })?;
+        if !any {
+            return Ok((0, Vec::new()));
+        }
+        let largest = self.largest_live()?;
+        crate::liveness::set_largest_live(largest.clone());
+        let Some(largest) = largest else {
+            return Ok((0, Vec::new()));
+        };
+        self.store.read(|tx| {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT jid, cpus, mem, gpus {needy} AND (cpus > ?2 OR mem > ?3 OR gpus > ?4) ORDER BY jid"
+            ))?;
+            let mut rows = stmt.query(rusqlite::params![
+                filter,
+                largest.cpus,
+                largest.mem,
+                largest.devices.len() as i64
+            ])?;
+            let (mut count, mut some) = (0i64, Vec::new());
+            while let Some(r) = rows.next()? {
+                count += 1;
+                if some.len() < 5 {
+                    let (jid, cpus, mem, gpus): (i64, i64, i64, i64) =
+                        (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+                    if let Some(why) = crate::liveness::unfit_reason(cpus, mem, gpus, &largest) {
+                        some.push((jid, why));
+                    }
+                }
+            }
+            Ok((count, some))
+        })
+    }
+
+    /// The largest live feeder (see `liveness::largest_live`).
+    pub(super) fn largest_live(&mut self) -> Result<Option<crate::claims::Capacity>> {
+        let lease = self
+            .setting("lease")?
+            .and_then(|v| time::parse_duration(&v))
+            .unwrap_or(crate::liveness::Settings::default().lease);
+        if !self.has_files() {
+            return Ok(None);
+        }
+        crate::liveness::largest_live(&self.dir, lease)
+    }
+
+    /// The status report.
+    pub fn status(&mut self, exit_codes: &[(String, Vec<i64>)]) -> Result<Value> {
+        let now = time::now_ts();
+        let hour_marks: Vec<(i64, String)> = [1i64, 12, 24]
+            .iter()
+            .map(|h| (*h, time::format(now - jiff::SignedDuration::from_hours(*h))))
+            .collect();
+        self.store.read(|tx| {
+            // Counts and run-time sums come from `job_counts`, which triggers keep in step
+            // with every change: no scan, however many jobs there are.
+            let mut counts = std::collections::HashMap::new();
+            let mut stmt = tx.prepare_cached("SELECT state, n, elapsed_n, elapsed_sum, ok FROM job_counts")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let state: String = r.get(0)?;
+                let row: (i64, i64, f64, i64) = (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+                counts.insert(state, row);
+            }
+            drop(rows);
+            let count = |state: State| counts.get(state.as_str()).copied().unwrap_or((0, 0, 0.0, 0));
+            let mut jobs = Map::new();
+            let mut total = 0i64;
+            for state in State::ALL {
+                let n = count(state).0;
+                total += n;
+                jobs.insert(state.as_str().into(), json!(n));
+            }
+            jobs.insert("total".into(), json!(total));
+
+            let mut temporal = Map::new();
+            for state in State::ALL {
+                let (min, max) = match state {
+                    // Newest and oldest by submit time: a look at each priority's ends of the
+                    // claim index (state, priority, submitted, jid).
+                    State::Pending | State::Holding | State::Waiting => waiting_ends(tx, state)?,
+                    State::Cancelled => (None, None),
+                    State::Running => (
+                        first_row(tx, "SELECT jid, started FROM jobs WHERE state = 'running' AND started IS NOT NULL ORDER BY started DESC LIMIT 1")?,
+                        first_row(tx, "SELECT jid, started FROM jobs WHERE state = 'running' AND started IS NOT NULL ORDER BY started ASC LIMIT 1")?,
+                    ),
+                    // The partial index's ends.
+                    State::Finished => (
+                        first_row(tx, "SELECT jid, elapsed FROM jobs INDEXED BY jobs_finished_elapsed WHERE state = 'finished' \
+                             AND elapsed IS NOT NULL ORDER BY elapsed ASC LIMIT 1")?,
+                        first_row(tx, "SELECT jid, elapsed FROM jobs INDEXED BY jobs_finished_elapsed WHERE state = 'finished' \
+                             AND elapsed IS NOT NULL ORDER BY elapsed DESC LIMIT 1")?,
+                    ),
+                    State::Dead => (
+                        first_row(tx, "SELECT jid, elapsed FROM jobs WHERE state = 'dead' AND elapsed IS NOT NULL ORDER BY elapsed ASC LIMIT 1")?,
+                        first_row(tx, "SELECT jid, elapsed FROM jobs WHERE state = 'dead' AND elapsed IS NOT NULL ORDER BY elapsed DESC LIMIT 1")?,
+                    ),
+                };
+                let seconds = |found: Option<(i64, SqlValue)>| -> Option<(i64, f64)> {
+                    match found? {
+                        (jid, SqlValue::Real(secs)) => Some((jid, secs)),
+                        (jid, SqlValue::Integer(secs)) => Some((jid, secs as f64)),
+                        (jid, SqlValue::Text(stamp)) => {
+                            time::parse(&stamp).map(|t| (jid, time::seconds_between(t, now)))
+                        }
+                        _ => None,
+                    }
+                };
+                if let (Some(min), Some(max)) = (seconds(min), seconds(max)) {
+                    temporal.insert(
+                        state.as_str().into(),
+                        json!({"min": {min.0.to_string(): time::hms(min.1)}, "max": {max.0.to_string(): time::hms(max.1)}}),
+                    );
+                }
+            }
+
+            let (_, elapsed_n, elapsed_sum, successes) = count(State::Finished);
+            let avg = (elapsed_n > 0).then(|| elapsed_sum / elapsed_n as f64);
+            let finished_failures = count(State::Finished).0 - successes;
+            let mut recent = Map::new();
+            for (hours, since) in &hour_marks {
+                let n: i64 = tx.query_row(
+                    "SELECT count(*) FROM jobs INDEXED BY jobs_ended_at WHERE state IN ('finished', 'dead') AND finished > ?",
+                    [since],
+                    |r| r.get(0),
+                )?;
+                recent.insert(hours.to_string(), json!(n));
+            }
+            let dead = jobs.get("dead").and_then(Value::as_i64).unwrap_or(0);
+            let failures = finished_failures + dead;
+            let mut exit = Map::new();
+            exit.insert("successes".into(), json!(successes));
+            exit.insert("failures".into(), json!(failures));
+            for (name, codes) in exit_codes {
+                let n: i64 = tx.query_row(
+                    "SELECT count(*) FROM jobs INDEXED BY jobs_finished_elapsed WHERE state = 'finished' AND exit_status IN (SELECT value FROM json_each(?))",
+                    [serde_json::to_string(codes).unwrap_or_default()],
+                    |r| r.get(0),
+                )?;
+                exit.insert(name.clone(), json!(n));
+            }
+
+            let mut runners = Map::new();
+            let mut stmt = tx.prepare(
+                "SELECT runner, count(*) FROM jobs WHERE state = 'running' GROUP BY runner ORDER BY runner",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let host: Option<String> = r.get(0)?;
+                runners.insert(host.unwrap_or_else(|| "?".into()), json!(r.get::<_, i64>(1)?));
+            }
+
+            let mut report = Map::new();
+            report.insert("jobs".into(), Value::Object(jobs));
+            report.insert("temporal".into(), Value::Object(temporal));
+            report.insert(
+                "performance".into(),
+                json!({
+                    "avg_time_per_job": avg.map(time::hms),
+                    "n_jobs_in_last_hrs": Value::Object(recent),
+                }),
+            );
+            report.insert("exit_status".into(), Value::Object(exit));
+            report.insert("running_per_host".into(), Value::Object(runners));
+            // Feeders held back: the whole queue, or some hosts.
+            let mut stmt = tx.prepare_cached(
+                "SELECT key, value FROM attributes WHERE key = 'paused' OR (key > 'drain.' AND key < 'drain/') ORDER BY key",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut drained = Map::new();
+            while let Some(r) = rows.next()? {
+                let key: String = r.get(0)?;
+                let value: String = r.get(1)?;
+                match key.strip_prefix("drain.") {
+                    Some(host) => {
+                        drained.insert(host.to_string(), json!(value));
+                    }
+                    None => {
+                        report.insert("paused".into(), json!(value));
+                    }
+                }
+            }
+            if !drained.is_empty() {
+                report.insert("draining".into(), Value::Object(drained));
+            }
+            Ok(Value::Object(report))
+        })
+    }
+}

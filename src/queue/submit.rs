@@ -1,0 +1,811 @@
+//! `submit` and `touch`: job lists in, checked whole, files copied before the transaction,
+//! rows inserted in batches inside one transaction (all or nothing).
+
+use super::*;
+
+/// Options of submit, touch and resubmit that override per-job values when given.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitOptions {
+    pub priority: Option<i64>,
+    pub tag: Option<String>,
+    pub hosts: Option<String>,
+    pub restartable: bool,
+    pub stage: bool,
+    /// A file to copy as every job's stdin.
+    pub stdin: Option<PathBuf>,
+    /// A file or directory to copy as every job's data.
+    pub data: Option<PathBuf>,
+    /// Return the inserted rows (for echoing).
+    pub echo: bool,
+    pub timeout: Option<f64>,
+    pub retries: Option<i64>,
+    pub retry_delay: Option<f64>,
+    /// Every job waits for these to finish with exit 0 / to end.
+    pub after: Vec<crate::input::DepRef>,
+    pub after_any: Vec<crate::input::DepRef>,
+    /// Environment for every job (a job's own `env` adds to it and wins).
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Not run before this timestamp.
+    pub not_before: Option<String>,
+    /// The jobs are one array (`--array`, `--each-line`): its id is the first jid.
+    pub array: bool,
+    /// At most this many of the array pending or running at once.
+    pub array_limit: Option<i64>,
+    /// What every job needs of its host (a job's own values are overridden).
+    pub cpus: Option<i64>,
+    pub mem: Option<i64>,
+    pub gpus: Option<i64>,
+}
+
+pub(super) struct JobFiles {
+    pub(super) stdin: Option<PathBuf>,
+    pub(super) data: Option<PathBuf>,
+}
+
+/// Where the jobs of one submit come from, read in this order.
+#[derive(Debug, Clone)]
+pub enum JobSource {
+    /// A job given on the command line.
+    Job(JobSpec),
+    /// A job list: one command per line, or YAML/JSON.
+    File(PathBuf),
+    /// Jobs already parsed and checked, spooled by `submit` (see `input::spool_job`).
+    Parsed(PathBuf),
+    /// One job per index (`--array`); `subst`: `{}` in the command becomes the index.
+    Array {
+        spec: JobSpec,
+        array: crate::input::ArraySpec,
+        subst: bool,
+    },
+    /// One job per line of a file (`--each-line`), the line in `RQ_ITEM`.
+    EachLine {
+        spec: JobSpec,
+        path: PathBuf,
+        subst: bool,
+    },
+}
+
+/// Whether a job list file is YAML/JSON (worth parsing only once).
+pub(super) fn is_structured_file(path: &Path) -> Result<bool> {
+    let file =
+        std::fs::File::open(path).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+    crate::input::is_structured_list(std::io::BufReader::new(file))
+}
+
+/// Read every job of `sources`, in order, handing each to `each`.
+pub fn read_sources(
+    sources: &[JobSource],
+    each: &mut dyn FnMut(JobSpec) -> Result<()>,
+) -> Result<()> {
+    for source in sources {
+        match source {
+            JobSource::Job(spec) => each(spec.clone())?,
+            JobSource::File(path) => {
+                let file = std::fs::File::open(path)
+                    .map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+                crate::input::read_jobs(std::io::BufReader::with_capacity(1 << 16, file), each)?;
+            }
+            JobSource::Parsed(path) => {
+                let file = std::fs::File::open(path)
+                    .map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
+                crate::input::read_spooled(std::io::BufReader::with_capacity(1 << 16, file), each)?;
+            }
+            JobSource::Array { spec, array, subst } => {
+                for index in array.indices() {
+                    let mut job = spec.clone();
+                    if *subst {
+                        job.command = crate::input::substitute(&spec.command, &index.to_string());
+                    }
+                    job.array_index = Some(index);
+                    each(job)?;
+                }
+            }
+            JobSource::EachLine { spec, path, subst } => {
+                let file = std::fs::File::open(path)
+                    .map_err(|e| Error::input(format!("--each-line: {}: {e}", path.display())))?;
+                let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+                let mut line = String::new();
+                let mut number = 0i64;
+                loop {
+                    line.clear();
+                    number += 1;
+                    let n = std::io::BufRead::read_line(&mut reader, &mut line).map_err(|e| {
+                        Error::input(format!(
+                            "--each-line: {}: line {number}: {e}",
+                            path.display()
+                        ))
+                    })?;
+                    if n == 0 {
+                        break;
+                    }
+                    let item = line.trim_end_matches(['\n', '\r']);
+                    if item.trim().is_empty() {
+                        continue;
+                    }
+                    if item.contains('\0') {
+                        return Err(Error::input(format!(
+                            "--each-line: {}: line {number} holds a NUL byte",
+                            path.display()
+                        )));
+                    }
+                    let mut job = spec.clone();
+                    if *subst {
+                        job.command = crate::input::substitute(&spec.command, item);
+                    }
+                    job.array_index = Some(number);
+                    job.env = Some(std::collections::BTreeMap::from([(
+                        "RQ_ITEM".to_string(),
+                        item.to_string(),
+                    )]));
+                    each(job)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a submit did: jids `first..=last` (consecutive: one transaction took them all),
+/// and, when asked, the first `echoed_rows` of them as written inside the transaction.
+#[derive(Debug, Default)]
+pub struct Submitted {
+    pub count: usize,
+    pub first: i64,
+    pub last: i64,
+    pub echoed: Vec<u8>,
+    pub echoed_rows: usize,
+}
+
+/// Rows per INSERT statement when submitting: fewer statements (each also updates the
+/// jid sequence) for the cost of one long statement text.
+pub(super) const INSERT_BATCH: usize = 64;
+
+/// One row to insert; the columns all jobs of a submit share are passed apart.
+pub(super) struct NewJob {
+    pub(super) jid: Option<i64>,
+    pub(super) priority: i64,
+    pub(super) stdin: Option<String>,
+    pub(super) data: Option<String>,
+    pub(super) tag: Option<String>,
+    pub(super) restartable: bool,
+    pub(super) command: String,
+    pub(super) hosts: Option<String>,
+    pub(super) cwd: Option<String>,
+    pub(super) timeout: Option<f64>,
+    pub(super) retries: i64,
+    pub(super) retry_delay: Option<f64>,
+    pub(super) state: State,
+    pub(super) name: Option<String>,
+    pub(super) after: Option<String>,
+    pub(super) after_any: Option<String>,
+    pub(super) waiting_on: i64,
+    pub(super) reason: Option<String>,
+    pub(super) array_id: Option<i64>,
+    pub(super) array_index: Option<i64>,
+    pub(super) array_limit: Option<i64>,
+    pub(super) env: Option<String>,
+    pub(super) not_before: Option<String>,
+    pub(super) cpus: i64,
+    pub(super) mem: i64,
+    pub(super) gpus: i64,
+}
+
+/// Insert a batch of jobs with one statement; returns the last jid.
+pub(super) fn insert_jobs(
+    tx: &Tx<'_>,
+    batch: &[NewJob],
+    submitted: &str,
+    submitter: &str,
+    user: &str,
+) -> Result<i64> {
+    use rusqlite::ToSql;
+    let row = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    let sql = format!(
+        "INSERT INTO jobs (jid, priority, state, submitted, submitter, stdin, data, tag, \
+         restartable, command, hosts, cwd, timeout, retries, retry_delay, user, name, after, \
+         after_any, waiting_on, reason, array_id, array_index, array_limit, env, not_before, \
+         cpus, mem, gpus) VALUES {}",
+        vec![row; batch.len()].join(",")
+    );
+    let mut insert = tx.prepare_cached(&sql)?;
+    let states: Vec<&str> = batch.iter().map(|job| job.state.as_str()).collect();
+    let mut params: Vec<&dyn ToSql> = Vec::with_capacity(batch.len() * 29);
+    for (job, state) in batch.iter().zip(&states) {
+        params.extend_from_slice(&[
+            &job.jid as &dyn ToSql,
+            &job.priority,
+            state,
+            &submitted,
+            &submitter,
+            &job.stdin,
+            &job.data,
+            &job.tag,
+            &job.restartable,
+            &job.command,
+            &job.hosts,
+            &job.cwd,
+            &job.timeout,
+            &job.retries,
+            &job.retry_delay,
+            &user,
+            &job.name,
+            &job.after,
+            &job.after_any,
+            &job.waiting_on,
+            &job.reason,
+            &job.array_id,
+            &job.array_index,
+            &job.array_limit,
+            &job.env,
+            &job.not_before,
+            &job.cpus,
+            &job.mem,
+            &job.gpus,
+        ]);
+    }
+    if let Tx::Postgres(pg) = tx {
+        // PostgreSQL takes rows fastest by COPY (one message for the whole batch).
+        const COLUMNS: &str = "jid, priority, state, submitted, submitter, stdin, data, tag, \
+             restartable, command, hosts, cwd, timeout, retries, retry_delay, user, name, \
+             after, after_any, waiting_on, reason, array_id, array_index, array_limit, env, \
+             not_before, cpus, mem, gpus";
+        crate::store::postgres::copy_in(*pg, "jobs", COLUMNS, &params, 29)?;
+    } else {
+        insert.execute(params.as_slice())?;
+    }
+    tx.last_insert_rowid()
+}
+
+pub(super) fn changed_while_reading() -> Error {
+    Error::input("the job list changed while it was being submitted; nothing was submitted")
+}
+
+/// Most a job's data may hold: it is copied into the queue (on NFS: over the network)
+/// once per job. Larger inputs belong on the shared filesystem, named in the command.
+pub const MAX_DATA_BYTES: u64 = 1 << 30;
+
+pub const MAX_DATA_ENTRIES: u64 = 100_000;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum InputKind {
+    Stdin,
+    Data,
+}
+
+/// Refuse a job input that cannot be copied sensibly, before anything is copied: one
+/// that does not exist; a FIFO, device or socket (reading one would hang or never end)
+/// anywhere in it; the queue itself or a directory holding it (the copy would copy
+/// itself); a path inside the queue other than a job's own stdin/data (as rq's output
+/// names them); and data larger than MAX_DATA_BYTES or MAX_DATA_ENTRIES.
+pub(super) fn check_input(path: &Path, queue_dir: &Path, kind: InputKind) -> Result<()> {
+    let what = if kind == InputKind::Stdin {
+        "stdin"
+    } else {
+        "data"
+    };
+    let refuse = |why: String| Err(Error::input(format!("{what} {}: {why}", path.display())));
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(_) => return refuse("no such file".into()),
+    };
+    if kind == InputKind::Stdin && !meta.is_file() {
+        return refuse("must be a regular file".into());
+    }
+    if let (Ok(src), Ok(queue)) = (path.canonicalize(), queue_dir.canonicalize()) {
+        if queue.starts_with(&src) {
+            return refuse(format!("holds the queue {} itself", queue.display()));
+        }
+        let job_file = JOB_DIRS
+            .iter()
+            .filter(|d| matches!(**d, "stdin" | "data"))
+            .any(|d| src.starts_with(queue.join(d)) && src != queue.join(d));
+        if src.starts_with(&queue) && !job_file {
+            return refuse("is inside the queue directory".into());
+        }
+    }
+    let (mut bytes, mut entries) = (0u64, 0u64);
+    let mut pending = vec![path.to_path_buf()];
+    let mut first = true;
+    while let Some(p) = pending.pop() {
+        // The top is followed if it is a link; inside, links are copied as links.
+        let meta = if first {
+            std::fs::metadata(&p)
+        } else {
+            std::fs::symlink_metadata(&p)
+        }
+        .context(|| format!("cannot read {}", p.display()))?;
+        first = false;
+        entries += 1;
+        let kind = meta.file_type();
+        if kind.is_dir() {
+            for entry in std::fs::read_dir(&p).context(|| format!("cannot read {}", p.display()))? {
+                pending.push(
+                    entry
+                        .context(|| format!("cannot read {}", p.display()))?
+                        .path(),
+                );
+            }
+        } else if kind.is_file() {
+            bytes += meta.len();
+        } else if !kind.is_symlink() {
+            return Err(Error::input(format!(
+                "{what} {}: {} is not a regular file or directory (a FIFO, device or socket)",
+                path.display(),
+                p.display()
+            )));
+        }
+        if bytes > MAX_DATA_BYTES || entries > MAX_DATA_ENTRIES {
+            return refuse(format!(
+                "is too big to copy into the queue for each job (at most {} MiB in {MAX_DATA_ENTRIES} \
+                 files); leave it on the shared filesystem and name it in the command",
+                MAX_DATA_BYTES >> 20
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Queue {
+    /// Submit the jobs of `sources`: all of them or none. The input is read three times
+    /// at most, never held: once to check every job (and plan its files), once to copy
+    /// the files of jobs that have any, once inside the transaction to insert the rows in
+    /// batches. With `echo`, the first chunk of submitted rows is written inside the
+    /// transaction (see [`Submitted`]).
+    pub fn submit(
+        &mut self,
+        sources: &[JobSource],
+        opts: &SubmitOptions,
+        echo: Option<&RowWriter>,
+    ) -> Result<Submitted> {
+        // First pass, outside any transaction: check every job and plan its files. YAML/JSON
+        // lists are parsed here once and spooled, parsed, to a local temporary file; the
+        // transaction then reads that (or plain lines, which cost nothing to parse).
+        let mut count = 0usize;
+        let mut plan = crate::deps::Plan::default();
+        let mut files = Vec::new();
+        let mut to_insert = Vec::with_capacity(sources.len());
+        let mut spools = Vec::new();
+        for source in sources {
+            let mut spool = match source {
+                JobSource::File(path) if is_structured_file(path)? => {
+                    let file = tempfile::NamedTempFile::new()
+                        .context(|| "cannot make a temporary file".into())?;
+                    Some(std::io::BufWriter::new(file))
+                }
+                _ => None,
+            };
+            read_sources(std::slice::from_ref(source), &mut |spec| {
+                count += 1;
+                plan.note(count - 1, &spec)?;
+                if let Some(env) = &spec.env {
+                    let size: usize = env
+                        .iter()
+                        .chain(opts.env.iter())
+                        .map(|(k, v)| k.len() + v.len() + 2)
+                        .sum();
+                    if size > MAX_ENV_BYTES {
+                        return Err(Error::input(format!(
+                            "job {count}: its environment is too large ({size} bytes; at most \
+                             {MAX_ENV_BYTES}); nothing was submitted"
+                        )));
+                    }
+                }
+                if let Some(problem) = crate::job::command_problem(&spec.command) {
+                    return Err(Error::input(format!(
+                        "job {count}: {problem}; nothing was submitted"
+                    )));
+                }
+                if let Some(plan) = self.plan_files(&spec)? {
+                    files.push((count - 1, plan));
+                }
+                if let Some(out) = spool.as_mut() {
+                    crate::input::spool_job(out, &spec)?;
+                }
+                Ok(())
+            })?;
+            match spool {
+                Some(out) => {
+                    let file = out
+                        .into_inner()
+                        .map_err(|e| e.into_error())
+                        .context(|| "cannot write the spool of parsed jobs".into())?;
+                    to_insert.push(JobSource::Parsed(file.path().to_path_buf()));
+                    spools.push(file);
+                }
+                None => to_insert.push(source.clone()),
+            }
+        }
+        let sources = to_insert.as_slice();
+        if count == 0 {
+            return Ok(Submitted::default());
+        }
+        for (path, kind) in [
+            (&opts.stdin, InputKind::Stdin),
+            (&opts.data, InputKind::Data),
+        ] {
+            if let Some(path) = path {
+                check_input(path, self.files_dir()?, kind)?;
+            }
+        }
+        let resolved = plan.resolve()?;
+        let global_waits: Vec<(crate::deps::Wait, crate::deps::Kind)> = opts
+            .after
+            .iter()
+            .map(|d| (d, crate::deps::Kind::Ok))
+            .chain(opts.after_any.iter().map(|d| (d, crate::deps::Kind::Any)))
+            .map(|(d, kind)| match d {
+                crate::input::DepRef::Jid(j) => Ok((crate::deps::Wait::Jid(*j), kind)),
+                crate::input::DepRef::Array(a) => Ok((crate::deps::Wait::Array(*a), kind)),
+                crate::input::DepRef::Name(n) => Err(Error::usage(format!(
+                    "--after: '{n}' is not a jid (names are for jobs of one list: `after:` in YAML)"
+                ))),
+            })
+            .collect::<Result<_>>()?;
+        let submitter = host::name();
+        let user = host::user_name();
+        let cwd = std::env::current_dir()
+            .map(|p| p.to_string_lossy().into_owned())
+            .ok();
+        let state = if opts.stage {
+            State::Holding
+        } else {
+            State::Pending
+        };
+        // Jobs with files get jids reserved first, so their files are in place before the
+        // rows that name them exist; a crash in between leaves only orphan files.
+        // So are jobs that wait for others of the list, and arrays: their rows name jids.
+        let with_files = !files.is_empty() || opts.stdin.is_some() || opts.data.is_some();
+        let first_reserved =
+            if with_files || !resolved.is_empty() || !global_waits.is_empty() || opts.array {
+                let first = self.reserve_jids(count)?;
+                if with_files && let Err(e) = self.copy_files(first, count, &files, opts) {
+                    self.remove_job_files(first, count);
+                    return Err(e);
+                }
+                Some(first)
+            } else {
+                None
+            };
+        let env_json = |own: &Option<std::collections::BTreeMap<String, String>>| {
+            if opts.env.is_empty() && own.as_ref().is_none_or(|e| e.is_empty()) {
+                return None;
+            }
+            let mut env = opts.env.clone();
+            env.extend(own.iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
+            serde_json::to_string(&env).ok()
+        };
+        let jid_list = |jids: &[i64]| {
+            (!jids.is_empty()).then(|| serde_json::to_string(jids).unwrap_or_default())
+        };
+        let outcome = self.store.write(|tx| {
+            let submitted = time::now();
+            let mut batch: Vec<NewJob> = Vec::with_capacity(INSERT_BATCH);
+            let mut starts: Vec<(i64, crate::deps::Start)> = Vec::new();
+            let mut lookups = crate::deps::Lookups::default();
+            let mut next_wait = resolved.iter().peekable();
+            let mut inserted = 0usize;
+            let mut first = None;
+            let mut each = |spec: JobSpec| {
+                if inserted + batch.len() == count {
+                    return Err(changed_while_reading());
+                }
+                if crate::job::command_problem(&spec.command).is_some() {
+                    return Err(changed_while_reading());
+                }
+                let index = inserted + batch.len();
+                let jid = first_reserved.map(|f| f + index as i64);
+                let own_waits = next_wait
+                    .next_if(|(i, _)| *i == index)
+                    .map(|(_, w)| w.as_slice());
+                let mut job_state = state;
+                let mut waiting_on = 0;
+                let mut reason = None;
+                let (mut after, mut after_any) = (None, None);
+                if own_waits.is_some() || !global_waits.is_empty() {
+                    let (Some(jid), Some(base)) = (jid, first_reserved) else {
+                        return Err(changed_while_reading());
+                    };
+                    let waits: Vec<_> = global_waits
+                        .iter()
+                        .chain(own_waits.into_iter().flatten())
+                        .copied()
+                        .collect();
+                    let start = crate::deps::start(tx, &mut lookups, index + 1, &waits, &|i| {
+                        base + i as i64
+                    })?;
+                    after = jid_list(&start.after);
+                    after_any = jid_list(&start.after_any);
+                    waiting_on = start.unmet;
+                    if let Some(why) = &start.failed {
+                        job_state = State::Cancelled;
+                        reason = Some(why.clone());
+                    } else if start.unmet > 0 && state == State::Pending {
+                        job_state = State::Waiting;
+                    }
+                    starts.push((jid, start));
+                }
+                // An array with a limit: only its first jobs join the claim path; the
+                // others wait for a place (see the trigger `array_next`).
+                if let Some(limit) = opts.array_limit
+                    && job_state == State::Pending
+                    && index as i64 >= limit
+                {
+                    job_state = State::Waiting;
+                }
+                let file =
+                    |given: bool, dir: &str| jid.filter(|_| given).map(|j| format!("{dir}/{j}"));
+                batch.push(NewJob {
+                    jid,
+                    priority: opts.priority.or(spec.priority).unwrap_or(0),
+                    stdin: file(opts.stdin.is_some() || spec.stdin.is_some(), "stdin"),
+                    data: file(opts.data.is_some() || spec.data.is_some(), "data"),
+                    tag: opts.tag.clone().or_else(|| spec.tag.clone().flatten()),
+                    hosts: opts.hosts.clone().or_else(|| spec.hosts.clone().flatten()),
+                    restartable: opts.restartable || spec.restartable.unwrap_or(false),
+                    cwd: spec.cwd.clone().or_else(|| cwd.clone()),
+                    timeout: opts.timeout.or(spec.timeout),
+                    retries: opts.retries.or(spec.retries).unwrap_or(0),
+                    retry_delay: opts.retry_delay.or(spec.retry_delay),
+                    state: job_state,
+                    name: spec.name.clone(),
+                    after,
+                    after_any,
+                    waiting_on,
+                    reason,
+                    array_id: first_reserved.filter(|_| opts.array),
+                    array_index: spec.array_index,
+                    array_limit: opts.array_limit.filter(|_| opts.array),
+                    env: env_json(&spec.env),
+                    not_before: opts.not_before.clone().or(spec.not_before),
+                    cpus: opts.cpus.or(spec.cpus).unwrap_or(1),
+                    mem: opts.mem.or(spec.mem).unwrap_or(0),
+                    gpus: opts.gpus.or(spec.gpus).unwrap_or(0),
+                    command: spec.command,
+                });
+                if batch.len() == INSERT_BATCH {
+                    let last = insert_jobs(tx, &batch, &submitted, &submitter, &user)?;
+                    first.get_or_insert(last - batch.len() as i64 + 1);
+                    inserted += batch.len();
+                    batch.clear();
+                }
+                Ok(())
+            };
+            read_sources(sources, &mut each)?;
+            if !batch.is_empty() {
+                let last = insert_jobs(tx, &batch, &submitted, &submitter, &user)?;
+                first.get_or_insert(last - batch.len() as i64 + 1);
+                inserted += batch.len();
+            }
+            if inserted != count {
+                return Err(changed_while_reading());
+            }
+            for (jid, start) in &starts {
+                crate::deps::record(tx, *jid, start)?;
+            }
+            let first = first.unwrap_or(0);
+            let last = first + count as i64 - 1;
+            let mut echoed = Vec::new();
+            let mut echoed_rows = 0;
+            if let Some(writer) = echo {
+                let sql = format!(
+                    "SELECT {} FROM jobs WHERE jid >= ? AND jid <= ? ORDER BY jid LIMIT {CHUNK}",
+                    columns()
+                );
+                tx.query_each(&sql, [first, last], |row| {
+                    writer.write_sql_row(echoed_rows == 0, &mut echoed, row)?;
+                    echoed_rows += 1;
+                    Ok(())
+                })?;
+            }
+            Ok(Submitted {
+                count,
+                first,
+                last,
+                echoed,
+                echoed_rows,
+            })
+        });
+        match outcome {
+            Ok(submitted) => {
+                self.ring_doorbell();
+                Ok(submitted)
+            }
+            Err(e) => {
+                if let Some(first) = first_reserved {
+                    self.remove_job_files(first, count);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) fn reserve_jids(&mut self, count: usize) -> Result<i64> {
+        self.store.write(|tx| {
+            if tx.is_postgres() {
+                // Inserts take ROW EXCLUSIVE on jobs, which this lock excludes: no jid is
+                // drawn from the sequence between the two calls.
+                tx.execute_batch("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE")?;
+                let last: i64 = tx.query_row(
+                    "SELECT setval('jobs_jid_seq', nextval('jobs_jid_seq') + ? - 1)",
+                    [count as i64],
+                    |r| r.get(0),
+                )?;
+                return Ok(last - count as i64 + 1);
+            }
+            tx.execute(
+                "INSERT INTO sqlite_sequence (name, seq) SELECT 'jobs', coalesce((SELECT max(jid) FROM jobs), 0) \
+                 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'jobs')",
+                [],
+            )?;
+            let last: i64 = tx.query_row(
+                "UPDATE sqlite_sequence SET seq = seq + ? WHERE name = 'jobs' RETURNING seq",
+                [count as i64],
+                |r| r.get(0),
+            )?;
+            Ok(last - count as i64 + 1)
+        })
+    }
+
+    /// Where a job's own stdin and data come from (checked before anything is written);
+    /// `None` when it names neither.
+    pub(super) fn plan_files(&self, spec: &JobSpec) -> Result<Option<JobFiles>> {
+        if spec.stdin.is_none() && spec.data.is_none() {
+            return Ok(None);
+        }
+        let stdin = spec.stdin.as_deref().map(|p| self.input_path(p));
+        let data = spec.data.as_deref().map(|p| self.input_path(p));
+        if let Some(path) = &stdin {
+            check_input(path, self.files_dir()?, InputKind::Stdin)?;
+        }
+        if let Some(path) = &data {
+            check_input(path, self.files_dir()?, InputKind::Data)?;
+        }
+        Ok(Some(JobFiles { stdin, data }))
+    }
+
+    /// A stdin/data path from job input: a file of this queue (`stdin/12`, as in rq's own
+    /// output) when it exists here, else a path relative to the current directory.
+    pub(super) fn input_path(&self, text: &str) -> PathBuf {
+        let in_queue = self.dir.join(text);
+        let queue_relative = JOB_DIRS.iter().any(|d| text.starts_with(&format!("{d}/")));
+        if queue_relative && in_queue.exists() {
+            in_queue
+        } else {
+            PathBuf::from(text)
+        }
+    }
+
+    /// Copy the files of jobs `first..first + count`: each job's own (`files`, by job
+    /// index), else the ones given for every job in `opts`.
+    pub(super) fn copy_files(
+        &self,
+        first: i64,
+        count: usize,
+        files: &[(usize, JobFiles)],
+        opts: &SubmitOptions,
+    ) -> Result<()> {
+        let mut shared_stdin: Option<(PathBuf, PathBuf)> = None;
+        let mut own = files.iter().peekable();
+        for i in 0..count {
+            let jid = first + i as i64;
+            let mine = own.next_if(|(index, _)| *index == i).map(|(_, f)| f);
+            let stdin = mine.and_then(|f| f.stdin.as_ref()).or(opts.stdin.as_ref());
+            let data = mine.and_then(|f| f.data.as_ref()).or(opts.data.as_ref());
+            if let Some(src) = stdin {
+                let dest = self.dir.join("stdin").join(jid.to_string());
+                // One copy per distinct source; further jobs get hard links to it.
+                match &shared_stdin {
+                    Some((s, copy)) if s == src && std::fs::hard_link(copy, &dest).is_ok() => {}
+                    _ => {
+                        clear(&dest)?;
+                        copy_file_new(src, &dest)?;
+                        shared_stdin = Some((src.clone(), dest));
+                    }
+                }
+            }
+            if let Some(src) = data {
+                let dest = self.dir.join("data").join(jid.to_string());
+                copy_tree(src, &dest)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn remove_job_files(&self, first: i64, count: usize) {
+        for jid in first..first + count as i64 {
+            if self.has_files() {
+                remove_files_of(&self.dir, jid, &[]);
+            }
+        }
+    }
+
+    /// Submit each job unless an identical one (same command and tag) is pending; then
+    /// update that one's priority/hosts/restartable instead.
+    pub fn touch(&mut self, specs: &[JobSpec], opts: &SubmitOptions) -> Result<Vec<Row>> {
+        if opts.stdin.is_some()
+            || opts.data.is_some()
+            || specs.iter().any(|s| s.stdin.is_some() || s.data.is_some())
+        {
+            return Err(Error::usage(
+                "touch does not take stdin or data files; use submit",
+            ));
+        }
+        if !opts.after.is_empty()
+            || !opts.after_any.is_empty()
+            || opts.array
+            || !opts.env.is_empty()
+            || opts.not_before.is_some()
+            || specs.iter().any(|s| {
+                !s.after.is_empty()
+                    || !s.after_any.is_empty()
+                    || s.name.is_some()
+                    || s.env.is_some()
+                    || s.not_before.is_some()
+            })
+        {
+            return Err(Error::usage(
+                "touch does not take dependencies, names, arrays, environments or start times; use submit",
+            ));
+        }
+        let submitter = host::name();
+        let user = host::user_name();
+        let cwd = std::env::current_dir()
+            .map(|p| p.to_string_lossy().into_owned())
+            .ok();
+        let state = if opts.stage {
+            State::Holding
+        } else {
+            State::Pending
+        };
+        let rows = self.store.write(|tx| {
+            let now = time::now();
+            let mut jids = Vec::new();
+            for spec in specs {
+                let tag = opts.tag.clone().or_else(|| spec.tag.clone().flatten());
+                let hosts = opts.hosts.clone().or_else(|| spec.hosts.clone().flatten());
+                let priority = opts.priority.or(spec.priority);
+                let restartable = opts.restartable || spec.restartable.unwrap_or(false);
+                let twin: Option<i64> = tx
+                    .query_row(
+                        "SELECT jid FROM jobs WHERE state = 'pending' AND command = ? AND tag IS ? ORDER BY jid LIMIT 1",
+                        rusqlite::params![spec.command, tag],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(jid) = twin {
+                    tx.execute(
+                        "UPDATE jobs SET priority = coalesce(?, priority), hosts = coalesce(?, hosts), \
+                         restartable = max(restartable, ?) WHERE jid = ?",
+                        rusqlite::params![priority, hosts, restartable, jid],
+                    )?;
+                    jids.push(jid);
+                } else {
+                    tx.execute(
+                        "INSERT INTO jobs (priority, state, submitted, submitter, tag, restartable, command, hosts, cwd, user) \
+                         VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        rusqlite::params![
+                            priority.unwrap_or(0),
+                            state.as_str(),
+                            now,
+                            submitter,
+                            tag,
+                            restartable,
+                            spec.command,
+                            hosts,
+                            spec.cwd.clone().or_else(|| cwd.clone()),
+                            user
+                        ],
+                    )?;
+                    jids.push(tx.last_insert_rowid()?);
+                }
+            }
+            select_rows(
+                tx,
+                "jid IN (SELECT value FROM json_each(?)) ORDER BY jid",
+                &[SqlValue::Text(serde_json::to_string(&jids).unwrap_or_default())],
+            )
+        })?;
+        self.ring_doorbell();
+        Ok(rows)
+    }
+}
