@@ -102,15 +102,22 @@ for store in sqlite postgres; do
     q=$(newq $store)
     RQ_HOST=lat RQ_ALLOW_LOCAL_LOCKS=1 "$RQ" "$q" feed --shell "sh -c" --min_sleep 0.05 2>/dev/null & fp=$!
     sleep 3
-    lat=()
+    lat=(); pick=()
     for i in $(seq "$LAT_N"); do
         sleep 1
         t0=$(now); jid=$("$RQ" "$q" submit -f jid --format json -- 'date +%s.%N' | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['jid'])")
         "$RQ" "$q" wait "$jid" >/dev/null
         started=$("$RQ" "$q" stdout "$jid")
         lat+=("$(calc "round(($started-$t0)*1000)")")
+        # From the job's submitted time (taken just before its insert) to its start.
+        pick+=("$("$RQ" "$q" list "$jid" -f submitted --format json | python3 -c "
+import json, sys, datetime
+s = json.load(sys.stdin)[0]['submitted']
+t = datetime.datetime.strptime(s, '%Y-%m-%dT%H:%M:%S.%fZ').replace(tzinfo=datetime.timezone.utc).timestamp()
+print(round(($started - t) * 1000))")")
     done
     kill -QUIT $fp; wait $fp 2>/dev/null
     med=$(printf '%s\n' "${lat[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-    echo "- $store: median $med ms over $LAT_N jobs"
+    medp=$(printf '%s\n' "${pick[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+    echo "- $store: median $med ms from running rq submit, $medp ms from the job's submitted time, over $LAT_N jobs"
 done

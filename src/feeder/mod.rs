@@ -368,6 +368,13 @@ impl Feeder {
             }
         }
         let mut signals = Signals::install()?;
+        if let Some(listener) = &self.doorbell.listener {
+            let waker = signals
+                .waker
+                .try_clone()
+                .context(|| "cannot set up the wake-up pipe".into())?;
+            listener.wake_with(waker);
+        }
         self.read_settings()?;
         // Before the first claim, so that an empty journal proves nothing was started.
         self.journal = Some(StartJournal::open(self.queue.dir(), &self.id)?);

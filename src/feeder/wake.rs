@@ -6,6 +6,8 @@ use super::*;
 /// Signals the feeder reacts to, and a pipe that wakes its sleep when one arrives.
 pub(super) struct Signals {
     pub(super) wake: UnixStream,
+    /// The pipe's other end, for others that must end a nap (the NOTIFY listener).
+    pub(super) waker: UnixStream,
     pub(super) drain: Arc<AtomicBool>,
     pub(super) restart: Arc<AtomicBool>,
     pub(super) stop: Arc<AtomicBool>,
@@ -35,6 +37,7 @@ impl Signals {
         }
         Ok(Signals {
             wake: read,
+            waker: write,
             drain,
             restart,
             stop,
@@ -70,7 +73,8 @@ pub(super) struct Doorbell {
     pub(super) min: Duration,
     pub(super) interval: Duration,
     pub(super) next_check: Instant,
-    /// A PostgreSQL queue's NOTIFY, heard at every nap (the file is still watched).
+    /// A PostgreSQL queue's NOTIFY, which ends a nap when it comes (the file is still
+    /// watched).
     pub(super) listener: Option<crate::store::postgres::Listener>,
 }
 

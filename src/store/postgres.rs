@@ -810,67 +810,70 @@ pub fn run_script(tx: &super::Tx<'_>, sql: &str) -> Result<Vec<crate::job::Row>>
 }
 
 /// A feeder's ear for the queue's NOTIFY (sent by every submit and by every write that
-/// lets jobs out of `waiting`): a connection of its own that LISTENs, read at every nap
-/// (waiting a millisecond at most), so an idle feeder hears of new work within one nap
-/// (min_sleep) at no cost to the server. A lost connection is made again (at most every few seconds) and
-/// counts as having heard something, since a notification may have been missed.
+/// lets jobs out of `waiting`): a thread with a connection of its own that LISTENs and,
+/// when a notification comes, notes it and writes a byte to the feeder's wake-up pipe, so
+/// an idle feeder's nap ends at once (pick-up in milliseconds, at no cost to the server).
+/// A lost connection is made again every few seconds; each new one counts as having heard
+/// something, since a notification may have been missed meanwhile. The thread blocks only
+/// itself: an unreachable server never holds the feeder up.
 pub struct Listener {
-    location: Location,
-    client: Option<::postgres::Client>,
-    retry_at: std::time::Instant,
+    heard: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    waker: std::sync::Arc<std::sync::Mutex<Option<std::os::unix::net::UnixStream>>>,
 }
 
 impl Listener {
     pub fn start(location: &Location) -> Listener {
-        let mut listener = Listener {
-            location: location.clone(),
-            client: None,
-            retry_at: std::time::Instant::now(),
+        use std::sync::atomic::Ordering;
+        let heard = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waker = std::sync::Arc::new(std::sync::Mutex::new(
+            None::<std::os::unix::net::UnixStream>,
+        ));
+        let (location, thread_heard, thread_waker) =
+            (location.clone(), heard.clone(), waker.clone());
+        let wake = move || {
+            thread_heard.store(true, Ordering::SeqCst);
+            let waker = thread_waker.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(mut w) = waker.as_ref() {
+                use std::io::Write;
+                let _ = w.write(&[1]);
+            }
         };
-        listener.connect();
-        listener
+        // Without the thread (none could be made) the doorbell file and the full polls
+        // still find new work.
+        let _ = std::thread::Builder::new()
+            .name("rq-listen".into())
+            .spawn(move || {
+                use ::postgres::fallible_iterator::FallibleIterator;
+                let channel = location.schema();
+                loop {
+                    let client = connect_client(&location.url).ok().and_then(|mut c| {
+                        c.batch_execute(&format!("LISTEN \"{channel}\""))
+                            .ok()
+                            .map(|_| c)
+                    });
+                    if let Some(mut client) = client {
+                        wake();
+                        let mut notifications = client.notifications();
+                        let mut each = notifications.blocking_iter();
+                        while let Ok(Some(_)) = each.next() {
+                            wake();
+                        }
+                    }
+                    std::thread::sleep(std::time::Duration::from_secs(3));
+                }
+            });
+        Listener { heard, waker }
     }
 
-    fn connect(&mut self) -> bool {
-        self.retry_at = std::time::Instant::now() + std::time::Duration::from_secs(3);
-        let channel = self.location.schema();
-        self.client = connect_client(&self.location.url).ok().and_then(|mut c| {
-            c.batch_execute(&format!("LISTEN \"{channel}\""))
-                .ok()
-                .map(|_| c)
-        });
-        self.client.is_some()
+    /// Wake the feeder's nap through this (non-blocking) socket when a notification comes.
+    pub fn wake_with(&self, waker: std::os::unix::net::UnixStream) {
+        let _ = waker.set_nonblocking(true);
+        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(waker);
     }
 
     /// Did a notification arrive since the last call?
     pub fn heard(&mut self) -> bool {
-        use ::postgres::fallible_iterator::FallibleIterator;
-        let Some(client) = self.client.as_mut() else {
-            return std::time::Instant::now() >= self.retry_at && self.connect();
-        };
-        let mut heard = false;
-        let mut lost = false;
-        {
-            // A millisecond's wait, not none: the driver reads the socket only while it
-            // waits (a non-blocking look sees only what an earlier call already read).
-            let mut notifications = client.notifications();
-            let mut pending = notifications.timeout_iter(std::time::Duration::from_millis(1));
-            loop {
-                match pending.next() {
-                    Ok(Some(_)) => heard = true,
-                    Ok(None) => break,
-                    Err(_) => {
-                        lost = true;
-                        break;
-                    }
-                }
-            }
-        }
-        if lost || client.is_closed() {
-            self.client = None;
-            return true;
-        }
-        heard
+        self.heard.swap(false, std::sync::atomic::Ordering::SeqCst)
     }
 }
 
