@@ -159,6 +159,9 @@ pub struct Submitted {
 /// Rows per INSERT statement when submitting: fewer statements (each also updates the
 /// jid sequence) for the cost of one long statement text.
 pub(super) const INSERT_BATCH: usize = 64;
+/// Rows per COPY on PostgreSQL: a round trip to the server per batch, so larger ones (the
+/// memory they take stays bounded: a few MB).
+pub(super) const COPY_BATCH: usize = 4096;
 
 /// One row to insert; the columns all jobs of a submit share are passed apart.
 pub(super) struct NewJob {
@@ -199,15 +202,10 @@ pub(super) fn insert_jobs(
     user: &str,
 ) -> Result<i64> {
     use rusqlite::ToSql;
-    let row = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
-    let sql = format!(
-        "INSERT INTO jobs (jid, priority, state, submitted, submitter, stdin, data, tag, \
-         restartable, command, hosts, cwd, timeout, retries, retry_delay, user, name, after, \
-         after_any, waiting_on, reason, array_id, array_index, array_limit, env, not_before, \
-         cpus, mem, gpus) VALUES {}",
-        vec![row; batch.len()].join(",")
-    );
-    let mut insert = tx.prepare_cached(&sql)?;
+    const COLUMNS: &str = "jid, priority, state, submitted, submitter, stdin, data, tag, \
+         restartable, command, hosts, cwd, timeout, retries, retry_delay, user, name, \
+         after, after_any, waiting_on, reason, array_id, array_index, array_limit, env, \
+         not_before, cpus, mem, gpus";
     let states: Vec<&str> = batch.iter().map(|job| job.state.as_str()).collect();
     let mut params: Vec<&dyn ToSql> = Vec::with_capacity(batch.len() * 29);
     for (job, state) in batch.iter().zip(&states) {
@@ -245,13 +243,14 @@ pub(super) fn insert_jobs(
     }
     if let Tx::Postgres(pg) = tx {
         // PostgreSQL takes rows fastest by COPY (one message for the whole batch).
-        const COLUMNS: &str = "jid, priority, state, submitted, submitter, stdin, data, tag, \
-             restartable, command, hosts, cwd, timeout, retries, retry_delay, user, name, \
-             after, after_any, waiting_on, reason, array_id, array_index, array_limit, env, \
-             not_before, cpus, mem, gpus";
         crate::store::postgres::copy_in(*pg, "jobs", COLUMNS, &params, 29)?;
     } else {
-        insert.execute(params.as_slice())?;
+        let row = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+        let sql = format!(
+            "INSERT INTO jobs ({COLUMNS}) VALUES {}",
+            vec![row; batch.len()].join(",")
+        );
+        tx.prepare_cached(&sql)?.execute(params.as_slice())?;
     }
     tx.last_insert_rowid()
 }
@@ -479,7 +478,12 @@ impl Queue {
         };
         let outcome = self.store.write(|tx| {
             let submitted = time::now();
-            let mut batch: Vec<NewJob> = Vec::with_capacity(INSERT_BATCH);
+            let batch_size = if tx.is_postgres() {
+                COPY_BATCH
+            } else {
+                INSERT_BATCH
+            };
+            let mut batch: Vec<NewJob> = Vec::with_capacity(batch_size);
             let mut starts: Vec<(i64, crate::deps::Start)> = Vec::new();
             let mut lookups = crate::deps::Lookups::default();
             let mut next_wait = resolved.iter().peekable();
@@ -562,7 +566,7 @@ impl Queue {
                     gpus: opts.gpus.or(spec.gpus).unwrap_or(0),
                     command: spec.command,
                 });
-                if batch.len() == INSERT_BATCH {
+                if batch.len() == batch_size {
                     let last = insert_jobs(tx, &batch, &submitted, &submitter, &user)?;
                     first.get_or_insert(last - batch.len() as i64 + 1);
                     inserted += batch.len();
