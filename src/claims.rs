@@ -48,11 +48,14 @@ fn tag_room(tx: &Tx<'_>) -> Result<Vec<(String, i64)>> {
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     // Claims run side by side on PostgreSQL: those on a queue with tag limits take turns,
-    // so each counts the jobs the others claimed (committed before its count).
+    // so each counts the jobs the others claimed (committed before its count). The key
+    // is this queue's: other queues in the database claim on.
     if !limits.is_empty() && tx.is_postgres() {
-        tx.query_row("SELECT 1 FROM pg_advisory_xact_lock(29299, 0)", [], |_| {
-            Ok(())
-        })?;
+        tx.query_row(
+            "SELECT 1 FROM pg_advisory_xact_lock(hashtextextended(current_schema() || ':tag-limits', 0))",
+            [],
+            |_| Ok(()),
+        )?;
     }
     let mut running = tx.prepare_cached(
         "SELECT count(*) FROM jobs INDEXED BY jobs_tag WHERE tag = ? AND state = 'running'",

@@ -390,7 +390,7 @@ impl Feeder {
             "** STARTED ** rq {} feeder {} queue {} max_feed {} shell {:?} heartbeat {}s lease {}s",
             env!("CARGO_PKG_VERSION"),
             self.id,
-            self.queue.dir().display(),
+            self.queue.name(),
             self.config.max_feed,
             if self.config.shell.is_empty() {
                 vec!["none".to_string()]

@@ -533,9 +533,10 @@ $$;
 -- Jobs of an array are let out (waiting -> pending) by whoever ends one of them, and
 -- ends run side by side: the array's own lock (to the end of the transaction) makes
 -- each count what the others let out, so the limit holds. PL/pgSQL statements read
--- the latest committed rows, so the count after the lock is current.
-CREATE FUNCTION array_lock(id bigint) RETURNS void LANGUAGE sql AS $$
-    SELECT pg_advisory_xact_lock(29298, CAST(id % 2147483647 AS int))
+-- the latest committed rows, so the count after the lock is current. The key is the
+-- queue's and the array's: queues sharing a database never wait on each other's.
+CREATE FUNCTION array_lock(id bigint) RETURNS void LANGUAGE sql SET search_path FROM CURRENT AS $$
+    SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || ':array:' || id, 0))
 $$;
 CREATE FUNCTION deps_released() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
 BEGIN
