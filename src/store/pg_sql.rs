@@ -320,8 +320,8 @@ fn split_quoted(sql: &str) -> Vec<(&str, bool)> {
 /// and put it first on the search path). The same tables and columns as the SQLite
 /// schema at `SCHEMA_VERSION` (integers are `bigint`, reals `double precision`, so values
 /// cross the boundary unchanged), with these differences:
-/// - `jid` comes from a sequence (never reused), assigned by a trigger when a row gives
-///   none, as SQLite's AUTOINCREMENT does;
+/// - `jid` comes from a sequence (never reused): its default, or a trigger when a row
+///   gives NULL, as SQLite's AUTOINCREMENT does;
 /// - `job_counts` is a view: the counts folded so far plus deltas that statement-level
 ///   triggers append (one row per state a statement changed), so concurrent claims never
 ///   wait on a shared counter row; `fold_counts()` folds the deltas in;
@@ -333,7 +333,7 @@ CREATE TABLE meta (key text PRIMARY KEY, value text);
 CREATE TABLE attributes (key text PRIMARY KEY, value text);
 CREATE SEQUENCE jobs_jid_seq;
 CREATE TABLE jobs (
-    jid          bigint PRIMARY KEY,
+    jid          bigint PRIMARY KEY DEFAULT nextval('jobs_jid_seq'),
     priority     bigint NOT NULL DEFAULT 0,
     state        text NOT NULL CHECK (state IN ('pending','holding','running','finished','dead','waiting','cancelled')),
     submitted    text NOT NULL,
@@ -404,7 +404,8 @@ BEGIN
     END IF;
     RETURN NEW;
 END $$;
-CREATE TRIGGER jid_assign BEFORE INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION jid_assign();
+CREATE TRIGGER jid_assign BEFORE INSERT ON jobs FOR EACH ROW WHEN (NEW.jid IS NULL)
+    EXECUTE FUNCTION jid_assign();
 
 CREATE TABLE job_counts_folded (
     state       text PRIMARY KEY,
