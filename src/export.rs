@@ -30,6 +30,8 @@ struct Copied {
     deps: usize,
     /// Job files (paths relative to the queue) named by the copied jobs.
     files: Vec<String>,
+    /// Of them, those there were to copy.
+    files_copied: usize,
     highest_jid: i64,
 }
 
@@ -78,14 +80,14 @@ pub fn export(src: &mut Queue, to: &Path, files: Option<&Path>, quiet: bool) -> 
             }
             report.insert("jobs".into(), json!(copied.jobs));
             report.insert("dependencies".into(), json!(copied.deps));
-            report.insert("job_files".into(), json!(copied.files.len()));
+            report.insert("job_files".into(), json!(copied.files_copied));
             report.insert("next_jid".into(), json!(copied.highest_jid + 1));
             report.insert(
                 "source".into(),
                 json!(format!(
                     "{} is kept, paused: its feeders claim nothing ('rq {} resume' undoes)",
                     src.name(),
-                    src.name()
+                    shell_words::quote(&src.name())
                 )),
             );
             Ok(Value::Object(report))
@@ -185,7 +187,7 @@ fn fill(
             .write(|into| copy_rows(from, into, &source_name, &progress))
     });
     progress.stop();
-    let copied = copied?;
+    let mut copied = copied?;
     if src.has_files() {
         let bin = src.dir().join("bin");
         if bin.is_dir() {
@@ -195,6 +197,7 @@ fn fill(
             let from = src.dir().join(rel);
             if std::fs::symlink_metadata(&from).is_ok() {
                 queue::copy_tree(&from, &dest.dir().join(rel))?;
+                copied.files_copied += 1;
             }
         }
     }

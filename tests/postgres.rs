@@ -219,3 +219,41 @@ fn a_queue_without_a_file_directory_writes_nothing_where_it_is_asked_from() {
     let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().flatten().collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn a_multi_host_url_reaches_the_server_that_answers() {
+    // As with a replicated server: the first host is down (here: no socket there), the
+    // driver tries the next, and only a read-write server is taken.
+    let url = pg::server().url().replacen(
+        "postgres://rq@",
+        "postgres://rq@%2Fnonexistent%2Frq-down,",
+        1,
+    );
+    let url = format!(
+        "{url}?target_session_attrs=read-write&queue=multi{}",
+        std::process::id()
+    );
+    let cwd = tempfile::tempdir().unwrap();
+    let files = cwd.path().join("files");
+    rq_in(cwd.path(), &[&url, "create"], None).ok();
+    rq_in(
+        cwd.path(),
+        &[&url, "configure", &format!("files={}", files.display())],
+        None,
+    )
+    .ok();
+    rq_in(
+        cwd.path(),
+        &[&url, "submit", "-q", "echo via the second host"],
+        None,
+    )
+    .ok();
+    let mut cmd = rq_command();
+    cmd.current_dir(cwd.path())
+        .env("RQ_HOST", "m1")
+        .env("HOME", cwd.path())
+        .args([&url, "feed", "--exit_when_empty", "--shell", "sh -c"]);
+    assert_eq!(run_cmd(cmd, None).status, 0);
+    let out = rq_in(cwd.path(), &[&url, "stdout", "1"], None).ok();
+    assert_eq!(out.stdout, "via the second host\n");
+}
