@@ -257,3 +257,46 @@ fn a_multi_host_url_reaches_the_server_that_answers() {
     let out = rq_in(cwd.path(), &[&url, "stdout", "1"], None).ok();
     assert_eq!(out.stdout, "via the second host\n");
 }
+
+#[test]
+fn an_older_queue_is_migrated_by_the_first_writer_and_a_newer_one_refused() {
+    let q = TestQueue::on(StoreKind::Postgres);
+    q.rq(&["submit", "-q", "true"]).ok();
+    let schema = format!("rq_{}", q.q().rsplit("queue=").next().unwrap());
+    // Behind rq's back (rq's own execute would migrate first: it writes).
+    let psql = |sql: &str| {
+        let out = pg::server().psql(&format!("SET search_path TO {schema}; {sql}"));
+        out.trim().lines().last().unwrap_or("").to_string()
+    };
+    // Put the queue back as the first PostgreSQL schema (version 5) made it.
+    psql(
+        "ALTER TABLE jobs ALTER COLUMN jid DROP DEFAULT; \
+         DROP TRIGGER jid_assign ON jobs; \
+         CREATE TRIGGER jid_assign BEFORE INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION jid_assign(); \
+         UPDATE meta SET value = '5' WHERE key = 'schema_version'",
+    );
+    let version = || psql("SELECT value FROM meta WHERE key = 'schema_version'");
+    let jid_default = || {
+        psql(
+            "SELECT count(*) FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = 'jobs' \
+             AND column_name = 'jid' AND column_default LIKE 'nextval%'",
+        )
+    };
+    assert_eq!(version().trim(), "5");
+    assert_eq!(jid_default().trim(), "0");
+    // A reader works with it as it is.
+    assert_eq!(q.count("pending"), 1);
+    assert_eq!(version().trim(), "5");
+    // The first writer brings it up to date, then writes.
+    q.rq(&["submit", "-q", "true"]).ok();
+    assert_eq!(version().trim(), "6");
+    assert_eq!(jid_default().trim(), "1");
+    let jids: Vec<i64> = q.jobs().iter().map(|j| int(j, "jid")).collect();
+    assert_eq!(jids, [1, 2]);
+    // A queue made by a newer rq is refused, with what to do.
+    psql("UPDATE meta SET value = '99' WHERE key = 'schema_version'");
+    let refused = q.rq(&["status"]).fails();
+    assert!(refused.stderr.contains("99"), "{}", refused.stderr);
+    assert_eq!(refused.stderr.lines().count(), 1, "{}", refused.stderr);
+}

@@ -316,9 +316,32 @@ fn split_quoted(sql: &str) -> Vec<(&str, bool)> {
     parts
 }
 
+/// The version of a PostgreSQL queue's schema, stored in its `meta` as `schema_version`.
+/// Its own sequence: 5 was the first (the tables of SQLite's version 5); `MIGRATIONS`
+/// brings an older queue up to this one. A change to SQLite's tables is made here too, as
+/// a new version.
+pub const SCHEMA_VERSION: i64 = 6;
+
+/// `MIGRATIONS[i]` turns PostgreSQL schema version `5 + i` into `6 + i`; each runs in the
+/// transaction that records the new version, holding the queue's lock, on the queue's
+/// schema (first on the search path).
+pub const MIGRATIONS: &[&str] = &[
+    // 6: jids from the column's default (the trigger only for an explicit NULL), so a
+    // submit's COPY needs no PL/pgSQL call per row; array locks keyed by queue too.
+    r#"
+ALTER TABLE jobs ALTER COLUMN jid SET DEFAULT nextval('jobs_jid_seq');
+DROP TRIGGER jid_assign ON jobs;
+CREATE TRIGGER jid_assign BEFORE INSERT ON jobs FOR EACH ROW WHEN (NEW.jid IS NULL)
+    EXECUTE FUNCTION jid_assign();
+CREATE OR REPLACE FUNCTION array_lock(id bigint) RETURNS void LANGUAGE sql SET search_path FROM CURRENT AS $$
+    SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || ':array:' || id, 0))
+$$;
+"#,
+];
+
 /// The schema of a PostgreSQL queue, in its own schema `rq_<name>` (the caller created it
-/// and put it first on the search path). The same tables and columns as the SQLite
-/// schema at `SCHEMA_VERSION` (integers are `bigint`, reals `double precision`, so values
+/// and put it first on the search path), at `SCHEMA_VERSION`. The same tables and columns
+/// as the SQLite schema at its version 5 (integers are `bigint`, reals `double precision`, so values
 /// cross the boundary unchanged), with these differences:
 /// - `jid` comes from a sequence (never reused): its default, or a trigger when a row
 ///   gives NULL, as SQLite's AUTOINCREMENT does;

@@ -473,12 +473,18 @@ impl PgStore {
                 &[],
             )?
             .get(0);
-        if found > super::SCHEMA_VERSION {
+        let known = super::pg_sql::SCHEMA_VERSION;
+        if found > known {
             return Err(Error::NewerSchema {
                 path: self.location.display().into(),
                 found,
-                known: super::SCHEMA_VERSION,
+                known,
             });
+        }
+        // An older queue is brought up to date by the first process that writes to it
+        // (a reader works with what it finds).
+        if found < known && self.access == crate::store::Access::ReadWrite {
+            migrate(&mut client, self.lock_key())?;
         }
         if self.access == crate::store::Access::ReadOnly {
             client.batch_execute("SET default_transaction_read_only = on")?;
@@ -758,10 +764,36 @@ pub fn create_queue(location: &Location) -> Result<()> {
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('schema_version', $1), ('created', $2), ('rq_version', $3)",
         &[
-            &super::SCHEMA_VERSION.to_string(),
+            &super::pg_sql::SCHEMA_VERSION.to_string(),
             &crate::time::now(),
             &env!("CARGO_PKG_VERSION"),
         ],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Bring the queue's schema (first on the client's search path) to this rq's version, in
+/// one transaction holding the queue's lock exclusively (so no rq writes meanwhile, and a
+/// second process finds the work done when it gets the lock).
+fn migrate(client: &mut ::postgres::Client, lock_key: i64) -> Result<()> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key])?;
+    let found: i64 = tx
+        .query_one(
+            "SELECT CAST(value AS bigint) FROM meta WHERE key = 'schema_version'",
+            &[],
+        )?
+        .get(0);
+    let first = super::pg_sql::SCHEMA_VERSION - super::pg_sql::MIGRATIONS.len() as i64;
+    for (i, sql) in super::pg_sql::MIGRATIONS.iter().enumerate() {
+        if found <= first + i as i64 {
+            tx.batch_execute(sql)?;
+        }
+    }
+    tx.execute(
+        "UPDATE meta SET value = $1 WHERE key = 'schema_version'",
+        &[&super::pg_sql::SCHEMA_VERSION.to_string()],
     )?;
     tx.commit()?;
     Ok(())
