@@ -70,8 +70,23 @@ fn copy_database(q: &mut Queue, dest_db: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Where a PostgreSQL queue's copy goes by default: `rq_NAME.SUFFIX` in the current
+/// directory.
+fn postgres_copy_path(q: &Queue, suffix: &str) -> Option<PathBuf> {
+    let location = q.postgres_location()?;
+    Some(queue::resolve(Path::new(&format!(
+        "{}.{suffix}",
+        location.schema()
+    ))))
+}
+
 /// `snapshot [DEST]`: a consistent copy of the database, usable by every read-only mode.
+/// A PostgreSQL queue's is a new queue directory holding its rows.
 pub fn snapshot(q: &mut Queue, dest: Option<&Path>) -> Result<Value> {
+    if let Some(default) = postgres_copy_path(q, "snapshot") {
+        let dest = dest.map(Path::to_path_buf).unwrap_or(default);
+        return crate::export::copy_into_directory(q, &dest, false, true);
+    }
     let dest = dest
         .map(queue::resolve)
         .unwrap_or_else(|| beside(q.dir(), "snapshot"));
@@ -90,7 +105,13 @@ pub fn snapshot(q: &mut Queue, dest: Option<&Path>) -> Result<Value> {
 }
 
 /// `backup [DEST]`: the database (backup API) plus every job file, bin/ and the schema.
-pub fn backup(q: &mut Queue, dest: Option<&Path>) -> Result<Value> {
+/// A PostgreSQL queue's is a new queue directory holding its rows and job files (restored
+/// with `rq DEST export --to URL`).
+pub fn backup(q: &mut Queue, dest: Option<&Path>, quiet: bool) -> Result<Value> {
+    if let Some(default) = postgres_copy_path(q, &format!("{}.bak", stamp())) {
+        let dest = dest.map(Path::to_path_buf).unwrap_or(default);
+        return crate::export::copy_into_directory(q, &dest, true, quiet);
+    }
     let dest = dest
         .map(queue::resolve)
         .unwrap_or_else(|| beside(q.dir(), &format!("{}.bak", stamp())));

@@ -23,6 +23,16 @@ use crate::store::{self, Access, SqlValue, ToSql, Tx};
 /// Rows read and written per statement (bounded memory whatever the queue's size).
 const PAGE: i64 = 2000;
 
+/// Why a queue is copied: moved into a new queue (`export`), or copied into a new queue
+/// directory beside it (`backup`, with its job files; `snapshot`, rows only) — how a
+/// PostgreSQL queue is backed up by rq.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Move,
+    Backup,
+    Snapshot,
+}
+
 /// What the copy of the rows found and wrote.
 #[derive(Default)]
 struct Copied {
@@ -70,7 +80,14 @@ pub fn export(src: &mut Queue, to: &Path, files: Option<&Path>, quiet: bool) -> 
 
     queue::create(to)?;
     let mut paused_here = false;
-    let outcome = fill(src, to, files.as_deref(), quiet, &mut paused_here);
+    let outcome = fill(
+        src,
+        to,
+        files.as_deref(),
+        Purpose::Move,
+        quiet,
+        &mut paused_here,
+    );
     match outcome {
         Ok(copied) => {
             let mut report = serde_json::Map::new();
@@ -111,6 +128,47 @@ pub fn export(src: &mut Queue, to: &Path, files: Option<&Path>, quiet: bool) -> 
                     remove_job_dirs(dir);
                 }
             }
+            Err(e)
+        }
+    }
+}
+
+/// `backup` (`with_files`) or `snapshot` of a queue into the new queue directory `to`: a
+/// consistent copy of its rows (one read transaction), then its job files; the queue
+/// itself is left as it is, running jobs and all. A failure leaves nothing behind.
+pub fn copy_into_directory(
+    src: &mut Queue,
+    to: &Path,
+    with_files: bool,
+    quiet: bool,
+) -> Result<Value> {
+    if queue::postgres_location(to)?.is_some() {
+        return Err(Error::usage(
+            "a backup or snapshot goes into a new queue directory; to copy a queue into \
+             PostgreSQL, export it",
+        ));
+    }
+    let dir = queue::resolve(to);
+    queue::create(&dir)?;
+    let purpose = if with_files {
+        Purpose::Backup
+    } else {
+        Purpose::Snapshot
+    };
+    let mut paused_here = false;
+    match fill(src, &dir, None, purpose, quiet, &mut paused_here) {
+        Ok(copied) => {
+            let mut report = serde_json::Map::new();
+            let kind = if with_files { "backup" } else { "snapshot" };
+            report.insert(kind.into(), json!(dir));
+            report.insert("jobs".into(), json!(copied.jobs));
+            if with_files {
+                report.insert("job_files".into(), json!(copied.files_copied));
+            }
+            Ok(Value::Object(report))
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
             Err(e)
         }
     }
@@ -160,11 +218,13 @@ fn remove_job_dirs(dir: &Path) {
     let _ = std::fs::remove_file(dir.join("doorbell"));
 }
 
-/// Pause the source, copy its rows into the new queue, then its job files.
+/// Pause the source (when it moves), copy its rows into the new queue, then its job files
+/// (unless a snapshot).
 fn fill(
     src: &mut Queue,
     to: &Path,
     files: Option<&Path>,
+    purpose: Purpose,
     quiet: bool,
     paused_here: &mut bool,
 ) -> Result<Copied> {
@@ -172,23 +232,25 @@ fn fill(
     if let Some(dir) = files {
         dest.configure(&[("files".into(), dir.display().to_string())])?;
     }
-    let since = format!(
-        "since {} by {}@{} (exported to {})",
-        crate::time::now(),
-        crate::host::user_name(),
-        crate::host::name(),
-        dest.name()
-    );
-    *paused_here = src.set_flag("paused", Some(&since))?;
+    if purpose == Purpose::Move {
+        let since = format!(
+            "since {} by {}@{} (exported to {})",
+            crate::time::now(),
+            crate::host::user_name(),
+            crate::host::name(),
+            dest.name()
+        );
+        *paused_here = src.set_flag("paused", Some(&since))?;
+    }
     let source_name = src.name();
     let progress = Progress::start(!quiet);
     let copied = src.store().read(|from| {
         dest.store()
-            .write(|into| copy_rows(from, into, &source_name, &progress))
+            .write(|into| copy_rows(from, into, &source_name, purpose, &progress))
     });
     progress.stop();
     let mut copied = copied?;
-    if src.has_files() {
+    if src.has_files() && purpose != Purpose::Snapshot {
         let bin = src.dir().join("bin");
         if bin.is_dir() {
             queue::copy_tree(&bin, &dest.dir().join("bin"))?;
@@ -206,7 +268,13 @@ fn fill(
 
 /// Every row of the source (jobs, dependencies, settings) into the new queue, and its jid
 /// sequence: jids go on above every jid the source ever gave.
-fn copy_rows(from: &Tx<'_>, into: &Tx<'_>, source: &str, progress: &Progress) -> Result<Copied> {
+fn copy_rows(
+    from: &Tx<'_>,
+    into: &Tx<'_>,
+    source: &str,
+    purpose: Purpose,
+    progress: &Progress,
+) -> Result<Copied> {
     let (running, total): (i64, i64) = from.query_row(
         "SELECT count(*) FILTER (WHERE state = 'running'), count(*) FROM jobs",
         [],
@@ -214,7 +282,7 @@ fn copy_rows(from: &Tx<'_>, into: &Tx<'_>, source: &str, progress: &Progress) ->
     )?;
     progress.total.store(total, Ordering::Relaxed);
     progress.done.store(0, Ordering::Relaxed);
-    if running > 0 {
+    if running > 0 && purpose == Purpose::Move {
         return Err(Error::Conflict(format!(
             "{running} job{} still running in {source}: pause it ('rq {source} pause'), let \
              them end, then export again; nothing was changed",
@@ -227,9 +295,9 @@ fn copy_rows(from: &Tx<'_>, into: &Tx<'_>, source: &str, progress: &Progress) ->
     from.query_each("SELECT key, value FROM attributes ORDER BY key", [], |r| {
         let key: String = r.get(0)?;
         let value: Option<String> = r.get(1)?;
-        // The job-file directory is the new queue's own. The pause stays with the source:
-        // it is what keeps the source from running the jobs the new queue now has.
-        if key != "files" && key != "paused" {
+        // The job-file directory is the new queue's own. A moved queue's pause stays with
+        // the source: it is what keeps the source from running the jobs the new queue has.
+        if key != "files" && !(purpose == Purpose::Move && key == "paused") {
             settings.push((key, value));
         }
         Ok(())

@@ -546,11 +546,11 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "snapshot",
-        "rq QUEUE snapshot [DEST]   (S)\n\nA consistent copy of the queue's database (SQLite's online backup API, never a\nfile copy), default QUEUE.snapshot next to the queue. Every read-only mode works\non it: rq q.snapshot status. --snapshot (-s) runs one read-only mode on a\ntemporary snapshot: rq q list -s running.\n",
+        "rq QUEUE snapshot [DEST]   (S)\n\nA consistent copy of the queue's database (SQLite's online backup API, never a\nfile copy), default QUEUE.snapshot next to the queue. Every read-only mode works\non it: rq q.snapshot status. --snapshot (-s) runs one read-only mode on a\ntemporary snapshot: rq q list -s running. Of a PostgreSQL queue: a new queue\ndirectory with its rows (default rq_NAME.snapshot here).\n",
     ),
     (
         "backup",
-        "rq QUEUE backup [DEST]   (B)\n\nA consistent copy of the whole queue: the database (backup API) and every job's\nfiles, bin/ and the schema; default QUEUE.<time>.bak next to the queue. Feeders\nwait only while the database is copied. Refuses to overwrite.\n",
+        "rq QUEUE backup [DEST]   (B)\n\nA consistent copy of the whole queue: the database (backup API) and every job's\nfiles, bin/ and the schema; default QUEUE.<time>.bak next to the queue. Feeders\nwait only while the database is copied. Refuses to overwrite. Of a PostgreSQL\nqueue: a new queue directory (default rq_NAME.<time>.bak here) with its rows and\njob files; 'rq DEST export --to URL --files DIR' puts it back.\n",
     ),
     (
         "rotate",

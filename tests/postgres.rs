@@ -149,19 +149,69 @@ fn eight_feeders_and_two_submitters_run_ten_thousand_jobs_once_each() {
 }
 
 #[test]
-fn modes_for_the_database_file_are_refused_clearly_and_make_nothing() {
+fn backup_and_snapshot_copy_the_queue_into_a_directory_and_recover_is_refused() {
     let q = TestQueue::on(StoreKind::Postgres);
-    q.rq(&["submit", "-q", "true"]).ok();
-    for mode in ["snapshot", "backup"] {
-        let dest = q.tmp.path().join(format!("{mode}-dest"));
-        let out = q.rq(&[mode, dest.to_str().unwrap()]).fails();
-        assert_eq!(out.status, 2, "{mode}");
-        assert!(out.stderr.contains("pg_dump"), "{}", out.stderr);
-        assert!(!dest.exists(), "{mode} made nothing");
-        assert!(!q.tmp.path().join(format!("{mode}-dest.tgz")).exists());
-    }
-    assert_eq!(q.rq(&["recover"]).fails().status, 2);
-    assert_eq!(q.jobs().len(), 1, "the queue is as it was");
+    q.rq(&["submit", "-q", "echo saved"]).ok();
+    let mut f = q.feeder("h1", &["--exit_when_empty"]);
+    assert_eq!(f.wait_exit(Duration::from_secs(30)), Some(0));
+    // A job running while the copies are made: copied as it is, left running.
+    q.rq(&["submit", "-q", "sleep 60"]).ok();
+    let _running = q.feeder("h1", &[]);
+    q.wait_for("job 2 to run with its pid recorded", 20, |q| {
+        q.jobs()
+            .iter()
+            .any(|j| int(j, "jid") == 2 && !field(j, "pid").is_null())
+    });
+    let before = q.dump();
+    let at = |dir: &std::path::Path, args: &[&str]| {
+        let mut all = vec![dir.to_str().unwrap()];
+        all.extend_from_slice(args);
+        rq_in(q.tmp.path(), &all, None)
+    };
+
+    let backup = q.tmp.path().join("saved.bak");
+    let report = q.rq(&["backup", backup.to_str().unwrap()]).ok().value();
+    assert_eq!(report["jobs"], 2, "{report}");
+    assert_eq!(
+        at(&backup, &["list", "all", "--format", "json"])
+            .ok()
+            .stdout,
+        before
+    );
+    assert_eq!(at(&backup, &["stdout", "1"]).ok().stdout, "saved\n");
+    q.rq(&["backup", backup.to_str().unwrap()]).fails();
+
+    let snapshot = q.tmp.path().join("saved.snapshot");
+    q.rq(&["snapshot", snapshot.to_str().unwrap()]).ok();
+    assert_eq!(
+        at(&snapshot, &["list", "all", "--format", "json"])
+            .ok()
+            .stdout,
+        before
+    );
+    assert!(
+        !snapshot.join("stdout/1").exists(),
+        "a snapshot holds rows only"
+    );
+    // By default in the current directory, named after the queue's schema.
+    let schema = format!("rq_{}", q.q().rsplit("queue=").next().unwrap());
+    q.rq(&["snapshot"]).ok();
+    assert!(q.tmp.path().join(format!("{schema}.snapshot/db")).is_file());
+    // --snapshot: a read-only mode on a temporary one.
+    assert_eq!(
+        q.rq(&["list", "all", "-s", "--format", "json"]).ok().stdout,
+        before
+    );
+
+    // The queue itself as it was: not paused, the job still running.
+    assert_eq!(q.dump(), before);
+    assert!(q.rq(&["configure"]).ok().value().get("paused").is_none());
+    assert_eq!(q.count("running"), 1);
+
+    // recover works on a database file: refused clearly, nothing made.
+    let out = q.rq(&["recover"]).fails();
+    assert_eq!(out.status, 2);
+    assert!(out.stderr.contains("backup"), "{}", out.stderr);
     // A queue name is checked, and a queue that does not exist is named as such.
     let bad = format!("{}?queue=Bad-Name", pg::server().url());
     rq_in(q.tmp.path(), &[&bad, "status"], None).fails();

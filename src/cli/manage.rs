@@ -14,10 +14,7 @@ use crate::store::Access;
 
 impl Context<'_> {
     pub(super) fn admin(&mut self, mode: &str) -> Result<i32> {
-        // rotate archives a PostgreSQL queue's ended jobs into a queue directory too.
-        if mode != "rotate" {
-            self.refuse_on_postgres(mode)?;
-        }
+        // On PostgreSQL each makes a queue directory too: the copy, or the archive.
         if self.args().len() > 1 {
             return Err(Error::usage(format!(
                 "{mode} takes at most one destination"
@@ -31,7 +28,7 @@ impl Context<'_> {
         })?;
         let report = match mode {
             "snapshot" => crate::admin::snapshot(&mut q, dest.as_deref())?,
-            "backup" => crate::admin::backup(&mut q, dest.as_deref())?,
+            "backup" => crate::admin::backup(&mut q, dest.as_deref(), self.inv.opts.quiet)?,
             _ => crate::admin::rotate(&mut q, dest.as_deref(), self.inv.opts.no_compress)?,
         };
         if !self.inv.opts.quiet {
@@ -71,13 +68,13 @@ impl Context<'_> {
         })
     }
 
-    /// The modes that work on the queue directory's database file say so on a
-    /// PostgreSQL queue, before anything is made.
-    pub(super) fn refuse_on_postgres(&self, mode: &str) -> Result<()> {
+    /// `recover` works on a queue directory's database file: it says so on a PostgreSQL
+    /// queue, before anything is made.
+    fn refuse_on_postgres(&self, mode: &str) -> Result<()> {
         if crate::queue::postgres_location(&self.queue)?.is_some() {
             return Err(Error::usage(format!(
-                "{mode} works on a queue directory's database file; back up a PostgreSQL \
-                 queue with pg_dump --schema=rq_NAME"
+                "{mode} works on a queue directory's database file; a PostgreSQL server keeps \
+                 its own pages sound (copies: rq QUEUE backup, or pg_dump --schema=rq_NAME)"
             )));
         }
         Ok(())

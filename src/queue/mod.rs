@@ -292,6 +292,14 @@ impl Queue {
         }
     }
 
+    /// Where the queue is when it is kept in PostgreSQL.
+    pub fn postgres_location(&self) -> Option<&PgLocation> {
+        match &self.store {
+            Store::Postgres(pg) => Some(&pg.location),
+            Store::Sqlite(_) => None,
+        }
+    }
+
     /// How the queue is named to people: its directory or its PostgreSQL URL.
     pub fn name(&self) -> String {
         match &self.store {
