@@ -195,6 +195,42 @@ fn a_failed_export_removes_the_new_queue_and_resumes_the_source(store: StoreKind
     assert_eq!(rq_at(&q, &dest, &["stdout", "1"]).ok().stdout, "hi\n");
 }
 
+fn export_within_the_same_store(store: StoreKind) {
+    let q = TestQueue::on(store);
+    q.rq(&["submit", "-q", "echo moved"]).ok();
+    let mut feeder = q.feeder("h1", &["--exit_when_empty"]);
+    assert_eq!(feeder.wait_exit(Duration::from_secs(60)), Some(0));
+    q.rq(&["submit", "-q", "--priority", "7", "true"]).ok();
+    let before = q.dump();
+    let (dest, files) = match store {
+        // A queue directory to another path (say, another file server).
+        StoreKind::Sqlite => (q.tmp.path().join("elsewhere").display().to_string(), vec![]),
+        // A queue to another name in the same database, its files elsewhere.
+        StoreKind::Postgres => (
+            pg::new_queue_url(),
+            vec![
+                "--files".to_string(),
+                q.tmp.path().join("files2").display().to_string(),
+            ],
+        ),
+    };
+    let mut args = vec!["export", "--to", dest.as_str()];
+    args.extend(files.iter().map(String::as_str));
+    q.rq(&args).ok();
+    assert_eq!(
+        rq_at(&q, &dest, &["list", "all", "--format", "json"])
+            .ok()
+            .stdout,
+        before
+    );
+    assert_eq!(rq_at(&q, &dest, &["stdout", "1"]).ok().stdout, "moved\n");
+    let next = rq_at(&q, &dest, &["submit", "true"]).ok().records();
+    assert_eq!(int(&next[0], "jid"), 3);
+    // The source keeps its files and rows.
+    assert_eq!(q.rq(&["stdout", "1"]).ok().stdout, "moved\n");
+    assert_eq!(q.dump(), before);
+}
+
 fn nix_mkfifo(path: &std::path::Path) {
     let status = std::process::Command::new("mkfifo")
         .arg(path)
@@ -207,6 +243,7 @@ crate::on_both_stores!(
     export_keeps_every_job_dependency_setting_and_file,
     export_is_refused_while_a_job_runs_and_changes_nothing,
     a_failed_export_removes_the_new_queue_and_resumes_the_source,
+    export_within_the_same_store,
 );
 
 #[test]
