@@ -145,13 +145,18 @@ pub fn backup(q: &mut Queue, dest: Option<&Path>, quiet: bool) -> Result<Value> 
 /// then (unless `keep_dir`) pack it as `DEST.tgz`. Nothing changes in the live queue unless
 /// the archive is complete; jobs that change state meanwhile stay.
 pub fn rotate(q: &mut Queue, dest: Option<&Path>, keep_dir: bool) -> Result<Value> {
-    let name = q
-        .dir()
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "q".into());
+    // A PostgreSQL queue's archive is named after its schema, in the current directory.
+    let pg_default = postgres_copy_path(q, &stamp());
+    let name = match q.postgres_location() {
+        Some(location) => location.schema(),
+        None => q
+            .dir()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "q".into()),
+    };
     let dest = match dest.map(queue::resolve) {
-        None => beside(q.dir(), &stamp()),
+        None => pg_default.unwrap_or_else(|| beside(q.dir(), &stamp())),
         Some(d) if d.is_dir() => d.join(format!("{name}.{}", stamp())),
         Some(d) => d,
     };

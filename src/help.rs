@@ -554,7 +554,7 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "rotate",
-        "rq QUEUE rotate [DEST|DIR] [--no-compress]   (R)\n\nMove finished and dead jobs (rows and files) into an archive queue, packed as\nDEST.tgz (default QUEUE.<time>.tgz next to the queue; --no-compress keeps a\ndirectory). Pending, holding and running jobs stay. All or nothing. Read-only\nmodes open archives directly: rq q.20261127T000000Z.tgz list. jids stay unique.\n",
+        "rq QUEUE rotate [DEST|DIR] [--no-compress]   (R)\n\nMove finished and dead jobs (rows and files) into an archive queue, packed as\nDEST.tgz (default QUEUE.<time>.tgz next to the queue, rq_NAME.<time>.tgz here for\na PostgreSQL queue; --no-compress keeps a directory). Pending, holding and\nrunning jobs stay. All or nothing. Read-only modes open archives directly:\nrq q.20261127T000000Z.tgz list. jids stay unique.\n",
     ),
     (
         "export",

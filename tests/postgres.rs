@@ -208,6 +208,16 @@ fn backup_and_snapshot_copy_the_queue_into_a_directory_and_recover_is_refused() 
     assert!(q.rq(&["configure"]).ok().value().get("paused").is_none());
     assert_eq!(q.count("running"), 1);
 
+    // rotate's archive is named after the queue too.
+    let rotated = q.rq(&["rotate"]).ok().value();
+    let archive = rotated["rotation"].as_str().unwrap().to_string();
+    assert!(
+        archive.starts_with(&format!("{}/{schema}.", q.tmp.path().display()))
+            && archive.ends_with(".tgz"),
+        "{archive}"
+    );
+    assert_eq!(rotated["jobs"], 1);
+
     // recover works on a database file: refused clearly, nothing made.
     let out = q.rq(&["recover"]).fails();
     assert_eq!(out.status, 2);
