@@ -288,6 +288,16 @@ async fn actions_need_the_token(store: StoreKind) {
         .click()
         .await
         .unwrap();
+    // Signed in once the form's answer (a redirect to the overview, with the cookie) has
+    // arrived: the click does not wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while browser.client.current_url().await.unwrap().path() != "/" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sign-in never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     browser
         .client
         .goto(&format!("{}/jobs/1", server.url))
