@@ -38,9 +38,7 @@ enum Purpose {
 struct Copied {
     jobs: usize,
     deps: usize,
-    /// Job files (paths relative to the queue) named by the copied jobs.
-    files: Vec<String>,
-    /// Of them, those there were to copy.
+    /// Job files (and data directories) copied, after the rows.
     files_copied: usize,
     highest_jid: i64,
 }
@@ -255,11 +253,34 @@ fn fill(
         if bin.is_dir() {
             queue::copy_tree(&bin, &dest.dir().join("bin"))?;
         }
-        for rel in &copied.files {
-            let from = src.dir().join(rel);
-            if std::fs::symlink_metadata(&from).is_ok() {
-                queue::copy_tree(&from, &dest.dir().join(rel))?;
-                copied.files_copied += 1;
+        // The files the copied rows name, read back from the new queue a page per read
+        // transaction (memory bounded by the page, whatever the queue's size) and copied
+        // outside any transaction.
+        let select = format!(
+            "SELECT jid, {} FROM jobs WHERE jid > ? ORDER BY jid LIMIT ?",
+            JOB_DIRS.join(", ")
+        );
+        let mut after = 0i64;
+        loop {
+            let page: Vec<(i64, Vec<String>)> = dest.store().read(|tx| {
+                let mut page = Vec::new();
+                tx.query_each(&select, [after, PAGE], |r| {
+                    let named = (1..=JOB_DIRS.len())
+                        .map(|i| r.get::<_, Option<String>>(i))
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    page.push((r.get(0)?, named.into_iter().flatten().collect()));
+                    Ok(())
+                })?;
+                Ok(page)
+            })?;
+            let Some((last, _)) = page.last() else { break };
+            after = *last;
+            for rel in page.iter().flat_map(|(_, named)| named) {
+                let from = src.dir().join(rel);
+                if std::fs::symlink_metadata(&from).is_ok() {
+                    queue::copy_tree(&from, &dest.dir().join(rel))?;
+                    copied.files_copied += 1;
+                }
             }
         }
     }
@@ -310,10 +331,6 @@ fn copy_rows(
     }
 
     let fields = crate::job::FIELDS;
-    let file_columns: Vec<usize> = JOB_DIRS
-        .iter()
-        .filter_map(|d| fields.iter().position(|f| f == d))
-        .collect();
     let select = format!(
         "SELECT {} FROM jobs WHERE jid > ? ORDER BY jid LIMIT ?",
         fields.join(", ")
@@ -331,13 +348,6 @@ fn copy_rows(
         let Some(last) = page.last() else { break };
         if let SqlValue::Integer(jid) = last[0] {
             after = jid;
-        }
-        for row in &page {
-            for &i in &file_columns {
-                if let SqlValue::Text(rel) = &row[i] {
-                    copied.files.push(rel.clone());
-                }
-            }
         }
         insert_rows(into, "jobs", fields, &page)?;
         copied.jobs += page.len();

@@ -22,6 +22,13 @@ fn other_store(q: &TestQueue) -> (String, Vec<String>) {
     }
 }
 
+/// `export --to DEST [--files DIR]` as arguments.
+fn export_args<'a>(dest: &'a str, files: &'a [String]) -> Vec<&'a str> {
+    let mut args = vec!["export", "--to", dest];
+    args.extend(files.iter().map(String::as_str));
+    args
+}
+
 /// `rq DEST args...` from the test's directory.
 fn rq_at(q: &TestQueue, dest: &str, args: &[&str]) -> Run {
     let mut all = vec![dest];
@@ -83,12 +90,13 @@ fn export_keeps_every_job_dependency_setting_and_file(store: StoreKind) {
     let before = q.dump();
 
     let (dest, files) = other_store(&q);
-    let mut args = vec!["export", "--to", dest.as_str()];
-    args.extend(files.iter().map(String::as_str));
+    let args = export_args(&dest, &files);
     let report = q.rq(&args).ok().value();
     assert_eq!(report["jobs"], 5, "{report}");
     assert_eq!(report["dependencies"], 1, "{report}");
     assert_eq!(report["next_jid"], 8, "{report}");
+    // Job 1's stdin, stdout, stderr and data directory, job 2's three, job 6's data.
+    assert_eq!(report["job_files"], 8, "{report}");
 
     // The same jobs, field by field; the source unchanged but paused.
     assert_eq!(
@@ -151,8 +159,7 @@ fn export_is_refused_while_a_job_runs_and_changes_nothing(store: StoreKind) {
     let _feeder = q.feeder("h1", &[]);
     q.wait_for("the job to run", 30, |q| q.count("running") == 1);
     let (dest, files) = other_store(&q);
-    let mut args = vec!["export", "--to", dest.as_str()];
-    args.extend(files.iter().map(String::as_str));
+    let args = export_args(&dest, &files);
     let refused = q.rq(&args).fails();
     assert!(
         refused.stderr.contains("1 job is still running"),
@@ -176,8 +183,7 @@ fn a_failed_export_removes_the_new_queue_and_resumes_the_source(store: StoreKind
     std::fs::remove_file(&stdout).unwrap();
     nix_mkfifo(&stdout);
     let (dest, files) = other_store(&q);
-    let mut args = vec!["export", "--to", dest.as_str()];
-    args.extend(files.iter().map(String::as_str));
+    let args = export_args(&dest, &files);
     let failed = q.rq(&args).fails();
     assert!(
         failed.stderr.contains("not a regular file"),
@@ -214,8 +220,7 @@ fn export_within_the_same_store(store: StoreKind) {
             ],
         ),
     };
-    let mut args = vec!["export", "--to", dest.as_str()];
-    args.extend(files.iter().map(String::as_str));
+    let args = export_args(&dest, &files);
     q.rq(&args).ok();
     assert_eq!(
         rq_at(&q, &dest, &["list", "all", "--format", "json"])
