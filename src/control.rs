@@ -30,10 +30,22 @@ pub fn state_dir(base: Option<&Path>, host: &str, queue_dir: &Path) -> PathBuf {
             .unwrap_or_else(|| PathBuf::from("/tmp"))
             .join(".rq")
     });
-    let encoded = queue_dir
+    let mut encoded = queue_dir
         .to_string_lossy()
         .replace('%', "%25")
         .replace('/', "%2F");
+    // A file name has at most 255 bytes (a long PostgreSQL URL can have more).
+    if encoded.len() > 200 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in encoded.bytes() {
+            hash = (hash ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+        let cut = (0..=160)
+            .rev()
+            .find(|i| encoded.is_char_boundary(*i))
+            .unwrap_or(0);
+        encoded = format!("{}..{hash:016x}", &encoded[..cut]);
+    }
     base.join(host).join(encoded)
 }
 
@@ -70,20 +82,17 @@ pub fn running_feeder(queue: &Path, host: &str, state_base: Option<&Path>) -> Re
     lock::holder(&state_dir(state_base, host, &dir).join("pid"))
 }
 
-/// The directory a queue's feeders share: the queue directory, or a PostgreSQL queue's
-/// job-file directory (`configure files=DIR`), where they publish heartbeats and start
-/// journals and keep job output.
+/// What names a queue to its feeders (their state directory on each host is kept under
+/// it): the queue directory, a PostgreSQL queue's job-file directory (`configure
+/// files=DIR`), or for a PostgreSQL queue that keeps everything in its database, its URL
+/// (without a password).
 pub fn feeder_dir(queue: &Path) -> Result<PathBuf> {
     if queue::postgres_location(queue)?.is_none() {
         return Ok(queue::resolve(queue));
     }
     let q = Queue::open(queue, Access::ReadOnly)?;
     if !q.has_files() {
-        return Err(Error::usage(format!(
-            "{} has no job-file directory, which its feeders need (job output, heartbeats): \
-             give it one every host sees with 'rq QUEUE configure files=DIR'",
-            q.name()
-        )));
+        return Ok(PathBuf::from(q.name()));
     }
     Ok(q.dir().to_path_buf())
 }
@@ -165,7 +174,14 @@ fn open_log(opts: &LogOptions) -> Result<Logger> {
 
 fn run_feeder(req: FeedRequest, queue_dir: PathBuf, lock: PidLock, log: Logger) -> Result<i32> {
     let queue = Queue::open(&reopen_path(&req, &queue_dir), Access::ReadWrite)?;
-    let mut feeder = Feeder::new(queue, req.config.clone(), log);
+    let mut config = req.config.clone();
+    if queue.in_database() {
+        // Jobs read their stdin and data, and write their output, on this host's disk;
+        // the feeder moves them to and from the database.
+        config.local_files =
+            Some(state_dir(req.state_base.as_deref(), &config.host, &queue_dir).join("files"));
+    }
+    let mut feeder = Feeder::new(queue, config, log);
     let exit = feeder.run()?;
     drop(feeder);
     match exit {

@@ -30,9 +30,12 @@ use std::path::{Path, PathBuf};
 
 use crate::claims::End;
 use crate::error::{IoContext, Result};
+use crate::store::Store;
 
 /// Past this size the journal is emptied once every start in it is recorded in the queue.
 const TRUNCATE_AT: u64 = 64 * 1024;
+/// Past this many rows a journal kept in the database is emptied likewise.
+const TRUNCATE_ROWS: usize = 2000;
 
 /// The directory of start journals.
 pub fn dir(queue: &Path) -> PathBuf {
@@ -79,23 +82,31 @@ impl Journal {
 /// may have run).
 pub fn read(queue: &Path, feeder: &str) -> Option<Journal> {
     let text = std::fs::read(path(queue, feeder)).ok()?;
-    let mut journal = Journal::default();
-    for line in String::from_utf8_lossy(&text).lines() {
-        if let Some(json) = line.strip_prefix("E ") {
-            // A torn last line (the feeder died mid-write) proves nothing.
-            if let Ok(end) = serde_json::from_str::<End>(json) {
-                journal.ends.insert(end.claim.clone(), end);
-            }
-        } else if !line.is_empty() {
-            journal.started.insert(line.to_string());
-        }
-    }
-    Some(journal)
+    Some(Journal::from_lines(String::from_utf8_lossy(&text).lines()))
 }
 
-/// The fate of a claimed job of `feeder`, reading (and caching) its journal.
+impl Journal {
+    /// A journal from its lines: claim tokens, and `E {json}` ends.
+    pub fn from_lines<'a>(lines: impl Iterator<Item = &'a str>) -> Journal {
+        let mut journal = Journal::default();
+        for line in lines {
+            if let Some(json) = line.strip_prefix("E ") {
+                // A torn last line (the feeder died mid-write) proves nothing.
+                if let Ok(end) = serde_json::from_str::<End>(json) {
+                    journal.ends.insert(end.claim.clone(), end);
+                }
+            } else if !line.is_empty() {
+                journal.started.insert(line.to_string());
+            }
+        }
+        journal
+    }
+}
+
+/// The fate of a claimed job of `feeder`, reading (and caching) its journal with `read`
+/// (None: unreadable, which proves nothing).
 pub fn fate_of(
-    queue: &Path,
+    read: &mut dyn FnMut(&str) -> Option<Journal>,
     cache: &mut HashMap<String, Option<Journal>>,
     feeder: Option<&str>,
     claim: &str,
@@ -106,19 +117,33 @@ pub fn fate_of(
     };
     match cache
         .entry(feeder.to_string())
-        .or_insert_with(|| read(queue, feeder))
+        .or_insert_with(|| read(feeder))
     {
         Some(journal) => journal.fate(claim, pid_recorded),
         None => Fate::MayHaveRun,
     }
 }
 
-/// A feeder's own journal, open for appending.
+/// A feeder's own journal, open for appending: a file in the queue's `starts/`, or rows
+/// of a PostgreSQL queue that keeps no job-file directory.
 pub struct StartJournal {
-    queue: PathBuf,
     feeder: String,
-    path: PathBuf,
-    file: File,
+    kind: Kind,
+}
+
+enum Kind {
+    File {
+        queue: PathBuf,
+        path: PathBuf,
+        file: File,
+    },
+    Rows {
+        /// Ends seen since the last start, written with the next one (as a file's are
+        /// synced with it).
+        ends: Vec<String>,
+        /// Lines written since the journal was last emptied.
+        written: usize,
+    },
 }
 
 impl StartJournal {
@@ -134,58 +159,121 @@ impl StartJournal {
             .open(&path)
             .context(|| format!("cannot open the start journal {}", path.display()))?;
         Ok(StartJournal {
-            queue: queue.to_path_buf(),
             feeder: feeder.to_string(),
-            path,
-            file,
+            kind: Kind::File {
+                queue: queue.to_path_buf(),
+                path,
+                file,
+            },
         })
     }
 
-    /// Durably record that these claims are about to start. Returns only once the lines
-    /// are on stable storage; a job must not be spawned before that.
-    pub fn record(&mut self, claims: &[&str]) -> Result<()> {
-        let mut text = String::with_capacity(claims.len() * 24);
-        for claim in claims {
-            text.push_str(claim);
-            text.push('\n');
+    /// A journal kept as rows of the queue's database (see `in_database`).
+    pub fn in_database(feeder: &str) -> StartJournal {
+        StartJournal {
+            feeder: feeder.to_string(),
+            kind: Kind::Rows {
+                ends: Vec::new(),
+                written: 0,
+            },
         }
-        let what = || format!("cannot write the start journal {}", self.path.display());
-        self.file.write_all(text.as_bytes()).context(what)?;
-        self.file.sync_data().context(what)
+    }
+
+    /// Durably record that these claims are about to start. Returns only once the lines
+    /// are on stable storage (synced, or committed); a job must not be spawned before that.
+    pub fn record(&mut self, store: &mut Store, claims: &[&str]) -> Result<()> {
+        match &mut self.kind {
+            Kind::File { path, file, .. } => {
+                let mut text = String::with_capacity(claims.len() * 24);
+                for claim in claims {
+                    text.push_str(claim);
+                    text.push('\n');
+                }
+                let what = || format!("cannot write the start journal {}", path.display());
+                file.write_all(text.as_bytes()).context(what)?;
+                file.sync_data().context(what)
+            }
+            Kind::Rows { ends, written } => {
+                let mut lines = std::mem::take(ends);
+                lines.extend(claims.iter().map(|c| c.to_string()));
+                let feeder = &self.feeder;
+                store.write_shared(|tx| crate::in_database::journal_append(tx, feeder, &lines))?;
+                *written += lines.len();
+                Ok(())
+            }
+        }
     }
 
     /// Note an end, without syncing: the next start's sync (or the feeder's exit, which
     /// flushes an NFS client's cache) makes it durable. Best effort: the queue gets the end
     /// with the next transaction anyway.
     pub fn record_end(&mut self, end: &End) -> Result<()> {
-        let json = serde_json::to_string(end).unwrap_or_default();
-        self.file
-            .write_all(format!("E {json}\n").as_bytes())
-            .context(|| format!("cannot write the start journal {}", self.path.display()))
+        let line = format!("E {}", serde_json::to_string(end).unwrap_or_default());
+        match &mut self.kind {
+            Kind::File { path, file, .. } => file
+                .write_all(format!("{line}\n").as_bytes())
+                .context(|| format!("cannot write the start journal {}", path.display())),
+            Kind::Rows { ends, .. } => {
+                ends.push(line);
+                Ok(())
+            }
+        }
     }
 
     /// Called when every start and end in the journal is recorded in the queue: the lines
     /// prove nothing more, so a large journal is emptied. Also reopens the file if
     /// someone removed it, so later lines land where readers look.
-    pub fn compact(&mut self) -> Result<()> {
-        let on_disk = std::fs::metadata(&self.path).ok();
-        let ours = self.file.metadata().ok();
-        let same = matches!((&on_disk, &ours), (Some(a), Some(b)) if a.ino() == b.ino() && a.dev() == b.dev());
-        if !same {
-            *self = StartJournal::open(&self.queue, &self.feeder)?;
-            return Ok(());
+    pub fn compact(&mut self, store: &mut Store) -> Result<()> {
+        match &mut self.kind {
+            Kind::File { queue, path, file } => {
+                let on_disk = std::fs::metadata(&*path).ok();
+                let ours = file.metadata().ok();
+                let same = matches!((&on_disk, &ours), (Some(a), Some(b)) if a.ino() == b.ino() && a.dev() == b.dev());
+                if !same {
+                    let queue = queue.clone();
+                    *self = StartJournal::open(&queue, &self.feeder)?;
+                    return Ok(());
+                }
+                if ours.is_some_and(|m| m.len() > TRUNCATE_AT) {
+                    file.set_len(0)
+                        .context(|| format!("cannot empty the start journal {}", path.display()))?;
+                }
+                Ok(())
+            }
+            Kind::Rows { ends, written } => {
+                ends.clear();
+                if *written > TRUNCATE_ROWS {
+                    let feeder = &self.feeder;
+                    store.write_shared(|tx| crate::in_database::journal_remove(tx, feeder))?;
+                    *written = 0;
+                }
+                Ok(())
+            }
         }
-        if ours.is_some_and(|m| m.len() > TRUNCATE_AT) {
-            self.file
-                .set_len(0)
-                .context(|| format!("cannot empty the start journal {}", self.path.display()))?;
-        }
-        Ok(())
     }
 
     /// A feeder that ends with nothing claimed removes its journal.
-    pub fn remove(self) {
-        let _ = std::fs::remove_file(&self.path);
+    pub fn remove(self, store: &mut Store) {
+        match self.kind {
+            Kind::File { path, .. } => {
+                let _ = std::fs::remove_file(&path);
+            }
+            Kind::Rows { .. } => {
+                let feeder = &self.feeder;
+                let _ = store.write_shared(|tx| crate::in_database::journal_remove(tx, feeder));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+impl StartJournal {
+    /// Test hook: bytes straight into a file journal (a torn line).
+    fn append_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match &mut self.kind {
+            Kind::File { file, .. } => file.write_all(bytes),
+            Kind::Rows { .. } => Ok(()),
+        }
     }
 }
 
@@ -193,51 +281,65 @@ impl StartJournal {
 mod tests {
     use super::*;
 
+    /// A store for the calls that take one (a file journal does not use it).
+    fn test_store(dir: &Path) -> Store {
+        let db = dir.join("db");
+        crate::store::create_database(&db).unwrap();
+        Store::Sqlite(
+            crate::store::SqliteStore::open(&db, crate::store::Access::ReadWrite).unwrap(),
+        )
+    }
+
     #[test]
     fn recorded_claims_are_read_back_and_compaction_keeps_the_file() {
         let dir = tempfile::tempdir().unwrap();
+        let mut store = test_store(dir.path());
         let started = |d: &Path, f: &str| read(d, f).map(|j| j.started);
         assert!(
             started(dir.path(), "h:1:ab").is_none(),
             "no journal proves nothing"
         );
         let mut j = StartJournal::open(dir.path(), "h:1:ab").unwrap();
-        j.record(&["aa-1", "bb-2"]).unwrap();
-        j.record(&["cc-3"]).unwrap();
+        j.record(&mut store, &["aa-1", "bb-2"]).unwrap();
+        j.record(&mut store, &["cc-3"]).unwrap();
         let got = started(dir.path(), "h:1:ab").unwrap();
         assert_eq!(got.len(), 3);
         assert!(got.contains("bb-2"));
         // Removed behind our back: compaction opens it again and new lines are seen.
         std::fs::remove_file(path(dir.path(), "h:1:ab")).unwrap();
-        j.compact().unwrap();
-        j.record(&["dd-4"]).unwrap();
+        j.compact(&mut store).unwrap();
+        j.record(&mut store, &["dd-4"]).unwrap();
         let got = started(dir.path(), "h:1:ab").unwrap();
         assert_eq!(got.into_iter().collect::<Vec<_>>(), ["dd-4"]);
-        j.remove();
+        j.remove(&mut store);
         assert!(started(dir.path(), "h:1:ab").is_none());
     }
 
     #[test]
     fn a_large_journal_is_emptied_once_recorded_and_stays_usable() {
         let dir = tempfile::tempdir().unwrap();
+        let mut store = test_store(dir.path());
         let mut j = StartJournal::open(dir.path(), "h:3:ef").unwrap();
-        j.record(&["small-1"]).unwrap();
-        j.compact().unwrap();
+        j.record(&mut store, &["small-1"]).unwrap();
+        j.compact(&mut store).unwrap();
         assert_eq!(
             read(dir.path(), "h:3:ef").unwrap().started.len(),
             1,
             "small: kept"
         );
         let many: Vec<String> = (0..4000).map(|i| format!("0123456789abcdef-{i}")).collect();
-        j.record(&many.iter().map(String::as_str).collect::<Vec<_>>())
-            .unwrap();
+        j.record(
+            &mut store,
+            &many.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+        .unwrap();
         assert!(std::fs::metadata(path(dir.path(), "h:3:ef")).unwrap().len() > TRUNCATE_AT);
-        j.compact().unwrap();
+        j.compact(&mut store).unwrap();
         assert_eq!(
             std::fs::metadata(path(dir.path(), "h:3:ef")).unwrap().len(),
             0
         );
-        j.record(&["after-1"]).unwrap();
+        j.record(&mut store, &["after-1"]).unwrap();
         let started = read(dir.path(), "h:3:ef").unwrap().started;
         assert_eq!(started.into_iter().collect::<Vec<_>>(), ["after-1"]);
     }
@@ -245,8 +347,9 @@ mod tests {
     #[test]
     fn fates_follow_from_starts_ends_and_recorded_pids() {
         let dir = tempfile::tempdir().unwrap();
+        let mut store = test_store(dir.path());
         let mut j = StartJournal::open(dir.path(), "h:2:cd").unwrap();
-        j.record(&["s-1", "s-2"]).unwrap();
+        j.record(&mut store, &["s-1", "s-2"]).unwrap();
         let end = End {
             jid: 2,
             claim: "s-2".into(),
@@ -259,7 +362,7 @@ mod tests {
         };
         j.record_end(&end).unwrap();
         // A torn line at the end is ignored.
-        j.file.write_all(b"E {\"jid\": 3, \"cla").unwrap();
+        j.append_raw(b"E {\"jid\": 3, \"cla").unwrap();
         let journal = read(dir.path(), "h:2:cd").unwrap();
         assert!(matches!(journal.fate("s-1", false), Fate::MayHaveRun));
         assert!(matches!(journal.fate("s-2", false), Fate::Ended(e) if e.exit_status == Some(3)));
@@ -267,11 +370,17 @@ mod tests {
         assert!(matches!(journal.fate("s-3", true), Fate::MayHaveRun));
         let mut cache = HashMap::new();
         assert!(matches!(
-            fate_of(dir.path(), &mut cache, Some("gone"), "s-3", false),
+            fate_of(
+                &mut |f| read(dir.path(), f),
+                &mut cache,
+                Some("gone"),
+                "s-3",
+                false
+            ),
             Fate::MayHaveRun
         ));
         assert!(matches!(
-            fate_of(dir.path(), &mut cache, None, "s-3", false),
+            fate_of(&mut |f| read(dir.path(), f), &mut cache, None, "s-3", false),
             Fate::MayHaveRun
         ));
     }

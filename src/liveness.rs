@@ -23,6 +23,9 @@ pub struct Settings {
     /// Seconds after which the best job that does not fit a host yet makes that host stop
     /// claiming jobs behind it, until it fits (a simple reservation against starvation).
     pub reserve_after: f64,
+    /// The most output kept per stream of a run, for a queue that keeps job files in its
+    /// database (`in_database`).
+    pub output_cap: u64,
 }
 
 impl Default for Settings {
@@ -32,6 +35,7 @@ impl Default for Settings {
             lease: 60.0,
             max_attempts: 3,
             reserve_after: 600.0,
+            output_cap: crate::in_database::DEFAULT_OUTPUT_CAP,
         }
     }
 }
@@ -59,6 +63,9 @@ impl Settings {
                 .and_then(|v| crate::time::parse_duration(&v))
                 .filter(|s| *s >= 0.0)
                 .unwrap_or(d.reserve_after),
+            output_cap: get("output_cap")
+                .and_then(|v| crate::input::parse_size(&v))
+                .unwrap_or(d.output_cap),
         }
     }
 }
@@ -74,6 +81,10 @@ pub const SETTING_RANGES: &[(&str, &str)] = &[
     (
         "files",
         "PostgreSQL queues only: the absolute path of a directory every host sees, for job files (stdin, data, output)",
+    ),
+    (
+        "output_cap",
+        "a size from 1K to 1T, such as 64M (default 64M): PostgreSQL queues without files= only: the most of a run's stdout, and of its stderr, kept in the database; past it, a line says how much was cut",
     ),
     (
         "reserve_after",
@@ -127,6 +138,14 @@ pub fn check_settings(keys: &[&str], get: impl Fn(&str) -> Option<String>) -> Re
         }
     };
     duration("reserve_after", 0.0, 7.0 * 86400.0)?;
+    if let Some(text) = get("output_cap")
+        && !crate::input::parse_size(&text).is_some_and(|n| ((1 << 10)..=(1 << 40)).contains(&n))
+    {
+        return Err(format!(
+            "output_cap must be {}, not '{text}'",
+            range("output_cap")
+        ));
+    }
     let heartbeat = duration("heartbeat", 0.5, 3600.0)?.unwrap_or(Settings::default().heartbeat);
     let lease = duration("lease", 1.0, 7.0 * 86400.0)?.unwrap_or(Settings::default().lease);
     if lease < 2.0 * heartbeat {
@@ -232,23 +251,38 @@ pub fn heartbeat_age(queue: &Path, host: &str, server_now: Timestamp) -> Option<
     Some(crate::time::seconds_between(beat, server_now))
 }
 
-/// This feeder's heartbeat file.
+/// This feeder's heartbeat: a file in the queue's `hosts/`, or a row of a PostgreSQL
+/// queue that keeps no job-file directory (`in_database`).
 pub struct Heartbeat {
-    path: PathBuf,
+    target: Target,
     info: Value,
+}
+
+enum Target {
+    File(PathBuf),
+    Row {
+        host: String,
+        connection: Box<crate::in_database::BeatConnection>,
+        /// The info changed since it was last published.
+        info_changed: bool,
+    },
+}
+
+/// Where a queue's feeders beat.
+pub enum BeatPlace<'a> {
+    Dir(&'a Path),
+    Database(&'a crate::store::postgres::Location),
 }
 
 impl Heartbeat {
     /// Publish who is feeding (host, feeder id, pid, started, max_feed, version).
     pub fn start(
-        queue: &Path,
+        place: BeatPlace<'_>,
         host: &str,
         feeder: &str,
         max_feed: usize,
         capacity: &crate::claims::Capacity,
     ) -> Result<Heartbeat> {
-        let dir = hosts_dir(queue);
-        std::fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
         let info = json!({
             "host": host,
             "feeder": feeder,
@@ -261,19 +295,38 @@ impl Heartbeat {
             "version": env!("CARGO_PKG_VERSION"),
             "stopped": false,
         });
-        let hb = Heartbeat {
-            path: heartbeat_path(queue, host),
-            info,
+        let target = match place {
+            BeatPlace::Dir(queue) => {
+                let dir = hosts_dir(queue);
+                std::fs::create_dir_all(&dir)
+                    .context(|| format!("cannot create {}", dir.display()))?;
+                Target::File(heartbeat_path(queue, host))
+            }
+            BeatPlace::Database(location) => Target::Row {
+                host: host.to_string(),
+                connection: Box::new(crate::in_database::BeatConnection::new(location)),
+                info_changed: true,
+            },
         };
+        let mut hb = Heartbeat { target, info };
         hb.write()?;
         Ok(hb)
     }
 
-    /// Write the info through a temporary file and a rename (atomic for readers).
-    fn write(&self) -> Result<()> {
-        let tmp = self
-            .path
-            .with_extension(format!("hb.{}.tmp", std::process::id()));
+    /// Publish the info: a file written through a temporary file and a rename (atomic for
+    /// readers), or the host's row.
+    fn write(&mut self) -> Result<()> {
+        let path = match &mut self.target {
+            Target::File(path) => path.clone(),
+            Target::Row { info_changed, .. } => {
+                *info_changed = true;
+                return self.beat().map(drop).map_err(|e| crate::Error::Io {
+                    context: "cannot publish the heartbeat in the database".into(),
+                    source: e,
+                });
+            }
+        };
+        let tmp = path.with_extension(format!("hb.{}.tmp", std::process::id()));
         // A new file (a link planted under the temporary name is removed, not followed),
         // then a rename, which replaces whatever is at the heartbeat's name.
         let _ = std::fs::remove_file(&tmp);
@@ -281,15 +334,31 @@ impl Heartbeat {
             .and_then(|mut f| {
                 std::io::Write::write_all(&mut f, format!("{}\n", self.info).as_bytes())
             })
-            .and_then(|_| std::fs::rename(&tmp, &self.path))
-            .context(|| format!("cannot write {}", self.path.display()))?;
-        touch(&self.path).context(|| format!("cannot touch {}", self.path.display()))
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .context(|| format!("cannot write {}", path.display()))?;
+        touch(&path).context(|| format!("cannot touch {}", path.display()))
     }
 
-    /// Beat: touch the file and return the server's "now" read back from it.
-    pub fn beat(&self) -> std::io::Result<Timestamp> {
-        touch(&self.path)?;
-        mtime(&self.path).ok_or_else(|| std::io::Error::other("heartbeat file has no time"))
+    /// Beat: touch the file (or stamp the row) and return the server's "now" read back.
+    pub fn beat(&mut self) -> std::io::Result<Timestamp> {
+        match &mut self.target {
+            Target::File(path) => {
+                touch(path)?;
+                mtime(path).ok_or_else(|| std::io::Error::other("heartbeat file has no time"))
+            }
+            Target::Row {
+                host,
+                connection,
+                info_changed,
+            } => {
+                let info = self.info.to_string();
+                let now = connection
+                    .beat(host, &info, *info_changed)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                *info_changed = false;
+                Ok(now)
+            }
+        }
     }
 
     /// Publish why this feeder is not claiming (None: it is again).
@@ -340,12 +409,12 @@ pub fn known_hosts(queue: &Path, server_now: Timestamp) -> Vec<(Value, Option<f6
     hosts
 }
 
-/// The most CPUs, memory and GPUs any live feeder offers (each the largest of its kind),
-/// or None when no live feeder says what it offers.
-pub fn largest_live(queue: &Path, lease: f64) -> Result<Option<crate::claims::Capacity>> {
-    let now = server_now(queue, &crate::host::name())?;
+/// The most CPUs, memory and GPUs any live feeder of `hosts` (as `known_hosts` gives
+/// them) offers (each the largest of its kind), or None when no live feeder says what it
+/// offers.
+pub fn largest_live(hosts: &[(Value, Option<f64>)], lease: f64) -> Option<crate::claims::Capacity> {
     let mut largest: Option<crate::claims::Capacity> = None;
-    for (info, age) in known_hosts(queue, now) {
+    for (info, age) in hosts {
         let alive = !info["stopped"].as_bool().unwrap_or(false) && age.is_some_and(|a| a <= lease);
         let Some(cpus) = info["cpus"].as_i64().filter(|_| alive) else {
             continue;
@@ -364,7 +433,7 @@ pub fn largest_live(queue: &Path, lease: f64) -> Result<Option<crate::claims::Ca
             l.devices = devices;
         }
     }
-    Ok(largest)
+    largest
 }
 
 /// The largest live feeder, as a listing in this process found it: read by the SQL
@@ -442,7 +511,14 @@ mod tests {
     #[test]
     fn heartbeat_age_uses_file_times() {
         let dir = tempfile::tempdir().unwrap();
-        let hb = Heartbeat::start(dir.path(), "h1", "f", 2, &Default::default()).unwrap();
+        let mut hb = Heartbeat::start(
+            BeatPlace::Dir(dir.path()),
+            "h1",
+            "f",
+            2,
+            &Default::default(),
+        )
+        .unwrap();
         let now = hb.beat().unwrap();
         let age = heartbeat_age(dir.path(), "h1", now).unwrap();
         assert!(age.abs() < 1.0);

@@ -305,11 +305,15 @@ pub fn feeder_facts(tx: &Tx<'_>) -> Result<FeederFacts> {
 /// Every host that has published a heartbeat, with the queue's view of it.
 pub fn feeders(q: &mut Queue) -> Result<Vec<Feeder>> {
     let facts = q.store().read(feeder_facts)?;
-    feeders_from(q.dir(), &facts)
+    let hosts = q.hosts()?;
+    Ok(feeders_from(hosts, &facts))
 }
 
-/// [`feeders`] from facts already read: the heartbeat files, on the file server's clock.
-pub fn feeders_from(dir: &std::path::Path, facts: &FeederFacts) -> Result<Vec<Feeder>> {
+/// [`feeders`] from facts already read and the heartbeats (`Queue::hosts`).
+pub fn feeders_from(
+    hosts: Vec<(serde_json::Value, Option<f64>)>,
+    facts: &FeederFacts,
+) -> Vec<Feeder> {
     let FeederFacts {
         lease,
         running,
@@ -317,9 +321,8 @@ pub fn feeders_from(dir: &std::path::Path, facts: &FeederFacts) -> Result<Vec<Fe
     } = facts;
     let flag = |key: &str| flags.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
     let paused = flag("paused");
-    let now = liveness::server_now(dir, &crate::host::name())?;
     let mut list = Vec::new();
-    for (info, age) in liveness::known_hosts(dir, now) {
+    for (info, age) in hosts {
         let host = info["host"].as_str().unwrap_or("?").to_string();
         let drained = flag(&format!("drain.{host}"));
         let stopped = info["stopped"].as_bool().unwrap_or(false);
@@ -379,7 +382,7 @@ pub fn feeders_from(dir: &std::path::Path, facts: &FeederFacts) -> Result<Vec<Fe
             host,
         });
     }
-    Ok(list)
+    list
 }
 
 /// How many jobs of each list [`view`] reads.
@@ -408,7 +411,7 @@ pub fn view(q: &mut Queue) -> Result<View> {
         let view = jobs_in(tx, summary(tx, now)?, true)?;
         Ok((view, feeder_facts(tx)?))
     })?;
-    view.feeders = feeders_from(q.dir(), &facts)?;
+    view.feeders = feeders_from(q.hosts()?, &facts);
     Ok(view)
 }
 

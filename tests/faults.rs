@@ -236,9 +236,18 @@ fn claim_then_crash(q: &TestQueue, fault: &str) {
 
 #[test]
 fn a_feeder_killed_between_claim_and_spawn_loses_nothing() {
+    between_claim_and_spawn(TestQueue::new());
+}
+
+#[test]
+fn a_feeder_killed_between_claim_and_spawn_loses_nothing_with_everything_in_postgresql() {
+    // The dead host's heartbeat and start journal are rows: judged on the server's clock.
+    between_claim_and_spawn(TestQueue::in_database());
+}
+
+fn between_claim_and_spawn(q: TestQueue) {
     // Claimed, not journaled as started: both provably never ran, so another host gets
     // both back as if they had never been claimed, restartable or not.
-    let q = TestQueue::new();
     claim_then_crash(&q, "after_claim");
     let _b = q.feeder("rescuer", &[]);
     q.wait_for("the jobs to be recovered", 20, |q| q.count("finished") == 2);
@@ -259,9 +268,18 @@ fn a_feeder_killed_between_claim_and_spawn_loses_nothing() {
 
 #[test]
 fn a_feeder_killed_after_journaling_a_start_counts_the_job_as_possibly_run() {
+    after_journaling_a_start(TestQueue::new());
+}
+
+#[test]
+fn a_feeder_killed_after_journaling_a_start_counts_the_job_as_possibly_run_with_everything_in_postgresql()
+ {
+    after_journaling_a_start(TestQueue::in_database());
+}
+
+fn after_journaling_a_start(q: TestQueue) {
     // Journaled as started, then killed before the spawn: nobody can tell, so the job is
     // handled as crashed: the restartable one runs once elsewhere, the other is dead.
-    let q = TestQueue::new();
     claim_then_crash(&q, "after_journal");
     let _b = q.feeder("rescuer", &[]);
     q.wait_for("the jobs to be recovered", 20, |q| {
@@ -550,6 +568,7 @@ fn queue_on_a_small_filesystem() -> (TestQueue, std::path::PathBuf, Tmpfs) {
             tmp,
             path: qpath,
             store: common::StoreKind::Sqlite,
+            in_database: false,
         },
         mnt,
         mount,

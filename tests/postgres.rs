@@ -357,6 +357,7 @@ fn an_older_queue_is_migrated_by_the_first_writer_and_a_newer_one_refused() {
         "ALTER TABLE jobs ALTER COLUMN jid DROP DEFAULT; \
          DROP TRIGGER jid_assign ON jobs; \
          CREATE TRIGGER jid_assign BEFORE INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION jid_assign(); \
+         DROP TABLE hosts, starts, job_files; DROP FUNCTION job_files_deleted() CASCADE; \
          UPDATE meta SET value = '5' WHERE key = 'schema_version'",
     );
     let version = || psql("SELECT value FROM meta WHERE key = 'schema_version'");
@@ -374,8 +375,13 @@ fn an_older_queue_is_migrated_by_the_first_writer_and_a_newer_one_refused() {
     assert_eq!(version().trim(), "5");
     // The first writer brings it up to date, then writes.
     q.rq(&["submit", "-q", "true"]).ok();
-    assert_eq!(version().trim(), "6");
+    assert_eq!(version().trim(), "7");
     assert_eq!(jid_default().trim(), "1");
+    let tables = psql(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() \
+         AND table_name IN ('hosts', 'starts', 'job_files')",
+    );
+    assert_eq!(tables.trim(), "3", "version 7's tables");
     let jids: Vec<i64> = q.jobs().iter().map(|j| int(j, "jid")).collect();
     assert_eq!(jids, [1, 2]);
     // A queue made by a newer rq is refused, with what to do.

@@ -553,25 +553,39 @@ impl Context<'_> {
                 "{stream}: name the jids whose {stream} to show"
             )));
         }
-        let q = self.open(Access::ReadOnly)?;
+        let mut q = self.open(Access::ReadOnly)?;
+        if paths_only && q.in_database() {
+            return Err(Error::usage(format!(
+                "{} keeps job files in its database, not in files: 'rq QUEUE {stream} JID' shows them",
+                q.name()
+            )));
+        }
         for target in targets {
             let Target::Jid(jid) = target else { continue };
-            let path = q.dir().join(stream).join(jid.to_string());
             if paths_only {
+                let path = q.dir().join(stream).join(jid.to_string());
                 self.out.print(&format!("{}\n", path.display()))?;
-            } else if let Ok(mut file) = std::fs::File::open(&path) {
-                let mut bytes = Vec::new();
-                file.read_to_end(&mut bytes)
-                    .context(|| format!("cannot read {}", path.display()))?;
+                continue;
+            }
+            // A chunk at a time: output can be large.
+            let mut offset = 0;
+            while let Some(bytes) = q.read_job_file(jid, stream, offset, DUMP_CHUNK)? {
                 self.out
                     .out
                     .write_all(&bytes)
                     .context(|| "cannot write to standard output".into())?;
+                offset += bytes.len() as u64;
+                if (bytes.len() as u64) < DUMP_CHUNK {
+                    break;
+                }
             }
         }
         Ok(0)
     }
 }
+
+/// `stdout`/`stderr` copy a job's file this many bytes at a time.
+const DUMP_CHUNK: u64 = 1 << 20;
 
 fn apply_change(changes: &mut Changes, key: &str, value: &str) -> Result<()> {
     let nullable = |v: &str| -> Option<String> {

@@ -82,6 +82,7 @@ impl Context<'_> {
                 exit_when_empty: o.exit_when_empty,
                 kill_grace: 5.0,
                 capacity: host_capacity(o, max_feed)?,
+                local_files: None,
             },
             log: LogOptions {
                 path: o.log.clone().map(|p| queue::resolve(&p)),
@@ -452,7 +453,7 @@ fn report_failures(q: &mut queue::Queue, jids: &[i64], gone: usize) -> Result<()
                 _ => format!("failed{on}"),
             },
         };
-        let stderr = first_stderr_line(q.dir(), row.jid())
+        let stderr = first_stderr_line(q, row.jid())
             .map(|l| format!(": {l}"))
             .unwrap_or_default();
         crate::note!("rq: job {} {what}{stderr}", row.jid());
@@ -471,20 +472,8 @@ fn report_failures(q: &mut queue::Queue, jids: &[i64], gone: usize) -> Result<()
 
 /// The first non-empty line of a job's stderr, if it has one: read without following a
 /// link or opening anything but a regular file (the queue directory is shared).
-fn first_stderr_line(queue: &std::path::Path, jid: i64) -> Option<String> {
-    use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let path = queue.join("stderr").join(jid.to_string());
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    if !file.metadata().ok()?.is_file() {
-        return None;
-    }
-    let mut head = Vec::new();
-    file.take(4096).read_to_end(&mut head).ok()?;
+fn first_stderr_line(q: &mut queue::Queue, jid: i64) -> Option<String> {
+    let head = q.read_job_file(jid, "stderr", 0, 4096).ok()??;
     let text = String::from_utf8_lossy(&head);
     let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
     let mut line: String = line.chars().filter(|c| !c.is_control()).take(160).collect();

@@ -1,6 +1,6 @@
 //! Administration and job I/O: snapshot, backup, rotate, recover, export, cron, ioview, tail.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -277,16 +277,30 @@ impl Context<'_> {
             .or_else(|| std::env::var("RQ_EDITOR").ok())
             .or_else(|| std::env::var("RQ_IOVIEW").ok())
             .unwrap_or_else(|| "vim -R -o".into());
-        let q = self.open(Access::ReadOnly)?;
+        let mut q = self.open(Access::ReadOnly)?;
         self.out.flush()?;
         let mut worst = 0;
+        // A queue keeping job files in its database: they are copied to a temporary
+        // directory for the editor.
+        let copies = tempfile::tempdir().context(|| "cannot make a temporary directory".into())?;
         for t in targets {
             let Target::Jid(jid) = t else { continue };
-            let files: Vec<PathBuf> = ["stdin", "stdout", "stderr"]
-                .iter()
-                .map(|s| q.dir().join(s).join(jid.to_string()))
-                .filter(|p| p.exists())
-                .collect();
+            let mut files: Vec<PathBuf> = Vec::new();
+            for stream in ["stdin", "stdout", "stderr"] {
+                if !q.in_database() {
+                    let path = q.dir().join(stream).join(jid.to_string());
+                    if path.exists() {
+                        files.push(path);
+                    }
+                    continue;
+                }
+                if let Some(bytes) = q.read_job_file(jid, stream, 0, u64::MAX)? {
+                    let path = copies.path().join(format!("{jid}.{stream}"));
+                    std::fs::write(&path, bytes)
+                        .context(|| format!("cannot write {}", path.display()))?;
+                    files.push(path);
+                }
+            }
             if files.is_empty() {
                 crate::note!("rq: job {jid} has no stdin, stdout or stderr files (yet)");
                 worst = worst.max(1);
@@ -313,10 +327,6 @@ impl Context<'_> {
         };
         let jid = *jid;
         let mut q = self.open(Access::ReadOnly)?;
-        let paths = [
-            q.dir().join("stdout").join(jid.to_string()),
-            q.dir().join("stderr").join(jid.to_string()),
-        ];
         let mut offsets = [0u64; 2];
         let mut delay = 0.1f64;
         loop {
@@ -326,16 +336,17 @@ impl Context<'_> {
             }
             let done = progress.pending + progress.holding + progress.running == 0;
             let mut grew = false;
-            for (i, path) in paths.iter().enumerate() {
-                let Ok(mut file) = std::fs::File::open(path) else {
+            for (i, stream) in ["stdout", "stderr"].into_iter().enumerate() {
+                // A file is reopened every poll; a new run's starts again from the top.
+                if q.job_file_size(jid, stream)?
+                    .is_some_and(|n| n < offsets[i])
+                {
+                    offsets[i] = 0;
+                }
+                let Some(bytes) = q.read_job_file(jid, stream, offsets[i], u64::MAX)? else {
                     continue;
                 };
-                use std::io::Seek;
-                if file.seek(std::io::SeekFrom::Start(offsets[i])).is_err() {
-                    continue;
-                }
-                let mut bytes = Vec::new();
-                if file.read_to_end(&mut bytes).is_ok() && !bytes.is_empty() {
+                if !bytes.is_empty() {
                     offsets[i] += bytes.len() as u64;
                     grew = true;
                     if i == 0 {

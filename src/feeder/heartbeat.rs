@@ -77,7 +77,18 @@ impl Beater {
     /// feeder if there was one.
     pub(super) fn finish(mut self, error: Option<&str>) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(Ok(hb)) = self.thread.take().map(JoinHandle::join) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        // A beat stuck on an unreachable server must not keep the feeder from exiting:
+        // wait a few seconds for the thread, then leave the heartbeat as it is.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if thread.is_finished()
+            && let Ok(hb) = thread.join()
+        {
             hb.stopped(error);
         }
     }
@@ -224,6 +235,8 @@ impl Feeder {
     /// crashed, only where our claim still holds (restartable → pending, else dead).
     pub(super) fn settle_lease_kills(&mut self) -> Result<()> {
         let kills = std::mem::take(&mut self.lease_kills);
+        let killed: Vec<(i64, String)> = kills.iter().map(|(j, c, _)| (*j, c.clone())).collect();
+        self.upload_outputs(&killed, true);
         let max_attempts = self.settings.max_attempts;
         let outcomes = self.queue.store().write(|tx| {
             let mut outcomes = Vec::new();

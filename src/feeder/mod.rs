@@ -46,11 +46,13 @@ use crate::store::Tx;
 use crate::watchdog::{Lease, Limits, Watchdog};
 use crate::{process, runner, time};
 
+mod db_files;
 mod heartbeat;
 mod recovery;
 mod running;
 mod wake;
 
+use db_files::*;
 use heartbeat::*;
 use running::*;
 use wake::*;
@@ -73,6 +75,10 @@ pub struct Config {
     pub kill_grace: f64,
     /// What this host offers jobs (CPUs, memory, GPU devices).
     pub capacity: crate::claims::Capacity,
+    /// For a queue that keeps its job files in its database: the local directory (laid
+    /// out like a queue's) where this host's jobs find their stdin and data and write
+    /// their output, moved to and from the database by the feeder.
+    pub local_files: Option<PathBuf>,
 }
 
 impl Config {
@@ -180,6 +186,10 @@ pub struct Feeder {
     /// Seconds our write transactions take (moving average): on NFS often more than a
     /// short job runs.
     avg_txn: Option<f64>,
+    /// Job files kept in the database: what of each run's output is stored, and when
+    /// running jobs' output was last uploaded.
+    uploads: HashMap<i64, Upload>,
+    last_upload: Instant,
 }
 
 /// Ends wait at most this long for a transaction while claimed jobs are buffered (or
@@ -255,6 +265,8 @@ impl Feeder {
             journal_failed: None,
             lease: Lease::new(Limits::for_lease(Settings::default().lease, kill_grace)),
             lease_kills: Vec::new(),
+            uploads: HashMap::new(),
+            last_upload: Instant::now(),
         }
     }
 
@@ -377,9 +389,13 @@ impl Feeder {
         }
         self.read_settings()?;
         // Before the first claim, so that an empty journal proves nothing was started.
-        self.journal = Some(StartJournal::open(self.queue.dir(), &self.id)?);
+        self.journal = Some(if self.queue.in_database() {
+            StartJournal::in_database(&self.id)
+        } else {
+            StartJournal::open(self.queue.dir(), &self.id)?
+        });
         let heartbeat = Heartbeat::start(
-            self.queue.dir(),
+            self.queue.beat_place(),
             &self.config.host,
             &self.id,
             self.config.max_feed,
@@ -401,6 +417,7 @@ impl Feeder {
             self.settings.lease
         ));
         let outcome = self.recover_crashed().and_then(|()| {
+            self.prepare_local_files()?;
             self.reap_orphan_files();
             self.reap_old_journals();
             self.feed_through_faults(&mut signals, &beater)
@@ -408,7 +425,7 @@ impl Feeder {
         if outcome.is_ok() && self.buffer.is_empty() && self.running.is_empty() {
             // Nothing claimed is left: the journal proves nothing any more.
             if let Some(journal) = self.journal.take() {
-                journal.remove();
+                journal.remove(self.queue.store());
             }
         }
         let error = outcome.as_ref().err().map(ToString::to_string);
@@ -484,6 +501,13 @@ impl Feeder {
                 signals.drain.load(Ordering::SeqCst) || signals.restart.load(Ordering::SeqCst);
             self.enforce_timeouts();
             let ends = self.reap_children();
+            if self.config.local_files.is_some() {
+                // Before the ends are recorded: the claims still hold.
+                let ended: Vec<(i64, String)> =
+                    ends.iter().map(|e| (e.jid, e.claim.clone())).collect();
+                self.upload_outputs(&ended, true);
+                self.upload_running();
+            }
             if !self.lease_kills.is_empty() {
                 self.settle_lease_kills()?;
             }
@@ -713,7 +737,8 @@ impl Feeder {
         };
         self.ends_since = None;
         // Every start and end in the journal is now recorded in the queue.
-        if let Some(Err(e)) = self.journal.as_mut().map(StartJournal::compact) {
+        let store = self.queue.store();
+        if let Some(Err(e)) = self.journal.as_mut().map(|j| j.compact(store)) {
             self.log.log(Level::Warn, &e.to_string());
         }
         self.remember_ends(&ends);

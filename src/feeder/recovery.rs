@@ -20,27 +20,35 @@ impl Feeder {
         let known = self.known_jids();
         let unknown: Vec<&Row> = held.iter().filter(|r| !known.contains(&r.jid())).collect();
         if !unknown.is_empty() {
-            let dir = self.queue.dir().to_path_buf();
-            let mut journals = HashMap::new();
-            let settle: Vec<(i64, String, journal::Fate)> = unknown
+            let jobs: Vec<(i64, String, bool)> = unknown
                 .iter()
                 .map(|job| {
                     let (jid, claim) = claim_of(job);
-                    let remembered = self
-                        .recorded_ends
+                    (jid, claim, job.get("pid").as_int().is_some())
+                })
+                .collect();
+            let remembered: Vec<Option<journal::Fate>> = jobs
+                .iter()
+                .map(|(jid, claim, _)| {
+                    self.recorded_ends
                         .iter()
-                        .find(|(_, e)| e.jid == jid && e.claim == claim)
-                        .map(|(_, e)| journal::Fate::Ended(e.clone()));
-                    let fate = remembered.unwrap_or_else(|| {
-                        journal::fate_of(
-                            &dir,
-                            &mut journals,
-                            Some(&id),
-                            &claim,
-                            job.get("pid").as_int().is_some(),
-                        )
-                    });
-                    (jid, claim, fate)
+                        .find(|(_, e)| e.jid == *jid && e.claim == *claim)
+                        .map(|(_, e)| journal::Fate::Ended(e.clone()))
+                })
+                .collect();
+            let journaled = self.with_journals(|read| {
+                let mut cache = HashMap::new();
+                jobs.iter()
+                    .map(|(_, claim, pid)| {
+                        journal::fate_of(read, &mut cache, Some(&id), claim, *pid)
+                    })
+                    .collect::<Vec<_>>()
+            })?;
+            let settle: Vec<(i64, String, journal::Fate)> = jobs
+                .into_iter()
+                .zip(remembered.into_iter().zip(journaled))
+                .map(|((jid, claim, _), (remembered, journaled))| {
+                    (jid, claim, remembered.unwrap_or(journaled))
                 })
                 .collect();
             let max_attempts = self.settings.max_attempts;
@@ -70,6 +78,24 @@ impl Feeder {
             .collect()
     }
 
+    /// Read feeders' start journals through `body`: from the queue's files, or inside one
+    /// read transaction of its database.
+    pub(super) fn with_journals<T>(
+        &mut self,
+        body: impl Fn(&mut dyn FnMut(&str) -> Option<journal::Journal>) -> T,
+    ) -> Result<T> {
+        if self.queue.in_database() {
+            self.queue.store().read(|tx| {
+                let mut read = |f: &str| crate::in_database::journal_read(tx, f).ok();
+                Ok(body(&mut read))
+            })
+        } else {
+            let dir = self.queue.dir().to_path_buf();
+            let mut read = |f: &str| journal::read(&dir, f);
+            Ok(body(&mut read))
+        }
+    }
+
     /// Hosts whose heartbeat is older than the lease (server clock) lose their running jobs.
     /// `busy`: the hosts with running jobs.
     pub(super) fn reclaim_dead_hosts(
@@ -78,14 +104,34 @@ impl Feeder {
         busy: Vec<String>,
     ) -> Result<()> {
         let dir = self.queue.dir().to_path_buf();
+        let in_db = self.queue.in_database();
         let lease = self.settings.lease;
         let stale = |host: &str, now: jiff::Timestamp| {
             liveness::heartbeat_age(&dir, host, now).is_none_or(|age| age > lease)
         };
-        let candidates: Vec<String> = busy
+        let others: Vec<String> = busy
             .into_iter()
-            .filter(|h| *h != self.config.host && stale(h, server_now))
+            .filter(|h| *h != self.config.host)
             .collect();
+        let candidates: Vec<String> = if in_db {
+            let ages = self.queue.store().read(|tx| {
+                others
+                    .iter()
+                    .map(|h| crate::in_database::heartbeat_age(tx, h))
+                    .collect::<Result<Vec<_>>>()
+            })?;
+            others
+                .into_iter()
+                .zip(ages)
+                .filter(|(_, age)| age.is_none_or(|a| a > lease))
+                .map(|(h, _)| h)
+                .collect()
+        } else {
+            others
+                .into_iter()
+                .filter(|h| stale(h, server_now))
+                .collect()
+        };
         if candidates.is_empty() {
             return Ok(());
         }
@@ -94,18 +140,36 @@ impl Feeder {
         let hb_path = liveness::heartbeat_path(&dir, &me);
         let reclaimed = self.queue.store().write(|tx| {
             // Judged again under the lock: a host that beat meanwhile keeps its jobs.
-            let now = liveness::touch(&hb_path)
-                .ok()
-                .and_then(|_| liveness::mtime(&hb_path))
-                .unwrap_or(server_now);
+            let now = if in_db {
+                server_now
+            } else {
+                liveness::touch(&hb_path)
+                    .ok()
+                    .and_then(|_| liveness::mtime(&hb_path))
+                    .unwrap_or(server_now)
+            };
+            let stale_now = |host: &str| -> Result<bool> {
+                Ok(if in_db {
+                    crate::in_database::heartbeat_age(tx, host)?.is_none_or(|a| a > lease)
+                } else {
+                    stale(host, now)
+                })
+            };
             let stamp = time::now();
             let mut done = Vec::new();
             // Read inside the transaction, like the heartbeat: the journals are final once
             // the host is dead, and a host that beat meanwhile is skipped.
             let mut journals = HashMap::new();
+            let mut read = |f: &str| {
+                if in_db {
+                    crate::in_database::journal_read(tx, f).ok()
+                } else {
+                    journal::read(&dir, f)
+                }
+            };
             let mut fate = |job: &claims::Claimed| {
                 journal::fate_of(
-                    &dir,
+                    &mut read,
                     &mut journals,
                     job.feeder.as_deref(),
                     &job.claim,
@@ -113,7 +177,7 @@ impl Feeder {
                 )
             };
             for host in &candidates {
-                if stale(host, now) {
+                if stale_now(host)? {
                     let r = claims::reclaim_host(tx, host, &me, &stamp, max_attempts, &mut fate)?;
                     done.push((host.clone(), r));
                 }
@@ -126,7 +190,7 @@ impl Feeder {
                     "host {host} has no heartbeat for over {lease}s: reclaimed its jobs ({} never started and {} restartable back to pending, {} ended as journaled, {} dead)",
                     r.released, r.requeued, r.ended, r.dead
                 ));
-                queue::ring_doorbell(&dir);
+                self.queue.ring_doorbell();
             }
         }
         Ok(())
@@ -190,26 +254,30 @@ impl Feeder {
         // never started: it goes back to pending; a journaled end is recorded. The earlier
         // feeders are dead (we hold the host's feeder lock), so their journals go once
         // their jobs are settled.
-        let dir = self.queue.dir().to_path_buf();
-        let mut journals = HashMap::new();
-        let fates: Vec<journal::Fate> = orphans
-            .iter()
-            .map(|job| {
-                let claim = job.get("claim").as_text().unwrap_or_default();
-                match journal::fate_of(
-                    &dir,
-                    &mut journals,
-                    job.get("feeder").as_text(),
-                    claim,
-                    job.get("pid").as_int().is_some(),
-                ) {
-                    journal::Fate::NeverStarted if seen.contains(&format!("RQ_CLAIM={claim}")) => {
-                        journal::Fate::MayHaveRun
+        let (fates, feeders) = self.with_journals(|read| {
+            let mut journals = HashMap::new();
+            let fates: Vec<journal::Fate> = orphans
+                .iter()
+                .map(|job| {
+                    let claim = job.get("claim").as_text().unwrap_or_default();
+                    match journal::fate_of(
+                        read,
+                        &mut journals,
+                        job.get("feeder").as_text(),
+                        claim,
+                        job.get("pid").as_int().is_some(),
+                    ) {
+                        journal::Fate::NeverStarted
+                            if seen.contains(&format!("RQ_CLAIM={claim}")) =>
+                        {
+                            journal::Fate::MayHaveRun
+                        }
+                        fate => fate,
                     }
-                    fate => fate,
-                }
-            })
-            .collect();
+                })
+                .collect();
+            (fates, journals.into_keys().collect::<Vec<String>>())
+        })?;
         let max_attempts = self.settings.max_attempts;
         let outcomes = self.queue.store().write(|tx| {
             let mut outcomes = Vec::new();
@@ -222,8 +290,17 @@ impl Feeder {
             }
             Ok(outcomes)
         })?;
-        for feeder in journals.keys() {
-            let _ = std::fs::remove_file(journal::path(&dir, feeder));
+        if self.queue.in_database() {
+            let _ = self.queue.store().write_shared(|tx| {
+                for feeder in &feeders {
+                    crate::in_database::journal_remove(tx, feeder)?;
+                }
+                Ok(())
+            });
+        } else {
+            for feeder in &feeders {
+                let _ = std::fs::remove_file(journal::path(self.queue.dir(), feeder));
+            }
         }
         for (jid, outcome) in outcomes {
             self.warn(&format!(
@@ -237,6 +314,20 @@ impl Feeder {
     /// than ten minutes: a submit copies files before it inserts the rows naming them.
     /// The work is proportional to the files present, not to the jobs in the queue.
     pub(super) fn reap_orphan_files(&mut self) {
+        if self.queue.in_database() {
+            match self
+                .queue
+                .store()
+                .write_shared(crate::in_database::reap_orphans)
+            {
+                Ok(n) if n > 0 => self.info(&format!(
+                    "removed {n} stored chunks of files of jobs that no longer exist"
+                )),
+                Ok(_) => {}
+                Err(e) => self.warn(&e.to_string()),
+            }
+            return;
+        }
         let dir = self.queue.dir().to_path_buf();
         let mut old_files: Vec<(i64, String, PathBuf)> = Vec::new();
         for sub in queue::JOB_DIRS {
@@ -304,6 +395,13 @@ impl Feeder {
     /// Start journals of feeders that died on hosts that never came back: once a day old
     /// and without running jobs, they prove nothing anyone needs.
     pub(super) fn reap_old_journals(&mut self) {
+        if self.queue.in_database() {
+            let _ = self
+                .queue
+                .store()
+                .write_shared(crate::in_database::reap_old_journals);
+            return;
+        }
         let Ok(entries) = std::fs::read_dir(journal::dir(self.queue.dir())) else {
             return;
         };

@@ -305,7 +305,7 @@ impl Feeder {
                 context: "cannot write the start journal".into(),
                 source: std::io::Error::from_raw_os_error(libc::ENOSPC),
             }),
-            Some(journal) => journal.record(&tokens),
+            Some(journal) => journal.record(self.queue.store(), &tokens),
             // Opened before the loop; only taken when the feeder ends.
             None => Err(Error::Conflict("the start journal is not open".into())),
         };
@@ -333,7 +333,10 @@ impl Feeder {
             let claim = job.get("claim").as_text().unwrap_or_default().to_string();
             let gpu_host = !self.config.capacity.devices.is_empty();
             let queue = self.queue.name();
-            match runner::spawn(self.queue.dir(), &queue, &self.config.shell, job, gpu_host) {
+            let spawned = self.fetch_inputs(job).and_then(|()| {
+                runner::spawn(&self.job_dir(), &queue, &self.config.shell, job, gpu_host)
+            });
+            match spawned {
                 Ok(child) => {
                     let pid = child.id();
                     self.lease.add(pid);
@@ -370,7 +373,7 @@ impl Feeder {
                 Err(e) => {
                     self.log
                         .log(Level::Error, &format!("not started - jid {jid}: {e}"));
-                    let stderr = self.queue.dir().join("stderr").join(jid.to_string());
+                    let stderr = self.job_dir().join("stderr").join(jid.to_string());
                     let _ = std::fs::write(&stderr, format!("rq: could not start the job: {e}\n"));
                     failed.push((jid, claim));
                 }
@@ -388,6 +391,7 @@ impl Feeder {
                     at,
                 }),
         );
+        self.upload_outputs(&failed, true);
         self.failed_starts.extend(failed);
         Ok(())
     }
@@ -425,6 +429,8 @@ impl Feeder {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let stopped: Vec<(i64, String)> = ended.iter().map(|(j, c, _)| (*j, c.clone())).collect();
+        self.upload_outputs(&stopped, true);
         let max_attempts = self.settings.max_attempts;
         let failed_starts = std::mem::take(&mut self.failed_starts);
         let unstarted: Vec<Row> = self.buffer.drain(..).collect();

@@ -65,7 +65,9 @@ impl Signals {
 /// `DOORBELL_BACKOFF` times that while nothing does, so an idle feeder costs the file
 /// server little.
 pub(super) struct Doorbell {
-    pub(super) path: PathBuf,
+    /// None: the queue has no directory to ring in (a PostgreSQL queue keeping everything
+    /// in its database), only the NOTIFY listener.
+    pub(super) path: Option<PathBuf>,
     /// The doorbell, kept open: statx on the descriptor asks the server about the file
     /// alone, where a path would also revalidate the directory (a second GETATTR).
     pub(super) file: Option<std::fs::File>,
@@ -82,7 +84,7 @@ impl Doorbell {
     pub(super) fn new(dir: &Path, min_sleep: f64) -> Doorbell {
         let min = Duration::from_secs_f64(min_sleep.max(0.001));
         Doorbell {
-            path: dir.join("doorbell"),
+            path: (!dir.as_os_str().is_empty()).then(|| dir.join("doorbell")),
             file: None,
             last: None,
             min,
@@ -107,9 +109,12 @@ impl Doorbell {
         if Instant::now() < self.next_check {
             return false;
         }
+        let Some(path) = &self.path else {
+            return false;
+        };
         let want = StatxFlags::MTIME | StatxFlags::CTIME | StatxFlags::INO | StatxFlags::NLINK;
         if self.file.is_none() {
-            self.file = open_doorbell(&self.path);
+            self.file = open_doorbell(path);
         }
         // A doorbell replaced or removed since we opened it (no links left, or stale on
         // NFS) is opened again; meanwhile its path tells.
@@ -122,7 +127,7 @@ impl Doorbell {
             self.file = None;
         }
         let now = by_fd
-            .or_else(|| statx(CWD, &self.path, AtFlags::STATX_FORCE_SYNC, want).ok())
+            .or_else(|| statx(CWD, path, AtFlags::STATX_FORCE_SYNC, want).ok())
             .map(|s| {
                 (
                     s.stx_mtime.tv_sec,

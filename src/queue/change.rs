@@ -119,11 +119,17 @@ impl Queue {
         // the jobs at them; the old files are removed after it commits.
         let mut new_files: Vec<(i64, Option<String>, Option<String>)> = Vec::new();
         if let Some(path) = &changes.stdin {
-            check_input(path, self.files_dir()?, InputKind::Stdin)?;
+            check_input(path, &self.dir, InputKind::Stdin)?;
         }
         if let Some(path) = &changes.data {
-            check_input(path, self.files_dir()?, InputKind::Data)?;
+            check_input(path, &self.dir, InputKind::Data)?;
         }
+        // A queue keeping job files in its database stores them in the transaction below.
+        let in_db = self.in_database();
+        let db_data = match &changes.data {
+            Some(src) if in_db => Some(db_data(src)?),
+            _ => None,
+        };
         if changes.stdin.is_some() || changes.data.is_some() {
             let targets = self
                 .store
@@ -131,6 +137,15 @@ impl Queue {
             let token = format!("{:08x}", rand::random::<u32>());
             for row in &targets {
                 let jid = row.jid();
+                if in_db {
+                    let name = |set: bool, sub: &str| set.then(|| format!("{sub}/{jid}"));
+                    new_files.push((
+                        jid,
+                        name(changes.stdin.is_some(), "stdin"),
+                        name(changes.data.is_some(), "data"),
+                    ));
+                    continue;
+                }
                 let stdin = match &changes.stdin {
                     Some(src) => {
                         let rel = format!("stdin/{jid}.{token}");
@@ -192,6 +207,9 @@ impl Queue {
                 let mut row_sets = sets.clone();
                 let mut row_values = values.clone();
                 if let Some((_, stdin, data)) = new_files.iter().find(|(j, _, _)| *j == jid) {
+                    if in_db {
+                        store_inputs(tx, jid, changes.stdin.as_deref(), db_data.as_ref())?;
+                    }
                     if let Some(s) = stdin {
                         row_sets.push("stdin = ?");
                         row_values.push(SqlValue::Text(s.clone()));

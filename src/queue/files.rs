@@ -92,3 +92,106 @@ pub fn copy_file_new(src: &Path, dest: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// A job's data as a queue keeping job files in its database stores it: a file as it is,
+/// a directory as a tar archive made in a local temporary file (links kept as links, as
+/// `copy_tree` keeps them).
+pub(super) struct DbData {
+    stream: &'static str,
+    path: PathBuf,
+    _archive: Option<tempfile::NamedTempFile>,
+}
+
+pub(super) fn db_data(src: &Path) -> Result<DbData> {
+    let meta = std::fs::metadata(src).context(|| format!("cannot read {}", src.display()))?;
+    if !meta.is_dir() {
+        return Ok(DbData {
+            stream: "data",
+            path: src.to_path_buf(),
+            _archive: None,
+        });
+    }
+    let context = || format!("cannot archive {}", src.display());
+    let archive = tempfile::NamedTempFile::new().context(context)?;
+    let mut builder = tar::Builder::new(archive.as_file());
+    builder.follow_symlinks(false);
+    builder.append_dir_all(".", src).context(context)?;
+    builder.into_inner().context(context)?;
+    Ok(DbData {
+        stream: crate::in_database::DATA_TAR,
+        path: archive.path().to_path_buf(),
+        _archive: Some(archive),
+    })
+}
+
+/// Store a job's stdin and data in the database, replacing what it had.
+pub(super) fn store_inputs(
+    tx: &Tx<'_>,
+    jid: i64,
+    stdin: Option<&Path>,
+    data: Option<&DbData>,
+) -> Result<()> {
+    if let Some(path) = stdin {
+        crate::in_database::put_file(tx, jid, "stdin", path)?;
+    }
+    if let Some(data) = data {
+        tx.execute(
+            "DELETE FROM job_files WHERE jid = ? AND stream IN ('data', 'data.tar')",
+            [jid],
+        )?;
+        crate::in_database::put_file(tx, jid, data.stream, &data.path)?;
+    }
+    Ok(())
+}
+
+impl Queue {
+    /// The size of a job's stdin, stdout or stderr, None when it has none (yet).
+    pub fn job_file_size(&mut self, jid: i64, stream: &str) -> Result<Option<u64>> {
+        if self.in_database() {
+            return self
+                .store
+                .read(|tx| crate::in_database::stream_size(tx, jid, stream));
+        }
+        Ok(open_job_file(&self.dir, jid, stream).and_then(|f| f.metadata().ok().map(|m| m.len())))
+    }
+
+    /// Up to `limit` bytes of a job's stdin, stdout or stderr from byte `offset` on; None
+    /// when it has none (yet). Never follows a link or opens anything but a regular file.
+    pub fn read_job_file(
+        &mut self,
+        jid: i64,
+        stream: &str,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>> {
+        if self.in_database() {
+            return self
+                .store
+                .read(|tx| crate::in_database::read_range(tx, jid, stream, offset, limit));
+        }
+        use std::io::{Read, Seek, SeekFrom};
+        let Some(mut file) = open_job_file(&self.dir, jid, stream) else {
+            return Ok(None);
+        };
+        let path = self.dir.join(stream).join(jid.to_string());
+        let context = || format!("cannot read {}", path.display());
+        file.seek(SeekFrom::Start(offset)).context(context)?;
+        let mut bytes = Vec::new();
+        file.take(limit).read_to_end(&mut bytes).context(context)?;
+        Ok(Some(bytes))
+    }
+}
+
+/// A job's file in a queue directory, opened to read if it is a regular file.
+fn open_job_file(dir: &Path, jid: i64, stream: &str) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if dir.as_os_str().is_empty() {
+        return None;
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(dir.join(stream).join(jid.to_string()))
+        .ok()?;
+    file.metadata().ok()?.is_file().then_some(file)
+}

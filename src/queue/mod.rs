@@ -203,6 +203,10 @@ pub fn create(path: &Path) -> Result<Value> {
 /// Touch the doorbell so idle feeders look at the queue now. Uses the file server's clock
 /// (UTIME_NOW); a failure only delays pick-up until the next full poll.
 pub fn ring_doorbell(dir: &Path) {
+    if dir.as_os_str().is_empty() {
+        // A queue with no directory (PostgreSQL, everything in the database): NOTIFY only.
+        return;
+    }
     let path = dir.join("doorbell");
     let now = rustix::fs::Timestamps {
         last_access: rustix::fs::Timespec {
@@ -279,17 +283,30 @@ impl Queue {
         !self.dir.as_os_str().is_empty()
     }
 
-    /// The directory of the job files, or why there is none.
-    fn files_dir(&self) -> Result<&Path> {
-        if self.has_files() {
-            Ok(&self.dir)
-        } else {
-            Err(Error::usage(format!(
-                "{} keeps no job files yet: give it a directory every host sees with \
-                 'rq QUEUE configure files=DIR'",
-                self.name()
-            )))
+    /// Does this queue keep its job files, heartbeats and start journals in its database
+    /// (a PostgreSQL queue given no job-file directory)? See `in_database`.
+    pub fn in_database(&self) -> bool {
+        matches!(self.store, Store::Postgres(_)) && !self.has_files()
+    }
+
+    /// Where this queue's feeders beat: its directory's `hosts/`, or its database.
+    pub fn beat_place(&self) -> crate::liveness::BeatPlace<'_> {
+        match &self.store {
+            Store::Postgres(pg) if !self.has_files() => {
+                crate::liveness::BeatPlace::Database(&pg.location)
+            }
+            _ => crate::liveness::BeatPlace::Dir(&self.dir),
         }
+    }
+
+    /// Every feeder that has beaten: its info and its heartbeat's age, on the clock
+    /// heartbeats are judged by (the file server's, or the database server's).
+    pub fn hosts(&mut self) -> Result<Vec<(Value, Option<f64>)>> {
+        if self.in_database() {
+            return self.store.read(crate::in_database::known_hosts);
+        }
+        let now = crate::liveness::server_now(&self.dir, &host::name())?;
+        Ok(crate::liveness::known_hosts(&self.dir, now))
     }
 
     /// Where the queue is when it is kept in PostgreSQL.
@@ -325,7 +342,7 @@ impl Queue {
 
     /// Wake idle feeders: the doorbell file (in the job-file directory of a PostgreSQL
     /// queue too, whose feeders watch it) and, on PostgreSQL, a NOTIFY.
-    fn ring_doorbell(&mut self) {
+    pub fn ring_doorbell(&mut self) {
         if self.has_files() {
             ring_doorbell(&self.dir);
         }

@@ -262,10 +262,8 @@ impl Queue {
             .setting("lease")?
             .and_then(|v| time::parse_duration(&v))
             .unwrap_or(crate::liveness::Settings::default().lease);
-        if !self.has_files() {
-            return Ok(None);
-        }
-        crate::liveness::largest_live(&self.dir, lease)
+        let hosts = self.hosts()?;
+        Ok(crate::liveness::largest_live(&hosts, lease))
     }
 
     /// The status report.

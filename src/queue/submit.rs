@@ -433,7 +433,7 @@ impl Queue {
             (&opts.data, InputKind::Data),
         ] {
             if let Some(path) = path {
-                check_input(path, self.files_dir()?, kind)?;
+                check_input(path, &self.dir, kind)?;
             }
         }
         let resolved = plan.resolve()?;
@@ -669,10 +669,10 @@ impl Queue {
         let stdin = spec.stdin.as_deref().map(|p| self.input_path(p));
         let data = spec.data.as_deref().map(|p| self.input_path(p));
         if let Some(path) = &stdin {
-            check_input(path, self.files_dir()?, InputKind::Stdin)?;
+            check_input(path, &self.dir, InputKind::Stdin)?;
         }
         if let Some(path) = &data {
-            check_input(path, self.files_dir()?, InputKind::Data)?;
+            check_input(path, &self.dir, InputKind::Data)?;
         }
         Ok(Some(JobFiles { stdin, data }))
     }
@@ -692,12 +692,15 @@ impl Queue {
     /// Copy the files of jobs `first..first + count`: each job's own (`files`, by job
     /// index), else the ones given for every job in `opts`.
     pub(super) fn copy_files(
-        &self,
+        &mut self,
         first: i64,
         count: usize,
         files: &[(usize, JobFiles)],
         opts: &SubmitOptions,
     ) -> Result<()> {
+        if self.in_database() {
+            return self.store_files(first, count, files, opts);
+        }
         let mut shared_stdin: Option<(PathBuf, PathBuf)> = None;
         let mut own = files.iter().peekable();
         for i in 0..count {
@@ -725,7 +728,47 @@ impl Queue {
         Ok(())
     }
 
-    pub(super) fn remove_job_files(&self, first: i64, count: usize) {
+    /// `copy_files` for a queue keeping job files in its database: every job's stdin and
+    /// data stored in one transaction (directories archived first, outside it).
+    fn store_files(
+        &mut self,
+        first: i64,
+        count: usize,
+        files: &[(usize, JobFiles)],
+        opts: &SubmitOptions,
+    ) -> Result<()> {
+        let mut archives: Vec<(PathBuf, DbData)> = Vec::new();
+        for src in files
+            .iter()
+            .filter_map(|(_, f)| f.data.as_ref())
+            .chain(opts.data.as_ref())
+        {
+            if !archives.iter().any(|(p, _)| p == src) {
+                archives.push((src.clone(), db_data(src)?));
+            }
+        }
+        self.store.write_shared(|tx| {
+            let mut own = files.iter().peekable();
+            for i in 0..count {
+                let jid = first + i as i64;
+                let mine = own.next_if(|(index, _)| *index == i).map(|(_, f)| f);
+                let stdin = mine.and_then(|f| f.stdin.as_ref()).or(opts.stdin.as_ref());
+                let data = mine.and_then(|f| f.data.as_ref()).or(opts.data.as_ref());
+                let data =
+                    data.and_then(|src| archives.iter().find(|(p, _)| p == src).map(|(_, d)| d));
+                store_inputs(tx, jid, stdin.map(PathBuf::as_path), data)?;
+            }
+            Ok(())
+        })
+    }
+
+    pub(super) fn remove_job_files(&mut self, first: i64, count: usize) {
+        if self.in_database() {
+            let _ = self
+                .store
+                .write_shared(|tx| crate::in_database::remove_files(tx, first, count));
+            return;
+        }
         for jid in first..first + count as i64 {
             if self.has_files() {
                 remove_files_of(&self.dir, jid, &[]);

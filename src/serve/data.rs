@@ -2,7 +2,6 @@
 //! (see `Cache`): one read transaction (never the write lock), then the heartbeat files.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -158,7 +157,7 @@ pub fn read(q: &mut Queue, counts: &mut MinuteCounts) -> Result<Snapshot> {
             .collect::<rusqlite::Result<_>>()?;
         Ok((view, overview::feeder_facts(tx)?, bars))
     })?;
-    view.feeders = overview::feeders_from(q.dir(), &facts)?;
+    view.feeders = overview::feeders_from(q.hosts()?, &facts);
     let mut timeline = Vec::new();
     let mut durations = Vec::new();
     for (jid, host, started, finished, state, exit, signal) in bars {
@@ -401,29 +400,14 @@ pub fn jobs_page(q: &mut Queue, f: &JobFilter) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// The last `max` bytes of a job's stream, read without following a link or opening
-/// anything but a regular file; the jid is a number, so the path stays in the queue.
-pub fn tail(queue_dir: &Path, stream: &str, jid: i64, max: u64) -> Option<(String, bool)> {
-    use std::io::{Read, Seek, SeekFrom};
-    use std::os::unix::fs::OpenOptionsExt;
+/// The last `max` bytes of a job's stream (see `Queue::read_job_file`), and whether
+/// there was more before them.
+pub fn tail(q: &mut Queue, stream: &str, jid: i64, max: u64) -> Option<(String, bool)> {
     debug_assert!(matches!(stream, "stdout" | "stderr"));
-    if queue_dir.as_os_str().is_empty() {
-        return None; // a PostgreSQL queue without a job-file directory
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(queue_dir.join(stream).join(jid.to_string()))
-        .ok()?;
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() {
-        return None;
-    }
-    let cut = meta.len() > max;
-    if cut {
-        file.seek(SeekFrom::Start(meta.len() - max)).ok()?;
-    }
-    let mut bytes = Vec::new();
-    file.take(max).read_to_end(&mut bytes).ok()?;
+    let size = q.job_file_size(jid, stream).ok()??;
+    let cut = size > max;
+    let bytes = q
+        .read_job_file(jid, stream, size.saturating_sub(max), max)
+        .ok()??;
     Some((String::from_utf8_lossy(&bytes).into_owned(), cut))
 }

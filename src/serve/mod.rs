@@ -40,7 +40,6 @@ pub struct Options {
 struct App {
     cache: Mutex<data::Cache>,
     queue_name: String,
-    dir: PathBuf,
     token: Option<String>,
 }
 
@@ -127,8 +126,6 @@ pub fn run(queue: &Path, queue_name: &str, opts: Options) -> Result<i32> {
     };
     let q = Queue::open(queue, access)?;
     let app = Arc::new(App {
-        // Job output is read from the job-file directory (a PostgreSQL queue's own).
-        dir: q.dir().to_path_buf(),
         cache: Mutex::new(data::Cache::new(q)),
         queue_name: queue_name.to_string(),
         token,
@@ -400,12 +397,11 @@ async fn job(
     let Some(jid) = crate::job::parse_jid(&jid) else {
         return (StatusCode::NOT_FOUND, "no such job").into_response();
     };
-    let dir = app.dir.clone();
     let found = blocking(&app, move |c| {
         c.shared(format!("job {jid}"), |q| {
             let row = data::job(q, jid)?;
-            let out = data::tail(&dir, "stdout", jid, TAIL_BYTES);
-            let err = data::tail(&dir, "stderr", jid, TAIL_BYTES);
+            let out = data::tail(q, "stdout", jid, TAIL_BYTES);
+            let err = data::tail(q, "stderr", jid, TAIL_BYTES);
             Ok(row.map(|r| (r, out, err)))
         })
     })

@@ -320,7 +320,7 @@ fn split_quoted(sql: &str) -> Vec<(&str, bool)> {
 /// Its own sequence: 5 was the first (the tables of SQLite's version 5); `MIGRATIONS`
 /// brings an older queue up to this one. A change to SQLite's tables is made here too, as
 /// a new version.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// `MIGRATIONS[i]` turns PostgreSQL schema version `5 + i` into `6 + i`; each runs in the
 /// transaction that records the new version, holding the queue's lock, on the queue's
@@ -337,7 +337,38 @@ CREATE OR REPLACE FUNCTION array_lock(id bigint) RETURNS void LANGUAGE sql SET s
     SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || ':array:' || id, 0))
 $$;
 "#,
+    // 7: what a queue without a job-file directory keeps in the database instead.
+    IN_DATABASE_SQL,
 ];
+
+/// The tables of a queue that keeps no job-file directory (`in_database`): heartbeats
+/// stamped with the server's clock, start journals as rows, and job files in chunks.
+/// A job's files go with it when it is deleted (one statement-level trigger).
+const IN_DATABASE_SQL: &str = r#"
+CREATE TABLE hosts (host text PRIMARY KEY, beat timestamptz NOT NULL, info text NOT NULL);
+CREATE TABLE starts (
+    feeder text NOT NULL,
+    line text NOT NULL,
+    written timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX starts_feeder ON starts (feeder);
+CREATE TABLE job_files (
+    jid bigint NOT NULL,
+    stream text NOT NULL,
+    claim text NOT NULL DEFAULT '',
+    seq integer NOT NULL,
+    bytes bytea NOT NULL,
+    written timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (jid, stream, claim, seq)
+);
+CREATE FUNCTION job_files_deleted() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+BEGIN
+    DELETE FROM job_files WHERE jid IN (SELECT jid FROM old_rows);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER job_files_deleted AFTER DELETE ON jobs REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION job_files_deleted();
+"#;
 
 /// The schema of a PostgreSQL queue, in its own schema `rq_<name>` (the caller created it
 /// and put it first on the search path), at `SCHEMA_VERSION`. The same tables and columns
@@ -634,6 +665,7 @@ CREATE TRIGGER dep_note AFTER UPDATE OF state ON jobs FOR EACH ROW
     EXECUTE FUNCTION dep_note();
 "#
     .to_string()
+        + IN_DATABASE_SQL
 }
 
 /// Run on each read-write connection: the temporary tables `dep_note` writes to.

@@ -168,6 +168,8 @@ pub struct TestQueue {
     pub tmp: tempfile::TempDir,
     pub path: PathBuf,
     pub store: StoreKind,
+    /// A PostgreSQL queue given no job-file directory: everything in its database.
+    pub in_database: bool,
 }
 
 impl TestQueue {
@@ -188,6 +190,20 @@ impl TestQueue {
         TestQueue::at(StoreKind::Postgres, Some(server.queue_url("q").into()))
     }
 
+    /// A PostgreSQL queue with no job-file directory: heartbeats, start journals and job
+    /// files live in its database, as for hosts that share no filesystem.
+    pub fn in_database() -> TestQueue {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = PathBuf::from(pg::new_queue_url());
+        rq_in(tmp.path(), &[path.to_str().unwrap(), "create"], None).ok();
+        TestQueue {
+            tmp,
+            path,
+            store: StoreKind::Postgres,
+            in_database: true,
+        }
+    }
+
     fn at(store: StoreKind, path: Option<PathBuf>) -> TestQueue {
         let tmp = tempfile::tempdir().unwrap();
         let path = path.unwrap_or_else(|| tmp.path().join("q"));
@@ -203,11 +219,20 @@ impl TestQueue {
             )
             .ok();
         }
-        TestQueue { tmp, path, store }
+        TestQueue {
+            tmp,
+            path,
+            store,
+            in_database: false,
+        }
     }
 
     /// Where the queue keeps job files (`stdout/3` etc. are relative to it).
     pub fn files(&self) -> PathBuf {
+        assert!(
+            !self.in_database,
+            "this queue keeps its job files in its database"
+        );
         match self.store {
             StoreKind::Sqlite => self.path.clone(),
             StoreKind::Postgres => self.tmp.path().join("files"),

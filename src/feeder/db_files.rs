@@ -1,0 +1,253 @@
+//! Job files of a queue that keeps them in its database (`in_database`): before a job
+//! starts, its stdin and data are fetched into this host's local job-file directory
+//! (`Config::local_files`, laid out like a queue's); its stdout and stderr are written
+//! there and uploaded while it runs (every `UPLOAD_EVERY`, what was added) and when it
+//! ends (before its end is recorded), up to the queue's `output_cap` per stream, then a
+//! line saying how much was cut. Uploads happen outside the claim transactions, each in a
+//! short transaction of its own that checks the claim.
+
+use super::*;
+
+/// Running jobs' new output is uploaded this often (so `tail -f` follows it).
+pub(super) const UPLOAD_EVERY: Duration = Duration::from_secs(2);
+
+/// What of a run's output is in the database so far.
+#[derive(Debug)]
+pub(super) struct Upload {
+    claim: String,
+    /// Per stream (stdout, stderr): bytes of the local file stored, chunks stored, and
+    /// whether the cut line was stored.
+    streams: [(u64, i64, bool); 2],
+}
+
+const STREAMS: [&str; 2] = ["stdout", "stderr"];
+
+/// Output of one stream read for an upload, and what is stored once it commits.
+struct Part {
+    stream: usize,
+    seq: i64,
+    bytes: Vec<u8>,
+    sent_after: u64,
+    cut: bool,
+}
+
+impl Upload {
+    pub(super) fn new(claim: &str) -> Upload {
+        Upload {
+            claim: claim.to_string(),
+            streams: [(0, 0, false); 2],
+        }
+    }
+}
+
+/// Read up to `limit` bytes of `path` from `offset`.
+fn read_from(path: &Path, offset: u64, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut bytes = Vec::new();
+    file.take(limit).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+impl Feeder {
+    /// Where this host's jobs' files are: the queue's directory, or for a queue keeping
+    /// them in its database, the local job-file directory.
+    pub(super) fn job_dir(&self) -> PathBuf {
+        match &self.config.local_files {
+            Some(dir) => dir.clone(),
+            None => self.queue.dir().to_path_buf(),
+        }
+    }
+
+    /// A fresh local job-file directory: whatever an earlier feeder of this host left
+    /// there belongs to runs that are settled by now.
+    pub(super) fn prepare_local_files(&mut self) -> Result<()> {
+        let Some(dir) = self.config.local_files.clone() else {
+            return Ok(());
+        };
+        queue::remove_path(&dir);
+        for sub in ["bin", "stdin", "stdout", "stderr", "data"] {
+            let path = dir.join(sub);
+            std::fs::create_dir_all(&path)
+                .context(|| format!("cannot create {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Fetch a job's stdin and data from the database into the local job-file directory
+    /// (outside any write transaction; one read transaction).
+    pub(super) fn fetch_inputs(&mut self, job: &Row) -> Result<()> {
+        let Some(dir) = self.config.local_files.clone() else {
+            return Ok(());
+        };
+        let jid = job.jid();
+        let wants_stdin = job.get("stdin").as_text().is_some();
+        let wants_data = job.get("data").as_text().is_some();
+        let stdin = dir.join("stdin").join(jid.to_string());
+        let data = dir.join("data").join(jid.to_string());
+        queue::remove_path(&stdin);
+        queue::remove_path(&data);
+        if !wants_stdin && !wants_data {
+            return Ok(());
+        }
+        let tar = dir.join("data").join(format!("{jid}.tar"));
+        self.queue.store().read(|tx| {
+            let fetch = |stream: &str, dest: &Path| -> Result<bool> {
+                queue::remove_path(dest);
+                let mut file = crate::liveness::create_new(dest)
+                    .context(|| format!("cannot create {}", dest.display()))?;
+                let mut sink = |bytes: &[u8]| {
+                    std::io::Write::write_all(&mut file, bytes)
+                        .context(|| format!("cannot write {}", dest.display()))
+                };
+                crate::in_database::read_stream(tx, jid, stream, &mut sink)
+            };
+            if wants_stdin && !fetch("stdin", &stdin)? {
+                queue::remove_path(&stdin);
+            }
+            if wants_data && !fetch("data", &data)? {
+                queue::remove_path(&data);
+                if fetch(crate::in_database::DATA_TAR, &tar)? {
+                    std::fs::create_dir_all(&data)
+                        .context(|| format!("cannot create {}", data.display()))?;
+                    let file = std::fs::File::open(&tar)
+                        .context(|| format!("cannot read {}", tar.display()))?;
+                    tar::Archive::new(file)
+                        .unpack(&data)
+                        .context(|| format!("cannot unpack the data of job {jid}"))?;
+                }
+                queue::remove_path(&tar);
+            }
+            Ok(())
+        })
+    }
+
+    /// Upload what running jobs wrote since the last upload (`last`: only if due).
+    pub(super) fn upload_running(&mut self) {
+        if self.config.local_files.is_none() || self.last_upload.elapsed() < UPLOAD_EVERY {
+            return;
+        }
+        self.last_upload = Instant::now();
+        let jobs: Vec<(i64, String)> = self
+            .running
+            .iter()
+            .filter(|j| !j.fenced)
+            .map(|j| (j.jid, j.claim.clone()))
+            .collect();
+        self.upload_outputs(&jobs, false);
+        // Runs we no longer follow (taken over, killed by the watchdog): their local files go.
+        let following: HashSet<i64> = self.running.iter().map(|j| j.jid).collect();
+        let dir = self.job_dir();
+        self.uploads.retain(|jid, _| {
+            let keep = following.contains(jid);
+            if !keep {
+                for sub in ["stdout", "stderr", "stdin", "data"] {
+                    queue::remove_path(&dir.join(sub).join(jid.to_string()));
+                }
+            }
+            keep
+        });
+    }
+
+    /// Upload the output of `jobs` (jid, claim) that is not in the database yet, in one
+    /// short transaction; with `last`, the runs have ended: the cut line is added where
+    /// output went past the cap, and their local files are removed once stored.
+    pub(super) fn upload_outputs(&mut self, jobs: &[(i64, String)], last: bool) {
+        let Some(dir) = self.config.local_files.clone() else {
+            return;
+        };
+        let cap = self.settings.output_cap;
+        // Read outside the transaction; what was stored is noted only once it committed.
+        let mut batch: Vec<(i64, String, Vec<Part>)> = Vec::new();
+        for (jid, claim) in jobs {
+            let upload = self
+                .uploads
+                .entry(*jid)
+                .or_insert_with(|| Upload::new(claim));
+            if upload.claim != *claim {
+                *upload = Upload::new(claim);
+            }
+            let mut parts = Vec::new();
+            for (i, name) in STREAMS.iter().enumerate() {
+                let path = dir.join(name).join(jid.to_string());
+                let size = std::fs::symlink_metadata(&path).map_or(0, |m| m.len());
+                let (sent, seq, cut) = upload.streams[i];
+                let kept = size.min(cap);
+                let mut bytes = if sent < kept {
+                    read_from(&path, sent, kept - sent).unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                let sent_after = sent + bytes.len() as u64;
+                let cut_now = last && size > cap && !cut;
+                if cut_now {
+                    bytes.extend_from_slice(
+                        format!(
+                            "\nrq: output cut here: the job wrote {size} bytes to {name}; the queue keeps {cap} (rq QUEUE configure output_cap=SIZE)\n"
+                        )
+                        .as_bytes(),
+                    );
+                }
+                // The first upload of a run always happens: it clears the last run's.
+                if !bytes.is_empty() || seq == 0 {
+                    parts.push(Part {
+                        stream: i,
+                        seq,
+                        bytes,
+                        sent_after,
+                        cut: cut || cut_now,
+                    });
+                }
+            }
+            if !parts.is_empty() {
+                batch.push((*jid, claim.clone(), parts));
+            }
+        }
+        if !batch.is_empty() {
+            let outcome = self.queue.store().write_shared(|tx| {
+                let mut ours = Vec::new();
+                for (jid, claim, parts) in &batch {
+                    let streams: Vec<(&str, i64, &[u8])> = parts
+                        .iter()
+                        .map(|p| (STREAMS[p.stream], p.seq, p.bytes.as_slice()))
+                        .collect();
+                    ours.push(crate::in_database::upload_output(
+                        tx, *jid, claim, &streams,
+                    )?);
+                }
+                Ok(ours)
+            });
+            match outcome {
+                Ok(ours) => {
+                    for ((jid, _, parts), ours) in batch.iter().zip(ours) {
+                        let Some(upload) = self.uploads.get_mut(jid).filter(|_| ours) else {
+                            continue;
+                        };
+                        for p in parts {
+                            let chunks = p.bytes.len().div_ceil(crate::in_database::CHUNK);
+                            upload.streams[p.stream] =
+                                (p.sent_after, p.seq + chunks.max(1) as i64, p.cut);
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Nothing was stored: the same bytes go with the next upload.
+                    let jids: Vec<i64> = batch.iter().map(|(jid, _, _)| *jid).collect();
+                    self.warn(&format!(
+                        "could not store the output of jobs {jids:?} in the database: {e}"
+                    ));
+                    return;
+                }
+            }
+        }
+        if last {
+            for (jid, _) in jobs {
+                self.uploads.remove(jid);
+                for sub in ["stdout", "stderr", "stdin", "data"] {
+                    queue::remove_path(&dir.join(sub).join(jid.to_string()));
+                }
+            }
+        }
+    }
+}

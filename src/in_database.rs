@@ -1,0 +1,356 @@
+//! What a PostgreSQL queue without a job-file directory keeps in its database instead of
+//! files, so that hosts sharing no filesystem can feed it:
+//!
+//! - heartbeats: a row per host in `hosts`, stamped with the *database server's* clock
+//!   (`clock_timestamp()`), so leases are judged on one clock, never a host's;
+//! - start journals: a feeder's journal lines as rows of `starts` (its claim tokens before
+//!   it spawns, the ends it saw), committed before a job is spawned;
+//! - job files: stdin and data stored at submit, stdout and stderr uploaded by the feeder
+//!   while the job runs and when it ends, in chunks of `job_files` (up to `output_cap`
+//!   bytes per stream, then a line saying how much was cut).
+//!
+//! A job's output rows carry the claim token of the run that wrote them: a copy of a job
+//! that was taken over can write nothing (its upload checks the claim, holding the job's
+//! row), and readers of a running job see only its current run's output.
+
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::journal::Journal;
+use crate::store::Tx;
+use crate::store::postgres::Location;
+
+/// Job files are stored in rows of at most this many bytes.
+pub const CHUNK: usize = 1 << 20;
+/// The most output kept per stream of a run unless `configure output_cap=` says otherwise.
+pub const DEFAULT_OUTPUT_CAP: u64 = 64 << 20;
+/// A job's data when it was given as a directory: a tar archive of it.
+pub const DATA_TAR: &str = "data.tar";
+
+fn timestamp(seconds: f64) -> Result<Timestamp> {
+    Timestamp::from_microsecond((seconds * 1e6).round() as i64)
+        .map_err(|e| Error::Conflict(format!("the database server's clock: {e}")))
+}
+
+/// A heartbeat's own connection: the heartbeat thread must not wait for the main loop's
+/// transactions, nor they for it. Reconnects after any error, at the next beat.
+pub struct BeatConnection {
+    location: Location,
+    client: Option<::postgres::Client>,
+}
+
+impl BeatConnection {
+    pub fn new(location: &Location) -> BeatConnection {
+        BeatConnection {
+            location: location.clone(),
+            client: None,
+        }
+    }
+
+    fn client(&mut self) -> Result<&mut ::postgres::Client> {
+        if self.client.is_none() {
+            let mut client = crate::store::postgres::connect_client(&self.location.url)?;
+            client.batch_execute(&format!(
+                "SET search_path TO \"{}\"; SET synchronous_commit = on",
+                self.location.schema()
+            ))?;
+            self.client = Some(client);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// Beat: stamp this host's row with the server's time (publishing `info` too when
+    /// `with_info`), and return that time.
+    pub fn beat(&mut self, host: &str, info: &str, with_info: bool) -> Result<Timestamp> {
+        let sql = if with_info {
+            "INSERT INTO hosts (host, beat, info) VALUES ($1, clock_timestamp(), $2) \
+             ON CONFLICT (host) DO UPDATE SET beat = excluded.beat, info = excluded.info \
+             RETURNING CAST(extract(epoch FROM beat) AS float8)"
+        } else {
+            "INSERT INTO hosts (host, beat, info) VALUES ($1, clock_timestamp(), $2) \
+             ON CONFLICT (host) DO UPDATE SET beat = excluded.beat \
+             RETURNING CAST(extract(epoch FROM beat) AS float8)"
+        };
+        let outcome = self
+            .client()
+            .and_then(|c| Ok(c.query_one(sql, &[&host, &info])?));
+        match outcome {
+            Ok(row) => timestamp(row.get(0)),
+            Err(e) => {
+                self.client = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// "Now" on the database server's clock.
+pub fn server_now(tx: &Tx<'_>) -> Result<Timestamp> {
+    let seconds: f64 = tx.query_row(
+        "SELECT CAST(extract(epoch FROM clock_timestamp()) AS float8)",
+        [],
+        |r| r.get(0),
+    )?;
+    timestamp(seconds)
+}
+
+/// Seconds since `host` last beat, on the server's clock; None when it never did.
+pub fn heartbeat_age(tx: &Tx<'_>, host: &str) -> Result<Option<f64>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT CAST(extract(epoch FROM clock_timestamp() - beat) AS float8) FROM hosts WHERE host = ?",
+    )?;
+    let mut rows = stmt.query([host])?;
+    Ok(match rows.next()? {
+        Some(row) => Some(row.get(0)?),
+        None => None,
+    })
+}
+
+/// Every host that has beaten: its info and its heartbeat's age.
+pub fn known_hosts(tx: &Tx<'_>) -> Result<Vec<(Value, Option<f64>)>> {
+    let rows = tx.query_map(
+        "SELECT host, info, CAST(extract(epoch FROM clock_timestamp() - beat) AS float8) \
+         FROM hosts ORDER BY host",
+        [],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, f64>(2)?,
+            ))
+        },
+    )?;
+    Ok(rows
+        .into_iter()
+        .map(|(host, info, age)| {
+            let info =
+                serde_json::from_str::<Value>(&info).unwrap_or_else(|_| json!({ "host": host }));
+            (info, Some(age))
+        })
+        .collect())
+}
+
+/// Append lines (claim tokens, `E {json}` ends) to a feeder's journal; durable once the
+/// transaction commits.
+pub fn journal_append(tx: &Tx<'_>, feeder: &str, lines: &[String]) -> Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    // One line per element (tokens and JSON hold no newline).
+    tx.execute(
+        "INSERT INTO starts (feeder, line) SELECT ?, unnest(string_to_array(?, chr(10)))",
+        [feeder.to_string(), lines.join("\n")],
+    )?;
+    Ok(())
+}
+
+/// A feeder's journal as its rows say.
+pub fn journal_read(tx: &Tx<'_>, feeder: &str) -> Result<Journal> {
+    let lines = tx.query_map("SELECT line FROM starts WHERE feeder = ?", [feeder], |r| {
+        r.get::<_, String>(0)
+    })?;
+    Ok(Journal::from_lines(lines.iter().map(String::as_str)))
+}
+
+/// Forget a feeder's journal (its claims are all settled).
+pub fn journal_remove(tx: &Tx<'_>, feeder: &str) -> Result<()> {
+    tx.execute("DELETE FROM starts WHERE feeder = ?", [feeder])?;
+    Ok(())
+}
+
+/// Journals a day old whose feeder holds no running job prove nothing anyone needs.
+pub fn reap_old_journals(tx: &Tx<'_>) -> Result<usize> {
+    tx.execute(
+        "DELETE FROM starts WHERE written < clock_timestamp() - CAST('1 day' AS interval) \
+         AND feeder NOT IN (SELECT feeder FROM jobs WHERE state = 'running' AND feeder IS NOT NULL)",
+        [],
+    )
+}
+
+/// Store bytes as a job's stream, in chunks numbered from `first_seq`.
+pub fn put_chunks(
+    tx: &Tx<'_>,
+    jid: i64,
+    stream: &str,
+    claim: &str,
+    first_seq: i64,
+    bytes: &[u8],
+) -> Result<i64> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO job_files (jid, stream, claim, seq, bytes) VALUES (?, ?, ?, ?, ?)",
+    )?;
+    let mut seq = first_seq;
+    for chunk in bytes.chunks(CHUNK) {
+        stmt.execute(rusqlite::params![jid, stream, claim, seq, chunk])?;
+        seq += 1;
+    }
+    Ok(seq)
+}
+
+/// Replace what is stored as a job's input stream (stdin, data) with a local file's
+/// bytes, read a chunk at a time.
+pub fn put_file(tx: &Tx<'_>, jid: i64, stream: &str, path: &std::path::Path) -> Result<()> {
+    use std::io::Read;
+    tx.execute(
+        "DELETE FROM job_files WHERE jid = ? AND stream = ?",
+        rusqlite::params![jid, stream],
+    )?;
+    let context = || format!("cannot read {}", path.display());
+    let mut file = std::fs::File::open(path).map_err(|e| Error::Io {
+        context: context(),
+        source: e,
+    })?;
+    let mut seq = 0;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let mut filled = 0;
+        while filled < CHUNK {
+            let n = file.read(&mut buf[filled..]).map_err(|e| Error::Io {
+                context: context(),
+                source: e,
+            })?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 && seq > 0 {
+            break;
+        }
+        seq = put_chunks(tx, jid, stream, "", seq, &buf[..filled])?;
+        if filled < CHUNK {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Call `sink` with each chunk of a job's stream, in order: for output, the current run's
+/// while the job runs (nothing until it uploads some), else the last run's.
+pub fn read_stream(
+    tx: &Tx<'_>,
+    jid: i64,
+    stream: &str,
+    sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<bool> {
+    let sql = format!("SELECT bytes FROM job_files WHERE {VISIBLE} ORDER BY seq");
+    let mut stmt = tx.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params![jid, stream])?;
+    let mut any = false;
+    while let Some(row) = rows.next()? {
+        let bytes: Vec<u8> = row.get(0)?;
+        sink(&bytes)?;
+        any = true;
+    }
+    Ok(any)
+}
+
+/// Which of a job's chunks of a stream readers see: stored input, or for output, the
+/// current run's while the job runs (nothing until it uploads some), else the last run's.
+const VISIBLE: &str = "jid = ? AND stream = ? \
+     AND (stream IN ('stdin', 'data', 'data.tar') \
+          OR NOT EXISTS (SELECT 1 FROM jobs j WHERE j.jid = job_files.jid AND j.claim IS NOT NULL) \
+          OR claim = (SELECT j.claim FROM jobs j WHERE j.jid = job_files.jid))";
+
+/// The size of a job's stream, None when nothing is stored.
+pub fn stream_size(tx: &Tx<'_>, jid: i64, stream: &str) -> Result<Option<u64>> {
+    let sql =
+        format!("SELECT count(*), coalesce(sum(length(bytes)), 0) FROM job_files WHERE {VISIBLE}");
+    let (chunks, size): (i64, i64) = tx.query_row(&sql, rusqlite::params![jid, stream], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
+    Ok((chunks > 0).then_some(size as u64))
+}
+
+/// Up to `limit` bytes of a job's stream from byte `offset` on (only the chunks that hold
+/// them are read); None when nothing is stored.
+pub fn read_range(
+    tx: &Tx<'_>,
+    jid: i64,
+    stream: &str,
+    offset: u64,
+    limit: u64,
+) -> Result<Option<Vec<u8>>> {
+    let sql = format!(
+        "SELECT seq, CAST(sum(length(bytes)) OVER (ORDER BY seq) - length(bytes) AS bigint) \
+         FROM job_files WHERE {VISIBLE} ORDER BY seq"
+    );
+    let starts: Vec<(i64, i64)> = tx.query_map(&sql, rusqlite::params![jid, stream], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?;
+    if starts.is_empty() {
+        return Ok(None);
+    }
+    let end = offset.saturating_add(limit);
+    let mut out = Vec::new();
+    let mut read = tx.prepare_cached(&format!(
+        "SELECT bytes FROM job_files WHERE {VISIBLE} AND seq = ?"
+    ))?;
+    for (i, (seq, start)) in starts.iter().enumerate() {
+        let start = *start as u64;
+        let next = starts.get(i + 1).map_or(u64::MAX, |(_, s)| *s as u64);
+        if next <= offset || start >= end {
+            continue;
+        }
+        let mut rows = read.query(rusqlite::params![jid, stream, seq])?;
+        let Some(row) = rows.next()? else { continue };
+        let bytes: Vec<u8> = row.get(0)?;
+        let from = offset.saturating_sub(start).min(bytes.len() as u64) as usize;
+        let to = (end.saturating_sub(start)).min(bytes.len() as u64) as usize;
+        out.extend_from_slice(&bytes[from..to.max(from)]);
+    }
+    Ok(Some(out))
+}
+
+/// Upload output of a run: `bytes` appended to what the run stored so far (`first_seq`
+/// onwards), only while the job is still ours (the job's row is held until commit, so a
+/// takeover waits for the upload or the upload sees it). The first upload of a run
+/// removes the previous run's output. False when the job is not ours any more.
+pub fn upload_output(
+    tx: &Tx<'_>,
+    jid: i64,
+    claim: &str,
+    streams: &[(&str, i64, &[u8])],
+) -> Result<bool> {
+    let ours = tx
+        .query_map(
+            "SELECT 1 FROM jobs WHERE jid = ? AND claim = ? FOR SHARE",
+            rusqlite::params![jid, claim],
+            |r| r.get::<_, i64>(0),
+        )?
+        .len()
+        == 1;
+    if !ours {
+        return Ok(false);
+    }
+    for (stream, first_seq, bytes) in streams {
+        if *first_seq == 0 {
+            tx.execute(
+                "DELETE FROM job_files WHERE jid = ? AND stream = ? AND claim <> ?",
+                rusqlite::params![jid, stream, claim],
+            )?;
+        }
+        put_chunks(tx, jid, stream, claim, *first_seq, bytes)?;
+    }
+    Ok(true)
+}
+
+/// Job files of jobs that no longer exist, stored over ten minutes ago (a submit stores
+/// them before it inserts the rows naming them): removed.
+pub fn reap_orphans(tx: &Tx<'_>) -> Result<usize> {
+    tx.execute(
+        "DELETE FROM job_files f WHERE written < clock_timestamp() - CAST('10 minutes' AS interval) \
+         AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.jid = f.jid)",
+        [],
+    )
+}
+
+/// Remove the stored files of jobs `first..first + count` (a submit that failed).
+pub fn remove_files(tx: &Tx<'_>, first: i64, count: usize) -> Result<()> {
+    tx.execute(
+        "DELETE FROM job_files WHERE jid >= ? AND jid < ?",
+        rusqlite::params![first, first + count as i64],
+    )?;
+    Ok(())
+}
