@@ -47,13 +47,8 @@ struct Copied {
 /// PostgreSQL destination (`configure files=`); progress on a terminal unless `quiet`.
 pub fn export(src: &mut Queue, to: &Path, files: Option<&Path>, quiet: bool) -> Result<Value> {
     let to_postgres = queue::postgres_location(to)?;
+    // To PostgreSQL without --files: the new queue keeps its job files in its database.
     let files = match (&to_postgres, files) {
-        (Some(_), None) => {
-            return Err(Error::usage(
-                "export to PostgreSQL needs --files DIR: the directory every host sees for the \
-                 job files (stdin, stdout, stderr, data); nothing was changed",
-            ));
-        }
         (None, Some(_)) => {
             return Err(Error::usage(
                 "--files is for a PostgreSQL destination: a queue directory keeps its job files \
@@ -248,39 +243,83 @@ fn fill(
     });
     progress.stop();
     let mut copied = copied?;
-    if src.has_files() && purpose != Purpose::Snapshot {
-        let bin = src.dir().join("bin");
-        if bin.is_dir() {
-            queue::copy_tree(&bin, &dest.dir().join("bin"))?;
-        }
-        // The files the copied rows name, read back from the new queue a page per read
-        // transaction (memory bounded by the page, whatever the queue's size) and copied
-        // outside any transaction.
-        let select = format!(
-            "SELECT jid, {} FROM jobs WHERE jid > ? ORDER BY jid LIMIT ?",
-            JOB_DIRS.join(", ")
-        );
-        let mut after = 0i64;
-        loop {
-            let page: Vec<(i64, Vec<String>)> = dest.store().read(|tx| {
-                let mut page = Vec::new();
-                tx.query_each(&select, [after, PAGE], |r| {
-                    let named = (1..=JOB_DIRS.len())
-                        .map(|i| r.get::<_, Option<String>>(i))
-                        .collect::<rusqlite::Result<Vec<_>>>()?;
-                    page.push((r.get(0)?, named.into_iter().flatten().collect()));
-                    Ok(())
-                })?;
-                Ok(page)
+    if purpose != Purpose::Snapshot {
+        copied.files_copied = copy_job_files(src, &mut dest)?;
+    }
+    Ok(copied)
+}
+
+/// Copy the job files the copied rows name, read back from the new queue a page per read
+/// transaction (memory bounded by the page, whatever the queue's size), outside any write
+/// of the rows: file to file, or through the database of a queue that keeps them there
+/// (a page's files staged in a local temporary directory). Returns how many.
+fn copy_job_files(src: &mut Queue, dest: &mut Queue) -> Result<usize> {
+    const STREAMS: [&str; 4] = ["stdin", "data", "stdout", "stderr"];
+    if !src.has_files() && !src.in_database() {
+        return Ok(0);
+    }
+    let bin = src.dir().join("bin");
+    if src.has_files() && dest.has_files() && bin.is_dir() {
+        queue::copy_tree(&bin, &dest.dir().join("bin"))?;
+    }
+    let select = format!(
+        "SELECT jid, {} FROM jobs WHERE jid > ? ORDER BY jid LIMIT ?",
+        JOB_DIRS.join(", ")
+    );
+    let mut copied = 0;
+    let mut after = 0i64;
+    loop {
+        let page: Vec<(i64, Vec<String>)> = dest.store().read(|tx| {
+            let mut page = Vec::new();
+            tx.query_each(&select, [after, PAGE], |r| {
+                let named = (1..=JOB_DIRS.len())
+                    .map(|i| r.get::<_, Option<String>>(i))
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                page.push((r.get(0)?, named.into_iter().flatten().collect()));
+                Ok(())
             })?;
-            let Some((last, _)) = page.last() else { break };
-            after = *last;
-            for rel in page.iter().flat_map(|(_, named)| named) {
-                let from = src.dir().join(rel);
-                if std::fs::symlink_metadata(&from).is_ok() {
-                    queue::copy_tree(&from, &dest.dir().join(rel))?;
-                    copied.files_copied += 1;
+            Ok(page)
+        })?;
+        let Some((last, _)) = page.last() else { break };
+        after = *last;
+        let staging = tempfile::tempdir().context(|| "cannot make a temporary directory".into())?;
+        for (jid, named) in &page {
+            if named.is_empty() {
+                continue;
+            }
+            // Where each named file of the source is: in its directory, or staged here.
+            if src.in_database() {
+                let streams: Vec<&str> = STREAMS
+                    .into_iter()
+                    .filter(|s| named.iter().any(|rel| rel.starts_with(&format!("{s}/"))))
+                    .collect();
+                src.fetch_job_files(*jid, &streams, staging.path())?;
+            }
+            let found: Vec<(String, std::path::PathBuf, &String)> = named
+                .iter()
+                .map(|rel| {
+                    let sub = rel.split('/').next().unwrap_or_default().to_string();
+                    let from = if src.in_database() {
+                        staging.path().join(&sub).join(jid.to_string())
+                    } else {
+                        src.dir().join(rel)
+                    };
+                    (sub, from, rel)
+                })
+                .filter(|(_, from, _)| std::fs::symlink_metadata(from).is_ok())
+                .collect();
+            if dest.in_database() {
+                let files: Vec<(String, std::path::PathBuf)> =
+                    found.iter().map(|(sub, from, _)| (sub.clone(), from.clone())).collect();
+                copied += dest.store_job_files(*jid, &files)?;
+            } else {
+                for (_, from, rel) in &found {
+                    queue::copy_tree(from, &dest.dir().join(rel))?;
+                    copied += 1;
                 }
+            }
+            for sub in STREAMS {
+                queue::remove_path(&staging.path().join(sub).join(jid.to_string()));
             }
         }
     }

@@ -181,7 +181,14 @@ pub fn put_chunks(
         "INSERT INTO job_files (jid, stream, claim, seq, bytes) VALUES (?, ?, ?, ?, ?)",
     )?;
     let mut seq = first_seq;
-    for chunk in bytes.chunks(CHUNK) {
+    // An empty file is one empty chunk: there, with nothing in it.
+    let empty: &[u8] = &[];
+    let chunks: Box<dyn Iterator<Item = &[u8]>> = if bytes.is_empty() {
+        Box::new(std::iter::once(empty))
+    } else {
+        Box::new(bytes.chunks(CHUNK))
+    };
+    for chunk in chunks {
         stmt.execute(rusqlite::params![jid, stream, claim, seq, chunk])?;
         seq += 1;
     }

@@ -44,8 +44,8 @@ fn files_of(q: &TestQueue, dest: &str) -> PathBuf {
     }
 }
 
-fn export_keeps_every_job_dependency_setting_and_file(store: StoreKind) {
-    let q = TestQueue::on(store);
+/// A queue with history and work to do, with job files of every kind: its jobs as JSON.
+fn make_history(q: &TestQueue) -> String {
     q.rq(&["configure", "lease=90s", "limit.gpu=2"]).ok();
     let input = q.tmp.path().join("input");
     std::fs::write(&input, "from stdin\n").unwrap();
@@ -87,8 +87,12 @@ fn export_keeps_every_job_dependency_setting_and_file(store: StoreKind) {
     // Paused by its user (as help export advises, to let running jobs end): the new
     // queue starts unpaused all the same.
     q.rq(&["pause"]).ok();
-    let before = q.dump();
+    q.dump()
+}
 
+fn export_keeps_every_job_dependency_setting_and_file(store: StoreKind) {
+    let q = TestQueue::on(store);
+    let before = make_history(&q);
     let (dest, files) = other_store(&q);
     let args = export_args(&dest, &files);
     let report = q.rq(&args).ok().value();
@@ -151,6 +155,56 @@ fn export_keeps_every_job_dependency_setting_and_file(store: StoreKind) {
     );
     // The source ran nothing meanwhile: it is paused.
     assert_eq!(q.count("pending"), 1);
+}
+
+#[test]
+fn export_into_and_out_of_a_postgresql_queue_that_keeps_job_files_in_its_database() {
+    let q = TestQueue::new();
+    let before = make_history(&q);
+    let input = q.tmp.path().join("input");
+    let data = q.tmp.path().join("data");
+    // Without --files: stdin, data (a directory) and output go into the database.
+    let url = pg::new_queue_url();
+    let report = q.rq(&["export", "--to", &url]).ok().value();
+    assert_eq!(report["job_files"], 8, "{report}");
+    assert!(report.get("files").is_none(), "{report}");
+    assert_eq!(
+        rq_at(&q, &url, &["list", "all", "--format", "json"])
+            .ok()
+            .stdout,
+        before
+    );
+    assert_eq!(rq_at(&q, &url, &["stdout", "1"]).ok().stdout, "from stdin\nout-a\n");
+    // Its feeders find the data directory and the stdin there (no shared directory).
+    std::fs::remove_file(&input).unwrap();
+    std::fs::remove_dir_all(&data).unwrap();
+    rq_at(&q, &url, &["resubmit", "-q", "1"]).ok();
+    let mut cmd = rq_command();
+    cmd.env("RQ_HOST", "h2")
+        .env("HOME", q.home())
+        .current_dir(q.tmp.path())
+        .args([url.as_str(), "feed", "--exit_when_empty", "--min_sleep", "0.05"])
+        .args(["--shell", "sh -c"]);
+    assert_eq!(run_cmd(cmd, None).status, 0);
+    assert_eq!(
+        std::fs::read_to_string(q.tmp.path().join("data.txt")).unwrap(),
+        "from data\n"
+    );
+    assert_eq!(rq_at(&q, &url, &["stdout", "1"]).ok().stdout, "from stdin\nout-a\n");
+    let status = rq_at(&q, &url, &["status"]).ok().value();
+    assert_eq!(status["jobs"]["finished"], 3, "{status}");
+    // And out again into a directory: the files are files again, the data a directory.
+    let back = q.tmp.path().join("back");
+    let back = back.to_str().unwrap();
+    let report = rq_at(&q, &url, &["export", "--to", back]).ok().value();
+    assert_eq!(report["jobs"], 5, "{report}");
+    // The eight, and job 6's stdout and stderr now that it ran.
+    assert_eq!(report["job_files"], 10, "{report}");
+    let read = |rel: &str| std::fs::read_to_string(PathBuf::from(back).join(rel)).unwrap();
+    assert_eq!(read("stdin/1"), "from stdin\n");
+    assert_eq!(read("stdout/1"), "from stdin\nout-a\n");
+    assert_eq!(read("data/6/in.txt"), "from data\n");
+    assert_eq!(read("stdout/6"), "");
 }
 
 fn export_is_refused_while_a_job_runs_and_changes_nothing(store: StoreKind) {
@@ -266,7 +320,6 @@ fn export_refuses_bad_destinations_with_one_line_and_changes_nothing() {
     let newdir = q.tmp.path().join("new").display().to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["export"], "needs the new queue"),
-        (vec!["export", "--to", &url], "needs --files DIR"),
         (
             vec!["export", "--to", &newdir, "--files", "/tmp/x"],
             "--files is for a PostgreSQL",

@@ -82,45 +82,17 @@ impl Feeder {
             return Ok(());
         };
         let jid = job.jid();
-        let wants_stdin = job.get("stdin").as_text().is_some();
-        let wants_data = job.get("data").as_text().is_some();
-        let stdin = dir.join("stdin").join(jid.to_string());
-        let data = dir.join("data").join(jid.to_string());
-        queue::remove_path(&stdin);
-        queue::remove_path(&data);
-        if !wants_stdin && !wants_data {
-            return Ok(());
+        let streams: Vec<&str> = ["stdin", "data"]
+            .into_iter()
+            .filter(|s| job.get(s).as_text().is_some())
+            .collect();
+        for sub in ["stdin", "data"] {
+            queue::remove_path(&dir.join(sub).join(jid.to_string()));
         }
-        let tar = dir.join("data").join(format!("{jid}.tar"));
-        self.queue.store().read(|tx| {
-            let fetch = |stream: &str, dest: &Path| -> Result<bool> {
-                queue::remove_path(dest);
-                let mut file = crate::liveness::create_new(dest)
-                    .context(|| format!("cannot create {}", dest.display()))?;
-                let mut sink = |bytes: &[u8]| {
-                    std::io::Write::write_all(&mut file, bytes)
-                        .context(|| format!("cannot write {}", dest.display()))
-                };
-                crate::in_database::read_stream(tx, jid, stream, &mut sink)
-            };
-            if wants_stdin && !fetch("stdin", &stdin)? {
-                queue::remove_path(&stdin);
-            }
-            if wants_data && !fetch("data", &data)? {
-                queue::remove_path(&data);
-                if fetch(crate::in_database::DATA_TAR, &tar)? {
-                    std::fs::create_dir_all(&data)
-                        .context(|| format!("cannot create {}", data.display()))?;
-                    let file = std::fs::File::open(&tar)
-                        .context(|| format!("cannot read {}", tar.display()))?;
-                    tar::Archive::new(file)
-                        .unpack(&data)
-                        .context(|| format!("cannot unpack the data of job {jid}"))?;
-                }
-                queue::remove_path(&tar);
-            }
-            Ok(())
-        })
+        if !streams.is_empty() {
+            self.queue.fetch_job_files(jid, &streams, &dir)?;
+        }
+        Ok(())
     }
 
     /// Upload what running jobs wrote since the last upload (`last`: only if due).

@@ -287,6 +287,7 @@ impl Queue {
         } else {
             State::Pending
         };
+        let in_db = self.in_database();
         let (rows, skipped, outputs) = self.store.write(|tx| {
             let sql = format!("({}) AND state != 'running' ORDER BY jid", clause.sql);
             let before = select_rows(tx, &sql, &clause.params)?;
@@ -313,6 +314,13 @@ impl Queue {
                     row.jid()
                 ])?;
                 crate::deps::restate(tx, row.jid())?;
+                if in_db {
+                    // The last run's output goes, as its files do after the commit.
+                    tx.execute(
+                        "DELETE FROM job_files WHERE jid = ? AND stream IN ('stdout', 'stderr')",
+                        [row.jid()],
+                    )?;
+                }
                 for field in ["stdout", "stderr"] {
                     outputs.extend(row.get(field).as_text().map(String::from));
                 }

@@ -195,3 +195,93 @@ fn open_job_file(dir: &Path, jid: i64, stream: &str) -> Option<std::fs::File> {
         .ok()?;
     file.metadata().ok()?.is_file().then_some(file)
 }
+
+impl Queue {
+    /// For a queue keeping job files in its database: write job `jid`'s stored `streams`
+    /// (of stdin, data, stdout, stderr) into `into`, laid out like a queue directory
+    /// (`stdin/<jid>`; `data/<jid>`, a directory again when it was one). What was there
+    /// is replaced; a stream with nothing stored leaves nothing. Returns how many were
+    /// written. One read transaction.
+    pub fn fetch_job_files(&mut self, jid: i64, streams: &[&str], into: &Path) -> Result<usize> {
+        self.store.read(|tx| {
+            let mut written = 0;
+            for stream in streams {
+                let sub = into.join(stream);
+                std::fs::create_dir_all(&sub)
+                    .context(|| format!("cannot create {}", sub.display()))?;
+                let dest = sub.join(jid.to_string());
+                clear(&dest)?;
+                if write_stream(tx, jid, stream, &dest)? {
+                    written += 1;
+                    continue;
+                }
+                if *stream != "data" {
+                    continue;
+                }
+                let archive = sub.join(format!(".{jid}.tar"));
+                if write_stream(tx, jid, crate::in_database::DATA_TAR, &archive)? {
+                    let unpacked = std::fs::create_dir(&dest)
+                        .map_err(|e| (dest.clone(), e))
+                        .and_then(|()| {
+                            let file = std::fs::File::open(&archive).map_err(|e| (archive.clone(), e))?;
+                            tar::Archive::new(file)
+                                .unpack(&dest)
+                                .map_err(|e| (dest.clone(), e))
+                        });
+                    remove_path(&archive);
+                    unpacked.map_err(|(path, e)| Error::Io {
+                        context: format!("cannot unpack the data of job {jid} into {}", path.display()),
+                        source: e,
+                    })?;
+                    written += 1;
+                }
+            }
+            Ok(written)
+        })
+    }
+
+    /// For a queue keeping job files in its database: store `files` (each the kind of
+    /// file, stdin, data, stdout or stderr, and where it is) that exist, as job `jid`'s,
+    /// in one transaction. Returns how many were stored.
+    pub fn store_job_files(&mut self, jid: i64, files: &[(String, PathBuf)]) -> Result<usize> {
+        let mut present = Vec::new();
+        for (sub, path) in files {
+            if std::fs::symlink_metadata(path).is_err() {
+                continue;
+            }
+            match sub.as_str() {
+                "data" => present.push((sub.as_str(), path, Some(db_data(path)?))),
+                "stdin" | "stdout" | "stderr" => present.push((sub.as_str(), path, None)),
+                _ => {}
+            }
+        }
+        if present.is_empty() {
+            return Ok(0);
+        }
+        self.store.write_shared(|tx| {
+            for (sub, path, data) in &present {
+                match data {
+                    Some(data) => store_inputs(tx, jid, None, Some(data))?,
+                    None => crate::in_database::put_file(tx, jid, sub, path)?,
+                }
+            }
+            Ok(present.len())
+        })
+    }
+}
+
+/// Write a stored stream of a job to a new file `dest`; false (and no file) when nothing
+/// is stored.
+fn write_stream(tx: &Tx<'_>, jid: i64, stream: &str, dest: &Path) -> Result<bool> {
+    let mut file = crate::liveness::create_new(dest)
+        .context(|| format!("cannot create {}", dest.display()))?;
+    let mut sink = |bytes: &[u8]| {
+        std::io::Write::write_all(&mut file, bytes)
+            .context(|| format!("cannot write {}", dest.display()))
+    };
+    let any = crate::in_database::read_stream(tx, jid, stream, &mut sink)?;
+    if !any {
+        remove_path(dest);
+    }
+    Ok(any)
+}
