@@ -276,13 +276,30 @@ fn fill_archive(q: &mut Queue, dest: &Path) -> Result<Vec<Row>> {
         }
         Ok(())
     })?;
+    // A queue keeping job files in its database: each job's are fetched into a local
+    // staging directory first.
+    let staging = tempfile::tempdir().context(|| "cannot make a temporary directory".into())?;
     for row in &rows {
-        for field in JOB_DIRS {
-            if let Some(rel) = row.get(field).as_text() {
-                let src = q.dir().join(rel);
-                if src.exists() {
-                    queue::copy_tree(&src, &dest.join(rel))?;
-                }
+        let named: Vec<&str> = JOB_DIRS
+            .iter()
+            .filter(|f| row.get(f).as_text().is_some())
+            .copied()
+            .collect();
+        if q.in_database() && !named.is_empty() {
+            q.fetch_job_files(row.jid(), &named, staging.path())?;
+        }
+        for field in named {
+            let Some(rel) = row.get(field).as_text() else {
+                continue;
+            };
+            let src = if q.in_database() {
+                staging.path().join(field).join(row.jid().to_string())
+            } else {
+                q.dir().join(rel)
+            };
+            if src.exists() {
+                queue::copy_tree(&src, &dest.join(rel))?;
+                queue::remove_path(&staging.path().join(field).join(row.jid().to_string()));
             }
         }
     }

@@ -309,8 +309,10 @@ fn copy_job_files(src: &mut Queue, dest: &mut Queue) -> Result<usize> {
                 .filter(|(_, from, _)| std::fs::symlink_metadata(from).is_ok())
                 .collect();
             if dest.in_database() {
-                let files: Vec<(String, std::path::PathBuf)> =
-                    found.iter().map(|(sub, from, _)| (sub.clone(), from.clone())).collect();
+                let files: Vec<(String, std::path::PathBuf)> = found
+                    .iter()
+                    .map(|(sub, from, _)| (sub.clone(), from.clone()))
+                    .collect();
                 copied += dest.store_job_files(*jid, &files)?;
             } else {
                 for (_, from, rel) in &found {

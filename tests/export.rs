@@ -174,7 +174,10 @@ fn export_into_and_out_of_a_postgresql_queue_that_keeps_job_files_in_its_databas
             .stdout,
         before
     );
-    assert_eq!(rq_at(&q, &url, &["stdout", "1"]).ok().stdout, "from stdin\nout-a\n");
+    assert_eq!(
+        rq_at(&q, &url, &["stdout", "1"]).ok().stdout,
+        "from stdin\nout-a\n"
+    );
     // Its feeders find the data directory and the stdin there (no shared directory).
     std::fs::remove_file(&input).unwrap();
     std::fs::remove_dir_all(&data).unwrap();
@@ -183,14 +186,23 @@ fn export_into_and_out_of_a_postgresql_queue_that_keeps_job_files_in_its_databas
     cmd.env("RQ_HOST", "h2")
         .env("HOME", q.home())
         .current_dir(q.tmp.path())
-        .args([url.as_str(), "feed", "--exit_when_empty", "--min_sleep", "0.05"])
+        .args([
+            url.as_str(),
+            "feed",
+            "--exit_when_empty",
+            "--min_sleep",
+            "0.05",
+        ])
         .args(["--shell", "sh -c"]);
     assert_eq!(run_cmd(cmd, None).status, 0);
     assert_eq!(
         std::fs::read_to_string(q.tmp.path().join("data.txt")).unwrap(),
         "from data\n"
     );
-    assert_eq!(rq_at(&q, &url, &["stdout", "1"]).ok().stdout, "from stdin\nout-a\n");
+    assert_eq!(
+        rq_at(&q, &url, &["stdout", "1"]).ok().stdout,
+        "from stdin\nout-a\n"
+    );
     let status = rq_at(&q, &url, &["status"]).ok().value();
     assert_eq!(status["jobs"]["finished"], 3, "{status}");
     // And out again into a directory: the files are files again, the data a directory.

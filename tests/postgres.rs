@@ -390,3 +390,140 @@ fn an_older_queue_is_migrated_by_the_first_writer_and_a_newer_one_refused() {
     assert!(refused.stderr.contains("99"), "{}", refused.stderr);
     assert_eq!(refused.stderr.lines().count(), 1, "{}", refused.stderr);
 }
+
+#[test]
+fn a_queue_without_a_job_file_directory_keeps_everything_in_its_database() {
+    // Hosts that share no filesystem: the queue's only shared place is the database.
+    let q = TestQueue::in_database();
+    q.rq(&["configure", "output_cap=4K"]).ok();
+    let input = q.tmp.path().join("input");
+    std::fs::write(&input, "line one\nline two\n").unwrap();
+    let data = q.tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("in.txt"), "from data\n").unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    q.rq(&["submit", "-q", "--stdin", &path(&input), "sort -r"])
+        .ok();
+    q.rq(&[
+        "submit",
+        "-q",
+        "--data",
+        &path(&data),
+        "cat $RQ_DATA/in.txt; echo oops >&2; exit 2",
+    ])
+    .ok();
+    q.rq(&["submit", "-q", "head -c 10000 /dev/zero | tr '\\0' x"])
+        .ok();
+    q.rq(&["submit", "-q", "echo first; sleep 6; echo second"])
+        .ok();
+    q.rq(&["submit", "-q", "--stage", "--stdin", &path(&input), "cat"])
+        .ok();
+    let changed = q.tmp.path().join("changed");
+    std::fs::write(&changed, "changed stdin\n").unwrap();
+    q.rq(&["update", "5", &format!("stdin={}", path(&changed))])
+        .ok();
+    q.rq(&["update", "5", "state=pending"]).ok();
+    // The inputs are in the database: the hosts never see these files.
+    std::fs::remove_file(&input).unwrap();
+    std::fs::remove_file(&changed).unwrap();
+    std::fs::remove_dir_all(&data).unwrap();
+
+    let feeder = q.feeder("h1", &["--max_feed", "4"]);
+    // A running job's output is uploaded as it comes (for `tail`, from any host).
+    q.wait_for("job 4's first line while it runs", 30, |q| {
+        let running = q.rq(&["list", "4"]).ok().records()[0]["state"] == "running";
+        running && q.rq(&["stdout", "4"]).ok().stdout == "first\n"
+    });
+    let tail = q.rq(&["tail", "4"]).ok();
+    assert_eq!(tail.stdout, "first\nsecond\n");
+    q.wait_for("every job to end", 30, |q| q.count("finished") == 5);
+
+    assert_eq!(q.rq(&["stdout", "1"]).ok().stdout, "line two\nline one\n");
+    assert_eq!(q.rq(&["stdout", "2"]).ok().stdout, "from data\n");
+    assert_eq!(q.rq(&["stderr", "2"]).ok().stdout, "oops\n");
+    assert_eq!(q.rq(&["stdout", "5"]).ok().stdout, "changed stdin\n");
+    // Output past the cap is cut, with a line that says so.
+    let cut = q.rq(&["stdout", "3"]).ok().stdout;
+    assert!(cut.starts_with(&"x".repeat(4096)), "{}", &cut[..100]);
+    assert!(!cut.starts_with(&"x".repeat(4097)));
+    assert!(
+        cut.ends_with(
+            "rq: output cut here: the job wrote 10000 bytes to stdout; the queue keeps 4096 (rq QUEUE configure output_cap=SIZE)\n"
+        ),
+        "{}",
+        &cut[4000..]
+    );
+    // `rq Q wait`'s failure report and ioview read the database too.
+    let ioview = q
+        .rq_as_env("h1", &["ioview", "2"], &[("RQ_EDITOR", "cat")])
+        .ok();
+    assert_eq!(ioview.stdout, "from data\noops\n");
+    assert_eq!(q.rq(&["stdin", "5"]).ok().stdout, "changed stdin\n");
+    let paths = q.rq(&["stdout4", "1"]).fails();
+    assert!(paths.stderr.contains("in its database"), "{}", paths.stderr);
+    assert_eq!(paths.stderr.lines().count(), 1);
+    // The feeder's heartbeat is a row, judged on the server's clock.
+    let feeders = q.rq(&["feeders"]).ok().records();
+    assert_eq!(feeders.len(), 1);
+    assert_eq!(text(&feeders[0], "state"), "alive");
+    // Deleting a job deletes its stored files.
+    let stored = |jid: i64| {
+        let out = q.sql(&format!(
+            "SELECT count(*) AS n FROM job_files WHERE jid = {jid}"
+        ));
+        out.stdout.contains("\"n\": 0")
+    };
+    assert!(!stored(1));
+    q.rq(&["delete", "-q", "1"]).ok();
+    assert!(stored(1), "job 1's files outlived it");
+    drop(feeder);
+    // Nothing of the queue's was written where rq ran (no hosts/, starts/, doorbell), and
+    // the host's local copies of job files are gone.
+    let mut here: Vec<String> = std::fs::read_dir(q.tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    here.sort();
+    assert_eq!(here, ["feeder-h1.err", "home"]);
+    let mut local = Vec::new();
+    for sub in ["stdin", "stdout", "stderr", "data"] {
+        let found = walk(&q.home(), sub);
+        local.extend(found);
+    }
+    assert!(local.is_empty(), "{local:?}");
+    // A backup is a queue directory with the files as files.
+    let backup = q.tmp.path().join("b");
+    q.rq(&["backup", backup.to_str().unwrap()]).ok();
+    assert_eq!(
+        std::fs::read_to_string(backup.join("stdout/2")).unwrap(),
+        "from data\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(backup.join("stdin/5")).unwrap(),
+        "changed stdin\n"
+    );
+}
+
+/// Files under directories named `name` below `root`.
+fn walk(root: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if entry.file_name() == name {
+                found.extend(
+                    std::fs::read_dir(&path)
+                        .unwrap()
+                        .flatten()
+                        .map(|e| e.path()),
+                );
+            } else {
+                found.extend(walk(&path, name));
+            }
+        }
+    }
+    found
+}

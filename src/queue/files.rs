@@ -223,14 +223,18 @@ impl Queue {
                     let unpacked = std::fs::create_dir(&dest)
                         .map_err(|e| (dest.clone(), e))
                         .and_then(|()| {
-                            let file = std::fs::File::open(&archive).map_err(|e| (archive.clone(), e))?;
+                            let file =
+                                std::fs::File::open(&archive).map_err(|e| (archive.clone(), e))?;
                             tar::Archive::new(file)
                                 .unpack(&dest)
                                 .map_err(|e| (dest.clone(), e))
                         });
                     remove_path(&archive);
                     unpacked.map_err(|(path, e)| Error::Io {
-                        context: format!("cannot unpack the data of job {jid} into {}", path.display()),
+                        context: format!(
+                            "cannot unpack the data of job {jid} into {}",
+                            path.display()
+                        ),
                         source: e,
                     })?;
                     written += 1;
