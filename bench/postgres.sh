@@ -30,9 +30,11 @@ trap cleanup EXIT
 now() { date +%s.%N; }
 calc() { python3 -c "print($1)"; }
 verdict() { if python3 -c "import sys; sys.exit(0 if ($1) else 1)"; then echo "MET"; else echo "MISSED"; fi; }
-newq() { # store -> a new queue (a directory, or a URL with its files directory)
+newq() { # store -> a new queue (a directory; a URL with its files directory; pgdb: a
+          # URL keeping job files, heartbeats and journals in the database)
     local n; n=$(date +%s%N)
     if [ "$1" = sqlite ]; then "$RQ" "$WORK/q$n" create -q; echo "$WORK/q$n"
+    elif [ "$1" = pgdb ]; then "$RQ" "$URL?queue=b$n" create -q; echo "$URL?queue=b$n"
     else "$RQ" "$URL?queue=b$n" create -q; "$RQ" "$URL?queue=b$n" configure files="$WORK/f$n" >/dev/null; echo "$URL?queue=b$n"; fi
 }
 
@@ -57,11 +59,11 @@ dispatch() { # store feeders -> jobs/s
 want() { [ -z "${ONLY:-}" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 if want dispatch; then
 echo "## Dispatch: $N trivial jobs (sh -c true), feeders of 2 slots each, jobs/s"
-echo "| feeders | SQLite directory | PostgreSQL | ratio |"
-echo "|---|---|---|---|"
+echo "| feeders | SQLite directory | PostgreSQL | ratio | PostgreSQL, all in the database |"
+echo "|---|---|---|---|---|"
 for f in 2 4 8; do
-    s=$(dispatch sqlite "$f"); p=$(dispatch postgres "$f")
-    echo "| $f | $s | $p | $(calc "round($p/$s, 2)") |"
+    s=$(dispatch sqlite "$f"); p=$(dispatch postgres "$f"); d=$(dispatch pgdb "$f")
+    echo "| $f | $s | $p | $(calc "round($p/$s, 2)") | $d |"
     [ "$f" = 8 ] && { S8=$s; P8=$p; }
 done
 echo "target: PostgreSQL >= 2x SQLite at 8 feeders: $(verdict "$P8 >= 2 * $S8")"

@@ -109,6 +109,7 @@ options (accepted anywhere on the line; '--' ends them):
       --no-compress      rotate: keep the archive as a directory
       --to QUEUE         export: the new queue (directory or postgres:// URL)
       --files DIR        export: a new PostgreSQL queue's job-file directory
+                         (without it, its job files live in its database)
   -e, --editor CMD       ioview: the viewer (default $RQ_EDITOR or 'vim -R -o')
   -D, --daemon           feed: detach; prints 'pid N started'
       --max_feed N       feed: jobs at once (default: number of CPUs)
@@ -482,7 +483,7 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "configure",
-        "rq QUEUE configure [key=value ...]\n\nSet queue-wide settings (key= removes one); with no arguments print them.\n\n  heartbeat     0.5s to 1h (default 10s): how often feeders show they live\n  lease         1s to 7d, at least two heartbeats (default 60s): after this\n                without a heartbeat a host's jobs are taken over\n  max_attempts  1 to 1000 (default 3): runs a restartable job gets in all\n  reserve_after 0s to 7d (default 10m): how long the best job that does not fit\n                may wait before hosts it fits stop taking jobs behind it\n  limit.TAG     0 to 1000000: at most this many jobs tagged TAG run at once\n\nOther keys and values out of range are refused; nothing is changed then.\n",
+        "rq QUEUE configure [key=value ...]\n\nSet queue-wide settings (key= removes one); with no arguments print them.\n\n  heartbeat     0.5s to 1h (default 10s): how often feeders show they live\n  lease         1s to 7d, at least two heartbeats (default 60s): after this\n                without a heartbeat a host's jobs are taken over\n  max_attempts  1 to 1000 (default 3): runs a restartable job gets in all\n  reserve_after 0s to 7d (default 10m): how long the best job that does not fit\n                may wait before hosts it fits stop taking jobs behind it\n  limit.TAG     0 to 1000000: at most this many jobs tagged TAG run at once\n  files         PostgreSQL queues: a directory every host sees for job files,\n                heartbeats and start journals (without it, all are kept in the\n                database, and hosts need share nothing else)\n  output_cap    1K to 1T (default 64M), PostgreSQL queues without files=: the most\n                of a run's stdout, and of its stderr, kept; then a line says so\n\nOther keys and values out of range are refused; nothing is changed then.\n",
     ),
     (
         "feed",
@@ -502,7 +503,7 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "feeders",
-        "rq QUEUE feeders [--format yaml|json|table]\n\nEvery host that has fed the queue: alive (heartbeat younger than the lease, by the\nfile server's clock), stopped, failed (ended by an error, shown in `error`; its log\nsays more) or dead; heartbeat age, running jobs, max_feed, pid, start time, version.\nA table on a terminal (dead hosts in red), YAML when piped.\n\n  rq q feeders --format table\n  rq q configure heartbeat=10s lease=60s max_attempts=3\n",
+        "rq QUEUE feeders [--format yaml|json|table]\n\nEvery host that has fed the queue: alive (heartbeat younger than the lease, by the\nfile server's clock, or the database server's), stopped, failed (ended by an error, shown in `error`; its log\nsays more) or dead; heartbeat age, running jobs, max_feed, pid, start time, version.\nA table on a terminal (dead hosts in red), YAML when piped.\n\n  rq q feeders --format table\n  rq q configure heartbeat=10s lease=60s max_attempts=3\n",
     ),
     (
         "pause",
@@ -550,7 +551,7 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "backup",
-        "rq QUEUE backup [DEST]   (B)\n\nA consistent copy of the whole queue: the database (backup API) and every job's\nfiles, bin/ and the schema; default QUEUE.<time>.bak next to the queue. Feeders\nwait only while the database is copied. Refuses to overwrite. Of a PostgreSQL\nqueue: a new queue directory (default rq_NAME.<time>.bak here) with its rows and\njob files; 'rq DEST export --to URL --files DIR' puts it back.\n",
+        "rq QUEUE backup [DEST]   (B)\n\nA consistent copy of the whole queue: the database (backup API) and every job's\nfiles, bin/ and the schema; default QUEUE.<time>.bak next to the queue. Feeders\nwait only while the database is copied. Refuses to overwrite. Of a PostgreSQL\nqueue: a new queue directory (default rq_NAME.<time>.bak here) with its rows and\njob files; 'rq DEST export --to URL [--files DIR]' puts it back.\n",
     ),
     (
         "rotate",
@@ -558,7 +559,7 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "export",
-        "rq QUEUE export --to NEWQUEUE [--files DIR]\n\nMove the queue into a new queue, a directory or a PostgreSQL URL, keeping every\njob with its jid, state and history, the dependencies, the settings and the job\nfiles (into --files DIR, which a PostgreSQL queue needs: a directory every host\nsees, new or empty). The source is paused first and kept as it was: its feeders\nclaim nothing more, so no job runs in both ('rq QUEUE resume' undoes). Refused\nwhile a job runs: pause, let the running jobs end, then export. All or nothing.\n\n  rq /nfs/q pause; rq /nfs/q wait running\n  rq /nfs/q export --to 'postgres://rq@db/rq?queue=sims' --files /nfs/rqfiles\n",
+        "rq QUEUE export --to NEWQUEUE [--files DIR]\n\nMove the queue into a new queue, a directory or a PostgreSQL URL, keeping every\njob with its jid, state and history, the dependencies, the settings and the job\nfiles (for a PostgreSQL queue, into --files DIR, a directory every host sees, new\nor empty; without it, into its database). The source is paused first and kept as it was: its feeders\nclaim nothing more, so no job runs in both ('rq QUEUE resume' undoes). Refused\nwhile a job runs: pause, let the running jobs end, then export. All or nothing.\n\n  rq /nfs/q pause; rq /nfs/q wait running\n  rq /nfs/q export --to 'postgres://rq@db/rq?queue=sims' --files /nfs/rqfiles\n",
     ),
     (
         "recover",
@@ -699,6 +700,8 @@ pub fn command() -> clap::Command {
                 "max_attempts=",
                 "reserve_after=",
                 "limit.",
+                "files=",
+                "output_cap=",
             ],
             "lock" => &["read", "shared", "write", "exclusive"],
             "cron" => &[

@@ -294,11 +294,20 @@ fn a_queue_without_a_file_directory_writes_nothing_where_it_is_asked_from() {
     for mode in ["status", "feeders", "list", "metrics"] {
         rq_in(cwd.path(), &[&url, mode], None).ok();
     }
-    let feeding = rq_in(cwd.path(), &[&url, "feed"], None).fails();
-    assert!(
-        feeding.stderr.contains("configure files=DIR"),
-        "{}",
-        feeding.stderr
+    // Its feeder keeps everything in the database too (and its own state under HOME).
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = rq_command();
+    cmd.env("HOME", home.path()).current_dir(cwd.path()).args([
+        &url,
+        "feed",
+        "--exit_when_empty",
+        "--shell",
+        "sh -c",
+    ]);
+    assert_eq!(run_cmd(cmd, None).status, 0);
+    assert_eq!(
+        rq_in(cwd.path(), &[&url, "status"], None).ok().value()["jobs"]["finished"],
+        1
     );
     let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().flatten().collect();
     assert!(left.is_empty(), "{left:?}");
@@ -526,4 +535,79 @@ fn walk(root: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
         }
     }
     found
+}
+
+#[test]
+fn a_frozen_hosts_late_output_never_mixes_with_the_new_runs() {
+    // Everything in the database: h1 freezes mid-job, h2 takes the job over and runs it
+    // again; h1 thaws, its watchdog kills its copy, and the output that copy wrote while
+    // frozen must not reach the queue (its upload checks the claim it no longer holds).
+    let q = TestQueue::in_database();
+    q.rq(&["configure", "heartbeat=0.5s", "lease=3s"]).ok();
+    let h1 = q.feeder("h1", &[]);
+    q.rq(&[
+        "submit",
+        "-q",
+        "--restartable",
+        "echo \"run on $RQ_RUNNER\"; for i in 1 2 3 4 5 6 7 8; do sleep 0.5; echo \"tick $RQ_RUNNER\"; done",
+    ])
+    .ok();
+    q.wait_for("h1's first line in the queue", 30, |q| {
+        q.rq(&["stdout", "1"])
+            .ok()
+            .stdout
+            .starts_with("run on h1\n")
+    });
+    h1.signal(libc::SIGSTOP);
+    let _h2 = q.feeder("h2", &[]);
+    q.wait_for("h2 to run the job again", 30, |q| {
+        let job = &q.rq(&["list", "1"]).ok().records()[0];
+        text(job, "runner") == "h2" && text(job, "state") == "running"
+    });
+    // h1 wrote ticks meanwhile (its job was not frozen); now it wakes up.
+    std::thread::sleep(Duration::from_secs(2));
+    h1.signal(libc::SIGCONT);
+    q.wait_for("h2's run to end", 30, |q| q.count("finished") == 1);
+    let out = q.rq(&["stdout", "1"]).ok().stdout;
+    let expected = format!("run on h2\n{}", "tick h2\n".repeat(8));
+    assert_eq!(out, expected);
+    let job = &q.rq(&["list", "1"]).ok().records()[0];
+    assert_eq!(int(job, "attempts"), 2, "{job:?}");
+    q.wait_for("h1 to notice", 20, |q| {
+        q.feeder_log("h1").contains("watchdog")
+    });
+    assert_eq!(q.rq(&["stdout", "1"]).ok().stdout, expected);
+}
+
+#[test]
+fn an_upload_under_a_claim_no_longer_held_writes_nothing() {
+    // The rule the feeder's uploads go by, checked on the store itself: output is written
+    // only under the claim the job holds now (the feeder also stops uploading a copy it
+    // knows was taken over; this covers the moment before it knows).
+    let q = TestQueue::in_database();
+    q.rq(&["submit", "-q", "echo from the run; sleep 30"]).ok();
+    let _h1 = q.feeder("h1", &[]);
+    q.wait_for("the job's first line", 30, |q| {
+        q.rq(&["stdout", "1"]).ok().stdout == "from the run\n"
+    });
+    let claim = text(&q.rq(&["list", "1"]).ok().records()[0], "claim");
+    assert!(!claim.is_empty());
+    let mut queue =
+        rq::queue::Queue::open(std::path::Path::new(q.q()), rq::store::Access::ReadWrite).unwrap();
+    let mut upload = |claim: &str, seq: i64, bytes: &[u8]| {
+        queue
+            .store()
+            .write_shared(|tx| {
+                rq::in_database::upload_output(tx, 1, claim, &[("stdout", seq, bytes)])
+            })
+            .unwrap()
+    };
+    assert!(!upload("a-stale-claim-1", 0, b"stale\n"));
+    assert!(!upload("a-stale-claim-1", 5, b"stale\n"));
+    assert_eq!(q.rq(&["stdout", "1"]).ok().stdout, "from the run\n");
+    assert!(upload(&claim, 7, b"more\n"));
+    assert_eq!(q.rq(&["stdout", "1"]).ok().stdout, "from the run\nmore\n");
+    let stale = q.sql("SELECT count(*) AS n FROM job_files WHERE claim = 'a-stale-claim-1'");
+    assert!(stale.stdout.contains("\"n\": 0"), "{}", stale.stdout);
+    q.rq(&["kill", "1", "--signal", "KILL"]).ok();
 }

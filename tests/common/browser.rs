@@ -18,11 +18,15 @@ fn which(program: &str) -> Option<String> {
 
 /// chromedriver and the browser, installed from Debian's packages when missing.
 fn installed() -> (String, String) {
+    // Once per test process: the tests of a binary run as threads, and two apt-gets at
+    // once fail on dpkg's lock.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     if which("chromedriver").is_none() || which("chromium").is_none() {
         let status = Command::new("sh")
             .args([
                 "-c",
-                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver",
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 chromium chromium-driver",
             ])
             .stdout(Stdio::null())
             .status();
