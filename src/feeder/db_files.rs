@@ -22,6 +22,13 @@ pub(super) struct Upload {
 
 const STREAMS: [&str; 2] = ["stdout", "stderr"];
 
+/// Output of a run read for an upload.
+pub(super) struct Output {
+    jid: i64,
+    claim: String,
+    parts: Vec<Part>,
+}
+
 /// Output of one stream read for an upload, and what is stored once it commits.
 struct Part {
     stream: usize,
@@ -126,12 +133,41 @@ impl Feeder {
     /// short transaction; with `last`, the runs have ended: the cut line is added where
     /// output went past the cap, and their local files are removed once stored.
     pub(super) fn upload_outputs(&mut self, jobs: &[(i64, String)], last: bool) {
-        let Some(dir) = self.config.local_files.clone() else {
+        if self.config.local_files.is_none() {
             return;
+        }
+        let batch = self.read_outputs(jobs, last);
+        if !batch.is_empty() {
+            let outcome = self
+                .queue
+                .store()
+                .write_shared(|tx| store_outputs(tx, &batch));
+            match outcome {
+                Ok(ours) => self.note_stored(&batch, &ours),
+                Err(e) => {
+                    // Nothing was stored: the same bytes go with the next upload.
+                    let jids: Vec<i64> = batch.iter().map(|o| o.jid).collect();
+                    self.warn(&format!(
+                        "could not store the output of jobs {jids:?} in the database: {e}"
+                    ));
+                    return;
+                }
+            }
+        }
+        if last {
+            self.forget_runs(jobs.iter().map(|(jid, _)| *jid));
+        }
+    }
+
+    /// What `jobs` (jid, claim) wrote that is not in the database yet, read from the local
+    /// files (outside any transaction); with `last` (the runs ended), the cut line where
+    /// output went past the cap. Nothing is noted as stored yet (`note_stored`).
+    pub(super) fn read_outputs(&mut self, jobs: &[(i64, String)], last: bool) -> Vec<Output> {
+        let Some(dir) = self.config.local_files.clone() else {
+            return Vec::new();
         };
         let cap = self.settings.output_cap;
-        // Read outside the transaction; what was stored is noted only once it committed.
-        let mut batch: Vec<(i64, String, Vec<Part>)> = Vec::new();
+        let mut batch = Vec::new();
         for (jid, claim) in jobs {
             let upload = self
                 .uploads
@@ -173,53 +209,61 @@ impl Feeder {
                 }
             }
             if !parts.is_empty() {
-                batch.push((*jid, claim.clone(), parts));
+                batch.push(Output {
+                    jid: *jid,
+                    claim: claim.clone(),
+                    parts,
+                });
             }
         }
-        if !batch.is_empty() {
-            let outcome = self.queue.store().write_shared(|tx| {
-                let mut ours = Vec::new();
-                for (jid, claim, parts) in &batch {
-                    let streams: Vec<(&str, i64, &[u8])> = parts
-                        .iter()
-                        .map(|p| (STREAMS[p.stream], p.seq, p.bytes.as_slice()))
-                        .collect();
-                    ours.push(crate::in_database::upload_output(
-                        tx, *jid, claim, &streams,
-                    )?);
-                }
-                Ok(ours)
-            });
-            match outcome {
-                Ok(ours) => {
-                    for ((jid, _, parts), ours) in batch.iter().zip(ours) {
-                        let Some(upload) = self.uploads.get_mut(jid).filter(|_| ours) else {
-                            continue;
-                        };
-                        for p in parts {
-                            let chunks = p.bytes.len().div_ceil(crate::in_database::CHUNK);
-                            upload.streams[p.stream] =
-                                (p.sent_after, p.seq + chunks.max(1) as i64, p.cut);
-                        }
-                    }
-                }
-                Err(e) => {
-                    // Nothing was stored: the same bytes go with the next upload.
-                    let jids: Vec<i64> = batch.iter().map(|(jid, _, _)| *jid).collect();
-                    self.warn(&format!(
-                        "could not store the output of jobs {jids:?} in the database: {e}"
-                    ));
-                    return;
-                }
-            }
-        }
-        if last {
-            for (jid, _) in jobs {
-                self.uploads.remove(jid);
-                for sub in ["stdout", "stderr", "stdin", "data"] {
-                    queue::remove_path(&dir.join(sub).join(jid.to_string()));
-                }
+        batch
+    }
+
+    /// After the transaction that stored `batch` committed: what each run has stored
+    /// (`ours`: the run still held its claim).
+    pub(super) fn note_stored(&mut self, batch: &[Output], ours: &[bool]) {
+        for (output, ours) in batch.iter().zip(ours) {
+            let Some(upload) = self.uploads.get_mut(&output.jid).filter(|_| *ours) else {
+                continue;
+            };
+            for p in &output.parts {
+                let chunks = p.bytes.len().div_ceil(crate::in_database::CHUNK);
+                upload.streams[p.stream] = (p.sent_after, p.seq + chunks.max(1) as i64, p.cut);
             }
         }
     }
+
+    /// Runs that ended: their local copies of job files go (only those: a queue
+    /// directory's files stay).
+    pub(super) fn forget_runs(&mut self, jids: impl Iterator<Item = i64>) {
+        let Some(dir) = self.config.local_files.clone() else {
+            return;
+        };
+        for jid in jids {
+            self.uploads.remove(&jid);
+            for sub in ["stdout", "stderr", "stdin", "data"] {
+                queue::remove_path(&dir.join(sub).join(jid.to_string()));
+            }
+        }
+    }
+}
+
+/// Store output read by `read_outputs`, inside the caller's transaction: for each run,
+/// whether it still held its claim (else nothing of it was written).
+pub(super) fn store_outputs(tx: &Tx<'_>, batch: &[Output]) -> Result<Vec<bool>> {
+    let mut ours = Vec::new();
+    for output in batch {
+        let streams: Vec<(&str, i64, &[u8])> = output
+            .parts
+            .iter()
+            .map(|p| (STREAMS[p.stream], p.seq, p.bytes.as_slice()))
+            .collect();
+        ours.push(crate::in_database::upload_output(
+            tx,
+            output.jid,
+            &output.claim,
+            &streams,
+        )?);
+    }
+    Ok(ours)
 }

@@ -190,6 +190,8 @@ pub struct Feeder {
     /// running jobs' output was last uploaded.
     uploads: HashMap<i64, Upload>,
     last_upload: Instant,
+    /// Ended runs' last output, stored with their ends.
+    final_outputs: Vec<Output>,
 }
 
 /// Ends wait at most this long for a transaction while claimed jobs are buffered (or
@@ -267,6 +269,7 @@ impl Feeder {
             lease_kills: Vec::new(),
             uploads: HashMap::new(),
             last_upload: Instant::now(),
+            final_outputs: Vec::new(),
         }
     }
 
@@ -502,10 +505,11 @@ impl Feeder {
             self.enforce_timeouts();
             let ends = self.reap_children();
             if self.config.local_files.is_some() {
-                // Before the ends are recorded: the claims still hold.
+                // Their last output is stored in the transaction that records their ends.
                 let ended: Vec<(i64, String)> =
                     ends.iter().map(|e| (e.jid, e.claim.clone())).collect();
-                self.upload_outputs(&ended, true);
+                let outputs = self.read_outputs(&ended, true);
+                self.final_outputs.extend(outputs);
                 self.upload_running();
             }
             if !self.lease_kills.is_empty() {
@@ -690,8 +694,11 @@ impl Feeder {
         let failed_starts = std::mem::take(&mut self.failed_starts);
         let releases = std::mem::take(&mut self.releases);
         let ends = std::mem::take(&mut self.ends);
+        let outputs = std::mem::take(&mut self.final_outputs);
         let body = |tx: &Tx<'_>| {
             let now = time::now();
+            // Before the ends: stored only under claims still held.
+            let stored = store_outputs(tx, &outputs)?;
             let mut lost_starts = Vec::new();
             for s in &starts {
                 if !claims::record_start(tx, s.jid, &s.claim, s.pid, s.identity.as_deref())? {
@@ -715,7 +722,7 @@ impl Feeder {
             } else {
                 Vec::new()
             };
-            Ok((claimed, lost, lost_starts))
+            Ok((claimed, lost, lost_starts, stored))
         };
         let began = Instant::now();
         let done = if urgent {
@@ -728,14 +735,19 @@ impl Feeder {
             let took = began.elapsed().as_secs_f64().min(TXN_COST_CAP);
             self.avg_txn = Some(self.avg_txn.map_or(took, |avg| 0.8 * avg + 0.2 * took));
         }
-        let Some((claimed, lost, lost_starts)) = done else {
+        let Some((claimed, lost, lost_starts, stored)) = done else {
             self.starts = starts;
             self.failed_starts = failed_starts;
             self.releases = releases;
             self.ends = ends;
+            self.final_outputs = outputs;
             return Ok(None);
         };
         self.ends_since = None;
+        if !outputs.is_empty() {
+            self.note_stored(&outputs, &stored);
+            self.forget_runs(ends.iter().map(|e| e.jid));
+        }
         // Every start and end in the journal is now recorded in the queue.
         let store = self.queue.store();
         if let Some(Err(e)) = self.journal.as_mut().map(|j| j.compact(store)) {

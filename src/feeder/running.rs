@@ -437,9 +437,11 @@ impl Feeder {
         let mut releases = std::mem::take(&mut self.releases);
         releases.extend(unstarted.iter().map(claim_of));
         let ends = std::mem::take(&mut self.ends);
+        let outputs = std::mem::take(&mut self.final_outputs);
         self.ends_since = None;
         let outcomes = self.queue.store().write(|tx| {
             let now = time::now();
+            store_outputs(tx, &outputs)?;
             for (jid, claim) in &failed_starts {
                 claims::failed_to_start(tx, *jid, claim, &now)?;
             }
@@ -458,6 +460,7 @@ impl Feeder {
             }
             Ok(outcomes)
         })?;
+        self.forget_runs(ends.iter().map(|e| e.jid));
         for (jid, outcome) in outcomes {
             self.warn(&format!("job {jid} {}: {outcome}", why.unwrap_or("killed")));
         }
