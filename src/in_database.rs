@@ -241,16 +241,22 @@ pub fn read_stream(
     stream: &str,
     sink: &mut dyn FnMut(&[u8]) -> Result<()>,
 ) -> Result<bool> {
-    let sql = format!("SELECT bytes FROM job_files WHERE {VISIBLE} ORDER BY seq");
-    let mut stmt = tx.prepare_cached(&sql)?;
-    let mut rows = stmt.query(rusqlite::params![jid, stream])?;
-    let mut any = false;
-    while let Some(row) = rows.next()? {
-        let bytes: Vec<u8> = row.get(0)?;
-        sink(&bytes)?;
-        any = true;
+    // A chunk at a time: a stream can be as large as a job's data (1 GiB).
+    let seqs: Vec<i64> = tx.query_map(
+        &format!("SELECT seq FROM job_files WHERE {VISIBLE} ORDER BY seq"),
+        rusqlite::params![jid, stream],
+        |r| r.get(0),
+    )?;
+    let mut one = tx.prepare_cached(&format!(
+        "SELECT bytes FROM job_files WHERE {VISIBLE} AND seq = ?"
+    ))?;
+    for seq in &seqs {
+        let mut rows = one.query(rusqlite::params![jid, stream, seq])?;
+        if let Some(row) = rows.next()? {
+            sink(&row.get::<_, Vec<u8>>(0)?)?;
+        }
     }
-    Ok(any)
+    Ok(!seqs.is_empty())
 }
 
 /// Which of a job's chunks of a stream readers see: stored input, or for output, the
