@@ -36,6 +36,17 @@ fn rq_at(q: &TestQueue, dest: &str, args: &[&str]) -> Run {
     rq_in(q.tmp.path(), &all, None)
 }
 
+/// Feed the new queue as host h2 until nothing is left to run.
+fn feed_until_empty(q: &TestQueue, dest: &str) {
+    let mut cmd = rq_command();
+    cmd.env("RQ_HOST", "h2")
+        .env("HOME", q.home())
+        .current_dir(q.tmp.path())
+        .args([dest, "feed", "--exit_when_empty", "--min_sleep", "0.05"])
+        .args(["--shell", "sh -c"]);
+    assert_eq!(run_cmd(cmd, None).status, 0);
+}
+
 /// Where the new queue keeps job files.
 fn files_of(q: &TestQueue, dest: &str) -> PathBuf {
     match q.store {
@@ -130,19 +141,7 @@ fn export_keeps_every_job_dependency_setting_and_file(store: StoreKind) {
     let next = rq_at(&q, &dest, &["submit", "echo new"]).ok().records();
     assert_eq!(int(&next[0], "jid"), 8);
     rq_at(&q, &dest, &["update", "4", "state=pending"]).ok();
-    let mut cmd = rq_command();
-    cmd.env("RQ_HOST", "h2")
-        .env("HOME", q.home())
-        .current_dir(q.tmp.path())
-        .args([
-            dest.as_str(),
-            "feed",
-            "--exit_when_empty",
-            "--min_sleep",
-            "0.05",
-        ])
-        .args(["--shell", "sh -c"]);
-    assert_eq!(run_cmd(cmd, None).status, 0);
+    feed_until_empty(&q, &dest);
     let status = rq_at(&q, &dest, &["status"]).ok().value();
     assert_eq!(status["jobs"]["finished"], 6, "{status}");
     assert_eq!(
@@ -182,19 +181,7 @@ fn export_into_and_out_of_a_postgresql_queue_that_keeps_job_files_in_its_databas
     std::fs::remove_file(&input).unwrap();
     std::fs::remove_dir_all(&data).unwrap();
     rq_at(&q, &url, &["resubmit", "-q", "1"]).ok();
-    let mut cmd = rq_command();
-    cmd.env("RQ_HOST", "h2")
-        .env("HOME", q.home())
-        .current_dir(q.tmp.path())
-        .args([
-            url.as_str(),
-            "feed",
-            "--exit_when_empty",
-            "--min_sleep",
-            "0.05",
-        ])
-        .args(["--shell", "sh -c"]);
-    assert_eq!(run_cmd(cmd, None).status, 0);
+    feed_until_empty(&q, &url);
     assert_eq!(
         std::fs::read_to_string(q.tmp.path().join("data.txt")).unwrap(),
         "from data\n"

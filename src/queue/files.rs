@@ -148,9 +148,7 @@ impl Queue {
     /// The size of a job's stdin, stdout or stderr, None when it has none (yet).
     pub fn job_file_size(&mut self, jid: i64, stream: &str) -> Result<Option<u64>> {
         if self.in_database() {
-            return self
-                .store
-                .read(|tx| crate::in_database::stream_size(tx, jid, stream));
+            return self.files_tx(false, |tx| crate::in_database::stream_size(tx, jid, stream));
         }
         Ok(open_job_file(&self.dir, jid, stream).and_then(|f| f.metadata().ok().map(|m| m.len())))
     }
@@ -165,9 +163,9 @@ impl Queue {
         limit: u64,
     ) -> Result<Option<Vec<u8>>> {
         if self.in_database() {
-            return self
-                .store
-                .read(|tx| crate::in_database::read_range(tx, jid, stream, offset, limit));
+            return self.files_tx(false, |tx| {
+                crate::in_database::read_range(tx, jid, stream, offset, limit)
+            });
         }
         use std::io::{Read, Seek, SeekFrom};
         let Some(mut file) = open_job_file(&self.dir, jid, stream) else {
@@ -197,13 +195,27 @@ fn open_job_file(dir: &Path, jid: i64, stream: &str) -> Option<std::fs::File> {
 }
 
 impl Queue {
+    /// A transaction on job-file rows of a queue keeping them in its database: no queue
+    /// lock, so a long copy holds no writer back (see `PgStore::files`).
+    pub(super) fn files_tx<T>(
+        &mut self,
+        write: bool,
+        body: impl FnMut(&Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        match &mut self.store {
+            Store::Postgres(pg) => pg.files(write, body),
+            Store::Sqlite(_) if write => self.store.write_shared(body),
+            Store::Sqlite(_) => self.store.read(body),
+        }
+    }
+
     /// For a queue keeping job files in its database: write job `jid`'s stored `streams`
     /// (of stdin, data, stdout, stderr) into `into`, laid out like a queue directory
     /// (`stdin/<jid>`; `data/<jid>`, a directory again when it was one). What was there
     /// is replaced; a stream with nothing stored leaves nothing. Returns how many were
     /// written. One read transaction.
     pub fn fetch_job_files(&mut self, jid: i64, streams: &[&str], into: &Path) -> Result<usize> {
-        self.store.read(|tx| {
+        self.files_tx(false, |tx| {
             let mut written = 0;
             for stream in streams {
                 let sub = into.join(stream);
@@ -262,7 +274,7 @@ impl Queue {
         if present.is_empty() {
             return Ok(0);
         }
-        self.store.write_shared(|tx| {
+        self.files_tx(true, |tx| {
             for (sub, path, data) in &present {
                 match data {
                     Some(data) => store_inputs(tx, jid, None, Some(data))?,

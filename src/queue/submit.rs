@@ -281,6 +281,22 @@ pub(super) enum InputKind {
     Data,
 }
 
+/// Each of `count` jobs' stdin and data sources, by job index: its own (`files`), else
+/// the ones given for every job in `opts`.
+fn inputs_of_each<'a>(
+    count: usize,
+    files: &'a [(usize, JobFiles)],
+    opts: &'a SubmitOptions,
+) -> impl Iterator<Item = (usize, Option<&'a PathBuf>, Option<&'a PathBuf>)> {
+    let mut own = files.iter().peekable();
+    (0..count).map(move |i| {
+        let mine = own.next_if(|(index, _)| *index == i).map(|(_, f)| f);
+        let stdin = mine.and_then(|f| f.stdin.as_ref()).or(opts.stdin.as_ref());
+        let data = mine.and_then(|f| f.data.as_ref()).or(opts.data.as_ref());
+        (i, stdin, data)
+    })
+}
+
 /// Refuse a job input that cannot be copied sensibly, before anything is copied: one
 /// that does not exist; a FIFO, device or socket (reading one would hang or never end)
 /// anywhere in it; the queue itself or a directory holding it (the copy would copy
@@ -702,12 +718,8 @@ impl Queue {
             return self.store_files(first, count, files, opts);
         }
         let mut shared_stdin: Option<(PathBuf, PathBuf)> = None;
-        let mut own = files.iter().peekable();
-        for i in 0..count {
+        for (i, stdin, data) in inputs_of_each(count, files, opts) {
             let jid = first + i as i64;
-            let mine = own.next_if(|(index, _)| *index == i).map(|(_, f)| f);
-            let stdin = mine.and_then(|f| f.stdin.as_ref()).or(opts.stdin.as_ref());
-            let data = mine.and_then(|f| f.data.as_ref()).or(opts.data.as_ref());
             if let Some(src) = stdin {
                 let dest = self.dir.join("stdin").join(jid.to_string());
                 // One copy per distinct source; further jobs get hard links to it.
@@ -747,13 +759,10 @@ impl Queue {
                 archives.push((src.clone(), db_data(src)?));
             }
         }
-        self.store.write_shared(|tx| {
-            let mut own = files.iter().peekable();
-            for i in 0..count {
+        // The jids are this submit's own (reserved): no one else writes these rows.
+        self.files_tx(true, |tx| {
+            for (i, stdin, data) in inputs_of_each(count, files, opts) {
                 let jid = first + i as i64;
-                let mine = own.next_if(|(index, _)| *index == i).map(|(_, f)| f);
-                let stdin = mine.and_then(|f| f.stdin.as_ref()).or(opts.stdin.as_ref());
-                let data = mine.and_then(|f| f.data.as_ref()).or(opts.data.as_ref());
                 let data =
                     data.and_then(|src| archives.iter().find(|(p, _)| p == src).map(|(_, d)| d));
                 store_inputs(tx, jid, stdin.map(PathBuf::as_path), data)?;

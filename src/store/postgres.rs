@@ -515,6 +515,23 @@ impl PgStore {
         self.run(Kind::Read, &mut body)
     }
 
+    /// A transaction on job-file rows only (`in_database`), taking no advisory lock: a
+    /// read (one snapshot) or a write of rows no other writer touches (a submit's inputs
+    /// under jids it reserved, a new queue's files), so that a long copy holds no other
+    /// writer back.
+    pub fn files<T>(
+        &mut self,
+        write: bool,
+        mut body: impl FnMut(&super::Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let kind = if write {
+            Kind::FilesWrite
+        } else {
+            Kind::FilesRead
+        };
+        self.run(kind, &mut body)
+    }
+
     /// `rq Q lock`: an advisory lock on the queue (shared or exclusive) that rq's own
     /// writers take too, held while `body` runs.
     pub fn with_lock<T>(
@@ -615,7 +632,7 @@ impl PgStore {
         kind: Kind,
         body: &mut dyn FnMut(&super::Tx<'_>) -> Result<T>,
     ) -> std::result::Result<T, Attempt> {
-        let read_only = kind == Kind::Read;
+        let read_only = matches!(kind, Kind::Read | Kind::FilesRead);
         let classify = |e: Error| match e {
             Error::Postgres(pg) if is_transient(&pg) => Attempt::Retry(pg.to_string()),
             Error::NoQueue { .. } | Error::NewerSchema { .. } => Attempt::Fail(e),
@@ -658,15 +675,21 @@ impl PgStore {
             .map_err(|e| classify(e.into()))?;
         let pg = PgTx::new(tx, &self.statements);
         let lock = match kind {
-            Kind::Write => "SELECT pg_advisory_xact_lock(?)",
-            Kind::SharedWrite | Kind::Read => "SELECT pg_advisory_xact_lock_shared(?)",
+            Kind::Write => Some("SELECT pg_advisory_xact_lock(?)"),
+            Kind::SharedWrite | Kind::Read => Some("SELECT pg_advisory_xact_lock_shared(?)"),
+            Kind::FilesRead | Kind::FilesWrite => None,
         };
-        pg.query(lock, &[&key], None).map_err(classify)?;
+        if let Some(lock) = lock {
+            pg.query(lock, &[&key], None).map_err(classify)?;
+        }
         let mut released = false;
         let value = {
             let tx = super::Tx::Postgres(&pg);
             let settled = |value: T| -> Result<T> {
-                if !read_only && access == crate::store::Access::ReadWrite {
+                if !read_only
+                    && kind != Kind::FilesWrite
+                    && access == crate::store::Access::ReadWrite
+                {
                     released = crate::deps::settle(&tx)?;
                 }
                 Ok(value)
@@ -722,6 +745,10 @@ enum Kind {
     Write,
     SharedWrite,
     Read,
+    /// Job files only (rows no other writer touches): no advisory lock, so copying a
+    /// large file to or from the database holds no other rq writer back.
+    FilesRead,
+    FilesWrite,
 }
 
 /// A connection with rq's settings: bounded connect time, TCP keepalives (a server that
