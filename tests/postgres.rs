@@ -457,7 +457,7 @@ fn a_queue_without_a_job_file_directory_keeps_everything_in_its_database() {
     assert!(!cut.starts_with(&"x".repeat(4097)));
     assert!(
         cut.ends_with(
-            "rq: output cut here: the job wrote 10000 bytes to stdout; the queue keeps 4096 (rq QUEUE configure output_cap=SIZE)\n"
+            "x\nrq: output cut here: the job wrote 10000 bytes to stdout; the queue keeps 4096 (rq QUEUE configure output_cap=SIZE)\n"
         ),
         "{}",
         &cut[4000..]

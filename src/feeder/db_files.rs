@@ -190,9 +190,15 @@ impl Feeder {
                 let sent_after = sent + bytes.len() as u64;
                 let cut_now = last && size > cap && !cut;
                 if cut_now {
+                    // On a line of its own.
+                    let mid_line =
+                        kept > 0 && read_from(&path, kept - 1, 1).is_ok_and(|last| last != b"\n");
+                    if mid_line {
+                        bytes.push(b'\n');
+                    }
                     bytes.extend_from_slice(
                         format!(
-                            "\nrq: output cut here: the job wrote {size} bytes to {name}; the queue keeps {cap} (rq QUEUE configure output_cap=SIZE)\n"
+                            "rq: output cut here: the job wrote {size} bytes to {name}; the queue keeps {cap} (rq QUEUE configure output_cap=SIZE)\n"
                         )
                         .as_bytes(),
                     );
