@@ -1,10 +1,10 @@
 //! Job files of a queue that keeps them in its database (`in_database`): before a job
 //! starts, its stdin and data are fetched into this host's local job-file directory
 //! (`Config::local_files`, laid out like a queue's); its stdout and stderr are written
-//! there and uploaded while it runs (every `UPLOAD_EVERY`, what was added) and when it
-//! ends (before its end is recorded), up to the queue's `output_cap` per stream, then a
-//! line saying how much was cut. Uploads happen outside the claim transactions, each in a
-//! short transaction of its own that checks the claim.
+//! there and uploaded while it runs (every `UPLOAD_EVERY`, what was added, in a short
+//! transaction of its own) and when it ends (in the transaction that records its end), up
+//! to the queue's `output_cap` per stream, then a line saying how much was cut. Every
+//! upload checks the claim; output is read from the local files before any transaction.
 
 use super::*;
 
@@ -102,7 +102,8 @@ impl Feeder {
         Ok(())
     }
 
-    /// Upload what running jobs wrote since the last upload (`last`: only if due).
+    /// Every `UPLOAD_EVERY`: upload what running jobs wrote since the last upload, and
+    /// drop the local files of runs this feeder no longer follows.
     pub(super) fn upload_running(&mut self) {
         if self.config.local_files.is_none() || self.last_upload.elapsed() < UPLOAD_EVERY {
             return;
