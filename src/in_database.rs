@@ -195,13 +195,20 @@ pub fn put_chunks(
     Ok(seq)
 }
 
-/// Replace what is stored as a job's input stream (stdin, data) with a local file's
-/// bytes, read a chunk at a time.
-pub fn put_file(tx: &Tx<'_>, jid: i64, stream: &str, path: &std::path::Path) -> Result<()> {
+/// Replace what is stored as a job's stream under `claim` ('' for what readers see of
+/// an input; a staging key for an update's new input) with a local file's bytes, read a
+/// chunk at a time.
+pub fn put_file(
+    tx: &Tx<'_>,
+    jid: i64,
+    stream: &str,
+    claim: &str,
+    path: &std::path::Path,
+) -> Result<()> {
     use std::io::Read;
     tx.execute(
-        "DELETE FROM job_files WHERE jid = ? AND stream = ?",
-        rusqlite::params![jid, stream],
+        "DELETE FROM job_files WHERE jid = ? AND stream = ? AND claim = ?",
+        rusqlite::params![jid, stream, claim],
     )?;
     let context = || format!("cannot read {}", path.display());
     let mut file = std::fs::File::open(path).map_err(|e| Error::Io {
@@ -225,7 +232,7 @@ pub fn put_file(tx: &Tx<'_>, jid: i64, stream: &str, path: &std::path::Path) -> 
         if filled == 0 && seq > 0 {
             break;
         }
-        seq = put_chunks(tx, jid, stream, "", seq, &buf[..filled])?;
+        seq = put_chunks(tx, jid, stream, claim, seq, &buf[..filled])?;
         if filled < CHUNK {
             break;
         }
@@ -262,9 +269,9 @@ pub fn read_stream(
 /// Which of a job's chunks of a stream readers see: stored input, or for output, the
 /// current run's while the job runs (nothing until it uploads some), else the last run's.
 const VISIBLE: &str = "jid = ? AND stream = ? \
-     AND (stream IN ('stdin', 'data', 'data.tar') \
-          OR NOT EXISTS (SELECT 1 FROM jobs j WHERE j.jid = job_files.jid AND j.claim IS NOT NULL) \
-          OR claim = (SELECT j.claim FROM jobs j WHERE j.jid = job_files.jid))";
+     AND (stream IN ('stdin', 'data', 'data.tar') AND claim = '' \
+          OR stream IN ('stdout', 'stderr') AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.jid = job_files.jid AND j.claim IS NOT NULL) \
+          OR stream IN ('stdout', 'stderr') AND claim = (SELECT j.claim FROM jobs j WHERE j.jid = job_files.jid))";
 
 /// The size of a job's stream, None when nothing is stored.
 pub fn stream_size(tx: &Tx<'_>, jid: i64, stream: &str) -> Result<Option<u64>> {
@@ -349,14 +356,41 @@ pub fn upload_output(
     Ok(true)
 }
 
-/// Job files of jobs that no longer exist, stored over ten minutes ago (a submit stores
-/// them before it inserts the rows naming them): removed.
+/// Job files of jobs that no longer exist, and inputs staged by an update that never
+/// committed, stored over ten minutes ago (a submit stores them before it inserts the
+/// rows naming them, an update before it points the job at them): removed.
 pub fn reap_orphans(tx: &Tx<'_>) -> Result<usize> {
     tx.execute(
         "DELETE FROM job_files f WHERE written < clock_timestamp() - CAST('10 minutes' AS interval) \
-         AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.jid = f.jid)",
+         AND (NOT EXISTS (SELECT 1 FROM jobs j WHERE j.jid = f.jid) \
+              OR (stream IN ('stdin', 'data', 'data.tar') AND claim <> ''))",
         [],
     )
+}
+
+/// Inside an update's transaction: the inputs it staged under `staged` (before the
+/// transaction, without the queue's lock) replace the job's stdin and/or data.
+pub fn promote_inputs(tx: &Tx<'_>, jid: i64, staged: &str, stdin: bool, data: bool) -> Result<()> {
+    for (set, streams) in [(stdin, "('stdin')"), (data, "('data', 'data.tar')")] {
+        if !set {
+            continue;
+        }
+        tx.execute(
+            &format!("DELETE FROM job_files WHERE jid = ? AND claim = '' AND stream IN {streams}"),
+            [jid],
+        )?;
+        tx.execute(
+            &format!("UPDATE job_files SET claim = '' WHERE jid = ? AND claim = ? AND stream IN {streams}"),
+            rusqlite::params![jid, staged],
+        )?;
+    }
+    Ok(())
+}
+
+/// Inputs staged under `staged` that no job took (an update that failed, or whose jobs
+/// left the editable states meanwhile).
+pub fn drop_staged(tx: &Tx<'_>, staged: &str) -> Result<usize> {
+    tx.execute("DELETE FROM job_files WHERE claim = ?", [staged])
 }
 
 /// Remove the stored files of jobs `first..first + count` (a submit that failed).

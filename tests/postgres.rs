@@ -431,6 +431,11 @@ fn a_queue_without_a_job_file_directory_keeps_everything_in_its_database() {
     std::fs::write(&changed, "changed stdin\n").unwrap();
     q.rq(&["update", "5", &format!("stdin={}", path(&changed))])
         .ok();
+    // Staged without the queue's lock, swapped in by the update's transaction: nothing
+    // staged is left, and the job has the new stdin only.
+    let staged = q.sql("SELECT count(*) AS n FROM job_files WHERE claim <> ''");
+    assert!(staged.stdout.contains("\"n\": 0"), "{}", staged.stdout);
+    assert_eq!(q.rq(&["stdin", "5"]).ok().stdout, "changed stdin\n");
     q.rq(&["update", "5", "state=pending"]).ok();
     // The inputs are in the database: the hosts never see these files.
     std::fs::remove_file(&input).unwrap();

@@ -124,17 +124,26 @@ impl Queue {
         if let Some(path) = &changes.data {
             check_input(path, &self.dir, InputKind::Data)?;
         }
-        // A queue keeping job files in its database stores them in the transaction below.
+        // A queue keeping job files in its database stores them first too, staged under a
+        // key of this update's (readers and feeders see only unstaged inputs), without the
+        // queue's lock; the transaction below only swaps them in.
         let in_db = self.in_database();
-        let db_data = match &changes.data {
-            Some(src) if in_db => Some(db_data(src)?),
-            _ => None,
-        };
+        let staged = format!("update-{:016x}", rand::random::<u64>());
         if changes.stdin.is_some() || changes.data.is_some() {
             let targets = self
                 .store
                 .read(|tx| select_rows(tx, &editable, &clause.params))?;
             let token = format!("{:08x}", rand::random::<u32>());
+            if in_db {
+                let data = changes.data.as_deref().map(db_data).transpose()?;
+                let stdin = changes.stdin.as_deref();
+                self.files_tx(true, |tx| {
+                    for row in &targets {
+                        store_inputs(tx, row.jid(), &staged, stdin, data.as_ref())?;
+                    }
+                    Ok(())
+                })?;
+            }
             for row in &targets {
                 let jid = row.jid();
                 if in_db {
@@ -208,7 +217,13 @@ impl Queue {
                 let mut row_values = values.clone();
                 if let Some((_, stdin, data)) = new_files.iter().find(|(j, _, _)| *j == jid) {
                     if in_db {
-                        store_inputs(tx, jid, changes.stdin.as_deref(), db_data.as_ref())?;
+                        crate::in_database::promote_inputs(
+                            tx,
+                            jid,
+                            &staged,
+                            stdin.is_some(),
+                            data.is_some(),
+                        )?;
                     }
                     if let Some(s) = stdin {
                         row_sets.push("stdin = ?");
@@ -244,6 +259,10 @@ impl Queue {
             )?;
             Ok((after, skipped, old_files))
         });
+        if in_db && !new_files.is_empty() {
+            // What no job took (all of it, if the update failed).
+            let _ = self.files_tx(true, |tx| crate::in_database::drop_staged(tx, &staged));
+        }
         match outcome {
             Ok((rows, skipped, old_files)) => {
                 let updated: Vec<i64> = rows.iter().map(Row::jid).collect();

@@ -124,22 +124,24 @@ pub(super) fn db_data(src: &Path) -> Result<DbData> {
     })
 }
 
-/// Store a job's stdin and data in the database, replacing what it had.
+/// Store a job's stdin and data in the database under `claim` ('' for what readers and
+/// feeders see; an update's staging key), replacing what was stored under it.
 pub(super) fn store_inputs(
     tx: &Tx<'_>,
     jid: i64,
+    claim: &str,
     stdin: Option<&Path>,
     data: Option<&DbData>,
 ) -> Result<()> {
     if let Some(path) = stdin {
-        crate::in_database::put_file(tx, jid, "stdin", path)?;
+        crate::in_database::put_file(tx, jid, "stdin", claim, path)?;
     }
     if let Some(data) = data {
         tx.execute(
-            "DELETE FROM job_files WHERE jid = ? AND stream IN ('data', 'data.tar')",
-            [jid],
+            "DELETE FROM job_files WHERE jid = ? AND claim = ? AND stream IN ('data', 'data.tar')",
+            rusqlite::params![jid, claim],
         )?;
-        crate::in_database::put_file(tx, jid, data.stream, &data.path)?;
+        crate::in_database::put_file(tx, jid, data.stream, claim, &data.path)?;
     }
     Ok(())
 }
@@ -197,7 +199,7 @@ fn open_job_file(dir: &Path, jid: i64, stream: &str) -> Option<std::fs::File> {
 impl Queue {
     /// A transaction on job-file rows of a queue keeping them in its database: no queue
     /// lock, so a long copy holds no writer back (see `PgStore::files`).
-    pub(super) fn files_tx<T>(
+    pub(crate) fn files_tx<T>(
         &mut self,
         write: bool,
         body: impl FnMut(&Tx<'_>) -> Result<T>,
@@ -277,8 +279,8 @@ impl Queue {
         self.files_tx(true, |tx| {
             for (sub, path, data) in &present {
                 match data {
-                    Some(data) => store_inputs(tx, jid, None, Some(data))?,
-                    None => crate::in_database::put_file(tx, jid, sub, path)?,
+                    Some(data) => store_inputs(tx, jid, "", None, Some(data))?,
+                    None => crate::in_database::put_file(tx, jid, sub, "", path)?,
                 }
             }
             Ok(present.len())

@@ -765,7 +765,7 @@ impl Queue {
                 let jid = first + i as i64;
                 let data =
                     data.and_then(|src| archives.iter().find(|(p, _)| p == src).map(|(_, d)| d));
-                store_inputs(tx, jid, stdin.map(PathBuf::as_path), data)?;
+                store_inputs(tx, jid, "", stdin.map(PathBuf::as_path), data)?;
             }
             Ok(())
         })
