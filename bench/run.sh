@@ -16,8 +16,9 @@ fi
 cargo build --release --quiet && cargo build --release --quiet --example spawn_floor || exit 1
 RQ="$PWD/target/release/rq"; FLOOR="$PWD/target/release/examples/spawn_floor"
 WORK=$(mktemp -d /var/tmp/rq-bench.XXXXXX); export HOME="$WORK/home"; mkdir -p "$HOME"
+DFS="$WORK/fs"; mkdir -p "$DFS"
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do kill -QUIT "$p" 2>/dev/null; done; sleep 0.5; for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null; done; rm -rf "$WORK"; }
+cleanup() { for p in "${PIDS[@]:-}"; do kill -QUIT "$p" 2>/dev/null; done; sleep 0.5; for p in "${PIDS[@]:-}"; do kill -9 "$p" 2>/dev/null; done; umount "$DFS" 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 now() { date +%s.%N; }
@@ -26,18 +27,29 @@ now() { date +%s.%N; }
 # file create, so one run's deletions (GNU parallel's temp files, cargo's) would slow the
 # next run's creates several-fold. Each peer gets the same quiet start.
 settle() { [ "$QUICK" = 1 ] && return; sync; sleep 65; }
+# Where that is not enough (a create makes an inode-table block dirty again, and then
+# deletions of the last 6 minutes count), each dispatch run gets a new, empty ext4 with its
+# journal -- what a user's local disk is -- when we may make one (root, mkfs.ext4, a loop
+# device); else the settle above, in $WORK.
+FRESH=0
+if [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null && truncate -s 4G "$WORK/fs.img" && mkfs.ext4 -q -F "$WORK/fs.img" && mount -o loop "$WORK/fs.img" "$DFS"; then FRESH=1; fi
+fresh_fs() {
+    if [ "$FRESH" = 1 ]; then
+        umount "$DFS" && rm -f "$WORK/fs.img" && truncate -s 4G "$WORK/fs.img" && mkfs.ext4 -q -F "$WORK/fs.img" && mount -o loop "$WORK/fs.img" "$DFS" || exit 1
+    else settle; fi
+}
 calc() { python3 -c "print($1)"; }
 verdict() { if python3 -c "import sys; sys.exit(0 if ($1) else 1)"; then echo "MET"; else echo "MISSED"; fi; }
 count() { "$RQ" "$1" status --format json | python3 -c "import json,sys; print(json.load(sys.stdin)['jobs']['$2'])"; }
 
 echo "# rq benchmarks — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r); rq $("$RQ" --version | cut -d' ' -f2); $(parallel --version | head -1)"
-echo "queue directory: $WORK (local disk: $(df -T "$WORK" | awk 'NR==2{print $2}'))"
+echo "queue directory: $WORK (local disk: $(df -T "$WORK" | awk 'NR==2{print $2}')); dispatch runs in $DFS: $([ $FRESH = 1 ] && echo "a new ext4 with its journal for each run (loop device)" || echo "the same disk, after a settle")"
 echo
 
 # 1. Dispatch throughput ----------------------------------------------------------------
 dispatch() { # shell feeders max_feed -> jobs/s
-    local shell="$1" feeders="$2" maxfeed="$3" q="$WORK/d$RANDOM"
+    local shell="$1" feeders="$2" maxfeed="$3" q="$DFS/d$RANDOM"
     "$RQ" "$q" create -q
     seq "$N" | sed 's/.*/true/' | "$RQ" "$q" submit -q -
     local t0; t0=$(now)
@@ -53,13 +65,13 @@ dispatch() { # shell feeders max_feed -> jobs/s
 }
 floor=$("$FLOOR" "$N" 4)
 floor2=$("$FLOOR" "$N" 2)
-settle; rq_sh=$(dispatch "sh -c" 2 2)
-settle; rq_bash=$(dispatch "bash --login -c" 2 2)
-settle; rq_none=$(dispatch "none" 2 2)
-settle; t0=$(now); seq "$N" | parallel -j4 true >/dev/null; t1=$(now); par=$(calc "round($N/($t1-$t0))")
+fresh_fs; rq_sh=$(dispatch "sh -c" 2 2)
+fresh_fs; rq_bash=$(dispatch "bash --login -c" 2 2)
+fresh_fs; rq_none=$(dispatch "none" 2 2)
+fresh_fs; t0=$(now); seq "$N" | TMPDIR="$DFS" parallel -j4 true >/dev/null; t1=$(now); par=$(calc "round($N/($t1-$t0))")
 # GNU parallel's SQL queue: a master fills the table, two workers (2 slots each) drain it.
-PDB="$WORK/par.sqlite"; URL="sqlite3:///$(python3 -c "import urllib.parse,sys;print(urllib.parse.quote(sys.argv[1],safe=''))" "$PDB")/jobs"
-settle; t0=$(now)
+PDB="$DFS/par.sqlite"; URL="sqlite3:///$(python3 -c "import urllib.parse,sys;print(urllib.parse.quote(sys.argv[1],safe=''))" "$PDB")/jobs"
+fresh_fs; t0=$(now)
 seq "$N" | parallel --sqlmaster "$URL" true >/dev/null 2>&1
 parallel --sqlworker "$URL" -j2 >/dev/null 2>&1 & w1=$!
 parallel --sqlworker "$URL" -j2 >/dev/null 2>&1 & w2=$!
@@ -82,7 +94,7 @@ echo "- target >= 10x GNU parallel SQL mode: $(verdict "$rq_sh >= 10*$parsql")"
 echo
 
 # 6. Fairness (4 feeders competing) -------------------------------------------------------
-settle; dispatch "sh -c" 4 1 >/dev/null
+fresh_fs; dispatch "sh -c" 4 1 >/dev/null
 shares=$("$RQ" "$LAST_Q" query "state=finished" --format json -f runner | python3 -c "
 import json,sys,collections
 c=collections.Counter(r['runner'] for r in json.load(sys.stdin)); t=sum(c.values())
@@ -153,9 +165,9 @@ echo "- one feeder (max_feed 1) claimed and ran $claims jobs in 3 s on this queu
 echo
 
 # 7. Many hosts at equal total slots ------------------------------------------------------
-settle; h2=$(dispatch "sh -c" 2 4)
-settle; h4=$(dispatch "sh -c" 4 2)
-settle; h8=$(dispatch "sh -c" 8 1)
+fresh_fs; h2=$(dispatch "sh -c" 2 4)
+fresh_fs; h4=$(dispatch "sh -c" 4 2)
+fresh_fs; h8=$(dispatch "sh -c" 8 1)
 echo "## 7. Hosts at equal total slots (8): $N trivial jobs, --shell 'sh -c'"
 echo "| feeders x max_feed | jobs/s |"; echo "|---|---|"
 echo "| 2 x 4 | $h2 |"; echo "| 4 x 2 | $h4 |"; echo "| 8 x 1 | $h8 |"

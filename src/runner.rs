@@ -78,7 +78,37 @@ fn fresh_file(path: &Path) -> Result<std::fs::File> {
     file.context(|| format!("cannot create {}", path.display()))
 }
 
-/// Start a claimed job: `SHELL... COMMAND` in the directory it was submitted from (else
+/// A claimed job made ready to start: its data directory and fresh output files created,
+/// its stdin opened and its command built. The feeder prepares the next jobs while the
+/// running ones run, so that a slot coming free costs only the start journal's sync and
+/// the spawn (creating files is the costliest part of a start on most filesystems).
+pub struct Prepared {
+    command: Command,
+    outputs: [PathBuf; 2],
+}
+
+impl Prepared {
+    /// Start it. No pre_exec hook: it would force fork() instead of the much cheaper
+    /// posix_spawn. Signal dispositions are made default in the feeder itself (see
+    /// `reset_inherited_signals`), and std gives the child an empty signal mask.
+    pub fn spawn(mut self) -> Result<Child> {
+        let program = self.command.get_program().to_string_lossy().into_owned();
+        self.command
+            .spawn()
+            .context(|| format!("cannot run {program}"))
+    }
+
+    /// It will not start here (given back unstarted): remove the output files it created,
+    /// so the job shows no output until it runs. Only while our claim holds: once another
+    /// host may run the job, these paths may be its files.
+    pub fn discard(self) {
+        for path in &self.outputs {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Prepare a claimed job to run: `SHELL... COMMAND` in the directory it was submitted from (else
 /// `$HOME`), stdin from its stdin file (else /dev/null), stdout/stderr into the queue,
 /// `Q/bin` last on PATH, and one `RQ_<FIELD>` variable per job field plus `RQ` (the
 /// queue) and `RQ_JOB` (the job as JSON). Paths in RQ_STDIN/STDOUT/STDERR/DATA are absolute.
@@ -87,13 +117,13 @@ fn fresh_file(path: &Path) -> Result<std::fs::File> {
 /// are the CPUs it asked for; on a host with GPUs (`gpu_host`), `CUDA_VISIBLE_DEVICES`,
 /// `ROCR_VISIBLE_DEVICES` and `RQ_GPUS` name exactly the devices it was given (none for
 /// a job that asked for none, so it cannot take another job's device by accident).
-pub fn spawn(
+pub fn prepare(
     dir: &Path,
     queue: &str,
     shell: &[String],
     job: &Row,
     gpu_host: bool,
-) -> Result<Child> {
+) -> Result<Prepared> {
     let jid = job.jid();
     let path_of = |field: &str| job.get(field).as_text().map(|rel| dir.join(rel));
     let stdout_path = path_of("stdout").unwrap_or_else(|| dir.join("stdout").join(jid.to_string()));
@@ -241,11 +271,10 @@ pub fn spawn(
         .map(|(name, cell)| (name.clone(), crate::output::cell_json(cell)))
         .collect();
     cmd.env("RQ_JOB", serde_json::Value::Object(record).to_string());
-    // No pre_exec hook: it would force fork() instead of the much cheaper posix_spawn.
-    // Signal dispositions are made default in the feeder itself (see
-    // `reset_inherited_signals`), and std gives the child an empty signal mask.
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    cmd.spawn().context(|| format!("cannot run {program}"))
+    Ok(Prepared {
+        command: cmd,
+        outputs: [stdout_path, stderr_path],
+    })
 }
 
 /// The shell `--shell none` falls back to for commands with shell syntax.

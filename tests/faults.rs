@@ -534,6 +534,17 @@ fn a_draining_feeder_gives_back_the_jobs_it_claimed_ahead(store: StoreKind) {
         "given back as never tried"
     );
     assert_eq!(ran_once_each(&q) as i64, finished);
+    // The next jobs were made ready to start (their output files created) before the
+    // drain: given back, they leave no output behind.
+    let with_output: Vec<i64> = unclaimed
+        .iter()
+        .map(|j| int(j, "jid"))
+        .filter(|jid| q.files().join("stdout").join(jid.to_string()).exists())
+        .collect();
+    assert!(
+        with_output.is_empty(),
+        "output files of unstarted jobs: {with_output:?}"
+    );
     let journals = q.files().join("starts");
     assert_eq!(std::fs::read_dir(journals).unwrap().count(), 0);
 }

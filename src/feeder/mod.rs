@@ -162,6 +162,9 @@ pub struct Feeder {
     failed_starts: Vec<(i64, String)>,
     /// Claimed ahead, not started yet, in claim order.
     buffer: VecDeque<Row>,
+    /// The next buffered jobs made ready to start (files created, command built), by
+    /// claim token: prepared while the slots are busy, started when one comes free.
+    prepared: HashMap<String, Result<runner::Prepared>>,
     /// When the buffered claims were last known to be ours (claimed, or read back).
     buffer_checked: Instant,
     /// Claimed jobs to give back (never started) with the next transaction.
@@ -203,6 +206,8 @@ const END_BATCH: Duration = Duration::from_millis(100);
 /// still keeps a buffered job's wait short.
 const LOOKAHEAD_PER_SLOT: usize = 16;
 const LOOKAHEAD_MAX: usize = 64;
+/// At most this many buffered jobs are prepared ahead (each holds its output files open).
+const PREPARE_AHEAD: usize = 8;
 /// Where transactions are slow (NFS), short jobs are claimed ahead and their ends and pids
 /// recorded in batches, so that transactions take about 1/TXN_SHARE of a slot's time.
 const TXN_SHARE: f64 = 10.0;
@@ -256,6 +261,7 @@ impl Feeder {
             starts: Vec::new(),
             failed_starts: Vec::new(),
             buffer: VecDeque::new(),
+            prepared: HashMap::new(),
             buffer_checked: Instant::now(),
             releases: Vec::new(),
             ends: Vec::new(),
@@ -530,7 +536,7 @@ impl Feeder {
             }
             if draining {
                 let unstarted: Vec<Row> = self.buffer.drain(..).collect();
-                self.releases.extend(unstarted.iter().map(claim_of));
+                self.give_back(unstarted.iter().map(claim_of));
             }
             // Claimed jobs start without a transaction, while our lease is safe: a host
             // whose heartbeat fails may have its claims given to others.
@@ -635,6 +641,9 @@ impl Feeder {
             if self.more_waiting && free > 0 && self.buffer.is_empty() && !draining && !self.fenced
             {
                 continue;
+            }
+            if may_start {
+                self.prepare_next();
             }
             self.nap(signals, false);
         }

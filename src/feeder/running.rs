@@ -320,9 +320,8 @@ impl Feeder {
                 ),
             );
             self.journal_failed = Some(Instant::now());
-            self.releases.extend(claims);
-            self.releases
-                .extend(self.buffer.drain(..).map(|r| claim_of(&r)));
+            let rest: Vec<(i64, String)> = self.buffer.drain(..).map(|r| claim_of(&r)).collect();
+            self.give_back(claims.into_iter().chain(rest));
             return Ok(());
         }
         fault("after_journal");
@@ -333,9 +332,13 @@ impl Feeder {
             let claim = job.get("claim").as_text().unwrap_or_default().to_string();
             let gpu_host = !self.config.capacity.devices.is_empty();
             let queue = self.queue.name();
-            let spawned = self.fetch_inputs(job).and_then(|()| {
-                runner::spawn(&self.job_dir(), &queue, &self.config.shell, job, gpu_host)
-            });
+            let prepared = match self.prepared.remove(&claim) {
+                Some(prepared) => prepared,
+                None => self.fetch_inputs(job).and_then(|()| {
+                    runner::prepare(&self.job_dir(), &queue, &self.config.shell, job, gpu_host)
+                }),
+            };
+            let spawned = prepared.and_then(runner::Prepared::spawn);
             match spawned {
                 Ok(child) => {
                     let pid = child.id();
@@ -396,6 +399,43 @@ impl Feeder {
         Ok(())
     }
 
+    /// Prepare the buffered jobs that start next (a few: each holds its files open), so
+    /// that a slot coming free only has to journal and spawn. Preparations of jobs no
+    /// longer buffered (taken over, killed before they started) are dropped, their files
+    /// left alone: another host may own those paths now.
+    pub(super) fn prepare_next(&mut self) {
+        let next: Vec<String> = self
+            .buffer
+            .iter()
+            .take(self.config.max_feed.min(PREPARE_AHEAD))
+            .map(|job| claim_of(job).1)
+            .collect();
+        self.prepared.retain(|claim, _| next.contains(claim));
+        let gpu_host = !self.config.capacity.devices.is_empty();
+        let queue = self.queue.name();
+        for (i, claim) in next.into_iter().enumerate() {
+            if self.prepared.contains_key(&claim) {
+                continue;
+            }
+            let job = self.buffer[i].clone();
+            let prepared = self.fetch_inputs(&job).and_then(|()| {
+                runner::prepare(&self.job_dir(), &queue, &self.config.shell, &job, gpu_host)
+            });
+            self.prepared.insert(claim, prepared);
+        }
+    }
+
+    /// Give claimed jobs back unstarted with the next transaction, removing the output
+    /// files prepared for them while the claims are still ours.
+    pub(super) fn give_back(&mut self, claims: impl IntoIterator<Item = (i64, String)>) {
+        for (jid, claim) in claims {
+            if let Some(Ok(prepared)) = self.prepared.remove(&claim) {
+                prepared.discard();
+            }
+            self.releases.push((jid, claim));
+        }
+    }
+
     /// Kill every running job (TERM, then KILL after the grace period) and handle them as
     /// crashed, recording the signal that ended each.
     pub(super) fn stop_all(&mut self, why: Option<&str>) -> Result<()> {
@@ -434,8 +474,8 @@ impl Feeder {
         let max_attempts = self.settings.max_attempts;
         let failed_starts = std::mem::take(&mut self.failed_starts);
         let unstarted: Vec<Row> = self.buffer.drain(..).collect();
-        let mut releases = std::mem::take(&mut self.releases);
-        releases.extend(unstarted.iter().map(claim_of));
+        self.give_back(unstarted.iter().map(claim_of));
+        let releases = std::mem::take(&mut self.releases);
         let ends = std::mem::take(&mut self.ends);
         let outputs = std::mem::take(&mut self.final_outputs);
         self.ends_since = None;
