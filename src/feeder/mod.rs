@@ -642,7 +642,9 @@ impl Feeder {
             {
                 continue;
             }
-            if may_start {
+            // Under the same condition as a start, asked again (a transaction may have
+            // waited long for the lock): files are created only while our claims are safe.
+            if !draining && !self.fenced && beater.missed() < self.settings.lease / 2.0 {
                 self.prepare_next();
             }
             self.nap(signals, false);
