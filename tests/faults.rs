@@ -915,6 +915,16 @@ fn each_run_gets_fresh_output_files_and_planted_links_are_not_followed(store: St
     assert_eq!(f.wait_exit(Duration::from_secs(30)), Some(0));
     stale.write_all(b"stale\n").unwrap();
     assert_eq!(q.rq(&["stdout", "1"]).ok().stdout, "out\n");
+    // A job that cannot start (a directory planted where its output goes): why it did
+    // not start is not written through a link planted as its stderr.
+    q.rq(&["submit", "-q", "echo never"]).ok();
+    std::fs::create_dir(q.files().join("stdout/2")).unwrap();
+    std::os::unix::fs::symlink(&victim, q.files().join("stderr/2")).unwrap();
+    let mut f = q.feeder("h1", &["--exit_when_empty"]);
+    assert_eq!(f.wait_exit(Duration::from_secs(30)), Some(0));
+    assert!(q.feeder_log("h1").contains("not started - jid 2"));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert_eq!(q.count("pending") + q.count("running"), 0);
 }
 
 #[test]

@@ -564,9 +564,10 @@ impl Feeder {
             let worth_asking = rang || full_poll_due || self.more_waiting;
             let slot_idle = free > 0 && self.buffer.is_empty();
             let refill = lookahead > 0 && self.buffer.len() * 2 <= lookahead;
+            // A slot freed by an end or by a start that failed asks for work at once.
+            let slot_freed = !self.ends.is_empty() || !self.failed_starts.is_empty();
             let want = if room > 0
-                && ((slot_idle && (worth_asking || !self.ends.is_empty()))
-                    || (refill && worth_asking))
+                && ((slot_idle && (worth_asking || slot_freed)) || (refill && worth_asking))
             {
                 room
             } else {
@@ -621,7 +622,14 @@ impl Feeder {
                     }
                 }
             }
-            if self.running.is_empty() && self.buffer.is_empty() && self.ends.is_empty() {
+            // Done only with nothing left to record: a start that failed just after the
+            // claim, or a claim given back, goes with the next transaction.
+            if self.running.is_empty()
+                && self.buffer.is_empty()
+                && self.ends.is_empty()
+                && self.failed_starts.is_empty()
+                && self.releases.is_empty()
+            {
                 if draining {
                     let restart = signals.restart.load(Ordering::SeqCst);
                     self.info(if restart {

@@ -3,6 +3,8 @@
 //! host took a job over, and stopping them all when the feeder stops.
 
 use super::*;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 
 pub(super) struct RunningJob {
     pub(super) jid: i64,
@@ -377,7 +379,16 @@ impl Feeder {
                     self.log
                         .log(Level::Error, &format!("not started - jid {jid}: {e}"));
                     let stderr = self.job_dir().join("stderr").join(jid.to_string());
-                    let _ = std::fs::write(&stderr, format!("rq: could not start the job: {e}\n"));
+                    // Never through a link planted in the queue.
+                    let _ = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                        .open(&stderr)
+                        .and_then(|mut f| {
+                            f.write_all(format!("rq: could not start the job: {e}\n").as_bytes())
+                        });
                     failed.push((jid, claim));
                 }
             }
