@@ -162,6 +162,8 @@ claims=$(grep -c "started - jid" "$WORK/scale.log")
 echo "## 4. Scale: $SCALE_FINISHED finished + $SCALE_PENDING pending jobs (db ${size} MB)"
 echo "- status ${st} ms (target < 200: $(verdict "$st < 200")); list pending ${lp} ms (target < 200: $(verdict "$lp < 200")); query tag=x ${qx} ms"
 echo "- one feeder (max_feed 1) claimed and ran $claims jobs in 3 s on this queue: $(calc "round(3000/max($claims,1),1)") ms per claim+run+record"
+rot=$( { /usr/bin/time -f "%e s, %M KB peak RSS" "$RQ" "$QB" rotate "$WORK/big-archive" >/dev/null; } 2>&1 | tail -1)
+echo "- rotate (the finished jobs into an archive, packed): $rot; $(count "$QB" finished) finished left"
 echo
 
 # 7. Many hosts at equal total slots ------------------------------------------------------

@@ -2,6 +2,7 @@
 //! only through SQLite's online backup API (never as files while in use); job files are
 //! copied outside any transaction.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use rusqlite::backup::Backup;
@@ -141,6 +142,9 @@ pub fn backup(q: &mut Queue, dest: Option<&Path>, quiet: bool) -> Result<Value> 
     result
 }
 
+/// Rows of the archive read back per statement while the live queue's rows are deleted.
+const ARCHIVE_PAGE: i64 = 10_000;
+
 /// `rotate [DEST|DIR]`: move finished and dead jobs (rows and files) into an archive queue,
 /// then (unless `keep_dir`) pack it as `DEST.tgz`. Nothing changes in the live queue unless
 /// the archive is complete; jobs that change state meanwhile stay.
@@ -170,53 +174,64 @@ pub fn rotate(q: &mut Queue, dest: Option<&Path>, keep_dir: bool) -> Result<Valu
             .context(|| format!("cannot create {}", parent.display()))?;
     }
     queue::create(&dest)?;
-    let archived = match fill_archive(q, &dest) {
-        Ok(rows) => rows,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&dest);
-            return Err(e);
-        }
-    };
-    // The live queue changes only now, in one transaction: rows still as archived go.
-    let jids: Vec<i64> = archived.iter().map(Row::jid).collect();
-    let stamps: Vec<(i64, String)> = archived
-        .iter()
-        .map(|r| (r.jid(), r.get("finished").to_plain()))
-        .collect();
+    if let Err(e) = fill_archive(q, &dest) {
+        let _ = std::fs::remove_dir_all(&dest);
+        return Err(e);
+    }
+    // The live queue changes only now, in one transaction: rows still as archived go. The
+    // archive's (jid, finished) pairs are read back a page at a time inside it, so memory
+    // stays bounded however many jobs there are (a private file: no other lock is taken).
+    let mut archive = Queue::open(&dest, store::Access::ReadOnly)?;
     let outcome = q.store().write(|tx| {
-        let mut deleted = Vec::new();
+        let mut deleted = 0usize;
+        let mut kept = HashSet::new();
         let mut del = tx.prepare_cached(
             "DELETE FROM jobs WHERE jid = ? AND state IN ('finished', 'dead') AND coalesce(finished, '') = ?",
         )?;
-        for (jid, finished) in &stamps {
-            if del.execute(rusqlite::params![jid, finished])? > 0 {
-                deleted.push(*jid);
+        let mut after = 0i64;
+        loop {
+            let page = archive.store().read(|atx| {
+                let mut stmt = atx.prepare_cached(
+                    "SELECT jid, coalesce(finished, '') FROM jobs WHERE jid > ? ORDER BY jid LIMIT ?",
+                )?;
+                let rows = stmt
+                    .query_map(rusqlite::params![after, ARCHIVE_PAGE], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(rows)
+            })?;
+            let Some(&(last, _)) = page.last() else { break };
+            after = last;
+            for (jid, finished) in &page {
+                if del.execute(rusqlite::params![jid, finished])? > 0 {
+                    deleted += 1;
+                } else {
+                    kept.insert(*jid);
+                }
             }
         }
-        Ok(deleted)
+        Ok((deleted, kept))
     });
-    let deleted = match outcome {
+    drop(archive);
+    let (deleted, kept) = match outcome {
         Ok(d) => d,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dest);
             return Err(e);
         }
     };
-    if !deleted.is_empty() {
+    if deleted > 0 {
         q.store().reclaim_space()?;
     }
     // Jobs resubmitted during the rotation are not archived.
-    let kept: Vec<i64> = jids
-        .iter()
-        .copied()
-        .filter(|j| !deleted.contains(j))
-        .collect();
     if !kept.is_empty() {
         let mut archive = Queue::open(&dest, store::Access::ReadWrite)?;
+        let kept_list: Vec<i64> = kept.iter().copied().collect();
         archive.store().write(|tx| {
             tx.execute(
                 "DELETE FROM jobs WHERE jid IN (SELECT value FROM json_each(?))",
-                [serde_json::to_string(&kept).unwrap_or_default()],
+                [serde_json::to_string(&kept_list).unwrap_or_default()],
             )?;
             Ok(())
         })?;
@@ -224,33 +239,40 @@ pub fn rotate(q: &mut Queue, dest: Option<&Path>, keep_dir: bool) -> Result<Valu
             queue::remove_files_of(&dest, *jid, &[]);
         }
     }
-    for row in archived.iter().filter(|r| deleted.contains(&r.jid())) {
-        let named: Vec<String> = JOB_DIRS
-            .iter()
-            .filter_map(|f| row.get(f).as_text().map(String::from))
-            .collect();
-        queue::remove_files_of(q.dir(), row.jid(), &named);
-    }
+    // The archived jobs' files leave the live queue, a page of the archive at a time.
+    let mut archive = Queue::open(&dest, store::Access::ReadOnly)?;
+    let every = queue::Selection {
+        all: true,
+        ..Default::default()
+    };
+    archive.list(&every, &mut |chunk| {
+        for row in chunk.iter().filter(|r| !kept.contains(&r.jid())) {
+            let named: Vec<String> = JOB_DIRS
+                .iter()
+                .filter_map(|f| row.get(f).as_text().map(String::from))
+                .collect();
+            queue::remove_files_of(q.dir(), row.jid(), &named);
+        }
+        Ok(())
+    })?;
+    drop(archive);
     let rotation = if keep_dir {
         dest
     } else {
         pack(&dest, &tgz)?;
         tgz
     };
-    Ok(json!({"rotation": rotation, "jobs": deleted.len()}))
+    Ok(json!({"rotation": rotation, "jobs": deleted}))
 }
 
-/// Copy every finished/dead row (with its jid) and its files into the archive queue.
-fn fill_archive(q: &mut Queue, dest: &Path) -> Result<Vec<Row>> {
-    let mut rows = Vec::new();
+/// Copy every finished/dead row (with its jid) and its files into the archive queue, a
+/// chunk of the live queue's rows at a time (each read in a read transaction of its own,
+/// written to the archive, which nobody else uses yet, after it ended).
+fn fill_archive(q: &mut Queue, dest: &Path) -> Result<()> {
     let selection = queue::Selection {
         states: vec![crate::job::State::Finished, crate::job::State::Dead],
         ..Default::default()
     };
-    q.list(&selection, &mut |chunk| {
-        rows.extend(chunk);
-        Ok(())
-    })?;
     let mut archive = Queue::open(dest, store::Access::ReadWrite)?;
     let fields = crate::job::FIELDS;
     let placeholders = vec!["?"; fields.len()].join(", ");
@@ -258,52 +280,65 @@ fn fill_archive(q: &mut Queue, dest: &Path) -> Result<Vec<Row>> {
         "INSERT INTO jobs ({}) VALUES ({placeholders})",
         fields.join(", ")
     );
-    archive.store().write(|tx| {
-        let mut insert = tx.prepare_cached(&sql)?;
-        for row in &rows {
-            let values: Vec<SqlValue> = row
-                .columns
-                .iter()
-                .map(|(_, cell)| match cell {
-                    crate::job::Cell::Null => SqlValue::Null,
-                    crate::job::Cell::Int(i) => SqlValue::Integer(*i),
-                    crate::job::Cell::Real(r) => SqlValue::Real(*r),
-                    crate::job::Cell::Text(t) => SqlValue::Text(t.clone()),
-                    crate::job::Cell::Bool(b) => SqlValue::Integer(*b as i64),
-                })
-                .collect();
-            insert.execute(crate::store::params_from_iter(values))?;
-        }
-        Ok(())
-    })?;
     // A queue keeping job files in its database: each job's are fetched into a local
     // staging directory first.
     let staging = tempfile::tempdir().context(|| "cannot make a temporary directory".into())?;
-    for row in &rows {
-        let named: Vec<&str> = JOB_DIRS
-            .iter()
-            .filter(|f| row.get(f).as_text().is_some())
-            .copied()
-            .collect();
-        if q.in_database() && !named.is_empty() {
-            q.fetch_job_files(row.jid(), &named, staging.path())?;
-        }
-        for field in named {
-            let Some(rel) = row.get(field).as_text() else {
-                continue;
-            };
-            let src = if q.in_database() {
-                staging.path().join(field).join(row.jid().to_string())
-            } else {
-                q.dir().join(rel)
-            };
-            if src.exists() {
-                queue::copy_tree(&src, &dest.join(rel))?;
-                queue::remove_path(&staging.path().join(field).join(row.jid().to_string()));
+    let in_database = q.in_database();
+    let mut copy = |q: &mut Queue, rows: Vec<Row>| -> Result<()> {
+        archive.store().write(|tx| {
+            let mut insert = tx.prepare_cached(&sql)?;
+            for row in &rows {
+                let values: Vec<SqlValue> = row
+                    .columns
+                    .iter()
+                    .map(|(_, cell)| match cell {
+                        crate::job::Cell::Null => SqlValue::Null,
+                        crate::job::Cell::Int(i) => SqlValue::Integer(*i),
+                        crate::job::Cell::Real(r) => SqlValue::Real(*r),
+                        crate::job::Cell::Text(t) => SqlValue::Text(t.clone()),
+                        crate::job::Cell::Bool(b) => SqlValue::Integer(*b as i64),
+                    })
+                    .collect();
+                insert.execute(crate::store::params_from_iter(values))?;
+            }
+            Ok(())
+        })?;
+        for row in &rows {
+            let named: Vec<&str> = JOB_DIRS
+                .iter()
+                .filter(|f| row.get(f).as_text().is_some())
+                .copied()
+                .collect();
+            if in_database && !named.is_empty() {
+                q.fetch_job_files(row.jid(), &named, staging.path())?;
+            }
+            for field in named {
+                let Some(rel) = row.get(field).as_text() else {
+                    continue;
+                };
+                let src = if in_database {
+                    staging.path().join(field).join(row.jid().to_string())
+                } else {
+                    q.dir().join(rel)
+                };
+                if src.exists() {
+                    queue::copy_tree(&src, &dest.join(rel))?;
+                    queue::remove_path(&staging.path().join(field).join(row.jid().to_string()));
+                }
             }
         }
+        Ok(())
+    };
+    let clause = selection.clause();
+    let mut after = 0;
+    loop {
+        let chunk = q.chunk_after(&clause, after)?;
+        let Some(last) = chunk.last() else {
+            return Ok(());
+        };
+        after = last.jid();
+        copy(q, chunk)?;
     }
-    Ok(rows)
 }
 
 /// `tar czf DEST.tgz` of the archive directory, which is then removed.

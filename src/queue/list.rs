@@ -21,10 +21,7 @@ impl Queue {
     ) -> Result<()> {
         let mut after = 0i64;
         loop {
-            let sql = format!("({}) AND jid > ? ORDER BY jid LIMIT {CHUNK}", clause.sql);
-            let mut params = clause.params.clone();
-            params.push(SqlValue::Integer(after));
-            let rows = self.store.read(|tx| select_rows(tx, &sql, &params))?;
+            let rows = self.chunk_after(clause, after)?;
             let Some(last) = rows.last() else {
                 return Ok(());
             };
@@ -35,6 +32,15 @@ impl Queue {
                 return Ok(());
             }
         }
+    }
+
+    /// The next chunk of jobs matching a where-clause after jid `after`, in jid order, in
+    /// a read transaction of its own (empty at the end).
+    pub fn chunk_after(&mut self, clause: &Clause, after: i64) -> Result<Vec<Row>> {
+        let sql = format!("({}) AND jid > ? ORDER BY jid LIMIT {CHUNK}", clause.sql);
+        let mut params = clause.params.clone();
+        params.push(SqlValue::Integer(after));
+        self.store.read(|tx| select_rows(tx, &sql, &params))
     }
 
     /// Write the jobs matching a where-clause in jid order with `writer`, a chunk per read
