@@ -11,7 +11,6 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::{Value, json};
 
 use crate::error::{Error, IoContext, Result};
-use crate::job::Row;
 use crate::queue::{self, JOB_DIRS, Queue};
 use crate::store;
 
@@ -181,7 +180,13 @@ pub fn rotate(q: &mut Queue, dest: Option<&Path>, keep_dir: bool) -> Result<Valu
     // The live queue changes only now, in one transaction: rows still as archived go. The
     // archive's (jid, finished) pairs are read back a page at a time inside it, so memory
     // stays bounded however many jobs there are (a private file: no other lock is taken).
-    let mut archive = Queue::open(&dest, store::Access::ReadOnly)?;
+    let mut archive = match Queue::open(&dest, store::Access::ReadOnly) {
+        Ok(archive) => archive,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dest);
+            return Err(e);
+        }
+    };
     let outcome = q.store().write(|tx| {
         let mut deleted = 0usize;
         let mut kept = HashSet::new();
@@ -239,14 +244,15 @@ pub fn rotate(q: &mut Queue, dest: Option<&Path>, keep_dir: bool) -> Result<Valu
             queue::remove_files_of(&dest, *jid, &[]);
         }
     }
-    // The archived jobs' files leave the live queue, a page of the archive at a time.
+    // The archived jobs' files leave the live queue, a page of the archive (which now
+    // holds only the deleted jobs) at a time.
     let mut archive = Queue::open(&dest, store::Access::ReadOnly)?;
     let every = queue::Selection {
         all: true,
         ..Default::default()
     };
     archive.list(&every, &mut |chunk| {
-        for row in chunk.iter().filter(|r| !kept.contains(&r.jid())) {
+        for row in &chunk {
             let named: Vec<String> = JOB_DIRS
                 .iter()
                 .filter_map(|f| row.get(f).as_text().map(String::from))
@@ -284,7 +290,14 @@ fn fill_archive(q: &mut Queue, dest: &Path) -> Result<()> {
     // staging directory first.
     let staging = tempfile::tempdir().context(|| "cannot make a temporary directory".into())?;
     let in_database = q.in_database();
-    let mut copy = |q: &mut Queue, rows: Vec<Row>| -> Result<()> {
+    let clause = selection.clause();
+    let mut after = 0;
+    loop {
+        let rows = q.chunk_after(&clause, after)?;
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        after = last.jid();
         archive.store().write(|tx| {
             let mut insert = tx.prepare_cached(&sql)?;
             for row in &rows {
@@ -327,17 +340,6 @@ fn fill_archive(q: &mut Queue, dest: &Path) -> Result<()> {
                 }
             }
         }
-        Ok(())
-    };
-    let clause = selection.clause();
-    let mut after = 0;
-    loop {
-        let chunk = q.chunk_after(&clause, after)?;
-        let Some(last) = chunk.last() else {
-            return Ok(());
-        };
-        after = last.jid();
-        copy(q, chunk)?;
     }
 }
 
