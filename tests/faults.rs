@@ -387,7 +387,7 @@ fn a_feeder_that_cannot_journal_a_start_starts_nothing_and_gives_the_jobs_back(s
         q.rq(&["submit", "-q", &format!("echo ran >> {}", ledger.display())])
             .ok();
     }
-    let _f = q.feeder_env(
+    let f = q.feeder_env(
         "nojournal",
         &["--max_feed", "2"],
         &[("RQ_FAULT", "journal_write")],
@@ -395,7 +395,11 @@ fn a_feeder_that_cannot_journal_a_start_starts_nothing_and_gives_the_jobs_back(s
     q.wait_for("the feeder to try", 10, |q| {
         q.feeder_log("nojournal").contains("giving back")
     });
+    let cpu_before = cpu_seconds(f.pid());
     std::thread::sleep(Duration::from_secs(2));
+    // Waiting to claim again, it sleeps (it once spun a whole core until then).
+    let cpu = cpu_seconds(f.pid()) - cpu_before;
+    assert!(cpu < 0.5, "the waiting feeder used {cpu:.2}s of CPU in 2s");
     assert!(q.ledger_lines().is_empty(), "a job started unjournaled");
     for j in q.jobs() {
         assert_eq!(text(&j, "state"), "pending");
@@ -1023,7 +1027,14 @@ fn a_feeder_claims_nothing_while_the_filesystem_is_full() {
     });
     q.rq(&["submit", "-q", "echo one"]).ok();
     q.rq(&["submit", "-q", "echo two"]).ok();
+    let cpu_before = cpu_seconds(f.pid());
     std::thread::sleep(Duration::from_secs(3));
+    // Work waits, and the feeder sleeps meanwhile (it once spun a whole core).
+    let cpu = cpu_seconds(f.pid()) - cpu_before;
+    assert!(
+        cpu < 0.75,
+        "the held-back feeder used {cpu:.2}s of CPU in 3s"
+    );
     assert_eq!(
         q.count("pending"),
         2,

@@ -137,6 +137,10 @@ impl Feeder {
     }
 
     pub(super) fn tick(&mut self, beater: &Beater) -> Result<()> {
+        // Due again in a heartbeat even if this one fails part-way: a tick that keeps
+        // failing (say, on a dead host it cannot reclaim) must not keep the loop from
+        // reaping and recording this feeder's own jobs in between.
+        self.next_tick = Instant::now() + jittered(self.settings.heartbeat);
         self.queue.store().maintain()?;
         // One read transaction per heartbeat (each costs a handful of NFS round trips):
         // the settings, our claims, and the hosts that have running jobs.

@@ -548,10 +548,7 @@ impl Feeder {
             }
             let free = self.config.max_feed.saturating_sub(self.running.len());
             let lookahead = self.lookahead();
-            let journal_broken = self
-                .journal_failed
-                .is_some_and(|at| at.elapsed() < JOURNAL_RETRY);
-            let room = if draining || self.fenced || journal_broken || self.disk_full {
+            let room = if draining || self.claiming_suspended() {
                 0
             } else {
                 (self.config.max_feed + lookahead)
@@ -644,9 +641,14 @@ impl Feeder {
                     return Ok(Exit::Done);
                 }
             }
-            // An idle slot and maybe more work: claim again at once.
+            // An idle slot and maybe more work: claim again at once (only if we may claim
+            // now: otherwise this would spin until we may).
             let free = self.config.max_feed.saturating_sub(self.running.len());
-            if self.more_waiting && free > 0 && self.buffer.is_empty() && !draining && !self.fenced
+            if self.more_waiting
+                && free > 0
+                && self.buffer.is_empty()
+                && !draining
+                && !self.claiming_suspended()
             {
                 continue;
             }
@@ -657,6 +659,16 @@ impl Feeder {
             }
             self.nap(signals, false);
         }
+    }
+
+    /// Claiming is suspended for now: our heartbeats fail, the queue's filesystem is full,
+    /// or the start journal could not be written a moment ago.
+    fn claiming_suspended(&self) -> bool {
+        self.fenced
+            || self.disk_full
+            || self
+                .journal_failed
+                .is_some_and(|at| at.elapsed() < JOURNAL_RETRY)
     }
 
     /// Sleep until a signal (a job ended), the next doorbell check, or something to record

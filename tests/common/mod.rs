@@ -405,9 +405,39 @@ impl TestQueue {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         panic!(
-            "timed out waiting for {what}: {}",
-            self.rq(&["status"]).stdout
+            "timed out waiting for {what}: {}{}",
+            self.rq(&["status"]).stdout,
+            self.feeder_log_tails()
         );
+    }
+
+    /// The last lines of every feeder's log, for a failure message.
+    pub fn feeder_log_tails(&self) -> String {
+        let mut out = String::new();
+        let Ok(entries) = std::fs::read_dir(self.tmp.path()) else {
+            return out;
+        };
+        let mut logs: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("feeder-") && n.ends_with(".err"))
+            })
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            out.push_str(&format!(
+                "\n--- last lines of {} ---\n{}",
+                log.display(),
+                tail.join("\n")
+            ));
+        }
+        out
     }
 
     pub fn feeder_log(&self, host: &str) -> String {
@@ -474,6 +504,21 @@ pub fn descendants(root: i32) -> Vec<i32> {
         i += 1;
     }
     all
+}
+
+/// CPU seconds (user + system) process `pid` has used so far.
+pub fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rfind(')')
+        .map(|c| stat[c + 2..].split_whitespace().collect())
+        .unwrap_or_default();
+    // After the command: state is field 3, utime 14, stime 15.
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<f64>().ok()))
+        .sum();
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 pub fn alive(pid: i32) -> bool {
