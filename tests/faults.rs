@@ -478,7 +478,7 @@ fn a_crashed_host_gives_back_what_it_claimed_ahead_and_nothing_runs_twice(store:
 
 fn a_frozen_host_does_not_start_what_it_claimed_ahead_once_it_was_given_away(store: StoreKind) {
     let q = TestQueue::on(store);
-    short_lease(&q);
+    fast_lease(&q);
     short_jobs(&q, 2000);
     let frozen = q.host("frozen", &["--max_feed", "2"]);
     q.wait_for("host frozen to be well into the queue", 60, |q| {
@@ -489,6 +489,8 @@ fn a_frozen_host_does_not_start_what_it_claimed_ahead_once_it_was_given_away(sto
     // A host frozen inside a write transaction keeps SQLite's lock and every other host
     // waits for it to thaw (on NFS the server ends the lock with its client's lease):
     // not the moment this test is about. Then it is thawed and frozen at another moment.
+    // PostgreSQL ends a feeder's session that sits in a transaction for a lease, so
+    // there one freeze must do.
     let reclaimed = |q: &TestQueue| {
         q.feeder_log("rescuer")
             .contains("host frozen has no heartbeat")
@@ -507,7 +509,19 @@ fn a_frozen_host_does_not_start_what_it_claimed_ahead_once_it_was_given_away(sto
         frozen.freeze();
         freezes += 1;
     }
-    assert!(reclaimed(&q), "the frozen host's jobs were reclaimed");
+    assert!(
+        reclaimed(&q),
+        "the frozen host's jobs were not reclaimed: {}",
+        q.feeder_log_tails()
+    );
+    if store == StoreKind::Postgres {
+        assert_eq!(
+            freezes,
+            1,
+            "a host frozen mid-transaction held up the reclaim: {}",
+            q.feeder_log_tails()
+        );
+    }
     frozen.thaw();
     q.wait_for("every job to be settled", 120, |q| {
         let v = q.rq(&["status"]).ok().value();

@@ -372,6 +372,12 @@ impl Feeder {
             self.settings.lease,
             self.config.kill_grace,
         ));
+        // Should we freeze mid-transaction, others can reclaim our jobs after the lease.
+        let lease = Duration::from_secs_f64(self.settings.lease);
+        if let Err(e) = self.queue.store().end_stalled_transactions_after(lease) {
+            // Set anyway for the next connection, which the failing one will need.
+            self.log.log(Level::Warn, &e.to_string());
+        }
     }
 
     /// Run until drained, stopped or (with `exit_when_empty`) out of work.

@@ -119,6 +119,17 @@ impl Store {
         }
     }
 
+    /// PostgreSQL: the server ends this connection's session when it sits inside a
+    /// transaction longer than `limit` (feeders: their lease), so that a frozen feeder
+    /// cannot hold its row locks and block others' reclaims. SQLite: nothing to do (on
+    /// NFS the server's lock lease does it).
+    pub fn end_stalled_transactions_after(&mut self, limit: std::time::Duration) -> Result<()> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(store) => store.end_stalled_transactions_after(limit),
+        }
+    }
+
     /// Wait for space when the filesystem is full instead of failing (feeders).
     pub fn wait_when_full(&mut self) {
         if let Store::Sqlite(store) = self {

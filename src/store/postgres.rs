@@ -398,6 +398,9 @@ pub struct PgStore {
     pub give_up_after: Option<std::time::Duration>,
     /// The job-file directory whose doorbell feeders watch (`configure files=`).
     pub doorbell_dir: Option<std::path::PathBuf>,
+    /// The server ends this session when it sits this long inside a transaction (see
+    /// `end_stalled_transactions_after`); None: never.
+    stalled_after: Option<std::time::Duration>,
     /// The largest live feeder this session's `rq_unfit` was told about.
     told_largest: Option<(i64, i64, i64)>,
 }
@@ -437,6 +440,7 @@ impl PgStore {
                 .map(std::time::Duration::from_secs_f64)
                 .or(Some(std::time::Duration::from_secs(60))),
             doorbell_dir: None,
+            stalled_after: None,
             told_largest: None,
         };
         store.connect()?;
@@ -491,7 +495,27 @@ impl PgStore {
         } else {
             client.batch_execute(super::pg_sql::SESSION_SQL)?;
         }
+        if let Some(limit) = self.stalled_after {
+            client.batch_execute(&stalled_sql(limit))?;
+        }
         self.client = Some(client);
+        Ok(())
+    }
+
+    /// Have the server end this session when it sits inside a transaction for longer
+    /// than `limit` (a feeder passes its lease). A feeder frozen or hung mid-transaction
+    /// would otherwise hold its row locks, and every other host's reclaim of its jobs
+    /// would wait for it, however long; this is what an NFS server's lock lease does for
+    /// a SQLite queue. The feeder's own transactions never wait inside (no spawn, no
+    /// sleep): one that finds its session ended retries on a fresh connection.
+    pub fn end_stalled_transactions_after(&mut self, limit: std::time::Duration) -> Result<()> {
+        if self.stalled_after == Some(limit) {
+            return Ok(());
+        }
+        self.stalled_after = Some(limit);
+        if let Some(client) = self.client.as_mut() {
+            client.batch_execute(&stalled_sql(limit))?;
+        }
         Ok(())
     }
 
@@ -753,6 +777,15 @@ enum Kind {
 
 /// A connection with rq's settings: bounded connect time, TCP keepalives (a server that
 /// vanished in a partition is noticed), the application name in `pg_stat_activity`.
+/// The session setting behind `end_stalled_transactions_after` (whole milliseconds, at
+/// least one: zero would turn the limit off).
+fn stalled_sql(limit: std::time::Duration) -> String {
+    format!(
+        "SET idle_in_transaction_session_timeout = {}",
+        limit.as_millis().clamp(1, i32::MAX as u128)
+    )
+}
+
 pub fn connect_client(url: &str) -> Result<::postgres::Client> {
     let mut config: ::postgres::Config = url
         .parse()
