@@ -408,9 +408,16 @@ pub fn recover(dir: &Path) -> Result<Value> {
         // (0-byte) file or some other database passes the integrity check too.
         Ok(text) if text == "ok" => match rq_schema(&db) {
             Ok(()) => {
-                // Sound after all (the damage seen was in a connection, not the file).
+                // Sound after all (the damage seen was in a connection, not the file),
+                // but without what someone planted in it.
+                let dropped = drop_foreign_objects(&db)?;
                 let cleared = std::fs::remove_file(store::damage_mark(&db)).is_ok();
-                return Ok(json!({"integrity": "ok", "damaged": false, "mark_cleared": cleared}));
+                return Ok(json!({
+                    "integrity": "ok",
+                    "damaged": false,
+                    "mark_cleared": cleared,
+                    "dropped": dropped,
+                }));
             }
             Err(why) => why,
         },
@@ -512,6 +519,43 @@ pub fn recover(dir: &Path) -> Result<Value> {
         "lost_jobs_at_most": (salvage.highest_jid.max(highest_file_jid) as usize).saturating_sub(salvage.rows.len()),
         "damaged_copy": copy,
     }))
+}
+
+/// Remove from a sound queue database what rq's schema does not make (a planted trigger,
+/// view, index or table: writers refuse such a queue), in one write transaction, without
+/// touching rq's own tables. Returns what was removed ("trigger evil").
+fn drop_foreign_objects(db: &Path) -> Result<Vec<String>> {
+    let mut conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    conn.busy_timeout(std::time::Duration::from_secs(600))?;
+    let foreign = store::sqlite::foreign_objects(&conn)?;
+    if foreign.is_empty() {
+        return Ok(Vec::new());
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // Triggers and views first: a table's go with it, and dropping a table must not
+    // fire anything planted.
+    let order = |kind: &str| match kind {
+        "trigger" => 0,
+        "view" => 1,
+        "index" => 2,
+        _ => 3,
+    };
+    let mut sorted = foreign.clone();
+    sorted.sort_by_key(|(kind, _)| order(kind));
+    let mut dropped = Vec::new();
+    for (kind, name) in &sorted {
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        let statement = match kind.as_str() {
+            "trigger" => format!("DROP TRIGGER IF EXISTS {quoted}"),
+            "view" => format!("DROP VIEW IF EXISTS {quoted}"),
+            "index" => format!("DROP INDEX IF EXISTS {quoted}"),
+            _ => format!("DROP TABLE IF EXISTS {quoted}"),
+        };
+        tx.execute_batch(&statement)?;
+        dropped.push(format!("{kind} {name}"));
+    }
+    tx.commit()?;
+    Ok(dropped)
 }
 
 /// Does this (sound) SQLite file hold an rq queue's schema?

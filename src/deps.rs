@@ -41,11 +41,13 @@ use crate::store::Tx;
 
 /// Temporary (per-connection) tables and triggers that note, during a write transaction,
 /// the jobs whose ends or new starts concern jobs waiting for them. Only rows that have
-/// dependents are noted: a job nobody waits for costs one index probe.
+/// dependents are noted: a job nobody waits for costs one index probe. `dep_batch` holds
+/// the jobs one batch of [`settle`] changes.
 const TEMP_SQL: &str = concat!(
     r#"
 CREATE TEMP TABLE IF NOT EXISTS dep_failures (jid INTEGER NOT NULL, reason TEXT NOT NULL);
 CREATE TEMP TABLE IF NOT EXISTS dep_rearms (jid INTEGER NOT NULL);
+CREATE TEMP TABLE IF NOT EXISTS dep_batch (jid INTEGER PRIMARY KEY, reason TEXT, skip INTEGER NOT NULL DEFAULT 0);
 CREATE TEMP TRIGGER IF NOT EXISTS dep_failed AFTER UPDATE OF state ON main.jobs
 WHEN OLD.state IS NOT NEW.state
  AND (NEW.state = 'cancelled' OR (NEW.state = 'finished' AND NEW.exit_status IS NOT 0)
@@ -89,6 +91,10 @@ pub fn install(conn: &Connection) -> Result<()> {
 const UNMET: &str = "(SELECT count(*) FROM deps d JOIN jobs w ON w.jid = d.dep \
                      WHERE d.job = ?1 AND d.met = 0)";
 
+/// `UNMET` for the row being updated in `UPDATE jobs`.
+const UNMET_HERE: &str = "(SELECT count(*) FROM deps d JOIN jobs w ON w.jid = d.dep \
+                          WHERE d.job = jobs.jid AND d.met = 0)";
+
 /// The SQL condition "job `j` failed, as its `after` dependents see it".
 const FAILED: &str = concat!(
     "(j.state = 'cancelled' OR (j.state = 'finished' AND j.exit_status IS NOT 0) \
@@ -97,111 +103,332 @@ const FAILED: &str = concat!(
     ")))"
 );
 
+/// `FAILED` for the job named `alias`.
+fn failed(alias: &str) -> String {
+    FAILED.replace("j.", &format!("{alias}."))
+}
+
+/// The states of a job that is to run (again): its dependents wait for it.
+const QUEUED: &str = "('pending', 'holding', 'waiting', 'running')";
+
+/// Jobs one batch of dependency work changes at most (each kind). A batch runs inside a
+/// write transaction, so this bounds how long a cascade holds the queue's lock (about
+/// 0.2 s on SQLite; on PostgreSQL, whose row triggers cost more, a smaller batch takes
+/// about 0.4 s); what is left waits in `dep_work` for the next transaction. Tests make
+/// batches small with `RQ_TEST_DEP_BATCH`.
+fn batch_size(tx: &Tx<'_>) -> i64 {
+    static SIZE: std::sync::OnceLock<Option<i64>> = std::sync::OnceLock::new();
+    let given = SIZE.get_or_init(|| {
+        std::env::var("RQ_TEST_DEP_BATCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+    });
+    given.unwrap_or(if tx.is_postgres() { 4_000 } else { 10_000 })
+}
+
+/// What [`settle`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Settled {
+    /// Jobs left `waiting` for `pending`: the store rings the doorbell once it committed,
+    /// so idle feeders on other hosts come for them at once.
+    pub released: bool,
+    /// Work is left in `dep_work` for later transactions (the store goes on at once).
+    pub more: bool,
+    /// Jobs this batch cancelled or re-armed.
+    pub changed: usize,
+}
+
 /// Carry out what the transaction's ends and re-starts mean for the jobs waiting on them;
-/// run by the store before every commit. Cheap when nothing was noted. True when jobs
-/// left `waiting` for `pending`: the store rings the doorbell once it committed, so idle
-/// feeders on other hosts come for them at once.
-pub fn settle(tx: &Tx<'_>) -> Result<bool> {
+/// run by the store before every write commits. Cheap when nothing was noted.
+///
+/// Set-based and bounded: the failures and re-starts noted by the triggers join the
+/// queue's durable work list (`dep_work`: jobs whose dependents are still to be cancelled
+/// or re-armed), and one batch of it is done here, each kind with a recursive query over
+/// `deps` (at most `batch_size` jobs). A long chain is then a few short transactions instead
+/// of one long one, other writers get the lock in between, and a crash between them
+/// loses nothing: whoever writes next goes on.
+pub fn settle(tx: &Tx<'_>) -> Result<Settled> {
     // Mostly nothing was noted: one statement says so (one round trip on PostgreSQL).
-    let noted: bool = tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM dep_failures) OR EXISTS (SELECT 1 FROM dep_rearms) \
-         OR EXISTS (SELECT 1 FROM dep_released)",
+    let (noted, work, released): (bool, bool, bool) = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM dep_failures) OR EXISTS (SELECT 1 FROM dep_rearms), \
+                EXISTS (SELECT 1 FROM dep_work), EXISTS (SELECT 1 FROM dep_released)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let mut settled = Settled::default();
+    if noted || work {
+        if tx.is_postgres() {
+            // Index lookups, level by level: a queue's statistics are often older than
+            // its jobs (a chain submitted a moment ago), and the planner then scans all
+            // of `deps` once per level of the recursion (quadratic). Until this
+            // transaction ends.
+            tx.execute_batch(
+                "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; \
+                 SET LOCAL enable_seqscan = off",
+            )?;
+        }
+        if noted {
+            note_work(tx)?;
+        }
+        settled.changed = cancel_batch(tx)? + rearm_batch(tx)?;
+        settled.more = work_left(tx)?;
+    }
+    // A batch may release jobs too (an `after_any` wait met by a cancellation).
+    settled.released = released
+        || (noted || work)
+            && tx.query_row("SELECT EXISTS (SELECT 1 FROM dep_released)", [], |r| {
+                r.get(0)
+            })?;
+    if settled.released {
+        tx.execute_batch("DELETE FROM dep_released")?;
+    }
+    Ok(settled)
+}
+
+/// Whether dependency work waits on the work list (a writer stopped between batches).
+pub fn work_left(tx: &Tx<'_>) -> Result<bool> {
+    tx.query_row("SELECT EXISTS (SELECT 1 FROM dep_work)", [], |r| r.get(0))
+}
+
+/// The failures and re-starts the triggers noted join the work list.
+fn note_work(tx: &Tx<'_>) -> Result<()> {
+    // A job noted again (it failed anew, say) takes its newest reason.
+    tx.execute(
+        "DELETE FROM dep_work WHERE kind = 'cancel' AND jid IN (SELECT jid FROM dep_failures)",
+        [],
+    )?;
+    tx.execute(
+        "INSERT INTO dep_work (jid, kind, reason) SELECT jid, 'cancel', reason FROM dep_failures \
+         WHERE true ON CONFLICT (jid, kind) DO NOTHING",
+        [],
+    )?;
+    tx.execute(
+        "INSERT INTO dep_work (jid, kind) SELECT jid, 'rearm' FROM dep_rearms \
+         WHERE true ON CONFLICT (jid, kind) DO NOTHING",
+        [],
+    )?;
+    tx.execute_batch("DELETE FROM dep_failures; DELETE FROM dep_rearms;")?;
+    Ok(())
+}
+
+/// SQLite keeps the order of tables joined with CROSS JOIN as written: the batch queries
+/// go from the work list through `deps` to jobs, where its planner, without statistics,
+/// may instead scan the jobs of a state once per row (quadratic on a long chain).
+/// PostgreSQL plans them well as they are.
+fn ordered(tx: &Tx<'_>, sql: &str) -> String {
+    if tx.is_postgres() {
+        sql.to_string()
+    } else {
+        sql.replace(" JOIN ", " CROSS JOIN ")
+    }
+}
+
+/// A batch's recursive query into `dep_batch`: from `seed`, then level by level from the
+/// rows found (`cte`'s first column is a jid) to their dependents: `deps` rows `d` whose
+/// `dep` is the row found, meeting `wait`, whose job's state is one of `states`; at most
+/// `batch_size` rows. SQLite stops at a LIMIT inside the recursion and follows the joins
+/// as written (`ordered`); PostgreSQL allows no LIMIT there but computes only what an
+/// outer LIMIT fetches, and each level is a LATERAL subquery behind OFFSET 0 that looks
+/// every row up by key (planned as one join, without fresh statistics, it scanned `deps`
+/// or the jobs of a state once per level: quadratic).
+fn batch_query(
+    tx: &Tx<'_>,
+    cte: &str,
+    seed: &str,
+    carried: &str,
+    wait: &str,
+    states: &str,
+) -> String {
+    let limit = batch_size(tx);
+    let name = cte.split('(').next().unwrap_or(cte);
+    if tx.is_postgres() {
+        format!(
+            "WITH RECURSIVE {cte} AS ({seed} UNION \
+                 SELECT x.job{carried} FROM {name} CROSS JOIN LATERAL ( \
+                     SELECT d.job FROM deps d WHERE d.dep = {name}.jid AND {wait} \
+                       AND (SELECT j.state FROM jobs j WHERE j.jid = d.job) IN {states} \
+                     OFFSET 0) x) \
+             INSERT INTO dep_batch SELECT * FROM {name} LIMIT {limit} ON CONFLICT (jid) DO NOTHING"
+        )
+    } else {
+        ordered(
+            tx,
+            &format!(
+                "WITH RECURSIVE {cte} AS ({seed} UNION \
+                     SELECT d.job{carried} FROM {name} JOIN deps d ON d.dep = {name}.jid \
+                     JOIN jobs j ON j.jid = d.job WHERE {wait} AND j.state IN {states} \
+                     LIMIT {limit}) \
+                 INSERT INTO dep_batch SELECT * FROM {name} WHERE true ON CONFLICT (jid) DO NOTHING"
+            ),
+        )
+    }
+}
+
+/// Cancel the `after` dependents of failed jobs on the work list (theirs in turn, each
+/// with the reason of the failure it comes from), one batch. The jobs whose dependents a
+/// batch did not reach stay on the list.
+fn cancel_batch(tx: &Tx<'_>) -> Result<usize> {
+    let run = |sql: &str| tx.execute(&ordered(tx, sql), []);
+    let has_work: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM dep_work WHERE kind = 'cancel')",
         [],
         |r| r.get(0),
     )?;
-    if !noted {
-        return Ok(false);
+    if !has_work {
+        return Ok(0);
     }
-    settle_waits(tx)?;
-    let released: bool = tx
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM dep_released)")?
-        .query_row([], |r| r.get(0))?;
-    if released {
-        tx.execute_batch("DELETE FROM dep_released")?;
-    }
-    Ok(released)
+    let root_failed = failed("f");
+    let waiting = "('waiting', 'holding')";
+    tx.execute(
+        &batch_query(
+            tx,
+            "doomed(jid, reason, skip)",
+            &ordered(
+                tx,
+                &format!(
+                    "SELECT d.job, w.reason, 0 FROM dep_work w JOIN jobs f ON f.jid = w.jid \
+                     JOIN deps d ON d.dep = w.jid JOIN jobs j ON j.jid = d.job \
+                     WHERE w.kind = 'cancel' AND {root_failed} AND d.kind = 'ok' \
+                       AND j.state IN {waiting}"
+                ),
+            ),
+            ", doomed.reason, 0",
+            "d.kind = 'ok'",
+            waiting,
+        ),
+        [],
+    )?;
+    // Each cancelled job is noted by `dep_failed` with the reason it was given.
+    let changed = run("UPDATE jobs SET state = 'cancelled', \
+             reason = (SELECT b.reason FROM dep_batch b WHERE b.jid = jobs.jid) \
+         WHERE jid IN (SELECT jid FROM dep_batch) AND state IN ('waiting', 'holding')")?;
+    // Where the batch stopped: cancelled jobs with dependents it did not reach.
+    run(
+        "INSERT INTO dep_work (jid, kind, reason) SELECT f.jid, 'cancel', f.reason \
+         FROM dep_failures f WHERE EXISTS (SELECT 1 FROM deps d JOIN jobs j ON j.jid = d.job \
+             WHERE d.dep = f.jid AND d.kind = 'ok' AND j.state IN ('waiting', 'holding')) \
+         ON CONFLICT (jid, kind) DO NOTHING",
+    )?;
+    tx.execute_batch("DELETE FROM dep_failures; DELETE FROM dep_batch;")?;
+    run(&format!(
+        "DELETE FROM dep_work WHERE kind = 'cancel' AND NOT EXISTS ( \
+             SELECT 1 FROM jobs f JOIN deps d ON d.dep = f.jid JOIN jobs j ON j.jid = d.job \
+             WHERE f.jid = dep_work.jid AND {root_failed} AND d.kind = 'ok' \
+               AND j.state IN ('waiting', 'holding'))"
+    ))?;
+    Ok(changed)
 }
 
-fn settle_waits(tx: &Tx<'_>) -> Result<()> {
-    loop {
-        let failures: Vec<(i64, String)> = {
-            let mut stmt = tx.prepare_cached("SELECT jid, reason FROM dep_failures")?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?
-        };
-        let rearms: Vec<i64> = {
-            let mut stmt = tx.prepare_cached("SELECT jid FROM dep_rearms")?;
-            stmt.query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?
-        };
-        if failures.is_empty() && rearms.is_empty() {
-            return Ok(());
-        }
-        tx.execute_batch("DELETE FROM dep_failures; DELETE FROM dep_rearms;")?;
-        // Each cancellation is noted in turn by `dep_failed`, with the first reason: the
-        // next round cancels the jobs waiting for these.
-        for (jid, reason) in failures {
-            tx.prepare_cached(
-                "UPDATE jobs SET state = 'cancelled', reason = ?2 \
-                 WHERE jid IN (SELECT job FROM deps WHERE dep = ?1 AND kind = 'ok') \
-                   AND state IN ('waiting', 'holding')",
-            )?
-            .execute(params![jid, reason])?;
-        }
-        for jid in rearms {
-            rearm(tx, jid)?;
-        }
+/// Jobs on the work list run again: the jobs waiting for them wait for the new run, and
+/// those cancelled for want of them (theirs in turn) wait again, unless another job they
+/// need failed too. One batch; where it stopped stays on the list.
+fn rearm_batch(tx: &Tx<'_>) -> Result<usize> {
+    let run = |sql: &str| tx.execute(&ordered(tx, sql), []);
+    let has_work: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM dep_work WHERE kind = 'rearm')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_work {
+        return Ok(0);
     }
-}
-
-/// Job `jid` is to run again: the jobs waiting for it wait for this new run, and those
-/// cancelled for want of it wait again (unless another job they need failed too).
-fn rearm(tx: &Tx<'_>, jid: i64) -> Result<()> {
-    let state: Option<String> = tx
-        .prepare_cached("SELECT state FROM jobs WHERE jid = ?")?
-        .query_row([jid], |r| r.get(0))
-        .ok();
-    if !matches!(
-        state.as_deref(),
-        Some("pending" | "holding" | "waiting" | "running")
-    ) {
-        return Ok(());
+    // Roots: work-list jobs that are to run again (others are dropped at the end).
+    let roots = format!(
+        "(SELECT w.jid FROM dep_work w JOIN jobs r ON r.jid = w.jid \
+          WHERE w.kind = 'rearm' AND r.state IN {QUEUED})"
+    );
+    let revived = "(SELECT jid FROM dep_batch WHERE skip = 0)";
+    // The cancelled jobs below them, through cancelled jobs.
+    tx.execute(
+        &batch_query(
+            tx,
+            "revive(jid, reason, skip)",
+            &ordered(
+                tx,
+                &format!(
+                    "SELECT d.job, CAST(NULL AS TEXT), 0 FROM deps d JOIN jobs j ON j.jid = d.job \
+                     WHERE d.dep IN {roots} AND j.state = 'cancelled'"
+                ),
+            ),
+            ", CAST(NULL AS TEXT), 0",
+            "true",
+            "('cancelled')",
+        ),
+        [],
+    )?;
+    // A job that needs one that failed and stays failed (not in this batch) stays
+    // cancelled (skip 2), and so do the jobs of the batch below it (skip 1).
+    let dep_failed = failed("f");
+    let blocked = run(&format!(
+        "UPDATE dep_batch SET skip = 2 WHERE EXISTS ( \
+             SELECT 1 FROM deps d JOIN jobs f ON f.jid = d.dep \
+             WHERE d.job = dep_batch.jid AND d.kind = 'ok' AND {dep_failed} \
+               AND d.dep NOT IN (SELECT jid FROM dep_batch))"
+    ))?;
+    if blocked > 0 {
+        run("WITH RECURSIVE below(jid) AS ( \
+                 SELECT jid FROM dep_batch WHERE skip = 2 \
+                 UNION SELECT d.job FROM below JOIN deps d ON d.dep = below.jid \
+                 JOIN dep_batch b ON b.jid = d.job) \
+             UPDATE dep_batch SET skip = 1 WHERE skip = 0 AND jid IN (SELECT jid FROM below)")?;
     }
-    let dependents: Vec<(i64, String)> = {
-        let mut stmt = tx.prepare_cached(
-            "SELECT d.job, j.state FROM deps d JOIN jobs j ON j.jid = d.job \
-             WHERE d.dep = ? AND j.state IN ('waiting', 'holding', 'cancelled')",
-        )?;
-        stmt.query_map([jid], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?
-    };
-    for (job, state) in dependents {
-        tx.prepare_cached("UPDATE deps SET met = 0 WHERE dep = ? AND job = ?")?
-            .execute([jid, job])?;
-        let unmet = UNMET;
-        if state == "cancelled" {
-            match failed_dependency(tx, job)? {
-                Some(reason) => {
-                    tx.prepare_cached("UPDATE jobs SET reason = ? WHERE jid = ?")?
-                        .execute(params![reason, job])?;
-                }
-                None => {
-                    // Noted by `dep_rearmed` in turn: its own dependents are next.
-                    tx.prepare_cached(&format!(
-                        "UPDATE jobs SET state = 'waiting', reason = NULL, waiting_on = {unmet} \
-                         WHERE jid = ?1"
-                    ))?
-                    .execute([job])?;
-                }
+    // The waits on the roots and on the jobs that run again start over.
+    for from in [roots.as_str(), revived] {
+        run(&format!(
+            "UPDATE deps SET met = 0 WHERE met = 1 AND dep IN {from} AND EXISTS ( \
+                 SELECT 1 FROM jobs j WHERE j.jid = deps.job \
+                   AND j.state IN ('waiting', 'holding', 'cancelled'))"
+        ))?;
+    }
+    // Noted by `dep_rearmed` in turn (those with dependents). Their own waits are counted
+    // here; the jobs already waiting below the roots and them are counted again next.
+    let changed = run(&format!(
+        "UPDATE jobs SET state = 'waiting', reason = NULL, waiting_on = {UNMET_HERE} \
+         WHERE jid IN {revived} AND state = 'cancelled'"
+    ))?;
+    for from in [roots.as_str(), revived] {
+        run(&format!(
+            "UPDATE jobs SET waiting_on = {UNMET_HERE} \
+             WHERE jid IN (SELECT d.job FROM deps d WHERE d.dep IN {from}) \
+               AND state IN ('waiting', 'holding') AND jid NOT IN (SELECT jid FROM dep_batch)"
+        ))?;
+    }
+    // The ones that stay cancelled say which failed job keeps them.
+    if blocked > 0 {
+        let kept: Vec<i64> =
+            tx.query_map("SELECT jid FROM dep_batch WHERE skip = 2", [], |r| r.get(0))?;
+        for job in kept {
+            if let Some(reason) = failed_dependency(tx, job)? {
+                tx.execute(
+                    "UPDATE jobs SET reason = ? WHERE jid = ?",
+                    params![reason, job],
+                )?;
             }
-        } else {
-            tx.prepare_cached(&format!(
-                "UPDATE jobs SET waiting_on = {unmet} WHERE jid = ?1"
-            ))?
-            .execute([job])?;
         }
     }
-    Ok(())
+    // Where the batch stopped: jobs that run again with cancelled dependents it did not
+    // reach; the roots are done once none is left below them.
+    let unreached = |jid: &str| {
+        format!(
+            "EXISTS (SELECT 1 FROM deps d JOIN jobs j ON j.jid = d.job \
+             WHERE d.dep = {jid} AND j.state = 'cancelled' \
+               AND d.job NOT IN (SELECT jid FROM dep_batch))"
+        )
+    };
+    run(&format!(
+        "INSERT INTO dep_work (jid, kind) SELECT r.jid, 'rearm' FROM dep_rearms r \
+         WHERE {} ON CONFLICT (jid, kind) DO NOTHING",
+        unreached("r.jid")
+    ))?;
+    run(&format!(
+        "DELETE FROM dep_work WHERE kind = 'rearm' AND NOT ( \
+             EXISTS (SELECT 1 FROM jobs r WHERE r.jid = dep_work.jid AND r.state IN {QUEUED}) \
+             AND {})",
+        unreached("dep_work.jid")
+    ))?;
+    tx.execute_batch("DELETE FROM dep_rearms; DELETE FROM dep_batch;")?;
+    Ok(changed)
 }
 
 /// Why `job` cannot run: the first job it waits for with `after` that failed.

@@ -307,10 +307,17 @@ impl ArraySpec {
             if last < first {
                 return Err(format!("--array: '{span}' runs backwards"));
             }
-            total += (last - first) / step + 1;
-            if total > MAX_ARRAY {
-                return Err(format!("--array: more than {MAX_ARRAY} jobs"));
-            }
+            // Checked: `0-9223372036854775807` must be refused, not wrap around.
+            total = ((last - first) / step)
+                .checked_add(1)
+                .and_then(|n| n.checked_add(total))
+                .filter(|n| *n <= MAX_ARRAY)
+                .ok_or_else(|| {
+                    format!(
+                        "--array: more than {MAX_ARRAY} jobs (the most one array may hold); \
+                         nothing was submitted"
+                    )
+                })?;
             ranges.push((first, last, step));
         }
         if ranges.is_empty() {
@@ -888,12 +895,12 @@ fn duration_of(key: &str, value: &Value) -> std::result::Result<Option<f64>, Str
         Value::Null => Ok(None),
         Value::Number(n) => n
             .as_f64()
-            .filter(|s| *s >= 0.0 && s.is_finite())
+            .filter(|s| (0.0..=crate::time::MAX_DURATION_SECS).contains(s))
             .map(Some)
-            .ok_or_else(|| format!("{key} must be a duration, found {n}")),
+            .ok_or_else(|| format!("{key} must be {}, found {n}", crate::time::DURATION_FORMS)),
         Value::String(s) => crate::time::parse_duration(s)
             .map(Some)
-            .ok_or_else(|| format!("{key} must be a duration like 90s or 2h, not '{s}'")),
+            .ok_or_else(|| format!("{key} must be {}, not '{s}'", crate::time::DURATION_FORMS)),
         other => Err(format!(
             "{key} must be a duration, found {}",
             describe(other)
@@ -1108,6 +1115,24 @@ mod tests {
         for bad in ["", "5-1", "1-10:0", "x", "1-10%0", "-3", "1-100000000"] {
             assert!(ArraySpec::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn absurd_array_ranges_are_refused_with_the_cap() {
+        for absurd in [
+            "0-9223372036854775807",
+            "1-9223372036854775807:1",
+            "0-9223372036854775806,0-9223372036854775806",
+            "5000000-9999999,0-5000000",
+            "0-99999999999999999999",
+        ] {
+            let err = ArraySpec::parse(absurd).unwrap_err();
+            assert!(
+                err.contains("10000000") || err.contains("not an index"),
+                "{absurd}: {err}"
+            );
+        }
+        assert!(ArraySpec::parse("0-9223372036854775807:9223372036854775807").is_ok());
     }
 
     #[test]

@@ -56,5 +56,6 @@ pub mod query;
 pub mod queue;
 pub mod runner;
 pub mod salvage;
+pub mod secrets;
 pub mod serve;
 pub mod watchdog;

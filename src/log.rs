@@ -142,10 +142,11 @@ impl Logger {
         let now = jiff::Timestamp::now();
         self.roll_if_due(now);
         let line = format!(
-            "{} {:<5} [{}] {message}\n",
+            "{} {:<5} [{}] {}\n",
             crate::time::format(now),
             level.name(),
-            std::process::id()
+            std::process::id(),
+            crate::secrets::redact(message)
         );
         match &mut self.file {
             Some(file) => {

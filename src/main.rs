@@ -10,12 +10,13 @@ fn main() {
         Err(rq::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => 0,
         // The exit-status rule (README): 2 for a command line rq cannot run as written,
         // 1 for everything that went wrong after that.
+        // Never a password, whatever the message quotes (a connection string, say).
         Err(e @ rq::Error::Usage(_)) => {
-            rq::note!("rq: {e}");
+            rq::note!("rq: {}", rq::secrets::redact(&e.to_string()));
             2
         }
         Err(e) => {
-            rq::note!("rq: {e}");
+            rq::note!("rq: {}", rq::secrets::redact(&e.to_string()));
             1
         }
     };

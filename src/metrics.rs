@@ -21,7 +21,32 @@ struct StateLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HostLabel {
-    host: String,
+    host: Escaped,
+}
+
+/// A label value escaped as the OpenMetrics text format requires (`\\`, `\"`, `\n`):
+/// prometheus-client writes label values as they are, and a host name comes from anyone
+/// who can set `RQ_HOST` or drop a file in `Q/hosts/`, so a `"` or a newline in it would
+/// otherwise end the label and add lines of its own to `/metrics`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Escaped(String);
+
+impl prometheus_client::encoding::EncodeLabelValue for Escaped {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> std::result::Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What the metrics are made from: one read of the queue.
@@ -110,7 +135,7 @@ pub fn render(inputs: &Inputs<'_>) -> Result<String> {
     let max_feed = Family::<HostLabel, Gauge>::default();
     for f in inputs.feeders {
         let label = HostLabel {
-            host: f.host.clone(),
+            host: Escaped(f.host.clone()),
         };
         up.get_or_create(&label).set(i64::from(f.alive));
         if let Some(a) = f.heartbeat_age {

@@ -225,7 +225,8 @@ fn bool_cell(cell: CellRef<'_>, shown: Shown) -> CellRef<'_> {
     }
 }
 
-/// The value of a JSON column, with the values of secret-looking variables hidden; None
+/// The value of a JSON column, with the values of secret-looking variables hidden
+/// (`secrets::is_secret`: by name, or a value holding a password); None
 /// for other columns, NULL, and text that is not JSON (shown as text).
 fn json_cell(cell: &CellRef<'_>, shown: Shown) -> Option<Value> {
     let CellRef::Text(text) = cell else {
@@ -237,7 +238,11 @@ fn json_cell(cell: &CellRef<'_>, shown: Shown) -> Option<Value> {
     let mut value: Value = serde_json::from_str(text).ok()?;
     if let Value::Object(env) = &mut value {
         for (name, value) in env.iter_mut() {
-            if is_secret_name(name) {
+            let text = match value {
+                Value::String(text) => text.as_str(),
+                _ => "",
+            };
+            if crate::secrets::is_secret(name, text) {
                 *value = Value::from(HIDDEN);
             }
         }
@@ -254,16 +259,8 @@ pub fn json_for_people(text: &str) -> String {
     }
 }
 
-/// What rq shows instead of the value of a variable whose name looks secret.
-pub const HIDDEN: &str = "<hidden>";
-
-/// `*TOKEN*`, `*SECRET*`, `*PASSWORD*`, `*KEY*` (any case): values not shown in listings.
-pub fn is_secret_name(name: &str) -> bool {
-    let upper = name.to_ascii_uppercase();
-    ["TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY"]
-        .iter()
-        .any(|word| upper.contains(word))
-}
+/// What rq shows instead of the value of a secret-looking variable (see `secrets`).
+pub use crate::secrets::HIDDEN;
 
 fn write_json(out: &mut Vec<u8>, cell: CellRef<'_>) {
     let _ = match cell {

@@ -5,7 +5,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::job::{Cell, Row};
 
 /// Make every signal the feeder inherited as ignored (e.g. HUP under nohup) default again,
@@ -78,6 +78,74 @@ fn fresh_file(path: &Path) -> Result<std::fs::File> {
     file.context(|| format!("cannot create {}", path.display()))
 }
 
+/// A job's data (`$RQ_DATA`, `Q/data/<jid>`): what was stored at submit (a directory or a
+/// file), or a directory made now for a job submitted without `--data`. Anyone who can
+/// write the queue could plant a link there (or in place of `Q/data`), through which the
+/// job would read and write wherever it points: the job is then not started.
+fn data_path(path: &Path) -> Result<()> {
+    let refuse = |what: &Path| {
+        Err(Error::Conflict(format!(
+            "{} is a symbolic link, not what rq made: not starting the job",
+            what.display()
+        )))
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => return refuse(path),
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).context(|| format!("cannot read {}", path.display())),
+    }
+    if let Some(parent) = path.parent() {
+        match std::fs::symlink_metadata(parent) {
+            Ok(meta) if meta.file_type().is_symlink() => return refuse(parent),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(parent)
+                    .context(|| format!("cannot create {}", parent.display()))?
+            }
+            Err(e) => return Err(e).context(|| format!("cannot read {}", parent.display())),
+        }
+    }
+    // Fails on anything that appeared meanwhile; never follows a link.
+    std::fs::create_dir(path).context(|| format!("cannot create {}", path.display()))
+}
+
+/// A job's stdin file, opened without following a link and only if it is a regular file
+/// (a link planted there could make the job read the feeder user's files; a FIFO could
+/// hang the start). None when it is gone: the job reads nothing, as before.
+fn open_stdin(path: &Path) -> Result<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(e)
+                .context(|| format!("cannot open the job's stdin {} (a link?)", path.display()));
+        }
+    };
+    let meta = file
+        .metadata()
+        .context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        return Err(Error::Conflict(format!(
+            "the job's stdin {} is not a regular file: not starting it",
+            path.display()
+        )));
+    }
+    // Reads block as usual from here.
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+    }
+    Ok(Some(file))
+}
+
 /// A claimed job made ready to start: its data directory and fresh output files created,
 /// its stdin opened and its command built. The feeder prepares the next jobs while the
 /// running ones run, so that a slot coming free costs only the start journal's sync and
@@ -129,18 +197,13 @@ pub fn prepare(
     let stdout_path = path_of("stdout").unwrap_or_else(|| dir.join("stdout").join(jid.to_string()));
     let stderr_path = path_of("stderr").unwrap_or_else(|| dir.join("stderr").join(jid.to_string()));
     let data_path = path_of("data").unwrap_or_else(|| dir.join("data").join(jid.to_string()));
+    self::data_path(&data_path)?;
     let stdin_path = path_of("stdin");
-    if !data_path.exists() {
-        std::fs::create_dir_all(&data_path)
-            .context(|| format!("cannot create {}", data_path.display()))?;
-    }
     let stdout = fresh_file(&stdout_path)?;
     let stderr = fresh_file(&stderr_path)?;
     let stdin = match &stdin_path {
-        Some(p) if p.is_file() => {
-            Stdio::from(std::fs::File::open(p).context(|| format!("cannot open {}", p.display()))?)
-        }
-        _ => Stdio::null(),
+        Some(p) => open_stdin(p)?.map_or_else(Stdio::null, Stdio::from),
+        None => Stdio::null(),
     };
     let cwd = job
         .get("cwd")

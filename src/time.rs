@@ -99,7 +99,15 @@ pub fn hms(seconds: f64) -> String {
     format!("{:02}h{:02}m{:05.2}s", hours as u64, minutes as u64, secs)
 }
 
-/// A duration given by a user: `90`, `90s`, `15m`, `2h`, `1d`, `1.5h`.
+/// The longest duration rq takes anywhere (options, environment, configure, job lists):
+/// 100 years. A longer one is a typo (or an attempt to overflow a clock) and is refused.
+pub const MAX_DURATION_SECS: f64 = 100.0 * 365.25 * 86400.0;
+
+/// What `parse_duration` takes, for error messages.
+pub const DURATION_FORMS: &str = "a duration like 90s, 15m, 2h, 1d or 1h30m, at most 100 years";
+
+/// A duration given by a user: `90`, `90s`, `15m`, `2h`, `1d`, `1.5h`; None for anything
+/// else, and for more than `MAX_DURATION_SECS`.
 pub fn parse_duration(text: &str) -> Option<f64> {
     let mut rest = text.trim();
     if rest.is_empty() {
@@ -131,7 +139,22 @@ pub fn parse_duration(text: &str) -> Option<f64> {
         terms += 1;
         rest = after.trim_start();
     }
-    total.is_finite().then_some(total)
+    (total.is_finite() && total <= MAX_DURATION_SECS).then_some(total)
+}
+
+/// `RQ_LOCK_TIMEOUT`: how long to wait for the queue's lock (or a PostgreSQL server)
+/// before giving up; None when unset. A value that is not a duration is an error.
+pub fn lock_timeout_from_env() -> crate::error::Result<Option<std::time::Duration>> {
+    match std::env::var("RQ_LOCK_TIMEOUT") {
+        Err(_) => Ok(None),
+        Ok(text) => parse_duration(&text)
+            .map(|secs| Some(std::time::Duration::from_secs_f64(secs)))
+            .ok_or_else(|| {
+                crate::error::Error::usage(format!(
+                    "RQ_LOCK_TIMEOUT: '{text}' is not {DURATION_FORMS}"
+                ))
+            }),
+    }
 }
 
 #[cfg(test)]

@@ -427,3 +427,49 @@ crate::on_both_stores!(
     cron_add_and_delete_leave_other_lines_alone,
     ioview_and_tail_show_job_output,
 );
+
+/// A trigger planted in the database would run inside every rq writer: writers refuse
+/// the queue (naming it, and the repair), readers still read it, and `recover` removes it,
+/// says so, and keeps every job and wait.
+#[test]
+fn writers_refuse_objects_rq_did_not_make_and_recover_removes_them() {
+    let q = TestQueue::new();
+    let list = "- {name: a, command: 'true'}\n- {command: 'true', after: a}\n";
+    q.rq_stdin(&["submit", "-q", "-"], list).ok();
+    let planted = std::process::Command::new("sqlite3")
+        .arg(q.path.join("db"))
+        .arg(
+            "CREATE TABLE evil_log (x); \
+             CREATE TRIGGER evil AFTER UPDATE ON jobs BEGIN INSERT INTO evil_log VALUES (NEW.command); END;",
+        )
+        .status()
+        .unwrap();
+    assert!(planted.success());
+    let before = q.dump();
+    for args in [
+        &["submit", "true"][..],
+        &["update", "1", "tag=x"],
+        &["execute", "DELETE FROM jobs"],
+    ] {
+        let refused = q.rq(args).fails();
+        assert!(
+            refused.stderr.contains("trigger evil") && refused.stderr.contains("recover"),
+            "{args:?}: {}",
+            refused.stderr
+        );
+    }
+    assert_eq!(q.dump(), before, "nothing changed");
+    assert_eq!(q.count("pending"), 1, "readers still read it");
+    let report = q.rq(&["recover"]).ok().value();
+    let dropped: Vec<&str> = report["dropped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(dropped, ["trigger evil", "table evil_log"], "{report}");
+    assert_eq!(q.dump(), before, "every job kept");
+    q.rq(&["update", "1", "tag=x"]).ok();
+    assert_eq!(q.rq(&["list", "2"]).ok().records()[0]["waiting_on"], 1);
+    q.integrity_ok();
+}

@@ -22,7 +22,7 @@ fn kill_signals_a_job_on_another_host(store: StoreKind) {
         ),
     ])
     .ok();
-    q.rq(&["submit", "-q", "sleep 30"]).ok();
+    q.rq(&["submit", "-q", &q.held()]).ok();
     q.rq(&["submit", "-q", "--stage", "echo held"]).ok();
     let _remote = q.feeder("remote", &["--max_feed", "2"]);
     q.wait_for("jobs running", 10, |q| q.count("running") == 2);
@@ -93,10 +93,16 @@ fn killing_a_job_claimed_ahead_ends_it_before_it_starts(store: StoreKind) {
 
 fn timeouts_term_then_kill(store: StoreKind) {
     let q = TestQueue::on(store);
-    q.rq(&["submit", "-q", "--timeout", "1s", "sleep 30"]).ok();
+    q.rq(&["submit", "-q", "--timeout", "1s", &q.held()]).ok();
     // ignores TERM: KILL follows the grace period
-    q.rq(&["submit", "-q", "--timeout", "0.5", "trap '' TERM; sleep 30"])
-        .ok();
+    q.rq(&[
+        "submit",
+        "-q",
+        "--timeout",
+        "0.5",
+        &format!("trap '' TERM; {}", q.held()),
+    ])
+    .ok();
     q.rq(&["submit", "-q", "--timeout", "10s", "echo quick"])
         .ok();
     q.rq(&["submit", "--timeout", "soon", "x"]).fails();
@@ -198,7 +204,7 @@ fn wait_blocks_until_done_and_reports_success(store: StoreKind) {
 fn feeders_lists_hosts_with_heartbeats(store: StoreKind) {
     let q = TestQueue::on(store);
     q.rq(&["configure", "heartbeat=0.5s", "lease=2s"]).ok();
-    q.rq(&["submit", "-q", "sleep 30"]).ok();
+    q.rq(&["submit", "-q", &q.held()]).ok();
     let a = q.feeder("alpha", &["--max_feed", "3"]);
     q.wait_for("job running", 10, |q| q.count("running") == 1);
     let mut b = q.feeder("beta", &["--max_feed", "1"]);
@@ -482,7 +488,52 @@ fn submit_never_copies_job_inputs_through_planted_links(store: StoreKind) {
     );
 }
 
+/// A job's `$RQ_DATA` is `Q/data/<jid>`: a link planted there is never handed to the job
+/// (it is not started, and says why); a job whose data directory is not there gets one
+/// made. A stdin file replaced by a link is not read through it.
+fn a_feeder_hands_jobs_no_planted_links(store: StoreKind) {
+    let q = TestQueue::on(store);
+    let victim_dir = q.tmp.path().join("victim-dir");
+    std::fs::create_dir(&victim_dir).unwrap();
+    let secret = q.tmp.path().join("secret");
+    std::fs::write(&secret, "the feeder user's secret\n").unwrap();
+    std::fs::create_dir_all(q.files().join("data")).unwrap();
+    std::os::unix::fs::symlink(&victim_dir, q.files().join("data/1")).unwrap();
+    q.rq(&["submit", "-q", "echo planted > \"$RQ_DATA/out\""])
+        .ok();
+    q.rq(&["submit", "-q", "echo two > \"$RQ_DATA/out\""]).ok();
+    // A job with stdin whose file is swapped for a link to the secret before it runs.
+    let input = q.tmp.path().join("input");
+    std::fs::write(&input, "job input\n").unwrap();
+    q.rq(&["submit", "-q", "--stdin", input.to_str().unwrap(), "cat"])
+        .ok();
+    let stdin3 = q.files().join("stdin/3");
+    std::fs::remove_file(&stdin3).unwrap();
+    std::os::unix::fs::symlink(&secret, &stdin3).unwrap();
+    let mut f = q.feeder("h1", &["--exit_when_empty"]);
+    assert_eq!(f.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(
+        std::fs::read_dir(&victim_dir).unwrap().count(),
+        0,
+        "written through the link"
+    );
+    let jobs = q.jobs();
+    assert_eq!(jobs[0]["exit_status"], 127, "{:?}", jobs[0]);
+    assert!(q.rq(&["stderr", "1"]).ok().stdout.contains("symbolic link"));
+    assert_eq!(jobs[1]["exit_status"], 0);
+    assert_eq!(
+        std::fs::read_to_string(q.files().join("data/2/out")).unwrap(),
+        "two\n"
+    );
+    assert!(
+        !q.rq(&["stdout", "3"]).ok().stdout.contains("secret"),
+        "stdin read through a planted link"
+    );
+    assert_ne!(jobs[2]["exit_status"], 0, "{:?}", jobs[2]);
+}
+
 crate::on_both_stores!(
+    a_feeder_hands_jobs_no_planted_links,
     kill_signals_a_job_on_another_host,
     killing_a_job_claimed_ahead_ends_it_before_it_starts,
     timeouts_term_then_kill,

@@ -182,7 +182,11 @@ async fn the_hosts_view_shows_a_killed_feeder_as_dead(store: StoreKind) {
 
 async fn actions_need_the_token(store: StoreKind) {
     let q = TestQueue::on(store);
-    q.rq(&["submit", "-q", "sleep 60"]).ok();
+    // Runs until killed (or the file goes), however slow the browser is to start.
+    let hold = q.tmp.path().join("hold");
+    std::fs::write(&hold, "").unwrap();
+    q.rq(&["submit", "-q", "while [ -e hold ]; do sleep 0.1; done"])
+        .ok();
     q.rq(&["submit", "-q", "--stage", "echo later"]).ok();
     let _f = q.feeder("h1", &[]);
     q.wait_for("the job to run", 20, |q| q.count("running") == 1);
@@ -324,6 +328,7 @@ async fn actions_need_the_token(store: StoreKind) {
         server.stderr()
     );
     browser.close().await;
+    let _ = std::fs::remove_file(hold);
 }
 
 /// Parse OpenMetrics/Prometheus text with a real parser: every sample, by name and labels.
@@ -458,7 +463,92 @@ async fn serve_listens_on_loopback_and_warns_about_wider_listening(store: StoreK
     assert!(status == 413 || status == 403, "{status}");
 }
 
+/// The Prometheus project's own parser of the OpenMetrics text format (the Python
+/// client's, from PyPI in a virtual environment made once under the target directory):
+/// every sample as `{name, labels, value}`. It fails on text that is not valid.
+fn openmetrics_samples(text: &str) -> Vec<serde_json::Value> {
+    static VENV: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let venv = VENV.get_or_init(|| {
+        let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("openmetrics-venv");
+        let python = venv.join("bin/python");
+        let ready = || {
+            std::process::Command::new(&python)
+                .args(["-c", "import prometheus_client.openmetrics.parser"])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !ready() {
+            let made = std::process::Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .expect("python3");
+            assert!(made.success(), "python3 -m venv");
+            let installed = std::process::Command::new(venv.join("bin/pip"))
+                .args(["install", "-q", "prometheus-client==0.26.0"])
+                .status()
+                .expect("pip");
+            assert!(installed.success(), "pip install prometheus-client");
+        }
+        assert!(ready());
+        python
+    });
+    let script = "import sys, json\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        out = [{'name': s.name, 'labels': s.labels, 'value': s.value}\n\
+               for f in text_string_to_metric_families(sys.stdin.read()) for s in f.samples]\n\
+        print(json.dumps(out))\n";
+    let mut cmd = std::process::Command::new(venv);
+    cmd.args(["-c", script]);
+    let run = run_cmd(cmd, Some(text));
+    assert_eq!(
+        run.status, 0,
+        "not valid OpenMetrics: {}\n{text}",
+        run.stderr
+    );
+    serde_json::from_str(&run.stdout).unwrap()
+}
+
+/// A host name is anyone's to choose (`RQ_HOST`, a file dropped in `Q/hosts/`): one with a
+/// quote, a brace, a backslash and a newline stays one label value of its own host's
+/// samples, as the OpenMetrics parser reads it back, and adds no metric.
+async fn a_hostile_host_name_cannot_forge_metrics(store: StoreKind) {
+    let q = TestQueue::on(store);
+    let hostile = "evil\"} 1\nrq_forged{x=\"y\\";
+    let hosts = q.files().join("hosts");
+    std::fs::create_dir_all(&hosts).unwrap();
+    std::fs::write(
+        hosts.join("evil.hb"),
+        serde_json::json!({ "host": hostile, "pid": 1, "max_feed": 2 }).to_string(),
+    )
+    .unwrap();
+    let once = q.rq(&["metrics"]).ok().stdout;
+    let server = Server::start(&q, &[]);
+    let (status, served) = server.request("GET", "/metrics", &[], "");
+    assert_eq!(status, 200);
+    for text in [&once, &served] {
+        assert!(!text.contains("\nrq_forged"), "a forged line: {text}");
+        let samples = openmetrics_samples(text);
+        assert!(
+            samples
+                .iter()
+                .all(|s| s["name"].as_str().unwrap().starts_with("rq_")),
+            "{samples:?}"
+        );
+        let up: Vec<_> = samples
+            .iter()
+            .filter(|s| s["name"] == "rq_feeder_up")
+            .collect();
+        assert_eq!(up.len(), 1, "one host, one sample: {up:?}");
+        assert_eq!(
+            up[0]["labels"]["host"], hostile,
+            "the name, read back whole"
+        );
+    }
+}
+
 crate::on_both_stores_async!(
+    a_hostile_host_name_cannot_forge_metrics,
     the_overview_counts_and_updates_without_a_reload,
     a_jobs_page_follows_its_output_live,
     the_hosts_view_shows_a_killed_feeder_as_dead,

@@ -208,7 +208,7 @@ fn export_into_and_out_of_a_postgresql_queue_that_keeps_job_files_in_its_databas
 
 fn export_is_refused_while_a_job_runs_and_changes_nothing(store: StoreKind) {
     let q = TestQueue::on(store);
-    q.rq(&["submit", "-q", "sleep 60"]).ok();
+    q.rq(&["submit", "-q", &q.held()]).ok();
     let _feeder = q.feeder("h1", &[]);
     q.wait_for("the job to run", 30, |q| q.count("running") == 1);
     let (dest, files) = other_store(&q);

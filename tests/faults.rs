@@ -80,7 +80,7 @@ fn a_crashed_host_loses_its_jobs_to_another_host(store: StoreKind) {
         ])
         .ok();
     }
-    q.rq(&["submit", "-q", "sleep 30"]).ok();
+    q.rq(&["submit", "-q", &q.held()]).ok();
     let mut a = q.host("crashy", &["--max_feed", "3"]);
     q.wait_for("host crashy to run all three", 20, |q| {
         q.rq(&["query", "state=running", "pid!=null"])
@@ -762,6 +762,18 @@ fn hostile_input_gets_errors_or_is_stored_exactly(store: StoreKind) {
     let found = q.rq(&["query", &format!("tag={evil}")]);
     // The simple language does not apply to a value with spaces: that is raw SQL, refused.
     assert_ne!(found.status, 0);
+    // A bad raw clause is a usage error on either store: exit 2, one line saying what the
+    // database found wrong, without the statement rq wrapped around it.
+    for bad in ["jid >>> 3", "nosuchcolumn = 1", "state = "] {
+        let refused = q.rq(&["query", bad]).fails();
+        assert_eq!(refused.status, 2, "{bad}: {}", refused.stderr);
+        assert!(
+            refused.stderr.contains(&format!("(in: {bad})")),
+            "{}",
+            refused.stderr
+        );
+        assert!(!refused.stderr.contains("SELECT"), "{}", refused.stderr);
+    }
     let found = q.rq(&["query", "command=~x')%"]).ok().records();
     assert_eq!(found.len(), 1);
     assert_eq!(text(&found[0], "command"), evil);

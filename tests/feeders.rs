@@ -308,10 +308,10 @@ fn stop_marks_dead_and_restartable_jobs_run_again(store: StoreKind) {
         "submit",
         "-q",
         "--restartable",
-        &format!("echo run >> {}; sleep 30", ledger.display()),
+        &format!("echo run >> {}; {}", ledger.display(), q.held()),
     ])
     .ok();
-    q.rq(&["submit", "-q", "sleep 30"]).ok();
+    q.rq(&["submit", "-q", &q.held()]).ok();
     let mut f = q.feeder("h1", &["--max_feed", "2"]);
     q.wait_for("jobs to start", 10, |q| q.count("running") == 2);
     let out = q.rq_as("h1", &["stop"]).ok();
@@ -343,7 +343,7 @@ fn a_crashed_feeder_is_cleaned_up_by_the_next_one_on_its_host(store: StoreKind) 
         &format!("while true; do touch {}; sleep 0.1; done", marker.display()),
     ])
     .ok();
-    q.rq(&["submit", "-q", "--restartable", "sleep 30"]).ok();
+    q.rq(&["submit", "-q", "--restartable", &q.held()]).ok();
     let mut f = q.feeder("h1", &["--max_feed", "2"]);
     q.wait_for("jobs to start", 10, |q| {
         q.rq(&["query", "state=running", "pid!=null"])

@@ -155,7 +155,7 @@ fn backup_and_snapshot_copy_the_queue_into_a_directory_and_recover_is_refused() 
     let mut f = q.feeder("h1", &["--exit_when_empty"]);
     assert_eq!(f.wait_exit(Duration::from_secs(30)), Some(0));
     // A job running while the copies are made: copied as it is, left running.
-    q.rq(&["submit", "-q", "sleep 60"]).ok();
+    q.rq(&["submit", "-q", &q.held()]).ok();
     let _running = q.feeder("h1", &[]);
     q.wait_for("job 2 to run with its pid recorded", 20, |q| {
         q.jobs()
@@ -366,7 +366,7 @@ fn an_older_queue_is_migrated_by_the_first_writer_and_a_newer_one_refused() {
         "ALTER TABLE jobs ALTER COLUMN jid DROP DEFAULT; \
          DROP TRIGGER jid_assign ON jobs; \
          CREATE TRIGGER jid_assign BEFORE INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION jid_assign(); \
-         DROP TABLE hosts, starts, job_files; DROP FUNCTION job_files_deleted() CASCADE; \
+         DROP TABLE hosts, starts, job_files, dep_work; DROP FUNCTION job_files_deleted() CASCADE; \
          UPDATE meta SET value = '5' WHERE key = 'schema_version'",
     );
     let version = || psql("SELECT value FROM meta WHERE key = 'schema_version'");
@@ -384,13 +384,13 @@ fn an_older_queue_is_migrated_by_the_first_writer_and_a_newer_one_refused() {
     assert_eq!(version().trim(), "5");
     // The first writer brings it up to date, then writes.
     q.rq(&["submit", "-q", "true"]).ok();
-    assert_eq!(version().trim(), "7");
+    assert_eq!(version().trim(), "8");
     assert_eq!(jid_default().trim(), "1");
     let tables = psql(
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() \
-         AND table_name IN ('hosts', 'starts', 'job_files')",
+         AND table_name IN ('hosts', 'starts', 'job_files', 'dep_work')",
     );
-    assert_eq!(tables.trim(), "3", "version 7's tables");
+    assert_eq!(tables.trim(), "4", "version 7's and 8's tables");
     let jids: Vec<i64> = q.jobs().iter().map(|j| int(j, "jid")).collect();
     assert_eq!(jids, [1, 2]);
     // A queue made by a newer rq is refused, with what to do.
@@ -590,7 +590,8 @@ fn an_upload_under_a_claim_no_longer_held_writes_nothing() {
     // only under the claim the job holds now (the feeder also stops uploading a copy it
     // knows was taken over; this covers the moment before it knows).
     let q = TestQueue::in_database();
-    q.rq(&["submit", "-q", "echo from the run; sleep 30"]).ok();
+    q.rq(&["submit", "-q", &format!("echo from the run; {}", q.held())])
+        .ok();
     let _h1 = q.feeder("h1", &[]);
     q.wait_for("the job's first line", 30, |q| {
         q.rq(&["stdout", "1"]).ok().stdout == "from the run\n"
@@ -615,4 +616,120 @@ fn an_upload_under_a_claim_no_longer_held_writes_nothing() {
     let stale = q.sql("SELECT count(*) AS n FROM job_files WHERE claim = 'a-stale-claim-1'");
     assert!(stale.stdout.contains("\"n\": 0"), "{}", stale.stdout);
     q.rq(&["kill", "1", "--signal", "KILL"]).ok();
+}
+
+/// A password in a queue's URL (its user information, or a `password=` parameter) is
+/// never printed: not in errors, `status`, listings' queue names or a feeder's log. A role
+/// that may not use a queue's schema is told so, not that a table does not exist.
+#[test]
+fn passwords_in_urls_are_never_shown_and_missing_rights_are_named() {
+    let q = TestQueue::on(StoreKind::Postgres);
+    q.rq(&["submit", "-q", "echo hi"]).ok();
+    let url = q.q().to_string();
+    assert!(url.starts_with("postgres://rq@"), "{url}");
+    // The test server trusts local connections: any password works, and none may show.
+    let in_userinfo = url.replacen("postgres://rq@", "postgres://rq:Pw1secret@", 1);
+    let in_param = format!("{url}&password=Pw2secret");
+    let cwd = q.tmp.path();
+    for shown in [
+        rq_in(cwd, &[&in_userinfo, "status"], None).ok().stdout,
+        rq_in(cwd, &[&in_param, "status"], None).ok().stdout,
+        rq_in(
+            cwd,
+            &[&in_userinfo.replace("queue=", "queue=BAD"), "status"],
+            None,
+        )
+        .fails()
+        .stderr,
+        rq_in(
+            cwd,
+            &[&format!("{in_param}&connect_timeout=soon"), "status"],
+            None,
+        )
+        .fails()
+        .stderr,
+        rq_in(
+            cwd,
+            &[&in_param.replace("queue=", "queue=nosuch"), "status"],
+            None,
+        )
+        .fails()
+        .stderr,
+    ] {
+        assert!(
+            !shown.contains("Pw1secret") && !shown.contains("Pw2secret"),
+            "a password shown: {shown}"
+        );
+    }
+    // `create` names the new queue: without the password.
+    let created = rq_in(
+        cwd,
+        &[&in_param.replace("queue=", "queue=x"), "create"],
+        None,
+    )
+    .ok()
+    .value();
+    let named = created["q"].as_str().unwrap();
+    assert!(named.contains("password=<hidden>"), "{created}");
+    assert!(!named.contains("Pw2secret"), "{created}");
+    // A feeder's log.
+    let log = q.tmp.path().join("feeder.log");
+    let mut cmd = rq_command();
+    cmd.env("RQ_HOST", "h1")
+        .env("HOME", q.home())
+        .current_dir(cwd)
+        .args([
+            &in_userinfo,
+            "feed",
+            "--exit_when_empty",
+            "--min_sleep",
+            "0.05",
+        ])
+        .arg("--log")
+        .arg(&log)
+        .args(["--shell", "sh -c"]);
+    run_cmd(cmd, None).ok();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(!logged.is_empty());
+    assert!(!logged.contains("Pw1secret"), "{logged}");
+    assert_eq!(q.count("finished"), 1);
+
+    // A role without rights on the queue's schema.
+    pg::server().psql("DROP ROLE IF EXISTS rq_nobody; CREATE ROLE rq_nobody LOGIN");
+    let nobody = url.replacen("postgres://rq@", "postgres://rq_nobody:Pw3secret@", 1);
+    let refused = rq_in(cwd, &[&nobody, "status"], None).fails();
+    assert!(
+        refused.stderr.contains("permission denied") && refused.stderr.contains("GRANT USAGE"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!refused.stderr.contains("Pw3secret"), "{}", refused.stderr);
+}
+
+/// A trigger planted in a PostgreSQL queue's schema is refused by writers (named), and
+/// readers still read the queue.
+#[test]
+fn writers_refuse_a_queue_schema_with_objects_rq_did_not_make() {
+    let q = TestQueue::on(StoreKind::Postgres);
+    q.rq(&["submit", "-q", "true"]).ok();
+    let schema = format!("rq_{}", q.q().rsplit("queue=").next().unwrap());
+    pg::server().psql(&format!(
+        "SET search_path TO {schema}; \
+         CREATE FUNCTION evil() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$; \
+         CREATE TRIGGER evil AFTER UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION evil();"
+    ));
+    let before = q.dump();
+    let refused = q.rq(&["submit", "true"]).fails();
+    assert!(
+        refused.stderr.contains("trigger evil") && refused.stderr.contains("function evil"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(q.dump(), before);
+    assert_eq!(q.count("pending"), 1);
+    pg::server().psql(&format!(
+        "SET search_path TO {schema}; DROP TRIGGER evil ON jobs; DROP FUNCTION evil();"
+    ));
+    q.rq(&["submit", "-q", "true"]).ok();
+    assert_eq!(q.count("pending"), 2);
 }

@@ -807,7 +807,7 @@ fn deleting_jobs_gives_their_space_back() {
 fn exit_statuses_follow_one_rule(store: StoreKind) {
     let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "true"]).ok();
-    q.rq(&["submit", "-q", "sleep 60"]).ok();
+    q.rq(&["submit", "-q", &q.held()]).ok();
     q.sql("UPDATE jobs SET state='running', runner='elsewhere' WHERE jid=2");
     let table: &[(&[&str], i32, &str)] = &[
         (&["list", "pending"], 0, ""),
@@ -1070,7 +1070,125 @@ fn a_job_list_from_a_pipe_is_read_once_and_spooled(store: StoreKind) {
     );
 }
 
+/// Every input that takes a duration (options, the environment, configure, job lists)
+/// refuses one too long to mean anything with a one-line error (never a panic) and
+/// changes nothing; so does an absurd array range.
+fn durations_and_ranges_too_large_are_refused_not_panicked_on(store: StoreKind) {
+    let q = TestQueue::on(store);
+    q.rq(&["submit", "-q", "true"]).ok();
+    let before = q.dump();
+    let settings_before = q.rq(&["configure"]).ok().stdout;
+    let huge = "99999999999999999999d";
+    // (arguments, standard input, environment)
+    type Case<'a> = (Vec<String>, Option<&'a str>, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["submit".into(), "--in".into(), huge.into(), "true".into()],
+            None,
+            vec![],
+        ),
+        (
+            vec![
+                "submit".into(),
+                "--timeout".into(),
+                huge.into(),
+                "true".into(),
+            ],
+            None,
+            vec![],
+        ),
+        (
+            vec![
+                "submit".into(),
+                "--retry-delay".into(),
+                huge.into(),
+                "true".into(),
+            ],
+            None,
+            vec![],
+        ),
+        (
+            vec![
+                "submit".into(),
+                "--array".into(),
+                "0-9223372036854775807".into(),
+                "true".into(),
+            ],
+            None,
+            vec![],
+        ),
+        (
+            vec!["submit".into(), "-".into()],
+            Some("- {command: 'true', timeout: 99999999999999999999d}\n"),
+            vec![],
+        ),
+        (
+            vec!["submit".into(), "-".into()],
+            Some("[{\"command\": \"true\", \"retry_delay\": 1e300}]\n"),
+            vec![],
+        ),
+        (
+            vec!["wait".into(), "--timeout".into(), huge.into(), "1".into()],
+            None,
+            vec![],
+        ),
+        (
+            vec!["feed".into(), "--min_sleep".into(), huge.into()],
+            None,
+            vec![],
+        ),
+        (
+            vec!["feed".into(), "--max_sleep".into(), huge.into()],
+            None,
+            vec![],
+        ),
+        (vec!["status".into()], None, vec![("RQ_LOCK_TIMEOUT", huge)]),
+        (
+            vec!["submit".into(), "true".into()],
+            None,
+            vec![("RQ_LOCK_TIMEOUT", huge)],
+        ),
+        (
+            vec!["configure".into(), format!("lease={huge}")],
+            None,
+            vec![],
+        ),
+        (
+            vec!["configure".into(), format!("heartbeat={huge}")],
+            None,
+            vec![],
+        ),
+        (
+            vec!["configure".into(), format!("reserve_after={huge}")],
+            None,
+            vec![],
+        ),
+    ];
+    for (args, stdin, env) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut cmd = rq_command();
+        cmd.env("HOME", q.home())
+            .envs(env.iter().copied())
+            .current_dir(q.tmp.path())
+            .arg(q.q())
+            .args(&args);
+        let run = run_cmd(cmd, stdin);
+        assert_ne!(run.status, 101, "{args:?} {env:?} panicked: {}", run.stderr);
+        assert_ne!(run.status, 0, "{args:?} {env:?} was accepted");
+        assert_eq!(
+            run.stderr.trim().lines().count(),
+            1,
+            "{args:?} {env:?}: one line: {}",
+            run.stderr
+        );
+        assert!(run.stderr.starts_with("rq: "), "{args:?}: {}", run.stderr);
+        assert_eq!(q.dump(), before, "{args:?} {env:?} changed the queue");
+    }
+    assert_eq!(q.rq(&["configure"]).ok().stdout, settings_before);
+}
+
 crate::on_both_stores!(
+    durations_and_ranges_too_large_are_refused_not_panicked_on,
     status_counts_follow_every_kind_of_change,
     exit_statuses_follow_one_rule,
     submit_from_argv_infile_stdin_and_dash,

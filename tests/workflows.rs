@@ -201,7 +201,10 @@ fn deleting_a_job_others_wait_for_is_refused_unless_forced(store: StoreKind) {
     q.rq_stdin(&["submit", "-q", "-"], list).ok();
     let run = q.rq(&["delete", "1"]);
     assert_ne!(run.status, 0);
+    // One line for the job, with the true reason (it is pending, not running).
+    assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
     assert!(run.stderr.contains("wait for it"), "{}", run.stderr);
+    assert!(!run.stderr.contains("running"), "{}", run.stderr);
     assert_eq!(q.jobs().len(), 3);
     // Deleting it with its dependents is fine.
     q.rq(&["delete", "1", "2", "3", "-q"]).ok();
@@ -303,7 +306,7 @@ fn an_array_is_addressed_as_a_unit(store: StoreKind) {
 fn kill_takes_an_array(store: StoreKind) {
     let q = TestQueue::on(store);
     let arr = q
-        .rq(&["submit", "--array", "1-2", "sleep 60"])
+        .rq(&["submit", "--array", "1-2", &q.held()])
         .ok()
         .records();
     let id = int(&arr[0], "jid");
@@ -429,6 +432,36 @@ fn the_submitters_environment_reaches_the_job(store: StoreKind) {
     assert_eq!(shown["EXTRA"], "1 2");
     // Secret-looking values are not shown.
     assert_eq!(shown["API_TOKEN"], "<hidden>");
+    // Nor those of other secret-looking names, nor values that hold a password; the job
+    // gets them all, and an ordinary variable is shown.
+    let secrets = [
+        ("PGPASS", "pw1"),
+        ("DB_PASS", "pw2"),
+        ("GOOGLE_CREDENTIALS", "pw3"),
+        ("X_AUTH_HEADER", "pw4"),
+        ("DATABASE_URL", "postgres://me:pw5@db/x"),
+        ("DSN", "host=db password=pw6"),
+    ];
+    let mut args = vec!["submit".to_string()];
+    for (name, value) in secrets {
+        args.push("--env".into());
+        args.push(format!("{name}={value}"));
+    }
+    args.extend(["--env".into(), "PLAIN=visible".into()]);
+    args.push(
+        "echo \"$PGPASS $DB_PASS $GOOGLE_CREDENTIALS $X_AUTH_HEADER $DATABASE_URL $DSN\"".into(),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let hidden = q.rq(&args).ok().records();
+    for (name, _) in secrets {
+        assert_eq!(hidden[0]["env"][name], "<hidden>", "{name}");
+    }
+    assert_eq!(hidden[0]["env"]["PLAIN"], "visible");
+    let listed = q.rq(&["list", "--format", "json"]).ok().stdout
+        + &q.rq(&["list", "--format", "table"]).ok().stdout;
+    for pw in ["pw1", "pw2", "pw3", "pw4", "pw5", "pw6"] {
+        assert!(!listed.contains(pw), "{pw} shown: {listed}");
+    }
     assert!(
         !q.rq(&["list", "--format", "json"])
             .ok()
@@ -446,8 +479,13 @@ fn the_submitters_environment_reaches_the_job(store: StoreKind) {
     assert_eq!(exported[0]["env"]["MY_SETTING"], "blue");
     // The feeder runs without those variables (and with its own TERM).
     let _h1 = q.feeder_env("h1", &[], &[("TERM", "dumb")]);
-    q.wait_for("the jobs", 30, |q| q.count("finished") == 2);
+    q.wait_for("the jobs", 30, |q| q.count("finished") == 3);
     assert_eq!(stdout_of(&q, int(&job[0], "jid")), "|s3cret|1 2|dumb");
+    assert_eq!(
+        stdout_of(&q, int(&hidden[0], "jid")),
+        "pw1 pw2 pw3 pw4 postgres://me:pw5@db/x host=db password=pw6",
+        "the job gets what listings hide"
+    );
     assert_eq!(stdout_of(&q, int(&exported[0], "jid")), "blue");
     // Bad names are refused.
     assert!(
@@ -526,7 +564,128 @@ fn a_dead_dependency_cancels_but_a_restartable_one_that_runs_again_does_not(stor
     assert_eq!(text(&jobs[&(fragile + 3)], "state"), "waiting");
 }
 
+/// SQL run behind rq's back (no rq connection, so none of rq's own dependency work is
+/// done with it): sqlite3 on a directory queue, psql on a PostgreSQL one.
+fn behind_rqs_back(q: &TestQueue, sql: &str) {
+    match q.store {
+        StoreKind::Sqlite => {
+            let out = std::process::Command::new("sqlite3")
+                .arg(q.path.join("db"))
+                .arg(sql)
+                .output()
+                .expect("sqlite3");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        StoreKind::Postgres => {
+            let schema = format!("rq_{}", q.q().rsplit("queue=").next().unwrap());
+            common::pg::server().psql(&format!("SET search_path TO {schema}; {sql}"));
+        }
+    }
+}
+
+/// A long chain whose head fails is cancelled a batch of jobs per transaction (batches of
+/// 7 here, so 300 jobs take many), each with the head's reason; resubmitting the head
+/// re-arms it the same way, except where a job also needs another job that failed. Work
+/// that a writer left on the work list (it stopped between batches) is carried on by the
+/// next one: here an idle feeder.
+fn a_long_chain_is_cancelled_and_rearmed_a_batch_at_a_time(store: StoreKind) {
+    let q = TestQueue::on(store);
+    let small = [("RQ_TEST_DEP_BATCH", "7")];
+    let n = 300;
+    let mut list = String::from(
+        "- {name: j1, command: 'exit 3'}\n- {name: other, command: 'sleep 0.5; exit 4'}\n",
+    );
+    for i in 2..=n {
+        list += &format!("- {{name: j{i}, command: 'echo {i}', after: j{}}}\n", i - 1);
+    }
+    list += "- {name: both, command: 'echo both', after: [j150, other]}\n\
+             - {name: below, command: 'echo below', after: both}\n\
+             - {name: any, command: 'echo any', after_any: j200}\n";
+    let jobs = q.rq_stdin(&["submit", "-"], &list).ok().records();
+    let jid = |name: &str| {
+        int(
+            jobs.iter().find(|j| text(j, "name") == name).unwrap(),
+            "jid",
+        )
+    };
+    let (head, other) = (jid("j1"), jid("other"));
+    let chain: Vec<i64> = (2..=n).map(|i| jid(&format!("j{i}"))).collect();
+    let work_left = |q: &TestQueue| {
+        let out = q.sql("SELECT count(*) AS work FROM dep_work").stdout;
+        assert!(out.contains("work: "), "{out}");
+        !out.contains("work: 0")
+    };
+    {
+        let _h1 = q.feeder_env("h1", &[], &small);
+        q.wait_for("the chain to be cancelled, 'any' to run", 60, |q| {
+            q.count("cancelled") == (n - 1) + 2 && q.count("finished") == 3
+        });
+    }
+    let all = by_jid(&q);
+    for jid in &chain {
+        assert_eq!(text(&all[jid], "state"), "cancelled", "{:?}", all[jid]);
+        assert_eq!(
+            text(&all[jid], "reason"),
+            format!("dependency {head} exited 3")
+        );
+    }
+    assert_eq!(text(&all[&jid("any")], "state"), "finished");
+    assert!(!work_left(&q), "the work list is empty once done");
+
+    // The head runs again: the chain waits again, `both` (and `below`) stay cancelled
+    // because `other` failed.
+    q.rq_as_env("h0", &["resubmit", &head.to_string(), "-q"], &small)
+        .ok();
+    let all = by_jid(&q);
+    for (i, jid) in chain.iter().enumerate() {
+        assert_eq!(text(&all[jid], "state"), "waiting", "{:?}", all[jid]);
+        assert_eq!(int(&all[jid], "waiting_on"), 1);
+        let before = if i == 0 { head } else { chain[i - 1] };
+        assert!(
+            text(&all[jid], "reason").starts_with(&format!("waits for {before} ")),
+            "{:?}",
+            all[jid]
+        );
+    }
+    assert_eq!(text(&all[&jid("both")], "state"), "cancelled");
+    assert_eq!(
+        text(&all[&jid("both")], "reason"),
+        format!("dependency {other} exited 4")
+    );
+    assert_eq!(text(&all[&jid("below")], "state"), "cancelled");
+    assert!(!work_left(&q));
+
+    // A writer that recorded a failure and stopped before the cascade: only the work
+    // list knows. Nothing is cancelled until someone writes; an idle feeder does.
+    behind_rqs_back(
+        &q,
+        &format!(
+            "UPDATE jobs SET state = 'finished', exit_status = 5 WHERE jid = {head}; \
+             INSERT INTO dep_work (jid, kind, reason) VALUES ({head}, 'cancel', 'dependency {head} exited 5');"
+        ),
+    );
+    assert_eq!(q.count("waiting"), n - 1);
+    let _h2 = q.feeder_env("h2", &[], &small);
+    q.wait_for("an idle feeder to carry the cascade on", 60, |q| {
+        q.count("cancelled") == (n - 1) + 2
+    });
+    let all = by_jid(&q);
+    for jid in &chain {
+        assert_eq!(
+            text(&all[jid], "reason"),
+            format!("dependency {head} exited 5")
+        );
+    }
+    q.wait_for("the work list to empty", 30, |q| !work_left(q));
+    q.integrity_ok();
+}
+
 crate::on_both_stores!(
+    a_long_chain_is_cancelled_and_rearmed_a_batch_at_a_time,
     a_three_stage_pipeline_from_one_yaml_file_runs_in_order,
     a_failed_dependency_cancels_its_dependents_and_resubmitting_rearms_them,
     waits_on_jobs_already_in_the_queue,

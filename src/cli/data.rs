@@ -765,7 +765,8 @@ fn start_option(at: &Option<String>, after: &Option<String>) -> Result<Option<St
         (None, Some(text)) => {
             let seconds = crate::time::parse_duration(text).ok_or_else(|| {
                 Error::usage(format!(
-                    "--in: '{text}' is not a duration (e.g. 90m, 2h, 1d)"
+                    "--in: '{text}' is not {}",
+                    crate::time::DURATION_FORMS
                 ))
             })?;
             let at = now

@@ -33,7 +33,10 @@ impl Context<'_> {
         let seconds = |name: &str, value: &Option<String>, default: f64| -> Result<f64> {
             match value {
                 Some(v) => crate::time::parse_duration(v).ok_or_else(|| {
-                    Error::usage(format!("--{name}: '{v}' is not a number of seconds"))
+                    Error::usage(format!(
+                        "--{name}: '{v}' is not {}",
+                        crate::time::DURATION_FORMS
+                    ))
                 }),
                 None => Ok(default),
             }

@@ -737,7 +737,8 @@ fn duration_option(name: &str, value: &Option<String>) -> Result<Option<f64>> {
     match value {
         Some(v) => crate::time::parse_duration(v).map(Some).ok_or_else(|| {
             Error::usage(format!(
-                "--{name}: '{v}' is not a duration like 90s, 15m, 2h or 1h30m"
+                "--{name}: '{v}' is not {}",
+                crate::time::DURATION_FORMS
             ))
         }),
         None => Ok(None),

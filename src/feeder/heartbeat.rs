@@ -151,22 +151,28 @@ impl Feeder {
             (&self.config.host, time::now(), self.settings.max_attempts);
         let id = &self.id;
         let total = &self.config.capacity;
-        let (attrs, current, busy, claimable, held, held_back) = self.queue.store().read(|tx| {
-            let current = if jids.is_empty() {
-                Vec::new()
-            } else {
-                claims::current_claims(tx, &jids)?
-            };
-            let claimable = idle && claims::claimable(tx, host, &now, max_attempts, total)?;
-            Ok((
-                read_attributes(tx)?,
-                current,
-                claims::busy_hosts(tx)?,
-                claimable,
-                claims::held_by(tx, host, id)?,
-                claims::held_back(tx, host)?,
-            ))
-        })?;
+        let (attrs, current, busy, claimable, held, held_back, dep_work) =
+            self.queue.store().read(|tx| {
+                let current = if jids.is_empty() {
+                    Vec::new()
+                } else {
+                    claims::current_claims(tx, &jids)?
+                };
+                let claimable = idle && claims::claimable(tx, host, &now, max_attempts, total)?;
+                Ok((
+                    read_attributes(tx)?,
+                    current,
+                    claims::busy_hosts(tx)?,
+                    claimable,
+                    claims::held_by(tx, host, id)?,
+                    claims::held_back(tx, host)?,
+                    crate::deps::work_left(tx)?,
+                ))
+            })?;
+        // Dependency work left behind (its writer stopped between batches): carry it on.
+        if dep_work {
+            self.queue.store().write(|_| Ok(()))?;
+        }
         // Paused or drained: the claim itself checks; the log says so once.
         if held_back != self.held_back {
             match &held_back {

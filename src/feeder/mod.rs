@@ -755,6 +755,10 @@ impl Feeder {
                 }
             }
             let claimed = if want > 0 {
+                // Stamped now, not when the transaction began: on PostgreSQL other
+                // feeders' ends commit meanwhile, and a job they released must not
+                // look started before they finished.
+                let now = time::now();
                 claims::claim(tx, &host, &feeder, &now, &room, max_attempts)?
             } else {
                 Vec::new()

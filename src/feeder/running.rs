@@ -224,7 +224,8 @@ impl Feeder {
                     let failed = status.code() != Some(0);
                     let retry_at = (failed && !job.killed_on_request && job.retried < job.retries)
                         .then(|| {
-                            let delay = job.retry_delay * 2f64.powi(job.retried.min(30) as i32);
+                            let delay = (job.retry_delay * 2f64.powi(job.retried.min(30) as i32))
+                                .min(time::MAX_DURATION_SECS);
                             let wake =
                                 Instant::now() + Duration::from_secs_f64(delay.min(1e9) + 0.01);
                             self.retry_wakes.push(wake);

@@ -31,6 +31,9 @@ impl Signals {
         }
         signal_hook::flag::register(SIGHUP, restart.clone()).map_err(io)?;
         signal_hook::flag::register(SIGQUIT, stop.clone()).map_err(io)?;
+        // A long dependency cascade waits on the queue's work list instead of the stop.
+        crate::store::stop_dep_work_when(drain.clone());
+        crate::store::stop_dep_work_when(stop.clone());
         for sig in [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGCHLD] {
             let w = write.try_clone().map_err(io)?;
             signal_hook::low_level::pipe::register(sig, w).map_err(io)?;

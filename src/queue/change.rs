@@ -72,9 +72,11 @@ impl Queue {
                     });
                 }
             }
-            rows.retain(|r| !kept.iter().any(|k| k.jid == r.jid()));
+            // Named jobs not selected at all: running, or not in the queue (the ones kept
+            // because others wait for them are said once, with that reason).
             let mut skipped =
                 skipped_jids(tx, &selection.jids, &rows, "it is running (kill it first)")?;
+            rows.retain(|r| !kept.iter().any(|k| k.jid == r.jid()));
             // Running jobs a state or `all` selected are not deleted either: said, not
             // passed over in silence.
             let running = format!("({}) AND state = 'running' ORDER BY jid", clause.sql);

@@ -378,15 +378,33 @@ impl Queue {
 }
 
 /// A raw query's SQL error is the user's: say which SQL it was.
+/// A raw where-clause the database refused is the user's mistake on either store: a
+/// usage error (exit 2) that says what the database said, without the statement rq
+/// wrapped around the clause.
 fn query_error(clause: &Clause, e: Error) -> Error {
-    match e {
-        Error::Sql(err) if clause.raw => Error::usage(format!(
-            "query: {} (in: {})",
-            crate::input::first_line(&err.to_string()),
-            clause.sql
-        )),
-        other => other,
+    if !clause.raw {
+        return e;
     }
+    let said = match &e {
+        Error::Sql(rusqlite::Error::SqlInputError { msg, .. }) => msg.clone(),
+        Error::Sql(rusqlite::Error::SqliteFailure(_, Some(msg))) => msg.clone(),
+        Error::Sql(err) => err.to_string(),
+        // Syntax, unknown names, wrong types (class 42), bad values (class 22).
+        Error::Postgres(err)
+            if err
+                .code()
+                .is_some_and(|c| c.code().starts_with("42") || c.code().starts_with("22")) =>
+        {
+            err.as_db_error()
+                .map_or_else(|| err.to_string(), |db| db.message().to_string())
+        }
+        _ => return e,
+    };
+    Error::usage(format!(
+        "query: {} (in: {})",
+        crate::input::first_line(&said),
+        clause.sql
+    ))
 }
 
 /// Rows of `jobs` matching a where-clause (which may carry its own ORDER BY / LIMIT).

@@ -23,6 +23,9 @@ pub use sqlite::{
     create_database, damage_mark, schema_file_text,
 };
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::error::{Error, Result};
 
 /// A queue's store: its SQLite database, or its PostgreSQL database.
@@ -31,23 +34,72 @@ pub enum Store {
     Postgres(Box<postgres::PgStore>),
 }
 
+/// Flags that, once set, stop a process from doing more dependency work than its own
+/// transactions carry (a feeder's TERM and QUIT): the rest stays on the queue's work list
+/// for whoever writes next.
+static DEP_WORK_STOP: std::sync::Mutex<Vec<Arc<AtomicBool>>> = std::sync::Mutex::new(Vec::new());
+
+/// Stop carrying on dependency work once `flag` is set (see `DEP_WORK_STOP`).
+pub fn stop_dep_work_when(flag: Arc<AtomicBool>) {
+    DEP_WORK_STOP
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(flag);
+}
+
+fn dep_work_stopped() -> bool {
+    DEP_WORK_STOP
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|flag| flag.load(Ordering::Relaxed))
+}
+
 impl Store {
     /// Run `body` in one write transaction and commit it; transient failures rerun the
     /// whole body (so it must do nothing but SQL); an error during COMMIT is reported as
     /// `CommitUnknown`.
     pub fn write<T>(&mut self, body: impl FnMut(&Tx<'_>) -> Result<T>) -> Result<T> {
-        match self {
+        let value = match self {
             Store::Sqlite(store) => store.write(body),
             Store::Postgres(store) => store.write(body),
-        }
+        }?;
+        self.finish_dep_work();
+        Ok(value)
     }
 
     /// Like `write`, but `None` when it would have to wait for another process now.
     pub fn try_write<T>(&mut self, body: impl FnMut(&Tx<'_>) -> Result<T>) -> Result<Option<T>> {
-        match self {
+        let value = match self {
             Store::Sqlite(store) => store.try_write(body),
             // Claims skip locked rows instead of waiting: nothing to wait for.
             Store::Postgres(store) => store.write(body).map(Some),
+        }?;
+        self.finish_dep_work();
+        Ok(value)
+    }
+
+    /// The dependency work a write left (a long chain's cascade, a batch per transaction:
+    /// `deps::settle`) is carried on at once, in transactions of its own, so other writers
+    /// get the lock between batches. It is on the queue's work list, so stopping early
+    /// (a feeder told to stop, an error) loses nothing: the next write goes on.
+    fn finish_dep_work(&mut self) {
+        while self.dep_work_left() && !dep_work_stopped() {
+            let step = match self {
+                Store::Sqlite(store) => store.write(|_| Ok(())),
+                Store::Postgres(store) => store.write(|_| Ok(())),
+            };
+            if let Err(e) = step {
+                crate::note!("rq: dependency changes are left for the next write: {e}");
+                return;
+            }
+        }
+    }
+
+    fn dep_work_left(&mut self) -> bool {
+        match self {
+            Store::Sqlite(store) => std::mem::take(&mut store.dep_work_left),
+            Store::Postgres(store) => std::mem::take(&mut store.dep_work_left),
         }
     }
 
@@ -58,10 +110,12 @@ impl Store {
     /// their claim token, so they need no other exclusion; every other write excludes
     /// them (a `delete` must not meet a claim half-way).
     pub fn write_shared<T>(&mut self, body: impl FnMut(&Tx<'_>) -> Result<T>) -> Result<T> {
-        match self {
+        let value = match self {
             Store::Sqlite(store) => store.write(body),
             Store::Postgres(store) => store.write_shared(body),
-        }
+        }?;
+        self.finish_dep_work();
+        Ok(value)
     }
 
     /// `try_write` for `write_shared` bodies.
@@ -69,10 +123,12 @@ impl Store {
         &mut self,
         body: impl FnMut(&Tx<'_>) -> Result<T>,
     ) -> Result<Option<T>> {
-        match self {
+        let value = match self {
             Store::Sqlite(store) => store.try_write(body),
             Store::Postgres(store) => store.write_shared(body).map(Some),
-        }
+        }?;
+        self.finish_dep_work();
+        Ok(value)
     }
 
     /// Run `body` in one read transaction (one consistent snapshot). Print nothing inside.

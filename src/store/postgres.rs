@@ -351,7 +351,8 @@ impl Location {
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !valid {
             return Err(Error::usage(format!(
-                "bad queue name '{queue}' in {text}: use 1 to 40 of a-z, 0-9 and _"
+                "bad queue name '{queue}' in {}: use 1 to 40 of a-z, 0-9 and _",
+                crate::secrets::redact(text)
             )));
         }
         let url = if kept.is_empty() {
@@ -359,8 +360,13 @@ impl Location {
         } else {
             format!("{base}?{}", kept.join("&"))
         };
-        url.parse::<::postgres::Config>()
-            .map_err(|e| Error::usage(format!("bad PostgreSQL connection string {text}: {e}")))?;
+        url.parse::<::postgres::Config>().map_err(|e| {
+            Error::usage(format!(
+                "bad PostgreSQL connection string {}: {}",
+                crate::secrets::redact(text),
+                crate::secrets::redact(&e.to_string())
+            ))
+        })?;
         Ok(Location { url, queue })
     }
 
@@ -369,20 +375,11 @@ impl Location {
         format!("rq_{}", self.queue)
     }
 
-    /// How the queue is named to people (no password).
+    /// How the queue is named to people: never with a password, whether in the URL's
+    /// user information or in a `password=` parameter.
     pub fn display(&self) -> String {
-        let shown = match self.url.split_once("://") {
-            Some((scheme, rest)) => match rest.split_once('@') {
-                Some((user, host)) => {
-                    let user = user.split(':').next().unwrap_or(user);
-                    format!("{scheme}://{user}@{host}")
-                }
-                None => self.url.clone(),
-            },
-            None => self.url.clone(),
-        };
-        let sep = if shown.contains('?') { '&' } else { '?' };
-        format!("{shown}{sep}queue={}", self.queue)
+        let sep = if self.url.contains('?') { '&' } else { '?' };
+        crate::secrets::redact(&format!("{}{sep}queue={}", self.url, self.queue))
     }
 }
 
@@ -403,6 +400,8 @@ pub struct PgStore {
     stalled_after: Option<std::time::Duration>,
     /// The largest live feeder this session's `rq_unfit` was told about.
     told_largest: Option<(i64, i64, i64)>,
+    /// The last write left dependency work for later transactions (`deps::settle`).
+    pub dep_work_left: bool,
 }
 
 /// Errors after which the whole transaction is worth running again on a fresh connection:
@@ -434,14 +433,12 @@ impl PgStore {
             access,
             client: None,
             statements: RefCell::new(HashMap::new()),
-            give_up_after: std::env::var("RQ_LOCK_TIMEOUT")
-                .ok()
-                .and_then(|s| crate::time::parse_duration(&s))
-                .map(std::time::Duration::from_secs_f64)
+            give_up_after: crate::time::lock_timeout_from_env()?
                 .or(Some(std::time::Duration::from_secs(60))),
             doorbell_dir: None,
             stalled_after: None,
             told_largest: None,
+            dep_work_left: false,
         };
         store.connect()?;
         Ok(store)
@@ -455,16 +452,31 @@ impl PgStore {
         self.statements.borrow_mut().clear();
         let mut client = connect_client(&self.location.url)?;
         let schema = self.location.schema();
-        let exists = client
+        let usable: Option<bool> = client
             .query_opt(
-                "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1",
+                "SELECT has_schema_privilege(oid, 'USAGE') FROM pg_catalog.pg_namespace \
+                 WHERE nspname = $1",
                 &[&schema],
             )?
-            .is_some();
-        if !exists {
-            return Err(Error::NoQueue {
-                path: self.location.display().into(),
-            });
+            .map(|row| row.get(0));
+        match usable {
+            None => {
+                return Err(Error::NoQueue {
+                    path: self.location.display().into(),
+                });
+            }
+            // Without USAGE the schema drops out of the search path and every table
+            // "does not exist": say what is really wrong, and who can fix it.
+            Some(false) => {
+                let role: String = client.query_one("SELECT current_user", &[])?.get(0);
+                return Err(Error::Conflict(format!(
+                    "permission denied for the queue {}: role {role} may not use its schema \
+                     {schema} (its owner can run: GRANT USAGE ON SCHEMA {schema} TO {role}, \
+                     and grant rights on its tables)",
+                    self.location.display()
+                )));
+            }
+            Some(true) => {}
         }
         // A commit rq acts on (a claim, before its job is spawned) must survive a server
         // crash, whatever the server's default.
@@ -493,6 +505,16 @@ impl PgStore {
         if self.access == crate::store::Access::ReadOnly {
             client.batch_execute("SET default_transaction_read_only = on")?;
         } else {
+            // A trigger, rule or function someone planted would run inside every write.
+            let foreign = foreign_objects(&mut client, &schema)?;
+            if !foreign.is_empty() {
+                return Err(Error::Conflict(format!(
+                    "the queue {} holds what rq did not make ({}), which would run inside \
+                     rq's writes: nothing was changed; its schema's owner can DROP it",
+                    self.location.display(),
+                    super::sqlite::describe_objects(&foreign)
+                )));
+            }
             client.batch_execute(super::pg_sql::SESSION_SQL)?;
         }
         if let Some(limit) = self.stalled_after {
@@ -706,7 +728,7 @@ impl PgStore {
         if let Some(lock) = lock {
             pg.query(lock, &[&key], None).map_err(classify)?;
         }
-        let mut released = false;
+        let mut settled_deps = crate::deps::Settled::default();
         let value = {
             let tx = super::Tx::Postgres(&pg);
             let settled = |value: T| -> Result<T> {
@@ -714,7 +736,7 @@ impl PgStore {
                     && kind != Kind::FilesWrite
                     && access == crate::store::Access::ReadWrite
                 {
-                    released = crate::deps::settle(&tx)?;
+                    settled_deps = crate::deps::settle(&tx)?;
                 }
                 Ok(value)
             };
@@ -732,12 +754,13 @@ impl PgStore {
         match pg.into_inner().commit() {
             Ok(()) => {
                 // Jobs became claimable without a submit: wake the idle feeders.
-                if released {
+                if settled_deps.released {
                     if let Some(dir) = &self.doorbell_dir {
                         crate::queue::ring_doorbell(dir);
                     }
                     self.notify();
                 }
+                self.dep_work_left = settled_deps.more;
                 Ok(value)
             }
             // PostgreSQL aborted it at commit (serialization): nothing was written.
@@ -775,6 +798,31 @@ enum Kind {
     FilesWrite,
 }
 
+/// The objects of a queue's schema (kind, name) that rq's schema does not make: a
+/// trigger, rule, function, table, view, sequence or index someone added.
+fn foreign_objects(client: &mut ::postgres::Client, schema: &str) -> Result<Vec<(String, String)>> {
+    let own = super::pg_sql::own_objects();
+    let rows = client.query(
+        "SELECT 'trigger', tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+             WHERE c.relnamespace = to_regnamespace($1) AND NOT t.tgisinternal \
+         UNION ALL SELECT 'function', proname FROM pg_proc \
+             WHERE pronamespace = to_regnamespace($1) \
+         UNION ALL SELECT 'rule', rulename FROM pg_rules WHERE schemaname = $1 \
+         UNION ALL SELECT CASE relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' \
+                 WHEN 'v' THEN 'view' WHEN 'm' THEN 'view' WHEN 'S' THEN 'sequence' \
+                 WHEN 'i' THEN 'index' WHEN 'I' THEN 'index' ELSE 'relation' END, relname \
+             FROM pg_class WHERE relnamespace = to_regnamespace($1) \
+               AND relkind IN ('r', 'p', 'v', 'm', 'S', 'i', 'I', 'f') \
+         ORDER BY 1, 2",
+        &[&schema],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)))
+        .filter(|object| !own.contains(object))
+        .collect())
+}
+
 /// A connection with rq's settings: bounded connect time, TCP keepalives (a server that
 /// vanished in a partition is noticed), the application name in `pg_stat_activity`.
 /// The session setting behind `end_stalled_transactions_after` (whole milliseconds, at
@@ -787,9 +835,12 @@ fn stalled_sql(limit: std::time::Duration) -> String {
 }
 
 pub fn connect_client(url: &str) -> Result<::postgres::Client> {
-    let mut config: ::postgres::Config = url
-        .parse()
-        .map_err(|e| Error::usage(format!("bad PostgreSQL connection string: {e}")))?;
+    let mut config: ::postgres::Config = url.parse().map_err(|e: ::postgres::Error| {
+        Error::usage(format!(
+            "bad PostgreSQL connection string: {}",
+            crate::secrets::redact(&e.to_string())
+        ))
+    })?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(std::time::Duration::from_secs(10));
     }

@@ -23,7 +23,7 @@ use crate::store::Tx;
 /// `PRAGMA application_id` of an rq queue database ("rq2\0").
 pub const APPLICATION_ID: i64 = 0x7271_3200;
 /// The schema version this rq writes and understands.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The schema as first released (version 1); `MIGRATIONS` bring it to `SCHEMA_VERSION`.
 /// Also written, with comments, to `Q/db.schema`.
@@ -212,7 +212,22 @@ CREATE INDEX jobs_needs ON jobs (state, cpus, gpus, mem) WHERE cpus > 1 OR gpus 
 DROP INDEX IF EXISTS jobs_tag;
 CREATE INDEX jobs_tag ON jobs (tag, state) WHERE tag IS NOT NULL;
 "#,
+    // 6: dependency work left for later transactions (see `deps::settle`).
+    DEP_WORK_SQL,
 ];
+
+/// The work list of dependency changes not done yet: each row a job whose `after`
+/// dependents are still to be cancelled (`cancel`, with the reason they get) or to wait
+/// again for its new run (`rearm`). A long chain is done a batch per write transaction,
+/// so it never holds the queue's lock for long; whoever writes next goes on.
+pub const DEP_WORK_SQL: &str = r#"
+CREATE TABLE dep_work (
+    jid          INTEGER NOT NULL,               -- the job whose dependents are concerned
+    kind         TEXT NOT NULL CHECK (kind IN ('cancel', 'rearm')),
+    reason       TEXT,                           -- cancel: the reason its dependents get
+    PRIMARY KEY (jid, kind)
+) WITHOUT ROWID;
+"#;
 
 /// The CHECK on `jobs.state` as written by schema versions 1 to 3, and as widened by 4.
 const STATES_CHECK_V1: &str = "CHECK (state IN ('pending','holding','running','finished','dead'))";
@@ -319,6 +334,8 @@ pub struct Store {
     /// Wait for space when the filesystem is full instead of failing (feeders: a job's end
     /// must be recorded once there is room again).
     pub wait_when_full: bool,
+    /// The last write left dependency work for later transactions (`deps::settle`).
+    pub dep_work_left: bool,
 }
 
 /// Errors worth retrying the whole transaction for, on a fresh connection.
@@ -377,11 +394,9 @@ impl Store {
             conn: None,
             fence: JournalFence::new(db_path),
             notice: Arc::new(WaitNotice::default()),
-            lock_timeout: std::env::var("RQ_LOCK_TIMEOUT")
-                .ok()
-                .and_then(|s| crate::time::parse_duration(&s))
-                .map(Duration::from_secs_f64),
+            lock_timeout: crate::time::lock_timeout_from_env()?,
             wait_when_full: false,
+            dep_work_left: false,
         };
         // Damage some process already confirmed (perhaps in pages this one would not
         // read) stops every writer, so nothing is built on it before `recover`.
@@ -493,6 +508,17 @@ impl Store {
         if self.access == Access::ReadOnly {
             conn.pragma_update(None, "query_only", true)?;
         } else {
+            // A trigger (or any object) someone planted would run inside every write.
+            let foreign = foreign_objects(&conn)?;
+            if !foreign.is_empty() {
+                return Err(Error::Conflict(format!(
+                    "{} holds what rq did not make ({}), which would run inside rq's writes: \
+                     nothing was changed; 'rq {} recover' removes it (and says what it removed)",
+                    self.db_path.display(),
+                    describe_objects(&foreign),
+                    dir.display()
+                )));
+            }
             crate::deps::install(&conn)?;
         }
         self.conn = Some(conn);
@@ -689,14 +715,14 @@ impl Store {
                 return Err(fence_failed(&self.db_path, e));
             }
         }
-        let mut released = false;
+        let mut settled_deps = crate::deps::Settled::default();
         let settled = |value: T| -> Result<T> {
             // What the ends and re-starts in this transaction mean for jobs waiting on
             // them is part of the same transaction.
             if !matches!(behavior, TransactionBehavior::Deferred)
                 && self.access == Access::ReadWrite
             {
-                released = crate::deps::settle(&Tx::Sqlite(&tx))?;
+                settled_deps = crate::deps::settle(&Tx::Sqlite(&tx))?;
             }
             Ok(value)
         };
@@ -709,9 +735,12 @@ impl Store {
         match tx.commit() {
             Ok(()) => {
                 // Jobs became claimable without a submit: wake the idle feeders.
-                if released && let Some(dir) = self.db_path.parent() {
+                if settled_deps.released
+                    && let Some(dir) = self.db_path.parent()
+                {
                     crate::queue::ring_doorbell(dir);
                 }
+                self.dep_work_left = settled_deps.more;
                 Ok(value)
             }
             // Busy at commit: nothing was written (the transaction is rolled back on drop).
@@ -889,6 +918,52 @@ fn install_busy_handler(
 
 /// Create a new queue database at `db_path` (which must not exist): built under a
 /// temporary name and renamed into place, so a `db` file always holds a complete schema.
+/// The objects of a database (type, name) that rq's schema does not make: a planted
+/// trigger, view, index or table. SQLite's own (`sqlite_*`) are not counted.
+pub fn foreign_objects(conn: &Connection) -> Result<Vec<(String, String)>> {
+    static OWN: std::sync::OnceLock<std::result::Result<Vec<(String, String)>, String>> =
+        std::sync::OnceLock::new();
+    let own = OWN
+        .get_or_init(|| own_objects().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| Error::Conflict(format!("cannot build rq's schema to compare: {e}")))?;
+    let mut stmt = conn.prepare(
+        "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
+         ORDER BY type, name",
+    )?;
+    let found = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(found.into_iter().filter(|o| !own.contains(o)).collect())
+}
+
+/// What rq's schema makes: a database built from it in memory, as `create` builds one.
+fn own_objects() -> Result<Vec<(String, String)>> {
+    let mut conn = Connection::open_in_memory()?;
+    conn.execute_batch(&format!(
+        "BEGIN; PRAGMA user_version = 1; {SCHEMA_SQL} COMMIT;"
+    ))?;
+    migrate(&mut conn, 1, None)?;
+    let mut stmt = conn.prepare("SELECT type, name FROM sqlite_master")?;
+    let own = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(own)
+}
+
+/// "trigger evil, view x" (the first few).
+pub fn describe_objects(objects: &[(String, String)]) -> String {
+    let mut named: Vec<String> = objects
+        .iter()
+        .take(5)
+        .map(|(kind, name)| format!("{kind} {name}"))
+        .collect();
+    if objects.len() > 5 {
+        named.push(format!("and {} more", objects.len() - 5));
+    }
+    named.join(", ")
+}
+
 pub fn create_database(db_path: &Path) -> Result<()> {
     let tmp = db_path.with_extension("creating");
     let _ = std::fs::remove_file(&tmp);

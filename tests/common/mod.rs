@@ -276,6 +276,17 @@ impl TestQueue {
             }
         }
     }
+    /// A job command that runs until the test removes `held` in its temp dir (or the
+    /// temp dir goes at its end): for jobs that must still run later in the test, however
+    /// slow the machine is (a `sleep N` would end on its own clock).
+    pub fn held(&self) -> String {
+        let path = self.tmp.path().join("held");
+        if !path.exists() {
+            std::fs::write(&path, "").unwrap();
+        }
+        format!("while [ -e {} ]; do sleep 0.1; done", path.display())
+    }
+
     /// Snapshot of every job (for "nothing changed" checks).
     pub fn dump(&self) -> String {
         self.rq(&["list", "all", "--format", "json"]).ok().stdout

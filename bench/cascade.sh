@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# A failed dependency's cascade: a chain of N jobs (each `after:` the one before) whose head
+# fails, on a SQLite queue directory and a PostgreSQL queue, then the head resubmitted
+# (re-arming the chain). Reports the time to cancel / re-arm all of it, the longest a
+# concurrent `submit` waited meanwhile, and how soon a feeder that recorded the failure
+# exits after TERM. BEFORE=REV also times rq built at REV (the old one-level-per-round
+# cascade) on the smaller chains, as the peer of the same run.
+# Usage: bench/cascade.sh [N ...]   (default: 10000 100000)
+# Needs root for the PostgreSQL server (Debian's postgresql, installed when missing).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+SIZES=("$@"); [ ${#SIZES[@]} -gt 0 ] || SIZES=(10000 100000)
+cargo build --release --quiet || exit 1
+RQ="$PWD/target/release/rq"
+WORK=$(mktemp -d /var/tmp/rq-cascade.XXXXXX); chmod 755 "$WORK"; export HOME="$WORK/home"; mkdir -p "$HOME"
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || {
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+PGDIR="$WORK/pg"; mkdir -p "$PGDIR"; chown postgres "$PGDIR"
+runuser -u postgres -- "$PGBIN/initdb" -D "$PGDIR/data" -A trust -U rq -E UTF8 >/dev/null
+runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/log" -w \
+    -o "-k $PGDIR -c listen_addresses='' -c max_connections=100" start >/dev/null
+URL="postgres://rq@$(echo "$PGDIR" | sed 's|/|%2F|g')/postgres"
+cleanup() { pkill -f "$WORK" 2>/dev/null; runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast stop >/dev/null 2>&1; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+now() { date +%s.%N; }
+calc() { python3 -c "print($1)"; }
+chain() { python3 -c "
+print('- {name: j1, command: \"false\"}')
+for i in range(2, $1 + 1): print('- {name: j%d, command: \"true\", after: j%d}' % (i, i - 1))"; }
+newq() { # store n -> a new queue
+    if [ "$1" = sqlite ]; then "$RQ" "$WORK/q$2" create -q; echo "$WORK/q$2"
+    else "$RQ" "$URL?queue=c$2" create -q; "$RQ" "$URL?queue=c$2" configure files="$WORK/f$2" >/dev/null; echo "$URL?queue=c$2"; fi
+}
+count() { "$1" "$2" status --format json | python3 -c "import json,sys; print(json.load(sys.stdin)['jobs']['$3'])"; }
+# Submits one job at a time while `$1` (a pid) runs: the longest wait, in seconds.
+probe() {
+    local worst=0 t0 t1
+    while kill -0 "$1" 2>/dev/null; do
+        t0=$(now); "$RQ" "$2" submit -q --priority -1 true; t1=$(now)
+        worst=$(calc "max($worst, $t1 - $t0)")
+    done
+    echo "$worst"
+}
+# rq binary, queue: fail the head (as a feeder records it) and time the cascade; then
+# resubmit it and time the re-arm. Prints "cancel_s worst_submit_s rearm_s worst_submit_s".
+run_chain() {
+    local rq=$1 q=$2 n=$3 t0 t1 t2 t3 pid w1 w2
+    t0=$(now)
+    "$rq" "$q" execute "UPDATE jobs SET state = 'finished', exit_status = 1, finished = started WHERE jid = 1" >/dev/null & pid=$!
+    w1=$(probe $pid "$q"); wait $pid; t1=$(now)
+    [ "$(count "$rq" "$q" cancelled)" = "$((n - 1))" ] || echo "WARNING: not all $((n - 1)) cancelled" >&2
+    t2=$(now)
+    "$rq" "$q" resubmit 1 >/dev/null & pid=$!
+    w2=$(probe $pid "$q"); wait $pid; t3=$(now)
+    [ "$(count "$rq" "$q" waiting)" = "$((n - 1))" ] || echo "WARNING: not all $((n - 1)) waiting again" >&2
+    echo "$(calc "round($t1-$t0,2)") $(calc "round($w1,2)") $(calc "round($t3-$t2,2)") $(calc "round($w2,2)")"
+}
+
+echo "# rq: a failed dependency's cascade — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "machine: $(nproc) cores; $("$PGBIN/postgres" --version); queue directories on $(df -T "$WORK" | awk 'NR==2{print $2}')"
+echo
+echo "| store | chain | cancel all (s) | longest submit wait meanwhile (s) | re-arm all (s) | longest submit wait meanwhile (s) |"
+echo "|---|---|---|---|---|---|"
+for n in "${SIZES[@]}"; do
+    chain "$n" > "$WORK/chain.yaml"
+    for store in sqlite postgres; do
+        q=$(newq $store "$n"); "$RQ" "$q" submit -q < "$WORK/chain.yaml"
+        read -r c w1 r w2 < <(run_chain "$RQ" "$q" "$n")
+        echo "| $store | $n | $c | $w1 | $r | $w2 |"
+    done
+done
+if [ -n "${BEFORE:-}" ]; then
+    git worktree add -q "$WORK/before" "$BEFORE" && (cd "$WORK/before" && cargo build --release --quiet) \
+        && OLD="$WORK/before/target/release/rq"
+    for n in 2000 8000; do
+        chain "$n" > "$WORK/chain.yaml"
+        q="$WORK/old$n"; "$OLD" "$q" create -q; "$OLD" "$q" submit -q < "$WORK/chain.yaml"
+        read -r c w1 r w2 < <(run_chain "$OLD" "$q" "$n")
+        echo "| sqlite, rq at $BEFORE (one level per round) | $n | $c | $w1 | $r | $w2 |"
+    done
+    git worktree remove --force "$WORK/before"
+fi
+echo
+# A feeder records the head's failure, starts the cascade, and is told to stop.
+n=${SIZES[-1]}; chain "$n" > "$WORK/chain.yaml"
+for store in sqlite postgres; do
+    q=$(newq $store "t$n"); "$RQ" "$q" submit -q < "$WORK/chain.yaml"
+    RQ_HOST=b1 RQ_ALLOW_LOCAL_LOCKS=1 "$RQ" "$q" feed --shell "sh -c" --min_sleep 0.05 2>"$WORK/feeder.log" & fpid=$!
+    until [ "$(count "$RQ" "$q" finished)" = 1 ]; do sleep 0.05; done
+    t0=$(now); kill -TERM $fpid; wait $fpid; t1=$(now)
+    left=$(count "$RQ" "$q" waiting)
+    echo "$store: a feeder told to stop (TERM) right after it recorded the head's failure of a $n-job chain exited after $(calc "round($t1-$t0,2)") s, leaving $left jobs waiting for the next write"
+    "$RQ" "$q" submit -q true
+    echo "$store: after one more submit: $(count "$RQ" "$q" waiting) waiting, $(count "$RQ" "$q" cancelled) cancelled"
+done
