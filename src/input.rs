@@ -260,6 +260,93 @@ pub struct ArraySpec {
     pub limit: Option<i64>,
 }
 
+/// The longest line rq reads in a job list or a list of jids: a job's command is at most
+/// `job::MAX_COMMAND_BYTES` (120,000 bytes), and a YAML/JSON line holding one job, or a
+/// compact JSON list of several, fits well within this.
+pub const MAX_LIST_LINE: usize = 1 << 20;
+
+/// A reader of a job list, an `--each-line` file or a list of jids that stops with a
+/// clear error at the first NUL byte (binary input) or at a line longer than `limit`
+/// (input without newlines): `submit - < /dev/zero` or `--each-line /dev/zero` fail at
+/// once, in bounded memory, instead of spinning or growing without end.
+pub struct LineGuard<R> {
+    inner: R,
+    what: String,
+    limit: usize,
+    line: usize,
+    in_line: usize,
+}
+
+impl<R> LineGuard<R> {
+    /// `what` names the input in errors ("standard input", a path).
+    pub fn new(inner: R, what: impl Into<String>, limit: usize) -> LineGuard<R> {
+        LineGuard {
+            inner,
+            what: what.into(),
+            limit,
+            line: 1,
+            in_line: 0,
+        }
+    }
+
+    fn check(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        for &b in bytes {
+            match b {
+                b'\n' => {
+                    self.line += 1;
+                    self.in_line = 0;
+                }
+                0 => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "{}: line {} holds a NUL byte (binary input?); nothing was read from it",
+                            self.what, self.line
+                        ),
+                    ));
+                }
+                _ => {
+                    self.in_line += 1;
+                    if self.in_line > self.limit {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!(
+                                "{}: line {} is longer than {} bytes (a job's command is at most {}); \
+                                 nothing was read from it",
+                                self.what,
+                                self.line,
+                                self.limit,
+                                crate::job::MAX_COMMAND_BYTES
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for LineGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.check(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+/// The error a `LineGuard` gave, as rq reports bad input (exit 1, one line).
+pub fn guard_error(e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::InvalidData {
+        Error::input(e.to_string())
+    } else {
+        Error::Io {
+            context: "cannot read the input".into(),
+            source: e,
+        }
+    }
+}
+
 /// The most jobs one array may hold (a typo like `1-1000000000` is refused, not queued).
 pub const MAX_ARRAY: i64 = 10_000_000;
 

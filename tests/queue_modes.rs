@@ -1187,7 +1187,60 @@ fn durations_and_ranges_too_large_are_refused_not_panicked_on(store: StoreKind) 
     assert_eq!(q.rq(&["configure"]).ok().stdout, settings_before);
 }
 
+/// Binary or newline-free input on every path that reads job lists, item lines or jid
+/// lists is refused with a one-line error (it used to spin, or grow memory without end),
+/// and changes nothing. `timeout` only keeps a regression from hanging the suite.
+fn binary_and_newline_free_input_is_refused_at_once(store: StoreKind) {
+    let q = TestQueue::on(store);
+    q.rq(&["submit", "-q", "true"]).ok();
+    let before = q.dump();
+    let no_newline = q.tmp.path().join("no-newline");
+    std::fs::write(&no_newline, "y".repeat(3 << 20)).unwrap();
+    let zeros = q.tmp.path().join("zeros");
+    std::fs::File::create(&zeros)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let (nl, z) = (no_newline.to_str().unwrap(), zeros.to_str().unwrap());
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["submit", "-"], "/dev/zero"),
+        (vec!["submit", "-"], nl),
+        (vec!["submit", "-i", "/dev/zero"], "/dev/null"),
+        (vec!["submit", "-i", z], "/dev/null"),
+        (vec!["submit", "-i", nl], "/dev/null"),
+        (
+            vec!["submit", "--each-line", "/dev/zero", "echo {}"],
+            "/dev/null",
+        ),
+        (vec!["submit", "--each-line", nl, "echo {}"], "/dev/null"),
+        (vec!["delete", "-"], "/dev/zero"),
+        (vec!["kill", "-"], nl),
+        (vec!["list", "-"], "/dev/zero"),
+        (vec!["update", "-", "tag=x"], nl),
+    ];
+    for (args, stdin) in cases {
+        let mut cmd = std::process::Command::new("timeout");
+        cmd.args(["60", rq_bin(), q.q()])
+            .args(&args)
+            .current_dir(q.tmp.path())
+            .env("HOME", q.home())
+            .stdin(std::fs::File::open(stdin).unwrap())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?} < {stdin}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("NUL byte") || stderr.contains("longer than"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(q.dump(), before, "{args:?} changed the queue");
+    }
+}
+
 crate::on_both_stores!(
+    binary_and_newline_free_input_is_refused_at_once,
     durations_and_ranges_too_large_are_refused_not_panicked_on,
     status_counts_follow_every_kind_of_change,
     exit_statuses_follow_one_rule,

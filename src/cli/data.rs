@@ -13,9 +13,13 @@ use crate::query;
 use crate::queue::{self, Changes, JobSource, Selection, SubmitOptions};
 use crate::store::Access;
 
-/// Standard input, buffered.
+/// Standard input as a list of jids or jobs: buffered, and bounded (no NUL, no line over
+/// `input::MAX_LIST_LINE`).
 fn stdin_reader() -> impl std::io::BufRead {
-    std::io::BufReader::with_capacity(1 << 16, std::io::stdin())
+    std::io::BufReader::with_capacity(
+        1 << 16,
+        input::LineGuard::new(std::io::stdin(), "standard input", input::MAX_LIST_LINE),
+    )
 }
 
 /// Copy an input that can be read only once (standard input, a pipe) to a temporary file.
@@ -23,6 +27,16 @@ fn spool_from(mut input: impl Read) -> Result<tempfile::NamedTempFile> {
     let mut spool =
         tempfile::NamedTempFile::new().context(|| "cannot make a temporary file".into())?;
     std::io::copy(&mut input, &mut spool).context(|| "cannot read the input".into())?;
+    Ok(spool)
+}
+
+/// `spool_from` for a job list: checked as it is copied, so binary or newline-free input
+/// is refused at once (not copied to the disk without end).
+fn spool_job_list(input: impl Read, what: &str) -> Result<tempfile::NamedTempFile> {
+    let mut guarded = input::LineGuard::new(input, what, input::MAX_LIST_LINE);
+    let mut spool =
+        tempfile::NamedTempFile::new().context(|| "cannot make a temporary file".into())?;
+    std::io::copy(&mut guarded, &mut spool).map_err(input::guard_error)?;
     Ok(spool)
 }
 
@@ -146,7 +160,7 @@ impl Context<'_> {
             if once_only {
                 let source = std::fs::File::open(file)
                     .map_err(|e| Error::input(format!("{}: {e}", file.display())))?;
-                let spool = spool_from(source)?;
+                let spool = spool_job_list(source, &file.display().to_string())?;
                 sources.push(JobSource::File(spool.path().to_path_buf()));
                 spools.push(spool);
             } else {
@@ -172,7 +186,7 @@ impl Context<'_> {
                 opts.stdin = Some(PathBuf::from(path));
             }
             if self.stdin_wanted(named) {
-                let spool = spool_from(std::io::stdin().lock())?;
+                let spool = spool_job_list(std::io::stdin().lock(), "standard input")?;
                 sources.push(JobSource::File(spool.path().to_path_buf()));
                 spools.push(spool);
             }

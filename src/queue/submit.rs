@@ -69,7 +69,12 @@ pub enum JobSource {
 pub(super) fn is_structured_file(path: &Path) -> Result<bool> {
     let file =
         std::fs::File::open(path).map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
-    crate::input::is_structured_list(std::io::BufReader::new(file))
+    let guarded = crate::input::LineGuard::new(
+        file,
+        path.display().to_string(),
+        crate::input::MAX_LIST_LINE,
+    );
+    crate::input::is_structured_list(std::io::BufReader::new(guarded))
 }
 
 /// Read every job of `sources`, in order, handing each to `each`.
@@ -83,7 +88,12 @@ pub fn read_sources(
             JobSource::File(path) => {
                 let file = std::fs::File::open(path)
                     .map_err(|e| Error::input(format!("{}: {e}", path.display())))?;
-                crate::input::read_jobs(std::io::BufReader::with_capacity(1 << 16, file), each)?;
+                let guarded = crate::input::LineGuard::new(
+                    file,
+                    path.display().to_string(),
+                    crate::input::MAX_LIST_LINE,
+                );
+                crate::input::read_jobs(std::io::BufReader::with_capacity(1 << 16, guarded), each)?;
             }
             JobSource::Parsed(path) => {
                 let file = std::fs::File::open(path)
@@ -103,17 +113,28 @@ pub fn read_sources(
             JobSource::EachLine { spec, path, subst } => {
                 let file = std::fs::File::open(path)
                     .map_err(|e| Error::input(format!("--each-line: {}: {e}", path.display())))?;
-                let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+                // An item goes into the command and the environment: at most a command's
+                // length, and no NUL (the guard stops there, whatever the file is).
+                let guarded = crate::input::LineGuard::new(
+                    file,
+                    format!("--each-line: {}", path.display()),
+                    crate::job::MAX_COMMAND_BYTES,
+                );
+                let mut reader = std::io::BufReader::with_capacity(1 << 16, guarded);
                 let mut line = String::new();
                 let mut number = 0i64;
                 loop {
                     line.clear();
                     number += 1;
                     let n = std::io::BufRead::read_line(&mut reader, &mut line).map_err(|e| {
-                        Error::input(format!(
-                            "--each-line: {}: line {number}: {e}",
-                            path.display()
-                        ))
+                        if e.kind() == std::io::ErrorKind::InvalidData {
+                            crate::input::guard_error(e)
+                        } else {
+                            Error::input(format!(
+                                "--each-line: {}: line {number}: {e}",
+                                path.display()
+                            ))
+                        }
                     })?;
                     if n == 0 {
                         break;
