@@ -289,7 +289,10 @@ pub const MODE_OPTIONS: &[(&str, &[&str])] = &[
     ("resubmit", &["priority", "tag", "runner", "stage"]),
     ("kill", &["signal"]),
     ("wait", &["timeout"]),
-    ("serve", &["listen", "allow_actions", "daemon", "log"]),
+    (
+        "serve",
+        &["listen", "allow_actions", "allow_host", "daemon", "log"],
+    ),
     ("rotate", &["no_compress"]),
     ("export", &["to", "files"]),
     ("ioview", &["editor"]),
@@ -531,7 +534,7 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "serve",
-        "rq QUEUE serve [--listen 127.0.0.1:8080] [--daemon] [--allow-actions]\n\nA live web dashboard of the queue, from this binary alone (no CDN, nothing to\ninstall): an overview (counts by state, a bar, jobs ended per minute over the\nlast hour, successes and failures, ETA, oldest pending job), the hosts (every\nfeeder alive or dead, heartbeat age, running/max_feed, jobs done in the last\nhour, and a timeline of the last 30 minutes: one lane per host, one bar per\njob), the jobs (filter by state, tag, host, text; paged by jid) and each job\n(every field, the tail of its stdout/stderr, followed live). Pages update by\nthemselves every 1.5 s and read fine without JavaScript. GET /metrics serves\nthe OpenMetrics text of 'rq Q metrics'.\n\nIt listens on 127.0.0.1 unless --listen says otherwise (then it warns: whoever\ncan reach the port sees every command and output). Read-only unless\n--allow-actions: then kill, hold, release and resubmit buttons work for whoever\nshows the token kept in ~/.rq/serve-token (0600, printed when made): sign in at\n/login (a same-site cookie) or send the header X-RQ-Token. Actions are POSTs,\nrefused cross-site, done as the CLI does them and logged on stderr. The queue is\nread once a second whatever the number of viewers, never under the write lock.\n\n  rq /nfs/q serve                          # then open http://127.0.0.1:8080/\n  rq /nfs/q serve --daemon --log ~/serve.log\n  ssh -L 8080:127.0.0.1:8080 login1        # from your laptop\n",
+        "rq QUEUE serve [--listen 127.0.0.1:8080] [--daemon] [--allow-actions] [--allow-host NAME]\n\nA live web dashboard of the queue, from this binary alone (no CDN, nothing to\ninstall): an overview (counts by state, a bar, jobs ended per minute over the\nlast hour, successes and failures, ETA, oldest pending job), the hosts (every\nfeeder alive or dead, heartbeat age, running/max_feed, jobs done in the last\nhour, and a timeline of the last 30 minutes: one lane per host, one bar per\njob), the jobs (filter by state, tag, host, text; paged by jid) and each job\n(every field, the tail of its stdout/stderr, followed live). Pages update by\nthemselves every 1.5 s and read fine without JavaScript. GET /metrics serves\nthe OpenMetrics text of 'rq Q metrics'.\n\nIt listens on 127.0.0.1 unless --listen says otherwise (then it warns: whoever\ncan reach the port sees every command and output). Read-only unless\n--allow-actions: then kill, hold, release and resubmit buttons work for whoever\nshows the token kept in ~/.rq/serve-token (0600, printed when made): sign in at\n/login (a same-site cookie) or send the header X-RQ-Token. Actions are POSTs,\nrefused cross-site, done as the CLI does them and logged on stderr. The sign-in\ncookie is a random session (12 hours, this server only), never the token itself.\nThe queue is read once a second whatever the number of viewers, never under the\nwrite lock.\n\nIt answers only requests addressed to a loopback name (localhost), an IP address\nit listens on, or a name given with --allow-host NAME (a web page that points its\nown name at 127.0.0.1 gets 421, so it cannot read the queue through a browser).\nA request's headers must arrive within 10 s, and at most 256 connections are\nopen at once (when full, the oldest idle one is closed for a new one).\n\n  rq /nfs/q serve                          # then open http://127.0.0.1:8080/\n  rq /nfs/q serve --daemon --log ~/serve.log\n  ssh -L 8080:127.0.0.1:8080 login1        # from your laptop\n",
     ),
     (
         "metrics",

@@ -228,8 +228,49 @@ async fn actions_need_the_token(store: StoreKind) {
         "do=kill",
     );
     assert_eq!(status, 401, "a wrong token");
-    // A cross-site form post is refused even with the cookie.
-    let cookie = format!("rq_token={token}");
+    // Signing in sets a session cookie: a random value, not the token (browsers send a
+    // host's cookies to its every port), that expires.
+    let port = server.url.rsplit(':').next().unwrap().to_string();
+    let (status, head, _) = server.request_to(
+        &format!("127.0.0.1:{port}"),
+        "POST",
+        "/login",
+        &[form[0]],
+        &format!("token={token}"),
+    );
+    assert_eq!(status, 303, "{head}");
+    let set_cookie = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie: {head}"));
+    assert!(
+        !set_cookie.contains(&token),
+        "the token is the cookie: {set_cookie}"
+    );
+    assert!(set_cookie.contains("Max-Age="), "{set_cookie}");
+    assert!(set_cookie.contains("HttpOnly"), "{set_cookie}");
+    let session = set_cookie
+        .split_once("rq_session=")
+        .and_then(|(_, rest)| rest.split(';').next())
+        .unwrap()
+        .to_string();
+    let cookie = format!("rq_session={session}");
+    // The token itself as a cookie is nothing.
+    let (status, _) = server.request(
+        "POST",
+        "/jobs/2/action",
+        &[form[0], ("Cookie", &format!("rq_token={token}"))],
+        "do=release",
+    );
+    assert_eq!(status, 401, "the token as a cookie");
+    let (status, _) = server.request(
+        "POST",
+        "/jobs/2/action",
+        &[form[0], ("Cookie", "rq_session=0123456789abcdef")],
+        "do=release",
+    );
+    assert_eq!(status, 401, "a made-up session");
+    // A cross-site form post is refused even with the session cookie.
     let (status, _) = server.request(
         "POST",
         "/jobs/2/action",
@@ -284,14 +325,15 @@ async fn actions_need_the_token(store: StoreKind) {
         .await
         .unwrap();
     field.send_keys(&token).await.unwrap();
-    browser
+    // The click may be answered "stale element" when the form's navigation wins the race
+    // with the click's reply: whether it signed in is checked just below.
+    let _ = browser
         .client
         .find(Locator::Id("login"))
         .await
         .unwrap()
         .click()
-        .await
-        .unwrap();
+        .await;
     // Signed in once the form's answer (a redirect to the overview, with the cookie) has
     // arrived: the click does not wait for it.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
@@ -547,7 +589,90 @@ async fn a_hostile_host_name_cannot_forge_metrics(store: StoreKind) {
     }
 }
 
+/// DNS rebinding: a page whose own name now points at 127.0.0.1 has the browser send
+/// requests with that name as `Host`. Every route refuses them (421); loopback names,
+/// the address, and names given with --allow-host are answered.
+async fn only_its_own_names_are_answered(store: StoreKind) {
+    let q = TestQueue::on(store);
+    q.rq(&["submit", "-q", "echo secret-output"]).ok();
+    let server = Server::start(&q, &["--allow-actions", "--allow-host", "dash.example.org"]);
+    let port = server.url.rsplit(':').next().unwrap().to_string();
+    let form = ("Content-Type", "application/x-www-form-urlencoded");
+    let routes: [(&str, &str, &str); 10] = [
+        ("GET", "/", ""),
+        ("GET", "/?partial=1", ""),
+        ("GET", "/hosts", ""),
+        ("GET", "/jobs", ""),
+        ("GET", "/jobs/1", ""),
+        ("GET", "/jobs/1?partial=1", ""),
+        ("GET", "/metrics", ""),
+        ("GET", "/login", ""),
+        ("POST", "/login", "token=x"),
+        ("POST", "/jobs/1/action", "do=hold"),
+    ];
+    for (method, path, body) in routes {
+        for host in [
+            format!("rebound.example:{port}"),
+            "rebound.example".to_string(),
+            format!("127.0.0.1.rebound.example:{port}"),
+            String::new(),
+        ] {
+            let (status, _, text) = server.request_to(&host, method, path, &[form], body);
+            assert_eq!(status, 421, "{method} {path} as {host:?}: {text}");
+            assert!(
+                !text.contains("secret-output") && !text.contains("echo"),
+                "{text}"
+            );
+        }
+        if method == "GET" {
+            for host in [
+                format!("127.0.0.1:{port}"),
+                format!("localhost:{port}"),
+                format!("dash.example.org:{port}"),
+            ] {
+                let (status, _, text) = server.request_to(&host, method, path, &[], body);
+                assert_eq!(status, 200, "{method} {path} as {host}: {text}");
+            }
+        }
+    }
+}
+
+/// Slow clients (headers trickled, never finished) cannot take the dashboard away: more
+/// of them than it keeps open at once, and it still answers; each is closed when its
+/// headers are late.
+async fn slow_clients_do_not_starve_the_dashboard(store: StoreKind) {
+    use std::io::{Read, Write};
+    let q = TestQueue::on(store);
+    let server = Server::start(&q, &[]);
+    let address = server.url.trim_start_matches("http://").to_string();
+    // 600 connections (the dashboard keeps 256), each with half a request line.
+    let mut slow = Vec::new();
+    for _ in 0..600 {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: 127.0").unwrap();
+        slow.push(stream);
+    }
+    for _ in 0..5 {
+        let (status, body) = server.request("GET", "/metrics", &[], "");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("rq_jobs"), "{body}");
+    }
+    // The first slow client is closed once its headers are late (10 s): it reads the end
+    // of its connection. The read bound only keeps a failure from hanging the test.
+    let mut first = slow.swap_remove(0);
+    first
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let read = first.read_to_end(&mut rest);
+    assert!(read.is_ok(), "still open after 60 s: {read:?}");
+    let (status, _) = server.request("GET", "/", &[], "");
+    assert_eq!(status, 200);
+}
+
 crate::on_both_stores_async!(
+    only_its_own_names_are_answered,
+    slow_clients_do_not_starve_the_dashboard,
     a_hostile_host_name_cannot_forge_metrics,
     the_overview_counts_and_updates_without_a_reload,
     a_jobs_page_follows_its_output_live,

@@ -143,6 +143,7 @@ impl Context<'_> {
             listen: o.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".into()),
             daemon: o.daemon,
             allow_actions: o.allow_actions,
+            allow_hosts: o.allow_host.clone(),
             log: o.log.clone(),
             quiet: o.quiet,
         };

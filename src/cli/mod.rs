@@ -209,6 +209,10 @@ pub struct Options {
     /// serve: enable kill/hold/release/resubmit for holders of the token in ~/.rq/serve-token.
     #[arg(long = "allow-actions", visible_alias = "allow_actions")]
     pub allow_actions: bool,
+    /// serve: a host name the dashboard answers to besides loopback names and the listen
+    /// address (e.g. the name of a reverse proxy); repeatable.
+    #[arg(long = "allow-host", visible_alias = "allow_host", value_name = "NAME")]
+    pub allow_host: Vec<String>,
     /// Print help.
     #[arg(short = 'h', long)]
     pub help: bool,

@@ -8,12 +8,14 @@
 //! by POST only, through the same queue functions as the CLI, and each is logged.
 
 mod data;
+mod guard;
 mod pages;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Form, Path as UrlPath, Query, State};
@@ -33,6 +35,8 @@ pub struct Options {
     pub listen: String,
     pub daemon: bool,
     pub allow_actions: bool,
+    /// Host names answered besides loopback names and the listen address.
+    pub allow_hosts: Vec<String>,
     pub log: Option<PathBuf>,
     pub quiet: bool,
 }
@@ -41,7 +45,17 @@ struct App {
     cache: Mutex<data::Cache>,
     queue_name: String,
     token: Option<String>,
+    hosts: guard::AllowedHosts,
+    /// Signed-in browsers: random session values (the cookie), until they expire. The
+    /// cookie is never the token: browsers send a host's cookies to every port of it, so
+    /// any other local web server would receive it.
+    sessions: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a sign-in lasts.
+const SESSION_LIFE: Duration = Duration::from_secs(12 * 3600);
+/// Sessions kept at most (the oldest go first).
+const MAX_SESSIONS: usize = 1000;
 
 type Shared = Arc<App>;
 
@@ -129,6 +143,8 @@ pub fn run(queue: &Path, queue_name: &str, opts: Options) -> Result<i32> {
         cache: Mutex::new(data::Cache::new(q)),
         queue_name: queue_name.to_string(),
         token,
+        hosts: guard::AllowedHosts::new(addr.ip(), &opts.allow_hosts),
+        sessions: Mutex::new(HashMap::new()),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -155,15 +171,81 @@ async fn serve(listener: std::net::TcpListener, app: Shared) -> Result<i32> {
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(20),
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            host_check,
+        ))
         .with_state(app);
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown())
-    .await
-    .context(|| "the server failed".into())?;
+    let connections = Arc::new(guard::Connections::default());
+    let stop = shutdown();
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                // Out of descriptors, say: not the end of the server.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(place) = connections.admit() else {
+            // Every connection is busy answering a request: this one waits its turn
+            // elsewhere (closed now).
+            drop(stream);
+            continue;
+        };
+        let router = router
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        let busy = place.busy.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let in_request = guard::InRequest::enter(&busy);
+            let router = router.clone();
+            async move {
+                let response = tower::ServiceExt::oneshot(router, request).await;
+                drop(in_request);
+                response
+            }
+        });
+        let id = place.id;
+        let open = connections.clone();
+        let task = tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(guard::HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = connection.await;
+            open.close(id);
+        });
+        connections.serving(id, task.abort_handle());
+    }
     Ok(0)
+}
+
+/// Requests addressed to a name the dashboard does not answer to (DNS rebinding: a web
+/// page that pointed its own name at this address) get 421, on every route.
+async fn host_check(
+    State(app): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+    match host {
+        Some(host) if app.hosts.allows(host) => next.run(request).await,
+        _ => (
+            StatusCode::MISDIRECTED_REQUEST,
+            "this dashboard answers only to localhost, the address it listens on, and the \
+             names given with --allow-host",
+        )
+            .into_response(),
+    }
 }
 
 async fn shutdown() {
@@ -438,27 +520,51 @@ fn actions_for(state: &str) -> &'static [&'static str] {
     }
 }
 
-/// Whether the request carries the token: the `X-RQ-Token` header, or the cookie set by
-/// signing in. Without `--allow-actions` nobody is.
+/// Whether the request may act: the token in the `X-RQ-Token` header (scripts), or the
+/// cookie of a live session made by signing in (browsers). Without `--allow-actions`
+/// nobody may.
 fn authorized(app: &App, headers: &HeaderMap) -> bool {
     let Some(token) = &app.token else {
         return false;
     };
-    let given = headers
-        .get("x-rq-token")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| {
-            headers
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .filter_map(|kv| kv.trim().strip_prefix("rq_token="))
-                .map(str::to_string)
-                .next()
-        });
-    given.is_some_and(|g| same(g.as_bytes(), token.as_bytes()))
+    if let Some(given) = headers.get("x-rq-token").and_then(|v| v.to_str().ok()) {
+        return same(given.as_bytes(), token.as_bytes());
+    }
+    let sessions = app.sessions.lock().unwrap_or_else(|e| e.into_inner());
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().strip_prefix("rq_session="))
+        .any(|given| {
+            sessions.iter().any(|(session, until)| {
+                same(given.as_bytes(), session.as_bytes()) && *until > Instant::now()
+            })
+        })
+}
+
+/// A new session for a browser that showed the token: a random value, unrelated to the
+/// token, that this server alone knows, good for `SESSION_LIFE`.
+fn new_session(app: &App) -> String {
+    let session: String = (0..4)
+        .map(|_| format!("{:016x}", rand::random::<u64>()))
+        .collect();
+    let mut sessions = app.sessions.lock().unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    sessions.retain(|_, until| *until > now);
+    while sessions.len() >= MAX_SESSIONS {
+        let oldest = sessions
+            .iter()
+            .min_by_key(|(_, until)| **until)
+            .map(|(s, _)| s.clone());
+        match oldest {
+            Some(oldest) => sessions.remove(&oldest),
+            None => break,
+        };
+    }
+    sessions.insert(session.clone(), now + SESSION_LIFE);
+    session
 }
 
 /// Compare without stopping at the first difference (no timing hint about the token).
@@ -614,8 +720,10 @@ async fn login(
             .into_response();
     }
     let mut response = Redirect::to("/").into_response();
+    let session = new_session(&app);
     if let Ok(cookie) = HeaderValue::from_str(&format!(
-        "rq_token={token}; HttpOnly; SameSite=Strict; Path=/"
+        "rq_session={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        SESSION_LIFE.as_secs()
     )) {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }

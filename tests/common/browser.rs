@@ -192,9 +192,23 @@ impl Server {
         headers: &[(&str, &str)],
         body: &str,
     ) -> (u16, String) {
+        let host = self.url.trim_start_matches("http://").to_string();
+        let (status, _, body) = self.request_to(&host, method, path, headers, body);
+        (status, body)
+    }
+
+    /// `request` with a `Host` header of the caller's: (status, response headers, body).
+    pub fn request_to(
+        &self,
+        host: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String, String) {
         use std::io::{Read, Write};
-        let host = self.url.trim_start_matches("http://");
-        let mut stream = std::net::TcpStream::connect(host).unwrap();
+        let address = self.url.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
         let mut request = format!(
             "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
             body.len()
@@ -212,11 +226,8 @@ impl Server {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map_or("", |(_, b)| b)
-            .to_string();
-        (status, body)
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        (status, head.to_string(), body.to_string())
     }
 }
 
