@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::error::Error as StdError;
+use std::path::PathBuf;
 
 use ::postgres::types::{IsNull, Type};
 use bytes::BytesMut;
@@ -844,11 +845,82 @@ pub fn connect_client(url: &str) -> Result<::postgres::Client> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(std::time::Duration::from_secs(10));
     }
+    // A password kept out of the URL (which `ps` shows to everyone): PGPASSWORD, or the
+    // user's password file, as libpq reads them.
+    if config.get_password().is_none() {
+        if let Some(password) = std::env::var_os("PGPASSWORD") {
+            config.password(password.as_encoded_bytes());
+        } else if let Some(password) = password_from_file(&config) {
+            config.password(password);
+        }
+    }
     config
         .keepalives(true)
         .keepalives_idle(std::time::Duration::from_secs(10))
         .application_name(&format!("rq {}", crate::host::name()));
     Ok(config.connect(::postgres::NoTls)?)
+}
+
+/// The password for this connection from `PGPASSFILE` or `~/.pgpass`, as libpq finds it:
+/// the first line `host:port:database:user:password` matching (`*` matches anything, `\`
+/// escapes `:` and `\`), a Unix socket counting as host `localhost`; a file that others
+/// may read is ignored.
+fn password_from_file(config: &::postgres::Config) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let path = std::env::var_os("PGPASSFILE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pgpass")))?;
+    let meta = std::fs::metadata(&path).ok()?;
+    if !meta.is_file() || meta.mode() & 0o077 != 0 {
+        return None;
+    }
+    password_in(&std::fs::read_to_string(&path).ok()?, config)
+}
+
+/// The password a `.pgpass` text gives this connection.
+fn password_in(text: &str, config: &::postgres::Config) -> Option<String> {
+    let host = match config.get_hosts().first() {
+        Some(::postgres::config::Host::Tcp(name)) => name.clone(),
+        _ => "localhost".to_string(),
+    };
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
+    let user = config.get_user().unwrap_or_default().to_string();
+    let dbname = config.get_dbname().unwrap_or(&user).to_string();
+    let wanted = [host, port, dbname, user];
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let fields = pgpass_fields(line);
+            (fields.len() == 5
+                && fields[..4]
+                    .iter()
+                    .zip(&wanted)
+                    .all(|(field, want)| field == "*" || field == want))
+            .then(|| fields[4].clone())
+        })
+}
+
+/// A `.pgpass` line's fields: split at unescaped `:`, escapes removed.
+fn pgpass_fields(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    fields.last_mut().expect("one field at least").push(next);
+                }
+            }
+            ':' => fields.push(String::new()),
+            c => fields.last_mut().expect("one field at least").push(c),
+        }
+    }
+    fields
 }
 
 /// Create the queue's schema with its tables (fails when the queue exists).
@@ -1059,5 +1131,36 @@ fn copy_escape(text: &[u8], out: &mut Vec<u8>) {
             b'\r' => out.extend_from_slice(b"\\r"),
             _ => out.push(b),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_file_is_read_as_libpq_reads_it() {
+        let text = "# comment\n\
+                    db.example:5432:other:me:wrong\n\
+                    db.example:5432:rq:me:pa\\:ss\\\\word\n\
+                    *:*:*:me:fallback\n\
+                    localhost:*:*:*:socket\n";
+        let config = |url: &str| url.parse::<::postgres::Config>().unwrap();
+        assert_eq!(
+            password_in(text, &config("postgres://me@db.example/rq")).as_deref(),
+            Some("pa:ss\\word")
+        );
+        assert_eq!(
+            password_in(text, &config("postgres://me@db.example:6000/rq")).as_deref(),
+            Some("fallback")
+        );
+        assert_eq!(
+            password_in(text, &config("postgres://you@%2Frun%2Fpostgresql/rq")).as_deref(),
+            Some("socket")
+        );
+        assert_eq!(
+            password_in(text, &config("postgres://you@db.example/rq")),
+            None
+        );
     }
 }
