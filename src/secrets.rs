@@ -41,68 +41,82 @@ pub fn has_password(text: &str) -> bool {
 /// that names a connection string.
 pub fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    // A URL's user information ends at its last '@' (a password may hold an unescaped
-    // '/' or '@'; taking more than the password out is the safe mistake).
-    while let Some(at) = rest.find("://") {
-        let (before, after) = rest.split_at(at + 3);
-        out.push_str(before);
-        let end = after
-            .find(|c: char| c.is_whitespace() || c == '\'' || c == '"')
-            .unwrap_or(after.len());
-        let url = &after[..end];
-        match url
-            .rfind('@')
-            .and_then(|at| Some((at, url[..at].split_once(':')?)))
-        {
-            Some((at, (user, _password))) => {
-                out.push_str(user);
-                out.push(':');
-                out.push_str(HIDDEN);
-                out.push_str(&url[at..]);
-            }
-            None => out.push_str(url),
-        }
-        rest = &after[end..];
+    let mut copied = 0;
+    for span in password_spans(text) {
+        out.push_str(&text[copied..span.start]);
+        out.push_str(HIDDEN);
+        copied = span.end;
     }
-    out.push_str(rest);
-    redact_settings(&out)
+    out.push_str(&text[copied..]);
+    out
 }
 
-/// `password=...` (and `passwd=`, `pwd=`) up to the next `&`, space or quote.
-fn redact_settings(text: &str) -> String {
+/// `bytes` with every password's bytes overwritten by `*`, in place (the same length):
+/// for the process's own arguments, which `ps` shows to everyone on the host.
+pub fn mask_in_place(bytes: &mut [u8]) {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return;
+    };
+    for span in password_spans(text) {
+        bytes[span].fill(b'*');
+    }
+}
+
+/// Where the passwords are in `text`, in order, not overlapping, none empty.
+fn password_spans(text: &str) -> Vec<std::ops::Range<usize>> {
+    let mut spans = Vec::new();
+    // A URL's user information ends at its last '@' (a password may hold an unescaped
+    // '/' or '@'; taking more than the password out is the safe mistake).
+    let mut from = 0;
+    while let Some(found) = text[from..].find("://") {
+        let start = from + found + 3;
+        let end = text[start..]
+            .find(|c: char| c.is_whitespace() || c == '\'' || c == '"')
+            .map_or(text.len(), |i| start + i);
+        let url = &text[start..end];
+        if let Some(at) = url.rfind('@')
+            && let Some(colon) = url[..at].find(':')
+            && colon + 1 < at
+        {
+            spans.push(start + colon + 1..start + at);
+        }
+        from = end;
+    }
+    // `password=...` (and `passwd=`, `pwd=`) up to the next `&`, space or quote.
     let lower = text.to_ascii_lowercase();
-    let mut out = String::with_capacity(text.len());
-    let mut copied = 0;
     let mut search = 0;
-    while let Some(found) = ["password=", "passwd=", "pwd="]
+    while let Some((key_start, key_len)) = ["password=", "passwd=", "pwd="]
         .iter()
         .filter_map(|key| lower[search..].find(key).map(|i| (search + i, key.len())))
         .min()
     {
-        let (start, len) = found;
-        let boundary = start == 0
+        let value_start = key_start + key_len;
+        search = value_start;
+        let boundary = key_start == 0
             || matches!(
-                text.as_bytes()[start - 1],
+                text.as_bytes()[key_start - 1],
                 b'?' | b'&' | b' ' | b';' | b'\t' | b'\'' | b'"'
             );
-        let value_start = start + len;
         if !boundary {
-            search = value_start;
             continue;
         }
         let value_end = text[value_start..]
             .find(['&', ' ', ';', '\t', '\'', '"', '#'])
             .map_or(text.len(), |i| value_start + i);
-        out.push_str(&text[copied..value_start]);
         if value_end > value_start {
-            out.push_str(HIDDEN);
+            spans.push(value_start..value_end);
         }
-        copied = value_end;
         search = value_end;
     }
-    out.push_str(&text[copied..]);
-    out
+    spans.sort_by_key(|span| span.start);
+    let mut merged: Vec<std::ops::Range<usize>> = Vec::new();
+    for span in spans {
+        match merged.last_mut() {
+            Some(last) if span.start <= last.end => last.end = last.end.max(span.end),
+            _ => merged.push(span),
+        }
+    }
+    merged
 }
 
 #[cfg(test)]

@@ -693,6 +693,33 @@ fn passwords_in_urls_are_never_shown_and_missing_rights_are_named() {
     assert!(!logged.is_empty());
     assert!(!logged.contains("Pw1secret"), "{logged}");
     assert_eq!(q.count("finished"), 1);
+    // What `ps` shows of a running feeder (its arguments) holds no password either.
+    let log2 = q.tmp.path().join("feeder2.log");
+    let mut feeder = rq_command()
+        .env("RQ_HOST", "h2")
+        .env("HOME", q.home())
+        .current_dir(cwd)
+        .args([&in_userinfo, "feed", "--min_sleep", "0.05", "--log"])
+        .arg(&log2)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log2)
+        .unwrap_or_default()
+        .contains("STARTED")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the feeder never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", feeder.id())).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    let _ = feeder.kill();
+    let _ = feeder.wait();
+    assert!(!cmdline.contains("Pw1secret"), "{cmdline}");
+    assert!(cmdline.contains("rq:*********@"), "{cmdline}");
 
     // A role without rights on the queue's schema.
     pg::server().psql("DROP ROLE IF EXISTS rq_nobody; CREATE ROLE rq_nobody LOGIN");
