@@ -378,7 +378,7 @@ impl Context<'_> {
         let feeders = crate::overview::feeders(&mut q)?;
         let (count, some) = q.unfit(None)?;
         let mut text = crate::human::status_screen(
-            &self.queue.display().to_string(),
+            &crate::secrets::redact(&self.queue.display().to_string()),
             &summary,
             &feeders,
             Some((count, some.into_iter().next())),

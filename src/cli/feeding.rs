@@ -319,7 +319,11 @@ impl Context<'_> {
     pub(super) fn top(&mut self) -> Result<i32> {
         let mut q = self.open(Access::ReadOnly)?;
         self.out.flush()?;
-        crate::top::run(&mut q, &self.queue.display().to_string(), &self.terminal)
+        crate::top::run(
+            &mut q,
+            &crate::secrets::redact(&self.queue.display().to_string()),
+            &self.terminal,
+        )
     }
 
     /// `rq Q lock read|shared|write|exclusive -- COMMAND...`: run a command holding the

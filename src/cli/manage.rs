@@ -148,7 +148,8 @@ impl Context<'_> {
             quiet: o.quiet,
         };
         self.out.flush()?;
-        let name = self.queue.display().to_string();
+        // Shown on every page: never with a password.
+        let name = crate::secrets::redact(&self.queue.display().to_string());
         crate::serve::run(&self.queue_arg()?, &name, opts)
     }
 
