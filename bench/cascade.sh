@@ -4,7 +4,8 @@
 # (re-arming the chain). Reports the time to cancel / re-arm all of it, the longest a
 # concurrent `submit` waited meanwhile, and how soon a feeder that recorded the failure
 # exits after TERM. BEFORE=REV also times rq built at REV (the old one-level-per-round
-# cascade) on the smaller chains, as the peer of the same run.
+# cascade) on the smaller chains, as the peer of the same run (OLD_RQ=BINARY: one built
+# already).
 # Usage: bench/cascade.sh [N ...]   (default: 10000 100000)
 # Needs root for the PostgreSQL server (Debian's postgresql, installed when missing).
 set -uo pipefail
@@ -34,11 +35,12 @@ newq() { # store n -> a new queue
     else "$RQ" "$URL?queue=c$2" create -q; "$RQ" "$URL?queue=c$2" configure files="$WORK/f$2" >/dev/null; echo "$URL?queue=c$2"; fi
 }
 count() { "$1" "$2" status --format json | python3 -c "import json,sys; print(json.load(sys.stdin)['jobs']['$3'])"; }
-# Submits one job at a time while `$1` (a pid) runs: the longest wait, in seconds.
+# Submits one job at a time (rq binary $3) while `$1` (a pid) runs: the longest wait,
+# in seconds.
 probe() {
     local worst=0 t0 t1
     while kill -0 "$1" 2>/dev/null; do
-        t0=$(now); "$RQ" "$2" submit -q --priority -1 true; t1=$(now)
+        t0=$(now); "$3" "$2" submit -q --priority -1 true; t1=$(now)
         worst=$(calc "max($worst, $t1 - $t0)")
     done
     echo "$worst"
@@ -49,11 +51,11 @@ run_chain() {
     local rq=$1 q=$2 n=$3 t0 t1 t2 t3 pid w1 w2
     t0=$(now)
     "$rq" "$q" execute "UPDATE jobs SET state = 'finished', exit_status = 1, finished = started WHERE jid = 1" >/dev/null & pid=$!
-    w1=$(probe $pid "$q"); wait $pid; t1=$(now)
+    w1=$(probe $pid "$q" "$rq"); wait $pid; t1=$(now)
     [ "$(count "$rq" "$q" cancelled)" = "$((n - 1))" ] || echo "WARNING: not all $((n - 1)) cancelled" >&2
     t2=$(now)
     "$rq" "$q" resubmit 1 >/dev/null & pid=$!
-    w2=$(probe $pid "$q"); wait $pid; t3=$(now)
+    w2=$(probe $pid "$q" "$rq"); wait $pid; t3=$(now)
     [ "$(count "$rq" "$q" waiting)" = "$((n - 1))" ] || echo "WARNING: not all $((n - 1)) waiting again" >&2
     echo "$(calc "round($t1-$t0,2)") $(calc "round($w1,2)") $(calc "round($t3-$t2,2)") $(calc "round($w2,2)")"
 }
@@ -71,16 +73,17 @@ for n in "${SIZES[@]}"; do
         echo "| $store | $n | $c | $w1 | $r | $w2 |"
     done
 done
-if [ -n "${BEFORE:-}" ]; then
-    git worktree add -q "$WORK/before" "$BEFORE" && (cd "$WORK/before" && cargo build --release --quiet) \
-        && OLD="$WORK/before/target/release/rq"
+if [ -n "${BEFORE:-}" ] || [ -n "${OLD_RQ:-}" ]; then
+    if [ -n "${OLD_RQ:-}" ]; then OLD=$OLD_RQ; BEFORE=${BEFORE:-$("$OLD" --version)}
+    else git worktree add -q "$WORK/before" "$BEFORE" && (cd "$WORK/before" && cargo build --release --quiet) \
+        && OLD="$WORK/before/target/release/rq"; fi
     for n in 2000 8000; do
         chain "$n" > "$WORK/chain.yaml"
         q="$WORK/old$n"; "$OLD" "$q" create -q; "$OLD" "$q" submit -q < "$WORK/chain.yaml"
         read -r c w1 r w2 < <(run_chain "$OLD" "$q" "$n")
         echo "| sqlite, rq at $BEFORE (one level per round) | $n | $c | $w1 | $r | $w2 |"
     done
-    git worktree remove --force "$WORK/before"
+    [ -d "$WORK/before" ] && git worktree remove --force "$WORK/before"
 fi
 echo
 # A feeder records the head's failure, starts the cascade, and is told to stop.
@@ -91,7 +94,11 @@ for store in sqlite postgres; do
     until [ "$(count "$RQ" "$q" finished)" = 1 ]; do sleep 0.05; done
     t0=$(now); kill -TERM $fpid; wait $fpid; t1=$(now)
     left=$(count "$RQ" "$q" waiting)
-    echo "$store: a feeder told to stop (TERM) right after it recorded the head's failure of a $n-job chain exited after $(calc "round($t1-$t0,2)") s, leaving $left jobs waiting for the next write"
-    "$RQ" "$q" submit -q true
-    echo "$store: after one more submit: $(count "$RQ" "$q" waiting) waiting, $(count "$RQ" "$q" cancelled) cancelled"
+    echo "$store: a feeder told to stop (TERM) right after it recorded the head's failure of a $n-job chain exited after $(calc "round($t1-$t0,2)") s, leaving $left jobs waiting on the work list"
+    "$RQ" "$q" configure heartbeat=0.5s >/dev/null
+    t0=$(now)
+    RQ_HOST=b2 RQ_ALLOW_LOCAL_LOCKS=1 "$RQ" "$q" feed --shell "sh -c" --min_sleep 0.05 2>>"$WORK/feeder.log" & fpid=$!
+    until [ "$(count "$RQ" "$q" waiting)" = 0 ]; do sleep 0.2; done; t1=$(now)
+    kill -TERM $fpid; wait $fpid
+    echo "$store: another feeder (heartbeat 0.5 s) finished them a batch per tick in $(calc "round($t1-$t0,1)") s: $(count "$RQ" "$q" cancelled) cancelled"
 done

@@ -145,10 +145,10 @@ pub struct Settled {
 /// Set-based and bounded: the failures and re-starts noted by the triggers join the
 /// queue's durable work list (`dep_work`: jobs whose dependents are still to be cancelled
 /// or re-armed), and one batch of it is done here, each kind with a recursive query over
-/// `deps` (at most `batch_size` jobs). A long chain is then a few short transactions instead
-/// of one long one, other writers get the lock in between, and a crash between them
-/// loses nothing: whoever writes next goes on.
-pub fn settle(tx: &Tx<'_>) -> Result<Settled> {
+/// `deps` (at most `batch_size` jobs). A long chain is then a few short transactions
+/// instead of one long one, other writers get the lock in between, and a crash between
+/// them loses nothing: a feeder's next tick goes on.
+pub fn settle(tx: &Tx<'_>, carry_on: bool) -> Result<Settled> {
     // Mostly nothing was noted: one statement says so (one round trip on PostgreSQL).
     let (noted, work, released): (bool, bool, bool) = tx.query_row(
         "SELECT EXISTS (SELECT 1 FROM dep_failures) OR EXISTS (SELECT 1 FROM dep_rearms), \
@@ -157,16 +157,14 @@ pub fn settle(tx: &Tx<'_>) -> Result<Settled> {
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
     let mut settled = Settled::default();
-    if noted || work {
+    // Work this transaction caused is started here (and carried on by this process);
+    // work others left is done only when asked (`carry_on`: their own continuation, or a
+    // feeder's tick picking up what a stopped writer left), so an unrelated submit never
+    // pays for someone else's cascade.
+    let act = noted || (work && carry_on);
+    if act {
         if tx.is_postgres() {
-            // Index lookups, level by level: a queue's statistics are often older than
-            // its jobs (a chain submitted a moment ago), and the planner then scans all
-            // of `deps` once per level of the recursion (quadratic). Until this
-            // transaction ends.
-            tx.execute_batch(
-                "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; \
-                 SET LOCAL enable_seqscan = off",
-            )?;
+            plan_for_batches(tx)?;
         }
         if noted {
             note_work(tx)?;
@@ -176,7 +174,7 @@ pub fn settle(tx: &Tx<'_>) -> Result<Settled> {
     }
     // A batch may release jobs too (an `after_any` wait met by a cancellation).
     settled.released = released
-        || (noted || work)
+        || act
             && tx.query_row("SELECT EXISTS (SELECT 1 FROM dep_released)", [], |r| {
                 r.get(0)
             })?;
@@ -265,6 +263,49 @@ fn batch_query(
     }
 }
 
+/// PostgreSQL: batches are planned on what the server knows of `jobs` and `deps`, and a
+/// queue's statistics are often older than its jobs (a chain submitted a moment ago:
+/// "78 waiting jobs" when there are 40,000), so the planner scanned or hashed a whole
+/// table once per level or per batch (quadratic). Statistics are refreshed when a tenth
+/// of a table changed since they were taken (ANALYZE reads a sample of ~30,000 rows, a
+/// tenth of a second or so), and nested loops are the only joins until the transaction
+/// ends: each level and each batch reaches rows by key.
+fn plan_for_batches(tx: &Tx<'_>) -> Result<()> {
+    let stale: bool = tx.query_row(
+        "SELECT coalesce(bool_or(n_mod_since_analyze > greatest(1000, n_live_tup / 10)), false) \
+         FROM pg_stat_user_tables WHERE relid IN (to_regclass('jobs'), to_regclass('deps'))",
+        [],
+        |r| r.get(0),
+    )?;
+    if stale {
+        tx.execute_batch("ANALYZE jobs, deps")?;
+    }
+    tx.execute_batch("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
+}
+
+/// "Job `jid` has a dependent (a `deps` row `d` meeting `wait`) whose state is one of
+/// `states`", written so that both stores look each row up by key (a join with `jobs`
+/// let PostgreSQL scan every job of those states once per row: quadratic).
+fn has_dependents(tx: &Tx<'_>, jid: &str, wait: &str, states: &str) -> String {
+    // OFFSET keeps PostgreSQL from turning the test into a join; SQLite needs no help
+    // (and takes no OFFSET without a LIMIT).
+    let per_row = if tx.is_postgres() { " OFFSET 0" } else { "" };
+    format!(
+        "EXISTS (SELECT 1 FROM deps d WHERE d.dep = {jid} AND {wait} \
+           AND (SELECT j.state FROM jobs j WHERE j.jid = d.job) IN {states}{per_row})"
+    )
+}
+
+/// PostgreSQL plans the statements that follow by what it knows of `dep_batch`: told
+/// nothing, it scanned every waiting (or cancelled) job of the queue once per batch to
+/// find the batch's few thousand (quadratic over a long chain).
+fn fresh_statistics(tx: &Tx<'_>) -> Result<()> {
+    if tx.is_postgres() {
+        tx.execute_batch("ANALYZE dep_batch")?;
+    }
+    Ok(())
+}
+
 /// Cancel the `after` dependents of failed jobs on the work list (theirs in turn, each
 /// with the reason of the failure it comes from), one batch. The jobs whose dependents a
 /// batch did not reach stay on the list.
@@ -299,23 +340,23 @@ fn cancel_batch(tx: &Tx<'_>) -> Result<usize> {
         ),
         [],
     )?;
+    fresh_statistics(tx)?;
     // Each cancelled job is noted by `dep_failed` with the reason it was given.
     let changed = run("UPDATE jobs SET state = 'cancelled', \
              reason = (SELECT b.reason FROM dep_batch b WHERE b.jid = jobs.jid) \
          WHERE jid IN (SELECT jid FROM dep_batch) AND state IN ('waiting', 'holding')")?;
     // Where the batch stopped: cancelled jobs with dependents it did not reach.
-    run(
+    run(&format!(
         "INSERT INTO dep_work (jid, kind, reason) SELECT f.jid, 'cancel', f.reason \
-         FROM dep_failures f WHERE EXISTS (SELECT 1 FROM deps d JOIN jobs j ON j.jid = d.job \
-             WHERE d.dep = f.jid AND d.kind = 'ok' AND j.state IN ('waiting', 'holding')) \
-         ON CONFLICT (jid, kind) DO NOTHING",
-    )?;
+         FROM dep_failures f WHERE {} ON CONFLICT (jid, kind) DO NOTHING",
+        has_dependents(tx, "f.jid", "d.kind = 'ok'", waiting)
+    ))?;
     tx.execute_batch("DELETE FROM dep_failures; DELETE FROM dep_batch;")?;
     run(&format!(
-        "DELETE FROM dep_work WHERE kind = 'cancel' AND NOT EXISTS ( \
-             SELECT 1 FROM jobs f JOIN deps d ON d.dep = f.jid JOIN jobs j ON j.jid = d.job \
-             WHERE f.jid = dep_work.jid AND {root_failed} AND d.kind = 'ok' \
-               AND j.state IN ('waiting', 'holding'))"
+        "DELETE FROM dep_work WHERE kind = 'cancel' AND NOT ( \
+             EXISTS (SELECT 1 FROM jobs f WHERE f.jid = dep_work.jid AND {root_failed}) \
+             AND {})",
+        has_dependents(tx, "dep_work.jid", "d.kind = 'ok'", waiting)
     ))?;
     Ok(changed)
 }
@@ -357,14 +398,15 @@ fn rearm_batch(tx: &Tx<'_>) -> Result<usize> {
         ),
         [],
     )?;
+    fresh_statistics(tx)?;
     // A job that needs one that failed and stays failed (not in this batch) stays
     // cancelled (skip 2), and so do the jobs of the batch below it (skip 1).
     let dep_failed = failed("f");
     let blocked = run(&format!(
         "UPDATE dep_batch SET skip = 2 WHERE EXISTS ( \
-             SELECT 1 FROM deps d JOIN jobs f ON f.jid = d.dep \
-             WHERE d.job = dep_batch.jid AND d.kind = 'ok' AND {dep_failed} \
-               AND d.dep NOT IN (SELECT jid FROM dep_batch))"
+             SELECT 1 FROM deps d WHERE d.job = dep_batch.jid AND d.kind = 'ok' \
+               AND d.dep NOT IN (SELECT jid FROM dep_batch) \
+               AND EXISTS (SELECT 1 FROM jobs f WHERE f.jid = d.dep AND {dep_failed}))"
     ))?;
     if blocked > 0 {
         run("WITH RECURSIVE below(jid) AS ( \
@@ -410,10 +452,11 @@ fn rearm_batch(tx: &Tx<'_>) -> Result<usize> {
     // Where the batch stopped: jobs that run again with cancelled dependents it did not
     // reach; the roots are done once none is left below them.
     let unreached = |jid: &str| {
-        format!(
-            "EXISTS (SELECT 1 FROM deps d JOIN jobs j ON j.jid = d.job \
-             WHERE d.dep = {jid} AND j.state = 'cancelled' \
-               AND d.job NOT IN (SELECT jid FROM dep_batch))"
+        has_dependents(
+            tx,
+            jid,
+            "d.job NOT IN (SELECT jid FROM dep_batch)",
+            "('cancelled')",
         )
     };
     run(&format!(

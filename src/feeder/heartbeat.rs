@@ -171,7 +171,7 @@ impl Feeder {
             })?;
         // Dependency work left behind (its writer stopped between batches): carry it on.
         if dep_work {
-            self.queue.store().write(|_| Ok(()))?;
+            self.queue.store().carry_on_dep_work()?;
         }
         // Paused or drained: the claim itself checks; the log says so once.
         if held_back != self.held_back {

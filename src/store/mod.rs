@@ -79,20 +79,68 @@ impl Store {
         Ok(value)
     }
 
-    /// The dependency work a write left (a long chain's cascade, a batch per transaction:
-    /// `deps::settle`) is carried on at once, in transactions of its own, so other writers
-    /// get the lock between batches. It is on the queue's work list, so stopping early
-    /// (a feeder told to stop, an error) loses nothing: the next write goes on.
+    /// The dependency work a write started (a long chain's cascade, a batch per
+    /// transaction: `deps::settle`) is carried on at once by this process, in transactions
+    /// of its own. It is on the queue's work list, so stopping early (a feeder told to
+    /// stop, an error) loses nothing: a feeder's tick goes on (`carry_on_dep_work`).
     fn finish_dep_work(&mut self) {
-        while self.dep_work_left() && !dep_work_stopped() {
+        if !self.dep_work_left() {
+            return;
+        }
+        self.set_carry_on(true);
+        // SQLite's lock is polled, not queued: a writer waiting for it (backing off to
+        // ~50 ms between tries) could wait out the whole cascade. Every 0.3 s of batches,
+        // the lock is left free a moment so that it gets its turn.
+        let polled = matches!(self, Store::Sqlite(_));
+        let mut held = std::time::Duration::ZERO;
+        while !dep_work_stopped() {
+            let started = std::time::Instant::now();
             let step = match self {
                 Store::Sqlite(store) => store.write(|_| Ok(())),
                 Store::Postgres(store) => store.write(|_| Ok(())),
             };
             if let Err(e) = step {
-                crate::note!("rq: dependency changes are left for the next write: {e}");
-                return;
+                crate::note!("rq: dependency changes are left for a feeder to finish: {e}");
+                break;
             }
+            if !self.dep_work_left() {
+                break;
+            }
+            held += started.elapsed();
+            if polled && held >= std::time::Duration::from_millis(300) {
+                std::thread::sleep(std::time::Duration::from_millis(80));
+                held = std::time::Duration::ZERO;
+            }
+        }
+        self.set_carry_on(false);
+    }
+
+    /// Do some of the dependency work others left on the queue's work list (a writer
+    /// that stopped between batches, or one still at it): a feeder's tick, when its read
+    /// saw some. Batches for about half a second at most, so that the feeder's own jobs
+    /// never wait long for a cascade it did not start; the next tick goes on.
+    pub fn carry_on_dep_work(&mut self) -> Result<()> {
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        self.set_carry_on(true);
+        let mut done = Ok(());
+        while std::time::Instant::now() < until && !dep_work_stopped() {
+            done = match self {
+                Store::Sqlite(store) => store.write(|_| Ok(())),
+                Store::Postgres(store) => store.write(|_| Ok(())),
+            };
+            if done.is_err() || !self.dep_work_left() {
+                break;
+            }
+        }
+        self.set_carry_on(false);
+        self.dep_work_left();
+        done
+    }
+
+    fn set_carry_on(&mut self, on: bool) {
+        match self {
+            Store::Sqlite(store) => store.carry_on_dep_work = on,
+            Store::Postgres(store) => store.carry_on_dep_work = on,
         }
     }
 

@@ -403,6 +403,8 @@ pub struct PgStore {
     told_largest: Option<(i64, i64, i64)>,
     /// The last write left dependency work for later transactions (`deps::settle`).
     pub dep_work_left: bool,
+    /// Writes also do dependency work others left (`deps::settle`'s `carry_on`).
+    pub carry_on_dep_work: bool,
 }
 
 /// Errors after which the whole transaction is worth running again on a fresh connection:
@@ -440,6 +442,7 @@ impl PgStore {
             stalled_after: None,
             told_largest: None,
             dep_work_left: false,
+            carry_on_dep_work: false,
         };
         store.connect()?;
         Ok(store)
@@ -730,6 +733,7 @@ impl PgStore {
             pg.query(lock, &[&key], None).map_err(classify)?;
         }
         let mut settled_deps = crate::deps::Settled::default();
+        let carry_on = self.carry_on_dep_work;
         let value = {
             let tx = super::Tx::Postgres(&pg);
             let settled = |value: T| -> Result<T> {
@@ -737,7 +741,7 @@ impl PgStore {
                     && kind != Kind::FilesWrite
                     && access == crate::store::Access::ReadWrite
                 {
-                    settled_deps = crate::deps::settle(&tx)?;
+                    settled_deps = crate::deps::settle(&tx, carry_on)?;
                 }
                 Ok(value)
             };

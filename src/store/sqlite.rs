@@ -336,6 +336,8 @@ pub struct Store {
     pub wait_when_full: bool,
     /// The last write left dependency work for later transactions (`deps::settle`).
     pub dep_work_left: bool,
+    /// Writes also do dependency work others left (`deps::settle`'s `carry_on`).
+    pub carry_on_dep_work: bool,
 }
 
 /// Errors worth retrying the whole transaction for, on a fresh connection.
@@ -397,6 +399,7 @@ impl Store {
             lock_timeout: crate::time::lock_timeout_from_env()?,
             wait_when_full: false,
             dep_work_left: false,
+            carry_on_dep_work: false,
         };
         // Damage some process already confirmed (perhaps in pages this one would not
         // read) stops every writer, so nothing is built on it before `recover`.
@@ -716,13 +719,14 @@ impl Store {
             }
         }
         let mut settled_deps = crate::deps::Settled::default();
+        let carry_on = self.carry_on_dep_work;
         let settled = |value: T| -> Result<T> {
             // What the ends and re-starts in this transaction mean for jobs waiting on
             // them is part of the same transaction.
             if !matches!(behavior, TransactionBehavior::Deferred)
                 && self.access == Access::ReadWrite
             {
-                settled_deps = crate::deps::settle(&Tx::Sqlite(&tx))?;
+                settled_deps = crate::deps::settle(&Tx::Sqlite(&tx), carry_on)?;
             }
             Ok(value)
         };
