@@ -114,7 +114,7 @@ const QUEUED: &str = "('pending', 'holding', 'waiting', 'running')";
 /// Jobs one batch of dependency work changes at most (each kind). A batch runs inside a
 /// write transaction, so this bounds how long a cascade holds the queue's lock (about
 /// 0.2 s on SQLite; on PostgreSQL, whose row triggers cost more, a smaller batch takes
-/// about 0.4 s); what is left waits in `dep_work` for the next transaction. Tests make
+/// about 0.3 s); what is left waits in `dep_work` for the next transaction. Tests make
 /// batches small with `RQ_TEST_DEP_BATCH`.
 fn batch_size(tx: &Tx<'_>) -> i64 {
     static SIZE: std::sync::OnceLock<Option<i64>> = std::sync::OnceLock::new();
@@ -124,7 +124,7 @@ fn batch_size(tx: &Tx<'_>) -> i64 {
             .and_then(|v| v.parse().ok())
             .filter(|n| *n > 0)
     });
-    given.unwrap_or(if tx.is_postgres() { 4_000 } else { 10_000 })
+    given.unwrap_or(if tx.is_postgres() { 2_000 } else { 10_000 })
 }
 
 /// What [`settle`] did.
