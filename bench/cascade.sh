@@ -47,15 +47,16 @@ probe() {
 }
 # rq binary, queue: fail the head (as a feeder records it) and time the cascade; then
 # resubmit it and time the re-arm. Prints "cancel_s worst_submit_s rearm_s worst_submit_s".
+# PROBE=0: no submits meanwhile (their processes take CPU from the cascade).
 run_chain() {
-    local rq=$1 q=$2 n=$3 t0 t1 t2 t3 pid w1 w2
+    local rq=$1 q=$2 n=$3 t0 t1 t2 t3 pid w1=0 w2=0
     t0=$(now)
     "$rq" "$q" execute "UPDATE jobs SET state = 'finished', exit_status = 1, finished = started WHERE jid = 1" >/dev/null & pid=$!
-    w1=$(probe $pid "$q" "$rq"); wait $pid; t1=$(now)
+    [ "${PROBE:-1}" = 1 ] && w1=$(probe $pid "$q" "$rq"); wait $pid; t1=$(now)
     [ "$(count "$rq" "$q" cancelled)" = "$((n - 1))" ] || echo "WARNING: not all $((n - 1)) cancelled" >&2
     t2=$(now)
     "$rq" "$q" resubmit 1 >/dev/null & pid=$!
-    w2=$(probe $pid "$q" "$rq"); wait $pid; t3=$(now)
+    [ "${PROBE:-1}" = 1 ] && w2=$(probe $pid "$q" "$rq"); wait $pid; t3=$(now)
     [ "$(count "$rq" "$q" waiting)" = "$((n - 1))" ] || echo "WARNING: not all $((n - 1)) waiting again" >&2
     echo "$(calc "round($t1-$t0,2)") $(calc "round($w1,2)") $(calc "round($t3-$t2,2)") $(calc "round($w2,2)")"
 }
@@ -71,6 +72,9 @@ for n in "${SIZES[@]}"; do
         q=$(newq $store "$n"); "$RQ" "$q" submit -q < "$WORK/chain.yaml"
         read -r c w1 r w2 < <(run_chain "$RQ" "$q" "$n")
         echo "| $store | $n | $c | $w1 | $r | $w2 |"
+        q=$(newq $store "a$n"); "$RQ" "$q" submit -q < "$WORK/chain.yaml"
+        read -r c w1 r w2 < <(PROBE=0 run_chain "$RQ" "$q" "$n")
+        echo "| $store, nothing else running | $n | $c | - | $r | - |"
     done
 done
 if [ -n "${BEFORE:-}" ] || [ -n "${OLD_RQ:-}" ]; then

@@ -720,24 +720,26 @@ fn hostile_input_gets_errors_or_is_stored_exactly(store: StoreKind) {
         assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
         assert_eq!(q.dump(), before);
     }
-    // invalid UTF-8 and binary junk
-    let mut cmd = rq_command();
-    cmd.args([q.q(), "submit", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&[0xff, 0xfe, 0x00, 0x80, b'\n', 0xc3, 0x28])
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("UTF-8"));
-    assert_eq!(q.dump(), before);
+    // invalid UTF-8, and binary junk (a NUL byte)
+    for (junk, said) in [
+        (&[0xff, 0xfe, 0x80, b'\n', 0xc3, 0x28][..], "UTF-8"),
+        (&[0xff, 0xfe, 0x00, 0x80, b'\n', 0xc3, 0x28][..], "NUL byte"),
+    ] {
+        let mut cmd = rq_command();
+        cmd.args([q.q(), "submit", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(junk).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(said), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert_eq!(q.dump(), before);
+    }
     // A 1 MB command could never start (the kernel passes at most 128 KiB): refused,
     // nothing changed. One of 100 kB is stored exactly.
     let before = q.dump();
