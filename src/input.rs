@@ -300,7 +300,8 @@ impl<R> LineGuard<R> {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
                         format!(
-                            "{}: line {} holds a NUL byte (binary input?); nothing was read from it",
+                            "{}: line {} holds a NUL byte, which no command, item or jid can \
+                             hold (binary input?); nothing was read from it",
                             self.what, self.line
                         ),
                     ));
