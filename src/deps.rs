@@ -12,7 +12,8 @@
 //!   jobs waiting for it with `after` are `cancelled` with the reason, and theirs in turn,
 //!   however long the chain. SQLite limits how deep triggers may recurse, so this part is
 //!   rq's: temporary triggers on each of rq's connections note the failures, and
-//!   [`settle`] cancels their dependents before the transaction commits.
+//!   [`settle`] cancels their dependents before the transaction commits, a bounded batch
+//!   at a time, with the rest on the durable work list `dep_work`.
 //!
 //! A job that goes back from an end to `pending` (resubmit, update) re-arms the jobs that
 //! were cancelled because of it, and makes its dependents wait for its new run.

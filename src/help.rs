@@ -448,8 +448,10 @@ that take jids take array:ID. %N keeps at most N of the array running at once.\n
 Environment: --env KEY=VALUE sets a variable for the job; --export takes the\n\
 whole environment of the submit, except variables of the terminal, session and\n\
 host (TERM, DISPLAY, SSH_*, XDG_SESSION_*, PWD, SHLVL, HOSTNAME, RQ_*, ...).\n\
-They go on top of the feeder's environment. Listings show values of names with\n\
-TOKEN, SECRET, PASSWORD or KEY as <hidden>. Every job records its `user` (who\n\
+They go on top of the feeder's environment. Listings show as <hidden> values of\n\
+names with TOKEN, SECRET, PASS, KEY, CREDENTIAL, AUTH, COOKIE, SESSION, PRIVATE\n\
+or SIGNATURE, and values holding a password (user:pw@, password=); the job gets\n\
+them all. Every job records its `user` (who\n\
 submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n",
     ),
     (

@@ -36,7 +36,7 @@ pub enum Store {
 
 /// Flags that, once set, stop a process from doing more dependency work than its own
 /// transactions carry (a feeder's TERM and QUIT): the rest stays on the queue's work list
-/// for whoever writes next.
+/// for feeders' ticks to finish.
 static DEP_WORK_STOP: std::sync::Mutex<Vec<Arc<AtomicBool>>> = std::sync::Mutex::new(Vec::new());
 
 /// Stop carrying on dependency work once `flag` is set (see `DEP_WORK_STOP`).

@@ -219,7 +219,8 @@ CREATE INDEX jobs_tag ON jobs (tag, state) WHERE tag IS NOT NULL;
 /// The work list of dependency changes not done yet: each row a job whose `after`
 /// dependents are still to be cancelled (`cancel`, with the reason they get) or to wait
 /// again for its new run (`rearm`). A long chain is done a batch per write transaction,
-/// so it never holds the queue's lock for long; whoever writes next goes on.
+/// so it never holds the queue's lock for long; the writer that started it goes on, and
+/// feeders' ticks finish what a stopped writer left.
 pub const DEP_WORK_SQL: &str = r#"
 CREATE TABLE dep_work (
     jid          INTEGER NOT NULL,               -- the job whose dependents are concerned
