@@ -367,8 +367,18 @@ fn an_older_queue_is_migrated_by_the_first_writer_and_a_newer_one_refused() {
          DROP TRIGGER jid_assign ON jobs; \
          CREATE TRIGGER jid_assign BEFORE INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION jid_assign(); \
          DROP TABLE hosts, starts, job_files, dep_work; DROP FUNCTION job_files_deleted() CASCADE; \
+         DROP TRIGGER deps_met ON jobs; DROP TRIGGER dep_note ON jobs; \
+         CREATE TRIGGER deps_met AFTER UPDATE OF state ON jobs FOR EACH ROW EXECUTE FUNCTION deps_met(); \
+         CREATE TRIGGER dep_note AFTER UPDATE OF state ON jobs FOR EACH ROW EXECUTE FUNCTION dep_note(); \
          UPDATE meta SET value = '5' WHERE key = 'schema_version'",
     );
+    let settled_triggers = || {
+        psql(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('jobs') \
+             AND tgname IN ('deps_met', 'dep_note') AND pg_get_triggerdef(oid) LIKE '%rq.settling%'",
+        )
+    };
+    assert_eq!(settled_triggers().trim(), "0");
     let version = || psql("SELECT value FROM meta WHERE key = 'schema_version'");
     let jid_default = || {
         psql(
@@ -384,8 +394,9 @@ fn an_older_queue_is_migrated_by_the_first_writer_and_a_newer_one_refused() {
     assert_eq!(version().trim(), "5");
     // The first writer brings it up to date, then writes.
     q.rq(&["submit", "-q", "true"]).ok();
-    assert_eq!(version().trim(), "8");
+    assert_eq!(version().trim(), "9");
     assert_eq!(jid_default().trim(), "1");
+    assert_eq!(settled_triggers().trim(), "2", "version 9's triggers");
     let tables = psql(
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() \
          AND table_name IN ('hosts', 'starts', 'job_files', 'dep_work')",

@@ -89,8 +89,8 @@ impl Store {
         }
         self.set_carry_on(true);
         // SQLite's lock is polled, not queued: a writer waiting for it (backing off to
-        // ~50 ms between tries) could wait out the whole cascade. Every 0.3 s of batches,
-        // the lock is left free a moment so that it gets its turn.
+        // up to 75 ms between tries) could wait out the whole cascade. After every 0.5 s
+        // of batches, the lock is left free for longer than that, so that it gets its turn.
         let polled = matches!(self, Store::Sqlite(_));
         let mut held = std::time::Duration::ZERO;
         while !dep_work_stopped() {
@@ -107,7 +107,7 @@ impl Store {
                 break;
             }
             held += started.elapsed();
-            if polled && held >= std::time::Duration::from_millis(300) {
+            if polled && held >= std::time::Duration::from_millis(500) {
                 std::thread::sleep(std::time::Duration::from_millis(80));
                 held = std::time::Duration::ZERO;
             }
