@@ -3,9 +3,9 @@
 # fails, on a SQLite queue directory and a PostgreSQL queue, then the head resubmitted
 # (re-arming the chain). Reports the time to cancel / re-arm all of it, the longest a
 # concurrent `submit` waited meanwhile, and how soon a feeder that recorded the failure
-# exits after TERM. BEFORE=REV also times rq built at REV (the old one-level-per-round
-# cascade) on the smaller chains, as the peer of the same run (OLD_RQ=BINARY: one built
-# already).
+# exits after TERM. BEFORE=REV also times rq built at REV as the peer of the same run
+# (OLD_RQ=BINARY: one built already), on PEER_SIZES (default 2000 8000) and PEER_STORES
+# (default sqlite), labelled PEER_LABEL; PEER_PROBE=0 times it with nothing else running.
 # Usage: bench/cascade.sh [N ...]   (default: 10000 100000)
 # Needs root for the PostgreSQL server (Debian's postgresql, installed when missing).
 set -uo pipefail
@@ -81,11 +81,14 @@ if [ -n "${BEFORE:-}" ] || [ -n "${OLD_RQ:-}" ]; then
     if [ -n "${OLD_RQ:-}" ]; then OLD=$OLD_RQ; BEFORE=${BEFORE:-$("$OLD" --version)}
     else git worktree add -q "$WORK/before" "$BEFORE" && (cd "$WORK/before" && cargo build --release --quiet) \
         && OLD="$WORK/before/target/release/rq"; fi
-    for n in 2000 8000; do
+    for n in ${PEER_SIZES:-2000 8000}; do
         chain "$n" > "$WORK/chain.yaml"
-        q="$WORK/old$n"; "$OLD" "$q" create -q; "$OLD" "$q" submit -q < "$WORK/chain.yaml"
-        read -r c w1 r w2 < <(run_chain "$OLD" "$q" "$n")
-        echo "| sqlite, rq at $BEFORE (one level per round) | $n | $c | $w1 | $r | $w2 |"
+        for store in ${PEER_STORES:-sqlite}; do
+            RQ_SAVED=$RQ; RQ=$OLD; q=$(newq $store "old$n"); RQ=$RQ_SAVED
+            "$OLD" "$q" submit -q < "$WORK/chain.yaml"
+            read -r c w1 r w2 < <(PROBE=${PEER_PROBE:-1} run_chain "$OLD" "$q" "$n")
+            echo "| $store, rq at $BEFORE${PEER_LABEL:+ ($PEER_LABEL)} | $n | $c | $w1 | $r | $w2 |"
+        done
     done
     [ -d "$WORK/before" ] && git worktree remove --force "$WORK/before"
 fi

@@ -170,9 +170,7 @@ impl Feeder {
                 ))
             })?;
         // Dependency work left behind (its writer stopped between batches): carry it on.
-        if dep_work {
-            self.queue.store().carry_on_dep_work()?;
-        }
+        let dep_work_left = dep_work && self.queue.store().carry_on_dep_work()?;
         // Paused or drained: the claim itself checks; the log says so once.
         if held_back != self.held_back {
             match &held_back {
@@ -207,8 +205,9 @@ impl Feeder {
             .store((self.settings.heartbeat * 1000.0) as u64, Ordering::SeqCst);
         // An idle feeder's read can wait a quarter of the lease: it still judges dead hosts
         // in time (their jobs are reclaimed within lease + lease/4) at less cost to the
-        // file server; the heartbeat thread beats every heartbeat regardless.
-        let every = if idle {
+        // file server; the heartbeat thread beats every heartbeat regardless. Dependency
+        // work left over is carried on a heartbeat later.
+        let every = if idle && !dep_work_left {
             self.settings.heartbeat.max(self.settings.lease / 4.0)
         } else {
             self.settings.heartbeat

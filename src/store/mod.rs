@@ -89,7 +89,7 @@ impl Store {
         }
         self.set_carry_on(true);
         // SQLite's lock is polled, not queued: a writer waiting for it (backing off to
-        // up to 75 ms between tries) could wait out the whole cascade. After every 0.5 s
+        // up to 75 ms between tries) could wait out the whole cascade. After every 0.3 s
         // of batches, the lock is left free for longer than that, so that it gets its turn.
         let polled = matches!(self, Store::Sqlite(_));
         let mut held = std::time::Duration::ZERO;
@@ -107,7 +107,7 @@ impl Store {
                 break;
             }
             held += started.elapsed();
-            if polled && held >= std::time::Duration::from_millis(500) {
+            if polled && held >= std::time::Duration::from_millis(300) {
                 std::thread::sleep(std::time::Duration::from_millis(80));
                 held = std::time::Duration::ZERO;
             }
@@ -118,17 +118,19 @@ impl Store {
     /// Do some of the dependency work others left on the queue's work list (a writer
     /// that stopped between batches, or one still at it): a feeder's tick, when its read
     /// saw some. Batches for about half a second at most, so that the feeder's own jobs
-    /// never wait long for a cascade it did not start; the next tick goes on.
-    pub fn carry_on_dep_work(&mut self) -> Result<()> {
+    /// never wait long for a cascade it did not start; the next tick goes on. Whether
+    /// work is left.
+    pub fn carry_on_dep_work(&mut self) -> Result<bool> {
         let until = std::time::Instant::now() + std::time::Duration::from_millis(500);
         self.set_carry_on(true);
-        let mut done = Ok(());
+        let mut done = Ok(true);
         while std::time::Instant::now() < until && !dep_work_stopped() {
-            done = match self {
+            let step = match self {
                 Store::Sqlite(store) => store.write(|_| Ok(())),
                 Store::Postgres(store) => store.write(|_| Ok(())),
             };
-            if done.is_err() || !self.dep_work_left() {
+            done = step.map(|()| self.dep_work_left());
+            if !matches!(done, Ok(true)) {
                 break;
             }
         }
