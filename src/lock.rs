@@ -210,9 +210,223 @@ impl JournalFence {
     }
 }
 
+/// What this process is, for the holder note (`rq submit`, `rq feed` with the feeder's
+/// id): set once by the CLI and the feeder.
+static ROLE: std::sync::OnceLock<std::sync::Mutex<String>> = std::sync::OnceLock::new();
+
+/// Say what this process is in the notes it leaves (`rq submit`, `feeder node3:4711:1a2b`).
+pub fn set_role(role: &str) {
+    let cell = ROLE.get_or_init(|| std::sync::Mutex::new(String::new()));
+    if let Ok(mut current) = cell.lock() {
+        *current = role.to_string();
+    }
+}
+
+fn role() -> String {
+    ROLE.get()
+        .and_then(|cell| cell.lock().ok().map(|r| r.clone()))
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "rq".to_string())
+}
+
+/// The size of a holder note: each is written whole, at offset 0, in one write.
+const NOTE_SIZE: usize = 256;
+
+/// `Q/lock-holder`: who last took the queue's write lock (host, process, what it is),
+/// written by every write transaction once it holds the lock, so that a process left
+/// waiting can say whom it waits for, without the lock. The file's modification time,
+/// stamped by the file server, says when. One synchronous write of a fixed-size record
+/// (on NFS one WRITE call, FILE_SYNC), never through a link or into anything but a
+/// regular file; a note that cannot be written is skipped (it is advice, not a lock).
+#[derive(Debug)]
+pub struct HolderNote {
+    path: std::path::PathBuf,
+    file: Option<File>,
+}
+
+impl HolderNote {
+    pub fn new(db_path: &Path) -> HolderNote {
+        HolderNote {
+            path: note_path(db_path),
+            file: None,
+        }
+    }
+
+    /// Forget the open note (after a connection fault).
+    pub fn close(&mut self) {
+        self.file = None;
+    }
+
+    /// Record this process as the lock's holder.
+    pub fn mark(&mut self) {
+        if self.write().is_err() {
+            // A stale descriptor (NFS) or a removed file: once more, freshly opened.
+            self.file = None;
+            let _ = self.write();
+        }
+    }
+
+    fn write(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if self.file.is_none() {
+            self.file = Some(self.open()?);
+        }
+        let file = self.file.as_ref().expect("opened above");
+        let record = note_record(&crate::host::name(), std::process::id(), &role());
+        file.write_all_at(&record, 0)
+    }
+
+    fn open(&self) -> std::io::Result<File> {
+        use rustix::fs::{Mode, OFlags};
+        // NONBLOCK: a FIFO planted here must not hang us.
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let open = |flags| -> std::io::Result<File> {
+            let file = File::from(rustix::fs::open(
+                &self.path,
+                flags,
+                Mode::from_raw_mode(0o644),
+            )?);
+            if !file.metadata()?.is_file() {
+                return Err(std::io::Error::other("not a regular file"));
+            }
+            Ok(file)
+        };
+        let file = open(flags)?;
+        // On NFS other hosts read the note: it must be on the server when the write
+        // returns (a holder that dies next has left it), in one synchronous WRITE. On a
+        // local filesystem every process sees the page cache at once.
+        const NFS_SUPER_MAGIC: i64 = 0x6969;
+        let on_nfs = rustix::fs::fstatfs(&file).is_ok_and(|fs| fs.f_type as i64 == NFS_SUPER_MAGIC);
+        if on_nfs {
+            return open(flags | OFlags::DSYNC);
+        }
+        Ok(file)
+    }
+}
+
+/// The holder note of the queue database at `db_path`.
+pub fn note_path(db_path: &Path) -> std::path::PathBuf {
+    db_path.with_file_name("lock-holder")
+}
+
+/// One note: a line `rq-holder host=H pid=P role=R`, padded with spaces to `NOTE_SIZE`.
+fn note_record(host: &str, pid: u32, role: &str) -> Vec<u8> {
+    let clean = |text: &str, space: bool| -> String {
+        text.chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || (space && c == ' ') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(80)
+            .collect()
+    };
+    let mut line = format!(
+        "rq-holder host={} pid={pid} role={}",
+        clean(host, false),
+        clean(role, true)
+    )
+    .into_bytes();
+    line.truncate(NOTE_SIZE - 1);
+    line.resize(NOTE_SIZE - 1, b' ');
+    line.push(b'\n');
+    line
+}
+
+/// What a holder note says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Holder {
+    pub host: String,
+    pub pid: u32,
+    pub role: String,
+    /// When the note was written, on the file server's clock.
+    pub since: Option<jiff::Timestamp>,
+}
+
+/// Read the holder note of the queue database at `db_path`: `None` if there is none, or
+/// it is not one of rq's (a planted or half-written file says nothing).
+pub fn read_holder(db_path: &Path) -> Option<Holder> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = note_path(db_path);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(&path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = vec![0u8; NOTE_SIZE];
+    let mut got = 0;
+    while got < NOTE_SIZE {
+        match file.read(&mut bytes[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(_) => return None,
+        }
+    }
+    let mut holder = parse_note(&bytes[..got])?;
+    holder.since = crate::liveness::mtime(&path);
+    Some(holder)
+}
+
+fn parse_note(bytes: &[u8]) -> Option<Holder> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let line = text.strip_suffix('\n')?.trim_end();
+    let rest = line.strip_prefix("rq-holder host=")?;
+    let (host, rest) = rest.split_once(" pid=")?;
+    let (pid, role) = rest.split_once(" role=")?;
+    Some(Holder {
+        host: host.to_string(),
+        pid: pid.parse().ok()?,
+        role: role.to_string(),
+        since: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_holder_note_is_read_back_and_odd_files_say_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        assert_eq!(read_holder(&db), None);
+        set_role("feeder h3:42:beef");
+        let mut note = HolderNote::new(&db);
+        note.mark();
+        let holder = read_holder(&db).expect("a note");
+        assert_eq!(holder.pid, std::process::id());
+        assert_eq!(holder.role, "feeder h3:42:beef");
+        assert_eq!(holder.host, crate::host::name().replace(' ', "_"));
+        assert!(holder.since.is_some());
+        assert_eq!(
+            std::fs::metadata(note_path(&db)).unwrap().len(),
+            NOTE_SIZE as u64
+        );
+        // Half a note (a torn read), or someone else's file: nothing.
+        let record = note_record("h\nx", 7, "rq submit\x1b[2J");
+        assert_eq!(record.len(), NOTE_SIZE);
+        let parsed = parse_note(&record).unwrap();
+        assert_eq!((parsed.host.as_str(), parsed.pid), ("h_x", 7));
+        assert_eq!(parsed.role, "rq submit_[2J");
+        assert_eq!(parse_note(&record[..100]), None);
+        std::fs::write(note_path(&db), "hello\n").unwrap();
+        assert_eq!(read_holder(&db), None);
+        // A link planted as the note is neither followed for writing nor read.
+        std::fs::remove_file(note_path(&db)).unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, "keep").unwrap();
+        std::os::unix::fs::symlink(&target, note_path(&db)).unwrap();
+        let mut note = HolderNote::new(&db);
+        note.mark();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+        assert_eq!(read_holder(&db), None);
+    }
 
     #[test]
     fn second_acquire_fails_and_survives_unrelated_closes() {

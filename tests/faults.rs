@@ -171,32 +171,62 @@ fn a_frozen_host_kills_its_stale_copies_when_it_thaws(store: StoreKind) {
 }
 
 #[test]
-fn a_held_lock_makes_everyone_wait_and_say_so() {
+fn a_held_lock_makes_everyone_wait_and_say_whom_they_wait_for() {
     let q = TestQueue::new();
     fast_lease(&q);
     q.rq(&["submit", "-q", "sleep 2; echo survived"]).ok();
     let f = q.feeder_env("h1", &[], &[("RQ_LOCK_NOTICE", "1")]);
     q.wait_for("job running", 10, |q| q.count("running") == 1);
-    // killrq: an external process holds the write lock for a while.
+    // An admin on h1 holds the write lock until the test lets go.
+    let held = q.home().join("hold");
+    std::fs::write(&held, "").unwrap();
     let mut holder = rq_command();
-    holder.args([q.q(), "lock", "exclusive", "--", "sleep 5"]);
+    holder.env("RQ_HOST", "h1").args([
+        q.q(),
+        "lock",
+        "exclusive",
+        "--",
+        &format!("while [ -e '{}' ]; do sleep 0.05; done", held.display()),
+    ]);
     let mut holder = holder.spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let started = Instant::now();
-    let mut cmd = rq_command();
-    cmd.env("RQ_LOCK_NOTICE", "1")
-        .args([q.q(), "submit", "-q", "echo after the lock"]);
-    let out = run_cmd(cmd, None).ok();
+    q.wait_for("the holder's note", 10, |q| {
+        std::fs::read_to_string(q.files().join("lock-holder"))
+            .is_ok_and(|note| note.contains(&format!("pid={} ", holder.id())))
+    });
+    // A submit from h5 waits, and says for whom.
+    let err_path = q.home().join("submit.err");
+    let mut submit = rq_command();
+    submit
+        .env("RQ_HOST", "h5")
+        .env("RQ_LOCK_NOTICE", "1")
+        .args([q.q(), "submit", "-q", "echo after the lock"])
+        .stderr(std::fs::File::create(&err_path).unwrap());
+    let mut submit = submit.spawn().unwrap();
+    let said = |q: &TestQueue| std::fs::read_to_string(q.home().join("submit.err")).unwrap();
+    q.wait_for("the submit to say whom it waits for", 30, |q| {
+        said(q).contains("waiting for the queue's lock")
+    });
+    let words = said(&q);
     assert!(
-        started.elapsed() >= Duration::from_secs(3),
-        "submit did not wait for the lock"
+        words.contains(&format!(
+            "last taken for writing by rq lock (pid {} on h1)",
+            holder.id()
+        )),
+        "{words}"
     );
-    assert!(
-        out.stderr.contains("waiting for the queue lock"),
-        "{}",
-        out.stderr
-    );
+    assert!(words.contains("h1's last heartbeat: "), "{words}");
+    assert_eq!(submit.try_wait().unwrap(), None, "still waiting");
+    // The feeder on h1 waits too (to record its job's end), and knows the holder is local.
+    q.wait_for("the feeder to say so", 30, |q| {
+        q.feeder_log("h1").contains("waiting for the queue's lock")
+    });
+    let log = q.feeder_log("h1");
+    assert!(log.contains("(pid "), "{log}");
+    assert!(log.contains("on h1)"), "{log}");
+    assert!(log.contains(", on this host"), "{log}");
+    std::fs::remove_file(&held).unwrap();
     assert!(holder.wait().unwrap().success());
+    assert!(submit.wait().unwrap().success(), "{}", said(&q));
     q.wait_for("both jobs to finish", 20, |q| q.count("finished") == 2);
     let jobs = q.jobs();
     assert_eq!(
@@ -205,8 +235,10 @@ fn a_held_lock_makes_everyone_wait_and_say_so() {
         "the running job was neither killed nor reclaimed"
     );
     assert_eq!(q.rq(&["stdout", "1"]).ok().stdout, "survived\n");
-    let log = q.feeder_log("h1");
-    assert!(log.contains("waiting for the queue lock"), "{log}");
+    // The last writer is named now (the note follows the lock).
+    let note = std::fs::read_to_string(q.files().join("lock-holder")).unwrap();
+    assert!(note.starts_with("rq-holder host="), "{note}");
+    assert!(!note.contains(&format!("pid={} ", holder.id())), "{note}");
     q.integrity_ok();
     drop(f);
 }

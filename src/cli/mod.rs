@@ -492,6 +492,7 @@ pub fn run(argv: &[String]) -> Result<i32> {
             "unknown mode '{word}' (see 'rq help' for the modes)"
         )));
     };
+    crate::lock::set_role(&format!("rq {name}"));
     let format = match &inv.opts.format {
         Some(f) => Format::parse(f)?,
         None if TABLE_ON_A_TERMINAL.contains(&name) && std::io::stdout().is_terminal() => {

@@ -239,6 +239,7 @@ impl Feeder {
             std::process::id(),
             rand::random::<u32>()
         );
+        crate::lock::set_role(&format!("feeder {id}"));
         let mut doorbell = Doorbell::new(queue.dir(), config.min_sleep);
         doorbell.listener = queue.listener();
         let kill_grace = config.kill_grace;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
 
 use crate::error::{Error, Result};
-use crate::lock::JournalFence;
+use crate::lock::{HolderNote, JournalFence};
 use crate::store::Tx;
 
 /// `PRAGMA application_id` of an rq queue database ("rq2\0").
@@ -348,6 +348,8 @@ pub struct Store {
     conn: Option<Connection>,
     /// Locks the rollback journal in each write transaction (see `JournalFence`).
     fence: JournalFence,
+    /// Says who holds the write lock (see `HolderNote`).
+    holder_note: HolderNote,
     notice: Arc<WaitNotice>,
     /// Give up waiting for the lock after this long (None: wait forever).
     pub lock_timeout: Option<Duration>,
@@ -415,6 +417,7 @@ impl Store {
             access,
             conn: None,
             fence: JournalFence::new(db_path),
+            holder_note: HolderNote::new(db_path),
             notice: Arc::new(WaitNotice::default()),
             lock_timeout: crate::time::lock_timeout_from_env()?,
             wait_when_full: false,
@@ -479,7 +482,12 @@ impl Store {
         self.fence.close();
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(&self.db_path, flags)?;
-        configure_connection(&mut conn, self.notice.clone(), self.lock_timeout)?;
+        configure_connection(
+            &mut conn,
+            &self.db_path,
+            self.notice.clone(),
+            self.lock_timeout,
+        )?;
         let journal: std::result::Result<String, rusqlite::Error> =
             conn.query_row("PRAGMA journal_mode = PERSIST", [], |r| r.get(0));
         let journal = match journal {
@@ -737,6 +745,7 @@ impl Store {
             if let Err(e) = self.fence.hold() {
                 return Err(fence_failed(&self.db_path, e));
             }
+            self.holder_note.mark();
         }
         let mut settled_deps = crate::deps::Settled::default();
         let carry_on = self.carry_on_dep_work;
@@ -849,11 +858,12 @@ fn migrate_steps(conn: &mut Connection, from: i64, fence: Option<&mut JournalFen
 /// Settings every rq connection uses.
 fn configure_connection(
     conn: &mut Connection,
+    db_path: &Path,
     notice: Arc<WaitNotice>,
     lock_timeout: Option<Duration>,
 ) -> Result<()> {
     // First, before any statement can touch the file and meet another process's lock.
-    install_busy_handler(conn, notice, lock_timeout)?;
+    install_busy_handler(conn, db_path.to_path_buf(), notice, lock_timeout)?;
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
     conn.execute_batch(
         "PRAGMA synchronous = FULL;
@@ -900,10 +910,54 @@ fn configure_connection(
     Ok(())
 }
 
+/// How often a long wait for the lock says again whom it waits for.
+const LOCK_WORD_EVERY: Duration = Duration::from_secs(60);
+
+/// Whom a process waiting for the queue's lock waits for, as far as the holder note
+/// (`lock::HolderNote`) and the heartbeats (server clock) tell: the last process that
+/// took the write lock, how long ago, and whether its host still beats. (A process
+/// holding only a read lock leaves no note: the words say "last taken for writing".)
+pub fn describe_holder(db_path: &Path) -> String {
+    let Some(holder) = crate::lock::read_holder(db_path) else {
+        return "another process holds it".to_string();
+    };
+    let queue = db_path.parent().unwrap_or(Path::new("."));
+    let me = crate::host::name();
+    let now = crate::liveness::server_now(queue, &me).ok();
+    let ago = |at: Option<jiff::Timestamp>| -> Option<String> {
+        let secs = crate::time::seconds_between(at?, now?);
+        Some(crate::human::duration(secs.max(0.0)))
+    };
+    let mut text = format!(
+        "last taken for writing by {} (pid {} on {})",
+        holder.role, holder.pid, holder.host
+    );
+    if let Some(age) = ago(holder.since) {
+        text += &format!(" {age} ago");
+    }
+    if holder.host == me {
+        text += ", on this host";
+    } else {
+        match now.and_then(|now| crate::liveness::heartbeat_age(queue, &holder.host, now)) {
+            Some(age) => {
+                text += &format!(
+                    "; {}'s last heartbeat: {} ago",
+                    holder.host,
+                    crate::human::duration(age.max(0.0))
+                )
+            }
+            None => text += &format!("; {} has no heartbeat (no feeder runs there)", holder.host),
+        }
+    }
+    crate::secrets::redact(&text)
+}
+
 /// Waiting for another process's lock: jittered exponential back-off; after a few seconds
-/// say so once on stderr; give up this attempt after 30 s so the caller can reconnect.
+/// say whom we wait for on stderr (and again every minute); give up this attempt after
+/// 30 s so the caller can reconnect.
 fn install_busy_handler(
     conn: &mut Connection,
+    db_path: PathBuf,
     notice: Arc<WaitNotice>,
     lock_timeout: Option<Duration>,
 ) -> Result<()> {
@@ -917,6 +971,7 @@ fn install_busy_handler(
         .unwrap_or(Duration::from_secs(30))
         .min(Duration::from_secs(30));
     let mut wait_started = Instant::now();
+    let mut last_word: Option<Instant> = None;
     let handler = move |count: i32| -> bool {
         if notice.no_wait.load(Ordering::Relaxed) {
             return false;
@@ -925,9 +980,18 @@ fn install_busy_handler(
             wait_started = Instant::now();
         }
         let waited = wait_started.elapsed();
-        if waited >= announce_after && !notice.announced.swap(true, Ordering::Relaxed) {
+        // Said once a wait is long, then again every minute while it goes on (each
+        // attempt ends after 30 s and the next starts afresh on this connection).
+        let due = match last_word {
+            None => waited >= announce_after && !notice.announced.load(Ordering::Relaxed),
+            Some(at) => at.elapsed() >= LOCK_WORD_EVERY,
+        };
+        if due {
+            notice.announced.store(true, Ordering::Relaxed);
+            last_word = Some(Instant::now());
             crate::note!(
-                "rq: waiting for the queue lock (another process holds it); rq keeps trying, Ctrl-C to give up"
+                "rq: waiting for the queue's lock: {}; rq keeps trying, Ctrl-C to give up",
+                describe_holder(&db_path)
             );
         }
         if waited >= attempt_limit {
@@ -993,7 +1057,7 @@ pub fn create_database(db_path: &Path) -> Result<()> {
     let _ = std::fs::remove_file(&tmp);
     {
         let mut conn = Connection::open(&tmp)?;
-        configure_connection(&mut conn, Arc::new(WaitNotice::default()), None)?;
+        configure_connection(&mut conn, db_path, Arc::new(WaitNotice::default()), None)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = PERSIST", [], |r| r.get(0))?;
         debug_assert_eq!(mode, "persist");
         // Incremental auto-vacuum (only settable before the first table): space freed by
