@@ -343,9 +343,9 @@ mod tests {
     fn test_store(dir: &Path) -> Store {
         let db = dir.join("db");
         crate::store::create_database(&db).unwrap();
-        Store::Sqlite(
+        Store::Sqlite(Box::new(
             crate::store::SqliteStore::open(&db, crate::store::Access::ReadWrite).unwrap(),
-        )
+        ))
     }
 
     #[test]

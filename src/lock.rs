@@ -296,8 +296,7 @@ impl HolderNote {
         // On NFS other hosts read the note: it must be on the server when the write
         // returns (a holder that dies next has left it), in one synchronous WRITE. On a
         // local filesystem every process sees the page cache at once.
-        const NFS_SUPER_MAGIC: i64 = 0x6969;
-        let on_nfs = rustix::fs::fstatfs(&file).is_ok_and(|fs| fs.f_type as i64 == NFS_SUPER_MAGIC);
+        let on_nfs = rustix::fs::fstatfs(&file).is_ok_and(|fs| fs.f_type == libc::NFS_SUPER_MAGIC);
         if on_nfs {
             return open(flags | OFlags::DSYNC);
         }

@@ -268,7 +268,7 @@ impl Queue {
         if access == Access::ReadWrite {
             crate::fsguard::warn_once(&dir);
         }
-        let store = Store::Sqlite(store::SqliteStore::open(&db, access)?);
+        let store = Store::Sqlite(Box::new(store::SqliteStore::open(&db, access)?));
         Ok(Queue { dir, store })
     }
 

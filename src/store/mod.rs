@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 
 /// A queue's store: its SQLite database, or its PostgreSQL database.
 pub enum Store {
-    Sqlite(SqliteStore),
+    Sqlite(Box<SqliteStore>),
     Postgres(Box<postgres::PgStore>),
 }
 
