@@ -294,14 +294,18 @@ impl HolderNote {
         };
         let file = open(flags)?;
         // On NFS other hosts read the note: it must be on the server when the write
-        // returns (a holder that dies next has left it), in one synchronous WRITE. On a
-        // local filesystem every process sees the page cache at once.
-        let on_nfs = rustix::fs::fstatfs(&file).is_ok_and(|fs| fs.f_type == libc::NFS_SUPER_MAGIC);
-        if on_nfs {
-            return open(flags | OFlags::DSYNC);
+        // returns (a holder that dies next has left it), in one synchronous WRITE, and
+        // not in this host's page cache (readers here read the server's). On a local
+        // filesystem every process sees the page cache at once.
+        if on_nfs(&file) {
+            return open(flags | OFlags::DSYNC | OFlags::DIRECT);
         }
         Ok(file)
     }
+}
+
+fn on_nfs(file: &File) -> bool {
+    rustix::fs::fstatfs(file).is_ok_and(|fs| fs.f_type == libc::NFS_SUPER_MAGIC)
 }
 
 /// The holder note of the queue database at `db_path`.
@@ -350,13 +354,25 @@ pub struct Holder {
 pub fn read_holder(db_path: &Path) -> Option<Holder> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = note_path(db_path);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(&path)
-        .ok()?;
+    let open = |direct: libc::c_int| {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | direct)
+            .open(&path)
+            .ok()
+    };
+    let mut file = open(0)?;
     if !file.metadata().ok()?.is_file() {
         return None;
+    }
+    // On NFS, read from the server: this host's page cache may hold an older note (seen
+    // in the lab on NFSv3: a host whose feeder keeps the note open read its own last
+    // note, not the newer one another host had written).
+    if on_nfs(&file) {
+        file = open(libc::O_DIRECT)?;
+        if !file.metadata().ok()?.is_file() {
+            return None;
+        }
     }
     let mut bytes = vec![0u8; NOTE_SIZE];
     let mut got = 0;

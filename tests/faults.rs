@@ -193,12 +193,15 @@ fn a_held_lock_makes_everyone_wait_and_say_whom_they_wait_for() {
         std::fs::read_to_string(q.files().join("lock-holder"))
             .is_ok_and(|note| note.contains(&format!("pid={} ", holder.id())))
     });
-    // A submit from h5 waits, and says for whom.
+    // A submit from h5 waits, and says for whom. It waits as long as it takes: SQLite's
+    // attempts (made 1 s long here) end with "database is locked", and the next begins
+    // (the first, while opening the queue, once gave up there).
     let err_path = q.home().join("submit.err");
     let mut submit = rq_command();
     submit
         .env("RQ_HOST", "h5")
         .env("RQ_LOCK_NOTICE", "1")
+        .env("RQ_TEST_LOCK_ATTEMPT", "1")
         .args([q.q(), "submit", "-q", "echo after the lock"])
         .stderr(std::fs::File::create(&err_path).unwrap());
     let mut submit = submit.spawn().unwrap();
@@ -224,9 +227,15 @@ fn a_held_lock_makes_everyone_wait_and_say_whom_they_wait_for() {
     assert!(log.contains("(pid "), "{log}");
     assert!(log.contains("on h1)"), "{log}");
     assert!(log.contains(", on this host"), "{log}");
+    assert_eq!(submit.try_wait().unwrap(), None, "{}", said(&q));
     std::fs::remove_file(&held).unwrap();
     assert!(holder.wait().unwrap().success());
     assert!(submit.wait().unwrap().success(), "{}", said(&q));
+    assert!(
+        said(&q).contains("got the queue lock after"),
+        "{}",
+        said(&q)
+    );
     q.wait_for("both jobs to finish", 20, |q| q.count("finished") == 2);
     let jobs = q.jobs();
     assert_eq!(

@@ -434,8 +434,48 @@ impl Store {
                 .map_or(text.trim(), |(_, why)| why.trim());
             return Err(store.corrupt(why.to_string()));
         }
-        store.connect()?;
+        store.first_connect()?;
         Ok(store)
+    }
+
+    /// Connect, waiting for a lock held by another process as a transaction does (each
+    /// attempt gives up after 30 s; the next starts afresh) until `lock_timeout`: opening
+    /// reads the schema, which a writer holding the lock for longer would otherwise turn
+    /// into "database is locked" after 30 s.
+    fn first_connect(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            match self.connect() {
+                Err(Error::Sql(e)) if is_transient(&e) => {
+                    if let Some(limit) = self.lock_timeout
+                        && started.elapsed() > limit
+                    {
+                        return Err(self.gave_up(started, &e.to_string()));
+                    }
+                    attempt += 1;
+                    jitter_sleep(attempt);
+                }
+                other => {
+                    if other.is_ok() && self.notice.announced.swap(false, Ordering::Relaxed) {
+                        crate::note!(
+                            "rq: got the queue lock after {:.1}s; continuing",
+                            started.elapsed().as_secs_f64()
+                        );
+                    }
+                    return other;
+                }
+            }
+        }
+    }
+
+    fn gave_up(&self, started: Instant, err: &str) -> Error {
+        Error::Conflict(format!(
+            "gave up waiting for the queue lock on {} after {:.0}s ({err}); {}",
+            self.db_path.display(),
+            started.elapsed().as_secs_f64(),
+            describe_holder(&self.db_path)
+        ))
     }
 
     /// Damage confirmed (by a fresh connection): say so, and leave the mark that makes
@@ -692,13 +732,7 @@ impl Store {
                     if let Some(limit) = self.lock_timeout
                         && started.elapsed() > limit
                     {
-                        return Err(Error::Conflict(format!(
-                            "gave up waiting for the queue lock on {} after {:.0}s ({err}); \
-                                 see who holds it with 'fuser -v {}'",
-                            self.db_path.display(),
-                            started.elapsed().as_secs_f64(),
-                            self.db_path.display()
-                        )));
+                        return Err(self.gave_up(started, &err));
                     }
                     // A fresh connection: after an NFS lease loss, I/O on the old file
                     // descriptor keeps failing until it is reopened.
@@ -967,9 +1001,12 @@ fn install_busy_handler(
             .and_then(|s| s.parse().ok())
             .unwrap_or(3),
     );
-    let attempt_limit = lock_timeout
-        .unwrap_or(Duration::from_secs(30))
-        .min(Duration::from_secs(30));
+    // Tests shorten an attempt with RQ_TEST_LOCK_ATTEMPT (seconds).
+    let attempt = std::env::var("RQ_TEST_LOCK_ATTEMPT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(30), Duration::from_secs_f64);
+    let attempt_limit = lock_timeout.unwrap_or(attempt).min(attempt);
     let mut wait_started = Instant::now();
     let mut last_word: Option<Instant> = None;
     let handler = move |count: i32| -> bool {
