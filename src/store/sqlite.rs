@@ -340,6 +340,9 @@ struct WaitNotice {
     full: AtomicBool,
     /// `try_write` is running: the busy handler gives up at once.
     no_wait: AtomicBool,
+    /// When the wait under way was last announced (each attempt's connection has a
+    /// handler of its own; a wait goes on over several).
+    last_word: std::sync::Mutex<Option<Instant>>,
 }
 
 pub struct Store {
@@ -1008,7 +1011,6 @@ fn install_busy_handler(
         .map_or(Duration::from_secs(30), Duration::from_secs_f64);
     let attempt_limit = lock_timeout.unwrap_or(attempt).min(attempt);
     let mut wait_started = Instant::now();
-    let mut last_word: Option<Instant> = None;
     let handler = move |count: i32| -> bool {
         if notice.no_wait.load(Ordering::Relaxed) {
             return false;
@@ -1018,14 +1020,17 @@ fn install_busy_handler(
         }
         let waited = wait_started.elapsed();
         // Said once a wait is long, then again every minute while it goes on (each
-        // attempt ends after 30 s and the next starts afresh on this connection).
-        let due = match last_word {
-            None => waited >= announce_after && !notice.announced.load(Ordering::Relaxed),
-            Some(at) => at.elapsed() >= LOCK_WORD_EVERY,
+        // attempt ends after 30 s and the next starts afresh, on a new connection).
+        let mut last_word = notice.last_word.lock().unwrap_or_else(|e| e.into_inner());
+        let due = if notice.announced.load(Ordering::Relaxed) {
+            last_word.is_none_or(|at| at.elapsed() >= LOCK_WORD_EVERY)
+        } else {
+            waited >= announce_after
         };
         if due {
             notice.announced.store(true, Ordering::Relaxed);
-            last_word = Some(Instant::now());
+            *last_word = Some(Instant::now());
+            drop(last_word);
             crate::note!(
                 "rq: waiting for the queue's lock: {}; rq keeps trying, Ctrl-C to give up",
                 describe_holder(&db_path)
