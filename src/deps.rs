@@ -116,7 +116,7 @@ const QUEUED: &str = "('pending', 'holding', 'waiting', 'running')";
 
 /// Jobs one batch of dependency work changes at most (each kind). A batch runs inside a
 /// write transaction, so this bounds how long a cascade holds the queue's lock (about
-/// 0.3 s for 20,000 jobs on SQLite, 0.3-0.5 s for 10,000 on PostgreSQL, on 2 cores); what
+/// 0.3 s for 20,000 jobs on SQLite, 0.3 s for 5,000 on PostgreSQL, on 2 cores); what
 /// is left waits in `dep_work` for the next transaction. Tests make batches small with
 /// `RQ_TEST_DEP_BATCH`.
 fn batch_size(tx: &Tx<'_>) -> i64 {

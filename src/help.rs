@@ -548,7 +548,7 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "lock",
-        "rq QUEUE lock read|shared|write|exclusive -- COMMAND...\n\nRun COMMAND (through sh -c) while holding the queue's lock: shared lets readers on\nand holds writers, exclusive holds everyone. rq exits with the command's status.\nFeeders and submitters wait (and say so) until it is released.\n\n  rq q lock exclusive -- cp q/db /backup/db\n",
+        "rq QUEUE lock read|shared|write|exclusive -- COMMAND...\n\nRun COMMAND while holding the queue's lock (one argument is run through sh -c,\nseveral as a command and its arguments): shared lets readers on\nand holds writers, exclusive holds everyone. rq exits with the command's status.\nFeeders and submitters wait (and say so) until it is released.\n\n  rq q lock exclusive -- cp q/db /backup/db\n",
     ),
     (
         "snapshot",

@@ -239,6 +239,17 @@ fn lock_runs_a_command_under_the_lock_and_returns_its_status(store: StoreKind) {
     let out = q.rq(&["lock", "shared", "--", "echo inside; exit 3"]);
     assert_eq!(out.status, 3);
     assert_eq!(out.stdout, "inside\n");
+    // Several arguments are a command and its arguments, quoting kept (they were once
+    // joined into one shell line: `sh -c while ...` and a syntax error).
+    let out = q.rq(&[
+        "lock",
+        "exclusive",
+        "--",
+        "sh",
+        "-c",
+        "for w in 'two words'; do echo \"$w\"; done; exit 4",
+    ]);
+    assert_eq!((out.status, out.stdout.as_str()), (4, "two words\n"));
     // While an exclusive lock is held, even readers wait.
     let mut holder = rq_command();
     holder.args([q.q(), "L", "exclusive", "--", "sleep 2"]);

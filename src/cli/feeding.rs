@@ -346,15 +346,20 @@ impl Context<'_> {
         if command.is_empty() {
             return Err(Error::usage("lock: no command given (put it after --)"));
         }
-        let command = command.join(" ");
+        // One argument is a shell command line; several are a command and its arguments,
+        // run as they are (joined into one line, their quoting was lost).
+        let argv: Vec<String> = match command {
+            [line] => vec!["sh".into(), "-c".into(), line.clone()],
+            argv => argv.to_vec(),
+        };
+        let shown = command.join(" ");
         self.out.flush()?;
         let mut q = self.open(Access::ReadWrite)?;
         let status = q.store().with_lock(exclusive, || {
-            std::process::Command::new("sh")
-                .arg("-c")
-                .arg(&command)
+            std::process::Command::new(&argv[0])
+                .args(&argv[1..])
                 .status()
-                .context(|| format!("cannot run {command}"))
+                .context(|| format!("cannot run {shown}"))
         })?;
         Ok(status
             .code()
