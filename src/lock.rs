@@ -252,11 +252,6 @@ impl HolderNote {
         }
     }
 
-    /// Forget the open note (after a connection fault).
-    pub fn close(&mut self) {
-        self.file = None;
-    }
-
     /// Record this process as the lock's holder.
     pub fn mark(&mut self) {
         if self.write().is_err() {

@@ -252,6 +252,44 @@ fn a_held_lock_makes_everyone_wait_and_say_whom_they_wait_for() {
     drop(f);
 }
 
+#[test]
+fn a_writer_waiting_for_readers_at_commit_says_so_not_that_it_waits_for_itself() {
+    let q = TestQueue::new();
+    let held = q.home().join("hold");
+    std::fs::write(&held, "").unwrap();
+    let mut reader = rq_command();
+    reader.args([
+        q.q(),
+        "lock",
+        "shared",
+        "--",
+        &format!("while [ -e '{}' ]; do sleep 0.05; done", held.display()),
+    ]);
+    let mut reader = reader.spawn().unwrap();
+    // The submit gets the write lock beside the reader, writes its note, and waits at
+    // commit for the reader to go.
+    let err_path = q.home().join("submit.err");
+    let mut submit = rq_command();
+    submit
+        .env("RQ_LOCK_NOTICE", "1")
+        .args([q.q(), "submit", "-q", "true"])
+        .stderr(std::fs::File::create(&err_path).unwrap());
+    let mut submit = submit.spawn().unwrap();
+    let said = || std::fs::read_to_string(&err_path).unwrap();
+    q.wait_for("the submit to say what it waits for", 30, |_| {
+        said().contains("waiting for the queue's lock")
+    });
+    assert!(
+        said().contains("this process holds the write lock and waits for readers to finish"),
+        "{}",
+        said()
+    );
+    std::fs::remove_file(&held).unwrap();
+    assert!(reader.wait().unwrap().success());
+    assert!(submit.wait().unwrap().success(), "{}", said());
+    assert_eq!(q.count("pending"), 1);
+}
+
 /// One restartable and one plain job, claimed by a feeder that kills itself at `fault`.
 fn claim_then_crash(q: &TestQueue, fault: &str) {
     fast_lease(q);

@@ -954,12 +954,16 @@ const LOCK_WORD_EVERY: Duration = Duration::from_secs(60);
 /// (`lock::HolderNote`) and the heartbeats (server clock) tell: the last process that
 /// took the write lock, how long ago, and whether its host still beats. (A process
 /// holding only a read lock leaves no note: the words say "last taken for writing".)
-pub fn describe_holder(db_path: &Path) -> String {
+fn describe_holder(db_path: &Path) -> String {
     let Some(holder) = crate::lock::read_holder(db_path) else {
         return "another process holds it".to_string();
     };
-    let queue = db_path.parent().unwrap_or(Path::new("."));
     let me = crate::host::name();
+    if holder.pid == std::process::id() && holder.host == me {
+        // Our own note: we hold the write lock and wait at commit for readers to finish.
+        return "this process holds the write lock and waits for readers to finish".to_string();
+    }
+    let queue = db_path.parent().unwrap_or(Path::new("."));
     let now = crate::liveness::server_now(queue, &me).ok();
     let ago = |at: Option<jiff::Timestamp>| -> Option<String> {
         let secs = crate::time::seconds_between(at?, now?);
