@@ -256,6 +256,7 @@ fn a_held_lock_makes_everyone_wait_and_say_whom_they_wait_for() {
 fn a_writer_waiting_for_readers_at_commit_says_so_not_that_it_waits_for_itself() {
     let q = TestQueue::new();
     let held = q.home().join("hold");
+    let holding = q.home().join("holding");
     std::fs::write(&held, "").unwrap();
     let mut reader = rq_command();
     reader.args([
@@ -263,9 +264,15 @@ fn a_writer_waiting_for_readers_at_commit_says_so_not_that_it_waits_for_itself()
         "lock",
         "shared",
         "--",
-        &format!("while [ -e '{}' ]; do sleep 0.05; done", held.display()),
+        &format!(
+            "touch '{}'; while [ -e '{}' ]; do sleep 0.05; done",
+            holding.display(),
+            held.display()
+        ),
     ]);
     let mut reader = reader.spawn().unwrap();
+    // Only once the reader holds its lock can the submit be made to wait for it.
+    q.wait_for("the reader to hold the lock", 30, |_| holding.exists());
     // The submit gets the write lock beside the reader, writes its note, and waits at
     // commit for the reader to go.
     let err_path = q.home().join("submit.err");
