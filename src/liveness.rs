@@ -221,6 +221,38 @@ pub fn create_new(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
+/// Set an existing file's times to "now" (server clock); never creates it, never follows
+/// a link.
+pub fn touch_existing(path: &Path) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_NOW, utimensat};
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: UTIME_NOW,
+    };
+    let times = Timestamps {
+        last_access: now,
+        last_modification: now,
+    };
+    utimensat(CWD, path, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(Into::into)
+}
+
+/// The JSON a heartbeat file holds (None if unreadable or not JSON).
+pub fn read_info(path: &Path) -> Option<Value> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(&mut file, 64 * 1024), &mut text)
+        .ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 /// A file's modification time, asked of the server.
 pub fn mtime(path: &Path) -> Option<Timestamp> {
     use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
@@ -282,6 +314,7 @@ impl Heartbeat {
         feeder: &str,
         max_feed: usize,
         capacity: &crate::claims::Capacity,
+        lease: f64,
     ) -> Result<Heartbeat> {
         let info = json!({
             "host": host,
@@ -293,6 +326,9 @@ impl Heartbeat {
             "mem": capacity.mem,
             "gpus": capacity.devices.join(","),
             "version": env!("CARGO_PKG_VERSION"),
+            // For processes that wait for the queue's lock and cannot read the settings
+            // (`lock_recovery::lease`).
+            "lease": lease,
             "stopped": false,
         });
         let target = match place {
@@ -517,6 +553,7 @@ mod tests {
             "f",
             2,
             &Default::default(),
+            60.0,
         )
         .unwrap();
         let now = hb.beat().unwrap();

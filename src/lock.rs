@@ -299,6 +299,96 @@ impl HolderNote {
     }
 }
 
+/// How often a process that holds the queue's lock (read or write) for long says it is
+/// alive: the holder note's modification time is set to the server's "now". A lock that
+/// nobody has vouched for in much longer than this is held by a process that died (or
+/// whose host lost the file server): see `lock_recovery`.
+pub const HOLD_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What this process holds: the note to refresh, since when, and when a busy handler of
+/// this process last ran (a process waiting for the lock, even at commit while it holds
+/// part of it, vouches for nobody).
+#[derive(Default)]
+struct Held {
+    note: Option<std::path::PathBuf>,
+    since: Option<std::time::Instant>,
+    last_wait: Option<std::time::Instant>,
+}
+
+static HELD: std::sync::Mutex<Held> = std::sync::Mutex::new(Held {
+    note: None,
+    since: None,
+    last_wait: None,
+});
+
+fn held() -> std::sync::MutexGuard<'static, Held> {
+    HELD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// This process holds the lock of the queue database at `db_path` from now until the
+/// guard goes: a thread of its own refreshes the note every `HOLD_REFRESH` while it does.
+/// The thread only touches a file's times (one SETATTR on NFS), so a hang in the NFS
+/// client holds up nothing but the refresh, and a process stopped or cut off stops it.
+pub fn holding(db_path: &Path) -> Holding {
+    static REFRESHER: std::sync::Once = std::sync::Once::new();
+    {
+        let mut held = held();
+        held.note = Some(note_path(db_path));
+        held.since = Some(std::time::Instant::now());
+    }
+    REFRESHER.call_once(|| {
+        let _ = std::thread::Builder::new()
+            .name("rq-lock-note".into())
+            .spawn(refresh_notes);
+    });
+    Holding(())
+}
+
+/// Held for the length of one transaction (see `holding`).
+pub struct Holding(());
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        let mut held = held();
+        held.note = None;
+        held.since = None;
+    }
+}
+
+/// Called by the busy handler: this process is waiting for the lock right now.
+pub fn waiting_for_lock() {
+    held().last_wait = Some(std::time::Instant::now());
+}
+
+fn refresh_notes() {
+    let mut last_refresh: Option<std::time::Instant> = None;
+    loop {
+        std::thread::sleep(HOLD_REFRESH / 4);
+        let due = {
+            let held = held();
+            let waiting = held
+                .last_wait
+                .is_some_and(|at| at.elapsed() < HOLD_REFRESH / 2);
+            match (&held.note, held.since) {
+                (Some(note), Some(since))
+                    if !waiting
+                        && since.elapsed() >= HOLD_REFRESH
+                        && last_refresh.is_none_or(|at| at.elapsed() >= HOLD_REFRESH) =>
+                {
+                    Some(note.clone())
+                }
+                _ => None,
+            }
+        };
+        if let Some(note) = due {
+            // Never creates the note (a removed one is written again by the next
+            // writer) and never follows a link.
+            let _ = crate::liveness::touch_existing(&note);
+            last_refresh = Some(std::time::Instant::now());
+        }
+    }
+}
+
 fn on_nfs(file: &File) -> bool {
     rustix::fs::fstatfs(file).is_ok_and(|fs| fs.f_type == libc::NFS_SUPER_MAGIC)
 }

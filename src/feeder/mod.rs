@@ -107,6 +107,19 @@ fn fault(point: &str) {
     }
 }
 
+/// Test-only (`RQ_FAULT=stop_in_claim`): the feeder stops itself (SIGSTOP) once, inside
+/// the transaction that claimed jobs, as a host that froze or lost the file server there
+/// would; the test sends SIGCONT.
+fn stop_once(point: &str) {
+    static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if std::env::var("RQ_FAULT").is_ok_and(|f| f == point)
+        && !STOPPED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        // SAFETY: raise(2) on ourselves.
+        unsafe { libc::raise(libc::SIGSTOP) };
+    }
+}
+
 /// The queue's settings, as (key, value) rows.
 fn read_attributes(tx: &Tx<'_>) -> Result<Vec<(String, String)>> {
     let mut stmt = tx.prepare_cached("SELECT key, value FROM attributes")?;
@@ -369,6 +382,7 @@ impl Feeder {
                 .find(|(key, _)| key == k)
                 .map(|(_, v)| v.clone())
         });
+        crate::lock_recovery::set_known_lease(self.settings.lease);
         self.lease.set_limits(Limits::for_lease(
             self.settings.lease,
             self.config.kill_grace,
@@ -416,6 +430,7 @@ impl Feeder {
             &self.id,
             self.config.max_feed,
             &self.config.capacity,
+            self.settings.lease,
         )?;
         let beater = Beater::start(heartbeat, self.settings.heartbeat, self.lease.clone());
         self.info(&format!(
@@ -760,7 +775,11 @@ impl Feeder {
                 // feeders' ends commit meanwhile, and a job they released must not
                 // look started before they finished.
                 let now = time::now();
-                claims::claim(tx, &host, &feeder, &now, &room, max_attempts)?
+                let claimed = claims::claim(tx, &host, &feeder, &now, &room, max_attempts)?;
+                if !claimed.is_empty() {
+                    stop_once("stop_in_claim");
+                }
+                claimed
             } else {
                 Vec::new()
             };

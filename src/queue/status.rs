@@ -405,6 +405,18 @@ impl Queue {
             if !drained.is_empty() {
                 report.insert("draining".into(), Value::Object(drained));
             }
+            // The queue's lock was taken back from a host that died holding it (NFSv3).
+            let recovered: Option<String> = tx
+                .query_row(
+                    "SELECT value FROM meta WHERE key = 'lock_recovered'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(text) = recovered {
+                let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                report.insert("lock_recovered".into(), value);
+            }
             Ok(Value::Object(report))
         })
     }

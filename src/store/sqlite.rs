@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
@@ -343,6 +343,29 @@ struct WaitNotice {
     /// When the wait under way was last announced (each attempt's connection has a
     /// handler of its own; a wait goes on over several).
     last_word: std::sync::Mutex<Option<Instant>>,
+    /// Since when this process has waited for the lock (over attempts and connections).
+    blocked_since: std::sync::Mutex<Option<Instant>>,
+    /// Taking a dead host's lock back (`lock_recovery`) is possible on this filesystem.
+    recoverable: bool,
+    /// The inode of the database file the current connection has open.
+    db_ino: AtomicU64,
+    /// When the busy handler last looked at the database file and the lock's holder.
+    last_look: std::sync::Mutex<Option<Instant>>,
+    /// The busy handler found the database on a new inode: reconnect.
+    moved: AtomicBool,
+    /// The busy handler judged the lock's holder dead: take the lock back.
+    dead_holder: std::sync::Mutex<Option<crate::lock_recovery::Evidence>>,
+}
+
+impl WaitNotice {
+    fn blocked_for(&self) -> Duration {
+        let mut since = self.blocked_since.lock().unwrap_or_else(|e| e.into_inner());
+        since.get_or_insert_with(Instant::now).elapsed()
+    }
+
+    fn not_blocked(&self) {
+        *self.blocked_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 pub struct Store {
@@ -363,19 +386,23 @@ pub struct Store {
     pub dep_work_left: bool,
     /// Writes also do dependency work others left (`deps::settle`'s `carry_on`).
     pub carry_on_dep_work: bool,
+    /// The transaction's body does more than SQL (`with_lock` runs a command): never run
+    /// it again.
+    body_has_effects: bool,
 }
 
 /// Errors worth retrying the whole transaction for, on a fresh connection.
 fn is_transient(err: &rusqlite::Error) -> bool {
-    matches!(
-        err.sqlite_error_code(),
-        Some(
-            ErrorCode::DatabaseBusy
-                | ErrorCode::DatabaseLocked
-                | ErrorCode::SystemIoFailure
-                | ErrorCode::FileLockingProtocolFailed
+    is_moved(err)
+        || matches!(
+            err.sqlite_error_code(),
+            Some(
+                ErrorCode::DatabaseBusy
+                    | ErrorCode::DatabaseLocked
+                    | ErrorCode::SystemIoFailure
+                    | ErrorCode::FileLockingProtocolFailed
+            )
         )
-    )
 }
 
 /// Errors that say the database file is damaged. Seen on a connection that was open for a
@@ -392,6 +419,13 @@ fn is_damage(err: &rusqlite::Error) -> bool {
 
 fn is_full(err: &rusqlite::Error) -> bool {
     err.sqlite_error_code() == Some(ErrorCode::DiskFull)
+}
+
+/// SQLite found, as it opened the journal, that the database file is no longer the one at
+/// its path: the lock was taken back from a dead host (`lock_recovery`).
+fn is_moved(err: &rusqlite::Error) -> bool {
+    matches!(err, rusqlite::Error::SqliteFailure(e, _)
+        if e.extended_code == rusqlite::ffi::SQLITE_READONLY_DBMOVED)
 }
 
 fn is_busy(err: &rusqlite::Error) -> bool {
@@ -415,17 +449,22 @@ fn jitter_sleep(attempt: u32) {
 impl Store {
     /// Open the database of an existing queue.
     pub fn open(db_path: &Path, access: Access) -> Result<Store> {
+        let recoverable = crate::lock_recovery::enabled(db_path.parent().unwrap_or(db_path));
         let mut store = Store {
             db_path: db_path.to_path_buf(),
             access,
             conn: None,
             fence: JournalFence::new(db_path),
             holder_note: HolderNote::new(db_path),
-            notice: Arc::new(WaitNotice::default()),
+            notice: Arc::new(WaitNotice {
+                recoverable,
+                ..WaitNotice::default()
+            }),
             lock_timeout: crate::time::lock_timeout_from_env()?,
             wait_when_full: false,
             dep_work_left: false,
             carry_on_dep_work: false,
+            body_has_effects: false,
         };
         // Damage some process already confirmed (perhaps in pages this one would not
         // read) stops every writer, so nothing is built on it before `recover`.
@@ -451,6 +490,9 @@ impl Store {
         loop {
             match self.connect() {
                 Err(Error::Sql(e)) if is_transient(&e) => {
+                    if self.after_busy() {
+                        continue;
+                    }
                     if let Some(limit) = self.lock_timeout
                         && started.elapsed() > limit
                     {
@@ -460,6 +502,7 @@ impl Store {
                     jitter_sleep(attempt);
                 }
                 other => {
+                    self.notice.not_blocked();
                     if other.is_ok() && self.notice.announced.swap(false, Ordering::Relaxed) {
                         crate::note!(
                             "rq: got the queue lock after {:.1}s; continuing",
@@ -468,6 +511,58 @@ impl Store {
                     }
                     return other;
                 }
+            }
+        }
+    }
+
+    /// After a failed attempt: reconnect at once if the busy handler found the database on
+    /// a new inode, or take the lock back if it judged the holder dead (true: try again
+    /// now).
+    fn after_busy(&mut self) -> bool {
+        if self.notice.moved.swap(false, Ordering::Relaxed) {
+            self.conn = None;
+            self.fence.close();
+            crate::note!(
+                "rq: {} was put on a new file (the queue's lock was taken back from a dead host); reopened",
+                self.db_path.display()
+            );
+            self.notice.not_blocked();
+            return true;
+        }
+        let dead = self
+            .notice
+            .dead_holder
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(evidence) = dead else {
+            return false;
+        };
+        // No connection of ours may hold the old file's lock while its copy is made.
+        self.conn = None;
+        self.fence.close();
+        crate::note!(
+            "rq: the queue's lock is held by a process that is gone ({}): taking it back",
+            evidence.describe()
+        );
+        match crate::lock_recovery::recover(&self.db_path, &evidence) {
+            Ok(crate::lock_recovery::Outcome::Recovered(report)) => {
+                crate::note!(
+                    "rq: took the queue's lock back: {} and its journal are new files now ({report})",
+                    self.db_path.display()
+                );
+                self.notice.not_blocked();
+                true
+            }
+            Ok(crate::lock_recovery::Outcome::NotNeeded(why)) => {
+                crate::note!("rq: did not take the lock back: {why}");
+                self.notice.not_blocked();
+                true
+            }
+            Ok(crate::lock_recovery::Outcome::InProgress) => false,
+            Err(e) => {
+                crate::note!("rq: could not take the queue's lock back: {e}");
+                false
             }
         }
     }
@@ -525,6 +620,14 @@ impl Store {
         self.fence.close();
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(&self.db_path, flags)?;
+        if self.notice.recoverable {
+            // The file this connection has is the one at the path (see `has_moved`).
+            let ino = crate::lock_recovery::db_inode(&self.db_path).unwrap_or(0);
+            if has_moved(&conn, &self.db_path) {
+                return Err(moved_error());
+            }
+            self.notice.db_ino.store(ino, Ordering::Relaxed);
+        }
         configure_connection(
             &mut conn,
             &self.db_path,
@@ -646,15 +749,26 @@ impl Store {
         exclusive: bool,
         mut body: impl FnMut() -> Result<T>,
     ) -> Result<T> {
-        if exclusive {
+        self.body_has_effects = true;
+        let outcome = if exclusive {
             self.run(TransactionBehavior::Exclusive, &mut |_| body())
         } else {
+            let (recoverable, db_path) = (self.notice.recoverable, self.db_path.clone());
             self.run(TransactionBehavior::Deferred, &mut |tx| {
                 // A read makes the deferred transaction take the shared lock.
                 tx.query_row("SELECT count(*) FROM meta", [], |r| r.get::<_, i64>(0))?;
+                // On the queue's file, not one whose lock was taken back (`lock_recovery`).
+                if recoverable
+                    && let Tx::Sqlite(conn) = tx
+                    && has_moved(conn, &db_path)
+                {
+                    return Err(moved_error());
+                }
                 body()
             })
-        }
+        };
+        self.body_has_effects = false;
+        outcome
     }
 
     /// Give the space of deleted rows back to the filesystem: on a database made with
@@ -711,6 +825,7 @@ impl Store {
             let outcome = self.try_once(behavior, body);
             match outcome {
                 Ok(value) => {
+                    self.notice.not_blocked();
                     if self.notice.full.swap(false, Ordering::Relaxed) {
                         crate::note!("rq: there is space again; continuing");
                     }
@@ -732,6 +847,9 @@ impl Store {
                 }
                 Err(Attempt::Suspect(err)) => return Err(self.corrupt(err)),
                 Err(Attempt::Retry(err)) => {
+                    if self.after_busy() {
+                        continue;
+                    }
                     if let Some(limit) = self.lock_timeout
                         && started.elapsed() > limit
                     {
@@ -777,7 +895,16 @@ impl Store {
             Err(e) if is_damage(&e) => return Err(Attempt::Suspect(e.to_string())),
             Err(e) => return Err(Attempt::Fail(e.into())),
         };
+        // While this transaction holds the lock, a thread says so now and then.
+        let _holding = crate::lock::holding(&self.db_path);
         if !matches!(behavior, TransactionBehavior::Deferred) {
+            // A write on a file whose lock was taken back from a dead host (see
+            // `lock_recovery`) would be lost: checked once we hold the lock, before the
+            // first write.
+            if self.notice.recoverable && has_moved(&tx, &self.db_path) {
+                self.notice.moved.store(true, Ordering::Relaxed);
+                return Err(Attempt::Retry(moved_error().to_string()));
+            }
             // Before the body writes the first page to the journal.
             if let Err(e) = self.fence.hold() {
                 return Err(fence_failed(&self.db_path, e));
@@ -803,6 +930,23 @@ impl Store {
             Err(e) => return Err(Attempt::Fail(e)),
         };
         match tx.commit() {
+            // Done on a file that is no longer the queue's (its lock was taken back while
+            // this process was cut off or stopped): nothing of it counts. Run again on
+            // the queue's file, unless the body did more than SQL.
+            Ok(()) if self.notice.recoverable && has_moved(conn, &self.db_path) => {
+                self.conn = None;
+                if self.body_has_effects {
+                    Err(Attempt::Fail(Error::Conflict(format!(
+                        "the queue's lock was taken back from this process while it held it \
+                         (it was stopped, or its host lost the file server for longer than the \
+                         lease): what ran under the lock saw a copy that is no longer {}",
+                        self.db_path.display()
+                    ))))
+                } else {
+                    self.notice.moved.store(true, Ordering::Relaxed);
+                    Err(Attempt::Retry(moved_error().to_string()))
+                }
+            }
             Ok(()) => {
                 // Jobs became claimable without a submit: wake the idle feeders.
                 if settled_deps.released
@@ -827,6 +971,27 @@ impl Store {
             }
         }
     }
+}
+
+/// Whether the database file `conn` has open is no longer the one at `db_path` (the lock
+/// was taken back from a dead host: `lock_recovery`). The directory's attributes are asked
+/// of the server first, so that SQLite's look at the path is not answered from a name this
+/// host cached before another host renamed the new file into place.
+fn has_moved(conn: &Connection, db_path: &Path) -> bool {
+    crate::lock_recovery::refresh_directory(db_path);
+    let mut moved: std::ffi::c_int = 0;
+    match conn.file_control(Some("main"), rusqlite::FileControl::HasMoved(&mut moved)) {
+        Ok(()) => moved != 0,
+        // Cannot tell: take it that it moved (a fresh connection costs little).
+        Err(_) => true,
+    }
+}
+
+fn moved_error() -> Error {
+    Error::Sql(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY_DBMOVED),
+        Some("the queue's database was replaced (its lock was taken back from a dead host)".into()),
+    ))
 }
 
 /// The journal could not be locked: an NFS fault is worth another try on a fresh
@@ -973,8 +1138,10 @@ fn describe_holder(db_path: &Path) -> String {
         "last taken for writing by {} (pid {} on {})",
         holder.role, holder.pid, holder.host
     );
+    // The note's time: when a writer took the lock, or when a process holding it for
+    // long (read or write) last said so.
     if let Some(age) = ago(holder.since) {
-        text += &format!(" {age} ago");
+        text += &format!(", last heard of {age} ago");
     }
     if holder.host == me {
         text += ", on this host";
@@ -990,7 +1157,44 @@ fn describe_holder(db_path: &Path) -> String {
             None => text += &format!("; {} has no heartbeat (no feeder runs there)", holder.host),
         }
     }
+    if crate::lock_recovery::enabled(queue) {
+        let lease = crate::lock_recovery::lease(queue);
+        text += &format!(
+            "; on this filesystem a dead host's lock is not freed: rq takes it back once nobody \
+             has heard of its holder for {}",
+            crate::human::duration(crate::lock_recovery::dead_after(lease))
+        );
+    }
     crate::secrets::redact(&text)
+}
+
+/// How often a waiter on a filesystem where a dead host's lock can outlive it looks at the
+/// database file (was it put on a new inode?) and at the lock's holder (is it dead?).
+const LOOK_EVERY: Duration = Duration::from_secs(2);
+
+/// The busy handler's look (see `LOOK_EVERY`): false to stop waiting on this connection.
+fn look_at_holder(notice: &WaitNotice, db_path: &Path) -> bool {
+    let blocked = notice.blocked_for();
+    {
+        let mut last = notice.last_look.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|at| at.elapsed() < LOOK_EVERY) {
+            return true;
+        }
+        *last = Some(Instant::now());
+    }
+    crate::lock_recovery::refresh_directory(db_path);
+    let ino = crate::lock_recovery::db_inode(db_path);
+    if ino.is_some_and(|ino| ino != notice.db_ino.load(Ordering::Relaxed)) {
+        notice.moved.store(true, Ordering::Relaxed);
+        return false;
+    }
+    match crate::lock_recovery::judge(db_path, blocked.as_secs_f64()) {
+        crate::lock_recovery::Judgement::Wait(_) => true,
+        crate::lock_recovery::Judgement::Dead(evidence) => {
+            *notice.dead_holder.lock().unwrap_or_else(|e| e.into_inner()) = Some(evidence);
+            false
+        }
+    }
 }
 
 /// Waiting for another process's lock: jittered exponential back-off; after a few seconds
@@ -1023,6 +1227,10 @@ fn install_busy_handler(
             wait_started = Instant::now();
         }
         let waited = wait_started.elapsed();
+        crate::lock::waiting_for_lock();
+        if notice.recoverable && !look_at_holder(&notice, &db_path) {
+            return false;
+        }
         // Said once a wait is long, then again every minute while it goes on (each
         // attempt ends after 30 s and the next starts afresh, on a new connection).
         let mut last_word = notice.last_word.lock().unwrap_or_else(|e| e.into_inner());
