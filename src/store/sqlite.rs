@@ -856,8 +856,10 @@ impl Store {
                         return Err(self.gave_up(started, &err));
                     }
                     // A fresh connection: after an NFS lease loss, I/O on the old file
-                    // descriptor keeps failing until it is reopened.
+                    // descriptor keeps failing until it is reopened. The journal too: it
+                    // may be a new file since (`lock_recovery`).
                     self.conn = None;
+                    self.fence.close();
                     attempt += 1;
                     jitter_sleep(attempt);
                 }

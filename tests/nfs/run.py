@@ -8,7 +8,11 @@ uses its own queue and checks two things: a ledger that every job run writes on 
 host's local disk (start, a tick every 0.25 s, end; local, so it is written even while the
 host is cut off from the server), and the queue's final states.
 
-    python3 tests/nfs/run.py [SCENARIO...]     # all by default; needs root
+    python3 tests/nfs/run.py [--nfs 3] [SCENARIO...]     # all by default; needs root
+
+With --nfs 3 the hosts mount NFSv3 (locks through NLM, no lease: a dead host's locks are
+never freed) and the default scenarios are those where that matters: a host dying with
+the queue's lock, power loss, a cut mid-commit and a long partition.
 
 NFS_SUITE_REUSE=1 keeps (and reuses) a running 3-node lab, for working on a scenario.
 
@@ -33,6 +37,7 @@ LAB = Path(os.environ.get("NFS_LAB", REPO.parent / "shared" / "nfs-lab"))
 LAB_DIR = Path(os.environ.get("NFS_LAB_DIR", "/tmp/nfs-lab"))
 RQ_BIN = Path(os.environ.get("RQ_BIN", REPO / "target" / "release" / "rq"))
 NODES = ["node1", "node2", "node3"]
+NFS = "4"  # the NFS version the hosts mount (--nfs 3)
 HEARTBEAT, LEASE = 2, 20
 # How much slower this machine's emulated hosts start processes than the machine the
 # waits were tuned on (measured at start-up, at least 1). Waits for jobs to run and settle are
@@ -108,9 +113,10 @@ def lab_up():
     say("lab: setup and up 3")
     lab("setup", timeout=1800)
     reuse = os.environ.get("NFS_SUITE_REUSE") and lab("status", check_rc=False).stdout.count(" up ") == 3
+    version = ["--nfs", "3"] if NFS == "3" else []
     for attempt in ((1, 2) if not reuse else ()):  # a start-up failure may be retried once
         try:
-            lab("up", str(len(NODES)), timeout=600)
+            lab("up", str(len(NODES)), *version, timeout=600)
             break
         except Failed as e:
             if attempt == 2:
@@ -121,7 +127,29 @@ def lab_up():
         (home(node) / "rqjob.sh").write_text(JOB_SCRIPT)
     for node in NODES:
         run(node, "rq --version >/dev/null && test -x /root/rqjob.sh || chmod +x /root/rqjob.sh")
+    warm_up_locks(NODES)
     calibrate()
+
+
+def warm_up_locks(nodes):
+    """On NFSv3 a host's first lock after boot waits about 60 s in the lab (its status
+    monitor refuses the kernel; see the lab's README): taken once here, on all at once,
+    so that no scenario measures it."""
+    if NFS != "3":
+        return
+    def one(node):
+        run(node, f"python3 -c \"import fcntl; f = open('/nfs/.warm-{node}', 'w'); "
+                  f"fcntl.lockf(f, fcntl.LOCK_EX)\"", timeout=240)
+    threads = [threading.Thread(target=one, args=(n,)) for n in nodes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def restart(node):
+    lab("restart", node, timeout=300)
+    warm_up_locks([node])
 
 
 def calibrate():
@@ -379,7 +407,7 @@ def s_power_loss():
             lambda: sc.jobs()[p]["state"] == "dead", timeout=LEASE + 60)
     say(f"  reclaimed {time.time() - t_crash:.0f}s after the crash")
     check(sc.feeders()["node3"]["state"] == "dead", "feeders does not show node3 dead")
-    lab("restart", "node3", timeout=300)
+    restart("node3")
     sc.feed("node3")
     sc.wait_settled(4, timeout=300)
     jobs = sc.jobs()
@@ -577,13 +605,16 @@ def s_mid_commit():
         f"  sleep 1\ndone\n")
     run("node2", "nohup bash /root/receipts.sh >/dev/null 2>&1 &")
     try:
-        for cycle in range(2):
+        # On NFSv3 node3 keeps its locks through the cut: the others take the lock back
+        # once node3 was silent for the lease and a half (30 s), which takes longer; one
+        # cut there keeps the suite's time.
+        for cycle in range(1 if NFS == "3" else 2):
             time.sleep(5)
             waited = cut_while_journaling(sc, "node3")
             say(f"  cut {cycle + 1}: node3 partitioned after {waited:.1f}s of watching its journal")
             # Past the NFS lease (15 s) and the others' lock back-off: the server drops
             # node3's locks and the others commit before node3 heals.
-            time.sleep(45)
+            time.sleep(70 if NFS == "3" else 45)
             lab("heal", "node3")
             time.sleep(15)
     finally:
@@ -609,6 +640,63 @@ def s_mid_commit():
     for n in ("node1", "node2"):
         log = sc.log(n)
         check("settling them again" not in log, f"{n} lost writes to the database:\n{log[-2000:]}")
+        no_damage_reported(sc, n)
+    sc.stop()
+
+
+def s_dead_holder():
+    """A host dies holding the queue's lock (a long `rq lock`, as an admin command or a
+    feeder inside its claim would hold it): on NFSv4 the server frees it after its lease;
+    on NFSv3 never, and the cluster takes it back. Either way the cluster is held up less
+    than 3 leases + 30 s, the waiting names the holder, no accepted job is lost or runs
+    twice, and the dead host feeds again after its restart."""
+    sc = Scenario("holder")
+    sc.feed("node1")
+    sc.feed("node2")
+    first = sc.submit("node1", [0] * 10)
+    sc.wait_settled(10, timeout=180)
+    run("node3", f"rm -f /root/holding; nohup rq /nfs/{sc.name} lock exclusive -- "
+                 f"sh -c 'touch /root/holding; sleep 3600' >/dev/null 2>&1 &")
+    sc.wait("node3 to hold the lock", lambda: (home("node3") / "holding").exists(),
+            timeout=120 * SLOW, every=0.5)
+    lab("crash", "node3")
+    t_crash = time.time()
+    # A submit from node1 waits, says for whom, and goes through.
+    limit = 3 * LEASE + 30
+    _, out = run("node1", f"cd /root && RQ_LOCK_NOTICE=2 rq /nfs/{sc.name} submit "
+                          f"'bash /root/rqjob.sh {sc.name} 0' --format json 2>/root/holder.err",
+                 timeout=limit + 120)
+    waited = time.time() - t_crash
+    [after] = [j["jid"] for j in json.loads(out)]
+    said = (home("node1") / "holder.err").read_text(errors="replace")
+    say(f"  the submit went through {waited:.0f}s after the crash; it said: "
+        + " | ".join(said.strip().splitlines()[:3]))
+    check("on node3)" in said, f"the waiting submit did not name node3: {said}")
+    check(waited < limit, f"the cluster waited {waited:.0f}s (limit {limit}s)")
+    more = sc.submit("node2", [0] * 10)
+    sc.wait_settled(21, timeout=180)
+    status = rq_json("node1", sc.name, "status")
+    if NFS == "3":
+        check("node3" in str(status.get("lock_recovered", {}).get("holder")),
+              f"status does not show the lock taken back from node3: {status}")
+        told = said + sc.log("node1") + sc.log("node2")
+        check("took the queue's lock back" in told, "nobody says it took the lock back")
+    else:
+        check("lock_recovered" not in status, f"NFSv4 took a lock back: {status}")
+    runs = sc.runs()
+    exactly_once(runs, first + [after] + more)
+    _, out = run("node1", f"sqlite3 -cmd '.timeout 60000' /nfs/{sc.name}/db 'PRAGMA integrity_check'",
+                 timeout=300)
+    check(out.strip() == "ok", f"integrity check: {out[-500:]}")
+    restart("node3")
+    sc.feed("node3")
+    last = sc.submit("node1", [0] * 3, "--runner node3")
+    sc.wait_settled(24, timeout=240)
+    jobs = sc.jobs()
+    check(all(jobs[j]["state"] == "finished" and jobs[j]["runner"] == "node3" for j in last),
+          "node3 did not feed after its restart")
+    exactly_once(sc.runs(), first + [after] + more + last)
+    for n in NODES:
         no_damage_reported(sc, n)
     sc.stop()
 
@@ -663,7 +751,7 @@ def s_clock_skew():
         lab("skew", "node3", "0", check_rc=False)
         line = [x for x in lab("status").stdout.splitlines() if x.startswith("node1:")]
         if not line or " up " not in line[0]:
-            lab("restart", "node1", timeout=300)
+            restart("node1")
     sc.stop()
 
 
@@ -722,7 +810,9 @@ def s_local_locks():
 
 
 SCENARIOS = [s_walkthrough, s_short_partition, s_long_partition, s_mid_commit, s_freeze, s_pause,
-             s_power_loss, s_clock_skew, s_server_restart, s_local_locks]
+             s_power_loss, s_dead_holder, s_clock_skew, s_server_restart, s_local_locks]
+# On NFSv3: where a dead or cut-off host's locks staying held matters.
+V3_SCENARIOS = [s_dead_holder, s_power_loss, s_mid_commit, s_long_partition]
 
 
 def main():
@@ -730,8 +820,12 @@ def main():
         sys.exit("the NFS scenario suite needs root (it runs VMs and an NFS server)")
     if not RQ_BIN.is_file():
         sys.exit(f"{RQ_BIN} is missing: build it first (cargo build --release --locked)")
+    global NFS
     wanted = sys.argv[1:]
-    chosen = [s for s in SCENARIOS if not wanted or s.__name__[2:] in wanted]
+    if wanted[:1] == ["--nfs"]:
+        NFS, wanted = wanted[1], wanted[2:]
+    default = V3_SCENARIOS if NFS == "3" else SCENARIOS
+    chosen = [s for s in SCENARIOS if (s.__name__[2:] in wanted if wanted else s in default)]
     passed, failed = [], []
     t0 = time.time()
     try:
@@ -758,6 +852,7 @@ def main():
                     if n in NODES and " up " not in line:
                         say(f"  restarting {n}")
                         lab("restart", n, timeout=300, check_rc=False)
+                        warm_up_locks([n])
                 sc, Scenario.current = Scenario.current, None
                 if sc is not None:
                     try:
@@ -768,8 +863,8 @@ def main():
     finally:
         if not os.environ.get("NFS_SUITE_REUSE"):
             lab("down", check_rc=False)
-    say(f"NFS scenario suite: {time.time() - t0:.0f}s")
-    print(f"nfs: {len(passed)} passed, {len(failed)} failed")
+    say(f"NFS scenario suite (NFSv{NFS}): {time.time() - t0:.0f}s")
+    print(f"nfs{NFS}: {len(passed)} passed, {len(failed)} failed")
     sys.exit(1 if failed or not passed else 0)
 
 
