@@ -29,7 +29,6 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use crate::lock::{HOLD_REFRESH, Holder};
 
@@ -103,6 +102,8 @@ pub struct Evidence {
     pub beat_age: Option<f64>,
     /// The database file (inode) the waiter waits on.
     pub db_ino: u64,
+    /// When the judgement was made.
+    pub judged_at: std::time::Instant,
 }
 
 impl Evidence {
@@ -168,6 +169,7 @@ pub fn judge(db_path: &Path, waited: f64) -> Judgement {
         silent_for,
         beat_age,
         db_ino,
+        judged_at: std::time::Instant::now(),
     };
     if evidence.silent_for.is_some_and(|s| s < limit) {
         return Judgement::Wait("its holder says it is alive".into());
@@ -225,13 +227,15 @@ pub enum Outcome {
     InProgress,
 }
 
-/// Take the lock of `db_path` back from the dead holder `evidence` describes. The caller
-/// holds no connection to the database.
-pub fn recover(db_path: &Path, evidence: &Evidence) -> crate::Result<Outcome> {
+/// Take the lock of `db_path` back from the dead holder `evidence` describes; `announce`
+/// is called once this process is the one to do it. The caller holds no connection to the
+/// database.
+pub fn recover(db_path: &Path, evidence: &Evidence, announce: &dyn Fn()) -> crate::Result<Outcome> {
     let queue = db_path.parent().unwrap_or(Path::new("."));
     let Some(mutex) = RecoveryMutex::acquire(queue)? else {
         return Ok(Outcome::InProgress);
     };
+    announce();
     let outcome = recover_under(db_path, evidence, &mutex);
     mutex.release();
     outcome
@@ -249,6 +253,8 @@ fn recover_under(
             source: e,
         }
     };
+    let mut steps = Steps::since(evidence.judged_at);
+    steps.done("taken on");
     // Judged again under the mutex: another host may have done it a moment ago.
     if db_inode(db_path) != Some(evidence.db_ino) {
         return Ok(Outcome::NotNeeded(
@@ -259,6 +265,7 @@ fn recover_under(
     if !lock_is_held(db_path)? {
         return Ok(Outcome::NotNeeded("the lock came free".into()));
     }
+    steps.done("judged again");
     let before = file_state(db_path).map_err(io(format!("cannot stat {}", db_path.display())))?;
     let work = queue.join(format!(
         ".recovery.{}.{}.{:x}",
@@ -279,10 +286,12 @@ fn recover_under(
             Err(e) => return Err(io(format!("cannot copy {}", journal.display()))(e)),
         };
         mutex.refresh();
+        steps.done("copied");
         // Opening the copy rolls a hot journal (a commit the holder did not finish) back.
         let report = json_report(evidence, had_journal);
         check_and_mark(&copy, &report)?;
         mutex.refresh();
+        steps.done("checked");
         // The holder may have come back while we copied: then its lock is its own again.
         if file_state(db_path).ok().as_ref() != Some(&before)
             || note_state(db_path) != note_before
@@ -305,10 +314,43 @@ fn recover_under(
         }
         std::fs::rename(&copy, db_path)
             .map_err(io(format!("cannot put {} in place", db_path.display())))?;
-        Ok(Outcome::Recovered(report))
+        steps.done("renamed into place");
+        Ok(Outcome::Recovered(format!("{report}; {steps}")))
     })();
     let _ = std::fs::remove_dir_all(&work);
     outcome
+}
+
+/// How long each step of a recovery took, for its report (on NFS each step is a number
+/// of round trips, and a lock call to a busy server can take long).
+struct Steps {
+    since: std::time::Instant,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl Steps {
+    fn since(start: std::time::Instant) -> Steps {
+        Steps {
+            since: start,
+            done: Vec::new(),
+        }
+    }
+
+    fn done(&mut self, step: &'static str) {
+        self.done.push((step, self.since.elapsed().as_secs_f64()));
+        self.since = std::time::Instant::now();
+    }
+}
+
+impl std::fmt::Display for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let steps: Vec<String> = self
+            .done
+            .iter()
+            .map(|(step, secs)| format!("{step} in {secs:.1}s"))
+            .collect();
+        f.write_str(&steps.join(", "))
+    }
 }
 
 fn journal_path(db_path: &Path) -> PathBuf {
@@ -425,8 +467,10 @@ fn copy_file(
 /// recovery in its `meta` table (`status` shows it).
 fn check_and_mark(copy: &Path, report: &str) -> crate::Result<()> {
     use rusqlite::{Connection, OpenFlags};
-    let conn = Connection::open_with_flags(copy, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+    // Without locks ("unix-none"): nobody else knows this private copy, and on NFSv3 each
+    // lock is a call to the server's lock manager, which a busy cluster makes slow.
+    let conn =
+        Connection::open_with_flags_and_vfs(copy, OpenFlags::SQLITE_OPEN_READ_WRITE, c"unix-none")?;
     let check: String = conn.query_row("PRAGMA integrity_check(1)", [], |r| r.get(0))?;
     if check != "ok" {
         return Err(crate::Error::Conflict(format!(

@@ -355,6 +355,9 @@ struct WaitNotice {
     moved: AtomicBool,
     /// The busy handler judged the lock's holder dead: take the lock back.
     dead_holder: std::sync::Mutex<Option<crate::lock_recovery::Evidence>>,
+    /// Judge the holder again no sooner than this (another host is taking the lock back,
+    /// or our attempt failed).
+    judge_after: std::sync::Mutex<Option<Instant>>,
 }
 
 impl WaitNotice {
@@ -541,11 +544,20 @@ impl Store {
         // No connection of ours may hold the old file's lock while its copy is made.
         self.conn = None;
         self.fence.close();
-        crate::note!(
-            "rq: the queue's lock is held by a process that is gone ({}): taking it back",
-            evidence.describe()
-        );
-        match crate::lock_recovery::recover(&self.db_path, &evidence) {
+        let announce = || {
+            crate::note!(
+                "rq: the queue's lock is held by a process that is gone ({}): taking it back",
+                evidence.describe()
+            )
+        };
+        let judge_later = |after: Duration| {
+            *self
+                .notice
+                .judge_after
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + after);
+        };
+        match crate::lock_recovery::recover(&self.db_path, &evidence, &announce) {
             Ok(crate::lock_recovery::Outcome::Recovered(report)) => {
                 crate::note!(
                     "rq: took the queue's lock back: {} and its journal are new files now ({report})",
@@ -559,9 +571,14 @@ impl Store {
                 self.notice.not_blocked();
                 true
             }
-            Ok(crate::lock_recovery::Outcome::InProgress) => false,
+            // Another host is at it: its new file is noticed by the next look.
+            Ok(crate::lock_recovery::Outcome::InProgress) => {
+                judge_later(Duration::from_secs(10));
+                false
+            }
             Err(e) => {
                 crate::note!("rq: could not take the queue's lock back: {e}");
+                judge_later(Duration::from_secs(60));
                 false
             }
         }
@@ -1170,6 +1187,9 @@ fn describe_holder(db_path: &Path) -> String {
     crate::secrets::redact(&text)
 }
 
+/// After waiting this long on NFSv3 a waiter polls the lock about once a second.
+const NLM_PATIENCE: Duration = Duration::from_secs(2);
+
 /// How often a waiter on a filesystem where a dead host's lock can outlive it looks at the
 /// database file (was it put on a new inode?) and at the lock's holder (is it dead?).
 const LOOK_EVERY: Duration = Duration::from_secs(2);
@@ -1189,6 +1209,14 @@ fn look_at_holder(notice: &WaitNotice, db_path: &Path) -> bool {
     if ino.is_some_and(|ino| ino != notice.db_ino.load(Ordering::Relaxed)) {
         notice.moved.store(true, Ordering::Relaxed);
         return false;
+    }
+    let later = notice
+        .judge_after
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some_and(|at| Instant::now() < at);
+    if later {
+        return true;
     }
     match crate::lock_recovery::judge(db_path, blocked.as_secs_f64()) {
         crate::lock_recovery::Judgement::Wait(_) => true,
@@ -1253,7 +1281,15 @@ fn install_busy_handler(
         if waited >= attempt_limit {
             return false;
         }
-        jitter_sleep(count.max(0) as u32);
+        // (Counted over attempts: each ends after 30 s, or at a look that acts.)
+        if notice.recoverable && notice.blocked_for() >= NLM_PATIENCE {
+            // NLM (NFSv3) lock calls are costly: measured in the lab, one process polling a
+            // held lock 25 times a second made every other lock call from its host take
+            // 4-5 s. A wait this long is for a long holder: look about once a second.
+            std::thread::sleep(Duration::from_millis(rand::random_range(500..1500)));
+        } else {
+            jitter_sleep(count.max(0) as u32);
+        }
         true
     };
     conn.busy_handler(Some(handler))?;
