@@ -355,6 +355,13 @@ impl Drop for Holding {
     }
 }
 
+/// A busy handler that ran this recently means the process still waits for the lock: it
+/// runs at least every 1.5 s while a wait goes on (on NFSv3 a long wait polls about once a
+/// second). A waiter must not vouch for the holder: in the lab a reader blocked behind a
+/// dead host's lock, polling slowly, refreshed the note between polls, and the cluster
+/// believed the dead holder had come back.
+const WAITING_WINDOW: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Called by the busy handler: this process is waiting for the lock right now.
 pub fn waiting_for_lock() {
     held().last_wait = Some(std::time::Instant::now());
@@ -368,7 +375,7 @@ fn refresh_notes() {
             let held = held();
             let waiting = held
                 .last_wait
-                .is_some_and(|at| at.elapsed() < HOLD_REFRESH / 2);
+                .is_some_and(|at| at.elapsed() < WAITING_WINDOW);
             match (&held.note, held.since) {
                 (Some(note), Some(since))
                     if !waiting

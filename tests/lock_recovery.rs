@@ -119,6 +119,8 @@ fn a_lock_whose_holder_is_gone_is_taken_back_and_the_holder_cannot_write_into_th
     let log = q.feeder_log("h1");
     let told = said() + &log;
     assert!(told.contains("took the queue's lock back"), "{told}");
+    // Nobody waiting (the feeder's reads wait too) vouched for the stopped holder.
+    assert!(!told.contains("did not take the lock back"), "{told}");
     assert_ne!(db_inode(&q), before, "the database is on a new inode");
     let status = q.rq(&["status"]).ok().value();
     let recovered = &status["lock_recovered"];
