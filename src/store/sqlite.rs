@@ -980,6 +980,19 @@ impl Store {
             Err(e) if is_busy(&e) => Err(Attempt::Retry(e.to_string())),
             // A full disk at commit leaves the transaction rolled back.
             Err(e) if is_full(&e) => Err(Attempt::Fail(e.into())),
+            // The commit failed on a file whose lock was taken back from this process
+            // while it was cut off (its held-back writes fail there): it cannot have
+            // reached the queue, whose file was copied while this one held the lock
+            // without a word. Run again on the queue's file.
+            Err(_)
+                if self.notice.recoverable
+                    && !self.body_has_effects
+                    && has_moved(conn, &self.db_path) =>
+            {
+                self.conn = None;
+                self.notice.moved.store(true, Ordering::Relaxed);
+                Err(Attempt::Retry(moved_error().to_string()))
+            }
             Err(e) => {
                 // The connection is suspect now; the next transaction uses a fresh one.
                 self.conn = None;

@@ -606,17 +606,17 @@ def s_mid_commit():
     run("node2", "nohup bash /root/receipts.sh >/dev/null 2>&1 &")
     try:
         # On NFSv3 node3 keeps its locks through the cut: the others take the lock back
-        # once node3 was silent for the lease and a half (30 s), which takes longer; one
-        # cut there keeps the suite's time.
+        # once node3 was silent for the lease and a half (30 s), so submits wait longer;
+        # one longer cut there (and a longer wait after it) keeps the suite's time.
         for cycle in range(1 if NFS == "3" else 2):
             time.sleep(5)
             waited = cut_while_journaling(sc, "node3")
             say(f"  cut {cycle + 1}: node3 partitioned after {waited:.1f}s of watching its journal")
             # Past the NFS lease (15 s) and the others' lock back-off: the server drops
             # node3's locks and the others commit before node3 heals.
-            time.sleep(70 if NFS == "3" else 45)
+            time.sleep(90 if NFS == "3" else 45)
             lab("heal", "node3")
-            time.sleep(15)
+            time.sleep(30 if NFS == "3" else 15)
     finally:
         # The submit under way when its loop is stopped still writes its receipt.
         run("node2", "pkill -f receipts.sh; while pgrep -f 'commit [s]ubmit' >/dev/null; do sleep 0.2; done",
