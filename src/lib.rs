@@ -48,7 +48,6 @@ pub mod input;
 pub mod journal;
 pub mod liveness;
 pub mod lock;
-pub mod lock_recovery;
 pub mod log;
 pub mod metrics;
 pub mod overview;

@@ -183,22 +183,11 @@ pub fn heartbeat_path(queue: &Path, host: &str) -> PathBuf {
 
 /// Set a file's times to "now" on the file server's clock, creating it if needed.
 pub fn touch(path: &Path) -> std::io::Result<()> {
-    use rustix::fs::{AtFlags, CWD, Timespec, Timestamps, UTIME_NOW, utimensat};
-    let now = Timestamps {
-        last_access: Timespec {
-            tv_sec: 0,
-            tv_nsec: UTIME_NOW,
-        },
-        last_modification: Timespec {
-            tv_sec: 0,
-            tv_nsec: UTIME_NOW,
-        },
-    };
     // Never through a link planted in the queue: a link gets its own times set.
-    match utimensat(CWD, path, &now, AtFlags::SYMLINK_NOFOLLOW) {
+    match touch_existing(path) {
         Ok(()) => Ok(()),
         // Removed by someone (even the whole hosts/ directory): make it again.
-        Err(rustix::io::Errno::NOENT) => {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
@@ -207,7 +196,7 @@ pub fn touch(path: &Path) -> std::io::Result<()> {
                 other => other.map(drop),
             }
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
@@ -434,9 +423,7 @@ pub fn known_hosts(queue: &Path, server_now: Timestamp) -> Vec<(Value, Option<f6
         if name.starts_with('.') || !name.ends_with(".hb") {
             continue;
         }
-        let info = std::fs::read_to_string(entry.path())
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        let info = read_info(&entry.path())
             .unwrap_or_else(|| json!({ "host": name.trim_end_matches(".hb") }));
         let age = mtime(&entry.path()).map(|m| crate::time::seconds_between(m, server_now));
         hosts.push((info, age));

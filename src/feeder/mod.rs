@@ -382,7 +382,7 @@ impl Feeder {
                 .find(|(key, _)| key == k)
                 .map(|(_, v)| v.clone())
         });
-        crate::lock_recovery::set_known_lease(self.settings.lease);
+        crate::store::lock_recovery::set_known_lease(self.settings.lease);
         self.lease.set_limits(Limits::for_lease(
             self.settings.lease,
             self.config.kill_grace,

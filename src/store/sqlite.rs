@@ -354,7 +354,7 @@ struct WaitNotice {
     /// The busy handler found the database on a new inode: reconnect.
     moved: AtomicBool,
     /// The busy handler judged the lock's holder dead: take the lock back.
-    dead_holder: std::sync::Mutex<Option<crate::lock_recovery::Evidence>>,
+    dead_holder: std::sync::Mutex<Option<crate::store::lock_recovery::Evidence>>,
     /// Judge the holder again no sooner than this (another host is taking the lock back,
     /// or our attempt failed).
     judge_after: std::sync::Mutex<Option<Instant>>,
@@ -452,7 +452,7 @@ fn jitter_sleep(attempt: u32) {
 impl Store {
     /// Open the database of an existing queue.
     pub fn open(db_path: &Path, access: Access) -> Result<Store> {
-        let recoverable = crate::lock_recovery::enabled(db_path.parent().unwrap_or(db_path));
+        let recoverable = crate::store::lock_recovery::enabled(db_path.parent().unwrap_or(db_path));
         let mut store = Store {
             db_path: db_path.to_path_buf(),
             access,
@@ -557,8 +557,8 @@ impl Store {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + after);
         };
-        match crate::lock_recovery::recover(&self.db_path, &evidence, &announce) {
-            Ok(crate::lock_recovery::Outcome::Recovered(report)) => {
+        match crate::store::lock_recovery::recover(&self.db_path, &evidence, &announce) {
+            Ok(crate::store::lock_recovery::Outcome::Recovered(report)) => {
                 crate::note!(
                     "rq: took the queue's lock back: {} and its journal are new files now ({report})",
                     self.db_path.display()
@@ -566,13 +566,13 @@ impl Store {
                 self.notice.not_blocked();
                 true
             }
-            Ok(crate::lock_recovery::Outcome::NotNeeded(why)) => {
+            Ok(crate::store::lock_recovery::Outcome::NotNeeded(why)) => {
                 crate::note!("rq: did not take the lock back: {why}");
                 self.notice.not_blocked();
                 true
             }
             // Another host is at it: its new file is noticed by the next look.
-            Ok(crate::lock_recovery::Outcome::InProgress) => {
+            Ok(crate::store::lock_recovery::Outcome::InProgress) => {
                 judge_later(Duration::from_secs(10));
                 false
             }
@@ -589,7 +589,7 @@ impl Store {
             "gave up waiting for the queue lock on {} after {:.0}s ({err}); {}",
             self.db_path.display(),
             started.elapsed().as_secs_f64(),
-            describe_holder(&self.db_path)
+            describe_holder(&self.db_path, self.notice.recoverable)
         ))
     }
 
@@ -639,7 +639,7 @@ impl Store {
         let mut conn = Connection::open_with_flags(&self.db_path, flags)?;
         if self.notice.recoverable {
             // The file this connection has is the one at the path (see `has_moved`).
-            let ino = crate::lock_recovery::db_inode(&self.db_path).unwrap_or(0);
+            let ino = crate::store::lock_recovery::db_inode(&self.db_path).unwrap_or(0);
             if has_moved(&conn, &self.db_path) {
                 return Err(moved_error());
             }
@@ -1010,7 +1010,7 @@ impl Store {
 /// of the server first, so that SQLite's look at the path is not answered from a name this
 /// host cached before another host renamed the new file into place.
 fn has_moved(conn: &Connection, db_path: &Path) -> bool {
-    crate::lock_recovery::refresh_directory(db_path);
+    crate::store::lock_recovery::refresh_directory(db_path);
     let mut moved: std::ffi::c_int = 0;
     match conn.file_control(Some("main"), rusqlite::FileControl::HasMoved(&mut moved)) {
         Ok(()) => moved != 0,
@@ -1151,7 +1151,7 @@ const LOCK_WORD_EVERY: Duration = Duration::from_secs(60);
 /// (`lock::HolderNote`) and the heartbeats (server clock) tell: the last process that
 /// took the write lock, how long ago, and whether its host still beats. (A process
 /// holding only a read lock leaves no note: the words say "last taken for writing".)
-fn describe_holder(db_path: &Path) -> String {
+fn describe_holder(db_path: &Path, recoverable: bool) -> String {
     let Some(holder) = crate::lock::read_holder(db_path) else {
         return "another process holds it".to_string();
     };
@@ -1189,12 +1189,12 @@ fn describe_holder(db_path: &Path) -> String {
             None => text += &format!("; {} has no heartbeat (no feeder runs there)", holder.host),
         }
     }
-    if crate::lock_recovery::enabled(queue) {
-        let lease = crate::lock_recovery::lease(queue);
+    if recoverable {
+        let lease = crate::store::lock_recovery::lease(queue);
         text += &format!(
             "; on this filesystem a dead host's lock is not freed: rq takes it back once nobody \
              has heard of its holder for {}",
-            crate::human::duration(crate::lock_recovery::dead_after(lease))
+            crate::human::duration(crate::store::lock_recovery::dead_after(lease))
         );
     }
     crate::secrets::redact(&text)
@@ -1217,8 +1217,8 @@ fn look_at_holder(notice: &WaitNotice, db_path: &Path) -> bool {
         }
         *last = Some(Instant::now());
     }
-    crate::lock_recovery::refresh_directory(db_path);
-    let ino = crate::lock_recovery::db_inode(db_path);
+    crate::store::lock_recovery::refresh_directory(db_path);
+    let ino = crate::store::lock_recovery::db_inode(db_path);
     if ino.is_some_and(|ino| ino != notice.db_ino.load(Ordering::Relaxed)) {
         notice.moved.store(true, Ordering::Relaxed);
         return false;
@@ -1231,9 +1231,9 @@ fn look_at_holder(notice: &WaitNotice, db_path: &Path) -> bool {
     if later {
         return true;
     }
-    match crate::lock_recovery::judge(db_path, blocked.as_secs_f64()) {
-        crate::lock_recovery::Judgement::Wait(_) => true,
-        crate::lock_recovery::Judgement::Dead(evidence) => {
+    match crate::store::lock_recovery::judge(db_path, blocked.as_secs_f64()) {
+        crate::store::lock_recovery::Judgement::Wait => true,
+        crate::store::lock_recovery::Judgement::Dead(evidence) => {
             *notice.dead_holder.lock().unwrap_or_else(|e| e.into_inner()) = Some(evidence);
             false
         }
@@ -1288,7 +1288,7 @@ fn install_busy_handler(
             drop(last_word);
             crate::note!(
                 "rq: waiting for the queue's lock: {}; rq keeps trying, Ctrl-C to give up",
-                describe_holder(&db_path)
+                describe_holder(&db_path, notice.recoverable)
             );
         }
         if waited >= attempt_limit {

@@ -133,8 +133,8 @@ impl Evidence {
 /// A waiter's judgement of the lock's holder.
 #[derive(Debug)]
 pub enum Judgement {
-    /// Wait on (why, for a message).
-    Wait(String),
+    /// Wait on (the reason is in a comment where `judge` says so).
+    Wait,
     /// The holder is dead: take the lock back.
     Dead(Evidence),
 }
@@ -146,14 +146,15 @@ pub fn judge(db_path: &Path, waited: f64) -> Judgement {
     let lease = lease(queue);
     let limit = dead_after(lease);
     if waited < limit {
-        return Judgement::Wait("not waited long enough".into());
+        return Judgement::Wait;
     }
+    // Without the file's identity or the server's clock there is no evidence.
     let Some(db_ino) = db_inode(db_path) else {
-        return Judgement::Wait("cannot read the database file's identity".into());
+        return Judgement::Wait;
     };
     let me = crate::host::name();
     let Ok(now) = crate::liveness::server_now(queue, &me) else {
-        return Judgement::Wait("cannot read the file server's clock".into());
+        return Judgement::Wait;
     };
     let holder = crate::lock::read_holder(db_path);
     let silent_for = holder
@@ -171,23 +172,21 @@ pub fn judge(db_path: &Path, waited: f64) -> Judgement {
         db_ino,
         judged_at: std::time::Instant::now(),
     };
+    // Someone holding the lock said lately that it is alive.
     if evidence.silent_for.is_some_and(|s| s < limit) {
-        return Judgement::Wait("its holder says it is alive".into());
+        return Judgement::Wait;
     }
+    // A process of this host that is stopped or stuck: never taken from.
     if let Some(h) = &evidence.holder
         && h.host == me
         && crate::process::is_alive(h.pid)
     {
-        return Judgement::Wait(format!(
-            "pid {} on this host holds it and is stopped or stuck: rq does not take a lock \
-             from a process of this host",
-            h.pid
-        ));
+        return Judgement::Wait;
     }
     // A live host frees the locks of its dead processes: what holds the lock there is a
     // stopped process, or a reader somewhere that left no note. Given twice as long.
     if evidence.beat_age.is_some_and(|age| age < limit) && waited < 2.0 * limit {
-        return Judgement::Wait("its host is alive".into());
+        return Judgement::Wait;
     }
     Judgement::Dead(evidence)
 }
