@@ -272,6 +272,35 @@ pub fn heartbeat_age(queue: &Path, host: &str, server_now: Timestamp) -> Option<
     Some(crate::time::seconds_between(beat, server_now))
 }
 
+/// Whether a host's heartbeat is missing or older than `limit` seconds (server clock), as
+/// the server sees it now. A feeder that starts again replaces its heartbeat file (a
+/// rename), and an NFS client keeps resolving the name to the old file, whose time is the
+/// dead feeder's, until the directory's cached attributes expire (up to a minute): so a
+/// heartbeat that looks too old is looked up again after asking the server for the
+/// directory's attributes, before anyone acts on it (found in the lab: a host's jobs
+/// claimed by its restarted feeder were reclaimed as a dead host's).
+pub fn heartbeat_older_than(queue: &Path, host: &str, server_now: Timestamp, limit: f64) -> bool {
+    let old = |age: Option<f64>| age.is_none_or(|a| a > limit);
+    if !old(heartbeat_age(queue, host, server_now)) {
+        return false;
+    }
+    refresh_directory(&hosts_dir(queue));
+    old(heartbeat_age(queue, host, server_now))
+}
+
+/// Ask the server for a directory's attributes: when another host changed the directory,
+/// this host's next lookup of a name in it asks the server again instead of trusting the
+/// file it cached under that name.
+pub fn refresh_directory(dir: &Path) {
+    use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let _ = statx(CWD, dir, AtFlags::STATX_FORCE_SYNC, StatxFlags::MTIME);
+}
+
 /// This feeder's heartbeat: a file in the queue's `hosts/`, or a row of a PostgreSQL
 /// queue that keeps no job-file directory (`in_database`).
 pub struct Heartbeat {

@@ -107,7 +107,7 @@ impl Feeder {
         let in_db = self.queue.in_database();
         let lease = self.settings.lease;
         let stale = |host: &str, now: jiff::Timestamp| {
-            liveness::heartbeat_age(&dir, host, now).is_none_or(|age| age > lease)
+            liveness::heartbeat_older_than(&dir, host, now, lease)
         };
         let others: Vec<String> = busy
             .into_iter()

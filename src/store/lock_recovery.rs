@@ -156,6 +156,10 @@ pub fn judge(db_path: &Path, waited: f64) -> Judgement {
     let Ok(now) = crate::liveness::server_now(queue, &me) else {
         return Judgement::Wait;
     };
+    // Names looked up afresh: a new holder's note and a restarted host's heartbeat are
+    // new files under the old names.
+    refresh_directory(db_path);
+    crate::liveness::refresh_directory(&crate::liveness::hosts_dir(queue));
     let holder = crate::lock::read_holder(db_path);
     let silent_for = holder
         .as_ref()
@@ -201,17 +205,11 @@ pub fn db_inode(db_path: &Path) -> Option<u64> {
 }
 
 /// Ask the server for the queue directory's attributes, so that this host's next lookup
-/// of `Q/db` sees a file renamed into place by another host (NFS trusts a cached name
-/// until its directory's attributes expire, up to a minute).
+/// of `Q/db` (or of the holder note) sees a file renamed into place by another host (NFS
+/// trusts a cached name until its directory's attributes expire, up to a minute).
 pub fn refresh_directory(db_path: &Path) {
-    use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
     if let Some(dir) = db_path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        let _ = statx(CWD, dir, AtFlags::STATX_FORCE_SYNC, StatxFlags::MTIME);
+        crate::liveness::refresh_directory(dir);
     }
 }
 

@@ -689,8 +689,15 @@ def s_dead_holder():
                  timeout=300)
     check(out.strip() == "ok", f"integrity check: {out[-500:]}")
     restart("node3")
+    # The other hosts have looked for node3's heartbeat (there was none): an NFS client
+    # keeps trusting that the name is missing until its directory's attributes expire, so
+    # before rq looked again with fresh attributes they reclaimed the jobs node3's new
+    # feeder claimed, as a dead host's (seen in CI). Looked for here, to make that certain.
+    for n in ("node1", "node2"):
+        run(n, f"stat /nfs/{sc.name}/hosts/node3.hb", ok=False)
     sc.feed("node3")
-    last = sc.submit("node1", [0] * 3, "--runner node3")
+    # Jobs long enough that the other feeders judge node3's heartbeat a few times.
+    last = sc.submit("node1", [4] * 3, "--runner node3")
     sc.wait_settled(24, timeout=240)
     jobs = sc.jobs()
     check(all(jobs[j]["state"] == "finished" and jobs[j]["runner"] == "node3" for j in last),
