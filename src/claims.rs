@@ -2,64 +2,27 @@
 //! transaction. Every write about a claimed job checks its claim token (`WHERE claim = ?`),
 //! so a feeder can never overwrite a job that was taken over by someone else.
 
+//!
+//! The SQL is the store's (`store::ops::claims`, each store's in its own file); this
+//! module decides which jobs fit and what each change means.
+
 use crate::error::Result;
 use crate::job::Row;
 use crate::journal::Fate;
-use crate::queue;
 use crate::store::Tx;
-
-/// The jobs `claim` may take, best first: pending jobs whose retry delay or start time
-/// has passed, and dead jobs marked restartable that have attempts left; none while the
-/// queue is paused or this host is drained; no job of a tag at its limit (`?7`, a JSON
-/// list); no job that needs more than this host has (`?8` CPUs, `?9` bytes of memory,
-/// `?10` GPUs). Each branch walks the claim-order index, so picking stays O(log n) however many
-/// jobs the queue holds.
-const CANDIDATES: &str = "SELECT jid FROM ( \
-     SELECT jid, priority, submitted FROM (SELECT jid, priority, submitted FROM jobs \
-         WHERE state = 'pending' AND rq_host_ok(hosts, ?1) \
-           AND (not_before IS NULL OR not_before <= ?2) \
-           AND (tag IS NULL OR tag NOT IN (SELECT value FROM json_each(?7))) \
-           AND cpus <= ?8 AND mem <= ?9 AND gpus <= ?10 \
-         ORDER BY priority DESC, submitted, jid LIMIT ?5) \
-     UNION ALL \
-     SELECT jid, priority, submitted FROM (SELECT jid, priority, submitted FROM jobs \
-         WHERE state = 'dead' AND restartable = 1 AND attempts < ?6 AND rq_host_ok(hosts, ?1) \
-           AND (tag IS NULL OR tag NOT IN (SELECT value FROM json_each(?7))) \
-           AND cpus <= ?8 AND mem <= ?9 AND gpus <= ?10 \
-         ORDER BY priority DESC, submitted, jid LIMIT ?5)) \
-   WHERE NOT EXISTS (SELECT 1 FROM attributes WHERE key IN ('paused', 'drain.' || ?1)) \
-   ORDER BY priority DESC, submitted, jid LIMIT ?5";
-
-/// What a claim sets on each job it takes (`?1` host, `?2` now, `?3` token, `?4` feeder).
-const CLAIM_SET: &str = "UPDATE jobs SET state = 'running', runner = ?1, started = ?2, \
-     claim = ?3 || '-' || jid, feeder = ?4, attempts = attempts + 1, stdout = 'stdout/' || jid, \
-     stderr = 'stderr/' || jid, data = coalesce(data, 'data/' || jid), pid = NULL, \
-     process = NULL, finished = NULL, elapsed = NULL, exit_status = NULL, signal = NULL, \
-     timed_out = 0, kill_signal = NULL, not_before = NULL";
+use crate::store::ops::claims as op;
 
 /// Per-tag limits (`configure limit.TAG=N`): how many more jobs of each limited tag may
 /// start now, counting the ones running anywhere.
 fn tag_room(tx: &Tx<'_>) -> Result<Vec<(String, i64)>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT substr(key, 7), CAST(value AS INTEGER) FROM attributes \
-         WHERE key > 'limit.' AND key < 'limit/'",
-    )?;
-    let limits: Vec<(String, i64)> = stmt
+    let limits: Vec<(String, i64)> = tx
+        .op(op::TAG_LIMITS)
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    // Claims run side by side on PostgreSQL: those on a queue with tag limits take turns,
-    // so each counts the jobs the others claimed (committed before its count). The key
-    // is this queue's: other queues in the database claim on.
-    if !limits.is_empty() && tx.is_postgres() {
-        tx.query_row(
-            "SELECT 1 FROM pg_advisory_xact_lock(hashtextextended(current_schema() || ':tag-limits', 0))",
-            [],
-            |_| Ok(()),
-        )?;
+    if !limits.is_empty() {
+        tx.op(op::TAG_LIMITS_TURN).execute([])?;
     }
-    let mut running = tx.prepare_cached(
-        "SELECT count(*) FROM jobs INDEXED BY jobs_tag WHERE tag = ? AND state = 'running'",
-    )?;
+    let mut running = tx.op(op::TAG_RUNNING);
     let mut room = Vec::with_capacity(limits.len());
     for (tag, limit) in limits {
         let n: i64 = running.query_row([&tag], |r| r.get(0))?;
@@ -95,7 +58,7 @@ pub struct Room {
     pub reserve_after: f64,
 }
 
-/// Claim the best jobs `host` may run (see [`CANDIDATES`]) that fit the room: read the
+/// Claim the best jobs `host` may run (`store::ops::claims::CANDIDATES`) that fit the room: read the
 /// candidates with their needs, take them in order while they fit (CPUs, memory, GPU
 /// devices, each tag's room under its limit), and claim those in the same transaction.
 /// GPU jobs are given their devices here (`gpu_ids`), so two jobs never share one.
@@ -175,7 +138,8 @@ struct Candidate {
     submitted: String,
 }
 
-/// The best `scan` candidates (see [`CANDIDATES`]) that need no more than `within`.
+/// The best `scan` candidates (`store::ops::claims::CANDIDATES`) that need no more than
+/// `within`.
 fn candidates(
     tx: &Tx<'_>,
     host: &str,
@@ -185,23 +149,9 @@ fn candidates(
     full_tags: &str,
     within: &Capacity,
 ) -> Result<Vec<Candidate>> {
-    // On PostgreSQL, feeders claim at the same time: each locks the candidates it reads
-    // and skips those another feeder holds, so they take different jobs instead of all
-    // reading the same best ones and all but one coming away empty.
-    let candidates = if tx.is_postgres() {
-        CANDIDATES.replace("LIMIT ?5)", "LIMIT ?5 FOR UPDATE SKIP LOCKED)")
-    } else {
-        CANDIDATES.to_string()
-    };
-    let sql = format!(
-        "SELECT jid, tag, cpus, mem, gpus, submitted FROM jobs WHERE jid IN ({candidates}) \
-         ORDER BY priority DESC, submitted, jid"
-    );
     let params = rusqlite::params![
         host,
         now,
-        "",
-        "",
         scan,
         max_attempts,
         full_tags,
@@ -210,7 +160,7 @@ fn candidates(
         within.devices.len() as i64
     ];
     let found = tx
-        .prepare_cached(&sql)?
+        .op(op::CANDIDATES)
         .query_map(params, |r| {
             Ok(Candidate {
                 jid: r.get(0)?,
@@ -288,26 +238,11 @@ impl Pick {
         if chosen.is_empty() {
             return Ok(Vec::new());
         }
-        // `+state`: found by jid (the rowid); an index on state would walk every pending job.
-        // On PostgreSQL, where feeders claim at the same time, rows another feeder is
-        // claiming right now are skipped rather than waited for (and its claim re-checked
-        // by the state test once it commits).
-        let chosen_rows = if tx.is_postgres() {
-            "jid IN (SELECT jid FROM jobs WHERE jid IN (SELECT value FROM json_each(?5)) \
-             AND state IN ('pending', 'dead') FOR UPDATE SKIP LOCKED)"
-        } else {
-            "jid IN (SELECT value FROM json_each(?5)) AND +state IN ('pending', 'dead')"
-        };
-        let sql = format!(
-            "{CLAIM_SET}, gpu_ids = json_extract(?6, '$.j' || jid) WHERE {chosen_rows} \
-             RETURNING {}",
-            queue::stored_columns()
-        );
         let names: Vec<String> = crate::job::FIELDS.iter().map(|s| s.to_string()).collect();
         let chosen = serde_json::to_string(&chosen).unwrap_or_default();
         let devices = serde_json::Value::Object(devices).to_string();
-        let mut stmt = tx.prepare_cached(&sql)?;
-        let mut rows = stmt
+        let mut rows = tx
+            .op(op::CLAIM)
             .query_map(
                 rusqlite::params![host, now, token, feeder, chosen, devices],
                 |r| Row::from_sql(r, &names),
@@ -340,13 +275,9 @@ pub fn claimable(
         .filter(|(_, n)| *n == 0)
         .map(|(t, _)| t)
         .collect();
-    let sql = format!("SELECT EXISTS ({CANDIDATES})");
-    let mut stmt = tx.prepare_cached(&sql)?;
     let params = rusqlite::params![
         host,
         now,
-        "",
-        "",
         1i64,
         max_attempts,
         serde_json::to_string(&full).unwrap_or_default(),
@@ -354,16 +285,14 @@ pub fn claimable(
         total.mem,
         total.devices.len() as i64
     ];
-    stmt.query_row(params, |r| r.get(0))
+    tx.op(op::CLAIMABLE).query_row(params, |r| r.get(0))
 }
 
 /// Why this host claims nothing although jobs may be waiting: the queue is paused, or
 /// this host is drained (`rq Q pause`, `rq Q drain HOST`).
 pub fn held_back(tx: &Tx<'_>, host: &str) -> Result<Option<String>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT key, value FROM attributes WHERE key IN ('paused', 'drain.' || ?1) ORDER BY key DESC",
-    )?;
-    let found: Option<(String, String)> = stmt
+    let found: Option<(String, String)> = tx
+        .op(op::HELD_BACK)
         .query_map([host], |r| Ok((r.get(0)?, r.get(1)?)))?
         .next()
         .transpose()?;
@@ -395,12 +324,26 @@ pub struct End {
 /// Record the end of a run; false when the claim was lost (the job was taken over).
 pub fn finish(tx: &Tx<'_>, end: &End) -> Result<bool> {
     let now = &end.ended_at;
-    let n = match &end.retry_at {
-        None => tx.prepare_cached("UPDATE jobs SET state = 'finished', finished = ?, elapsed = ?, exit_status = ?, \
-             signal = ?, timed_out = ?, claim = NULL, kill_signal = NULL WHERE jid = ? AND claim = ?")?.execute(rusqlite::params![now, end.elapsed, end.exit_status, end.signal, end.timed_out, end.jid, end.claim])?,
-        Some(at) => tx.prepare_cached("UPDATE jobs SET state = 'pending', finished = ?, elapsed = ?, exit_status = ?, \
-             signal = ?, timed_out = ?, claim = NULL, kill_signal = NULL, retried = retried + 1, \
-             not_before = ? WHERE jid = ? AND claim = ?")?.execute(rusqlite::params![now, end.elapsed, end.exit_status, end.signal, end.timed_out, at, end.jid, end.claim])?,
+    let (n, retry_at) = match &end.retry_at {
+        None => (op::FINISH, None),
+        Some(at) => (op::FINISH_RETRY, Some(at)),
+    };
+    let values = rusqlite::params![
+        now,
+        end.elapsed,
+        end.exit_status,
+        end.signal,
+        end.timed_out,
+        end.jid,
+        end.claim
+    ];
+    let n = match retry_at {
+        None => tx.op(n).execute(values)?,
+        Some(at) => {
+            let mut with_retry: Vec<&dyn rusqlite::ToSql> = values.to_vec();
+            with_retry.push(at);
+            tx.op(n).execute(with_retry.as_slice())?
+        }
     };
     Ok(n > 0)
 }
@@ -414,18 +357,15 @@ pub fn record_start(
     identity: Option<&str>,
 ) -> Result<bool> {
     let n = tx
-        .prepare_cached("UPDATE jobs SET pid = ?, process = ? WHERE jid = ? AND claim = ?")?
+        .op(op::RECORD_START)
         .execute(rusqlite::params![pid, identity, jid, claim])?;
     Ok(n > 0)
 }
 
 /// A shell that could not be started counts as "command not found" (127).
 pub fn failed_to_start(tx: &Tx<'_>, jid: i64, claim: &str, now: &str) -> Result<()> {
-    tx.prepare_cached(
-        "UPDATE jobs SET state = 'finished', finished = ?, elapsed = 0, exit_status = 127, \
-         claim = NULL WHERE jid = ? AND claim = ?",
-    )?
-    .execute(rusqlite::params![now, jid, claim])?;
+    tx.op(op::FAILED_TO_START)
+        .execute(rusqlite::params![now, jid, claim])?;
     Ok(())
 }
 
@@ -440,17 +380,14 @@ pub fn mark_crashed(
     max_attempts: i64,
 ) -> Result<String> {
     let claim = (!claim.is_empty()).then_some(claim);
-    let requeued = tx.prepare_cached("UPDATE jobs SET state = 'pending', runner = NULL, started = NULL, pid = NULL, process = NULL, \
-         claim = NULL, signal = ? WHERE jid = ? AND claim IS ? AND state = 'running' \
-         AND restartable = 1 AND attempts < ?")?.execute(rusqlite::params![signal, jid, claim, max_attempts])?;
+    let requeued = tx
+        .op(op::REQUEUE_CRASHED)
+        .execute(rusqlite::params![signal, jid, claim, max_attempts])?;
     if requeued > 0 {
         return Ok("restartable: back to pending".into());
     }
     let dead = tx
-        .prepare_cached(
-            "UPDATE jobs SET state = 'dead', finished = ?, claim = NULL, signal = ? \
-         WHERE jid = ? AND claim IS ? AND state = 'running'",
-        )?
+        .op(op::MARK_DEAD)
         .execute(rusqlite::params![crate::time::now(), signal, jid, claim])?;
     Ok(if dead > 0 {
         "marked dead".into()
@@ -470,13 +407,7 @@ pub fn release(
 ) -> Result<bool> {
     let (by, at) = reclaimed.unzip();
     let n = tx
-        .prepare_cached(
-            "UPDATE jobs SET state = 'pending', runner = NULL, started = NULL, pid = NULL, \
-             process = NULL, claim = NULL, feeder = NULL, attempts = max(attempts - 1, 0), \
-             kill_signal = NULL, reclaimed_by = coalesce(?, reclaimed_by), \
-             reclaimed_at = coalesce(?, reclaimed_at) \
-             WHERE jid = ? AND claim = ? AND state = 'running' AND pid IS NULL",
-        )?
+        .op(op::RELEASE)
         .execute(rusqlite::params![by, at, jid, claim])?;
     Ok(n > 0)
 }
@@ -492,11 +423,8 @@ pub struct Claimed {
 
 /// The running jobs of a host.
 pub fn running_on(tx: &Tx<'_>, host: &str) -> Result<Vec<Claimed>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT jid, claim, feeder, pid IS NOT NULL FROM jobs \
-         WHERE state = 'running' AND runner = ? ORDER BY jid",
-    )?;
-    let rows = stmt
+    let rows = tx
+        .op(op::RUNNING_ON)
         .query_map([host], |r| {
             Ok(Claimed {
                 jid: r.get(0)?,
@@ -557,7 +485,6 @@ pub fn reclaim_host(
     fate: &mut dyn FnMut(&Claimed) -> Fate,
 ) -> Result<Reclaimed> {
     let mut done = Reclaimed::default();
-    let reclaimed = "UPDATE jobs SET reclaimed_by = ?, reclaimed_at = ? WHERE jid = ?";
     for job in running_on(tx, dead_host)? {
         match fate(&job) {
             Fate::NeverStarted => {
@@ -567,7 +494,7 @@ pub fn reclaim_host(
             }
             Fate::Ended(end) => {
                 if finish(tx, &end)? {
-                    tx.prepare_cached(reclaimed)?
+                    tx.op(op::NOTE_RECLAIMED)
                         .execute(rusqlite::params![reclaimer, now, job.jid])?;
                     done.ended += 1;
                 }
@@ -575,11 +502,15 @@ pub fn reclaim_host(
             Fate::MayHaveRun => {}
         }
     }
-    done.requeued = tx.prepare_cached("UPDATE jobs SET state = 'pending', runner = NULL, started = NULL, pid = NULL, process = NULL, \
-         claim = NULL, reclaimed_by = ?, reclaimed_at = ? \
-         WHERE state = 'running' AND runner = ? AND restartable = 1 AND attempts < ?")?.execute(rusqlite::params![reclaimer, now, dead_host, max_attempts])?;
-    done.dead = tx.prepare_cached("UPDATE jobs SET state = 'dead', finished = ?, claim = NULL, reclaimed_by = ?, reclaimed_at = ? \
-         WHERE state = 'running' AND runner = ?")?.execute(rusqlite::params![now, reclaimer, now, dead_host])?;
+    done.requeued = tx.op(op::REQUEUE_HOST).execute(rusqlite::params![
+        reclaimer,
+        now,
+        dead_host,
+        max_attempts
+    ])?;
+    done.dead = tx
+        .op(op::BURY_HOST)
+        .execute(rusqlite::params![reclaimer, now, dead_host])?;
     Ok(done)
 }
 
@@ -593,10 +524,8 @@ pub struct ClaimState {
 
 /// The jobs the queue says this feeder is running (or holds unstarted).
 pub fn held_by(tx: &Tx<'_>, host: &str, feeder: &str) -> Result<Vec<i64>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT jid FROM jobs WHERE runner = ?1 AND state = 'running' AND feeder = ?2",
-    )?;
-    let rows = stmt
+    let rows = tx
+        .op(op::HELD_BY)
         .query_map([host, feeder], |r| r.get(0))?
         .collect::<rusqlite::Result<Vec<i64>>>()?;
     Ok(rows)
@@ -604,10 +533,8 @@ pub fn held_by(tx: &Tx<'_>, host: &str, feeder: &str) -> Result<Vec<i64>> {
 
 /// The claim tokens and kill requests of the given jobs.
 pub fn current_claims(tx: &Tx<'_>, jids: &[i64]) -> Result<Vec<ClaimState>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT jid, claim, kill_signal FROM jobs WHERE jid IN (SELECT value FROM json_each(?))",
-    )?;
-    let rows = stmt
+    let rows = tx
+        .op(op::CURRENT_CLAIMS)
         .query_map([serde_json::to_string(jids).unwrap_or_default()], |r| {
             Ok(ClaimState {
                 jid: r.get(0)?,
@@ -621,10 +548,8 @@ pub fn current_claims(tx: &Tx<'_>, jids: &[i64]) -> Result<Vec<ClaimState>> {
 
 /// Hosts that have running jobs.
 pub fn busy_hosts(tx: &Tx<'_>) -> Result<Vec<String>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT DISTINCT runner FROM jobs WHERE state = 'running' AND runner IS NOT NULL",
-    )?;
-    let rows = stmt
+    let rows = tx
+        .op(op::BUSY_HOSTS)
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<Vec<String>>>()?;
     Ok(rows)

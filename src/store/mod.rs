@@ -13,6 +13,7 @@
 //! commit, and an error during COMMIT is reported as "outcome unknown".
 
 pub mod lock_recovery;
+pub mod ops;
 pub mod pg_sql;
 pub mod postgres;
 pub mod sqlite;
@@ -362,12 +363,27 @@ pub fn owned(value: ValueRef<'_>) -> SqlValue {
 /// A statement of a transaction (prepared and cached by the store on first use).
 pub struct Stmt<'a> {
     tx: Tx<'a>,
-    sql: String,
+    sql: Sql,
+}
+
+/// A statement's text: in SQLite's dialect (translated for PostgreSQL), or a store
+/// operation's, written for the store it runs on (`ops`).
+enum Sql {
+    Shared(String),
+    Native(&'static str),
 }
 
 impl Stmt<'_> {
     pub fn execute(&mut self, params: impl AsParams) -> Result<usize> {
-        self.tx.execute(&self.sql, params)
+        match &self.sql {
+            Sql::Shared(sql) => self.tx.execute(sql, params),
+            // An operation with nothing to do on this store.
+            Sql::Native("") => Ok(0),
+            Sql::Native(sql) => params.with(|params| match self.tx {
+                Tx::Sqlite(conn) => Ok(conn.prepare_cached(sql)?.execute(params)?),
+                Tx::Postgres(tx) => tx.execute_native(sql, params),
+            }),
+        }
     }
 
     pub fn query_row<T>(
@@ -375,7 +391,45 @@ impl Stmt<'_> {
         params: impl AsParams,
         f: impl FnOnce(&Cells<'_>) -> rusqlite::Result<T>,
     ) -> Result<T> {
-        self.tx.query_row(&self.sql, params, f)
+        let mut f = Some(f);
+        let mut first = None;
+        self.each(params, |row| {
+            if first.is_none()
+                && let Some(f) = f.take()
+            {
+                first = Some(f(row)?);
+            }
+            Ok(())
+        })?;
+        first.ok_or(Error::Sql(rusqlite::Error::QueryReturnedNoRows))
+    }
+
+    /// Call `f` for each row as it comes (SQLite: straight from the cursor).
+    fn each(
+        &mut self,
+        params: impl AsParams,
+        mut f: impl FnMut(&Cells<'_>) -> rusqlite::Result<()>,
+    ) -> Result<()> {
+        match &self.sql {
+            Sql::Shared(sql) => self.tx.query_each(sql, params, f),
+            Sql::Native("") => Ok(()),
+            Sql::Native(sql) => params.with(|params| match self.tx {
+                Tx::Sqlite(conn) => {
+                    let mut stmt = conn.prepare_cached(sql)?;
+                    let mut rows = stmt.query(params)?;
+                    while let Some(row) = rows.next()? {
+                        f(&Cells::Sqlite(row))?;
+                    }
+                    Ok(())
+                }
+                Tx::Postgres(tx) => {
+                    for row in tx.query_native(sql, params)? {
+                        f(&Cells::Values(&row))?;
+                    }
+                    Ok(())
+                }
+            }),
+        }
     }
 
     /// Every row, mapped (an iterator of results, as rusqlite's, to collect).
@@ -384,16 +438,24 @@ impl Stmt<'_> {
         params: impl AsParams,
         mut f: impl FnMut(&Cells<'_>) -> rusqlite::Result<T>,
     ) -> Result<std::vec::IntoIter<rusqlite::Result<T>>> {
-        let rows = self.tx.query_map(&self.sql, params, |r| Ok(f(r)))?;
+        let mut rows = Vec::new();
+        self.each(params, |r| {
+            rows.push(f(r));
+            Ok(())
+        })?;
         Ok(rows.into_iter())
     }
 
     /// The rows, read in full (for small results; large ones stream with `query_each`).
     pub fn query(&mut self, params: impl AsParams) -> Result<Rows> {
-        let rows = self.tx.query_map(&self.sql, params, |r| {
-            (0..r.column_count())
-                .map(|i| r.get_ref(i).map(owned))
-                .collect::<rusqlite::Result<Vec<SqlValue>>>()
+        let mut rows = Vec::new();
+        self.each(params, |r| {
+            rows.push(
+                (0..r.column_count())
+                    .map(|i| r.get_ref(i).map(owned))
+                    .collect::<rusqlite::Result<Vec<SqlValue>>>()?,
+            );
+            Ok(())
         })?;
         Ok(Rows { rows, next: 0 })
     }
@@ -563,8 +625,16 @@ impl<'a> Tx<'a> {
     pub fn prepare_cached(&self, sql: &str) -> Result<Stmt<'a>> {
         Ok(Stmt {
             tx: *self,
-            sql: sql.to_string(),
+            sql: Sql::Shared(sql.to_string()),
         })
+    }
+
+    /// A store operation (`ops`): its SQL as this store writes it.
+    pub fn op(&self, op: ops::Op) -> Stmt<'a> {
+        Stmt {
+            tx: *self,
+            sql: Sql::Native(ops::sql(self.dialect(), op)),
+        }
     }
 
     /// The jid of the job this transaction inserted last.

@@ -209,6 +209,9 @@ impl<'c> PgTx<'c> {
 /// What a `Tx` asks of a PostgreSQL transaction (a trait object, so `Tx` has one lifetime).
 pub trait PgConn {
     fn execute(&self, sql: &str, params: Params<'_>) -> Result<usize>;
+    /// A store operation's statement, written for PostgreSQL (`ops`): not translated.
+    fn execute_native(&self, sql: &str, params: Params<'_>) -> Result<usize>;
+    fn query_native(&self, sql: &str, params: Params<'_>) -> Result<Vec<Vec<SqlValue>>>;
     fn query(
         &self,
         sql: &str,
@@ -226,11 +229,15 @@ impl PgTx<'_> {
     /// A parameter PostgreSQL cannot infer a type for (`? IS NULL`, `SELECT ?`) takes the
     /// type of the value bound to it (the prepare is tried in a savepoint, since a
     /// failed statement would abort the transaction).
-    fn statement(&self, sql: &str, bound: &[Bound]) -> Result<::postgres::Statement> {
+    fn statement(&self, sql: &str, bound: &[Bound], native: bool) -> Result<::postgres::Statement> {
         if let Some(stmt) = self.statements.borrow().get(sql) {
             return Ok(stmt.clone());
         }
-        let translated = super::pg_sql::translate(sql);
+        let translated = if native {
+            sql.to_string()
+        } else {
+            super::pg_sql::translate(sql)
+        };
         if std::env::var_os("RQ_SQL_DEBUG").is_some_and(|v| !v.is_empty()) {
             crate::note!("rq sql: {translated}");
         }
@@ -282,11 +289,15 @@ impl PgConn for PgTx<'_> {
     }
 
     fn execute(&self, sql: &str, params: Params<'_>) -> Result<usize> {
-        let bound = Self::bind(params)?;
-        let stmt = self.statement(sql, &bound)?;
-        let args: Vec<&(dyn ::postgres::types::ToSql + Sync)> =
-            bound.iter().map(|b| b as _).collect();
-        Ok(self.tx.borrow_mut().execute(&stmt, &args)? as usize)
+        self.run(sql, params, false)
+    }
+
+    fn execute_native(&self, sql: &str, params: Params<'_>) -> Result<usize> {
+        self.run(sql, params, true)
+    }
+
+    fn query_native(&self, sql: &str, params: Params<'_>) -> Result<Vec<Vec<SqlValue>>> {
+        self.rows(sql, params, None, true)
     }
 
     fn query(
@@ -295,8 +306,32 @@ impl PgConn for PgTx<'_> {
         params: Params<'_>,
         limit: Option<usize>,
     ) -> Result<Vec<Vec<SqlValue>>> {
+        self.rows(sql, params, limit, false)
+    }
+
+    fn batch(&self, sql: &str) -> Result<()> {
+        Ok(self.tx.borrow_mut().batch_execute(sql)?)
+    }
+}
+
+impl PgTx<'_> {
+    fn run(&self, sql: &str, params: Params<'_>, native: bool) -> Result<usize> {
         let bound = Self::bind(params)?;
-        let stmt = self.statement(sql, &bound)?;
+        let stmt = self.statement(sql, &bound, native)?;
+        let args: Vec<&(dyn ::postgres::types::ToSql + Sync)> =
+            bound.iter().map(|b| b as _).collect();
+        Ok(self.tx.borrow_mut().execute(&stmt, &args)? as usize)
+    }
+
+    fn rows(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+        limit: Option<usize>,
+        native: bool,
+    ) -> Result<Vec<Vec<SqlValue>>> {
+        let bound = Self::bind(params)?;
+        let stmt = self.statement(sql, &bound, native)?;
         let args: Vec<&(dyn ::postgres::types::ToSql + Sync)> =
             bound.iter().map(|b| b as _).collect();
         let rows = self.tx.borrow_mut().query(&stmt, &args)?;
@@ -309,10 +344,6 @@ impl PgConn for PgTx<'_> {
                     .collect()
             })
             .collect()
-    }
-
-    fn batch(&self, sql: &str) -> Result<()> {
-        Ok(self.tx.borrow_mut().batch_execute(sql)?)
     }
 }
 
