@@ -380,15 +380,15 @@ pub fn mark_crashed(
     max_attempts: i64,
 ) -> Result<String> {
     let claim = (!claim.is_empty()).then_some(claim);
-    let requeued = tx
-        .op(op::REQUEUE_CRASHED)
-        .execute(rusqlite::params![signal, jid, claim, max_attempts])?;
+    let requeued =
+        tx.op(op::REQUEUE_CRASHED)
+            .execute(rusqlite::params![signal, jid, claim, max_attempts])?;
     if requeued > 0 {
         return Ok("restartable: back to pending".into());
     }
-    let dead = tx
-        .op(op::MARK_DEAD)
-        .execute(rusqlite::params![crate::time::now(), signal, jid, claim])?;
+    let dead =
+        tx.op(op::MARK_DEAD)
+            .execute(rusqlite::params![crate::time::now(), signal, jid, claim])?;
     Ok(if dead > 0 {
         "marked dead".into()
     } else {

@@ -637,6 +637,17 @@ impl<'a> Tx<'a> {
         }
     }
 
+    /// Prepare a store operation's statement without running it (the tests that check
+    /// every statement of each store is valid there); PostgreSQL must infer every
+    /// parameter's type from the statement alone.
+    pub fn prepare_op(&self, op: ops::Op) -> Result<()> {
+        match (self, ops::sql(self.dialect(), op)) {
+            (_, "") => Ok(()),
+            (Tx::Sqlite(conn), sql) => conn.prepare(sql).map(drop).map_err(Error::from),
+            (Tx::Postgres(tx), sql) => tx.prepare_native(sql),
+        }
+    }
+
     /// The jid of the job this transaction inserted last.
     pub fn last_insert_rowid(&self) -> Result<i64> {
         match self {

@@ -188,7 +188,10 @@ mod tests {
     fn files_are_read_as_named_statements() {
         let text = "-- about the file\n-- name: one\n-- what it does\nSELECT 1\n  FROM t;\n\n-- name: none\n\n-- name: two\nSELECT {job_fields};\n";
         let parsed = parse(text);
-        assert_eq!(parsed[0], ("one".to_string(), "SELECT 1\n  FROM t".to_string()));
+        assert_eq!(
+            parsed[0],
+            ("one".to_string(), "SELECT 1\n  FROM t".to_string())
+        );
         assert_eq!(parsed[1], ("none".to_string(), String::new()));
         assert_eq!(parsed[2].0, "two");
     }
@@ -214,7 +217,10 @@ mod tests {
         // PostgreSQL's statements are written for it: no SQLite placeholders or hints.
         for (name, sql) in statements(Dialect::Postgres) {
             assert!(!sql.contains('?'), "{name} has a SQLite placeholder");
-            assert!(!sql.contains("INDEXED BY"), "{name} has a SQLite index hint");
+            assert!(
+                !sql.contains("INDEXED BY"),
+                "{name} has a SQLite index hint"
+            );
             assert!(!sql.contains("json_each"), "{name} uses SQLite's json_each");
         }
         for dialect in [Dialect::Sqlite, Dialect::Postgres] {

@@ -212,6 +212,7 @@ pub trait PgConn {
     /// A store operation's statement, written for PostgreSQL (`ops`): not translated.
     fn execute_native(&self, sql: &str, params: Params<'_>) -> Result<usize>;
     fn query_native(&self, sql: &str, params: Params<'_>) -> Result<Vec<Vec<SqlValue>>>;
+    fn prepare_native(&self, sql: &str) -> Result<()>;
     fn query(
         &self,
         sql: &str,
@@ -298,6 +299,10 @@ impl PgConn for PgTx<'_> {
 
     fn query_native(&self, sql: &str, params: Params<'_>) -> Result<Vec<Vec<SqlValue>>> {
         self.rows(sql, params, None, true)
+    }
+
+    fn prepare_native(&self, sql: &str) -> Result<()> {
+        self.statement(sql, &[], true).map(drop)
     }
 
     fn query(

@@ -1,0 +1,247 @@
+//! The store's operations, run against both stores with the same expectations (River's
+//! riverdrivertest): each family of `store::ops` through the protocol functions that use
+//! it, on a real SQLite queue and a real PostgreSQL queue; and every statement of each
+//! store prepared by that store.
+
+mod common;
+
+use common::{StoreKind, TestQueue};
+use rq::claims::{self, Capacity, End, Room};
+use rq::job::Row;
+use rq::journal::Fate;
+use rq::queue::Queue;
+use rq::store::{Access, ops};
+
+fn open(q: &TestQueue) -> Queue {
+    Queue::open(&q.path, Access::ReadWrite).expect("open the queue")
+}
+
+fn submit(q: &TestQueue, args: &[&str]) -> i64 {
+    let mut all = vec!["submit", "-f", "jid", "--format", "json"];
+    all.extend_from_slice(args);
+    all.push("true");
+    let records = q.rq(&all).ok().records();
+    records[0]["jid"].as_i64().expect("a jid")
+}
+
+fn room(cpus: i64) -> Room {
+    let capacity = Capacity {
+        cpus,
+        mem: 1 << 30,
+        devices: Vec::new(),
+    };
+    Room {
+        jobs: 10,
+        ahead: 0,
+        total: capacity.clone(),
+        free: capacity,
+        reserve_after: 600.0,
+    }
+}
+
+fn jids(rows: &[Row]) -> Vec<i64> {
+    rows.iter().map(Row::jid).collect()
+}
+
+fn claim_of(rows: &[Row], jid: i64) -> String {
+    let row = rows.iter().find(|r| r.jid() == jid).expect("claimed");
+    row.get("claim")
+        .as_text()
+        .expect("a claim token")
+        .to_string()
+}
+
+fn state(queue: &mut Queue, jid: i64) -> (String, Option<i64>, i64) {
+    let rows = queue
+        .store()
+        .read(|tx| rq::queue::select_rows(tx, "jid = ?", &[rq::store::SqlValue::Integer(jid)]))
+        .unwrap();
+    let row = &rows[0];
+    (
+        row.get("state").as_text().unwrap().to_string(),
+        row.get("exit_status").as_int(),
+        row.get("attempts").as_int().unwrap(),
+    )
+}
+
+fn end(jid: i64, claim: &str, retry_at: Option<String>) -> End {
+    End {
+        jid,
+        claim: claim.to_string(),
+        exit_status: Some(0),
+        signal: None,
+        elapsed: 0.5,
+        timed_out: false,
+        retry_at,
+        ended_at: rq::time::now(),
+    }
+}
+
+/// The claim protocol (`ops::claims`): claim by order, fit, host and tag limit; record
+/// starts and ends under the claim token only; retry, release, crash, failed starts; a
+/// dead host's jobs reclaimed; paused queues claim nothing.
+fn claims_family(store: StoreKind) {
+    let q = TestQueue::on(store);
+    let plain = submit(&q, &[]);
+    let restartable = submit(&q, &["--restartable"]);
+    let tagged = submit(&q, &["--tag", "t"]);
+    let tagged2 = submit(&q, &["--tag", "t"]);
+    let elsewhere = submit(&q, &["--runner", "h2"]);
+    let big = submit(&q, &["--cpus", "4"]);
+    q.rq(&["configure", "limit.t=1"]).ok();
+    let mut queue = open(&q);
+    let store = queue.store();
+    let feeder = "h1:1:conformance";
+    let now = rq::time::now();
+
+    let total = room(3).total;
+    assert!(
+        store
+            .read(|tx| claims::claimable(tx, "h1", &now, 3, &total))
+            .unwrap()
+    );
+    // In order; the second tagged job waits for the tag's room, h2's job and the 4-CPU job
+    // are not for this host.
+    let first = store
+        .write(|tx| claims::claim(tx, "h1", feeder, &now, &room(3), 3))
+        .unwrap();
+    assert_eq!(jids(&first), vec![plain, restartable, tagged]);
+    for row in &first {
+        assert_eq!(row.get("state").as_text(), Some("running"));
+        assert_eq!(row.get("runner").as_text(), Some("h1"));
+        assert_eq!(row.get("attempts").as_int(), Some(1));
+    }
+    let mut held = store.read(|tx| claims::held_by(tx, "h1", feeder)).unwrap();
+    held.sort();
+    assert_eq!(held, vec![plain, restartable, tagged]);
+    assert_eq!(
+        store.read(claims::busy_hosts).unwrap(),
+        vec!["h1".to_string()]
+    );
+    let current = store
+        .read(|tx| claims::current_claims(tx, &[plain, tagged]))
+        .unwrap();
+    assert_eq!(current.len(), 2);
+    for c in &current {
+        assert_eq!(c.claim.as_deref(), Some(claim_of(&first, c.jid).as_str()));
+        assert_eq!(c.kill_signal, None);
+    }
+
+    // Starts and ends count only under the job's claim token.
+    let c_plain = claim_of(&first, plain);
+    assert!(
+        store
+            .write(|tx| claims::record_start(tx, plain, &c_plain, 4242, Some("boot:1")))
+            .unwrap()
+    );
+    assert!(
+        !store
+            .write(|tx| claims::record_start(tx, plain, "not-the-claim", 1, None))
+            .unwrap()
+    );
+    assert!(
+        store
+            .write(|tx| claims::finish(tx, &end(plain, &c_plain, None)))
+            .unwrap()
+    );
+    assert!(
+        !store
+            .write(|tx| claims::finish(tx, &end(plain, &c_plain, None)))
+            .unwrap()
+    );
+    // A retry is pending again, not before its time.
+    let c_tagged = claim_of(&first, tagged);
+    let later = Some("2999-01-01T00:00:00.000Z".to_string());
+    assert!(
+        store
+            .write(|tx| claims::finish(tx, &end(tagged, &c_tagged, later.clone())))
+            .unwrap()
+    );
+    // A claimed job that never started goes back with its attempt.
+    let c_restartable = claim_of(&first, restartable);
+    assert!(
+        store
+            .write(|tx| claims::release(tx, restartable, &c_restartable, None))
+            .unwrap()
+    );
+    assert_eq!(state(&mut queue, plain), ("finished".into(), Some(0), 1));
+    assert_eq!(state(&mut queue, tagged), ("pending".into(), Some(0), 1));
+    assert_eq!(state(&mut queue, restartable), ("pending".into(), None, 0));
+
+    // Next: the released job and the second tagged one (the retried one waits).
+    let store = queue.store();
+    let second = store
+        .write(|tx| claims::claim(tx, "h1", feeder, &now, &room(3), 3))
+        .unwrap();
+    assert_eq!(jids(&second), vec![restartable, tagged2]);
+    let (c_r, c_t2) = (claim_of(&second, restartable), claim_of(&second, tagged2));
+    let crashed = store
+        .write(|tx| claims::mark_crashed(tx, restartable, &c_r, Some("KILL"), 3))
+        .unwrap();
+    assert_eq!(crashed, "restartable: back to pending");
+    let crashed = store
+        .write(|tx| claims::mark_crashed(tx, tagged2, &c_t2, None, 3))
+        .unwrap();
+    assert_eq!(crashed, "marked dead");
+    let third = store
+        .write(|tx| claims::claim(tx, "h1", feeder, &now, &room(3), 3))
+        .unwrap();
+    assert_eq!(jids(&third), vec![restartable]);
+    let c_r = claim_of(&third, restartable);
+    store
+        .write(|tx| claims::failed_to_start(tx, restartable, &c_r, &now))
+        .unwrap();
+    assert_eq!(
+        state(&mut queue, restartable),
+        ("finished".into(), Some(127), 2)
+    );
+    assert_eq!(state(&mut queue, tagged2).0, "dead");
+
+    // h2's job, claimed there; h2 dies: the job may have run and is not restartable.
+    let store = queue.store();
+    let on_h2 = store
+        .write(|tx| claims::claim(tx, "h2", "h2:1:conformance", &now, &room(3), 3))
+        .unwrap();
+    assert_eq!(jids(&on_h2), vec![elsewhere]);
+    let running = store.read(|tx| claims::running_on(tx, "h2")).unwrap();
+    assert_eq!(running.len(), 1);
+    assert!(!running[0].pid_recorded);
+    let reclaimed = store
+        .write(|tx| claims::reclaim_host(tx, "h2", "h1", &now, 3, &mut |_| Fate::MayHaveRun))
+        .unwrap();
+    assert_eq!(
+        (reclaimed.released, reclaimed.requeued, reclaimed.dead),
+        (0, 0, 1)
+    );
+    assert_eq!(state(&mut queue, elsewhere).0, "dead");
+    assert_eq!(state(&mut queue, big).0, "pending");
+
+    // A paused queue: nothing to claim, and the reason.
+    q.rq(&["pause"]).ok();
+    let store = queue.store();
+    let why = store.read(|tx| claims::held_back(tx, "h1")).unwrap();
+    assert!(why.is_some_and(|w| w.starts_with("the queue is paused")));
+    assert!(
+        !store
+            .read(|tx| claims::claimable(tx, "h1", &now, 3, &room(8).total))
+            .unwrap()
+    );
+}
+
+/// Every statement of each store is valid there (prepared, not run).
+fn every_statement_prepares(store: StoreKind) {
+    let q = TestQueue::on(store);
+    let mut queue = open(&q);
+    queue
+        .store()
+        .read(|tx| {
+            for op in ops::all() {
+                tx.prepare_op(op)
+                    .unwrap_or_else(|e| panic!("{} does not prepare: {e}", op.0));
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+on_both_stores!(claims_family, every_statement_prepares);
