@@ -554,3 +554,47 @@ pub fn busy_hosts(tx: &Tx<'_>) -> Result<Vec<String>> {
         .collect::<rusqlite::Result<Vec<String>>>()?;
     Ok(rows)
 }
+
+/// The jobs the queue says `feeder` runs, every field, by jid.
+pub fn held_by_feeder(tx: &Tx<'_>, feeder: &str) -> Result<Vec<Row>> {
+    job_rows(tx, op::HELD_BY_FEEDER, &[feeder])
+}
+
+/// The running jobs of `host` claimed by feeders other than `feeder` (earlier feeders of
+/// this host), every field, by jid.
+pub fn orphans(tx: &Tx<'_>, host: &str, feeder: &str) -> Result<Vec<Row>> {
+    job_rows(tx, op::ORPHANS, &[host, feeder])
+}
+
+fn job_rows(tx: &Tx<'_>, which: crate::store::ops::Op, params: &[&str]) -> Result<Vec<Row>> {
+    let names: Vec<String> = crate::job::FIELDS.iter().map(|s| s.to_string()).collect();
+    let values: Vec<&dyn rusqlite::ToSql> = params.iter().map(|p| p as _).collect();
+    let rows = tx
+        .op(which)
+        .query_map(values.as_slice(), |r| Row::from_sql(r, &names))?
+        .collect::<rusqlite::Result<Vec<Row>>>()?;
+    Ok(rows)
+}
+
+/// The files the queue names for each of `jids` (stdin, stdout, stderr, data; those set).
+pub fn job_files(tx: &Tx<'_>, jids: &[i64]) -> Result<Vec<(i64, Vec<String>)>> {
+    let rows = tx
+        .op(op::JOB_FILES)
+        .query_map([serde_json::to_string(jids).unwrap_or_default()], |r| {
+            let files = (1..=4)
+                .filter_map(|i| r.get::<_, Option<String>>(i).ok().flatten())
+                .collect();
+            Ok((r.get(0)?, files))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// The feeders that have running jobs.
+pub fn running_feeders(tx: &Tx<'_>) -> Result<Vec<String>> {
+    let rows = tx
+        .op(op::RUNNING_FEEDERS)
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(rows)
+}

@@ -127,6 +127,27 @@ fn claims_family(store: StoreKind) {
         assert_eq!(c.kill_signal, None);
     }
 
+    let by_feeder = store.read(|tx| claims::held_by_feeder(tx, feeder)).unwrap();
+    assert_eq!(jids(&by_feeder), vec![plain, restartable, tagged]);
+    let orphans = store
+        .read(|tx| claims::orphans(tx, "h1", "h1:2:later"))
+        .unwrap();
+    assert_eq!(jids(&orphans), vec![plain, restartable, tagged]);
+    assert!(
+        store
+            .read(|tx| claims::orphans(tx, "h1", feeder))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.read(claims::running_feeders).unwrap(),
+        vec![feeder.to_string()]
+    );
+    let files = store.read(|tx| claims::job_files(tx, &[plain])).unwrap();
+    assert_eq!(files.len(), 1);
+    assert!(files[0].1.contains(&format!("stdout/{plain}")));
+    assert!(files[0].1.contains(&format!("stderr/{plain}")));
+
     // Starts and ends count only under the job's claim token.
     let c_plain = claim_of(&first, plain);
     assert!(

@@ -33,8 +33,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rusqlite::types::Value as SqlValue;
-
 use crate::claims::{self, End};
 use crate::error::{Error, IoContext, Result};
 use crate::job::Row;
@@ -122,8 +120,8 @@ fn stop_once(point: &str) {
 
 /// The queue's settings, as (key, value) rows.
 fn read_attributes(tx: &Tx<'_>) -> Result<Vec<(String, String)>> {
-    let mut stmt = tx.prepare_cached("SELECT key, value FROM attributes")?;
-    let rows = stmt
+    let rows = tx
+        .op(crate::store::ops::attributes::ALL)
         .query_map([], |r| {
             Ok((
                 r.get(0)?,

@@ -10,13 +10,10 @@ impl Feeder {
     /// crashed. Then check the jobs it does know about: copies taken over are killed.
     pub(super) fn reconcile(&mut self) -> Result<()> {
         let id = self.id.clone();
-        let held = self.queue.store().read(|tx| {
-            queue::select_rows(
-                tx,
-                "state = 'running' AND feeder = ? ORDER BY jid",
-                &[SqlValue::Text(id.clone())],
-            )
-        })?;
+        let held = self
+            .queue
+            .store()
+            .read(|tx| claims::held_by_feeder(tx, &id))?;
         let known = self.known_jids();
         let unknown: Vec<&Row> = held.iter().filter(|r| !known.contains(&r.jid())).collect();
         if !unknown.is_empty() {
@@ -202,13 +199,10 @@ impl Feeder {
     pub(super) fn recover_crashed(&mut self) -> Result<()> {
         let host = self.config.host.clone();
         let mine = self.id.clone();
-        let orphans = self.queue.store().read(|tx| {
-            queue::select_rows(
-                tx,
-                "state = 'running' AND runner = ? AND (feeder IS NULL OR feeder != ?) ORDER BY jid",
-                &[SqlValue::Text(host.clone()), SqlValue::Text(mine.clone())],
-            )
-        })?;
+        let orphans = self
+            .queue
+            .store()
+            .read(|tx| claims::orphans(tx, &host, &mine))?;
         if orphans.is_empty() {
             return Ok(());
         }
@@ -361,18 +355,7 @@ impl Feeder {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
-        let referenced: Result<Vec<(i64, Vec<String>)>> = self.queue.store().read(|tx| {
-            let mut stmt = tx.prepare(
-                "SELECT jid, stdin, stdout, stderr, data FROM jobs WHERE jid IN (SELECT value FROM json_each(?))",
-            )?;
-            let rows = stmt
-                .query_map([serde_json::to_string(&jids).unwrap_or_default()], |r| {
-                    let files = (1..=4).filter_map(|i| r.get::<_, Option<String>>(i).ok().flatten()).collect();
-                    Ok((r.get(0)?, files))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        });
+        let referenced = self.queue.store().read(|tx| claims::job_files(tx, &jids));
         let Ok(referenced) = referenced else { return };
         let mut removed = 0;
         for (jid, rel, path) in old_files {
@@ -418,13 +401,10 @@ impl Feeder {
             return;
         }
         let busy: Result<HashSet<String>> = self.queue.store().read(|tx| {
-            let mut stmt = tx.prepare(
-                "SELECT DISTINCT feeder FROM jobs WHERE state = 'running' AND feeder IS NOT NULL",
-            )?;
-            let rows = stmt
-                .query_map([], |r| r.get::<_, String>(0))?
-                .collect::<rusqlite::Result<HashSet<_>>>()?;
-            Ok(rows.into_iter().map(|f| f.replace('/', "_")).collect())
+            Ok(claims::running_feeders(tx)?
+                .into_iter()
+                .map(|f| f.replace('/', "_"))
+                .collect())
         });
         let Ok(busy) = busy else { return };
         for (name, path) in old {

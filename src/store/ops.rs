@@ -75,6 +75,15 @@ pub mod claims {
     pub const CURRENT_CLAIMS: Op = Op("claims.current_claims");
     /// Hosts with running jobs.
     pub const BUSY_HOSTS: Op = Op("claims.busy_hosts");
+    /// Every field of the jobs the queue says feeder `$1` runs.
+    pub const HELD_BY_FEEDER: Op = Op("claims.held_by_feeder");
+    /// Every field of the running jobs of host `$1` claimed by other feeders than `$2`
+    /// (earlier feeders of this host).
+    pub const ORPHANS: Op = Op("claims.orphans");
+    /// The files of jobs (`$1`, a JSON list of jids): jid, stdin, stdout, stderr, data.
+    pub const JOB_FILES: Op = Op("claims.job_files");
+    /// The feeders with running jobs.
+    pub const RUNNING_FEEDERS: Op = Op("claims.running_feeders");
 
     /// Every operation of the family (for the tests that check each store has them all).
     pub const ALL: &[Op] = &[
@@ -99,17 +108,37 @@ pub mod claims {
         HELD_BY,
         CURRENT_CLAIMS,
         BUSY_HOSTS,
+        HELD_BY_FEEDER,
+        ORPHANS,
+        JOB_FILES,
+        RUNNING_FEEDERS,
     ];
+}
+
+/// Queue-wide settings (`configure`), pause and drain marks.
+pub mod attributes {
+    use super::Op;
+
+    /// Every attribute: key, value.
+    pub const ALL: Op = Op("attributes.all");
+
+    pub const ALL_OPS: &[Op] = &[ALL];
 }
 
 /// Every operation, of every family.
 pub fn all() -> impl Iterator<Item = Op> {
-    claims::ALL.iter().copied()
+    claims::ALL.iter().chain(attributes::ALL_OPS).copied()
 }
 
 /// The SQL files of each store: (family, text).
-const SQLITE_FILES: &[(&str, &str)] = &[("claims", include_str!("sqlite/claims.sql"))];
-const POSTGRES_FILES: &[(&str, &str)] = &[("claims", include_str!("postgres/claims.sql"))];
+const SQLITE_FILES: &[(&str, &str)] = &[
+    ("claims", include_str!("sqlite/claims.sql")),
+    ("attributes", include_str!("sqlite/attributes.sql")),
+];
+const POSTGRES_FILES: &[(&str, &str)] = &[
+    ("claims", include_str!("postgres/claims.sql")),
+    ("attributes", include_str!("postgres/attributes.sql")),
+];
 
 static SQLITE: LazyLock<HashMap<String, String>> =
     LazyLock::new(|| catalog(SQLITE_FILES, Dialect::Sqlite));

@@ -149,3 +149,17 @@ SELECT jid, claim, kill_signal FROM jobs
 
 -- name: busy_hosts
 SELECT DISTINCT runner FROM jobs WHERE state = 'running' AND runner IS NOT NULL;
+
+-- name: held_by_feeder
+SELECT {job_fields} FROM jobs WHERE state = 'running' AND feeder = $1 ORDER BY jid;
+
+-- name: orphans
+SELECT {job_fields} FROM jobs
+ WHERE state = 'running' AND runner = $1 AND (feeder IS NULL OR feeder <> $2)
+ ORDER BY jid;
+
+-- name: job_files
+SELECT jid, stdin, stdout, stderr, data FROM jobs WHERE jid IN (SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint));
+
+-- name: running_feeders
+SELECT DISTINCT feeder FROM jobs WHERE state = 'running' AND feeder IS NOT NULL;
