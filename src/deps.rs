@@ -22,103 +22,27 @@
 
 use std::collections::HashMap;
 
-/// SQL for the queue's `max_attempts` setting (default 3, as `liveness::Settings`), from
-/// the `attributes` table of `$schema` (`""` or `"main."`, for temporary triggers).
-macro_rules! max_attempts {
-    ($schema:literal) => {
-        concat!(
-            "coalesce((SELECT CAST(value AS INTEGER) FROM ",
-            $schema,
-            "attributes WHERE key = 'max_attempts'), 3)"
-        )
-    };
-}
-
 use rusqlite::{Connection, params};
 
 use crate::error::{Error, Result};
 use crate::input::{DepRef, JobSpec};
 use crate::store::Tx;
+use crate::store::ops::deps as op;
 
-/// Temporary (per-connection) tables and triggers that note, during a write transaction,
-/// the jobs whose ends or new starts concern jobs waiting for them. Only rows that have
-/// dependents are noted: a job nobody waits for costs one index probe. `dep_batch` holds
-/// the jobs one batch of [`settle`] changes; a row in `dep_settling` turns the notes off
-/// for a batch's own changes (see [`settling`]).
-const TEMP_SQL: &str = concat!(
-    r#"
-CREATE TEMP TABLE IF NOT EXISTS dep_failures (jid INTEGER NOT NULL, reason TEXT NOT NULL);
-CREATE TEMP TABLE IF NOT EXISTS dep_rearms (jid INTEGER NOT NULL);
-CREATE TEMP TABLE IF NOT EXISTS dep_batch (jid INTEGER PRIMARY KEY, reason TEXT, skip INTEGER NOT NULL DEFAULT 0);
-CREATE TEMP TABLE IF NOT EXISTS dep_settling (batch INTEGER);
-CREATE TEMP TRIGGER IF NOT EXISTS dep_failed AFTER UPDATE OF state ON main.jobs
-WHEN OLD.state IS NOT NEW.state AND NOT EXISTS (SELECT 1 FROM dep_settling)
- AND (NEW.state = 'cancelled' OR (NEW.state = 'finished' AND NEW.exit_status IS NOT 0)
-      OR (NEW.state = 'dead' AND (NEW.restartable = 0
-          OR NEW.attempts >= "#,
-    max_attempts!("main."),
-    r#")))
- AND EXISTS (SELECT 1 FROM main.deps WHERE dep = NEW.jid AND kind = 'ok')
-BEGIN
-    INSERT INTO dep_failures (jid, reason) VALUES (NEW.jid, CASE
-        WHEN NEW.state = 'cancelled' THEN coalesce(NEW.reason, 'dependency ' || NEW.jid || ' was cancelled')
-        WHEN NEW.state = 'finished' AND NEW.exit_status IS NOT NULL
-            THEN 'dependency ' || NEW.jid || ' exited ' || NEW.exit_status
-        WHEN NEW.signal IS NOT NULL THEN 'dependency ' || NEW.jid || ' was killed by ' || NEW.signal
-        ELSE 'dependency ' || NEW.jid || ' died' END);
-END;
-CREATE TEMP TABLE IF NOT EXISTS dep_released (jid INTEGER NOT NULL);
-CREATE TEMP TRIGGER IF NOT EXISTS dep_release AFTER UPDATE OF state ON main.jobs
-WHEN OLD.state = 'waiting' AND NEW.state = 'pending'
-BEGIN
-    INSERT INTO dep_released (jid) VALUES (NEW.jid);
-END;
-CREATE TEMP TRIGGER IF NOT EXISTS dep_rearmed AFTER UPDATE OF state ON main.jobs
-WHEN NOT EXISTS (SELECT 1 FROM dep_settling) AND OLD.state IN ('finished', 'dead', 'cancelled')
- AND NEW.state IN ('pending', 'holding', 'waiting', 'running')
- AND EXISTS (SELECT 1 FROM main.deps WHERE dep = NEW.jid)
-BEGIN
-    INSERT INTO dep_rearms (jid) VALUES (NEW.jid);
-END;
-"#
-);
-
-/// Set up a read-write connection (after the schema is current).
+/// Set up a read-write SQLite connection (after the schema is current): temporary tables
+/// and triggers that note, during a write transaction, the jobs whose ends or new starts
+/// concern jobs waiting for them (PostgreSQL's schema has them as row triggers).
 pub fn install(conn: &Connection) -> Result<()> {
-    conn.execute_batch(TEMP_SQL)?;
+    let setup = crate::store::ops::sql(crate::store::Dialect::Sqlite, op::CONNECTION_SETUP);
+    conn.execute_batch(setup)?;
     Ok(())
 }
 
-/// The waits of job `?1` not over yet, on jobs still in the queue (a job deleted or
-/// rotated away is waited for no longer).
-const UNMET: &str = "(SELECT count(*) FROM deps d JOIN jobs w ON w.jid = d.dep \
-                     WHERE d.job = ?1 AND d.met = 0)";
-
-/// `UNMET` for the row being updated in `UPDATE jobs`.
-const UNMET_HERE: &str = "(SELECT count(*) FROM deps d JOIN jobs w ON w.jid = d.dep \
-                          WHERE d.job = jobs.jid AND d.met = 0)";
-
-/// The SQL condition "job `j` failed, as its `after` dependents see it".
-const FAILED: &str = concat!(
-    "(j.state = 'cancelled' OR (j.state = 'finished' AND j.exit_status IS NOT 0) \
-                      OR (j.state = 'dead' AND (j.restartable = 0 OR j.attempts >= ",
-    max_attempts!(""),
-    ")))"
-);
-
-/// `FAILED` for the job named `alias`.
-fn failed(alias: &str) -> String {
-    FAILED.replace("j.", &format!("{alias}."))
-}
-
-/// The states of a job that is to run (again): its dependents wait for it.
-const QUEUED: &str = "('pending', 'holding', 'waiting', 'running')";
-
 /// Jobs one batch of dependency work changes at most (each kind). A batch runs inside a
 /// write transaction, so this bounds how long a cascade holds the queue's lock (about
-/// 0.3 s for 20,000 jobs on SQLite, 0.3 s for 5,000 on PostgreSQL, on 2 cores); what
-/// is left waits in `dep_work` for the next transaction. Tests make batches small with
-/// `RQ_TEST_DEP_BATCH`.
+/// 0.3 s for 20,000 jobs on SQLite, 0.3 s for 5,000 on PostgreSQL, on 2 cores: the
+/// store's `dep_batch`); what is left waits in `dep_work` for the next transaction.
+/// Tests make batches small with `RQ_TEST_DEP_BATCH`.
 fn batch_size(tx: &Tx<'_>) -> i64 {
     static SIZE: std::sync::OnceLock<Option<i64>> = std::sync::OnceLock::new();
     let given = SIZE.get_or_init(|| {
@@ -127,7 +51,7 @@ fn batch_size(tx: &Tx<'_>) -> i64 {
             .and_then(|v| v.parse().ok())
             .filter(|n| *n > 0)
     });
-    given.unwrap_or(if tx.is_postgres() { 5_000 } else { 20_000 })
+    given.unwrap_or(tx.capabilities().dep_batch)
 }
 
 /// What [`settle`] did.
@@ -153,12 +77,9 @@ pub struct Settled {
 /// them loses nothing: a feeder's next tick goes on.
 pub fn settle(tx: &Tx<'_>, carry_on: bool) -> Result<Settled> {
     // Mostly nothing was noted: one statement says so (one round trip on PostgreSQL).
-    let (noted, work, released): (bool, bool, bool) = tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM dep_failures) OR EXISTS (SELECT 1 FROM dep_rearms), \
-                EXISTS (SELECT 1 FROM dep_work), EXISTS (SELECT 1 FROM dep_released)",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
+    let (noted, work, released): (bool, bool, bool) = tx
+        .op(op::NOTED)
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     let mut settled = Settled::default();
     // Work this transaction caused is started here (and carried on by this process);
     // work others left is done only when asked (`carry_on`: their own continuation, or a
@@ -166,9 +87,7 @@ pub fn settle(tx: &Tx<'_>, carry_on: bool) -> Result<Settled> {
     // pays for someone else's cascade.
     let act = noted || (work && carry_on);
     if act {
-        if tx.is_postgres() {
-            plan_for_batches(tx)?;
-        }
+        plan_for_batches(tx)?;
         if noted {
             note_work(tx)?;
         }
@@ -176,225 +95,75 @@ pub fn settle(tx: &Tx<'_>, carry_on: bool) -> Result<Settled> {
         settled.more = work_left(tx)?;
     }
     // A batch may release jobs too (an `after_any` wait met by a cancellation).
-    settled.released = released
-        || act
-            && tx.query_row("SELECT EXISTS (SELECT 1 FROM dep_released)", [], |r| {
-                r.get(0)
-            })?;
+    settled.released = released || act && tx.op(op::RELEASED).query_row([], |r| r.get(0))?;
     if settled.released {
-        tx.execute_batch("DELETE FROM dep_released")?;
+        tx.op(op::CLEAR_RELEASED).execute_batch()?;
     }
     Ok(settled)
 }
 
 /// Whether dependency work waits on the work list (a writer stopped between batches).
 pub fn work_left(tx: &Tx<'_>) -> Result<bool> {
-    tx.query_row("SELECT EXISTS (SELECT 1 FROM dep_work)", [], |r| r.get(0))
+    tx.op(op::WORK_LEFT).query_row([], |r| r.get(0))
 }
 
 /// The failures and re-starts the triggers noted join the work list.
 fn note_work(tx: &Tx<'_>) -> Result<()> {
-    // A job noted again (it failed anew, say) takes its newest reason.
-    tx.execute(
-        "DELETE FROM dep_work WHERE kind = 'cancel' AND jid IN (SELECT jid FROM dep_failures)",
-        [],
-    )?;
-    tx.execute(
-        "INSERT INTO dep_work (jid, kind, reason) SELECT jid, 'cancel', reason FROM dep_failures \
-         WHERE true ON CONFLICT (jid, kind) DO NOTHING",
-        [],
-    )?;
-    tx.execute(
-        "INSERT INTO dep_work (jid, kind) SELECT jid, 'rearm' FROM dep_rearms \
-         WHERE true ON CONFLICT (jid, kind) DO NOTHING",
-        [],
-    )?;
-    tx.execute_batch("DELETE FROM dep_failures; DELETE FROM dep_rearms;")?;
-    Ok(())
+    tx.op(op::RENOTE_CANCELS).execute([])?;
+    tx.op(op::NOTE_CANCELS).execute([])?;
+    tx.op(op::NOTE_REARMS).execute([])?;
+    tx.op(op::CLEAR_NOTES).execute_batch()
 }
 
-/// SQLite keeps the order of tables joined with CROSS JOIN as written: the batch queries
-/// go from the work list through `deps` to jobs, where its planner, without statistics,
-/// may instead scan the jobs of a state once per row (quadratic on a long chain).
-/// PostgreSQL plans them well as they are.
-fn ordered(tx: &Tx<'_>, sql: &str) -> String {
-    if tx.is_postgres() {
-        sql.to_string()
-    } else {
-        sql.replace(" JOIN ", " CROSS JOIN ")
-    }
-}
-
-/// A batch's recursive query into `dep_batch`: from `seed`, then level by level from the
-/// rows found (`cte`'s first column is a jid) to their dependents: `deps` rows `d` whose
-/// `dep` is the row found, meeting `wait`, whose job's state is one of `states`; at most
-/// `batch_size` rows. SQLite stops at a LIMIT inside the recursion and follows the joins
-/// as written (`ordered`); PostgreSQL allows no LIMIT there but computes only what an
-/// outer LIMIT fetches, and each level is a LATERAL subquery behind OFFSET 0 that looks
-/// every row up by key (planned as one join, without fresh statistics, it scanned `deps`
-/// or the jobs of a state once per level: quadratic).
-fn batch_query(
-    tx: &Tx<'_>,
-    cte: &str,
-    seed: &str,
-    carried: &str,
-    wait: &str,
-    states: &str,
-) -> String {
-    let limit = batch_size(tx);
-    let name = cte.split('(').next().unwrap_or(cte);
-    if tx.is_postgres() {
-        format!(
-            "WITH RECURSIVE {cte} AS ({seed} UNION \
-                 SELECT x.job{carried} FROM {name} CROSS JOIN LATERAL ( \
-                     SELECT d.job FROM deps d WHERE d.dep = {name}.jid AND {wait} \
-                       AND (SELECT j.state FROM jobs j WHERE j.jid = d.job) IN {states} \
-                     OFFSET 0) x) \
-             INSERT INTO dep_batch SELECT * FROM {name} LIMIT {limit} ON CONFLICT (jid) DO NOTHING"
-        )
-    } else {
-        ordered(
-            tx,
-            &format!(
-                "WITH RECURSIVE {cte} AS ({seed} UNION \
-                     SELECT d.job{carried} FROM {name} JOIN deps d ON d.dep = {name}.jid \
-                     JOIN jobs j ON j.jid = d.job WHERE {wait} AND j.state IN {states} \
-                     LIMIT {limit}) \
-                 INSERT INTO dep_batch SELECT * FROM {name} WHERE true ON CONFLICT (jid) DO NOTHING"
-            ),
-        )
-    }
-}
-
-/// PostgreSQL: batches are planned on what the server knows of `jobs` and `deps`, and a
-/// queue's statistics are often older than its jobs (a chain submitted a moment ago:
-/// "78 waiting jobs" when there are 40,000), so the planner scanned or hashed a whole
-/// table once per level or per batch (quadratic). The statistics batches plan by (how
-/// many jobs are in each state; which waits are met) are refreshed when a tenth of a
-/// table changed since they were taken, from a small sample (3,000 rows: about 20 ms on
-/// a 100,000-job queue, where a full ANALYZE took 250-400 ms per batch), and nested loops
-/// are the only joins until the transaction ends: each level and each batch reaches rows
-/// by key.
+/// Batches are planned on fresh statistics where the store plans by them (PostgreSQL:
+/// refreshed from a small sample when a tenth of a table changed, and nested loops only,
+/// so that each level and each batch reaches rows by key).
 fn plan_for_batches(tx: &Tx<'_>) -> Result<()> {
-    let stale: bool = tx.query_row(
-        "SELECT coalesce(bool_or(n_mod_since_analyze > greatest(1000, n_live_tup / 10)), false) \
-         FROM pg_stat_user_tables WHERE relid IN (to_regclass('jobs'), to_regclass('deps'))",
-        [],
-        |r| r.get(0),
-    )?;
+    let stale: bool = tx
+        .op(op::BATCH_STATISTICS_STALE)
+        .query_row([], |r| r.get(0))?;
     if stale {
-        tx.execute_batch(
-            "SET LOCAL default_statistics_target = 10; ANALYZE jobs, deps; \
-             SET LOCAL default_statistics_target TO DEFAULT",
-        )?;
+        tx.op(op::REFRESH_BATCH_STATISTICS).execute_batch()?;
     }
-    tx.execute_batch("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
-}
-
-/// "Job `jid` has a dependent (a `deps` row `d` meeting `wait`) whose state is one of
-/// `states`", written so that both stores look each row up by key (a join with `jobs`
-/// let PostgreSQL scan every job of those states once per row: quadratic).
-fn has_dependents(tx: &Tx<'_>, jid: &str, wait: &str, states: &str) -> String {
-    // OFFSET keeps PostgreSQL from turning the test into a join; SQLite needs no help
-    // (and takes no OFFSET without a LIMIT).
-    let per_row = if tx.is_postgres() { " OFFSET 0" } else { "" };
-    format!(
-        "EXISTS (SELECT 1 FROM deps d WHERE d.dep = {jid} AND {wait} \
-           AND (SELECT j.state FROM jobs j WHERE j.jid = d.job) IN {states}{per_row})"
-    )
-}
-
-/// PostgreSQL plans the statements that follow by what it knows of `dep_batch`: told
-/// nothing, it scanned every waiting (or cancelled) job of the queue once per batch to
-/// find the batch's few thousand (quadratic over a long chain).
-fn fresh_statistics(tx: &Tx<'_>) -> Result<()> {
-    if tx.is_postgres() {
-        tx.execute_batch("ANALYZE dep_batch")?;
-    }
-    Ok(())
+    tx.op(op::PLAN_BY_KEY).execute_batch()
 }
 
 /// A batch's own state changes are not noted as ends or re-starts (the batch knows them:
-/// they are `dep_batch`): SQLite's temporary triggers read `dep_settling`, PostgreSQL's
-/// row triggers `deps_met` and `dep_note` read `rq.settling`, and there the batch also
-/// does `deps_met`'s work itself, set-based (PL/pgSQL per row cost ~0.1 ms a job).
-/// Both are undone if the transaction is.
+/// they are `dep_batch`). Undone if the transaction is.
 fn settling(tx: &Tx<'_>, on: bool) -> Result<()> {
-    tx.execute_batch(match (tx.is_postgres(), on) {
-        (true, true) => "SET LOCAL rq.settling = on",
-        (true, false) => "SET LOCAL rq.settling = off",
-        (false, true) => "INSERT INTO dep_settling (batch) VALUES (1)",
-        (false, false) => "DELETE FROM dep_settling",
+    tx.op(if on {
+        op::SETTLING_ON
+    } else {
+        op::SETTLING_OFF
     })
+    .execute_batch()
 }
 
 /// Cancel the `after` dependents of failed jobs on the work list (theirs in turn, each
 /// with the reason of the failure it comes from), one batch. The jobs whose dependents a
 /// batch did not reach stay on the list.
 fn cancel_batch(tx: &Tx<'_>) -> Result<usize> {
-    let run = |sql: &str| tx.execute(&ordered(tx, sql), []);
-    let has_work: bool = tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM dep_work WHERE kind = 'cancel')",
-        [],
-        |r| r.get(0),
-    )?;
+    let has_work: bool = tx.op(op::HAS_CANCEL_WORK).query_row([], |r| r.get(0))?;
     if !has_work {
         return Ok(0);
     }
-    let root_failed = failed("f");
-    let waiting = "('waiting', 'holding')";
-    let batch = tx.execute(
-        &batch_query(
-            tx,
-            "doomed(jid, reason, skip)",
-            &ordered(
-                tx,
-                &format!(
-                    "SELECT d.job, w.reason, 0 FROM dep_work w JOIN jobs f ON f.jid = w.jid \
-                     JOIN deps d ON d.dep = w.jid JOIN jobs j ON j.jid = d.job \
-                     WHERE w.kind = 'cancel' AND {root_failed} AND d.kind = 'ok' \
-                       AND j.state IN {waiting}"
-                ),
-            ),
-            ", doomed.reason, 0",
-            "d.kind = 'ok'",
-            waiting,
-        ),
-        [],
-    )?;
-    fresh_statistics(tx)?;
+    let batch = tx.op(op::COLLECT_CANCEL).execute([batch_size(tx)])?;
+    tx.op(op::BATCH_STATISTICS).execute_batch()?;
     settling(tx, true)?;
-    let changed = run("UPDATE jobs SET state = 'cancelled', \
-             reason = (SELECT b.reason FROM dep_batch b WHERE b.jid = jobs.jid) \
-         WHERE jid IN (SELECT jid FROM dep_batch) AND state IN ('waiting', 'holding')")?;
+    let changed = tx.op(op::APPLY_CANCEL).execute([])?;
     settling(tx, false)?;
     if changed != batch {
         // Changed meanwhile by another session (PostgreSQL): not this batch's to follow.
-        run("DELETE FROM dep_batch WHERE NOT EXISTS ( \
-                 SELECT 1 FROM jobs j WHERE j.jid = dep_batch.jid AND j.state = 'cancelled')")?;
+        tx.op(op::DROP_CHANGED_MEANWHILE).execute([])?;
     }
-    if tx.is_postgres() {
-        // `deps_met`'s work, skipped per row: the `after_any` waits on these jobs are over.
-        run("UPDATE jobs SET waiting_on = jobs.waiting_on - c.n FROM ( \
-                 SELECT d.job, count(*) AS n FROM dep_batch b JOIN deps d ON d.dep = b.jid \
-                 WHERE d.met = 0 AND d.kind = 'any' GROUP BY d.job) c \
-             WHERE jobs.jid = c.job")?;
-        run("UPDATE deps SET met = 1 WHERE met = 0 AND kind = 'any' \
-             AND dep IN (SELECT jid FROM dep_batch)")?;
-    }
+    // Where the store's triggers did not count them: the `after_any` waits on these jobs
+    // are over.
+    tx.op(op::COUNT_ANY_WAITS_MET).execute([])?;
+    tx.op(op::MARK_ANY_WAITS_MET).execute([])?;
     // Where the batch stopped: cancelled jobs with dependents it did not reach.
-    run(&format!(
-        "INSERT INTO dep_work (jid, kind, reason) SELECT b.jid, 'cancel', b.reason \
-         FROM dep_batch b WHERE {} ON CONFLICT (jid, kind) DO NOTHING",
-        has_dependents(tx, "b.jid", "d.kind = 'ok'", waiting)
-    ))?;
-    tx.execute_batch("DELETE FROM dep_failures; DELETE FROM dep_batch;")?;
-    run(&format!(
-        "DELETE FROM dep_work WHERE kind = 'cancel' AND NOT ( \
-             EXISTS (SELECT 1 FROM jobs f WHERE f.jid = dep_work.jid AND {root_failed}) \
-             AND {})",
-        has_dependents(tx, "dep_work.jid", "d.kind = 'ok'", waiting)
-    ))?;
+    tx.op(op::CARRY_ON_CANCEL).execute([])?;
+    tx.op(op::CLEAR_FAILURES_AND_BATCH).execute_batch()?;
+    tx.op(op::DONE_CANCEL).execute([])?;
     Ok(changed)
 }
 
@@ -402,126 +171,54 @@ fn cancel_batch(tx: &Tx<'_>) -> Result<usize> {
 /// those cancelled for want of them (theirs in turn) wait again, unless another job they
 /// need failed too. One batch; where it stopped stays on the list.
 fn rearm_batch(tx: &Tx<'_>) -> Result<usize> {
-    let run = |sql: &str| tx.execute(&ordered(tx, sql), []);
-    let has_work: bool = tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM dep_work WHERE kind = 'rearm')",
-        [],
-        |r| r.get(0),
-    )?;
+    let has_work: bool = tx.op(op::HAS_REARM_WORK).query_row([], |r| r.get(0))?;
     if !has_work {
         return Ok(0);
     }
-    // Roots: work-list jobs that are to run again (others are dropped at the end).
-    let roots = format!(
-        "(SELECT w.jid FROM dep_work w JOIN jobs r ON r.jid = w.jid \
-          WHERE w.kind = 'rearm' AND r.state IN {QUEUED})"
-    );
-    let revived = "(SELECT jid FROM dep_batch WHERE skip = 0)";
-    // The cancelled jobs below them, through cancelled jobs.
-    tx.execute(
-        &batch_query(
-            tx,
-            "revive(jid, reason, skip)",
-            &ordered(
-                tx,
-                &format!(
-                    "SELECT d.job, CAST(NULL AS TEXT), 0 FROM deps d JOIN jobs j ON j.jid = d.job \
-                     WHERE d.dep IN {roots} AND j.state = 'cancelled'"
-                ),
-            ),
-            ", CAST(NULL AS TEXT), 0",
-            "true",
-            "('cancelled')",
-        ),
-        [],
-    )?;
-    fresh_statistics(tx)?;
+    // Roots: work-list jobs that are to run again (others are dropped at the end); the
+    // cancelled jobs below them, through cancelled jobs.
+    tx.op(op::COLLECT_REARM).execute([batch_size(tx)])?;
+    tx.op(op::BATCH_STATISTICS).execute_batch()?;
     // A job that needs one that failed and stays failed (not in this batch) stays
     // cancelled (skip 2), and so do the jobs of the batch below it (skip 1).
-    let dep_failed = failed("f");
-    let blocked = run(&format!(
-        "UPDATE dep_batch SET skip = 2 WHERE EXISTS ( \
-             SELECT 1 FROM deps d WHERE d.job = dep_batch.jid AND d.kind = 'ok' \
-               AND NOT EXISTS (SELECT 1 FROM dep_batch b WHERE b.jid = d.dep) \
-               AND EXISTS (SELECT 1 FROM jobs f WHERE f.jid = d.dep AND {dep_failed}))"
-    ))?;
+    let blocked = tx.op(op::BLOCK_REARM).execute([])?;
     if blocked > 0 {
-        run("WITH RECURSIVE below(jid) AS ( \
-                 SELECT jid FROM dep_batch WHERE skip = 2 \
-                 UNION SELECT d.job FROM below JOIN deps d ON d.dep = below.jid \
-                 JOIN dep_batch b ON b.jid = d.job) \
-             UPDATE dep_batch SET skip = 1 WHERE skip = 0 AND jid IN (SELECT jid FROM below)")?;
+        tx.op(op::BLOCK_BELOW).execute([])?;
     }
     // The waits on the roots and on the jobs that run again start over.
-    for from in [roots.as_str(), revived] {
-        run(&format!(
-            "UPDATE deps SET met = 0 WHERE met = 1 AND dep IN {from} AND EXISTS ( \
-                 SELECT 1 FROM jobs j WHERE j.jid = deps.job \
-                   AND j.state IN ('waiting', 'holding', 'cancelled'))"
-        ))?;
-    }
+    tx.op(op::RESET_ROOT_WAITS).execute([])?;
+    tx.op(op::RESET_REVIVED_WAITS).execute([])?;
     // Their own waits are counted here (at least the one on the job above them, just
     // reset: none is released); the jobs already waiting below the roots and them are
     // counted again next.
     settling(tx, true)?;
-    let changed = run(&format!(
-        "UPDATE jobs SET state = 'waiting', reason = NULL, waiting_on = {UNMET_HERE} \
-         WHERE jid IN {revived} AND state = 'cancelled'"
-    ))?;
+    let changed = tx.op(op::APPLY_REARM).execute([])?;
     settling(tx, false)?;
-    for from in [roots.as_str(), revived] {
-        run(&format!(
-            "UPDATE jobs SET waiting_on = {UNMET_HERE} \
-             WHERE jid IN (SELECT d.job FROM deps d WHERE d.dep IN {from}) \
-               AND state IN ('waiting', 'holding') \
-               AND NOT EXISTS (SELECT 1 FROM dep_batch b WHERE b.jid = jobs.jid)"
-        ))?;
-    }
+    tx.op(op::RECOUNT_BELOW_ROOTS).execute([])?;
+    tx.op(op::RECOUNT_BELOW_REVIVED).execute([])?;
     // The ones that stay cancelled say which failed job keeps them.
     if blocked > 0 {
-        let kept: Vec<i64> =
-            tx.query_map("SELECT jid FROM dep_batch WHERE skip = 2", [], |r| r.get(0))?;
+        let kept: Vec<i64> = tx
+            .op(op::KEPT_CANCELLED)
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
         for job in kept {
             if let Some(reason) = failed_dependency(tx, job)? {
-                tx.execute(
-                    "UPDATE jobs SET reason = ? WHERE jid = ?",
-                    params![reason, job],
-                )?;
+                tx.op(op::SET_REASON).execute(params![reason, job])?;
             }
         }
     }
     // Where the batch stopped: jobs that run again with cancelled dependents it did not
     // reach; the roots are done once none is left below them.
-    let unreached = |jid: &str| {
-        has_dependents(
-            tx,
-            jid,
-            "NOT EXISTS (SELECT 1 FROM dep_batch b WHERE b.jid = d.job)",
-            "('cancelled')",
-        )
-    };
-    run(&format!(
-        "INSERT INTO dep_work (jid, kind) SELECT r.jid, 'rearm' FROM dep_batch r \
-         WHERE r.skip = 0 AND {} ON CONFLICT (jid, kind) DO NOTHING",
-        unreached("r.jid")
-    ))?;
-    run(&format!(
-        "DELETE FROM dep_work WHERE kind = 'rearm' AND NOT ( \
-             EXISTS (SELECT 1 FROM jobs r WHERE r.jid = dep_work.jid AND r.state IN {QUEUED}) \
-             AND {})",
-        unreached("dep_work.jid")
-    ))?;
-    tx.execute_batch("DELETE FROM dep_rearms; DELETE FROM dep_batch;")?;
+    tx.op(op::CARRY_ON_REARM).execute([])?;
+    tx.op(op::DONE_REARM).execute([])?;
+    tx.op(op::CLEAR_REARMS_AND_BATCH).execute_batch()?;
     Ok(changed)
 }
 
 /// Why `job` cannot run: the first job it waits for with `after` that failed.
 fn failed_dependency(tx: &Tx<'_>, job: i64) -> Result<Option<String>> {
-    let mut stmt = tx.prepare_cached(&format!(
-        "SELECT j.jid, j.state, j.exit_status, j.signal, j.reason FROM deps d \
-         JOIN jobs j ON j.jid = d.dep WHERE d.job = ? AND d.kind = 'ok' AND {FAILED} \
-         ORDER BY j.jid LIMIT 1"
-    ))?;
+    let mut stmt = tx.op(op::FAILED_DEPENDENCY);
     let mut rows = stmt.query([job])?;
     let Some(r) = rows.next()? else {
         return Ok(None);
@@ -766,12 +463,7 @@ impl Lookups {
             return Ok(found.clone());
         }
         let found = tx
-            .prepare_cached(concat!(
-                "SELECT state, exit_status, signal, reason, \
-                 restartable = 1 AND attempts < ",
-                max_attempts!(""),
-                " FROM jobs WHERE jid = ?"
-            ))?
+            .op(op::OUTCOME)
             .query_row([jid], |r| {
                 Ok(Outcome {
                     state: r.get(0)?,
@@ -791,7 +483,7 @@ impl Lookups {
             return Ok(jids.clone());
         }
         let jids: Vec<i64> = tx
-            .prepare_cached("SELECT jid FROM jobs WHERE array_id = ? ORDER BY jid")?
+            .op(op::ARRAY_JOBS)
             .query_map([id], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         self.arrays.insert(id, jids.clone());
@@ -876,15 +568,13 @@ pub fn start(
 
 /// Record the waits of new job `jid` (after its row is inserted).
 pub fn record(tx: &Tx<'_>, jid: i64, start: &Start) -> Result<()> {
-    let mut insert =
-        tx.prepare_cached("INSERT INTO deps (dep, job, kind, met) VALUES (?, ?, ?, ?)")?;
+    let mut insert = tx.op(op::INSERT_WAIT);
     for &(dep, kind, met) in &start.edges {
         insert.execute(params![dep, jid, kind.as_str(), met])?;
     }
     if let Some(reason) = &start.failed {
         // Jobs of the same submit waiting for this one are cancelled in turn by `settle`.
-        tx.prepare_cached("INSERT INTO dep_failures (jid, reason) VALUES (?, ?)")?
-            .execute(params![jid, reason])?;
+        tx.op(op::NOTE_FAILURE).execute(params![jid, reason])?;
     }
     Ok(())
 }
@@ -894,7 +584,7 @@ pub fn record(tx: &Tx<'_>, jid: i64, start: &Start) -> Result<()> {
 /// and for a place when its array has a limit.
 pub fn restate(tx: &Tx<'_>, jid: i64) -> Result<()> {
     let found: Option<(String, Option<i64>, Option<i64>)> = tx
-        .prepare_cached("SELECT state, array_id, array_limit FROM jobs WHERE jid = ?")?
+        .op(op::RESTATE_LOOK)
         .query_row([jid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .ok();
     let Some((state, array_id, array_limit)) = found else {
@@ -903,47 +593,30 @@ pub fn restate(tx: &Tx<'_>, jid: i64) -> Result<()> {
     if state != "pending" {
         return Ok(());
     }
-    let unmet: i64 = tx
-        .prepare_cached(&format!("SELECT {UNMET}"))?
-        .query_row([jid], |r| r.get(0))?;
+    let unmet: i64 = tx.op(op::UNMET).query_row([jid], |r| r.get(0))?;
     if let Some(reason) = failed_dependency(tx, jid)? {
-        tx.prepare_cached(
-            "UPDATE jobs SET state = 'cancelled', reason = ?, waiting_on = ? WHERE jid = ?",
-        )?
-        .execute(params![reason, unmet, jid])?;
+        tx.op(op::CANCEL_FOR).execute(params![reason, unmet, jid])?;
         return Ok(());
     }
     let array_full = match (array_id, array_limit) {
         (Some(id), Some(limit)) => {
-            let active: i64 = tx
-                .prepare_cached(concat!(
-                    "SELECT count(*) FROM jobs WHERE array_id = ?1 AND jid != ?2 \
-                     AND (state IN ('pending', 'running') \
-                          OR (state = 'dead' AND restartable = 1 AND attempts < ",
-                    max_attempts!(""),
-                    "))"
-                ))?
-                .query_row([id, jid], |r| r.get(0))?;
+            let active: i64 = tx.op(op::ARRAY_ACTIVE).query_row([id, jid], |r| r.get(0))?;
             active >= limit
         }
         _ => false,
     };
     let waits = unmet > 0 || array_full;
-    tx.prepare_cached("UPDATE jobs SET state = ?, waiting_on = ?, reason = NULL WHERE jid = ?")?
-        .execute(params![
-            if waits { "waiting" } else { "pending" },
-            unmet,
-            jid
-        ])?;
+    tx.op(op::RESTATE).execute(params![
+        if waits { "waiting" } else { "pending" },
+        unmet,
+        jid
+    ])?;
     Ok(())
 }
 
 /// Jobs `jid` is waited for by that have not run yet: (jid, kind).
 pub fn waiting_for(tx: &Tx<'_>, jid: i64) -> Result<Vec<(i64, Kind)>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT d.job, d.kind FROM deps d JOIN jobs j ON j.jid = d.job \
-         WHERE d.dep = ? AND d.met = 0 AND j.state IN ('waiting', 'holding')",
-    )?;
+    let mut stmt = tx.op(op::WAITING_FOR);
     let found = stmt
         .query_map([jid], |r| {
             let kind: String = r.get(1)?;
@@ -957,19 +630,9 @@ pub fn waiting_for(tx: &Tx<'_>, jid: i64) -> Result<Vec<(i64, Kind)>> {
 /// that needed it to succeed are cancelled (theirs in turn, by `settle`), those that
 /// only waited for it to end wait no longer.
 pub fn forget(tx: &Tx<'_>, jid: i64) -> Result<()> {
-    tx.prepare_cached(
-        "UPDATE jobs SET state = 'cancelled', reason = 'dependency ' || ?1 || ' was deleted' \
-         WHERE jid IN (SELECT job FROM deps WHERE dep = ?1 AND kind = 'ok' AND met = 0) \
-           AND state IN ('waiting', 'holding')",
-    )?
-    .execute([jid])?;
-    tx.prepare_cached(
-        "UPDATE jobs SET waiting_on = waiting_on - 1 \
-         WHERE jid IN (SELECT job FROM deps WHERE dep = ?1 AND kind = 'any' AND met = 0)",
-    )?
-    .execute([jid])?;
-    tx.prepare_cached("DELETE FROM deps WHERE dep = ?")?
-        .execute([jid])?;
+    tx.op(op::FORGET_CANCEL).execute([jid])?;
+    tx.op(op::FORGET_ANY).execute([jid])?;
+    tx.op(op::FORGET_WAITS).execute([jid])?;
     Ok(())
 }
 

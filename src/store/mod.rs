@@ -386,6 +386,16 @@ impl Stmt<'_> {
         }
     }
 
+    /// Run a statement made of several, without parameters (SQLite's temporary
+    /// triggers, PostgreSQL's `SET LOCAL`s).
+    pub fn execute_batch(&mut self) -> Result<()> {
+        match &self.sql {
+            Sql::Shared(sql) => self.tx.execute_batch(sql),
+            Sql::Native(sql) if sql.is_empty() => Ok(()),
+            Sql::Native(sql) => self.tx.execute_batch(sql),
+        }
+    }
+
     pub fn query_row<T>(
         &mut self,
         params: impl AsParams,
@@ -629,6 +639,11 @@ impl<'a> Tx<'a> {
         })
     }
 
+    /// What this store does differently beyond its SQL (`ops::Capabilities`).
+    pub fn capabilities(&self) -> ops::Capabilities {
+        ops::capabilities(self.dialect())
+    }
+
     /// A store operation (`ops`): its SQL as this store writes it.
     pub fn op(&self, op: ops::Op) -> Stmt<'a> {
         Stmt {
@@ -641,7 +656,15 @@ impl<'a> Tx<'a> {
     /// every statement of each store is valid there); PostgreSQL must infer every
     /// parameter's type from the statement alone.
     pub fn prepare_op(&self, op: ops::Op) -> Result<()> {
-        match (self, ops::sql(self.dialect(), op)) {
+        let statement = ops::statement(self.dialect(), op);
+        if statement.batch {
+            // Several statements cannot be prepared as one: run, then undone.
+            self.execute_batch("SAVEPOINT rq_check")?;
+            let ran = self.execute_batch(&statement.sql);
+            self.execute_batch("ROLLBACK TO SAVEPOINT rq_check; RELEASE SAVEPOINT rq_check")?;
+            return ran;
+        }
+        match (self, statement.sql.as_str()) {
             (_, "") => Ok(()),
             (Tx::Sqlite(conn), sql) => conn.prepare(sql).map(drop).map_err(Error::from),
             (Tx::Postgres(tx), sql) => tx.prepare_native(sql),

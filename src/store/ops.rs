@@ -6,7 +6,8 @@
 //! translated from SQLite's.
 //!
 //! A file is a list of statements, each under a line `-- name: NAME` (comments after that
-//! line document it). A statement with an empty body means "nothing to do on this store"
+//! line document it); `-- name: NAME (batch)` marks a statement made of several, run
+//! without parameters (`Stmt::execute_batch`). A statement with an empty body means "nothing to do on this store"
 //! (running it changes and returns nothing). The one expansion made, once, when a file is
 //! read: `{job_fields}` becomes every stored job field in `job::FIELDS` order (quoted where
 //! the store needs it), the columns `Row::from_sql` reads back.
@@ -115,6 +116,122 @@ pub mod claims {
     ];
 }
 
+/// Dependencies between jobs (`crate::deps`): noting ends and re-starts, the cascades a
+/// failure or a re-run sets off (a batch at a time, through the work list `dep_work`),
+/// and the waits of new and changed jobs. Each statement's comment in the SQL files says
+/// what it does; the names follow `crate::deps`'s steps.
+pub mod deps {
+    use super::Op;
+
+    pub const CONNECTION_SETUP: Op = Op("deps.connection_setup");
+    pub const NOTED: Op = Op("deps.noted");
+    pub const RELEASED: Op = Op("deps.released");
+    pub const CLEAR_RELEASED: Op = Op("deps.clear_released");
+    pub const WORK_LEFT: Op = Op("deps.work_left");
+    pub const RENOTE_CANCELS: Op = Op("deps.renote_cancels");
+    pub const NOTE_CANCELS: Op = Op("deps.note_cancels");
+    pub const NOTE_REARMS: Op = Op("deps.note_rearms");
+    pub const CLEAR_NOTES: Op = Op("deps.clear_notes");
+    pub const BATCH_STATISTICS_STALE: Op = Op("deps.batch_statistics_stale");
+    pub const REFRESH_BATCH_STATISTICS: Op = Op("deps.refresh_batch_statistics");
+    pub const PLAN_BY_KEY: Op = Op("deps.plan_by_key");
+    pub const BATCH_STATISTICS: Op = Op("deps.batch_statistics");
+    pub const SETTLING_ON: Op = Op("deps.settling_on");
+    pub const SETTLING_OFF: Op = Op("deps.settling_off");
+    pub const HAS_CANCEL_WORK: Op = Op("deps.has_cancel_work");
+    pub const COLLECT_CANCEL: Op = Op("deps.collect_cancel");
+    pub const APPLY_CANCEL: Op = Op("deps.apply_cancel");
+    pub const DROP_CHANGED_MEANWHILE: Op = Op("deps.drop_changed_meanwhile");
+    pub const COUNT_ANY_WAITS_MET: Op = Op("deps.count_any_waits_met");
+    pub const MARK_ANY_WAITS_MET: Op = Op("deps.mark_any_waits_met");
+    pub const CARRY_ON_CANCEL: Op = Op("deps.carry_on_cancel");
+    pub const CLEAR_FAILURES_AND_BATCH: Op = Op("deps.clear_failures_and_batch");
+    pub const DONE_CANCEL: Op = Op("deps.done_cancel");
+    pub const HAS_REARM_WORK: Op = Op("deps.has_rearm_work");
+    pub const COLLECT_REARM: Op = Op("deps.collect_rearm");
+    pub const BLOCK_REARM: Op = Op("deps.block_rearm");
+    pub const BLOCK_BELOW: Op = Op("deps.block_below");
+    pub const RESET_ROOT_WAITS: Op = Op("deps.reset_root_waits");
+    pub const RESET_REVIVED_WAITS: Op = Op("deps.reset_revived_waits");
+    pub const APPLY_REARM: Op = Op("deps.apply_rearm");
+    pub const RECOUNT_BELOW_ROOTS: Op = Op("deps.recount_below_roots");
+    pub const RECOUNT_BELOW_REVIVED: Op = Op("deps.recount_below_revived");
+    pub const KEPT_CANCELLED: Op = Op("deps.kept_cancelled");
+    pub const SET_REASON: Op = Op("deps.set_reason");
+    pub const CARRY_ON_REARM: Op = Op("deps.carry_on_rearm");
+    pub const DONE_REARM: Op = Op("deps.done_rearm");
+    pub const CLEAR_REARMS_AND_BATCH: Op = Op("deps.clear_rearms_and_batch");
+    pub const FAILED_DEPENDENCY: Op = Op("deps.failed_dependency");
+    pub const OUTCOME: Op = Op("deps.outcome");
+    pub const ARRAY_JOBS: Op = Op("deps.array_jobs");
+    pub const INSERT_WAIT: Op = Op("deps.insert_wait");
+    pub const NOTE_FAILURE: Op = Op("deps.note_failure");
+    pub const RESTATE_LOOK: Op = Op("deps.restate_look");
+    pub const UNMET: Op = Op("deps.unmet");
+    pub const CANCEL_FOR: Op = Op("deps.cancel_for");
+    pub const ARRAY_ACTIVE: Op = Op("deps.array_active");
+    pub const RESTATE: Op = Op("deps.restate");
+    pub const WAITING_FOR: Op = Op("deps.waiting_for");
+    pub const FORGET_CANCEL: Op = Op("deps.forget_cancel");
+    pub const FORGET_ANY: Op = Op("deps.forget_any");
+    pub const FORGET_WAITS: Op = Op("deps.forget_waits");
+
+    pub const ALL: &[Op] = &[
+        CONNECTION_SETUP,
+        NOTED,
+        RELEASED,
+        CLEAR_RELEASED,
+        WORK_LEFT,
+        RENOTE_CANCELS,
+        NOTE_CANCELS,
+        NOTE_REARMS,
+        CLEAR_NOTES,
+        BATCH_STATISTICS_STALE,
+        REFRESH_BATCH_STATISTICS,
+        PLAN_BY_KEY,
+        BATCH_STATISTICS,
+        SETTLING_ON,
+        SETTLING_OFF,
+        HAS_CANCEL_WORK,
+        COLLECT_CANCEL,
+        APPLY_CANCEL,
+        DROP_CHANGED_MEANWHILE,
+        COUNT_ANY_WAITS_MET,
+        MARK_ANY_WAITS_MET,
+        CARRY_ON_CANCEL,
+        CLEAR_FAILURES_AND_BATCH,
+        DONE_CANCEL,
+        HAS_REARM_WORK,
+        COLLECT_REARM,
+        BLOCK_REARM,
+        BLOCK_BELOW,
+        RESET_ROOT_WAITS,
+        RESET_REVIVED_WAITS,
+        APPLY_REARM,
+        RECOUNT_BELOW_ROOTS,
+        RECOUNT_BELOW_REVIVED,
+        KEPT_CANCELLED,
+        SET_REASON,
+        CARRY_ON_REARM,
+        DONE_REARM,
+        CLEAR_REARMS_AND_BATCH,
+        FAILED_DEPENDENCY,
+        OUTCOME,
+        ARRAY_JOBS,
+        INSERT_WAIT,
+        NOTE_FAILURE,
+        RESTATE_LOOK,
+        UNMET,
+        CANCEL_FOR,
+        ARRAY_ACTIVE,
+        RESTATE,
+        WAITING_FOR,
+        FORGET_CANCEL,
+        FORGET_ANY,
+        FORGET_WAITS,
+    ];
+}
+
 /// Queue-wide settings (`configure`), pause and drain marks.
 pub mod attributes {
     use super::Op;
@@ -125,43 +242,77 @@ pub mod attributes {
     pub const ALL_OPS: &[Op] = &[ALL];
 }
 
+/// What differs between stores beyond their SQL, as numbers the protocol uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Capabilities {
+    /// Jobs one batch of dependency work changes at most, so that a batch holds the
+    /// queue's lock about 0.3 s on 2 cores (`crate::deps`).
+    pub dep_batch: i64,
+}
+
+pub fn capabilities(dialect: Dialect) -> Capabilities {
+    match dialect {
+        Dialect::Sqlite => Capabilities { dep_batch: 20_000 },
+        Dialect::Postgres => Capabilities { dep_batch: 5_000 },
+    }
+}
+
 /// Every operation, of every family.
 pub fn all() -> impl Iterator<Item = Op> {
-    claims::ALL.iter().chain(attributes::ALL_OPS).copied()
+    claims::ALL
+        .iter()
+        .chain(attributes::ALL_OPS)
+        .chain(deps::ALL)
+        .copied()
 }
 
 /// The SQL files of each store: (family, text).
 const SQLITE_FILES: &[(&str, &str)] = &[
     ("claims", include_str!("sqlite/claims.sql")),
     ("attributes", include_str!("sqlite/attributes.sql")),
+    ("deps", include_str!("sqlite/deps.sql")),
 ];
 const POSTGRES_FILES: &[(&str, &str)] = &[
     ("claims", include_str!("postgres/claims.sql")),
     ("attributes", include_str!("postgres/attributes.sql")),
+    ("deps", include_str!("postgres/deps.sql")),
 ];
 
-static SQLITE: LazyLock<HashMap<String, String>> =
+/// One store's statement of an operation.
+#[derive(Debug)]
+pub struct Statement {
+    pub sql: String,
+    /// Several statements, run without parameters.
+    pub batch: bool,
+}
+
+static SQLITE: LazyLock<HashMap<String, Statement>> =
     LazyLock::new(|| catalog(SQLITE_FILES, Dialect::Sqlite));
-static POSTGRES: LazyLock<HashMap<String, String>> =
+static POSTGRES: LazyLock<HashMap<String, Statement>> =
     LazyLock::new(|| catalog(POSTGRES_FILES, Dialect::Postgres));
 
 /// The statements of one store, by `family.name`.
-pub fn statements(dialect: Dialect) -> &'static HashMap<String, String> {
+pub fn statements(dialect: Dialect) -> &'static HashMap<String, Statement> {
     match dialect {
         Dialect::Sqlite => &SQLITE,
         Dialect::Postgres => &POSTGRES,
     }
 }
 
-/// The SQL of `op` on a store. Every operation has SQL in both stores' files (a test
-/// checks), so a missing one is a bug in rq, not an input error.
-pub fn sql(dialect: Dialect, op: Op) -> &'static str {
+/// The statement of `op` on a store. Every operation has SQL in both stores' files (a
+/// test checks), so a missing one is a bug in rq, not an input error.
+pub fn statement(dialect: Dialect, op: Op) -> &'static Statement {
     statements(dialect)
         .get(op.0)
         .unwrap_or_else(|| panic!("no {dialect:?} SQL for the store operation {}", op.0))
 }
 
-fn catalog(files: &[(&str, &str)], dialect: Dialect) -> HashMap<String, String> {
+/// The SQL of `op` on a store.
+pub fn sql(dialect: Dialect, op: Op) -> &'static str {
+    &statement(dialect, op).sql
+}
+
+fn catalog(files: &[(&str, &str)], dialect: Dialect) -> HashMap<String, Statement> {
     // `user` is a reserved word in PostgreSQL: the column is quoted there.
     let fields = crate::job::FIELDS
         .iter()
@@ -174,8 +325,12 @@ fn catalog(files: &[(&str, &str)], dialect: Dialect) -> HashMap<String, String> 
     let mut out = HashMap::new();
     for (family, text) in files {
         for (name, body) in parse(text) {
-            let body = body.replace("{job_fields}", &fields);
-            out.insert(format!("{family}.{name}"), body);
+            let (name, batch) = match name.strip_suffix("(batch)") {
+                Some(name) => (name.trim_end(), true),
+                None => (name.as_str(), false),
+            };
+            let sql = body.replace("{job_fields}", &fields);
+            out.insert(format!("{family}.{name}"), Statement { sql, batch });
         }
     }
     out
@@ -243,8 +398,16 @@ mod tests {
                 );
             }
         }
+        for op in all() {
+            assert_eq!(
+                statement(Dialect::Sqlite, op).batch,
+                statement(Dialect::Postgres, op).batch,
+                "{} is a batch in one store only",
+                op.0
+            );
+        }
         // PostgreSQL's statements are written for it: no SQLite placeholders or hints.
-        for (name, sql) in statements(Dialect::Postgres) {
+        for (name, Statement { sql, .. }) in statements(Dialect::Postgres) {
             assert!(!sql.contains('?'), "{name} has a SQLite placeholder");
             assert!(
                 !sql.contains("INDEXED BY"),
