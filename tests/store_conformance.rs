@@ -249,6 +249,62 @@ fn claims_family(store: StoreKind) {
     );
 }
 
+fn reason(queue: &mut Queue, jid: i64) -> Option<String> {
+    let rows = queue
+        .store()
+        .read(|tx| rq::queue::select_rows(tx, "jid = ?", &[rq::store::SqlValue::Integer(jid)]))
+        .unwrap();
+    rows[0].get("reason").as_text().map(str::to_string)
+}
+
+/// Dependencies (`ops::deps`): a failed job cancels the chain that needs it, with the root
+/// reason, and releases the job that waits for any end; run again, it re-arms the chain;
+/// deleting a job cancels what needs it.
+fn deps_family(store: StoreKind) {
+    let q = TestQueue::on(store);
+    let head = submit(&q, &[]);
+    let head_s = head.to_string();
+    let next = submit(&q, &["--after", &head_s]);
+    let last = submit(&q, &["--after", &next.to_string()]);
+    let any = submit(&q, &["--after-any", &head_s]);
+    let mut queue = open(&q);
+    assert_eq!(state(&mut queue, next).0, "waiting");
+    assert_eq!(state(&mut queue, any).0, "waiting");
+    let now = rq::time::now();
+    let store = queue.store();
+    let claimed = store
+        .write(|tx| claims::claim(tx, "h1", "h1:1:deps", &now, &room(1), 3))
+        .unwrap();
+    assert_eq!(jids(&claimed), vec![head]);
+    let mut failed = end(head, &claim_of(&claimed, head), None);
+    failed.exit_status = Some(3);
+    // The end and its cascade in one write.
+    assert!(store.write(|tx| claims::finish(tx, &failed)).unwrap());
+    let why = format!("dependency {head} exited 3");
+    for jid in [next, last] {
+        assert_eq!(state(&mut queue, jid).0, "cancelled");
+        assert_eq!(reason(&mut queue, jid).as_deref(), Some(why.as_str()));
+    }
+    assert_eq!(state(&mut queue, any).0, "pending");
+
+    // Run again: the chain waits again.
+    q.rq(&["resubmit", &head_s]).ok();
+    assert_eq!(state(&mut queue, head).0, "pending");
+    for jid in [next, last] {
+        assert_eq!(state(&mut queue, jid).0, "waiting");
+        let waits = reason(&mut queue, jid).unwrap_or_default();
+        assert!(waits.starts_with("waits for"), "{jid}: {waits}");
+    }
+    // Deleted: what needs it is cancelled, and says why.
+    q.rq(&["delete", "--force", &head_s]).ok();
+    assert_eq!(state(&mut queue, next).0, "cancelled");
+    assert_eq!(
+        reason(&mut queue, next).as_deref(),
+        Some(format!("dependency {head} was deleted").as_str())
+    );
+    assert_eq!(state(&mut queue, last).0, "cancelled");
+}
+
 /// Every statement of each store is valid there (prepared, not run).
 fn every_statement_prepares(store: StoreKind) {
     let q = TestQueue::on(store);
@@ -267,4 +323,4 @@ fn every_statement_prepares(store: StoreKind) {
         .unwrap();
 }
 
-on_both_stores!(claims_family, every_statement_prepares);
+on_both_stores!(claims_family, deps_family, every_statement_prepares);
