@@ -391,7 +391,7 @@ impl Stmt<'_> {
     pub fn execute_batch(&mut self) -> Result<()> {
         match &self.sql {
             Sql::Shared(sql) => self.tx.execute_batch(sql),
-            Sql::Native(sql) if sql.is_empty() => Ok(()),
+            Sql::Native("") => Ok(()),
             Sql::Native(sql) => self.tx.execute_batch(sql),
         }
     }
