@@ -221,7 +221,9 @@ impl StartJournal {
                 let mut lines = std::mem::take(ends);
                 lines.extend(claims.iter().map(|c| c.to_string()));
                 let feeder = &self.feeder;
-                store.write_shared(|tx| crate::in_database::journal_append(tx, feeder, &lines))?;
+                store.write_shared(|tx| {
+                    crate::store::in_database::journal_append(tx, feeder, &lines)
+                })?;
                 *written += lines.len();
                 Ok(())
             }
@@ -281,7 +283,8 @@ impl StartJournal {
                 ends.clear();
                 if *written > TRUNCATE_ROWS {
                     let feeder = &self.feeder;
-                    store.write_shared(|tx| crate::in_database::journal_remove(tx, feeder))?;
+                    store
+                        .write_shared(|tx| crate::store::in_database::journal_remove(tx, feeder))?;
                     *written = 0;
                 }
                 Ok(())
@@ -297,7 +300,8 @@ impl StartJournal {
             }
             Kind::Rows { .. } => {
                 let feeder = &self.feeder;
-                let _ = store.write_shared(|tx| crate::in_database::journal_remove(tx, feeder));
+                let _ =
+                    store.write_shared(|tx| crate::store::in_database::journal_remove(tx, feeder));
             }
         }
     }

@@ -43,7 +43,6 @@ pub mod fsguard;
 pub mod help;
 pub mod host;
 pub mod human;
-pub mod in_database;
 pub mod input;
 pub mod journal;
 pub mod liveness;

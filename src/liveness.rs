@@ -35,7 +35,7 @@ impl Default for Settings {
             lease: 60.0,
             max_attempts: 3,
             reserve_after: 600.0,
-            output_cap: crate::in_database::DEFAULT_OUTPUT_CAP,
+            output_cap: crate::store::in_database::DEFAULT_OUTPUT_CAP,
         }
     }
 }
@@ -312,7 +312,7 @@ enum Target {
     File(PathBuf),
     Row {
         host: String,
-        connection: Box<crate::in_database::BeatConnection>,
+        connection: Box<crate::store::in_database::BeatConnection>,
         /// The info changed since it was last published.
         info_changed: bool,
     },
@@ -358,7 +358,7 @@ impl Heartbeat {
             }
             BeatPlace::Database(location) => Target::Row {
                 host: host.to_string(),
-                connection: Box::new(crate::in_database::BeatConnection::new(location)),
+                connection: Box::new(crate::store::in_database::BeatConnection::new(location)),
                 info_changed: true,
             },
         };

@@ -615,7 +615,7 @@ fn an_upload_under_a_claim_no_longer_held_writes_nothing() {
         queue
             .store()
             .write_shared(|tx| {
-                rq::in_database::upload_output(tx, 1, claim, &[("stdout", seq, bytes)])
+                rq::store::in_database::upload_output(tx, 1, claim, &[("stdout", seq, bytes)])
             })
             .unwrap()
     };

@@ -314,7 +314,7 @@ fn every_statement_prepares(store: StoreKind) {
     queue
         .store()
         .write(|tx| {
-            for op in ops::all() {
+            for op in ops::all_in(tx.dialect()) {
                 tx.prepare_op(op)
                     .unwrap_or_else(|e| panic!("{} does not prepare: {e}", op.0));
             }

@@ -234,7 +234,7 @@ impl Feeder {
                 continue;
             };
             for p in &output.parts {
-                let chunks = p.bytes.len().div_ceil(crate::in_database::CHUNK);
+                let chunks = p.bytes.len().div_ceil(crate::store::in_database::CHUNK);
                 upload.streams[p.stream] = (p.sent_after, p.seq + chunks.max(1) as i64, p.cut);
             }
         }
@@ -265,7 +265,7 @@ pub(super) fn store_outputs(tx: &Tx<'_>, batch: &[Output]) -> Result<Vec<bool>> 
             .iter()
             .map(|p| (STREAMS[p.stream], p.seq, p.bytes.as_slice()))
             .collect();
-        ours.push(crate::in_database::upload_output(
+        ours.push(crate::store::in_database::upload_output(
             tx,
             output.jid,
             &output.claim,

@@ -83,7 +83,7 @@ impl Feeder {
     ) -> Result<T> {
         if self.queue.in_database() {
             self.queue.store().read(|tx| {
-                let mut read = |f: &str| crate::in_database::journal_read(tx, f).ok();
+                let mut read = |f: &str| crate::store::in_database::journal_read(tx, f).ok();
                 Ok(body(&mut read))
             })
         } else {
@@ -114,7 +114,7 @@ impl Feeder {
             let ages = self.queue.store().read(|tx| {
                 others
                     .iter()
-                    .map(|h| crate::in_database::heartbeat_age(tx, h))
+                    .map(|h| crate::store::in_database::heartbeat_age(tx, h))
                     .collect::<Result<Vec<_>>>()
             })?;
             others
@@ -147,7 +147,7 @@ impl Feeder {
             };
             let stale_now = |host: &str| -> Result<bool> {
                 Ok(if in_db {
-                    crate::in_database::heartbeat_age(tx, host)?.is_none_or(|a| a > lease)
+                    crate::store::in_database::heartbeat_age(tx, host)?.is_none_or(|a| a > lease)
                 } else {
                     stale(host, now)
                 })
@@ -159,7 +159,7 @@ impl Feeder {
             let mut journals = HashMap::new();
             let mut read = |f: &str| {
                 if in_db {
-                    crate::in_database::journal_read(tx, f).ok()
+                    crate::store::in_database::journal_read(tx, f).ok()
                 } else {
                     journal::read(&dir, f)
                 }
@@ -287,7 +287,7 @@ impl Feeder {
         if self.queue.in_database() {
             let _ = self.queue.store().write_shared(|tx| {
                 for feeder in &feeders {
-                    crate::in_database::journal_remove(tx, feeder)?;
+                    crate::store::in_database::journal_remove(tx, feeder)?;
                 }
                 Ok(())
             });
@@ -312,7 +312,7 @@ impl Feeder {
             match self
                 .queue
                 .store()
-                .write_shared(crate::in_database::reap_orphans)
+                .write_shared(crate::store::in_database::reap_orphans)
             {
                 Ok(n) if n > 0 => self.info(&format!(
                     "removed {n} stored chunks of files of jobs that no longer exist"
@@ -382,7 +382,7 @@ impl Feeder {
             let _ = self
                 .queue
                 .store()
-                .write_shared(crate::in_database::reap_old_journals);
+                .write_shared(crate::store::in_database::reap_old_journals);
             return;
         }
         let Ok(entries) = std::fs::read_dir(journal::dir(self.queue.dir())) else {

@@ -219,7 +219,7 @@ impl Queue {
                 let mut row_values = values.clone();
                 if let Some((_, stdin, data)) = new_files.iter().find(|(j, _, _)| *j == jid) {
                     if in_db {
-                        crate::in_database::promote_inputs(
+                        crate::store::in_database::promote_inputs(
                             tx,
                             jid,
                             &staged,
@@ -263,7 +263,9 @@ impl Queue {
         });
         if in_db && !new_files.is_empty() {
             // What no job took (all of it, if the update failed).
-            let _ = self.files_tx(true, |tx| crate::in_database::drop_staged(tx, &staged));
+            let _ = self.files_tx(true, |tx| {
+                crate::store::in_database::drop_staged(tx, &staged)
+            });
         }
         match outcome {
             Ok((rows, skipped, old_files)) => {

@@ -118,7 +118,7 @@ pub(super) fn db_data(src: &Path) -> Result<DbData> {
     builder.append_dir_all(".", src).context(context)?;
     builder.into_inner().context(context)?;
     Ok(DbData {
-        stream: crate::in_database::DATA_TAR,
+        stream: crate::store::in_database::DATA_TAR,
         path: archive.path().to_path_buf(),
         _archive: Some(archive),
     })
@@ -134,14 +134,14 @@ pub(super) fn store_inputs(
     data: Option<&DbData>,
 ) -> Result<()> {
     if let Some(path) = stdin {
-        crate::in_database::put_file(tx, jid, "stdin", claim, path)?;
+        crate::store::in_database::put_file(tx, jid, "stdin", claim, path)?;
     }
     if let Some(data) = data {
         tx.execute(
             "DELETE FROM job_files WHERE jid = ? AND claim = ? AND stream IN ('data', 'data.tar')",
             rusqlite::params![jid, claim],
         )?;
-        crate::in_database::put_file(tx, jid, data.stream, claim, &data.path)?;
+        crate::store::in_database::put_file(tx, jid, data.stream, claim, &data.path)?;
     }
     Ok(())
 }
@@ -150,7 +150,9 @@ impl Queue {
     /// The size of a job's stdin, stdout or stderr, None when it has none (yet).
     pub fn job_file_size(&mut self, jid: i64, stream: &str) -> Result<Option<u64>> {
         if self.in_database() {
-            return self.files_tx(false, |tx| crate::in_database::stream_size(tx, jid, stream));
+            return self.files_tx(false, |tx| {
+                crate::store::in_database::stream_size(tx, jid, stream)
+            });
         }
         Ok(open_job_file(&self.dir, jid, stream).and_then(|f| f.metadata().ok().map(|m| m.len())))
     }
@@ -166,7 +168,7 @@ impl Queue {
     ) -> Result<Option<Vec<u8>>> {
         if self.in_database() {
             return self.files_tx(false, |tx| {
-                crate::in_database::read_range(tx, jid, stream, offset, limit)
+                crate::store::in_database::read_range(tx, jid, stream, offset, limit)
             });
         }
         use std::io::{Read, Seek, SeekFrom};
@@ -233,7 +235,7 @@ impl Queue {
                     continue;
                 }
                 let archive = sub.join(format!(".{jid}.tar"));
-                if write_stream(tx, jid, crate::in_database::DATA_TAR, &archive)? {
+                if write_stream(tx, jid, crate::store::in_database::DATA_TAR, &archive)? {
                     let unpacked = std::fs::create_dir(&dest)
                         .map_err(|e| (dest.clone(), e))
                         .and_then(|()| {
@@ -280,7 +282,7 @@ impl Queue {
             for (sub, path, data) in &present {
                 match data {
                     Some(data) => store_inputs(tx, jid, "", None, Some(data))?,
-                    None => crate::in_database::put_file(tx, jid, sub, "", path)?,
+                    None => crate::store::in_database::put_file(tx, jid, sub, "", path)?,
                 }
             }
             Ok(present.len())
@@ -297,7 +299,7 @@ fn write_stream(tx: &Tx<'_>, jid: i64, stream: &str, dest: &Path) -> Result<bool
         std::io::Write::write_all(&mut file, bytes)
             .context(|| format!("cannot write {}", dest.display()))
     };
-    let any = crate::in_database::read_stream(tx, jid, stream, &mut sink)?;
+    let any = crate::store::in_database::read_stream(tx, jid, stream, &mut sink)?;
     if !any {
         remove_path(dest);
     }

@@ -303,7 +303,7 @@ impl Queue {
     /// heartbeats are judged by (the file server's, or the database server's).
     pub fn hosts(&mut self) -> Result<Vec<(Value, Option<f64>)>> {
         if self.in_database() {
-            return self.store.read(crate::in_database::known_hosts);
+            return self.store.read(crate::store::in_database::known_hosts);
         }
         let now = crate::liveness::server_now(&self.dir, &host::name())?;
         Ok(crate::liveness::known_hosts(&self.dir, now))

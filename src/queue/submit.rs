@@ -796,7 +796,7 @@ impl Queue {
         if self.in_database() {
             let _ = self
                 .store
-                .write_shared(|tx| crate::in_database::remove_files(tx, first, count));
+                .write_shared(|tx| crate::store::in_database::remove_files(tx, first, count));
             return;
         }
         for jid in first..first + count as i64 {

@@ -12,6 +12,7 @@
 //! commits or rolls back as a whole, is retried as a whole only when it surely did not
 //! commit, and an error during COMMIT is reported as "outcome unknown".
 
+pub mod in_database;
 pub mod lock_recovery;
 pub mod ops;
 pub mod pg_sql;

@@ -232,6 +232,60 @@ pub mod deps {
     ];
 }
 
+/// What a PostgreSQL queue without a job-file directory keeps in its database
+/// (`store::in_database`): heartbeats, start journals, job files. PostgreSQL only.
+pub mod in_database {
+    use super::Op;
+
+    pub const BEAT_WITH_INFO: Op = Op("in_database.beat_with_info");
+    pub const BEAT: Op = Op("in_database.beat");
+    pub const SERVER_NOW: Op = Op("in_database.server_now");
+    pub const HEARTBEAT_AGE: Op = Op("in_database.heartbeat_age");
+    pub const KNOWN_HOSTS: Op = Op("in_database.known_hosts");
+    pub const JOURNAL_APPEND: Op = Op("in_database.journal_append");
+    pub const JOURNAL_READ: Op = Op("in_database.journal_read");
+    pub const JOURNAL_REMOVE: Op = Op("in_database.journal_remove");
+    pub const REAP_OLD_JOURNALS: Op = Op("in_database.reap_old_journals");
+    pub const PUT_CHUNK: Op = Op("in_database.put_chunk");
+    pub const DROP_STREAM: Op = Op("in_database.drop_stream");
+    pub const VISIBLE_CHUNKS: Op = Op("in_database.visible_chunks");
+    pub const VISIBLE_CHUNK: Op = Op("in_database.visible_chunk");
+    pub const STREAM_SIZE: Op = Op("in_database.stream_size");
+    pub const CHUNK_STARTS: Op = Op("in_database.chunk_starts");
+    pub const HOLD_IF_OURS: Op = Op("in_database.hold_if_ours");
+    pub const DROP_EARLIER_RUNS: Op = Op("in_database.drop_earlier_runs");
+    pub const REAP_ORPHANS: Op = Op("in_database.reap_orphans");
+    pub const DROP_INPUTS: Op = Op("in_database.drop_inputs");
+    pub const PROMOTE_STAGED: Op = Op("in_database.promote_staged");
+    pub const DROP_STAGED: Op = Op("in_database.drop_staged");
+    pub const REMOVE_FILES: Op = Op("in_database.remove_files");
+
+    pub const ALL: &[Op] = &[
+        BEAT_WITH_INFO,
+        BEAT,
+        SERVER_NOW,
+        HEARTBEAT_AGE,
+        KNOWN_HOSTS,
+        JOURNAL_APPEND,
+        JOURNAL_READ,
+        JOURNAL_REMOVE,
+        REAP_OLD_JOURNALS,
+        PUT_CHUNK,
+        DROP_STREAM,
+        VISIBLE_CHUNKS,
+        VISIBLE_CHUNK,
+        STREAM_SIZE,
+        CHUNK_STARTS,
+        HOLD_IF_OURS,
+        DROP_EARLIER_RUNS,
+        REAP_ORPHANS,
+        DROP_INPUTS,
+        PROMOTE_STAGED,
+        DROP_STAGED,
+        REMOVE_FILES,
+    ];
+}
+
 /// Queue-wide settings (`configure`), pause and drain marks.
 pub mod attributes {
     use super::Op;
@@ -257,7 +311,16 @@ pub fn capabilities(dialect: Dialect) -> Capabilities {
     }
 }
 
-/// Every operation, of every family.
+/// Every operation of one store.
+pub fn all_in(dialect: Dialect) -> Vec<Op> {
+    let mut ops: Vec<Op> = all().collect();
+    if dialect == Dialect::Postgres {
+        ops.extend_from_slice(in_database::ALL);
+    }
+    ops
+}
+
+/// Every operation both stores have.
 pub fn all() -> impl Iterator<Item = Op> {
     claims::ALL
         .iter()
@@ -276,6 +339,7 @@ const POSTGRES_FILES: &[(&str, &str)] = &[
     ("claims", include_str!("postgres/claims.sql")),
     ("attributes", include_str!("postgres/attributes.sql")),
     ("deps", include_str!("postgres/deps.sql")),
+    ("in_database", include_str!("postgres/in_database.sql")),
 ];
 
 /// One store's statement of an operation.
@@ -383,8 +447,8 @@ mod tests {
     #[test]
     fn every_operation_has_sql_in_each_store_and_nothing_else_is_there() {
         for dialect in [Dialect::Sqlite, Dialect::Postgres] {
-            let known: Vec<&str> = all().map(|op| op.0).collect();
-            for op in all() {
+            let known: Vec<&str> = all_in(dialect).iter().map(|op| op.0).collect();
+            for op in all_in(dialect) {
                 assert!(
                     statements(dialect).contains_key(op.0),
                     "{dialect:?} has no SQL for {}",

@@ -18,8 +18,9 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
 use crate::journal::Journal;
-use crate::store::Tx;
+use crate::store::ops::in_database as op;
 use crate::store::postgres::Location;
+use crate::store::{Dialect, Tx};
 
 /// Job files are stored in rows of at most this many bytes.
 pub const CHUNK: usize = 1 << 20;
@@ -63,15 +64,12 @@ impl BeatConnection {
     /// Beat: stamp this host's row with the server's time (publishing `info` too when
     /// `with_info`), and return that time.
     pub fn beat(&mut self, host: &str, info: &str, with_info: bool) -> Result<Timestamp> {
-        let sql = if with_info {
-            "INSERT INTO hosts (host, beat, info) VALUES ($1, clock_timestamp(), $2) \
-             ON CONFLICT (host) DO UPDATE SET beat = excluded.beat, info = excluded.info \
-             RETURNING CAST(extract(epoch FROM beat) AS float8)"
+        let which = if with_info {
+            op::BEAT_WITH_INFO
         } else {
-            "INSERT INTO hosts (host, beat, info) VALUES ($1, clock_timestamp(), $2) \
-             ON CONFLICT (host) DO UPDATE SET beat = excluded.beat \
-             RETURNING CAST(extract(epoch FROM beat) AS float8)"
+            op::BEAT
         };
+        let sql = crate::store::ops::sql(Dialect::Postgres, which);
         let outcome = self
             .client()
             .and_then(|c| Ok(c.query_one(sql, &[&host, &info])?));
@@ -87,19 +85,13 @@ impl BeatConnection {
 
 /// "Now" on the database server's clock.
 pub fn server_now(tx: &Tx<'_>) -> Result<Timestamp> {
-    let seconds: f64 = tx.query_row(
-        "SELECT CAST(extract(epoch FROM clock_timestamp()) AS float8)",
-        [],
-        |r| r.get(0),
-    )?;
+    let seconds: f64 = tx.op(op::SERVER_NOW).query_row([], |r| r.get(0))?;
     timestamp(seconds)
 }
 
 /// Seconds since `host` last beat, on the server's clock; None when it never did.
 pub fn heartbeat_age(tx: &Tx<'_>, host: &str) -> Result<Option<f64>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT CAST(extract(epoch FROM clock_timestamp() - beat) AS float8) FROM hosts WHERE host = ?",
-    )?;
+    let mut stmt = tx.op(op::HEARTBEAT_AGE);
     let mut rows = stmt.query([host])?;
     Ok(match rows.next()? {
         Some(row) => Some(row.get(0)?),
@@ -109,18 +101,16 @@ pub fn heartbeat_age(tx: &Tx<'_>, host: &str) -> Result<Option<f64>> {
 
 /// Every host that has beaten: its info and its heartbeat's age.
 pub fn known_hosts(tx: &Tx<'_>) -> Result<Vec<(Value, Option<f64>)>> {
-    let rows = tx.query_map(
-        "SELECT host, info, CAST(extract(epoch FROM clock_timestamp() - beat) AS float8) \
-         FROM hosts ORDER BY host",
-        [],
-        |r| {
+    let rows = tx
+        .op(op::KNOWN_HOSTS)
+        .query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, f64>(2)?,
             ))
-        },
-    )?;
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows
         .into_iter()
         .map(|(host, info, age)| {
@@ -138,34 +128,29 @@ pub fn journal_append(tx: &Tx<'_>, feeder: &str, lines: &[String]) -> Result<()>
         return Ok(());
     }
     // One line per element (tokens and JSON hold no newline).
-    tx.execute(
-        "INSERT INTO starts (feeder, line) SELECT ?, unnest(string_to_array(?, chr(10)))",
-        [feeder.to_string(), lines.join("\n")],
-    )?;
+    tx.op(op::JOURNAL_APPEND)
+        .execute([feeder.to_string(), lines.join("\n")])?;
     Ok(())
 }
 
 /// A feeder's journal as its rows say.
 pub fn journal_read(tx: &Tx<'_>, feeder: &str) -> Result<Journal> {
-    let lines = tx.query_map("SELECT line FROM starts WHERE feeder = ?", [feeder], |r| {
-        r.get::<_, String>(0)
-    })?;
+    let lines = tx
+        .op(op::JOURNAL_READ)
+        .query_map([feeder], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(Journal::from_lines(lines.iter().map(String::as_str)))
 }
 
 /// Forget a feeder's journal (its claims are all settled).
 pub fn journal_remove(tx: &Tx<'_>, feeder: &str) -> Result<()> {
-    tx.execute("DELETE FROM starts WHERE feeder = ?", [feeder])?;
+    tx.op(op::JOURNAL_REMOVE).execute([feeder])?;
     Ok(())
 }
 
 /// Journals a day old whose feeder holds no running job prove nothing anyone needs.
 pub fn reap_old_journals(tx: &Tx<'_>) -> Result<usize> {
-    tx.execute(
-        "DELETE FROM starts WHERE written < clock_timestamp() - CAST('1 day' AS interval) \
-         AND feeder NOT IN (SELECT feeder FROM jobs WHERE state = 'running' AND feeder IS NOT NULL)",
-        [],
-    )
+    tx.op(op::REAP_OLD_JOURNALS).execute([])
 }
 
 /// Store bytes as a job's stream, in chunks numbered from `first_seq`.
@@ -177,9 +162,7 @@ pub fn put_chunks(
     first_seq: i64,
     bytes: &[u8],
 ) -> Result<i64> {
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO job_files (jid, stream, claim, seq, bytes) VALUES (?, ?, ?, ?, ?)",
-    )?;
+    let mut stmt = tx.op(op::PUT_CHUNK);
     let mut seq = first_seq;
     // An empty file is one empty chunk: there, with nothing in it.
     let empty: &[u8] = &[];
@@ -206,10 +189,8 @@ pub fn put_file(
     path: &std::path::Path,
 ) -> Result<()> {
     use std::io::Read;
-    tx.execute(
-        "DELETE FROM job_files WHERE jid = ? AND stream = ? AND claim = ?",
-        rusqlite::params![jid, stream, claim],
-    )?;
+    tx.op(op::DROP_STREAM)
+        .execute(rusqlite::params![jid, stream, claim])?;
     let context = || format!("cannot read {}", path.display());
     let mut file = std::fs::File::open(path).map_err(|e| Error::Io {
         context: context(),
@@ -249,14 +230,11 @@ pub fn read_stream(
     sink: &mut dyn FnMut(&[u8]) -> Result<()>,
 ) -> Result<bool> {
     // A chunk at a time: a stream can be as large as a job's data (1 GiB).
-    let seqs: Vec<i64> = tx.query_map(
-        &format!("SELECT seq FROM job_files WHERE {VISIBLE} ORDER BY seq"),
-        rusqlite::params![jid, stream],
-        |r| r.get(0),
-    )?;
-    let mut one = tx.prepare_cached(&format!(
-        "SELECT bytes FROM job_files WHERE {VISIBLE} AND seq = ?"
-    ))?;
+    let seqs: Vec<i64> = tx
+        .op(op::VISIBLE_CHUNKS)
+        .query_map(rusqlite::params![jid, stream], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut one = tx.op(op::VISIBLE_CHUNK);
     for seq in &seqs {
         let mut rows = one.query(rusqlite::params![jid, stream, seq])?;
         if let Some(row) = rows.next()? {
@@ -266,20 +244,13 @@ pub fn read_stream(
     Ok(!seqs.is_empty())
 }
 
-/// Which of a job's chunks of a stream readers see: stored input, or for output, the
-/// current run's while the job runs (nothing until it uploads some), else the last run's.
-const VISIBLE: &str = "jid = ? AND stream = ? \
-     AND (stream IN ('stdin', 'data', 'data.tar') AND claim = '' \
-          OR stream IN ('stdout', 'stderr') AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.jid = job_files.jid AND j.claim IS NOT NULL) \
-          OR stream IN ('stdout', 'stderr') AND claim = (SELECT j.claim FROM jobs j WHERE j.jid = job_files.jid))";
-
 /// The size of a job's stream, None when nothing is stored.
 pub fn stream_size(tx: &Tx<'_>, jid: i64, stream: &str) -> Result<Option<u64>> {
-    let sql =
-        format!("SELECT count(*), coalesce(sum(length(bytes)), 0) FROM job_files WHERE {VISIBLE}");
-    let (chunks, size): (i64, i64) = tx.query_row(&sql, rusqlite::params![jid, stream], |r| {
-        Ok((r.get(0)?, r.get(1)?))
-    })?;
+    let (chunks, size): (i64, i64) = tx
+        .op(op::STREAM_SIZE)
+        .query_row(rusqlite::params![jid, stream], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
     Ok((chunks > 0).then_some(size as u64))
 }
 
@@ -292,21 +263,18 @@ pub fn read_range(
     offset: u64,
     limit: u64,
 ) -> Result<Option<Vec<u8>>> {
-    let sql = format!(
-        "SELECT seq, CAST(sum(length(bytes)) OVER (ORDER BY seq) - length(bytes) AS bigint) \
-         FROM job_files WHERE {VISIBLE} ORDER BY seq"
-    );
-    let starts: Vec<(i64, i64)> = tx.query_map(&sql, rusqlite::params![jid, stream], |r| {
-        Ok((r.get(0)?, r.get(1)?))
-    })?;
+    let starts: Vec<(i64, i64)> = tx
+        .op(op::CHUNK_STARTS)
+        .query_map(rusqlite::params![jid, stream], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
     if starts.is_empty() {
         return Ok(None);
     }
     let end = offset.saturating_add(limit);
     let mut out = Vec::new();
-    let mut read = tx.prepare_cached(&format!(
-        "SELECT bytes FROM job_files WHERE {VISIBLE} AND seq = ?"
-    ))?;
+    let mut read = tx.op(op::VISIBLE_CHUNK);
     for (i, (seq, start)) in starts.iter().enumerate() {
         let start = *start as u64;
         let next = starts.get(i + 1).map_or(u64::MAX, |(_, s)| *s as u64);
@@ -334,11 +302,8 @@ pub fn upload_output(
     streams: &[(&str, i64, &[u8])],
 ) -> Result<bool> {
     let ours = tx
-        .query_map(
-            "SELECT 1 FROM jobs WHERE jid = ? AND claim = ? FOR SHARE",
-            rusqlite::params![jid, claim],
-            |r| r.get::<_, i64>(0),
-        )?
+        .op(op::HOLD_IF_OURS)
+        .query_map(rusqlite::params![jid, claim], |r| r.get::<_, i64>(0))?
         .len()
         == 1;
     if !ours {
@@ -346,10 +311,8 @@ pub fn upload_output(
     }
     for (stream, first_seq, bytes) in streams {
         if *first_seq == 0 {
-            tx.execute(
-                "DELETE FROM job_files WHERE jid = ? AND stream = ? AND claim <> ?",
-                rusqlite::params![jid, stream, claim],
-            )?;
+            tx.op(op::DROP_EARLIER_RUNS)
+                .execute(rusqlite::params![jid, stream, claim])?;
         }
         put_chunks(tx, jid, stream, claim, *first_seq, bytes)?;
     }
@@ -360,29 +323,20 @@ pub fn upload_output(
 /// committed, stored over ten minutes ago (a submit stores them before it inserts the
 /// rows naming them, an update before it points the job at them): removed.
 pub fn reap_orphans(tx: &Tx<'_>) -> Result<usize> {
-    tx.execute(
-        "DELETE FROM job_files f WHERE written < clock_timestamp() - CAST('10 minutes' AS interval) \
-         AND (NOT EXISTS (SELECT 1 FROM jobs j WHERE j.jid = f.jid) \
-              OR (stream IN ('stdin', 'data', 'data.tar') AND claim <> ''))",
-        [],
-    )
+    tx.op(op::REAP_ORPHANS).execute([])
 }
 
 /// Inside an update's transaction: the inputs it staged under `staged` (before the
 /// transaction, without the queue's lock) replace the job's stdin and/or data.
 pub fn promote_inputs(tx: &Tx<'_>, jid: i64, staged: &str, stdin: bool, data: bool) -> Result<()> {
-    for (set, streams) in [(stdin, "('stdin')"), (data, "('data', 'data.tar')")] {
+    for (set, streams) in [(stdin, r#"["stdin"]"#), (data, r#"["data", "data.tar"]"#)] {
         if !set {
             continue;
         }
-        tx.execute(
-            &format!("DELETE FROM job_files WHERE jid = ? AND claim = '' AND stream IN {streams}"),
-            [jid],
-        )?;
-        tx.execute(
-            &format!("UPDATE job_files SET claim = '' WHERE jid = ? AND claim = ? AND stream IN {streams}"),
-            rusqlite::params![jid, staged],
-        )?;
+        tx.op(op::DROP_INPUTS)
+            .execute(rusqlite::params![jid, streams])?;
+        tx.op(op::PROMOTE_STAGED)
+            .execute(rusqlite::params![jid, staged, streams])?;
     }
     Ok(())
 }
@@ -390,14 +344,12 @@ pub fn promote_inputs(tx: &Tx<'_>, jid: i64, staged: &str, stdin: bool, data: bo
 /// Inputs staged under `staged` that no job took (an update that failed, or whose jobs
 /// left the editable states meanwhile).
 pub fn drop_staged(tx: &Tx<'_>, staged: &str) -> Result<usize> {
-    tx.execute("DELETE FROM job_files WHERE claim = ?", [staged])
+    tx.op(op::DROP_STAGED).execute([staged])
 }
 
 /// Remove the stored files of jobs `first..first + count` (a submit that failed).
 pub fn remove_files(tx: &Tx<'_>, first: i64, count: usize) -> Result<()> {
-    tx.execute(
-        "DELETE FROM job_files WHERE jid >= ? AND jid < ?",
-        rusqlite::params![first, first + count as i64],
-    )?;
+    tx.op(op::REMOVE_FILES)
+        .execute(rusqlite::params![first, first + count as i64])?;
     Ok(())
 }

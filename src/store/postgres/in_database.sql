@@ -1,0 +1,107 @@
+-- What a PostgreSQL queue without a job-file directory keeps in its database instead of
+-- files (see `store::in_database`): heartbeats stamped with the server's clock, feeders'
+-- start journals, and job files in chunks. PostgreSQL only: a SQLite queue keeps them as
+-- files beside its database.
+-- A job's chunks readers see ("visible"): stored input, or for output, the current run's
+-- while the job runs (nothing until it uploads some), else the last run's.
+
+-- name: beat_with_info
+INSERT INTO hosts (host, beat, info) VALUES ($1, clock_timestamp(), $2)
+ON CONFLICT (host) DO UPDATE SET beat = excluded.beat, info = excluded.info
+RETURNING CAST(extract(epoch FROM beat) AS float8);
+
+-- name: beat
+INSERT INTO hosts (host, beat, info) VALUES ($1, clock_timestamp(), $2)
+ON CONFLICT (host) DO UPDATE SET beat = excluded.beat
+RETURNING CAST(extract(epoch FROM beat) AS float8);
+
+-- name: server_now
+SELECT CAST(extract(epoch FROM clock_timestamp()) AS float8);
+
+-- name: heartbeat_age
+SELECT CAST(extract(epoch FROM clock_timestamp() - beat) AS float8) FROM hosts WHERE host = $1;
+
+-- name: known_hosts
+SELECT host, info, CAST(extract(epoch FROM clock_timestamp() - beat) AS float8)
+  FROM hosts ORDER BY host;
+
+-- name: journal_append
+-- $2: the lines, one per line (tokens and JSON hold no newline).
+INSERT INTO starts (feeder, line) SELECT $1, unnest(string_to_array(CAST($2 AS text), chr(10)));
+
+-- name: journal_read
+SELECT line FROM starts WHERE feeder = $1;
+
+-- name: journal_remove
+DELETE FROM starts WHERE feeder = $1;
+
+-- name: reap_old_journals
+DELETE FROM starts WHERE written < clock_timestamp() - CAST('1 day' AS interval)
+   AND feeder NOT IN (SELECT feeder FROM jobs WHERE state = 'running' AND feeder IS NOT NULL);
+
+-- name: put_chunk
+INSERT INTO job_files (jid, stream, claim, seq, bytes) VALUES ($1, $2, $3, $4, $5);
+
+-- name: drop_stream
+DELETE FROM job_files WHERE jid = $1 AND stream = $2 AND claim = $3;
+
+-- name: visible_chunks
+SELECT seq FROM job_files
+ WHERE jid = $1 AND stream = $2
+   AND (stream IN ('stdin', 'data', 'data.tar') AND claim = ''
+        OR stream IN ('stdout', 'stderr') AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.jid = job_files.jid AND j.claim IS NOT NULL)
+        OR stream IN ('stdout', 'stderr') AND claim = (SELECT j.claim FROM jobs j WHERE j.jid = job_files.jid))
+ ORDER BY seq;
+
+-- name: visible_chunk
+SELECT bytes FROM job_files
+ WHERE jid = $1 AND stream = $2
+   AND (stream IN ('stdin', 'data', 'data.tar') AND claim = ''
+        OR stream IN ('stdout', 'stderr') AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.jid = job_files.jid AND j.claim IS NOT NULL)
+        OR stream IN ('stdout', 'stderr') AND claim = (SELECT j.claim FROM jobs j WHERE j.jid = job_files.jid))
+   AND seq = $3;
+
+-- name: stream_size
+SELECT count(*), coalesce(sum(length(bytes)), 0) FROM job_files
+ WHERE jid = $1 AND stream = $2
+   AND (stream IN ('stdin', 'data', 'data.tar') AND claim = ''
+        OR stream IN ('stdout', 'stderr') AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.jid = job_files.jid AND j.claim IS NOT NULL)
+        OR stream IN ('stdout', 'stderr') AND claim = (SELECT j.claim FROM jobs j WHERE j.jid = job_files.jid));
+
+-- name: chunk_starts
+-- Each visible chunk and the byte it starts at.
+SELECT seq, CAST(sum(length(bytes)) OVER (ORDER BY seq) - length(bytes) AS bigint) FROM job_files
+ WHERE jid = $1 AND stream = $2
+   AND (stream IN ('stdin', 'data', 'data.tar') AND claim = ''
+        OR stream IN ('stdout', 'stderr') AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.jid = job_files.jid AND j.claim IS NOT NULL)
+        OR stream IN ('stdout', 'stderr') AND claim = (SELECT j.claim FROM jobs j WHERE j.jid = job_files.jid))
+ ORDER BY seq;
+
+-- name: hold_if_ours
+-- The job's row, held until commit while the claim is ours: a takeover waits for the
+-- upload, or the upload sees it.
+SELECT 1 FROM jobs WHERE jid = $1 AND claim = $2 FOR SHARE;
+
+-- name: drop_earlier_runs
+DELETE FROM job_files WHERE jid = $1 AND stream = $2 AND claim <> $3;
+
+-- name: reap_orphans
+DELETE FROM job_files f WHERE written < clock_timestamp() - CAST('10 minutes' AS interval)
+   AND (NOT EXISTS (SELECT 1 FROM jobs j WHERE j.jid = f.jid)
+        OR (stream IN ('stdin', 'data', 'data.tar') AND claim <> ''));
+
+-- name: drop_inputs
+-- $2: the streams (a JSON list).
+DELETE FROM job_files WHERE jid = $1 AND claim = ''
+   AND stream IN (SELECT jsonb_array_elements_text(CAST($2 AS jsonb)));
+
+-- name: promote_staged
+-- $3: the streams (a JSON list).
+UPDATE job_files SET claim = '' WHERE jid = $1 AND claim = $2
+   AND stream IN (SELECT jsonb_array_elements_text(CAST($3 AS jsonb)));
+
+-- name: drop_staged
+DELETE FROM job_files WHERE claim = $1;
+
+-- name: remove_files
+DELETE FROM job_files WHERE jid >= $1 AND jid < $2;
