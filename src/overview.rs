@@ -11,6 +11,7 @@ use crate::job::{Cell, Row, State};
 use crate::liveness;
 use crate::queue::{self, Queue};
 use crate::store::Tx;
+use crate::store::ops::status as op;
 use crate::time;
 
 /// Minutes of history behind the jobs-per-minute rate.
@@ -88,8 +89,7 @@ pub fn summary(tx: &Tx<'_>, now: Timestamp) -> Result<Summary> {
 pub fn summary_with(tx: &Tx<'_>, now: Timestamp, rates: bool) -> Result<Summary> {
     let mut s = Summary::default();
     // Kept in step by triggers: no scan, however many jobs there are.
-    let mut stmt =
-        tx.prepare_cached("SELECT state, n, elapsed_n, elapsed_sum, ok FROM job_counts")?;
+    let mut stmt = tx.op(op::COUNTS);
     let mut rows = stmt.query([])?;
     let mut raw = std::collections::HashMap::new();
     while let Some(r) = rows.next()? {
@@ -132,10 +132,7 @@ fn ended_counts(tx: &Tx<'_>, now: Timestamp, s: &mut Summary) -> Result<()> {
         time::format(Timestamp::from_second(start.as_second()).unwrap_or(start))
     };
     let since = minute_start(RATE_MINUTES as i64 - 1);
-    let mut stmt = tx.prepare_cached(
-        "SELECT substr(finished, 1, 16), count(*) FROM jobs INDEXED BY jobs_ended_at \
-         WHERE state IN ('finished', 'dead') AND finished >= ? GROUP BY 1",
-    )?;
+    let mut stmt = tx.op(op::ENDED_PER_MINUTE);
     let per_minute: Vec<(String, i64)> = stmt
         .query_map([&since], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
@@ -149,8 +146,7 @@ fn ended_counts(tx: &Tx<'_>, now: Timestamp, s: &mut Summary) -> Result<()> {
                 .sum(),
         );
     }
-    s.ended_last_hour = tx.query_row(
-        "SELECT count(*) FROM jobs INDEXED BY jobs_ended_at WHERE state IN ('finished', 'dead') AND finished > ?",
+    s.ended_last_hour = tx.op(op::ENDED_SINCE).query_row(
         [time::format(now - jiff::SignedDuration::from_hours(1))],
         |r| r.get(0),
     )?;
@@ -167,16 +163,12 @@ fn oldest_and_flags(tx: &Tx<'_>, now: Timestamp, s: &mut Summary) -> Result<()> 
         }
     }
 
-    let mut stmt = tx.prepare_cached(
-        "SELECT coalesce(runner, '?'), count(*) FROM jobs WHERE state = 'running' GROUP BY 1 ORDER BY 1",
-    )?;
+    let mut stmt = tx.op(op::RUNNING_PER_HOST);
     s.running_per_host = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
 
-    let mut stmt = tx.prepare_cached(
-        "SELECT key, value FROM attributes WHERE key = 'paused' OR (key > 'drain.' AND key < 'drain/') ORDER BY key",
-    )?;
+    let mut stmt = tx.op(op::HELD_BACK);
     let flags: Vec<(String, String)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
@@ -271,9 +263,7 @@ pub struct FeederFacts {
 
 pub fn feeder_facts(tx: &Tx<'_>) -> Result<FeederFacts> {
     // The lease is judged with the other liveness settings (it must span two heartbeats).
-    let mut stmt = tx.prepare_cached(
-        "SELECT key, value FROM attributes WHERE key IN ('heartbeat', 'lease', 'max_attempts')",
-    )?;
+    let mut stmt = tx.op(op::LIVENESS_SETTINGS);
     let liveness: Vec<(String, String)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
@@ -283,15 +273,11 @@ pub fn feeder_facts(tx: &Tx<'_>) -> Result<FeederFacts> {
             .find(|(key, _)| key == k)
             .map(|(_, v)| v.clone())
     });
-    let mut stmt = tx.prepare_cached(
-        "SELECT coalesce(runner, ''), count(*) FROM jobs WHERE state = 'running' GROUP BY 1",
-    )?;
+    let mut stmt = tx.op(op::RUNNING_PER_HOST);
     let running = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let mut stmt = tx.prepare_cached(
-        "SELECT key, value FROM attributes WHERE key = 'paused' OR (key > 'drain.' AND key < 'drain/')",
-    )?;
+    let mut stmt = tx.op(op::HELD_BACK);
     let flags = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;

@@ -2,6 +2,7 @@
 //! waiting jobs from the claim index, and why jobs cannot run.
 
 use super::*;
+use crate::store::ops::status as op;
 
 /// Where a set of jobs stands (`rq wait`).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -42,9 +43,9 @@ pub(super) fn field_names() -> Vec<String> {
 /// A job named in `status`'s temporal report: its jid and the value shown for it.
 pub(crate) type Named = Option<(i64, SqlValue)>;
 
-/// The first row of a two-column query (jid, value), if any.
-pub(super) fn first_row(tx: &Tx<'_>, sql: &str) -> Result<Named> {
-    let mut stmt = tx.prepare_cached(sql)?;
+/// The first row of a two-column operation (jid, value), if any.
+pub(super) fn first_row(tx: &Tx<'_>, which: crate::store::ops::Op) -> Result<Named> {
+    let mut stmt = tx.op(which);
     let mut rows = stmt.query([])?;
     match rows.next()? {
         Some(r) => Ok(Some((r.get(0)?, r.get(1)?))),
@@ -60,12 +61,8 @@ pub(crate) fn waiting_ends(tx: &Tx<'_>, state: State) -> Result<(Named, Named)> 
     const MAX_PRIORITIES: usize = 64;
     let state = state.as_str();
     // Two statements: `(?2 IS NULL OR priority < ?2)` would cost the index range.
-    let mut highest = tx.prepare_cached(
-        "SELECT priority FROM jobs WHERE state = ?1 ORDER BY priority DESC LIMIT 1",
-    )?;
-    let mut next_below = tx.prepare_cached(
-        "SELECT priority FROM jobs WHERE state = ?1 AND priority < ?2 ORDER BY priority DESC LIMIT 1",
-    )?;
+    let mut highest = tx.op(op::HIGHEST_PRIORITY);
+    let mut next_below = tx.op(op::NEXT_PRIORITY_BELOW);
     let mut priorities: Vec<i64> = Vec::new();
     while priorities.len() <= MAX_PRIORITIES {
         let found = match priorities.last() {
@@ -78,37 +75,29 @@ pub(crate) fn waiting_ends(tx: &Tx<'_>, state: State) -> Result<(Named, Named)> 
             Err(e) => return Err(e),
         }
     }
-    let end = |sql: &str, priority: Option<i64>| -> Result<Option<(String, i64)>> {
-        let mut stmt = tx.prepare_cached(sql)?;
-        let mut rows = stmt.query(rusqlite::params![state, priority])?;
-        Ok(match rows.next()? {
-            Some(r) => Some((r.get(1)?, r.get(0)?)),
-            None => None,
-        })
-    };
+    let end =
+        |which: crate::store::ops::Op, priority: Option<i64>| -> Result<Option<(String, i64)>> {
+            let mut stmt = tx.op(which);
+            let mut rows = match priority {
+                Some(p) => stmt.query(rusqlite::params![state, p])?,
+                None => stmt.query([state])?,
+            };
+            Ok(match rows.next()? {
+                Some(r) => Some((r.get(1)?, r.get(0)?)),
+                None => None,
+            })
+        };
     let (newest, oldest) = if priorities.len() > MAX_PRIORITIES {
         (
-            end(
-                "SELECT jid, submitted FROM jobs WHERE state = ?1 AND ?2 IS NULL ORDER BY submitted DESC, jid DESC LIMIT 1",
-                None,
-            )?,
-            end(
-                "SELECT jid, submitted FROM jobs WHERE state = ?1 AND ?2 IS NULL ORDER BY submitted, jid LIMIT 1",
-                None,
-            )?,
+            end(op::NEWEST_IN_STATE, None)?,
+            end(op::OLDEST_IN_STATE, None)?,
         )
     } else {
         let mut newest: Option<(String, i64)> = None;
         let mut oldest: Option<(String, i64)> = None;
         for priority in priorities {
-            let last = end(
-                "SELECT jid, submitted FROM jobs WHERE state = ?1 AND priority = ?2 ORDER BY submitted DESC, jid DESC LIMIT 1",
-                Some(priority),
-            )?;
-            let first = end(
-                "SELECT jid, submitted FROM jobs WHERE state = ?1 AND priority = ?2 ORDER BY submitted, jid LIMIT 1",
-                Some(priority),
-            )?;
+            let last = end(op::NEWEST_AT_PRIORITY, Some(priority))?;
+            let first = end(op::OLDEST_AT_PRIORITY, Some(priority))?;
             newest = newest.max(last);
             oldest = match (oldest, first) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -128,10 +117,7 @@ impl Queue {
         let total = jids.len();
         self.store.read(|tx| {
             let mut p = Progress::default();
-            let mut stmt = tx.prepare_cached(
-                "SELECT state, count(*), count(*) FILTER (WHERE exit_status IS NOT 0) FROM jobs \
-                 WHERE jid IN (SELECT value FROM json_each(?)) GROUP BY state",
-            )?;
+            let mut stmt = tx.op(op::PROGRESS);
             let mut rows = stmt.query([&json])?;
             let mut seen = 0usize;
             while let Some(r) = rows.next()? {
@@ -194,10 +180,7 @@ impl Queue {
     /// The jids of the jobs of these arrays (in `state`, when given).
     pub fn array_jids(&mut self, arrays: &[i64], state: Option<&str>) -> Result<Vec<i64>> {
         self.store.read(|tx| {
-            let mut stmt = tx.prepare_cached(
-                "SELECT jid FROM jobs WHERE array_id IN (SELECT value FROM json_each(?1)) \
-                 AND (?2 IS NULL OR state = ?2) ORDER BY jid",
-            )?;
+            let mut stmt = tx.op(op::ARRAY_JOBS);
             let jids = stmt
                 .query_map(
                     rusqlite::params![serde_json::to_string(arrays).unwrap_or_default(), state],
@@ -212,17 +195,10 @@ impl Queue {
     /// more CPUs, memory or GPUs than any has. How many, and the first few with why.
     /// Costs one index probe when no job needs more than one CPU.
     pub fn unfit(&mut self, jids: Option<&[i64]>) -> Result<(i64, Vec<(i64, String)>)> {
-        let needy = "FROM jobs INDEXED BY jobs_needs WHERE (cpus > 1 OR gpus > 0 OR mem > 0) \
-                     AND state IN ('pending', 'waiting') \
-                     AND (?1 IS NULL OR jid IN (SELECT value FROM json_each(?1)))";
         let filter = jids.map(|j| serde_json::to_string(j).unwrap_or_default());
-        let any: bool = self.store.read(|tx| {
-            tx.query_row(
-                &format!("SELECT EXISTS (SELECT 1 {needy})"),
-                [&filter],
-                |r| r.get(0),
-            )
-        })?;
+        let any: bool = self
+            .store
+            .read(|tx| tx.op(op::ANY_NEEDY).query_row([&filter], |r| r.get(0)))?;
         if !any {
             return Ok((0, Vec::new()));
         }
@@ -232,9 +208,7 @@ impl Queue {
             return Ok((0, Vec::new()));
         };
         self.store.read(|tx| {
-            let mut stmt = tx.prepare(&format!(
-                "SELECT jid, cpus, mem, gpus {needy} AND (cpus > ?2 OR mem > ?3 OR gpus > ?4) ORDER BY jid"
-            ))?;
+            let mut stmt = tx.op(op::NEEDY_BEYOND);
             let mut rows = stmt.query(rusqlite::params![
                 filter,
                 largest.cpus,
@@ -277,7 +251,7 @@ impl Queue {
             // Counts and run-time sums come from `job_counts`, which triggers keep in step
             // with every change: no scan, however many jobs there are.
             let mut counts = std::collections::HashMap::new();
-            let mut stmt = tx.prepare_cached("SELECT state, n, elapsed_n, elapsed_sum, ok FROM job_counts")?;
+            let mut stmt = tx.op(op::COUNTS);
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
                 let state: String = r.get(0)?;
@@ -303,19 +277,17 @@ impl Queue {
                     State::Pending | State::Holding | State::Waiting => waiting_ends(tx, state)?,
                     State::Cancelled => (None, None),
                     State::Running => (
-                        first_row(tx, "SELECT jid, started FROM jobs WHERE state = 'running' AND started IS NOT NULL ORDER BY started DESC LIMIT 1")?,
-                        first_row(tx, "SELECT jid, started FROM jobs WHERE state = 'running' AND started IS NOT NULL ORDER BY started ASC LIMIT 1")?,
+                        first_row(tx, op::LATEST_STARTED)?,
+                        first_row(tx, op::EARLIEST_STARTED)?,
                     ),
                     // The partial index's ends.
                     State::Finished => (
-                        first_row(tx, "SELECT jid, elapsed FROM jobs INDEXED BY jobs_finished_elapsed WHERE state = 'finished' \
-                             AND elapsed IS NOT NULL ORDER BY elapsed ASC LIMIT 1")?,
-                        first_row(tx, "SELECT jid, elapsed FROM jobs INDEXED BY jobs_finished_elapsed WHERE state = 'finished' \
-                             AND elapsed IS NOT NULL ORDER BY elapsed DESC LIMIT 1")?,
+                        first_row(tx, op::SHORTEST_FINISHED)?,
+                        first_row(tx, op::LONGEST_FINISHED)?,
                     ),
                     State::Dead => (
-                        first_row(tx, "SELECT jid, elapsed FROM jobs WHERE state = 'dead' AND elapsed IS NOT NULL ORDER BY elapsed ASC LIMIT 1")?,
-                        first_row(tx, "SELECT jid, elapsed FROM jobs WHERE state = 'dead' AND elapsed IS NOT NULL ORDER BY elapsed DESC LIMIT 1")?,
+                        first_row(tx, op::SHORTEST_DEAD)?,
+                        first_row(tx, op::LONGEST_DEAD)?,
                     ),
                 };
                 let seconds = |found: Option<(i64, SqlValue)>| -> Option<(i64, f64)> {
@@ -341,11 +313,7 @@ impl Queue {
             let finished_failures = count(State::Finished).0 - successes;
             let mut recent = Map::new();
             for (hours, since) in &hour_marks {
-                let n: i64 = tx.query_row(
-                    "SELECT count(*) FROM jobs INDEXED BY jobs_ended_at WHERE state IN ('finished', 'dead') AND finished > ?",
-                    [since],
-                    |r| r.get(0),
-                )?;
+                let n: i64 = tx.op(op::ENDED_SINCE).query_row([since], |r| r.get(0))?;
                 recent.insert(hours.to_string(), json!(n));
             }
             let dead = jobs.get("dead").and_then(Value::as_i64).unwrap_or(0);
@@ -354,8 +322,7 @@ impl Queue {
             exit.insert("successes".into(), json!(successes));
             exit.insert("failures".into(), json!(failures));
             for (name, codes) in exit_codes {
-                let n: i64 = tx.query_row(
-                    "SELECT count(*) FROM jobs INDEXED BY jobs_finished_elapsed WHERE state = 'finished' AND exit_status IN (SELECT value FROM json_each(?))",
+                let n: i64 = tx.op(op::FINISHED_WITH_CODES).query_row(
                     [serde_json::to_string(codes).unwrap_or_default()],
                     |r| r.get(0),
                 )?;
@@ -363,13 +330,11 @@ impl Queue {
             }
 
             let mut runners = Map::new();
-            let mut stmt = tx.prepare(
-                "SELECT runner, count(*) FROM jobs WHERE state = 'running' GROUP BY runner ORDER BY runner",
-            )?;
+            let mut stmt = tx.op(op::RUNNING_PER_HOST);
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
-                let host: Option<String> = r.get(0)?;
-                runners.insert(host.unwrap_or_else(|| "?".into()), json!(r.get::<_, i64>(1)?));
+                let host: String = r.get(0)?;
+                runners.insert(host, json!(r.get::<_, i64>(1)?));
             }
 
             let mut report = Map::new();
@@ -385,9 +350,7 @@ impl Queue {
             report.insert("exit_status".into(), Value::Object(exit));
             report.insert("running_per_host".into(), Value::Object(runners));
             // Feeders held back: the whole queue, or some hosts.
-            let mut stmt = tx.prepare_cached(
-                "SELECT key, value FROM attributes WHERE key = 'paused' OR (key > 'drain.' AND key < 'drain/') ORDER BY key",
-            )?;
+            let mut stmt = tx.op(op::HELD_BACK);
             let mut rows = stmt.query([])?;
             let mut drained = Map::new();
             while let Some(r) = rows.next()? {
@@ -407,11 +370,8 @@ impl Queue {
             }
             // The queue's lock was taken back from a host that died holding it (NFSv3).
             let recovered: Option<String> = tx
-                .query_row(
-                    "SELECT value FROM meta WHERE key = 'lock_recovered'",
-                    [],
-                    |r| r.get(0),
-                )
+                .op(op::LOCK_RECOVERED)
+                .query_row([], |r| r.get(0))
                 .optional()?;
             if let Some(text) = recovered {
                 let value = serde_json::from_str(&text).unwrap_or(Value::String(text));

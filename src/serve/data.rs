@@ -80,10 +80,7 @@ impl MinuteCounts {
         };
         self.open = Some(now_minute);
         self.minutes.retain(|m, _| *m < from);
-        let mut stmt = tx.prepare_cached(
-            "SELECT substr(finished, 1, 16), coalesce(runner, '?'), count(*) FROM jobs INDEXED BY jobs_ended_at \
-             WHERE state IN ('finished', 'dead') AND finished >= ? GROUP BY 1, 2",
-        )?;
+        let mut stmt = tx.op(crate::store::ops::status::ENDED_PER_MINUTE_AND_HOST);
         let mut rows = stmt.query([format!("{from}:00")])?;
         while let Some(r) = rows.next()? {
             let m: String = r.get(0)?;
@@ -144,15 +141,18 @@ pub fn read(q: &mut Queue, counts: &mut MinuteCounts) -> Result<Snapshot> {
     let (mut view, facts, bars) = q.store().read(|tx| {
         let view = overview::jobs_in(tx, overview::summary_with(tx, now, false)?, false)?;
         counts.refresh(tx, now)?;
-        let mut stmt = tx.prepare_cached(
-            "SELECT jid, coalesce(runner, '?'), started, finished, state, exit_status, signal FROM jobs \
-             WHERE jid IN (SELECT jid FROM jobs INDEXED BY jobs_ended_at WHERE state IN ('finished', 'dead') \
-               AND finished >= ?1 ORDER BY finished DESC LIMIT ?2) \
-             OR (state = 'running' AND started IS NOT NULL)",
-        )?;
+        let mut stmt = tx.op(crate::store::ops::status::TIMELINE);
         let bars: Vec<RawBar> = stmt
             .query_map(rusqlite::params![since, TIMELINE_JOBS], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
             })?
             .collect::<rusqlite::Result<_>>()?;
         Ok((view, overview::feeder_facts(tx)?, bars))
@@ -350,9 +350,8 @@ pub fn jobs_page(q: &mut Queue, f: &JobFilter) -> Result<Vec<Row>> {
         // finds a page long before it would have sorted them all.
         let many: i64 = q.store().read(|tx| {
             Ok(tx
-                .query_row("SELECT n FROM job_counts WHERE state = ?", [&state], |r| {
-                    r.get(0)
-                })
+                .op(crate::store::ops::status::COUNT_IN_STATE)
+                .query_row([&state], |r| r.get(0))
                 .unwrap_or(0))
         })?;
         clauses.push(
