@@ -231,12 +231,9 @@ impl Queue {
             let mut store = PgStore::open(&location, access)?;
             let files = store
                 .read(|tx| {
-                    tx.query_row(
-                        "SELECT value FROM attributes WHERE key = 'files'",
-                        [],
-                        |r| r.get::<_, String>(0),
-                    )
-                    .optional()
+                    tx.op(crate::store::ops::attributes::GET)
+                        .query_row(["files"], |r| r.get::<_, String>(0))
+                        .optional()
                 })?
                 .map(PathBuf::from)
                 .unwrap_or_default();
@@ -351,25 +348,15 @@ impl Queue {
         }
     }
 
-    /// The space the queue's database takes: its file, or its PostgreSQL tables and
-    /// indexes (0 when it cannot be read).
+    /// The space the queue's database takes: its file's pages, or its PostgreSQL tables
+    /// and indexes (0 when it cannot be read).
     pub fn size_bytes(&mut self) -> u64 {
-        match &mut self.store {
-            Store::Sqlite(_) => {
-                std::fs::symlink_metadata(self.dir.join("db")).map_or(0, |m| m.len())
-            }
-            Store::Postgres(pg) => pg
-                .read(|tx| {
-                    tx.query_row(
-                        "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c \
-                         JOIN pg_namespace n ON n.oid = c.relnamespace \
-                         WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm')",
-                        [],
-                        |r| r.get::<_, i64>(0),
-                    )
-                })
-                .map_or(0, |n| n.max(0) as u64),
-        }
+        self.store
+            .read(|tx| {
+                tx.op(crate::store::ops::status::SIZE_BYTES)
+                    .query_row([], |r| r.get::<_, i64>(0))
+            })
+            .map_or(0, |n| n.max(0) as u64)
     }
 
     pub fn store(&mut self) -> &mut Store {

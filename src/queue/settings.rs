@@ -1,13 +1,14 @@
 //! `configure`, the flags that hold feeders back (`pause`, `drain`) and single settings.
 
 use super::*;
+use crate::store::ops::attributes as op;
 
 impl Queue {
     /// Set queue-wide settings (`key=value`; an empty value removes the key) and return
     /// them all.
     pub fn configure(&mut self, settings: &[(String, String)]) -> Result<Value> {
         let read_all = |tx: &Tx<'_>| -> Result<Value> {
-            let mut stmt = tx.prepare("SELECT key, value FROM attributes ORDER BY key")?;
+            let mut stmt = tx.op(op::ALL_SORTED);
             let mut map = Map::new();
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
@@ -40,12 +41,9 @@ impl Queue {
             .map_err(|e| Error::usage(format!("configure: {e}; nothing was changed")))?;
             for (key, value) in settings {
                 if value.is_empty() {
-                    tx.execute("DELETE FROM attributes WHERE key = ?", [key])?;
+                    tx.op(op::REMOVE).execute([key])?;
                 } else {
-                    tx.execute(
-                        "INSERT INTO attributes (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                        [key, value],
-                    )?;
+                    tx.op(op::SET).execute([key, value])?;
                 }
             }
             read_all(tx)
@@ -97,11 +95,8 @@ impl Queue {
     pub fn set_flag(&mut self, key: &str, value: Option<&str>) -> Result<bool> {
         let changed = self.store.write(|tx| {
             Ok(match value {
-                Some(v) => tx.execute(
-                    "INSERT INTO attributes (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
-                    [key, v],
-                )?,
-                None => tx.execute("DELETE FROM attributes WHERE key = ?", [key])?,
+                Some(v) => tx.op(op::SET_IF_ABSENT).execute([key, v])?,
+                None => tx.op(op::REMOVE).execute([key])?,
             })
         })?;
         if changed > 0 && value.is_none() {
@@ -113,12 +108,7 @@ impl Queue {
 
     /// One queue-wide setting.
     pub fn setting(&mut self, key: &str) -> Result<Option<String>> {
-        self.store.read(|tx| {
-            Ok(tx
-                .query_row("SELECT value FROM attributes WHERE key = ?", [key], |r| {
-                    r.get(0)
-                })
-                .ok())
-        })
+        self.store
+            .read(|tx| Ok(tx.op(op::GET).query_row([key], |r| r.get(0)).ok()))
     }
 }

@@ -264,6 +264,7 @@ pub mod status {
     pub const ANY_NEEDY: Op = Op("status.any_needy");
     pub const NEEDY_BEYOND: Op = Op("status.needy_beyond");
     pub const TIMELINE: Op = Op("status.timeline");
+    pub const SIZE_BYTES: Op = Op("status.size_bytes");
 
     pub const ALL: &[Op] = &[
         COUNTS,
@@ -293,6 +294,7 @@ pub mod status {
         ANY_NEEDY,
         NEEDY_BEYOND,
         TIMELINE,
+        SIZE_BYTES,
     ];
 }
 
@@ -356,8 +358,18 @@ pub mod attributes {
 
     /// Every attribute: key, value.
     pub const ALL: Op = Op("attributes.all");
+    /// Every attribute, by key.
+    pub const ALL_SORTED: Op = Op("attributes.all_sorted");
+    /// The value of `$1`.
+    pub const GET: Op = Op("attributes.get");
+    /// Set `$1` to `$2`.
+    pub const SET: Op = Op("attributes.set");
+    /// Set `$1` to `$2` unless it is set.
+    pub const SET_IF_ABSENT: Op = Op("attributes.set_if_absent");
+    /// Remove `$1`.
+    pub const REMOVE: Op = Op("attributes.remove");
 
-    pub const ALL_OPS: &[Op] = &[ALL];
+    pub const ALL_OPS: &[Op] = &[ALL, ALL_SORTED, GET, SET, SET_IF_ABSENT, REMOVE];
 }
 
 /// What differs between stores beyond their SQL, as numbers the protocol uses.

@@ -117,3 +117,9 @@ SELECT jid, coalesce(runner, '?'), started, finished, state, exit_status, signal
  WHERE jid IN (SELECT jid FROM jobs WHERE state IN ('finished', 'dead')
                 AND finished >= $1 ORDER BY finished DESC LIMIT $2)
     OR (state = 'running' AND started IS NOT NULL);
+
+-- name: size_bytes
+-- The queue's tables and indexes.
+SELECT CAST(coalesce(sum(pg_total_relation_size(c.oid)), 0) AS bigint) FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm');

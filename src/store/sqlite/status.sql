@@ -117,3 +117,7 @@ SELECT jid, coalesce(runner, '?'), started, finished, state, exit_status, signal
  WHERE jid IN (SELECT jid FROM jobs INDEXED BY jobs_ended_at WHERE state IN ('finished', 'dead')
                 AND finished >= ?1 ORDER BY finished DESC LIMIT ?2)
     OR (state = 'running' AND started IS NOT NULL);
+
+-- name: size_bytes
+-- The database's size (its file holds exactly these pages).
+SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size();
