@@ -400,10 +400,7 @@ fn stuck(q: &mut queue::Queue, jids: &[i64], p: &queue::Progress) -> Result<Vec<
     }
     let json = serde_json::to_string(jids).unwrap_or_default();
     let restricted: Vec<(i64, String)> = q.store().read(|tx| {
-        let mut stmt = tx.prepare_cached(
-            "SELECT jid, hosts FROM jobs WHERE jid IN (SELECT value FROM json_each(?)) \
-             AND state = 'pending' AND hosts IS NOT NULL ORDER BY jid",
-        )?;
+        let mut stmt = tx.op(crate::store::ops::jobs::RESTRICTED_PENDING);
         let rows = stmt
             .query_map([&json], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -438,11 +435,9 @@ fn report_failures(q: &mut queue::Queue, jids: &[i64], gone: usize) -> Result<()
             &format!("{where_failed} ORDER BY jid LIMIT {SHOWN}"),
             &[rusqlite::types::Value::Text(json.clone())],
         )?;
-        let total: i64 = tx.query_row(
-            &format!("SELECT count(*) FROM jobs WHERE {where_failed}"),
-            [&json],
-            |r| r.get(0),
-        )?;
+        let total: i64 = tx
+            .op(crate::store::ops::jobs::COUNT_FAILED)
+            .query_row([&json], |r| r.get(0))?;
         Ok((rows, total))
     })?;
     for row in &rows {

@@ -88,7 +88,7 @@ impl Queue {
                     });
                 }
             }
-            let mut delete = tx.prepare_cached("DELETE FROM jobs WHERE jid = ?")?;
+            let mut delete = tx.op(crate::store::ops::jobs::DELETE);
             for row in &rows {
                 delete.execute([row.jid()])?;
             }
@@ -316,14 +316,7 @@ impl Queue {
             let before = select_rows(tx, &sql, &clause.params)?;
             let skipped = skipped_jids(tx, &selection.jids, &before, "it is running")?;
             let now = time::now();
-            let mut reset = tx.prepare_cached(
-                "UPDATE jobs SET state = ?, submitted = ?, submitter = ?, started = NULL, \
-                 finished = NULL, elapsed = NULL, runner = NULL, stdout = NULL, stderr = NULL, \
-                 pid = NULL, exit_status = NULL, signal = NULL, attempts = 0, claim = NULL, \
-                 feeder = NULL, process = NULL, timed_out = 0, retried = 0, not_before = NULL, \
-                 kill_signal = NULL, reclaimed_by = NULL, reclaimed_at = NULL, priority = coalesce(?, priority), tag = coalesce(?, tag), \
-                 hosts = coalesce(?, hosts), restartable = max(restartable, ?) WHERE jid = ?",
-            )?;
+            let mut reset = tx.op(crate::store::ops::jobs::RESUBMIT);
             let mut outputs = Vec::new();
             for row in &before {
                 reset.execute(rusqlite::params![
@@ -339,10 +332,8 @@ impl Queue {
                 crate::deps::restate(tx, row.jid())?;
                 if in_db {
                     // The last run's output goes, as its files do after the commit.
-                    tx.execute(
-                        "DELETE FROM job_files WHERE jid = ? AND stream IN ('stdout', 'stderr')",
-                        [row.jid()],
-                    )?;
+                    tx.op(crate::store::ops::in_database::DROP_OUTPUTS)
+                        .execute([row.jid()])?;
                 }
                 for field in ["stdout", "stderr"] {
                     outputs.extend(row.get(field).as_text().map(String::from));
@@ -370,10 +361,8 @@ impl Queue {
     pub fn request_kill(&mut self, jids: &[i64], signal: &str) -> Result<(Vec<Row>, Vec<Skipped>)> {
         let json = serde_json::to_string(jids).unwrap_or_default();
         let (rows, skipped) = self.store.write(|tx| {
-            tx.execute(
-                "UPDATE jobs SET kill_signal = ? WHERE state = 'running' AND jid IN (SELECT value FROM json_each(?))",
-                rusqlite::params![signal, json],
-            )?;
+            tx.op(crate::store::ops::jobs::REQUEST_KILL)
+                .execute(rusqlite::params![signal, json])?;
             let rows = select_rows(
                 tx,
                 "state = 'running' AND jid IN (SELECT value FROM json_each(?)) ORDER BY jid",

@@ -137,10 +137,8 @@ pub(super) fn store_inputs(
         crate::store::in_database::put_file(tx, jid, "stdin", claim, path)?;
     }
     if let Some(data) = data {
-        tx.execute(
-            "DELETE FROM job_files WHERE jid = ? AND claim = ? AND stream IN ('data', 'data.tar')",
-            rusqlite::params![jid, claim],
-        )?;
+        tx.op(crate::store::ops::in_database::DROP_DATA)
+            .execute(rusqlite::params![jid, claim])?;
         crate::store::in_database::put_file(tx, jid, data.stream, claim, &data.path)?;
     }
     Ok(())

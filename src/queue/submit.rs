@@ -2,6 +2,7 @@
 //! rows inserted in batches inside one transaction (all or nothing).
 
 use super::*;
+use crate::store::ops::jobs as op;
 
 /// Options of submit, touch and resubmit that override per-job values when given.
 #[derive(Debug, Clone, Default)]
@@ -672,27 +673,10 @@ impl Queue {
 
     pub(super) fn reserve_jids(&mut self, count: usize) -> Result<i64> {
         self.store.write(|tx| {
-            if tx.is_postgres() {
-                // Inserts take ROW EXCLUSIVE on jobs, which this lock excludes: no jid is
-                // drawn from the sequence between the two calls.
-                tx.execute_batch("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE")?;
-                let last: i64 = tx.query_row(
-                    "SELECT setval('jobs_jid_seq', nextval('jobs_jid_seq') + ? - 1)",
-                    [count as i64],
-                    |r| r.get(0),
-                )?;
-                return Ok(last - count as i64 + 1);
-            }
-            tx.execute(
-                "INSERT INTO sqlite_sequence (name, seq) SELECT 'jobs', coalesce((SELECT max(jid) FROM jobs), 0) \
-                 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'jobs')",
-                [],
-            )?;
-            let last: i64 = tx.query_row(
-                "UPDATE sqlite_sequence SET seq = seq + ? WHERE name = 'jobs' RETURNING seq",
-                [count as i64],
-                |r| r.get(0),
-            )?;
+            tx.op(op::RESERVE_JIDS_PREPARE).execute_batch()?;
+            let last: i64 = tx
+                .op(op::RESERVE_JIDS)
+                .query_row([count as i64], |r| r.get(0))?;
             Ok(last - count as i64 + 1)
         })
     }
@@ -853,23 +837,19 @@ impl Queue {
                 let priority = opts.priority.or(spec.priority);
                 let restartable = opts.restartable || spec.restartable.unwrap_or(false);
                 let twin: Option<i64> = tx
-                    .query_row(
-                        "SELECT jid FROM jobs WHERE state = 'pending' AND command = ? AND tag IS ? ORDER BY jid LIMIT 1",
-                        rusqlite::params![spec.command, tag],
-                        |r| r.get(0),
-                    )
+                    .op(op::TWIN)
+                    .query_row(rusqlite::params![spec.command, tag], |r| r.get(0))
                     .optional()?;
                 if let Some(jid) = twin {
-                    tx.execute(
-                        "UPDATE jobs SET priority = coalesce(?, priority), hosts = coalesce(?, hosts), \
-                         restartable = max(restartable, ?) WHERE jid = ?",
-                        rusqlite::params![priority, hosts, restartable, jid],
-                    )?;
+                    tx.op(op::MERGE_TWIN).execute(rusqlite::params![
+                        priority,
+                        hosts,
+                        restartable,
+                        jid
+                    ])?;
                     jids.push(jid);
                 } else {
-                    tx.execute(
-                        "INSERT INTO jobs (priority, state, submitted, submitter, tag, restartable, command, hosts, cwd, user) \
-                         VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    let jid: i64 = tx.op(op::INSERT_ONE).query_row(
                         rusqlite::params![
                             priority.unwrap_or(0),
                             state.as_str(),
@@ -882,14 +862,17 @@ impl Queue {
                             spec.cwd.clone().or_else(|| cwd.clone()),
                             user
                         ],
+                        |r| r.get(0),
                     )?;
-                    jids.push(tx.last_insert_rowid()?);
+                    jids.push(jid);
                 }
             }
             select_rows(
                 tx,
                 "jid IN (SELECT value FROM json_each(?)) ORDER BY jid",
-                &[SqlValue::Text(serde_json::to_string(&jids).unwrap_or_default())],
+                &[SqlValue::Text(
+                    serde_json::to_string(&jids).unwrap_or_default(),
+                )],
             )
         })?;
         self.ring_doorbell();

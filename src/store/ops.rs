@@ -232,6 +232,36 @@ pub mod deps {
     ];
 }
 
+/// Changes to jobs by the queue's modes: drawing jids, `submit --unique`, delete,
+/// resubmit, kill requests; and the checks `wait` reports with.
+pub mod jobs {
+    use super::Op;
+
+    pub const RESERVE_JIDS_PREPARE: Op = Op("jobs.reserve_jids_prepare");
+    pub const RESERVE_JIDS: Op = Op("jobs.reserve_jids");
+    pub const TWIN: Op = Op("jobs.twin");
+    pub const MERGE_TWIN: Op = Op("jobs.merge_twin");
+    pub const INSERT_ONE: Op = Op("jobs.insert_one");
+    pub const DELETE: Op = Op("jobs.delete");
+    pub const RESUBMIT: Op = Op("jobs.resubmit");
+    pub const REQUEST_KILL: Op = Op("jobs.request_kill");
+    pub const RESTRICTED_PENDING: Op = Op("jobs.restricted_pending");
+    pub const COUNT_FAILED: Op = Op("jobs.count_failed");
+
+    pub const ALL: &[Op] = &[
+        RESERVE_JIDS_PREPARE,
+        RESERVE_JIDS,
+        TWIN,
+        MERGE_TWIN,
+        INSERT_ONE,
+        DELETE,
+        RESUBMIT,
+        REQUEST_KILL,
+        RESTRICTED_PENDING,
+        COUNT_FAILED,
+    ];
+}
+
 /// What `status`, `wait`, the status screen and the dashboard read: kept counts, the
 /// ends of indexes, pause and drain marks.
 pub mod status {
@@ -325,6 +355,8 @@ pub mod in_database {
     pub const PROMOTE_STAGED: Op = Op("in_database.promote_staged");
     pub const DROP_STAGED: Op = Op("in_database.drop_staged");
     pub const REMOVE_FILES: Op = Op("in_database.remove_files");
+    pub const DROP_OUTPUTS: Op = Op("in_database.drop_outputs");
+    pub const DROP_DATA: Op = Op("in_database.drop_data");
 
     pub const ALL: &[Op] = &[
         BEAT_WITH_INFO,
@@ -349,6 +381,8 @@ pub mod in_database {
         PROMOTE_STAGED,
         DROP_STAGED,
         REMOVE_FILES,
+        DROP_OUTPUTS,
+        DROP_DATA,
     ];
 }
 
@@ -403,6 +437,7 @@ pub fn all() -> impl Iterator<Item = Op> {
         .chain(attributes::ALL_OPS)
         .chain(deps::ALL)
         .chain(status::ALL)
+        .chain(jobs::ALL)
         .copied()
 }
 
@@ -412,6 +447,7 @@ const SQLITE_FILES: &[(&str, &str)] = &[
     ("attributes", include_str!("sqlite/attributes.sql")),
     ("deps", include_str!("sqlite/deps.sql")),
     ("status", include_str!("sqlite/status.sql")),
+    ("jobs", include_str!("sqlite/jobs.sql")),
 ];
 const POSTGRES_FILES: &[(&str, &str)] = &[
     ("claims", include_str!("postgres/claims.sql")),
@@ -419,6 +455,7 @@ const POSTGRES_FILES: &[(&str, &str)] = &[
     ("deps", include_str!("postgres/deps.sql")),
     ("in_database", include_str!("postgres/in_database.sql")),
     ("status", include_str!("postgres/status.sql")),
+    ("jobs", include_str!("postgres/jobs.sql")),
 ];
 
 /// One store's statement of an operation.

@@ -105,3 +105,11 @@ DELETE FROM job_files WHERE claim = $1;
 
 -- name: remove_files
 DELETE FROM job_files WHERE jid >= $1 AND jid < $2;
+
+-- name: drop_outputs
+-- A job queued again: its last run's output goes.
+DELETE FROM job_files WHERE jid = $1 AND stream IN ('stdout', 'stderr');
+
+-- name: drop_data
+-- An input's data replaced: what is stored under claim $2.
+DELETE FROM job_files WHERE jid = $1 AND claim = $2 AND stream IN ('data', 'data.tar');
