@@ -456,14 +456,8 @@ fn insert_rows(tx: &Tx<'_>, table: &str, columns: &[&str], rows: &[Vec<SqlValue>
 /// The highest jid the queue ever gave (deleted and rotated jobs' too: jids are never
 /// reused).
 fn highest_jid_given(tx: &Tx<'_>) -> Result<i64> {
-    let given = if tx.is_postgres() {
-        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM jobs_jid_seq"
-    } else {
-        "SELECT coalesce((SELECT max(seq) FROM sqlite_sequence WHERE name = 'jobs'), 0)"
-    };
-    let given: i64 = tx.query_row(given, [], |r| r.get(0))?;
-    let present: i64 = tx.query_row("SELECT coalesce(max(jid), 0) FROM jobs", [], |r| r.get(0))?;
-    Ok(given.max(present))
+    tx.op(crate::store::ops::jobs::HIGHEST_JID_GIVEN)
+        .query_row([], |r| r.get(0))
 }
 
 /// Make the queue's next jid come after `top`.
@@ -471,21 +465,10 @@ fn continue_jids_above(tx: &Tx<'_>, top: i64) -> Result<()> {
     if top <= 0 {
         return Ok(());
     }
-    if tx.is_postgres() {
-        tx.query_row("SELECT setval('jobs_jid_seq', ?)", [top], |r| {
-            r.get::<_, i64>(0)
-        })?;
-        return Ok(());
-    }
-    tx.execute(
-        "INSERT INTO sqlite_sequence (name, seq) SELECT 'jobs', 0 \
-         WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'jobs')",
-        [],
-    )?;
-    tx.execute(
-        "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'jobs'",
-        [top],
-    )?;
+    tx.op(crate::store::ops::jobs::JID_COUNTER_EXISTS)
+        .execute_batch()?;
+    tx.op(crate::store::ops::jobs::CONTINUE_JIDS_ABOVE)
+        .execute([top])?;
     Ok(())
 }
 

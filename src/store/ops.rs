@@ -247,6 +247,9 @@ pub mod jobs {
     pub const REQUEST_KILL: Op = Op("jobs.request_kill");
     pub const RESTRICTED_PENDING: Op = Op("jobs.restricted_pending");
     pub const COUNT_FAILED: Op = Op("jobs.count_failed");
+    pub const HIGHEST_JID_GIVEN: Op = Op("jobs.highest_jid_given");
+    pub const JID_COUNTER_EXISTS: Op = Op("jobs.jid_counter_exists");
+    pub const CONTINUE_JIDS_ABOVE: Op = Op("jobs.continue_jids_above");
 
     pub const ALL: &[Op] = &[
         RESERVE_JIDS_PREPARE,
@@ -259,6 +262,9 @@ pub mod jobs {
         REQUEST_KILL,
         RESTRICTED_PENDING,
         COUNT_FAILED,
+        HIGHEST_JID_GIVEN,
+        JID_COUNTER_EXISTS,
+        CONTINUE_JIDS_ABOVE,
     ];
 }
 

@@ -53,3 +53,16 @@ SELECT jid, hosts FROM jobs WHERE jid IN (SELECT CAST(jsonb_array_elements_text(
 -- Of the jids $1 (a JSON list), those that failed, died or were cancelled.
 SELECT count(*) FROM jobs WHERE jid IN (SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint))
    AND (state IN ('dead', 'cancelled') OR (state = 'finished' AND exit_status IS DISTINCT FROM 0));
+
+-- name: highest_jid_given
+-- The highest jid the queue ever gave (deleted and rotated jobs' too: never reused).
+SELECT greatest((SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM jobs_jid_seq),
+                coalesce((SELECT max(jid) FROM jobs), 0));
+
+-- name: jid_counter_exists (batch)
+-- Nothing: the sequence is part of the schema.
+
+-- name: continue_jids_above
+-- The next jid comes after $1 (never lowered).
+SELECT setval('jobs_jid_seq', greatest(CAST($1 AS bigint),
+  (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM jobs_jid_seq)));

@@ -53,3 +53,16 @@ SELECT jid, hosts FROM jobs WHERE jid IN (SELECT value FROM json_each(?1))
 -- Of the jids ?1 (a JSON list), those that failed, died or were cancelled.
 SELECT count(*) FROM jobs WHERE jid IN (SELECT value FROM json_each(?1))
    AND (state IN ('dead', 'cancelled') OR (state = 'finished' AND exit_status IS NOT 0));
+
+-- name: highest_jid_given
+-- The highest jid the queue ever gave (deleted and rotated jobs' too: never reused).
+SELECT max(coalesce((SELECT max(seq) FROM sqlite_sequence WHERE name = 'jobs'), 0),
+           coalesce((SELECT max(jid) FROM jobs), 0));
+
+-- name: jid_counter_exists (batch)
+INSERT INTO sqlite_sequence (name, seq) SELECT 'jobs', 0
+ WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'jobs');
+
+-- name: continue_jids_above
+-- The next jid comes after ?1 (never lowered).
+UPDATE sqlite_sequence SET seq = max(seq, ?1) WHERE name = 'jobs';
