@@ -1,10 +1,11 @@
 //! rq: a zero-admin job queue for machines that share a directory.
 //!
-//! One module per concept: [`store`] (the SQLite database and its transaction rules),
+//! One module per concept: [`store`] (the two stores, their transaction rules, and the
+//! named operations each writes in its own SQL),
 //! [`job`] (the job model), [`input`] (job lists and YAML/JSON input), [`query`] (the
 //! query language), [`queue`] (the data modes), [`output`] (YAML/JSON), [`human`],
 //! [`overview`] and [`top`] (what people see on a terminal),
-//! [`claims`] (the claim protocol's SQL), [`deps`] (jobs waiting for jobs), [`journal`] (a feeder's start journal),
+//! [`claims`] (the claim protocol), [`deps`] (jobs waiting for jobs), [`journal`] (a feeder's start journal),
 //! [`feeder`] and [`runner`] (running jobs),
 //! [`liveness`] (heartbeats), [`control`] (feeder daemons), [`admin`] (snapshot, backup,
 //! rotate, recover), [`cli`] (the command line). ARCHITECTURE.md has the whole picture.
