@@ -288,6 +288,36 @@ pub fn command_problem(command: &str) -> Option<String> {
     None
 }
 
+/// One row to insert; the columns all jobs of a submit share are passed apart.
+pub struct NewJob {
+    pub jid: Option<i64>,
+    pub priority: i64,
+    pub stdin: Option<String>,
+    pub data: Option<String>,
+    pub tag: Option<String>,
+    pub restartable: bool,
+    pub command: String,
+    pub hosts: Option<String>,
+    pub cwd: Option<String>,
+    pub timeout: Option<f64>,
+    pub retries: i64,
+    pub retry_delay: Option<f64>,
+    pub state: State,
+    pub name: Option<String>,
+    pub after: Option<String>,
+    pub after_any: Option<String>,
+    pub waiting_on: i64,
+    pub reason: Option<String>,
+    pub array_id: Option<i64>,
+    pub array_index: Option<i64>,
+    pub array_limit: Option<i64>,
+    pub env: Option<String>,
+    pub not_before: Option<String>,
+    pub cpus: i64,
+    pub mem: i64,
+    pub gpus: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

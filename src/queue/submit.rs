@@ -178,115 +178,6 @@ pub struct Submitted {
     pub echoed_rows: usize,
 }
 
-/// Rows per INSERT statement when submitting: fewer statements (each also updates the
-/// jid sequence) for the cost of one long statement text.
-pub(super) const INSERT_BATCH: usize = 64;
-/// Rows per COPY on PostgreSQL: a round trip to the server per batch, so larger ones (the
-/// memory they take stays bounded: a few MB).
-pub(super) const COPY_BATCH: usize = 4096;
-
-/// One row to insert; the columns all jobs of a submit share are passed apart.
-pub(super) struct NewJob {
-    pub(super) jid: Option<i64>,
-    pub(super) priority: i64,
-    pub(super) stdin: Option<String>,
-    pub(super) data: Option<String>,
-    pub(super) tag: Option<String>,
-    pub(super) restartable: bool,
-    pub(super) command: String,
-    pub(super) hosts: Option<String>,
-    pub(super) cwd: Option<String>,
-    pub(super) timeout: Option<f64>,
-    pub(super) retries: i64,
-    pub(super) retry_delay: Option<f64>,
-    pub(super) state: State,
-    pub(super) name: Option<String>,
-    pub(super) after: Option<String>,
-    pub(super) after_any: Option<String>,
-    pub(super) waiting_on: i64,
-    pub(super) reason: Option<String>,
-    pub(super) array_id: Option<i64>,
-    pub(super) array_index: Option<i64>,
-    pub(super) array_limit: Option<i64>,
-    pub(super) env: Option<String>,
-    pub(super) not_before: Option<String>,
-    pub(super) cpus: i64,
-    pub(super) mem: i64,
-    pub(super) gpus: i64,
-}
-
-/// Insert a batch of jobs with one statement; returns the last jid.
-pub(super) fn insert_jobs(
-    tx: &Tx<'_>,
-    batch: &[NewJob],
-    submitted: &str,
-    submitter: &str,
-    user: &str,
-) -> Result<i64> {
-    use rusqlite::ToSql;
-    const COLUMNS: &str = "jid, priority, state, submitted, submitter, stdin, data, tag, \
-         restartable, command, hosts, cwd, timeout, retries, retry_delay, user, name, \
-         after, after_any, waiting_on, reason, array_id, array_index, array_limit, env, \
-         not_before, cpus, mem, gpus";
-    // PostgreSQL draws jids for rows that name none from its sequence as the column's
-    // default, cheapest when the column is left out of the COPY.
-    let jid_column = !(tx.is_postgres() && batch.iter().all(|job| job.jid.is_none()));
-    let states: Vec<&str> = batch.iter().map(|job| job.state.as_str()).collect();
-    let mut params: Vec<&dyn ToSql> = Vec::with_capacity(batch.len() * 29);
-    for (job, state) in batch.iter().zip(&states) {
-        if jid_column {
-            params.push(&job.jid);
-        }
-        params.extend_from_slice(&[
-            &job.priority as &dyn ToSql,
-            state,
-            &submitted,
-            &submitter,
-            &job.stdin,
-            &job.data,
-            &job.tag,
-            &job.restartable,
-            &job.command,
-            &job.hosts,
-            &job.cwd,
-            &job.timeout,
-            &job.retries,
-            &job.retry_delay,
-            &user,
-            &job.name,
-            &job.after,
-            &job.after_any,
-            &job.waiting_on,
-            &job.reason,
-            &job.array_id,
-            &job.array_index,
-            &job.array_limit,
-            &job.env,
-            &job.not_before,
-            &job.cpus,
-            &job.mem,
-            &job.gpus,
-        ]);
-    }
-    if let Tx::Postgres(pg) = tx {
-        // PostgreSQL takes rows fastest by COPY (one message for the whole batch).
-        if jid_column {
-            crate::store::postgres::copy_in(*pg, "jobs", COLUMNS, &params, 29)?;
-        } else {
-            let columns = COLUMNS.trim_start_matches("jid, ");
-            crate::store::postgres::copy_in(*pg, "jobs", columns, &params, 28)?;
-        }
-    } else {
-        let row = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
-        let sql = format!(
-            "INSERT INTO jobs ({COLUMNS}) VALUES {}",
-            vec![row; batch.len()].join(",")
-        );
-        tx.prepare_cached(&sql)?.execute(params.as_slice())?;
-    }
-    tx.last_insert_rowid()
-}
-
 pub(super) fn changed_while_reading() -> Error {
     Error::input("the job list changed while it was being submitted; nothing was submitted")
 }
@@ -526,12 +417,8 @@ impl Queue {
         };
         let outcome = self.store.write(|tx| {
             let submitted = time::now();
-            let batch_size = if tx.is_postgres() {
-                COPY_BATCH
-            } else {
-                INSERT_BATCH
-            };
-            let mut batch: Vec<NewJob> = Vec::with_capacity(batch_size);
+            let batch_size = tx.capabilities().insert_batch;
+            let mut batch: Vec<crate::job::NewJob> = Vec::with_capacity(batch_size);
             let mut starts: Vec<(i64, crate::deps::Start)> = Vec::new();
             let mut lookups = crate::deps::Lookups::default();
             let mut next_wait = resolved.iter().peekable();
@@ -586,7 +473,7 @@ impl Queue {
                 }
                 let file =
                     |given: bool, dir: &str| jid.filter(|_| given).map(|j| format!("{dir}/{j}"));
-                batch.push(NewJob {
+                batch.push(crate::job::NewJob {
                     jid,
                     priority: opts.priority.or(spec.priority).unwrap_or(0),
                     stdin: file(opts.stdin.is_some() || spec.stdin.is_some(), "stdin"),
@@ -615,7 +502,7 @@ impl Queue {
                     command: spec.command,
                 });
                 if batch.len() == batch_size {
-                    let last = insert_jobs(tx, &batch, &submitted, &submitter, &user)?;
+                    let last = tx.insert_jobs(&batch, &submitted, &submitter, &user)?;
                     first.get_or_insert(last - batch.len() as i64 + 1);
                     inserted += batch.len();
                     batch.clear();
@@ -624,7 +511,7 @@ impl Queue {
             };
             read_sources(sources, &mut each)?;
             if !batch.is_empty() {
-                let last = insert_jobs(tx, &batch, &submitted, &submitter, &user)?;
+                let last = tx.insert_jobs(&batch, &submitted, &submitter, &user)?;
                 first.get_or_insert(last - batch.len() as i64 + 1);
                 inserted += batch.len();
             }

@@ -418,12 +418,22 @@ pub struct Capabilities {
     /// Jobs one batch of dependency work changes at most, so that a batch holds the
     /// queue's lock about 0.3 s on 2 cores (`crate::deps`).
     pub dep_batch: i64,
+    /// New jobs per insert when submitting: SQLite's multi-row INSERT (fewer statements,
+    /// each also updating the jid sequence, for one longer text); PostgreSQL's COPY, a
+    /// round trip per batch, so larger (the memory stays bounded: a few MB).
+    pub insert_batch: usize,
 }
 
 pub fn capabilities(dialect: Dialect) -> Capabilities {
     match dialect {
-        Dialect::Sqlite => Capabilities { dep_batch: 20_000 },
-        Dialect::Postgres => Capabilities { dep_batch: 5_000 },
+        Dialect::Sqlite => Capabilities {
+            dep_batch: 20_000,
+            insert_batch: 64,
+        },
+        Dialect::Postgres => Capabilities {
+            dep_batch: 5_000,
+            insert_batch: 4096,
+        },
     }
 }
 
