@@ -204,11 +204,7 @@ impl Queue {
         write: bool,
         body: impl FnMut(&Tx<'_>) -> Result<T>,
     ) -> Result<T> {
-        match &mut self.store {
-            Store::Postgres(pg) => pg.files(write, body),
-            Store::Sqlite(_) if write => self.store.write_shared(body),
-            Store::Sqlite(_) => self.store.read(body),
-        }
+        self.store.files_tx(write, body)
     }
 
     /// For a queue keeping job files in its database: write job `jid`'s stored `streams`

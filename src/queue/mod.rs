@@ -283,15 +283,13 @@ impl Queue {
     /// Does this queue keep its job files, heartbeats and start journals in its database
     /// (a PostgreSQL queue given no job-file directory)? See `in_database`.
     pub fn in_database(&self) -> bool {
-        matches!(self.store, Store::Postgres(_)) && !self.has_files()
+        self.store.server_location().is_some() && !self.has_files()
     }
 
     /// Where this queue's feeders beat: its directory's `hosts/`, or its database.
     pub fn beat_place(&self) -> crate::liveness::BeatPlace<'_> {
-        match &self.store {
-            Store::Postgres(pg) if !self.has_files() => {
-                crate::liveness::BeatPlace::Database(&pg.location)
-            }
+        match self.store.server_location() {
+            Some(location) if !self.has_files() => crate::liveness::BeatPlace::Database(location),
             _ => crate::liveness::BeatPlace::Dir(&self.dir),
         }
     }
@@ -308,17 +306,14 @@ impl Queue {
 
     /// Where the queue is when it is kept in PostgreSQL.
     pub fn postgres_location(&self) -> Option<&PgLocation> {
-        match &self.store {
-            Store::Postgres(pg) => Some(&pg.location),
-            Store::Sqlite(_) => None,
-        }
+        self.store.server_location()
     }
 
     /// How the queue is named to people: its directory or its PostgreSQL URL.
     pub fn name(&self) -> String {
-        match &self.store {
-            Store::Postgres(pg) => pg.location.display(),
-            Store::Sqlite(_) => self.dir.display().to_string(),
+        match self.store.server_location() {
+            Some(location) => location.display(),
+            None => self.dir.display().to_string(),
         }
     }
 
@@ -331,10 +326,7 @@ impl Queue {
 
     /// For a feeder of a PostgreSQL queue: its ear for the queue's NOTIFY.
     pub fn listener(&self) -> Option<crate::store::postgres::Listener> {
-        match &self.store {
-            Store::Postgres(pg) => Some(crate::store::postgres::Listener::start(&pg.location)),
-            Store::Sqlite(_) => None,
-        }
+        self.store.listener()
     }
 
     /// Wake idle feeders: the doorbell file (in the job-file directory of a PostgreSQL
@@ -343,9 +335,7 @@ impl Queue {
         if self.has_files() {
             ring_doorbell(&self.dir);
         }
-        if let Store::Postgres(pg) = &mut self.store {
-            pg.notify();
-        }
+        self.store.notify();
     }
 
     /// The space the queue's database takes: its file's pages, or its PostgreSQL tables

@@ -57,7 +57,7 @@ impl Queue {
     /// `configure files=DIR` (PostgreSQL queues): the directory and its job-file
     /// directories, made before the setting is stored so a stored one always exists.
     pub(super) fn prepare_files_dir(&self, dir: &str) -> Result<()> {
-        if matches!(self.store, Store::Sqlite(_)) {
+        if self.store.server_location().is_none() {
             return Err(Error::usage(
                 "configure: files= is for PostgreSQL queues; a queue directory keeps its job \
                  files in itself; nothing was changed",

@@ -239,6 +239,44 @@ impl Store {
         }
     }
 
+    /// Where the queue is kept when a database server keeps it (its feeders may then beat
+    /// and journal in the database, and listen for its notifications); None for a queue
+    /// directory's database.
+    pub fn server_location(&self) -> Option<&postgres::Location> {
+        match self {
+            Store::Postgres(store) => Some(&store.location),
+            Store::Sqlite(_) => None,
+        }
+    }
+
+    /// A thread that hears the queue's notifications (new work), where the store sends
+    /// them; None where feeders watch the doorbell file alone.
+    pub fn listener(&self) -> Option<postgres::Listener> {
+        self.server_location().map(postgres::Listener::start)
+    }
+
+    /// Tell listening feeders that there is new work (nothing where there are none).
+    pub fn notify(&mut self) {
+        if let Store::Postgres(store) = self {
+            store.notify();
+        }
+    }
+
+    /// A transaction on job-file rows kept in the database: on PostgreSQL without the
+    /// queue's lock, so a long copy holds no writer back (`PgStore::files`); elsewhere an
+    /// ordinary read or shared write.
+    pub fn files_tx<T>(
+        &mut self,
+        write: bool,
+        body: impl FnMut(&Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        match self {
+            Store::Postgres(store) => store.files(write, body),
+            Store::Sqlite(_) if write => self.write_shared(body),
+            Store::Sqlite(_) => self.read(body),
+        }
+    }
+
     /// Wait for space when the filesystem is full instead of failing (feeders).
     pub fn wait_when_full(&mut self) {
         if let Store::Sqlite(store) = self {
