@@ -435,22 +435,27 @@ impl Stmt<'_> {
         }
     }
 
+    /// The first row (an error `QueryReturnedNoRows` when there is none; see `optional`);
+    /// the statement is not read further.
     pub fn query_row<T>(
         &mut self,
         params: impl AsParams,
         f: impl FnOnce(&Cells<'_>) -> rusqlite::Result<T>,
     ) -> Result<T> {
-        let mut f = Some(f);
-        let mut first = None;
-        self.each(params, |row| {
-            if first.is_none()
-                && let Some(f) = f.take()
-            {
-                first = Some(f(row)?);
-            }
-            Ok(())
-        })?;
-        first.ok_or(Error::Sql(rusqlite::Error::QueryReturnedNoRows))
+        match &self.sql {
+            Sql::Shared(sql) => self.tx.query_row(sql, params, f),
+            Sql::Native("") => Err(Error::Sql(rusqlite::Error::QueryReturnedNoRows)),
+            Sql::Native(sql) => params.with(|params| match self.tx {
+                Tx::Sqlite(conn) => Ok(conn
+                    .prepare_cached(sql)?
+                    .query_row(params, |row| f(&Cells::Sqlite(row)))?),
+                Tx::Postgres(tx) => {
+                    let rows = tx.query_native(sql, params)?;
+                    let first = rows.first().ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+                    Ok(f(&Cells::Values(first))?)
+                }
+            }),
+        }
     }
 
     /// Call `f` for each row as it comes (SQLite: straight from the cursor).
