@@ -4,7 +4,8 @@
 # queue with a job-file directory, and a PostgreSQL queue keeping everything in its
 # database. CPU comes from cgroup accounting (cgroup v1 cpuacct): the feeders and their
 # jobs in one group, the PostgreSQL server (postmaster and every backend) in another.
-# Usage: bench/store_cpu.sh [N] (default 3000; REPS=2 runs each store that many times).
+# Usage: bench/store_cpu.sh [N] (default 3000; REPS=2 runs each store that many times;
+# PEER=/path/to/another/rq measures that build too, in the same run, queue for queue).
 # Needs root and Debian's postgresql (installed when missing).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,8 +49,8 @@ newq() { # store -> a new queue
            "$RQ" "$URL?queue=b$n" configure files="$WORK/f$n" >/dev/null; echo "$URL?queue=b$n" ;;
     esac
 }
-run() { # store -> "jobs/s feeder_ms_per_job server_ms_per_job"
-    local q t0 t1 f0 f1 s0 s1 pids=()
+run() { # store [rq] -> "jobs/s feeder_ms_per_job server_ms_per_job"
+    local q t0 t1 f0 f1 s0 s1 pids=() RQ=${2:-$RQ}
     q=$(newq "$1")
     seq "$N" | sed 's/.*/true/' | "$RQ" "$q" submit -q -
     f0=$(usage "$FEED_CG"); s0=$(usage "$SERVER_CG"); t0=$(now)
@@ -71,7 +72,10 @@ echo "| store | jobs/s | feeders + jobs, ms CPU/job | server, ms CPU/job | total
 echo "|---|---|---|---|---|"
 for rep in $(seq "$REPS"); do
     for store in sqlite postgres pgdb; do
-        read -r rate feed server <<< "$(run $store)"
-        echo "| $store (run $rep) | $rate | $feed | $server | $(calc "round($feed+$server, 3)") |"
+        for build in "$RQ" ${PEER:+"$PEER"}; do
+            read -r rate feed server <<< "$(run $store "$build")"
+            label=$store; [ "$build" = "$RQ" ] || label="$store, peer"
+            echo "| $label (run $rep) | $rate | $feed | $server | $(calc "round($feed+$server, 3)") |"
+        done
     done
 done
