@@ -412,27 +412,33 @@ enum Sql {
     Native(&'static str),
 }
 
+impl Sql {
+    /// The text as the transaction's store runs it.
+    fn text(&self) -> Text<'_> {
+        match self {
+            Sql::Shared(sql) => Text { sql, native: false },
+            Sql::Native(sql) => Text { sql, native: true },
+        }
+    }
+
+    /// An operation with nothing to do on this store.
+    fn is_nothing(&self) -> bool {
+        matches!(self, Sql::Native(""))
+    }
+}
+
 impl Stmt<'_> {
     pub fn execute(&mut self, params: impl AsParams) -> Result<usize> {
-        match &self.sql {
-            Sql::Shared(sql) => self.tx.execute(sql, params),
-            // An operation with nothing to do on this store.
-            Sql::Native("") => Ok(0),
-            Sql::Native(sql) => params.with(|params| match self.tx {
-                Tx::Sqlite(conn) => Ok(conn.prepare_cached(sql)?.execute(params)?),
-                Tx::Postgres(tx) => tx.execute_native(sql, params),
-            }),
+        if self.sql.is_nothing() {
+            return Ok(0);
         }
+        params.with(|params| self.tx.run(self.sql.text(), params))
     }
 
     /// Run a statement made of several, without parameters (SQLite's temporary
     /// triggers, PostgreSQL's `SET LOCAL`s).
     pub fn execute_batch(&mut self) -> Result<()> {
-        match &self.sql {
-            Sql::Shared(sql) => self.tx.execute_batch(sql),
-            Sql::Native("") => Ok(()),
-            Sql::Native(sql) => self.tx.execute_batch(sql),
-        }
+        self.tx.execute_batch(self.sql.text().sql)
     }
 
     /// The first row (an error `QueryReturnedNoRows` when there is none; see `optional`);
@@ -442,48 +448,22 @@ impl Stmt<'_> {
         params: impl AsParams,
         f: impl FnOnce(&Cells<'_>) -> rusqlite::Result<T>,
     ) -> Result<T> {
-        match &self.sql {
-            Sql::Shared(sql) => self.tx.query_row(sql, params, f),
-            Sql::Native("") => Err(Error::Sql(rusqlite::Error::QueryReturnedNoRows)),
-            Sql::Native(sql) => params.with(|params| match self.tx {
-                Tx::Sqlite(conn) => Ok(conn
-                    .prepare_cached(sql)?
-                    .query_row(params, |row| f(&Cells::Sqlite(row)))?),
-                Tx::Postgres(tx) => {
-                    let rows = tx.query_native(sql, params)?;
-                    let first = rows.first().ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-                    Ok(f(&Cells::Values(first))?)
-                }
-            }),
+        if self.sql.is_nothing() {
+            return Err(Error::Sql(rusqlite::Error::QueryReturnedNoRows));
         }
+        params.with(|params| self.tx.first(self.sql.text(), params, f))
     }
 
     /// Call `f` for each row as it comes (SQLite: straight from the cursor).
     fn each(
         &mut self,
         params: impl AsParams,
-        mut f: impl FnMut(&Cells<'_>) -> rusqlite::Result<()>,
+        f: impl FnMut(&Cells<'_>) -> rusqlite::Result<()>,
     ) -> Result<()> {
-        match &self.sql {
-            Sql::Shared(sql) => self.tx.query_each(sql, params, f),
-            Sql::Native("") => Ok(()),
-            Sql::Native(sql) => params.with(|params| match self.tx {
-                Tx::Sqlite(conn) => {
-                    let mut stmt = conn.prepare_cached(sql)?;
-                    let mut rows = stmt.query(params)?;
-                    while let Some(row) = rows.next()? {
-                        f(&Cells::Sqlite(row))?;
-                    }
-                    Ok(())
-                }
-                Tx::Postgres(tx) => {
-                    for row in tx.query_native(sql, params)? {
-                        f(&Cells::Values(&row))?;
-                    }
-                    Ok(())
-                }
-            }),
+        if self.sql.is_nothing() {
+            return Ok(());
         }
+        params.with(|params| self.tx.each_row(self.sql.text(), params, f))
     }
 
     /// Every row, mapped (an iterator of results, as rusqlite's, to collect).
@@ -512,6 +492,38 @@ impl Stmt<'_> {
             Ok(())
         })?;
         Ok(Rows { rows, next: 0 })
+    }
+}
+
+/// A statement's text and whether it is written for the store that runs it (a store
+/// operation's) or in SQLite's dialect (translated for PostgreSQL).
+#[derive(Clone, Copy)]
+struct Text<'s> {
+    sql: &'s str,
+    native: bool,
+}
+
+impl<'s> Text<'s> {
+    fn shared(sql: &'s str) -> Text<'s> {
+        Text { sql, native: false }
+    }
+}
+
+/// The rows of a statement on PostgreSQL (at most `limit`).
+fn pg_rows(
+    tx: &dyn postgres::PgConn,
+    text: Text<'_>,
+    params: Params<'_>,
+    limit: Option<usize>,
+) -> Result<Vec<Vec<SqlValue>>> {
+    if text.native {
+        let mut rows = tx.query_native(text.sql, params)?;
+        if let Some(n) = limit {
+            rows.truncate(n);
+        }
+        Ok(rows)
+    } else {
+        tx.query(text.sql, params, limit)
     }
 }
 
@@ -597,15 +609,14 @@ impl<'a> Tx<'a> {
 
     /// Run one statement; the number of rows it changed.
     pub fn execute(&self, sql: &str, params: impl AsParams) -> Result<usize> {
-        params.with(|params| match self {
-            Tx::Sqlite(conn) => Ok(conn.prepare_cached(sql)?.execute(params)?),
-            Tx::Postgres(tx) => tx.execute(sql, params),
-        })
+        params.with(|params| self.run(Text::shared(sql), params))
     }
 
-    /// Run statements without parameters (DDL, several separated by `;`).
+    /// Run statements without parameters (DDL, several separated by `;`; nothing for an
+    /// empty text).
     pub fn execute_batch(&self, sql: &str) -> Result<()> {
         match self {
+            _ if sql.is_empty() => Ok(()),
             Tx::Sqlite(conn) => Ok(conn.execute_batch(sql)?),
             Tx::Postgres(tx) => tx.batch(sql),
         }
@@ -618,16 +629,7 @@ impl<'a> Tx<'a> {
         params: impl AsParams,
         f: impl FnOnce(&Cells<'_>) -> rusqlite::Result<T>,
     ) -> Result<T> {
-        params.with(|params| match self {
-            Tx::Sqlite(conn) => Ok(conn
-                .prepare_cached(sql)?
-                .query_row(params, |row| f(&Cells::Sqlite(row)))?),
-            Tx::Postgres(tx) => {
-                let rows = tx.query(sql, params, Some(1))?;
-                let first = rows.first().ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-                Ok(f(&Cells::Values(first))?)
-            }
-        })
+        params.with(|params| self.first(Text::shared(sql), params, f))
     }
 
     /// Every row, mapped.
@@ -650,11 +652,46 @@ impl<'a> Tx<'a> {
         &self,
         sql: &str,
         params: impl AsParams,
+        f: impl FnMut(&Cells<'_>) -> rusqlite::Result<()>,
+    ) -> Result<()> {
+        params.with(|params| self.each_row(Text::shared(sql), params, f))
+    }
+
+    fn run(&self, text: Text<'_>, params: Params<'_>) -> Result<usize> {
+        match self {
+            Tx::Sqlite(conn) => Ok(conn.prepare_cached(text.sql)?.execute(params)?),
+            Tx::Postgres(tx) if text.native => tx.execute_native(text.sql, params),
+            Tx::Postgres(tx) => tx.execute(text.sql, params),
+        }
+    }
+
+    fn first<T>(
+        &self,
+        text: Text<'_>,
+        params: Params<'_>,
+        f: impl FnOnce(&Cells<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        match self {
+            Tx::Sqlite(conn) => Ok(conn
+                .prepare_cached(text.sql)?
+                .query_row(params, |row| f(&Cells::Sqlite(row)))?),
+            Tx::Postgres(tx) => {
+                let rows = pg_rows(*tx, text, params, Some(1))?;
+                let first = rows.first().ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+                Ok(f(&Cells::Values(first))?)
+            }
+        }
+    }
+
+    fn each_row(
+        &self,
+        text: Text<'_>,
+        params: Params<'_>,
         mut f: impl FnMut(&Cells<'_>) -> rusqlite::Result<()>,
     ) -> Result<()> {
-        params.with(|params| match self {
+        match self {
             Tx::Sqlite(conn) => {
-                let mut stmt = conn.prepare_cached(sql)?;
+                let mut stmt = conn.prepare_cached(text.sql)?;
                 let mut rows = stmt.query(params)?;
                 while let Some(row) = rows.next()? {
                     f(&Cells::Sqlite(row))?;
@@ -662,12 +699,12 @@ impl<'a> Tx<'a> {
                 Ok(())
             }
             Tx::Postgres(tx) => {
-                for row in tx.query(sql, params, None)? {
+                for row in pg_rows(*tx, text, params, None)? {
                     f(&Cells::Values(&row))?;
                 }
                 Ok(())
             }
-        })
+        }
     }
 
     /// A statement to run once.
