@@ -121,7 +121,7 @@ fn stop_once(point: &str) {
 /// The queue's settings, as (key, value) rows.
 fn read_attributes(tx: &Tx<'_>) -> Result<Vec<(String, String)>> {
     let rows = tx
-        .op(crate::store::ops::attributes::ALL)
+        .op(crate::store::ops::attributes::EVERY)
         .query_map([], |r| {
             Ok((
                 r.get(0)?,

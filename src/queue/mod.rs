@@ -338,17 +338,6 @@ impl Queue {
         self.store.notify();
     }
 
-    /// The space the queue's database takes: its file's pages, or its PostgreSQL tables
-    /// and indexes (0 when it cannot be read).
-    pub fn size_bytes(&mut self) -> u64 {
-        self.store
-            .read(|tx| {
-                tx.op(crate::store::ops::status::SIZE_BYTES)
-                    .query_row([], |r| r.get::<_, i64>(0))
-            })
-            .map_or(0, |n| n.max(0) as u64)
-    }
-
     pub fn store(&mut self) -> &mut Store {
         &mut self.store
     }

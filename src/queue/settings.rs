@@ -8,7 +8,7 @@ impl Queue {
     /// them all.
     pub fn configure(&mut self, settings: &[(String, String)]) -> Result<Value> {
         let read_all = |tx: &Tx<'_>| -> Result<Value> {
-            let mut stmt = tx.op(op::ALL_SORTED);
+            let mut stmt = tx.op(op::EVERY_SORTED);
             let mut map = Map::new();
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {

@@ -45,12 +45,9 @@ pub(crate) type Named = Option<(i64, SqlValue)>;
 
 /// The first row of a two-column operation (jid, value), if any.
 pub(super) fn first_row(tx: &Tx<'_>, which: crate::store::ops::Op) -> Result<Named> {
-    let mut stmt = tx.op(which);
-    let mut rows = stmt.query([])?;
-    match rows.next()? {
-        Some(r) => Ok(Some((r.get(0)?, r.get(1)?))),
-        None => Ok(None),
-    }
+    tx.op(which)
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
 }
 
 /// The most recently and the earliest submitted job waiting in `state` (pending or
@@ -75,18 +72,14 @@ pub(crate) fn waiting_ends(tx: &Tx<'_>, state: State) -> Result<(Named, Named)> 
             Err(e) => return Err(e),
         }
     }
-    let end =
-        |which: crate::store::ops::Op, priority: Option<i64>| -> Result<Option<(String, i64)>> {
-            let mut stmt = tx.op(which);
-            let mut rows = match priority {
-                Some(p) => stmt.query(rusqlite::params![state, p])?,
-                None => stmt.query([state])?,
-            };
-            Ok(match rows.next()? {
-                Some(r) => Some((r.get(1)?, r.get(0)?)),
-                None => None,
-            })
+    let end = |which: crate::store::ops::Op, priority: Option<i64>| {
+        let mut stmt = tx.op(which);
+        let found = match priority {
+            Some(p) => stmt.query_row(rusqlite::params![state, p], |r| Ok((r.get(1)?, r.get(0)?))),
+            None => stmt.query_row([state], |r| Ok((r.get(1)?, r.get(0)?))),
         };
+        found.optional()
+    };
     let (newest, oldest) = if priorities.len() > MAX_PRIORITIES {
         (
             end(op::NEWEST_IN_STATE, None)?,

@@ -138,7 +138,7 @@ type RawBar = (
 pub fn read(q: &mut Queue, counts: &mut MinuteCounts) -> Result<Snapshot> {
     let now = time::now_ts();
     let since = time::format(now - jiff::SignedDuration::from_mins(TIMELINE_MINUTES));
-    let (mut view, facts, bars) = q.store().read(|tx| {
+    let (mut view, facts, bars, db_bytes) = q.store().read(|tx| {
         let view = overview::jobs_in(tx, overview::summary_with(tx, now, false)?, false)?;
         counts.refresh(tx, now)?;
         let mut stmt = tx.op(crate::store::ops::status::TIMELINE);
@@ -155,7 +155,11 @@ pub fn read(q: &mut Queue, counts: &mut MinuteCounts) -> Result<Snapshot> {
                 ))
             })?
             .collect::<rusqlite::Result<_>>()?;
-        Ok((view, overview::feeder_facts(tx)?, bars))
+        // The database's size: its file's pages, or its PostgreSQL tables and indexes.
+        let db_bytes: i64 = tx
+            .op(crate::store::ops::status::SIZE_BYTES)
+            .query_row([], |r| r.get(0))?;
+        Ok((view, overview::feeder_facts(tx)?, bars, db_bytes))
     })?;
     view.feeders = overview::feeders_from(q.hosts()?, &facts);
     let mut timeline = Vec::new();
@@ -192,7 +196,7 @@ pub fn read(q: &mut Queue, counts: &mut MinuteCounts) -> Result<Snapshot> {
         view,
         timeline,
         durations,
-        db_bytes: q.size_bytes(),
+        db_bytes: db_bytes.max(0) as u64,
         taken: now,
     })
 }

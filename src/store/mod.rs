@@ -517,11 +517,7 @@ fn pg_rows(
     limit: Option<usize>,
 ) -> Result<Vec<Vec<SqlValue>>> {
     if text.native {
-        let mut rows = tx.query_native(text.sql, params)?;
-        if let Some(n) = limit {
-            rows.truncate(n);
-        }
-        Ok(rows)
+        tx.query_native(text.sql, params, limit)
     } else {
         tx.query(text.sql, params, limit)
     }

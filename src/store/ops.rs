@@ -7,8 +7,8 @@
 //!
 //! A file is a list of statements, each under a line `-- name: NAME` (comments after that
 //! line document it); `-- name: NAME (batch)` marks a statement made of several, run
-//! without parameters (`Stmt::execute_batch`). A statement with an empty body means "nothing to do on this store"
-//! (running it changes and returns nothing). The one expansion made, once, when a file is
+//! without parameters (`Stmt::execute_batch`). A statement with an empty body means
+//! "nothing to do on this store" (running it changes and returns nothing). The one expansion made, once, when a file is
 //! read: `{job_fields}` becomes every stored job field in `job::FIELDS` order (quoted where
 //! the store needs it), the columns `Row::from_sql` reads back.
 //!
@@ -25,95 +25,76 @@ use super::Dialect;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Op(pub &'static str);
 
+/// Declare a family of operations: a constant for each (`family.name`, the name its SQL
+/// carries in each store's file of that family) and `ALL`, every one of them.
+macro_rules! family {
+    ($family:literal { $($(#[$doc:meta])* $name:ident = $op:literal,)* }) => {
+        $($(#[$doc])* pub const $name: super::Op = super::Op(concat!($family, ".", $op));)*
+        /// Every operation of the family.
+        pub const ALL: &[super::Op] = &[$($name),*];
+    };
+}
+
 /// The claim protocol: what feeders read and change about the jobs they claim, run and
 /// end (`crate::claims`).
 pub mod claims {
-    use super::Op;
-
-    /// The limits set per tag (`configure limit.TAG=N`): rows (tag, limit).
-    pub const TAG_LIMITS: Op = Op("claims.tag_limits");
-    /// Claims on a queue with tag limits take turns (PostgreSQL, where claims run side by
-    /// side; nothing on SQLite, whose writes exclude each other anyway).
-    pub const TAG_LIMITS_TURN: Op = Op("claims.tag_limits_turn");
-    /// How many jobs of tag `$1` run now.
-    pub const TAG_RUNNING: Op = Op("claims.tag_running");
-    /// The best candidates a host may claim (see `crate::claims::claim`), with their
-    /// needs: jid, tag, cpus, mem, gpus, submitted. PostgreSQL locks them, skipping those
-    /// another feeder is claiming.
-    pub const CANDIDATES: Op = Op("claims.candidates");
-    /// Whether any candidate exists (a read-only look).
-    pub const CLAIMABLE: Op = Op("claims.claimable");
-    /// Claim the chosen jobs (`$5`, a JSON list of jids) still pending or dead, with
-    /// their GPU devices (`$6`); returns each claimed job's fields.
-    pub const CLAIM: Op = Op("claims.claim");
-    /// Why this host claims nothing: the queue paused, or the host drained.
-    pub const HELD_BACK: Op = Op("claims.held_back");
-    /// Record a run's end (finished).
-    pub const FINISH: Op = Op("claims.finish");
-    /// Record a run's end, the job to be retried after a delay (pending again).
-    pub const FINISH_RETRY: Op = Op("claims.finish_retry");
-    /// Record a started job's pid and process identity.
-    pub const RECORD_START: Op = Op("claims.record_start");
-    /// A shell that could not be started: finished with 127.
-    pub const FAILED_TO_START: Op = Op("claims.failed_to_start");
-    /// A crashed run of a restartable job with attempts left: pending again.
-    pub const REQUEUE_CRASHED: Op = Op("claims.requeue_crashed");
-    /// A crashed run otherwise: dead.
-    pub const MARK_DEAD: Op = Op("claims.mark_dead");
-    /// A claimed job that never started: pending again, its attempt returned.
-    pub const RELEASE: Op = Op("claims.release");
-    /// A host's running jobs: jid, claim, feeder, whether a pid was recorded.
-    pub const RUNNING_ON: Op = Op("claims.running_on");
-    /// Note who reclaimed a job and when.
-    pub const NOTE_RECLAIMED: Op = Op("claims.note_reclaimed");
-    /// A dead host's restartable running jobs with attempts left: pending again.
-    pub const REQUEUE_HOST: Op = Op("claims.requeue_host");
-    /// A dead host's other running jobs: dead.
-    pub const BURY_HOST: Op = Op("claims.bury_host");
-    /// The jobs a feeder is running or holds unstarted.
-    pub const HELD_BY: Op = Op("claims.held_by");
-    /// The claim tokens and kill requests of jobs (`$1`, a JSON list of jids).
-    pub const CURRENT_CLAIMS: Op = Op("claims.current_claims");
-    /// Hosts with running jobs.
-    pub const BUSY_HOSTS: Op = Op("claims.busy_hosts");
-    /// Every field of the jobs the queue says feeder `$1` runs.
-    pub const HELD_BY_FEEDER: Op = Op("claims.held_by_feeder");
-    /// Every field of the running jobs of host `$1` claimed by other feeders than `$2`
-    /// (earlier feeders of this host).
-    pub const ORPHANS: Op = Op("claims.orphans");
-    /// The files of jobs (`$1`, a JSON list of jids): jid, stdin, stdout, stderr, data.
-    pub const JOB_FILES: Op = Op("claims.job_files");
-    /// The feeders with running jobs.
-    pub const RUNNING_FEEDERS: Op = Op("claims.running_feeders");
-
-    /// Every operation of the family (for the tests that check each store has them all).
-    pub const ALL: &[Op] = &[
-        TAG_LIMITS,
-        TAG_LIMITS_TURN,
-        TAG_RUNNING,
-        CANDIDATES,
-        CLAIMABLE,
-        CLAIM,
-        HELD_BACK,
-        FINISH,
-        FINISH_RETRY,
-        RECORD_START,
-        FAILED_TO_START,
-        REQUEUE_CRASHED,
-        MARK_DEAD,
-        RELEASE,
-        RUNNING_ON,
-        NOTE_RECLAIMED,
-        REQUEUE_HOST,
-        BURY_HOST,
-        HELD_BY,
-        CURRENT_CLAIMS,
-        BUSY_HOSTS,
-        HELD_BY_FEEDER,
-        ORPHANS,
-        JOB_FILES,
-        RUNNING_FEEDERS,
-    ];
+    family!("claims" {
+        /// The limits set per tag (`configure limit.TAG=N`): rows (tag, limit).
+        TAG_LIMITS = "tag_limits",
+        /// Claims on a queue with tag limits take turns (PostgreSQL, where claims run side by
+        /// side; nothing on SQLite, whose writes exclude each other anyway).
+        TAG_LIMITS_TURN = "tag_limits_turn",
+        /// How many jobs of tag `$1` run now.
+        TAG_RUNNING = "tag_running",
+        /// The best candidates a host may claim (see `crate::claims::claim`), with their
+        /// needs: jid, tag, cpus, mem, gpus, submitted. PostgreSQL locks them, skipping those
+        /// another feeder is claiming.
+        CANDIDATES = "candidates",
+        /// Whether any candidate exists (a read-only look).
+        CLAIMABLE = "claimable",
+        /// Claim the chosen jobs (`$5`, a JSON list of jids) still pending or dead, with
+        /// their GPU devices (`$6`); returns each claimed job's fields.
+        CLAIM = "claim",
+        /// Why this host claims nothing: the queue paused, or the host drained.
+        HELD_BACK = "held_back",
+        /// Record a run's end (finished).
+        FINISH = "finish",
+        /// Record a run's end, the job to be retried after a delay (pending again).
+        FINISH_RETRY = "finish_retry",
+        /// Record a started job's pid and process identity.
+        RECORD_START = "record_start",
+        /// A shell that could not be started: finished with 127.
+        FAILED_TO_START = "failed_to_start",
+        /// A crashed run of a restartable job with attempts left: pending again.
+        REQUEUE_CRASHED = "requeue_crashed",
+        /// A crashed run otherwise: dead.
+        MARK_DEAD = "mark_dead",
+        /// A claimed job that never started: pending again, its attempt returned.
+        RELEASE = "release",
+        /// A host's running jobs: jid, claim, feeder, whether a pid was recorded.
+        RUNNING_ON = "running_on",
+        /// Note who reclaimed a job and when.
+        NOTE_RECLAIMED = "note_reclaimed",
+        /// A dead host's restartable running jobs with attempts left: pending again.
+        REQUEUE_HOST = "requeue_host",
+        /// A dead host's other running jobs: dead.
+        BURY_HOST = "bury_host",
+        /// The jobs a feeder is running or holds unstarted.
+        HELD_BY = "held_by",
+        /// The claim tokens and kill requests of jobs (`$1`, a JSON list of jids).
+        CURRENT_CLAIMS = "current_claims",
+        /// Hosts with running jobs.
+        BUSY_HOSTS = "busy_hosts",
+        /// Every field of the jobs the queue says feeder `$1` runs.
+        HELD_BY_FEEDER = "held_by_feeder",
+        /// Every field of the running jobs of host `$1` claimed by other feeders than `$2`
+        /// (earlier feeders of this host).
+        ORPHANS = "orphans",
+        /// The files of jobs (`$1`, a JSON list of jids): jid, stdin, stdout, stderr, data.
+        JOB_FILES = "job_files",
+        /// The feeders with running jobs.
+        RUNNING_FEEDERS = "running_feeders",
+    });
 }
 
 /// Dependencies between jobs (`crate::deps`): noting ends and re-starts, the cascades a
@@ -121,295 +102,164 @@ pub mod claims {
 /// and the waits of new and changed jobs. Each statement's comment in the SQL files says
 /// what it does; the names follow `crate::deps`'s steps.
 pub mod deps {
-    use super::Op;
-
-    pub const CONNECTION_SETUP: Op = Op("deps.connection_setup");
-    pub const NOTED: Op = Op("deps.noted");
-    pub const RELEASED: Op = Op("deps.released");
-    pub const CLEAR_RELEASED: Op = Op("deps.clear_released");
-    pub const WORK_LEFT: Op = Op("deps.work_left");
-    pub const RENOTE_CANCELS: Op = Op("deps.renote_cancels");
-    pub const NOTE_CANCELS: Op = Op("deps.note_cancels");
-    pub const NOTE_REARMS: Op = Op("deps.note_rearms");
-    pub const CLEAR_NOTES: Op = Op("deps.clear_notes");
-    pub const BATCH_STATISTICS_STALE: Op = Op("deps.batch_statistics_stale");
-    pub const REFRESH_BATCH_STATISTICS: Op = Op("deps.refresh_batch_statistics");
-    pub const PLAN_BY_KEY: Op = Op("deps.plan_by_key");
-    pub const BATCH_STATISTICS: Op = Op("deps.batch_statistics");
-    pub const SETTLING_ON: Op = Op("deps.settling_on");
-    pub const SETTLING_OFF: Op = Op("deps.settling_off");
-    pub const HAS_CANCEL_WORK: Op = Op("deps.has_cancel_work");
-    pub const COLLECT_CANCEL: Op = Op("deps.collect_cancel");
-    pub const APPLY_CANCEL: Op = Op("deps.apply_cancel");
-    pub const DROP_CHANGED_MEANWHILE: Op = Op("deps.drop_changed_meanwhile");
-    pub const COUNT_ANY_WAITS_MET: Op = Op("deps.count_any_waits_met");
-    pub const MARK_ANY_WAITS_MET: Op = Op("deps.mark_any_waits_met");
-    pub const CARRY_ON_CANCEL: Op = Op("deps.carry_on_cancel");
-    pub const CLEAR_FAILURES_AND_BATCH: Op = Op("deps.clear_failures_and_batch");
-    pub const DONE_CANCEL: Op = Op("deps.done_cancel");
-    pub const HAS_REARM_WORK: Op = Op("deps.has_rearm_work");
-    pub const COLLECT_REARM: Op = Op("deps.collect_rearm");
-    pub const BLOCK_REARM: Op = Op("deps.block_rearm");
-    pub const BLOCK_BELOW: Op = Op("deps.block_below");
-    pub const RESET_ROOT_WAITS: Op = Op("deps.reset_root_waits");
-    pub const RESET_REVIVED_WAITS: Op = Op("deps.reset_revived_waits");
-    pub const APPLY_REARM: Op = Op("deps.apply_rearm");
-    pub const RECOUNT_BELOW_ROOTS: Op = Op("deps.recount_below_roots");
-    pub const RECOUNT_BELOW_REVIVED: Op = Op("deps.recount_below_revived");
-    pub const KEPT_CANCELLED: Op = Op("deps.kept_cancelled");
-    pub const SET_REASON: Op = Op("deps.set_reason");
-    pub const CARRY_ON_REARM: Op = Op("deps.carry_on_rearm");
-    pub const DONE_REARM: Op = Op("deps.done_rearm");
-    pub const CLEAR_REARMS_AND_BATCH: Op = Op("deps.clear_rearms_and_batch");
-    pub const FAILED_DEPENDENCY: Op = Op("deps.failed_dependency");
-    pub const OUTCOME: Op = Op("deps.outcome");
-    pub const ARRAY_JOBS: Op = Op("deps.array_jobs");
-    pub const INSERT_WAIT: Op = Op("deps.insert_wait");
-    pub const NOTE_FAILURE: Op = Op("deps.note_failure");
-    pub const RESTATE_LOOK: Op = Op("deps.restate_look");
-    pub const UNMET: Op = Op("deps.unmet");
-    pub const CANCEL_FOR: Op = Op("deps.cancel_for");
-    pub const ARRAY_ACTIVE: Op = Op("deps.array_active");
-    pub const RESTATE: Op = Op("deps.restate");
-    pub const WAITING_FOR: Op = Op("deps.waiting_for");
-    pub const FORGET_CANCEL: Op = Op("deps.forget_cancel");
-    pub const FORGET_ANY: Op = Op("deps.forget_any");
-    pub const FORGET_WAITS: Op = Op("deps.forget_waits");
-
-    pub const ALL: &[Op] = &[
-        CONNECTION_SETUP,
-        NOTED,
-        RELEASED,
-        CLEAR_RELEASED,
-        WORK_LEFT,
-        RENOTE_CANCELS,
-        NOTE_CANCELS,
-        NOTE_REARMS,
-        CLEAR_NOTES,
-        BATCH_STATISTICS_STALE,
-        REFRESH_BATCH_STATISTICS,
-        PLAN_BY_KEY,
-        BATCH_STATISTICS,
-        SETTLING_ON,
-        SETTLING_OFF,
-        HAS_CANCEL_WORK,
-        COLLECT_CANCEL,
-        APPLY_CANCEL,
-        DROP_CHANGED_MEANWHILE,
-        COUNT_ANY_WAITS_MET,
-        MARK_ANY_WAITS_MET,
-        CARRY_ON_CANCEL,
-        CLEAR_FAILURES_AND_BATCH,
-        DONE_CANCEL,
-        HAS_REARM_WORK,
-        COLLECT_REARM,
-        BLOCK_REARM,
-        BLOCK_BELOW,
-        RESET_ROOT_WAITS,
-        RESET_REVIVED_WAITS,
-        APPLY_REARM,
-        RECOUNT_BELOW_ROOTS,
-        RECOUNT_BELOW_REVIVED,
-        KEPT_CANCELLED,
-        SET_REASON,
-        CARRY_ON_REARM,
-        DONE_REARM,
-        CLEAR_REARMS_AND_BATCH,
-        FAILED_DEPENDENCY,
-        OUTCOME,
-        ARRAY_JOBS,
-        INSERT_WAIT,
-        NOTE_FAILURE,
-        RESTATE_LOOK,
-        UNMET,
-        CANCEL_FOR,
-        ARRAY_ACTIVE,
-        RESTATE,
-        WAITING_FOR,
-        FORGET_CANCEL,
-        FORGET_ANY,
-        FORGET_WAITS,
-    ];
+    family!("deps" {
+        CONNECTION_SETUP = "connection_setup",
+        NOTED = "noted",
+        RELEASED = "released",
+        CLEAR_RELEASED = "clear_released",
+        WORK_LEFT = "work_left",
+        RENOTE_CANCELS = "renote_cancels",
+        NOTE_CANCELS = "note_cancels",
+        NOTE_REARMS = "note_rearms",
+        CLEAR_NOTES = "clear_notes",
+        BATCH_STATISTICS_STALE = "batch_statistics_stale",
+        REFRESH_BATCH_STATISTICS = "refresh_batch_statistics",
+        PLAN_BY_KEY = "plan_by_key",
+        BATCH_STATISTICS = "batch_statistics",
+        SETTLING_ON = "settling_on",
+        SETTLING_OFF = "settling_off",
+        HAS_CANCEL_WORK = "has_cancel_work",
+        COLLECT_CANCEL = "collect_cancel",
+        APPLY_CANCEL = "apply_cancel",
+        DROP_CHANGED_MEANWHILE = "drop_changed_meanwhile",
+        COUNT_ANY_WAITS_MET = "count_any_waits_met",
+        MARK_ANY_WAITS_MET = "mark_any_waits_met",
+        CARRY_ON_CANCEL = "carry_on_cancel",
+        CLEAR_FAILURES_AND_BATCH = "clear_failures_and_batch",
+        DONE_CANCEL = "done_cancel",
+        HAS_REARM_WORK = "has_rearm_work",
+        COLLECT_REARM = "collect_rearm",
+        BLOCK_REARM = "block_rearm",
+        BLOCK_BELOW = "block_below",
+        RESET_ROOT_WAITS = "reset_root_waits",
+        RESET_REVIVED_WAITS = "reset_revived_waits",
+        APPLY_REARM = "apply_rearm",
+        RECOUNT_BELOW_ROOTS = "recount_below_roots",
+        RECOUNT_BELOW_REVIVED = "recount_below_revived",
+        KEPT_CANCELLED = "kept_cancelled",
+        SET_REASON = "set_reason",
+        CARRY_ON_REARM = "carry_on_rearm",
+        DONE_REARM = "done_rearm",
+        CLEAR_REARMS_AND_BATCH = "clear_rearms_and_batch",
+        FAILED_DEPENDENCY = "failed_dependency",
+        OUTCOME = "outcome",
+        ARRAY_JOBS = "array_jobs",
+        INSERT_WAIT = "insert_wait",
+        NOTE_FAILURE = "note_failure",
+        RESTATE_LOOK = "restate_look",
+        UNMET = "unmet",
+        CANCEL_FOR = "cancel_for",
+        ARRAY_ACTIVE = "array_active",
+        RESTATE = "restate",
+        WAITING_FOR = "waiting_for",
+        FORGET_CANCEL = "forget_cancel",
+        FORGET_ANY = "forget_any",
+        FORGET_WAITS = "forget_waits",
+    });
 }
 
 /// Changes to jobs by the queue's modes: drawing jids, `submit --unique`, delete,
 /// resubmit, kill requests; and the checks `wait` reports with.
 pub mod jobs {
-    use super::Op;
-
-    pub const RESERVE_JIDS_PREPARE: Op = Op("jobs.reserve_jids_prepare");
-    pub const RESERVE_JIDS: Op = Op("jobs.reserve_jids");
-    pub const TWIN: Op = Op("jobs.twin");
-    pub const MERGE_TWIN: Op = Op("jobs.merge_twin");
-    pub const INSERT_ONE: Op = Op("jobs.insert_one");
-    pub const DELETE: Op = Op("jobs.delete");
-    pub const RESUBMIT: Op = Op("jobs.resubmit");
-    pub const REQUEST_KILL: Op = Op("jobs.request_kill");
-    pub const RESTRICTED_PENDING: Op = Op("jobs.restricted_pending");
-    pub const COUNT_FAILED: Op = Op("jobs.count_failed");
-    pub const HIGHEST_JID_GIVEN: Op = Op("jobs.highest_jid_given");
-    pub const JID_COUNTER_EXISTS: Op = Op("jobs.jid_counter_exists");
-    pub const CONTINUE_JIDS_ABOVE: Op = Op("jobs.continue_jids_above");
-
-    pub const ALL: &[Op] = &[
-        RESERVE_JIDS_PREPARE,
-        RESERVE_JIDS,
-        TWIN,
-        MERGE_TWIN,
-        INSERT_ONE,
-        DELETE,
-        RESUBMIT,
-        REQUEST_KILL,
-        RESTRICTED_PENDING,
-        COUNT_FAILED,
-        HIGHEST_JID_GIVEN,
-        JID_COUNTER_EXISTS,
-        CONTINUE_JIDS_ABOVE,
-    ];
+    family!("jobs" {
+        RESERVE_JIDS_PREPARE = "reserve_jids_prepare",
+        RESERVE_JIDS = "reserve_jids",
+        TWIN = "twin",
+        MERGE_TWIN = "merge_twin",
+        INSERT_ONE = "insert_one",
+        DELETE = "delete",
+        RESUBMIT = "resubmit",
+        REQUEST_KILL = "request_kill",
+        RESTRICTED_PENDING = "restricted_pending",
+        COUNT_FAILED = "count_failed",
+        HIGHEST_JID_GIVEN = "highest_jid_given",
+        JID_COUNTER_EXISTS = "jid_counter_exists",
+        CONTINUE_JIDS_ABOVE = "continue_jids_above",
+    });
 }
 
 /// What `status`, `wait`, the status screen and the dashboard read: kept counts, the
 /// ends of indexes, pause and drain marks.
 pub mod status {
-    use super::Op;
-
-    pub const COUNTS: Op = Op("status.counts");
-    pub const COUNT_IN_STATE: Op = Op("status.count_in_state");
-    pub const HIGHEST_PRIORITY: Op = Op("status.highest_priority");
-    pub const NEXT_PRIORITY_BELOW: Op = Op("status.next_priority_below");
-    pub const NEWEST_AT_PRIORITY: Op = Op("status.newest_at_priority");
-    pub const OLDEST_AT_PRIORITY: Op = Op("status.oldest_at_priority");
-    pub const NEWEST_IN_STATE: Op = Op("status.newest_in_state");
-    pub const OLDEST_IN_STATE: Op = Op("status.oldest_in_state");
-    pub const LATEST_STARTED: Op = Op("status.latest_started");
-    pub const EARLIEST_STARTED: Op = Op("status.earliest_started");
-    pub const SHORTEST_FINISHED: Op = Op("status.shortest_finished");
-    pub const LONGEST_FINISHED: Op = Op("status.longest_finished");
-    pub const SHORTEST_DEAD: Op = Op("status.shortest_dead");
-    pub const LONGEST_DEAD: Op = Op("status.longest_dead");
-    pub const ENDED_SINCE: Op = Op("status.ended_since");
-    pub const ENDED_PER_MINUTE: Op = Op("status.ended_per_minute");
-    pub const ENDED_PER_MINUTE_AND_HOST: Op = Op("status.ended_per_minute_and_host");
-    pub const FINISHED_WITH_CODES: Op = Op("status.finished_with_codes");
-    pub const RUNNING_PER_HOST: Op = Op("status.running_per_host");
-    pub const HELD_BACK: Op = Op("status.held_back");
-    pub const LIVENESS_SETTINGS: Op = Op("status.liveness_settings");
-    pub const LOCK_RECOVERED: Op = Op("status.lock_recovered");
-    pub const PROGRESS: Op = Op("status.progress");
-    pub const ARRAY_JOBS: Op = Op("status.array_jobs");
-    pub const ANY_NEEDY: Op = Op("status.any_needy");
-    pub const NEEDY_BEYOND: Op = Op("status.needy_beyond");
-    pub const TIMELINE: Op = Op("status.timeline");
-    pub const SIZE_BYTES: Op = Op("status.size_bytes");
-
-    pub const ALL: &[Op] = &[
-        COUNTS,
-        COUNT_IN_STATE,
-        HIGHEST_PRIORITY,
-        NEXT_PRIORITY_BELOW,
-        NEWEST_AT_PRIORITY,
-        OLDEST_AT_PRIORITY,
-        NEWEST_IN_STATE,
-        OLDEST_IN_STATE,
-        LATEST_STARTED,
-        EARLIEST_STARTED,
-        SHORTEST_FINISHED,
-        LONGEST_FINISHED,
-        SHORTEST_DEAD,
-        LONGEST_DEAD,
-        ENDED_SINCE,
-        ENDED_PER_MINUTE,
-        ENDED_PER_MINUTE_AND_HOST,
-        FINISHED_WITH_CODES,
-        RUNNING_PER_HOST,
-        HELD_BACK,
-        LIVENESS_SETTINGS,
-        LOCK_RECOVERED,
-        PROGRESS,
-        ARRAY_JOBS,
-        ANY_NEEDY,
-        NEEDY_BEYOND,
-        TIMELINE,
-        SIZE_BYTES,
-    ];
+    family!("status" {
+        COUNTS = "counts",
+        COUNT_IN_STATE = "count_in_state",
+        HIGHEST_PRIORITY = "highest_priority",
+        NEXT_PRIORITY_BELOW = "next_priority_below",
+        NEWEST_AT_PRIORITY = "newest_at_priority",
+        OLDEST_AT_PRIORITY = "oldest_at_priority",
+        NEWEST_IN_STATE = "newest_in_state",
+        OLDEST_IN_STATE = "oldest_in_state",
+        LATEST_STARTED = "latest_started",
+        EARLIEST_STARTED = "earliest_started",
+        SHORTEST_FINISHED = "shortest_finished",
+        LONGEST_FINISHED = "longest_finished",
+        SHORTEST_DEAD = "shortest_dead",
+        LONGEST_DEAD = "longest_dead",
+        ENDED_SINCE = "ended_since",
+        ENDED_PER_MINUTE = "ended_per_minute",
+        ENDED_PER_MINUTE_AND_HOST = "ended_per_minute_and_host",
+        FINISHED_WITH_CODES = "finished_with_codes",
+        RUNNING_PER_HOST = "running_per_host",
+        HELD_BACK = "held_back",
+        LIVENESS_SETTINGS = "liveness_settings",
+        LOCK_RECOVERED = "lock_recovered",
+        PROGRESS = "progress",
+        ARRAY_JOBS = "array_jobs",
+        ANY_NEEDY = "any_needy",
+        NEEDY_BEYOND = "needy_beyond",
+        TIMELINE = "timeline",
+        SIZE_BYTES = "size_bytes",
+    });
 }
 
 /// What a PostgreSQL queue without a job-file directory keeps in its database
 /// (`store::in_database`): heartbeats, start journals, job files. PostgreSQL only.
 pub mod in_database {
-    use super::Op;
-
-    pub const BEAT_WITH_INFO: Op = Op("in_database.beat_with_info");
-    pub const BEAT: Op = Op("in_database.beat");
-    pub const SERVER_NOW: Op = Op("in_database.server_now");
-    pub const HEARTBEAT_AGE: Op = Op("in_database.heartbeat_age");
-    pub const KNOWN_HOSTS: Op = Op("in_database.known_hosts");
-    pub const JOURNAL_APPEND: Op = Op("in_database.journal_append");
-    pub const JOURNAL_READ: Op = Op("in_database.journal_read");
-    pub const JOURNAL_REMOVE: Op = Op("in_database.journal_remove");
-    pub const REAP_OLD_JOURNALS: Op = Op("in_database.reap_old_journals");
-    pub const PUT_CHUNK: Op = Op("in_database.put_chunk");
-    pub const DROP_STREAM: Op = Op("in_database.drop_stream");
-    pub const VISIBLE_CHUNKS: Op = Op("in_database.visible_chunks");
-    pub const VISIBLE_CHUNK: Op = Op("in_database.visible_chunk");
-    pub const STREAM_SIZE: Op = Op("in_database.stream_size");
-    pub const CHUNK_STARTS: Op = Op("in_database.chunk_starts");
-    pub const HOLD_IF_OURS: Op = Op("in_database.hold_if_ours");
-    pub const DROP_EARLIER_RUNS: Op = Op("in_database.drop_earlier_runs");
-    pub const REAP_ORPHANS: Op = Op("in_database.reap_orphans");
-    pub const DROP_INPUTS: Op = Op("in_database.drop_inputs");
-    pub const PROMOTE_STAGED: Op = Op("in_database.promote_staged");
-    pub const DROP_STAGED: Op = Op("in_database.drop_staged");
-    pub const REMOVE_FILES: Op = Op("in_database.remove_files");
-    pub const DROP_OUTPUTS: Op = Op("in_database.drop_outputs");
-    pub const DROP_DATA: Op = Op("in_database.drop_data");
-
-    pub const ALL: &[Op] = &[
-        BEAT_WITH_INFO,
-        BEAT,
-        SERVER_NOW,
-        HEARTBEAT_AGE,
-        KNOWN_HOSTS,
-        JOURNAL_APPEND,
-        JOURNAL_READ,
-        JOURNAL_REMOVE,
-        REAP_OLD_JOURNALS,
-        PUT_CHUNK,
-        DROP_STREAM,
-        VISIBLE_CHUNKS,
-        VISIBLE_CHUNK,
-        STREAM_SIZE,
-        CHUNK_STARTS,
-        HOLD_IF_OURS,
-        DROP_EARLIER_RUNS,
-        REAP_ORPHANS,
-        DROP_INPUTS,
-        PROMOTE_STAGED,
-        DROP_STAGED,
-        REMOVE_FILES,
-        DROP_OUTPUTS,
-        DROP_DATA,
-    ];
+    family!("in_database" {
+        BEAT_WITH_INFO = "beat_with_info",
+        BEAT = "beat",
+        SERVER_NOW = "server_now",
+        HEARTBEAT_AGE = "heartbeat_age",
+        KNOWN_HOSTS = "known_hosts",
+        JOURNAL_APPEND = "journal_append",
+        JOURNAL_READ = "journal_read",
+        JOURNAL_REMOVE = "journal_remove",
+        REAP_OLD_JOURNALS = "reap_old_journals",
+        PUT_CHUNK = "put_chunk",
+        DROP_STREAM = "drop_stream",
+        VISIBLE_CHUNKS = "visible_chunks",
+        VISIBLE_CHUNK = "visible_chunk",
+        STREAM_SIZE = "stream_size",
+        CHUNK_STARTS = "chunk_starts",
+        HOLD_IF_OURS = "hold_if_ours",
+        DROP_EARLIER_RUNS = "drop_earlier_runs",
+        REAP_ORPHANS = "reap_orphans",
+        DROP_INPUTS = "drop_inputs",
+        PROMOTE_STAGED = "promote_staged",
+        DROP_STAGED = "drop_staged",
+        REMOVE_FILES = "remove_files",
+        DROP_OUTPUTS = "drop_outputs",
+        DROP_DATA = "drop_data",
+    });
 }
 
 /// Queue-wide settings (`configure`), pause and drain marks.
 pub mod attributes {
-    use super::Op;
-
-    /// Every attribute: key, value.
-    pub const ALL: Op = Op("attributes.all");
-    /// Every attribute, by key.
-    pub const ALL_SORTED: Op = Op("attributes.all_sorted");
-    /// The value of `$1`.
-    pub const GET: Op = Op("attributes.get");
-    /// Set `$1` to `$2`.
-    pub const SET: Op = Op("attributes.set");
-    /// Set `$1` to `$2` unless it is set.
-    pub const SET_IF_ABSENT: Op = Op("attributes.set_if_absent");
-    /// Remove `$1`.
-    pub const REMOVE: Op = Op("attributes.remove");
-
-    pub const ALL_OPS: &[Op] = &[ALL, ALL_SORTED, GET, SET, SET_IF_ABSENT, REMOVE];
+    family!("attributes" {
+        /// Every attribute: key, value.
+        EVERY = "every",
+        /// Every attribute, by key.
+        EVERY_SORTED = "every_sorted",
+        /// The value of `$1`.
+        GET = "get",
+        /// Set `$1` to `$2`.
+        SET = "set",
+        /// Set `$1` to `$2` unless it is set.
+        SET_IF_ABSENT = "set_if_absent",
+        /// Remove `$1`.
+        REMOVE = "remove",
+    });
 }
 
 /// What differs between stores beyond their SQL, as numbers the protocol uses.
@@ -450,7 +300,7 @@ pub fn all_in(dialect: Dialect) -> Vec<Op> {
 pub fn all() -> impl Iterator<Item = Op> {
     claims::ALL
         .iter()
-        .chain(attributes::ALL_OPS)
+        .chain(attributes::ALL)
         .chain(deps::ALL)
         .chain(status::ALL)
         .chain(jobs::ALL)

@@ -211,7 +211,12 @@ pub trait PgConn {
     fn execute(&self, sql: &str, params: Params<'_>) -> Result<usize>;
     /// A store operation's statement, written for PostgreSQL (`ops`): not translated.
     fn execute_native(&self, sql: &str, params: Params<'_>) -> Result<usize>;
-    fn query_native(&self, sql: &str, params: Params<'_>) -> Result<Vec<Vec<SqlValue>>>;
+    fn query_native(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+        limit: Option<usize>,
+    ) -> Result<Vec<Vec<SqlValue>>>;
     fn prepare_native(&self, sql: &str) -> Result<()>;
     fn query(
         &self,
@@ -297,8 +302,13 @@ impl PgConn for PgTx<'_> {
         self.run(sql, params, true)
     }
 
-    fn query_native(&self, sql: &str, params: Params<'_>) -> Result<Vec<Vec<SqlValue>>> {
-        self.rows(sql, params, None, true)
+    fn query_native(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+        limit: Option<usize>,
+    ) -> Result<Vec<Vec<SqlValue>>> {
+        self.rows(sql, params, limit, true)
     }
 
     fn prepare_native(&self, sql: &str) -> Result<()> {

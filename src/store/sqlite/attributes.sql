@@ -1,9 +1,9 @@
 -- Queue-wide settings, pause and drain marks, on SQLite (see `store::ops::attributes`).
 
--- name: all
+-- name: every
 SELECT key, value FROM attributes;
 
--- name: all_sorted
+-- name: every_sorted
 SELECT key, value FROM attributes ORDER BY key;
 
 -- name: get
