@@ -566,15 +566,30 @@ pub fn start(
     Ok(start)
 }
 
-/// Record the waits of new job `jid` (after its row is inserted).
-pub fn record(tx: &Tx<'_>, jid: i64, start: &Start) -> Result<()> {
-    let mut insert = tx.op(op::INSERT_WAIT);
-    for &(dep, kind, met) in &start.edges {
-        insert.execute(params![dep, jid, kind.as_str(), met])?;
+/// Record the waits of new jobs (after their rows are inserted): (jid, its start), in
+/// statements of up to `WAITS_PER_STATEMENT` waits each (one round trip per wait made a
+/// server-kept queue's chain submit 10 times slower).
+pub fn record(tx: &Tx<'_>, starts: &[(i64, Start)]) -> Result<()> {
+    const WAITS_PER_STATEMENT: usize = 10_000;
+    let waits: Vec<(i64, i64, &str, i64)> = starts
+        .iter()
+        .flat_map(|(jid, start)| {
+            start
+                .edges
+                .iter()
+                .map(move |&(dep, kind, met)| (dep, *jid, kind.as_str(), i64::from(met)))
+        })
+        .collect();
+    let mut insert = tx.op(op::INSERT_WAITS);
+    for chunk in waits.chunks(WAITS_PER_STATEMENT) {
+        let json = serde_json::to_string(chunk).expect("integers and kind names serialize");
+        insert.execute(params![json])?;
     }
-    if let Some(reason) = &start.failed {
-        // Jobs of the same submit waiting for this one are cancelled in turn by `settle`.
-        tx.op(op::NOTE_FAILURE).execute(params![jid, reason])?;
+    for (jid, start) in starts {
+        if let Some(reason) = &start.failed {
+            // Jobs of the same submit waiting for this one are cancelled in turn by `settle`.
+            tx.op(op::NOTE_FAILURE).execute(params![jid, reason])?;
+        }
     }
     Ok(())
 }

@@ -684,8 +684,35 @@ fn a_long_chain_is_cancelled_and_rearmed_a_batch_at_a_time(store: StoreKind) {
     q.integrity_ok();
 }
 
+/// A submit's waits go to the store many per statement: more of them than one statement
+/// carries (10,000) are all recorded, each job waiting for the right one.
+fn a_submit_with_more_waits_than_one_statement_carries_records_them_all(store: StoreKind) {
+    let q = TestQueue::on(store);
+    let n = 10_050;
+    let mut list = String::from("- {name: head, command: 'true'}\n");
+    for i in 1..=n {
+        list += &format!("- {{command: 'echo {i}', after: head}}\n");
+    }
+    list += "- {name: last, command: 'true', after_any: head}\n";
+    q.rq_stdin(&["submit", "-q", "-"], &list).ok();
+    assert_eq!(q.count("waiting"), n + 1);
+    let out = q
+        .sql("SELECT count(*) AS waits, count(DISTINCT job) AS jobs, min(dep) AS dep, max(dep) AS top FROM deps")
+        .stdout;
+    let expected = format!("waits: {}\n jobs: {}\n dep: 1\n top: 1", n + 1, n + 1);
+    assert!(out.contains(&expected), "{out}");
+    let kinds = q
+        .sql("SELECT kind, count(*) AS waits FROM deps GROUP BY kind ORDER BY kind")
+        .stdout;
+    assert!(
+        kinds.contains("kind: any\n waits: 1") && kinds.contains(&format!("kind: ok\n waits: {n}")),
+        "{kinds}"
+    );
+}
+
 crate::on_both_stores!(
     a_long_chain_is_cancelled_and_rearmed_a_batch_at_a_time,
+    a_submit_with_more_waits_than_one_statement_carries_records_them_all,
     a_three_stage_pipeline_from_one_yaml_file_runs_in_order,
     a_failed_dependency_cancels_its_dependents_and_resubmitting_rearms_them,
     waits_on_jobs_already_in_the_queue,

@@ -93,21 +93,31 @@ impl Selection {
                 raw: false,
             };
         }
+        // Only the lists that name something: `state IN (..) OR jid IN (..)` kept
+        // PostgreSQL from the primary key, so `resubmit 1` read every job.
+        let mut branches = Vec::new();
+        let mut params = Vec::new();
+        let mut list = |column: &str, json: String| {
+            branches.push(format!("{column} IN (SELECT value FROM json_each(?))"));
+            params.push(SqlValue::Text(json));
+        };
         let states: Vec<&str> = self.states.iter().map(|s| s.as_str()).collect();
-        let mut sql =
-            "(state IN (SELECT value FROM json_each(?)) OR jid IN (SELECT value FROM json_each(?))"
-                .to_string();
-        let mut params = vec![
-            SqlValue::Text(serde_json::to_string(&states).unwrap_or_default()),
-            SqlValue::Text(serde_json::to_string(&self.jids).unwrap_or_default()),
-        ];
-        if !self.arrays.is_empty() {
-            sql.push_str(" OR array_id IN (SELECT value FROM json_each(?))");
-            params.push(SqlValue::Text(
-                serde_json::to_string(&self.arrays).unwrap_or_default(),
-            ));
+        if !states.is_empty() {
+            list("state", serde_json::to_string(&states).unwrap_or_default());
         }
-        sql.push(')');
+        if !self.jids.is_empty() {
+            list("jid", serde_json::to_string(&self.jids).unwrap_or_default());
+        }
+        if !self.arrays.is_empty() {
+            list(
+                "array_id",
+                serde_json::to_string(&self.arrays).unwrap_or_default(),
+            );
+        }
+        let sql = match branches.len() {
+            0 => "FALSE".to_string(),
+            _ => format!("({})", branches.join(" OR ")),
+        };
         Clause {
             sql,
             params,

@@ -518,9 +518,7 @@ impl Queue {
             if inserted != count {
                 return Err(changed_while_reading());
             }
-            for (jid, start) in &starts {
-                crate::deps::record(tx, *jid, start)?;
-            }
+            crate::deps::record(tx, &starts)?;
             let first = first.unwrap_or(0);
             let last = first + count as i64 - 1;
             let mut echoed = Vec::new();

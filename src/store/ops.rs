@@ -144,7 +144,7 @@ pub mod deps {
         FAILED_DEPENDENCY = "failed_dependency",
         OUTCOME = "outcome",
         ARRAY_JOBS = "array_jobs",
-        INSERT_WAIT = "insert_wait",
+        INSERT_WAITS = "insert_waits",
         NOTE_FAILURE = "note_failure",
         RESTATE_LOOK = "restate_look",
         UNMET = "unmet",

@@ -249,8 +249,12 @@ SELECT state, exit_status, signal, reason,
 -- name: array_jobs
 SELECT jid FROM jobs WHERE array_id = $1 ORDER BY jid;
 
--- name: insert_wait
-INSERT INTO deps (dep, job, kind, met) VALUES ($1, $2, $3, $4);
+-- name: insert_waits
+-- $1 a JSON array of [dep, job, kind, met]: a submit's waits, many in one statement (one
+-- round trip each took 20 s of a 100,000-job chain's submit).
+INSERT INTO deps (dep, job, kind, met)
+SELECT CAST(e ->> 0 AS bigint), CAST(e ->> 1 AS bigint), e ->> 2, CAST(e ->> 3 AS bigint)
+  FROM jsonb_array_elements(CAST($1 AS jsonb)) AS e;
 
 -- name: note_failure
 INSERT INTO dep_failures (jid, reason) VALUES ($1, $2);

@@ -259,8 +259,10 @@ SELECT state, exit_status, signal, reason,
 -- name: array_jobs
 SELECT jid FROM jobs WHERE array_id = ?1 ORDER BY jid;
 
--- name: insert_wait
-INSERT INTO deps (dep, job, kind, met) VALUES (?1, ?2, ?3, ?4);
+-- name: insert_waits
+-- ?1 a JSON array of [dep, job, kind, met]: a submit's waits, many in one statement.
+INSERT INTO deps (dep, job, kind, met)
+SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each(?1);
 
 -- name: note_failure
 INSERT INTO dep_failures (jid, reason) VALUES (?1, ?2);
