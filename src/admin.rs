@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::error::{Error, IoContext, Result};
 use crate::queue::{self, JOB_DIRS, Queue};
 use crate::store;
+use crate::store::ops::copies;
 
 /// A timestamp for file names: 20261127T211503Z.
 fn stamp() -> String {
@@ -190,16 +191,12 @@ pub fn rotate(q: &mut Queue, dest: Option<&Path>, keep_dir: bool) -> Result<Valu
     let outcome = q.store().write(|tx| {
         let mut deleted = 0usize;
         let mut kept = HashSet::new();
-        let mut del = tx.prepare_cached(
-            "DELETE FROM jobs WHERE jid = ? AND state IN ('finished', 'dead') AND coalesce(finished, '') = ?",
-        )?;
+        let mut del = tx.op(copies::DELETE_ARCHIVED);
         let mut after = 0i64;
         loop {
             let page = archive.store().read(|atx| {
-                let mut stmt = atx.prepare_cached(
-                    "SELECT jid, coalesce(finished, '') FROM jobs WHERE jid > ? ORDER BY jid LIMIT ?",
-                )?;
-                let rows = stmt
+                let rows = atx
+                    .op(copies::ENDED_PAGE)
                     .query_map(rusqlite::params![after, ARCHIVE_PAGE], |r| {
                         Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
                     })?
@@ -234,10 +231,8 @@ pub fn rotate(q: &mut Queue, dest: Option<&Path>, keep_dir: bool) -> Result<Valu
         let mut archive = Queue::open(&dest, store::Access::ReadWrite)?;
         let kept_list: Vec<i64> = kept.iter().copied().collect();
         archive.store().write(|tx| {
-            tx.execute(
-                "DELETE FROM jobs WHERE jid IN (SELECT value FROM json_each(?))",
-                [serde_json::to_string(&kept_list).unwrap_or_default()],
-            )?;
+            tx.op(copies::DELETE_LISTED)
+                .execute([serde_json::to_string(&kept_list).unwrap_or_default()])?;
             Ok(())
         })?;
         for jid in &kept {
@@ -280,12 +275,6 @@ fn fill_archive(q: &mut Queue, dest: &Path) -> Result<()> {
         ..Default::default()
     };
     let mut archive = Queue::open(dest, store::Access::ReadWrite)?;
-    let fields = crate::job::FIELDS;
-    let placeholders = vec!["?"; fields.len()].join(", ");
-    let sql = format!(
-        "INSERT INTO jobs ({}) VALUES ({placeholders})",
-        fields.join(", ")
-    );
     // A queue keeping job files in its database: each job's are fetched into a local
     // staging directory first.
     let staging = tempfile::tempdir().context(|| "cannot make a temporary directory".into())?;
@@ -298,11 +287,11 @@ fn fill_archive(q: &mut Queue, dest: &Path) -> Result<()> {
             return Ok(());
         };
         after = last.jid();
-        archive.store().write(|tx| {
-            let mut insert = tx.prepare_cached(&sql)?;
-            for row in &rows {
-                let values: Vec<SqlValue> = row
-                    .columns
+        // Rows are read with every field in `FIELDS` order, as the archive takes them.
+        let values: Vec<Vec<SqlValue>> = rows
+            .iter()
+            .map(|row| {
+                row.columns
                     .iter()
                     .map(|(_, cell)| match cell {
                         crate::job::Cell::Null => SqlValue::Null,
@@ -311,11 +300,12 @@ fn fill_archive(q: &mut Queue, dest: &Path) -> Result<()> {
                         crate::job::Cell::Text(t) => SqlValue::Text(t.clone()),
                         crate::job::Cell::Bool(b) => SqlValue::Integer(*b as i64),
                     })
-                    .collect();
-                insert.execute(crate::store::params_from_iter(values))?;
-            }
-            Ok(())
-        })?;
+                    .collect()
+            })
+            .collect();
+        archive
+            .store()
+            .write(|tx| tx.copy_rows(store::Table::Jobs, &values))?;
         for row in &rows {
             let named: Vec<&str> = JOB_DIRS
                 .iter()

@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, IoContext, Result};
 use crate::queue::{self, JOB_DIRS, Queue};
-use crate::store::{self, Access, SqlValue, ToSql, Tx};
+use crate::store::ops::{attributes, copies};
+use crate::store::{Access, SqlValue, Table, Tx};
 
 /// Rows read and written per statement (bounded memory whatever the queue's size).
 const PAGE: i64 = 2000;
@@ -262,22 +263,19 @@ fn copy_job_files(src: &mut Queue, dest: &mut Queue) -> Result<usize> {
     if src.has_files() && dest.has_files() && bin.is_dir() {
         queue::copy_tree(&bin, &dest.dir().join("bin"))?;
     }
-    let select = format!(
-        "SELECT jid, {} FROM jobs WHERE jid > ? ORDER BY jid LIMIT ?",
-        JOB_DIRS.join(", ")
-    );
     let mut copied = 0;
     let mut after = 0i64;
     loop {
         let page: Vec<(i64, Vec<String>)> = dest.store().read(|tx| {
-            let mut page = Vec::new();
-            tx.query_each(&select, [after, PAGE], |r| {
-                let named = (1..=JOB_DIRS.len())
-                    .map(|i| r.get::<_, Option<String>>(i))
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-                page.push((r.get(0)?, named.into_iter().flatten().collect()));
-                Ok(())
-            })?;
+            let page = tx
+                .op(copies::JOB_FILES_PAGE)
+                .query_map([after, PAGE], |r| {
+                    let named = (1..=JOB_DIRS.len())
+                        .map(|i| r.get::<_, Option<String>>(i))
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    Ok((r.get(0)?, named.into_iter().flatten().collect()))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(page)
         })?;
         let Some((last, _)) = page.last() else { break };
@@ -354,103 +352,67 @@ fn copy_rows(
     let mut copied = Copied::default();
 
     let mut settings = Vec::new();
-    from.query_each("SELECT key, value FROM attributes ORDER BY key", [], |r| {
-        let key: String = r.get(0)?;
-        let value: Option<String> = r.get(1)?;
+    let every = from
+        .op(attributes::EVERY_SORTED)
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (key, value) in every {
         // The job-file directory is the new queue's own. A moved queue's pause stays with
         // the source: it is what keeps the source from running the jobs the new queue has.
         if key != "files" && !(purpose == Purpose::Move && key == "paused") {
             settings.push((key, value));
         }
-        Ok(())
-    })?;
+    }
+    let mut set = into.op(attributes::SET);
     for (key, value) in &settings {
-        into.execute(
-            "INSERT INTO attributes (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            rusqlite::params![key, value],
-        )?;
+        set.execute(rusqlite::params![key, value])?;
     }
 
-    let fields = crate::job::FIELDS;
-    let select = format!(
-        "SELECT {} FROM jobs WHERE jid > ? ORDER BY jid LIMIT ?",
-        fields.join(", ")
-    );
+    let width = crate::job::FIELDS.len();
     let mut after = 0i64;
     loop {
-        let mut page: Vec<Vec<SqlValue>> = Vec::new();
-        from.query_each(&select, [after, PAGE], |r| {
-            let row = (0..fields.len())
-                .map(|i| r.get::<_, SqlValue>(i))
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            page.push(row);
-            Ok(())
-        })?;
+        let page = from
+            .op(copies::JOBS_PAGE)
+            .query_map([after, PAGE], |r| {
+                (0..width)
+                    .map(|i| r.get::<_, SqlValue>(i))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         let Some(last) = page.last() else { break };
         if let SqlValue::Integer(jid) = last[0] {
             after = jid;
         }
-        insert_rows(into, "jobs", fields, &page)?;
+        into.copy_rows(Table::Jobs, &page)?;
         copied.jobs += page.len();
         progress.done.store(copied.jobs, Ordering::Relaxed);
     }
 
     let mut after = (0i64, 0i64);
     loop {
-        let mut page: Vec<Vec<SqlValue>> = Vec::new();
-        from.query_each(
-            "SELECT dep, job, kind, met FROM deps WHERE dep > ?1 OR (dep = ?1 AND job > ?2) \
-             ORDER BY dep, job LIMIT ?3",
-            [after.0, after.1, PAGE],
-            |r| {
-                page.push(
-                    (0..4)
-                        .map(|i| r.get::<_, SqlValue>(i))
-                        .collect::<rusqlite::Result<Vec<_>>>()?,
-                );
-                Ok(())
-            },
-        )?;
+        let page = from
+            .op(copies::DEPS_PAGE)
+            .query_map([after.0, after.1, PAGE], |r| {
+                (0..4)
+                    .map(|i| r.get::<_, SqlValue>(i))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         let Some(last) = page.last() else { break };
         if let (SqlValue::Integer(dep), SqlValue::Integer(job)) = (&last[0], &last[1]) {
             after = (*dep, *job);
         }
         copied.deps += page.len();
-        insert_rows(into, "deps", &["dep", "job", "kind", "met"], &page)?;
+        into.copy_rows(Table::Deps, &page)?;
     }
 
     copied.highest_jid = highest_jid_given(from)?;
     continue_jids_above(into, copied.highest_jid)?;
-    into.execute(
-        "INSERT INTO meta (key, value) VALUES ('exported_from', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        [format!("{source} at {}", crate::time::now())],
-    )?;
+    into.op(copies::NOTE_EXPORTED_FROM)
+        .execute([format!("{source} at {}", crate::time::now())])?;
     Ok(copied)
-}
-
-/// Insert rows of `columns`: by COPY on PostgreSQL (one message per page), by one prepared
-/// statement on SQLite.
-fn insert_rows(tx: &Tx<'_>, table: &str, columns: &[&str], rows: &[Vec<SqlValue>]) -> Result<()> {
-    if let Tx::Postgres(pg) = tx {
-        let values: Vec<&dyn ToSql> = rows.iter().flatten().map(|v| v as &dyn ToSql).collect();
-        return crate::store::postgres::copy_in(
-            *pg,
-            table,
-            &columns.join(", "),
-            &values,
-            columns.len(),
-        );
-    }
-    let sql = format!(
-        "INSERT INTO {table} ({}) VALUES ({})",
-        columns.join(", "),
-        vec!["?"; columns.len()].join(", ")
-    );
-    let mut insert = tx.prepare_cached(&sql)?;
-    for row in rows {
-        insert.execute(store::params_from_iter(row))?;
-    }
-    Ok(())
 }
 
 /// The highest jid the queue ever gave (deleted and rotated jobs' too: jids are never

@@ -405,6 +405,13 @@ pub struct Stmt<'a> {
     sql: Sql,
 }
 
+/// Tables whose rows are copied whole from one queue into another (`Tx::copy_rows`).
+#[derive(Debug, Clone, Copy)]
+pub enum Table {
+    Jobs,
+    Deps,
+}
+
 /// A statement's text: in SQLite's dialect (translated for PostgreSQL), or a store
 /// operation's, written for the store it runs on (`ops`).
 enum Sql {
@@ -759,10 +766,37 @@ impl<'a> Tx<'a> {
         user: &str,
     ) -> Result<i64> {
         use rusqlite::ToSql;
-        const COLUMNS: &str = "jid, priority, state, submitted, submitter, stdin, data, tag, \
-         restartable, command, hosts, cwd, timeout, retries, retry_delay, user, name, \
-         after, after_any, waiting_on, reason, array_id, array_index, array_limit, env, \
-         not_before, cpus, mem, gpus";
+        const COLUMNS: [&str; 29] = [
+            "jid",
+            "priority",
+            "state",
+            "submitted",
+            "submitter",
+            "stdin",
+            "data",
+            "tag",
+            "restartable",
+            "command",
+            "hosts",
+            "cwd",
+            "timeout",
+            "retries",
+            "retry_delay",
+            "user",
+            "name",
+            "after",
+            "after_any",
+            "waiting_on",
+            "reason",
+            "array_id",
+            "array_index",
+            "array_limit",
+            "env",
+            "not_before",
+            "cpus",
+            "mem",
+            "gpus",
+        ];
         // PostgreSQL draws jids for rows that name none from its sequence as the column's
         // default, cheapest when the column is left out of the COPY.
         let jid_column = !(self.is_postgres() && batch.iter().all(|job| job.jid.is_none()));
@@ -804,21 +838,50 @@ impl<'a> Tx<'a> {
             ]);
         }
         if let Tx::Postgres(pg) = self {
-            if jid_column {
-                postgres::copy_in(*pg, "jobs", COLUMNS, &params, 29)?;
+            let columns = if jid_column {
+                &COLUMNS[..]
             } else {
-                let columns = COLUMNS.trim_start_matches("jid, ");
-                postgres::copy_in(*pg, "jobs", columns, &params, 28)?;
-            }
+                &COLUMNS[1..]
+            };
+            let list = postgres::column_list(columns);
+            postgres::copy_in(*pg, "jobs", &list, &params, columns.len())?;
         } else {
             let row = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
             let sql = format!(
-                "INSERT INTO jobs ({COLUMNS}) VALUES {}",
+                "INSERT INTO jobs ({}) VALUES {}",
+                COLUMNS.join(", "),
                 vec![row; batch.len()].join(",")
             );
             self.prepare_cached(&sql)?.execute(params.as_slice())?;
         }
         self.last_insert_rowid()
+    }
+
+    /// Insert whole rows copied from another queue (export, rotation): on PostgreSQL by
+    /// COPY (one message per page), on SQLite by one prepared statement.
+    pub fn copy_rows(&self, table: Table, rows: &[Vec<SqlValue>]) -> Result<()> {
+        let (name, columns, insert): (_, &[&str], _) = match table {
+            Table::Jobs => ("jobs", crate::job::FIELDS, ops::copies::INSERT_JOB),
+            Table::Deps => (
+                "deps",
+                &["dep", "job", "kind", "met"],
+                ops::copies::INSERT_DEP,
+            ),
+        };
+        if let Tx::Postgres(pg) = self {
+            let values: Vec<&dyn rusqlite::ToSql> = rows
+                .iter()
+                .flatten()
+                .map(|v| v as &dyn rusqlite::ToSql)
+                .collect();
+            let width = columns.len();
+            return postgres::copy_in(*pg, name, &postgres::column_list(columns), &values, width);
+        }
+        let mut insert = self.op(insert);
+        for row in rows {
+            insert.execute(params_from_iter(row))?;
+        }
+        Ok(())
     }
 
     /// The jid of the job this transaction inserted last.

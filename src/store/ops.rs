@@ -244,6 +244,30 @@ pub mod in_database {
     });
 }
 
+/// Whole rows copied from one queue into another: export and rotation.
+pub mod copies {
+    family!("copies" {
+        /// Export and rotation: a page of whole jobs after jid $1, at most $2.
+        JOBS_PAGE = "jobs_page",
+        /// A page of jobs' file names (jid, stdin, stdout, stderr, data) after jid $1.
+        JOB_FILES_PAGE = "job_files_page",
+        /// A page of waits (dep, job, kind, met) after ($1, $2), at most $3.
+        DEPS_PAGE = "deps_page",
+        /// Insert a whole job ({job_fields}, in order).
+        INSERT_JOB = "insert_job",
+        /// Insert a wait (dep, job, kind, met).
+        INSERT_DEP = "insert_dep",
+        /// Where an exported queue came from: $1.
+        NOTE_EXPORTED_FROM = "note_exported_from",
+        /// Rotation: a page of (jid, finished or '') after jid $1, at most $2.
+        ENDED_PAGE = "ended_page",
+        /// Rotation: delete job $1 if it ended at $2 (still the row that was archived).
+        DELETE_ARCHIVED = "delete_archived",
+        /// Delete the jobs of the JSON list $1.
+        DELETE_LISTED = "delete_listed",
+    });
+}
+
 /// Queue-wide settings (`configure`), pause and drain marks.
 pub mod attributes {
     family!("attributes" {
@@ -304,6 +328,7 @@ pub fn all() -> impl Iterator<Item = Op> {
         .chain(deps::ALL)
         .chain(status::ALL)
         .chain(jobs::ALL)
+        .chain(copies::ALL)
         .copied()
 }
 
@@ -314,6 +339,7 @@ const SQLITE_FILES: &[(&str, &str)] = &[
     ("deps", include_str!("sqlite/deps.sql")),
     ("status", include_str!("sqlite/status.sql")),
     ("jobs", include_str!("sqlite/jobs.sql")),
+    ("copies", include_str!("sqlite/copies.sql")),
 ];
 const POSTGRES_FILES: &[(&str, &str)] = &[
     ("claims", include_str!("postgres/claims.sql")),
@@ -322,6 +348,7 @@ const POSTGRES_FILES: &[(&str, &str)] = &[
     ("in_database", include_str!("postgres/in_database.sql")),
     ("status", include_str!("postgres/status.sql")),
     ("jobs", include_str!("postgres/jobs.sql")),
+    ("copies", include_str!("postgres/copies.sql")),
 ];
 
 /// One store's statement of an operation.
@@ -368,6 +395,14 @@ fn catalog(files: &[(&str, &str)], dialect: Dialect) -> HashMap<String, Statemen
         })
         .collect::<Vec<_>>()
         .join(", ");
+    // A parameter per field, numbered.
+    let params = (1..=crate::job::FIELDS.len())
+        .map(|i| match dialect {
+            Dialect::Sqlite => format!("?{i}"),
+            Dialect::Postgres => format!("${i}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut out = HashMap::new();
     for (family, text) in files {
         for (name, body) in parse(text) {
@@ -375,7 +410,9 @@ fn catalog(files: &[(&str, &str)], dialect: Dialect) -> HashMap<String, Statemen
                 Some(name) => (name.trim_end(), true),
                 None => (name.as_str(), false),
             };
-            let sql = body.replace("{job_fields}", &fields);
+            let sql = body
+                .replace("{job_fields}", &fields)
+                .replace("{job_params}", &params);
             out.insert(format!("{family}.{name}"), Statement { sql, batch });
         }
     }

@@ -1144,6 +1144,15 @@ impl Listener {
 
 /// Insert rows (`width` values each, in `columns` order) into `table` with one COPY, in
 /// its text format: the fastest way PostgreSQL takes many rows.
+/// Column names for a statement: `user`, a reserved word here, quoted.
+pub fn column_list(columns: &[&str]) -> String {
+    columns
+        .iter()
+        .map(|c| if *c == "user" { "\"user\"" } else { c })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn copy_in(
     pg: &dyn PgConn,
     table: &str,
@@ -1167,7 +1176,6 @@ pub fn copy_in(
         }
         data.push(b'\n');
     }
-    let columns = super::pg_sql::translate(columns);
     pg.copy_in(&format!("COPY {table} ({columns}) FROM STDIN"), &data)?;
     Ok(())
 }
