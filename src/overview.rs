@@ -11,6 +11,7 @@ use crate::job::{Cell, Row, State};
 use crate::liveness;
 use crate::queue::{self, Queue};
 use crate::store::Tx;
+use crate::store::ops::scan;
 use crate::store::ops::status as op;
 use crate::time;
 
@@ -404,20 +405,15 @@ pub fn view(q: &mut Queue) -> Result<View> {
 /// A view's lists of jobs (at most [`VIEW_ROWS`] each), read inside the caller's
 /// transaction, around `summary`; the dead and cancelled ones only when `with_dead`.
 pub fn jobs_in(tx: &Tx<'_>, summary: Summary, with_dead: bool) -> Result<View> {
-    let limit = SqlValue::Integer(VIEW_ROWS as i64);
-    let select = |sql: &str| queue::select_rows(tx, sql, std::slice::from_ref(&limit));
+    let limit = [SqlValue::Integer(VIEW_ROWS as i64)];
+    let select = |op| queue::rows_of(&mut tx.op(op), &limit);
     Ok(View {
         summary,
-        running: select("state = 'running' ORDER BY started IS NULL, started, jid LIMIT ?")?,
-        pending: select("state = 'pending' ORDER BY priority DESC, submitted, jid LIMIT ?")?,
-        ended: select(
-            "jid IN (SELECT jid FROM jobs INDEXED BY jobs_ended_at WHERE state IN ('finished', 'dead') \
-             ORDER BY finished DESC LIMIT ?) ORDER BY finished DESC, jid DESC",
-        )?,
+        running: select(scan::VIEW_RUNNING)?,
+        pending: select(scan::VIEW_PENDING)?,
+        ended: select(scan::VIEW_ENDED)?,
         dead: if with_dead {
-            select(
-                "state IN ('dead', 'cancelled') ORDER BY coalesce(finished, submitted) DESC, jid DESC LIMIT ?",
-            )?
+            select(scan::VIEW_DEAD)?
         } else {
             Vec::new()
         },

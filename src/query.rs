@@ -6,41 +6,11 @@ use rusqlite::types::Value as SqlValue;
 
 use crate::error::{Error, Result};
 use crate::job;
-
-/// A where-clause and its bound parameters.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Clause {
-    pub sql: String,
-    pub params: Vec<SqlValue>,
-    /// True when the clause is the user's own SQL.
-    pub raw: bool,
-}
-
-impl Clause {
-    /// Only the jobs of this clause that `user` submitted (`--mine`).
-    pub fn of_user(self, user: &str) -> Clause {
-        let mut params = self.params;
-        params.push(SqlValue::Text(user.to_string()));
-        Clause {
-            sql: format!("({}) AND user = ?", self.sql),
-            params,
-            raw: self.raw,
-        }
-    }
-
-    /// Jobs `first..=last`.
-    pub fn jid_range(first: i64, last: i64) -> Clause {
-        Clause {
-            sql: "jid >= ? AND jid <= ?".into(),
-            params: vec![SqlValue::Integer(first), SqlValue::Integer(last)],
-            raw: false,
-        }
-    }
-}
+use crate::store::{Filter, TermOp};
 
 struct Term<'a> {
     field: &'a str,
-    op: &'static str,
+    op: TermOp,
     value: &'a str,
 }
 
@@ -57,15 +27,15 @@ fn split_term(arg: &str) -> Option<Term<'_>> {
         return None;
     }
     let (op, value) = if let Some(v) = rest.strip_prefix("==") {
-        ("=", v)
+        (TermOp::Eq, v)
     } else if let Some(v) = rest.strip_prefix("=~") {
-        ("LIKE", v)
+        (TermOp::Like, v)
     } else if let Some(v) = rest.strip_prefix("!=") {
-        ("!=", v)
+        (TermOp::Ne, v)
     } else if let Some(v) = rest.strip_prefix("!~") {
-        ("NOT LIKE", v)
+        (TermOp::NotLike, v)
     } else if let Some(v) = rest.strip_prefix('=') {
-        ("=", v)
+        (TermOp::Eq, v)
     } else {
         return None;
     };
@@ -84,8 +54,8 @@ fn unquote(value: &str) -> Option<&str> {
     (!value.contains(char::is_whitespace)).then_some(value)
 }
 
-fn bind(field: &str, op: &str, value: &str) -> SqlValue {
-    if op.contains("LIKE") {
+fn bind(field: &str, op: TermOp, value: &str) -> SqlValue {
+    if matches!(op, TermOp::Like | TermOp::NotLike) {
         return SqlValue::Text(value.to_string());
     }
     if job::BOOLEAN_FIELDS.contains(&field)
@@ -104,8 +74,8 @@ fn bind(field: &str, op: &str, value: &str) -> SqlValue {
     SqlValue::Text(value.to_string())
 }
 
-/// Build the where-clause for `rq Q query ARGS...`.
-pub fn parse(args: &[String]) -> Result<Clause> {
+/// Which jobs `rq Q query ARGS...` asks for.
+pub fn parse(args: &[String]) -> Result<Filter> {
     if args.iter().all(|a| a.trim().is_empty()) {
         return Err(Error::usage(
             "query needs a condition, e.g.  rq Q query tag=x  or  rq Q query \"exit_status != 0\"  (use 'list' for every job)",
@@ -113,14 +83,9 @@ pub fn parse(args: &[String]) -> Result<Clause> {
     }
     let terms: Option<Vec<Term<'_>>> = args.iter().map(|a| split_term(a)).collect();
     let Some(terms) = terms else {
-        return Ok(Clause {
-            sql: args.join(" "),
-            params: Vec::new(),
-            raw: true,
-        });
+        return Ok(Filter::Raw(args.join(" ")));
     };
-    let mut sql = Vec::new();
-    let mut params = Vec::new();
+    let mut chosen = Vec::new();
     for mut term in terms {
         // The host a job was submitted from is the original's `submitter`.
         if term.field == "submit_host" {
@@ -137,54 +102,60 @@ pub fn parse(args: &[String]) -> Result<Clause> {
             term.value.to_ascii_lowercase().as_str(),
             "null" | "~" | "nil"
         );
-        match (term.op, null) {
-            ("=", true) => sql.push(format!("({} IS NULL)", term.field)),
-            ("!=", true) => sql.push(format!("({} IS NOT NULL)", term.field)),
-            _ => {
-                sql.push(format!("({} {} ?)", term.field, term.op));
-                params.push(bind(term.field, term.op, term.value));
-            }
-        }
+        let op = match (term.op, null) {
+            (TermOp::Eq, true) => TermOp::IsNull,
+            (TermOp::Ne, true) => TermOp::NotNull,
+            (op, _) => op,
+        };
+        chosen.push(crate::store::Term {
+            field: term.field.to_string(),
+            op,
+            value: bind(term.field, term.op, term.value),
+        });
     }
-    Ok(Clause {
-        sql: sql.join(" AND "),
-        params,
-        raw: false,
-    })
+    Ok(Filter::Terms(chosen))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Term;
 
     fn args(words: &[&str]) -> Vec<String> {
         words.iter().map(|s| s.to_string()).collect()
     }
 
+    fn terms(filter: Filter) -> Vec<Term> {
+        match filter {
+            Filter::Terms(terms) => terms,
+            other => panic!("not terms: {other:?}"),
+        }
+    }
+
     #[test]
     fn simple_terms_are_bound() {
-        let c = parse(&args(&["tag=x", "priority!=3", "command=~%foo%"])).unwrap();
-        assert_eq!(c.sql, "(tag = ?) AND (priority != ?) AND (command LIKE ?)");
-        assert_eq!(c.params[1], SqlValue::Integer(3));
-        assert!(!c.raw);
+        let t = terms(parse(&args(&["tag=x", "priority!=3", "command=~%foo%"])).unwrap());
+        let ops: Vec<TermOp> = t.iter().map(|t| t.op).collect();
+        assert_eq!(ops, [TermOp::Eq, TermOp::Ne, TermOp::Like]);
+        assert_eq!(t[1].value, SqlValue::Integer(3));
+        assert_eq!(t[2].value, SqlValue::Text("%foo%".into()));
     }
 
     #[test]
     fn injection_stays_a_value() {
-        let c = parse(&args(&["tag='x';DROP"])).unwrap();
-        assert!(!c.raw);
-        assert_eq!(c.params, vec![SqlValue::Text("'x';DROP".into())]);
+        let t = terms(parse(&args(&["tag='x';DROP"])).unwrap());
+        assert_eq!(t[0].value, SqlValue::Text("'x';DROP".into()));
     }
 
     #[test]
     fn other_text_is_raw_sql() {
-        let c = parse(&args(&["state='dead' or exit_status != 0"])).unwrap();
-        assert!(c.raw);
+        let f = parse(&args(&["state='dead' or exit_status != 0"])).unwrap();
+        assert_eq!(f, Filter::Raw("state='dead' or exit_status != 0".into()));
         assert!(parse(&args(&[])).is_err());
         assert!(parse(&args(&["colour=red"])).is_err());
         assert_eq!(
-            parse(&args(&["exit_status=null"])).unwrap().sql,
-            "(exit_status IS NULL)"
+            terms(parse(&args(&["exit_status=null"])).unwrap())[0].op,
+            TermOp::IsNull
         );
     }
 }

@@ -54,7 +54,7 @@ fn claim_of(rows: &[Row], jid: i64) -> String {
 fn state(queue: &mut Queue, jid: i64) -> (String, Option<i64>, i64) {
     let rows = queue
         .store()
-        .read(|tx| rq::queue::select_rows(tx, "jid = ?", &[rq::store::SqlValue::Integer(jid)]))
+        .read(|tx| rq::queue::select_rows(tx, &rq::store::Filter::jids(&[jid])))
         .unwrap();
     let row = &rows[0];
     (
@@ -252,7 +252,7 @@ fn claims_family(store: StoreKind) {
 fn reason(queue: &mut Queue, jid: i64) -> Option<String> {
     let rows = queue
         .store()
-        .read(|tx| rq::queue::select_rows(tx, "jid = ?", &[rq::store::SqlValue::Integer(jid)]))
+        .read(|tx| rq::queue::select_rows(tx, &rq::store::Filter::jids(&[jid])))
         .unwrap();
     rows[0].get("reason").as_text().map(str::to_string)
 }

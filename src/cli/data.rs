@@ -224,7 +224,7 @@ impl Context<'_> {
         if quiet {
             return Ok(0);
         }
-        let clause = query::Clause::jid_range(
+        let clause = crate::store::Filter::JidRange(
             submitted.first + submitted.echoed_rows as i64,
             submitted.last,
         );
@@ -311,7 +311,7 @@ impl Context<'_> {
     }
 
     /// `--mine`: only the jobs the user running rq submitted.
-    fn mine(&self, clause: crate::query::Clause) -> crate::query::Clause {
+    fn mine(&self, clause: crate::store::Filter) -> crate::store::Filter {
         if self.inv.opts.mine {
             clause.of_user(&crate::host::user_name())
         } else {

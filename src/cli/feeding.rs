@@ -427,13 +427,14 @@ fn stuck(q: &mut queue::Queue, jids: &[i64], p: &queue::Progress) -> Result<Vec<
 fn report_failures(q: &mut queue::Queue, jids: &[i64], gone: usize) -> Result<()> {
     const SHOWN: i64 = 20;
     let json = serde_json::to_string(jids).unwrap_or_default();
-    let where_failed = "jid IN (SELECT value FROM json_each(?1)) AND (state IN ('dead', 'cancelled') \
-         OR (state = 'finished' AND exit_status IS NOT 0))";
     let (rows, total) = q.store().read(|tx| {
-        let rows = queue::select_rows(
-            tx,
-            &format!("{where_failed} ORDER BY jid LIMIT {SHOWN}"),
-            &[rusqlite::types::Value::Text(json.clone())],
+        let mut failed = tx.op(crate::store::ops::scan::FAILED_OF);
+        let rows = queue::rows_of(
+            &mut failed,
+            &[
+                rusqlite::types::Value::Text(json.clone()),
+                rusqlite::types::Value::Integer(SHOWN),
+            ],
         )?;
         let total: i64 = tx
             .op(crate::store::ops::jobs::COUNT_FAILED)

@@ -11,9 +11,9 @@ use crate::control::{self};
 use crate::error::{Error, IoContext, Result};
 use crate::job::{self, Row};
 use crate::output::{self, Format};
-use crate::query::Clause;
 use crate::queue::{self, Queue};
 use crate::store::Access;
+use crate::store::Filter as Clause;
 use crate::{help, host};
 
 mod data;

@@ -40,8 +40,8 @@ impl Queue {
     ) -> Result<(Vec<Row>, Vec<Skipped>)> {
         let clause = selection.clause();
         let (rows, skipped) = self.store.write(|tx| {
-            let sql = format!("({}) AND state != 'running' ORDER BY jid", clause.sql);
-            let mut rows = select_rows(tx, &sql, &clause.params)?;
+            let not_running = clause.clone().and(Filter::State("running", false));
+            let mut rows = select_rows(tx, &not_running)?;
             let deleting: std::collections::HashSet<i64> = rows.iter().map(Row::jid).collect();
             let mut waited_for = Vec::new();
             for row in &rows {
@@ -79,8 +79,8 @@ impl Queue {
             rows.retain(|r| !kept.iter().any(|k| k.jid == r.jid()));
             // Running jobs a state or `all` selected are not deleted either: said, not
             // passed over in silence.
-            let running = format!("({}) AND state = 'running' ORDER BY jid", clause.sql);
-            for row in select_rows(tx, &running, &clause.params)? {
+            let running = clause.clone().and(Filter::State("running", true));
+            for row in select_rows(tx, &running)? {
                 if !selection.jids.contains(&row.jid()) {
                     skipped.push(Skipped {
                         jid: row.jid(),
@@ -113,10 +113,11 @@ impl Queue {
         changes: &Changes,
     ) -> Result<(Vec<Row>, Vec<Skipped>)> {
         let clause = selection.clause();
-        let editable = format!(
-            "({}) AND state IN ('pending', 'holding', 'waiting') ORDER BY jid",
-            clause.sql
-        );
+        let editable = clause.and(Filter::AnyOf {
+            states: vec!["pending".into(), "holding".into(), "waiting".into()],
+            jids: Vec::new(),
+            arrays: Vec::new(),
+        });
         // New stdin/data files get fresh names, written before the transaction that points
         // the jobs at them; the old files are removed after it commits.
         let mut new_files: Vec<(i64, Option<String>, Option<String>)> = Vec::new();
@@ -132,9 +133,7 @@ impl Queue {
         let in_db = self.in_database();
         let staged = format!("update-{:016x}", rand::random::<u64>());
         if changes.stdin.is_some() || changes.data.is_some() {
-            let targets = self
-                .store
-                .read(|tx| select_rows(tx, &editable, &clause.params))?;
+            let targets = self.store.read(|tx| select_rows(tx, &editable))?;
             let token = format!("{:08x}", rand::random::<u32>());
             if in_db {
                 let data = changes.data.as_deref().map(db_data).transpose()?;
@@ -179,7 +178,7 @@ impl Queue {
             }
         }
         let outcome = self.store.write(|tx| {
-            let before = select_rows(tx, &editable, &clause.params)?;
+            let before = select_rows(tx, &editable)?;
             let skipped = skipped_jids(
                 tx,
                 &selection.jids,
@@ -252,13 +251,7 @@ impl Queue {
                 }
             }
             let jids: Vec<i64> = before.iter().map(Row::jid).collect();
-            let after = select_rows(
-                tx,
-                "jid IN (SELECT value FROM json_each(?)) ORDER BY jid",
-                &[SqlValue::Text(
-                    serde_json::to_string(&jids).unwrap_or_default(),
-                )],
-            )?;
+            let after = select_rows(tx, &Filter::jids(&jids))?;
             Ok((after, skipped, old_files))
         });
         if in_db && !new_files.is_empty() {
@@ -312,8 +305,8 @@ impl Queue {
         };
         let in_db = self.in_database();
         let (rows, skipped, outputs) = self.store.write(|tx| {
-            let sql = format!("({}) AND state != 'running' ORDER BY jid", clause.sql);
-            let before = select_rows(tx, &sql, &clause.params)?;
+            let not_running = clause.clone().and(Filter::State("running", false));
+            let before = select_rows(tx, &not_running)?;
             let skipped = skipped_jids(tx, &selection.jids, &before, "it is running")?;
             let now = time::now();
             let mut reset = tx.op(crate::store::ops::jobs::RESUBMIT);
@@ -340,13 +333,7 @@ impl Queue {
                 }
             }
             let jids: Vec<i64> = before.iter().map(Row::jid).collect();
-            let after = select_rows(
-                tx,
-                "jid IN (SELECT value FROM json_each(?)) ORDER BY jid",
-                &[SqlValue::Text(
-                    serde_json::to_string(&jids).unwrap_or_default(),
-                )],
-            )?;
+            let after = select_rows(tx, &Filter::jids(&jids))?;
             Ok((after, skipped, outputs))
         })?;
         // The previous run's output would only mislead once the job is queued again.
@@ -363,11 +350,7 @@ impl Queue {
         let (rows, skipped) = self.store.write(|tx| {
             tx.op(crate::store::ops::jobs::REQUEST_KILL)
                 .execute(rusqlite::params![signal, json])?;
-            let rows = select_rows(
-                tx,
-                "state = 'running' AND jid IN (SELECT value FROM json_each(?)) ORDER BY jid",
-                &[SqlValue::Text(json.clone())],
-            )?;
+            let rows = select_rows(tx, &Filter::jids(jids).and(Filter::State("running", true)))?;
             let skipped = skipped_jids(tx, jids, &rows, "only running jobs can be killed")?;
             Ok((rows, skipped))
         })?;

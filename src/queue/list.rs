@@ -16,7 +16,7 @@ impl Queue {
     /// Visit jobs matching a where-clause in jid order, a chunk per read transaction.
     pub fn scan(
         &mut self,
-        clause: &Clause,
+        clause: &Filter,
         each: &mut dyn FnMut(Vec<Row>) -> Result<()>,
     ) -> Result<()> {
         let mut after = 0i64;
@@ -36,11 +36,12 @@ impl Queue {
 
     /// The next chunk of jobs matching a where-clause after jid `after`, in jid order, in
     /// a read transaction of its own (empty at the end).
-    pub fn chunk_after(&mut self, clause: &Clause, after: i64) -> Result<Vec<Row>> {
-        let sql = format!("({}) AND jid > ? ORDER BY jid LIMIT {CHUNK}", clause.sql);
-        let mut params = clause.params.clone();
-        params.push(SqlValue::Integer(after));
-        self.store.read(|tx| select_rows(tx, &sql, &params))
+    pub fn chunk_after(&mut self, clause: &Filter, after: i64) -> Result<Vec<Row>> {
+        let page = [SqlValue::Integer(after), SqlValue::Integer(CHUNK as i64)];
+        self.store.read(|tx| {
+            let (mut stmt, params) = tx.scan(scan::PAGE, clause, &page);
+            rows_of(&mut stmt, &params)
+        })
     }
 
     /// Write the jobs matching a where-clause in jid order with `writer`, a chunk per read
@@ -48,7 +49,7 @@ impl Queue {
     /// (so a slow reader of our output never holds the queue). Returns the row count.
     pub fn render(
         &mut self,
-        clause: &Clause,
+        clause: &Filter,
         writer: &RowWriter,
         emit: &mut ChunkSink<'_>,
     ) -> Result<usize> {
@@ -58,28 +59,23 @@ impl Queue {
     /// [`Queue::render`], continuing an output that has `already` rows.
     pub fn render_after(
         &mut self,
-        clause: &Clause,
+        clause: &Filter,
         writer: &RowWriter,
         already: usize,
         emit: &mut ChunkSink<'_>,
     ) -> Result<usize> {
-        let sql = format!(
-            "SELECT {} FROM jobs WHERE ({}) AND jid > ? ORDER BY jid LIMIT {CHUNK}",
-            columns(),
-            clause.sql
-        );
         let mut after = 0i64;
         let mut count = already;
         let mut bytes = Vec::new();
         let mut jids = Vec::with_capacity(CHUNK);
         loop {
-            let mut params = clause.params.clone();
-            params.push(SqlValue::Integer(after));
+            let page = [SqlValue::Integer(after), SqlValue::Integer(CHUNK as i64)];
             self.store.read(|tx| {
                 // A retried transaction starts its chunk again.
                 bytes.clear();
                 jids.clear();
-                tx.query_each(&sql, params.as_slice(), |row| {
+                let (mut stmt, params) = tx.scan(scan::PAGE, clause, &page);
+                stmt.query_each(crate::store::params_from_iter(params.iter()), |row| {
                     writer.write_sql_row(count + jids.len() == 0, &mut bytes, row)?;
                     jids.push(row.get::<_, i64>(0)?);
                     Ok(())
@@ -120,7 +116,7 @@ impl Queue {
     /// Run a read-only where-clause (simple or raw) and visit the matching jobs.
     pub fn query(
         &mut self,
-        clause: &Clause,
+        clause: &Filter,
         each: &mut dyn FnMut(Vec<Row>) -> Result<()>,
     ) -> Result<()> {
         self.scan(clause, each).map_err(|e| query_error(clause, e))
@@ -129,7 +125,7 @@ impl Queue {
     /// `query`, written with `writer` (see [`Queue::render`]).
     pub fn query_render(
         &mut self,
-        clause: &Clause,
+        clause: &Filter,
         writer: &RowWriter,
         emit: &mut ChunkSink<'_>,
     ) -> Result<usize> {

@@ -14,7 +14,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::input::{JobSpec, Target};
 use crate::job::{self, Row, State};
 use crate::output::RowWriter;
-use crate::query::Clause;
+use crate::store::Filter;
+use crate::store::ops::scan;
 use crate::store::postgres::{Location as PgLocation, PgStore};
 use crate::store::{self, Access, Optional, Store, Tx};
 use crate::{host, time};
@@ -83,45 +84,15 @@ impl Selection {
         }
     }
 
-    /// The selection as a where-clause. Lists are bound as one JSON array each, so any
-    /// number of jids takes one parameter.
-    pub fn clause(&self) -> Clause {
+    /// The jobs of the selection, as a filter the store writes in its SQL.
+    pub fn clause(&self) -> Filter {
         if self.all || State::ALL.iter().all(|s| self.states.contains(s)) {
-            return Clause {
-                sql: "TRUE".into(),
-                params: vec![],
-                raw: false,
-            };
+            return Filter::All;
         }
-        // Only the lists that name something: `state IN (..) OR jid IN (..)` kept
-        // PostgreSQL from the primary key, so `resubmit 1` read every job.
-        let mut branches = Vec::new();
-        let mut params = Vec::new();
-        let mut list = |column: &str, json: String| {
-            branches.push(format!("{column} IN (SELECT value FROM json_each(?))"));
-            params.push(SqlValue::Text(json));
-        };
-        let states: Vec<&str> = self.states.iter().map(|s| s.as_str()).collect();
-        if !states.is_empty() {
-            list("state", serde_json::to_string(&states).unwrap_or_default());
-        }
-        if !self.jids.is_empty() {
-            list("jid", serde_json::to_string(&self.jids).unwrap_or_default());
-        }
-        if !self.arrays.is_empty() {
-            list(
-                "array_id",
-                serde_json::to_string(&self.arrays).unwrap_or_default(),
-            );
-        }
-        let sql = match branches.len() {
-            0 => "FALSE".to_string(),
-            _ => format!("({})", branches.join(" OR ")),
-        };
-        Clause {
-            sql,
-            params,
-            raw: false,
+        Filter::AnyOf {
+            states: self.states.iter().map(|s| s.as_str().to_string()).collect(),
+            jids: self.jids.clone(),
+            arrays: self.arrays.clone(),
         }
     }
 }
@@ -131,22 +102,6 @@ impl Selection {
 pub struct Skipped {
     pub jid: i64,
     pub why: String,
-}
-
-/// The columns rq reads jobs with: every field, and for a waiting job, `reason` says what
-/// it waits for (up to five jobs and their states, or its array's limit); for a pending
-/// job not to start yet, when it starts.
-pub fn columns() -> String {
-    job::FIELDS
-        .iter()
-        .map(|f| if *f == "reason" { WAITING_REASON } else { f })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Every field as stored (for RETURNING, which takes no subqueries).
-pub fn stored_columns() -> String {
-    job::FIELDS.join(", ")
 }
 
 /// Resolve a queue argument to an absolute path (symlinks resolved when it exists).
@@ -357,10 +312,10 @@ impl Queue {
 /// A raw where-clause the database refused is the user's mistake on either store: a
 /// usage error (exit 2) that says what the database said, without the statement rq
 /// wrapped around the clause.
-fn query_error(clause: &Clause, e: Error) -> Error {
-    if !clause.raw {
+fn query_error(clause: &Filter, e: Error) -> Error {
+    let Some(raw) = clause.raw() else {
         return e;
-    }
+    };
     let said = match &e {
         Error::Sql(rusqlite::Error::SqlInputError { msg, .. }) => msg.clone(),
         Error::Sql(rusqlite::Error::SqliteFailure(_, Some(msg))) => msg.clone(),
@@ -379,14 +334,18 @@ fn query_error(clause: &Clause, e: Error) -> Error {
     Error::usage(format!(
         "query: {} (in: {})",
         crate::input::first_line(&said),
-        clause.sql
+        raw
     ))
 }
 
-/// Rows of `jobs` matching a where-clause (which may carry its own ORDER BY / LIMIT).
-pub fn select_rows(tx: &Tx<'_>, where_sql: &str, params: &[SqlValue]) -> Result<Vec<Row>> {
-    let sql = format!("SELECT {} FROM jobs WHERE {where_sql}", columns());
-    let mut stmt = tx.prepare_cached(&sql)?;
+/// The jobs a filter chooses, by jid, as modes list them.
+pub fn select_rows(tx: &Tx<'_>, filter: &Filter) -> Result<Vec<Row>> {
+    let (mut stmt, params) = tx.scan(scan::EVERY, filter, &[]);
+    rows_of(&mut stmt, &params)
+}
+
+/// The rows a `scan` statement reads.
+pub fn rows_of(stmt: &mut crate::store::Stmt<'_>, params: &[SqlValue]) -> Result<Vec<Row>> {
     let names = field_names();
     let rows = stmt
         .query_map(crate::store::params_from_iter(params.iter()), |r| {
@@ -404,9 +363,7 @@ fn skipped_jids(tx: &Tx<'_>, named: &[i64], acted: &[Row], why: &str) -> Result<
         if acted.iter().any(|r| r.jid() == jid) || skipped.iter().any(|s: &Skipped| s.jid == jid) {
             continue;
         }
-        let state: Option<String> = tx
-            .query_row("SELECT state FROM jobs WHERE jid = ?", [jid], |r| r.get(0))
-            .ok();
+        let state: Option<String> = tx.op(scan::STATE_OF).query_row([jid], |r| r.get(0)).ok();
         skipped.push(Skipped {
             jid,
             why: match state {

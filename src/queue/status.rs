@@ -22,20 +22,6 @@ pub struct Progress {
     pub gone: usize,
 }
 
-pub(super) const WAITING_REASON: &str = "CASE WHEN state = 'waiting' THEN coalesce(\
-    (SELECT 'waits for ' || group_concat(x, ', ') \
-        || CASE WHEN jobs.waiting_on > 5 THEN ' and ' || (jobs.waiting_on - 5) || ' more' ELSE '' END \
-     FROM (SELECT d.dep || ' (' || coalesce(w.state, 'gone') || ')' AS x FROM deps d \
-           LEFT JOIN jobs w ON w.jid = d.dep WHERE d.job = jobs.jid AND d.met = 0 \
-           ORDER BY d.dep LIMIT 5)), \
-    CASE WHEN array_limit IS NOT NULL THEN 'waits for a place: at most ' || array_limit \
-        || ' of array ' || array_id || ' run at once' END, \
-    reason) \
-    WHEN state = 'pending' AND (cpus > 1 OR gpus > 0 OR mem > 0) \
-         AND rq_unfit(cpus, mem, gpus) IS NOT NULL THEN rq_unfit(cpus, mem, gpus) \
-    WHEN state = 'pending' AND not_before > strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
-    THEN 'starts at ' || not_before ELSE reason END AS reason";
-
 pub(super) fn field_names() -> Vec<String> {
     job::FIELDS.iter().map(|s| s.to_string()).collect()
 }
@@ -137,16 +123,12 @@ impl Queue {
 
     /// Counts by state (and successes/failures) of the jobs of `clause`: `status
     /// array:ID`, `status --mine`.
-    pub fn status_of(&mut self, clause: &Clause) -> Result<Value> {
+    pub fn status_of(&mut self, clause: &Filter) -> Result<Value> {
         self.store.read(|tx| {
-            let sql = format!(
-                "SELECT state, count(*), count(*) FILTER (WHERE state = 'finished' AND exit_status IS 0), \
-                 count(*) FILTER (WHERE state = 'finished' AND exit_status IS NOT 0) \
-                 FROM jobs WHERE {} GROUP BY state",
-                clause.sql
-            );
-            let mut stmt = tx.prepare(&sql).map_err(|e| query_error(clause, e))?;
-            let mut rows = stmt.query(crate::store::params_from_iter(clause.params.iter()))?;
+            let (mut stmt, params) = tx.scan(crate::store::ops::scan::COUNTS, clause, &[]);
+            let mut rows = stmt
+                .query(crate::store::params_from_iter(params.iter()))
+                .map_err(|e| query_error(clause, e))?;
             let mut counts = std::collections::HashMap::new();
             let (mut ok, mut failed) = (0i64, 0i64);
             while let Some(r) = rows.next()? {

@@ -524,11 +524,15 @@ impl Queue {
             let mut echoed = Vec::new();
             let mut echoed_rows = 0;
             if let Some(writer) = echo {
-                let sql = format!(
-                    "SELECT {} FROM jobs WHERE jid >= ? AND jid <= ? ORDER BY jid LIMIT {CHUNK}",
-                    columns()
+                let (mut stmt, params) = tx.scan(
+                    crate::store::ops::scan::PAGE,
+                    &Filter::JidRange(first, last),
+                    &[
+                        SqlValue::Integer(first - 1),
+                        SqlValue::Integer(CHUNK as i64),
+                    ],
                 );
-                tx.query_each(&sql, [first, last], |row| {
+                stmt.query_each(crate::store::params_from_iter(params.iter()), |row| {
                     writer.write_sql_row(echoed_rows == 0, &mut echoed, row)?;
                     echoed_rows += 1;
                     Ok(())
@@ -752,13 +756,7 @@ impl Queue {
                     jids.push(jid);
                 }
             }
-            select_rows(
-                tx,
-                "jid IN (SELECT value FROM json_each(?)) ORDER BY jid",
-                &[SqlValue::Text(
-                    serde_json::to_string(&jids).unwrap_or_default(),
-                )],
-            )
+            select_rows(tx, &Filter::jids(&jids))
         })?;
         self.ring_doorbell();
         Ok(rows)

@@ -11,7 +11,8 @@ use crate::error::Result;
 use crate::job::Row;
 use crate::overview::{self, View};
 use crate::queue::{self, Queue};
-use crate::store::Tx;
+use crate::store::ops::scan;
+use crate::store::{Filter, Term, TermOp, Tx};
 use crate::time;
 
 /// Minutes of history in the throughput chart and the per-host counts.
@@ -280,7 +281,7 @@ impl Cache {
 pub fn job(q: &mut Queue, jid: i64) -> Result<Option<Row>> {
     let rows = q
         .store()
-        .read(|tx| queue::select_rows(tx, "jid = ?", &[SqlValue::Integer(jid)]))?;
+        .read(|tx| queue::rows_of(&mut tx.op(scan::ONE), &[SqlValue::Integer(jid)]))?;
     Ok(rows.into_iter().next())
 }
 
@@ -340,8 +341,14 @@ pub fn url_encode(text: &str) -> String {
 
 /// A page of jobs: keyset paging on jid (the primary key), every value bound.
 pub fn jobs_page(q: &mut Queue, f: &JobFilter) -> Result<Vec<Row>> {
-    let mut clauses = vec!["TRUE".to_string()];
-    let mut params: Vec<SqlValue> = Vec::new();
+    let mut terms: Vec<Term> = Vec::new();
+    let mut term = |field: &str, op: TermOp, value: String| {
+        terms.push(Term {
+            field: field.into(),
+            op,
+            value: SqlValue::Text(value),
+        })
+    };
     let text = |v: &Option<String>| {
         v.as_deref()
             .map(str::trim)
@@ -358,45 +365,49 @@ pub fn jobs_page(q: &mut Queue, f: &JobFilter) -> Result<Vec<Row>> {
                 .query_row([&state], |r| r.get(0))
                 .unwrap_or(0))
         })?;
-        clauses.push(
-            if many > 20_000 {
-                "+state = ?"
-            } else {
-                "state = ?"
-            }
-            .into(),
-        );
-        params.push(SqlValue::Text(state));
+        let op = if many > 20_000 {
+            TermOp::EqScanning
+        } else {
+            TermOp::Eq
+        };
+        term("state", op, state);
     }
     if let Some(tag) = text(&f.tag) {
-        clauses.push("tag = ?".into());
-        params.push(SqlValue::Text(tag));
+        term("tag", TermOp::Eq, tag);
     }
     if let Some(host) = text(&f.host) {
-        clauses.push("runner = ?".into());
-        params.push(SqlValue::Text(host));
+        term("runner", TermOp::Eq, host);
     }
     if let Some(q) = text(&f.q) {
-        clauses.push("instr(command, ?) > 0".into());
-        params.push(SqlValue::Text(q));
+        term("command", TermOp::Contains, q);
     }
+    let mut filter = Filter::Terms(terms);
     // Going back a page walks the other way, then the rows are turned around.
     let backwards = f.before.is_some();
     let desc = f.descending() != backwards;
     if let Some(after) = f.after {
-        clauses.push(if f.descending() { "jid < ?" } else { "jid > ?" }.into());
-        params.push(SqlValue::Integer(after));
+        filter = filter.and(if f.descending() {
+            Filter::JidBelow(after)
+        } else {
+            Filter::JidAbove(after)
+        });
     }
     if let Some(before) = f.before {
-        clauses.push(if f.descending() { "jid > ?" } else { "jid < ?" }.into());
-        params.push(SqlValue::Integer(before));
+        filter = filter.and(if f.descending() {
+            Filter::JidAbove(before)
+        } else {
+            Filter::JidBelow(before)
+        });
     }
-    let sql = format!(
-        "{} ORDER BY jid {} LIMIT {PAGE}",
-        clauses.join(" AND "),
-        if desc { "DESC" } else { "ASC" }
-    );
-    let mut rows = q.store().read(|tx| queue::select_rows(tx, &sql, &params))?;
+    let op = if desc {
+        scan::FIRST_DOWN
+    } else {
+        scan::FIRST_UP
+    };
+    let mut rows = q.store().read(|tx| {
+        let (mut stmt, params) = tx.scan(op, &filter, &[SqlValue::Integer(PAGE)]);
+        queue::rows_of(&mut stmt, &params)
+    })?;
     if backwards {
         rows.reverse();
     }

@@ -12,6 +12,7 @@
 //! commits or rolls back as a whole, is retried as a whole only when it surely did not
 //! commit, and an error during COMMIT is reported as "outcome unknown".
 
+pub mod filter;
 pub mod in_database;
 pub mod lock_recovery;
 pub mod ops;
@@ -19,6 +20,7 @@ pub mod pg_sql;
 pub mod postgres;
 pub mod sqlite;
 
+pub use filter::{Filter, Term, TermOp};
 pub use rusqlite::types::{Value as SqlValue, ValueRef};
 pub use rusqlite::{OptionalExtension, ToSql};
 pub use sqlite::{
@@ -417,6 +419,8 @@ pub enum Table {
 enum Sql {
     Shared(String),
     Native(&'static str),
+    /// A `scan` operation's, with its filter written in.
+    Filtered(String),
 }
 
 impl Sql {
@@ -425,6 +429,7 @@ impl Sql {
         match self {
             Sql::Shared(sql) => Text { sql, native: false },
             Sql::Native(sql) => Text { sql, native: true },
+            Sql::Filtered(sql) => Text { sql, native: true },
         }
     }
 
@@ -462,7 +467,7 @@ impl Stmt<'_> {
     }
 
     /// Call `f` for each row as it comes (SQLite: straight from the cursor).
-    fn each(
+    pub fn query_each(
         &mut self,
         params: impl AsParams,
         f: impl FnMut(&Cells<'_>) -> rusqlite::Result<()>,
@@ -480,7 +485,7 @@ impl Stmt<'_> {
         mut f: impl FnMut(&Cells<'_>) -> rusqlite::Result<T>,
     ) -> Result<std::vec::IntoIter<rusqlite::Result<T>>> {
         let mut rows = Vec::new();
-        self.each(params, |r| {
+        self.query_each(params, |r| {
             rows.push(f(r));
             Ok(())
         })?;
@@ -490,7 +495,7 @@ impl Stmt<'_> {
     /// The rows, read in full (for small results; large ones stream with `query_each`).
     pub fn query(&mut self, params: impl AsParams) -> Result<Rows> {
         let mut rows = Vec::new();
-        self.each(params, |r| {
+        self.query_each(params, |r| {
             rows.push(
                 (0..r.column_count())
                     .map(|i| r.get_ref(i).map(owned))
@@ -736,6 +741,27 @@ impl<'a> Tx<'a> {
         }
     }
 
+    /// A `scan` operation with `filter` written into it in this store's SQL, and every
+    /// parameter to run it with: the operation's own (`own`, numbered first), then the
+    /// filter's.
+    pub fn scan(
+        &self,
+        op: ops::Op,
+        filter: &Filter,
+        own: &[SqlValue],
+    ) -> (Stmt<'a>, Vec<SqlValue>) {
+        let mut params = own.to_vec();
+        let clause = filter::render(self.dialect(), filter, &mut params);
+        let sql = ops::sql(self.dialect(), op).replace("{filter}", &clause);
+        (
+            Stmt {
+                tx: *self,
+                sql: Sql::Filtered(sql),
+            },
+            params,
+        )
+    }
+
     /// Prepare a store operation's statement without running it (the tests that check
     /// every statement of each store is valid there); PostgreSQL must infer every
     /// parameter's type from the statement alone.
@@ -748,7 +774,9 @@ impl<'a> Tx<'a> {
             self.execute_batch("ROLLBACK TO SAVEPOINT rq_check; RELEASE SAVEPOINT rq_check")?;
             return ran;
         }
-        match (self, statement.sql.as_str()) {
+        // A scan's filter: any will do.
+        let sql = statement.sql.replace("{filter}", "TRUE");
+        match (self, sql.as_str()) {
             (_, "") => Ok(()),
             (Tx::Sqlite(conn), sql) => conn.prepare(sql).map(drop).map_err(Error::from),
             (Tx::Postgres(tx), sql) => tx.prepare_native(sql),

@@ -244,6 +244,34 @@ pub mod in_database {
     });
 }
 
+/// Jobs read as modes list them, chosen by a filter (`Tx::scan` writes the filter into
+/// `{filter}`, its parameters numbered after the operation's own) or by jid.
+pub mod scan {
+    family!("scan" {
+        /// A page: jobs after jid $1, by jid, at most $2.
+        PAGE = "page",
+        /// Every job the filter chooses, by jid.
+        EVERY = "every",
+        /// The first $1 jobs, by jid, up or down (the dashboard's keyset pages).
+        FIRST_UP = "first_up",
+        FIRST_DOWN = "first_down",
+        /// Counts by state, successes, failures (`status` of a selection).
+        COUNTS = "counts",
+        /// Job $1.
+        ONE = "one",
+        /// Job $1's state.
+        STATE_OF = "state_of",
+        /// The first $2 jobs of the JSON list $1 that failed, died or were cancelled.
+        FAILED_OF = "failed_of",
+        /// A view's lists, at most $1 each: running, pending, the newest ended, and the
+        /// newest dead or cancelled.
+        VIEW_RUNNING = "view_running",
+        VIEW_PENDING = "view_pending",
+        VIEW_ENDED = "view_ended",
+        VIEW_DEAD = "view_dead",
+    });
+}
+
 /// Whole rows copied from one queue into another: export and rotation.
 pub mod copies {
     family!("copies" {
@@ -329,6 +357,7 @@ pub fn all() -> impl Iterator<Item = Op> {
         .chain(status::ALL)
         .chain(jobs::ALL)
         .chain(copies::ALL)
+        .chain(scan::ALL)
         .copied()
 }
 
@@ -340,6 +369,7 @@ const SQLITE_FILES: &[(&str, &str)] = &[
     ("status", include_str!("sqlite/status.sql")),
     ("jobs", include_str!("sqlite/jobs.sql")),
     ("copies", include_str!("sqlite/copies.sql")),
+    ("scan", include_str!("sqlite/scan.sql")),
 ];
 const POSTGRES_FILES: &[(&str, &str)] = &[
     ("claims", include_str!("postgres/claims.sql")),
@@ -349,6 +379,7 @@ const POSTGRES_FILES: &[(&str, &str)] = &[
     ("status", include_str!("postgres/status.sql")),
     ("jobs", include_str!("postgres/jobs.sql")),
     ("copies", include_str!("postgres/copies.sql")),
+    ("scan", include_str!("postgres/scan.sql")),
 ];
 
 /// One store's statement of an operation.
@@ -403,18 +434,39 @@ fn catalog(files: &[(&str, &str)], dialect: Dialect) -> HashMap<String, Statemen
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let mut out = HashMap::new();
+    let listed = fields
+        .split(", ")
+        .map(|f| if f == "reason" { "{waiting_reason}" } else { f })
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Fragments (`-- name: NAME (fragment)`): text other statements of the store take in
+    // as `{NAME}`; not statements themselves.
+    let mut fragments = Vec::new();
+    let mut statements = Vec::new();
     for (family, text) in files {
         for (name, body) in parse(text) {
-            let (name, batch) = match name.strip_suffix("(batch)") {
-                Some(name) => (name.trim_end(), true),
-                None => (name.as_str(), false),
-            };
-            let sql = body
-                .replace("{job_fields}", &fields)
-                .replace("{job_params}", &params);
-            out.insert(format!("{family}.{name}"), Statement { sql, batch });
+            match name.strip_suffix("(fragment)") {
+                Some(name) => fragments.push((format!("{{{}}}", name.trim_end()), body)),
+                None => statements.push((family, name, body)),
+            }
         }
+    }
+    let mut out = HashMap::new();
+    for (family, name, body) in statements {
+        let (name, batch) = match name.strip_suffix("(batch)") {
+            Some(name) => (name.trim_end(), true),
+            None => (name.as_str(), false),
+        };
+        // Every field as modes list jobs: `reason` says what a waiting job waits for
+        // (the store's fragment `waiting_reason`).
+        let mut sql = body.replace("{listed_fields}", &listed);
+        for (slot, text) in &fragments {
+            sql = sql.replace(slot, text);
+        }
+        let sql = sql
+            .replace("{job_fields}", &fields)
+            .replace("{job_params}", &params);
+        out.insert(format!("{family}.{name}"), Statement { sql, batch });
     }
     out
 }

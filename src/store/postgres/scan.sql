@@ -1,0 +1,68 @@
+-- Jobs as modes list them. `{filter}` is where `Tx::scan` writes the filter
+-- (`store::filter`) in this store's SQL, its parameters numbered after the operation's own;
+-- `{listed_fields}` is every field, `reason` as `waiting_reason` says.
+
+-- name: waiting_reason (fragment)
+-- For a waiting job, what it waits for (up to five jobs and their states, or its array's
+-- limit); for a pending job no live feeder can run, why; for a pending job not to start
+-- yet, when it starts.
+CASE WHEN state = 'waiting' THEN coalesce(
+    (SELECT 'waits for ' || string_agg(CAST(x AS text), ', ')
+        || CASE WHEN jobs.waiting_on > 5 THEN ' and ' || (jobs.waiting_on - 5) || ' more' ELSE '' END
+     FROM (SELECT d.dep || ' (' || coalesce(w.state, 'gone') || ')' AS x FROM deps d
+           LEFT JOIN jobs w ON w.jid = d.dep WHERE d.job = jobs.jid AND d.met = 0
+           ORDER BY d.dep LIMIT 5) AS first_five),
+    CASE WHEN array_limit IS NOT NULL THEN 'waits for a place: at most ' || array_limit
+        || ' of array ' || array_id || ' run at once' END,
+    reason)
+  WHEN state = 'pending' AND (cpus > 1 OR gpus > 0 OR mem > 0)
+       AND rq_unfit(cpus, mem, gpus) IS NOT NULL THEN rq_unfit(cpus, mem, gpus)
+  WHEN state = 'pending' AND not_before > to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+  THEN 'starts at ' || not_before ELSE reason END AS reason
+
+-- name: page
+SELECT {listed_fields} FROM jobs WHERE jid > $1 AND {filter} ORDER BY jid LIMIT $2;
+
+-- name: every
+SELECT {listed_fields} FROM jobs WHERE {filter} ORDER BY jid;
+
+-- name: first_up
+SELECT {listed_fields} FROM jobs WHERE {filter} ORDER BY jid LIMIT $1;
+
+-- name: first_down
+SELECT {listed_fields} FROM jobs WHERE {filter} ORDER BY jid DESC LIMIT $1;
+
+-- name: counts
+SELECT state, count(*), count(*) FILTER (WHERE state = 'finished' AND exit_status IS NOT DISTINCT FROM 0),
+       count(*) FILTER (WHERE state = 'finished' AND exit_status IS DISTINCT FROM 0)
+  FROM jobs WHERE {filter} GROUP BY state;
+
+-- name: one
+SELECT {listed_fields} FROM jobs WHERE jid = $1;
+
+-- name: state_of
+SELECT state FROM jobs WHERE jid = $1;
+
+-- name: failed_of
+SELECT {listed_fields} FROM jobs
+ WHERE jid IN (SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint))
+   AND (state IN ('dead', 'cancelled') OR (state = 'finished' AND exit_status IS DISTINCT FROM 0))
+ ORDER BY jid LIMIT $2;
+
+-- name: view_running
+SELECT {listed_fields} FROM jobs WHERE state = 'running'
+ ORDER BY started IS NULL, started, jid LIMIT $1;
+
+-- name: view_pending
+SELECT {listed_fields} FROM jobs WHERE state = 'pending'
+ ORDER BY priority DESC, submitted, jid LIMIT $1;
+
+-- name: view_ended
+SELECT {listed_fields} FROM jobs
+ WHERE jid IN (SELECT jid FROM jobs WHERE state IN ('finished', 'dead')
+                ORDER BY finished DESC LIMIT $1)
+ ORDER BY finished DESC, jid DESC;
+
+-- name: view_dead
+SELECT {listed_fields} FROM jobs WHERE state IN ('dead', 'cancelled')
+ ORDER BY coalesce(finished, submitted) DESC, jid DESC LIMIT $1;
