@@ -3,7 +3,7 @@
 # fails, on a SQLite queue directory and a PostgreSQL queue, then the head resubmitted
 # (re-arming the chain). Reports the time to cancel / re-arm all of it, the longest a
 # concurrent `submit` waited meanwhile, and how soon a feeder that recorded the failure
-# exits after TERM. BEFORE=REV also times rq built at REV as the peer of the same run
+# exits after TERM, and how long submitting the chain took. BEFORE=REV also times rq built at REV as the peer of the same run
 # (OLD_RQ=BINARY: one built already), on PEER_SIZES (default 2000 8000) and PEER_STORES
 # (default sqlite), labelled PEER_LABEL; PEER_PROBE=0 times it with nothing else running.
 # Usage: bench/cascade.sh [N ...]   (default: 10000 100000)
@@ -45,6 +45,11 @@ probe() {
     done
     echo "$worst"
 }
+# rq binary, queue: submit the chain in $WORK/chain.yaml; prints the seconds it took.
+submit_chain() {
+    local t0 t1; t0=$(now); "$1" "$2" submit -q < "$WORK/chain.yaml"; t1=$(now)
+    calc "round($t1-$t0,2)"
+}
 # rq binary, queue: fail the head (as a feeder records it) and time the cascade; then
 # resubmit it and time the re-arm. Prints "cancel_s worst_submit_s rearm_s worst_submit_s".
 # PROBE=0: no submits meanwhile (their processes take CPU from the cascade).
@@ -64,17 +69,17 @@ run_chain() {
 echo "# rq: a failed dependency's cascade — $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "machine: $(nproc) cores; $("$PGBIN/postgres" --version); queue directories on $(df -T "$WORK" | awk 'NR==2{print $2}')"
 echo
-echo "| store | chain | cancel all (s) | longest submit wait meanwhile (s) | re-arm all (s) | longest submit wait meanwhile (s) |"
-echo "|---|---|---|---|---|---|"
+echo "| store | chain | submit the chain (s) | cancel all (s) | longest submit wait meanwhile (s) | re-arm all (s) | longest submit wait meanwhile (s) |"
+echo "|---|---|---|---|---|---|---|"
 for n in "${SIZES[@]}"; do
     chain "$n" > "$WORK/chain.yaml"
     for store in sqlite postgres; do
-        q=$(newq $store "$n"); "$RQ" "$q" submit -q < "$WORK/chain.yaml"
+        q=$(newq $store "$n"); s=$(submit_chain "$RQ" "$q")
         read -r c w1 r w2 < <(run_chain "$RQ" "$q" "$n")
-        echo "| $store | $n | $c | $w1 | $r | $w2 |"
-        q=$(newq $store "a$n"); "$RQ" "$q" submit -q < "$WORK/chain.yaml"
+        echo "| $store | $n | $s | $c | $w1 | $r | $w2 |"
+        q=$(newq $store "a$n"); s=$(submit_chain "$RQ" "$q")
         read -r c w1 r w2 < <(PROBE=0 run_chain "$RQ" "$q" "$n")
-        echo "| $store, nothing else running | $n | $c | - | $r | - |"
+        echo "| $store, nothing else running | $n | $s | $c | - | $r | - |"
     done
 done
 if [ -n "${BEFORE:-}" ] || [ -n "${OLD_RQ:-}" ]; then
@@ -85,9 +90,9 @@ if [ -n "${BEFORE:-}" ] || [ -n "${OLD_RQ:-}" ]; then
         chain "$n" > "$WORK/chain.yaml"
         for store in ${PEER_STORES:-sqlite}; do
             RQ_SAVED=$RQ; RQ=$OLD; q=$(newq $store "old$n"); RQ=$RQ_SAVED
-            "$OLD" "$q" submit -q < "$WORK/chain.yaml"
+            s=$(submit_chain "$OLD" "$q")
             read -r c w1 r w2 < <(PROBE=${PEER_PROBE:-1} run_chain "$OLD" "$q" "$n")
-            echo "| $store, rq at $BEFORE${PEER_LABEL:+ ($PEER_LABEL)} | $n | $c | $w1 | $r | $w2 |"
+            echo "| $store, rq at $BEFORE${PEER_LABEL:+ ($PEER_LABEL)} | $n | $s | $c | $w1 | $r | $w2 |"
         done
     done
     [ -d "$WORK/before" ] && git worktree remove --force "$WORK/before"

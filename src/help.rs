@@ -468,7 +468,7 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "query",
-        "rq QUEUE query TERM... | \"SQL where-clause\"\n\nTerms field=value (also ==), field!=value, field=~pattern, field!~pattern\n(SQL LIKE: % matches anything), AND-ed; value null matches NULL. Anything\nelse is an SQL where-clause, run read-only.\n\n  rq q query tag=nightly state=finished\n  rq q query command=~%make%\n  rq q query \"exit_status != 0 or state = 'dead'\"\n  rq q query exit_status=0 | rq q delete -\n",
+        "rq QUEUE query TERM... | \"SQL where-clause\"\n\nTerms field=value (also ==), field!=value, field=~pattern, field!~pattern\n(SQL LIKE: % matches anything, ASCII case ignored), AND-ed; value null\nmatches NULL. Anything else is an SQL where-clause, run read-only as written,\nin the store's own SQL (SQLite's, or PostgreSQL's for a server-kept queue).\n\n  rq q query tag=nightly state=finished\n  rq q query command=~%make%\n  rq q query \"exit_status != 0 or state = 'dead'\"\n  rq q query exit_status=0 | rq q delete -\n",
     ),
     (
         "update",

@@ -333,6 +333,49 @@ fn query_simple_like_raw_and_injection(store: StoreKind) {
     );
 }
 
+/// A user's own where-clause runs as written, in the store's dialect: what both speak
+/// works on both; what only one speaks is refused by the other (exit 2, its message).
+fn a_raw_where_clause_runs_in_the_stores_own_dialect(store: StoreKind) {
+    let q = TestQueue::on(store);
+    q.rq_stdin(&["submit", "-q", "-"], "make all\nexit 3\ntrue\n")
+        .ok();
+    q.sql("UPDATE jobs SET state = 'finished', exit_status = 3 WHERE jid = 2");
+    q.sql("UPDATE jobs SET state = 'finished', exit_status = 0 WHERE jid = 3");
+    let jids = |clause: &str| -> Vec<i64> {
+        let out = q.rq(&["query", clause]).ok();
+        out.records().iter().map(|r| int(r, "jid")).collect()
+    };
+    // Both stores.
+    assert_eq!(jids("exit_status IS DISTINCT FROM 0"), [1, 2]);
+    assert_eq!(jids("command LIKE 'make%'"), [1]);
+    let refused = |clause: &str| {
+        let out = q.rq(&["query", clause]).fails();
+        assert_eq!(out.status, 2, "{clause}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!("(in: {clause})")),
+            "{}",
+            out.stderr
+        );
+    };
+    match store {
+        StoreKind::Sqlite => {
+            // SQLite's IS with a value, and LIKE ignoring ASCII case.
+            assert_eq!(jids("exit_status IS NOT 0"), [1, 2]);
+            assert_eq!(jids("command LIKE 'MAKE%'"), [1]);
+            refused("command ~ '^make'");
+        }
+        StoreKind::Postgres => {
+            // PostgreSQL's regular expressions; its LIKE minds case (ILIKE does not).
+            assert_eq!(jids("command ~ '^make'"), [1]);
+            assert_eq!(jids("command LIKE 'MAKE%'"), Vec::<i64>::new());
+            assert_eq!(jids("command ILIKE 'MAKE%'"), [1]);
+            refused("exit_status IS NOT 0");
+        }
+    }
+    // The query language means the same on both: `=~` ignores ASCII case.
+    assert_eq!(jids("command=~MAKE%"), [1]);
+}
+
 fn update_targets_values_and_skips(store: StoreKind) {
     let q = TestQueue::on(store);
     q.rq_stdin(&["submit", "-t", "x"], "a\nb\nc\n").ok();
@@ -1240,6 +1283,7 @@ fn binary_and_newline_free_input_is_refused_at_once(store: StoreKind) {
 }
 
 crate::on_both_stores!(
+    a_raw_where_clause_runs_in_the_stores_own_dialect,
     binary_and_newline_free_input_is_refused_at_once,
     durations_and_ranges_too_large_are_refused_not_panicked_on,
     status_counts_follow_every_kind_of_change,
