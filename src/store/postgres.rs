@@ -239,10 +239,11 @@ impl PgTx<'_> {
         if let Some(stmt) = self.statements.borrow().get(sql) {
             return Ok(stmt.clone());
         }
+        // A statement written once for both stores: only its placeholders differ.
         let translated = if native {
             sql.to_string()
         } else {
-            super::pg_sql::translate(sql)
+            super::numbered_placeholders(sql)
         };
         if std::env::var_os("RQ_SQL_DEBUG").is_some_and(|v| !v.is_empty()) {
             crate::note!("rq sql: {translated}");
@@ -1049,7 +1050,7 @@ pub fn run_script(tx: &super::Tx<'_>, sql: &str) -> Result<Vec<crate::job::Row>>
     let super::Tx::Postgres(pg) = tx else {
         unreachable!("run_script is for PostgreSQL transactions");
     };
-    let messages = pg.simple_query(&super::pg_sql::translate(sql))?;
+    let messages = pg.simple_query(sql)?;
     let mut rows = Vec::new();
     for message in messages {
         if let ::postgres::SimpleQueryMessage::Row(row) = message {
