@@ -248,7 +248,8 @@ fn a_notified_job_runs_at_once(q: &TestQueue, nth: i64) {
     let schema = q.q().rsplit("queue=").next().unwrap().to_string();
     q.sql(&format!(
         "INSERT INTO jobs (state, submitted, submitter, command) \
-         VALUES ('pending', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'sql', 'echo heard'); \
+         VALUES ('pending', to_char(clock_timestamp() AT TIME ZONE 'UTC', \
+                 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), 'sql', 'echo heard'); \
          NOTIFY rq_{schema}"
     ));
     q.wait_for(

@@ -258,9 +258,9 @@ fn many_jobs_list_in_chunks_without_losing_any(store: StoreKind) {
 fn status_report(store: StoreKind) {
     let q = TestQueue::on(store);
     q.rq_stdin(&["submit"], "a\nb\nc\nd\ne\n").ok();
-    q.sql("UPDATE jobs SET state='finished', exit_status=0, elapsed=2.5, finished=strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE jid IN (1,2)");
-    q.sql("UPDATE jobs SET state='finished', exit_status=75, elapsed=1.0, finished=strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE jid=3");
-    q.sql("UPDATE jobs SET state='running', runner='n1', started=strftime('%Y-%m-%dT%H:%M:%fZ','now') WHERE jid=4");
+    q.sql("UPDATE jobs SET state='finished', exit_status=0, elapsed=2.5, finished=submitted WHERE jid IN (1,2)");
+    q.sql("UPDATE jobs SET state='finished', exit_status=75, elapsed=1.0, finished=submitted WHERE jid=3");
+    q.sql("UPDATE jobs SET state='running', runner='n1', started=submitted WHERE jid=4");
     let v = q
         .rq(&["status", "--exit", "retry=75,76 ok = 0"])
         .ok()
@@ -983,7 +983,7 @@ fn assert_status_matches_rows(q: &TestQueue, when: &str) {
         .rq(&[
             "execute",
             "SELECT state, count(*) AS n, (SELECT count(*) FROM jobs WHERE state = 'finished' AND exit_status = 0) AS ok, \
-             (SELECT round(avg(elapsed), 2) FROM jobs WHERE state = 'finished') AS avg FROM jobs GROUP BY state",
+             (SELECT round(CAST(avg(elapsed) AS numeric), 2) FROM jobs WHERE state = 'finished') AS avg FROM jobs GROUP BY state",
             "--format",
             "json",
         ])

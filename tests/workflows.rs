@@ -500,7 +500,7 @@ fn owners_are_recorded_and_listed(store: StoreKind) {
     let q = TestQueue::on(store);
     q.rq(&["submit", "-q", "echo mine"]).ok();
     // Another user's job, as it would be recorded on their host.
-    q.sql("INSERT INTO jobs (state, submitted, submitter, command, user) VALUES ('pending', '2026-01-01T00:00:00.000000Z', 'h9', 'echo theirs', 'alice')")
+    q.sql("INSERT INTO jobs (state, submitted, submitter, command, \"user\") VALUES ('pending', '2026-01-01T00:00:00.000000Z', 'h9', 'echo theirs', 'alice')")
         .ok();
     let me = text(&q.jobs()[0], "user");
     assert!(!me.is_empty());

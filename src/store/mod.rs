@@ -3,11 +3,12 @@
 //! a shared filesystem) and a PostgreSQL database (`postgres`, for clusters that outgrow
 //! one file server or have none).
 //!
-//! The queue, the feeder and every mode speak SQL to a `Tx`, one short transaction of
-//! either store, with the same statements: placeholders are written `?`/`?N` and
-//! translated for PostgreSQL, values cross the boundary in SQLite's value model (null,
-//! integer, real, text, blob), which both stores map their columns to. The few places where
-//! the dialects differ ask `Tx::dialect`. What each store must guarantee (ARCHITECTURE.md):
+//! The queue, the feeder and every mode run named operations (`ops`) on a `Tx`, one short
+//! transaction of either store, each store with its own SQL; jobs chosen by a filter go
+//! through `Tx::scan` (`filter`). The few statements written once for both stores use
+//! `?`/`?N` placeholders, numbered `$N` for PostgreSQL (nothing else is rewritten). Values
+//! cross the boundary in SQLite's value model (null, integer, real, text, blob), which both
+//! stores map their columns to. What each store must guarantee (ARCHITECTURE.md):
 //! a write transaction is serializable with every other write that touches the same jobs,
 //! commits or rolls back as a whole, is retried as a whole only when it surely did not
 //! commit, and an error during COMMIT is reported as "outcome unknown".
@@ -414,8 +415,8 @@ pub enum Table {
     Deps,
 }
 
-/// A statement's text: in SQLite's dialect (translated for PostgreSQL), or a store
-/// operation's, written for the store it runs on (`ops`).
+/// A statement's text: written once for both stores (PostgreSQL numbers its placeholders),
+/// or a store operation's, written for the store it runs on (`ops`).
 enum Sql {
     Shared(String),
     Native(&'static str),
@@ -508,7 +509,7 @@ impl Stmt<'_> {
 }
 
 /// A statement's text and whether it is written for the store that runs it (a store
-/// operation's) or in SQLite's dialect (translated for PostgreSQL).
+/// operation's) or for both (PostgreSQL numbers its placeholders).
 #[derive(Clone, Copy)]
 struct Text<'s> {
     sql: &'s str,

@@ -8,13 +8,13 @@
 //! A file is a list of statements, each under a line `-- name: NAME` (comments after that
 //! line document it); `-- name: NAME (batch)` marks a statement made of several, run
 //! without parameters (`Stmt::execute_batch`). A statement with an empty body means
-//! "nothing to do on this store" (running it changes and returns nothing). The one expansion made, once, when a file is
-//! read: `{job_fields}` becomes every stored job field in `job::FIELDS` order (quoted where
-//! the store needs it), the columns `Row::from_sql` reads back.
-//!
-//! Statements not yet moved here are still written in SQLite's dialect in the modules
-//! that use them and translated for PostgreSQL (`pg_sql`); each module moved here drops
-//! its SQL from the protocol side.
+//! "nothing to do on this store" (running it changes and returns nothing);
+//! `-- name: NAME (fragment)` is text the store's statements take in as `{NAME}`. The
+//! expansions made, once, when a file is read: `{job_fields}` becomes every stored job
+//! field in `job::FIELDS` order (quoted where the store needs it), the columns
+//! `Row::from_sql` reads back; `{job_params}` a numbered parameter for each;
+//! `{listed_fields}` the fields as modes list them (`reason` from the `waiting_reason`
+//! fragment). `{filter}` is left for `Tx::scan`, which writes a `store::filter::Filter` there.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
