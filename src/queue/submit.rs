@@ -295,66 +295,8 @@ impl Queue {
         opts: &SubmitOptions,
         echo: Option<&RowWriter>,
     ) -> Result<Submitted> {
-        // First pass, outside any transaction: check every job and plan its files. YAML/JSON
-        // lists are parsed here once and spooled, parsed, to a local temporary file; the
-        // transaction then reads that (or plain lines, which cost nothing to parse).
-        let mut count = 0usize;
-        let mut plan = crate::deps::Plan::default();
-        let mut files = Vec::new();
-        let mut to_insert = Vec::with_capacity(sources.len());
-        let mut spools = Vec::new();
-        for source in sources {
-            let mut spool = match source {
-                JobSource::File(path) if is_structured_file(path)? => {
-                    let file = tempfile::NamedTempFile::new()
-                        .context(|| "cannot make a temporary file".into())?;
-                    Some(std::io::BufWriter::new(file))
-                }
-                _ => None,
-            };
-            read_sources(std::slice::from_ref(source), &mut |spec| {
-                count += 1;
-                plan.note(count - 1, &spec)?;
-                if let Some(env) = &spec.env {
-                    let size: usize = env
-                        .iter()
-                        .chain(opts.env.iter())
-                        .map(|(k, v)| k.len() + v.len() + 2)
-                        .sum();
-                    if size > MAX_ENV_BYTES {
-                        return Err(Error::input(format!(
-                            "job {count}: its environment is too large ({size} bytes; at most \
-                             {MAX_ENV_BYTES}); nothing was submitted"
-                        )));
-                    }
-                }
-                if let Some(problem) = crate::job::command_problem(&spec.command) {
-                    return Err(Error::input(format!(
-                        "job {count}: {problem}; nothing was submitted"
-                    )));
-                }
-                if let Some(plan) = self.plan_files(&spec)? {
-                    files.push((count - 1, plan));
-                }
-                if let Some(out) = spool.as_mut() {
-                    crate::input::spool_job(out, &spec)?;
-                }
-                Ok(())
-            })?;
-            match spool {
-                Some(out) => {
-                    let file = out
-                        .into_inner()
-                        .map_err(|e| e.into_error())
-                        .context(|| "cannot write the spool of parsed jobs".into())?;
-                    to_insert.push(JobSource::Parsed(file.path().to_path_buf()));
-                    spools.push(file);
-                }
-                None => to_insert.push(source.clone()),
-            }
-        }
-        let sources = to_insert.as_slice();
-        if count == 0 {
+        let checked = self.check_jobs(sources, opts)?;
+        if checked.count == 0 {
             return Ok(Submitted::default());
         }
         for (path, kind) in [
@@ -365,179 +307,27 @@ impl Queue {
                 check_input(path, &self.dir, kind)?;
             }
         }
-        let resolved = plan.resolve()?;
-        let global_waits: Vec<(crate::deps::Wait, crate::deps::Kind)> = opts
-            .after
-            .iter()
-            .map(|d| (d, crate::deps::Kind::Ok))
-            .chain(opts.after_any.iter().map(|d| (d, crate::deps::Kind::Any)))
-            .map(|(d, kind)| match d {
-                crate::input::DepRef::Jid(j) => Ok((crate::deps::Wait::Jid(*j), kind)),
-                crate::input::DepRef::Array(a) => Ok((crate::deps::Wait::Array(*a), kind)),
-                crate::input::DepRef::Name(n) => Err(Error::usage(format!(
-                    "--after: '{n}' is not a jid (names are for jobs of one list: `after:` in YAML)"
-                ))),
-            })
-            .collect::<Result<_>>()?;
-        let submitter = host::name();
-        let user = host::user_name();
-        let cwd = std::env::current_dir()
-            .map(|p| p.to_string_lossy().into_owned())
-            .ok();
-        let state = if opts.stage {
-            State::Holding
-        } else {
-            State::Pending
-        };
+        let waits = checked.plan.resolve()?;
+        let mut rows = NewRows::new(opts, global_waits(opts)?);
         // Jobs with files get jids reserved first, so their files are in place before the
         // rows that name them exist; a crash in between leaves only orphan files.
         // So are jobs that wait for others of the list, and arrays: their rows name jids.
-        let with_files = !files.is_empty() || opts.stdin.is_some() || opts.data.is_some();
-        let first_reserved =
-            if with_files || !resolved.is_empty() || !global_waits.is_empty() || opts.array {
-                let first = self.reserve_jids(count)?;
-                if with_files && let Err(e) = self.copy_files(first, count, &files, opts) {
-                    self.remove_job_files(first, count);
-                    return Err(e);
-                }
-                Some(first)
-            } else {
-                None
-            };
-        let env_json = |own: &Option<std::collections::BTreeMap<String, String>>| {
-            if opts.env.is_empty() && own.as_ref().is_none_or(|e| e.is_empty()) {
-                return None;
+        let count = checked.count;
+        let with_files = !checked.files.is_empty() || opts.stdin.is_some() || opts.data.is_some();
+        if with_files || !waits.is_empty() || !rows.global_waits.is_empty() || opts.array {
+            let first = self.reserve_jids(count)?;
+            if with_files && let Err(e) = self.copy_files(first, count, &checked.files, opts) {
+                self.remove_job_files(first, count);
+                return Err(e);
             }
-            let mut env = opts.env.clone();
-            env.extend(own.iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
-            serde_json::to_string(&env).ok()
-        };
-        let jid_list = |jids: &[i64]| {
-            (!jids.is_empty()).then(|| serde_json::to_string(jids).unwrap_or_default())
-        };
+            rows.first_reserved = Some(first);
+        }
         let outcome = self.store.write(|tx| {
-            let submitted = time::now();
-            let batch_size = tx.capabilities().insert_batch;
-            let mut batch: Vec<crate::job::NewJob> = Vec::with_capacity(batch_size);
-            let mut starts: Vec<(i64, crate::deps::Start)> = Vec::new();
-            let mut lookups = crate::deps::Lookups::default();
-            let mut next_wait = resolved.iter().peekable();
-            let mut inserted = 0usize;
-            let mut first = None;
-            let mut each = |spec: JobSpec| {
-                if inserted + batch.len() == count {
-                    return Err(changed_while_reading());
-                }
-                if crate::job::command_problem(&spec.command).is_some() {
-                    return Err(changed_while_reading());
-                }
-                let index = inserted + batch.len();
-                let jid = first_reserved.map(|f| f + index as i64);
-                let own_waits = next_wait
-                    .next_if(|(i, _)| *i == index)
-                    .map(|(_, w)| w.as_slice());
-                let mut job_state = state;
-                let mut waiting_on = 0;
-                let mut reason = None;
-                let (mut after, mut after_any) = (None, None);
-                if own_waits.is_some() || !global_waits.is_empty() {
-                    let (Some(jid), Some(base)) = (jid, first_reserved) else {
-                        return Err(changed_while_reading());
-                    };
-                    let waits: Vec<_> = global_waits
-                        .iter()
-                        .chain(own_waits.into_iter().flatten())
-                        .copied()
-                        .collect();
-                    let start = crate::deps::start(tx, &mut lookups, index + 1, &waits, &|i| {
-                        base + i as i64
-                    })?;
-                    after = jid_list(&start.after);
-                    after_any = jid_list(&start.after_any);
-                    waiting_on = start.unmet;
-                    if let Some(why) = &start.failed {
-                        job_state = State::Cancelled;
-                        reason = Some(why.clone());
-                    } else if start.unmet > 0 && state == State::Pending {
-                        job_state = State::Waiting;
-                    }
-                    starts.push((jid, start));
-                }
-                // An array with a limit: only its first jobs join the claim path; the
-                // others wait for a place (see the trigger `array_next`).
-                if let Some(limit) = opts.array_limit
-                    && job_state == State::Pending
-                    && index as i64 >= limit
-                {
-                    job_state = State::Waiting;
-                }
-                let file =
-                    |given: bool, dir: &str| jid.filter(|_| given).map(|j| format!("{dir}/{j}"));
-                batch.push(crate::job::NewJob {
-                    jid,
-                    priority: opts.priority.or(spec.priority).unwrap_or(0),
-                    stdin: file(opts.stdin.is_some() || spec.stdin.is_some(), "stdin"),
-                    data: file(opts.data.is_some() || spec.data.is_some(), "data"),
-                    tag: opts.tag.clone().or_else(|| spec.tag.clone().flatten()),
-                    hosts: opts.hosts.clone().or_else(|| spec.hosts.clone().flatten()),
-                    restartable: opts.restartable || spec.restartable.unwrap_or(false),
-                    cwd: spec.cwd.clone().or_else(|| cwd.clone()),
-                    timeout: opts.timeout.or(spec.timeout),
-                    retries: opts.retries.or(spec.retries).unwrap_or(0),
-                    retry_delay: opts.retry_delay.or(spec.retry_delay),
-                    state: job_state,
-                    name: spec.name.clone(),
-                    after,
-                    after_any,
-                    waiting_on,
-                    reason,
-                    array_id: first_reserved.filter(|_| opts.array),
-                    array_index: spec.array_index,
-                    array_limit: opts.array_limit.filter(|_| opts.array),
-                    env: env_json(&spec.env),
-                    not_before: opts.not_before.clone().or(spec.not_before),
-                    cpus: opts.cpus.or(spec.cpus).unwrap_or(1),
-                    mem: opts.mem.or(spec.mem).unwrap_or(0),
-                    gpus: opts.gpus.or(spec.gpus).unwrap_or(0),
-                    command: spec.command,
-                });
-                if batch.len() == batch_size {
-                    let last = tx.insert_jobs(&batch, &submitted, &submitter, &user)?;
-                    first.get_or_insert(last - batch.len() as i64 + 1);
-                    inserted += batch.len();
-                    batch.clear();
-                }
-                Ok(())
+            let (first, last) = rows.insert(tx, &checked.sources, count, &waits)?;
+            let (echoed, echoed_rows) = match echo {
+                Some(writer) => echo_first_chunk(tx, first, last, writer)?,
+                None => (Vec::new(), 0),
             };
-            read_sources(sources, &mut each)?;
-            if !batch.is_empty() {
-                let last = tx.insert_jobs(&batch, &submitted, &submitter, &user)?;
-                first.get_or_insert(last - batch.len() as i64 + 1);
-                inserted += batch.len();
-            }
-            if inserted != count {
-                return Err(changed_while_reading());
-            }
-            crate::deps::record(tx, &starts)?;
-            let first = first.unwrap_or(0);
-            let last = first + count as i64 - 1;
-            let mut echoed = Vec::new();
-            let mut echoed_rows = 0;
-            if let Some(writer) = echo {
-                let (mut stmt, params) = tx.scan(
-                    crate::store::ops::scan::PAGE,
-                    &Filter::JidRange(first, last),
-                    &[
-                        SqlValue::Integer(first - 1),
-                        SqlValue::Integer(CHUNK as i64),
-                    ],
-                );
-                stmt.query_each(crate::store::params_from_iter(params.iter()), |row| {
-                    writer.write_sql_row(echoed_rows == 0, &mut echoed, row)?;
-                    echoed_rows += 1;
-                    Ok(())
-                })?;
-            }
             Ok(Submitted {
                 count,
                 first,
@@ -552,12 +342,56 @@ impl Queue {
                 Ok(submitted)
             }
             Err(e) => {
-                if let Some(first) = first_reserved {
+                if let Some(first) = rows.first_reserved {
                     self.remove_job_files(first, count);
                 }
                 Err(e)
             }
         }
+    }
+
+    /// The first pass, outside any transaction: check every job and plan its files. YAML
+    /// and JSON lists are parsed here once and spooled, parsed, to a local temporary file;
+    /// the transaction then reads that (or plain lines, which cost nothing to parse).
+    fn check_jobs(&mut self, sources: &[JobSource], opts: &SubmitOptions) -> Result<Checked> {
+        let mut checked = Checked::default();
+        for source in sources {
+            let mut spool = match source {
+                JobSource::File(path) if is_structured_file(path)? => {
+                    let file = tempfile::NamedTempFile::new()
+                        .context(|| "cannot make a temporary file".into())?;
+                    Some(std::io::BufWriter::new(file))
+                }
+                _ => None,
+            };
+            read_sources(std::slice::from_ref(source), &mut |spec| {
+                checked.count += 1;
+                let count = checked.count;
+                checked.plan.note(count - 1, &spec)?;
+                check_job(count, &spec, opts)?;
+                if let Some(plan) = self.plan_files(&spec)? {
+                    checked.files.push((count - 1, plan));
+                }
+                if let Some(out) = spool.as_mut() {
+                    crate::input::spool_job(out, &spec)?;
+                }
+                Ok(())
+            })?;
+            match spool {
+                Some(out) => {
+                    let file = out
+                        .into_inner()
+                        .map_err(|e| e.into_error())
+                        .context(|| "cannot write the spool of parsed jobs".into())?;
+                    checked
+                        .sources
+                        .push(JobSource::Parsed(file.path().to_path_buf()));
+                    checked.spools.push(file);
+                }
+                None => checked.sources.push(source.clone()),
+            }
+        }
+        Ok(checked)
     }
 
     pub(super) fn reserve_jids(&mut self, count: usize) -> Result<i64> {
@@ -761,4 +595,261 @@ impl Queue {
         self.ring_doorbell();
         Ok(rows)
     }
+}
+
+/// What a submit's first pass learned: how many jobs, their names and waits, their files,
+/// and where to read them again (structured lists spooled, parsed).
+#[derive(Default)]
+struct Checked {
+    count: usize,
+    plan: crate::deps::Plan,
+    files: Vec<(usize, JobFiles)>,
+    sources: Vec<JobSource>,
+    /// Removed when the submit ends.
+    spools: Vec<tempfile::NamedTempFile>,
+}
+
+/// Job `number` (from 1) of a list, as the first pass checks it: its environment's size
+/// and its command.
+fn check_job(number: usize, spec: &JobSpec, opts: &SubmitOptions) -> Result<()> {
+    if let Some(env) = &spec.env {
+        let size: usize = env
+            .iter()
+            .chain(opts.env.iter())
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum();
+        if size > MAX_ENV_BYTES {
+            return Err(Error::input(format!(
+                "job {number}: its environment is too large ({size} bytes; at most \
+                 {MAX_ENV_BYTES}); nothing was submitted"
+            )));
+        }
+    }
+    if let Some(problem) = crate::job::command_problem(&spec.command) {
+        return Err(Error::input(format!(
+            "job {number}: {problem}; nothing was submitted"
+        )));
+    }
+    Ok(())
+}
+
+/// What every job of a submit waits for (`--after`, `--after-any`): jids and arrays only.
+fn global_waits(opts: &SubmitOptions) -> Result<Vec<(crate::deps::Wait, crate::deps::Kind)>> {
+    opts.after
+        .iter()
+        .map(|d| (d, crate::deps::Kind::Ok))
+        .chain(opts.after_any.iter().map(|d| (d, crate::deps::Kind::Any)))
+        .map(|(d, kind)| match d {
+            crate::input::DepRef::Jid(j) => Ok((crate::deps::Wait::Jid(*j), kind)),
+            crate::input::DepRef::Array(a) => Ok((crate::deps::Wait::Array(*a), kind)),
+            crate::input::DepRef::Name(n) => Err(Error::usage(format!(
+                "--after: '{n}' is not a jid (names are for jobs of one list: `after:` in YAML)"
+            ))),
+        })
+        .collect()
+}
+
+/// The rows of one submit, made job by job inside its transaction: what the options say
+/// for every job, who submits them from where, and the jids reserved for them, if any.
+struct NewRows<'a> {
+    opts: &'a SubmitOptions,
+    state: State,
+    submitter: String,
+    user: String,
+    cwd: Option<String>,
+    global_waits: Vec<(crate::deps::Wait, crate::deps::Kind)>,
+    first_reserved: Option<i64>,
+}
+
+impl<'a> NewRows<'a> {
+    fn new(
+        opts: &'a SubmitOptions,
+        global_waits: Vec<(crate::deps::Wait, crate::deps::Kind)>,
+    ) -> NewRows<'a> {
+        NewRows {
+            opts,
+            state: if opts.stage {
+                State::Holding
+            } else {
+                State::Pending
+            },
+            submitter: host::name(),
+            user: host::user_name(),
+            cwd: std::env::current_dir()
+                .map(|p| p.to_string_lossy().into_owned())
+                .ok(),
+            global_waits,
+            first_reserved: None,
+        }
+    }
+
+    /// Read the jobs again and insert them in batches (`Capabilities::insert_batch`), then
+    /// record their waits. `waits`: each job's own, by index. Returns the first and last
+    /// jid. A list that reads differently from the first pass is refused.
+    fn insert(
+        &self,
+        tx: &Tx<'_>,
+        sources: &[JobSource],
+        count: usize,
+        waits: &crate::deps::Resolved,
+    ) -> Result<(i64, i64)> {
+        let submitted = time::now();
+        let batch_size = tx.capabilities().insert_batch;
+        let mut batch: Vec<crate::job::NewJob> = Vec::with_capacity(batch_size);
+        let mut starts: Vec<(i64, crate::deps::Start)> = Vec::new();
+        let mut lookups = crate::deps::Lookups::default();
+        let mut next_wait = waits.iter().peekable();
+        let mut inserted = 0usize;
+        let mut first = None;
+        let mut flush = |batch: &mut Vec<crate::job::NewJob>, inserted: &mut usize| -> Result<()> {
+            let last = tx.insert_jobs(batch, &submitted, &self.submitter, &self.user)?;
+            first.get_or_insert(last - batch.len() as i64 + 1);
+            *inserted += batch.len();
+            batch.clear();
+            Ok(())
+        };
+        read_sources(sources, &mut |spec: JobSpec| {
+            let index = inserted + batch.len();
+            if index == count || crate::job::command_problem(&spec.command).is_some() {
+                return Err(changed_while_reading());
+            }
+            let own_waits = next_wait
+                .next_if(|(i, _)| *i == index)
+                .map(|(_, w)| w.as_slice());
+            let (job, start) = self.row(tx, &mut lookups, index, spec, own_waits)?;
+            starts.extend(start);
+            batch.push(job);
+            if batch.len() == batch_size {
+                flush(&mut batch, &mut inserted)?;
+            }
+            Ok(())
+        })?;
+        if !batch.is_empty() {
+            flush(&mut batch, &mut inserted)?;
+        }
+        if inserted != count {
+            return Err(changed_while_reading());
+        }
+        crate::deps::record(tx, &starts)?;
+        let first = first.unwrap_or(0);
+        Ok((first, first + count as i64 - 1))
+    }
+
+    /// The row of job `index` (from 0) and, when it waits for jobs, where its waits stand.
+    fn row(
+        &self,
+        tx: &Tx<'_>,
+        lookups: &mut crate::deps::Lookups,
+        index: usize,
+        spec: JobSpec,
+        own_waits: Option<&[(crate::deps::Wait, crate::deps::Kind)]>,
+    ) -> Result<(crate::job::NewJob, Option<(i64, crate::deps::Start)>)> {
+        let opts = self.opts;
+        let jid = self.first_reserved.map(|f| f + index as i64);
+        let mut job_state = self.state;
+        let mut waiting_on = 0;
+        let mut reason = None;
+        let (mut after, mut after_any) = (None, None);
+        let mut waited = None;
+        if own_waits.is_some() || !self.global_waits.is_empty() {
+            let (Some(jid), Some(base)) = (jid, self.first_reserved) else {
+                return Err(changed_while_reading());
+            };
+            let waits: Vec<_> = self
+                .global_waits
+                .iter()
+                .chain(own_waits.into_iter().flatten())
+                .copied()
+                .collect();
+            let start = crate::deps::start(tx, lookups, index + 1, &waits, &|i| base + i as i64)?;
+            after = jid_list(&start.after);
+            after_any = jid_list(&start.after_any);
+            waiting_on = start.unmet;
+            if let Some(why) = &start.failed {
+                job_state = State::Cancelled;
+                reason = Some(why.clone());
+            } else if start.unmet > 0 && self.state == State::Pending {
+                job_state = State::Waiting;
+            }
+            waited = Some((jid, start));
+        }
+        // An array with a limit: only its first jobs join the claim path; the others wait
+        // for a place (see the trigger `array_next`).
+        if let Some(limit) = opts.array_limit
+            && job_state == State::Pending
+            && index as i64 >= limit
+        {
+            job_state = State::Waiting;
+        }
+        let file = |given: bool, dir: &str| jid.filter(|_| given).map(|j| format!("{dir}/{j}"));
+        let job = crate::job::NewJob {
+            jid,
+            priority: opts.priority.or(spec.priority).unwrap_or(0),
+            stdin: file(opts.stdin.is_some() || spec.stdin.is_some(), "stdin"),
+            data: file(opts.data.is_some() || spec.data.is_some(), "data"),
+            tag: opts.tag.clone().or_else(|| spec.tag.clone().flatten()),
+            hosts: opts.hosts.clone().or_else(|| spec.hosts.clone().flatten()),
+            restartable: opts.restartable || spec.restartable.unwrap_or(false),
+            cwd: spec.cwd.clone().or_else(|| self.cwd.clone()),
+            timeout: opts.timeout.or(spec.timeout),
+            retries: opts.retries.or(spec.retries).unwrap_or(0),
+            retry_delay: opts.retry_delay.or(spec.retry_delay),
+            state: job_state,
+            name: spec.name.clone(),
+            after,
+            after_any,
+            waiting_on,
+            reason,
+            array_id: self.first_reserved.filter(|_| opts.array),
+            array_index: spec.array_index,
+            array_limit: opts.array_limit.filter(|_| opts.array),
+            env: self.env_json(&spec.env),
+            not_before: opts.not_before.clone().or(spec.not_before),
+            cpus: opts.cpus.or(spec.cpus).unwrap_or(1),
+            mem: opts.mem.or(spec.mem).unwrap_or(0),
+            gpus: opts.gpus.or(spec.gpus).unwrap_or(0),
+            command: spec.command,
+        };
+        Ok((job, waited))
+    }
+
+    /// A job's environment as stored: the submit's, its own added (and winning).
+    fn env_json(&self, own: &Option<std::collections::BTreeMap<String, String>>) -> Option<String> {
+        if self.opts.env.is_empty() && own.as_ref().is_none_or(|e| e.is_empty()) {
+            return None;
+        }
+        let mut env = self.opts.env.clone();
+        env.extend(own.iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
+        serde_json::to_string(&env).ok()
+    }
+}
+
+fn jid_list(jids: &[i64]) -> Option<String> {
+    (!jids.is_empty()).then(|| serde_json::to_string(jids).unwrap_or_default())
+}
+
+/// The first chunk of jobs `first..=last` written with `writer`, inside the submit's
+/// transaction: the bytes and how many rows.
+fn echo_first_chunk(
+    tx: &Tx<'_>,
+    first: i64,
+    last: i64,
+    writer: &RowWriter,
+) -> Result<(Vec<u8>, usize)> {
+    let mut echoed = Vec::new();
+    let mut rows = 0;
+    let (mut stmt, params) = tx.scan(
+        crate::store::ops::scan::PAGE,
+        &Filter::JidRange(first, last),
+        &[
+            SqlValue::Integer(first - 1),
+            SqlValue::Integer(CHUNK as i64),
+        ],
+    );
+    stmt.query_each(crate::store::params_from_iter(params.iter()), |row| {
+        writer.write_sql_row(rows == 0, &mut echoed, row)?;
+        rows += 1;
+        Ok(())
+    })?;
+    Ok((echoed, rows))
 }
