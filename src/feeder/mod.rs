@@ -85,6 +85,22 @@ impl Config {
     }
 }
 
+/// What one turn's transaction is for (`Feeder::due`).
+struct Due {
+    /// Jobs to claim.
+    want: usize,
+    /// Recorded ends are due.
+    ends: bool,
+    /// Starts, failed starts or releases are due.
+    flush: bool,
+}
+
+impl Due {
+    fn any(&self) -> bool {
+        self.want > 0 || self.ends || self.flush
+    }
+}
+
 /// Why the feeder loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -505,19 +521,12 @@ impl Feeder {
         }
     }
 
+    /// One turn after another until the feeder stops, drains or runs out of work: note
+    /// what ended, start what was claimed, record and claim in one transaction when due,
+    /// then nap until something happens.
     fn main_loop(&mut self, signals: &mut Signals, beater: &Beater) -> Result<Exit> {
         loop {
-            let fenced = self.lease.take_fenced();
-            if !fenced.is_empty() {
-                self.log.log(
-                    Level::Error,
-                    &format!(
-                        "our heartbeats did not reach the queue in time (lease {}s; this host was cut off, frozen or paused): the watchdog killed {} running jobs before another host could take them over",
-                        self.settings.lease,
-                        fenced.len()
-                    ),
-                );
-            }
+            self.report_fenced();
             if signals.stop.load(Ordering::SeqCst) {
                 self.stop_all(Some("stopped"))?;
                 self.info("** STOPPED ** running jobs were killed");
@@ -528,28 +537,7 @@ impl Feeder {
             }
             let draining =
                 signals.drain.load(Ordering::SeqCst) || signals.restart.load(Ordering::SeqCst);
-            self.enforce_timeouts();
-            let ends = self.reap_children();
-            if self.config.local_files.is_some() {
-                // Their last output is stored in the transaction that records their ends.
-                let ended: Vec<(i64, String)> =
-                    ends.iter().map(|e| (e.jid, e.claim.clone())).collect();
-                let outputs = self.read_outputs(&ended, true);
-                self.final_outputs.extend(outputs);
-                self.upload_running();
-            }
-            if !self.lease_kills.is_empty() {
-                self.settle_lease_kills()?;
-            }
-            if !ends.is_empty() {
-                // A slot came free: new work should not wait for a backed-off doorbell.
-                self.doorbell.hurry();
-                fault("before_record");
-                self.journal_ends(&ends);
-                fault("after_journaling_end");
-                self.ends_since.get_or_insert_with(Instant::now);
-                self.ends.extend(ends);
-            }
+            self.collect_ends()?;
             let rang = self.doorbell.rang();
             if rang && !(self.running.is_empty() && self.buffer.is_empty()) {
                 self.check_claims_and_kills()?;
@@ -560,106 +548,19 @@ impl Feeder {
             }
             // Claimed jobs start without a transaction, while our lease is safe: a host
             // whose heartbeat fails may have its claims given to others.
-            let may_start =
-                !draining && !self.fenced && beater.missed() < self.settings.lease / 2.0;
-            if may_start {
+            if self.may_start(draining, beater) {
                 self.revalidate_buffer()?;
                 self.start_buffered()?;
             }
-            let free = self.config.max_feed.saturating_sub(self.running.len());
-            let lookahead = self.lookahead();
-            let room = if draining || self.claiming_suspended() {
-                0
-            } else {
-                (self.config.max_feed + lookahead)
-                    .saturating_sub(self.running.len() + self.buffer.len())
-            };
-            let now = Instant::now();
-            let retry_due = self.retry_wakes.iter().any(|at| *at <= now);
-            self.retry_wakes.retain(|at| *at > now);
-            let full_poll_due = retry_due || self.last_full_poll.elapsed() >= self.next_full_poll;
-            let worth_asking = rang || full_poll_due || self.more_waiting;
-            let slot_idle = free > 0 && self.buffer.is_empty();
-            let refill = lookahead > 0 && self.buffer.len() * 2 <= lookahead;
-            // A slot freed by an end or by a start that failed asks for work at once.
-            let slot_freed = !self.ends.is_empty() || !self.failed_starts.is_empty();
-            let want = if room > 0
-                && ((slot_idle && (worth_asking || slot_freed)) || (refill && worth_asking))
-            {
-                room
-            } else {
-                0
-            };
-            let ends_due = self.ends_since.is_some_and(|at| {
-                self.buffer.is_empty() || draining || at.elapsed() >= self.batch_window(END_BATCH)
-            });
-            let flush_due = !self.failed_starts.is_empty()
-                || !self.releases.is_empty()
-                || self
-                    .starts
-                    .first()
-                    .is_some_and(|s| s.at.elapsed() >= self.batch_window(START_BATCH))
-                || (draining && !self.starts.is_empty());
-            if want > 0 || ends_due || flush_due {
-                // With jobs buffered, the slots stay busy without us: no need to wait for
-                // the lock, unless something has waited too long.
-                let urgent = self.buffer.is_empty()
-                    || draining
-                    || self.ends_since.is_some_and(|at| {
-                        at.elapsed() >= (10 * END_BATCH).max(2 * self.txn_share())
-                    })
-                    || self
-                        .starts
-                        .first()
-                        .is_some_and(|s| s.at.elapsed() >= 2 * self.batch_window(START_BATCH))
-                    || !self.failed_starts.is_empty()
-                    || !self.releases.is_empty();
-                // A poll nothing announced looks before it takes the write lock.
-                let peek_first = !rang && !self.more_waiting;
-                let Some(claimed) = self.record_and_claim(want, urgent, peek_first)? else {
-                    self.nap(signals, true);
+            let due = self.due(rang, draining);
+            if due.any() {
+                let napped = self.record_and_claim_due(&due, rang, draining, signals, beater)?;
+                if napped {
                     continue;
-                };
-                if want > 0 {
-                    self.more_waiting = claimed.len() == want;
-                    self.last_full_poll = Instant::now();
-                    self.next_full_poll = jittered(self.config.max_sleep);
-                }
-                if !claimed.is_empty() {
-                    self.doorbell.hurry();
-                    fault("after_claim");
-                    if self.buffer.is_empty() {
-                        self.buffer_checked = Instant::now();
-                    }
-                    self.buffer.extend(claimed);
-                    // Asked again: the transaction may have waited long for the lock.
-                    if !draining && !self.fenced && beater.missed() < self.settings.lease / 2.0 {
-                        self.revalidate_buffer()?;
-                        self.start_buffered()?;
-                    }
                 }
             }
-            // Done only with nothing left to record: a start that failed just after the
-            // claim, or a claim given back, goes with the next transaction.
-            if self.running.is_empty()
-                && self.buffer.is_empty()
-                && self.ends.is_empty()
-                && self.failed_starts.is_empty()
-                && self.releases.is_empty()
-            {
-                if draining {
-                    let restart = signals.restart.load(Ordering::SeqCst);
-                    self.info(if restart {
-                        "** RESTARTING **"
-                    } else {
-                        "** STOPPING ** drained"
-                    });
-                    return Ok(if restart { Exit::Restart } else { Exit::Done });
-                }
-                if self.config.exit_when_empty && want > 0 && !self.more_waiting {
-                    self.info("** STOPPING ** no jobs left");
-                    return Ok(Exit::Done);
-                }
+            if let Some(exit) = self.done(draining, due.want, signals) {
+                return Ok(exit);
             }
             // An idle slot and maybe more work: claim again at once (only if we may claim
             // now: otherwise this would spin until we may).
@@ -674,11 +575,178 @@ impl Feeder {
             }
             // Under the same condition as a start, asked again (a transaction may have
             // waited long for the lock): files are created only while our claims are safe.
-            if !draining && !self.fenced && beater.missed() < self.settings.lease / 2.0 {
+            if self.may_start(draining, beater) {
                 self.prepare_next();
             }
             self.nap(signals, false);
         }
+    }
+
+    /// Jobs the watchdog killed because our heartbeats stopped reaching the queue: said.
+    fn report_fenced(&mut self) {
+        let fenced = self.lease.take_fenced();
+        if !fenced.is_empty() {
+            self.log.log(
+                Level::Error,
+                &format!(
+                    "our heartbeats did not reach the queue in time (lease {}s; this host was cut off, frozen or paused): the watchdog killed {} running jobs before another host could take them over",
+                    self.settings.lease,
+                    fenced.len()
+                ),
+            );
+        }
+    }
+
+    /// Jobs may start (and their files be made) while we are not draining and our claims
+    /// are safe: not fenced, heartbeats within half a lease.
+    fn may_start(&self, draining: bool, beater: &Beater) -> bool {
+        !draining && !self.fenced && beater.missed() < self.settings.lease / 2.0
+    }
+
+    /// What ended since the last turn: timeouts enforced, children reaped, their last
+    /// output read (a queue keeping files in its database), lease kills settled, the ends
+    /// journaled and kept for the next transaction.
+    fn collect_ends(&mut self) -> Result<()> {
+        self.enforce_timeouts();
+        let ends = self.reap_children();
+        if self.config.local_files.is_some() {
+            // Their last output is stored in the transaction that records their ends.
+            let ended: Vec<(i64, String)> = ends.iter().map(|e| (e.jid, e.claim.clone())).collect();
+            let outputs = self.read_outputs(&ended, true);
+            self.final_outputs.extend(outputs);
+            self.upload_running();
+        }
+        if !self.lease_kills.is_empty() {
+            self.settle_lease_kills()?;
+        }
+        if !ends.is_empty() {
+            // A slot came free: new work should not wait for a backed-off doorbell.
+            self.doorbell.hurry();
+            fault("before_record");
+            self.journal_ends(&ends);
+            fault("after_journaling_end");
+            self.ends_since.get_or_insert_with(Instant::now);
+            self.ends.extend(ends);
+        }
+        Ok(())
+    }
+
+    /// What a transaction would do now: how many jobs to claim, and whether recorded ends
+    /// or starts, failed starts and releases are due.
+    fn due(&mut self, rang: bool, draining: bool) -> Due {
+        let free = self.config.max_feed.saturating_sub(self.running.len());
+        let lookahead = self.lookahead();
+        let room = if draining || self.claiming_suspended() {
+            0
+        } else {
+            (self.config.max_feed + lookahead)
+                .saturating_sub(self.running.len() + self.buffer.len())
+        };
+        let now = Instant::now();
+        let retry_due = self.retry_wakes.iter().any(|at| *at <= now);
+        self.retry_wakes.retain(|at| *at > now);
+        let full_poll_due = retry_due || self.last_full_poll.elapsed() >= self.next_full_poll;
+        let worth_asking = rang || full_poll_due || self.more_waiting;
+        let slot_idle = free > 0 && self.buffer.is_empty();
+        let refill = lookahead > 0 && self.buffer.len() * 2 <= lookahead;
+        // A slot freed by an end or by a start that failed asks for work at once.
+        let slot_freed = !self.ends.is_empty() || !self.failed_starts.is_empty();
+        let want = if room > 0
+            && ((slot_idle && (worth_asking || slot_freed)) || (refill && worth_asking))
+        {
+            room
+        } else {
+            0
+        };
+        let ends = self.ends_since.is_some_and(|at| {
+            self.buffer.is_empty() || draining || at.elapsed() >= self.batch_window(END_BATCH)
+        });
+        let flush = !self.failed_starts.is_empty()
+            || !self.releases.is_empty()
+            || self
+                .starts
+                .first()
+                .is_some_and(|s| s.at.elapsed() >= self.batch_window(START_BATCH))
+            || (draining && !self.starts.is_empty());
+        Due { want, ends, flush }
+    }
+
+    /// The transaction `due` asks for: record what is due and claim `due.want` jobs, then
+    /// start what was claimed. True when the queue was busy and we napped instead.
+    fn record_and_claim_due(
+        &mut self,
+        due: &Due,
+        rang: bool,
+        draining: bool,
+        signals: &mut Signals,
+        beater: &Beater,
+    ) -> Result<bool> {
+        // With jobs buffered, the slots stay busy without us: no need to wait for the
+        // lock, unless something has waited too long.
+        let urgent = self.buffer.is_empty()
+            || draining
+            || self
+                .ends_since
+                .is_some_and(|at| at.elapsed() >= (10 * END_BATCH).max(2 * self.txn_share()))
+            || self
+                .starts
+                .first()
+                .is_some_and(|s| s.at.elapsed() >= 2 * self.batch_window(START_BATCH))
+            || !self.failed_starts.is_empty()
+            || !self.releases.is_empty();
+        // A poll nothing announced looks before it takes the write lock.
+        let peek_first = !rang && !self.more_waiting;
+        let Some(claimed) = self.record_and_claim(due.want, urgent, peek_first)? else {
+            self.nap(signals, true);
+            return Ok(true);
+        };
+        if due.want > 0 {
+            self.more_waiting = claimed.len() == due.want;
+            self.last_full_poll = Instant::now();
+            self.next_full_poll = jittered(self.config.max_sleep);
+        }
+        if !claimed.is_empty() {
+            self.doorbell.hurry();
+            fault("after_claim");
+            if self.buffer.is_empty() {
+                self.buffer_checked = Instant::now();
+            }
+            self.buffer.extend(claimed);
+            // Asked again: the transaction may have waited long for the lock.
+            if self.may_start(draining, beater) {
+                self.revalidate_buffer()?;
+                self.start_buffered()?;
+            }
+        }
+        Ok(false)
+    }
+
+    /// How the loop ends, once nothing is left to record (a start that failed just after
+    /// the claim, or a claim given back, goes with the next transaction): drained, told to
+    /// restart, or out of work with `--exit_when_empty`.
+    fn done(&mut self, draining: bool, wanted: usize, signals: &Signals) -> Option<Exit> {
+        let idle = self.running.is_empty()
+            && self.buffer.is_empty()
+            && self.ends.is_empty()
+            && self.failed_starts.is_empty()
+            && self.releases.is_empty();
+        if !idle {
+            return None;
+        }
+        if draining {
+            let restart = signals.restart.load(Ordering::SeqCst);
+            self.info(if restart {
+                "** RESTARTING **"
+            } else {
+                "** STOPPING ** drained"
+            });
+            return Some(if restart { Exit::Restart } else { Exit::Done });
+        }
+        if self.config.exit_when_empty && wanted > 0 && !self.more_waiting {
+            self.info("** STOPPING ** no jobs left");
+            return Some(Exit::Done);
+        }
+        None
     }
 
     /// Claiming is suspended for now: our heartbeats fail, the queue's filesystem is full,
