@@ -41,7 +41,6 @@ pub mod deps;
 pub mod export;
 pub mod feeder;
 pub mod fsguard;
-pub mod help;
 pub mod host;
 pub mod human;
 pub mod input;

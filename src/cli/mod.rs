@@ -14,8 +14,9 @@ use crate::output::{self, Format};
 use crate::queue::{self, Queue};
 use crate::store::Access;
 use crate::store::Filter as Clause;
-use crate::{help, host};
+use crate::host;
 
+pub mod help;
 mod data;
 mod feeding;
 mod manage;

@@ -354,7 +354,7 @@ fn option_lines(mode: &str) -> String {
     let Some((_, ids)) = MODE_OPTIONS.iter().find(|(m, _)| *m == mode) else {
         return String::new();
     };
-    let mut cmd = crate::cli::Options::command();
+    let mut cmd = super::Options::command();
     cmd.build();
     let mut out = String::from("\noptions:\n");
     for id in *ids {
@@ -605,7 +605,7 @@ pub fn text(topic: Option<&str>) -> Result<String> {
     let Some(topic) = topic else {
         return Ok(overview());
     };
-    let mode = crate::cli::mode_name(topic).unwrap_or(topic);
+    let mode = super::mode_name(topic).unwrap_or(topic);
     let mode = match mode {
         "stdout" | "stderr" | "stdin4" | "stdout4" | "stderr4" => "stdin",
         "stop" | "restart" => "shutdown",
@@ -642,7 +642,7 @@ fn overview() -> String {
 /// abbreviations), carrying every option: the source of completions and the man page.
 pub fn command() -> clap::Command {
     use clap::CommandFactory;
-    let options = crate::cli::Options::command();
+    let options = super::Options::command();
     let mut cmd = clap::Command::new("rq")
         .version(env!("CARGO_PKG_VERSION"))
         .disable_help_flag(true)
@@ -678,7 +678,7 @@ pub fn command() -> clap::Command {
         };
         cmd = cmd.arg(arg);
     }
-    for (name, abbrevs) in crate::cli::MODES {
+    for (name, abbrevs) in super::MODES {
         let about = text(Some(name))
             .ok()
             .and_then(|t| t.lines().nth(2).map(str::to_string))
@@ -799,7 +799,7 @@ pub fn man_page() -> Result<String> {
         context: "cannot render the man page".into(),
         source: e,
     };
-    let mut options = crate::cli::Options::command_for_man();
+    let mut options = super::Options::command_for_man();
     options.build();
     let man = clap_mangen::Man::new(options).manual("rq manual");
     // Every render starts with the same two-line preamble; the page needs it once.
@@ -823,7 +823,7 @@ pub fn man_page() -> Result<String> {
     page.push_str(".SH DESCRIPTION\n");
     page.push_str(&preformatted(OVERVIEW));
     page.push_str(".SH MODES\n");
-    for (mode, _) in crate::cli::MODES {
+    for (mode, _) in super::MODES {
         let Some((_, body)) = TOPICS.iter().find(|(name, _)| name == mode) else {
             continue;
         };
