@@ -8,7 +8,6 @@
 
 use crate::error::Result;
 use crate::job::Row;
-use crate::journal::Fate;
 use crate::store::Tx;
 use crate::store::ops::claims as op;
 
@@ -39,6 +38,16 @@ pub struct Capacity {
     pub mem: i64,
     /// GPU device names (`0`, `1`, ... as CUDA numbers them).
     pub devices: Vec<String>,
+}
+
+impl From<&Capacity> for crate::store::fit::HostSize {
+    fn from(c: &Capacity) -> Self {
+        crate::store::fit::HostSize {
+            cpus: c.cpus,
+            mem: c.mem,
+            gpus: c.devices.len() as i64,
+        }
+    }
 }
 
 /// What one claim may take.
@@ -245,7 +254,7 @@ impl Pick {
             .op(op::CLAIM)
             .query_map(
                 rusqlite::params![host, now, token, feeder, chosen, devices],
-                |r| Row::from_sql(r, &names),
+                |r| r.row(&names),
             )?
             .collect::<rusqlite::Result<Vec<Row>>>()?;
         // Start them in claim order.
@@ -303,6 +312,17 @@ pub fn held_back(tx: &Tx<'_>, host: &str) -> Result<Option<String>> {
             format!("draining ({since})")
         }
     }))
+}
+
+/// What happened to a claimed job, as far as its feeder's journal proves.
+#[derive(Debug)]
+pub enum Fate {
+    /// Claimed, never started: give it back.
+    NeverStarted,
+    /// Ended like this: record it.
+    Ended(End),
+    /// Started, end unknown: crashed.
+    MayHaveRun,
 }
 
 /// How a run ended, as the feeder saw it (also a line of the start journal, so that a
@@ -571,7 +591,7 @@ fn job_rows(tx: &Tx<'_>, which: crate::store::ops::Op, params: &[&str]) -> Resul
     let values: Vec<&dyn rusqlite::ToSql> = params.iter().map(|p| p as _).collect();
     let rows = tx
         .op(which)
-        .query_map(values.as_slice(), |r| Row::from_sql(r, &names))?
+        .query_map(values.as_slice(), |r| r.row(&names))?
         .collect::<rusqlite::Result<Vec<Row>>>()?;
     Ok(rows)
 }

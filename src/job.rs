@@ -173,18 +173,19 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn from_sql(row: &crate::store::Cells<'_>, names: &[String]) -> rusqlite::Result<Row> {
-        let mut columns = Vec::with_capacity(names.len());
-        for (i, name) in names.iter().enumerate() {
-            let mut cell = Cell::from_sql(row.get_ref(i)?);
-            if BOOLEAN_FIELDS.contains(&name.as_str())
-                && let Cell::Int(i) = cell
-            {
-                cell = Cell::Bool(i != 0);
-            }
-            columns.push((name.clone(), cell));
-        }
-        Ok(Row { columns })
+    /// A row of these named cells (booleans read as such).
+    pub fn from_cells(names: &[String], cells: impl Iterator<Item = Cell>) -> Row {
+        let columns = names
+            .iter()
+            .zip(cells)
+            .map(|(name, cell)| match cell {
+                Cell::Int(i) if BOOLEAN_FIELDS.contains(&name.as_str()) => {
+                    (name.clone(), Cell::Bool(i != 0))
+                }
+                cell => (name.clone(), cell),
+            })
+            .collect();
+        Row { columns }
     }
 
     pub fn get(&self, name: &str) -> &Cell {

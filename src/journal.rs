@@ -30,7 +30,7 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::claims::End;
+use crate::claims::{End, Fate};
 use crate::error::{IoContext, Result};
 use crate::store::Store;
 
@@ -58,17 +58,6 @@ pub struct Journal {
     pub started: HashSet<String>,
     /// Ends seen but maybe not recorded in the queue, by claim token.
     pub ends: HashMap<String, End>,
-}
-
-/// What happened to a claimed job, as far as its feeder's journal proves.
-#[derive(Debug)]
-pub enum Fate {
-    /// Claimed, never started: give it back.
-    NeverStarted,
-    /// Ended like this: record it.
-    Ended(End),
-    /// Started, end unknown: crashed.
-    MayHaveRun,
 }
 
 impl Journal {

@@ -390,7 +390,7 @@ fn refresh_notes() {
         if let Some(note) = due {
             // Never creates the note (a removed one is written again by the next
             // writer) and never follows a link.
-            let _ = crate::liveness::touch_existing(&note);
+            let _ = crate::beats::touch_existing(&note);
             last_refresh = Some(std::time::Instant::now());
         }
     }
@@ -476,7 +476,7 @@ pub fn read_holder(db_path: &Path) -> Option<Holder> {
         }
     }
     let mut holder = parse_note(&bytes[..got])?;
-    holder.since = crate::liveness::mtime(&path);
+    holder.since = crate::beats::mtime(&path);
     Some(holder)
 }
 

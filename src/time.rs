@@ -157,6 +157,31 @@ pub fn lock_timeout_from_env() -> crate::error::Result<Option<std::time::Duratio
     }
 }
 
+/// A duration as a person reads it: `0.4s`, `3s`, `4m12s`, `2h05m`, `3d4h`.
+pub fn duration_text(seconds: f64) -> String {
+    let s = if seconds.is_finite() {
+        seconds.max(0.0)
+    } else {
+        0.0
+    };
+    if s < 10.0 {
+        let tenths = (s * 10.0).round() / 10.0;
+        if tenths.fract() == 0.0 {
+            format!("{tenths:.0}s")
+        } else {
+            format!("{tenths:.1}s")
+        }
+    } else {
+        let whole = s.round() as u64;
+        match whole {
+            0..60 => format!("{whole}s"),
+            60..3600 => format!("{}m{:02}s", whole / 60, whole % 60),
+            3600..86400 => format!("{}h{:02}m", whole / 3600, whole % 3600 / 60),
+            _ => format!("{}d{}h", whole / 86400, whole % 86400 / 3600),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

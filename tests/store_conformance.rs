@@ -6,9 +6,9 @@
 mod common;
 
 use common::{StoreKind, TestQueue};
+use rq::claims::Fate;
 use rq::claims::{self, Capacity, End, Room};
 use rq::job::Row;
-use rq::journal::Fate;
 use rq::queue::Queue;
 use rq::store::{Access, ops};
 

@@ -9,16 +9,16 @@ use clap::Parser;
 
 use crate::control::{self};
 use crate::error::{Error, IoContext, Result};
+use crate::host;
 use crate::job::{self, Row};
 use crate::output::{self, Format};
 use crate::queue::{self, Queue};
 use crate::store::Access;
 use crate::store::Filter as Clause;
-use crate::host;
 
-pub mod help;
 mod data;
 mod feeding;
+pub mod help;
 mod manage;
 
 /// Every option of every mode (as in the original, any option is accepted anywhere, so

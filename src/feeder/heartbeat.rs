@@ -166,7 +166,7 @@ impl Feeder {
                     claimable,
                     claims::held_by(tx, host, id)?,
                     claims::held_back(tx, host)?,
-                    crate::deps::work_left(tx)?,
+                    crate::store::settle::work_left(tx)?,
                 ))
             })?;
         // Dependency work left behind (its writer stopped between batches): carry it on.

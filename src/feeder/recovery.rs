@@ -24,13 +24,13 @@ impl Feeder {
                     (jid, claim, job.get("pid").as_int().is_some())
                 })
                 .collect();
-            let remembered: Vec<Option<journal::Fate>> = jobs
+            let remembered: Vec<Option<crate::claims::Fate>> = jobs
                 .iter()
                 .map(|(jid, claim, _)| {
                     self.recorded_ends
                         .iter()
                         .find(|(_, e)| e.jid == *jid && e.claim == *claim)
-                        .map(|(_, e)| journal::Fate::Ended(e.clone()))
+                        .map(|(_, e)| crate::claims::Fate::Ended(e.clone()))
                 })
                 .collect();
             let journaled = self.with_journals(|read| {
@@ -41,7 +41,7 @@ impl Feeder {
                     })
                     .collect::<Vec<_>>()
             })?;
-            let settle: Vec<(i64, String, journal::Fate)> = jobs
+            let settle: Vec<(i64, String, crate::claims::Fate)> = jobs
                 .into_iter()
                 .zip(remembered.into_iter().zip(journaled))
                 .map(|((jid, claim, _), (remembered, journaled))| {
@@ -83,7 +83,13 @@ impl Feeder {
     ) -> Result<T> {
         if self.queue.in_database() {
             self.queue.store().read(|tx| {
-                let mut read = |f: &str| crate::store::in_database::journal_read(tx, f).ok();
+                let mut read = |f: &str| {
+                    crate::store::in_database::journal_read(tx, f)
+                        .ok()
+                        .map(|lines| {
+                            crate::journal::Journal::from_lines(lines.iter().map(String::as_str))
+                        })
+                };
                 Ok(body(&mut read))
             })
         } else {
@@ -159,7 +165,11 @@ impl Feeder {
             let mut journals = HashMap::new();
             let mut read = |f: &str| {
                 if in_db {
-                    crate::store::in_database::journal_read(tx, f).ok()
+                    crate::store::in_database::journal_read(tx, f)
+                        .ok()
+                        .map(|lines| {
+                            crate::journal::Journal::from_lines(lines.iter().map(String::as_str))
+                        })
                 } else {
                     journal::read(&dir, f)
                 }
@@ -250,7 +260,7 @@ impl Feeder {
         // their jobs are settled.
         let (fates, feeders) = self.with_journals(|read| {
             let mut journals = HashMap::new();
-            let fates: Vec<journal::Fate> = orphans
+            let fates: Vec<crate::claims::Fate> = orphans
                 .iter()
                 .map(|job| {
                     let claim = job.get("claim").as_text().unwrap_or_default();
@@ -261,10 +271,10 @@ impl Feeder {
                         claim,
                         job.get("pid").as_int().is_some(),
                     ) {
-                        journal::Fate::NeverStarted
+                        crate::claims::Fate::NeverStarted
                             if seen.contains(&format!("RQ_CLAIM={claim}")) =>
                         {
-                            journal::Fate::MayHaveRun
+                            crate::claims::Fate::MayHaveRun
                         }
                         fate => fate,
                     }

@@ -187,7 +187,7 @@ mod tests {
             "backed off to the cap"
         );
         // Rung meanwhile: seen at the next due check, and checks are quick again.
-        queue::ring_doorbell(dir.path());
+        crate::store::ring_doorbell(dir.path());
         assert!(!bell.rang(), "not due yet: no look at the file");
         std::thread::sleep(bell.interval);
         assert!(bell.rang());
@@ -214,7 +214,7 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         std::thread::sleep(bell.interval);
         assert!(bell.rang(), "a removed doorbell is news too");
-        queue::ring_doorbell(dir.path());
+        crate::store::ring_doorbell(dir.path());
         std::thread::sleep(bell.interval);
         assert!(bell.rang(), "made again");
         // A link planted as the doorbell is not opened.

@@ -106,7 +106,7 @@ impl Queue {
                 let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
                 let mut result = stmt.query([])?;
                 while let Some(row) = result.next()? {
-                    rows.push(Row::from_sql(&crate::store::Cells::Sqlite(row), &names)?);
+                    rows.push(crate::store::Cells::Sqlite(row).row(&names)?);
                 }
             }
             Ok(rows)

@@ -165,31 +165,6 @@ pub fn create(path: &Path) -> Result<Value> {
     Ok(Value::Object(report))
 }
 
-/// Touch the doorbell so idle feeders look at the queue now. Uses the file server's clock
-/// (UTIME_NOW); a failure only delays pick-up until the next full poll.
-pub fn ring_doorbell(dir: &Path) {
-    if dir.as_os_str().is_empty() {
-        // A queue with no directory (PostgreSQL, everything in the database): NOTIFY only.
-        return;
-    }
-    let path = dir.join("doorbell");
-    let now = rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_NOW,
-        },
-        last_modification: rustix::fs::Timespec {
-            tv_sec: 0,
-            tv_nsec: rustix::fs::UTIME_NOW,
-        },
-    };
-    // A link planted as the doorbell gets its own times set, never its target's.
-    let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
-    if rustix::fs::utimensat(rustix::fs::CWD, &path, &now, flags).is_err() {
-        let _ = crate::liveness::create_new(&path);
-    }
-}
-
 impl Queue {
     pub fn open(path: &Path, access: Access) -> Result<Queue> {
         if let Some(location) = postgres_location(path)? {
@@ -298,7 +273,7 @@ impl Queue {
     /// queue too, whose feeders watch it) and, on PostgreSQL, a NOTIFY.
     pub fn ring_doorbell(&mut self) {
         if self.has_files() {
-            ring_doorbell(&self.dir);
+            store::ring_doorbell(&self.dir);
         }
         self.store.notify();
     }
@@ -349,7 +324,7 @@ pub fn rows_of(stmt: &mut crate::store::Stmt<'_>, params: &[SqlValue]) -> Result
     let names = field_names();
     let rows = stmt
         .query_map(crate::store::params_from_iter(params.iter()), |r| {
-            Row::from_sql(r, &names)
+            r.row(&names)
         })?
         .collect::<rusqlite::Result<Vec<Row>>>()?;
     Ok(rows)

@@ -178,7 +178,7 @@ impl Queue {
             return Ok((0, Vec::new()));
         }
         let largest = self.largest_live()?;
-        crate::liveness::set_largest_live(largest.clone());
+        crate::store::fit::set_largest_live(largest.as_ref().map(Into::into));
         let Some(largest) = largest else {
             return Ok((0, Vec::new()));
         };
@@ -196,7 +196,9 @@ impl Queue {
                 if some.len() < 5 {
                     let (jid, cpus, mem, gpus): (i64, i64, i64, i64) =
                         (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-                    if let Some(why) = crate::liveness::unfit_reason(cpus, mem, gpus, &largest) {
+                    if let Some(why) =
+                        crate::store::fit::unfit_reason(cpus, mem, gpus, &(&largest).into())
+                    {
                         some.push((jid, why));
                     }
                 }

@@ -17,7 +17,6 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
-use crate::journal::Journal;
 use crate::store::ops::in_database as op;
 use crate::store::postgres::Location;
 use crate::store::{Dialect, Tx};
@@ -133,13 +132,13 @@ pub fn journal_append(tx: &Tx<'_>, feeder: &str, lines: &[String]) -> Result<()>
     Ok(())
 }
 
-/// A feeder's journal as its rows say.
-pub fn journal_read(tx: &Tx<'_>, feeder: &str) -> Result<Journal> {
+/// A feeder's journal: its lines, in order (`journal::Journal::from_lines` reads them).
+pub fn journal_read(tx: &Tx<'_>, feeder: &str) -> Result<Vec<String>> {
     let lines = tx
         .op(op::JOURNAL_READ)
         .query_map([feeder], |r| r.get::<_, String>(0))?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(Journal::from_lines(lines.iter().map(String::as_str)))
+    Ok(lines)
 }
 
 /// Forget a feeder's journal (its claims are all settled).

@@ -69,18 +69,18 @@ pub fn lease(queue_dir: &Path) -> f64 {
     if known > 0.0 {
         return known;
     }
-    let published = std::fs::read_dir(crate::liveness::hosts_dir(queue_dir))
+    let published = std::fs::read_dir(crate::beats::hosts_dir(queue_dir))
         .into_iter()
         .flatten()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().ends_with(".hb"))
-        .filter_map(|e| crate::liveness::read_info(&e.path()))
+        .filter_map(|e| crate::beats::read_info(&e.path()))
         .filter_map(|info| info["lease"].as_f64())
         .fold(0.0, f64::max);
     if published > 0.0 {
         published
     } else {
-        crate::liveness::Settings::default().lease
+        crate::beats::DEFAULT_LEASE
     }
 }
 
@@ -113,13 +113,13 @@ impl Evidence {
             None => "an unknown process".into(),
         };
         let silent = self.silent_for.map_or("never".to_string(), |s| {
-            format!("{} ago", crate::human::duration(s.max(0.0)))
+            format!("{} ago", crate::time::duration_text(s.max(0.0)))
         });
         let beat = match (&self.holder, self.beat_age) {
             (Some(h), Some(age)) => format!(
                 "; {}'s last heartbeat {} ago",
                 h.host,
-                crate::human::duration(age.max(0.0))
+                crate::time::duration_text(age.max(0.0))
             ),
             (Some(h), None) => format!("; {} has no heartbeat", h.host),
             (None, _) => String::new(),
@@ -153,22 +153,22 @@ pub fn judge(db_path: &Path, waited: f64) -> Judgement {
         return Judgement::Wait;
     };
     let me = crate::host::name();
-    let Ok(now) = crate::liveness::server_now(queue, &me) else {
+    let Ok(now) = crate::beats::server_now(queue, &me) else {
         return Judgement::Wait;
     };
     // Names looked up afresh: a new holder's note and a restarted host's heartbeat are
     // new files under the old names.
     refresh_directory(db_path);
-    crate::liveness::refresh_directory(&crate::liveness::hosts_dir(queue));
+    crate::beats::refresh_directory(&crate::beats::hosts_dir(queue));
     let holder = crate::lock::read_holder(db_path);
     let silent_for = holder
         .as_ref()
         .and_then(|h| h.since)
-        .or_else(|| crate::liveness::mtime(&crate::lock::note_path(db_path)))
+        .or_else(|| crate::beats::mtime(&crate::lock::note_path(db_path)))
         .map(|at| crate::time::seconds_between(at, now));
     let beat_age = holder
         .as_ref()
-        .and_then(|h| crate::liveness::heartbeat_age(queue, &h.host, now));
+        .and_then(|h| crate::beats::heartbeat_age(queue, &h.host, now));
     let evidence = Evidence {
         holder,
         silent_for,
@@ -209,7 +209,7 @@ pub fn db_inode(db_path: &Path) -> Option<u64> {
 /// trusts a cached name until its directory's attributes expire, up to a minute).
 pub fn refresh_directory(db_path: &Path) {
     if let Some(dir) = db_path.parent() {
-        crate::liveness::refresh_directory(dir);
+        crate::beats::refresh_directory(dir);
     }
 }
 
@@ -517,7 +517,7 @@ impl RecoveryMutex {
                 std::process::id(),
                 rand::random::<u32>()
             ));
-            let mut file = crate::liveness::create_new(&unique).map_err(|e| crate::Error::Io {
+            let mut file = crate::beats::create_new(&unique).map_err(|e| crate::Error::Io {
                 context: format!("cannot create {}", unique.display()),
                 source: e,
             })?;
@@ -541,8 +541,8 @@ impl RecoveryMutex {
                 }));
             }
             // Someone else's: theirs unless it is stale.
-            let now = crate::liveness::server_now(queue, &crate::host::name())?;
-            let stale = crate::liveness::mtime(&path)
+            let now = crate::beats::server_now(queue, &crate::host::name())?;
+            let stale = crate::beats::mtime(&path)
                 .is_some_and(|at| crate::time::seconds_between(at, now) > STALE);
             if !stale {
                 return Ok(None);
@@ -558,7 +558,7 @@ impl RecoveryMutex {
     }
 
     fn refresh(&self) {
-        let _ = crate::liveness::touch_existing(&self.path);
+        let _ = crate::beats::touch_existing(&self.path);
     }
 
     fn release(self) {

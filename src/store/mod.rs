@@ -14,11 +14,13 @@
 //! commit, and an error during COMMIT is reported as "outcome unknown".
 
 pub mod filter;
+pub mod fit;
 pub mod in_database;
 pub mod lock_recovery;
 pub mod ops;
 pub mod pg_sql;
 pub mod postgres;
+pub mod settle;
 pub mod sqlite;
 
 pub use filter::{Filter, Term, TermOp};
@@ -408,6 +410,31 @@ pub struct Stmt<'a> {
     sql: Sql,
 }
 
+/// Touch the doorbell so idle feeders look at the queue now. Uses the file server's clock
+/// (UTIME_NOW); a failure only delays pick-up until the next full poll.
+pub fn ring_doorbell(dir: &std::path::Path) {
+    if dir.as_os_str().is_empty() {
+        // A queue with no directory (PostgreSQL, everything in the database): NOTIFY only.
+        return;
+    }
+    let path = dir.join("doorbell");
+    let now = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+    };
+    // A link planted as the doorbell gets its own times set, never its target's.
+    let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+    if rustix::fs::utimensat(rustix::fs::CWD, &path, &now, flags).is_err() {
+        let _ = crate::beats::create_new(&path);
+    }
+}
+
 /// Tables whose rows are copied whole from one queue into another (`Tx::copy_rows`).
 #[derive(Debug, Clone, Copy)]
 pub enum Table {
@@ -594,6 +621,14 @@ impl Cells<'_> {
                 })
             }
         }
+    }
+
+    /// The row as the job model holds it, its columns named `names`.
+    pub fn row(&self, names: &[String]) -> rusqlite::Result<crate::job::Row> {
+        let cells = (0..names.len())
+            .map(|i| self.get_ref(i).map(crate::job::Cell::from_sql))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(crate::job::Row::from_cells(names, cells.into_iter()))
     }
 
     pub fn column_count(&self) -> usize {

@@ -288,7 +288,7 @@ CREATE FUNCTION rq_host_ok(hosts text, host text) RETURNS boolean LANGUAGE sql I
                OR lower(btrim(h.name)) = lower(split_part(host, '.', 1))
                OR lower(split_part(btrim(h.name), '.', 1)) = lower(host)))
 $$;
--- Why no live feeder can run a job that needs these (liveness::unfit_reason), from the
+-- Why no live feeder can run a job that needs these (store::fit::unfit_reason), from the
 -- largest live feeder's capacity this session was told (rq.largest_*); NULL otherwise.
 CREATE FUNCTION rq_unfit(cpus bigint, mem bigint, gpus bigint) RETURNS text LANGUAGE plpgsql STABLE AS $$
 DECLARE

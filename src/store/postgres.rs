@@ -448,9 +448,9 @@ pub struct PgStore {
     stalled_after: Option<std::time::Duration>,
     /// The largest live feeder this session's `rq_unfit` was told about.
     told_largest: Option<(i64, i64, i64)>,
-    /// The last write left dependency work for later transactions (`deps::settle`).
+    /// The last write left dependency work for later transactions (`settle::settle`).
     pub dep_work_left: bool,
-    /// Writes also do dependency work others left (`deps::settle`'s `carry_on`).
+    /// Writes also do dependency work others left (`settle::settle`'s `carry_on`).
     pub carry_on_dep_work: bool,
 }
 
@@ -739,9 +739,8 @@ impl PgStore {
             self.connect().map_err(classify)?;
         }
         // `rq_unfit` says why no live feeder can run a job from what this process found
-        // (liveness::set_largest_live), told to the session as settings.
-        let largest =
-            crate::liveness::largest_live_known().map(|c| (c.cpus, c.mem, c.devices.len() as i64));
+        // (fit::set_largest_live), told to the session as settings.
+        let largest = super::fit::largest_live_known().map(|c| (c.cpus, c.mem, c.gpus));
         if largest.is_some() && largest != self.told_largest {
             let (cpus, mem, gpus) = largest.unwrap_or_default();
             let client = self.client.as_mut().expect("connected above");
@@ -779,7 +778,7 @@ impl PgStore {
         if let Some(lock) = lock {
             pg.query(lock, &[&key], None).map_err(classify)?;
         }
-        let mut settled_deps = crate::deps::Settled::default();
+        let mut settled_deps = super::settle::Settled::default();
         let carry_on = self.carry_on_dep_work;
         let value = {
             let tx = super::Tx::Postgres(&pg);
@@ -788,7 +787,7 @@ impl PgStore {
                     && kind != Kind::FilesWrite
                     && access == crate::store::Access::ReadWrite
                 {
-                    settled_deps = crate::deps::settle(&tx, carry_on)?;
+                    settled_deps = super::settle::settle(&tx, carry_on)?;
                 }
                 Ok(value)
             };
@@ -808,7 +807,7 @@ impl PgStore {
                 // Jobs became claimable without a submit: wake the idle feeders.
                 if settled_deps.released {
                     if let Some(dir) = &self.doorbell_dir {
-                        crate::queue::ring_doorbell(dir);
+                        super::ring_doorbell(dir);
                     }
                     self.notify();
                 }

@@ -212,7 +212,7 @@ CREATE INDEX jobs_needs ON jobs (state, cpus, gpus, mem) WHERE cpus > 1 OR gpus 
 DROP INDEX IF EXISTS jobs_tag;
 CREATE INDEX jobs_tag ON jobs (tag, state) WHERE tag IS NOT NULL;
 "#,
-    // 6: dependency work left for later transactions (see `deps::settle`).
+    // 6: dependency work left for later transactions (see `settle::settle`).
     DEP_WORK_SQL,
     // 7: `deps_met` runs its two statements only when a wait is met: most ends meet none
     // (no job waits for them, or a cancellation and only `after` waits), and the
@@ -385,9 +385,9 @@ pub struct Store {
     /// Wait for space when the filesystem is full instead of failing (feeders: a job's end
     /// must be recorded once there is room again).
     pub wait_when_full: bool,
-    /// The last write left dependency work for later transactions (`deps::settle`).
+    /// The last write left dependency work for later transactions (`settle::settle`).
     pub dep_work_left: bool,
-    /// Writes also do dependency work others left (`deps::settle`'s `carry_on`).
+    /// Writes also do dependency work others left (`settle::settle`'s `carry_on`).
     pub carry_on_dep_work: bool,
     /// The transaction's body does more than SQL (`with_lock` runs a command): never run
     /// it again.
@@ -603,7 +603,7 @@ impl Store {
         let mark = damage_mark(&self.db_path);
         if !mark.exists()
             && !file_checks_out(&self.db_path)
-            && let Ok(mut file) = crate::liveness::create_new(&mark)
+            && let Ok(mut file) = crate::beats::create_new(&mark)
         {
             use std::io::Write;
             let _ = writeln!(file, "{} {why}", crate::time::now());
@@ -713,7 +713,7 @@ impl Store {
                     dir.display()
                 )));
             }
-            crate::deps::install(&conn)?;
+            super::settle::install(&conn)?;
         }
         self.conn = Some(conn);
         Ok(())
@@ -930,7 +930,7 @@ impl Store {
             }
             self.holder_note.mark();
         }
-        let mut settled_deps = crate::deps::Settled::default();
+        let mut settled_deps = super::settle::Settled::default();
         let carry_on = self.carry_on_dep_work;
         let settled = |value: T| -> Result<T> {
             // What the ends and re-starts in this transaction mean for jobs waiting on
@@ -938,7 +938,7 @@ impl Store {
             if !matches!(behavior, TransactionBehavior::Deferred)
                 && self.access == Access::ReadWrite
             {
-                settled_deps = crate::deps::settle(&Tx::Sqlite(&tx), carry_on)?;
+                settled_deps = super::settle::settle(&Tx::Sqlite(&tx), carry_on)?;
             }
             Ok(value)
         };
@@ -971,7 +971,7 @@ impl Store {
                 if settled_deps.released
                     && let Some(dir) = self.db_path.parent()
                 {
-                    crate::queue::ring_doorbell(dir);
+                    super::ring_doorbell(dir);
                 }
                 self.dep_work_left = settled_deps.more;
                 Ok(value)
@@ -1120,15 +1120,15 @@ fn configure_connection(
         },
     )?;
     // rq_unfit(cpus, mem, gpus): why no live feeder can run a job that needs these, as a
-    // listing shows it (see `liveness::set_largest_live`); NULL when it fits or nobody asked.
+    // listing shows it (see `fit::set_largest_live`); NULL when it fits or nobody asked.
     conn.create_scalar_function(
         "rq_unfit",
         3,
         rusqlite::functions::FunctionFlags::SQLITE_UTF8,
         |ctx| {
             let (cpus, mem, gpus): (i64, i64, i64) = (ctx.get(0)?, ctx.get(1)?, ctx.get(2)?);
-            Ok(crate::liveness::largest_live_known()
-                .and_then(|largest| crate::liveness::unfit_reason(cpus, mem, gpus, &largest)))
+            Ok(super::fit::largest_live_known()
+                .and_then(|largest| super::fit::unfit_reason(cpus, mem, gpus, &largest)))
         },
     )?;
     if std::env::var_os("RQ_SQL_DEBUG").is_some_and(|v| !v.is_empty()) {
@@ -1161,10 +1161,10 @@ fn describe_holder(db_path: &Path, recoverable: bool) -> String {
         return "this process holds the write lock and waits for readers to finish".to_string();
     }
     let queue = db_path.parent().unwrap_or(Path::new("."));
-    let now = crate::liveness::server_now(queue, &me).ok();
+    let now = crate::beats::server_now(queue, &me).ok();
     let ago = |at: Option<jiff::Timestamp>| -> Option<String> {
         let secs = crate::time::seconds_between(at?, now?);
-        Some(crate::human::duration(secs.max(0.0)))
+        Some(crate::time::duration_text(secs.max(0.0)))
     };
     let mut text = format!(
         "last taken for writing by {} (pid {} on {})",
@@ -1178,12 +1178,12 @@ fn describe_holder(db_path: &Path, recoverable: bool) -> String {
     if holder.host == me {
         text += ", on this host";
     } else {
-        match now.and_then(|now| crate::liveness::heartbeat_age(queue, &holder.host, now)) {
+        match now.and_then(|now| crate::beats::heartbeat_age(queue, &holder.host, now)) {
             Some(age) => {
                 text += &format!(
                     "; {}'s last heartbeat: {} ago",
                     holder.host,
-                    crate::human::duration(age.max(0.0))
+                    crate::time::duration_text(age.max(0.0))
                 )
             }
             None => text += &format!("; {} has no heartbeat (no feeder runs there)", holder.host),
@@ -1194,7 +1194,7 @@ fn describe_holder(db_path: &Path, recoverable: bool) -> String {
         text += &format!(
             "; on this filesystem a dead host's lock is not freed: rq takes it back once nobody \
              has heard of its holder for {}",
-            crate::human::duration(crate::store::lock_recovery::dead_after(lease))
+            crate::time::duration_text(crate::store::lock_recovery::dead_after(lease))
         );
     }
     crate::secrets::redact(&text)

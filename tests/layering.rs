@@ -1,0 +1,131 @@
+//! The layering of rq's modules, checked on its source: the job model <- the store <-
+//! the protocol (claims, dependencies, liveness) <- the feeder and the queue's modes <-
+//! the command line and the dashboard. A top-level module may use only modules below it:
+//! no two top-level modules use each other, however indirectly, and the store and the job
+//! model use nothing of the layers above them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// What the store may use: the job model and the infrastructure below it.
+const BELOW_THE_STORE: &[&str] = &[
+    "beats", "error", "fsguard", "host", "job", "lock", "note", "process", "secrets", "time",
+];
+
+/// The top-level modules of `src/` and, for each, the top-level modules its code (tests
+/// left out) names through `crate::`.
+fn module_uses() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut uses: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut files = vec![src.clone()];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let relative = path.strip_prefix(&src).unwrap();
+        let top = relative
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_string();
+        if top == "lib" || top == "main" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        let used = uses.entry(top.clone()).or_default();
+        for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            for (at, _) in line.match_indices("crate::") {
+                let rest = &line[at + "crate::".len()..];
+                let names: Vec<&str> = match rest.strip_prefix('{') {
+                    Some(list) => list
+                        .split('}')
+                        .next()
+                        .unwrap()
+                        .split(',')
+                        .map(|n| n.trim().split("::").next().unwrap())
+                        .collect(),
+                    None => vec![
+                        rest.split(|c: char| !c.is_alphanumeric() && c != '_')
+                            .next()
+                            .unwrap(),
+                    ],
+                };
+                for name in names {
+                    // Lower-case names are modules (`crate::Error` is a re-export).
+                    if !name.is_empty()
+                        && name != top
+                        && name.chars().all(|c| c.is_lowercase() || c == '_')
+                    {
+                        used.insert(name.to_string());
+                    }
+                }
+            }
+        }
+    }
+    let modules: BTreeSet<String> = uses.keys().cloned().collect();
+    for used in uses.values_mut() {
+        used.retain(|m| modules.contains(m));
+    }
+    uses
+}
+
+/// Every module `start` reaches through uses.
+fn reachable(uses: &BTreeMap<String, BTreeSet<String>>, start: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut next = vec![start.to_string()];
+    while let Some(m) = next.pop() {
+        for used in &uses[&m] {
+            if seen.insert(used.clone()) {
+                next.push(used.clone());
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn no_two_top_level_modules_use_each_other() {
+    let uses = module_uses();
+    assert!(uses.len() > 20, "the source was not found: {uses:?}");
+    let mut cycles = Vec::new();
+    for module in uses.keys() {
+        if reachable(&uses, module).contains(module) {
+            let back: Vec<&String> = uses[module]
+                .iter()
+                .filter(|m| reachable(&uses, m).contains(module))
+                .collect();
+            cycles.push(format!("{module} -> {back:?} -> ... -> {module}"));
+        }
+    }
+    assert!(
+        cycles.is_empty(),
+        "modules in a cycle:\n{}",
+        cycles.join("\n")
+    );
+}
+
+#[test]
+fn the_store_and_the_job_model_use_nothing_above_them() {
+    let uses = module_uses();
+    let above: Vec<&String> = reachable(&uses, "store")
+        .iter()
+        .filter(|m| !BELOW_THE_STORE.contains(&m.as_str()))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|m| uses.get_key_value(m).unwrap().0)
+        .collect();
+    assert!(above.is_empty(), "the store uses {above:?}");
+    let job = reachable(&uses, "job");
+    assert!(
+        job.iter().all(|m| m == "error"),
+        "the job model uses {job:?}"
+    );
+}
