@@ -1,14 +1,20 @@
 //! rq: a zero-admin job queue for machines that share a directory.
 //!
-//! One module per concept: [`store`] (the two stores, their transaction rules, and the
-//! named operations each writes in its own SQL),
-//! [`job`] (the job model), [`input`] (job lists and YAML/JSON input), [`query`] (the
-//! query language), [`queue`] (the data modes), [`output`] (YAML/JSON), [`human`],
-//! [`overview`] and [`top`] (what people see on a terminal),
-//! [`claims`] (the claim protocol), [`deps`] (jobs waiting for jobs), [`journal`] (a feeder's start journal),
-//! [`feeder`] and [`runner`] (running jobs),
-//! [`liveness`] (heartbeats), [`control`] (feeder daemons), [`admin`] (snapshot, backup,
-//! rotate, recover), [`cli`] (the command line). ARCHITECTURE.md has the whole picture.
+//! One module per concept, in layers, each using only those below it
+//! (`tests/layering.rs` checks it):
+//! - infrastructure: [`error`], [`time`], [`host`], [`process`], [`secrets`], [`fsguard`],
+//!   [`beats`] (heartbeat files), [`lock`]; and the job model, [`job`];
+//! - [`store`]: the two stores, their transaction rules, the named operations each writes
+//!   in its own SQL, and the dependency settling every write does;
+//! - the protocol: [`claims`] (the claim protocol), [`deps`] (jobs waiting for jobs),
+//!   [`journal`] (a feeder's start journal), [`liveness`], [`input`] (job lists, YAML/JSON
+//!   in), [`output`] (YAML/JSON out), [`query`] (the query language);
+//! - [`queue`] (the data modes), [`feeder`] and [`runner`] (running jobs), [`control`]
+//!   (feeder daemons), [`admin`] (snapshot, backup, rotate, recover), [`export`];
+//!   [`human`], [`overview`] and [`top`] (what people see on a terminal);
+//! - [`cli`] (the command line) and [`serve`] (the dashboard).
+//!
+//! ARCHITECTURE.md has the whole picture.
 
 /// A line (or, with `note!(inline ...)`, text) on stderr for a person. Never panics:
 /// a closed or broken stderr loses the note, nothing else (`eprintln!` would panic).
