@@ -562,6 +562,54 @@ fn a_crashed_host_gives_back_what_it_claimed_ahead_and_nothing_runs_twice(store:
     assert!(log.contains("host ahead has no heartbeat"), "{log}");
 }
 
+/// A host frozen after it found its claims safe to start, before it journaled the starts:
+/// another host judges it dead and runs the jobs (their starts were never journaled). When
+/// the frozen host goes on, its heartbeat may beat again at once; it must still not start
+/// them: it reads its claims back first (a double run seen once under load, before).
+fn a_host_frozen_before_journaling_its_starts_runs_nothing_given_away(store: StoreKind) {
+    let q = TestQueue::on(store);
+    fast_lease(&q);
+    short_jobs(&q, 6);
+    let mut frozen = q.feeder_env(
+        "frozen",
+        &["--max_feed", "2"],
+        &[("RQ_FAULT", "stop_before_journal")],
+    );
+    q.wait_for("the host to stop before journaling", 20, |_| {
+        std::fs::read_to_string(format!("/proc/{}/stat", frozen.pid())).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('T')
+        })
+    });
+    let mut rescuer = q.feeder_env("rescuer", &["--max_feed", "2"], &[]);
+    q.wait_for("the rescuer to run every job", 60, |q| {
+        q.count("finished") == 6
+    });
+    assert!(
+        q.feeder_log("rescuer")
+            .contains("host frozen has no heartbeat"),
+        "{}",
+        q.feeder_log_tails()
+    );
+    frozen.signal(libc::SIGCONT);
+    // It goes on: it reads its claims back, or (the bug) runs the jobs again.
+    q.wait_for("the frozen host to go on", 30, |q| {
+        q.feeder_log("frozen").contains("reading the claims back") || q.ledger_lines().len() > 6
+    });
+    // Any start it made would have been journaled and spawned by the time the log said
+    // so; give a job it spawned the moment to write.
+    std::thread::sleep(Duration::from_millis(500));
+    frozen.signal(libc::SIGTERM);
+    rescuer.signal(libc::SIGTERM);
+    assert_eq!(frozen.wait_exit(Duration::from_secs(20)), Some(0));
+    assert_eq!(rescuer.wait_exit(Duration::from_secs(20)), Some(0));
+    assert_eq!(ran_once_each(&q), 6, "{}", q.feeder_log_tails());
+    assert_eq!(q.count("finished"), 6);
+}
+
 fn a_frozen_host_does_not_start_what_it_claimed_ahead_once_it_was_given_away(store: StoreKind) {
     let q = TestQueue::on(store);
     fast_lease(&q);
@@ -1178,6 +1226,7 @@ fn a_feeder_claims_nothing_while_the_filesystem_is_full() {
 }
 
 crate::on_both_stores!(
+    a_host_frozen_before_journaling_its_starts_runs_nothing_given_away,
     exactly_once_under_load,
     a_crashed_host_loses_its_jobs_to_another_host,
     a_frozen_host_kills_its_stale_copies_when_it_thaws,

@@ -121,9 +121,10 @@ fn fault(point: &str) {
     }
 }
 
-/// Test-only (`RQ_FAULT=stop_in_claim`): the feeder stops itself (SIGSTOP) once, inside
-/// the transaction that claimed jobs, as a host that froze or lost the file server there
-/// would; the test sends SIGCONT.
+/// Test-only (`RQ_FAULT=stop_in_claim`, `stop_before_journal`): the feeder stops itself
+/// (SIGSTOP) once, inside the transaction that claimed jobs or just before journaling
+/// their starts, as a host that froze or lost the file server there would; the test sends
+/// SIGCONT.
 fn stop_once(point: &str) {
     static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if std::env::var("RQ_FAULT").is_ok_and(|f| f == point)
@@ -194,6 +195,9 @@ pub struct Feeder {
     prepared: HashMap<String, Result<runner::Prepared>>,
     /// When the buffered claims were last known to be ours (claimed, or read back).
     buffer_checked: Instant,
+    /// When jobs were last found safe to start (`may_start`), on the boot clock: a start
+    /// journaled much later (the host was frozen in between) is checked again first.
+    safe_at: f64,
     /// Claimed jobs to give back (never started) with the next transaction.
     releases: Vec<(i64, String)>,
     /// Ends not recorded yet, and when the oldest of them happened.
@@ -291,6 +295,7 @@ impl Feeder {
             buffer: VecDeque::new(),
             prepared: HashMap::new(),
             buffer_checked: Instant::now(),
+            safe_at: 0.0,
             releases: Vec::new(),
             ends: Vec::new(),
             ends_since: None,
@@ -598,9 +603,14 @@ impl Feeder {
     }
 
     /// Jobs may start (and their files be made) while we are not draining and our claims
-    /// are safe: not fenced, heartbeats within half a lease.
-    fn may_start(&self, draining: bool, beater: &Beater) -> bool {
-        !draining && !self.fenced && beater.missed() < self.settings.lease / 2.0
+    /// are safe: not fenced, heartbeats within half a lease. When they may, the moment is
+    /// noted (`safe_at`).
+    fn may_start(&mut self, draining: bool, beater: &Beater) -> bool {
+        let safe = !draining && !self.fenced && beater.missed() < self.settings.lease / 2.0;
+        if safe {
+            self.safe_at = crate::liveness::boot_clock();
+        }
+        safe
     }
 
     /// What ended since the last turn: timeouts enforced, children reaped, their last

@@ -300,6 +300,8 @@ impl Feeder {
             return Ok(());
         }
         let batch: Vec<Row> = self.buffer.drain(..n).collect();
+        // Test hook: the host freezes after finding its claims safe, before journaling.
+        stop_once("stop_before_journal");
         let claims: Vec<(i64, String)> = batch.iter().map(claim_of).collect();
         let tokens: Vec<&str> = claims.iter().map(|(_, c)| c.as_str()).collect();
         let journaled = match &mut self.journal {
@@ -328,6 +330,27 @@ impl Feeder {
             return Ok(());
         }
         fault("after_journal");
+        // Our claims were safe when `may_start` said so: another host takes a job only
+        // after a lease of silence from us. A host frozen, stopped or suspended after
+        // that, before its starts were journaled, may have been judged dead meanwhile and
+        // its jobs given to others (with no journaled start, as never started): its
+        // heartbeat may even have resumed by now. So a start journaled over a quarter
+        // lease after that moment is not made before the claims are read back; the jobs
+        // still ours start with the next turn (journaled again), the others are dropped.
+        if crate::liveness::boot_clock() - self.safe_at > self.settings.lease / 4.0 {
+            self.log.log(
+                Level::Warn,
+                &format!(
+                    "{:.1}s passed between finding our claims safe and journaling the start of jobs {:?} (this host was frozen, stopped or suspended?): reading the claims back before starting them",
+                    crate::liveness::boot_clock() - self.safe_at,
+                    claims.iter().map(|(jid, _)| *jid).collect::<Vec<_>>()
+                ),
+            );
+            for row in batch.into_iter().rev() {
+                self.buffer.push_front(row);
+            }
+            return self.check_claims_and_kills();
+        }
         let mut started = Vec::new();
         let mut failed = Vec::new();
         for job in &batch {
