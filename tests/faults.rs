@@ -576,13 +576,7 @@ fn a_host_frozen_before_journaling_its_starts_runs_nothing_given_away(store: Sto
         &[("RQ_FAULT", "stop_before_journal")],
     );
     q.wait_for("the host to stop before journaling", 20, |_| {
-        std::fs::read_to_string(format!("/proc/{}/stat", frozen.pid())).is_ok_and(|stat| {
-            stat.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('T')
-        })
+        is_stopped(frozen.pid())
     });
     let mut rescuer = q.feeder_env("rescuer", &["--max_feed", "2"], &[]);
     q.wait_for("the rescuer to run every job", 60, |q| {

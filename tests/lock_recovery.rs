@@ -171,13 +171,7 @@ fn a_feeder_stopped_inside_its_claim_does_not_run_what_it_claimed_in_the_old_fil
         &[RECOVERY, ("RQ_FAULT", "stop_in_claim")],
     );
     q.wait_for("h1 to stop inside its claim", 20, |_| {
-        std::fs::read_to_string(format!("/proc/{}/stat", frozen.pid())).is_ok_and(|stat| {
-            stat.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('T')
-        })
+        is_stopped(frozen.pid())
     });
     let mut other = q.feeder_env("h2", &[], &[RECOVERY]);
     // h2 takes the lock back from the silent h1 and runs every job.

@@ -659,3 +659,14 @@ impl Drop for Daemon {
         unsafe { libc::kill(self.0, libc::SIGKILL) };
     }
 }
+
+/// The process is stopped (SIGSTOP): its state in /proc is `T`.
+pub fn is_stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('T')
+    })
+}
