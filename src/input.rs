@@ -437,12 +437,14 @@ pub fn substitute(command: &str, value: &str) -> String {
     command.replace("{}", &quoted)
 }
 
-/// What a selecting mode (list, delete, update, resubmit) was asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A word naming jobs in a mode that takes jobs (see `rq help selections`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Jid(i64),
     /// Every job of an array (`array:ID`, ID being the jid of its first job).
     Array(i64),
+    /// Every job with this tag (`tag:NAME`).
+    Tag(String),
     State(State),
     All,
 }
@@ -1127,6 +1129,12 @@ pub fn parse_target_word(word: &str, states_allowed: bool) -> std::result::Resul
             .map(Target::Array)
             .ok_or_else(|| format!("'{word}' is not an array (array:JID)"));
     }
+    if let Some(tag) = word.strip_prefix("tag:") {
+        if tag.trim().is_empty() {
+            return Err(format!("'{word}' names no tag (tag:NAME)"));
+        }
+        return Ok(Target::Tag(tag.trim().to_string()));
+    }
     if states_allowed {
         if word.eq_ignore_ascii_case("all") || word.eq_ignore_ascii_case("a") {
             return Ok(Target::All);
@@ -1135,10 +1143,10 @@ pub fn parse_target_word(word: &str, states_allowed: bool) -> std::result::Resul
             return Ok(Target::State(state));
         }
         return Err(format!(
-            "'{word}' is neither a jid, array:ID nor a state (pending, holding, running, finished, dead, waiting, cancelled, all)"
+            "'{word}' is neither a jid, array:ID, tag:NAME nor a state (pending, holding, running, finished, dead, waiting, cancelled, all)"
         ));
     }
-    Err(format!("'{word}' is not a jid (or array:ID)"))
+    Err(format!("'{word}' is not a jid (or array:ID, tag:NAME)"))
 }
 
 #[cfg(test)]

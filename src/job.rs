@@ -210,17 +210,32 @@ pub fn parse_jid(word: &str) -> Option<i64> {
     digits.parse().ok().filter(|&j| j > 0)
 }
 
-/// Select the fields named by `--fields`: each token picks the fields it is a
-/// case-insensitive prefix of; a token that picks nothing is an error.
+/// The job table's headers that are not field names, and the field each shows: `-f host`
+/// means where the job ran (as the table's `host` column), not `hosts` (where it may).
+const SHOWN_AS: &[(&str, &str)] = &[
+    ("host", "runner"),
+    ("pri", "priority"),
+    ("exit", "exit_status"),
+];
+
+/// Select the fields named by `--fields`: each token picks the field of that whole name
+/// (or that a table header names: [`SHOWN_AS`]), else the fields it is a case-insensitive
+/// prefix of; a token that picks nothing is an error.
 pub fn select_fields(spec: &str, available: &[String]) -> Result<Vec<String>> {
     let mut picked = vec![false; available.len()];
     for token in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         let token = token.to_ascii_lowercase();
         // A whole name picks that field only (`after`, not also `after_any`).
-        if let Some(i) = available
+        let whole = |name: &str| {
+            available
+                .iter()
+                .position(|n| n.to_ascii_lowercase() == name)
+        };
+        let header = SHOWN_AS
             .iter()
-            .position(|n| n.to_ascii_lowercase() == token)
-        {
+            .find(|(shown, _)| *shown == token)
+            .and_then(|(_, field)| whole(field));
+        if let Some(i) = whole(&token).or(header) {
             picked[i] = true;
             continue;
         }

@@ -20,7 +20,7 @@ pub use crate::beats::{
 };
 
 /// Queue-wide liveness settings (`rq Q configure heartbeat=10s lease=60s max_attempts=3`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub heartbeat: f64,
     pub lease: f64,
@@ -31,6 +31,9 @@ pub struct Settings {
     /// The most output kept per stream of a run, for a queue that keeps job files in its
     /// database (`in_database`).
     pub output_cap: u64,
+    /// The shell prefix jobs run under where a feeder's `--shell` does not say (`shell`;
+    /// empty for `none`): `None` for the feeder's default.
+    pub shell: Option<Vec<String>>,
 }
 
 impl Default for Settings {
@@ -41,6 +44,7 @@ impl Default for Settings {
             max_attempts: 3,
             reserve_after: 600.0,
             output_cap: crate::store::in_database::DEFAULT_OUTPUT_CAP,
+            shell: None,
         }
     }
 }
@@ -71,7 +75,19 @@ impl Settings {
             output_cap: get("output_cap")
                 .and_then(|v| crate::input::parse_size(&v))
                 .unwrap_or(d.output_cap),
+            shell: get("shell").and_then(|v| shell_words(&v)),
         }
+    }
+}
+
+/// A `shell` setting as a prefix: its words (`none`: no shell, plain commands); `None`
+/// when it has no words.
+pub fn shell_words(text: &str) -> Option<Vec<String>> {
+    let words: Vec<String> = text.split_whitespace().map(String::from).collect();
+    match words.as_slice() {
+        [] => None,
+        [none] if none == "none" => Some(Vec::new()),
+        _ => Some(words),
     }
 }
 
@@ -86,6 +102,10 @@ pub const SETTING_RANGES: &[(&str, &str)] = &[
     (
         "files",
         "PostgreSQL queues only: the absolute path of a directory every host sees, for job files (stdin, data, output)",
+    ),
+    (
+        "shell",
+        "the shell jobs run under, as words, where a feeder's --shell does not say: e.g. 'bash -c' (the default is 'bash --login -c', which reads login profiles for every job; 'none': plain commands run without a shell)",
     ),
     (
         "output_cap",
@@ -143,6 +163,11 @@ pub fn check_settings(keys: &[&str], get: impl Fn(&str) -> Option<String>) -> Re
         }
     };
     duration("reserve_after", 0.0, 7.0 * 86400.0)?;
+    if let Some(text) = get("shell")
+        && shell_words(&text).is_none()
+    {
+        return Err(format!("shell must be {}, not '{text}'", range("shell")));
+    }
     if let Some(text) = get("output_cap")
         && !crate::input::parse_size(&text).is_some_and(|n| ((1 << 10)..=(1 << 40)).contains(&n))
     {

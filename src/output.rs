@@ -32,15 +32,11 @@ impl Format {
 }
 
 /// Render job rows (or any result rows). YAML: `---`, then per row a `-` line and one
-/// ` field: value` line per column. No rows: nothing in YAML, `[]` in JSON. (Tables for
-/// people are `human`'s.)
+/// ` field: value` line per column. No rows: `[]` in both (an empty YAML document would
+/// load as null, not as an empty list). (Tables for people are `human`'s.)
 pub fn rows(rows: &[Row], fields: Option<&[String]>, format: Format) -> String {
     let Some(first) = rows.first() else {
-        return if format == Format::Json {
-            "[]\n".into()
-        } else {
-            String::new()
-        };
+        return "[]\n".into();
     };
     let names: Vec<String> = first.columns.iter().map(|(n, _)| n.clone()).collect();
     let writer = RowWriter::new(&names, fields, format);
@@ -210,10 +206,12 @@ impl RowWriter {
         }
     }
 
-    /// Close the output after `count` rows.
+    /// Close the output after `count` rows (none: an empty list, `[]`, in both formats).
     pub fn finish(&self, count: usize, out: &mut Vec<u8>) {
-        if self.format == Format::Json {
-            out.extend_from_slice(if count == 0 { b"[]\n" } else { b"\n]\n" });
+        match self.format {
+            Format::Json => out.extend_from_slice(if count == 0 { b"[]\n" } else { b"\n]\n" }),
+            _ if count == 0 => out.extend_from_slice(b"[]\n"),
+            _ => {}
         }
     }
 }

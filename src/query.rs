@@ -85,6 +85,30 @@ pub fn parse(args: &[String]) -> Result<Filter> {
     let Some(terms) = terms else {
         return Ok(Filter::Raw(args.join(" ")));
     };
+    Ok(Filter::Terms(checked(terms)?))
+}
+
+/// Whether a word is a `field=value` term (`=`, `==`, `!=`, `=~`, `!~`).
+pub fn is_term(word: &str) -> bool {
+    split_term(word).is_some()
+}
+
+/// The `field=value` words of a selection (`rq help selections`), each a term; a word
+/// that is not one is an error.
+pub fn terms(words: &[String]) -> Result<Vec<crate::store::Term>> {
+    let mut parsed = Vec::new();
+    for word in words {
+        parsed.push(split_term(word).ok_or_else(|| {
+            Error::usage(format!(
+                "'{word}' is not a term (field=value, field!=value, field=~pattern)"
+            ))
+        })?);
+    }
+    checked(parsed)
+}
+
+/// Terms of known fields, with their values bound as the fields want them.
+fn checked(terms: Vec<Term<'_>>) -> Result<Vec<crate::store::Term>> {
     let mut chosen = Vec::new();
     for mut term in terms {
         // The host a job was submitted from is the original's `submitter`.
@@ -93,7 +117,7 @@ pub fn parse(args: &[String]) -> Result<Filter> {
         }
         if !job::is_field(term.field) {
             return Err(Error::usage(format!(
-                "query: unknown field '{}' (fields: {})",
+                "unknown field '{}' (fields: {})",
                 term.field,
                 job::FIELDS.join(", ")
             )));
@@ -113,7 +137,7 @@ pub fn parse(args: &[String]) -> Result<Filter> {
             value: bind(term.field, term.op, term.value),
         });
     }
-    Ok(Filter::Terms(chosen))
+    Ok(chosen)
 }
 
 #[cfg(test)]

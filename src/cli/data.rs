@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
+use super::select::WhenNone;
 use super::{Context, duration_option};
 use crate::error::{Error, IoContext, Result};
 use crate::input::{self, Target};
@@ -15,7 +16,7 @@ use crate::store::Access;
 
 /// Standard input as a list of jids or jobs: buffered, and bounded (no NUL, no line over
 /// `input::MAX_LIST_LINE`).
-fn stdin_reader() -> impl std::io::BufRead {
+pub(super) fn stdin_reader() -> impl std::io::BufRead {
     std::io::BufReader::with_capacity(
         1 << 16,
         input::LineGuard::new(std::io::stdin(), "standard input", input::MAX_LIST_LINE),
@@ -41,14 +42,22 @@ fn spool_job_list(input: impl Read, what: &str) -> Result<tempfile::NamedTempFil
 }
 
 impl Context<'_> {
-    /// No jobs were named. After an explicit `-` that is an empty pipe (`rq q query x |
-    /// rq q delete -` that matched nothing): nothing to do. Otherwise a usage error.
+    /// No jobs were given to submit. After an explicit `-` that is an empty pipe: nothing
+    /// to do. Otherwise a usage error.
     fn nothing_named(&self, verb: &str, usage: &str) -> Result<i32> {
         if self.inv.dash {
             crate::note!("rq: no jobs on standard input; nothing {verb}");
             return Ok(0);
         }
         Err(Error::usage(usage))
+    }
+
+    /// `-` named no jobs (`rq q query x | rq q delete -` that matched nothing): nothing
+    /// to do, and that is no failure.
+    fn nothing_on_stdin(&mut self, verb: &str) -> Result<i32> {
+        crate::note!("rq: no jobs on standard input; nothing {verb}");
+        self.print_rows(&[])?;
+        Ok(0)
     }
 
     pub(super) fn create(&mut self) -> Result<i32> {
@@ -114,6 +123,9 @@ impl Context<'_> {
     pub(super) fn submit(&mut self, touch: bool) -> Result<i32> {
         let mut opts = self.submit_options()?;
         let mut sources = Vec::new();
+        // Spooled copies of inputs that can be read only once; they live until the jobs
+        // are submitted.
+        let mut spools: Vec<tempfile::NamedTempFile> = Vec::new();
         let o = &self.inv.opts;
         if opts.array {
             if o.array.is_some() && o.each_line.is_some() {
@@ -136,11 +148,25 @@ impl Context<'_> {
                 let array = input::ArraySpec::parse(text).map_err(Error::usage)?;
                 sources.push(JobSource::Array { spec, array, subst });
             } else if let Some(path) = &o.each_line {
-                sources.push(JobSource::EachLine {
-                    spec,
-                    path: path.clone(),
-                    subst,
-                });
+                // The items are read more than once: standard input (`-`) or a pipe
+                // (`/dev/stdin`, `<(gen)`) is copied first.
+                let path = if path.as_os_str() == "-" {
+                    let spool = spool_job_list(std::io::stdin().lock(), "standard input")?;
+                    let copy = spool.path().to_path_buf();
+                    spools.push(spool);
+                    copy
+                } else if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+                    let source = std::fs::File::open(path).map_err(|e| {
+                        Error::input(format!("--each-line: {}: {e}", path.display()))
+                    })?;
+                    let spool = spool_job_list(source, &path.display().to_string())?;
+                    let copy = spool.path().to_path_buf();
+                    spools.push(spool);
+                    copy
+                } else {
+                    path.clone()
+                };
+                sources.push(JobSource::EachLine { spec, path, subst });
             }
         } else if o.subst {
             return Err(Error::usage("--subst goes with --array or --each-line"));
@@ -150,9 +176,6 @@ impl Context<'_> {
                 ..Default::default()
             }));
         }
-        // Spooled copies of inputs that can be read only once; they live until the jobs
-        // are submitted.
-        let mut spools: Vec<tempfile::NamedTempFile> = Vec::new();
         if let Some(file) = &self.inv.opts.infile {
             // Submit reads its job list more than once: a pipe (`-i <(gen)`, `-i
             // /dev/stdin`) is copied first.
@@ -206,12 +229,16 @@ impl Context<'_> {
             }
             let mut q = self.open(Access::ReadWrite)?;
             let rows = q.touch(&specs, &opts)?;
+            if self.inv.opts.parsable {
+                let jids: String = rows.iter().map(|r| format!("{}\n", r.jid())).collect();
+                return self.out.print(&jids).map(|_| 0);
+            }
             self.print_rows(&rows)?;
             return Ok(0);
         }
         let mut q = self.open(Access::ReadWrite)?;
         let fields = self.fields()?;
-        let quiet = self.inv.opts.quiet;
+        let quiet = self.inv.opts.quiet || self.inv.opts.parsable;
         // Table output needs every row; it is printed from a listing after the commit.
         let writer = (!quiet && self.format != Format::Table).then(|| {
             let names: Vec<String> = crate::job::FIELDS.iter().map(|s| s.to_string()).collect();
@@ -220,6 +247,13 @@ impl Context<'_> {
         let submitted = q.submit(&sources, &opts, writer.as_ref())?;
         if submitted.count == 0 {
             return self.nothing_named("submitted", no_jobs);
+        }
+        if self.inv.opts.parsable && !self.inv.opts.quiet {
+            // A submit's jobs have the jids first..=last, one block.
+            let jids: String = (submitted.first..=submitted.last)
+                .map(|jid| format!("{jid}\n"))
+                .collect();
+            self.out.print(&jids)?;
         }
         if quiet {
             return Ok(0);
@@ -261,40 +295,16 @@ impl Context<'_> {
     }
 
     pub(super) fn list(&mut self) -> Result<i32> {
-        let targets = self.targets(true)?;
-        let selection = if targets.is_empty() {
-            if self.inv.dash {
-                return Ok(0);
-            }
-            Selection {
-                all: true,
-                ..Default::default()
-            }
-        } else {
-            Selection::from_targets(&targets)
+        let Some(selection) = self.select(self.args(), WhenNone::All)? else {
+            return self.print_rows(&[]).map(|_| 0);
         };
         let mut q = self.open(Access::ReadOnly)?;
         // So that jobs no live feeder can run say why (`reason`).
         q.unfit(None)?;
-        let mut seen = std::collections::HashSet::new();
-        let named = !selection.jids.is_empty();
         let clause = self.mine(selection.clause());
-        self.stream_rows(&mut q, &clause, false, &mut |jids| {
-            if named {
-                seen.extend(jids.iter().copied());
-            }
-        })?;
-        // A jid that was asked for by number and does not exist is said, like delete does.
-        let missing: Vec<i64> = selection
-            .jids
-            .iter()
-            .copied()
-            .filter(|j| !seen.contains(j))
-            .collect();
-        for jid in &missing {
-            crate::note!("rq: job {jid}: no such job");
-        }
-        Ok(i32::from(!missing.is_empty()))
+        self.stream_rows(&mut q, &clause, false, &mut |_| {})?;
+        // What was asked for by name and is not there is said, as every mode does.
+        Ok(i32::from(self.say_absent(&mut q, &selection, true)?))
     }
 
     pub(super) fn query(&mut self) -> Result<i32> {
@@ -398,42 +408,50 @@ impl Context<'_> {
     }
 
     pub(super) fn delete(&mut self) -> Result<i32> {
-        let targets = self.targets(true)?;
-        if targets.is_empty() {
-            return self.nothing_named(
-                "deleted",
-                "nothing to delete: name jids, a state, 'all', or '-' to read jids",
-            );
-        }
+        let Some(selection) = self.select(
+            self.args(),
+            WhenNone::Usage("nothing to delete: name jids, array:ID, tag:NAME, a state, 'all', or '-' to read jids"),
+        )?
+        else {
+            return self.nothing_on_stdin("deleted");
+        };
         let mut q = self.open(Access::ReadWrite)?;
-        let (rows, skipped) = q.delete(&Selection::from_targets(&targets), self.inv.opts.force)?;
+        let (rows, skipped) = q.delete(&selection, self.inv.opts.force)?;
         self.print_rows(&rows)?;
-        Ok(self.report_skipped("deleted", &skipped))
+        let absent = self.say_absent(&mut q, &selection, false)?;
+        Ok(self
+            .report_skipped("deleted", &skipped)
+            .max(i32::from(absent)))
     }
 
     pub(super) fn resubmit(&mut self) -> Result<i32> {
-        let targets = self.targets(true)?;
-        if targets.is_empty() {
-            return self.nothing_named(
-                "resubmitted",
-                "nothing to resubmit: name jids, a state, or '-' to read jids",
-            );
-        }
         let opts = self.submit_options()?;
         if opts.data.is_some() || self.inv.opts.stdin.is_some() {
             return Err(Error::usage(
                 "resubmit keeps each job's stdin and data; change them with 'update stdin=FILE data=PATH'",
             ));
         }
+        let Some(selection) = self.select(
+            self.args(),
+            WhenNone::Usage(
+                "nothing to resubmit: name jids, array:ID, tag:NAME, a state, or '-' to read jids",
+            ),
+        )?
+        else {
+            return self.nothing_on_stdin("resubmitted");
+        };
         let mut q = self.open(Access::ReadWrite)?;
-        let (rows, skipped) = q.resubmit(&Selection::from_targets(&targets), &opts)?;
+        let (rows, skipped) = q.resubmit(&selection, &opts)?;
         self.print_rows(&rows)?;
-        Ok(self.report_skipped("resubmitted", &skipped))
+        let absent = self.say_absent(&mut q, &selection, false)?;
+        Ok(self
+            .report_skipped("resubmitted", &skipped)
+            .max(i32::from(absent)))
     }
 
     pub(super) fn update(&mut self) -> Result<i32> {
         let mut changes = Changes::default();
-        let mut targets = Vec::new();
+        let mut words = Vec::new();
         for word in self.args() {
             if let Some((key, value)) = word.split_once('=')
                 && key != "jid"
@@ -441,18 +459,7 @@ impl Context<'_> {
                 apply_change(&mut changes, key, value)?;
                 continue;
             }
-            match input::parse_target_word(word, true).map_err(Error::usage)? {
-                Target::State(s @ (State::Pending | State::Holding)) => {
-                    targets.push(Target::State(s))
-                }
-                t @ (Target::Jid(_) | Target::Array(_)) => targets.push(t),
-                Target::State(State::Waiting) => targets.push(Target::State(State::Waiting)),
-                _ => {
-                    return Err(Error::usage(format!(
-                        "update: '{word}' is not a jid, array:ID, 'pending', 'waiting', 'holding' or key=value"
-                    )));
-                }
-            }
+            words.push(word.clone());
         }
         if let Some(stdin) = &self.inv.opts.stdin {
             changes.stdin = Some(PathBuf::from(stdin));
@@ -488,32 +495,20 @@ impl Context<'_> {
                 return Err(Error::input(format!("{}: no such file", path.display())));
             }
         }
-        if self.stdin_wanted(!targets.is_empty()) {
-            for t in input::read_targets(stdin_reader(), true)? {
-                match t {
-                    Target::Jid(_)
-                    | Target::Array(_)
-                    | Target::State(State::Pending | State::Holding | State::Waiting) => {
-                        targets.push(t)
-                    }
-                    _ => {
-                        return Err(Error::input(
-                            "update reads jids, 'pending' or 'holding' from standard input",
-                        ));
-                    }
-                }
-            }
-        }
-        if targets.is_empty() {
-            return self.nothing_named(
-                "updated",
-                "update: no jobs named; give jids, 'pending', 'holding', or '-' to read jids",
-            );
-        }
+        let Some(selection) = self.select(
+            &words,
+            WhenNone::Usage("update: no jobs named; give jids, array:ID, tag:NAME, 'pending', 'holding', or '-' to read jids"),
+        )?
+        else {
+            return self.nothing_on_stdin("updated");
+        };
         let mut q = self.open(Access::ReadWrite)?;
-        let (rows, skipped) = q.update(&Selection::from_targets(&targets), &changes)?;
+        let (rows, skipped) = q.update(&selection, &changes)?;
         self.print_rows(&rows)?;
-        Ok(self.report_skipped("updated", &skipped))
+        let absent = self.say_absent(&mut q, &selection, false)?;
+        Ok(self
+            .report_skipped("updated", &skipped)
+            .max(i32::from(absent)))
     }
 
     pub(super) fn execute(&mut self) -> Result<i32> {
@@ -561,12 +556,18 @@ impl Context<'_> {
     }
 
     pub(super) fn dump(&mut self, stream: &str, paths_only: bool) -> Result<i32> {
-        let targets = self.targets(false)?;
-        if targets.is_empty() {
-            return Err(Error::usage(format!(
-                "{stream}: name the jids whose {stream} to show"
-            )));
-        }
+        let usage = match stream {
+            "stdin" => {
+                "stdin: name the jobs whose stdin to show (jids, array:ID, tag:NAME, a state)"
+            }
+            "stdout" => {
+                "stdout: name the jobs whose stdout to show (jids, array:ID, tag:NAME, a state)"
+            }
+            _ => "stderr: name the jobs whose stderr to show (jids, array:ID, tag:NAME, a state)",
+        };
+        let Some(selection) = self.select(self.args(), WhenNone::Usage(usage))? else {
+            return Ok(0);
+        };
         let mut q = self.open(Access::ReadOnly)?;
         if paths_only && q.in_database() {
             return Err(Error::usage(format!(
@@ -574,8 +575,10 @@ impl Context<'_> {
                 q.name()
             )));
         }
-        for target in targets {
-            let Target::Jid(jid) = target else { continue };
+        let jobs = self.chosen(&mut q, &selection)?;
+        let absent = self.say_absent(&mut q, &selection, true)?;
+        for job in jobs {
+            let jid = job.jid;
             if paths_only {
                 let path = q.dir().join(stream).join(jid.to_string());
                 self.out.print(&format!("{}\n", path.display()))?;
@@ -594,7 +597,7 @@ impl Context<'_> {
                 }
             }
         }
-        Ok(0)
+        Ok(i32::from(absent))
     }
 }
 

@@ -5,16 +5,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::Context;
+use super::select::WhenNone;
 use crate::control::{self, FeedRequest, LogOptions};
 use crate::error::{Error, IoContext, Result};
 use crate::feeder;
-use crate::input::Target;
 use crate::job::{self, Row};
 use crate::log::{Age, Level};
 use crate::output::{self, Format};
 use crate::queue::{self, Selection};
 use crate::store::Access;
-use crate::{host, query};
+use crate::{host, input, query};
 
 impl Context<'_> {
     pub(super) fn feed(&mut self, start_mode: bool) -> Result<i32> {
@@ -56,9 +56,10 @@ impl Context<'_> {
                     return Err(Error::usage("--shell: empty"));
                 }
                 // `none`: run plain commands without a shell (see runner::plain_argv).
-                if words == ["none"] { Vec::new() } else { words }
+                Some(if words == ["none"] { Vec::new() } else { words })
             }
-            None => feeder::Config::default_shell(),
+            // The queue's `shell` setting, else the default.
+            None => None,
         };
         let level = match &o.verbosity {
             Some(v) => Level::parse(v)?,
@@ -141,45 +142,146 @@ impl Context<'_> {
         Ok(0)
     }
 
-    /// `rq Q kill JID... [--signal SIG]`: ask each job's feeder, wherever it runs, to signal
-    /// the job's process group.
-    pub(super) fn kill(&mut self) -> Result<i32> {
-        let signal = match &self.inv.opts.signal {
+    /// `rq Q state SELECTION`: one word per job, in the order named, for workflow managers'
+    /// status checks: `running` (not ended yet: pending, waiting, holding, running),
+    /// `success` (exit status 0, no signal) or `failed` (anything else, or no such job).
+    /// Exits 0 even for a job that is not there (said on stderr): a status command that
+    /// fails is retried by the managers, a `failed` is acted on.
+    pub(super) fn state(&mut self) -> Result<i32> {
+        let Some(selection) = self.select(
+            self.args(),
+            WhenNone::Usage(
+                "state: name the jobs (jids, array:ID, tag:NAME, a state, or '-' to read jids)",
+            ),
+        )?
+        else {
+            return Ok(0);
+        };
+        let mut q = self.open(Access::ReadOnly)?;
+        let outcomes = self.chosen(&mut q, &selection)?;
+        let by_jid: std::collections::HashMap<i64, &queue::Outcome> =
+            outcomes.iter().map(|o| (o.jid, o)).collect();
+        let mut words = String::new();
+        for jid in &selection.jids {
+            match by_jid.get(jid) {
+                Some(outcome) => words += state_word(outcome),
+                None => {
+                    crate::note!("rq: job {jid}: no such job");
+                    words += "failed";
+                }
+            }
+            words.push('\n');
+        }
+        for outcome in outcomes.iter().filter(|o| !selection.jids.contains(&o.jid)) {
+            words += state_word(outcome);
+            words.push('\n');
+        }
+        let others = Selection {
+            jids: Vec::new(),
+            ..selection.clone()
+        };
+        self.say_absent(&mut q, &others, false)?;
+        self.out.print(&words)?;
+        Ok(0)
+    }
+
+    /// `rq Q cancel SELECTION [--signal SIG]`: the jobs not started leave the queue (jobs
+    /// that wait for them are cancelled, or stop waiting if they wait only for an end:
+    /// `delete --force`), the running ones are killed (and so end failed: the jobs that
+    /// wait for their success are cancelled), the ended ones stay as they are.
+    pub(super) fn cancel(&mut self) -> Result<i32> {
+        let signal = self.signal_option()?;
+        let Some(selection) = self.select(
+            self.args(),
+            WhenNone::Usage(
+                "cancel: name the jobs (jids, array:ID, tag:NAME, a state, or '-' to read jids)",
+            ),
+        )?
+        else {
+            crate::note!("rq: no jobs on standard input; nothing cancelled");
+            self.print_rows(&[])?;
+            return Ok(0);
+        };
+        let mut q = self.open(Access::ReadWrite)?;
+        let chosen = self.chosen(&mut q, &selection)?;
+        let absent = self.say_absent(&mut q, &selection, true)?;
+        let not_started: Vec<i64> = chosen
+            .iter()
+            .filter(|o| matches!(o.state.as_str(), "pending" | "holding" | "waiting"))
+            .map(|o| o.jid)
+            .collect();
+        let mut acted = Vec::new();
+        if !not_started.is_empty() {
+            let remove = Selection {
+                jids: not_started,
+                ..Default::default()
+            };
+            // Those that started meanwhile are skipped here, and killed below.
+            let (rows, _started) = q.delete(&remove, true)?;
+            acted.extend(rows);
+        }
+        // Read again: a job may have started, or ended, since.
+        let all: Vec<i64> = chosen.iter().map(|o| o.jid).collect();
+        let running: Vec<i64> = q
+            .outcomes(
+                &crate::store::Filter::jids(&all).and(crate::store::Filter::State("running", true)),
+            )?
+            .iter()
+            .map(|o| o.jid)
+            .collect();
+        if !running.is_empty() {
+            // A job that ended meanwhile is not signalled, and that is no failure.
+            let (rows, _ended) = q.request_kill(&running, &crate::process::signal_name(signal))?;
+            acted.extend(rows);
+        }
+        self.print_rows(&acted)?;
+        Ok(i32::from(absent))
+    }
+
+    /// `--signal SIG`, TERM if not given.
+    fn signal_option(&self) -> Result<i32> {
+        Ok(match &self.inv.opts.signal {
             Some(s) => crate::process::parse_signal(s).ok_or_else(|| {
                 Error::usage(format!(
                     "--signal: unknown signal '{s}' (e.g. TERM, KILL, INT, 9)"
                 ))
             })?,
             None => libc::SIGTERM,
+        })
+    }
+
+    /// `rq Q kill JID... [--signal SIG]`: ask each job's feeder, wherever it runs, to signal
+    /// the job's process group.
+    pub(super) fn kill(&mut self) -> Result<i32> {
+        let signal = self.signal_option()?;
+        let Some(selection) = self.select(
+            self.args(),
+            WhenNone::Usage("kill: name the running jobs (jids, array:ID, tag:NAME, running) or '-' to read jids"),
+        )?
+        else {
+            crate::note!("rq: no jobs on standard input; nothing signalled");
+            return Ok(0);
         };
-        let targets = self.targets(false)?;
-        if targets.is_empty() {
-            return Err(Error::usage(
-                "kill: name the jids of running jobs (or '-' to read them)",
-            ));
-        }
-        let mut jids: Vec<i64> = targets
-            .iter()
-            .filter_map(|t| match t {
-                Target::Jid(j) => Some(*j),
-                _ => None,
-            })
-            .collect();
-        let arrays: Vec<i64> = targets
-            .iter()
-            .filter_map(|t| match t {
-                Target::Array(a) => Some(*a),
-                _ => None,
-            })
-            .collect();
         let mut q = self.open(Access::ReadWrite)?;
-        if !arrays.is_empty() {
-            // The array's running jobs; the others are simply not signalled.
-            jids.extend(q.array_jids(&arrays, Some("running"))?);
+        // The named jids as named (each one that is not running is said); of the jobs
+        // the other targets choose, the running ones.
+        let mut jids = selection.jids.clone();
+        let others = Selection {
+            jids: Vec::new(),
+            ..selection.clone()
+        };
+        if !others.is_empty() {
+            let running = others
+                .clause()
+                .and(crate::store::Filter::State("running", true));
+            jids.extend(q.outcomes(&running)?.iter().map(|o| o.jid));
         }
         let (rows, skipped) = q.request_kill(&jids, &crate::process::signal_name(signal))?;
         self.print_rows(&rows)?;
-        Ok(self.report_skipped("signalled", &skipped))
+        let absent = self.say_absent(&mut q, &others, false)?;
+        Ok(self
+            .report_skipped("signalled", &skipped)
+            .max(i32::from(absent)))
     }
 
     /// `rq Q wait [JIDS|STATES|query] [--timeout D]`: until the jobs are finished, dead
@@ -187,26 +289,35 @@ impl Context<'_> {
     /// cancelled or deleted (they are listed, with why); 124 when the timeout came first.
     pub(super) fn wait(&mut self) -> Result<i32> {
         let args = self.args().to_vec();
-        let looks_like_query = args.iter().any(|a| a.contains(['=', '<', '>', '~', ' ']));
         let deadline = super::duration_option("timeout", &self.inv.opts.timeout)?
             .filter(|d| *d > 0.0)
             .map(|d| (Instant::now() + Duration::from_secs_f64(d), d));
+        // A where-clause (words that are neither targets nor terms): the jobs it matches.
+        let raw = args.iter().any(|a| {
+            input::parse_target_word(a, true).is_err()
+                && !query::is_term(a)
+                && a.contains(['=', '<', '>', '~', ' '])
+        });
+        let (clause, selection) = if raw {
+            (query::parse(&args)?, None)
+        } else {
+            match self.select(&args, WhenNone::All)? {
+                Some(selection) => (selection.clause(), Some(selection)),
+                // `-` that named nothing: nothing to wait for.
+                None => return Ok(0),
+            }
+        };
         let mut q = self.open(Access::ReadOnly)?;
         let mut jids = Vec::new();
-        if looks_like_query {
-            let clause = query::parse(&args)?;
-            q.query(&clause, &mut |rows| {
-                jids.extend(rows.iter().map(Row::jid));
-                Ok(())
-            })?;
-        } else {
-            let targets = self.targets(true)?;
-            let selection = Selection::from_targets_or_all(&targets);
-            q.list(&selection, &mut |rows| {
-                jids.extend(rows.iter().map(Row::jid));
-                Ok(())
-            })?;
-        }
+        q.query(&clause, &mut |rows| {
+            jids.extend(rows.iter().map(Row::jid));
+            Ok(())
+        })?;
+        // Named jobs that are not there fail the wait (said first), as in every mode.
+        let absent = match &selection {
+            Some(selection) => self.say_absent(&mut q, selection, true)?,
+            None => false,
+        };
         let tty = std::io::stderr().is_terminal();
         // Jobs no live feeder can run would be waited for forever: say so at once.
         let (count, some) = q.unfit(Some(&jids))?;
@@ -270,7 +381,7 @@ impl Context<'_> {
                 if bad > 0 {
                     report_failures(&mut q, &jids, progress.gone)?;
                 }
-                return Ok(i32::from(bad > 0));
+                return Ok(i32::from(bad > 0 || absent));
             }
             if Instant::now() >= next_check {
                 for warning in stuck(&mut q, &jids, &progress)? {
@@ -364,6 +475,15 @@ impl Context<'_> {
         Ok(status
             .code()
             .unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
+    }
+}
+
+/// The word `state` says for a job: running, success or failed.
+fn state_word(outcome: &queue::Outcome) -> &'static str {
+    match outcome.state.as_str() {
+        "pending" | "waiting" | "holding" | "running" => "running",
+        "finished" if outcome.exit_status == Some(0) && outcome.signal.is_none() => "success",
+        _ => "failed",
     }
 }
 

@@ -45,6 +45,8 @@ modes (abbreviation):
   pid, feeder       report this host's feeder
   feeders           every host feeding the queue: alive or dead, heartbeat age
   kill              signal running jobs on whatever host runs them
+  cancel            remove jobs not started and kill running ones, in one call
+  state             one word per job: running, success or failed (for scripts)
   pause, resume     stop / restart claiming on every host (running jobs go on)
   drain, undrain    stop / restart claiming on some hosts, from any host
   wait              block until jobs are done; exit 0 if all succeeded
@@ -61,7 +63,8 @@ modes (abbreviation):
   ioview (io)       open a job's stdin/stdout/stderr in an editor
   tail (ta)         follow a running job's output
   completions, man  shell completions, the man page
-  help (h)          this text; 'rq help MODE' for one mode
+  help (h)          this text; 'rq help MODE' for one mode, 'rq help selections'
+                    for how every mode that takes jobs names them
 
 options (accepted anywhere on the line; '--' ends them):
   -p, --priority N       job priority, any integer (higher runs first)
@@ -92,7 +95,8 @@ options (accepted anywhere on the line; '--' ends them):
                          (12,13 or array:12); --after-any: after they ended
       --array SPEC       submit: one job per index: 1-1000, 1-99:2, 3,5,8-10;
                          %N: at most N of the array at once (1-1000%20)
-      --each-line FILE   submit: one job per line of FILE (in RQ_ITEM)
+      --each-line FILE   submit: one job per line of FILE or of standard input
+                         (-) (in RQ_ITEM)
       --subst            submit: {} in the command is the index or the line
       --at TIME          submit: not before TIME (22:00, 2026-12-24T08:00, +zone)
       --in D             submit: not before D from now (90m, 2h)
@@ -104,7 +108,8 @@ options (accepted anywhere on the line; '--' ends them):
                          (0,1,2,3 or auto: as nvidia-smi lists them; none)
       --mine             list, query, status: only jobs I submitted
       --force            delete: also jobs others wait for (they are cancelled)
-      --signal SIG       kill: signal to send (default TERM)
+      --signal SIG       kill, cancel: signal to send (default TERM)
+      --parsable         submit: print only the new jids, one per line
   -s, --snapshot         run a read-only mode on a snapshot of the queue
       --no-compress      rotate: keep the archive as a directory
       --to QUEUE         export: the new queue (directory or postgres:// URL)
@@ -126,12 +131,14 @@ options (accepted anywhere on the line; '--' ends them):
   -h, --help             help;  --version  the version
 
 A lone '-' reads the job list (or jids) from standard input; so does a mode
-given no jobs when standard input is not a terminal:
+given no jobs when standard input is not a terminal (an empty '-' names no
+jobs: the mode does nothing and exits 0). See 'rq help selections'.
   rq q list finished | rq q submit -
   rq q query exit_status=0 | rq q delete -
   rq q query tag=x | rq q update state=holding -
 
 queue-wide settings: rq Q configure heartbeat=10s lease=60s max_attempts=3
+  shell='bash -c' (the shell of every feeder not started with --shell)
   limit.TAG=N (at most N jobs tagged TAG run at once, over all hosts)
 
 Output: on a terminal, list, query, status and feeders print tables with local
@@ -258,6 +265,7 @@ pub const MODE_OPTIONS: &[(&str, &[&str])] = &[
             "array",
             "each_line",
             "subst",
+            "parsable",
             "at",
             "in_",
             "env",
@@ -288,6 +296,7 @@ pub const MODE_OPTIONS: &[(&str, &[&str])] = &[
     ("delete", &["force"]),
     ("resubmit", &["priority", "tag", "runner", "stage"]),
     ("kill", &["signal"]),
+    ("cancel", &["signal"]),
     ("wait", &["timeout"]),
     (
         "serve",
@@ -436,9 +445,13 @@ nothing; circles and unknown names are refused. A pipeline in one file:\n\
   - {command: ./merge.sh, after: [sim1, sim2]}\n\
 \n\
 Arrays: --array 1-1000 makes one job per index (RQ_ARRAY_ID is the first job's\n\
-jid, RQ_ARRAY_INDEX the index); --each-line FILE one per line (RQ_ITEM); with\n\
---subst, {} in the command is replaced by the index or the (quoted) line. Modes\n\
-that take jids take array:ID. %N keeps at most N of the array running at once.\n\
+jid, RQ_ARRAY_INDEX the index); --each-line FILE one per line (RQ_ITEM; - for\n\
+standard input); with --subst, {} in the command is replaced by the index or the\n\
+(quoted) line. Modes that take jobs take array:ID. %N keeps at most N of the\n\
+array running at once.\n\
+\n\
+Printed: the new jobs, as YAML (JSON, a table); --parsable: only their jids, one\n\
+per line, for scripts (jid=$(rq q submit --parsable ./step.sh)).\n\
 \n\
   rq q submit --array 1-1000%50 --subst './sim --seed {}'\n\
   rq q submit --each-line files.txt --subst 'gzip {}'\n\
@@ -460,7 +473,7 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "list",
-        "rq QUEUE list [STATE|JID ...] [-] [-L] [-f FIELDS]\n\nShow jobs. States by any prefix: p(ending) h(olding) r(unning) f(inished)\nd(ead) w(aiting) c(ancelled); `all` or `a` or nothing: every job. Jids, array:ID,\nand jids or rq YAML on stdin. --mine: only jobs I submitted. `reason` says what a\nwaiting job waits for, why a job was cancelled, or why no feeder can run it.\n\nOn a terminal: a table of jid, state, pri(ority), tag, host, started/age (when it\nstarted, local time; or how long ago it was submitted), elapsed (so far, for a\nrunning job), exit (status or signal) and the command, cut to the width. -L adds\nevery other field a job has; -f picks the columns, in the order given. Piped or\nredirected: YAML (--format json: JSON), every field, whatever the terminal.\n\n  rq q list running\n  rq q list -L 12\n  rq q list 12 13 -f jid,state,command\n  rq q list --format json\n",
+        "rq QUEUE list [SELECTION] [-L] [-f FIELDS]\n\nShow jobs. States by any prefix: p(ending) h(olding) r(unning) f(inished)\nd(ead) w(aiting) c(ancelled); `all` or `a` or nothing: every job. Jids, array:ID,\ntag:NAME, field=value terms, and jids or rq YAML on stdin (rq help selections).\n--mine: only jobs I submitted. No jobs: `[]`. `reason` says what a\nwaiting job waits for, why a job was cancelled, or why no feeder can run it.\n\nOn a terminal: a table of jid, state, pri(ority), tag, host, started/age (when it\nstarted, local time; or how long ago it was submitted), elapsed (so far, for a\nrunning job), exit (status or signal) and the command, cut to the width. -L adds\nevery other field a job has; -f picks the columns, in the order given. Piped or\nredirected: YAML (--format json: JSON), every field, whatever the terminal.\n\n  rq q list running\n  rq q list -L 12\n  rq q list 12 13 -f jid,state,command\n  rq q list --format json\n",
     ),
     (
         "status",
@@ -472,15 +485,15 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "update",
-        "rq QUEUE update JID...|pending|holding|- key=value...\n\nChange pending or holding jobs (others are reported as skipped). Keys:\npriority command tag runner restartable state(=pending|holding) stdin data;\nnull clears tag/runner. Values may contain spaces: command='make all'.\n\n  rq q update 12 priority=10\n  rq q update holding state=pending\n  rq q query tag=x | rq q update state=holding -\n",
+        "rq QUEUE update SELECTION key=value...\n\nChange pending, waiting or holding jobs (others are reported as skipped); the\njobs are named as in every mode (rq help selections), but field=value words are\nthe changes, not terms. Keys:\npriority command tag runner restartable state(=pending|holding) stdin data;\nnull clears tag/runner. Values may contain spaces: command='make all'.\n\n  rq q update 12 priority=10\n  rq q update holding state=pending\n  rq q query tag=x | rq q update state=holding -\n",
     ),
     (
         "delete",
-        "rq QUEUE delete JID...|STATE...|all|-\n\nRemove jobs that are not running, and their stdin/stdout/stderr/data files.\nPrints what it deleted. A job other jobs wait for is kept (and said) unless\n--force, which cancels those that needed it to succeed.\n\n  rq q delete 12 13\n  rq q delete finished\n  rq q query exit_status=0 | rq q delete -\n",
+        "rq QUEUE delete SELECTION [--force]\n\nRemove jobs that are not running, and their stdin/stdout/stderr/data files.\nPrints what it deleted. A job other jobs wait for is kept (and said) unless\n--force, which cancels those that needed it to succeed.\n\n  rq q delete 12 13\n  rq q delete finished\n  rq q query exit_status=0 | rq q delete -\n",
     ),
     (
         "resubmit",
-        "rq QUEUE resubmit JID...|STATE...|-  [-p N] [-t TAG] [--runner H] [--stage]\n\nQueue jobs again in place (same jid, command, stdin, data): state pending,\nrun fields cleared. Running jobs are skipped. Not pinned to the last host.\n\n  rq q resubmit dead\n  rq q query exit_status=1 | rq q resubmit -\n",
+        "rq QUEUE resubmit SELECTION  [-p N] [-t TAG] [--runner H] [--stage]\n\nQueue jobs again in place (same jid, command, stdin, data): state pending,\nrun fields cleared. Running jobs are skipped. Not pinned to the last host.\n\n  rq q resubmit dead\n  rq q query exit_status=1 | rq q resubmit -\n",
     ),
     (
         "execute",
@@ -527,12 +540,24 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
         "rq QUEUE undrain [HOST...]\n\nEnd a `drain`: the hosts' feeders claim jobs again at once. See 'rq help drain'.\n",
     ),
     (
+        "state",
+        "rq QUEUE state SELECTION\n\nOne word per job, one line each, in the order named (jids as named, then the\njobs other words name, by jid): running (pending, waiting, holding or running:\nnot ended yet), success (exit status 0, no signal) or failed (a non-zero exit\nstatus, a signal, dead, cancelled, or no such job). Exits 0 even for a job that\nis not there (said on stderr): the status command of a workflow manager.\n\n  rq q state 12 13 14\n  jid=$(rq q submit --parsable ./step.sh); rq q state $jid\n",
+    ),
+    (
+        "cancel",
+        "rq QUEUE cancel SELECTION [--signal SIG]\n\nEnd the jobs, whatever their state, in one call: jobs not started yet\n(pending, waiting, holding) are removed from the queue, running ones are\nsignalled (TERM, or --signal) on whatever host runs them and end failed, jobs\nthat already ended stay as they are. Jobs that wait for a cancelled job to\nsucceed (--after) are cancelled too (state cancelled, with the reason); jobs\nthat wait only for it to end (--after-any) run once it has. Prints the jobs it\nremoved or signalled; exit 0 unless a named job is not in the queue.\n\n  rq q cancel tag:run-42\n  rq q cancel array:100 --signal KILL\n",
+    ),
+    (
+        "selections",
+        "rq QUEUE MODE SELECTION   (list wait state stdout stderr tail ioview kill\n                           cancel delete update resubmit)\n\nEvery mode that works on jobs names them the same way:\n\n  12 13             jobs by jid (also jid=12)\n  array:12          every job of the array whose first jid is 12\n  tag:NAME          every job tagged NAME\n  pending, run...   every job in a state (any prefix), or all\n  field=value       terms as 'query' takes them (=, !=, =~, !~): alone they\n                    choose among all jobs, beside other words they narrow\n                    those down (update: field=value words are the changes)\n  -                 jids (or rq's YAML/JSON) from standard input\n\nA job that any jid, array, tag or state names is chosen, if it meets every term.\nAn empty '-' names no jobs: the mode does nothing and exits 0, so pipes such as\n'rq q query tag=x | rq q kill -' never fail or act on everything for want of\nmatches. Without any words (and no '-'), list and wait take every job; the\nother modes ask for a selection. A named jid, array or tag that the queue does\nnot hold, or terms that match no job, is said on stderr and the mode exits 1\nafter acting on the rest (state answers 'failed' for a missing job and exits 0).\n\n  rq q wait tag:nightly\n  rq q stdout array:12\n  rq q list tag:x state=finished exit_status!=0\n  rq q query exit_status=1 | rq q resubmit -\n",
+    ),
+    (
         "kill",
-        "rq QUEUE kill JID... [--signal SIG]\n\nSignal running jobs (their whole process group) on whatever host runs them: the\nowning feeder notices within about a second. Default signal TERM. A killed job is\nnot retried. Jobs that are not running are reported.\n\n  rq q kill 12 13\n  rq q query tag=bad state=running | rq q kill - --signal KILL\n",
+        "rq QUEUE kill SELECTION [--signal SIG]\n\nSignal running jobs (their whole process group) on whatever host runs them: the\nowning feeder notices within about a second. Default signal TERM. A killed job is\nnot retried. Jobs that are not running are reported.\n\n  rq q kill 12 13\n  rq q query tag=bad state=running | rq q kill - --signal KILL\n",
     ),
     (
         "wait",
-        "rq QUEUE wait [JID...|STATE...|field=value...] [--timeout D]\n\nBlock until the selected jobs (default: all) are finished, dead or cancelled\n(waiting jobs are waited for: they run once their dependencies end).\n\nExit status: 0 if every one finished with exit status 0; 1 if any failed (exit\nstatus not 0, or a signal), died, was cancelled or was deleted meanwhile: each\nis then listed on stderr with why (exit status or signal, host, the first line\nof its stderr); 124 if --timeout D ran out first.\n\nOn a terminal it shows progress (done/total, running, pending, failed so far,\nETA). It says when the jobs cannot go on: no feeder is alive, every remaining\njob is holding, or jobs may run only on hosts (--runner) without a live feeder,\nor need more CPUs/memory/GPUs than any live feeder has; with what to do.\n\n  rq q submit -q < jobs && rq q wait pending running && echo all good\n  rq q wait tag=nightly --timeout 2h\n",
+        "rq QUEUE wait [SELECTION | \"SQL where-clause\"] [--timeout D]\n\nBlock until the selected jobs (default: all; rq help selections) are finished, dead or cancelled\n(waiting jobs are waited for: they run once their dependencies end).\n\nExit status: 0 if every one finished with exit status 0; 1 if any failed (exit\nstatus not 0, or a signal), died, was cancelled or was deleted meanwhile: each\nis then listed on stderr with why (exit status or signal, host, the first line\nof its stderr); 124 if --timeout D ran out first.\n\nOn a terminal it shows progress (done/total, running, pending, failed so far,\nETA). It says when the jobs cannot go on: no feeder is alive, every remaining\njob is holding, or jobs may run only on hosts (--runner) without a live feeder,\nor need more CPUs/memory/GPUs than any live feeder has; with what to do.\n\n  rq q submit -q < jobs && rq q wait pending running && echo all good\n  rq q wait tag=nightly --timeout 2h\n",
     ),
     (
         "serve",
@@ -580,11 +605,11 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "ioview",
-        "rq QUEUE ioview JID... [--editor CMD]   (io)\n\nOpen each job's stdin, stdout and stderr in an editor: --editor, else $RQ_EDITOR,\nelse 'vim -R -o'.\n",
+        "rq QUEUE ioview SELECTION [--editor CMD]   (io)\n\nOpen each job's stdin, stdout and stderr in an editor: --editor, else $RQ_EDITOR,\nelse 'vim -R -o'.\n",
     ),
     (
         "tail",
-        "rq QUEUE tail JID   (ta)\n\nFollow a job's stdout (to stdout) and stderr (to stderr) until it has finished,\nfrom any host. Over NFS new output appears as the running host writes it back.\n",
+        "rq QUEUE tail JID   (ta)\n\nFollow a job's stdout (to stdout) and stderr (to stderr) until it has finished,\nfrom any host. Any selection that names one job will do (tag:NAME). Over NFS new output appears as the running host writes it back.\n",
     ),
     (
         "completions",
@@ -596,7 +621,7 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "stdin",
-        "rq QUEUE stdin|stdout|stderr JID... (0 1 2)\n\nPrint a job's captured stream. stdin4/stdout4/stderr4 print the file paths.\n",
+        "rq QUEUE stdin|stdout|stderr SELECTION (0 1 2)\n\nPrint the jobs' captured stream, the jobs in the order named (rq help\nselections): rq q stdout array:12. stdin4/stdout4/stderr4 print the file paths.\n",
     ),
 ];
 
@@ -689,7 +714,8 @@ pub fn command() -> clap::Command {
             .allow_hyphen_values(true);
         // The words a mode takes, where they are a fixed set (jids are typed).
         let words: &[&str] = match *name {
-            "list" | "status" | "wait" | "delete" | "resubmit" | "update" => &[
+            "list" | "status" | "wait" | "delete" | "resubmit" | "update" | "state" | "cancel"
+            | "kill" => &[
                 "pending",
                 "holding",
                 "running",

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::Context;
+use super::select::WhenNone;
 use crate::control::{self};
 use crate::error::{Error, IoContext, Result};
 use crate::host;
-use crate::input::Target;
 use crate::queue::{self, Queue};
 use crate::store::Access;
 
@@ -267,10 +267,13 @@ impl Context<'_> {
 
     /// `ioview JID...`: open each job's stdin, stdout and stderr in an editor.
     pub(super) fn ioview(&mut self) -> Result<i32> {
-        let targets = self.targets(false)?;
-        if targets.is_empty() {
-            return Err(Error::usage("ioview: name the jids to show"));
-        }
+        let Some(selection) = self.select(
+            self.args(),
+            WhenNone::Usage("ioview: name the jobs to show (jids, array:ID, tag:NAME, a state)"),
+        )?
+        else {
+            return Ok(0);
+        };
         let editor = self
             .inv
             .opts
@@ -280,13 +283,13 @@ impl Context<'_> {
             .or_else(|| std::env::var("RQ_IOVIEW").ok())
             .unwrap_or_else(|| "vim -R -o".into());
         let mut q = self.open(Access::ReadOnly)?;
+        let jobs = self.chosen(&mut q, &selection)?;
+        let mut worst = i32::from(self.say_absent(&mut q, &selection, true)?);
         self.out.flush()?;
-        let mut worst = 0;
         // A queue keeping job files in its database: they are copied to a temporary
         // directory for the editor.
         let copies = tempfile::tempdir().context(|| "cannot make a temporary directory".into())?;
-        for t in targets {
-            let Target::Jid(jid) = t else { continue };
+        for jid in jobs.iter().map(|job| job.jid) {
             let mut files: Vec<PathBuf> = Vec::new();
             for stream in ["stdin", "stdout", "stderr"] {
                 if !q.in_database() {
@@ -323,18 +326,42 @@ impl Context<'_> {
     /// `tail JID`: follow a job's stdout and stderr until it has finished (from any host:
     /// the files are reopened on every poll, so NFS close-to-open shows new data).
     pub(super) fn tail(&mut self) -> Result<i32> {
-        let targets = self.targets(false)?;
-        let [Target::Jid(jid)] = targets.as_slice() else {
-            return Err(Error::usage("tail: name exactly one jid"));
+        let Some(selection) = self.select(
+            self.args(),
+            WhenNone::Usage(
+                "tail: name the job to follow (a jid, or one job by array:ID, tag:NAME, a state)",
+            ),
+        )?
+        else {
+            return Ok(0);
         };
-        let jid = *jid;
         let mut q = self.open(Access::ReadOnly)?;
+        let jobs = self.chosen(&mut q, &selection)?;
+        if self.say_absent(&mut q, &selection, true)? && jobs.is_empty() {
+            return Ok(1);
+        }
+        let jid = match jobs.as_slice() {
+            [job] => job.jid,
+            [] => return Ok(0),
+            more => {
+                return Err(Error::usage(format!(
+                    "tail follows one job: that names {} (jobs {}, ...)",
+                    more.len(),
+                    more.iter()
+                        .take(3)
+                        .map(|j| j.jid.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        };
         let mut offsets = [0u64; 2];
         let mut delay = 0.1f64;
         loop {
             let progress = q.progress(&[jid])?;
             if progress.gone == 1 {
-                return Err(Error::usage(format!("tail: no job {jid}")));
+                crate::note!("rq: job {jid}: no such job (deleted meanwhile)");
+                return Ok(1);
             }
             let done = progress.pending + progress.holding + progress.running == 0;
             let mut grew = false;

@@ -20,6 +20,7 @@ mod data;
 mod feeding;
 pub mod help;
 mod manage;
+mod select;
 
 /// Every option of every mode (as in the original, any option is accepted anywhere, so
 /// `RQ_OPTS` can hold defaults for several modes).
@@ -63,6 +64,9 @@ pub struct Options {
     /// Print nothing on success.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// submit: print only the new jobs' jids, one per line (as `sbatch --parsable`).
+    #[arg(long)]
+    pub parsable: bool,
     /// Only these fields (comma-separated prefixes).
     #[arg(short = 'f', long, value_name = "FIELDS")]
     pub fields: Option<String>,
@@ -257,7 +261,7 @@ pub struct Invocation {
 /// Modes that only read the queue (they may run on a snapshot or an archive).
 pub const READ_ONLY_MODES: &[&str] = &[
     "list", "status", "query", "stdin", "stdout", "stderr", "stdin4", "stdout4", "stderr4",
-    "feeders", "top", "metrics",
+    "feeders", "top", "metrics", "state",
 ];
 
 /// Modes that print a table for people when standard output is a terminal (and YAML,
@@ -292,6 +296,8 @@ pub const MODES: &[(&str, &[&str])] = &[
     ("feeder", &[]),
     ("feeders", &[]),
     ("kill", &[]),
+    ("state", &[]),
+    ("cancel", &[]),
     ("pause", &[]),
     ("resume", &[]),
     ("drain", &[]),
@@ -588,6 +594,8 @@ impl Context<'_> {
             "drain" => self.drain(true),
             "undrain" => self.drain(false),
             "kill" => self.kill(),
+            "state" => self.state(),
+            "cancel" => self.cancel(),
             "wait" => self.wait(),
             "top" => self.top(),
             "serve" => self.serve(),

@@ -60,9 +60,10 @@ use wake::*;
 pub struct Config {
     pub host: String,
     pub max_feed: usize,
-    /// The shell prefix; the job's command is appended as one argument. Empty (`--shell
-    /// none`): plain commands run without a shell.
-    pub shell: Vec<String>,
+    /// The shell prefix `--shell` gave (the job's command is appended as one argument;
+    /// empty, `--shell none`: plain commands run without a shell). `None`: the queue's
+    /// `shell` setting, else [`Config::default_shell`].
+    pub shell: Option<Vec<String>>,
     /// Seconds between cheap doorbell checks.
     pub min_sleep: f64,
     /// Seconds between full database polls while idle.
@@ -82,6 +83,15 @@ pub struct Config {
 impl Config {
     pub fn default_shell() -> Vec<String> {
         vec!["bash".into(), "--login".into(), "-c".into()]
+    }
+}
+
+/// A shell prefix as the log shows it (`none`: commands run without a shell).
+fn shown_shell(shell: &[String]) -> Vec<String> {
+    if shell.is_empty() {
+        vec!["none".to_string()]
+    } else {
+        shell.to_vec()
     }
 }
 
@@ -164,6 +174,10 @@ fn jittered(seconds: f64) -> Duration {
 pub struct Feeder {
     queue: Queue,
     config: Config,
+    /// The shell prefix jobs run under now (see `choose_shell`), and what it was chosen
+    /// from (`None` before the settings were first read).
+    shell: Vec<String>,
+    shell_wanted: Option<Vec<String>>,
     log: Logger,
     id: String,
     settings: Settings,
@@ -278,6 +292,8 @@ impl Feeder {
             queue,
             next_full_poll: jittered(config.max_sleep),
             config,
+            shell: Config::default_shell(),
+            shell_wanted: None,
             log,
             id,
             settings: Settings::default(),
@@ -401,6 +417,7 @@ impl Feeder {
                 .find(|(key, _)| key == k)
                 .map(|(_, v)| v.clone())
         });
+        self.choose_shell();
         crate::store::lock_recovery::set_known_lease(self.settings.lease);
         self.lease.set_limits(Limits::for_lease(
             self.settings.lease,
@@ -414,20 +431,44 @@ impl Feeder {
         }
     }
 
-    /// Run until drained, stopped or (with `exit_when_empty`) out of work.
-    pub fn run(&mut self) -> Result<Exit> {
-        runner::reset_inherited_signals();
-        if let Some(shell) = self.config.shell.first() {
-            match runner::resolve_program(shell) {
-                Some(program) => self.config.shell[0] = program.to_string_lossy().into_owned(),
+    /// The shell jobs run under: `--shell`, else the queue's `shell` setting (read again
+    /// with the other settings), else `bash --login -c`; its program found on PATH once
+    /// for every change (a job's PATH may differ).
+    fn choose_shell(&mut self) {
+        let wanted = self
+            .config
+            .shell
+            .clone()
+            .or_else(|| self.settings.shell.clone())
+            .unwrap_or_else(Config::default_shell);
+        if self.shell_wanted.as_ref() == Some(&wanted) {
+            return;
+        }
+        let mut shell = wanted.clone();
+        if let Some(program) = shell.first() {
+            match runner::resolve_program(program) {
+                Some(found) => shell[0] = found.to_string_lossy().into_owned(),
                 None => self.log.log(
                     Level::Error,
                     &format!(
-                        "shell {shell:?} is not on PATH: jobs will fail with exit status 127 (see --shell)"
+                        "shell {program:?} is not on PATH: jobs will fail with exit status 127 (see --shell, or configure shell=)"
                     ),
                 ),
             }
         }
+        if self.shell_wanted.is_some() {
+            self.info(&format!(
+                "jobs now run under the shell {:?}",
+                shown_shell(&shell)
+            ));
+        }
+        self.shell = shell;
+        self.shell_wanted = Some(wanted);
+    }
+
+    /// Run until drained, stopped or (with `exit_when_empty`) out of work.
+    pub fn run(&mut self) -> Result<Exit> {
+        runner::reset_inherited_signals();
         let mut signals = Signals::install()?;
         if let Some(listener) = &self.doorbell.listener {
             let waker = signals
@@ -458,11 +499,7 @@ impl Feeder {
             self.id,
             self.queue.name(),
             self.config.max_feed,
-            if self.config.shell.is_empty() {
-                vec!["none".to_string()]
-            } else {
-                self.config.shell.clone()
-            },
+            shown_shell(&self.shell),
             self.settings.heartbeat,
             self.settings.lease
         ));

@@ -361,7 +361,7 @@ impl Feeder {
             let prepared = match self.prepared.remove(&claim) {
                 Some(prepared) => prepared,
                 None => self.fetch_inputs(job).and_then(|()| {
-                    runner::prepare(&self.job_dir(), &queue, &self.config.shell, job, gpu_host)
+                    runner::prepare(&self.job_dir(), &queue, &self.shell, job, gpu_host)
                 }),
             };
             let spawned = prepared.and_then(runner::Prepared::spawn);
@@ -454,7 +454,7 @@ impl Feeder {
             }
             let job = self.buffer[i].clone();
             let prepared = self.fetch_inputs(&job).and_then(|()| {
-                runner::prepare(&self.job_dir(), &queue, &self.config.shell, &job, gpu_host)
+                runner::prepare(&self.job_dir(), &queue, &self.shell, &job, gpu_host)
             });
             self.prepared.insert(claim, prepared);
         }

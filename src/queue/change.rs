@@ -117,6 +117,7 @@ impl Queue {
             states: vec!["pending".into(), "holding".into(), "waiting".into()],
             jids: Vec::new(),
             arrays: Vec::new(),
+            tags: Vec::new(),
         });
         // New stdin/data files get fresh names, written before the transaction that points
         // the jobs at them; the old files are removed after it commits.

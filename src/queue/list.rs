@@ -133,3 +133,87 @@ impl Queue {
             .map_err(|e| query_error(clause, e))
     }
 }
+
+/// How a job stands, for `state`: the fields that say whether it succeeded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub jid: i64,
+    pub state: String,
+    pub exit_status: Option<i64>,
+    pub signal: Option<String>,
+}
+
+impl Queue {
+    /// How each chosen job stands, by jid, in one read transaction.
+    pub fn outcomes(&mut self, clause: &Filter) -> Result<Vec<Outcome>> {
+        self.store.read(|tx| {
+            let (mut stmt, params) = tx.scan(scan::OUTCOMES, clause, &[]);
+            let mut outcomes = Vec::new();
+            stmt.query_each(crate::store::params_from_iter(params.iter()), |r| {
+                outcomes.push(Outcome {
+                    jid: r.get(0)?,
+                    state: r.get(1)?,
+                    exit_status: r.get(2)?,
+                    signal: r.get(3)?,
+                });
+                Ok(())
+            })
+            .map_err(|e| query_error(clause, e))?;
+            Ok(outcomes)
+        })
+    }
+
+    /// What a selection names that the queue does not hold, as lines to say: each named
+    /// array and tag without a job, and terms that choose none (with `jids`, also each
+    /// named jid that is not in the queue). One read transaction.
+    pub fn absent(&mut self, selection: &Selection, jids: bool) -> Result<Vec<String>> {
+        self.store.read(|tx| {
+            let jids_of = |filter: &Filter, op| -> Result<Vec<i64>> {
+                let (mut stmt, params) = tx.scan(op, filter, &[]);
+                let mut jids = Vec::new();
+                stmt.query_each(crate::store::params_from_iter(params.iter()), |r| {
+                    jids.push(r.get(0)?);
+                    Ok(())
+                })?;
+                Ok(jids)
+            };
+            let any =
+                |filter: Filter| -> Result<bool> { Ok(!jids_of(&filter, scan::ANY)?.is_empty()) };
+            let mut absent = Vec::new();
+            if jids && !selection.jids.is_empty() {
+                let found: std::collections::HashSet<i64> =
+                    jids_of(&Filter::jids(&selection.jids), scan::OUTCOMES)?
+                        .into_iter()
+                        .collect();
+                let mut said = std::collections::HashSet::new();
+                for jid in &selection.jids {
+                    if !found.contains(jid) && said.insert(*jid) {
+                        absent.push(format!("job {jid}: no such job"));
+                    }
+                }
+            }
+            for &array in &selection.arrays {
+                let of_array = Selection {
+                    arrays: vec![array],
+                    ..Default::default()
+                };
+                if !any(of_array.clause())? {
+                    absent.push(format!("array:{array}: no such array"));
+                }
+            }
+            for tag in &selection.tags {
+                let tagged = Selection {
+                    tags: vec![tag.clone()],
+                    ..Default::default()
+                };
+                if !any(tagged.clause())? {
+                    absent.push(format!("tag:{tag}: no job has this tag"));
+                }
+            }
+            if !selection.terms.is_empty() && !any(Filter::Terms(selection.terms.clone()))? {
+                absent.push("no job meets the terms given".to_string());
+            }
+            Ok(absent)
+        })
+    }
+}

@@ -29,6 +29,7 @@ mod submit;
 
 pub use change::*;
 pub use files::*;
+pub use list::Outcome;
 pub use status::*;
 pub use submit::*;
 
@@ -47,7 +48,8 @@ pub struct Queue {
     store: Store,
 }
 
-/// Which jobs a mode works on.
+/// Which jobs a mode works on (`rq help selections`): the jobs any target names (jids,
+/// arrays, tags, states, or all), of those only the ones every term chooses.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Selection {
     pub all: bool,
@@ -55,18 +57,24 @@ pub struct Selection {
     pub jids: Vec<i64>,
     /// Every job of these arrays.
     pub arrays: Vec<i64>,
+    /// Every job with one of these tags.
+    pub tags: Vec<String>,
+    /// `field=value` terms every chosen job meets (alone: of all jobs).
+    pub terms: Vec<crate::store::Term>,
 }
 
 impl Selection {
     pub fn from_targets(targets: &[Target]) -> Selection {
         let mut sel = Selection::default();
         for target in targets {
-            match *target {
+            match target {
                 Target::All => sel.all = true,
-                Target::State(s) if !sel.states.contains(&s) => sel.states.push(s),
+                Target::State(s) if !sel.states.contains(s) => sel.states.push(*s),
                 Target::State(_) => {}
-                Target::Jid(j) => sel.jids.push(j),
-                Target::Array(a) => sel.arrays.push(a),
+                Target::Jid(j) => sel.jids.push(*j),
+                Target::Array(a) => sel.arrays.push(*a),
+                Target::Tag(t) if !sel.tags.contains(t) => sel.tags.push(t.clone()),
+                Target::Tag(_) => {}
             }
         }
         sel
@@ -84,15 +92,39 @@ impl Selection {
         }
     }
 
+    /// Whether no target names anything (the terms alone, if any, then choose).
+    fn names_no_target(&self) -> bool {
+        !self.all
+            && self.states.is_empty()
+            && self.jids.is_empty()
+            && self.arrays.is_empty()
+            && self.tags.is_empty()
+    }
+
+    /// Whether the selection chooses no job whatever the queue holds (`-` read nothing).
+    pub fn is_empty(&self) -> bool {
+        self.names_no_target() && self.terms.is_empty()
+    }
+
     /// The jobs of the selection, as a filter the store writes in its SQL.
     pub fn clause(&self) -> Filter {
-        if self.all || State::ALL.iter().all(|s| self.states.contains(s)) {
-            return Filter::All;
-        }
-        Filter::AnyOf {
-            states: self.states.iter().map(|s| s.as_str().to_string()).collect(),
-            jids: self.jids.clone(),
-            arrays: self.arrays.clone(),
+        let targets = if self.all
+            || State::ALL.iter().all(|s| self.states.contains(s))
+            || (self.names_no_target() && !self.terms.is_empty())
+        {
+            Filter::All
+        } else {
+            Filter::AnyOf {
+                states: self.states.iter().map(|s| s.as_str().to_string()).collect(),
+                jids: self.jids.clone(),
+                arrays: self.arrays.clone(),
+                tags: self.tags.clone(),
+            }
+        };
+        if self.terms.is_empty() {
+            targets
+        } else {
+            targets.and(Filter::Terms(self.terms.clone()))
         }
     }
 }

@@ -17,6 +17,7 @@ pub enum Filter {
         states: Vec<String>,
         jids: Vec<i64>,
         arrays: Vec<i64>,
+        tags: Vec<String>,
     },
     /// Jobs that meet every term.
     Terms(Vec<Term>),
@@ -68,6 +69,7 @@ impl Filter {
             states: Vec::new(),
             jids: jids.to_vec(),
             arrays: Vec::new(),
+            tags: Vec::new(),
         }
     }
 
@@ -144,6 +146,7 @@ pub fn render(dialect: Dialect, filter: &Filter, params: &mut Vec<SqlValue>) -> 
             states,
             jids,
             arrays,
+            tags,
         } => {
             let mut branches = Vec::new();
             let json = |list: String| SqlValue::Text(list);
@@ -167,6 +170,13 @@ pub fn render(dialect: Dialect, filter: &Filter, params: &mut Vec<SqlValue>) -> 
                     json(serde_json::to_string(arrays).unwrap_or_default()),
                 );
                 branches.push(in_list(dialect, "array_id", &p));
+            }
+            if !tags.is_empty() {
+                let p = bind(
+                    params,
+                    json(serde_json::to_string(tags).unwrap_or_default()),
+                );
+                branches.push(in_list(dialect, "tag", &p));
             }
             // Only the lists that name something: `state IN (..) OR jid IN (..)` kept
             // PostgreSQL from the primary key, so `resubmit 1` read every job.
@@ -274,6 +284,7 @@ mod tests {
             states: vec![],
             jids: vec![],
             arrays: vec![],
+            tags: vec![],
         };
         assert_eq!(render(Dialect::Sqlite, &none, &mut params), "FALSE");
         assert!(params.is_empty());
@@ -281,12 +292,20 @@ mod tests {
             states: vec!["running".into()],
             jids: vec![],
             arrays: vec![],
+            tags: vec!["x".into()],
         };
         assert_eq!(
             render(Dialect::Postgres, &states, &mut params),
-            "(state IN (SELECT jsonb_array_elements_text(CAST($1 AS jsonb))))"
+            "(state IN (SELECT jsonb_array_elements_text(CAST($1 AS jsonb))) \
+             OR tag IN (SELECT jsonb_array_elements_text(CAST($2 AS jsonb))))"
         );
-        assert_eq!(params, vec![SqlValue::Text("[\"running\"]".into())]);
+        assert_eq!(
+            params,
+            vec![
+                SqlValue::Text("[\"running\"]".into()),
+                SqlValue::Text("[\"x\"]".into())
+            ]
+        );
     }
 
     #[test]

@@ -269,6 +269,10 @@ pub mod scan {
         VIEW_PENDING = "view_pending",
         VIEW_ENDED = "view_ended",
         VIEW_DEAD = "view_dead",
+        /// How each chosen job stands: jid, state, exit_status, signal, by jid (`state`).
+        OUTCOMES = "outcomes",
+        /// One job the filter chooses, if any (is a named array, tag or term empty?).
+        ANY = "any",
     });
 }
 

@@ -66,3 +66,9 @@ SELECT {listed_fields} FROM jobs
 -- name: view_dead
 SELECT {listed_fields} FROM jobs WHERE state IN ('dead', 'cancelled')
  ORDER BY coalesce(finished, submitted) DESC, jid DESC LIMIT $1;
+
+-- name: outcomes
+SELECT jid, state, exit_status, signal FROM jobs WHERE {filter} ORDER BY jid;
+
+-- name: any
+SELECT jid FROM jobs WHERE {filter} LIMIT 1;
