@@ -232,7 +232,8 @@ fn list_by_state_prefix_jid_and_stdin(store: StoreKind) {
     q.rq(&["list", "-f", "nosuch"]).fails();
     // A jid asked for that does not exist is said (exit 1), as delete does.
     let missing = q.rq(&["list", "99"]).fails();
-    assert_eq!(missing.stdout, "");
+    // An empty listing is an empty list (YAML's `[]`), not zero bytes.
+    assert_eq!(missing.stdout, "[]\n");
     assert!(
         missing.stderr.contains("job 99: no such job"),
         "{}",

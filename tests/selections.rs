@@ -127,6 +127,11 @@ fn every_mode_names_jobs_the_same_way(store: StoreKind) {
     assert_eq!(q.jobs(), before, "an empty '-' changed the queue");
     // `wait -` with nothing returns at once though jobs are holding (they never end).
     assert_eq!(q.count("holding"), 3);
+    // What a mode removes was there when it was named: no error for it afterwards.
+    let run = q.rq(&["delete", &array_id]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(jids(&run), array);
+    assert_eq!(jids(&q.rq(&["list"]).ok()), [first]);
 }
 
 fn state_answers_one_word_per_job_in_the_order_named(store: StoreKind) {

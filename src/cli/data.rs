@@ -416,9 +416,10 @@ impl Context<'_> {
             return self.nothing_on_stdin("deleted");
         };
         let mut q = self.open(Access::ReadWrite)?;
+        // Looked for before acting: a deleted array is no longer there.
+        let absent = self.say_absent(&mut q, &selection, false)?;
         let (rows, skipped) = q.delete(&selection, self.inv.opts.force)?;
         self.print_rows(&rows)?;
-        let absent = self.say_absent(&mut q, &selection, false)?;
         Ok(self
             .report_skipped("deleted", &skipped)
             .max(i32::from(absent)))
@@ -441,9 +442,10 @@ impl Context<'_> {
             return self.nothing_on_stdin("resubmitted");
         };
         let mut q = self.open(Access::ReadWrite)?;
+        // Looked for before acting: a deleted array is no longer there.
+        let absent = self.say_absent(&mut q, &selection, false)?;
         let (rows, skipped) = q.resubmit(&selection, &opts)?;
         self.print_rows(&rows)?;
-        let absent = self.say_absent(&mut q, &selection, false)?;
         Ok(self
             .report_skipped("resubmitted", &skipped)
             .max(i32::from(absent)))
@@ -503,9 +505,10 @@ impl Context<'_> {
             return self.nothing_on_stdin("updated");
         };
         let mut q = self.open(Access::ReadWrite)?;
+        // Looked for before acting: a deleted array is no longer there.
+        let absent = self.say_absent(&mut q, &selection, false)?;
         let (rows, skipped) = q.update(&selection, &changes)?;
         self.print_rows(&rows)?;
-        let absent = self.say_absent(&mut q, &selection, false)?;
         Ok(self
             .report_skipped("updated", &skipped)
             .max(i32::from(absent)))

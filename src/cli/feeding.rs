@@ -276,9 +276,9 @@ impl Context<'_> {
                 .and(crate::store::Filter::State("running", true));
             jids.extend(q.outcomes(&running)?.iter().map(|o| o.jid));
         }
+        let absent = self.say_absent(&mut q, &others, false)?;
         let (rows, skipped) = q.request_kill(&jids, &crate::process::signal_name(signal))?;
         self.print_rows(&rows)?;
-        let absent = self.say_absent(&mut q, &others, false)?;
         Ok(self
             .report_skipped("signalled", &skipped)
             .max(i32::from(absent)))

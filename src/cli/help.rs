@@ -856,6 +856,11 @@ pub fn man_page() -> Result<String> {
         page.push_str(&format!(".SS {}\n", roff_text(mode)));
         page.push_str(&preformatted(&format!("{body}{}", option_lines(mode))));
     }
+    // Topics that are not modes.
+    if let Some((_, selections)) = TOPICS.iter().find(|(name, _)| *name == "selections") {
+        page.push_str(".SH SELECTIONS\n");
+        page.push_str(&preformatted(selections));
+    }
     let mut out = Vec::new();
     man.render_options_section(&mut out).map_err(io)?;
     page.push_str(&body(out));
