@@ -339,6 +339,9 @@ pub struct End {
     pub retry_at: Option<String>,
     /// When the feeder saw it end (recorded as `finished`; ends are recorded in batches).
     pub ended_at: String,
+    /// What the run used (none in journals written before rq recorded it).
+    #[serde(default)]
+    pub usage: crate::process::Usage,
 }
 
 /// Record the end of a run; false when the claim was lost (the job was taken over).
@@ -355,7 +358,10 @@ pub fn finish(tx: &Tx<'_>, end: &End) -> Result<bool> {
         end.signal,
         end.timed_out,
         end.jid,
-        end.claim
+        end.claim,
+        end.usage.cpu_user,
+        end.usage.cpu_system,
+        end.usage.max_rss
     ];
     let n = match retry_at {
         None => tx.op(n).execute(values)?,

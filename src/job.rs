@@ -58,6 +58,10 @@ pub const FIELDS: &[&str] = &[
     "mem",
     "gpus",
     "gpu_ids",
+    // schema version 8: what the last run used
+    "cpu_user",
+    "cpu_system",
+    "max_rss",
 ];
 
 /// Fields holding JSON text (a list of jids, an environment), shown as YAML/JSON values.

@@ -55,6 +55,8 @@ pub struct Inputs<'a> {
     pub feeders: &'a [Feeder],
     /// Run times (seconds) of recently ended jobs.
     pub recent_durations: &'a [f64],
+    /// What those jobs used, where recorded: CPU seconds, peak memory (bytes).
+    pub recent_usage: &'a [(Option<f64>, Option<i64>)],
     pub db_bytes: u64,
 }
 
@@ -112,6 +114,26 @@ pub fn render(inputs: &Inputs<'_>) -> Result<String> {
         "rq_job_duration_seconds",
         "Run time of recently ended jobs",
         durations,
+    );
+    let cpu = Histogram::new(buckets);
+    let memory = Histogram::new([16e6, 64e6, 256e6, 1e9, 4e9, 16e9, 64e9, 256e9]);
+    for (seconds, bytes) in inputs.recent_usage {
+        if let Some(seconds) = seconds {
+            cpu.observe(*seconds);
+        }
+        if let Some(bytes) = bytes {
+            memory.observe(*bytes as f64);
+        }
+    }
+    registry.register(
+        "rq_job_cpu_seconds",
+        "CPU time (user and system) of recently ended jobs",
+        cpu,
+    );
+    registry.register(
+        "rq_job_max_rss_bytes",
+        "Peak resident memory of recently ended jobs",
+        memory,
     );
 
     let oldest = Gauge::<f64, std::sync::atomic::AtomicU64>::default();

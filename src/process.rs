@@ -65,6 +65,92 @@ pub fn find_by_environment(entries: &[String]) -> Vec<(u32, u32, String)> {
 }
 
 /// Send a signal to a whole process group (a job and everything it started).
+/// What a run used, as the kernel accounted it when it was reaped: CPU seconds of the
+/// process and the children it waited for, and the peak resident memory of the largest
+/// of them (bytes; the kernel keeps no peak of a whole tree outside a cgroup).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Usage {
+    pub cpu_user: Option<f64>,
+    pub cpu_system: Option<f64>,
+    pub max_rss: Option<i64>,
+}
+
+/// Reap the child `pid` if it has exited, with what it used (`wait4`, without waiting).
+/// Once reaped here, its `std::process::Child` must not be waited for or signalled.
+pub fn try_reap(pid: u32) -> std::io::Result<Option<(std::process::ExitStatus, Usage)>> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is a plain C struct; all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: wait4 with valid pointers to a status and an rusage.
+        let rc = unsafe { libc::wait4(pid as libc::pid_t, &mut status, libc::WNOHANG, &mut usage) };
+        if rc == 0 {
+            return Ok(None);
+        }
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        return Ok(Some((
+            std::process::ExitStatus::from_raw(status),
+            Usage {
+                cpu_user: Some(seconds(usage.ru_utime)),
+                cpu_system: Some(seconds(usage.ru_stime)),
+                // Kilobytes on Linux.
+                max_rss: Some(usage.ru_maxrss as i64 * 1024),
+            },
+        )));
+    }
+}
+
+/// The CPUs this thread may run on (its affinity mask), in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is a plain C bit set; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sched_getaffinity of this thread into a set of the size given.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Vec::new();
+    }
+    // SAFETY: CPU_ISSET reads the set for any cpu below CPU_SETSIZE.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+/// Run `spawn` with this thread pinned to `cpus`, then pin it back: a child started
+/// meanwhile (posix_spawn, fork) inherits the pinning, from its first instruction, with
+/// no pre-exec hook (which would cost the fork that posix_spawn avoids). Without `cpus`,
+/// or if the kernel refuses them, `spawn` runs as it is.
+pub fn spawn_pinned<T>(cpus: &[usize], spawn: impl FnOnce() -> T) -> T {
+    if cpus.is_empty() {
+        return spawn();
+    }
+    let set_of = |cpus: &[usize]| {
+        // SAFETY: as in `allowed_cpus`; CPU_SET writes a bit below CPU_SETSIZE.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for &cpu in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+            unsafe { libc::CPU_SET(cpu, &mut set) };
+        }
+        set
+    };
+    let before = allowed_cpus();
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: sched_setaffinity of this thread with a valid set.
+    let pinned = unsafe { libc::sched_setaffinity(0, size, &set_of(cpus)) } == 0;
+    let out = spawn();
+    if pinned {
+        // SAFETY: as above; the mask this thread had.
+        unsafe { libc::sched_setaffinity(0, size, &set_of(&before)) };
+    }
+    out
+}
+
 pub fn signal_group(pgid: u32, signal: i32) -> bool {
     if pgid <= 1 {
         return false;

@@ -74,7 +74,31 @@ fn end(jid: i64, claim: &str, retry_at: Option<String>) -> End {
         timed_out: false,
         retry_at,
         ended_at: rq::time::now(),
+        usage: rq::process::Usage {
+            cpu_user: Some(1.25),
+            cpu_system: Some(0.5),
+            max_rss: Some(3 << 20),
+        },
     }
+}
+
+/// What job `jid`'s last run used, as recorded: user CPU, system CPU, peak memory.
+fn usage_of(queue: &mut Queue, jid: i64) -> (Option<f64>, Option<f64>, Option<i64>) {
+    let rows = queue
+        .store()
+        .read(|tx| rq::queue::select_rows(tx, &rq::store::Filter::jids(&[jid])))
+        .unwrap();
+    let row = &rows[0];
+    let real = |name: &str| match row.get(name) {
+        rq::job::Cell::Real(r) => Some(*r),
+        rq::job::Cell::Int(i) => Some(*i as f64),
+        _ => None,
+    };
+    (
+        real("cpu_user"),
+        real("cpu_system"),
+        row.get("max_rss").as_int(),
+    )
 }
 
 /// The claim protocol (`ops::claims`): claim by order, fit, host and tag limit; record
@@ -187,6 +211,10 @@ fn claims_family(store: StoreKind) {
     );
     assert_eq!(state(&mut queue, plain), ("finished".into(), Some(0), 1));
     assert_eq!(state(&mut queue, tagged), ("pending".into(), Some(0), 1));
+    // What the run used goes with its end (a retry's too).
+    let used = (Some(1.25), Some(0.5), Some(3 << 20));
+    assert_eq!(usage_of(&mut queue, plain), used);
+    assert_eq!(usage_of(&mut queue, tagged), used);
     assert_eq!(state(&mut queue, restartable), ("pending".into(), None, 0));
 
     // Next: the released job and the second tagged one (the retried one waits).

@@ -27,7 +27,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -178,6 +177,8 @@ pub struct Feeder {
     /// from (`None` before the settings were first read).
     shell: Vec<String>,
     shell_wanted: Option<Vec<String>>,
+    /// The CPUs this feeder may use (its affinity at start), handed out to jobs.
+    cpu_set: Vec<usize>,
     log: Logger,
     id: String,
     settings: Settings,
@@ -294,6 +295,7 @@ impl Feeder {
             config,
             shell: Config::default_shell(),
             shell_wanted: None,
+            cpu_set: process::allowed_cpus(),
             log,
             id,
             settings: Settings::default(),

@@ -9,7 +9,8 @@ use std::os::unix::fs::OpenOptionsExt;
 pub(super) struct RunningJob {
     pub(super) jid: i64,
     pub(super) claim: String,
-    pub(super) child: Child,
+    /// The job's first process (its process group's leader), reaped by pid with what it
+    /// used (`process::try_reap`); its `std::process::Child` is not kept.
     pub(super) pid: u32,
     pub(super) started: Instant,
     pub(super) timeout: Option<f64>,
@@ -26,12 +27,14 @@ pub(super) struct RunningJob {
     pub(super) needs: Needs,
 }
 
-/// What a claimed job takes of its host: CPUs, memory, the GPU devices it was given.
+/// What a claimed job takes of its host: CPUs, memory, the GPU devices it was given, and
+/// the CPUs it was pinned to (none when the feeder offers more CPUs than it has).
 #[derive(Debug, Clone, Default)]
 pub(super) struct Needs {
     pub(super) cpus: i64,
     pub(super) mem: i64,
     pub(super) devices: Vec<String>,
+    pub(super) cpu_ids: Vec<usize>,
 }
 
 impl Needs {
@@ -49,7 +52,31 @@ impl Needs {
                         .collect()
                 })
                 .unwrap_or_default(),
+            cpu_ids: Vec::new(),
         }
+    }
+}
+
+impl Feeder {
+    /// The CPUs a job that needs `n` runs on: `n` of this feeder's CPUs that no running
+    /// job has, lowest first, so two jobs never share one. None (the job runs where the
+    /// kernel puts it) when the feeder offers more CPUs than it may use (`--cpus` above
+    /// the host's, or `--max_feed` above them): it cannot keep them apart then.
+    pub(super) fn cpus_for(&self, n: i64) -> Vec<usize> {
+        let mine = &self.cpu_set;
+        if mine.is_empty() || self.config.capacity.cpus > mine.len() as i64 || n < 1 {
+            return Vec::new();
+        }
+        let taken: std::collections::HashSet<usize> = self
+            .running
+            .iter()
+            .flat_map(|job| job.needs.cpu_ids.iter().copied())
+            .collect();
+        let free: Vec<usize> = mine.iter().copied().filter(|c| !taken.contains(c)).collect();
+        if (free.len() as i64) < n {
+            return Vec::new();
+        }
+        free[..n as usize].to_vec()
     }
 }
 
@@ -105,6 +132,7 @@ impl Feeder {
                                 timed_out: false,
                                 retry_at: None,
                                 ended_at: time::now(),
+                                usage: process::Usage::default(),
                             });
                         }
                         None => kept.push_back(row),
@@ -185,18 +213,22 @@ impl Feeder {
     /// Reap the job at `i` if it has exited, forgetting its process group in the same
     /// step (under the watchdog's lock, so the watchdog never signals a reused pid).
     /// Also says whether the watchdog signalled it (then it is settled as crashed).
-    pub(super) fn try_reap(&mut self, i: usize) -> Option<(std::process::ExitStatus, bool)> {
+    pub(super) fn try_reap(
+        &mut self,
+        i: usize,
+    ) -> Option<(std::process::ExitStatus, process::Usage, bool)> {
         let lease = self.lease.clone();
         let mut groups = lease.groups();
         let job = &mut self.running[i];
-        match job.child.try_wait() {
-            Ok(Some(status)) => {
+        // Reaped with what it used (wait4); its `Child` is dropped unwaited right after.
+        match process::try_reap(job.pid) {
+            Ok(Some((status, usage))) => {
                 // Killed, or ended by the TERM that came first; a job that ignored the TERM
                 // and ended by itself after heartbeats worked again ended as it says.
                 let fenced = groups
                     .remove(&job.pid)
                     .is_some_and(|f| f.killed || (f.termed && status.signal().is_some()));
-                Some((status, fenced))
+                Some((status, usage, fenced))
             }
             _ => None,
         }
@@ -208,7 +240,7 @@ impl Feeder {
         let mut i = 0;
         while i < self.running.len() {
             match self.try_reap(i) {
-                Some((status, lease_lost)) => {
+                Some((status, usage, lease_lost)) => {
                     let job = self.running.swap_remove(i);
                     if job.fenced {
                         continue;
@@ -249,6 +281,7 @@ impl Feeder {
                         timed_out: job.term_sent.is_some(),
                         retry_at,
                         ended_at: time::now(),
+                        usage,
                     });
                 }
                 None => i += 1,
@@ -364,7 +397,11 @@ impl Feeder {
                     runner::prepare(&self.job_dir(), &queue, &self.shell, job, gpu_host)
                 }),
             };
-            let spawned = prepared.and_then(runner::Prepared::spawn);
+            let mut needs = Needs::of(job);
+            needs.cpu_ids = self.cpus_for(needs.cpus);
+            let spawned = prepared.and_then(|prepared| {
+                process::spawn_pinned(&needs.cpu_ids, || prepared.spawn())
+            });
             match spawned {
                 Ok(child) => {
                     let pid = child.id();
@@ -386,7 +423,6 @@ impl Feeder {
                     self.running.push(RunningJob {
                         jid,
                         claim,
-                        child,
                         pid,
                         started: Instant::now(),
                         timeout: real("timeout").filter(|t| *t > 0.0),
@@ -396,7 +432,7 @@ impl Feeder {
                         retries: job.get("retries").as_int().unwrap_or(0),
                         retried: job.get("retried").as_int().unwrap_or(0),
                         retry_delay: real("retry_delay").unwrap_or(1.0),
-                        needs: Needs::of(job),
+                        needs,
                     });
                 }
                 Err(e) => {
@@ -484,7 +520,7 @@ impl Feeder {
         while !self.running.is_empty() {
             let mut i = 0;
             while i < self.running.len() {
-                if let Some((status, _)) = self.try_reap(i) {
+                if let Some((status, _, _)) = self.try_reap(i) {
                     let job = self.running.swap_remove(i);
                     if !job.fenced {
                         ended.push((

@@ -45,6 +45,8 @@ pub struct Snapshot {
     pub timeline: Vec<Bar>,
     /// Run times of the jobs in the timeline that ended.
     pub durations: Vec<f64>,
+    /// What those jobs used: CPU seconds and peak memory (bytes), where recorded.
+    pub usage: Vec<(Option<f64>, Option<i64>)>,
     pub db_bytes: u64,
     pub taken: Timestamp,
 }
@@ -124,7 +126,8 @@ impl MinuteCounts {
     }
 }
 
-/// A timeline row as read: jid, host, started, finished, state, exit status, signal.
+/// A timeline row as read: jid, host, started, finished, state, exit status, signal, CPU
+/// seconds, peak memory.
 type RawBar = (
     i64,
     String,
@@ -133,6 +136,8 @@ type RawBar = (
     String,
     Option<i64>,
     Option<String>,
+    Option<f64>,
+    Option<i64>,
 );
 
 /// Read a snapshot.
@@ -153,6 +158,8 @@ pub fn read(q: &mut Queue, counts: &mut MinuteCounts) -> Result<Snapshot> {
                     r.get(4)?,
                     r.get(5)?,
                     r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
                 ))
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -165,13 +172,15 @@ pub fn read(q: &mut Queue, counts: &mut MinuteCounts) -> Result<Snapshot> {
     view.feeders = overview::feeders_from(q.hosts()?, &facts);
     let mut timeline = Vec::new();
     let mut durations = Vec::new();
-    for (jid, host, started, finished, state, exit, signal) in bars {
+    let mut usage = Vec::new();
+    for (jid, host, started, finished, state, exit, signal, cpu, max_rss) in bars {
         let Some(start) = started.as_deref().and_then(time::parse) else {
             continue;
         };
         let end = finished.as_deref().and_then(time::parse);
         if let Some(end) = end {
             durations.push(time::seconds_between(start, end).max(0.0));
+            usage.push((cpu, max_rss));
         }
         let outcome = match state.as_str() {
             "running" => "running",
@@ -197,6 +206,7 @@ pub fn read(q: &mut Queue, counts: &mut MinuteCounts) -> Result<Snapshot> {
         view,
         timeline,
         durations,
+        usage,
         db_bytes: db_bytes.max(0) as u64,
         taken: now,
     })

@@ -753,6 +753,7 @@ fn metrics_text(snap: &Snapshot) -> Result<String> {
         summary: &snap.view.summary,
         feeders: &snap.view.feeders,
         recent_durations: &snap.durations,
+        recent_usage: &snap.usage,
         db_bytes: snap.db_bytes,
     })
 }

@@ -7,7 +7,7 @@
 /// Its own sequence: 5 was the first (the tables of SQLite's version 5); `MIGRATIONS`
 /// brings an older queue up to this one. A change to SQLite's tables is made here too, as
 /// a new version.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// The statement trigger that keeps `job_counts`: per state, what a statement's rows
 /// added and took away. An update subtracts every old row and adds every new one: rows
@@ -112,6 +112,9 @@ $$;
         "DROP TRIGGER deps_met ON jobs; DROP TRIGGER dep_note ON jobs;",
         dep_triggers_sql!()
     ),
+    // 10: what each run used (recorded with its end).
+    "ALTER TABLE jobs ADD COLUMN cpu_user double precision, ADD COLUMN cpu_system double precision, \
+     ADD COLUMN max_rss bigint;",
 ];
 
 /// The tables of a queue that keeps no job-file directory (`in_database`): heartbeats
@@ -207,7 +210,10 @@ CREATE TABLE jobs (
     cpus         bigint NOT NULL DEFAULT 1,
     mem          bigint NOT NULL DEFAULT 0,
     gpus         bigint NOT NULL DEFAULT 0,
-    gpu_ids      text
+    gpu_ids      text,
+    cpu_user     double precision,
+    cpu_system   double precision,
+    max_rss      bigint
 );
 CREATE INDEX jobs_claim_order ON jobs (state, priority DESC, submitted, jid);
 CREATE INDEX jobs_finished_elapsed ON jobs (elapsed, exit_status) WHERE state = 'finished';

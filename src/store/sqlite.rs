@@ -23,7 +23,7 @@ use crate::store::Tx;
 /// `PRAGMA application_id` of an rq queue database ("rq2\0").
 pub const APPLICATION_ID: i64 = 0x7271_3200;
 /// The schema version this rq writes and understands.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The schema as first released (version 1); `MIGRATIONS` bring it to `SCHEMA_VERSION`.
 /// Also written, with comments, to `Q/db.schema`.
@@ -232,6 +232,12 @@ BEGIN
     UPDATE deps SET met = 1 WHERE dep = NEW.jid AND met = 0
         AND (kind = 'any' OR (NEW.state = 'finished' AND NEW.exit_status IS 0));
 END;
+"#,
+    // 8: what each run used (recorded with its end).
+    r#"
+ALTER TABLE jobs ADD COLUMN cpu_user REAL;    -- seconds of user CPU the last run took (its processes and their waited-for children)
+ALTER TABLE jobs ADD COLUMN cpu_system REAL;  -- seconds of system CPU likewise
+ALTER TABLE jobs ADD COLUMN max_rss INTEGER;  -- bytes: the peak resident memory of the last run (see README, "What jobs use")
 "#,
 ];
 

@@ -1,0 +1,122 @@
+//! What jobs use: every run records its CPU time and peak memory, from real processes,
+//! on both stores; listings, the job's page data and /metrics show them.
+
+mod common;
+use common::*;
+
+fn every_run_records_its_cpu_time_and_peak_memory(store: StoreKind) {
+    let q = TestQueue::on(store);
+    // 300 MiB, every page written; and a loop that burns 1.5 s of CPU.
+    let alloc = q
+        .rq(&[
+            "submit",
+            "--parsable",
+            "python3 -c \"x = b'1' * (300 << 20)\"",
+        ])
+        .ok()
+        .stdout;
+    let busy = q
+        .rq(&[
+            "submit",
+            "--parsable",
+            "python3 -c \"import time\nwhile time.process_time() < 1.5: pass\"",
+        ])
+        .ok()
+        .stdout;
+    let _h1 = q.feeder("h1", &["--exit_when_empty"]);
+    q.wait_for("the jobs to finish", 60, |q| q.count("finished") == 2);
+    let jobs: std::collections::HashMap<String, _> = q
+        .jobs()
+        .into_iter()
+        .map(|j| (int(&j, "jid").to_string(), j))
+        .collect();
+    let alloc = &jobs[alloc.trim()];
+    let busy = &jobs[busy.trim()];
+    assert_eq!(int(alloc, "exit_status"), 0, "{alloc:?}");
+    assert_eq!(int(busy, "exit_status"), 0, "{busy:?}");
+    let mib = |j: &serde_json::Map<String, serde_json::Value>| {
+        int(j, "max_rss") as f64 / (1 << 20) as f64
+    };
+    // The allocation, and the interpreter around it: within 5 %.
+    assert!(
+        (300.0..=315.0).contains(&mib(alloc)),
+        "300 MiB recorded as {} MiB",
+        mib(alloc)
+    );
+    assert!(mib(busy) < 100.0, "{}", mib(busy));
+    let cpu = |j: &serde_json::Map<String, serde_json::Value>| {
+        field(j, "cpu_user").as_f64().unwrap() + field(j, "cpu_system").as_f64().unwrap()
+    };
+    assert!(
+        (1.45..=2.0).contains(&cpu(busy)),
+        "1.5 s of CPU recorded as {}",
+        cpu(busy)
+    );
+    assert!(cpu(alloc) < 1.5, "{}", cpu(alloc));
+    // Summarized in /metrics: the recently ended jobs' CPU and memory.
+    let metrics = q.rq(&["metrics"]).ok().stdout;
+    assert!(metrics.contains("rq_job_cpu_seconds_count 2"), "{metrics}");
+    assert!(
+        metrics.contains("rq_job_max_rss_bytes_count 2"),
+        "{metrics}"
+    );
+    // A run's figures go with a new run: resubmitted, they are those of the new run.
+    let jid = int(busy, "jid").to_string();
+    q.rq(&["resubmit", &jid, "-q"]).ok();
+    let _h2 = q.feeder("h2", &["--exit_when_empty"]);
+    q.wait_for("the rerun to finish", 60, |q| q.count("finished") == 2);
+    let again = q.rq(&["list", &jid]).ok().records();
+    assert!(cpu(&again[0]) >= 1.45, "{again:?}");
+}
+
+
+/// `--cpus 1` is kept: a job that starts two busy processes gets one CPU's time, however
+/// many CPUs the host has.
+fn a_job_runs_on_the_cpus_it_asked_for(store: StoreKind) {
+    let q = TestQueue::on(store);
+    let busy = "python3 -c \"import time\nend = time.time() + 2\nwhile time.time() < end: pass\"";
+    let both = format!("{busy} & {busy}; wait");
+    let jid = q
+        .rq(&["submit", "--parsable", "--cpus", "1", &both])
+        .ok()
+        .stdout;
+    // Two one-CPU jobs at once, each saying where it may run.
+    let gate = q.tmp.path().join("gate");
+    std::fs::write(&gate, "").unwrap();
+    let say = format!(
+        "grep Cpus_allowed_list /proc/self/status; touch {}.$RQ_JID; while [ -e {} ]; do sleep 0.05; done",
+        gate.display(),
+        gate.display()
+    );
+    let one = q.rq(&["submit", "--parsable", "--cpus", "1", &say]).ok().stdout;
+    let two = q.rq(&["submit", "--parsable", "--cpus", "1", &say]).ok().stdout;
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let _h1 = q.feeder("h1", &["--exit_when_empty", "--max_feed", "2", "--cpus", "2"]);
+    let started = |jid: &str| q.tmp.path().join(format!("gate.{}", jid.trim())).exists();
+    q.wait_for("both to start", 60, |_| started(&one) && started(&two));
+    std::fs::remove_file(&gate).unwrap();
+    q.wait_for("the jobs to finish", 60, |q| q.count("finished") == 3);
+    let allowed = |jid: &str| q.rq(&["stdout", jid.trim()]).ok().stdout.trim().to_string();
+    if host_cpus >= 2 {
+        let (a, b) = (allowed(&one), allowed(&two));
+        for list in [&a, &b] {
+            let cpu = list.split_whitespace().last().unwrap();
+            assert!(cpu.parse::<usize>().is_ok(), "not pinned to one CPU: {list}");
+        }
+        assert_ne!(a, b, "two one-CPU jobs were given the same CPU");
+    }
+    let job = &q.rq(&["list", jid.trim()]).ok().records()[0];
+    let cpu = field(job, "cpu_user").as_f64().unwrap() + field(job, "cpu_system").as_f64().unwrap();
+    let elapsed = field(job, "elapsed").as_f64().unwrap();
+    assert!(elapsed >= 1.9, "{job:?}");
+    // Two busy processes on one CPU share it: their CPU time is the wall time, not twice.
+    assert!(
+        cpu <= 1.15 * elapsed,
+        "a --cpus 1 job used {cpu:.2} s of CPU in {elapsed:.2} s"
+    );
+}
+
+on_both_stores!(
+    every_run_records_its_cpu_time_and_peak_memory,
+    a_job_runs_on_the_cpus_it_asked_for,
+);
