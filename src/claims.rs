@@ -342,6 +342,9 @@ pub struct End {
     /// What the run used (none in journals written before rq recorded it).
     #[serde(default)]
     pub usage: crate::process::Usage,
+    /// Why the feeder ended it, if it did (`memory: peak 412M above --mem 100M`).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// Record the end of a run; false when the claim was lost (the job was taken over).
@@ -361,7 +364,8 @@ pub fn finish(tx: &Tx<'_>, end: &End) -> Result<bool> {
         end.claim,
         end.usage.cpu_user,
         end.usage.cpu_system,
-        end.usage.max_rss
+        end.usage.max_rss,
+        end.reason
     ];
     let n = match retry_at {
         None => tx.op(n).execute(values)?,

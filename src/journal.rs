@@ -416,6 +416,7 @@ mod tests {
             retry_at: None,
             ended_at: "2026-11-27T00:00:00.000000Z".into(),
             usage: crate::process::Usage::default(),
+            reason: None,
         };
         j.record_end(&end).unwrap();
         // A torn line at the end is ignored.

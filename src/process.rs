@@ -108,12 +108,49 @@ pub fn try_reap(pid: u32) -> std::io::Result<Option<(std::process::ExitStatus, U
     }
 }
 
+/// Resident memory of every process group on this host (bytes, summed over the group's
+/// processes), from one pass over `/proc`. Processes that end meanwhile are skipped.
+pub fn rss_by_group() -> std::collections::HashMap<u32, i64> {
+    // SAFETY: sysconf with a valid name.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as i64;
+    let mut groups = std::collections::HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return groups;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After the command's closing parenthesis: state ppid pgrp ... (rss is field 24).
+        let Some(rest) = stat.rfind(')').map(|at| &stat[at + 1..]) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let (Some(pgrp), Some(rss)) = (
+            fields.get(2).and_then(|f| f.parse::<u32>().ok()),
+            fields.get(21).and_then(|f| f.parse::<i64>().ok()),
+        ) else {
+            continue;
+        };
+        *groups.entry(pgrp).or_insert(0) += rss * page;
+    }
+    groups
+}
+
 /// The CPUs this thread may run on (its affinity mask), in order.
 pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is a plain C bit set; all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: sched_getaffinity of this thread into a set of the size given.
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if rc != 0 {
         return Vec::new();
     }

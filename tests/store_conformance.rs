@@ -79,6 +79,7 @@ fn end(jid: i64, claim: &str, retry_at: Option<String>) -> End {
             cpu_system: Some(0.5),
             max_rss: Some(3 << 20),
         },
+        reason: None,
     }
 }
 

@@ -69,7 +69,6 @@ fn every_run_records_its_cpu_time_and_peak_memory(store: StoreKind) {
     assert!(cpu(&again[0]) >= 1.45, "{again:?}");
 }
 
-
 /// `--cpus 1` is kept: a job that starts two busy processes gets one CPU's time, however
 /// many CPUs the host has.
 fn a_job_runs_on_the_cpus_it_asked_for(store: StoreKind) {
@@ -88,10 +87,19 @@ fn a_job_runs_on_the_cpus_it_asked_for(store: StoreKind) {
         gate.display(),
         gate.display()
     );
-    let one = q.rq(&["submit", "--parsable", "--cpus", "1", &say]).ok().stdout;
-    let two = q.rq(&["submit", "--parsable", "--cpus", "1", &say]).ok().stdout;
+    let one = q
+        .rq(&["submit", "--parsable", "--cpus", "1", &say])
+        .ok()
+        .stdout;
+    let two = q
+        .rq(&["submit", "--parsable", "--cpus", "1", &say])
+        .ok()
+        .stdout;
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let _h1 = q.feeder("h1", &["--exit_when_empty", "--max_feed", "2", "--cpus", "2"]);
+    let _h1 = q.feeder(
+        "h1",
+        &["--exit_when_empty", "--max_feed", "2", "--cpus", "2"],
+    );
     let started = |jid: &str| q.tmp.path().join(format!("gate.{}", jid.trim())).exists();
     q.wait_for("both to start", 60, |_| started(&one) && started(&two));
     std::fs::remove_file(&gate).unwrap();
@@ -101,7 +109,10 @@ fn a_job_runs_on_the_cpus_it_asked_for(store: StoreKind) {
         let (a, b) = (allowed(&one), allowed(&two));
         for list in [&a, &b] {
             let cpu = list.split_whitespace().last().unwrap();
-            assert!(cpu.parse::<usize>().is_ok(), "not pinned to one CPU: {list}");
+            assert!(
+                cpu.parse::<usize>().is_ok(),
+                "not pinned to one CPU: {list}"
+            );
         }
         assert_ne!(a, b, "two one-CPU jobs were given the same CPU");
     }
@@ -116,7 +127,75 @@ fn a_job_runs_on_the_cpus_it_asked_for(store: StoreKind) {
     );
 }
 
+/// A file that jobs wait on while it exists; removed when the test ends, however it ends.
+struct Gate(std::path::PathBuf);
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `--mem` is a limit: a job whose processes hold more is killed and ends failed, with a
+/// reason that names memory, in `list` and in `wait`'s failure lines.
+fn a_job_over_its_memory_is_stopped_with_the_reason(store: StoreKind) {
+    let q = TestQueue::on(store);
+    let gate = Gate(q.tmp.path().join("gate"));
+    std::fs::write(&gate.0, "").unwrap();
+    // 300 MiB held until the gate goes (it never goes while the job lives: it is killed).
+    let hog = format!(
+        "python3 -c \"import os, time\nx = b'1' * (300 << 20)\nwhile os.path.exists('{}'): time.sleep(0.05)\"",
+        gate.0.display()
+    );
+    let jid = q
+        .rq(&[
+            "submit",
+            "--parsable",
+            "--mem",
+            "100M",
+            "--retries",
+            "2",
+            &hog,
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let small = q
+        .rq(&[
+            "submit",
+            "--parsable",
+            "--mem",
+            "100M",
+            "python3 -c \"x = b'1' * (20 << 20)\"",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let _h1 = q.feeder("h1", &[]);
+    let run = q.rq(&["wait", &jid, &small, "--timeout", "60s"]);
+    assert_eq!(run.status, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "job {jid} was killed by KILL on h1: memory: peak "
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("above --mem 100M"), "{}", run.stderr);
+    let job = &q.rq(&["list", &jid]).ok().records()[0];
+    assert_eq!(text(job, "state"), "finished", "not retried: {job:?}");
+    assert_eq!(text(job, "signal"), "KILL");
+    assert!(text(job, "reason").starts_with("memory: peak "), "{job:?}");
+    assert!(int(job, "max_rss") > 100 << 20, "{job:?}");
+    // One within its limit is left alone.
+    let ok = &q.rq(&["list", &small]).ok().records()[0];
+    assert_eq!(int(ok, "exit_status"), 0, "{ok:?}");
+}
+
 on_both_stores!(
     every_run_records_its_cpu_time_and_peak_memory,
     a_job_runs_on_the_cpus_it_asked_for,
+    a_job_over_its_memory_is_stopped_with_the_reason,
 );

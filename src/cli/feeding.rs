@@ -576,7 +576,11 @@ fn report_failures(q: &mut queue::Queue, jids: &[i64], gone: usize) -> Result<()
                 (Some(sig), _) if row.get("timed_out").as_int() == Some(1) => {
                     format!("timed out{on} (killed by {sig})")
                 }
-                (Some(sig), _) => format!("was killed by {sig}{on}"),
+                (Some(sig), _) => match text("reason") {
+                    // The feeder ended it (over its --mem).
+                    Some(why) => format!("was killed by {sig}{on}: {why}"),
+                    None => format!("was killed by {sig}{on}"),
+                },
                 (None, Some(code)) => format!("failed with exit status {code}{on}"),
                 _ => format!("failed{on}"),
             },

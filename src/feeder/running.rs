@@ -18,6 +18,10 @@ pub(super) struct RunningJob {
     pub(super) term_sent: Option<Instant>,
     /// `rq kill` asked for this job to be signalled (it is then not retried).
     pub(super) killed_on_request: bool,
+    /// The most memory its process group was seen holding (bytes), and, once it went
+    /// over its `--mem`, that peak (it was killed; not retried).
+    pub(super) peak_rss: i64,
+    pub(super) over_memory: Option<i64>,
     /// Someone else holds the job now: our copy was killed and its end is not recorded.
     pub(super) fenced: bool,
     pub(super) retries: i64,
@@ -57,6 +61,18 @@ impl Needs {
     }
 }
 
+/// How often the memory of jobs with `--mem` is read (a pass over `/proc`).
+const MEMORY_LOOK_EVERY: Duration = Duration::from_millis(500);
+
+/// Why a job was killed for memory, as `list`, `wait` and the dashboard say it.
+fn memory_reason(peak: i64, limit: i64) -> String {
+    format!(
+        "memory: peak {} above --mem {}",
+        crate::human::bytes(peak),
+        crate::human::bytes(limit)
+    )
+}
+
 impl Feeder {
     /// The CPUs a job that needs `n` runs on: `n` of this feeder's CPUs that no running
     /// job has, lowest first, so two jobs never share one. None (the job runs where the
@@ -72,7 +88,11 @@ impl Feeder {
             .iter()
             .flat_map(|job| job.needs.cpu_ids.iter().copied())
             .collect();
-        let free: Vec<usize> = mine.iter().copied().filter(|c| !taken.contains(c)).collect();
+        let free: Vec<usize> = mine
+            .iter()
+            .copied()
+            .filter(|c| !taken.contains(c))
+            .collect();
         if (free.len() as i64) < n {
             return Vec::new();
         }
@@ -133,6 +153,7 @@ impl Feeder {
                                 retry_at: None,
                                 ended_at: time::now(),
                                 usage: process::Usage::default(),
+                                reason: None,
                             });
                         }
                         None => kept.push_back(row),
@@ -210,6 +231,45 @@ impl Feeder {
         }
     }
 
+    /// Keep jobs within their `--mem`: the resident memory of each job's process group is
+    /// read from `/proc` (at most every half second, and only while a running job asked
+    /// for memory); a job over its limit is killed at once (KILL: it may be taking the
+    /// host's memory from everything else) and ends failed, with the reason.
+    pub(super) fn enforce_memory(&mut self) {
+        if !self
+            .running
+            .iter()
+            .any(|job| job.needs.mem > 0 && job.over_memory.is_none())
+        {
+            return;
+        }
+        if self
+            .memory_looked
+            .is_some_and(|at| at.elapsed() < MEMORY_LOOK_EVERY)
+        {
+            return;
+        }
+        self.memory_looked = Some(Instant::now());
+        let rss = process::rss_by_group();
+        let mut messages = Vec::new();
+        for job in &mut self.running {
+            let used = rss.get(&job.pid).copied().unwrap_or(0);
+            job.peak_rss = job.peak_rss.max(used);
+            if job.needs.mem > 0 && used > job.needs.mem && job.over_memory.is_none() {
+                process::signal_group(job.pid, libc::SIGKILL);
+                job.over_memory = Some(used);
+                messages.push(format!(
+                    "job {} killed: {}",
+                    job.jid,
+                    memory_reason(used, job.needs.mem)
+                ));
+            }
+        }
+        for m in messages {
+            self.warn(&m);
+        }
+    }
+
     /// Reap the job at `i` if it has exited, forgetting its process group in the same
     /// step (under the watchdog's lock, so the watchdog never signals a reused pid).
     /// Also says whether the watchdog signalled it (then it is settled as crashed).
@@ -254,7 +314,10 @@ impl Feeder {
                         continue;
                     }
                     let failed = status.code() != Some(0);
-                    let retry_at = (failed && !job.killed_on_request && job.retried < job.retries)
+                    let retry_at = (failed
+                        && !job.killed_on_request
+                        && job.over_memory.is_none()
+                        && job.retried < job.retries)
                         .then(|| {
                             let delay = (job.retry_delay * 2f64.powi(job.retried.min(30) as i32))
                                 .min(time::MAX_DURATION_SECS);
@@ -281,7 +344,15 @@ impl Feeder {
                         timed_out: job.term_sent.is_some(),
                         retry_at,
                         ended_at: time::now(),
-                        usage,
+                        usage: process::Usage {
+                            // The group's peak as watched, where it was more than the
+                            // largest process's (processes side by side).
+                            max_rss: usage.max_rss.map(|m| m.max(job.peak_rss)),
+                            ..usage
+                        },
+                        reason: job
+                            .over_memory
+                            .map(|peak| memory_reason(peak, job.needs.mem)),
                     });
                 }
                 None => i += 1,
@@ -399,9 +470,8 @@ impl Feeder {
             };
             let mut needs = Needs::of(job);
             needs.cpu_ids = self.cpus_for(needs.cpus);
-            let spawned = prepared.and_then(|prepared| {
-                process::spawn_pinned(&needs.cpu_ids, || prepared.spawn())
-            });
+            let spawned = prepared
+                .and_then(|prepared| process::spawn_pinned(&needs.cpu_ids, || prepared.spawn()));
             match spawned {
                 Ok(child) => {
                     let pid = child.id();
@@ -428,6 +498,8 @@ impl Feeder {
                         timeout: real("timeout").filter(|t| *t > 0.0),
                         term_sent: None,
                         killed_on_request: false,
+                        peak_rss: 0,
+                        over_memory: None,
                         fenced: false,
                         retries: job.get("retries").as_int().unwrap_or(0),
                         retried: job.get("retried").as_int().unwrap_or(0),
