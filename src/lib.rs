@@ -64,4 +64,5 @@ pub mod runner;
 pub mod salvage;
 pub mod secrets;
 pub mod serve;
+pub mod usage;
 pub mod watchdog;

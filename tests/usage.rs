@@ -194,7 +194,101 @@ fn a_job_over_its_memory_is_stopped_with_the_reason(store: StoreKind) {
     assert_eq!(int(ok, "exit_status"), 0, "{ok:?}");
 }
 
+/// `usage` sums what the jobs' runs recorded: per tag, per array, in total.
+fn usage_sums_what_the_jobs_used(store: StoreKind) {
+    let q = TestQueue::on(store);
+    let burn = "python3 -c \"import time\nwhile time.process_time() < 0.3: pass\"";
+    for _ in 0..3 {
+        q.rq(&["submit", "-q", "-t", "a", "--cpus", "2", burn]).ok();
+    }
+    q.rq(&[
+        "submit",
+        "-q",
+        "-t",
+        "b",
+        "--mem",
+        "200M",
+        "--array",
+        "1-2",
+        "python3 -c \"x = b'1' * (20 << 20)\"",
+    ])
+    .ok();
+    let _h1 = q.feeder("h1", &["--exit_when_empty", "--cpus", "2"]);
+    q.wait_for("the jobs to finish", 60, |q| q.count("finished") == 5);
+    let jobs = q.jobs();
+    let of = |tag: &'static str| jobs.iter().filter(move |j| text(j, "tag") == tag);
+    let num =
+        |j: &serde_json::Map<String, serde_json::Value>, f: &str| field(j, f).as_f64().unwrap();
+    let cpu = |j| num(j, "cpu_user") + num(j, "cpu_system");
+    let report = q.rq(&["usage", "--format", "json"]).ok();
+    let report: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
+    let tag = |name: &str| {
+        report["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tag"] == name)
+            .unwrap()
+            .clone()
+    };
+    // Listings show seconds to the millisecond; the report sums them unrounded.
+    let close = |a: f64, b: f64| (a - b).abs() <= 2e-3 * b.abs() + 1e-6;
+    // Tag a: CPU over elapsed x 2 CPUs.
+    let a = tag("a");
+    assert_eq!(a["jobs"], 3);
+    let a_cpu: f64 = of("a").map(cpu).sum();
+    let a_wall: f64 = of("a").map(|j| num(j, "elapsed")).sum();
+    assert!(
+        close(a["cpu_hours"].as_f64().unwrap(), a_cpu / 3600.0),
+        "{a}"
+    );
+    assert!(
+        close(a["wall_hours"].as_f64().unwrap(), a_wall / 3600.0),
+        "{a}"
+    );
+    assert!(
+        close(
+            a["cpu_efficiency"].as_f64().unwrap(),
+            a_cpu / (2.0 * a_wall)
+        ),
+        "{a}"
+    );
+    assert!(
+        a["memory_efficiency"].is_null(),
+        "none asked for memory: {a}"
+    );
+    // Tag b, and its array: peak over --mem.
+    let b = tag("b");
+    let peaks: f64 = of("b").map(|j| num(j, "max_rss")).sum();
+    let expected = peaks / (2.0 * 200.0 * (1 << 20) as f64);
+    assert!(
+        close(b["memory_efficiency"].as_f64().unwrap(), expected),
+        "{b}"
+    );
+    let array = &report["arrays"][0];
+    assert_eq!(array["jobs"], 2);
+    assert_eq!(array["memory_efficiency"], b["memory_efficiency"]);
+    let total = &report["total"];
+    assert_eq!(total["jobs"], 5);
+    let all_cpu: f64 = jobs.iter().map(cpu).sum();
+    assert!(
+        close(total["cpu_hours"].as_f64().unwrap(), all_cpu / 3600.0),
+        "{total}"
+    );
+    // A selection narrows it; the table names the groups.
+    let only_a: serde_json::Value =
+        serde_json::from_str(&q.rq(&["usage", "tag:a", "--format", "json"]).ok().stdout).unwrap();
+    assert_eq!(only_a["total"]["jobs"], 3);
+    let table = q.rq(&["usage", "--format", "table"]).ok().stdout;
+    assert!(
+        table.contains("tag:a") && table.contains("tag:b"),
+        "{table}"
+    );
+    assert!(table.lines().next().unwrap().contains("cpu eff"), "{table}");
+}
+
 on_both_stores!(
+    usage_sums_what_the_jobs_used,
     every_run_records_its_cpu_time_and_peak_memory,
     a_job_runs_on_the_cpus_it_asked_for,
     a_job_over_its_memory_is_stopped_with_the_reason,

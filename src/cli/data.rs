@@ -321,7 +321,7 @@ impl Context<'_> {
     }
 
     /// `--mine`: only the jobs the user running rq submitted.
-    fn mine(&self, clause: crate::store::Filter) -> crate::store::Filter {
+    pub(super) fn mine(&self, clause: crate::store::Filter) -> crate::store::Filter {
         if self.inv.opts.mine {
             clause.of_user(&crate::host::user_name())
         } else {

@@ -53,6 +53,7 @@ modes (abbreviation):
   top               a live full-screen view (also: status --watch)
   serve             a live web dashboard and /metrics (--listen, --allow-actions)
   metrics           the queue in OpenMetrics text, once (for Prometheus)
+  usage             what jobs used: CPU and wall hours, CPU and memory efficiency
   lock (L)          run a command holding the queue lock
   snapshot (S)      a consistent copy of the database for read-only modes
   backup (B)        a consistent copy of the whole queue
@@ -289,6 +290,7 @@ pub const MODE_OPTIONS: &[(&str, &[&str])] = &[
         ],
     ),
     ("list", &["long", "mine", "snapshot"]),
+    ("usage", &["mine", "snapshot"]),
     ("query", &["long", "mine", "snapshot"]),
     ("status", &["exit", "mine", "watch", "snapshot"]),
     ("feeders", &["snapshot"]),
@@ -540,6 +542,10 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
         "rq QUEUE undrain [HOST...]\n\nEnd a `drain`: the hosts' feeders claim jobs again at once. See 'rq help drain'.\n",
     ),
     (
+        "usage",
+        "rq QUEUE usage [SELECTION] [--mine]\n\nWhat the selected jobs' last runs used (default: every job that ran), in total,\nper tag and per array: runs, CPU hours (user and system), wall hours, CPU\nefficiency (CPU time / (elapsed x CPUs asked)) and memory efficiency (peak\nmemory / --mem, over the jobs that asked for memory); then the jobs furthest off\nwhat they asked for (runs of a second or more). A table on a terminal, YAML\n(--format json: JSON) otherwise. Each run's figures are fields of the job\n(cpu_user, cpu_system, max_rss).\n\n  rq q usage tag:sweep\n  rq q usage array:100 --format json\n",
+    ),
+    (
         "state",
         "rq QUEUE state SELECTION\n\nOne word per job, one line each, in the order named (jids as named, then the\njobs other words name, by jid): running (pending, waiting, holding or running:\nnot ended yet), success (exit status 0, no signal) or failed (a non-zero exit\nstatus, a signal, dead, cancelled, or no such job). Exits 0 even for a job that\nis not there (said on stderr): the status command of a workflow manager.\n\n  rq q state 12 13 14\n  jid=$(rq q submit --parsable ./step.sh); rq q state $jid\n",
     ),
@@ -549,7 +555,7 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "selections",
-        "rq QUEUE MODE SELECTION   (list wait state stdout stderr tail ioview kill\n                           cancel delete update resubmit)\n\nEvery mode that works on jobs names them the same way:\n\n  12 13             jobs by jid (also jid=12)\n  array:12          every job of the array whose first jid is 12\n  tag:NAME          every job tagged NAME\n  pending, run...   every job in a state (any prefix), or all\n  field=value       terms as 'query' takes them (=, !=, =~, !~): alone they\n                    choose among all jobs, beside other words they narrow\n                    those down (update: field=value words are the changes)\n  -                 jids (or rq's YAML/JSON) from standard input\n\nA job that any jid, array, tag or state names is chosen, if it meets every term.\nAn empty '-' names no jobs: the mode does nothing and exits 0, so pipes such as\n'rq q query tag=x | rq q kill -' never fail or act on everything for want of\nmatches. Without any words (and no '-'), list and wait take every job; the\nother modes ask for a selection. A named jid, array or tag that the queue does\nnot hold, or terms that match no job, is said on stderr and the mode exits 1\nafter acting on the rest (state answers 'failed' for a missing job and exits 0).\n\n  rq q wait tag:nightly\n  rq q stdout array:12\n  rq q list tag:x state=finished exit_status!=0\n  rq q query exit_status=1 | rq q resubmit -\n",
+        "rq QUEUE MODE SELECTION   (list wait state usage stdout stderr tail ioview\n                           kill cancel delete update resubmit)\n\nEvery mode that works on jobs names them the same way:\n\n  12 13             jobs by jid (also jid=12)\n  array:12          every job of the array whose first jid is 12\n  tag:NAME          every job tagged NAME\n  pending, run...   every job in a state (any prefix), or all\n  field=value       terms as 'query' takes them (=, !=, =~, !~): alone they\n                    choose among all jobs, beside other words they narrow\n                    those down (update: field=value words are the changes)\n  -                 jids (or rq's YAML/JSON) from standard input\n\nA job that any jid, array, tag or state names is chosen, if it meets every term.\nAn empty '-' names no jobs: the mode does nothing and exits 0, so pipes such as\n'rq q query tag=x | rq q kill -' never fail or act on everything for want of\nmatches. Without any words (and no '-'), list and wait take every job; the\nother modes ask for a selection. A named jid, array or tag that the queue does\nnot hold, or terms that match no job, is said on stderr and the mode exits 1\nafter acting on the rest (state answers 'failed' for a missing job and exits 0).\n\n  rq q wait tag:nightly\n  rq q stdout array:12\n  rq q list tag:x state=finished exit_status!=0\n  rq q query exit_status=1 | rq q resubmit -\n",
     ),
     (
         "kill",
@@ -715,7 +721,7 @@ pub fn command() -> clap::Command {
         // The words a mode takes, where they are a fixed set (jids are typed).
         let words: &[&str] = match *name {
             "list" | "status" | "wait" | "delete" | "resubmit" | "update" | "state" | "cancel"
-            | "kill" => &[
+            | "kill" | "usage" => &[
                 "pending",
                 "holding",
                 "running",

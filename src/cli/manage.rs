@@ -154,6 +154,27 @@ impl Context<'_> {
     }
 
     /// `rq Q metrics`: the OpenMetrics text once (for node_exporter's textfile collector).
+    /// `rq Q usage [SELECTION]`: what the jobs' last runs used (`usage`), a table on a
+    /// terminal, YAML/JSON otherwise.
+    pub(super) fn usage(&mut self) -> Result<i32> {
+        let Some(selection) = self.select(self.args(), WhenNone::All)? else {
+            return self
+                .print_value(&crate::usage::Report::default().to_json())
+                .map(|_| 0);
+        };
+        let mut q = self.open(Access::ReadOnly)?;
+        let absent = self.say_absent(&mut q, &selection, true)?;
+        let mut report = crate::usage::Report::default();
+        q.runs(&self.mine(selection.clause()), &mut |run| report.add(run))?;
+        if self.format == crate::output::Format::Table {
+            let text = crate::human::usage_table(&report, &self.terminal);
+            self.out.print(&text)?;
+        } else {
+            self.print_value(&report.to_json())?;
+        }
+        Ok(i32::from(absent))
+    }
+
     pub(super) fn metrics(&mut self) -> Result<i32> {
         let mut q = self.open(Access::ReadOnly)?;
         let text = crate::serve::metrics_once(&mut q)?;

@@ -261,12 +261,12 @@ pub struct Invocation {
 /// Modes that only read the queue (they may run on a snapshot or an archive).
 pub const READ_ONLY_MODES: &[&str] = &[
     "list", "status", "query", "stdin", "stdout", "stderr", "stdin4", "stdout4", "stderr4",
-    "feeders", "top", "metrics", "state",
+    "feeders", "top", "metrics", "state", "usage",
 ];
 
 /// Modes that print a table for people when standard output is a terminal (and YAML,
 /// exactly as ever, when it is not).
-pub const TABLE_ON_A_TERMINAL: &[&str] = &["list", "query", "status", "feeders"];
+pub const TABLE_ON_A_TERMINAL: &[&str] = &["list", "query", "status", "feeders", "usage"];
 
 /// The modes, each with the abbreviations it answers to.
 pub const MODES: &[(&str, &[&str])] = &[
@@ -306,6 +306,7 @@ pub const MODES: &[(&str, &[&str])] = &[
     ("top", &[]),
     ("serve", &[]),
     ("metrics", &[]),
+    ("usage", &[]),
     ("lock", &["L"]),
     ("snapshot", &["S"]),
     ("backup", &["B"]),
@@ -600,6 +601,7 @@ impl Context<'_> {
             "top" => self.top(),
             "serve" => self.serve(),
             "metrics" => self.metrics(),
+            "usage" => self.usage(),
             "lock" => self.lock(),
             "snapshot" | "backup" | "rotate" => self.admin(mode),
             "recover" => self.recover(),

@@ -217,3 +217,41 @@ impl Queue {
         })
     }
 }
+
+impl Queue {
+    /// The ended runs of the chosen jobs (their last runs), by jid, a page per read
+    /// transaction.
+    pub fn runs(&mut self, clause: &Filter, each: &mut dyn FnMut(crate::usage::Run)) -> Result<()> {
+        let mut after = 0i64;
+        loop {
+            let page = [SqlValue::Integer(after), SqlValue::Integer(CHUNK as i64)];
+            let runs = self.store.read(|tx| {
+                let (mut stmt, params) = tx.scan(scan::USAGE_PAGE, clause, &page);
+                let mut runs = Vec::new();
+                stmt.query_each(crate::store::params_from_iter(params.iter()), |r| {
+                    runs.push(crate::usage::Run {
+                        jid: r.get(0)?,
+                        tag: r.get(1)?,
+                        array_id: r.get(2)?,
+                        cpus: r.get(3)?,
+                        mem: r.get(4)?,
+                        elapsed: r.get(5)?,
+                        cpu: r.get(6)?,
+                        max_rss: r.get(7)?,
+                    });
+                    Ok(())
+                })
+                .map_err(|e| query_error(clause, e))?;
+                Ok(runs)
+            })?;
+            let done = runs.len() < CHUNK;
+            for run in runs {
+                after = run.jid;
+                each(run);
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+}

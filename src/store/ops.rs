@@ -273,6 +273,8 @@ pub mod scan {
         OUTCOMES = "outcomes",
         /// One job the filter chooses, if any (is a named array, tag or term empty?).
         ANY = "any",
+        /// A page of ended runs after jid $1, at most $2, with what they asked and used.
+        USAGE_PAGE = "usage_page",
     });
 }
 

@@ -72,3 +72,9 @@ SELECT jid, state, exit_status, signal FROM jobs WHERE {filter} ORDER BY jid;
 
 -- name: any
 SELECT jid FROM jobs WHERE {filter} LIMIT 1;
+
+-- name: usage_page
+-- Ended runs after jid ?1 (at most ?2), by jid, as `usage` reads them: jid, tag, array,
+-- CPUs and memory asked, elapsed, CPU seconds (user + system), peak memory.
+SELECT jid, tag, array_id, cpus, mem, elapsed, cpu_user + cpu_system, max_rss FROM jobs
+ WHERE jid > ?1 AND {filter} AND elapsed IS NOT NULL ORDER BY jid LIMIT ?2;
