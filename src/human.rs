@@ -925,6 +925,88 @@ pub fn status_screen(
     out
 }
 
+/// `usage` for people: a line per group (all, each tag, each array) and the jobs
+/// furthest off what they asked for.
+pub fn usage_table(report: &crate::usage::Report, term: &Terminal) -> String {
+    let percent = |e: Option<f64>| e.map_or("-".to_string(), |e| format!("{:.0}%", e * 100.0));
+    let hours = |seconds: f64| {
+        if seconds < 3600.0 {
+            duration(seconds)
+        } else {
+            format!("{:.1}h", seconds / 3600.0)
+        }
+    };
+    let headers: Vec<String> = ["jobs of", "runs", "cpu", "wall", "cpu eff", "mem eff"]
+        .iter()
+        .map(|h| h.to_string())
+        .collect();
+    let line = |name: String, t: &crate::usage::Totals| -> Vec<(String, Option<Color>)> {
+        vec![
+            (name, None),
+            (t.jobs.to_string(), None),
+            (hours(t.cpu_seconds), None),
+            (hours(t.wall_seconds), None),
+            (percent(t.cpu_efficiency()), None),
+            (percent(t.memory_efficiency()), None),
+        ]
+    };
+    let mut cells = vec![line("all".into(), &report.total)];
+    cells.extend(
+        report
+            .tags
+            .iter()
+            .map(|(tag, t)| line(format!("tag:{tag}"), t)),
+    );
+    cells.extend(
+        report
+            .arrays
+            .iter()
+            .map(|(a, t)| line(format!("array:{a}"), t)),
+    );
+    let widths: Vec<usize> = (0..headers.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|r| text_width(&r[i].0))
+                .chain([text_width(&headers[i])])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut text = draw(term, Some(&headers), &widths, &cells);
+    let furthest = report.to_json();
+    let furthest = furthest["furthest_off"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !furthest.is_empty() {
+        text.push_str("\nfurthest off what they asked for:\n");
+        for f in furthest {
+            let what = if f["off"] == "cpu" {
+                format!(
+                    "CPU {} of {} CPUs over {}",
+                    percent(f["cpu_efficiency"].as_f64()),
+                    f["cpus"],
+                    duration(f["elapsed"].as_f64().unwrap_or(0.0))
+                )
+            } else {
+                format!(
+                    "memory {} of {} (peak {})",
+                    percent(f["memory_efficiency"].as_f64()),
+                    bytes(f["mem"].as_i64().unwrap_or(0)),
+                    bytes(f["max_rss"].as_i64().unwrap_or(0))
+                )
+            };
+            let tag = f["tag"]
+                .as_str()
+                .map(|t| format!(" (tag {t})"))
+                .unwrap_or_default();
+            text.push_str(&format!("  job {}{tag}: {what}\n", f["jid"]));
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1016,86 +1098,4 @@ mod tests {
         );
         assert!(later.starts_with("100000 "), "{later}");
     }
-}
-
-/// `usage` for people: a line per group (all, each tag, each array) and the jobs
-/// furthest off what they asked for.
-pub fn usage_table(report: &crate::usage::Report, term: &Terminal) -> String {
-    let percent = |e: Option<f64>| e.map_or("-".to_string(), |e| format!("{:.0}%", e * 100.0));
-    let hours = |seconds: f64| {
-        if seconds < 3600.0 {
-            duration(seconds)
-        } else {
-            format!("{:.1}h", seconds / 3600.0)
-        }
-    };
-    let headers: Vec<String> = ["jobs of", "runs", "cpu", "wall", "cpu eff", "mem eff"]
-        .iter()
-        .map(|h| h.to_string())
-        .collect();
-    let line = |name: String, t: &crate::usage::Totals| -> Vec<(String, Option<Color>)> {
-        vec![
-            (name, None),
-            (t.jobs.to_string(), None),
-            (hours(t.cpu_seconds), None),
-            (hours(t.wall_seconds), None),
-            (percent(t.cpu_efficiency()), None),
-            (percent(t.memory_efficiency()), None),
-        ]
-    };
-    let mut cells = vec![line("all".into(), &report.total)];
-    cells.extend(
-        report
-            .tags
-            .iter()
-            .map(|(tag, t)| line(format!("tag:{tag}"), t)),
-    );
-    cells.extend(
-        report
-            .arrays
-            .iter()
-            .map(|(a, t)| line(format!("array:{a}"), t)),
-    );
-    let widths: Vec<usize> = (0..headers.len())
-        .map(|i| {
-            cells
-                .iter()
-                .map(|r| text_width(&r[i].0))
-                .chain([text_width(&headers[i])])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut text = draw(term, Some(&headers), &widths, &cells);
-    let furthest = report.to_json();
-    let furthest = furthest["furthest_off"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    if !furthest.is_empty() {
-        text.push_str("\nfurthest off what they asked for:\n");
-        for f in furthest {
-            let what = if f["off"] == "cpu" {
-                format!(
-                    "CPU {} of {} CPUs over {}",
-                    percent(f["cpu_efficiency"].as_f64()),
-                    f["cpus"],
-                    duration(f["elapsed"].as_f64().unwrap_or(0.0))
-                )
-            } else {
-                format!(
-                    "memory {} of {} (peak {})",
-                    percent(f["memory_efficiency"].as_f64()),
-                    bytes(f["mem"].as_i64().unwrap_or(0)),
-                    bytes(f["max_rss"].as_i64().unwrap_or(0))
-                )
-            };
-            let tag = f["tag"]
-                .as_str()
-                .map(|t| format!(" (tag {t})"))
-                .unwrap_or_default();
-            text.push_str(&format!("  job {}{tag}: {what}\n", f["jid"]));
-        }
-    }
-    text
 }
