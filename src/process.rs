@@ -108,21 +108,26 @@ pub fn try_reap(pid: u32) -> std::io::Result<Option<(std::process::ExitStatus, U
     }
 }
 
-/// Resident memory of every process group on this host (bytes, summed over the group's
-/// processes), from one pass over `/proc`. Processes that end meanwhile are skipped.
-pub fn rss_by_group() -> std::collections::HashMap<u32, i64> {
+/// A process group's members on this host and the memory they hold.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Group {
+    /// Resident memory of its processes, summed (bytes).
+    pub rss: i64,
+    pub pids: Vec<u32>,
+}
+
+/// Every process group on this host, from one pass over `/proc` (processes that end
+/// meanwhile are skipped).
+pub fn groups() -> std::collections::HashMap<u32, Group> {
     // SAFETY: sysconf with a valid name.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as i64;
-    let mut groups = std::collections::HashMap::new();
+    let mut groups: std::collections::HashMap<u32, Group> = std::collections::HashMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return groups;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -139,9 +144,25 @@ pub fn rss_by_group() -> std::collections::HashMap<u32, i64> {
         ) else {
             continue;
         };
-        *groups.entry(pgrp).or_insert(0) += rss * page;
+        let group = groups.entry(pgrp).or_default();
+        group.rss += rss * page;
+        group.pids.push(pid);
     }
     groups
+}
+
+/// Pin process `pid` to `cpus` (its threads started later, and its children, inherit
+/// it); false if the kernel refused or it is gone.
+pub fn pin(pid: u32, cpus: &[usize]) -> bool {
+    // SAFETY: cpu_set_t is a plain C bit set; all-zero is the empty set. CPU_SET writes a
+    // bit below CPU_SETSIZE.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: sched_setaffinity of a process with a valid set.
+    unsafe { libc::sched_setaffinity(pid as libc::pid_t, size, &set) == 0 }
 }
 
 /// The CPUs this thread may run on (its affinity mask), in order.
@@ -158,34 +179,6 @@ pub fn allowed_cpus() -> Vec<usize> {
     (0..libc::CPU_SETSIZE as usize)
         .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
         .collect()
-}
-
-/// Run `spawn` with this thread pinned to `cpus`, then pin it back: a child started
-/// meanwhile (posix_spawn, fork) inherits the pinning, from its first instruction, with
-/// no pre-exec hook (which would cost the fork that posix_spawn avoids). Without `cpus`,
-/// or if the kernel refuses them, `spawn` runs as it is.
-pub fn spawn_pinned<T>(cpus: &[usize], spawn: impl FnOnce() -> T) -> T {
-    if cpus.is_empty() {
-        return spawn();
-    }
-    let set_of = |cpus: &[usize]| {
-        // SAFETY: as in `allowed_cpus`; CPU_SET writes a bit below CPU_SETSIZE.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        for &cpu in cpus.iter().filter(|&&c| c < libc::CPU_SETSIZE as usize) {
-            unsafe { libc::CPU_SET(cpu, &mut set) };
-        }
-        set
-    };
-    let before = allowed_cpus();
-    let size = std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: sched_setaffinity of this thread with a valid set.
-    let pinned = unsafe { libc::sched_setaffinity(0, size, &set_of(cpus)) } == 0;
-    let out = spawn();
-    if pinned {
-        // SAFETY: as above; the mask this thread had.
-        unsafe { libc::sched_setaffinity(0, size, &set_of(&before)) };
-    }
-    out
 }
 
 pub fn signal_group(pgid: u32, signal: i32) -> bool {

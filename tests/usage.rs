@@ -69,62 +69,83 @@ fn every_run_records_its_cpu_time_and_peak_memory(store: StoreKind) {
     assert!(cpu(&again[0]) >= 1.45, "{again:?}");
 }
 
-/// `--cpus 1` is kept: a job that starts two busy processes gets one CPU's time, however
-/// many CPUs the host has.
+/// The script of a `--cpus 1` job that starts two busy processes, waits until they are
+/// pinned (at most 20 s), then measures their CPU time over 1.5 s: prints each one's
+/// allowed CPUs and the CPUs' worth of time they got together.
+const TWO_BUSY: &str = r#"
+import os, subprocess, sys, time
+busy = "import time\nend = time.time() + 6\nwhile time.time() < end: pass"
+kids = [subprocess.Popen([sys.executable, "-c", busy]) for _ in range(2)]
+def allowed(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return [l.split()[1] for l in f if l.startswith("Cpus_allowed_list")][0]
+def cpu():
+    total = 0
+    for k in kids:
+        with open(f"/proc/{k.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+start = time.time()
+while any(c in allowed(k.pid) for k in kids for c in "-,") and time.time() - start < 20:
+    time.sleep(0.05)
+c0, t0 = cpu(), time.time()
+time.sleep(1.5)
+c1, t1 = cpu(), time.time()
+print(allowed(kids[0].pid), allowed(kids[1].pid), round((c1 - c0) / (t1 - t0), 2))
+for k in kids:
+    k.kill()
+"#;
+
+/// `--cpus 1` is kept: the processes of a one-CPU job run on one CPU, and two such jobs on
+/// different ones, however many CPUs the host has.
 fn a_job_runs_on_the_cpus_it_asked_for(store: StoreKind) {
-    let q = TestQueue::on(store);
-    let busy = "python3 -c \"import time\nend = time.time() + 2\nwhile time.time() < end: pass\"";
-    let both = format!("{busy} & {busy}; wait");
-    let jid = q
-        .rq(&["submit", "--parsable", "--cpus", "1", &both])
-        .ok()
-        .stdout;
-    // Two one-CPU jobs at once, each saying where it may run.
-    let gate = q.tmp.path().join("gate");
-    std::fs::write(&gate, "").unwrap();
-    let say = format!(
-        "grep Cpus_allowed_list /proc/self/status; touch {}.$RQ_JID; while [ -e {} ]; do sleep 0.05; done",
-        gate.display(),
-        gate.display()
-    );
-    let one = q
-        .rq(&["submit", "--parsable", "--cpus", "1", &say])
-        .ok()
-        .stdout;
-    let two = q
-        .rq(&["submit", "--parsable", "--cpus", "1", &say])
-        .ok()
-        .stdout;
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if host_cpus < 2 {
+        eprintln!("one CPU: nothing to keep apart");
+        return;
+    }
+    let q = TestQueue::on(store);
+    let script = q.tmp.path().join("two_busy.py");
+    std::fs::write(&script, TWO_BUSY).unwrap();
+    let command = format!("python3 {}", script.display());
+    let a = q
+        .rq(&["submit", "--parsable", "--cpus", "1", &command])
+        .ok()
+        .stdout;
+    let b = q
+        .rq(&["submit", "--parsable", "--cpus", "1", &command])
+        .ok()
+        .stdout;
     let _h1 = q.feeder(
         "h1",
         &["--exit_when_empty", "--max_feed", "2", "--cpus", "2"],
     );
-    let started = |jid: &str| q.tmp.path().join(format!("gate.{}", jid.trim())).exists();
-    q.wait_for("both to start", 60, |_| started(&one) && started(&two));
-    std::fs::remove_file(&gate).unwrap();
-    q.wait_for("the jobs to finish", 60, |q| q.count("finished") == 3);
-    let allowed = |jid: &str| q.rq(&["stdout", jid.trim()]).ok().stdout.trim().to_string();
-    if host_cpus >= 2 {
-        let (a, b) = (allowed(&one), allowed(&two));
-        for list in [&a, &b] {
-            let cpu = list.split_whitespace().last().unwrap();
-            assert!(
-                cpu.parse::<usize>().is_ok(),
-                "not pinned to one CPU: {list}"
-            );
-        }
-        assert_ne!(a, b, "two one-CPU jobs were given the same CPU");
+    q.wait_for("the jobs to finish", 90, |q| q.count("finished") == 2);
+    let said = |jid: &str| -> (String, String, f64) {
+        let out = q.rq(&["stdout", jid.trim()]).ok().stdout;
+        let words: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(words.len(), 3, "{out}");
+        (words[0].into(), words[1].into(), words[2].parse().unwrap())
+    };
+    let (a0, a1, a_share) = said(&a);
+    let (b0, b1, b_share) = said(&b);
+    for list in [&a0, &a1, &b0, &b1] {
+        assert!(
+            list.parse::<usize>().is_ok(),
+            "not pinned to one CPU: {list}"
+        );
     }
-    let job = &q.rq(&["list", jid.trim()]).ok().records()[0];
-    let cpu = field(job, "cpu_user").as_f64().unwrap() + field(job, "cpu_system").as_f64().unwrap();
-    let elapsed = field(job, "elapsed").as_f64().unwrap();
-    assert!(elapsed >= 1.9, "{job:?}");
-    // Two busy processes on one CPU share it: their CPU time is the wall time, not twice.
-    assert!(
-        cpu <= 1.15 * elapsed,
-        "a --cpus 1 job used {cpu:.2} s of CPU in {elapsed:.2} s"
-    );
+    assert_eq!(a0, a1, "one job's processes on different CPUs");
+    assert_eq!(b0, b1, "one job's processes on different CPUs");
+    assert_ne!(a0, b0, "two one-CPU jobs were given the same CPU");
+    // Two busy processes on one CPU share it: one CPU's worth of time, not two.
+    for share in [a_share, b_share] {
+        assert!(
+            share <= 1.15,
+            "a --cpus 1 job got {share} CPUs' worth of time"
+        );
+    }
 }
 
 /// A file that jobs wait on while it exists; removed when the test ends, however it ends.

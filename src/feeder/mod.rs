@@ -179,8 +179,8 @@ pub struct Feeder {
     shell_wanted: Option<Vec<String>>,
     /// The CPUs this feeder may use (its affinity at start), handed out to jobs.
     cpu_set: Vec<usize>,
-    /// When the running jobs' memory was last read (`enforce_memory`).
-    memory_looked: Option<Instant>,
+    /// When the running jobs were last looked at in `/proc` (`watch_jobs`).
+    watched_at: Option<Instant>,
     log: Logger,
     id: String,
     settings: Settings,
@@ -298,7 +298,7 @@ impl Feeder {
             shell: Config::default_shell(),
             shell_wanted: None,
             cpu_set: process::allowed_cpus(),
-            memory_looked: None,
+            watched_at: None,
             log,
             id,
             settings: Settings::default(),
@@ -660,7 +660,7 @@ impl Feeder {
     /// journaled and kept for the next transaction.
     fn collect_ends(&mut self) -> Result<()> {
         self.enforce_timeouts();
-        self.enforce_memory();
+        self.watch_jobs();
         let ends = self.reap_children();
         if self.config.local_files.is_some() {
             // Their last output is stored in the transaction that records their ends.

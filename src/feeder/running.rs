@@ -22,6 +22,8 @@ pub(super) struct RunningJob {
     /// over its `--mem`, that peak (it was killed; not retried).
     pub(super) peak_rss: i64,
     pub(super) over_memory: Option<i64>,
+    /// How many looks pinned its processes to its CPUs (`watch_jobs`).
+    pub(super) pin_looks: u8,
     /// Someone else holds the job now: our copy was killed and its end is not recorded.
     pub(super) fenced: bool,
     pub(super) retries: i64,
@@ -61,8 +63,10 @@ impl Needs {
     }
 }
 
-/// How often the memory of jobs with `--mem` is read (a pass over `/proc`).
-const MEMORY_LOOK_EVERY: Duration = Duration::from_millis(500);
+/// How often running jobs are looked at in `/proc` (`watch_jobs`).
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+/// How many looks pin a job's processes (see `watch_jobs`).
+const PIN_LOOKS: u8 = 3;
 
 /// Why a job was killed for memory, as `list`, `wait` and the dashboard say it.
 fn memory_reason(peak: i64, limit: i64) -> String {
@@ -231,37 +235,50 @@ impl Feeder {
         }
     }
 
-    /// Keep jobs within their `--mem`: the resident memory of each job's process group is
-    /// read from `/proc` (at most every half second, and only while a running job asked
-    /// for memory); a job over its limit is killed at once (KILL: it may be taking the
-    /// host's memory from everything else) and ends failed, with the reason.
-    pub(super) fn enforce_memory(&mut self) {
-        if !self
-            .running
-            .iter()
-            .any(|job| job.needs.mem > 0 && job.over_memory.is_none())
-        {
+    /// Keep jobs within what they asked for, from one pass over `/proc` (at most every
+    /// half second, and only while a running job needs it):
+    /// - `--cpus`: every process of a job's process group is pinned to the job's CPUs.
+    ///   Done here, not at the spawn: pinning each trivial job as it started cost a fifth
+    ///   of the dispatch rate (the scheduler could no longer put it on an idle CPU); a job
+    ///   that lives long enough to matter is pinned within a look, with the processes it
+    ///   started by then (the ones it starts later inherit it). A process started while
+    ///   `/proc` is read may be missed by that look: a job is pinned on its first
+    ///   `PIN_LOOKS` looks.
+    /// - `--mem`: a job whose process group holds more resident memory is killed at once
+    ///   (KILL: it may be taking the host's memory from everything else) and ends failed,
+    ///   with the reason.
+    pub(super) fn watch_jobs(&mut self) {
+        let wanted = |job: &RunningJob| {
+            (job.needs.mem > 0 && job.over_memory.is_none())
+                || (!job.needs.cpu_ids.is_empty() && job.pin_looks < PIN_LOOKS)
+        };
+        if !self.running.iter().any(wanted) {
             return;
         }
-        if self
-            .memory_looked
-            .is_some_and(|at| at.elapsed() < MEMORY_LOOK_EVERY)
-        {
+        if self.watched_at.is_some_and(|at| at.elapsed() < WATCH_EVERY) {
             return;
         }
-        self.memory_looked = Some(Instant::now());
-        let rss = process::rss_by_group();
+        self.watched_at = Some(Instant::now());
+        let groups = process::groups();
         let mut messages = Vec::new();
         for job in &mut self.running {
-            let used = rss.get(&job.pid).copied().unwrap_or(0);
-            job.peak_rss = job.peak_rss.max(used);
-            if job.needs.mem > 0 && used > job.needs.mem && job.over_memory.is_none() {
+            let Some(group) = groups.get(&job.pid) else {
+                continue;
+            };
+            if !job.needs.cpu_ids.is_empty() && job.pin_looks < PIN_LOOKS {
+                for &pid in &group.pids {
+                    process::pin(pid, &job.needs.cpu_ids);
+                }
+                job.pin_looks += 1;
+            }
+            job.peak_rss = job.peak_rss.max(group.rss);
+            if job.needs.mem > 0 && group.rss > job.needs.mem && job.over_memory.is_none() {
                 process::signal_group(job.pid, libc::SIGKILL);
-                job.over_memory = Some(used);
+                job.over_memory = Some(group.rss);
                 messages.push(format!(
                     "job {} killed: {}",
                     job.jid,
-                    memory_reason(used, job.needs.mem)
+                    memory_reason(group.rss, job.needs.mem)
                 ));
             }
         }
@@ -470,8 +487,7 @@ impl Feeder {
             };
             let mut needs = Needs::of(job);
             needs.cpu_ids = self.cpus_for(needs.cpus);
-            let spawned = prepared
-                .and_then(|prepared| process::spawn_pinned(&needs.cpu_ids, || prepared.spawn()));
+            let spawned = prepared.and_then(runner::Prepared::spawn);
             match spawned {
                 Ok(child) => {
                     let pid = child.id();
@@ -500,6 +516,7 @@ impl Feeder {
                         killed_on_request: false,
                         peak_rss: 0,
                         over_memory: None,
+                        pin_looks: 0,
                         fenced: false,
                         retries: job.get("retries").as_int().unwrap_or(0),
                         retried: job.get("retried").as_int().unwrap_or(0),
