@@ -50,8 +50,15 @@ fn venv() -> &'static Path {
             );
             std::fs::write(&ready, "").unwrap();
         }
-        // The plugin as it is in this checkout (built with the virtualenv's setuptools).
-        let plugin = Path::new(env!("CARGO_MANIFEST_DIR")).join("integrations/snakemake");
+        // The plugin as it is in this checkout (built with the virtualenv's setuptools, from
+        // a copy: a build writes build/ and *.egg-info beside the sources).
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("integrations/snakemake");
+        let plugin = venv.join("plugin-source");
+        let _ = std::fs::remove_dir_all(&plugin);
+        std::fs::create_dir_all(plugin.join("snakemake_executor_plugin_rq")).unwrap();
+        for file in ["pyproject.toml", "README.md", "snakemake_executor_plugin_rq/__init__.py"] {
+            std::fs::copy(source.join(file), plugin.join(file)).unwrap();
+        }
         run(
             Command::new(&pip)
                 .args(["install", "--quiet", "--no-deps", "--no-build-isolation"])
