@@ -562,6 +562,20 @@ impl JobTable {
     }
 }
 
+/// Each column's width: its widest cell or header.
+fn column_widths(headers: &[String], cells: &[Vec<(String, Option<Color>)>]) -> Vec<usize> {
+    (0..headers.len())
+        .map(|i| {
+            cells
+                .iter()
+                .map(|r| text_width(&r[i].0))
+                .chain([text_width(&headers[i])])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
 /// Lay out a table with comfy-table: no borders, `GAP` spaces between columns, each
 /// column exactly its width, a cell longer than its column cut with `…`, one line per
 /// row.
@@ -629,16 +643,7 @@ pub fn feeders_table(feeders: &[Feeder], fields: Option<&[String]>, term: &Termi
     let headers: Vec<String> = FEEDER_COLUMNS.iter().map(|h| h.to_string()).collect();
     let cells: Vec<Vec<(String, Option<Color>)>> =
         feeders.iter().map(|f| feeder_cells(f, term)).collect();
-    let mut widths: Vec<usize> = (0..headers.len())
-        .map(|i| {
-            cells
-                .iter()
-                .map(|r| text_width(&r[i].0))
-                .chain([text_width(&headers[i])])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
+    let mut widths = column_widths(&headers, &cells);
     if let Some(total) = term.width {
         let used: usize =
             widths[..widths.len() - 1].iter().sum::<usize>() + GAP * (widths.len() - 1);
@@ -963,16 +968,7 @@ pub fn usage_table(report: &crate::usage::Report, term: &Terminal) -> String {
             .iter()
             .map(|(a, t)| line(format!("array:{a}"), t)),
     );
-    let widths: Vec<usize> = (0..headers.len())
-        .map(|i| {
-            cells
-                .iter()
-                .map(|r| text_width(&r[i].0))
-                .chain([text_width(&headers[i])])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
+    let widths = column_widths(&headers, &cells);
     let mut text = draw(term, Some(&headers), &widths, &cells);
     let furthest = report.to_json();
     let furthest = furthest["furthest_off"]

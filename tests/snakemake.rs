@@ -56,7 +56,11 @@ fn venv() -> &'static Path {
         let plugin = venv.join("plugin-source");
         let _ = std::fs::remove_dir_all(&plugin);
         std::fs::create_dir_all(plugin.join("snakemake_executor_plugin_rq")).unwrap();
-        for file in ["pyproject.toml", "README.md", "snakemake_executor_plugin_rq/__init__.py"] {
+        for file in [
+            "pyproject.toml",
+            "README.md",
+            "snakemake_executor_plugin_rq/__init__.py",
+        ] {
             std::fs::copy(source.join(file), plugin.join(file)).unwrap();
         }
         run(
