@@ -10,6 +10,7 @@ including those Snakemake no longer tracks. Resources map to rq's: threads -> --
 mem_mb -> --mem, gpus (or gpu) -> --gpus, runtime (minutes) -> --timeout.
 """
 
+import json
 import os
 import shlex
 import subprocess
@@ -159,9 +160,24 @@ class Executor(RemoteExecutor):
     def failure(self, job_info: SubmittedJobInfo) -> str:
         """Why a job failed, as rq tells it, with the last lines of its stderr."""
         jid = job_info.external_jobid
-        listed = self.rq("list", jid, "-f", "state,exit_status,signal,runner,reason")
+        listed = self.rq(
+            "list", jid, "--format", "json", "-f", "state,exit_status,signal,runner,reason"
+        )
+        try:
+            job = json.loads(listed.stdout)[0]
+            why = job["state"]
+            if job.get("signal"):
+                why = f"killed by {job['signal']}"
+            elif job.get("exit_status") is not None:
+                why = f"exit status {job['exit_status']}"
+            if job.get("runner"):
+                why += f" on {job['runner']}"
+            if job.get("reason"):
+                why += f": {job['reason']}"
+        except (ValueError, LookupError, TypeError):
+            why = "no longer in the queue"
         tail = self.rq("stderr", jid).stdout.splitlines()[-self.stderr_lines :]
-        lines = [f"rq job {jid} failed ({' '.join(listed.stdout.split()[1:]) or 'gone'})."]
+        lines = [f"rq job {jid} failed ({why})."]
         if tail:
             lines.append(f"The last lines of its stderr (rq {self.queue} stderr {jid}):")
             lines += [f"    {line}" for line in tail]
