@@ -64,7 +64,6 @@ pub fn find_by_environment(entries: &[String]) -> Vec<(u32, u32, String)> {
     found
 }
 
-/// Send a signal to a whole process group (a job and everything it started).
 /// What a run used, as the kernel accounted it when it was reaped: CPU seconds of the
 /// process and the children it waited for, and the peak resident memory of the largest
 /// of them (bytes; the kernel keeps no peak of a whole tree outside a cgroup).
@@ -181,6 +180,7 @@ pub fn allowed_cpus() -> Vec<usize> {
         .collect()
 }
 
+/// Send a signal to a whole process group (a job and everything it started).
 pub fn signal_group(pgid: u32, signal: i32) -> bool {
     if pgid <= 1 {
         return false;

@@ -62,6 +62,8 @@ fn every_mode_names_jobs_the_same_way(store: StoreKind) {
     let (a, b) = (array[2].to_string(), first.to_string());
     assert_eq!(q.rq(&["stdout", &a, &b]).ok().stdout, "item 3\none\n");
     assert_eq!(q.rq(&["wait", "tag:beta"]).ok().status, 0);
+    let counted = q.rq(&["status", "tag:beta"]).ok().value();
+    assert_eq!(counted["jobs"]["total"], 3, "{counted:?}");
     assert_eq!(
         q.rq(&["state", &b, "tag:beta"]).ok().stdout,
         "success\nsuccess\nsuccess\nsuccess\n"
@@ -77,6 +79,7 @@ fn every_mode_names_jobs_the_same_way(store: StoreKind) {
         vec!["wait", "tag:typo"],
         vec!["wait", "tag=typo"],
         vec!["list", "array:9999"],
+        vec!["status", "tag:typo"],
         vec!["stdout", "array:9999"],
         vec!["tail", "9999"],
         vec!["kill", "9999"],

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use super::select::WhenNone;
 use super::{Context, duration_option};
 use crate::error::{Error, IoContext, Result};
-use crate::input::{self, Target};
+use crate::input;
 use crate::job::State;
 use crate::output::{Format, RowWriter};
 use crate::query;
-use crate::queue::{self, Changes, JobSource, Selection, SubmitOptions};
+use crate::queue::{self, Changes, JobSource, SubmitOptions};
 use crate::store::Access;
 
 /// Standard input as a list of jids or jobs: buffered, and bounded (no NUL, no line over
@@ -282,16 +282,9 @@ impl Context<'_> {
         Ok(0)
     }
 
-    /// Targets named on the command line and, where wanted, on standard input.
-    pub(super) fn targets(&self, states_allowed: bool) -> Result<Vec<Target>> {
-        let mut targets = Vec::new();
-        for word in self.args() {
-            targets.push(input::parse_target_word(word, states_allowed).map_err(Error::usage)?);
-        }
-        if self.stdin_wanted(!targets.is_empty()) {
-            targets.extend(input::read_targets(stdin_reader(), states_allowed)?);
-        }
-        Ok(targets)
+    /// `status` of some jobs (named, `-`, or `--mine`) rather than of the whole queue.
+    fn scoped(&self) -> bool {
+        !self.args().is_empty() || self.inv.dash || self.inv.opts.mine
     }
 
     pub(super) fn list(&mut self) -> Result<i32> {
@@ -333,15 +326,14 @@ impl Context<'_> {
         if self.format == Format::Table {
             return self.status_screen();
         }
-        if !self.args().is_empty() || self.inv.opts.mine {
-            // Some jobs (array:ID, jids, states; --mine): their counts.
-            let targets = self.targets(true)?;
-            let selection = Selection::from_targets_or_all(&targets);
-            let clause = self.mine(selection.clause());
+        if self.scoped() {
+            // Some jobs (rq help selections; --mine): their counts.
+            let selection = self.select(self.args(), WhenNone::All)?.unwrap_or_default();
             let mut q = self.open(Access::ReadOnly)?;
-            let report = q.status_of(&clause)?;
+            let absent = self.say_absent(&mut q, &selection, true)?;
+            let report = q.status_of(&self.mine(selection.clause()))?;
             self.print_value(&report)?;
-            return Ok(0);
+            return Ok(i32::from(absent));
         }
         let exit_map = parse_exit_map(self.inv.opts.exit.as_deref().unwrap_or(""))?;
         let mut q = self.open(Access::ReadOnly)?;
@@ -363,11 +355,11 @@ impl Context<'_> {
     fn status_screen(&mut self) -> Result<i32> {
         use crate::overview::Summary;
         let mut q = self.open(Access::ReadOnly)?;
-        let scoped = !self.args().is_empty() || self.inv.opts.mine;
-        let summary = if scoped {
-            let targets = self.targets(true)?;
-            let clause = self.mine(Selection::from_targets_or_all(&targets).clause());
-            let report = q.status_of(&clause)?;
+        let summary = if self.scoped() {
+            // `-` that named nothing: an empty selection, no jobs counted.
+            let selection = self.select(self.args(), WhenNone::All)?.unwrap_or_default();
+            self.say_absent(&mut q, &selection, true)?;
+            let report = q.status_of(&self.mine(selection.clause()))?;
             let counts: Vec<(State, i64)> = State::ALL
                 .iter()
                 .map(|s| (*s, report["jobs"][s.as_str()].as_i64().unwrap_or(0)))
@@ -395,7 +387,7 @@ impl Context<'_> {
             &self.terminal,
         );
         let exit_map = parse_exit_map(self.inv.opts.exit.as_deref().unwrap_or(""))?;
-        if !exit_map.is_empty() && !scoped {
+        if !exit_map.is_empty() && !self.scoped() {
             let report = q.status(&exit_map)?;
             let counted: Vec<String> = exit_map
                 .iter()

@@ -158,7 +158,7 @@ impl Context<'_> {
             return Ok(0);
         };
         let mut q = self.open(Access::ReadOnly)?;
-        let outcomes = self.chosen(&mut q, &selection)?;
+        let outcomes = q.outcomes(&selection.clause())?;
         let by_jid: std::collections::HashMap<i64, &queue::Outcome> =
             outcomes.iter().map(|o| (o.jid, o)).collect();
         let mut words = String::new();

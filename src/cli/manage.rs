@@ -153,7 +153,6 @@ impl Context<'_> {
         crate::serve::run(&self.queue_arg()?, &name, opts)
     }
 
-    /// `rq Q metrics`: the OpenMetrics text once (for node_exporter's textfile collector).
     /// `rq Q usage [SELECTION]`: what the jobs' last runs used (`usage`), a table on a
     /// terminal, YAML/JSON otherwise.
     pub(super) fn usage(&mut self) -> Result<i32> {
@@ -175,6 +174,7 @@ impl Context<'_> {
         Ok(i32::from(absent))
     }
 
+    /// `rq Q metrics`: the OpenMetrics text once (for node_exporter's textfile collector).
     pub(super) fn metrics(&mut self) -> Result<i32> {
         let mut q = self.open(Access::ReadOnly)?;
         let text = crate::serve::metrics_once(&mut q)?;

@@ -1,5 +1,6 @@
-//! The one selection rule of every mode that takes jobs (list, wait, state, stdout,
-//! stderr, tail, kill, cancel, delete, update, resubmit): see `rq help selections`.
+//! The one selection rule of every mode that takes jobs (list, status, wait, state,
+//! usage, stdout, stderr, tail, ioview, kill, cancel, delete, update, resubmit): see
+//! `rq help selections`.
 //!
 //! - Words name jobs: a jid, `array:ID`, `tag:NAME`, a state (any prefix) or `all`; any
 //!   of them chooses a job. `field=value` terms (as `query` takes them) narrow that down,

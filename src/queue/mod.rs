@@ -80,18 +80,6 @@ impl Selection {
         sel
     }
 
-    /// The jobs `targets` name; every job when they name none.
-    pub fn from_targets_or_all(targets: &[Target]) -> Selection {
-        if targets.is_empty() {
-            Selection {
-                all: true,
-                ..Default::default()
-            }
-        } else {
-            Selection::from_targets(targets)
-        }
-    }
-
     /// Whether no target names anything (the terms alone, if any, then choose).
     fn names_no_target(&self) -> bool {
         !self.all

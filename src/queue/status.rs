@@ -152,20 +152,6 @@ impl Queue {
         })
     }
 
-    /// The jids of the jobs of these arrays (in `state`, when given).
-    pub fn array_jids(&mut self, arrays: &[i64], state: Option<&str>) -> Result<Vec<i64>> {
-        self.store.read(|tx| {
-            let mut stmt = tx.op(op::ARRAY_JOBS);
-            let jids = stmt
-                .query_map(
-                    rusqlite::params![serde_json::to_string(arrays).unwrap_or_default(), state],
-                    |r| r.get(0),
-                )?
-                .collect::<rusqlite::Result<Vec<i64>>>()?;
-            Ok(jids)
-        })
-    }
-
     /// Jobs waiting to run (pending or waiting) that no live feeder can run: they need
     /// more CPUs, memory or GPUs than any has. How many, and the first few with why.
     /// Costs one index probe when no job needs more than one CPU.

@@ -205,7 +205,6 @@ pub mod status {
         LIVENESS_SETTINGS = "liveness_settings",
         LOCK_RECOVERED = "lock_recovered",
         PROGRESS = "progress",
-        ARRAY_JOBS = "array_jobs",
         ANY_NEEDY = "any_needy",
         NEEDY_BEYOND = "needy_beyond",
         TIMELINE = "timeline",

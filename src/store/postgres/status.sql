@@ -91,11 +91,6 @@ SELECT value FROM meta WHERE key = 'lock_recovered';
 SELECT state, count(*), count(*) FILTER (WHERE exit_status IS DISTINCT FROM 0) FROM jobs
  WHERE jid IN (SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint)) GROUP BY state;
 
--- name: array_jobs
--- $1: arrays, a JSON list; $2: a state, or NULL for all.
-SELECT jid FROM jobs WHERE array_id IN (SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint))
-   AND (CAST($2 AS text) IS NULL OR state = $2) ORDER BY jid;
-
 -- name: any_needy
 -- Jobs waiting to run that need more than one CPU, or GPUs or memory ($1: only these jids,
 -- a JSON list, or NULL). One index probe when none does.

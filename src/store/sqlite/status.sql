@@ -91,11 +91,6 @@ SELECT value FROM meta WHERE key = 'lock_recovered';
 SELECT state, count(*), count(*) FILTER (WHERE exit_status IS NOT 0) FROM jobs
  WHERE jid IN (SELECT value FROM json_each(?1)) GROUP BY state;
 
--- name: array_jobs
--- ?1: arrays, a JSON list; ?2: a state, or NULL for all.
-SELECT jid FROM jobs WHERE array_id IN (SELECT value FROM json_each(?1))
-   AND (?2 IS NULL OR state = ?2) ORDER BY jid;
-
 -- name: any_needy
 -- Jobs waiting to run that need more than one CPU, or GPUs or memory (?1: only these jids,
 -- a JSON list, or NULL). One index probe when none does.
