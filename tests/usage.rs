@@ -73,8 +73,10 @@ fn every_run_records_its_cpu_time_and_peak_memory(store: StoreKind) {
 /// pinned (at most 20 s), then measures their CPU time over 1.5 s: prints each one's
 /// allowed CPUs and the CPUs' worth of time they got together.
 const TWO_BUSY: &str = r#"
-import os, subprocess, sys, time
-busy = "import time\nend = time.time() + 6\nwhile time.time() < end: pass"
+import os, subprocess, sys, tempfile, time
+# The busy processes run until the flag file goes (at the end), not for a set time.
+flag = tempfile.NamedTemporaryFile(delete=False).name
+busy = f"import os\nwhile os.path.exists({flag!r}): pass"
 kids = [subprocess.Popen([sys.executable, "-c", busy]) for _ in range(2)]
 def allowed(pid):
     with open(f"/proc/{pid}/status") as f:
@@ -93,8 +95,9 @@ c0, t0 = cpu(), time.time()
 time.sleep(1.5)
 c1, t1 = cpu(), time.time()
 print(allowed(kids[0].pid), allowed(kids[1].pid), round((c1 - c0) / (t1 - t0), 2))
+os.remove(flag)
 for k in kids:
-    k.kill()
+    k.wait()
 "#;
 
 /// `--cpus 1` is kept: the processes of a one-CPU job run on one CPU, and two such jobs on
