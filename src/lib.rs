@@ -40,6 +40,7 @@ pub mod top;
 pub use error::{Error, Result};
 pub mod admin;
 pub mod beats;
+pub mod cgroup;
 pub mod claims;
 pub mod cli;
 pub mod control;

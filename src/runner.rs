@@ -156,10 +156,14 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Start it. No pre_exec hook: it would force fork() instead of the much cheaper
-    /// posix_spawn. Signal dispositions are made default in the feeder itself (see
+    /// Start it, in the cgroup whose `cgroup.procs` is `group` if given. No other pre_exec
+    /// hook: one forces fork() instead of the much cheaper posix_spawn (only jobs with a
+    /// cgroup pay that). Signal dispositions are made default in the feeder itself (see
     /// `reset_inherited_signals`), and std gives the child an empty signal mask.
-    pub fn spawn(mut self) -> Result<Child> {
+    pub fn spawn(mut self, group: Option<&std::fs::File>) -> Result<Child> {
+        if let Some(procs) = group {
+            crate::cgroup::join_in_child(&mut self.command, procs);
+        }
         let program = self.command.get_program().to_string_lossy().into_owned();
         self.command
             .spawn()

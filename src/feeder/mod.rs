@@ -181,6 +181,10 @@ pub struct Feeder {
     cpu_set: Vec<usize>,
     /// When the running jobs were last looked at in `/proc` (`watch_jobs`).
     watched_at: Option<Instant>,
+    /// Where jobs with `--mem` get a cgroup held to it by the kernel (None: watched).
+    cgroups: Option<crate::cgroup::Cgroups>,
+    /// Groups of ended jobs that processes of theirs still hold (removed when empty).
+    lingering: Vec<crate::cgroup::JobGroup>,
     log: Logger,
     id: String,
     settings: Settings,
@@ -299,6 +303,8 @@ impl Feeder {
             shell_wanted: None,
             cpu_set: process::allowed_cpus(),
             watched_at: None,
+            cgroups: None,
+            lingering: Vec::new(),
             log,
             id,
             settings: Settings::default(),
@@ -498,6 +504,19 @@ impl Feeder {
             self.settings.lease,
         )?;
         let beater = Beater::start(heartbeat, self.settings.heartbeat, self.lease.clone());
+        // Before any job is started: the feeder may have to move into a leaf group.
+        match crate::cgroup::Cgroups::set_up() {
+            Ok(cgroups) => {
+                self.info(&format!(
+                    "jobs with --mem run in a cgroup of their own under {}, held to it by the kernel",
+                    cgroups.parent().display()
+                ));
+                self.cgroups = Some(cgroups);
+            }
+            Err(why) => self.info(&format!(
+                "--mem is watched in /proc, not a kernel limit: {why}"
+            )),
+        }
         self.info(&format!(
             "** STARTED ** rq {} feeder {} queue {} max_feed {} shell {:?} heartbeat {}s lease {}s",
             env!("CARGO_PKG_VERSION"),

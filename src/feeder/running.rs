@@ -24,6 +24,8 @@ pub(super) struct RunningJob {
     pub(super) over_memory: Option<i64>,
     /// How many looks pinned its processes to its CPUs (`watch_jobs`).
     pub(super) pin_looks: u8,
+    /// Its cgroup, where the kernel holds it to its `--mem` (then it is not watched).
+    pub(super) cgroup: Option<crate::cgroup::JobGroup>,
     /// Someone else holds the job now: our copy was killed and its end is not recorded.
     pub(super) fenced: bool,
     pub(super) retries: i64,
@@ -73,6 +75,14 @@ fn memory_reason(peak: i64, limit: i64) -> String {
     format!(
         "memory: peak {} above --mem {}",
         crate::human::bytes(peak),
+        crate::human::bytes(limit)
+    )
+}
+
+/// Why the kernel killed a job held to its `--mem` in its cgroup (it cannot go above).
+fn kernel_memory_reason(limit: i64) -> String {
+    format!(
+        "memory: needed more than --mem {} (killed by the kernel's limit)",
         crate::human::bytes(limit)
     )
 }
@@ -247,18 +257,24 @@ impl Feeder {
     /// - `--mem`: a job whose process group holds more resident memory is killed at once
     ///   (KILL: it may be taking the host's memory from everything else) and ends failed,
     ///   with the reason.
+    /// - the cgroups of ended jobs that processes of theirs still held are removed once
+    ///   those are gone.
     pub(super) fn watch_jobs(&mut self) {
         let wanted = |job: &RunningJob| {
-            (job.needs.mem > 0 && job.over_memory.is_none())
+            (job.needs.mem > 0 && job.cgroup.is_none() && job.over_memory.is_none())
                 || (!job.needs.cpu_ids.is_empty() && job.pin_looks < PIN_LOOKS)
         };
-        if !self.running.iter().any(wanted) {
+        if !self.running.iter().any(wanted) && self.lingering.is_empty() {
             return;
         }
         if self.watched_at.is_some_and(|at| at.elapsed() < WATCH_EVERY) {
             return;
         }
         self.watched_at = Some(Instant::now());
+        self.lingering.retain(|group| !group.remove());
+        if !self.running.iter().any(wanted) {
+            return;
+        }
         let groups = process::groups();
         let mut messages = Vec::new();
         for job in &mut self.running {
@@ -272,7 +288,11 @@ impl Feeder {
                 job.pin_looks += 1;
             }
             job.peak_rss = job.peak_rss.max(group.rss);
-            if job.needs.mem > 0 && group.rss > job.needs.mem && job.over_memory.is_none() {
+            if job.needs.mem > 0
+                && job.cgroup.is_none()
+                && group.rss > job.needs.mem
+                && job.over_memory.is_none()
+            {
                 process::signal_group(job.pid, libc::SIGKILL);
                 job.over_memory = Some(group.rss);
                 messages.push(format!(
@@ -318,7 +338,13 @@ impl Feeder {
         while i < self.running.len() {
             match self.try_reap(i) {
                 Some((status, usage, lease_lost)) => {
-                    let job = self.running.swap_remove(i);
+                    let mut job = self.running.swap_remove(i);
+                    // What the kernel saw of the job's whole tree, where it had a cgroup.
+                    let (kernel_killed, tree_peak) = job
+                        .cgroup
+                        .as_ref()
+                        .map_or((false, None), |g| (g.out_of_memory(), g.peak()));
+                    self.let_go(job.cgroup.take());
                     if job.fenced {
                         continue;
                     }
@@ -334,6 +360,7 @@ impl Feeder {
                     let retry_at = (failed
                         && !job.killed_on_request
                         && job.over_memory.is_none()
+                        && !kernel_killed
                         && job.retried < job.retries)
                         .then(|| {
                             let delay = (job.retry_delay * 2f64.powi(job.retried.min(30) as i32))
@@ -362,20 +389,53 @@ impl Feeder {
                         retry_at,
                         ended_at: time::now(),
                         usage: process::Usage {
-                            // The group's peak as watched, where it was more than the
-                            // largest process's (processes side by side).
-                            max_rss: usage.max_rss.map(|m| m.max(job.peak_rss)),
+                            // The tree's peak from its cgroup; else the group's peak as
+                            // watched, where it was more than the largest process's
+                            // (processes side by side).
+                            max_rss: tree_peak
+                                .or_else(|| usage.max_rss.map(|m| m.max(job.peak_rss))),
                             ..usage
                         },
-                        reason: job
-                            .over_memory
-                            .map(|peak| memory_reason(peak, job.needs.mem)),
+                        reason: match job.over_memory {
+                            Some(peak) => Some(memory_reason(peak, job.needs.mem)),
+                            None => kernel_killed.then(|| kernel_memory_reason(job.needs.mem)),
+                        },
                     });
                 }
                 None => i += 1,
             }
         }
         done
+    }
+
+    /// Remove an ended job's cgroup, or keep it for later while processes of the job
+    /// linger in it.
+    fn let_go(&mut self, group: Option<crate::cgroup::JobGroup>) {
+        if let Some(group) = group.filter(|g| !g.remove()) {
+            self.lingering.push(group);
+        }
+    }
+
+    /// A cgroup held to `mem` bytes for job `jid`, with the file that moves its first
+    /// process in; none without cgroups here or a `--mem` (or if it cannot be made: then
+    /// the job's memory is watched, as without cgroups).
+    fn job_group(
+        &mut self,
+        jid: i64,
+        mem: i64,
+    ) -> Option<(crate::cgroup::JobGroup, std::fs::File)> {
+        let cgroups = self.cgroups.as_mut().filter(|_| mem > 0)?;
+        match cgroups.make(jid, mem) {
+            Ok(made) => Some(made),
+            Err(e) => {
+                let message = format!(
+                    "job {jid}: cannot make its cgroup under {}: {e}; watching its memory instead",
+                    cgroups.parent().display()
+                );
+                self.warn(&message);
+                None
+            }
+        }
     }
 
     /// Note ends in the journal: should we die before the next transaction records them,
@@ -487,7 +547,20 @@ impl Feeder {
             };
             let mut needs = Needs::of(job);
             needs.cpu_ids = self.cpus_for(needs.cpus);
-            let spawned = prepared.and_then(runner::Prepared::spawn);
+            let group = prepared
+                .is_ok()
+                .then(|| self.job_group(jid, needs.mem))
+                .flatten();
+            let spawned = prepared.and_then(|p| p.spawn(group.as_ref().map(|(_, procs)| procs)));
+            let (group, procs) = group.unzip();
+            drop(procs);
+            let group = match &spawned {
+                Ok(_) => group,
+                Err(_) => {
+                    self.let_go(group);
+                    None
+                }
+            };
             match spawned {
                 Ok(child) => {
                     let pid = child.id();
@@ -517,6 +590,7 @@ impl Feeder {
                         peak_rss: 0,
                         over_memory: None,
                         pin_looks: 0,
+                        cgroup: group,
                         fenced: false,
                         retries: job.get("retries").as_int().unwrap_or(0),
                         retried: job.get("retried").as_int().unwrap_or(0),
@@ -610,7 +684,8 @@ impl Feeder {
             let mut i = 0;
             while i < self.running.len() {
                 if let Some((status, _, _)) = self.try_reap(i) {
-                    let job = self.running.swap_remove(i);
+                    let mut job = self.running.swap_remove(i);
+                    self.let_go(job.cgroup.take());
                     if !job.fenced {
                         ended.push((
                             job.jid,

@@ -59,6 +59,33 @@ while (( ${EPOCHREALTIME/./} < end )); do sleep 0.25; echo "tick $EPOCHREALTIME"
 echo "end $EPOCHREALTIME" >> "$f"
 """
 
+MEM_SCRIPT = r"""import os, sys
+# A memory job: PROCS processes side by side, each holding MIB MiB (every page written)
+# until all of them hold theirs; exits 0 when each did. usage: memjob.py MIB [PROCS]
+mib, procs = int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1
+ready_r, ready_w = os.pipe()
+go_r, go_w = os.pipe()
+for _ in range(procs):
+    if os.fork() == 0:
+        os.close(ready_r)
+        os.close(go_w)
+        held = b"1" * (mib << 20)
+        os.write(ready_w, b".")
+        os.read(go_r, 1)
+        os._exit(0)
+os.close(ready_w)
+os.close(go_r)
+ready = 0
+while ready < procs:
+    got = os.read(ready_r, procs)
+    if not got:
+        break
+    ready += len(got)
+os.close(go_w)
+codes = [os.wait()[1] for _ in range(procs)]
+sys.exit(0 if ready == procs and not any(codes) else 1)
+"""
+
 
 def rand_between(a, b):
     return random.uniform(a, b)
@@ -125,6 +152,7 @@ def lab_up():
             lab("down", check_rc=False)
     for node in NODES:
         (home(node) / "rqjob.sh").write_text(JOB_SCRIPT)
+        (home(node) / "memjob.py").write_text(MEM_SCRIPT)
     for node in NODES:
         run(node, "rq --version >/dev/null && test -x /root/rqjob.sh || chmod +x /root/rqjob.sh")
     warm_up_locks(NODES)
@@ -790,6 +818,50 @@ def s_server_restart():
     sc.stop()
 
 
+def s_memory_limit():
+    """--mem as a kernel limit: each such job in a cgroup v2 group of its own (the feeder
+    runs as root), its whole tree's peak recorded, a job over it killed with the reason."""
+    sc = Scenario("mem", nodes=["node1"])
+    # The lab's hosts boot without a cgroup hierarchy: cgroup v2 with every controller.
+    run("node1", "mountpoint -q /sys/fs/cgroup || mount -t cgroup2 none /sys/fs/cgroup")
+    sc.feed("node1", max_feed=1)
+    sc.wait("the feeder to start", lambda: "** STARTED **" in sc.log("node1"), timeout=60, every=0.5)
+    check("run in a cgroup of their own" in sc.log("node1"), "the feeder does not use cgroups:\n"
+          + sc.log("node1")[-1000:])
+    MiB = 1 << 20
+
+    def submit(opts, args):
+        _, out = run("node1", f"cd /root && rq /nfs/mem submit {opts} --format json -- "
+                              f"python3 /root/memjob.py {args}")
+        return json.loads(out)[0]["jid"]
+
+    alone = submit("--mem 400M", "300")
+    side_by_side = submit("--mem 300M", "100 2")
+    over = submit("--mem 150M --retries 2", "100 2")
+    far_over = submit("--mem 64M", "200")
+    sc.wait_settled(4, timeout=300)
+    jobs = sc.jobs()
+    for jid in (alone, side_by_side):
+        check(jobs[jid]["exit_status"] == 0, f"job {jid}: {jobs[jid]}")
+    peak = jobs[alone]["max_rss"]
+    check(300 * MiB <= peak <= 315 * MiB, f"300 MiB recorded as {peak / MiB:.1f} MiB")
+    # The tree's peak: two processes holding 100 MiB each at once.
+    peak = jobs[side_by_side]["max_rss"]
+    check(200 * MiB <= peak <= 230 * MiB, f"2 x 100 MiB side by side recorded as {peak / MiB:.1f} MiB")
+    for jid, limit in ((over, "150M"), (far_over, "64M")):
+        j = jobs[jid]
+        check(j["signal"] == "KILL" and j["attempts"] == 1 and (j["reason"] or "").startswith("memory:")
+              and f"--mem {limit}" in j["reason"], f"job {jid} over its --mem: {j}")
+        check(j["max_rss"] <= int(limit[:-1]) * MiB, f"job {jid} went above its limit: {j['max_rss']}")
+    _, out = run("node1", "rq /nfs/mem wait all 2>&1; true")
+    check("memory: needed more than --mem 150M" in out, f"wait does not say why: {out}")
+    # Every job's group is gone; the feeder lives on.
+    _, left = run("node1", "ls /sys/fs/cgroup | grep '^rq-' || true")
+    check(left.strip() == "", f"cgroups left behind: {left}")
+    check(all(f["state"] == "alive" for f in sc.feeders().values()), "the feeder died")
+    sc.stop()
+
+
 def s_local_locks():
     """Asking an NFSv4 mount for host-local locks: Linux ignores nolock and local_lock on
     NFSv4 (mountinfo says local_lock=none) and locks still reach the server, so rq rightly
@@ -817,7 +889,8 @@ def s_local_locks():
 
 
 SCENARIOS = [s_walkthrough, s_short_partition, s_long_partition, s_mid_commit, s_freeze, s_pause,
-             s_power_loss, s_dead_holder, s_clock_skew, s_server_restart, s_local_locks]
+             s_power_loss, s_dead_holder, s_clock_skew, s_server_restart, s_local_locks,
+             s_memory_limit]
 # On NFSv3: where a dead or cut-off host's locks staying held matters.
 V3_SCENARIOS = [s_dead_holder, s_power_loss, s_mid_commit, s_long_partition]
 
