@@ -320,7 +320,7 @@ pub enum Fate {
     /// Claimed, never started: give it back.
     NeverStarted,
     /// Ended like this: record it.
-    Ended(End),
+    Ended(Box<End>),
     /// Started, end unknown: crashed.
     MayHaveRun,
 }
@@ -365,7 +365,9 @@ pub fn finish(tx: &Tx<'_>, end: &End) -> Result<bool> {
         end.usage.cpu_user,
         end.usage.cpu_system,
         end.usage.max_rss,
-        end.reason
+        end.reason,
+        end.usage.read_bytes,
+        end.usage.write_bytes
     ];
     let n = match retry_at {
         None => tx.op(n).execute(values)?,

@@ -62,6 +62,9 @@ pub const FIELDS: &[&str] = &[
     "cpu_user",
     "cpu_system",
     "max_rss",
+    // schema version 9 (PostgreSQL 11): the bytes the last run read and wrote
+    "read_bytes",
+    "write_bytes",
 ];
 
 /// Fields holding JSON text (a list of jids, an environment), shown as YAML/JSON values.

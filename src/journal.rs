@@ -64,7 +64,7 @@ impl Journal {
     /// The fate of the job with this claim, given whether its pid was recorded.
     pub fn fate(&self, claim: &str, pid_recorded: bool) -> Fate {
         match self.ends.get(claim) {
-            Some(end) => Fate::Ended(end.clone()),
+            Some(end) => Fate::Ended(Box::new(end.clone())),
             None if !pid_recorded && !self.started.contains(claim) => Fate::NeverStarted,
             None => Fate::MayHaveRun,
         }

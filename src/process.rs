@@ -65,19 +65,71 @@ pub fn find_by_environment(entries: &[String]) -> Vec<(u32, u32, String)> {
 }
 
 /// What a run used, as the kernel accounted it when it was reaped: CPU seconds of the
-/// process and the children it waited for, and the peak resident memory of the largest
-/// of them (bytes; the kernel keeps no peak of a whole tree outside a cgroup).
+/// process and the children it waited for, the peak resident memory of the largest of
+/// them (bytes; the kernel keeps no peak of a whole tree outside a cgroup), and the bytes
+/// they passed through read and write calls (files, pipes, network filesystems: the
+/// `rchar`/`wchar` of `/proc/PID/io`, as Slurm's accounting reads them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     pub cpu_user: Option<f64>,
     pub cpu_system: Option<f64>,
     pub max_rss: Option<i64>,
+    #[serde(default)]
+    pub read_bytes: Option<i64>,
+    #[serde(default)]
+    pub write_bytes: Option<i64>,
 }
 
-/// Reap the child `pid` if it has exited, with what it used (`wait4`, without waiting).
-/// Once reaped here, its `std::process::Child` must not be waited for or signalled.
+/// Whether the child `pid` has exited, leaving it a zombie (`waitid` with `WNOWAIT`).
+fn has_exited(pid: u32) -> std::io::Result<bool> {
+    loop {
+        // SAFETY: siginfo_t is a plain C struct; all-zero is valid, and a zero si_pid
+        // after WNOHANG means no child has changed state.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid with a valid pointer to a siginfo_t.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        // SAFETY: si_pid is valid to read after waitid filled (or left zeroed) the struct.
+        return Ok(unsafe { info.si_pid() } != 0);
+    }
+}
+
+/// The bytes process `pid` and the children it waited for read and wrote (`rchar`,
+/// `wchar` of `/proc/PID/io`; the kernel adds a reaped child's to its parent's).
+fn io_bytes(pid: u32) -> (Option<i64>, Option<i64>) {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/io")) else {
+        return (None, None);
+    };
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+    };
+    (field("rchar:"), field("wchar:"))
+}
+
+/// Reap the child `pid` if it has exited, with what it used (`wait4`, without waiting;
+/// its I/O is read while it is a zombie, before the reap frees it). Once reaped here, its
+/// `std::process::Child` must not be waited for or signalled.
 pub fn try_reap(pid: u32) -> std::io::Result<Option<(std::process::ExitStatus, Usage)>> {
     use std::os::unix::process::ExitStatusExt;
+    if !has_exited(pid)? {
+        return Ok(None);
+    }
+    let (read_bytes, write_bytes) = io_bytes(pid);
     let mut status: libc::c_int = 0;
     // SAFETY: rusage is a plain C struct; all-zero is a valid value.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -102,6 +154,8 @@ pub fn try_reap(pid: u32) -> std::io::Result<Option<(std::process::ExitStatus, U
                 cpu_system: Some(seconds(usage.ru_stime)),
                 // Kilobytes on Linux.
                 max_rss: Some(usage.ru_maxrss as i64 * 1024),
+                read_bytes,
+                write_bytes,
             },
         )));
     }

@@ -73,7 +73,18 @@ async fn a_jobs_page_follows_its_output_live(store: StoreKind) {
         "other",
         "--env",
         "API_TOKEN=s3cret",
+        "--mem",
+        "100M",
         "echo other",
+    ])
+    .ok();
+    // Over its --mem: killed, and the page says why.
+    q.rq(&[
+        "submit",
+        "-q",
+        "--mem",
+        "20M",
+        "python3 -c \"import time\nx = b'1' * (200 << 20)\ntime.sleep(60)\"",
     ])
     .ok();
     let server = Server::start(&q, &[]);
@@ -116,6 +127,7 @@ async fn a_jobs_page_follows_its_output_live(store: StoreKind) {
     assert_eq!(rows.len(), 1);
     assert!(browser.text("#jobs tbody tr").await.contains("echo other"));
     // Secret-looking variables are not shown.
+    q.wait_for("every job to end", 60, |q| q.count("finished") == 3);
     browser
         .client
         .goto(&format!("{}/jobs/2", server.url))
@@ -127,6 +139,21 @@ async fn a_jobs_page_follows_its_output_live(store: StoreKind) {
         "{fields}"
     );
     assert!(!browser.client.source().await.unwrap().contains("s3cret"));
+    // Memory in units, with the bytes; what the run read and wrote likewise.
+    assert!(fields.contains("100M (104857600 bytes)"), "{fields}");
+    for name in ["max_rss", "read_bytes", "write_bytes"] {
+        let line = fields.lines().find(|l| l.starts_with(name)).unwrap_or("");
+        assert!(line.ends_with(" bytes)"), "{name}: {fields}");
+    }
+    browser
+        .client
+        .goto(&format!("{}/jobs/3", server.url))
+        .await
+        .unwrap();
+    let fields = browser.text("#fields").await;
+    assert!(fields.contains("memory: peak"), "{fields}");
+    assert!(fields.contains("above --mem 20M"), "{fields}");
+    assert!(fields.contains("KILL"), "{fields}");
     browser
         .client
         .goto(&format!("{}/jobs", server.url))

@@ -371,7 +371,8 @@ fn an_older_queue_is_migrated_by_the_first_writer_and_a_newer_one_refused() {
          DROP TRIGGER deps_met ON jobs; DROP TRIGGER dep_note ON jobs; \
          CREATE TRIGGER deps_met AFTER UPDATE OF state ON jobs FOR EACH ROW EXECUTE FUNCTION deps_met(); \
          CREATE TRIGGER dep_note AFTER UPDATE OF state ON jobs FOR EACH ROW EXECUTE FUNCTION dep_note(); \
-         ALTER TABLE jobs DROP COLUMN cpu_user, DROP COLUMN cpu_system, DROP COLUMN max_rss; \
+         ALTER TABLE jobs DROP COLUMN cpu_user, DROP COLUMN cpu_system, DROP COLUMN max_rss, \
+         DROP COLUMN read_bytes, DROP COLUMN write_bytes; \
          UPDATE meta SET value = '5' WHERE key = 'schema_version'",
     );
     let settled_triggers = || {
@@ -396,12 +397,13 @@ fn an_older_queue_is_migrated_by_the_first_writer_and_a_newer_one_refused() {
     assert_eq!(version().trim(), "5");
     // The first writer brings it up to date, then writes.
     q.rq(&["submit", "-q", "true"]).ok();
-    assert_eq!(version().trim(), "10");
+    assert_eq!(version().trim(), "11");
     let usage_columns = psql(
         "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() \
-         AND table_name = 'jobs' AND column_name IN ('cpu_user', 'cpu_system', 'max_rss')",
+         AND table_name = 'jobs' AND column_name IN ('cpu_user', 'cpu_system', 'max_rss', \
+         'read_bytes', 'write_bytes')",
     );
-    assert_eq!(usage_columns.trim(), "3", "version 10's columns");
+    assert_eq!(usage_columns.trim(), "5", "version 10's and 11's columns");
     assert_eq!(jid_default().trim(), "1");
     assert_eq!(settled_triggers().trim(), "2", "version 9's triggers");
     let tables = psql(

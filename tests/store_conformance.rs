@@ -78,13 +78,24 @@ fn end(jid: i64, claim: &str, retry_at: Option<String>) -> End {
             cpu_user: Some(1.25),
             cpu_system: Some(0.5),
             max_rss: Some(3 << 20),
+            read_bytes: Some(7 << 30),
+            write_bytes: Some(12345),
         },
         reason: None,
     }
 }
 
-/// What job `jid`'s last run used, as recorded: user CPU, system CPU, peak memory.
-fn usage_of(queue: &mut Queue, jid: i64) -> (Option<f64>, Option<f64>, Option<i64>) {
+/// What job `jid`'s last run used, as recorded: user CPU, system CPU, peak memory, bytes
+/// read and written.
+type Used = (
+    Option<f64>,
+    Option<f64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
+fn usage_of(queue: &mut Queue, jid: i64) -> Used {
     let rows = queue
         .store()
         .read(|tx| rq::queue::select_rows(tx, &rq::store::Filter::jids(&[jid])))
@@ -99,6 +110,8 @@ fn usage_of(queue: &mut Queue, jid: i64) -> (Option<f64>, Option<f64>, Option<i6
         real("cpu_user"),
         real("cpu_system"),
         row.get("max_rss").as_int(),
+        row.get("read_bytes").as_int(),
+        row.get("write_bytes").as_int(),
     )
 }
 
@@ -213,7 +226,13 @@ fn claims_family(store: StoreKind) {
     assert_eq!(state(&mut queue, plain), ("finished".into(), Some(0), 1));
     assert_eq!(state(&mut queue, tagged), ("pending".into(), Some(0), 1));
     // What the run used goes with its end (a retry's too).
-    let used = (Some(1.25), Some(0.5), Some(3 << 20));
+    let used = (
+        Some(1.25),
+        Some(0.5),
+        Some(3 << 20),
+        Some(7 << 30),
+        Some(12345),
+    );
     assert_eq!(usage_of(&mut queue, plain), used);
     assert_eq!(usage_of(&mut queue, tagged), used);
     assert_eq!(state(&mut queue, restartable), ("pending".into(), None, 0));

@@ -23,8 +23,17 @@ fn every_run_records_its_cpu_time_and_peak_memory(store: StoreKind) {
         ])
         .ok()
         .stdout;
+    // 5,000,000 bytes written by one child of the job's shell, read back by another.
+    let io = q
+        .rq(&[
+            "submit",
+            "--parsable",
+            "head -c 5000000 /dev/zero > \"$RQ_DATA/out\" && cat \"$RQ_DATA/out\" > /dev/null",
+        ])
+        .ok()
+        .stdout;
     let _h1 = q.feeder("h1", &["--exit_when_empty"]);
-    q.wait_for("the jobs to finish", 60, |q| q.count("finished") == 2);
+    q.wait_for("the jobs to finish", 60, |q| q.count("finished") == 3);
     let jobs: std::collections::HashMap<String, _> = q
         .jobs()
         .into_iter()
@@ -32,6 +41,13 @@ fn every_run_records_its_cpu_time_and_peak_memory(store: StoreKind) {
         .collect();
     let alloc = &jobs[alloc.trim()];
     let busy = &jobs[busy.trim()];
+    let io = &jobs[io.trim()];
+    assert_eq!(int(io, "exit_status"), 0, "{io:?}");
+    // Written: the file (and cat's 5 MB into /dev/null); read: /dev/zero and the file,
+    // and what the shell read of its start-up files.
+    let (read, written) = (int(io, "read_bytes"), int(io, "write_bytes"));
+    assert!((10_000_000..11_000_000).contains(&written), "{written}");
+    assert!((10_000_000..12_000_000).contains(&read), "{read}");
     assert_eq!(int(alloc, "exit_status"), 0, "{alloc:?}");
     assert_eq!(int(busy, "exit_status"), 0, "{busy:?}");
     let mib = |j: &serde_json::Map<String, serde_json::Value>| {
@@ -55,16 +71,16 @@ fn every_run_records_its_cpu_time_and_peak_memory(store: StoreKind) {
     assert!(cpu(alloc) < 1.5, "{}", cpu(alloc));
     // Summarized in /metrics: the recently ended jobs' CPU and memory.
     let metrics = q.rq(&["metrics"]).ok().stdout;
-    assert!(metrics.contains("rq_job_cpu_seconds_count 2"), "{metrics}");
+    assert!(metrics.contains("rq_job_cpu_seconds_count 3"), "{metrics}");
     assert!(
-        metrics.contains("rq_job_max_rss_bytes_count 2"),
+        metrics.contains("rq_job_max_rss_bytes_count 3"),
         "{metrics}"
     );
     // A run's figures go with a new run: resubmitted, they are those of the new run.
     let jid = int(busy, "jid").to_string();
     q.rq(&["resubmit", &jid, "-q"]).ok();
     let _h2 = q.feeder("h2", &["--exit_when_empty"]);
-    q.wait_for("the rerun to finish", 60, |q| q.count("finished") == 2);
+    q.wait_for("the rerun to finish", 60, |q| q.count("finished") == 3);
     let again = q.rq(&["list", &jid]).ok().records();
     assert!(cpu(&again[0]) >= 1.45, "{again:?}");
 }

@@ -30,7 +30,7 @@ impl Feeder {
                     self.recorded_ends
                         .iter()
                         .find(|(_, e)| e.jid == *jid && e.claim == *claim)
-                        .map(|(_, e)| crate::claims::Fate::Ended(e.clone()))
+                        .map(|(_, e)| crate::claims::Fate::Ended(Box::new(e.clone())))
                 })
                 .collect();
             let journaled = self.with_journals(|read| {

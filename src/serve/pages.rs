@@ -365,7 +365,7 @@ pub fn job(
                             format!("{} ({t})", term.time_text(t)),
                         Cell::Text(t) if crate::job::JSON_FIELDS.contains(&name.as_str()) =>
                             crate::output::json_for_people(t),
-                        Cell::Int(n) if ["max_rss", "mem"].contains(&name.as_str()) =>
+                        Cell::Int(n) if ["max_rss", "mem", "read_bytes", "write_bytes"].contains(&name.as_str()) =>
                             format!("{} ({n} bytes)", crate::human::bytes(*n)),
                         Cell::Real(r) => format!("{}", (r * 1000.0).round() / 1000.0),
                         other => other.to_plain(),

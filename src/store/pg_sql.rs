@@ -7,7 +7,7 @@
 /// Its own sequence: 5 was the first (the tables of SQLite's version 5); `MIGRATIONS`
 /// brings an older queue up to this one. A change to SQLite's tables is made here too, as
 /// a new version.
-pub const SCHEMA_VERSION: i64 = 10;
+pub const SCHEMA_VERSION: i64 = 11;
 
 /// The statement trigger that keeps `job_counts`: per state, what a statement's rows
 /// added and took away. An update subtracts every old row and adds every new one: rows
@@ -115,6 +115,8 @@ $$;
     // 10: what each run used (recorded with its end).
     "ALTER TABLE jobs ADD COLUMN cpu_user double precision, ADD COLUMN cpu_system double precision, \
      ADD COLUMN max_rss bigint;",
+    // 11: the bytes each run read and wrote.
+    "ALTER TABLE jobs ADD COLUMN read_bytes bigint, ADD COLUMN write_bytes bigint;",
 ];
 
 /// The tables of a queue that keeps no job-file directory (`in_database`): heartbeats
@@ -213,7 +215,9 @@ CREATE TABLE jobs (
     gpu_ids      text,
     cpu_user     double precision,
     cpu_system   double precision,
-    max_rss      bigint
+    max_rss      bigint,
+    read_bytes   bigint,
+    write_bytes  bigint
 );
 CREATE INDEX jobs_claim_order ON jobs (state, priority DESC, submitted, jid);
 CREATE INDEX jobs_finished_elapsed ON jobs (elapsed, exit_status) WHERE state = 'finished';

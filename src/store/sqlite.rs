@@ -23,7 +23,7 @@ use crate::store::Tx;
 /// `PRAGMA application_id` of an rq queue database ("rq2\0").
 pub const APPLICATION_ID: i64 = 0x7271_3200;
 /// The schema version this rq writes and understands.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// The schema as first released (version 1); `MIGRATIONS` bring it to `SCHEMA_VERSION`.
 /// Also written, with comments, to `Q/db.schema`.
@@ -238,6 +238,11 @@ END;
 ALTER TABLE jobs ADD COLUMN cpu_user REAL;    -- seconds of user CPU the last run took (its processes and their waited-for children)
 ALTER TABLE jobs ADD COLUMN cpu_system REAL;  -- seconds of system CPU likewise
 ALTER TABLE jobs ADD COLUMN max_rss INTEGER;  -- bytes: the peak resident memory of the last run (see README, "What jobs use")
+"#,
+    // 9: the bytes each run read and wrote.
+    r#"
+ALTER TABLE jobs ADD COLUMN read_bytes INTEGER;   -- bytes the last run read (read calls: files, pipes, network filesystems)
+ALTER TABLE jobs ADD COLUMN write_bytes INTEGER;  -- bytes the last run wrote likewise
 "#,
 ];
 

@@ -63,7 +63,8 @@ UPDATE jobs SET state = 'running', runner = ?1, started = ?2, claim = ?3 || '-' 
        stderr = 'stderr/' || jid, data = coalesce(data, 'data/' || jid), pid = NULL,
        process = NULL, finished = NULL, elapsed = NULL, exit_status = NULL, signal = NULL,
        timed_out = 0, kill_signal = NULL, not_before = NULL,
-       cpu_user = NULL, cpu_system = NULL, max_rss = NULL, reason = NULL,
+       cpu_user = NULL, cpu_system = NULL, max_rss = NULL, read_bytes = NULL,
+       write_bytes = NULL, reason = NULL,
        gpu_ids = json_extract(?6, '$.j' || jid)
  WHERE jid IN (SELECT value FROM json_each(?5)) AND +state IN ('pending', 'dead')
 RETURNING {job_fields};
@@ -74,18 +75,19 @@ SELECT key, value FROM attributes WHERE key IN ('paused', 'drain.' || ?1) ORDER 
 -- name: finish
 -- ?1 ended at, ?2 elapsed, ?3 exit status, ?4 signal, ?5 timed out, ?6 jid, ?7 claim,
 -- ?8 user CPU, ?9 system CPU (seconds), ?10 peak memory (bytes), ?11 why the
--- feeder ended it (NULL: it ended by itself).
+-- feeder ended it (NULL: it ended by itself), ?12 and ?13 bytes read and written.
 UPDATE jobs SET state = 'finished', finished = ?1, elapsed = ?2, exit_status = ?3,
        signal = ?4, timed_out = ?5, claim = NULL, kill_signal = NULL,
-       cpu_user = ?8, cpu_system = ?9, max_rss = ?10, reason = ?11
+       cpu_user = ?8, cpu_system = ?9, max_rss = ?10, reason = ?11,
+       read_bytes = ?12, write_bytes = ?13
  WHERE jid = ?6 AND claim = ?7;
 
 -- name: finish_retry
--- As `finish`, and ?12 not before.
+-- As `finish`, and ?14 not before.
 UPDATE jobs SET state = 'pending', finished = ?1, elapsed = ?2, exit_status = ?3,
        signal = ?4, timed_out = ?5, claim = NULL, kill_signal = NULL,
        cpu_user = ?8, cpu_system = ?9, max_rss = ?10, reason = ?11,
-       retried = retried + 1, not_before = ?12
+       read_bytes = ?12, write_bytes = ?13, retried = retried + 1, not_before = ?14
  WHERE jid = ?6 AND claim = ?7;
 
 -- name: record_start

@@ -36,7 +36,8 @@ UPDATE jobs SET state = ?1, submitted = ?2, submitter = ?3, started = NULL,
        pid = NULL, exit_status = NULL, signal = NULL, attempts = 0, claim = NULL,
        feeder = NULL, process = NULL, timed_out = 0, retried = 0, not_before = NULL,
        kill_signal = NULL, reclaimed_by = NULL, reclaimed_at = NULL,
-       cpu_user = NULL, cpu_system = NULL, max_rss = NULL, reason = NULL,
+       cpu_user = NULL, cpu_system = NULL, max_rss = NULL, read_bytes = NULL,
+       write_bytes = NULL, reason = NULL,
        priority = coalesce(?4, priority), tag = coalesce(?5, tag),
        hosts = coalesce(?6, hosts), restartable = max(restartable, ?7)
  WHERE jid = ?8;
