@@ -543,7 +543,7 @@ submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n
     ),
     (
         "usage",
-        "rq QUEUE usage [SELECTION] [--mine]\n\nWhat the selected jobs' last runs used (default: every job that ran), in total,\nper tag and per array: runs, CPU hours (user and system), wall hours, CPU\nefficiency (CPU time / (elapsed x CPUs asked)) and memory efficiency (peak\nmemory / --mem, over the jobs that asked for memory); then the jobs furthest off\nwhat they asked for (runs of a second or more). A table on a terminal, YAML\n(--format json: JSON) otherwise. Each run's figures are fields of the job\n(cpu_user, cpu_system, max_rss).\n\n  rq q usage tag:sweep\n  rq q usage array:100 --format json\n",
+        "rq QUEUE usage [SELECTION] [--mine]\n\nWhat the selected jobs' last runs used (default: every job that ran), in total,\nper tag and per array: runs, CPU hours (user and system), wall hours, CPU\nefficiency (CPU time / (elapsed x CPUs asked)) and memory efficiency (peak\nmemory / --mem, over the jobs that asked for memory); then the jobs furthest off\nwhat they asked for (runs of a second or more). A table on a terminal, YAML\n(--format json: JSON) otherwise. Each run's figures are fields of the job\n(cpu_user, cpu_system, max_rss, read_bytes, write_bytes).\n\n  rq q usage tag:sweep\n  rq q usage array:100 --format json\n",
     ),
     (
         "state",
