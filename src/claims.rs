@@ -207,17 +207,18 @@ impl Pick {
         let fits = c.cpus <= self.free.cpus
             && c.mem <= self.free.mem
             && c.gpus as usize <= self.free.devices.len();
-        // A one-CPU job may be claimed ahead of free CPUs, to start when a slot frees.
-        let ahead_ok = c.cpus == 1 && c.mem == 0 && c.gpus == 0 && self.ahead > 0;
+        // A one-CPU job may be claimed ahead of free CPUs, to start when a slot frees; its
+        // memory is held from then on (the host's is never promised twice).
+        let ahead_ok = c.cpus == 1 && c.gpus == 0 && c.mem <= self.free.mem && self.ahead > 0;
         if !(fits || ahead_ok) {
             return false;
         }
         if fits {
             self.free.cpus -= c.cpus;
-            self.free.mem -= c.mem;
         } else {
             self.ahead -= 1;
         }
+        self.free.mem -= c.mem;
         if c.gpus > 0 {
             let ids: Vec<String> = self.free.devices.drain(..c.gpus as usize).collect();
             self.devices.insert(

@@ -355,7 +355,34 @@ fn jobs_waiting_for_a_gpu_do_not_idle_the_cpus(store: StoreKind) {
     );
 }
 
+/// Short jobs are claimed ahead of free slots (to start as one ends); jobs with `--mem`
+/// too, holding their memory from the claim: a feeder never holds, running or claimed,
+/// more jobs' memory than it offers.
+fn jobs_claimed_ahead_never_promise_more_memory_than_offered(store: StoreKind) {
+    let q = TestQueue::on(store);
+    let list = "true\n".repeat(1500);
+    q.rq_stdin(&["submit", "-q", "--mem", "100M", "-"], &list)
+        .ok();
+    let _h1 = q.feeder("h1", &["--cpus", "2", "--mem", "300M", "--max_feed", "8"]);
+    let (mut most, mut looks) = (0, 0);
+    loop {
+        let jobs = q.rq(&["status"]).ok().value()["jobs"].clone();
+        if jobs["finished"].as_i64() == Some(1500) {
+            break;
+        }
+        most = most.max(jobs["running"].as_i64().unwrap());
+        looks += 1;
+        assert!(looks < 20_000, "the jobs did not finish: {jobs}");
+    }
+    assert!(
+        most <= 3,
+        "{most} jobs of 100M held at once by a feeder offering 300M"
+    );
+    assert!(most >= 1 && looks > 3, "never seen at work ({looks} looks)");
+}
+
 crate::on_both_stores!(
+    jobs_claimed_ahead_never_promise_more_memory_than_offered,
     a_paused_queue_runs_nothing_new_until_resumed,
     a_drained_host_takes_nothing_new_even_after_a_restart,
     a_tag_limit_holds_across_hosts,
