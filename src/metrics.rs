@@ -49,14 +49,24 @@ impl prometheus_client::encoding::EncodeLabelValue for Escaped {
     }
 }
 
+/// What a run used, where recorded: CPU seconds (user and system), peak memory, bytes
+/// read and written.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunUsage {
+    pub cpu_seconds: Option<f64>,
+    pub max_rss: Option<i64>,
+    pub read_bytes: Option<i64>,
+    pub write_bytes: Option<i64>,
+}
+
 /// What the metrics are made from: one read of the queue.
 pub struct Inputs<'a> {
     pub summary: &'a Summary,
     pub feeders: &'a [Feeder],
     /// Run times (seconds) of recently ended jobs.
     pub recent_durations: &'a [f64],
-    /// What those jobs used, where recorded: CPU seconds, peak memory (bytes).
-    pub recent_usage: &'a [(Option<f64>, Option<i64>)],
+    /// What those jobs used, where recorded.
+    pub recent_usage: &'a [RunUsage],
     pub db_bytes: u64,
 }
 
@@ -116,13 +126,22 @@ pub fn render(inputs: &Inputs<'_>) -> Result<String> {
         durations,
     );
     let cpu = Histogram::new(buckets);
-    let memory = Histogram::new([16e6, 64e6, 256e6, 1e9, 4e9, 16e9, 64e9, 256e9]);
-    for (seconds, bytes) in inputs.recent_usage {
-        if let Some(seconds) = seconds {
-            cpu.observe(*seconds);
+    let sizes = [16e6, 64e6, 256e6, 1e9, 4e9, 16e9, 64e9, 256e9];
+    let memory = Histogram::new(sizes);
+    let read = Histogram::new(sizes);
+    let written = Histogram::new(sizes);
+    for used in inputs.recent_usage {
+        if let Some(seconds) = used.cpu_seconds {
+            cpu.observe(seconds);
         }
-        if let Some(bytes) = bytes {
-            memory.observe(*bytes as f64);
+        for (histogram, bytes) in [
+            (&memory, used.max_rss),
+            (&read, used.read_bytes),
+            (&written, used.write_bytes),
+        ] {
+            if let Some(bytes) = bytes {
+                histogram.observe(bytes as f64);
+            }
         }
     }
     registry.register(
@@ -134,6 +153,16 @@ pub fn render(inputs: &Inputs<'_>) -> Result<String> {
         "rq_job_max_rss_bytes",
         "Peak resident memory of recently ended jobs",
         memory,
+    );
+    registry.register(
+        "rq_job_read_bytes",
+        "Bytes recently ended jobs read (read calls: files, pipes, network filesystems)",
+        read,
+    );
+    registry.register(
+        "rq_job_write_bytes",
+        "Bytes recently ended jobs wrote likewise",
+        written,
     );
 
     let oldest = Gauge::<f64, std::sync::atomic::AtomicU64>::default();

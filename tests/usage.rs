@@ -76,6 +76,12 @@ fn every_run_records_its_cpu_time_and_peak_memory(store: StoreKind) {
         metrics.contains("rq_job_max_rss_bytes_count 3"),
         "{metrics}"
     );
+    // The I/O job's 10 MB written fall in the 16 MB bucket; the others write nothing.
+    assert!(
+        metrics.contains("rq_job_write_bytes_bucket{le=\"16000000.0\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("rq_job_read_bytes_count 3"), "{metrics}");
     // A run's figures go with a new run: resubmitted, they are those of the new run.
     let jid = int(busy, "jid").to_string();
     q.rq(&["resubmit", &jid, "-q"]).ok();

@@ -46,7 +46,7 @@ pub struct Snapshot {
     /// Run times of the jobs in the timeline that ended.
     pub durations: Vec<f64>,
     /// What those jobs used: CPU seconds and peak memory (bytes), where recorded.
-    pub usage: Vec<(Option<f64>, Option<i64>)>,
+    pub usage: Vec<crate::metrics::RunUsage>,
     pub db_bytes: u64,
     pub taken: Timestamp,
 }
@@ -126,8 +126,8 @@ impl MinuteCounts {
     }
 }
 
-/// A timeline row as read: jid, host, started, finished, state, exit status, signal, CPU
-/// seconds, peak memory.
+/// A timeline row as read: jid, host, started, finished, state, exit status, signal, and
+/// what the run used.
 type RawBar = (
     i64,
     String,
@@ -136,8 +136,7 @@ type RawBar = (
     String,
     Option<i64>,
     Option<String>,
-    Option<f64>,
-    Option<i64>,
+    crate::metrics::RunUsage,
 );
 
 /// Read a snapshot.
@@ -158,8 +157,12 @@ pub fn read(q: &mut Queue, counts: &mut MinuteCounts) -> Result<Snapshot> {
                     r.get(4)?,
                     r.get(5)?,
                     r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
+                    crate::metrics::RunUsage {
+                        cpu_seconds: r.get(7)?,
+                        max_rss: r.get(8)?,
+                        read_bytes: r.get(9)?,
+                        write_bytes: r.get(10)?,
+                    },
                 ))
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -173,14 +176,14 @@ pub fn read(q: &mut Queue, counts: &mut MinuteCounts) -> Result<Snapshot> {
     let mut timeline = Vec::new();
     let mut durations = Vec::new();
     let mut usage = Vec::new();
-    for (jid, host, started, finished, state, exit, signal, cpu, max_rss) in bars {
+    for (jid, host, started, finished, state, exit, signal, used) in bars {
         let Some(start) = started.as_deref().and_then(time::parse) else {
             continue;
         };
         let end = finished.as_deref().and_then(time::parse);
         if let Some(end) = end {
             durations.push(time::seconds_between(start, end).max(0.0));
-            usage.push((cpu, max_rss));
+            usage.push(used);
         }
         let outcome = match state.as_str() {
             "running" => "running",

@@ -108,9 +108,9 @@ SELECT jid, cpus, mem, gpus FROM jobs WHERE (cpus > 1 OR gpus > 0 OR mem > 0)
 -- name: timeline
 -- The dashboard's bars: jobs that ended since $1 (the latest $2) and the running ones:
 -- jid, host ('?' for none), started, finished, state, exit status, signal, CPU seconds
--- (user and system) and peak memory of the run.
+-- (user and system), peak memory and bytes read and written of the run.
 SELECT jid, coalesce(runner, '?'), started, finished, state, exit_status, signal,
-       cpu_user + cpu_system, max_rss FROM jobs
+       cpu_user + cpu_system, max_rss, read_bytes, write_bytes FROM jobs
  WHERE jid IN (SELECT jid FROM jobs WHERE state IN ('finished', 'dead')
                 AND finished >= $1 ORDER BY finished DESC LIMIT $2)
     OR (state = 'running' AND started IS NOT NULL);
