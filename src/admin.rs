@@ -5,9 +5,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use rusqlite::backup::Backup;
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OpenFlags};
+use crate::store::SqlValue;
 use serde_json::{Value, json};
 
 use crate::error::{Error, IoContext, Result};
@@ -39,36 +37,12 @@ fn refuse_existing(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The SQLite connection of a transaction: these modes work on the queue's database file.
-fn sqlite_only<'a>(tx: &crate::store::Tx<'a>) -> Result<&'a Connection> {
-    tx.sqlite().ok_or_else(|| {
-        Error::usage(
-            "this mode works on a queue directory's database file; back up a PostgreSQL \
-             queue with pg_dump --schema=rq_NAME",
-        )
-    })
-}
-
-/// Copy the queue's database into `dest_db` in one step of the backup API inside a read
-/// transaction: a consistent copy; writers wait only while it is made.
+/// Copy the queue's database into `dest_db` (a directory queue's only; see
+/// `store::repair::copy_database`).
 fn copy_database(q: &mut Queue, dest_db: &Path) -> Result<()> {
-    q.store().read(|tx| {
-        let conn = sqlite_only(tx)?;
-        let mut dest = Connection::open(dest_db)?;
-        let backup = Backup::new(conn, &mut dest)?;
-        match backup.step(-1)? {
-            rusqlite::backup::StepResult::Done => Ok(()),
-            other => Err(Error::Conflict(format!(
-                "the database copy did not complete ({other:?}); try again"
-            ))),
-        }
-    })?;
-    // The copy is a rollback-journal database like the queue's own.
-    let conn = Connection::open(dest_db)?;
-    conn.query_row("PRAGMA journal_mode = PERSIST", [], |r| {
-        r.get::<_, String>(0)
-    })?;
-    Ok(())
+    q.store()
+        .read(|tx| store::repair::copy_database(tx, dest_db))?;
+    store::repair::keep_rollback_journal(dest_db)
 }
 
 /// Where a PostgreSQL queue's copy goes by default: `rq_NAME.SUFFIX` in the current
@@ -197,16 +171,16 @@ pub fn rotate(q: &mut Queue, dest: Option<&Path>, keep_dir: bool) -> Result<Valu
             let page = archive.store().read(|atx| {
                 let rows = atx
                     .op(copies::ENDED_PAGE)
-                    .query_map(rusqlite::params![after, ARCHIVE_PAGE], |r| {
+                    .query_map(crate::params![after, ARCHIVE_PAGE], |r| {
                         Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
                     })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                    .collect::<crate::error::Result<Vec<_>>>()?;
                 Ok(rows)
             })?;
             let Some(&(last, _)) = page.last() else { break };
             after = last;
             for (jid, finished) in &page {
-                if del.execute(rusqlite::params![jid, finished])? > 0 {
+                if del.execute(crate::params![jid, finished])? > 0 {
                     deleted += 1;
                 } else {
                     kept.insert(*jid);
@@ -392,15 +366,15 @@ pub fn recover(dir: &Path) -> Result<Value> {
             why: "it has no db file".into(),
         });
     }
-    let check = integrity(&db);
+    let check = store::repair::integrity(&db);
     let problem = match &check {
         // A sound SQLite file is only a healthy queue if it holds an rq schema: an empty
         // (0-byte) file or some other database passes the integrity check too.
-        Ok(text) if text == "ok" => match rq_schema(&db) {
+        Ok(text) if text == "ok" => match store::repair::rq_schema(&db) {
             Ok(()) => {
                 // Sound after all (the damage seen was in a connection, not the file),
                 // but without what someone planted in it.
-                let dropped = drop_foreign_objects(&db)?;
+                let dropped = store::repair::drop_foreign_objects(&db)?;
                 let cleared = std::fs::remove_file(store::damage_mark(&db)).is_ok();
                 return Ok(json!({
                     "integrity": "ok",
@@ -419,7 +393,7 @@ pub fn recover(dir: &Path) -> Result<Value> {
     // A new file (O_EXCL|O_NOFOLLOW): its name is predictable, so a link planted there
     // must not be written through.
     queue::copy_file_new(&db, &copy)?;
-    let salvage = salvage(&db);
+    let salvage = store::repair::salvage(&db);
     let highest_file_jid = highest_jid_in_files(dir);
     let fresh = dir.join(format!("db.recovering.{}", std::process::id()));
     let _ = std::fs::remove_file(&fresh);
@@ -435,54 +409,12 @@ pub fn recover(dir: &Path) -> Result<Value> {
         }
     }
     let _cleanup = RemoveOnDrop(fresh.clone());
-    store::create_database(&fresh)?;
-    {
-        let conn = Connection::open(&fresh)?;
-        let fields = crate::job::FIELDS.join(", ");
-        let placeholders = vec!["?"; crate::job::FIELDS.len()].join(", ");
-        let tx = conn.unchecked_transaction()?;
-        {
-            let mut insert = tx.prepare(&format!(
-                "INSERT OR REPLACE INTO jobs ({fields}) VALUES ({placeholders})"
-            ))?;
-            for row in &salvage.rows {
-                insert.execute(rusqlite::params_from_iter(row.iter()))?;
-            }
-            for (k, v) in &salvage.attributes {
-                tx.execute(
-                    "INSERT OR REPLACE INTO attributes (key, value) VALUES (?, ?)",
-                    [k, v],
-                )?;
-            }
-        }
-        // jids are never reused: continue above every jid seen anywhere.
-        let top = salvage.highest_jid.max(highest_file_jid);
-        tx.execute(
-            "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'jobs'",
-            [top],
-        )?;
-        tx.execute(
-            "INSERT INTO sqlite_sequence (name, seq) SELECT 'jobs', ? WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'jobs')",
-            [top],
-        )?;
-        tx.commit()?;
-    }
-    // Write the rebuilt database over the damaged one, page by page, under its lock (same
-    // inode: other hosts' connections stay valid). A file SQLite cannot even open as a
-    // database is replaced by the new one instead (a rename: atomic).
-    let write_over = || -> rusqlite::Result<()> {
-        let src = Connection::open(&fresh)?;
-        let mut live = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-        live.busy_timeout(std::time::Duration::from_secs(600))?;
-        let backup = Backup::new(&src, &mut live)?;
-        loop {
-            match backup.step(-1)? {
-                rusqlite::backup::StepResult::Done => return Ok(()),
-                _ => std::thread::sleep(std::time::Duration::from_millis(100)),
-            }
-        }
-    };
-    if write_over().is_err() {
+    // jids are never reused: continue above every jid seen anywhere.
+    let top = salvage.highest_jid.max(highest_file_jid);
+    store::repair::rebuild(&fresh, &salvage, top)?;
+    // Written over the damaged one in place where SQLite can open that (see
+    // `store::repair::write_over`), else put in its place.
+    if store::repair::write_over(&fresh, &db).is_err() {
         std::fs::rename(&fresh, &db).context(|| {
             format!(
                 "cannot put the rebuilt database in place of {}",
@@ -490,7 +422,7 @@ pub fn recover(dir: &Path) -> Result<Value> {
             )
         })?;
     }
-    let after = integrity(&db).unwrap_or_else(|e| e);
+    let after = store::repair::integrity(&db).unwrap_or_else(|e| e);
     let _ = std::fs::remove_file(store::damage_mark(&db));
     // The proof that counts: the queue opens again.
     if let Err(e) = store::SqliteStore::open(&db, store::Access::ReadOnly) {
@@ -509,242 +441,6 @@ pub fn recover(dir: &Path) -> Result<Value> {
         "lost_jobs_at_most": (salvage.highest_jid.max(highest_file_jid) as usize).saturating_sub(salvage.rows.len()),
         "damaged_copy": copy,
     }))
-}
-
-/// Remove from a sound queue database what rq's schema does not make (a planted trigger,
-/// view, index or table: writers refuse such a queue), in one write transaction, without
-/// touching rq's own tables. Returns what was removed ("trigger evil").
-fn drop_foreign_objects(db: &Path) -> Result<Vec<String>> {
-    let mut conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-    conn.busy_timeout(std::time::Duration::from_secs(600))?;
-    let foreign = store::sqlite::foreign_objects(&conn)?;
-    if foreign.is_empty() {
-        return Ok(Vec::new());
-    }
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    // Triggers and views first: a table's go with it, and dropping a table must not
-    // fire anything planted.
-    let order = |kind: &str| match kind {
-        "trigger" => 0,
-        "view" => 1,
-        "index" => 2,
-        _ => 3,
-    };
-    let mut sorted = foreign.clone();
-    sorted.sort_by_key(|(kind, _)| order(kind));
-    let mut dropped = Vec::new();
-    for (kind, name) in &sorted {
-        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        let statement = match kind.as_str() {
-            "trigger" => format!("DROP TRIGGER IF EXISTS {quoted}"),
-            "view" => format!("DROP VIEW IF EXISTS {quoted}"),
-            "index" => format!("DROP INDEX IF EXISTS {quoted}"),
-            _ => format!("DROP TABLE IF EXISTS {quoted}"),
-        };
-        tx.execute_batch(&statement)?;
-        dropped.push(format!("{kind} {name}"));
-    }
-    tx.commit()?;
-    Ok(dropped)
-}
-
-/// Does this (sound) SQLite file hold an rq queue's schema?
-fn rq_schema(db: &Path) -> std::result::Result<(), String> {
-    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| e.to_string())?;
-    let _ = conn.busy_timeout(std::time::Duration::from_secs(600));
-    let app_id: i64 = conn
-        .query_row("PRAGMA application_id", [], |r| r.get(0))
-        .map_err(|e| e.to_string())?;
-    let tables: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('jobs', 'attributes', 'meta')",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(|e| e.to_string())?;
-    if app_id == store::APPLICATION_ID && tables == 3 {
-        Ok(())
-    } else if tables == 0 && std::fs::metadata(db).map(|m| m.len()).unwrap_or(0) == 0 {
-        Err("the database file is empty".into())
-    } else {
-        Err("the database file holds no rq queue".into())
-    }
-}
-
-fn integrity(db: &Path) -> std::result::Result<String, String> {
-    let conn = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .map_err(|e| e.to_string())?;
-    let _ = conn.busy_timeout(std::time::Duration::from_secs(600));
-    let mut stmt = conn
-        .prepare("PRAGMA integrity_check")
-        .map_err(|e| e.to_string())?;
-    let lines: std::result::Result<Vec<String>, _> = stmt
-        .query_map([], |r| r.get(0))
-        .map_err(|e| e.to_string())?
-        .collect();
-    lines.map(|l| l.join("\n")).map_err(|e| e.to_string())
-}
-
-struct Salvage {
-    rows: Vec<Vec<SqlValue>>,
-    attributes: Vec<(String, String)>,
-    highest_jid: i64,
-}
-
-/// Read every row that can be read: ranges of jids, split in halves around errors.
-fn salvage(db: &Path) -> Salvage {
-    let mut out = Salvage {
-        rows: Vec::new(),
-        attributes: Vec::new(),
-        highest_jid: 0,
-    };
-    let Ok(conn) = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
-        return out;
-    };
-    let _ = conn.busy_timeout(std::time::Duration::from_secs(600));
-    // Which columns the damaged schema has (it may be an older version).
-    let present: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_table_info('jobs')")
-        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-        .unwrap_or_default();
-    let select: Vec<String> = crate::job::FIELDS
-        .iter()
-        .map(|f| {
-            if present.iter().any(|p| p == f) {
-                f.to_string()
-            } else {
-                format!("NULL AS {f}")
-            }
-        })
-        .collect();
-    let sql = format!(
-        "SELECT {} FROM jobs WHERE jid BETWEEN ? AND ? ORDER BY jid",
-        select.join(", ")
-    );
-    let top: i64 = conn
-        .query_row(
-            "SELECT max(seq) FROM sqlite_sequence WHERE name = 'jobs'",
-            [],
-            |r| r.get::<_, Option<i64>>(0),
-        )
-        .ok()
-        .flatten()
-        .unwrap_or(0)
-        .max(
-            conn.query_row("SELECT max(jid) FROM jobs", [], |r| {
-                r.get::<_, Option<i64>>(0)
-            })
-            .ok()
-            .flatten()
-            .unwrap_or(0),
-        );
-    out.highest_jid = top;
-    let mut stack = vec![(1i64, top.max(1))];
-    while let Some((lo, hi)) = stack.pop() {
-        let read = (|| -> rusqlite::Result<Vec<Vec<SqlValue>>> {
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let n = crate::job::FIELDS.len();
-            stmt.query_map([lo, hi], |r| {
-                (0..n).map(|i| r.get::<_, SqlValue>(i)).collect()
-            })?
-            .collect()
-        })();
-        match read {
-            Ok(rows) => out.rows.extend(rows),
-            Err(_) if hi > lo => {
-                let mid = lo + (hi - lo) / 2;
-                stack.push((mid + 1, hi));
-                stack.push((lo, mid));
-            }
-            // Left to the page pass (`add_rows_from_pages`).
-            Err(_) => {}
-        }
-    }
-    // Ranges read in halves may repeat jids only if a full range read succeeded after a
-    // split, which cannot happen; still, keep one row per jid.
-    out.rows.sort_by_key(|r| match r.first() {
-        Some(SqlValue::Integer(j)) => *j,
-        _ => 0,
-    });
-    out.rows.dedup_by_key(|r| match r.first() {
-        Some(SqlValue::Integer(j)) => *j,
-        _ => 0,
-    });
-    out.attributes = conn
-        .prepare("SELECT key, value FROM attributes")
-        .and_then(|mut stmt| {
-            stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Option<String>>(1)?.unwrap_or_default(),
-                ))
-            })?
-            .collect()
-        })
-        .unwrap_or_default();
-    add_rows_from_pages(db, &mut out);
-    out
-}
-
-/// What SQLite could not read, read from the pages themselves (`salvage` module): rows of
-/// jids the SQL pass missed, and the settings if that pass lost them.
-fn add_rows_from_pages(db: &Path, out: &mut Salvage) {
-    let Ok(bytes) = std::fs::read(db) else {
-        return;
-    };
-    let n = crate::job::FIELDS.len();
-    let state_at = crate::job::FIELDS.iter().position(|f| *f == "state");
-    let is_job = |cols: &[SqlValue]| {
-        cols.len() >= 25
-            && cols.len() <= n
-            && state_at.is_some_and(|i| {
-                matches!(&cols[i], SqlValue::Text(s)
-                    if ["pending", "holding", "running", "finished", "dead"].contains(&s.as_str()))
-            })
-    };
-    let known: std::collections::HashSet<i64> = out
-        .rows
-        .iter()
-        .filter_map(|r| match r.first() {
-            Some(SqlValue::Integer(j)) => Some(*j),
-            _ => None,
-        })
-        .collect();
-    for (jid, mut cols) in crate::salvage::table_rows(&bytes, "jobs", is_job) {
-        if known.contains(&jid) || !is_job(&cols) {
-            continue;
-        }
-        // The INTEGER PRIMARY KEY is stored as the rowid; columns an older schema lacks
-        // take their defaults on insert.
-        cols[0] = SqlValue::Integer(jid);
-        cols.resize(n, SqlValue::Null);
-        out.highest_jid = out.highest_jid.max(jid);
-        out.rows.push(cols);
-    }
-    out.rows.sort_by_key(|r| match r.first() {
-        Some(SqlValue::Integer(j)) => *j,
-        _ => 0,
-    });
-    // The highest jid ever given, from sqlite_sequence, shows the jids lost at the end.
-    for cols in crate::salvage::table_rows(&bytes, "sqlite_sequence", |_| false).into_values() {
-        if let (Some(SqlValue::Text(name)), Some(SqlValue::Integer(seq))) =
-            (cols.first(), cols.get(1))
-            && name == "jobs"
-        {
-            out.highest_jid = out.highest_jid.max(*seq);
-        }
-    }
-    if out.attributes.is_empty() {
-        let pairs = crate::salvage::table_rows(&bytes, "attributes", |_| false);
-        out.attributes = pairs
-            .into_values()
-            .filter_map(|cols| match (cols.first(), cols.get(1)) {
-                (Some(SqlValue::Text(k)), Some(SqlValue::Text(v))) => Some((k.clone(), v.clone())),
-                _ => None,
-            })
-            .collect();
-    }
 }
 
 /// Jids from 1 to `top` that are not in `rows`, as ranges ("7", "12-40"): deleted on

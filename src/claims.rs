@@ -17,7 +17,7 @@ fn tag_room(tx: &Tx<'_>) -> Result<Vec<(String, i64)>> {
     let limits: Vec<(String, i64)> = tx
         .op(op::TAG_LIMITS)
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::error::Result<_>>()?;
     if !limits.is_empty() {
         tx.op(op::TAG_LIMITS_TURN).execute([])?;
     }
@@ -158,7 +158,7 @@ fn candidates(
     full_tags: &str,
     within: &Capacity,
 ) -> Result<Vec<Candidate>> {
-    let params = rusqlite::params![
+    let params = crate::params![
         host,
         now,
         scan,
@@ -180,7 +180,7 @@ fn candidates(
                 submitted: r.get(5)?,
             })
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::error::Result<_>>()?;
     Ok(found)
 }
 
@@ -254,10 +254,10 @@ impl Pick {
         let mut rows = tx
             .op(op::CLAIM)
             .query_map(
-                rusqlite::params![host, now, token, feeder, chosen, devices],
+                crate::params![host, now, token, feeder, chosen, devices],
                 |r| r.row(&names),
             )?
-            .collect::<rusqlite::Result<Vec<Row>>>()?;
+            .collect::<crate::error::Result<Vec<Row>>>()?;
         // Start them in claim order.
         rows.sort_by_key(|r| {
             (
@@ -285,7 +285,7 @@ pub fn claimable(
         .filter(|(_, n)| *n == 0)
         .map(|(t, _)| t)
         .collect();
-    let params = rusqlite::params![
+    let params = crate::params![
         host,
         now,
         1i64,
@@ -355,7 +355,7 @@ pub fn finish(tx: &Tx<'_>, end: &End) -> Result<bool> {
         None => (op::FINISH, None),
         Some(at) => (op::FINISH_RETRY, Some(at)),
     };
-    let values = rusqlite::params![
+    let values = crate::params![
         now,
         end.elapsed,
         end.exit_status,
@@ -373,7 +373,7 @@ pub fn finish(tx: &Tx<'_>, end: &End) -> Result<bool> {
     let n = match retry_at {
         None => tx.op(n).execute(values)?,
         Some(at) => {
-            let mut with_retry: Vec<&dyn rusqlite::ToSql> = values.to_vec();
+            let mut with_retry: Vec<&dyn crate::store::ToSql> = values.to_vec();
             with_retry.push(at);
             tx.op(n).execute(with_retry.as_slice())?
         }
@@ -391,14 +391,14 @@ pub fn record_start(
 ) -> Result<bool> {
     let n = tx
         .op(op::RECORD_START)
-        .execute(rusqlite::params![pid, identity, jid, claim])?;
+        .execute(crate::params![pid, identity, jid, claim])?;
     Ok(n > 0)
 }
 
 /// A shell that could not be started counts as "command not found" (127).
 pub fn failed_to_start(tx: &Tx<'_>, jid: i64, claim: &str, now: &str) -> Result<()> {
     tx.op(op::FAILED_TO_START)
-        .execute(rusqlite::params![now, jid, claim])?;
+        .execute(crate::params![now, jid, claim])?;
     Ok(())
 }
 
@@ -415,13 +415,13 @@ pub fn mark_crashed(
     let claim = (!claim.is_empty()).then_some(claim);
     let requeued =
         tx.op(op::REQUEUE_CRASHED)
-            .execute(rusqlite::params![signal, jid, claim, max_attempts])?;
+            .execute(crate::params![signal, jid, claim, max_attempts])?;
     if requeued > 0 {
         return Ok("restartable: back to pending".into());
     }
     let dead =
         tx.op(op::MARK_DEAD)
-            .execute(rusqlite::params![crate::time::now(), signal, jid, claim])?;
+            .execute(crate::params![crate::time::now(), signal, jid, claim])?;
     Ok(if dead > 0 {
         "marked dead".into()
     } else {
@@ -441,7 +441,7 @@ pub fn release(
     let (by, at) = reclaimed.unzip();
     let n = tx
         .op(op::RELEASE)
-        .execute(rusqlite::params![by, at, jid, claim])?;
+        .execute(crate::params![by, at, jid, claim])?;
     Ok(n > 0)
 }
 
@@ -466,7 +466,7 @@ pub fn running_on(tx: &Tx<'_>, host: &str) -> Result<Vec<Claimed>> {
                 pid_recorded: r.get(3)?,
             })
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<crate::error::Result<Vec<_>>>()?;
     Ok(rows)
 }
 
@@ -528,22 +528,19 @@ pub fn reclaim_host(
             Fate::Ended(end) => {
                 if finish(tx, &end)? {
                     tx.op(op::NOTE_RECLAIMED)
-                        .execute(rusqlite::params![reclaimer, now, job.jid])?;
+                        .execute(crate::params![reclaimer, now, job.jid])?;
                     done.ended += 1;
                 }
             }
             Fate::MayHaveRun => {}
         }
     }
-    done.requeued = tx.op(op::REQUEUE_HOST).execute(rusqlite::params![
-        reclaimer,
-        now,
-        dead_host,
-        max_attempts
-    ])?;
+    done.requeued =
+        tx.op(op::REQUEUE_HOST)
+            .execute(crate::params![reclaimer, now, dead_host, max_attempts])?;
     done.dead = tx
         .op(op::BURY_HOST)
-        .execute(rusqlite::params![reclaimer, now, dead_host])?;
+        .execute(crate::params![reclaimer, now, dead_host])?;
     Ok(done)
 }
 
@@ -560,7 +557,7 @@ pub fn held_by(tx: &Tx<'_>, host: &str, feeder: &str) -> Result<Vec<i64>> {
     let rows = tx
         .op(op::HELD_BY)
         .query_map([host, feeder], |r| r.get(0))?
-        .collect::<rusqlite::Result<Vec<i64>>>()?;
+        .collect::<crate::error::Result<Vec<i64>>>()?;
     Ok(rows)
 }
 
@@ -575,7 +572,7 @@ pub fn current_claims(tx: &Tx<'_>, jids: &[i64]) -> Result<Vec<ClaimState>> {
                 kill_signal: r.get(2)?,
             })
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<crate::error::Result<Vec<_>>>()?;
     Ok(rows)
 }
 
@@ -584,7 +581,7 @@ pub fn busy_hosts(tx: &Tx<'_>) -> Result<Vec<String>> {
     let rows = tx
         .op(op::BUSY_HOSTS)
         .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<Vec<String>>>()?;
+        .collect::<crate::error::Result<Vec<String>>>()?;
     Ok(rows)
 }
 
@@ -601,11 +598,11 @@ pub fn orphans(tx: &Tx<'_>, host: &str, feeder: &str) -> Result<Vec<Row>> {
 
 fn job_rows(tx: &Tx<'_>, which: crate::store::ops::Op, params: &[&str]) -> Result<Vec<Row>> {
     let names: Vec<String> = crate::job::FIELDS.iter().map(|s| s.to_string()).collect();
-    let values: Vec<&dyn rusqlite::ToSql> = params.iter().map(|p| p as _).collect();
+    let values: Vec<&dyn crate::store::ToSql> = params.iter().map(|p| p as _).collect();
     let rows = tx
         .op(which)
         .query_map(values.as_slice(), |r| r.row(&names))?
-        .collect::<rusqlite::Result<Vec<Row>>>()?;
+        .collect::<crate::error::Result<Vec<Row>>>()?;
     Ok(rows)
 }
 
@@ -619,7 +616,7 @@ pub fn job_files(tx: &Tx<'_>, jids: &[i64]) -> Result<Vec<(i64, Vec<String>)>> {
                 .collect();
             Ok((r.get(0)?, files))
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<crate::error::Result<Vec<_>>>()?;
     Ok(rows)
 }
 
@@ -628,6 +625,6 @@ pub fn running_feeders(tx: &Tx<'_>) -> Result<Vec<String>> {
     let rows = tx
         .op(op::RUNNING_FEEDERS)
         .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<Vec<String>>>()?;
+        .collect::<crate::error::Result<Vec<String>>>()?;
     Ok(rows)
 }

@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::params;
+use crate::params;
 
 use crate::error::{Error, Result};
 use crate::input::{DepRef, JobSpec};
@@ -258,7 +258,7 @@ impl Lookups {
         let jids: Vec<i64> = tx
             .op(op::ARRAY_JOBS)
             .query_map([id], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+            .collect::<crate::error::Result<_>>()?;
         self.arrays.insert(id, jids.clone());
         Ok(jids)
     }
@@ -410,7 +410,7 @@ pub fn waiting_for(tx: &Tx<'_>, jid: i64) -> Result<Vec<(i64, Kind)>> {
             let kind: String = r.get(1)?;
             Ok((r.get(0)?, if kind == "any" { Kind::Any } else { Kind::Ok }))
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::error::Result<_>>()?;
     Ok(found)
 }
 

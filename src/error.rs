@@ -33,6 +33,12 @@ pub enum Error {
     },
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// A column read as what it does not hold (a bug, or a queue changed by hand).
+    #[error("database: column {index}: {why}")]
+    Column { index: usize, why: String },
+    /// A query for one row found none (`store::Optional` makes it `None`).
+    #[error("database: the query returned no rows")]
+    NoRows,
     /// An error from a PostgreSQL server or the connection to it.
     #[error("postgresql: {}", postgres_message(.0))]
     Postgres(#[from] postgres::Error),

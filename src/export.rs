@@ -272,10 +272,10 @@ fn copy_job_files(src: &mut Queue, dest: &mut Queue) -> Result<usize> {
                 .query_map([after, PAGE], |r| {
                     let named = (1..=JOB_DIRS.len())
                         .map(|i| r.get::<_, Option<String>>(i))
-                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                        .collect::<crate::error::Result<Vec<_>>>()?;
                     Ok((r.get(0)?, named.into_iter().flatten().collect()))
                 })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+                .collect::<crate::error::Result<Vec<_>>>()?;
             Ok(page)
         })?;
         let Some((last, _)) = page.last() else { break };
@@ -357,7 +357,7 @@ fn copy_rows(
         .query_map([], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<crate::error::Result<Vec<_>>>()?;
     for (key, value) in every {
         // The job-file directory is the new queue's own. A moved queue's pause stays with
         // the source: it is what keeps the source from running the jobs the new queue has.
@@ -367,7 +367,7 @@ fn copy_rows(
     }
     let mut set = into.op(attributes::SET);
     for (key, value) in &settings {
-        set.execute(rusqlite::params![key, value])?;
+        set.execute(crate::params![key, value])?;
     }
 
     let width = crate::job::FIELDS.len();
@@ -378,9 +378,9 @@ fn copy_rows(
             .query_map([after, PAGE], |r| {
                 (0..width)
                     .map(|i| r.get::<_, SqlValue>(i))
-                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .collect::<crate::error::Result<Vec<_>>>()
             })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .collect::<crate::error::Result<Vec<_>>>()?;
         let Some(last) = page.last() else { break };
         if let SqlValue::Integer(jid) = last[0] {
             after = jid;
@@ -397,9 +397,9 @@ fn copy_rows(
             .query_map([after.0, after.1, PAGE], |r| {
                 (0..4)
                     .map(|i| r.get::<_, SqlValue>(i))
-                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .collect::<crate::error::Result<Vec<_>>>()
             })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .collect::<crate::error::Result<Vec<_>>>()?;
         let Some(last) = page.last() else { break };
         if let (SqlValue::Integer(dep), SqlValue::Integer(job)) = (&last[0], &last[1]) {
             after = (*dep, *job);

@@ -136,17 +136,6 @@ pub enum Cell {
 }
 
 impl Cell {
-    pub fn from_sql(value: rusqlite::types::ValueRef<'_>) -> Cell {
-        use rusqlite::types::ValueRef;
-        match value {
-            ValueRef::Null => Cell::Null,
-            ValueRef::Integer(i) => Cell::Int(i),
-            ValueRef::Real(r) => Cell::Real(r),
-            ValueRef::Text(t) => Cell::Text(String::from_utf8_lossy(t).into_owned()),
-            ValueRef::Blob(b) => Cell::Text(String::from_utf8_lossy(b).into_owned()),
-        }
-    }
-
     pub fn as_text(&self) -> Option<&str> {
         match self {
             Cell::Text(t) => Some(t),

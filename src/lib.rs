@@ -2,10 +2,11 @@
 //!
 //! One module per concept, in layers, each using only those below it
 //! (`tests/layering.rs` checks it):
-//! - infrastructure: [`error`], [`time`], [`host`], [`process`], [`secrets`], [`fsguard`],
-//!   [`beats`] (heartbeat files), [`lock`]; and the job model, [`job`];
+//! - infrastructure: [`error`], [`time`], [`host`], [`process`], [`cgroup`], [`secrets`],
+//!   [`fsguard`], [`beats`] (heartbeat files), [`lock`]; and the job model, [`job`];
 //! - [`store`]: the two stores, their transaction rules, the named operations each writes
-//!   in its own SQL, and the dependency settling every write does;
+//!   in its own SQL, the values that cross the boundary (no driver type leaves it), the
+//!   dependency settling every write does, and the repair of a damaged SQLite file;
 //! - the protocol: [`claims`] (the claim protocol), [`deps`] (jobs waiting for jobs),
 //!   [`journal`] (a feeder's start journal), [`liveness`], [`input`] (job lists, YAML/JSON
 //!   in), [`output`] (YAML/JSON out), [`query`] (the query language);
@@ -62,7 +63,6 @@ pub mod process;
 pub mod query;
 pub mod queue;
 pub mod runner;
-pub mod salvage;
 pub mod secrets;
 pub mod serve;
 pub mod usage;

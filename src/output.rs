@@ -138,8 +138,8 @@ impl RowWriter {
         first: bool,
         out: &mut Vec<u8>,
         row: &crate::store::Cells<'_>,
-    ) -> rusqlite::Result<()> {
-        use rusqlite::types::ValueRef;
+    ) -> crate::error::Result<()> {
+        use crate::store::ValueRef;
         // The columns come from the statement that produced the row, so each is there.
         let cells = self
             .columns

@@ -4,7 +4,7 @@
 
 use jiff::Timestamp;
 
-use rusqlite::types::Value as SqlValue;
+use crate::store::SqlValue;
 
 use crate::error::Result;
 use crate::job::{Cell, Row, State};
@@ -136,7 +136,7 @@ fn ended_counts(tx: &Tx<'_>, now: Timestamp, s: &mut Summary) -> Result<()> {
     let mut stmt = tx.op(op::ENDED_PER_MINUTE);
     let per_minute: Vec<(String, i64)> = stmt
         .query_map([&since], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::error::Result<_>>()?;
     for back in (0..RATE_MINUTES as i64).rev() {
         let key = &minute_start(back)[..16];
         s.ended_per_minute.push(
@@ -167,12 +167,12 @@ fn oldest_and_flags(tx: &Tx<'_>, now: Timestamp, s: &mut Summary) -> Result<()> 
     let mut stmt = tx.op(op::RUNNING_PER_HOST);
     s.running_per_host = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::error::Result<_>>()?;
 
     let mut stmt = tx.op(op::HELD_BACK);
     let flags: Vec<(String, String)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::error::Result<_>>()?;
     for (key, value) in flags {
         match key.strip_prefix("drain.") {
             Some(host) => s.draining.push((host.to_string(), value)),
@@ -267,7 +267,7 @@ pub fn feeder_facts(tx: &Tx<'_>) -> Result<FeederFacts> {
     let mut stmt = tx.op(op::LIVENESS_SETTINGS);
     let liveness: Vec<(String, String)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::error::Result<_>>()?;
     let settings = liveness::Settings::from_attributes(|k| {
         liveness
             .iter()
@@ -277,11 +277,11 @@ pub fn feeder_facts(tx: &Tx<'_>) -> Result<FeederFacts> {
     let mut stmt = tx.op(op::RUNNING_PER_HOST);
     let running = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::error::Result<_>>()?;
     let mut stmt = tx.op(op::HELD_BACK);
     let flags = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::error::Result<_>>()?;
     Ok(FeederFacts {
         lease: settings.lease,
         running,

@@ -2,7 +2,7 @@
 //! AND-ed, with every value bound as a parameter; anything else is a raw SQL
 //! where-clause, which callers run on a read-only connection.
 
-use rusqlite::types::Value as SqlValue;
+use crate::store::SqlValue;
 
 use crate::error::{Error, Result};
 use crate::job;

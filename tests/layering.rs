@@ -129,3 +129,43 @@ fn the_store_and_the_job_model_use_nothing_above_them() {
         "the job model uses {job:?}"
     );
 }
+
+/// The database drivers' types stay inside the store: code above it binds parameters and
+/// reads columns in the store's own value types (`store::value`). Only `error` wraps the
+/// drivers' errors.
+#[test]
+fn no_driver_types_outside_the_store() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = vec![src.clone()];
+    let mut named = Vec::new();
+    let mut seen = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            if path != src.join("store") {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            }
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") || path == src.join("error.rs") {
+            continue;
+        }
+        seen += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap();
+            // The driver crate `postgres`, not rq's own `store::postgres`.
+            let pg_driver = code
+                .match_indices("postgres::")
+                .any(|(at, _)| !code[..at].ends_with("store::"));
+            if code.contains("rusqlite") || pg_driver {
+                named.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(seen > 30, "the source was not found");
+    assert!(
+        named.is_empty(),
+        "driver types outside the store:\n{}",
+        named.join("\n")
+    );
+}

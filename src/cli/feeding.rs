@@ -523,7 +523,7 @@ fn stuck(q: &mut queue::Queue, jids: &[i64], p: &queue::Progress) -> Result<Vec<
         let mut stmt = tx.op(crate::store::ops::jobs::RESTRICTED_PENDING);
         let rows = stmt
             .query_map([&json], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .collect::<crate::error::Result<Vec<_>>>()?;
         Ok(rows)
     })?;
     let orphans: Vec<&(i64, String)> = restricted
@@ -552,8 +552,8 @@ fn report_failures(q: &mut queue::Queue, jids: &[i64], gone: usize) -> Result<()
         let rows = queue::rows_of(
             &mut failed,
             &[
-                rusqlite::types::Value::Text(json.clone()),
-                rusqlite::types::Value::Integer(SHOWN),
+                crate::store::SqlValue::Text(json.clone()),
+                crate::store::SqlValue::Integer(SHOWN),
             ],
         )?;
         let total: i64 = tx

@@ -154,7 +154,7 @@ fn read_attributes(tx: &Tx<'_>) -> Result<Vec<(String, String)>> {
                 r.get::<_, Option<String>>(1)?.unwrap_or_default(),
             ))
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<crate::error::Result<Vec<_>>>()?;
     Ok(rows)
 }
 

@@ -313,7 +313,7 @@ impl Queue {
             let mut reset = tx.op(crate::store::ops::jobs::RESUBMIT);
             let mut outputs = Vec::new();
             for row in &before {
-                reset.execute(rusqlite::params![
+                reset.execute(crate::params![
                     state.as_str(),
                     now,
                     submitter,
@@ -350,7 +350,7 @@ impl Queue {
         let json = serde_json::to_string(jids).unwrap_or_default();
         let (rows, skipped) = self.store.write(|tx| {
             tx.op(crate::store::ops::jobs::REQUEST_KILL)
-                .execute(rusqlite::params![signal, json])?;
+                .execute(crate::params![signal, json])?;
             let rows = select_rows(tx, &Filter::jids(jids).and(Filter::State("running", true)))?;
             let skipped = skipped_jids(tx, jids, &rows, "only running jobs can be killed")?;
             Ok((rows, skipped))

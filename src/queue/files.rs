@@ -138,7 +138,7 @@ pub(super) fn store_inputs(
     }
     if let Some(data) = data {
         tx.op(crate::store::ops::in_database::DROP_DATA)
-            .execute(rusqlite::params![jid, claim])?;
+            .execute(crate::params![jid, claim])?;
         crate::store::in_database::put_file(tx, jid, data.stream, claim, &data.path)?;
     }
     Ok(())

@@ -95,22 +95,7 @@ impl Queue {
 
     /// Run SQL under the write lock; returns the rows of the statements that return rows.
     pub fn execute(&mut self, sql: &str) -> Result<Vec<Row>> {
-        self.store.write(|tx| {
-            let Some(conn) = tx.sqlite() else {
-                return crate::store::postgres::run_script(tx, sql);
-            };
-            let mut rows = Vec::new();
-            use fallible_iterator::FallibleIterator;
-            let mut batch = rusqlite::Batch::new(conn, sql);
-            while let Some(mut stmt) = batch.next()? {
-                let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
-                let mut result = stmt.query([])?;
-                while let Some(row) = result.next()? {
-                    rows.push(crate::store::Cells::Sqlite(row).row(&names)?);
-                }
-            }
-            Ok(rows)
-        })
+        self.store.write(|tx| tx.run_script(sql))
     }
 
     /// Run a read-only where-clause (simple or raw) and visit the matching jobs.

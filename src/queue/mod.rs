@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::types::Value as SqlValue;
+use crate::store::SqlValue;
 use serde_json::{Map, Value, json};
 
 use crate::error::{Error, IoContext, Result};
@@ -311,20 +311,8 @@ fn query_error(clause: &Filter, e: Error) -> Error {
     let Some(raw) = clause.raw() else {
         return e;
     };
-    let said = match &e {
-        Error::Sql(rusqlite::Error::SqlInputError { msg, .. }) => msg.clone(),
-        Error::Sql(rusqlite::Error::SqliteFailure(_, Some(msg))) => msg.clone(),
-        Error::Sql(err) => err.to_string(),
-        // Syntax, unknown names, wrong types (class 42), bad values (class 22).
-        Error::Postgres(err)
-            if err
-                .code()
-                .is_some_and(|c| c.code().starts_with("42") || c.code().starts_with("22")) =>
-        {
-            err.as_db_error()
-                .map_or_else(|| err.to_string(), |db| db.message().to_string())
-        }
-        _ => return e,
+    let Some(said) = crate::store::refusal(&e) else {
+        return e;
     };
     Error::usage(format!(
         "query: {} (in: {})",
@@ -346,7 +334,7 @@ pub fn rows_of(stmt: &mut crate::store::Stmt<'_>, params: &[SqlValue]) -> Result
         .query_map(crate::store::params_from_iter(params.iter()), |r| {
             r.row(&names)
         })?
-        .collect::<rusqlite::Result<Vec<Row>>>()?;
+        .collect::<crate::error::Result<Vec<Row>>>()?;
     Ok(rows)
 }
 

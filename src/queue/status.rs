@@ -50,18 +50,18 @@ pub(crate) fn waiting_ends(tx: &Tx<'_>, state: State) -> Result<(Named, Named)> 
     while priorities.len() <= MAX_PRIORITIES {
         let found = match priorities.last() {
             None => highest.query_row([state], |r| r.get(0)),
-            Some(p) => next_below.query_row(rusqlite::params![state, p], |r| r.get(0)),
+            Some(p) => next_below.query_row(crate::params![state, p], |r| r.get(0)),
         };
         match found {
             Ok(p) => priorities.push(p),
-            Err(Error::Sql(rusqlite::Error::QueryReturnedNoRows)) => break,
+            Err(Error::NoRows) => break,
             Err(e) => return Err(e),
         }
     }
     let end = |which: crate::store::ops::Op, priority: Option<i64>| {
         let mut stmt = tx.op(which);
         let found = match priority {
-            Some(p) => stmt.query_row(rusqlite::params![state, p], |r| Ok((r.get(1)?, r.get(0)?))),
+            Some(p) => stmt.query_row(crate::params![state, p], |r| Ok((r.get(1)?, r.get(0)?))),
             None => stmt.query_row([state], |r| Ok((r.get(1)?, r.get(0)?))),
         };
         found.optional()
@@ -170,7 +170,7 @@ impl Queue {
         };
         self.store.read(|tx| {
             let mut stmt = tx.op(op::NEEDY_BEYOND);
-            let mut rows = stmt.query(rusqlite::params![
+            let mut rows = stmt.query(crate::params![
                 filter,
                 largest.cpus,
                 largest.mem,

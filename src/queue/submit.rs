@@ -561,10 +561,10 @@ impl Queue {
                 let restartable = opts.restartable || spec.restartable.unwrap_or(false);
                 let twin: Option<i64> = tx
                     .op(op::TWIN)
-                    .query_row(rusqlite::params![spec.command, tag], |r| r.get(0))
+                    .query_row(crate::params![spec.command, tag], |r| r.get(0))
                     .optional()?;
                 if let Some(jid) = twin {
-                    tx.op(op::MERGE_TWIN).execute(rusqlite::params![
+                    tx.op(op::MERGE_TWIN).execute(crate::params![
                         priority,
                         hosts,
                         restartable,
@@ -573,7 +573,7 @@ impl Queue {
                     jids.push(jid);
                 } else {
                     let jid: i64 = tx.op(op::INSERT_ONE).query_row(
-                        rusqlite::params![
+                        crate::params![
                             priority.unwrap_or(0),
                             state.as_str(),
                             now,

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::store::SqlValue;
 use jiff::Timestamp;
-use rusqlite::types::Value as SqlValue;
 
 use crate::error::Result;
 use crate::job::Row;
@@ -148,7 +148,7 @@ pub fn read(q: &mut Queue, counts: &mut MinuteCounts) -> Result<Snapshot> {
         counts.refresh(tx, now)?;
         let mut stmt = tx.op(crate::store::ops::status::TIMELINE);
         let bars: Vec<RawBar> = stmt
-            .query_map(rusqlite::params![since, TIMELINE_JOBS], |r| {
+            .query_map(crate::params![since, TIMELINE_JOBS], |r| {
                 Ok((
                     r.get(0)?,
                     r.get(1)?,
@@ -165,7 +165,7 @@ pub fn read(q: &mut Queue, counts: &mut MinuteCounts) -> Result<Snapshot> {
                     },
                 ))
             })?
-            .collect::<rusqlite::Result<_>>()?;
+            .collect::<crate::error::Result<_>>()?;
         // The database's size: its file's pages, or its PostgreSQL tables and indexes.
         let db_bytes: i64 = tx
             .op(crate::store::ops::status::SIZE_BYTES)

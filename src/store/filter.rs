@@ -3,7 +3,7 @@
 //! by each store in its own SQL, into the statements of the `scan` operations
 //! (`Tx::scan`). A user's where-clause is run as written, in the store's dialect.
 
-use rusqlite::types::Value as SqlValue;
+use crate::store::SqlValue;
 
 use super::Dialect;
 

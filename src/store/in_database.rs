@@ -109,7 +109,7 @@ pub fn known_hosts(tx: &Tx<'_>) -> Result<Vec<(Value, Option<f64>)>> {
                 r.get::<_, f64>(2)?,
             ))
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<crate::error::Result<Vec<_>>>()?;
     Ok(rows
         .into_iter()
         .map(|(host, info, age)| {
@@ -137,7 +137,7 @@ pub fn journal_read(tx: &Tx<'_>, feeder: &str) -> Result<Vec<String>> {
     let lines = tx
         .op(op::JOURNAL_READ)
         .query_map([feeder], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+        .collect::<crate::error::Result<Vec<_>>>()?;
     Ok(lines)
 }
 
@@ -171,7 +171,7 @@ pub fn put_chunks(
         Box::new(bytes.chunks(CHUNK))
     };
     for chunk in chunks {
-        stmt.execute(rusqlite::params![jid, stream, claim, seq, chunk])?;
+        stmt.execute(crate::params![jid, stream, claim, seq, chunk])?;
         seq += 1;
     }
     Ok(seq)
@@ -189,7 +189,7 @@ pub fn put_file(
 ) -> Result<()> {
     use std::io::Read;
     tx.op(op::DROP_STREAM)
-        .execute(rusqlite::params![jid, stream, claim])?;
+        .execute(crate::params![jid, stream, claim])?;
     let context = || format!("cannot read {}", path.display());
     let mut file = std::fs::File::open(path).map_err(|e| Error::Io {
         context: context(),
@@ -231,11 +231,11 @@ pub fn read_stream(
     // A chunk at a time: a stream can be as large as a job's data (1 GiB).
     let seqs: Vec<i64> = tx
         .op(op::VISIBLE_CHUNKS)
-        .query_map(rusqlite::params![jid, stream], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+        .query_map(crate::params![jid, stream], |r| r.get(0))?
+        .collect::<crate::error::Result<_>>()?;
     let mut one = tx.op(op::VISIBLE_CHUNK);
     for seq in &seqs {
-        let mut rows = one.query(rusqlite::params![jid, stream, seq])?;
+        let mut rows = one.query(crate::params![jid, stream, seq])?;
         if let Some(row) = rows.next()? {
             sink(&row.get::<_, Vec<u8>>(0)?)?;
         }
@@ -247,9 +247,7 @@ pub fn read_stream(
 pub fn stream_size(tx: &Tx<'_>, jid: i64, stream: &str) -> Result<Option<u64>> {
     let (chunks, size): (i64, i64) = tx
         .op(op::STREAM_SIZE)
-        .query_row(rusqlite::params![jid, stream], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
+        .query_row(crate::params![jid, stream], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok((chunks > 0).then_some(size as u64))
 }
 
@@ -264,10 +262,8 @@ pub fn read_range(
 ) -> Result<Option<Vec<u8>>> {
     let starts: Vec<(i64, i64)> = tx
         .op(op::CHUNK_STARTS)
-        .query_map(rusqlite::params![jid, stream], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+        .query_map(crate::params![jid, stream], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<crate::error::Result<_>>()?;
     if starts.is_empty() {
         return Ok(None);
     }
@@ -280,7 +276,7 @@ pub fn read_range(
         if next <= offset || start >= end {
             continue;
         }
-        let mut rows = read.query(rusqlite::params![jid, stream, seq])?;
+        let mut rows = read.query(crate::params![jid, stream, seq])?;
         let Some(row) = rows.next()? else { continue };
         let bytes: Vec<u8> = row.get(0)?;
         let from = offset.saturating_sub(start).min(bytes.len() as u64) as usize;
@@ -302,7 +298,7 @@ pub fn upload_output(
 ) -> Result<bool> {
     let ours = tx
         .op(op::HOLD_IF_OURS)
-        .query_map(rusqlite::params![jid, claim], |r| r.get::<_, i64>(0))?
+        .query_map(crate::params![jid, claim], |r| r.get::<_, i64>(0))?
         .len()
         == 1;
     if !ours {
@@ -311,7 +307,7 @@ pub fn upload_output(
     for (stream, first_seq, bytes) in streams {
         if *first_seq == 0 {
             tx.op(op::DROP_EARLIER_RUNS)
-                .execute(rusqlite::params![jid, stream, claim])?;
+                .execute(crate::params![jid, stream, claim])?;
         }
         put_chunks(tx, jid, stream, claim, *first_seq, bytes)?;
     }
@@ -333,9 +329,9 @@ pub fn promote_inputs(tx: &Tx<'_>, jid: i64, staged: &str, stdin: bool, data: bo
             continue;
         }
         tx.op(op::DROP_INPUTS)
-            .execute(rusqlite::params![jid, streams])?;
+            .execute(crate::params![jid, streams])?;
         tx.op(op::PROMOTE_STAGED)
-            .execute(rusqlite::params![jid, staged, streams])?;
+            .execute(crate::params![jid, staged, streams])?;
     }
     Ok(())
 }
@@ -349,6 +345,6 @@ pub fn drop_staged(tx: &Tx<'_>, staged: &str) -> Result<usize> {
 /// Remove the stored files of jobs `first..first + count` (a submit that failed).
 pub fn remove_files(tx: &Tx<'_>, first: i64, count: usize) -> Result<()> {
     tx.op(op::REMOVE_FILES)
-        .execute(rusqlite::params![first, first + count as i64])?;
+        .execute(crate::params![first, first + count as i64])?;
     Ok(())
 }

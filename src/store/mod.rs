@@ -18,18 +18,20 @@ pub mod fit;
 pub mod in_database;
 pub mod lock_recovery;
 pub mod ops;
+pub mod pages;
 pub mod pg_sql;
 pub mod postgres;
+pub mod repair;
 pub mod settle;
 pub mod sqlite;
+pub mod value;
 
 pub use filter::{Filter, Term, TermOp};
-pub use rusqlite::types::{Value as SqlValue, ValueRef};
-pub use rusqlite::{OptionalExtension, ToSql};
 pub use sqlite::{
     APPLICATION_ID, Access, MIGRATIONS, SCHEMA_SQL, SCHEMA_VERSION, Store as SqliteStore,
     create_database, damage_mark, schema_file_text,
 };
+pub use value::{FromSql, FromSqlError, SqlValue, ToSql, ValueRef};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -297,8 +299,8 @@ pub enum Dialect {
     Postgres,
 }
 
-/// Parameters of a statement, as both stores bind them: rusqlite's `ToSql` values
-/// (`params![..]`, arrays, slices of values).
+/// Parameters of a statement, as both stores bind them (`params![..]`, arrays, slices of
+/// values).
 pub type Params<'p> = &'p [&'p dyn ToSql];
 
 /// What can be given as a statement's parameters.
@@ -343,7 +345,7 @@ impl AsParams for Vec<SqlValue> {
     }
 }
 
-/// Parameters from an iterator of values (as rusqlite's `params_from_iter`).
+/// Parameters from an iterator of values.
 pub struct ParamsIter<I>(I);
 
 pub fn params_from_iter<I>(iter: I) -> ParamsIter<I>
@@ -395,13 +397,7 @@ impl Rows {
 
 /// An owned copy of a value read.
 pub fn owned(value: ValueRef<'_>) -> SqlValue {
-    match value {
-        ValueRef::Null => SqlValue::Null,
-        ValueRef::Integer(i) => SqlValue::Integer(i),
-        ValueRef::Real(f) => SqlValue::Real(f),
-        ValueRef::Text(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
-        ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
-    }
+    value.to_owned_value()
 }
 
 /// A statement of a transaction (prepared and cached by the store on first use).
@@ -481,15 +477,15 @@ impl Stmt<'_> {
         self.tx.execute_batch(self.sql.text().sql)
     }
 
-    /// The first row (an error `QueryReturnedNoRows` when there is none; see `optional`);
-    /// the statement is not read further.
+    /// The first row (the error `NoRows` when there is none; see `optional`); the
+    /// statement is not read further.
     pub fn query_row<T>(
         &mut self,
         params: impl AsParams,
-        f: impl FnOnce(&Cells<'_>) -> rusqlite::Result<T>,
+        f: impl FnOnce(&Cells<'_>) -> Result<T>,
     ) -> Result<T> {
         if self.sql.is_nothing() {
-            return Err(Error::Sql(rusqlite::Error::QueryReturnedNoRows));
+            return Err(Error::NoRows);
         }
         params.with(|params| self.tx.first(self.sql.text(), params, f))
     }
@@ -498,7 +494,7 @@ impl Stmt<'_> {
     pub fn query_each(
         &mut self,
         params: impl AsParams,
-        f: impl FnMut(&Cells<'_>) -> rusqlite::Result<()>,
+        f: impl FnMut(&Cells<'_>) -> Result<()>,
     ) -> Result<()> {
         if self.sql.is_nothing() {
             return Ok(());
@@ -506,12 +502,12 @@ impl Stmt<'_> {
         params.with(|params| self.tx.each_row(self.sql.text(), params, f))
     }
 
-    /// Every row, mapped (an iterator of results, as rusqlite's, to collect).
+    /// Every row, mapped (an iterator of results, to collect).
     pub fn query_map<T>(
         &mut self,
         params: impl AsParams,
-        mut f: impl FnMut(&Cells<'_>) -> rusqlite::Result<T>,
-    ) -> Result<std::vec::IntoIter<rusqlite::Result<T>>> {
+        mut f: impl FnMut(&Cells<'_>) -> Result<T>,
+    ) -> Result<std::vec::IntoIter<Result<T>>> {
         let mut rows = Vec::new();
         self.query_each(params, |r| {
             rows.push(f(r));
@@ -527,7 +523,7 @@ impl Stmt<'_> {
             rows.push(
                 (0..r.column_count())
                     .map(|i| r.get_ref(i).map(owned))
-                    .collect::<rusqlite::Result<Vec<SqlValue>>>()?,
+                    .collect::<Result<Vec<SqlValue>>>()?,
             );
             Ok(())
         })?;
@@ -570,7 +566,7 @@ pub enum Tx<'a> {
     Postgres(&'a (dyn postgres::PgConn + 'a)),
 }
 
-/// A column's position (as rusqlite's `RowIndex`, so `row.get::<_, T>(0)` reads alike).
+/// A column's position (so that `row.get::<_, T>(0)` names the type read).
 pub trait ColumnIndex {
     fn index(self) -> usize;
 }
@@ -581,6 +577,20 @@ impl ColumnIndex for usize {
     }
 }
 
+/// A value read, as the job model holds it (text that is not UTF-8 repaired; a blob as
+/// text).
+pub fn cell_of(value: ValueRef<'_>) -> crate::job::Cell {
+    use crate::job::Cell;
+    match value {
+        ValueRef::Null => Cell::Null,
+        ValueRef::Integer(i) => Cell::Int(i),
+        ValueRef::Real(r) => Cell::Real(r),
+        ValueRef::Text(t) | ValueRef::Blob(t) => {
+            Cell::Text(String::from_utf8_lossy(t).into_owned())
+        }
+    }
+}
+
 /// One result row of either store.
 pub enum Cells<'r> {
     Sqlite(&'r rusqlite::Row<'r>),
@@ -588,46 +598,42 @@ pub enum Cells<'r> {
 }
 
 impl Cells<'_> {
-    pub fn get_ref(&self, idx: usize) -> rusqlite::Result<ValueRef<'_>> {
+    pub fn get_ref(&self, idx: usize) -> Result<ValueRef<'_>> {
+        let missing = || Error::Column {
+            index: idx,
+            why: "no such column".into(),
+        };
         match self {
-            Cells::Sqlite(row) => row.get_ref(idx),
-            Cells::Values(values) => values
-                .get(idx)
-                .map(ValueRef::from)
-                .ok_or(rusqlite::Error::InvalidColumnIndex(idx)),
+            Cells::Sqlite(row) => Ok(sqlite::value_of(row.get_ref(idx).map_err(|_| missing())?)),
+            Cells::Values(values) => values.get(idx).map(ValueRef::from).ok_or_else(missing),
         }
     }
 
-    /// The column converted as rusqlite converts it, whichever store read it.
-    pub fn get<I: ColumnIndex, T: rusqlite::types::FromSql>(&self, idx: I) -> rusqlite::Result<T> {
+    /// The column read as a `T`, alike whichever store read it.
+    pub fn get<I: ColumnIndex, T: FromSql>(&self, idx: I) -> Result<T> {
         let idx = idx.index();
-        match self {
-            Cells::Sqlite(row) => row.get(idx),
-            Cells::Values(_) => {
-                let value = self.get_ref(idx)?;
-                T::column_result(value).map_err(|e| match e {
-                    rusqlite::types::FromSqlError::InvalidType => {
-                        rusqlite::Error::InvalidColumnType(
-                            idx,
-                            format!("column {idx}"),
-                            value.data_type(),
-                        )
-                    }
-                    other => rusqlite::Error::FromSqlConversionFailure(
-                        idx,
-                        value.data_type(),
-                        Box::new(other),
-                    ),
-                })
-            }
-        }
+        let value = self.get_ref(idx)?;
+        T::column_result(value).map_err(|e| Error::Column {
+            index: idx,
+            why: match e {
+                FromSqlError::InvalidType => format!(
+                    "holds {}, read as {}",
+                    value.kind(),
+                    std::any::type_name::<T>()
+                ),
+                FromSqlError::OutOfRange(i) => {
+                    format!("{i} is out of range for {}", std::any::type_name::<T>())
+                }
+                FromSqlError::NotUtf8 => "text that is not UTF-8".into(),
+            },
+        })
     }
 
     /// The row as the job model holds it, its columns named `names`.
-    pub fn row(&self, names: &[String]) -> rusqlite::Result<crate::job::Row> {
+    pub fn row(&self, names: &[String]) -> Result<crate::job::Row> {
         let cells = (0..names.len())
-            .map(|i| self.get_ref(i).map(crate::job::Cell::from_sql))
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+            .map(|i| self.get_ref(i).map(cell_of))
+            .collect::<Result<Vec<_>>>()?;
         Ok(crate::job::Row::from_cells(names, cells.into_iter()))
     }
 
@@ -666,12 +672,12 @@ impl<'a> Tx<'a> {
         }
     }
 
-    /// The first row (an error `QueryReturnedNoRows` when there is none; see `optional`).
+    /// The first row (the error `NoRows` when there is none; see `optional`).
     pub fn query_row<T>(
         &self,
         sql: &str,
         params: impl AsParams,
-        f: impl FnOnce(&Cells<'_>) -> rusqlite::Result<T>,
+        f: impl FnOnce(&Cells<'_>) -> Result<T>,
     ) -> Result<T> {
         params.with(|params| self.first(Text::shared(sql), params, f))
     }
@@ -681,7 +687,7 @@ impl<'a> Tx<'a> {
         &self,
         sql: &str,
         params: impl AsParams,
-        mut f: impl FnMut(&Cells<'_>) -> rusqlite::Result<T>,
+        mut f: impl FnMut(&Cells<'_>) -> Result<T>,
     ) -> Result<Vec<T>> {
         let mut out = Vec::new();
         self.query_each(sql, params, |row| {
@@ -696,14 +702,16 @@ impl<'a> Tx<'a> {
         &self,
         sql: &str,
         params: impl AsParams,
-        f: impl FnMut(&Cells<'_>) -> rusqlite::Result<()>,
+        f: impl FnMut(&Cells<'_>) -> Result<()>,
     ) -> Result<()> {
         params.with(|params| self.each_row(Text::shared(sql), params, f))
     }
 
     fn run(&self, text: Text<'_>, params: Params<'_>) -> Result<usize> {
         match self {
-            Tx::Sqlite(conn) => Ok(conn.prepare_cached(text.sql)?.execute(params)?),
+            Tx::Sqlite(conn) => Ok(conn
+                .prepare_cached(text.sql)?
+                .execute(sqlite::bind(params))?),
             Tx::Postgres(tx) if text.native => tx.execute_native(text.sql, params),
             Tx::Postgres(tx) => tx.execute(text.sql, params),
         }
@@ -713,16 +721,19 @@ impl<'a> Tx<'a> {
         &self,
         text: Text<'_>,
         params: Params<'_>,
-        f: impl FnOnce(&Cells<'_>) -> rusqlite::Result<T>,
+        f: impl FnOnce(&Cells<'_>) -> Result<T>,
     ) -> Result<T> {
         match self {
-            Tx::Sqlite(conn) => Ok(conn
-                .prepare_cached(text.sql)?
-                .query_row(params, |row| f(&Cells::Sqlite(row)))?),
+            Tx::Sqlite(conn) => {
+                let mut stmt = conn.prepare_cached(text.sql)?;
+                let mut rows = stmt.query(sqlite::bind(params))?;
+                let first = rows.next()?.ok_or(Error::NoRows)?;
+                f(&Cells::Sqlite(first))
+            }
             Tx::Postgres(tx) => {
                 let rows = pg_rows(*tx, text, params, Some(1))?;
-                let first = rows.first().ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-                Ok(f(&Cells::Values(first))?)
+                let first = rows.first().ok_or(Error::NoRows)?;
+                f(&Cells::Values(first))
             }
         }
     }
@@ -731,12 +742,12 @@ impl<'a> Tx<'a> {
         &self,
         text: Text<'_>,
         params: Params<'_>,
-        mut f: impl FnMut(&Cells<'_>) -> rusqlite::Result<()>,
+        mut f: impl FnMut(&Cells<'_>) -> Result<()>,
     ) -> Result<()> {
         match self {
             Tx::Sqlite(conn) => {
                 let mut stmt = conn.prepare_cached(text.sql)?;
-                let mut rows = stmt.query(params)?;
+                let mut rows = stmt.query(sqlite::bind(params))?;
                 while let Some(row) = rows.next()? {
                     f(&Cells::Sqlite(row))?;
                 }
@@ -829,7 +840,6 @@ impl<'a> Tx<'a> {
         submitter: &str,
         user: &str,
     ) -> Result<i64> {
-        use rusqlite::ToSql;
         const COLUMNS: [&str; 29] = [
             "jid",
             "priority",
@@ -933,11 +943,7 @@ impl<'a> Tx<'a> {
             ),
         };
         if let Tx::Postgres(pg) = self {
-            let values: Vec<&dyn rusqlite::ToSql> = rows
-                .iter()
-                .flatten()
-                .map(|v| v as &dyn rusqlite::ToSql)
-                .collect();
+            let values: Vec<&dyn ToSql> = rows.iter().flatten().map(|v| v as &dyn ToSql).collect();
             let width = columns.len();
             return postgres::copy_in(*pg, name, &postgres::column_list(columns), &values, width);
         }
@@ -956,6 +962,25 @@ impl<'a> Tx<'a> {
         }
     }
 
+    /// Run a user's SQL script (`rq Q sql`), in the store's own dialect; the rows of
+    /// the statements that return rows.
+    pub fn run_script(&self, sql: &str) -> Result<Vec<crate::job::Row>> {
+        let Tx::Sqlite(conn) = self else {
+            return postgres::run_script(self, sql);
+        };
+        let mut rows = Vec::new();
+        use fallible_iterator::FallibleIterator;
+        let mut batch = rusqlite::Batch::new(conn, sql);
+        while let Some(mut stmt) = batch.next()? {
+            let names: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
+            let mut result = stmt.query([])?;
+            while let Some(row) = result.next()? {
+                rows.push(Cells::Sqlite(row).row(&names)?);
+            }
+        }
+        Ok(rows)
+    }
+
     /// The connection, for what only SQLite has (pragmas, the backup API).
     pub fn sqlite(&self) -> Option<&'a rusqlite::Connection> {
         match self {
@@ -965,7 +990,28 @@ impl<'a> Tx<'a> {
     }
 }
 
-/// `QueryReturnedNoRows` becomes `None`, as rusqlite's `optional()` does, for both stores.
+/// What the database said when it refused a statement as written (syntax, unknown
+/// names, wrong types or values): the user's mistake when the SQL was theirs. None for
+/// any other error.
+pub fn refusal(e: &Error) -> Option<String> {
+    Some(match e {
+        Error::Sql(rusqlite::Error::SqlInputError { msg, .. }) => msg.clone(),
+        Error::Sql(rusqlite::Error::SqliteFailure(_, Some(msg))) => msg.clone(),
+        Error::Sql(err) => err.to_string(),
+        // Syntax, unknown names, wrong types (class 42), bad values (class 22).
+        Error::Postgres(err)
+            if err
+                .code()
+                .is_some_and(|c| c.code().starts_with("42") || c.code().starts_with("22")) =>
+        {
+            err.as_db_error()
+                .map_or_else(|| err.to_string(), |db| db.message().to_string())
+        }
+        _ => return None,
+    })
+}
+
+/// No row (`NoRows`) becomes `None`, for both stores.
 pub trait Optional<T> {
     fn optional(self) -> Result<Option<T>>;
 }
@@ -974,7 +1020,7 @@ impl<T> Optional<T> for Result<T> {
     fn optional(self) -> Result<Option<T>> {
         match self {
             Ok(value) => Ok(Some(value)),
-            Err(Error::Sql(rusqlite::Error::QueryReturnedNoRows)) => Ok(None),
+            Err(Error::NoRows | Error::Sql(rusqlite::Error::QueryReturnedNoRows)) => Ok(None),
             Err(e) => Err(e),
         }
     }

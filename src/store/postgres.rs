@@ -7,7 +7,6 @@ use std::path::PathBuf;
 
 use ::postgres::types::{IsNull, Type};
 use bytes::BytesMut;
-use rusqlite::types::ToSqlOutput;
 
 use super::{Params, SqlValue};
 use crate::error::{Error, Result};
@@ -24,17 +23,8 @@ pub struct PgTx<'c> {
 struct Bound(SqlValue);
 
 impl Bound {
-    fn from_param(param: &dyn rusqlite::ToSql) -> Result<Bound> {
-        let value = match param.to_sql()? {
-            ToSqlOutput::Borrowed(v) => super::owned(v),
-            ToSqlOutput::Owned(v) => v,
-            other => {
-                return Err(Error::Conflict(format!(
-                    "a value of this kind cannot be stored in PostgreSQL: {other:?}"
-                )));
-            }
-        };
-        Ok(Bound(value))
+    fn from_param(param: &dyn super::ToSql) -> Result<Bound> {
+        Ok(Bound(param.to_sql().to_owned_value()))
     }
 
     /// The PostgreSQL type of the value itself (for parameters the server cannot type).
@@ -1157,7 +1147,7 @@ pub fn copy_in(
     pg: &dyn PgConn,
     table: &str,
     columns: &str,
-    values: &[&dyn rusqlite::ToSql],
+    values: &[&dyn super::ToSql],
     width: usize,
 ) -> Result<()> {
     let mut data = Vec::with_capacity(values.len() * 8);

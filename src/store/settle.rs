@@ -6,7 +6,8 @@
 //! again, a bounded batch at a time, with the rest on the durable work list `dep_work`.
 //! It is part of the store because every write of either store must do it.
 
-use rusqlite::{Connection, params};
+use crate::params;
+use rusqlite::Connection;
 
 use crate::error::Result;
 use crate::store::Tx;
@@ -184,7 +185,7 @@ fn rearm_batch(tx: &Tx<'_>) -> Result<usize> {
         let kept: Vec<i64> = tx
             .op(op::KEPT_CANCELLED)
             .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+            .collect::<crate::error::Result<_>>()?;
         for job in kept {
             if let Some(reason) = failed_dependency(tx, job)? {
                 tx.op(op::SET_REASON).execute(params![reason, job])?;

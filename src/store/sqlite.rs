@@ -20,6 +20,43 @@ use crate::error::{Error, Result};
 use crate::lock::{HolderNote, JournalFence};
 use crate::store::Tx;
 
+/// A parameter as rusqlite binds it: the store's value, borrowed.
+pub struct Bind<'a>(&'a dyn crate::store::ToSql);
+
+impl rusqlite::ToSql for Bind<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use crate::store::ValueRef as V;
+        use rusqlite::types::ValueRef as R;
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(
+            match self.0.to_sql() {
+                V::Null => R::Null,
+                V::Integer(i) => R::Integer(i),
+                V::Real(f) => R::Real(f),
+                V::Text(t) => R::Text(t),
+                V::Blob(b) => R::Blob(b),
+            },
+        ))
+    }
+}
+
+/// A statement's parameters as rusqlite binds them.
+pub fn bind<'a>(params: crate::store::Params<'a>) -> rusqlite::ParamsFromIter<Vec<Bind<'a>>> {
+    rusqlite::params_from_iter(params.iter().map(|p| Bind(*p)).collect::<Vec<_>>())
+}
+
+/// A value as rusqlite read it, as the store's.
+pub fn value_of(value: rusqlite::types::ValueRef<'_>) -> crate::store::ValueRef<'_> {
+    use crate::store::ValueRef as V;
+    use rusqlite::types::ValueRef as R;
+    match value {
+        R::Null => V::Null,
+        R::Integer(i) => V::Integer(i),
+        R::Real(f) => V::Real(f),
+        R::Text(t) => V::Text(t),
+        R::Blob(b) => V::Blob(b),
+    }
+}
+
 /// `PRAGMA application_id` of an rq queue database ("rq2\0").
 pub const APPLICATION_ID: i64 = 0x7271_3200;
 /// The schema version this rq writes and understands.

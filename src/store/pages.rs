@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::types::Value as SqlValue;
+use crate::store::SqlValue;
 
 /// One table row: its rowid and its columns in table order.
 pub type Record = (i64, Vec<SqlValue>);
