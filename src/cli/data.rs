@@ -806,3 +806,91 @@ fn count_option(name: &str, text: &Option<String>, min: i64) -> Result<Option<i6
         None => Ok(None),
     }
 }
+
+/// `rq help MODE` for the modes handled here.
+pub(super) const HELP: &[(&str, &str)] = &[
+    (
+        "create",
+        "rq QUEUE create\n\nMake QUEUE: the directory (it must not exist or be empty), its database `db`,\nthe schema `db.schema`, and bin/ stdin/ stdout/ stderr/ data/. Prints the paths.\n\n  rq /nfs/q create\n",
+    ),
+    (
+        "submit",
+        "rq QUEUE submit [COMMAND...] [-i FILE] [-] [OPTIONS]\n\nAdd jobs. The words after the mode are one job; --infile FILE and standard\ninput hold one command per line (blank lines and #-lines skipped) or YAML/JSON:\nrq's own output, or a list of mappings with at least `command` (and optionally\npriority, tag, runner, restartable, stdin, data, timeout, retries, name, after,\nafter_any, env, at). All jobs go in, or none.\nThe jobs run in the directory they were submitted from.\n\n  rq q submit 'make -C ~/src test'\n  rq q submit -p 9 -t nightly --runner n1,n2 -- ./run --fast\n  rq q submit < joblist\n  rq q list finished | rq q submit -\n  rq q submit --stdin input.txt 'wc -l'\n  rq q submit --stage 'echo later'       # holding until updated to pending\n\
+\n\
+Workflows. A job can wait for others: --after 12,13 (they must finish with exit\n\
+0) or --after-any 12 (they must have ended); in a list, `after:` and\n\
+`after_any:` name jids or other jobs of the same list by their `name:`. A job\n\
+that waits is `waiting` until then, and `cancelled` (with the reason) if one it\n\
+needs fails; resubmitting that one puts it back to waiting. One submit is all or\n\
+nothing; circles and unknown names are refused. A pipeline in one file:\n\
+\n\
+  # pipeline.yaml:   rq q submit < pipeline.yaml\n\
+  - {name: prepare, command: ./prepare.sh}\n\
+  - {name: sim1, command: ./sim --seed 1, after: prepare}\n\
+  - {name: sim2, command: ./sim --seed 2, after: prepare}\n\
+  - {command: ./merge.sh, after: [sim1, sim2]}\n\
+\n\
+Arrays: --array 1-1000 makes one job per index (RQ_ARRAY_ID is the first job's\n\
+jid, RQ_ARRAY_INDEX the index); --each-line FILE one per line (RQ_ITEM; - for\n\
+standard input); with --subst, {} in the command is replaced by the index or the\n\
+(quoted) line. Modes that take jobs take array:ID. %N keeps at most N of the\n\
+array running at once.\n\
+\n\
+Printed: the new jobs, as YAML (JSON, a table); --parsable: only their jids, one\n\
+per line, for scripts (jid=$(rq q submit --parsable ./step.sh)).\n\
+\n\
+  rq q submit --array 1-1000%50 --subst './sim --seed {}'\n\
+  rq q submit --each-line files.txt --subst 'gzip {}'\n\
+  rq q submit --after array:12 ./merge.sh\n\
+  rq q submit --at 22:00 ./nightly.sh           # or --in 90m\n\
+\n\
+Environment: --env KEY=VALUE sets a variable for the job; --export takes the\n\
+whole environment of the submit, except variables of the terminal, session and\n\
+host (TERM, DISPLAY, SSH_*, XDG_SESSION_*, PWD, SHLVL, HOSTNAME, RQ_*, ...).\n\
+They go on top of the feeder's environment. Listings show as <hidden> values of\n\
+names with TOKEN, SECRET, PASS, KEY, CREDENTIAL, AUTH, COOKIE, SESSION, PRIVATE\n\
+or SIGNATURE, and values holding a password (user:pw@, password=); the job gets\n\
+them all. Every job records its `user` (who\n\
+submitted it) and `submitter` (the host); jobs still run as the feeder's user.\n",
+    ),
+    (
+        "touch",
+        "rq QUEUE touch [COMMAND...] [-i FILE] [-] [OPTIONS]\n\nLike submit, but a job whose command and tag equal a pending job's updates that\njob (priority, runner, restartable) instead of adding another. For cron.\n",
+    ),
+    (
+        "list",
+        "rq QUEUE list [SELECTION] [-L] [-f FIELDS]\n\nShow jobs. States by any prefix: p(ending) h(olding) r(unning) f(inished)\nd(ead) w(aiting) c(ancelled); `all` or `a` or nothing: every job. Jids, array:ID,\ntag:NAME, field=value terms, and jids or rq YAML on stdin (rq help selections).\n--mine: only jobs I submitted. No jobs: `[]`. `reason` says what a\nwaiting job waits for, why a job was cancelled, or why no feeder can run it.\n\nOn a terminal: a table of jid, state, pri(ority), tag, host, started/age (when it\nstarted, local time; or how long ago it was submitted), elapsed (so far, for a\nrunning job), exit (status or signal) and the command, cut to the width. -L adds\nevery other field a job has; -f picks the columns, in the order given. Piped or\nredirected: YAML (--format json: JSON), every field, whatever the terminal.\n\n  rq q list running\n  rq q list -L 12\n  rq q list 12 13 -f jid,state,command\n  rq q list --format json\n",
+    ),
+    (
+        "status",
+        "rq QUEUE status [--exit 'name=codes ...'] [SELECTION] [--mine]\n\nCounts per state, the youngest/oldest job per state, average run time, jobs\nended in the last 1/12/24 hours, successes and failures (failures include\nsignals and dead jobs), and running jobs per host; `paused` and `draining` when\nfeeders are held back, `unfit` when jobs need more than any live feeder has.\nGiven jobs (e.g. array:12) or --mine: the counts of those jobs only.\n\nOn a terminal, one screen: counts by state with a bar, jobs ended per minute\nover the last 10 minutes, successes and failures, the time left for pending\njobs at that rate (eta), the oldest pending job, running jobs per host, feeders\nalive and dead. --watch (or the mode top) keeps it on screen, live.\n\n  rq q status --exit 'retry=75 oom=137'\n",
+    ),
+    (
+        "query",
+        "rq QUEUE query TERM... | \"SQL where-clause\"\n\nTerms field=value (also ==), field!=value, field=~pattern, field!~pattern\n(SQL LIKE: % matches anything, ASCII case ignored), AND-ed; value null\nmatches NULL. Anything else is an SQL where-clause, run read-only as written,\nin the store's own SQL (SQLite's, or PostgreSQL's for a server-kept queue).\n\n  rq q query tag=nightly state=finished\n  rq q query command=~%make%\n  rq q query \"exit_status != 0 or state = 'dead'\"\n  rq q query exit_status=0 | rq q delete -\n",
+    ),
+    (
+        "update",
+        "rq QUEUE update SELECTION key=value...\n\nChange pending, waiting or holding jobs (others are reported as skipped); the\njobs are named as in every mode (rq help selections), but field=value words are\nthe changes, not terms. Keys:\npriority command tag runner restartable state(=pending|holding) stdin data;\nnull clears tag/runner. Values may contain spaces: command='make all'.\n\n  rq q update 12 priority=10\n  rq q update holding state=pending\n  rq q query tag=x | rq q update state=holding -\n",
+    ),
+    (
+        "delete",
+        "rq QUEUE delete SELECTION [--force]\n\nRemove jobs that are not running, and their stdin/stdout/stderr/data files.\nPrints what it deleted. A job other jobs wait for is kept (and said) unless\n--force, which cancels those that needed it to succeed.\n\n  rq q delete 12 13\n  rq q delete finished\n  rq q query exit_status=0 | rq q delete -\n",
+    ),
+    (
+        "resubmit",
+        "rq QUEUE resubmit SELECTION  [-p N] [-t TAG] [--runner H] [--stage]\n\nQueue jobs again in place (same jid, command, stdin, data): state pending,\nrun fields cleared. Running jobs are skipped. Not pinned to the last host.\n\n  rq q resubmit dead\n  rq q query exit_status=1 | rq q resubmit -\n",
+    ),
+    (
+        "execute",
+        "rq QUEUE execute SQL\n\nRun SQL (or SQL on stdin) under the write lock and print any result rows.\nCareful: it can change anything.\n\n  rq q execute \"UPDATE jobs SET priority = 0 WHERE tag = 'x'\"\n",
+    ),
+    (
+        "configure",
+        "rq QUEUE configure [key=value ...]\n\nSet queue-wide settings (key= removes one); with no arguments print them.\n\n  heartbeat     0.5s to 1h (default 10s): how often feeders show they live\n  lease         1s to 7d, at least two heartbeats (default 60s): after this\n                without a heartbeat a host's jobs are taken over\n  max_attempts  1 to 1000 (default 3): runs a restartable job gets in all\n  reserve_after 0s to 7d (default 10m): how long the best job that does not fit\n                may wait before hosts it fits stop taking jobs behind it\n  limit.TAG     0 to 1000000: at most this many jobs tagged TAG run at once\n  files         PostgreSQL queues: a directory every host sees for job files,\n                heartbeats and start journals (without it, all are kept in the\n                database, and hosts need share nothing else)\n  output_cap    1K to 1T (default 64M), PostgreSQL queues without files=: the most\n                of a run's stdout, and of its stderr, kept; then a line says so\n\nOther keys and values out of range are refused; nothing is changed then.\n",
+    ),
+    (
+        "stdin",
+        "rq QUEUE stdin|stdout|stderr SELECTION (0 1 2)\n\nPrint the jobs' captured stream, the jobs in the order named (rq help\nselections): rq q stdout array:12. stdin4/stdout4/stderr4 print the file paths.\n",
+    ),
+];

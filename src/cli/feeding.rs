@@ -689,3 +689,51 @@ fn nvidia_devices() -> Vec<String> {
         .map(|n| n.trim().to_string())
         .collect()
 }
+
+/// `rq help MODE` for the modes handled here.
+pub(super) const HELP: &[(&str, &str)] = &[
+    (
+        "feed",
+        "rq QUEUE feed [--daemon] [--max_feed N] [--cpus N] [--mem SIZE] [--gpus LIST|auto]\n              [--shell 'sh -c'] [--log FILE] ...\n\nRun the queue's jobs on this host: claim the best pending jobs this host may run\nand has room for (priority, then oldest; CPUs, memory and GPU devices counted:\nsee 'rq help submit' and the README's Capacity), run each as `bash --login -c COMMAND` in the directory\nit was submitted from, with stdin/stdout/stderr in the queue and RQ_* variables\n(RQ, RQ_JID, RQ_TAG, RQ_DATA, RQ_JOB, ...), and record how it ended. One feeder\nper host per queue. With short jobs it claims a few ahead of its free slots (they\nshow as running without a pid; jobs it never started go back to pending if it\ndies). TERM/INT: give back jobs not started, finish running ones, then exit; HUP:\nthe same, then restart; QUIT: kill running jobs now. Idle, it checks the queue's\ndoorbell (no lock) every --min_sleep seconds, backing off to 15 times that\nwhile nothing happens, and polls the queue every --max_sleep seconds. A\ndaemon logs to --log FILE, by default ~/.rq/HOST/QUEUE/log. A feeder whose\nheartbeats cannot reach the queue kills its running jobs before its lease runs\nout (they may be taken over); it rides out I/O errors and lost NFS locks by\nreopening the queue.\n\n  rq /nfs/q feed --daemon --log ~/q.log\n  rq /nfs/q feed --max_feed 8 --shell 'sh -c'\n  rq /nfs/q feed --shell none             # `./sim -n 5` runs without a shell\n  rq /nfs/q feed --exit_when_empty        # run what is there, then exit\n",
+    ),
+    (
+        "start",
+        "rq QUEUE start [feed options]\n\nStart a daemon feeder unless one already runs for this queue on this host (then\nprint nothing and succeed): made for cron. Logs to ~/.rq/HOST/QUEUE/log.\n\n  */15 * * * * /usr/local/bin/rq /nfs/q start\n",
+    ),
+    (
+        "shutdown",
+        "rq QUEUE shutdown|stop|restart\n\nshutdown: the feeder stops claiming, waits for its running jobs, records them and\nexits. stop: it kills its running jobs (restartable ones go back to pending, others\nare marked dead) and exits. restart: like shutdown, then it re-executes itself with\nthe same arguments (same pid). Exit status 0 if a feeder was signalled, 1 if none runs.\n",
+    ),
+    (
+        "pid",
+        "rq QUEUE pid | rq QUEUE feeder\n\nReport this host's feeder for the queue: `pid: N` (or `pid: ~`), `feeder: true|false`.\nExit status 0 if one runs, 1 if not.\n",
+    ),
+    (
+        "feeders",
+        "rq QUEUE feeders [--format yaml|json|table]\n\nEvery host that has fed the queue: alive (heartbeat younger than the lease, by the\nfile server's clock, or the database server's), stopped, failed (ended by an error, shown in `error`; its log\nsays more) or dead; heartbeat age, running jobs, max_feed, pid, start time, version.\nA table on a terminal (dead hosts in red), YAML when piped.\n\n  rq q feeders --format table\n  rq q configure heartbeat=10s lease=60s max_attempts=3\n",
+    ),
+    (
+        "state",
+        "rq QUEUE state SELECTION\n\nOne word per job, one line each, in the order named (jids as named, then the\njobs other words name, by jid): running (pending, waiting, holding or running:\nnot ended yet), success (exit status 0, no signal) or failed (a non-zero exit\nstatus, a signal, dead, cancelled, or no such job). Exits 0 even for a job that\nis not there (said on stderr): the status command of a workflow manager.\n\n  rq q state 12 13 14\n  jid=$(rq q submit --parsable ./step.sh); rq q state $jid\n",
+    ),
+    (
+        "cancel",
+        "rq QUEUE cancel SELECTION [--signal SIG]\n\nEnd the jobs, whatever their state, in one call: jobs not started yet\n(pending, waiting, holding) are removed from the queue, running ones are\nsignalled (TERM, or --signal) on whatever host runs them and end failed, jobs\nthat already ended stay as they are. Jobs that wait for a cancelled job to\nsucceed (--after) are cancelled too (state cancelled, with the reason); jobs\nthat wait only for it to end (--after-any) run once it has. Prints the jobs it\nremoved or signalled; exit 0 unless a named job is not in the queue.\n\n  rq q cancel tag:run-42\n  rq q cancel array:100 --signal KILL\n",
+    ),
+    (
+        "kill",
+        "rq QUEUE kill SELECTION [--signal SIG]\n\nSignal running jobs (their whole process group) on whatever host runs them: the\nowning feeder notices within about a second. Default signal TERM. A killed job is\nnot retried. Jobs that are not running are reported.\n\n  rq q kill 12 13\n  rq q query tag=bad state=running | rq q kill - --signal KILL\n",
+    ),
+    (
+        "wait",
+        "rq QUEUE wait [SELECTION | \"SQL where-clause\"] [--timeout D]\n\nBlock until the selected jobs (default: all; rq help selections) are finished, dead or cancelled\n(waiting jobs are waited for: they run once their dependencies end).\n\nExit status: 0 if every one finished with exit status 0; 1 if any failed (exit\nstatus not 0, or a signal), died, was cancelled or was deleted meanwhile: each\nis then listed on stderr with why (exit status or signal, host, the first line\nof its stderr); 124 if --timeout D ran out first.\n\nOn a terminal it shows progress (done/total, running, pending, failed so far,\nETA). It says when the jobs cannot go on: no feeder is alive, every remaining\njob is holding, or jobs may run only on hosts (--runner) without a live feeder,\nor need more CPUs/memory/GPUs than any live feeder has; with what to do.\n\n  rq q submit -q < jobs && rq q wait pending running && echo all good\n  rq q wait tag=nightly --timeout 2h\n",
+    ),
+    (
+        "top",
+        "rq QUEUE top   (or rq QUEUE status --watch)\n\nA live full-screen view, refreshed every second: the status summary (counts,\nbar, jobs ended per minute, ETA, feeders), then a list: running jobs (host,\nelapsed, command), pending jobs in the order feeders take them, recently ended\njobs (exit status, run time), dead and cancelled jobs (why), or the feeders.\nKeys: r p e d f (or Tab and the arrow keys) switch lists, the up/down arrows\nand PgUp/PgDn scroll, q (or Esc, Ctrl-C) quits. Read-only: one read\ntransaction per refresh, never the write lock; no key changes a job.\nNO_COLOR or --color never: no colour.\n",
+    ),
+    (
+        "lock",
+        "rq QUEUE lock read|shared|write|exclusive -- COMMAND...\n\nRun COMMAND while holding the queue's lock (one argument is run through sh -c,\nseveral as a command and its arguments): shared lets readers on\nand holds writers, exclusive holds everyone. rq exits with the command's status.\nFeeders and submitters wait (and say so) until it is released.\n\n  rq q lock exclusive -- cp q/db /backup/db\n",
+    ),
+];

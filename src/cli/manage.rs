@@ -430,3 +430,71 @@ fn held_since() -> String {
         host::name()
     )
 }
+
+/// `rq help MODE` for the modes handled here.
+pub(super) const HELP: &[(&str, &str)] = &[
+    (
+        "pause",
+        "rq QUEUE pause | resume\n\nPause the queue: no feeder on any host claims a job until `resume` (running jobs\ngo on). Kept in the queue, so it holds across feeder restarts; `status` shows\n`paused` (since when, by whom) and `feeders` shows the feeders `paused`.\n\n  rq q pause; rq q update pending priority=9; rq q resume\n",
+    ),
+    (
+        "resume",
+        "rq QUEUE resume\n\nEnd a `pause`: feeders claim jobs again at once. See 'rq help pause'.\n",
+    ),
+    (
+        "drain",
+        "rq QUEUE drain [HOST...] | undrain [HOST...]\n\nDrain hosts (default: this one), from any host: their feeders claim nothing more\nand their running jobs finish; `feeders` shows them `draining`, then `drained`.\nKept in the queue, so it holds across feeder restarts, until `undrain`.\n\n  rq q drain node7            # before maintenance of node7\n  rq q undrain node7\n\nLimits by tag are settings: rq q configure limit.licence=4 (at most 4 jobs\ntagged licence run at once, over all hosts); limit.licence= removes it.\n",
+    ),
+    (
+        "undrain",
+        "rq QUEUE undrain [HOST...]\n\nEnd a `drain`: the hosts' feeders claim jobs again at once. See 'rq help drain'.\n",
+    ),
+    (
+        "usage",
+        "rq QUEUE usage [SELECTION] [--mine]\n\nWhat the selected jobs' last runs used (default: every job that ran), in total,\nper tag and per array: runs, CPU hours (user and system), wall hours, CPU\nefficiency (CPU time / (elapsed x CPUs asked)) and memory efficiency (peak\nmemory / --mem, over the jobs that asked for memory); then the jobs furthest off\nwhat they asked for (runs of a second or more). A table on a terminal, YAML\n(--format json: JSON) otherwise. Each run's figures are fields of the job\n(cpu_user, cpu_system, max_rss, read_bytes, write_bytes).\n\n  rq q usage tag:sweep\n  rq q usage array:100 --format json\n",
+    ),
+    (
+        "serve",
+        "rq QUEUE serve [--listen 127.0.0.1:8080] [--daemon] [--allow-actions] [--allow-host NAME]\n\nA live web dashboard of the queue, from this binary alone (no CDN, nothing to\ninstall): an overview (counts by state, a bar, jobs ended per minute over the\nlast hour, successes and failures, ETA, oldest pending job), the hosts (every\nfeeder alive or dead, heartbeat age, running/max_feed, jobs done in the last\nhour, and a timeline of the last 30 minutes: one lane per host, one bar per\njob), the jobs (filter by state, tag, host, text; paged by jid) and each job\n(every field, the tail of its stdout/stderr, followed live). Pages update by\nthemselves every 1.5 s and read fine without JavaScript. GET /metrics serves\nthe OpenMetrics text of 'rq Q metrics'.\n\nIt listens on 127.0.0.1 unless --listen says otherwise (then it warns: whoever\ncan reach the port sees every command and output). Read-only unless\n--allow-actions: then kill, hold, release and resubmit buttons work for whoever\nshows the token kept in ~/.rq/serve-token (0600, printed when made): sign in at\n/login (a same-site cookie) or send the header X-RQ-Token. Actions are POSTs,\nrefused cross-site, done as the CLI does them and logged on stderr. The sign-in\ncookie is a random session (12 hours, this server only), never the token itself.\nThe queue is read once a second whatever the number of viewers, never under the\nwrite lock.\n\nIt answers only requests addressed to a loopback name (localhost), an IP address\nit listens on, or a name given with --allow-host NAME (a web page that points its\nown name at 127.0.0.1 gets 421, so it cannot read the queue through a browser).\nA request's headers must arrive within 10 s, and at most 256 connections are\nopen at once (when full, the oldest idle one is closed for a new one).\n\n  rq /nfs/q serve                          # then open http://127.0.0.1:8080/\n  rq /nfs/q serve --daemon --log ~/serve.log\n  ssh -L 8080:127.0.0.1:8080 login1        # from your laptop\n",
+    ),
+    (
+        "metrics",
+        "rq QUEUE metrics\n\nPrint the queue's metrics once, in OpenMetrics text: rq_jobs{state}, the\ntotals rq_jobs_finished_total, rq_jobs_failed_total, rq_jobs_dead_total, the\nhistogram rq_job_duration_seconds of recent jobs, per host rq_feeder_up,\nrq_feeder_heartbeat_age_seconds, rq_feeder_running, rq_feeder_max_feed, and\nrq_oldest_pending_age_seconds, rq_queue_db_bytes. For node_exporter's textfile\ncollector from cron; 'rq Q serve' serves the same at /metrics.\n\n  * * * * * rq /nfs/q metrics > /var/lib/node_exporter/rq.prom.tmp && mv /var/lib/node_exporter/rq.prom.tmp /var/lib/node_exporter/rq.prom\n",
+    ),
+    (
+        "snapshot",
+        "rq QUEUE snapshot [DEST]   (S)\n\nA consistent copy of the queue's database (SQLite's online backup API, never a\nfile copy), default QUEUE.snapshot next to the queue. Every read-only mode works\non it: rq q.snapshot status. --snapshot (-s) runs one read-only mode on a\ntemporary snapshot: rq q list -s running. Of a PostgreSQL queue: a new queue\ndirectory with its rows (default rq_NAME.snapshot here).\n",
+    ),
+    (
+        "backup",
+        "rq QUEUE backup [DEST]   (B)\n\nA consistent copy of the whole queue: the database (backup API) and every job's\nfiles, bin/ and the schema; default QUEUE.<time>.bak next to the queue. Feeders\nwait only while the database is copied. Refuses to overwrite. Of a PostgreSQL\nqueue: a new queue directory (default rq_NAME.<time>.bak here) with its rows and\njob files; 'rq DEST export --to URL [--files DIR]' puts it back.\n",
+    ),
+    (
+        "rotate",
+        "rq QUEUE rotate [DEST|DIR] [--no-compress]   (R)\n\nMove finished and dead jobs (rows and files) into an archive queue, packed as\nDEST.tgz (default QUEUE.<time>.tgz next to the queue, rq_NAME.<time>.tgz here for\na PostgreSQL queue; --no-compress keeps a directory). Pending, holding and\nrunning jobs stay. All or nothing. Read-only modes open archives directly:\nrq q.20261127T000000Z.tgz list. jids stay unique.\n",
+    ),
+    (
+        "export",
+        "rq QUEUE export --to NEWQUEUE [--files DIR]\n\nMove the queue into a new queue, a directory or a PostgreSQL URL, keeping every\njob with its jid, state and history, the dependencies, the settings and the job\nfiles (for a PostgreSQL queue, into --files DIR, a directory every host sees, new\nor empty; without it, into its database). The source is paused first and kept as it was: its feeders\nclaim nothing more, so no job runs in both ('rq QUEUE resume' undoes). Refused\nwhile a job runs: pause, let the running jobs end, then export. All or nothing.\n\n  rq /nfs/q pause; rq /nfs/q wait running\n  rq /nfs/q export --to 'postgres://rq@db/rq?queue=sims' --files /nfs/rqfiles\n",
+    ),
+    (
+        "recover",
+        "rq QUEUE recover\n\nCheck the database (integrity_check). If it is damaged: keep a copy of it\n(db.damaged.<time>), rebuild it from every row still readable, write the result back\nthrough SQLite (feeders wait meanwhile) and report what was recovered and what\nwas lost. Exit status 0 when the database is sound afterwards.\n",
+    ),
+    (
+        "cron",
+        "rq QUEUE cron [start|add|tab|delete|shutdown|stop] [rotate] [feed options]\n\nManage a tagged crontab line that runs 'rq QUEUE start' every 15 minutes with\nthe feed options given (and, with the word rotate, a daily rotate). add is\nidempotent; start also starts a feeder now; delete removes exactly rq's lines;\nshutdown/stop also stop this host's feeder. 'rq QUEUE crontab' prints the lines.\n\n  rq /nfs/q cron start --max_feed 8\n",
+    ),
+    (
+        "crontab",
+        "rq QUEUE crontab [rotate] [feed options]\n\nPrint the crontab lines 'cron add' would install.\n",
+    ),
+    (
+        "ioview",
+        "rq QUEUE ioview SELECTION [--editor CMD]   (io)\n\nOpen each job's stdin, stdout and stderr in an editor: --editor, else $RQ_EDITOR,\nelse 'vim -R -o'.\n",
+    ),
+    (
+        "tail",
+        "rq QUEUE tail JID   (ta)\n\nFollow a job's stdout (to stdout) and stderr (to stderr) until it has finished,\nfrom any host. Any selection that names one job will do (tag:NAME). Over NFS new output appears as the running host writes it back.\n",
+    ),
+];
