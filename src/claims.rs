@@ -381,6 +381,84 @@ pub fn finish(tx: &Tx<'_>, end: &End) -> Result<bool> {
     Ok(n > 0)
 }
 
+/// Record the ends of runs (`finish` for each, or one statement where the store does
+/// better so: `Capabilities::ends_in_one_statement`); the jids whose claim was lost.
+pub fn finish_all(tx: &Tx<'_>, ends: &[&End]) -> Result<Vec<i64>> {
+    if ends.len() < 2 || !tx.capabilities().ends_in_one_statement {
+        let mut lost = Vec::new();
+        for end in ends {
+            if !finish(tx, end)? {
+                lost.push(end.jid);
+            }
+        }
+        return Ok(lost);
+    }
+    let list: Vec<serde_json::Value> = ends
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "jid": e.jid,
+                "claim": e.claim,
+                "ended_at": e.ended_at,
+                "elapsed": e.elapsed,
+                "exit_status": e.exit_status,
+                "signal": e.signal,
+                "timed_out": i64::from(e.timed_out),
+                "retry_at": e.retry_at,
+                "cpu_user": e.usage.cpu_user,
+                "cpu_system": e.usage.cpu_system,
+                "max_rss": e.usage.max_rss,
+                "reason": e.reason,
+                "read_bytes": e.usage.read_bytes,
+                "write_bytes": e.usage.write_bytes,
+            })
+        })
+        .collect();
+    let list = serde_json::Value::Array(list).to_string();
+    let recorded: std::collections::HashSet<i64> = tx
+        .op(op::FINISH_MANY)
+        .query_map(crate::params![list], |r| r.get(0))?
+        .collect::<Result<_>>()?;
+    Ok(ends
+        .iter()
+        .map(|e| e.jid)
+        .filter(|jid| !recorded.contains(jid))
+        .collect())
+}
+
+/// A started job to record: jid, claim token, pid, process identity.
+pub type StartRecord<'a> = (i64, &'a str, u32, Option<&'a str>);
+
+/// Record started jobs' pids and process identities (`record_start` for each, or one
+/// statement likewise); the jids whose claim was lost.
+pub fn record_starts(tx: &Tx<'_>, starts: &[StartRecord<'_>]) -> Result<Vec<i64>> {
+    if starts.len() < 2 || !tx.capabilities().ends_in_one_statement {
+        let mut lost = Vec::new();
+        for &(jid, claim, pid, identity) in starts {
+            if !record_start(tx, jid, claim, pid, identity)? {
+                lost.push(jid);
+            }
+        }
+        return Ok(lost);
+    }
+    let list: Vec<serde_json::Value> = starts
+        .iter()
+        .map(|(jid, claim, pid, identity)| {
+            serde_json::json!({"jid": jid, "claim": claim, "pid": pid, "process": identity})
+        })
+        .collect();
+    let list = serde_json::Value::Array(list).to_string();
+    let recorded: std::collections::HashSet<i64> = tx
+        .op(op::RECORD_STARTS)
+        .query_map(crate::params![list], |r| r.get(0))?
+        .collect::<Result<_>>()?;
+    Ok(starts
+        .iter()
+        .map(|s| s.0)
+        .filter(|jid| !recorded.contains(jid))
+        .collect())
+}
+
 /// Record a started job's pid and process identity; false when the claim was lost.
 pub fn record_start(
     tx: &Tx<'_>,

@@ -371,4 +371,81 @@ fn every_statement_prepares(store: StoreKind) {
         .unwrap();
 }
 
-on_both_stores!(claims_family, deps_family, every_statement_prepares);
+/// A transaction's starts and ends, recorded together (`claims::record_starts`,
+/// `claims::finish_all`: one statement each where the store does better so): each only
+/// under its job's claim, an end to be retried going back to pending.
+fn starts_and_ends_together(store: StoreKind) {
+    let q = TestQueue::on(store);
+    let jobs: Vec<i64> = (0..4).map(|_| submit(&q, &[])).collect();
+    let mut queue = open(&q);
+    let store = queue.store();
+    let now = rq::time::now();
+    let claimed = store
+        .write(|tx| claims::claim(tx, "h1", "h1:1:together", &now, &room(4), 3))
+        .unwrap();
+    assert_eq!(jids(&claimed), jobs);
+    let tokens: Vec<String> = jobs.iter().map(|j| claim_of(&claimed, *j)).collect();
+    let starts: Vec<claims::StartRecord<'_>> = vec![
+        (jobs[0], &tokens[0], 100, Some("boot:100")),
+        (jobs[1], &tokens[1], 101, None),
+        (jobs[2], &tokens[2], 102, None),
+        (jobs[3], "not-the-claim", 103, None),
+    ];
+    let lost = store
+        .write(|tx| claims::record_starts(tx, &starts))
+        .unwrap();
+    assert_eq!(lost, vec![jobs[3]]);
+    let later = rq::time::format(rq::time::now_ts() + jiff::SignedDuration::from_hours(1));
+    let ended = [
+        end(jobs[0], &tokens[0], None),
+        end(jobs[1], &tokens[1], Some(later.clone())),
+        end(jobs[2], "not-the-claim", None),
+    ];
+    let ended: Vec<&End> = ended.iter().collect();
+    let lost = store.write(|tx| claims::finish_all(tx, &ended)).unwrap();
+    assert_eq!(lost, vec![jobs[2]]);
+    assert_eq!(state(&mut queue, jobs[0]), ("finished".into(), Some(0), 1));
+    assert_eq!(state(&mut queue, jobs[1]), ("pending".into(), Some(0), 1));
+    assert_eq!(state(&mut queue, jobs[2]), ("running".into(), None, 1));
+    let rows = queue
+        .store()
+        .read(|tx| rq::queue::select_rows(tx, &rq::store::Filter::jids(&jobs)))
+        .unwrap();
+    let row = |jid: i64| rows.iter().find(|r| r.jid() == jid).unwrap();
+    assert_eq!(row(jobs[0]).get("pid").as_int(), Some(100));
+    assert_eq!(row(jobs[0]).get("process").as_text(), Some("boot:100"));
+    assert_eq!(row(jobs[2]).get("pid").as_int(), Some(102));
+    assert_eq!(row(jobs[3]).get("pid").as_int(), None);
+    assert_eq!(row(jobs[1]).get("retried").as_int(), Some(1));
+    assert_eq!(
+        row(jobs[1]).get("not_before").as_text(),
+        Some(later.as_str())
+    );
+    assert_eq!(row(jobs[0]).get("retried").as_int(), Some(0));
+    assert_eq!(row(jobs[0]).get("claim").as_text(), None);
+    let used = (
+        Some(1.25),
+        Some(0.5),
+        Some(3 << 20),
+        Some(7 << 30),
+        Some(12345),
+    );
+    assert_eq!(usage_of(&mut queue, jobs[0]), used);
+    assert_eq!(usage_of(&mut queue, jobs[1]), used);
+    assert_eq!(
+        usage_of(&mut queue, jobs[2]),
+        (None, None, None, None, None)
+    );
+    // The counts every listing reads moved with the ends.
+    let summary = q.rq(&["status"]).ok().value();
+    assert_eq!(summary["jobs"]["finished"], 1, "{summary}");
+    assert_eq!(summary["jobs"]["pending"], 1, "{summary}");
+    assert_eq!(summary["jobs"]["running"], 2, "{summary}");
+}
+
+on_both_stores!(
+    claims_family,
+    deps_family,
+    every_statement_prepares,
+    starts_and_ends_together
+);

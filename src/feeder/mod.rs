@@ -890,24 +890,22 @@ impl Feeder {
             let now = time::now();
             // Before the ends: stored only under claims still held.
             let stored = store_outputs(tx, &outputs)?;
-            let mut lost_starts = Vec::new();
-            for s in &starts {
-                if !claims::record_start(tx, s.jid, &s.claim, s.pid, s.identity.as_deref())? {
-                    lost_starts.push(s.jid);
-                }
-            }
+            let started: Vec<claims::StartRecord<'_>> = starts
+                .iter()
+                .map(|s| (s.jid, s.claim.as_str(), s.pid, s.identity.as_deref()))
+                .collect();
+            let lost_starts = claims::record_starts(tx, &started)?;
             for (jid, claim) in &failed_starts {
                 claims::failed_to_start(tx, *jid, claim, &now)?;
             }
             for (jid, claim) in &releases {
                 claims::release(tx, *jid, claim, None)?;
             }
-            let mut lost = Vec::new();
-            for end in &ends {
-                if !lost_starts.contains(&end.jid) && !claims::finish(tx, end)? {
-                    lost.push(end.jid);
-                }
-            }
+            let ended: Vec<&End> = ends
+                .iter()
+                .filter(|end| !lost_starts.contains(&end.jid))
+                .collect();
+            let lost = claims::finish_all(tx, &ended)?;
             let claimed = if want > 0 {
                 // Stamped now, not when the transaction began: on PostgreSQL other
                 // feeders' ends commit meanwhile, and a job they released must not

@@ -63,6 +63,12 @@ pub mod claims {
         FINISH_RETRY = "finish_retry",
         /// Record a started job's pid and process identity.
         RECORD_START = "record_start",
+        /// Record the ends of several runs in one statement (`$1`, a JSON list; see
+        /// `crate::claims::finish_all`): the jids recorded. Only where
+        /// `Capabilities::ends_in_one_statement`.
+        FINISH_MANY = "finish_many",
+        /// Record the pids of several started jobs in one statement likewise.
+        RECORD_STARTS = "record_starts",
         /// A shell that could not be started: finished with 127.
         FAILED_TO_START = "failed_to_start",
         /// A crashed run of a restartable job with attempts left: pending again.
@@ -329,6 +335,11 @@ pub struct Capabilities {
     /// each also updating the jid sequence, for one longer text); PostgreSQL's COPY, a
     /// round trip per batch, so larger (the memory stays bounded: a few MB).
     pub insert_batch: usize,
+    /// A transaction's ends and pids are recorded with one statement each
+    /// (`FINISH_MANY`, `RECORD_STARTS`) rather than one per job: on PostgreSQL every
+    /// statement costs the server a round of planning, locking and triggers; SQLite runs
+    /// a prepared statement per job for less than it would take to read a JSON list.
+    pub ends_in_one_statement: bool,
 }
 
 pub fn capabilities(dialect: Dialect) -> Capabilities {
@@ -336,10 +347,12 @@ pub fn capabilities(dialect: Dialect) -> Capabilities {
         Dialect::Sqlite => Capabilities {
             dep_batch: 20_000,
             insert_batch: 64,
+            ends_in_one_statement: false,
         },
         Dialect::Postgres => Capabilities {
             dep_batch: 5_000,
             insert_batch: 4096,
+            ends_in_one_statement: true,
         },
     }
 }

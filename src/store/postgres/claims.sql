@@ -100,6 +100,35 @@ UPDATE jobs SET state = 'pending', finished = $1, elapsed = $2, exit_status = $3
        read_bytes = $12, write_bytes = $13, retried = retried + 1, not_before = $14
  WHERE jid = $6 AND claim = $7;
 
+-- name: finish_many
+-- $1 a JSON list of ends, each {jid, claim, ended_at, elapsed, exit_status, signal,
+-- timed_out, retry_at, cpu_user, cpu_system, max_rss, reason, read_bytes, write_bytes}:
+-- each recorded as `finish` does (as `finish_retry` where retry_at is set), under its
+-- claim, in one statement; returns the jids recorded.
+UPDATE jobs AS j
+   SET state = CASE WHEN e.retry_at IS NULL THEN 'finished' ELSE 'pending' END,
+       finished = e.ended_at, elapsed = e.elapsed, exit_status = e.exit_status,
+       signal = e.signal, timed_out = e.timed_out, claim = NULL, kill_signal = NULL,
+       cpu_user = e.cpu_user, cpu_system = e.cpu_system, max_rss = e.max_rss,
+       reason = e.reason, read_bytes = e.read_bytes, write_bytes = e.write_bytes,
+       retried = j.retried + CASE WHEN e.retry_at IS NULL THEN 0 ELSE 1 END,
+       not_before = CASE WHEN e.retry_at IS NULL THEN j.not_before ELSE e.retry_at END
+  FROM jsonb_to_recordset(CAST($1 AS jsonb)) AS e(jid bigint, claim text, ended_at text,
+       elapsed double precision, exit_status bigint, signal text, timed_out bigint,
+       retry_at text, cpu_user double precision, cpu_system double precision,
+       max_rss bigint, reason text, read_bytes bigint, write_bytes bigint)
+ WHERE j.jid = e.jid AND j.claim = e.claim
+RETURNING j.jid;
+
+-- name: record_starts
+-- $1 a JSON list of {jid, claim, pid, process}: each recorded as `record_start` does,
+-- in one statement; returns the jids recorded.
+UPDATE jobs AS j SET pid = s.pid, process = s.process
+  FROM jsonb_to_recordset(CAST($1 AS jsonb))
+       AS s(jid bigint, claim text, pid bigint, process text)
+ WHERE j.jid = s.jid AND j.claim = s.claim
+RETURNING j.jid;
+
 -- name: record_start
 UPDATE jobs SET pid = $1, process = $2 WHERE jid = $3 AND claim = $4;
 

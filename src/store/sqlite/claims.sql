@@ -90,6 +90,12 @@ UPDATE jobs SET state = 'pending', finished = ?1, elapsed = ?2, exit_status = ?3
        read_bytes = ?12, write_bytes = ?13, retried = retried + 1, not_before = ?14
  WHERE jid = ?6 AND claim = ?7;
 
+-- name: finish_many
+-- Not used on SQLite (see `Capabilities::ends_in_one_statement`).
+
+-- name: record_starts
+-- Not used on SQLite likewise.
+
 -- name: record_start
 UPDATE jobs SET pid = ?1, process = ?2 WHERE jid = ?3 AND claim = ?4;
 
