@@ -414,14 +414,26 @@ pub fn finish_all(tx: &Tx<'_>, ends: &[&End]) -> Result<Vec<i64>> {
             })
         })
         .collect();
+    let jids: Vec<i64> = ends.iter().map(|e| e.jid).collect();
+    not_recorded(tx, op::FINISH_MANY, list, &jids)
+}
+
+/// Run a one-statement batch (`FINISH_MANY`, `RECORD_STARTS`) of `list`, one item per
+/// job of `jids`: the jids it did not record (their claims were lost).
+fn not_recorded(
+    tx: &Tx<'_>,
+    batch: crate::store::ops::Op,
+    list: Vec<serde_json::Value>,
+    jids: &[i64],
+) -> Result<Vec<i64>> {
     let list = serde_json::Value::Array(list).to_string();
     let recorded: std::collections::HashSet<i64> = tx
-        .op(op::FINISH_MANY)
+        .op(batch)
         .query_map(crate::params![list], |r| r.get(0))?
         .collect::<Result<_>>()?;
-    Ok(ends
+    Ok(jids
         .iter()
-        .map(|e| e.jid)
+        .copied()
         .filter(|jid| !recorded.contains(jid))
         .collect())
 }
@@ -447,16 +459,8 @@ pub fn record_starts(tx: &Tx<'_>, starts: &[StartRecord<'_>]) -> Result<Vec<i64>
             serde_json::json!({"jid": jid, "claim": claim, "pid": pid, "process": identity})
         })
         .collect();
-    let list = serde_json::Value::Array(list).to_string();
-    let recorded: std::collections::HashSet<i64> = tx
-        .op(op::RECORD_STARTS)
-        .query_map(crate::params![list], |r| r.get(0))?
-        .collect::<Result<_>>()?;
-    Ok(starts
-        .iter()
-        .map(|s| s.0)
-        .filter(|jid| !recorded.contains(jid))
-        .collect())
+    let jids: Vec<i64> = starts.iter().map(|s| s.0).collect();
+    not_recorded(tx, op::RECORD_STARTS, list, &jids)
 }
 
 /// Record a started job's pid and process identity; false when the claim was lost.

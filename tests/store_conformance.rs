@@ -95,6 +95,15 @@ type Used = (
     Option<i64>,
 );
 
+/// What `end` says each run used.
+const USED: Used = (
+    Some(1.25),
+    Some(0.5),
+    Some(3 << 20),
+    Some(7 << 30),
+    Some(12345),
+);
+
 fn usage_of(queue: &mut Queue, jid: i64) -> Used {
     let rows = queue
         .store()
@@ -226,13 +235,7 @@ fn claims_family(store: StoreKind) {
     assert_eq!(state(&mut queue, plain), ("finished".into(), Some(0), 1));
     assert_eq!(state(&mut queue, tagged), ("pending".into(), Some(0), 1));
     // What the run used goes with its end (a retry's too).
-    let used = (
-        Some(1.25),
-        Some(0.5),
-        Some(3 << 20),
-        Some(7 << 30),
-        Some(12345),
-    );
+    let used = USED;
     assert_eq!(usage_of(&mut queue, plain), used);
     assert_eq!(usage_of(&mut queue, tagged), used);
     assert_eq!(state(&mut queue, restartable), ("pending".into(), None, 0));
@@ -423,13 +426,7 @@ fn starts_and_ends_together(store: StoreKind) {
     );
     assert_eq!(row(jobs[0]).get("retried").as_int(), Some(0));
     assert_eq!(row(jobs[0]).get("claim").as_text(), None);
-    let used = (
-        Some(1.25),
-        Some(0.5),
-        Some(3 << 20),
-        Some(7 << 30),
-        Some(12345),
-    );
+    let used = USED;
     assert_eq!(usage_of(&mut queue, jobs[0]), used);
     assert_eq!(usage_of(&mut queue, jobs[1]), used);
     assert_eq!(
