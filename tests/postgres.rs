@@ -642,6 +642,65 @@ fn an_upload_under_a_claim_no_longer_held_writes_nothing() {
 /// never printed: not in errors, `status`, listings' queue names or a feeder's log. A role
 /// that may not use a queue's schema is told so, not that a table does not exist.
 #[test]
+fn outputs_of_several_runs_are_stored_together_only_under_their_claims() {
+    // What a feeder's transaction stores of several runs' output at once
+    // (`upload_outputs`: a statement per step for all of them): each run's output only
+    // while its claim holds, an earlier run's output replaced, small and large parts.
+    let q = TestQueue::in_database();
+    for _ in 0..3 {
+        q.rq(&["submit", "-q", "true"]).ok();
+    }
+    q.sql("UPDATE jobs SET state = 'running', claim = 'c' || jid");
+    q.sql(
+        "INSERT INTO job_files (jid, stream, claim, seq, bytes) \
+         VALUES (1, 'stdout', 'an-earlier-run', 0, CAST('old' AS bytea))",
+    );
+    let big: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut queue =
+        rq::queue::Queue::open(std::path::Path::new(q.q()), rq::store::Access::ReadWrite).unwrap();
+    let ours = queue
+        .store()
+        .write_shared(|tx| {
+            rq::store::in_database::upload_outputs(
+                tx,
+                &[
+                    (
+                        1,
+                        "c1",
+                        vec![("stdout", 0, b"one\n".as_slice()), ("stderr", 0, b"")],
+                    ),
+                    (2, "c2", vec![("stdout", 0, big.as_slice())]),
+                    (
+                        3,
+                        "a-stale-claim",
+                        vec![("stdout", 0, b"stale\n".as_slice())],
+                    ),
+                ],
+            )
+        })
+        .unwrap();
+    assert_eq!(ours, [true, true, false]);
+    assert_eq!(q.rq(&["stdout", "1"]).ok().stdout, "one\n");
+    assert_eq!(
+        q.rq(&["stdout", "2"]).ok().stdout.as_bytes(),
+        big.as_slice()
+    );
+    let rows = |sql: &str| q.sql(sql).stdout;
+    assert!(
+        rows(
+            "SELECT count(*) AS n FROM job_files WHERE claim IN ('an-earlier-run', 'a-stale-claim')"
+        )
+        .contains("\"n\": 0"),
+        "an earlier run's or a stale claim's output is stored"
+    );
+    assert!(
+        rows("SELECT count(*) AS n FROM job_files WHERE jid = 1 AND stream = 'stderr' AND claim = 'c1'")
+            .contains("\"n\": 1"),
+        "an empty stream is one empty chunk"
+    );
+}
+
+#[test]
 fn passwords_in_urls_are_never_shown_and_missing_rights_are_named() {
     let q = TestQueue::on(StoreKind::Postgres);
     q.rq(&["submit", "-q", "echo hi"]).ok();

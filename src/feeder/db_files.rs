@@ -258,19 +258,16 @@ impl Feeder {
 /// Store output read by `read_outputs`, inside the caller's transaction: for each run,
 /// whether it still held its claim (else nothing of it was written).
 pub(super) fn store_outputs(tx: &Tx<'_>, batch: &[Output]) -> Result<Vec<bool>> {
-    let mut ours = Vec::new();
-    for output in batch {
-        let streams: Vec<(&str, i64, &[u8])> = output
-            .parts
-            .iter()
-            .map(|p| (STREAMS[p.stream], p.seq, p.bytes.as_slice()))
-            .collect();
-        ours.push(crate::store::in_database::upload_output(
-            tx,
-            output.jid,
-            &output.claim,
-            &streams,
-        )?);
-    }
-    Ok(ours)
+    let runs: Vec<crate::store::in_database::RunOutput<'_>> = batch
+        .iter()
+        .map(|output| {
+            let streams = output
+                .parts
+                .iter()
+                .map(|p| (STREAMS[p.stream], p.seq, p.bytes.as_slice()))
+                .collect();
+            (output.jid, output.claim.as_str(), streams)
+        })
+        .collect();
+    crate::store::in_database::upload_outputs(tx, &runs)
 }

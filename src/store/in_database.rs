@@ -314,6 +314,73 @@ pub fn upload_output(
     Ok(true)
 }
 
+/// One run's output to upload: jid, claim, and per stream its first chunk's number and
+/// the bytes (see `upload_output`).
+pub type RunOutput<'a> = (i64, &'a str, Vec<(&'a str, i64, &'a [u8])>);
+
+/// Parts at most this long go into the one statement of `upload_outputs` (as hex text);
+/// longer ones a chunk per statement.
+const SMALL_PART: usize = 64 << 10;
+
+/// `upload_output` for several runs, with a statement for all of them at each step (hold
+/// the rows, clear earlier runs' output, store the small parts) instead of a few per
+/// run: what a run's output costs the server is then mostly shared. Whether each run
+/// was still ours, in order.
+pub fn upload_outputs(tx: &Tx<'_>, runs: &[RunOutput<'_>]) -> Result<Vec<bool>> {
+    if runs.len() < 2 {
+        return runs
+            .iter()
+            .map(|(jid, claim, streams)| upload_output(tx, *jid, claim, streams))
+            .collect();
+    }
+    let asked: Vec<serde_json::Value> = runs
+        .iter()
+        .map(|(jid, claim, _)| serde_json::json!({"jid": jid, "claim": claim}))
+        .collect();
+    let held: std::collections::HashSet<i64> = tx
+        .op(op::HOLD_IF_OURS_MANY)
+        .query_map(
+            crate::params![serde_json::Value::Array(asked).to_string()],
+            |r| r.get(0),
+        )?
+        .collect::<Result<_>>()?;
+    let ours: Vec<&RunOutput<'_>> = runs.iter().filter(|r| held.contains(&r.0)).collect();
+    let drops: Vec<serde_json::Value> = ours
+        .iter()
+        .flat_map(|(jid, claim, streams)| {
+            streams
+                .iter()
+                .filter(|(_, first_seq, _)| *first_seq == 0)
+                .map(move |(stream, _, _)| {
+                    serde_json::json!({"jid": jid, "stream": stream, "claim": claim})
+                })
+        })
+        .collect();
+    if !drops.is_empty() {
+        tx.op(op::DROP_EARLIER_RUNS_MANY)
+            .execute(crate::params![serde_json::Value::Array(drops).to_string()])?;
+    }
+    let mut small = Vec::new();
+    for (jid, claim, streams) in &ours {
+        for (stream, first_seq, bytes) in streams {
+            if bytes.len() > SMALL_PART {
+                put_chunks(tx, *jid, stream, claim, *first_seq, bytes)?;
+                continue;
+            }
+            // An empty file is one empty chunk, as `put_chunks` stores it.
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            small.push(serde_json::json!({
+                "jid": jid, "stream": stream, "claim": claim, "seq": first_seq, "hex": hex,
+            }));
+        }
+    }
+    if !small.is_empty() {
+        tx.op(op::PUT_CHUNKS)
+            .execute(crate::params![serde_json::Value::Array(small).to_string()])?;
+    }
+    Ok(runs.iter().map(|r| held.contains(&r.0)).collect())
+}
+
 /// Job files of jobs that no longer exist, and inputs staged by an update that never
 /// committed, stored over ten minutes ago (a submit stores them before it inserts the
 /// rows naming them, an update before it points the job at them): removed.

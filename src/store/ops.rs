@@ -239,6 +239,11 @@ pub mod in_database {
         CHUNK_STARTS = "chunk_starts",
         HOLD_IF_OURS = "hold_if_ours",
         DROP_EARLIER_RUNS = "drop_earlier_runs",
+        /// `hold_if_ours`, `drop_earlier_runs` and `put_chunk` for several runs at once
+        /// (`crate::store::in_database::upload_outputs`), each with a JSON list.
+        HOLD_IF_OURS_MANY = "hold_if_ours_many",
+        DROP_EARLIER_RUNS_MANY = "drop_earlier_runs_many",
+        PUT_CHUNKS = "put_chunks",
         REAP_ORPHANS = "reap_orphans",
         DROP_INPUTS = "drop_inputs",
         PROMOTE_STAGED = "promote_staged",

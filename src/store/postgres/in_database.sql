@@ -85,6 +85,27 @@ SELECT 1 FROM jobs WHERE jid = $1 AND claim = $2 FOR SHARE;
 -- name: drop_earlier_runs
 DELETE FROM job_files WHERE jid = $1 AND stream = $2 AND claim <> $3;
 
+-- name: hold_if_ours_many
+-- $1 a JSON list of {jid, claim}: as `hold_if_ours` for each; returns the jids held.
+SELECT j.jid FROM jobs j
+  JOIN jsonb_to_recordset(CAST($1 AS jsonb)) AS o(jid bigint, claim text)
+    ON j.jid = o.jid AND j.claim = o.claim
+   FOR SHARE OF j;
+
+-- name: drop_earlier_runs_many
+-- $1 a JSON list of {jid, stream, claim}: as `drop_earlier_runs` for each.
+DELETE FROM job_files f
+ USING jsonb_to_recordset(CAST($1 AS jsonb)) AS d(jid bigint, stream text, claim text)
+ WHERE f.jid = d.jid AND f.stream = d.stream AND f.claim <> d.claim;
+
+-- name: put_chunks
+-- $1 a JSON list of {jid, stream, claim, seq, hex}: chunks as `put_chunk` stores them,
+-- their bytes in hex.
+INSERT INTO job_files (jid, stream, claim, seq, bytes)
+SELECT c.jid, c.stream, c.claim, c.seq, decode(c.hex, 'hex')
+  FROM jsonb_to_recordset(CAST($1 AS jsonb))
+       AS c(jid bigint, stream text, claim text, seq bigint, hex text);
+
 -- name: reap_orphans
 DELETE FROM job_files f WHERE written < clock_timestamp() - CAST('10 minutes' AS interval)
    AND (NOT EXISTS (SELECT 1 FROM jobs j WHERE j.jid = f.jid)
