@@ -560,6 +560,10 @@ impl Feeder {
                 Err(
                     e @ (Error::Io { .. }
                     | Error::Sql(_)
+                    // What a read found unexpected (were `Error::Sql` before the store
+                    // had its own value types): read back and go on, as before.
+                    | Error::NoRows
+                    | Error::Column { .. }
                     | Error::Postgres(_)
                     | Error::CommitUnknown { .. }
                     | Error::Conflict(_)),
