@@ -395,11 +395,6 @@ impl Rows {
     }
 }
 
-/// An owned copy of a value read.
-pub fn owned(value: ValueRef<'_>) -> SqlValue {
-    value.to_owned_value()
-}
-
 /// A statement of a transaction (prepared and cached by the store on first use).
 pub struct Stmt<'a> {
     tx: Tx<'a>,
@@ -522,7 +517,7 @@ impl Stmt<'_> {
         self.query_each(params, |r| {
             rows.push(
                 (0..r.column_count())
-                    .map(|i| r.get_ref(i).map(owned))
+                    .map(|i| r.get_ref(i).map(ValueRef::to_owned_value))
                     .collect::<Result<Vec<SqlValue>>>()?,
             );
             Ok(())
