@@ -230,3 +230,100 @@ fn a_live_holder_is_waited_for_and_never_loses_the_lock() {
     assert_eq!(db_inode(&q), before, "never taken back");
     assert_eq!(q.count("pending"), 1);
 }
+
+/// A process that is not rq holding a read lock on the database's PENDING byte, as the
+/// NFSv3 server keeps one for a process that is gone (its lock call was cut short when it
+/// was killed and answered after the unlock that cleaned up): a writer takes the write
+/// lock and then waits at commit for ever. The process is `sleep`, the lock taken in the
+/// child before it execs (a POSIX lock stays with the process across exec).
+fn stray_pending_lock(q: &TestQueue) -> Child {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let db = std::fs::OpenOptions::new()
+        .read(true)
+        .open(q.files().join("db"))
+        .unwrap();
+    let fd = db.as_raw_fd();
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("3600");
+    unsafe {
+        cmd.pre_exec(move || {
+            // Kept open across exec: closing it would drop the lock.
+            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut fl: libc::flock = std::mem::zeroed();
+            fl.l_type = libc::F_RDLCK as libc::c_short;
+            fl.l_whence = libc::SEEK_SET as libc::c_short;
+            fl.l_start = 0x4000_0000; // SQLite's PENDING byte
+            fl.l_len = 1;
+            if libc::fcntl(fd, libc::F_SETLK, &fl) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let child = cmd.spawn().unwrap();
+    drop(db);
+    child
+}
+
+/// Ends the stray lock's process however the test ends.
+struct StrayLock(Child);
+
+impl Drop for StrayLock {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_lock_nobody_holds_any_more_is_taken_back_by_the_writer_it_holds_up_at_commit() {
+    let q = TestQueue::new();
+    fast_lease(&q);
+    let before = db_inode(&q);
+    // A feeder on h1 (it publishes the lease; it cannot write either).
+    let mut feeder = q.feeder_env("h1", &[], &[RECOVERY]);
+    q.wait_for("the feeder's heartbeat", 20, |q| {
+        q.files().join("hosts").join("h1.hb").exists()
+    });
+    let mut stray = StrayLock(stray_pending_lock(&q));
+    // A submit on h1 takes the write lock and waits at commit. The note names it, a live
+    // process on a live host, so the feeder never takes the lock from it: the submit
+    // must judge the silence itself (the holder the note names is itself, not what holds
+    // it up). Before, it gave up each attempt, took the lock again and wrote its note
+    // anew, for ever.
+    let mut submit = rq_command();
+    submit
+        .env("RQ_HOST", "h1")
+        .env(RECOVERY.0, RECOVERY.1)
+        .env("HOME", q.home())
+        .env("RQ_LOCK_NOTICE", "1")
+        .args([q.q(), "submit", "-q", "true"])
+        .stderr(std::fs::File::create(q.home().join("submit-1.err")).unwrap());
+    let mut submit = submit.spawn().unwrap();
+    let said = || std::fs::read_to_string(q.home().join("submit-1.err")).unwrap();
+    let status = wait_exit(&mut submit, 60, "the submit");
+    stray.0.kill().unwrap();
+    feeder.signal(libc::SIGTERM);
+    assert_eq!(
+        feeder.wait_exit(std::time::Duration::from_secs(20)),
+        Some(0)
+    );
+    assert!(status.success(), "{}", said());
+    assert!(said().contains("took the queue's lock back"), "{}", said());
+    assert!(
+        said().contains("this process waits at commit"),
+        "the words say what held it up: {}",
+        said()
+    );
+    assert_ne!(db_inode(&q), before, "the database is on a new inode");
+    // The submit is in the queue's file (the feeder, stopped above, may have run it).
+    assert_eq!(q.count("pending") + q.count("finished"), 1);
+    let status = q.rq(&["status"]).ok().value();
+    assert!(status["lock_recovered"]["holder"].is_string(), "{status}");
+    q.integrity_ok();
+}

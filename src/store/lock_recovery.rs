@@ -108,6 +108,20 @@ pub struct Evidence {
 
 impl Evidence {
     pub fn describe(&self) -> String {
+        let silent = self.silent_for.map_or("ever".to_string(), |s| {
+            crate::time::duration_text(s.max(0.0))
+        });
+        if self
+            .holder
+            .as_ref()
+            .is_some_and(|h| h.pid == std::process::id() && h.host == crate::host::name())
+        {
+            return format!(
+                "this process waits at commit, holding the write lock, behind a lock nobody has \
+                 said for {silent} that they hold (the file server keeps the locks of processes \
+                 that are gone)"
+            );
+        }
         let holder = match &self.holder {
             Some(h) => format!("{} (pid {} on {})", h.role, h.pid, h.host),
             None => "an unknown process".into(),
@@ -180,9 +194,12 @@ pub fn judge(db_path: &Path, waited: f64) -> Judgement {
     if evidence.silent_for.is_some_and(|s| s < limit) {
         return Judgement::Wait;
     }
-    // A process of this host that is stopped or stuck: never taken from.
+    // A process of this host that is stopped or stuck: never taken from. (When the note
+    // names this process, it waits at commit holding the write lock, and what holds it up
+    // is someone else, silent: judged below as an unknown holder on a live host.)
     if let Some(h) = &evidence.holder
         && h.host == me
+        && h.pid != std::process::id()
         && crate::process::is_alive(h.pid)
     {
         return Judgement::Wait;
@@ -210,6 +227,30 @@ pub fn db_inode(db_path: &Path) -> Option<u64> {
 pub fn refresh_directory(db_path: &Path) {
     if let Some(dir) = db_path.parent() {
         crate::beats::refresh_directory(dir);
+    }
+}
+
+/// Wait while another process takes the lock back (`Outcome::InProgress`), touching
+/// neither the database nor its lock: a write transaction begun now would take the write
+/// lock and write its note, and the taker would find the lock's holder speaking. True
+/// when the database was put on a new file (the file judged was of inode `judged_ino`).
+pub fn await_recovery(db_path: &Path, judged_ino: u64) -> bool {
+    let queue = db_path.parent().unwrap_or(Path::new("."));
+    let mutex = queue.join("recovery.lock");
+    let started = std::time::Instant::now();
+    loop {
+        refresh_directory(db_path);
+        let moved = db_inode(db_path).is_some_and(|ino| ino != judged_ino);
+        // A taker that died is taken over once its mutex is stale: then judged again.
+        if moved
+            || std::fs::symlink_metadata(&mutex).is_err()
+            || started.elapsed().as_secs_f64() > STALE
+        {
+            return moved;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(rand::random_range(
+            500..1500,
+        )));
     }
 }
 
@@ -291,7 +332,7 @@ fn recover_under(
         steps.done("checked");
         // The holder may have come back while we copied: then its lock is its own again.
         if file_state(db_path).ok().as_ref() != Some(&before)
-            || note_state(db_path) != note_before
+            || holder_spoke(&note_before, &note_state(db_path))
             || !lock_is_held(db_path)?
         {
             return Ok(Outcome::NotNeeded(
@@ -361,6 +402,27 @@ fn note_state(db_path: &Path) -> Option<(Holder, Option<jiff::Timestamp>)> {
     let holder = crate::lock::read_holder(db_path)?;
     let since = holder.since;
     Some((holder, since))
+}
+
+/// Whether the holder judged dead said since that it is alive: the same process's note
+/// refreshed or written again. A note of another process is a writer that took the write
+/// lock meanwhile (the judged holder did not hold it: a reader's or a forgotten lock held
+/// it up) and now waits behind the same lock at commit; the database file says whether
+/// anyone committed.
+fn holder_spoke(
+    before: &Option<(Holder, Option<jiff::Timestamp>)>,
+    after: &Option<(Holder, Option<jiff::Timestamp>)>,
+) -> bool {
+    match (before, after) {
+        (Some((was, at)), Some((now, now_at))) => {
+            (was.host == now.host && was.pid == now.pid && was.role == now.role) && at != now_at
+        }
+        // A note where there was none: a writer that took the lock meanwhile.
+        (None, Some(_)) => false,
+        // A removed note: nobody alive removes it; be careful anyway.
+        (Some(_), None) => true,
+        (None, None) => false,
+    }
 }
 
 /// Identity, size and times of a file, as the server has them.

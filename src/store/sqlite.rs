@@ -388,6 +388,10 @@ struct WaitNotice {
     full: AtomicBool,
     /// `try_write` is running: the busy handler gives up at once.
     no_wait: AtomicBool,
+    /// A write transaction is committing: a wait now is at commit, holding the write
+    /// lock (`RESERVED`), for readers or for a lock nobody holds any more (see the busy
+    /// handler).
+    committing: AtomicBool,
     /// When the wait under way was last announced (each attempt's connection has a
     /// handler of its own; a wait goes on over several).
     last_word: std::sync::Mutex<Option<Instant>>,
@@ -619,10 +623,18 @@ impl Store {
                 self.notice.not_blocked();
                 true
             }
-            // Another host is at it: its new file is noticed by the next look.
+            // Another process is at it: wait for its new file, away from the lock.
             Ok(crate::store::lock_recovery::Outcome::InProgress) => {
-                judge_later(Duration::from_secs(10));
-                false
+                if crate::store::lock_recovery::await_recovery(&self.db_path, evidence.db_ino) {
+                    crate::note!(
+                        "rq: {} was put on a new file (another process took the queue's lock back from a dead host); reopened",
+                        self.db_path.display()
+                    );
+                    self.notice.not_blocked();
+                } else {
+                    judge_later(Duration::from_secs(10));
+                }
+                true
             }
             Err(e) => {
                 crate::note!("rq: could not take the queue's lock back: {e}");
@@ -996,7 +1008,10 @@ impl Store {
             Err(Error::Sql(e)) if is_damage(&e) => return Err(Attempt::Suspect(e.to_string())),
             Err(e) => return Err(Attempt::Fail(e)),
         };
-        match tx.commit() {
+        self.notice.committing.store(true, Ordering::Relaxed);
+        let committed = tx.commit();
+        self.notice.committing.store(false, Ordering::Relaxed);
+        match committed {
             // Done on a file that is no longer the queue's (its lock was taken back while
             // this process was cut off or stopped): nothing of it counts. Run again on
             // the queue's file, unless the body did more than SQL.
@@ -1339,7 +1354,18 @@ fn install_busy_handler(
                 describe_holder(&db_path, notice.recoverable)
             );
         }
-        if waited >= attempt_limit {
+        // A writer waiting at commit holds the write lock: giving up would let the next
+        // writer take it, and each would say anew that the lock's holder is alive. On
+        // NFSv3 the server can keep a lock nobody holds (a lock call cut short when its
+        // process was killed, answered after the unlock that cleaned it up): every
+        // commit then waits for ever behind it, and only a waiter that stays put lets
+        // the others see the holder fall silent and take the lock back (`lock_recovery`).
+        let limit = if notice.recoverable && notice.committing.load(Ordering::Relaxed) {
+            lock_timeout
+        } else {
+            Some(attempt_limit)
+        };
+        if limit.is_some_and(|limit| waited >= limit) {
             return false;
         }
         // (Counted over attempts: each ends after 30 s, or at a look that acts.)
