@@ -365,6 +365,39 @@ const WAITING_WINDOW: std::time::Duration = std::time::Duration::from_secs(3);
 /// Called by the busy handler: this process is waiting for the lock right now.
 pub fn waiting_for_lock() {
     held().last_wait = Some(std::time::Instant::now());
+    NOT_WAITING.store(false, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The wait (or the transaction it was for) is over: a signal acts at once again.
+pub fn done_waiting() {
+    NOT_WAITING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Cleared while a busy handler waits for the queue's lock (see `end_waits_on_interrupt`).
+static NOT_WAITING: std::sync::LazyLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::LazyLock::new(|| std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)));
+/// Set by Ctrl-C, TERM or HUP once `end_waits_on_interrupt` was called.
+static INTERRUPTED: std::sync::LazyLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+    std::sync::LazyLock::new(|| std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
+
+/// For a command that may wait for the queue's lock ("Ctrl-C to give up"): INT, TERM or
+/// HUP during such a wait end the wait (the busy handler gives up, the transaction is
+/// rolled back, the command says so and exits) instead of killing the process inside a
+/// lock call. On NFSv3 a lock call cut short by a fatal signal can be granted by the
+/// server after the unlock that cleans it up, and that lock is then kept for nobody
+/// (seen in the lab), holding every writer up until the cluster takes it back. Outside a
+/// wait the signals act as they always do. Not for feeders, which handle these signals.
+pub fn end_waits_on_interrupt() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    for sig in [SIGINT, SIGTERM, SIGHUP] {
+        let _ = signal_hook::flag::register(sig, INTERRUPTED.clone());
+        let _ = signal_hook::flag::register_conditional_default(sig, NOT_WAITING.clone());
+    }
+}
+
+/// A signal asked this process to stop waiting (see `end_waits_on_interrupt`).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn refresh_notes() {

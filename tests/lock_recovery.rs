@@ -327,3 +327,43 @@ fn a_lock_nobody_holds_any_more_is_taken_back_by_the_writer_it_holds_up_at_commi
     assert!(status["lock_recovered"]["holder"].is_string(), "{status}");
     q.integrity_ok();
 }
+
+#[test]
+fn ctrl_c_while_waiting_for_the_lock_ends_the_wait_and_changes_nothing() {
+    let q = TestQueue::new();
+    let release = q.home().join("release");
+    let (mut holder, holding) = hold_lock(&q, "h9", &release);
+    q.wait_for("the lock to be held", 20, |_| holding.exists());
+    let mut submit = submit_waiting(&q, "true", 1);
+    let said = || std::fs::read_to_string(q.home().join("submit-1.err")).unwrap();
+    q.wait_for("the submit to wait", 30, |_| {
+        said().contains("waiting for the queue's lock")
+    });
+    // Not killed inside a lock call (on NFSv3 such a call can leave a lock the server
+    // keeps for nobody): the wait ends, the transaction is rolled back, and it says so.
+    unsafe { libc::kill(submit.id() as i32, libc::SIGINT) };
+    let status = wait_exit(&mut submit, 20, "the interrupted submit");
+    assert_eq!(status.code(), Some(1), "exits, not killed: {}", said());
+    assert!(
+        said().contains("interrupted while waiting for the queue's lock"),
+        "{}",
+        said()
+    );
+    std::fs::remove_file(&release).unwrap();
+    assert!(wait_exit(&mut holder, 30, "the holder").success());
+    assert_eq!(q.count("pending"), 0, "nothing was submitted");
+    // Outside a wait the signal acts as always: a second, waiting-free command is
+    // killed by it (here: one blocked reading its job list from a pipe).
+    let mut reader = rq_command();
+    reader
+        .env("HOME", q.home())
+        .args([q.q(), "submit"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut reader = reader.spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    unsafe { libc::kill(reader.id() as i32, libc::SIGINT) };
+    let status = wait_exit(&mut reader, 20, "the submit reading its input");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGINT));
+}

@@ -561,6 +561,12 @@ struct Context<'a> {
 
 impl Context<'_> {
     fn dispatch(mut self, mode: &str) -> Result<i32> {
+        // Ctrl-C while waiting for the queue's lock ends the wait cleanly; feeders, the
+        // live views and `lock` (whose command gets the signal too) keep their own ways.
+        let watching = mode == "status" && self.inv.opts.watch;
+        if !watching && !matches!(mode, "feed" | "start" | "top" | "serve" | "lock") {
+            crate::lock::end_waits_on_interrupt();
+        }
         let status = match mode {
             "create" => self.create(),
             "submit" => self.submit(false),

@@ -543,7 +543,12 @@ impl Store {
         let started = Instant::now();
         let mut attempt = 0u32;
         loop {
-            match self.connect() {
+            let connected = self.connect();
+            crate::lock::done_waiting();
+            match connected {
+                Err(Error::Sql(e)) if is_transient(&e) && crate::lock::interrupted() => {
+                    return Err(interrupted_error());
+                }
                 Err(Error::Sql(e)) if is_transient(&e) => {
                     if self.after_busy() {
                         continue;
@@ -900,6 +905,7 @@ impl Store {
         let mut damage_seen = false;
         loop {
             let outcome = self.try_once(behavior, body);
+            crate::lock::done_waiting();
             match outcome {
                 Ok(value) => {
                     self.notice.not_blocked();
@@ -923,6 +929,9 @@ impl Store {
                     }
                 }
                 Err(Attempt::Suspect(err)) => return Err(self.corrupt(err)),
+                Err(Attempt::Retry(_)) if crate::lock::interrupted() => {
+                    return Err(interrupted_error());
+                }
                 Err(Attempt::Retry(err)) => {
                     if self.after_busy() {
                         continue;
@@ -974,6 +983,7 @@ impl Store {
             Err(e) if is_damage(&e) => return Err(Attempt::Suspect(e.to_string())),
             Err(e) => return Err(Attempt::Fail(e.into())),
         };
+        crate::lock::done_waiting();
         // While this transaction holds the lock, a thread says so now and then.
         let _holding = crate::lock::holding(&self.db_path);
         if !matches!(behavior, TransactionBehavior::Deferred) {
@@ -1010,6 +1020,7 @@ impl Store {
         };
         self.notice.committing.store(true, Ordering::Relaxed);
         let committed = tx.commit();
+        crate::lock::done_waiting();
         self.notice.committing.store(false, Ordering::Relaxed);
         match committed {
             // Done on a file that is no longer the queue's (its lock was taken back while
@@ -1066,6 +1077,14 @@ impl Store {
             }
         }
     }
+}
+
+/// A wait for the lock that INT, TERM or HUP ended (`lock::end_waits_on_interrupt`).
+fn interrupted_error() -> Error {
+    Error::Conflict(
+        "interrupted while waiting for the queue's lock: what was waiting for it was not done"
+            .into(),
+    )
 }
 
 /// Whether the database file `conn` has open is no longer the one at `db_path` (the lock
@@ -1326,7 +1345,7 @@ fn install_busy_handler(
     let attempt_limit = lock_timeout.unwrap_or(attempt).min(attempt);
     let mut wait_started = Instant::now();
     let handler = move |count: i32| -> bool {
-        if notice.no_wait.load(Ordering::Relaxed) {
+        if notice.no_wait.load(Ordering::Relaxed) || crate::lock::interrupted() {
             return false;
         }
         if count == 0 {
