@@ -196,7 +196,7 @@ pub fn judge(db_path: &Path, waited: f64) -> Judgement {
     }
     // A process of this host that is stopped or stuck: never taken from. (When the note
     // names this process, it waits at commit holding the write lock, and what holds it up
-    // is someone else, silent: judged below as an unknown holder on a live host.)
+    // is someone else, silent: judged below.)
     if let Some(h) = &evidence.holder
         && h.host == me
         && h.pid != std::process::id()
@@ -206,7 +206,14 @@ pub fn judge(db_path: &Path, waited: f64) -> Judgement {
     }
     // A live host frees the locks of its dead processes: what holds the lock there is a
     // stopped process, or a reader somewhere that left no note. Given twice as long.
-    if evidence.beat_age.is_some_and(|age| age < limit) && waited < 2.0 * limit {
+    // Not when the note names this process: it waits at commit behind a reader that has
+    // not said it is alive for that long (a live reader says so every 2 s), or a lock the
+    // server keeps for nobody; its host's heartbeat says nothing about either.
+    let names_me = evidence
+        .holder
+        .as_ref()
+        .is_some_and(|h| h.host == me && h.pid == std::process::id());
+    if !names_me && evidence.beat_age.is_some_and(|age| age < limit) && waited < 2.0 * limit {
         return Judgement::Wait;
     }
     Judgement::Dead(evidence)
