@@ -59,9 +59,14 @@ fn signal_tree(root: u32, signal: i32) {
 
 /// A submit from another host, waiting for the lock; its stderr goes to `submit-<n>.err`.
 fn submit_waiting(q: &TestQueue, command: &str, n: usize) -> Child {
+    submit_waiting_on(q, "h5", command, n)
+}
+
+/// The same, from host `host`.
+fn submit_waiting_on(q: &TestQueue, host: &str, command: &str, n: usize) -> Child {
     let mut submit = rq_command();
     submit
-        .env("RQ_HOST", "h5")
+        .env("RQ_HOST", host)
         .env(RECOVERY.0, RECOVERY.1)
         .env("HOME", q.home())
         .env("RQ_LOCK_NOTICE", "1")
@@ -296,15 +301,7 @@ fn a_lock_nobody_holds_any_more_is_taken_back_by_the_writer_it_holds_up_at_commi
     // must judge the silence itself (the holder the note names is itself, not what holds
     // it up). Before, it gave up each attempt, took the lock again and wrote its note
     // anew, for ever.
-    let mut submit = rq_command();
-    submit
-        .env("RQ_HOST", "h1")
-        .env(RECOVERY.0, RECOVERY.1)
-        .env("HOME", q.home())
-        .env("RQ_LOCK_NOTICE", "1")
-        .args([q.q(), "submit", "-q", "true"])
-        .stderr(std::fs::File::create(q.home().join("submit-1.err")).unwrap());
-    let mut submit = submit.spawn().unwrap();
+    let mut submit = submit_waiting_on(&q, "h1", "true", 1);
     let said = || std::fs::read_to_string(q.home().join("submit-1.err")).unwrap();
     let status = wait_exit(&mut submit, 60, "the submit");
     stray.0.kill().unwrap();
