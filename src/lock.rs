@@ -474,6 +474,13 @@ pub struct Holder {
     pub since: Option<jiff::Timestamp>,
 }
 
+impl Holder {
+    /// The note names this very process (this host, this pid).
+    pub fn is_this_process(&self) -> bool {
+        self.pid == std::process::id() && self.host == crate::host::name()
+    }
+}
+
 /// Read the holder note of the queue database at `db_path`: `None` if there is none, or
 /// it is not one of rq's (a planted or half-written file says nothing).
 pub fn read_holder(db_path: &Path) -> Option<Holder> {

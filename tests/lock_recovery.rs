@@ -313,7 +313,7 @@ fn a_lock_nobody_holds_any_more_is_taken_back_by_the_writer_it_holds_up_at_commi
     assert!(status.success(), "{}", said());
     assert!(said().contains("took the queue's lock back"), "{}", said());
     assert!(
-        said().contains("this process waits at commit"),
+        said().contains("this process waits behind a lock nobody has said for"),
         "the words say what held it up: {}",
         said()
     );

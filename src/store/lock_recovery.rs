@@ -111,15 +111,11 @@ impl Evidence {
         let silent = self.silent_for.map_or("ever".to_string(), |s| {
             crate::time::duration_text(s.max(0.0))
         });
-        if self
-            .holder
-            .as_ref()
-            .is_some_and(|h| h.pid == std::process::id() && h.host == crate::host::name())
-        {
+        if self.holder.as_ref().is_some_and(Holder::is_this_process) {
             return format!(
-                "this process waits at commit, holding the write lock, behind a lock nobody has \
-                 said for {silent} that they hold (the file server keeps the locks of processes \
-                 that are gone)"
+                "this process waits behind a lock nobody has said for {silent} that they hold \
+                 (the holder note names this process itself, as it holds the write lock at \
+                 commit; the file server keeps the locks of processes that are gone)"
             );
         }
         let holder = match &self.holder {
@@ -199,7 +195,7 @@ pub fn judge(db_path: &Path, waited: f64) -> Judgement {
     // is someone else, silent: judged below.)
     if let Some(h) = &evidence.holder
         && h.host == me
-        && h.pid != std::process::id()
+        && !h.is_this_process()
         && crate::process::is_alive(h.pid)
     {
         return Judgement::Wait;
@@ -212,7 +208,7 @@ pub fn judge(db_path: &Path, waited: f64) -> Judgement {
     let names_me = evidence
         .holder
         .as_ref()
-        .is_some_and(|h| h.host == me && h.pid == std::process::id());
+        .is_some_and(Holder::is_this_process);
     if !names_me && evidence.beat_age.is_some_and(|age| age < limit) && waited < 2.0 * limit {
         return Judgement::Wait;
     }
@@ -640,6 +636,55 @@ impl RecoveryMutex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn note(pid: u32, at: i64) -> Option<(Holder, Option<jiff::Timestamp>)> {
+        let since = Some(jiff::Timestamp::from_second(at).unwrap());
+        let holder = Holder {
+            host: "h1".into(),
+            pid,
+            role: "rq submit".into(),
+            since,
+        };
+        Some((holder, since))
+    }
+
+    #[test]
+    fn only_the_judged_process_itself_speaks_for_the_lock() {
+        // Its note refreshed or written again: it is alive.
+        assert!(holder_spoke(&note(7, 100), &note(7, 130)));
+        // Unchanged: silent.
+        assert!(!holder_spoke(&note(7, 100), &note(7, 100)));
+        // Another writer's note: a waiter that took the write lock meanwhile, not the
+        // holder coming back.
+        assert!(!holder_spoke(&note(7, 100), &note(8, 130)));
+        assert!(!holder_spoke(&None, &note(8, 130)));
+        // A note removed: taken as a sign of life, to be safe.
+        assert!(holder_spoke(&note(7, 100), &None));
+    }
+
+    #[test]
+    fn a_waiter_waits_for_a_recovery_under_way_and_sees_its_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        std::fs::write(&db, "old").unwrap();
+        let judged = db_inode(&db).unwrap();
+        let mutex = dir.path().join("recovery.lock");
+        std::fs::write(&mutex, "").unwrap();
+        // The taker: it puts the new file in place, then lets go of the mutex (whenever
+        // it does, before or during the wait, the waiter sees the new file).
+        let (db2, mutex2) = (db.clone(), mutex.clone());
+        let taker = std::thread::spawn(move || {
+            let new = db2.with_file_name("db.new");
+            std::fs::write(&new, "new").unwrap();
+            std::fs::rename(&new, &db2).unwrap();
+            std::fs::remove_file(&mutex2).unwrap();
+        });
+        assert!(await_recovery(&db, judged), "the new file is seen");
+        taker.join().unwrap();
+        // A recovery that ends without a new file (it found the lock free): false.
+        let judged = db_inode(&db).unwrap();
+        assert!(!await_recovery(&db, judged));
+    }
 
     #[test]
     fn the_holder_counts_as_dead_only_well_after_the_lease() {

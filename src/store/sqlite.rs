@@ -1238,7 +1238,7 @@ fn describe_holder(db_path: &Path, recoverable: bool) -> String {
         return "another process holds it".to_string();
     };
     let me = crate::host::name();
-    if holder.pid == std::process::id() && holder.host == me {
+    if holder.is_this_process() {
         // Our own note: we hold the write lock and wait at commit for readers to finish.
         return "this process holds the write lock and waits for readers to finish".to_string();
     }
