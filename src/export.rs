@@ -244,6 +244,7 @@ fn fill(
     });
     progress.stop();
     let mut copied = copied?;
+    dest.store().refresh_statistics(copied.jobs);
     if purpose != Purpose::Snapshot {
         copied.files_copied = copy_job_files(src, &mut dest)?;
     }

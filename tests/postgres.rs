@@ -839,3 +839,35 @@ fn writers_refuse_a_queue_schema_with_objects_rq_did_not_make() {
     q.rq(&["submit", "-q", "true"]).ok();
     assert_eq!(q.count("pending"), 2);
 }
+
+#[test]
+fn a_large_submit_brings_the_planners_counts_up_to_date_so_claims_walk_the_index() {
+    let q = TestQueue::on(StoreKind::Postgres);
+    q.rq(&["submit", "-q", "true"]).ok();
+    let schema = format!("rq_{}", q.q().rsplit("queue=").next().unwrap());
+    let psql = |sql: &str| {
+        let out = pg::server().psql(&format!("SET search_path TO {schema}; {sql}"));
+        // Past psql's "SET".
+        let lines: Vec<&str> = out.trim().lines().collect();
+        lines[1..].join("\n")
+    };
+    // What the server knew before the large submit: one job, and none pending.
+    psql("UPDATE jobs SET state = 'finished'; ANALYZE jobs");
+    let jobs: String = (0..500).map(|_| "true\n").collect();
+    q.rq_stdin(&["submit", "-q", "-"], &jobs).ok();
+    let counted: f64 = psql("SELECT reltuples FROM pg_class WHERE oid = to_regclass('jobs')")
+        .parse()
+        .unwrap();
+    assert!(counted >= 501.0, "the server counts {counted} jobs");
+    // The pending branch of the claim, as a feeder asks it: the claim-order index is
+    // walked for the first few jobs, not every pending job read and sorted.
+    let plan = psql(
+        "EXPLAIN SELECT jid FROM jobs WHERE state = 'pending' \
+         AND (hosts IS NULL OR rq_host_ok(hosts, 'h1')) AND cpus <= 1 AND mem <= 0 \
+         AND gpus <= 0 ORDER BY priority DESC, submitted, jid LIMIT 16 FOR UPDATE SKIP LOCKED",
+    );
+    assert!(
+        plan.contains("Index Scan using jobs_claim_order") && !plan.contains("Sort"),
+        "{plan}"
+    );
+}

@@ -83,7 +83,8 @@ impl Feeder {
     }
 
     /// Fetch a job's stdin and data from the database into the local job-file directory
-    /// (outside any write transaction; one read transaction).
+    /// (outside any write transaction; one read transaction, none for a job its claim
+    /// found without either).
     pub(super) fn fetch_inputs(&mut self, job: &Row) -> Result<()> {
         let Some(dir) = self.config.local_files.clone() else {
             return Ok(());
@@ -96,7 +97,7 @@ impl Feeder {
         for sub in ["stdin", "data"] {
             queue::remove_path(&dir.join(sub).join(jid.to_string()));
         }
-        if !streams.is_empty() {
+        if !streams.is_empty() && !self.without_inputs.contains(&jid) {
             self.queue.fetch_job_files(jid, &streams, &dir)?;
         }
         Ok(())

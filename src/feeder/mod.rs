@@ -214,6 +214,9 @@ pub struct Feeder {
     /// The next buffered jobs made ready to start (files created, command built), by
     /// claim token: prepared while the slots are busy, started when one comes free.
     prepared: HashMap<String, Result<runner::Prepared>>,
+    /// Buffered jobs of a queue keeping job files in its database that have no stdin or
+    /// data stored (learnt with the claim): nothing to fetch before they start.
+    without_inputs: HashSet<i64>,
     /// When the buffered claims were last known to be ours (claimed, or read back).
     buffer_checked: Instant,
     /// When jobs were last found safe to start (`may_start`), on the boot clock: a start
@@ -321,6 +324,7 @@ impl Feeder {
             failed_starts: Vec::new(),
             buffer: VecDeque::new(),
             prepared: HashMap::new(),
+            without_inputs: HashSet::new(),
             buffer_checked: Instant::now(),
             safe_at: 0.0,
             releases: Vec::new(),
@@ -788,6 +792,8 @@ impl Feeder {
                 self.buffer_checked = Instant::now();
             }
             self.buffer.extend(claimed);
+            let buffered: HashSet<i64> = self.buffer.iter().map(Row::jid).collect();
+            self.without_inputs.retain(|jid| buffered.contains(jid));
             // Asked again: the transaction may have waited long for the lock.
             if self.may_start(draining, beater) {
                 self.revalidate_buffer()?;
@@ -890,6 +896,7 @@ impl Feeder {
         let releases = std::mem::take(&mut self.releases);
         let ends = std::mem::take(&mut self.ends);
         let outputs = std::mem::take(&mut self.final_outputs);
+        let inputs_in_database = self.config.local_files.is_some();
         let body = |tx: &Tx<'_>| {
             let now = time::now();
             // Before the ends: stored only under claims still held.
@@ -923,7 +930,17 @@ impl Feeder {
             } else {
                 Vec::new()
             };
-            Ok((claimed, lost, lost_starts, stored))
+            let jids: Vec<i64> = claimed.iter().map(Row::jid).collect();
+            let with_inputs = if inputs_in_database && !jids.is_empty() {
+                crate::store::in_database::with_inputs(tx, &jids)?
+            } else {
+                HashSet::new()
+            };
+            let without_inputs: Vec<i64> = jids
+                .into_iter()
+                .filter(|jid| !with_inputs.contains(jid))
+                .collect();
+            Ok((claimed, without_inputs, lost, lost_starts, stored))
         };
         let began = Instant::now();
         let done = if urgent {
@@ -936,7 +953,7 @@ impl Feeder {
             let took = began.elapsed().as_secs_f64().min(TXN_COST_CAP);
             self.avg_txn = Some(self.avg_txn.map_or(took, |avg| 0.8 * avg + 0.2 * took));
         }
-        let Some((claimed, lost, lost_starts, stored)) = done else {
+        let Some((claimed, without_inputs, lost, lost_starts, stored)) = done else {
             self.starts = starts;
             self.failed_starts = failed_starts;
             self.releases = releases;
@@ -945,6 +962,7 @@ impl Feeder {
             return Ok(None);
         };
         self.ends_since = None;
+        self.without_inputs.extend(without_inputs);
         if !outputs.is_empty() {
             self.note_stored(&outputs, &stored);
             self.forget_runs(ends.iter().map(|e| e.jid));

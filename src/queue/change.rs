@@ -341,6 +341,7 @@ impl Queue {
         for rel in outputs {
             self.remove_file(&rel);
         }
+        self.store.refresh_statistics(rows.len());
         self.ring_doorbell();
         Ok((rows, skipped))
     }

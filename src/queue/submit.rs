@@ -338,6 +338,7 @@ impl Queue {
         });
         match outcome {
             Ok(submitted) => {
+                self.store.refresh_statistics(count);
                 self.ring_doorbell();
                 Ok(submitted)
             }

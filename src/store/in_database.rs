@@ -388,6 +388,15 @@ pub fn reap_orphans(tx: &Tx<'_>) -> Result<usize> {
     tx.op(op::REAP_ORPHANS).execute([])
 }
 
+/// Which of `jids` have stdin or data stored (the others need no fetch before they start:
+/// a claimed job's inputs do not change, as only jobs not running can be updated).
+pub fn with_inputs(tx: &Tx<'_>, jids: &[i64]) -> Result<std::collections::HashSet<i64>> {
+    let list = serde_json::to_string(jids).unwrap_or_default();
+    tx.op(op::WITH_INPUTS)
+        .query_map([list], |r| r.get(0))?
+        .collect()
+}
+
 /// Inside an update's transaction: the inputs it staged under `staged` (before the
 /// transaction, without the queue's lock) replace the job's stdin and/or data.
 pub fn promote_inputs(tx: &Tx<'_>, jid: i64, staged: &str, stdin: bool, data: bool) -> Result<()> {

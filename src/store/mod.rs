@@ -269,6 +269,15 @@ impl Store {
         }
     }
 
+    /// After a commit that made `jobs` jobs pending (new, resubmitted, imported): where
+    /// the store plans its queries from statistics (PostgreSQL), bring them up to date
+    /// when those jobs change them much.
+    pub fn refresh_statistics(&mut self, jobs: usize) {
+        if let Store::Postgres(store) = self {
+            store.refresh_statistics(jobs);
+        }
+    }
+
     /// A transaction on job-file rows kept in the database: on PostgreSQL without the
     /// queue's lock, so a long copy holds no writer back (`PgStore::files`); elsewhere an
     /// ordinary read or shared write.

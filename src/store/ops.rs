@@ -245,6 +245,9 @@ pub mod in_database {
         DROP_EARLIER_RUNS_MANY = "drop_earlier_runs_many",
         PUT_CHUNKS = "put_chunks",
         REAP_ORPHANS = "reap_orphans",
+        /// Which of the jobs of the JSON list $1 have stdin or data stored: a feeder
+        /// fetches only theirs.
+        WITH_INPUTS = "with_inputs",
         DROP_INPUTS = "drop_inputs",
         PROMOTE_STAGED = "promote_staged",
         DROP_STAGED = "drop_staged",

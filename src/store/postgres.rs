@@ -652,6 +652,33 @@ impl PgStore {
         }
     }
 
+    /// After a commit that made `jobs` jobs pending: when they are a tenth or more of
+    /// what the server last counted in `jobs`, have it count again now (ANALYZE), as autovacuum
+    /// would within a minute or so. Until then its planner may take a queue full of new
+    /// pending jobs for one with none and have every claim sort them all instead of
+    /// walking the claim-order index (3,000 new jobs: 10 ms a claim instead of 0.1).
+    /// Only an optimisation: the jobs are committed, so a failure is not the caller's.
+    pub fn refresh_statistics(&mut self, jobs: usize) {
+        const FEWEST: usize = 200;
+        if jobs < FEWEST {
+            return;
+        }
+        let Ok(client) = self.client() else { return };
+        let counted: Option<f32> = client
+            .query_opt(
+                "SELECT reltuples FROM pg_class WHERE oid = to_regclass('jobs')",
+                &[],
+            )
+            .ok()
+            .flatten()
+            .map(|row| row.get(0));
+        // -1: never counted.
+        if counted.is_some_and(|n| n >= 0.0 && (jobs as f32) < 0.1 * n) {
+            return;
+        }
+        let _ = client.batch_execute("ANALYZE jobs");
+    }
+
     /// The advisory lock key of this queue: its schema's name, hashed (queues sharing a
     /// database have their own locks; the array and tag-limit locks of the triggers and
     /// claims are database-wide, which costs at most some waiting, never correctness).

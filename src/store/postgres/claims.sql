@@ -24,14 +24,14 @@ SELECT count(*) FROM jobs WHERE tag = $1 AND state = 'running';
 SELECT jid, tag, cpus, mem, gpus, submitted FROM jobs WHERE jid IN (
   SELECT jid FROM (
     SELECT jid, priority, submitted FROM (SELECT jid, priority, submitted FROM jobs
-      WHERE state = 'pending' AND rq_host_ok(hosts, $1)
+      WHERE state = 'pending' AND (hosts IS NULL OR rq_host_ok(hosts, $1))
         AND (not_before IS NULL OR not_before <= $2)
         AND (tag IS NULL OR tag NOT IN (SELECT jsonb_array_elements_text(CAST($5 AS jsonb))))
         AND cpus <= $6 AND mem <= $7 AND gpus <= $8
       ORDER BY priority DESC, submitted, jid LIMIT $3 FOR UPDATE SKIP LOCKED) AS pending
     UNION ALL
     SELECT jid, priority, submitted FROM (SELECT jid, priority, submitted FROM jobs
-      WHERE state = 'dead' AND restartable = 1 AND attempts < $4 AND rq_host_ok(hosts, $1)
+      WHERE state = 'dead' AND restartable = 1 AND attempts < $4 AND (hosts IS NULL OR rq_host_ok(hosts, $1))
         AND (tag IS NULL OR tag NOT IN (SELECT jsonb_array_elements_text(CAST($5 AS jsonb))))
         AND cpus <= $6 AND mem <= $7 AND gpus <= $8
       ORDER BY priority DESC, submitted, jid LIMIT $3 FOR UPDATE SKIP LOCKED) AS restartable
@@ -45,14 +45,14 @@ ORDER BY priority DESC, submitted, jid;
 SELECT EXISTS (
   SELECT 1 FROM (
     SELECT jid FROM (SELECT jid FROM jobs
-      WHERE state = 'pending' AND rq_host_ok(hosts, $1)
+      WHERE state = 'pending' AND (hosts IS NULL OR rq_host_ok(hosts, $1))
         AND (not_before IS NULL OR not_before <= $2)
         AND (tag IS NULL OR tag NOT IN (SELECT jsonb_array_elements_text(CAST($5 AS jsonb))))
         AND cpus <= $6 AND mem <= $7 AND gpus <= $8
       ORDER BY priority DESC, submitted, jid LIMIT $3) AS pending
     UNION ALL
     SELECT jid FROM (SELECT jid FROM jobs
-      WHERE state = 'dead' AND restartable = 1 AND attempts < $4 AND rq_host_ok(hosts, $1)
+      WHERE state = 'dead' AND restartable = 1 AND attempts < $4 AND (hosts IS NULL OR rq_host_ok(hosts, $1))
         AND (tag IS NULL OR tag NOT IN (SELECT jsonb_array_elements_text(CAST($5 AS jsonb))))
         AND cpus <= $6 AND mem <= $7 AND gpus <= $8
       ORDER BY priority DESC, submitted, jid LIMIT $3) AS restartable

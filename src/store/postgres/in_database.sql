@@ -111,6 +111,11 @@ DELETE FROM job_files f WHERE written < clock_timestamp() - CAST('10 minutes' AS
    AND (NOT EXISTS (SELECT 1 FROM jobs j WHERE j.jid = f.jid)
         OR (stream IN ('stdin', 'data', 'data.tar') AND claim <> ''));
 
+-- name: with_inputs
+SELECT DISTINCT jid FROM job_files
+ WHERE jid IN (SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint))
+   AND stream IN ('stdin', 'data', 'data.tar') AND claim = '';
+
 -- name: drop_inputs
 -- $2: the streams (a JSON list).
 DELETE FROM job_files WHERE jid = $1 AND claim = ''

@@ -21,14 +21,14 @@ SELECT count(*) FROM jobs INDEXED BY jobs_tag WHERE tag = ?1 AND state = 'runnin
 SELECT jid, tag, cpus, mem, gpus, submitted FROM jobs WHERE jid IN (
   SELECT jid FROM (
     SELECT jid, priority, submitted FROM (SELECT jid, priority, submitted FROM jobs
-      WHERE state = 'pending' AND rq_host_ok(hosts, ?1)
+      WHERE state = 'pending' AND (hosts IS NULL OR rq_host_ok(hosts, ?1))
         AND (not_before IS NULL OR not_before <= ?2)
         AND (tag IS NULL OR tag NOT IN (SELECT value FROM json_each(?5)))
         AND cpus <= ?6 AND mem <= ?7 AND gpus <= ?8
       ORDER BY priority DESC, submitted, jid LIMIT ?3)
     UNION ALL
     SELECT jid, priority, submitted FROM (SELECT jid, priority, submitted FROM jobs
-      WHERE state = 'dead' AND restartable = 1 AND attempts < ?4 AND rq_host_ok(hosts, ?1)
+      WHERE state = 'dead' AND restartable = 1 AND attempts < ?4 AND (hosts IS NULL OR rq_host_ok(hosts, ?1))
         AND (tag IS NULL OR tag NOT IN (SELECT value FROM json_each(?5)))
         AND cpus <= ?6 AND mem <= ?7 AND gpus <= ?8
       ORDER BY priority DESC, submitted, jid LIMIT ?3))
@@ -41,14 +41,14 @@ ORDER BY priority DESC, submitted, jid;
 SELECT EXISTS (
   SELECT 1 FROM (
     SELECT jid FROM (SELECT jid FROM jobs
-      WHERE state = 'pending' AND rq_host_ok(hosts, ?1)
+      WHERE state = 'pending' AND (hosts IS NULL OR rq_host_ok(hosts, ?1))
         AND (not_before IS NULL OR not_before <= ?2)
         AND (tag IS NULL OR tag NOT IN (SELECT value FROM json_each(?5)))
         AND cpus <= ?6 AND mem <= ?7 AND gpus <= ?8
       ORDER BY priority DESC, submitted, jid LIMIT ?3)
     UNION ALL
     SELECT jid FROM (SELECT jid FROM jobs
-      WHERE state = 'dead' AND restartable = 1 AND attempts < ?4 AND rq_host_ok(hosts, ?1)
+      WHERE state = 'dead' AND restartable = 1 AND attempts < ?4 AND (hosts IS NULL OR rq_host_ok(hosts, ?1))
         AND (tag IS NULL OR tag NOT IN (SELECT value FROM json_each(?5)))
         AND cpus <= ?6 AND mem <= ?7 AND gpus <= ?8
       ORDER BY priority DESC, submitted, jid LIMIT ?3))
