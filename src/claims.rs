@@ -350,7 +350,17 @@ pub struct End {
 
 /// Record the end of a run; false when the claim was lost (the job was taken over).
 pub fn finish(tx: &Tx<'_>, end: &End) -> Result<bool> {
+    finish_started(tx, end, None)
+}
+
+/// A start not recorded yet (pid, process identity), recorded with its run's end: a short
+/// job that began and ended between two transactions costs one write, not two.
+pub type Started<'a> = Option<(u32, Option<&'a str>)>;
+
+/// `finish`, recording the run's start too when `start` says it (see `Started`).
+pub fn finish_started(tx: &Tx<'_>, end: &End, start: Started<'_>) -> Result<bool> {
     let now = &end.ended_at;
+    let (pid, process) = (start.map(|s| s.0), start.and_then(|s| s.1));
     let (n, retry_at) = match &end.retry_at {
         None => (op::FINISH, None),
         Some(at) => (op::FINISH_RETRY, Some(at)),
@@ -368,7 +378,9 @@ pub fn finish(tx: &Tx<'_>, end: &End) -> Result<bool> {
         end.usage.max_rss,
         end.reason,
         end.usage.read_bytes,
-        end.usage.write_bytes
+        end.usage.write_bytes,
+        pid,
+        process
     ];
     let n = match retry_at {
         None => tx.op(n).execute(values)?,
@@ -381,13 +393,14 @@ pub fn finish(tx: &Tx<'_>, end: &End) -> Result<bool> {
     Ok(n > 0)
 }
 
-/// Record the ends of runs (`finish` for each, or one statement where the store does
-/// better so: `Capabilities::ends_in_one_statement`); the jids whose claim was lost.
-pub fn finish_all(tx: &Tx<'_>, ends: &[&End]) -> Result<Vec<i64>> {
+/// Record the ends of runs, each with its start where that was not recorded yet
+/// (`finish_started` for each, or one statement where the store does better so:
+/// `Capabilities::ends_in_one_statement`); the jids whose claim was lost.
+pub fn finish_all(tx: &Tx<'_>, ends: &[(&End, Started<'_>)]) -> Result<Vec<i64>> {
     if ends.len() < 2 || !tx.capabilities().ends_in_one_statement {
         let mut lost = Vec::new();
-        for end in ends {
-            if !finish(tx, end)? {
+        for &(end, start) in ends {
+            if !finish_started(tx, end, start)? {
                 lost.push(end.jid);
             }
         }
@@ -395,7 +408,7 @@ pub fn finish_all(tx: &Tx<'_>, ends: &[&End]) -> Result<Vec<i64>> {
     }
     let list: Vec<serde_json::Value> = ends
         .iter()
-        .map(|e| {
+        .map(|(e, start)| {
             serde_json::json!({
                 "jid": e.jid,
                 "claim": e.claim,
@@ -411,10 +424,12 @@ pub fn finish_all(tx: &Tx<'_>, ends: &[&End]) -> Result<Vec<i64>> {
                 "reason": e.reason,
                 "read_bytes": e.usage.read_bytes,
                 "write_bytes": e.usage.write_bytes,
+                "pid": start.map(|s| s.0),
+                "process": start.and_then(|s| s.1),
             })
         })
         .collect();
-    let jids: Vec<i64> = ends.iter().map(|e| e.jid).collect();
+    let jids: Vec<i64> = ends.iter().map(|(e, _)| e.jid).collect();
     not_recorded(tx, op::FINISH_MANY, list, &jids)
 }
 

@@ -376,7 +376,8 @@ fn every_statement_prepares(store: StoreKind) {
 
 /// A transaction's starts and ends, recorded together (`claims::record_starts`,
 /// `claims::finish_all`: one statement each where the store does better so): each only
-/// under its job's claim, an end to be retried going back to pending.
+/// under its job's claim, an end to be retried going back to pending, a start not
+/// recorded yet recorded with its end.
 fn starts_and_ends_together(store: StoreKind) {
     let q = TestQueue::on(store);
     let jobs: Vec<i64> = (0..4).map(|_| submit(&q, &[])).collect();
@@ -403,8 +404,12 @@ fn starts_and_ends_together(store: StoreKind) {
         end(jobs[0], &tokens[0], None),
         end(jobs[1], &tokens[1], Some(later.clone())),
         end(jobs[2], "not-the-claim", None),
+        end(jobs[3], &tokens[3], None),
     ];
-    let ended: Vec<&End> = ended.iter().collect();
+    let ended: Vec<(&End, claims::Started<'_>)> = ended
+        .iter()
+        .map(|e| (e, (e.jid == jobs[3]).then_some((103, Some("boot:103")))))
+        .collect();
     let lost = store.write(|tx| claims::finish_all(tx, &ended)).unwrap();
     assert_eq!(lost, vec![jobs[2]]);
     assert_eq!(state(&mut queue, jobs[0]), ("finished".into(), Some(0), 1));
@@ -418,7 +423,10 @@ fn starts_and_ends_together(store: StoreKind) {
     assert_eq!(row(jobs[0]).get("pid").as_int(), Some(100));
     assert_eq!(row(jobs[0]).get("process").as_text(), Some("boot:100"));
     assert_eq!(row(jobs[2]).get("pid").as_int(), Some(102));
-    assert_eq!(row(jobs[3]).get("pid").as_int(), None);
+    // Its start was refused (not its claim), then recorded with its end.
+    assert_eq!(state(&mut queue, jobs[3]), ("finished".into(), Some(0), 1));
+    assert_eq!(row(jobs[3]).get("pid").as_int(), Some(103));
+    assert_eq!(row(jobs[3]).get("process").as_text(), Some("boot:103"));
     assert_eq!(row(jobs[1]).get("retried").as_int(), Some(1));
     assert_eq!(
         row(jobs[1]).get("not_before").as_text(),
@@ -435,9 +443,9 @@ fn starts_and_ends_together(store: StoreKind) {
     );
     // The counts every listing reads moved with the ends.
     let summary = q.rq(&["status"]).ok().value();
-    assert_eq!(summary["jobs"]["finished"], 1, "{summary}");
+    assert_eq!(summary["jobs"]["finished"], 2, "{summary}");
     assert_eq!(summary["jobs"]["pending"], 1, "{summary}");
-    assert_eq!(summary["jobs"]["running"], 2, "{summary}");
+    assert_eq!(summary["jobs"]["running"], 1, "{summary}");
 }
 
 on_both_stores!(

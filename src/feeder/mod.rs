@@ -901,8 +901,17 @@ impl Feeder {
             let now = time::now();
             // Before the ends: stored only under claims still held.
             let stored = store_outputs(tx, &outputs)?;
+            // A run that began and ended since the last transaction has its start
+            // recorded with its end.
+            let start_of = |end: &End| {
+                starts
+                    .iter()
+                    .find(|s| s.jid == end.jid && s.claim == end.claim)
+                    .map(|s| (s.pid, s.identity.as_deref()))
+            };
             let started: Vec<claims::StartRecord<'_>> = starts
                 .iter()
+                .filter(|s| !ends.iter().any(|e| e.jid == s.jid && e.claim == s.claim))
                 .map(|s| (s.jid, s.claim.as_str(), s.pid, s.identity.as_deref()))
                 .collect();
             let lost_starts = claims::record_starts(tx, &started)?;
@@ -912,9 +921,10 @@ impl Feeder {
             for (jid, claim) in &releases {
                 claims::release(tx, *jid, claim, None)?;
             }
-            let ended: Vec<&End> = ends
+            let ended: Vec<(&End, claims::Started<'_>)> = ends
                 .iter()
                 .filter(|end| !lost_starts.contains(&end.jid))
+                .map(|end| (end, start_of(end)))
                 .collect();
             let lost = claims::finish_all(tx, &ended)?;
             let claimed = if want > 0 {

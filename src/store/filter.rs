@@ -119,17 +119,19 @@ fn column(dialect: Dialect, name: &str) -> String {
     }
 }
 
-/// `column IN` a list bound as one JSON array.
+/// `column IN` a list bound as one JSON array. On PostgreSQL `= ANY` an array made of it
+/// first: the planner then looks the few listed jobs up by index, where it takes `IN` a
+/// set-returning function for a hundred rows and may scan and hash the whole table.
 fn in_list(dialect: Dialect, name: &str, param: &str) -> String {
     let column = column(dialect, name);
     match dialect {
         Dialect::Sqlite => format!("{column} IN (SELECT value FROM json_each({param}))"),
         Dialect::Postgres if INTEGER_COLUMNS.contains(&name) => format!(
-            "{column} IN (SELECT CAST(jsonb_array_elements_text(CAST({param} AS jsonb)) AS bigint))"
+            "{column} = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST({param} AS jsonb)) AS bigint)))"
         ),
-        Dialect::Postgres => {
-            format!("{column} IN (SELECT jsonb_array_elements_text(CAST({param} AS jsonb)))")
-        }
+        Dialect::Postgres => format!(
+            "{column} = ANY (ARRAY(SELECT jsonb_array_elements_text(CAST({param} AS jsonb))))"
+        ),
     }
 }
 
@@ -272,7 +274,7 @@ mod tests {
         let pg = render(Dialect::Postgres, &f, &mut params);
         assert_eq!(
             pg,
-            "((\"user\" = $2) AND (command ILIKE $3) AND (jid IN (SELECT CAST(jsonb_array_elements_text(CAST($4 AS jsonb)) AS bigint))))"
+            "((\"user\" = $2) AND (command ILIKE $3) AND (jid = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST($4 AS jsonb)) AS bigint)))))"
         );
         assert_eq!(params.len(), 4);
     }
@@ -296,8 +298,8 @@ mod tests {
         };
         assert_eq!(
             render(Dialect::Postgres, &states, &mut params),
-            "(state IN (SELECT jsonb_array_elements_text(CAST($1 AS jsonb))) \
-             OR tag IN (SELECT jsonb_array_elements_text(CAST($2 AS jsonb))))"
+            "(state = ANY (ARRAY(SELECT jsonb_array_elements_text(CAST($1 AS jsonb)))) \
+             OR tag = ANY (ARRAY(SELECT jsonb_array_elements_text(CAST($2 AS jsonb)))))"
         );
         assert_eq!(
             params,

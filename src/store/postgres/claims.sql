@@ -74,7 +74,7 @@ UPDATE jobs SET state = 'running', runner = $1, started = $2,
        write_bytes = NULL, reason = NULL,
        gpu_ids = CAST($6 AS jsonb) ->> ('j' || jid)
  WHERE jid IN (SELECT jid FROM jobs
-                WHERE jid IN (SELECT CAST(jsonb_array_elements_text(CAST($5 AS jsonb)) AS bigint))
+                WHERE jid = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST($5 AS jsonb)) AS bigint)))
                   AND state IN ('pending', 'dead')
                 FOR UPDATE SKIP LOCKED)
 RETURNING {job_fields};
@@ -85,24 +85,32 @@ SELECT key, value FROM attributes WHERE key IN ('paused', 'drain.' || $1) ORDER 
 -- name: finish
 -- $1 ended at, $2 elapsed, $3 exit status, $4 signal, $5 timed out, $6 jid, $7 claim,
 -- $8 user CPU, $9 system CPU (seconds), $10 peak memory (bytes), $11 why the
--- feeder ended it (NULL: it ended by itself), $12 and $13 bytes read and written.
+-- feeder ended it (NULL: it ended by itself), $12 and $13 bytes read and written,
+-- $14 pid and $15 process identity when the start was not recorded (NULL: keep them).
 UPDATE jobs SET state = 'finished', finished = $1, elapsed = $2, exit_status = $3,
        signal = $4, timed_out = $5, claim = NULL, kill_signal = NULL,
        cpu_user = $8, cpu_system = $9, max_rss = $10, reason = $11,
-       read_bytes = $12, write_bytes = $13
+       read_bytes = $12, write_bytes = $13,
+       pid = coalesce($14, pid), process = coalesce($15, process)
  WHERE jid = $6 AND claim = $7;
 
 -- name: finish_retry
--- As `finish`, and $14 not before.
+-- As `finish`, and $16 not before.
 UPDATE jobs SET state = 'pending', finished = $1, elapsed = $2, exit_status = $3,
        signal = $4, timed_out = $5, claim = NULL, kill_signal = NULL,
        cpu_user = $8, cpu_system = $9, max_rss = $10, reason = $11,
-       read_bytes = $12, write_bytes = $13, retried = retried + 1, not_before = $14
+       read_bytes = $12, write_bytes = $13,
+       pid = coalesce($14, pid), process = coalesce($15, process),
+       retried = retried + 1, not_before = $16
  WHERE jid = $6 AND claim = $7;
 
 -- name: finish_many
+-- (Each of these batches also names its jobs `= ANY` an array of their jids: the
+-- planner then looks them up by index, where it takes the JSON list for a hundred rows
+-- and would scan and hash the whole table.)
 -- $1 a JSON list of ends, each {jid, claim, ended_at, elapsed, exit_status, signal,
--- timed_out, retry_at, cpu_user, cpu_system, max_rss, reason, read_bytes, write_bytes}:
+-- timed_out, retry_at, cpu_user, cpu_system, max_rss, reason, read_bytes, write_bytes,
+-- pid, process}:
 -- each recorded as `finish` does (as `finish_retry` where retry_at is set), under its
 -- claim, in one statement; returns the jids recorded.
 UPDATE jobs AS j
@@ -112,12 +120,15 @@ UPDATE jobs AS j
        cpu_user = e.cpu_user, cpu_system = e.cpu_system, max_rss = e.max_rss,
        reason = e.reason, read_bytes = e.read_bytes, write_bytes = e.write_bytes,
        retried = j.retried + CASE WHEN e.retry_at IS NULL THEN 0 ELSE 1 END,
-       not_before = CASE WHEN e.retry_at IS NULL THEN j.not_before ELSE e.retry_at END
+       not_before = CASE WHEN e.retry_at IS NULL THEN j.not_before ELSE e.retry_at END,
+       pid = coalesce(e.pid, j.pid), process = coalesce(e.process, j.process)
   FROM jsonb_to_recordset(CAST($1 AS jsonb)) AS e(jid bigint, claim text, ended_at text,
        elapsed double precision, exit_status bigint, signal text, timed_out bigint,
        retry_at text, cpu_user double precision, cpu_system double precision,
-       max_rss bigint, reason text, read_bytes bigint, write_bytes bigint)
+       max_rss bigint, reason text, read_bytes bigint, write_bytes bigint, pid bigint,
+       process text)
  WHERE j.jid = e.jid AND j.claim = e.claim
+   AND j.jid = ANY (ARRAY(SELECT CAST(x ->> 'jid' AS bigint) FROM jsonb_array_elements(CAST($1 AS jsonb)) AS x))
 RETURNING j.jid;
 
 -- name: record_starts
@@ -127,6 +138,7 @@ UPDATE jobs AS j SET pid = s.pid, process = s.process
   FROM jsonb_to_recordset(CAST($1 AS jsonb))
        AS s(jid bigint, claim text, pid bigint, process text)
  WHERE j.jid = s.jid AND j.claim = s.claim
+   AND j.jid = ANY (ARRAY(SELECT CAST(x ->> 'jid' AS bigint) FROM jsonb_array_elements(CAST($1 AS jsonb)) AS x))
 RETURNING j.jid;
 
 -- name: record_start
@@ -181,7 +193,7 @@ SELECT jid FROM jobs WHERE runner = $1 AND state = 'running' AND feeder = $2;
 
 -- name: current_claims
 SELECT jid, claim, kill_signal FROM jobs
- WHERE jid IN (SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint));
+ WHERE jid = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint)));
 
 -- name: busy_hosts
 SELECT DISTINCT runner FROM jobs WHERE state = 'running' AND runner IS NOT NULL;
@@ -195,7 +207,7 @@ SELECT {job_fields} FROM jobs
  ORDER BY jid;
 
 -- name: job_files
-SELECT jid, stdin, stdout, stderr, data FROM jobs WHERE jid IN (SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint));
+SELECT jid, stdin, stdout, stderr, data FROM jobs WHERE jid = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint)));
 
 -- name: running_feeders
 SELECT DISTINCT feeder FROM jobs WHERE state = 'running' AND feeder IS NOT NULL;

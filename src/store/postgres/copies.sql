@@ -28,4 +28,4 @@ SELECT jid, coalesce(finished, '') FROM jobs WHERE jid > $1 ORDER BY jid LIMIT $
 DELETE FROM jobs WHERE jid = $1 AND state IN ('finished', 'dead') AND coalesce(finished, '') = $2;
 
 -- name: delete_listed
-DELETE FROM jobs WHERE jid IN (SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint));
+DELETE FROM jobs WHERE jid = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint)));

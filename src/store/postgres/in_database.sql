@@ -90,13 +90,15 @@ DELETE FROM job_files WHERE jid = $1 AND stream = $2 AND claim <> $3;
 SELECT j.jid FROM jobs j
   JOIN jsonb_to_recordset(CAST($1 AS jsonb)) AS o(jid bigint, claim text)
     ON j.jid = o.jid AND j.claim = o.claim
+ WHERE j.jid = ANY (ARRAY(SELECT CAST(x ->> 'jid' AS bigint) FROM jsonb_array_elements(CAST($1 AS jsonb)) AS x))
    FOR SHARE OF j;
 
 -- name: drop_earlier_runs_many
 -- $1 a JSON list of {jid, stream, claim}: as `drop_earlier_runs` for each.
 DELETE FROM job_files f
  USING jsonb_to_recordset(CAST($1 AS jsonb)) AS d(jid bigint, stream text, claim text)
- WHERE f.jid = d.jid AND f.stream = d.stream AND f.claim <> d.claim;
+ WHERE f.jid = d.jid AND f.stream = d.stream AND f.claim <> d.claim
+   AND f.jid = ANY (ARRAY(SELECT CAST(x ->> 'jid' AS bigint) FROM jsonb_array_elements(CAST($1 AS jsonb)) AS x));
 
 -- name: put_chunks
 -- $1 a JSON list of {jid, stream, claim, seq, hex}: chunks as `put_chunk` stores them,
@@ -113,7 +115,7 @@ DELETE FROM job_files f WHERE written < clock_timestamp() - CAST('10 minutes' AS
 
 -- name: with_inputs
 SELECT DISTINCT jid FROM job_files
- WHERE jid IN (SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint))
+ WHERE jid = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint)))
    AND stream IN ('stdin', 'data', 'data.tar') AND claim = '';
 
 -- name: drop_inputs

@@ -44,16 +44,16 @@ UPDATE jobs SET state = $1, submitted = $2, submitter = $3, started = NULL,
 
 -- name: request_kill
 -- $1 the signal, $2 the jids (a JSON list): the running ones.
-UPDATE jobs SET kill_signal = $1 WHERE state = 'running' AND jid IN (SELECT CAST(jsonb_array_elements_text(CAST($2 AS jsonb)) AS bigint));
+UPDATE jobs SET kill_signal = $1 WHERE state = 'running' AND jid = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST($2 AS jsonb)) AS bigint)));
 
 -- name: restricted_pending
 -- Of the jids $1 (a JSON list), the pending ones restricted to hosts: jid, hosts.
-SELECT jid, hosts FROM jobs WHERE jid IN (SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint))
+SELECT jid, hosts FROM jobs WHERE jid = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint)))
    AND state = 'pending' AND hosts IS NOT NULL ORDER BY jid;
 
 -- name: count_failed
 -- Of the jids $1 (a JSON list), those that failed, died or were cancelled.
-SELECT count(*) FROM jobs WHERE jid IN (SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint))
+SELECT count(*) FROM jobs WHERE jid = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint)))
    AND (state IN ('dead', 'cancelled') OR (state = 'finished' AND exit_status IS DISTINCT FROM 0));
 
 -- name: highest_jid_given

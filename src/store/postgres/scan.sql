@@ -45,7 +45,7 @@ SELECT state FROM jobs WHERE jid = $1;
 
 -- name: failed_of
 SELECT {listed_fields} FROM jobs
- WHERE jid IN (SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint))
+ WHERE jid = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint)))
    AND (state IN ('dead', 'cancelled') OR (state = 'finished' AND exit_status IS DISTINCT FROM 0))
  ORDER BY jid LIMIT $2;
 

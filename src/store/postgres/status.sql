@@ -89,20 +89,20 @@ SELECT value FROM meta WHERE key = 'lock_recovered';
 -- name: progress
 -- $1: jids, a JSON list: state, count, how many finished failed.
 SELECT state, count(*), count(*) FILTER (WHERE exit_status IS DISTINCT FROM 0) FROM jobs
- WHERE jid IN (SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint)) GROUP BY state;
+ WHERE jid = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint))) GROUP BY state;
 
 -- name: any_needy
 -- Jobs waiting to run that need more than one CPU, or GPUs or memory ($1: only these jids,
 -- a JSON list, or NULL). One index probe when none does.
 SELECT EXISTS (SELECT 1 FROM jobs WHERE (cpus > 1 OR gpus > 0 OR mem > 0)
                   AND state IN ('pending', 'waiting')
-                  AND (CAST($1 AS text) IS NULL OR jid IN (SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint))));
+                  AND (CAST($1 AS text) IS NULL OR jid = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint)))));
 
 -- name: needy_beyond
 -- Those that need more than $2 CPUs, $3 bytes or $4 GPUs: jid, cpus, mem, gpus.
 SELECT jid, cpus, mem, gpus FROM jobs WHERE (cpus > 1 OR gpus > 0 OR mem > 0)
    AND state IN ('pending', 'waiting')
-   AND (CAST($1 AS text) IS NULL OR jid IN (SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint)))
+   AND (CAST($1 AS text) IS NULL OR jid = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint))))
    AND (cpus > $2 OR mem > $3 OR gpus > $4) ORDER BY jid;
 
 -- name: timeline

@@ -75,19 +75,23 @@ SELECT key, value FROM attributes WHERE key IN ('paused', 'drain.' || ?1) ORDER 
 -- name: finish
 -- ?1 ended at, ?2 elapsed, ?3 exit status, ?4 signal, ?5 timed out, ?6 jid, ?7 claim,
 -- ?8 user CPU, ?9 system CPU (seconds), ?10 peak memory (bytes), ?11 why the
--- feeder ended it (NULL: it ended by itself), ?12 and ?13 bytes read and written.
+-- feeder ended it (NULL: it ended by itself), ?12 and ?13 bytes read and written,
+-- ?14 pid and ?15 process identity when the start was not recorded (NULL: keep them).
 UPDATE jobs SET state = 'finished', finished = ?1, elapsed = ?2, exit_status = ?3,
        signal = ?4, timed_out = ?5, claim = NULL, kill_signal = NULL,
        cpu_user = ?8, cpu_system = ?9, max_rss = ?10, reason = ?11,
-       read_bytes = ?12, write_bytes = ?13
+       read_bytes = ?12, write_bytes = ?13,
+       pid = coalesce(?14, pid), process = coalesce(?15, process)
  WHERE jid = ?6 AND claim = ?7;
 
 -- name: finish_retry
--- As `finish`, and ?14 not before.
+-- As `finish`, and ?16 not before.
 UPDATE jobs SET state = 'pending', finished = ?1, elapsed = ?2, exit_status = ?3,
        signal = ?4, timed_out = ?5, claim = NULL, kill_signal = NULL,
        cpu_user = ?8, cpu_system = ?9, max_rss = ?10, reason = ?11,
-       read_bytes = ?12, write_bytes = ?13, retried = retried + 1, not_before = ?14
+       read_bytes = ?12, write_bytes = ?13,
+       pid = coalesce(?14, pid), process = coalesce(?15, process),
+       retried = retried + 1, not_before = ?16
  WHERE jid = ?6 AND claim = ?7;
 
 -- name: finish_many
