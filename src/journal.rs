@@ -210,7 +210,10 @@ impl StartJournal {
                 let mut lines = std::mem::take(ends);
                 lines.extend(claims.iter().map(|c| c.to_string()));
                 let feeder = &self.feeder;
-                store.write_shared(|tx| {
+                // Rows only this feeder writes: no queue lock (a journal file is not
+                // under the database's lock either) and no dependency settling, so a
+                // start costs the server one insert and a commit.
+                store.files_tx(true, |tx| {
                     crate::store::in_database::journal_append(tx, feeder, &lines)
                 })?;
                 *written += lines.len();

@@ -278,9 +278,10 @@ impl Store {
         }
     }
 
-    /// A transaction on job-file rows kept in the database: on PostgreSQL without the
-    /// queue's lock, so a long copy holds no writer back (`PgStore::files`); elsewhere an
-    /// ordinary read or shared write.
+    /// A transaction on rows kept in the database that no other writer touches (job
+    /// files, a feeder's start journal): on PostgreSQL without the queue's lock, so a
+    /// long copy holds no writer back (`PgStore::files`); elsewhere an ordinary read or
+    /// shared write.
     pub fn files_tx<T>(
         &mut self,
         write: bool,
