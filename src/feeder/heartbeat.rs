@@ -180,9 +180,7 @@ impl Feeder {
             self.held_back = held_back;
         }
         if idle {
-            self.more_waiting |= claimable;
-            self.last_full_poll = Instant::now();
-            self.next_full_poll = jittered(self.config.max_sleep);
+            self.polling.looked(claimable);
         }
         self.apply_settings(attrs);
         // Jobs the queue says we hold that we do not follow: the database lost some of our

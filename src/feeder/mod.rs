@@ -45,12 +45,16 @@ use crate::{process, runner, time};
 
 mod db_files;
 mod heartbeat;
+mod polling;
+mod record;
 mod recovery;
 mod running;
 mod wake;
 
 use db_files::*;
 use heartbeat::*;
+use polling::Polling;
+use record::{Recorder, Start};
 use running::*;
 use wake::*;
 
@@ -190,11 +194,9 @@ pub struct Feeder {
     settings: Settings,
     running: Vec<RunningJob>,
     doorbell: Doorbell,
-    last_full_poll: Instant,
-    next_full_poll: Duration,
     next_tick: Instant,
-    /// The last claim filled every free slot, so more work may be waiting.
-    more_waiting: bool,
+    /// When to ask the queue for work, and how much ahead to claim.
+    polling: Polling,
     /// Claiming is suspended: heartbeats have failed for half the lease.
     fenced: bool,
     /// Claiming is suspended: the queue's filesystem is (nearly) full, so jobs could not
@@ -202,13 +204,8 @@ pub struct Feeder {
     disk_full: bool,
     /// Why the queue holds this feeder back (paused, or this host drained), as last read.
     held_back: Option<String>,
-    /// When jobs this feeder queued for a retry become eligible.
-    retry_wakes: Vec<Instant>,
-    /// Started jobs whose pid is not recorded yet: written with the next transaction
-    /// (at most half a second later), so a job costs one transaction, not two.
-    starts: Vec<Start>,
-    /// Claimed jobs whose shell could not be started.
-    failed_starts: Vec<(i64, String)>,
+    /// What the next transaction records.
+    recorder: Recorder,
     /// Claimed ahead, not started yet, in claim order.
     buffer: VecDeque<Row>,
     /// The next buffered jobs made ready to start (files created, command built), by
@@ -222,13 +219,6 @@ pub struct Feeder {
     /// When jobs were last found safe to start (`may_start`), on the boot clock: a start
     /// journaled much later (the host was frozen in between) is checked again first.
     safe_at: f64,
-    /// Claimed jobs to give back (never started) with the next transaction.
-    releases: Vec<(i64, String)>,
-    /// Ends not recorded yet, and when the oldest of them happened.
-    ends: Vec<End>,
-    ends_since: Option<Instant>,
-    /// Running time of recent jobs (moving average, seconds): sets the look-ahead.
-    avg_run: Option<f64>,
     /// Opened at the first start.
     journal: Option<StartJournal>,
     /// The journal could not be written: no look-ahead for a while.
@@ -237,52 +227,18 @@ pub struct Feeder {
     lease: Arc<Lease>,
     /// Jobs the watchdog killed (jid, claim, signal): settled as crashed, not as ended.
     lease_kills: Vec<(i64, String, Option<String>)>,
-    /// Ends recorded in the last two leases, kept to record them again should the queue
-    /// lose them (a safety net: the journal fence keeps a cut-off host's late writes out,
-    /// but a database restored from a copy, say, also forgets recent writes).
-    recorded_ends: VecDeque<(Instant, End)>,
-    /// Seconds our write transactions take (moving average): on NFS often more than a
-    /// short job runs.
-    avg_txn: Option<f64>,
     /// Job files kept in the database: what of each run's output is stored, and when
     /// running jobs' output was last uploaded.
     uploads: HashMap<i64, Upload>,
     last_upload: Instant,
-    /// Ended runs' last output, stored with their ends.
-    final_outputs: Vec<Output>,
 }
 
-/// Ends wait at most this long for a transaction while claimed jobs are buffered (or
-/// `TXN_SHARE` transactions' time, where transactions are slower: see `batch_window`).
-const END_BATCH: Duration = Duration::from_millis(100);
-/// Look-ahead bounds: per slot, and in all. Larger buffers mean fewer transactions, so
-/// feeders contend less for the lock and share the work more evenly (4 feeders x 1 slot:
-/// shares 18-33 % with 4 per slot, 24-25 % with 16); the 0.2 s rule in `lookahead`
-/// still keeps a buffered job's wait short.
-const LOOKAHEAD_PER_SLOT: usize = 16;
-const LOOKAHEAD_MAX: usize = 64;
 /// At most this many buffered jobs are prepared ahead (each holds its output files open).
 const PREPARE_AHEAD: usize = 8;
-/// Where transactions are slow (NFS), short jobs are claimed ahead and their ends and pids
-/// recorded in batches, so that transactions take about 1/TXN_SHARE of a slot's time.
-const TXN_SHARE: f64 = 10.0;
-/// Write transactions taking longer than this were mostly waiting for the lock; the
-/// moving average of their cost counts them as this long.
-const TXN_COST_CAP: f64 = 0.5;
 /// After the start journal could not be written, claim nothing for this long.
 const JOURNAL_RETRY: Duration = Duration::from_secs(10);
 /// A feeder ends on a damaged database only after this many fresh connections agree.
 const MAX_DAMAGE_CHECKS: u32 = 3;
-/// Pids wait at most this long (or `TXN_SHARE` transactions' time).
-const START_BATCH: Duration = Duration::from_millis(500);
-
-struct Start {
-    jid: i64,
-    claim: String,
-    pid: u32,
-    identity: Option<String>,
-    at: Instant,
-}
 
 impl Feeder {
     pub fn new(mut queue: Queue, config: Config, log: Logger) -> Feeder {
@@ -300,7 +256,7 @@ impl Feeder {
         let kill_grace = config.kill_grace;
         Feeder {
             queue,
-            next_full_poll: jittered(config.max_sleep),
+            polling: Polling::new(config.max_sleep),
             config,
             shell: Config::default_shell(),
             shell_wanted: None,
@@ -313,51 +269,29 @@ impl Feeder {
             settings: Settings::default(),
             running: Vec::new(),
             doorbell,
-            last_full_poll: Instant::now(),
             next_tick: Instant::now(),
-            more_waiting: true,
             fenced: false,
             disk_full: false,
             held_back: None,
-            retry_wakes: Vec::new(),
-            starts: Vec::new(),
-            failed_starts: Vec::new(),
+            recorder: Recorder::default(),
             buffer: VecDeque::new(),
             prepared: HashMap::new(),
             without_inputs: HashSet::new(),
             buffer_checked: Instant::now(),
             safe_at: 0.0,
-            releases: Vec::new(),
-            ends: Vec::new(),
-            ends_since: None,
-            avg_run: None,
-            avg_txn: None,
-            recorded_ends: VecDeque::new(),
             journal: None,
             journal_failed: None,
             lease: Lease::new(Limits::for_lease(Settings::default().lease, kill_grace)),
             lease_kills: Vec::new(),
             uploads: HashMap::new(),
             last_upload: Instant::now(),
-            final_outputs: Vec::new(),
         }
     }
 
-    /// How many jobs to claim beyond the free slots. Only for short jobs — shorter than
-    /// 50 ms, or than `TXN_SHARE` of our write transactions (on NFS one costs tens of round
-    /// trips) — so that they share transactions: a buffered job waits about
-    /// `lookahead / max_feed` runs, kept under 0.2 s or `TXN_SHARE` transactions, so long
-    /// jobs are never held back from idle hosts.
+    /// How many jobs to claim beyond the free slots (`Polling::lookahead`).
     fn lookahead(&self) -> usize {
-        let slots = self.config.max_feed;
-        let txns = self.txn_share().as_secs_f64();
-        match self.avg_run {
-            Some(avg) if avg < txns.max(0.05) => {
-                let fits = (txns.max(0.2) * slots as f64 / avg.max(1e-4)) as usize;
-                fits.min(LOOKAHEAD_PER_SLOT * slots).min(LOOKAHEAD_MAX)
-            }
-            _ => 0,
-        }
+        self.polling
+            .lookahead(self.config.max_feed, self.recorder.txn_share())
     }
 
     /// What a claim of `want` jobs may take: the host's capacity less what the jobs this
@@ -382,33 +316,6 @@ impl Feeder {
             free,
             reserve_after: self.settings.reserve_after,
         }
-    }
-
-    fn remember_ends(&mut self, ends: &[End]) {
-        let now = Instant::now();
-        let keep = Duration::from_secs_f64(2.0 * self.settings.lease);
-        self.recorded_ends
-            .extend(ends.iter().map(|e| (now, e.clone())));
-        while self
-            .recorded_ends
-            .front()
-            .is_some_and(|(at, _)| now.duration_since(*at) > keep)
-            || self.recorded_ends.len() > 10_000
-        {
-            self.recorded_ends.pop_front();
-        }
-    }
-
-    /// `TXN_SHARE` of our write transactions, by their moving average.
-    fn txn_share(&self) -> Duration {
-        Duration::from_secs_f64(TXN_SHARE * self.avg_txn.unwrap_or(0.0))
-    }
-
-    /// How long ends and pids may wait to share a transaction: `base`, or `TXN_SHARE` of
-    /// our transactions where those are slower (on NFS), so that batching keeps pace with
-    /// look-ahead instead of paying one transaction per job. Both are journaled first.
-    fn batch_window(&self, base: Duration) -> Duration {
-        base.max(self.txn_share())
     }
 
     fn info(&mut self, message: &str) {
@@ -639,7 +546,7 @@ impl Feeder {
             // An idle slot and maybe more work: claim again at once (only if we may claim
             // now: otherwise this would spin until we may).
             let free = self.config.max_feed.saturating_sub(self.running.len());
-            if self.more_waiting
+            if self.polling.more_waiting
                 && free > 0
                 && self.buffer.is_empty()
                 && !draining
@@ -693,7 +600,7 @@ impl Feeder {
             // Their last output is stored in the transaction that records their ends.
             let ended: Vec<(i64, String)> = ends.iter().map(|e| (e.jid, e.claim.clone())).collect();
             let outputs = self.read_outputs(&ended, true);
-            self.final_outputs.extend(outputs);
+            self.recorder.next.outputs.extend(outputs);
             self.upload_running();
         }
         if !self.lease_kills.is_empty() {
@@ -705,8 +612,7 @@ impl Feeder {
             fault("before_record");
             self.journal_ends(&ends);
             fault("after_journaling_end");
-            self.ends_since.get_or_insert_with(Instant::now);
-            self.ends.extend(ends);
+            self.recorder.add_ends(ends);
         }
         Ok(())
     }
@@ -722,15 +628,12 @@ impl Feeder {
             (self.config.max_feed + lookahead)
                 .saturating_sub(self.running.len() + self.buffer.len())
         };
-        let now = Instant::now();
-        let retry_due = self.retry_wakes.iter().any(|at| *at <= now);
-        self.retry_wakes.retain(|at| *at > now);
-        let full_poll_due = retry_due || self.last_full_poll.elapsed() >= self.next_full_poll;
-        let worth_asking = rang || full_poll_due || self.more_waiting;
+        let worth_asking = self.polling.worth_asking(rang);
         let slot_idle = free > 0 && self.buffer.is_empty();
         let refill = lookahead > 0 && self.buffer.len() * 2 <= lookahead;
         // A slot freed by an end or by a start that failed asks for work at once.
-        let slot_freed = !self.ends.is_empty() || !self.failed_starts.is_empty();
+        let slot_freed =
+            !self.recorder.next.ends.is_empty() || !self.recorder.next.failed_starts.is_empty();
         let want = if room > 0
             && ((slot_idle && (worth_asking || slot_freed)) || (refill && worth_asking))
         {
@@ -738,17 +641,11 @@ impl Feeder {
         } else {
             0
         };
-        let ends = self.ends_since.is_some_and(|at| {
-            self.buffer.is_empty() || draining || at.elapsed() >= self.batch_window(END_BATCH)
-        });
-        let flush = !self.failed_starts.is_empty()
-            || !self.releases.is_empty()
-            || self
-                .starts
-                .first()
-                .is_some_and(|s| s.at.elapsed() >= self.batch_window(START_BATCH))
-            || (draining && !self.starts.is_empty());
-        Due { want, ends, flush }
+        Due {
+            want,
+            ends: self.recorder.ends_due(!self.buffer.is_empty(), draining),
+            flush: self.recorder.flush_due(draining),
+        }
     }
 
     /// The transaction `due` asks for: record what is due and claim `due.want` jobs, then
@@ -763,27 +660,15 @@ impl Feeder {
     ) -> Result<bool> {
         // With jobs buffered, the slots stay busy without us: no need to wait for the
         // lock, unless something has waited too long.
-        let urgent = self.buffer.is_empty()
-            || draining
-            || self
-                .ends_since
-                .is_some_and(|at| at.elapsed() >= (10 * END_BATCH).max(2 * self.txn_share()))
-            || self
-                .starts
-                .first()
-                .is_some_and(|s| s.at.elapsed() >= 2 * self.batch_window(START_BATCH))
-            || !self.failed_starts.is_empty()
-            || !self.releases.is_empty();
+        let urgent = self.buffer.is_empty() || draining || self.recorder.overdue();
         // A poll nothing announced looks before it takes the write lock.
-        let peek_first = !rang && !self.more_waiting;
+        let peek_first = !rang && !self.polling.more_waiting;
         let Some(claimed) = self.record_and_claim(due.want, urgent, peek_first)? else {
             self.nap(signals, true);
             return Ok(true);
         };
         if due.want > 0 {
-            self.more_waiting = claimed.len() == due.want;
-            self.last_full_poll = Instant::now();
-            self.next_full_poll = jittered(self.config.max_sleep);
+            self.polling.asked(claimed.len() == due.want);
         }
         if !claimed.is_empty() {
             self.doorbell.hurry();
@@ -807,11 +692,12 @@ impl Feeder {
     /// the claim, or a claim given back, goes with the next transaction): drained, told to
     /// restart, or out of work with `--exit_when_empty`.
     fn done(&mut self, draining: bool, wanted: usize, signals: &Signals) -> Option<Exit> {
+        let next = &self.recorder.next;
         let idle = self.running.is_empty()
             && self.buffer.is_empty()
-            && self.ends.is_empty()
-            && self.failed_starts.is_empty()
-            && self.releases.is_empty();
+            && next.ends.is_empty()
+            && next.failed_starts.is_empty()
+            && next.releases.is_empty();
         if !idle {
             return None;
         }
@@ -824,7 +710,7 @@ impl Feeder {
             });
             return Some(if restart { Exit::Restart } else { Exit::Done });
         }
-        if self.config.exit_when_empty && wanted > 0 && !self.more_waiting {
+        if self.config.exit_when_empty && wanted > 0 && !self.polling.more_waiting {
             self.info("** STOPPING ** no jobs left");
             return Some(Exit::Done);
         }
@@ -848,16 +734,8 @@ impl Feeder {
             .min(self.next_tick.saturating_duration_since(Instant::now()));
         if lock_was_busy {
             nap = nap.min(jittered(0.002));
-        } else {
-            if let Some(at) = self.ends_since {
-                nap = nap.min(self.batch_window(END_BATCH).saturating_sub(at.elapsed()));
-            }
-            if let Some(s) = self.starts.first() {
-                nap = nap.min(
-                    self.batch_window(START_BATCH)
-                        .saturating_sub(s.at.elapsed()),
-                );
-            }
+        } else if let Some(due) = self.recorder.due_in() {
+            nap = nap.min(due);
         }
         signals.sleep(nap);
     }
@@ -877,11 +755,7 @@ impl Feeder {
         let max_attempts = self.settings.max_attempts;
         let total = self.config.capacity.clone();
         let room = self.claim_room(want);
-        let nothing_to_record = self.starts.is_empty()
-            && self.failed_starts.is_empty()
-            && self.releases.is_empty()
-            && self.ends.is_empty();
-        if peek_first && nothing_to_record {
+        if peek_first && self.recorder.next.is_empty() {
             let now = time::now();
             let found = self
                 .queue
@@ -891,42 +765,10 @@ impl Feeder {
                 return Ok(Some(Vec::new()));
             }
         }
-        let starts = std::mem::take(&mut self.starts);
-        let failed_starts = std::mem::take(&mut self.failed_starts);
-        let releases = std::mem::take(&mut self.releases);
-        let ends = std::mem::take(&mut self.ends);
-        let outputs = std::mem::take(&mut self.final_outputs);
+        let batch = self.recorder.take();
         let inputs_in_database = self.config.local_files.is_some();
         let body = |tx: &Tx<'_>| {
-            let now = time::now();
-            // Before the ends: stored only under claims still held.
-            let stored = store_outputs(tx, &outputs)?;
-            // A run that began and ended since the last transaction has its start
-            // recorded with its end.
-            let start_of = |end: &End| {
-                starts
-                    .iter()
-                    .find(|s| s.jid == end.jid && s.claim == end.claim)
-                    .map(|s| (s.pid, s.identity.as_deref()))
-            };
-            let started: Vec<claims::StartRecord<'_>> = starts
-                .iter()
-                .filter(|s| !ends.iter().any(|e| e.jid == s.jid && e.claim == s.claim))
-                .map(|s| (s.jid, s.claim.as_str(), s.pid, s.identity.as_deref()))
-                .collect();
-            let lost_starts = claims::record_starts(tx, &started)?;
-            for (jid, claim) in &failed_starts {
-                claims::failed_to_start(tx, *jid, claim, &now)?;
-            }
-            for (jid, claim) in &releases {
-                claims::release(tx, *jid, claim, None)?;
-            }
-            let ended: Vec<(&End, claims::Started<'_>)> = ends
-                .iter()
-                .filter(|end| !lost_starts.contains(&end.jid))
-                .map(|end| (end, start_of(end)))
-                .collect();
-            let lost = claims::finish_all(tx, &ended)?;
+            let recorded = record::record(tx, &batch)?;
             let claimed = if want > 0 {
                 // Stamped now, not when the transaction began: on PostgreSQL other
                 // feeders' ends commit meanwhile, and a job they released must not
@@ -940,17 +782,12 @@ impl Feeder {
             } else {
                 Vec::new()
             };
-            let jids: Vec<i64> = claimed.iter().map(Row::jid).collect();
-            let with_inputs = if inputs_in_database && !jids.is_empty() {
-                crate::store::in_database::with_inputs(tx, &jids)?
+            let without_inputs = if inputs_in_database {
+                crate::store::in_database::without_inputs(tx, &claimed)?
             } else {
-                HashSet::new()
+                Vec::new()
             };
-            let without_inputs: Vec<i64> = jids
-                .into_iter()
-                .filter(|jid| !with_inputs.contains(jid))
-                .collect();
-            Ok((claimed, without_inputs, lost, lost_starts, stored))
+            Ok((recorded, claimed, without_inputs))
         };
         let began = Instant::now();
         let done = if urgent {
@@ -958,64 +795,42 @@ impl Feeder {
         } else {
             self.queue.store().try_write_shared(body)?
         };
-        if done.is_some() {
-            // Waiting for another host's lock is not what a transaction costs: clamp it.
-            let took = began.elapsed().as_secs_f64().min(TXN_COST_CAP);
-            self.avg_txn = Some(self.avg_txn.map_or(took, |avg| 0.8 * avg + 0.2 * took));
-        }
-        let Some((claimed, without_inputs, lost, lost_starts, stored)) = done else {
-            self.starts = starts;
-            self.failed_starts = failed_starts;
-            self.releases = releases;
-            self.ends = ends;
-            self.final_outputs = outputs;
+        let Some((recorded, claimed, without_inputs)) = done else {
+            self.recorder.put_back(batch);
             return Ok(None);
         };
-        self.ends_since = None;
+        self.recorder
+            .recorded(&batch.ends, began.elapsed(), self.settings.lease);
         self.without_inputs.extend(without_inputs);
-        if !outputs.is_empty() {
-            self.note_stored(&outputs, &stored);
-            self.forget_runs(ends.iter().map(|e| e.jid));
+        self.after_recording(batch, recorded);
+        Ok(Some(claimed))
+    }
+
+    /// What follows a recorded batch: outputs stored are forgotten, the journal
+    /// compacted (everything in it is in the queue now), the ends logged, and jobs taken
+    /// over before they started here killed.
+    fn after_recording(&mut self, batch: record::Batch, recorded: record::Recorded) {
+        if !batch.outputs.is_empty() {
+            self.note_stored(&batch.outputs, &recorded.stored);
+            self.forget_runs(batch.ends.iter().map(|e| e.jid));
         }
-        // Every start and end in the journal is now recorded in the queue.
         let store = self.queue.store();
         if let Some(Err(e)) = self.journal.as_mut().map(|j| j.compact(store)) {
             self.log.log(Level::Warn, &e.to_string());
         }
-        self.remember_ends(&ends);
-        for end in &ends {
-            let how = match (&end.exit_status, &end.signal) {
-                (Some(code), _) => format!("exit_status {code}"),
-                (None, Some(sig)) => format!("killed by signal {sig}"),
-                (None, None) => "ended".to_string(),
-            };
-            let level = if end.exit_status == Some(0) {
-                Level::Info
-            } else {
-                Level::Warn
-            };
-            let extra = match (&end.retry_at, end.timed_out) {
-                (Some(at), _) => format!(" (retry not before {at})"),
-                (None, true) => " (timed out)".to_string(),
-                _ => String::new(),
-            };
-            self.log.log(
-                level,
-                &format!(
-                    "finished - jid {} {how} elapsed {:.3}s{extra}",
-                    end.jid, end.elapsed
-                ),
-            );
+        for end in &batch.ends {
+            let (level, line) = record::log_line(end);
+            self.log.log(level, &line);
         }
-        for (jid, _) in releases {
+        for (jid, _) in batch.releases {
             self.info(&format!("job {jid} given back unstarted"));
         }
-        for jid in lost {
+        for jid in recorded.lost {
             self.warn(&format!(
                 "job {jid} was taken over by another host; its result here was discarded"
             ));
         }
-        for jid in lost_starts {
+        for jid in recorded.lost_starts {
             if let Some(job) = self.running.iter_mut().find(|j| j.jid == jid) {
                 job.fenced = true;
                 process::signal_group(job.pid, libc::SIGKILL);
@@ -1024,7 +839,6 @@ impl Feeder {
                 "job {jid} was taken over before it started here; killed it"
             ));
         }
-        Ok(Some(claimed))
     }
 
     /// Buffered claims not known to be ours for a quarter of the lease are read back

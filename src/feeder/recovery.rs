@@ -27,10 +27,9 @@ impl Feeder {
             let remembered: Vec<Option<crate::claims::Fate>> = jobs
                 .iter()
                 .map(|(jid, claim, _)| {
-                    self.recorded_ends
-                        .iter()
-                        .find(|(_, e)| e.jid == *jid && e.claim == *claim)
-                        .map(|(_, e)| crate::claims::Fate::Ended(Box::new(e.clone())))
+                    self.recorder
+                        .recorded_end(*jid, claim)
+                        .map(|e| crate::claims::Fate::Ended(Box::new(e.clone())))
                 })
                 .collect();
             let journaled = self.with_journals(|read| {
@@ -69,9 +68,7 @@ impl Feeder {
             .iter()
             .map(|j| j.jid)
             .chain(self.buffer.iter().map(Row::jid))
-            .chain(self.ends.iter().map(|e| e.jid))
-            .chain(self.releases.iter().map(|(jid, _)| *jid))
-            .chain(self.failed_starts.iter().map(|(jid, _)| *jid))
+            .chain(self.recorder.next.settled_jids())
             .collect()
     }
 

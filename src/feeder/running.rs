@@ -156,8 +156,7 @@ impl Feeder {
                                 Level::Info,
                                 format!("job {jid} killed on request before it started"),
                             ));
-                            self.ends_since.get_or_insert_with(Instant::now);
-                            self.ends.push(End {
+                            self.recorder.add_ends([End {
                                 jid,
                                 claim,
                                 exit_status: None,
@@ -168,7 +167,7 @@ impl Feeder {
                                 ended_at: time::now(),
                                 usage: process::Usage::default(),
                                 reason: None,
-                            });
+                            }]);
                         }
                         None => kept.push_back(row),
                     }
@@ -365,9 +364,8 @@ impl Feeder {
                         .then(|| {
                             let delay = (job.retry_delay * 2f64.powi(job.retried.min(30) as i32))
                                 .min(time::MAX_DURATION_SECS);
-                            let wake =
-                                Instant::now() + Duration::from_secs_f64(delay.min(1e9) + 0.01);
-                            self.retry_wakes.push(wake);
+                            self.polling
+                                .retry_after(Duration::from_secs_f64(delay.min(1e9) + 0.01));
                             time::format(
                                 time::now_ts()
                                     .checked_add(jiff::SignedDuration::from_secs_f64(delay))
@@ -375,10 +373,7 @@ impl Feeder {
                             )
                         });
                     let elapsed = job.started.elapsed().as_secs_f64();
-                    self.avg_run = Some(match self.avg_run {
-                        Some(avg) => 0.8 * avg + 0.2 * elapsed,
-                        None => elapsed,
-                    });
+                    self.polling.job_ran(elapsed);
                     done.push(End {
                         jid: job.jid,
                         claim: job.claim,
@@ -456,9 +451,51 @@ impl Feeder {
     /// Start buffered jobs in the free slots (outside any transaction): journal them, then
     /// spawn; their pids are recorded with the next transaction.
     pub(super) fn start_buffered(&mut self) -> Result<()> {
+        let n = self.buffered_that_fit();
+        if n == 0 {
+            return Ok(());
+        }
+        let batch: Vec<Row> = self.buffer.drain(..n).collect();
+        // Test hook: the host freezes after finding its claims safe, before journaling.
+        stop_once("stop_before_journal");
+        if !self.journal_starts(&batch) {
+            return Ok(());
+        }
+        fault("after_journal");
+        if self.frozen_since_safe(&batch) {
+            for row in batch.into_iter().rev() {
+                self.buffer.push_front(row);
+            }
+            return self.check_claims_and_kills();
+        }
+        let at = Instant::now();
+        let mut failed = Vec::new();
+        for job in &batch {
+            let (jid, claim) = claim_of(job);
+            match self.spawn(job) {
+                Ok((pid, identity)) => self.recorder.next.starts.push(Start {
+                    jid,
+                    claim,
+                    pid,
+                    identity,
+                    at,
+                }),
+                Err(e) => {
+                    self.note_not_started(jid, &e);
+                    failed.push((jid, claim));
+                }
+            }
+        }
+        self.upload_outputs(&failed, true);
+        self.recorder.next.failed_starts.extend(failed);
+        Ok(())
+    }
+
+    /// How many buffered jobs start now: in claim order, while slots are free and each
+    /// job fits what the running ones leave (a job that does not fit yet holds back those
+    /// behind it: no starvation).
+    fn buffered_that_fit(&self) -> usize {
         let free = self.config.max_feed.saturating_sub(self.running.len());
-        // In claim order, while slots are free and each job fits what the running ones
-        // leave (a job that does not fit yet holds back those behind it: no starvation).
         let mut n = 0;
         let (mut cpus, mut mem) = self
             .running
@@ -477,12 +514,13 @@ impl Feeder {
             mem += needs.mem;
             n += 1;
         }
-        if n == 0 {
-            return Ok(());
-        }
-        let batch: Vec<Row> = self.buffer.drain(..n).collect();
-        // Test hook: the host freezes after finding its claims safe, before journaling.
-        stop_once("stop_before_journal");
+        n
+    }
+
+    /// Journal the start of `batch` (durably, before any spawn). False when the journal
+    /// could not be written: then every claimed job is given back unstarted (recovery
+    /// would think an unjournaled job never started) and claiming pauses a while.
+    fn journal_starts(&mut self, batch: &[Row]) -> bool {
         let claims: Vec<(i64, String)> = batch.iter().map(claim_of).collect();
         let tokens: Vec<&str> = claims.iter().map(|(_, c)| c.as_str()).collect();
         let journaled = match &mut self.journal {
@@ -495,142 +533,125 @@ impl Feeder {
             // Opened before the loop; only taken when the feeder ends.
             None => Err(Error::Conflict("the start journal is not open".into())),
         };
-        if let Err(e) = journaled {
-            // Unjournaled jobs must not start: recovery would think they never did.
-            self.log.log(
-                Level::Error,
-                &format!(
-                    "{e}: giving back {} claimed jobs unstarted; claiming again in {}s",
-                    n + self.buffer.len(),
-                    JOURNAL_RETRY.as_secs()
-                ),
-            );
-            self.journal_failed = Some(Instant::now());
-            let rest: Vec<(i64, String)> = self.buffer.drain(..).map(|r| claim_of(&r)).collect();
-            self.give_back(claims.into_iter().chain(rest));
-            return Ok(());
-        }
-        fault("after_journal");
-        // Our claims were safe when `may_start` said so: another host takes a job only
-        // after a lease of silence from us. A host frozen, stopped or suspended after
-        // that, before its starts were journaled, may have been judged dead meanwhile and
-        // its jobs given to others (with no journaled start, as never started): its
-        // heartbeat may even have resumed by now. So a start journaled over a quarter
-        // lease after that moment is not made before the claims are read back; the jobs
-        // still ours start with the next turn (journaled again), the others are dropped.
-        if crate::liveness::boot_clock() - self.safe_at > self.settings.lease / 4.0 {
-            self.log.log(
-                Level::Warn,
-                &format!(
-                    "{:.1}s passed between finding our claims safe and journaling the start of jobs {:?} (this host was frozen, stopped or suspended?): reading the claims back before starting them",
-                    crate::liveness::boot_clock() - self.safe_at,
-                    claims.iter().map(|(jid, _)| *jid).collect::<Vec<_>>()
-                ),
-            );
-            for row in batch.into_iter().rev() {
-                self.buffer.push_front(row);
-            }
-            return self.check_claims_and_kills();
-        }
-        let mut started = Vec::new();
-        let mut failed = Vec::new();
-        for job in &batch {
-            let jid = job.jid();
-            let claim = job.get("claim").as_text().unwrap_or_default().to_string();
-            let gpu_host = !self.config.capacity.devices.is_empty();
-            let queue = self.queue.name();
-            let prepared = match self.prepared.remove(&claim) {
-                Some(prepared) => prepared,
-                None => self.fetch_inputs(job).and_then(|()| {
-                    runner::prepare(&self.job_dir(), &queue, &self.shell, job, gpu_host)
-                }),
-            };
-            let mut needs = Needs::of(job);
-            needs.cpu_ids = self.cpus_for(needs.cpus);
-            let group = prepared
-                .is_ok()
-                .then(|| self.job_group(jid, needs.mem))
-                .flatten();
-            let spawned = prepared.and_then(|p| p.spawn(group.as_ref().map(|(_, procs)| procs)));
-            let (group, procs) = group.unzip();
-            drop(procs);
-            let group = match &spawned {
-                Ok(_) => group,
-                Err(_) => {
-                    self.let_go(group);
-                    None
-                }
-            };
-            match spawned {
-                Ok(child) => {
-                    let pid = child.id();
-                    self.lease.add(pid);
-                    let identity = process::identity(pid);
-                    self.log.log(
-                        Level::Info,
-                        &format!(
-                            "started - jid {jid} pid {pid} command {}",
-                            job.get("command").to_plain()
-                        ),
-                    );
-                    started.push((jid, claim.clone(), pid, identity));
-                    let real = |f: &str| match job.get(f) {
-                        crate::job::Cell::Real(r) => Some(*r),
-                        crate::job::Cell::Int(i) => Some(*i as f64),
-                        _ => None,
-                    };
-                    self.running.push(RunningJob {
-                        jid,
-                        claim,
-                        pid,
-                        started: Instant::now(),
-                        timeout: real("timeout").filter(|t| *t > 0.0),
-                        term_sent: None,
-                        killed_on_request: false,
-                        peak_rss: 0,
-                        over_memory: None,
-                        pin_looks: 0,
-                        cgroup: group,
-                        fenced: false,
-                        retries: job.get("retries").as_int().unwrap_or(0),
-                        retried: job.get("retried").as_int().unwrap_or(0),
-                        retry_delay: real("retry_delay").unwrap_or(1.0),
-                        needs,
-                    });
-                }
-                Err(e) => {
-                    self.log
-                        .log(Level::Error, &format!("not started - jid {jid}: {e}"));
-                    let stderr = self.job_dir().join("stderr").join(jid.to_string());
-                    // Never through a link planted in the queue.
-                    let _ = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                        .open(&stderr)
-                        .and_then(|mut f| {
-                            f.write_all(format!("rq: could not start the job: {e}\n").as_bytes())
-                        });
-                    failed.push((jid, claim));
-                }
-            }
-        }
-        let at = Instant::now();
-        self.starts.extend(
-            started
-                .into_iter()
-                .map(|(jid, claim, pid, identity)| Start {
-                    jid,
-                    claim,
-                    pid,
-                    identity,
-                    at,
-                }),
+        let Err(e) = journaled else {
+            return true;
+        };
+        self.log.log(
+            Level::Error,
+            &format!(
+                "{e}: giving back {} claimed jobs unstarted; claiming again in {}s",
+                batch.len() + self.buffer.len(),
+                JOURNAL_RETRY.as_secs()
+            ),
         );
-        self.upload_outputs(&failed, true);
-        self.failed_starts.extend(failed);
-        Ok(())
+        self.journal_failed = Some(Instant::now());
+        let rest: Vec<(i64, String)> = self.buffer.drain(..).map(|r| claim_of(&r)).collect();
+        self.give_back(claims.into_iter().chain(rest));
+        false
+    }
+
+    /// Our claims were safe when `may_start` said so: another host takes a job only after
+    /// a lease of silence from us. A host frozen, stopped or suspended after that, before
+    /// its starts were journaled, may have been judged dead meanwhile and its jobs given
+    /// to others (with no journaled start, as never started): its heartbeat may even have
+    /// resumed by now. So a start journaled over a quarter lease after that moment is not
+    /// made before the claims are read back; the jobs still ours start with the next turn
+    /// (journaled again), the others are dropped. True when that is so (said in the log).
+    fn frozen_since_safe(&mut self, batch: &[Row]) -> bool {
+        let since = crate::liveness::boot_clock() - self.safe_at;
+        if since <= self.settings.lease / 4.0 {
+            return false;
+        }
+        self.log.log(
+            Level::Warn,
+            &format!(
+                "{since:.1}s passed between finding our claims safe and journaling the start of jobs {:?} (this host was frozen, stopped or suspended?): reading the claims back before starting them",
+                batch.iter().map(Row::jid).collect::<Vec<_>>()
+            ),
+        );
+        true
+    }
+
+    /// Spawn a journaled job (prepared ahead, or now) on the CPUs no other running job
+    /// has, in a cgroup of its own where it asks for memory and the feeder has them; it
+    /// is then followed as running. Its pid and process identity.
+    fn spawn(&mut self, job: &Row) -> Result<(u32, Option<String>)> {
+        let (jid, claim) = claim_of(job);
+        let gpu_host = !self.config.capacity.devices.is_empty();
+        let queue = self.queue.name();
+        let prepared = match self.prepared.remove(&claim) {
+            Some(prepared) => prepared,
+            None => self.fetch_inputs(job).and_then(|()| {
+                runner::prepare(&self.job_dir(), &queue, &self.shell, job, gpu_host)
+            }),
+        };
+        let mut needs = Needs::of(job);
+        needs.cpu_ids = self.cpus_for(needs.cpus);
+        let group = prepared
+            .is_ok()
+            .then(|| self.job_group(jid, needs.mem))
+            .flatten();
+        let spawned = prepared.and_then(|p| p.spawn(group.as_ref().map(|(_, procs)| procs)));
+        let (group, procs) = group.unzip();
+        drop(procs);
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                self.let_go(group);
+                return Err(e);
+            }
+        };
+        let pid = child.id();
+        self.lease.add(pid);
+        let identity = process::identity(pid);
+        self.log.log(
+            Level::Info,
+            &format!(
+                "started - jid {jid} pid {pid} command {}",
+                job.get("command").to_plain()
+            ),
+        );
+        let real = |f: &str| match job.get(f) {
+            crate::job::Cell::Real(r) => Some(*r),
+            crate::job::Cell::Int(i) => Some(*i as f64),
+            _ => None,
+        };
+        self.running.push(RunningJob {
+            jid,
+            claim,
+            pid,
+            started: Instant::now(),
+            timeout: real("timeout").filter(|t| *t > 0.0),
+            term_sent: None,
+            killed_on_request: false,
+            peak_rss: 0,
+            over_memory: None,
+            pin_looks: 0,
+            cgroup: group,
+            fenced: false,
+            retries: job.get("retries").as_int().unwrap_or(0),
+            retried: job.get("retried").as_int().unwrap_or(0),
+            retry_delay: real("retry_delay").unwrap_or(1.0),
+            needs,
+        });
+        Ok((pid, identity))
+    }
+
+    /// A job that could not be started: said in the log and in its stderr (never through
+    /// a link planted in the queue); it is recorded as exit status 127.
+    fn note_not_started(&mut self, jid: i64, e: &Error) {
+        self.log
+            .log(Level::Error, &format!("not started - jid {jid}: {e}"));
+        let stderr = self.job_dir().join("stderr").join(jid.to_string());
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&stderr)
+            .and_then(|mut f| {
+                f.write_all(format!("rq: could not start the job: {e}\n").as_bytes())
+            });
     }
 
     /// Prepare the buffered jobs that start next (a few: each holds its files open), so
@@ -666,14 +687,14 @@ impl Feeder {
             if let Some(Ok(prepared)) = self.prepared.remove(&claim) {
                 prepared.discard();
             }
-            self.releases.push((jid, claim));
+            self.recorder.next.releases.push((jid, claim));
         }
     }
 
     /// Kill every running job (TERM, then KILL after the grace period) and handle them as
     /// crashed, recording the signal that ended each.
     pub(super) fn stop_all(&mut self, why: Option<&str>) -> Result<()> {
-        self.starts.clear();
+        self.recorder.next.starts.clear();
         let grace = Duration::from_secs_f64(self.config.kill_grace);
         for job in &self.running {
             process::signal_group(job.pid, libc::SIGTERM);
@@ -707,25 +728,12 @@ impl Feeder {
         let stopped: Vec<(i64, String)> = ended.iter().map(|(j, c, _)| (*j, c.clone())).collect();
         self.upload_outputs(&stopped, true);
         let max_attempts = self.settings.max_attempts;
-        let failed_starts = std::mem::take(&mut self.failed_starts);
         let unstarted: Vec<Row> = self.buffer.drain(..).collect();
         self.give_back(unstarted.iter().map(claim_of));
-        let releases = std::mem::take(&mut self.releases);
-        let ends = std::mem::take(&mut self.ends);
-        let outputs = std::mem::take(&mut self.final_outputs);
-        self.ends_since = None;
+        let batch = self.recorder.take();
+        self.recorder.forget_waiting_ends();
         let outcomes = self.queue.store().write(|tx| {
-            let now = time::now();
-            store_outputs(tx, &outputs)?;
-            for (jid, claim) in &failed_starts {
-                claims::failed_to_start(tx, *jid, claim, &now)?;
-            }
-            for (jid, claim) in &releases {
-                claims::release(tx, *jid, claim, None)?;
-            }
-            for end in &ends {
-                claims::finish(tx, end)?;
-            }
+            super::record::record(tx, &batch)?;
             let mut outcomes = Vec::new();
             for (jid, claim, signal) in &ended {
                 outcomes.push((
@@ -735,7 +743,7 @@ impl Feeder {
             }
             Ok(outcomes)
         })?;
-        self.forget_runs(ends.iter().map(|e| e.jid));
+        self.forget_runs(batch.ends.iter().map(|e| e.jid));
         for (jid, outcome) in outcomes {
             self.warn(&format!("job {jid} {}: {outcome}", why.unwrap_or("killed")));
         }

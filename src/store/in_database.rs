@@ -388,13 +388,20 @@ pub fn reap_orphans(tx: &Tx<'_>) -> Result<usize> {
     tx.op(op::REAP_ORPHANS).execute([])
 }
 
-/// Which of `jids` have stdin or data stored (the others need no fetch before they start:
-/// a claimed job's inputs do not change, as only jobs not running can be updated).
-pub fn with_inputs(tx: &Tx<'_>, jids: &[i64]) -> Result<std::collections::HashSet<i64>> {
-    let list = serde_json::to_string(jids).unwrap_or_default();
-    tx.op(op::WITH_INPUTS)
+/// Which of the jobs just claimed have neither stdin nor data stored: they need no fetch
+/// before they start (a claimed job's inputs do not change: only jobs not running can be
+/// updated).
+pub fn without_inputs(tx: &Tx<'_>, claimed: &[crate::job::Row]) -> Result<Vec<i64>> {
+    if claimed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let jids: Vec<i64> = claimed.iter().map(crate::job::Row::jid).collect();
+    let list = serde_json::to_string(&jids).unwrap_or_default();
+    let with: std::collections::HashSet<i64> = tx
+        .op(op::WITH_INPUTS)
         .query_map([list], |r| r.get(0))?
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok(jids.into_iter().filter(|jid| !with.contains(jid)).collect())
 }
 
 /// Inside an update's transaction: the inputs it staged under `staged` (before the
