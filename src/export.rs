@@ -336,11 +336,9 @@ fn copy_rows(
     purpose: Purpose,
     progress: &Progress,
 ) -> Result<Copied> {
-    let (running, total): (i64, i64) = from.query_row(
-        "SELECT count(*) FILTER (WHERE state = 'running'), count(*) FROM jobs",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let (running, total): (i64, i64) = from
+        .op(copies::RUNNING_AND_ALL)
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     progress.total.store(total, Ordering::Relaxed);
     progress.done.store(0, Ordering::Relaxed);
     if running > 0 && purpose == Purpose::Move {

@@ -169,3 +169,47 @@ fn no_driver_types_outside_the_store() {
         named.join("\n")
     );
 }
+
+/// SQL stays inside the store too: code above it runs named operations (`tx.op(...)`) and
+/// filters, never statement text of its own. A string literal that opens with a statement
+/// keyword outside `src/store/` is such text (help texts open otherwise).
+#[test]
+fn no_sql_text_outside_the_store() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = vec![src.clone()];
+    let mut found = Vec::new();
+    let mut seen = 0;
+    let keywords = [
+        "SELECT ", "UPDATE ", "INSERT ", "DELETE ", "WITH ", "CREATE ", "DROP ",
+    ];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            if path != src.join("store") {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            }
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        seen += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap();
+            // A quote that opens a literal (an escaped one is inside a help text).
+            let opens_sql = code.match_indices('"').any(|(at, _)| {
+                let rest = &code[at + 1..];
+                !code[..at].ends_with('\\') && keywords.iter().any(|k| rest.starts_with(k))
+            });
+            if opens_sql {
+                found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(seen > 30, "the source was not found");
+    assert!(
+        found.is_empty(),
+        "SQL text outside the store (make it a named operation):\n{}",
+        found.join("\n")
+    );
+}

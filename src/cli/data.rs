@@ -24,6 +24,10 @@ pub(super) fn stdin_reader() -> impl std::io::BufRead {
 }
 
 /// Copy an input that can be read only once (standard input, a pipe) to a temporary file.
+/// What a submit that names no job says.
+const NO_JOBS: &str =
+    "no jobs given: name a command, use --infile FILE, or pipe a job list (see 'rq help submit')";
+
 fn spool_from(mut input: impl Read) -> Result<tempfile::NamedTempFile> {
     let mut spool =
         tempfile::NamedTempFile::new().context(|| "cannot make a temporary file".into())?;
@@ -122,63 +126,44 @@ impl Context<'_> {
 
     pub(super) fn submit(&mut self, touch: bool) -> Result<i32> {
         let mut opts = self.submit_options()?;
-        let mut sources = Vec::new();
         // Spooled copies of inputs that can be read only once; they live until the jobs
         // are submitted.
         let mut spools: Vec<tempfile::NamedTempFile> = Vec::new();
-        let o = &self.inv.opts;
-        if opts.array {
-            if o.array.is_some() && o.each_line.is_some() {
-                return Err(Error::usage(
-                    "--array and --each-line cannot be used together",
-                ));
-            }
-            if self.args().is_empty() || o.infile.is_some() || self.inv.dash || touch {
-                return Err(Error::usage(
-                    "--array and --each-line make jobs from one command given on the command line \
-                     (e.g. rq Q submit --array 1-100 --subst 'sim --seed {}')",
-                ));
-            }
-            let spec = input::JobSpec {
-                command: self.args().join(" "),
-                ..Default::default()
-            };
-            let subst = o.subst;
-            if let Some(text) = &o.array {
-                let array = input::ArraySpec::parse(text).map_err(Error::usage)?;
-                sources.push(JobSource::Array { spec, array, subst });
-            } else if let Some(path) = &o.each_line {
-                // The items are read more than once: standard input (`-`) or a pipe
-                // (`/dev/stdin`, `<(gen)`) is copied first.
-                let path = if path.as_os_str() == "-" {
-                    let spool = spool_job_list(std::io::stdin().lock(), "standard input")?;
-                    let copy = spool.path().to_path_buf();
-                    spools.push(spool);
-                    copy
-                } else if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
-                    let source = std::fs::File::open(path).map_err(|e| {
-                        Error::input(format!("--each-line: {}: {e}", path.display()))
-                    })?;
-                    let spool = spool_job_list(source, &path.display().to_string())?;
-                    let copy = spool.path().to_path_buf();
-                    spools.push(spool);
-                    copy
-                } else {
-                    path.clone()
-                };
-                sources.push(JobSource::EachLine { spec, path, subst });
-            }
-        } else if o.subst {
-            return Err(Error::usage("--subst goes with --array or --each-line"));
-        } else if !self.args().is_empty() {
-            sources.push(JobSource::Job(input::JobSpec {
-                command: self.args().join(" "),
-                ..Default::default()
-            }));
+        let sources = self.job_sources(touch, &mut opts, &mut spools)?;
+        if sources.is_empty() {
+            return self.nothing_named("submitted", NO_JOBS);
         }
+        if touch {
+            return self.touch_jobs(&sources, &opts);
+        }
+        let mut q = self.open(Access::ReadWrite)?;
+        let fields = self.fields()?;
+        let quiet = self.inv.opts.quiet || self.inv.opts.parsable;
+        // Table output needs every row; it is printed from a listing after the commit.
+        let writer = (!quiet && self.format != Format::Table).then(|| {
+            let names: Vec<String> = crate::job::FIELDS.iter().map(|s| s.to_string()).collect();
+            RowWriter::new(&names, fields.as_deref(), self.format)
+        });
+        let submitted = q.submit(&sources, &opts, writer.as_ref())?;
+        if submitted.count == 0 {
+            return self.nothing_named("submitted", NO_JOBS);
+        }
+        self.print_submitted(&mut q, &submitted, writer.as_ref())
+    }
+
+    /// Where a submit's jobs come from: a command on the command line (alone, or made
+    /// into many by `--array`/`--each-line`), `--infile`, or a job list on standard input;
+    /// `--stdin -` spooled for the jobs. Inputs that can be read only once (pipes) are
+    /// spooled into `spools` first: submit reads its job list more than once.
+    fn job_sources(
+        &self,
+        touch: bool,
+        opts: &mut queue::SubmitOptions,
+        spools: &mut Vec<tempfile::NamedTempFile>,
+    ) -> Result<Vec<JobSource>> {
+        let mut sources = self.command_line_sources(touch, opts.array, spools)?;
         if let Some(file) = &self.inv.opts.infile {
-            // Submit reads its job list more than once: a pipe (`-i <(gen)`, `-i
-            // /dev/stdin`) is copied first.
+            // A pipe (`-i <(gen)`, `-i /dev/stdin`) is copied first.
             let once_only = std::fs::metadata(file).is_ok_and(|m| !m.is_file());
             if once_only {
                 let source = std::fs::File::open(file)
@@ -214,40 +199,101 @@ impl Context<'_> {
                 spools.push(spool);
             }
         }
-        let no_jobs = "no jobs given: name a command, use --infile FILE, or pipe a job list (see 'rq help submit')";
-        if sources.is_empty() {
-            return self.nothing_named("submitted", no_jobs);
+        Ok(sources)
+    }
+
+    /// The jobs the command line names: its command, or with `array` (`--array`,
+    /// `--each-line`) the jobs made from it.
+    fn command_line_sources(
+        &self,
+        touch: bool,
+        array: bool,
+        spools: &mut Vec<tempfile::NamedTempFile>,
+    ) -> Result<Vec<JobSource>> {
+        let o = &self.inv.opts;
+        if !array {
+            if o.subst {
+                return Err(Error::usage("--subst goes with --array or --each-line"));
+            }
+            if self.args().is_empty() {
+                return Ok(Vec::new());
+            }
+            return Ok(vec![JobSource::Job(input::JobSpec {
+                command: self.args().join(" "),
+                ..Default::default()
+            })]);
         }
-        if touch {
-            let mut specs = Vec::new();
-            queue::read_sources(&sources, &mut |spec| {
-                specs.push(spec);
-                Ok(())
-            })?;
-            if specs.is_empty() {
-                return self.nothing_named("submitted", no_jobs);
-            }
-            let mut q = self.open(Access::ReadWrite)?;
-            let rows = q.touch(&specs, &opts)?;
-            if self.inv.opts.parsable {
-                let jids: String = rows.iter().map(|r| format!("{}\n", r.jid())).collect();
-                return self.out.print(&jids).map(|_| 0);
-            }
-            self.print_rows(&rows)?;
-            return Ok(0);
+        if o.array.is_some() && o.each_line.is_some() {
+            return Err(Error::usage(
+                "--array and --each-line cannot be used together",
+            ));
+        }
+        if self.args().is_empty() || o.infile.is_some() || self.inv.dash || touch {
+            return Err(Error::usage(
+                "--array and --each-line make jobs from one command given on the command line \
+                 (e.g. rq Q submit --array 1-100 --subst 'sim --seed {}')",
+            ));
+        }
+        let spec = input::JobSpec {
+            command: self.args().join(" "),
+            ..Default::default()
+        };
+        let subst = o.subst;
+        if let Some(text) = &o.array {
+            let array = input::ArraySpec::parse(text).map_err(Error::usage)?;
+            return Ok(vec![JobSource::Array { spec, array, subst }]);
+        }
+        let Some(path) = &o.each_line else {
+            return Ok(Vec::new());
+        };
+        // The items are read more than once: standard input (`-`) or a pipe
+        // (`/dev/stdin`, `<(gen)`) is copied first.
+        let path = if path.as_os_str() == "-" {
+            let spool = spool_job_list(std::io::stdin().lock(), "standard input")?;
+            let copy = spool.path().to_path_buf();
+            spools.push(spool);
+            copy
+        } else if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            let source = std::fs::File::open(path)
+                .map_err(|e| Error::input(format!("--each-line: {}: {e}", path.display())))?;
+            let spool = spool_job_list(source, &path.display().to_string())?;
+            let copy = spool.path().to_path_buf();
+            spools.push(spool);
+            copy
+        } else {
+            path.clone()
+        };
+        Ok(vec![JobSource::EachLine { spec, path, subst }])
+    }
+
+    /// `touch`: the jobs are read whole, then inserted as `submit` would (`Queue::touch`).
+    fn touch_jobs(&mut self, sources: &[JobSource], opts: &queue::SubmitOptions) -> Result<i32> {
+        let mut specs = Vec::new();
+        queue::read_sources(sources, &mut |spec| {
+            specs.push(spec);
+            Ok(())
+        })?;
+        if specs.is_empty() {
+            return self.nothing_named("submitted", NO_JOBS);
         }
         let mut q = self.open(Access::ReadWrite)?;
-        let fields = self.fields()?;
-        let quiet = self.inv.opts.quiet || self.inv.opts.parsable;
-        // Table output needs every row; it is printed from a listing after the commit.
-        let writer = (!quiet && self.format != Format::Table).then(|| {
-            let names: Vec<String> = crate::job::FIELDS.iter().map(|s| s.to_string()).collect();
-            RowWriter::new(&names, fields.as_deref(), self.format)
-        });
-        let submitted = q.submit(&sources, &opts, writer.as_ref())?;
-        if submitted.count == 0 {
-            return self.nothing_named("submitted", no_jobs);
+        let rows = q.touch(&specs, opts)?;
+        if self.inv.opts.parsable {
+            let jids: String = rows.iter().map(|r| format!("{}\n", r.jid())).collect();
+            return self.out.print(&jids).map(|_| 0);
         }
+        self.print_rows(&rows)?;
+        Ok(0)
+    }
+
+    /// What a submit prints: the jids (`--parsable`), or the jobs: the first chunk as
+    /// written inside the transaction, the rest listed as they are now.
+    fn print_submitted(
+        &mut self,
+        q: &mut queue::Queue,
+        submitted: &queue::Submitted,
+        writer: Option<&RowWriter>,
+    ) -> Result<i32> {
         if self.inv.opts.parsable && !self.inv.opts.quiet {
             // A submit's jobs have the jids first..=last, one block.
             let jids: String = (submitted.first..=submitted.last)
@@ -255,14 +301,14 @@ impl Context<'_> {
                 .collect();
             self.out.print(&jids)?;
         }
-        if quiet {
+        if self.inv.opts.quiet || self.inv.opts.parsable {
             return Ok(0);
         }
         let clause = crate::store::Filter::JidRange(
             submitted.first + submitted.echoed_rows as i64,
             submitted.last,
         );
-        match &writer {
+        match writer {
             Some(writer) => {
                 self.out.write_bytes(&submitted.echoed)?;
                 if submitted.echoed_rows == submitted.count {
@@ -276,7 +322,7 @@ impl Context<'_> {
                 }
             }
             None => {
-                self.stream_rows(&mut q, &clause, false, &mut |_| {})?;
+                self.stream_rows(q, &clause, false, &mut |_| {})?;
             }
         }
         Ok(0)

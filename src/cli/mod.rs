@@ -710,9 +710,10 @@ impl Context<'_> {
         let fields = self.fields()?;
         if self.format == Format::Table {
             // A chunk at a time: the first sizes the columns, the others keep them.
-            let largest: Option<i64> = q
-                .store()
-                .read(|tx| tx.query_row("SELECT max(jid) FROM jobs", [], |r| r.get(0)))?;
+            let largest: Option<i64> = q.store().read(|tx| {
+                tx.op(crate::store::ops::scan::HIGHEST_JID)
+                    .query_row([], |r| r.get(0))
+            })?;
             let mut table = self.job_table()?.expect_jids_up_to(largest.unwrap_or(0));
             let mut count = 0;
             let out = &mut self.out;

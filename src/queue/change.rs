@@ -17,6 +17,29 @@ pub struct Changes {
 }
 
 impl Changes {
+    /// The columns these changes set and their values, but for stdin and data (new
+    /// files, named per job).
+    fn columns(&self) -> Vec<(&'static str, SqlValue)> {
+        let text = |t: &Option<String>| t.clone().map_or(SqlValue::Null, SqlValue::Text);
+        [
+            ("priority", self.priority.map(SqlValue::Integer)),
+            ("command", self.command.clone().map(SqlValue::Text)),
+            ("tag", self.tag.as_ref().map(text)),
+            ("hosts", self.hosts.as_ref().map(text)),
+            (
+                "restartable",
+                self.restartable.map(|r| SqlValue::Integer(r as i64)),
+            ),
+            (
+                "state",
+                self.state.map(|s| SqlValue::Text(s.as_str().into())),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(column, value)| Some((column, value?)))
+        .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.priority.is_none()
             && self.command.is_none()
@@ -186,37 +209,11 @@ impl Queue {
                 &before,
                 "only pending, waiting and holding jobs can be updated",
             )?;
-            let mut sets: Vec<&str> = Vec::new();
-            let mut values: Vec<SqlValue> = Vec::new();
-            if let Some(p) = changes.priority {
-                sets.push("priority = ?");
-                values.push(SqlValue::Integer(p));
-            }
-            if let Some(c) = &changes.command {
-                sets.push("command = ?");
-                values.push(SqlValue::Text(c.clone()));
-            }
-            if let Some(t) = &changes.tag {
-                sets.push("tag = ?");
-                values.push(t.clone().map_or(SqlValue::Null, SqlValue::Text));
-            }
-            if let Some(h) = &changes.hosts {
-                sets.push("hosts = ?");
-                values.push(h.clone().map_or(SqlValue::Null, SqlValue::Text));
-            }
-            if let Some(r) = changes.restartable {
-                sets.push("restartable = ?");
-                values.push(SqlValue::Integer(r as i64));
-            }
-            if let Some(s) = changes.state {
-                sets.push("state = ?");
-                values.push(SqlValue::Text(s.as_str().into()));
-            }
+            let sets = changes.columns();
             let mut old_files = Vec::new();
             for row in &before {
                 let jid = row.jid();
                 let mut row_sets = sets.clone();
-                let mut row_values = values.clone();
                 if let Some((_, stdin, data)) = new_files.iter().find(|(j, _, _)| *j == jid) {
                     if in_db {
                         crate::store::in_database::promote_inputs(
@@ -228,24 +225,18 @@ impl Queue {
                         )?;
                     }
                     if let Some(s) = stdin {
-                        row_sets.push("stdin = ?");
-                        row_values.push(SqlValue::Text(s.clone()));
+                        row_sets.push(("stdin", SqlValue::Text(s.clone())));
                         old_files.extend(row.get("stdin").as_text().map(String::from));
                     }
                     if let Some(d) = data {
-                        row_sets.push("data = ?");
-                        row_values.push(SqlValue::Text(d.clone()));
+                        row_sets.push(("data", SqlValue::Text(d.clone())));
                         old_files.extend(row.get("data").as_text().map(String::from));
                     }
                 }
                 if row_sets.is_empty() {
                     continue;
                 }
-                row_values.push(SqlValue::Integer(jid));
-                tx.execute(
-                    &format!("UPDATE jobs SET {} WHERE jid = ?", row_sets.join(", ")),
-                    crate::store::params_from_iter(row_values),
-                )?;
+                tx.update_job(jid, &row_sets)?;
                 // Released (or set pending): it still waits for its jobs and its place.
                 if changes.state == Some(State::Pending) {
                     crate::deps::restate(tx, jid)?;

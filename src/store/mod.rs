@@ -302,6 +302,18 @@ impl Store {
     }
 }
 
+/// The columns `Tx::update_job` may set (`rq Q update`).
+pub const UPDATABLE: [&str; 8] = [
+    "priority",
+    "command",
+    "tag",
+    "hosts",
+    "restartable",
+    "state",
+    "stdin",
+    "data",
+];
+
 /// Which SQL dialect a transaction speaks, for the few statements that differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -660,6 +672,24 @@ impl<'a> Tx<'a> {
 
     pub fn is_postgres(&self) -> bool {
         self.dialect() == Dialect::Postgres
+    }
+
+    /// Set some of job `jid`'s columns an update may change (`UPDATABLE`), in one
+    /// statement written for the columns given (the same in both dialects); the number of
+    /// rows changed. Only the columns named are written, so triggers on others stay quiet.
+    pub fn update_job(&self, jid: i64, changes: &[(&str, SqlValue)]) -> Result<usize> {
+        if let Some((column, _)) = changes.iter().find(|(c, _)| !UPDATABLE.contains(c)) {
+            return Err(Error::usage(format!(
+                "the field {column} cannot be updated"
+            )));
+        }
+        let sets: Vec<String> = changes.iter().map(|(c, _)| format!("{c} = ?")).collect();
+        let sql = format!("UPDATE jobs SET {} WHERE jid = ?", sets.join(", "));
+        let values = changes
+            .iter()
+            .map(|(_, v)| v.clone())
+            .chain([SqlValue::Integer(jid)]);
+        self.execute(&sql, params_from_iter(values))
     }
 
     /// Run one statement; the number of rows it changed.

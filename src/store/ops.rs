@@ -272,6 +272,8 @@ pub mod scan {
         COUNTS = "counts",
         /// Job $1.
         ONE = "one",
+        /// The highest jid (NULL in an empty queue).
+        HIGHEST_JID = "highest_jid",
         /// Job $1's state.
         STATE_OF = "state_of",
         /// The first $2 jobs of the JSON list $1 that failed, died or were cancelled.
@@ -312,6 +314,8 @@ pub mod copies {
         DELETE_ARCHIVED = "delete_archived",
         /// Delete the jobs of the JSON list $1.
         DELETE_LISTED = "delete_listed",
+        /// Jobs running, and jobs in all.
+        RUNNING_AND_ALL = "running_and_all",
     });
 }
 

@@ -29,3 +29,6 @@ DELETE FROM jobs WHERE jid = $1 AND state IN ('finished', 'dead') AND coalesce(f
 
 -- name: delete_listed
 DELETE FROM jobs WHERE jid = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint)));
+
+-- name: running_and_all
+SELECT count(*) FILTER (WHERE state = 'running'), count(*) FROM jobs;

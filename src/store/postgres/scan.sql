@@ -40,6 +40,9 @@ SELECT state, count(*), count(*) FILTER (WHERE state = 'finished' AND exit_statu
 -- name: one
 SELECT {listed_fields} FROM jobs WHERE jid = $1;
 
+-- name: highest_jid
+SELECT max(jid) FROM jobs;
+
 -- name: state_of
 SELECT state FROM jobs WHERE jid = $1;
 

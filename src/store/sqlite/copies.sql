@@ -29,3 +29,6 @@ DELETE FROM jobs WHERE jid = ?1 AND state IN ('finished', 'dead') AND coalesce(f
 
 -- name: delete_listed
 DELETE FROM jobs WHERE jid IN (SELECT value FROM json_each(?1));
+
+-- name: running_and_all
+SELECT count(*) FILTER (WHERE state = 'running'), count(*) FROM jobs;
