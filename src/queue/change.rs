@@ -129,78 +129,29 @@ impl Queue {
         Ok((rows, skipped))
     }
 
-    /// Change pending/holding jobs.
+    /// Change pending/holding jobs: new stdin/data stored first (under fresh names, or
+    /// staged in the database), then one transaction changes the jobs still editable, then
+    /// the files no job uses any more are removed.
     pub fn update(
         &mut self,
         selection: &Selection,
         changes: &Changes,
     ) -> Result<(Vec<Row>, Vec<Skipped>)> {
-        let clause = selection.clause();
-        let editable = clause.and(Filter::AnyOf {
+        let editable = selection.clause().and(Filter::AnyOf {
             states: vec!["pending".into(), "holding".into(), "waiting".into()],
             jids: Vec::new(),
             arrays: Vec::new(),
             tags: Vec::new(),
         });
-        // New stdin/data files get fresh names, written before the transaction that points
-        // the jobs at them; the old files are removed after it commits.
-        let mut new_files: Vec<(i64, Option<String>, Option<String>)> = Vec::new();
         if let Some(path) = &changes.stdin {
             check_input(path, &self.dir, InputKind::Stdin)?;
         }
         if let Some(path) = &changes.data {
             check_input(path, &self.dir, InputKind::Data)?;
         }
-        // A queue keeping job files in its database stores them first too, staged under a
-        // key of this update's (readers and feeders see only unstaged inputs), without the
-        // queue's lock; the transaction below only swaps them in.
         let in_db = self.in_database();
         let staged = format!("update-{:016x}", rand::random::<u64>());
-        if changes.stdin.is_some() || changes.data.is_some() {
-            let targets = self.store.read(|tx| select_rows(tx, &editable))?;
-            let token = format!("{:08x}", rand::random::<u32>());
-            if in_db {
-                let data = changes.data.as_deref().map(db_data).transpose()?;
-                let stdin = changes.stdin.as_deref();
-                self.files_tx(true, |tx| {
-                    for row in &targets {
-                        store_inputs(tx, row.jid(), &staged, stdin, data.as_ref())?;
-                    }
-                    Ok(())
-                })?;
-            }
-            for row in &targets {
-                let jid = row.jid();
-                if in_db {
-                    let name = |set: bool, sub: &str| set.then(|| format!("{sub}/{jid}"));
-                    new_files.push((
-                        jid,
-                        name(changes.stdin.is_some(), "stdin"),
-                        name(changes.data.is_some(), "data"),
-                    ));
-                    continue;
-                }
-                let stdin = match &changes.stdin {
-                    Some(src) => {
-                        let rel = format!("stdin/{jid}.{token}");
-                        let dest = self.dir.join(&rel);
-                        clear(&dest)?;
-                        copy_file_new(src, &dest)?;
-                        Some(rel)
-                    }
-                    None => None,
-                };
-                let data = match &changes.data {
-                    Some(src) => {
-                        let rel = format!("data/{jid}.{token}");
-                        copy_tree(src, &self.dir.join(&rel))?;
-                        Some(rel)
-                    }
-                    None => None,
-                };
-                new_files.push((jid, stdin, data));
-            }
-        }
+        let new_files = self.store_new_inputs(&editable, changes, &staged)?;
         let outcome = self.store.write(|tx| {
             let before = select_rows(tx, &editable)?;
             let skipped = skipped_jids(
@@ -209,39 +160,8 @@ impl Queue {
                 &before,
                 "only pending, waiting and holding jobs can be updated",
             )?;
-            let sets = changes.columns();
-            let mut old_files = Vec::new();
-            for row in &before {
-                let jid = row.jid();
-                let mut row_sets = sets.clone();
-                if let Some((_, stdin, data)) = new_files.iter().find(|(j, _, _)| *j == jid) {
-                    if in_db {
-                        crate::store::in_database::promote_inputs(
-                            tx,
-                            jid,
-                            &staged,
-                            stdin.is_some(),
-                            data.is_some(),
-                        )?;
-                    }
-                    if let Some(s) = stdin {
-                        row_sets.push(("stdin", SqlValue::Text(s.clone())));
-                        old_files.extend(row.get("stdin").as_text().map(String::from));
-                    }
-                    if let Some(d) = data {
-                        row_sets.push(("data", SqlValue::Text(d.clone())));
-                        old_files.extend(row.get("data").as_text().map(String::from));
-                    }
-                }
-                if row_sets.is_empty() {
-                    continue;
-                }
-                tx.update_job(jid, &row_sets)?;
-                // Released (or set pending): it still waits for its jobs and its place.
-                if changes.state == Some(State::Pending) {
-                    crate::deps::restate(tx, jid)?;
-                }
-            }
+            let old_files =
+                change_jobs(tx, &before, changes, &new_files, in_db.then_some(&staged))?;
             let jids: Vec<i64> = before.iter().map(Row::jid).collect();
             let after = select_rows(tx, &Filter::jids(&jids))?;
             Ok((after, skipped, old_files))
@@ -252,34 +172,95 @@ impl Queue {
                 crate::store::in_database::drop_staged(tx, &staged)
             });
         }
-        match outcome {
-            Ok((rows, skipped, old_files)) => {
-                let updated: Vec<i64> = rows.iter().map(Row::jid).collect();
-                for rel in old_files {
-                    self.remove_file(&rel);
-                }
-                // New files of jobs that stopped being editable meanwhile are not used.
-                for (jid, stdin, data) in &new_files {
-                    if !updated.contains(jid) {
-                        for rel in stdin.iter().chain(data.iter()) {
-                            self.remove_file(rel);
-                        }
-                    }
-                }
-                if changes.state == Some(State::Pending) {
-                    self.ring_doorbell();
-                }
-                Ok((rows, skipped))
-            }
+        let (rows, skipped, old_files) = match outcome {
+            Ok(done) => done,
             Err(e) => {
                 for (_, stdin, data) in &new_files {
                     for rel in stdin.iter().chain(data.iter()) {
                         self.remove_file(rel);
                     }
                 }
-                Err(e)
+                return Err(e);
+            }
+        };
+        let updated: Vec<i64> = rows.iter().map(Row::jid).collect();
+        for rel in old_files {
+            self.remove_file(&rel);
+        }
+        // New files of jobs that stopped being editable meanwhile are not used.
+        for (jid, stdin, data) in &new_files {
+            if !updated.contains(jid) {
+                for rel in stdin.iter().chain(data.iter()) {
+                    self.remove_file(rel);
+                }
             }
         }
+        if changes.state == Some(State::Pending) {
+            self.ring_doorbell();
+        }
+        Ok((rows, skipped))
+    }
+
+    /// Before an update's transaction: the new stdin and data of the jobs it may change,
+    /// as files under fresh names (the old ones are removed after it commits), or for a
+    /// queue keeping job files in its database, stored staged under `staged` (readers and
+    /// feeders see only unstaged inputs) without the queue's lock: the transaction only
+    /// swaps them in. Each job's new stdin and data names.
+    fn store_new_inputs(
+        &mut self,
+        editable: &Filter,
+        changes: &Changes,
+        staged: &str,
+    ) -> Result<Vec<NewInputs>> {
+        let mut new_files = Vec::new();
+        if changes.stdin.is_none() && changes.data.is_none() {
+            return Ok(new_files);
+        }
+        let in_db = self.in_database();
+        let targets = self.store.read(|tx| select_rows(tx, editable))?;
+        let token = format!("{:08x}", rand::random::<u32>());
+        if in_db {
+            let data = changes.data.as_deref().map(db_data).transpose()?;
+            let stdin = changes.stdin.as_deref();
+            self.files_tx(true, |tx| {
+                for row in &targets {
+                    store_inputs(tx, row.jid(), staged, stdin, data.as_ref())?;
+                }
+                Ok(())
+            })?;
+        }
+        for row in &targets {
+            let jid = row.jid();
+            if in_db {
+                let name = |set: bool, sub: &str| set.then(|| format!("{sub}/{jid}"));
+                new_files.push((
+                    jid,
+                    name(changes.stdin.is_some(), "stdin"),
+                    name(changes.data.is_some(), "data"),
+                ));
+                continue;
+            }
+            let stdin = match &changes.stdin {
+                Some(src) => {
+                    let rel = format!("stdin/{jid}.{token}");
+                    let dest = self.dir.join(&rel);
+                    clear(&dest)?;
+                    copy_file_new(src, &dest)?;
+                    Some(rel)
+                }
+                None => None,
+            };
+            let data = match &changes.data {
+                Some(src) => {
+                    let rel = format!("data/{jid}.{token}");
+                    copy_tree(src, &self.dir.join(&rel))?;
+                    Some(rel)
+                }
+                None => None,
+            };
+            new_files.push((jid, stdin, data));
+        }
+        Ok(new_files)
     }
 
     /// Reset jobs that are not running to pending (or holding with `stage`), in place.
@@ -350,4 +331,53 @@ impl Queue {
         self.ring_doorbell();
         Ok((rows, skipped))
     }
+}
+
+/// A job's new stdin and data names (`Queue::update`).
+type NewInputs = (i64, Option<String>, Option<String>);
+
+/// Inside an update's transaction: apply `changes` to the jobs `before` (new inputs
+/// staged under `staged` swapped in, for a queue keeping them in its database); the files
+/// they no longer use.
+fn change_jobs(
+    tx: &Tx<'_>,
+    before: &[Row],
+    changes: &Changes,
+    new_files: &[NewInputs],
+    staged: Option<&String>,
+) -> Result<Vec<String>> {
+    let sets = changes.columns();
+    let mut old_files = Vec::new();
+    for row in before {
+        let jid = row.jid();
+        let mut row_sets = sets.clone();
+        if let Some((_, stdin, data)) = new_files.iter().find(|(j, _, _)| *j == jid) {
+            if let Some(staged) = staged {
+                crate::store::in_database::promote_inputs(
+                    tx,
+                    jid,
+                    staged,
+                    stdin.is_some(),
+                    data.is_some(),
+                )?;
+            }
+            if let Some(s) = stdin {
+                row_sets.push(("stdin", SqlValue::Text(s.clone())));
+                old_files.extend(row.get("stdin").as_text().map(String::from));
+            }
+            if let Some(d) = data {
+                row_sets.push(("data", SqlValue::Text(d.clone())));
+                old_files.extend(row.get("data").as_text().map(String::from));
+            }
+        }
+        if row_sets.is_empty() {
+            continue;
+        }
+        tx.update_job(jid, &row_sets)?;
+        // Released (or set pending): it still waits for its jobs and its place.
+        if changes.state == Some(State::Pending) {
+            crate::deps::restate(tx, jid)?;
+        }
+    }
+    Ok(old_files)
 }
