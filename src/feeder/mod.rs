@@ -16,8 +16,9 @@
 //!    next transaction while claimed jobs are buffered (at most 0.1 s); several endings
 //!    and the next claim share one transaction.
 //!
-//! This file is the loop and the claim/record transaction; `running` starts, reaps,
-//! times out and kills jobs; `recovery` recovers this host's crashed feeder and reclaims
+//! This file is the loop and the claim/record transaction; `record` keeps what that
+//! transaction records and how long each part may wait; `polling` decides when to ask for
+//! work and how far to claim ahead; `running` starts, reaps, times out and kills jobs; `recovery` recovers this host's crashed feeder and reclaims
 //! dead hosts' jobs; `heartbeat` keeps the host alive to others and runs the periodic
 //! tick; `wake` is what wakes an idle feeder (signals, the doorbell).
 
