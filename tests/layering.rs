@@ -130,27 +130,35 @@ fn the_store_and_the_job_model_use_nothing_above_them() {
     );
 }
 
-/// The database drivers' types stay inside the store: code above it binds parameters and
-/// reads columns in the store's own value types (`store::value`). Only `error` wraps the
-/// drivers' errors.
-#[test]
-fn no_driver_types_outside_the_store() {
+/// The Rust files of `src/` outside `src/store/`, with their text.
+fn outside_the_store() -> Vec<(std::path::PathBuf, String)> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = vec![src.clone()];
-    let mut named = Vec::new();
-    let mut seen = 0;
+    let mut found = Vec::new();
     while let Some(path) = files.pop() {
         if path.is_dir() {
             if path != src.join("store") {
                 files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
             }
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            found.push((path, text));
+        }
+    }
+    assert!(found.len() > 30, "the source was not found");
+    found
+}
+
+/// The database drivers' types stay inside the store: code above it binds parameters and
+/// reads columns in the store's own value types (`store::value`). Only `error` wraps the
+/// drivers' errors.
+#[test]
+fn no_driver_types_outside_the_store() {
+    let mut named = Vec::new();
+    for (path, text) in outside_the_store() {
+        if path.ends_with("src/error.rs") {
             continue;
         }
-        if path.extension().is_none_or(|e| e != "rs") || path == src.join("error.rs") {
-            continue;
-        }
-        seen += 1;
-        let text = std::fs::read_to_string(&path).unwrap();
         for (n, line) in text.lines().enumerate() {
             let code = line.split("//").next().unwrap();
             // The driver crate `postgres`, not rq's own `store::postgres`.
@@ -162,7 +170,6 @@ fn no_driver_types_outside_the_store() {
             }
         }
     }
-    assert!(seen > 30, "the source was not found");
     assert!(
         named.is_empty(),
         "driver types outside the store:\n{}",
@@ -175,25 +182,11 @@ fn no_driver_types_outside_the_store() {
 /// keyword outside `src/store/` is such text (help texts open otherwise).
 #[test]
 fn no_sql_text_outside_the_store() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = vec![src.clone()];
-    let mut found = Vec::new();
-    let mut seen = 0;
     let keywords = [
         "SELECT ", "UPDATE ", "INSERT ", "DELETE ", "WITH ", "CREATE ", "DROP ",
     ];
-    while let Some(path) = files.pop() {
-        if path.is_dir() {
-            if path != src.join("store") {
-                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-            }
-            continue;
-        }
-        if path.extension().is_none_or(|e| e != "rs") {
-            continue;
-        }
-        seen += 1;
-        let text = std::fs::read_to_string(&path).unwrap();
+    let mut found = Vec::new();
+    for (path, text) in outside_the_store() {
         for (n, line) in text.lines().enumerate() {
             let code = line.split("//").next().unwrap();
             // A quote that opens a literal (an escaped one is inside a help text).
@@ -206,7 +199,6 @@ fn no_sql_text_outside_the_store() {
             }
         }
     }
-    assert!(seen > 30, "the source was not found");
     assert!(
         found.is_empty(),
         "SQL text outside the store (make it a named operation):\n{}",
