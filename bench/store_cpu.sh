@@ -5,7 +5,8 @@
 # database. CPU comes from cgroup accounting (cgroup v1 cpuacct): the feeders and their
 # jobs in one group, the PostgreSQL server (postmaster and every backend) in another.
 # Usage: bench/store_cpu.sh [N] (default 3000; REPS=2 runs each store that many times;
-# PEER=/path/to/another/rq measures that build too, in the same run, queue for queue).
+# PEER=/path/to/another/rq measures that build too, in the same run, queue for queue;
+# RQ=/path/to/rq measures that build instead of this checkout's; STORES="pgdb" only those).
 # Needs root and Debian's postgresql (installed when missing).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +16,10 @@ CG=/sys/fs/cgroup/cpuacct
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || {
     apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-cargo build --release --quiet || exit 1
-RQ="$PWD/target/release/rq"
+if [ -z "${RQ:-}" ]; then
+    cargo build --release --quiet || exit 1
+    RQ="$PWD/target/release/rq"
+fi
 WORK=$(mktemp -d /var/tmp/rq-cpubench.XXXXXX); chmod 755 "$WORK"; export HOME="$WORK/home"; mkdir -p "$HOME"
 FEED_CG="$CG/rq-bench-feeders.$$"; SERVER_CG="$CG/rq-bench-server.$$"
 mkdir -p "$FEED_CG" "$SERVER_CG"
@@ -71,7 +74,7 @@ echo
 echo "| store | jobs/s | feeders + jobs, ms CPU/job | server, ms CPU/job | total, ms CPU/job |"
 echo "|---|---|---|---|---|"
 for rep in $(seq "$REPS"); do
-    for store in sqlite postgres pgdb; do
+    for store in ${STORES:-sqlite postgres pgdb}; do
         for build in "$RQ" ${PEER:+"$PEER"}; do
             read -r rate feed server <<< "$(run $store "$build")"
             label=$store; [ "$build" = "$RQ" ] || label="$store, peer"
