@@ -18,9 +18,10 @@
 //!
 //! This file is the loop and the claim/record transaction; `record` keeps what that
 //! transaction records and how long each part may wait; `polling` decides when to ask for
-//! work and how far to claim ahead; `running` starts, reaps, times out and kills jobs; `recovery` recovers this host's crashed feeder and reclaims
-//! dead hosts' jobs; `heartbeat` keeps the host alive to others and runs the periodic
-//! tick; `wake` is what wakes an idle feeder (signals, the doorbell).
+//! work and how far to claim ahead; `running` starts, reaps, times out and kills jobs;
+//! `recovery` recovers this host's crashed feeder and reclaims dead hosts' jobs;
+//! `heartbeat` keeps the host alive to others and runs the periodic tick; `wake` is what
+//! wakes an idle feeder (signals, the doorbell).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
