@@ -352,16 +352,21 @@ fn a_multi_host_url_reaches_the_server_that_answers() {
     assert_eq!(out.stdout, "via the second host\n");
 }
 
+/// What psql prints for `sql` run in a PostgreSQL test queue's schema (past the "SET" of
+/// its search path), behind rq's back.
+fn psql_in(q: &TestQueue, sql: &str) -> String {
+    let schema = format!("rq_{}", q.q().rsplit("queue=").next().unwrap());
+    let out = pg::server().psql(&format!("SET search_path TO {schema}; {sql}"));
+    let lines: Vec<&str> = out.trim().lines().skip(1).collect();
+    lines.join("\n")
+}
+
 #[test]
 fn an_older_queue_is_migrated_by_the_first_writer_and_a_newer_one_refused() {
     let q = TestQueue::on(StoreKind::Postgres);
     q.rq(&["submit", "-q", "true"]).ok();
-    let schema = format!("rq_{}", q.q().rsplit("queue=").next().unwrap());
     // Behind rq's back (rq's own execute would migrate first: it writes).
-    let psql = |sql: &str| {
-        let out = pg::server().psql(&format!("SET search_path TO {schema}; {sql}"));
-        out.trim().lines().last().unwrap_or("").to_string()
-    };
+    let psql = |sql: &str| psql_in(&q, sql).lines().last().unwrap_or("").to_string();
     // Put the queue back as the first PostgreSQL schema (version 5) made it.
     psql(
         "ALTER TABLE jobs ALTER COLUMN jid DROP DEFAULT; \
@@ -844,13 +849,7 @@ fn writers_refuse_a_queue_schema_with_objects_rq_did_not_make() {
 fn a_large_submit_brings_the_planners_counts_up_to_date_so_claims_walk_the_index() {
     let q = TestQueue::on(StoreKind::Postgres);
     q.rq(&["submit", "-q", "true"]).ok();
-    let schema = format!("rq_{}", q.q().rsplit("queue=").next().unwrap());
-    let psql = |sql: &str| {
-        let out = pg::server().psql(&format!("SET search_path TO {schema}; {sql}"));
-        // Past psql's "SET".
-        let lines: Vec<&str> = out.trim().lines().collect();
-        lines[1..].join("\n")
-    };
+    let psql = |sql: &str| psql_in(&q, sql);
     // What the server knew before the large submit: one job, and none pending.
     psql("UPDATE jobs SET state = 'finished'; ANALYZE jobs");
     let jobs: String = (0..500).map(|_| "true\n").collect();
