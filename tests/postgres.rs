@@ -629,7 +629,15 @@ fn an_upload_under_a_claim_no_longer_held_writes_nothing() {
         queue
             .store()
             .write_shared(|tx| {
-                rq::store::in_database::upload_output(tx, 1, claim, &[("stdout", seq, bytes)])
+                rq::store::in_database::upload_output(
+                    tx,
+                    &rq::store::in_database::RunOutput {
+                        jid: 1,
+                        claim,
+                        earlier_output: true,
+                        streams: vec![("stdout", seq, bytes)],
+                    },
+                )
             })
             .unwrap()
     };
@@ -643,9 +651,6 @@ fn an_upload_under_a_claim_no_longer_held_writes_nothing() {
     q.rq(&["kill", "1", "--signal", "KILL"]).ok();
 }
 
-/// A password in a queue's URL (its user information, or a `password=` parameter) is
-/// never printed: not in errors, `status`, listings' queue names or a feeder's log. A role
-/// that may not use a queue's schema is told so, not that a table does not exist.
 #[test]
 fn outputs_of_several_runs_are_stored_together_only_under_their_claims() {
     // What a feeder's transaction stores of several runs' output at once
@@ -663,23 +668,31 @@ fn outputs_of_several_runs_are_stored_together_only_under_their_claims() {
     let big: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
     let mut queue =
         rq::queue::Queue::open(std::path::Path::new(q.q()), rq::store::Access::ReadWrite).unwrap();
+    use rq::store::in_database::RunOutput;
     let ours = queue
         .store()
         .write_shared(|tx| {
             rq::store::in_database::upload_outputs(
                 tx,
                 &[
-                    (
-                        1,
-                        "c1",
-                        vec![("stdout", 0, b"one\n".as_slice()), ("stderr", 0, b"")],
-                    ),
-                    (2, "c2", vec![("stdout", 0, big.as_slice())]),
-                    (
-                        3,
-                        "a-stale-claim",
-                        vec![("stdout", 0, b"stale\n".as_slice())],
-                    ),
+                    RunOutput {
+                        jid: 1,
+                        claim: "c1",
+                        earlier_output: true,
+                        streams: vec![("stdout", 0, b"one\n".as_slice()), ("stderr", 0, b"")],
+                    },
+                    RunOutput {
+                        jid: 2,
+                        claim: "c2",
+                        earlier_output: false,
+                        streams: vec![("stdout", 0, big.as_slice())],
+                    },
+                    RunOutput {
+                        jid: 3,
+                        claim: "a-stale-claim",
+                        earlier_output: true,
+                        streams: vec![("stdout", 0, b"stale\n".as_slice())],
+                    },
                 ],
             )
         })
@@ -705,6 +718,56 @@ fn outputs_of_several_runs_are_stored_together_only_under_their_claims() {
     );
 }
 
+#[test]
+fn a_claim_learns_which_jobs_have_inputs_or_an_earlier_runs_output_stored() {
+    // What the claim's transaction asks of the jobs it claimed (`stored_files`): a feeder
+    // fetches inputs only where some are stored, and clears an earlier run's output only
+    // where there is some; then a run's output replaces an earlier run's, and stands
+    // alone where there was none.
+    let q = TestQueue::in_database();
+    let input = q.tmp.path().join("input");
+    std::fs::write(&input, "from stdin\n").unwrap();
+    let input = input.to_str().unwrap();
+    q.rq(&["submit", "-q", "--stdin", input, "cat"]).ok();
+    q.rq(&["submit", "-q", "echo second run"]).ok();
+    q.rq(&["submit", "-q", "echo only run"]).ok();
+    q.sql(
+        "INSERT INTO job_files (jid, stream, claim, seq, bytes) VALUES \
+         (2, 'stdout', 'an-earlier-run', 0, CAST('first run' AS bytea)), \
+         (2, 'stderr', 'an-earlier-run', 0, CAST('' AS bytea)), \
+         (3, 'stdin', 'staged-by-an-update', 0, CAST('not yet' AS bytea))",
+    );
+    let mut queue =
+        rq::queue::Queue::open(std::path::Path::new(q.q()), rq::store::Access::ReadWrite).unwrap();
+    let stored = queue
+        .store()
+        .read(|tx| rq::store::in_database::stored_files(tx, &[1, 2, 3, 99]))
+        .unwrap();
+    use rq::store::in_database::StoredFiles;
+    let files = |inputs, earlier_output| StoredFiles {
+        inputs,
+        earlier_output,
+    };
+    assert_eq!(stored[&1], files(true, false), "{stored:?}");
+    assert_eq!(stored[&2], files(false, true), "{stored:?}");
+    assert_eq!(
+        stored[&3],
+        files(false, false),
+        "a staged input is not the job's yet"
+    );
+    assert_eq!(stored[&99], files(false, false));
+    let mut f = q.feeder("h1", &["--exit_when_empty"]);
+    assert_eq!(f.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(q.rq(&["stdout", "1"]).ok().stdout, "from stdin\n");
+    assert_eq!(q.rq(&["stdout", "2"]).ok().stdout, "second run\n");
+    assert_eq!(q.rq(&["stdout", "3"]).ok().stdout, "only run\n");
+    let earlier = q.sql("SELECT count(*) AS n FROM job_files WHERE claim = 'an-earlier-run'");
+    assert!(earlier.stdout.contains("\"n\": 0"), "{}", earlier.stdout);
+}
+
+/// A password in a queue's URL (its user information, or a `password=` parameter) is
+/// never printed: not in errors, `status`, listings' queue names or a feeder's log. A role
+/// that may not use a queue's schema is told so, not that a table does not exist.
 #[test]
 fn passwords_in_urls_are_never_shown_and_missing_rights_are_named() {
     let q = TestQueue::on(StoreKind::Postgres);

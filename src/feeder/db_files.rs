@@ -7,6 +7,7 @@
 //! upload checks the claim; output is read from the local files before any transaction.
 
 use super::*;
+use crate::store::in_database::RunOutput;
 
 /// Running jobs' new output is uploaded this often (so `tail -f` follows it).
 pub(super) const UPLOAD_EVERY: Duration = Duration::from_secs(2);
@@ -15,6 +16,8 @@ pub(super) const UPLOAD_EVERY: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub(super) struct Upload {
     claim: String,
+    /// An earlier run's output may be stored, to be removed with the first upload.
+    earlier_output: bool,
     /// Per stream (stdout, stderr): bytes of the local file stored, chunks stored, and
     /// whether the cut line was stored.
     streams: [(u64, i64, bool); 2],
@@ -26,6 +29,7 @@ const STREAMS: [&str; 2] = ["stdout", "stderr"];
 pub(super) struct Output {
     jid: i64,
     claim: String,
+    earlier_output: bool,
     parts: Vec<Part>,
 }
 
@@ -39,9 +43,10 @@ struct Part {
 }
 
 impl Upload {
-    pub(super) fn new(claim: &str) -> Upload {
+    pub(super) fn new(claim: &str, earlier_output: bool) -> Upload {
         Upload {
             claim: claim.to_string(),
+            earlier_output,
             streams: [(0, 0, false); 2],
         }
     }
@@ -97,7 +102,8 @@ impl Feeder {
         for sub in ["stdin", "data"] {
             queue::remove_path(&dir.join(sub).join(jid.to_string()));
         }
-        if !streams.is_empty() && !self.without_inputs.contains(&jid) {
+        let inputs_stored = self.claimed_files.get(&jid).is_none_or(|f| f.inputs);
+        if !streams.is_empty() && inputs_stored {
             self.queue.fetch_job_files(jid, &streams, &dir)?;
         }
         Ok(())
@@ -171,13 +177,17 @@ impl Feeder {
         let cap = self.settings.output_cap;
         let mut batch = Vec::new();
         for (jid, claim) in jobs {
-            let upload = self
-                .uploads
-                .entry(*jid)
-                .or_insert_with(|| Upload::new(claim));
-            if upload.claim != *claim {
-                *upload = Upload::new(claim);
+            if self.uploads.get(jid).is_none_or(|u| u.claim != *claim) {
+                // The run's first upload: it clears an earlier run's output, unless its
+                // claim found none.
+                let earlier_output = self
+                    .claimed_files
+                    .remove(jid)
+                    .is_none_or(|f| f.earlier_output);
+                self.uploads
+                    .insert(*jid, Upload::new(claim, earlier_output));
             }
+            let upload = self.uploads.get_mut(jid).expect("inserted above");
             let mut parts = Vec::new();
             for (i, name) in STREAMS.iter().enumerate() {
                 let path = dir.join(name).join(jid.to_string());
@@ -220,6 +230,7 @@ impl Feeder {
                 batch.push(Output {
                     jid: *jid,
                     claim: claim.clone(),
+                    earlier_output: upload.earlier_output,
                     parts,
                 });
             }
@@ -259,15 +270,17 @@ impl Feeder {
 /// Store output read by `read_outputs`, inside the caller's transaction: for each run,
 /// whether it still held its claim (else nothing of it was written).
 pub(super) fn store_outputs(tx: &Tx<'_>, batch: &[Output]) -> Result<Vec<bool>> {
-    let runs: Vec<crate::store::in_database::RunOutput<'_>> = batch
+    let runs: Vec<RunOutput<'_>> = batch
         .iter()
-        .map(|output| {
-            let streams = output
+        .map(|output| RunOutput {
+            jid: output.jid,
+            claim: &output.claim,
+            earlier_output: output.earlier_output,
+            streams: output
                 .parts
                 .iter()
                 .map(|p| (STREAMS[p.stream], p.seq, p.bytes.as_slice()))
-                .collect();
-            (output.jid, output.claim.as_str(), streams)
+                .collect(),
         })
         .collect();
     crate::store::in_database::upload_outputs(tx, &runs)

@@ -42,6 +42,7 @@ use crate::liveness::{self, Heartbeat, Settings};
 use crate::log::{Level, Logger};
 use crate::queue::{self, Queue};
 use crate::store::Tx;
+use crate::store::in_database::StoredFiles;
 use crate::watchdog::{Lease, Limits, Watchdog};
 use crate::{process, runner, time};
 
@@ -213,9 +214,11 @@ pub struct Feeder {
     /// The next buffered jobs made ready to start (files created, command built), by
     /// claim token: prepared while the slots are busy, started when one comes free.
     prepared: HashMap<String, Result<runner::Prepared>>,
-    /// Buffered jobs of a queue keeping job files in its database that have no stdin or
-    /// data stored (learnt with the claim): nothing to fetch before they start.
-    without_inputs: HashSet<i64>,
+    /// Of a queue keeping job files in its database: what the claim found stored of each
+    /// job buffered or running (until its first upload). Without inputs stored, nothing
+    /// is fetched before it starts; without an earlier run's output, its first upload
+    /// removes none.
+    claimed_files: HashMap<i64, StoredFiles>,
     /// When the buffered claims were last known to be ours (claimed, or read back).
     buffer_checked: Instant,
     /// When jobs were last found safe to start (`may_start`), on the boot clock: a start
@@ -278,7 +281,7 @@ impl Feeder {
             recorder: Recorder::default(),
             buffer: VecDeque::new(),
             prepared: HashMap::new(),
-            without_inputs: HashSet::new(),
+            claimed_files: HashMap::new(),
             buffer_checked: Instant::now(),
             safe_at: 0.0,
             journal: None,
@@ -679,8 +682,10 @@ impl Feeder {
                 self.buffer_checked = Instant::now();
             }
             self.buffer.extend(claimed);
-            let buffered: HashSet<i64> = self.buffer.iter().map(Row::jid).collect();
-            self.without_inputs.retain(|jid| buffered.contains(jid));
+            let ours: HashSet<i64> = (self.buffer.iter().map(Row::jid))
+                .chain(self.running.iter().map(|j| j.jid))
+                .collect();
+            self.claimed_files.retain(|jid, _| ours.contains(jid));
             // Asked again: the transaction may have waited long for the lock.
             if self.may_start(draining, beater) {
                 self.revalidate_buffer()?;
@@ -768,7 +773,7 @@ impl Feeder {
             }
         }
         let batch = self.recorder.take();
-        let inputs_in_database = self.config.local_files.is_some();
+        let files_in_database = self.config.local_files.is_some();
         let body = |tx: &Tx<'_>| {
             let recorded = record::record(tx, &batch)?;
             let claimed = if want > 0 {
@@ -784,12 +789,13 @@ impl Feeder {
             } else {
                 Vec::new()
             };
-            let without_inputs = if inputs_in_database {
-                crate::store::in_database::without_inputs(tx, &claimed)?
+            let stored = if files_in_database {
+                let jids: Vec<i64> = claimed.iter().map(Row::jid).collect();
+                crate::store::in_database::stored_files(tx, &jids)?
             } else {
-                Vec::new()
+                HashMap::new()
             };
-            Ok((recorded, claimed, without_inputs))
+            Ok((recorded, claimed, stored))
         };
         let began = Instant::now();
         let done = if urgent {
@@ -797,13 +803,13 @@ impl Feeder {
         } else {
             self.queue.store().try_write_shared(body)?
         };
-        let Some((recorded, claimed, without_inputs)) = done else {
+        let Some((recorded, claimed, stored)) = done else {
             self.recorder.put_back(batch);
             return Ok(None);
         };
         self.recorder
             .recorded(&batch.ends, began.elapsed(), self.settings.lease);
-        self.without_inputs.extend(without_inputs);
+        self.claimed_files.extend(stored);
         self.after_recording(batch, recorded);
         Ok(Some(claimed))
     }

@@ -289,34 +289,37 @@ pub fn read_range(
 /// Upload output of a run: `bytes` appended to what the run stored so far (`first_seq`
 /// onwards), only while the job is still ours (the job's row is held until commit, so a
 /// takeover waits for the upload or the upload sees it). The first upload of a run
-/// removes the previous run's output. False when the job is not ours any more.
-pub fn upload_output(
-    tx: &Tx<'_>,
-    jid: i64,
-    claim: &str,
-    streams: &[(&str, i64, &[u8])],
-) -> Result<bool> {
+/// removes the previous run's output, where there may be some. False when the job is
+/// not ours any more.
+pub fn upload_output(tx: &Tx<'_>, run: &RunOutput<'_>) -> Result<bool> {
     let ours = tx
         .op(op::HOLD_IF_OURS)
-        .query_map(crate::params![jid, claim], |r| r.get::<_, i64>(0))?
+        .query_map(crate::params![run.jid, run.claim], |r| r.get::<_, i64>(0))?
         .len()
         == 1;
     if !ours {
         return Ok(false);
     }
-    for (stream, first_seq, bytes) in streams {
-        if *first_seq == 0 {
+    for (stream, first_seq, bytes) in &run.streams {
+        if *first_seq == 0 && run.earlier_output {
             tx.op(op::DROP_EARLIER_RUNS)
-                .execute(crate::params![jid, stream, claim])?;
+                .execute(crate::params![run.jid, stream, run.claim])?;
         }
-        put_chunks(tx, jid, stream, claim, *first_seq, bytes)?;
+        put_chunks(tx, run.jid, stream, run.claim, *first_seq, bytes)?;
     }
     Ok(true)
 }
 
-/// One run's output to upload: jid, claim, and per stream its first chunk's number and
-/// the bytes (see `upload_output`).
-pub type RunOutput<'a> = (i64, &'a str, Vec<(&'a str, i64, &'a [u8])>);
+/// One run's output to upload (see `upload_output`).
+pub struct RunOutput<'a> {
+    pub jid: i64,
+    pub claim: &'a str,
+    /// An earlier run's output may be stored (unless its claim found none: see
+    /// `stored_files`), to be removed with this run's first upload.
+    pub earlier_output: bool,
+    /// Per stream: its name, its first chunk's number, the bytes.
+    pub streams: Vec<(&'a str, i64, &'a [u8])>,
+}
 
 /// Parts at most this long go into the one statement of `upload_outputs` (as hex text);
 /// longer ones a chunk per statement.
@@ -328,14 +331,11 @@ const SMALL_PART: usize = 64 << 10;
 /// was still ours, in order.
 pub fn upload_outputs(tx: &Tx<'_>, runs: &[RunOutput<'_>]) -> Result<Vec<bool>> {
     if runs.len() < 2 {
-        return runs
-            .iter()
-            .map(|(jid, claim, streams)| upload_output(tx, *jid, claim, streams))
-            .collect();
+        return runs.iter().map(|run| upload_output(tx, run)).collect();
     }
     let asked: Vec<serde_json::Value> = runs
         .iter()
-        .map(|(jid, claim, _)| serde_json::json!({"jid": jid, "claim": claim}))
+        .map(|run| serde_json::json!({"jid": run.jid, "claim": run.claim}))
         .collect();
     let held: std::collections::HashSet<i64> = tx
         .op(op::HOLD_IF_OURS_MANY)
@@ -344,15 +344,16 @@ pub fn upload_outputs(tx: &Tx<'_>, runs: &[RunOutput<'_>]) -> Result<Vec<bool>> 
             |r| r.get(0),
         )?
         .collect::<Result<_>>()?;
-    let ours: Vec<&RunOutput<'_>> = runs.iter().filter(|r| held.contains(&r.0)).collect();
+    let ours: Vec<&RunOutput<'_>> = runs.iter().filter(|r| held.contains(&r.jid)).collect();
     let drops: Vec<serde_json::Value> = ours
         .iter()
-        .flat_map(|(jid, claim, streams)| {
-            streams
+        .filter(|run| run.earlier_output)
+        .flat_map(|run| {
+            run.streams
                 .iter()
                 .filter(|(_, first_seq, _)| *first_seq == 0)
                 .map(move |(stream, _, _)| {
-                    serde_json::json!({"jid": jid, "stream": stream, "claim": claim})
+                    serde_json::json!({"jid": run.jid, "stream": stream, "claim": run.claim})
                 })
         })
         .collect();
@@ -361,10 +362,11 @@ pub fn upload_outputs(tx: &Tx<'_>, runs: &[RunOutput<'_>]) -> Result<Vec<bool>> 
             .execute(crate::params![serde_json::Value::Array(drops).to_string()])?;
     }
     let mut small = Vec::new();
-    for (jid, claim, streams) in &ours {
-        for (stream, first_seq, bytes) in streams {
+    for run in &ours {
+        let (jid, claim) = (run.jid, run.claim);
+        for (stream, first_seq, bytes) in &run.streams {
             if bytes.len() > SMALL_PART {
-                put_chunks(tx, *jid, stream, claim, *first_seq, bytes)?;
+                put_chunks(tx, jid, stream, claim, *first_seq, bytes)?;
                 continue;
             }
             // An empty file is one empty chunk, as `put_chunks` stores it.
@@ -378,7 +380,7 @@ pub fn upload_outputs(tx: &Tx<'_>, runs: &[RunOutput<'_>]) -> Result<Vec<bool>> 
         tx.op(op::PUT_CHUNKS)
             .execute(crate::params![serde_json::Value::Array(small).to_string()])?;
     }
-    Ok(runs.iter().map(|r| held.contains(&r.0)).collect())
+    Ok(runs.iter().map(|r| held.contains(&r.jid)).collect())
 }
 
 /// Job files of jobs that no longer exist, and inputs staged by an update that never
@@ -388,20 +390,47 @@ pub fn reap_orphans(tx: &Tx<'_>) -> Result<usize> {
     tx.op(op::REAP_ORPHANS).execute([])
 }
 
-/// Which of the jobs just claimed have neither stdin nor data stored: they need no fetch
-/// before they start (a claimed job's inputs do not change: only jobs not running can be
-/// updated).
-pub fn without_inputs(tx: &Tx<'_>, claimed: &[crate::job::Row]) -> Result<Vec<i64>> {
-    if claimed.is_empty() {
-        return Ok(Vec::new());
+/// What the database holds of a job just claimed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoredFiles {
+    /// Stdin or data: without, the job needs no fetch before it starts.
+    pub inputs: bool,
+    /// Output of an earlier run: without, the new run's first upload has nothing to
+    /// remove.
+    pub earlier_output: bool,
+}
+
+/// What is stored of each job just claimed, asked inside the claim's transaction. It
+/// stays true while the claim is ours: a claimed job's inputs do not change (only jobs
+/// not running can be updated), and only the claim's holder adds output (`upload_output`
+/// holds the row and checks the claim; an upload of an earlier run that committed
+/// before the claim is seen, the claim having waited for its row).
+pub fn stored_files(
+    tx: &Tx<'_>,
+    jids: &[i64],
+) -> Result<std::collections::HashMap<i64, StoredFiles>> {
+    let mut stored: std::collections::HashMap<i64, StoredFiles> = jids
+        .iter()
+        .map(|jid| (*jid, StoredFiles::default()))
+        .collect();
+    if jids.is_empty() {
+        return Ok(stored);
     }
-    let jids: Vec<i64> = claimed.iter().map(crate::job::Row::jid).collect();
-    let list = serde_json::to_string(&jids).unwrap_or_default();
-    let with: std::collections::HashSet<i64> = tx
-        .op(op::WITH_INPUTS)
-        .query_map([list], |r| r.get(0))?
-        .collect::<Result<_>>()?;
-    Ok(jids.into_iter().filter(|jid| !with.contains(jid)).collect())
+    let list = serde_json::to_string(jids).unwrap_or_default();
+    let found = tx.op(op::STORED_FILES).query_map([list], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            StoredFiles {
+                inputs: r.get(1)?,
+                earlier_output: r.get(2)?,
+            },
+        ))
+    })?;
+    for row in found {
+        let (jid, files) = row?;
+        stored.insert(jid, files);
+    }
+    Ok(stored)
 }
 
 /// Inside an update's transaction: the inputs it staged under `staged` (before the

@@ -245,9 +245,10 @@ pub mod in_database {
         DROP_EARLIER_RUNS_MANY = "drop_earlier_runs_many",
         PUT_CHUNKS = "put_chunks",
         REAP_ORPHANS = "reap_orphans",
-        /// Which of the jobs of the JSON list $1 have stdin or data stored: a feeder
-        /// fetches only theirs.
-        WITH_INPUTS = "with_inputs",
+        /// Of the jobs of the JSON list $1 just claimed: which have stdin or data stored
+        /// (a feeder fetches only theirs) and which an earlier run's output (only that
+        /// is removed when the new run's output comes).
+        STORED_FILES = "stored_files",
         DROP_INPUTS = "drop_inputs",
         PROMOTE_STAGED = "promote_staged",
         DROP_STAGED = "drop_staged",

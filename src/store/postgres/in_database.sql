@@ -113,10 +113,17 @@ DELETE FROM job_files f WHERE written < clock_timestamp() - CAST('10 minutes' AS
    AND (NOT EXISTS (SELECT 1 FROM jobs j WHERE j.jid = f.jid)
         OR (stream IN ('stdin', 'data', 'data.tar') AND claim <> ''));
 
--- name: with_inputs
-SELECT DISTINCT jid FROM job_files
+-- name: stored_files
+-- Per job of $1 that has any: inputs stored, an earlier run's output stored. Every stored
+-- stream has a first chunk (an empty one if nothing else): looking at first chunks only,
+-- the planner walks the index even while the table is young and small (a feeder keeps
+-- the plan it made then; without `seq = 0`, a scan of the whole table per claim).
+SELECT jid, bool_or(stream IN ('stdin', 'data', 'data.tar') AND claim = ''),
+       bool_or(stream IN ('stdout', 'stderr'))
+  FROM job_files
  WHERE jid = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint)))
-   AND stream IN ('stdin', 'data', 'data.tar') AND claim = '';
+   AND seq = 0
+ GROUP BY jid;
 
 -- name: drop_inputs
 -- $2: the streams (a JSON list).
