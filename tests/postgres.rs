@@ -365,6 +365,7 @@ fn psql_in(q: &TestQueue, sql: &str) -> String {
 fn an_older_queue_is_migrated_by_the_first_writer_and_a_newer_one_refused() {
     let q = TestQueue::on(StoreKind::Postgres);
     q.rq(&["submit", "-q", "true"]).ok();
+    q.rq(&["submit", "-q", "--after", "1", "true"]).ok();
     // Behind rq's back (rq's own execute would migrate first: it writes).
     let psql = |sql: &str| psql_in(&q, sql).lines().last().unwrap_or("").to_string();
     // Put the queue back as the first PostgreSQL schema (version 5) made it.
@@ -376,8 +377,9 @@ fn an_older_queue_is_migrated_by_the_first_writer_and_a_newer_one_refused() {
          DROP TRIGGER deps_met ON jobs; DROP TRIGGER dep_note ON jobs; \
          CREATE TRIGGER deps_met AFTER UPDATE OF state ON jobs FOR EACH ROW EXECUTE FUNCTION deps_met(); \
          CREATE TRIGGER dep_note AFTER UPDATE OF state ON jobs FOR EACH ROW EXECUTE FUNCTION dep_note(); \
+         DROP FUNCTION deps_inserted() CASCADE; \
          ALTER TABLE jobs DROP COLUMN cpu_user, DROP COLUMN cpu_system, DROP COLUMN max_rss, \
-         DROP COLUMN read_bytes, DROP COLUMN write_bytes; \
+         DROP COLUMN read_bytes, DROP COLUMN write_bytes, DROP COLUMN has_dependents; \
          UPDATE meta SET value = '5' WHERE key = 'schema_version'",
     );
     let settled_triggers = || {
@@ -402,7 +404,7 @@ fn an_older_queue_is_migrated_by_the_first_writer_and_a_newer_one_refused() {
     assert_eq!(version().trim(), "5");
     // The first writer brings it up to date, then writes.
     q.rq(&["submit", "-q", "true"]).ok();
-    assert_eq!(version().trim(), "11");
+    assert_eq!(version().trim(), "12");
     let usage_columns = psql(
         "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() \
          AND table_name = 'jobs' AND column_name IN ('cpu_user', 'cpu_system', 'max_rss', \
@@ -411,13 +413,24 @@ fn an_older_queue_is_migrated_by_the_first_writer_and_a_newer_one_refused() {
     assert_eq!(usage_columns.trim(), "5", "version 10's and 11's columns");
     assert_eq!(jid_default().trim(), "1");
     assert_eq!(settled_triggers().trim(), "2", "version 9's triggers");
+    let narrowed = psql(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass('jobs') \
+         AND tgname IN ('deps_met', 'dep_note') AND pg_get_triggerdef(oid) LIKE '%has_dependents%'",
+    );
+    assert_eq!(narrowed.trim(), "2", "version 12's triggers");
+    let flagged = psql("SELECT string_agg(CAST(jid AS text), ',') FROM jobs WHERE has_dependents");
+    assert_eq!(flagged.trim(), "1", "the job another waits on");
     let tables = psql(
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() \
          AND table_name IN ('hosts', 'starts', 'job_files', 'dep_work')",
     );
     assert_eq!(tables.trim(), "4", "version 7's and 8's tables");
     let jids: Vec<i64> = q.jobs().iter().map(|j| int(j, "jid")).collect();
-    assert_eq!(jids, [1, 2]);
+    assert_eq!(jids, [1, 2, 3]);
+    // The wait made before the migration is met by its job's end after it.
+    let mut f = q.feeder("h1", &["--exit_when_empty"]);
+    assert_eq!(f.wait_exit(Duration::from_secs(30)), Some(0));
+    assert_eq!(q.count("finished"), 3);
     // A queue made by a newer rq is refused, with what to do.
     psql("UPDATE meta SET value = '99' WHERE key = 'schema_version'");
     let refused = q.rq(&["status"]).fails();
