@@ -211,9 +211,10 @@ impl StartJournal {
                 lines.extend(claims.iter().map(|c| c.to_string()));
                 let feeder = &self.feeder;
                 // Rows only this feeder writes: no queue lock (a journal file is not
-                // under the database's lock either) and no dependency settling, so a
-                // start costs the server one insert and a commit.
-                store.files_tx(true, |tx| {
+                // under the database's lock either), no dependency settling and no
+                // transaction around the one insert, so a start costs the server one
+                // statement.
+                store.single_write(|tx| {
                     crate::store::in_database::journal_append(tx, feeder, &lines)
                 })?;
                 *written += lines.len();

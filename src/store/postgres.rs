@@ -13,8 +13,25 @@ use crate::error::{Error, Result};
 
 /// One transaction on a PostgreSQL connection, with the connection's prepared statements.
 pub struct PgTx<'c> {
-    tx: RefCell<::postgres::Transaction<'c>>,
+    tx: RefCell<Conn<'c>>,
     statements: &'c RefCell<HashMap<String, ::postgres::Statement>>,
+}
+
+/// What a `PgTx`'s statements run on: an open transaction, or the bare connection, where
+/// each statement commits on its own (`PgStore::autocommit`).
+enum Conn<'c> {
+    Tx(::postgres::Transaction<'c>),
+    Auto(&'c mut ::postgres::Client),
+}
+
+/// `$body` with `$c` the transaction or the client (both have the same methods).
+macro_rules! on_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match &mut *$conn {
+            Conn::Tx($c) => $body,
+            Conn::Auto($c) => $body,
+        }
+    };
 }
 
 /// A value bound to a PostgreSQL parameter, converted to the type the server expects there
@@ -181,18 +198,22 @@ impl<'a> ::postgres::types::FromSql<'a> for Numeric {
 }
 
 impl<'c> PgTx<'c> {
-    pub fn new(
-        tx: ::postgres::Transaction<'c>,
+    fn new(
+        conn: Conn<'c>,
         statements: &'c RefCell<HashMap<String, ::postgres::Statement>>,
     ) -> PgTx<'c> {
         PgTx {
-            tx: RefCell::new(tx),
+            tx: RefCell::new(conn),
             statements,
         }
     }
 
-    pub fn into_inner(self) -> ::postgres::Transaction<'c> {
-        self.tx.into_inner()
+    /// Commit, if there is a transaction to commit.
+    fn commit(self) -> std::result::Result<(), ::postgres::Error> {
+        match self.tx.into_inner() {
+            Conn::Tx(tx) => tx.commit(),
+            Conn::Auto(_) => Ok(()),
+        }
     }
 }
 
@@ -238,9 +259,17 @@ impl PgTx<'_> {
         if std::env::var_os("RQ_SQL_DEBUG").is_some_and(|v| !v.is_empty()) {
             crate::note!("rq sql: {translated}");
         }
-        let mut tx = self.tx.borrow_mut();
-        tx.batch_execute("SAVEPOINT rq_prepare")?;
-        let stmt = match tx.prepare(&translated) {
+        let mut conn = self.tx.borrow_mut();
+        // Outside a transaction a failed prepare spoils nothing: no savepoint.
+        let in_tx = matches!(*conn, Conn::Tx(_));
+        let savepoint = |conn: &mut Conn<'_>, sql: &str| -> Result<()> {
+            if in_tx {
+                on_conn!(conn, c => c.batch_execute(sql))?;
+            }
+            Ok(())
+        };
+        savepoint(&mut conn, "SAVEPOINT rq_prepare")?;
+        let stmt = match on_conn!(conn, c => c.prepare(&translated)) {
             Ok(stmt) => stmt,
             Err(e)
                 if e.code().is_some_and(|c| {
@@ -248,16 +277,16 @@ impl PgTx<'_> {
                         || *c == ::postgres::error::SqlState::AMBIGUOUS_PARAMETER
                 }) =>
             {
-                tx.batch_execute("ROLLBACK TO SAVEPOINT rq_prepare")?;
+                savepoint(&mut conn, "ROLLBACK TO SAVEPOINT rq_prepare")?;
                 let types: Vec<Type> = bound.iter().map(Bound::natural_type).collect();
-                tx.prepare_typed(&translated, &types)?
+                on_conn!(conn, c => c.prepare_typed(&translated, &types))?
             }
             Err(e) => {
-                tx.batch_execute("ROLLBACK TO SAVEPOINT rq_prepare")?;
+                savepoint(&mut conn, "ROLLBACK TO SAVEPOINT rq_prepare")?;
                 return Err(e.into());
             }
         };
-        tx.batch_execute("RELEASE SAVEPOINT rq_prepare")?;
+        savepoint(&mut conn, "RELEASE SAVEPOINT rq_prepare")?;
         self.statements
             .borrow_mut()
             .insert(sql.to_string(), stmt.clone());
@@ -272,8 +301,8 @@ impl PgTx<'_> {
 impl PgConn for PgTx<'_> {
     fn copy_in(&self, sql: &str, data: &[u8]) -> Result<u64> {
         use std::io::Write;
-        let mut tx = self.tx.borrow_mut();
-        let mut writer = tx.copy_in(sql)?;
+        let mut conn = self.tx.borrow_mut();
+        let mut writer = on_conn!(conn, c => c.copy_in(sql))?;
         writer.write_all(data).map_err(|e| Error::Io {
             context: "cannot send rows to PostgreSQL".into(),
             source: e,
@@ -282,7 +311,7 @@ impl PgConn for PgTx<'_> {
     }
 
     fn simple_query(&self, sql: &str) -> Result<Vec<::postgres::SimpleQueryMessage>> {
-        Ok(self.tx.borrow_mut().simple_query(sql)?)
+        Ok(on_conn!(self.tx.borrow_mut(), c => c.simple_query(sql))?)
     }
 
     fn execute(&self, sql: &str, params: Params<'_>) -> Result<usize> {
@@ -316,7 +345,7 @@ impl PgConn for PgTx<'_> {
     }
 
     fn batch(&self, sql: &str) -> Result<()> {
-        Ok(self.tx.borrow_mut().batch_execute(sql)?)
+        Ok(on_conn!(self.tx.borrow_mut(), c => c.batch_execute(sql))?)
     }
 }
 
@@ -326,7 +355,7 @@ impl PgTx<'_> {
         let stmt = self.statement(sql, &bound, native)?;
         let args: Vec<&(dyn ::postgres::types::ToSql + Sync)> =
             bound.iter().map(|b| b as _).collect();
-        Ok(self.tx.borrow_mut().execute(&stmt, &args)? as usize)
+        Ok(on_conn!(self.tx.borrow_mut(), c => c.execute(&stmt, &args))? as usize)
     }
 
     fn rows(
@@ -340,7 +369,7 @@ impl PgTx<'_> {
         let stmt = self.statement(sql, &bound, native)?;
         let args: Vec<&(dyn ::postgres::types::ToSql + Sync)> =
             bound.iter().map(|b| b as _).collect();
-        let rows = self.tx.borrow_mut().query(&stmt, &args)?;
+        let rows = on_conn!(self.tx.borrow_mut(), c => c.query(&stmt, &args))?;
         let take = limit.unwrap_or(rows.len());
         rows.iter()
             .take(take)
@@ -619,6 +648,15 @@ impl PgStore {
         self.run(kind, &mut body)
     }
 
+    /// Run `body`'s statements outside a transaction, each committing on its own (for a
+    /// body of one statement, on rows no other writer touches: a feeder's start journal).
+    pub fn autocommit<T>(
+        &mut self,
+        mut body: impl FnMut(&super::Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.run(Kind::Autocommit, &mut body)
+    }
+
     /// `rq Q lock`: an advisory lock on the queue (shared or exclusive) that rq's own
     /// writers take too, held while `body` runs.
     pub fn with_lock<T>(
@@ -780,17 +818,22 @@ impl PgStore {
         } else {
             ::postgres::IsolationLevel::ReadCommitted
         };
-        let tx = client
-            .build_transaction()
-            .read_only(read_only)
-            .isolation_level(isolation)
-            .start()
-            .map_err(|e| classify(e.into()))?;
-        let pg = PgTx::new(tx, &self.statements);
+        let conn = if kind == Kind::Autocommit {
+            Conn::Auto(client)
+        } else {
+            let tx = client
+                .build_transaction()
+                .read_only(read_only)
+                .isolation_level(isolation)
+                .start()
+                .map_err(|e| classify(e.into()))?;
+            Conn::Tx(tx)
+        };
+        let pg = PgTx::new(conn, &self.statements);
         let lock = match kind {
             Kind::Write => Some("SELECT pg_advisory_xact_lock(?)"),
             Kind::SharedWrite | Kind::Read => Some("SELECT pg_advisory_xact_lock_shared(?)"),
-            Kind::FilesRead | Kind::FilesWrite => None,
+            Kind::FilesRead | Kind::FilesWrite | Kind::Autocommit => None,
         };
         if let Some(lock) = lock {
             pg.query(lock, &[&key], None).map_err(classify)?;
@@ -801,7 +844,7 @@ impl PgStore {
             let tx = super::Tx::Postgres(&pg);
             let settled = |value: T| -> Result<T> {
                 if !read_only
-                    && kind != Kind::FilesWrite
+                    && !matches!(kind, Kind::FilesWrite | Kind::Autocommit)
                     && access == crate::store::Access::ReadWrite
                 {
                     settled_deps = super::settle::settle(&tx, carry_on)?;
@@ -819,7 +862,7 @@ impl PgStore {
                 return Err(classify(e));
             }
         };
-        match pg.into_inner().commit() {
+        match pg.commit() {
             Ok(()) => {
                 // Jobs became claimable without a submit: wake the idle feeders.
                 if settled_deps.released {
@@ -864,6 +907,9 @@ enum Kind {
     /// large file to or from the database holds no other rq writer back.
     FilesRead,
     FilesWrite,
+    /// Rows no other writer touches, each statement committing on its own: no
+    /// transaction to begin and commit around it (two round trips fewer).
+    Autocommit,
 }
 
 /// The objects of a queue's schema (kind, name) that rq's schema does not make: a
