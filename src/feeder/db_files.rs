@@ -62,70 +62,86 @@ fn read_from(path: &Path, offset: u64, limit: u64) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-impl Feeder {
-    /// Where this host's jobs' files are: the queue's directory, or for a queue keeping
-    /// them in its database, the local job-file directory.
-    pub(super) fn job_dir(&self) -> PathBuf {
-        match &self.config.local_files {
-            Some(dir) => dir.clone(),
-            None => self.queue.dir().to_path_buf(),
+/// The local job-file directory of a queue that keeps job files in its database: what
+/// the claims found stored of the jobs this feeder holds, and what of each run's output
+/// is uploaded so far.
+pub(super) struct LocalFiles {
+    dir: PathBuf,
+    /// What the claim found stored of each job buffered or running (until its first
+    /// upload). Without inputs stored, nothing is fetched before it starts; without an
+    /// earlier run's output, its first upload removes none.
+    claimed: HashMap<i64, StoredFiles>,
+    /// What of each run's output is in the database so far.
+    uploads: HashMap<i64, Upload>,
+    last_upload: Instant,
+}
+
+impl LocalFiles {
+    pub(super) fn new(dir: PathBuf) -> LocalFiles {
+        LocalFiles {
+            dir,
+            claimed: HashMap::new(),
+            uploads: HashMap::new(),
+            last_upload: Instant::now(),
         }
     }
 
-    /// A fresh local job-file directory: whatever an earlier feeder of this host left
-    /// there belongs to runs that are settled by now.
-    pub(super) fn prepare_local_files(&mut self) -> Result<()> {
-        let Some(dir) = self.config.local_files.clone() else {
-            return Ok(());
-        };
-        queue::remove_path(&dir);
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A fresh directory: whatever an earlier feeder of this host left there belongs to
+    /// runs that are settled by now.
+    pub(super) fn prepare(&self) -> Result<()> {
+        queue::remove_path(&self.dir);
         for sub in ["bin", "stdin", "stdout", "stderr", "data"] {
-            let path = dir.join(sub);
+            let path = self.dir.join(sub);
             std::fs::create_dir_all(&path)
                 .context(|| format!("cannot create {}", path.display()))?;
         }
         Ok(())
     }
 
-    /// Fetch a job's stdin and data from the database into the local job-file directory
-    /// (outside any write transaction; one read transaction, none for a job its claim
-    /// found without either).
-    pub(super) fn fetch_inputs(&mut self, job: &Row) -> Result<()> {
-        let Some(dir) = self.config.local_files.clone() else {
-            return Ok(());
-        };
+    /// What a claim found stored of the jobs it claimed.
+    pub(super) fn claimed(&mut self, stored: HashMap<i64, StoredFiles>) {
+        self.claimed.extend(stored);
+    }
+
+    /// Forget what claims found of jobs no longer ours (`ours`: buffered or running).
+    pub(super) fn keep_claimed(&mut self, ours: &HashSet<i64>) {
+        self.claimed.retain(|jid, _| ours.contains(jid));
+    }
+
+    /// Fetch a job's stdin and data from the database (outside any write transaction;
+    /// one read transaction, none for a job its claim found without either).
+    pub(super) fn fetch_inputs(&self, queue: &mut Queue, job: &Row) -> Result<()> {
         let jid = job.jid();
         let streams: Vec<&str> = ["stdin", "data"]
             .into_iter()
             .filter(|s| job.get(s).as_text().is_some())
             .collect();
         for sub in ["stdin", "data"] {
-            queue::remove_path(&dir.join(sub).join(jid.to_string()));
+            queue::remove_path(&self.dir.join(sub).join(jid.to_string()));
         }
-        let inputs_stored = self.claimed_files.get(&jid).is_none_or(|f| f.inputs);
+        let inputs_stored = self.claimed.get(&jid).is_none_or(|f| f.inputs);
         if !streams.is_empty() && inputs_stored {
-            self.queue.fetch_job_files(jid, &streams, &dir)?;
+            queue.fetch_job_files(jid, &streams, &self.dir)?;
         }
         Ok(())
     }
 
-    /// Every `UPLOAD_EVERY`: upload what running jobs wrote since the last upload, and
-    /// drop the local files of runs this feeder no longer follows.
-    pub(super) fn upload_running(&mut self) {
-        if self.config.local_files.is_none() || self.last_upload.elapsed() < UPLOAD_EVERY {
-            return;
+    /// Whether running jobs' output is due for an upload (every `UPLOAD_EVERY`).
+    pub(super) fn upload_due(&mut self) -> bool {
+        let due = self.last_upload.elapsed() >= UPLOAD_EVERY;
+        if due {
+            self.last_upload = Instant::now();
         }
-        self.last_upload = Instant::now();
-        let jobs: Vec<(i64, String)> = self
-            .running
-            .iter()
-            .filter(|j| !j.fenced)
-            .map(|j| (j.jid, j.claim.clone()))
-            .collect();
-        self.upload_outputs(&jobs, false);
-        // Runs we no longer follow (taken over, killed by the watchdog): their local files go.
-        let following: HashSet<i64> = self.running.iter().map(|j| j.jid).collect();
-        let dir = self.job_dir();
+        due
+    }
+
+    /// Runs no longer followed (taken over, killed by the watchdog): their local files go.
+    pub(super) fn keep_following(&mut self, following: &HashSet<i64>) {
+        let dir = &self.dir;
         self.uploads.retain(|jid, _| {
             let keep = following.contains(jid);
             if !keep {
@@ -137,53 +153,23 @@ impl Feeder {
         });
     }
 
-    /// Upload the output of `jobs` (jid, claim) that is not in the database yet, in one
-    /// short transaction; with `last`, the runs have ended: the cut line is added where
-    /// output went past the cap, and their local files are removed once stored.
-    pub(super) fn upload_outputs(&mut self, jobs: &[(i64, String)], last: bool) {
-        if self.config.local_files.is_none() {
-            return;
-        }
-        let batch = self.read_outputs(jobs, last);
-        if !batch.is_empty() {
-            let outcome = self
-                .queue
-                .store()
-                .write_shared(|tx| store_outputs(tx, &batch));
-            match outcome {
-                Ok(ours) => self.note_stored(&batch, &ours),
-                Err(e) => {
-                    // Nothing was stored: the same bytes go with the next upload.
-                    let jids: Vec<i64> = batch.iter().map(|o| o.jid).collect();
-                    self.warn(&format!(
-                        "could not store the output of jobs {jids:?} in the database: {e}"
-                    ));
-                    return;
-                }
-            }
-        }
-        if last {
-            self.forget_runs(jobs.iter().map(|(jid, _)| *jid));
-        }
-    }
-
     /// What `jobs` (jid, claim) wrote that is not in the database yet, read from the local
-    /// files (outside any transaction); with `last` (the runs ended), the cut line where
-    /// output went past the cap. Nothing is noted as stored yet (`note_stored`).
-    pub(super) fn read_outputs(&mut self, jobs: &[(i64, String)], last: bool) -> Vec<Output> {
-        let Some(dir) = self.config.local_files.clone() else {
-            return Vec::new();
-        };
-        let cap = self.settings.output_cap;
+    /// files (outside any transaction), at most `cap` bytes a stream; with `last` (the
+    /// runs ended), the cut line where output went past the cap. Nothing is noted as
+    /// stored yet (`note_stored`).
+    pub(super) fn read_outputs(
+        &mut self,
+        jobs: &[(i64, String)],
+        last: bool,
+        cap: u64,
+    ) -> Vec<Output> {
+        let dir = self.dir.clone();
         let mut batch = Vec::new();
         for (jid, claim) in jobs {
             if self.uploads.get(jid).is_none_or(|u| u.claim != *claim) {
                 // The run's first upload: it clears an earlier run's output, unless its
                 // claim found none.
-                let earlier_output = self
-                    .claimed_files
-                    .remove(jid)
-                    .is_none_or(|f| f.earlier_output);
+                let earlier_output = self.claimed.remove(jid).is_none_or(|f| f.earlier_output);
                 self.uploads
                     .insert(*jid, Upload::new(claim, earlier_output));
             }
@@ -252,17 +238,88 @@ impl Feeder {
         }
     }
 
-    /// Runs that ended: their local copies of job files go (only those: a queue
-    /// directory's files stay).
+    /// Runs that ended: their local copies of job files go.
     pub(super) fn forget_runs(&mut self, jids: impl Iterator<Item = i64>) {
-        let Some(dir) = self.config.local_files.clone() else {
-            return;
-        };
         for jid in jids {
             self.uploads.remove(&jid);
             for sub in ["stdout", "stderr", "stdin", "data"] {
-                queue::remove_path(&dir.join(sub).join(jid.to_string()));
+                queue::remove_path(&self.dir.join(sub).join(jid.to_string()));
             }
+        }
+    }
+}
+
+impl Feeder {
+    /// Where this host's jobs' files are: the queue's directory, or for a queue keeping
+    /// them in its database, the local job-file directory.
+    pub(super) fn job_dir(&self) -> PathBuf {
+        match &self.files {
+            Some(files) => files.dir().to_path_buf(),
+            None => self.queue.dir().to_path_buf(),
+        }
+    }
+
+    /// Fetch a job's stdin and data into the local job-file directory, where the queue
+    /// keeps them in its database.
+    pub(super) fn fetch_inputs(&mut self, job: &Row) -> Result<()> {
+        match &self.files {
+            Some(files) => files.fetch_inputs(&mut self.queue, job),
+            None => Ok(()),
+        }
+    }
+
+    /// Every `UPLOAD_EVERY`: upload what running jobs wrote since the last upload, and
+    /// drop the local files of runs this feeder no longer follows.
+    pub(super) fn upload_running(&mut self) {
+        if !self.files.as_mut().is_some_and(LocalFiles::upload_due) {
+            return;
+        }
+        let jobs: Vec<(i64, String)> = (self.slots.running.iter())
+            .filter(|j| !j.fenced)
+            .map(|j| (j.jid, j.claim.clone()))
+            .collect();
+        self.upload_outputs(&jobs, false);
+        let following: HashSet<i64> = self.slots.running.iter().map(|j| j.jid).collect();
+        if let Some(files) = &mut self.files {
+            files.keep_following(&following);
+        }
+    }
+
+    /// Upload the output of `jobs` (jid, claim) that is not in the database yet, in one
+    /// short transaction; with `last`, the runs have ended: the cut line is added where
+    /// output went past the cap, and their local files are removed once stored.
+    pub(super) fn upload_outputs(&mut self, jobs: &[(i64, String)], last: bool) {
+        let cap = self.settings.output_cap;
+        let Some(files) = &mut self.files else {
+            return;
+        };
+        let batch = files.read_outputs(jobs, last, cap);
+        if !batch.is_empty() {
+            match self
+                .queue
+                .store()
+                .write_shared(|tx| store_outputs(tx, &batch))
+            {
+                Ok(ours) => files.note_stored(&batch, &ours),
+                Err(e) => {
+                    // Nothing was stored: the same bytes go with the next upload.
+                    let jids: Vec<i64> = batch.iter().map(|o| o.jid).collect();
+                    self.warn(&format!(
+                        "could not store the output of jobs {jids:?} in the database: {e}"
+                    ));
+                    return;
+                }
+            }
+        }
+        if last {
+            files.forget_runs(jobs.iter().map(|(jid, _)| *jid));
+        }
+    }
+
+    /// Runs whose end was recorded: their local copies of job files go.
+    pub(super) fn forget_runs(&mut self, jids: impl Iterator<Item = i64>) {
+        if let Some(files) = &mut self.files {
+            files.forget_runs(jids);
         }
     }
 }

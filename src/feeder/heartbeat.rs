@@ -146,7 +146,7 @@ impl Feeder {
         // the settings, our claims, and the hosts that have running jobs.
         // An idle feeder also looks for claimable work there: its periodic poll.
         let jids = self.watched_jids();
-        let idle = self.running.is_empty() && self.buffer.is_empty();
+        let idle = self.slots.running.is_empty() && self.claimed.is_empty();
         let (host, now, max_attempts) =
             (&self.config.host, time::now(), self.settings.max_attempts);
         let id = &self.id;

@@ -23,7 +23,7 @@
 //! `heartbeat` keeps the host alive to others and runs the periodic tick; `wake` is what
 //! wakes an idle feeder (signals, the doorbell).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -46,19 +46,20 @@ use crate::store::in_database::StoredFiles;
 use crate::watchdog::{Lease, Limits, Watchdog};
 use crate::{process, runner, time};
 
+mod claimed;
 mod db_files;
 mod heartbeat;
 mod polling;
 mod record;
 mod recovery;
 mod running;
+mod slots;
 mod wake;
 
-use db_files::*;
 use heartbeat::*;
 use polling::Polling;
 use record::{Recorder, Start};
-use running::*;
+use slots::{Needs, RunningJob};
 use wake::*;
 
 /// How a feeder runs.
@@ -184,18 +185,11 @@ pub struct Feeder {
     /// from (`None` before the settings were first read).
     shell: Vec<String>,
     shell_wanted: Option<Vec<String>>,
-    /// The CPUs this feeder may use (its affinity at start), handed out to jobs.
-    cpu_set: Vec<usize>,
-    /// When the running jobs were last looked at in `/proc` (`watch_jobs`).
-    watched_at: Option<Instant>,
-    /// Where jobs with `--mem` get a cgroup held to it by the kernel (None: watched).
-    cgroups: Option<crate::cgroup::Cgroups>,
-    /// Groups of ended jobs that processes of theirs still hold (removed when empty).
-    lingering: Vec<crate::cgroup::JobGroup>,
     log: Logger,
     id: String,
     settings: Settings,
-    running: Vec<RunningJob>,
+    /// The jobs running here and what they hold of the host.
+    slots: slots::Slots,
     doorbell: Doorbell,
     next_tick: Instant,
     /// When to ask the queue for work, and how much ahead to claim.
@@ -209,18 +203,8 @@ pub struct Feeder {
     held_back: Option<String>,
     /// What the next transaction records.
     recorder: Recorder,
-    /// Claimed ahead, not started yet, in claim order.
-    buffer: VecDeque<Row>,
-    /// The next buffered jobs made ready to start (files created, command built), by
-    /// claim token: prepared while the slots are busy, started when one comes free.
-    prepared: HashMap<String, Result<runner::Prepared>>,
-    /// Of a queue keeping job files in its database: what the claim found stored of each
-    /// job buffered or running (until its first upload). Without inputs stored, nothing
-    /// is fetched before it starts; without an earlier run's output, its first upload
-    /// removes none.
-    claimed_files: HashMap<i64, StoredFiles>,
-    /// When the buffered claims were last known to be ours (claimed, or read back).
-    buffer_checked: Instant,
+    /// Claimed ahead, not started yet.
+    claimed: claimed::Claimed,
     /// When jobs were last found safe to start (`may_start`), on the boot clock: a start
     /// journaled much later (the host was frozen in between) is checked again first.
     safe_at: f64,
@@ -232,10 +216,8 @@ pub struct Feeder {
     lease: Arc<Lease>,
     /// Jobs the watchdog killed (jid, claim, signal): settled as crashed, not as ended.
     lease_kills: Vec<(i64, String, Option<String>)>,
-    /// Job files kept in the database: what of each run's output is stored, and when
-    /// running jobs' output was last uploaded.
-    uploads: HashMap<i64, Upload>,
-    last_upload: Instant,
+    /// Of a queue keeping job files in its database: this host's copies of them.
+    files: Option<db_files::LocalFiles>,
 }
 
 /// At most this many buffered jobs are prepared ahead (each holds its output files open).
@@ -259,37 +241,30 @@ impl Feeder {
         let mut doorbell = Doorbell::new(queue.dir(), config.min_sleep);
         doorbell.listener = queue.listener();
         let kill_grace = config.kill_grace;
+        let files = config.local_files.clone().map(db_files::LocalFiles::new);
         Feeder {
             queue,
             polling: Polling::new(config.max_sleep),
             config,
             shell: Config::default_shell(),
             shell_wanted: None,
-            cpu_set: process::allowed_cpus(),
-            watched_at: None,
-            cgroups: None,
-            lingering: Vec::new(),
             log,
             id,
             settings: Settings::default(),
-            running: Vec::new(),
+            slots: slots::Slots::new(),
             doorbell,
             next_tick: Instant::now(),
             fenced: false,
             disk_full: false,
             held_back: None,
             recorder: Recorder::default(),
-            buffer: VecDeque::new(),
-            prepared: HashMap::new(),
-            claimed_files: HashMap::new(),
-            buffer_checked: Instant::now(),
+            claimed: claimed::Claimed::new(),
+            files,
             safe_at: 0.0,
             journal: None,
             journal_failed: None,
             lease: Lease::new(Limits::for_lease(Settings::default().lease, kill_grace)),
             lease_kills: Vec::new(),
-            uploads: HashMap::new(),
-            last_upload: Instant::now(),
         }
     }
 
@@ -305,10 +280,11 @@ impl Feeder {
         let total = self.config.capacity.clone();
         let mut free = total.clone();
         let held = self
+            .slots
             .running
             .iter()
             .map(|j| j.needs.clone())
-            .chain(self.buffer.iter().map(Needs::of));
+            .chain(self.claimed.iter().map(Needs::of));
         for needs in held {
             free.cpus -= needs.cpus;
             free.mem -= needs.mem;
@@ -427,7 +403,7 @@ impl Feeder {
                     "jobs with --mem run in a cgroup of their own under {}, held to it by the kernel",
                     cgroups.parent().display()
                 ));
-                self.cgroups = Some(cgroups);
+                self.slots.cgroups = Some(cgroups);
             }
             Err(why) => self.info(&format!(
                 "--mem is watched in /proc, not a kernel limit: {why}"
@@ -444,12 +420,14 @@ impl Feeder {
             self.settings.lease
         ));
         let outcome = self.recover_crashed().and_then(|()| {
-            self.prepare_local_files()?;
+            if let Some(files) = &self.files {
+                files.prepare()?;
+            }
             self.reap_orphan_files();
             self.reap_old_journals();
             self.feed_through_faults(&mut signals, &beater)
         });
-        if outcome.is_ok() && self.buffer.is_empty() && self.running.is_empty() {
+        if outcome.is_ok() && self.claimed.is_empty() && self.slots.running.is_empty() {
             // Nothing claimed is left: the journal proves nothing any more.
             if let Some(journal) = self.journal.take() {
                 journal.remove(self.queue.store());
@@ -525,11 +503,11 @@ impl Feeder {
                 signals.drain.load(Ordering::SeqCst) || signals.restart.load(Ordering::SeqCst);
             self.collect_ends()?;
             let rang = self.doorbell.rang();
-            if rang && !(self.running.is_empty() && self.buffer.is_empty()) {
+            if rang && !(self.slots.running.is_empty() && self.claimed.is_empty()) {
                 self.check_claims_and_kills()?;
             }
             if draining {
-                let unstarted: Vec<Row> = self.buffer.drain(..).collect();
+                let unstarted: Vec<Row> = self.claimed.take_all();
                 self.give_back(unstarted.iter().map(claim_of));
             }
             // Claimed jobs start without a transaction, while our lease is safe: a host
@@ -550,10 +528,13 @@ impl Feeder {
             }
             // An idle slot and maybe more work: claim again at once (only if we may claim
             // now: otherwise this would spin until we may).
-            let free = self.config.max_feed.saturating_sub(self.running.len());
+            let free = self
+                .config
+                .max_feed
+                .saturating_sub(self.slots.running.len());
             if self.polling.more_waiting
                 && free > 0
-                && self.buffer.is_empty()
+                && self.claimed.is_empty()
                 && !draining
                 && !self.claiming_suspended()
             {
@@ -599,12 +580,15 @@ impl Feeder {
     /// journaled and kept for the next transaction.
     fn collect_ends(&mut self) -> Result<()> {
         self.enforce_timeouts();
-        self.watch_jobs();
+        for warning in self.slots.watch() {
+            self.warn(&warning);
+        }
         let ends = self.reap_children();
-        if self.config.local_files.is_some() {
+        let cap = self.settings.output_cap;
+        if let Some(files) = &mut self.files {
             // Their last output is stored in the transaction that records their ends.
             let ended: Vec<(i64, String)> = ends.iter().map(|e| (e.jid, e.claim.clone())).collect();
-            let outputs = self.read_outputs(&ended, true);
+            let outputs = files.read_outputs(&ended, true, cap);
             self.recorder.next.outputs.extend(outputs);
             self.upload_running();
         }
@@ -625,17 +609,20 @@ impl Feeder {
     /// What a transaction would do now: how many jobs to claim, and whether recorded ends
     /// or starts, failed starts and releases are due.
     fn due(&mut self, rang: bool, draining: bool) -> Due {
-        let free = self.config.max_feed.saturating_sub(self.running.len());
+        let free = self
+            .config
+            .max_feed
+            .saturating_sub(self.slots.running.len());
         let lookahead = self.lookahead();
         let room = if draining || self.claiming_suspended() {
             0
         } else {
             (self.config.max_feed + lookahead)
-                .saturating_sub(self.running.len() + self.buffer.len())
+                .saturating_sub(self.slots.running.len() + self.claimed.len())
         };
         let worth_asking = self.polling.worth_asking(rang);
-        let slot_idle = free > 0 && self.buffer.is_empty();
-        let refill = lookahead > 0 && self.buffer.len() * 2 <= lookahead;
+        let slot_idle = free > 0 && self.claimed.is_empty();
+        let refill = lookahead > 0 && self.claimed.len() * 2 <= lookahead;
         // A slot freed by an end or by a start that failed asks for work at once.
         let slot_freed =
             !self.recorder.next.ends.is_empty() || !self.recorder.next.failed_starts.is_empty();
@@ -648,7 +635,7 @@ impl Feeder {
         };
         Due {
             want,
-            ends: self.recorder.ends_due(!self.buffer.is_empty(), draining),
+            ends: self.recorder.ends_due(!self.claimed.is_empty(), draining),
             flush: self.recorder.flush_due(draining),
         }
     }
@@ -665,7 +652,7 @@ impl Feeder {
     ) -> Result<bool> {
         // With jobs buffered, the slots stay busy without us: no need to wait for the
         // lock, unless something has waited too long.
-        let urgent = self.buffer.is_empty() || draining || self.recorder.overdue();
+        let urgent = self.claimed.is_empty() || draining || self.recorder.overdue();
         // A poll nothing announced looks before it takes the write lock.
         let peek_first = !rang && !self.polling.more_waiting;
         let Some(claimed) = self.record_and_claim(due.want, urgent, peek_first)? else {
@@ -678,14 +665,13 @@ impl Feeder {
         if !claimed.is_empty() {
             self.doorbell.hurry();
             fault("after_claim");
-            if self.buffer.is_empty() {
-                self.buffer_checked = Instant::now();
-            }
-            self.buffer.extend(claimed);
-            let ours: HashSet<i64> = (self.buffer.iter().map(Row::jid))
-                .chain(self.running.iter().map(|j| j.jid))
+            self.claimed.add(claimed);
+            let ours: HashSet<i64> = (self.claimed.jids())
+                .chain(self.slots.running.iter().map(|j| j.jid))
                 .collect();
-            self.claimed_files.retain(|jid, _| ours.contains(jid));
+            if let Some(files) = &mut self.files {
+                files.keep_claimed(&ours);
+            }
             // Asked again: the transaction may have waited long for the lock.
             if self.may_start(draining, beater) {
                 self.revalidate_buffer()?;
@@ -700,8 +686,8 @@ impl Feeder {
     /// restart, or out of work with `--exit_when_empty`.
     fn done(&mut self, draining: bool, wanted: usize, signals: &Signals) -> Option<Exit> {
         let next = &self.recorder.next;
-        let idle = self.running.is_empty()
-            && self.buffer.is_empty()
+        let idle = self.slots.running.is_empty()
+            && self.claimed.is_empty()
             && next.ends.is_empty()
             && next.failed_starts.is_empty()
             && next.releases.is_empty();
@@ -773,7 +759,7 @@ impl Feeder {
             }
         }
         let batch = self.recorder.take();
-        let files_in_database = self.config.local_files.is_some();
+        let files_in_database = self.files.is_some();
         let body = |tx: &Tx<'_>| {
             let recorded = record::record(tx, &batch)?;
             let claimed = if want > 0 {
@@ -809,7 +795,9 @@ impl Feeder {
         };
         self.recorder
             .recorded(&batch.ends, began.elapsed(), self.settings.lease);
-        self.claimed_files.extend(stored);
+        if let Some(files) = &mut self.files {
+            files.claimed(stored);
+        }
         self.after_recording(batch, recorded);
         Ok(Some(claimed))
     }
@@ -818,9 +806,11 @@ impl Feeder {
     /// compacted (everything in it is in the queue now), the ends logged, and jobs taken
     /// over before they started here killed.
     fn after_recording(&mut self, batch: record::Batch, recorded: record::Recorded) {
-        if !batch.outputs.is_empty() {
-            self.note_stored(&batch.outputs, &recorded.stored);
-            self.forget_runs(batch.ends.iter().map(|e| e.jid));
+        if let Some(files) = &mut self.files
+            && !batch.outputs.is_empty()
+        {
+            files.note_stored(&batch.outputs, &recorded.stored);
+            files.forget_runs(batch.ends.iter().map(|e| e.jid));
         }
         let store = self.queue.store();
         if let Some(Err(e)) = self.journal.as_mut().map(|j| j.compact(store)) {
@@ -839,7 +829,7 @@ impl Feeder {
             ));
         }
         for jid in recorded.lost_starts {
-            if let Some(job) = self.running.iter_mut().find(|j| j.jid == jid) {
+            if let Some(job) = self.slots.running.iter_mut().find(|j| j.jid == jid) {
                 job.fenced = true;
                 process::signal_group(job.pid, libc::SIGKILL);
             }
@@ -854,7 +844,7 @@ impl Feeder {
     /// taken them, and our heartbeat must not have looked stale since they were checked.
     fn revalidate_buffer(&mut self) -> Result<()> {
         let limit = Duration::from_secs_f64(self.settings.lease / 4.0);
-        if !self.buffer.is_empty() && self.buffer_checked.elapsed() > limit {
+        if !self.claimed.is_empty() && self.claimed.unchecked_for() > limit {
             self.check_claims_and_kills()?;
         }
         Ok(())

@@ -64,10 +64,11 @@ impl Feeder {
 
     /// The jobs this feeder follows: running, buffered, or with something to record.
     pub(super) fn known_jids(&self) -> HashSet<i64> {
-        self.running
+        self.slots
+            .running
             .iter()
             .map(|j| j.jid)
-            .chain(self.buffer.iter().map(Row::jid))
+            .chain(self.claimed.jids())
             .chain(self.recorder.next.settled_jids())
             .collect()
     }

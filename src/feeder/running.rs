@@ -2,117 +2,10 @@
 //! transaction), reaping them, their timeouts, kills on request and fencing when another
 //! host took a job over, and stopping them all when the feeder stops.
 
+use super::slots::{kernel_memory_reason, memory_reason};
 use super::*;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-
-pub(super) struct RunningJob {
-    pub(super) jid: i64,
-    pub(super) claim: String,
-    /// The job's first process (its process group's leader), reaped by pid with what it
-    /// used (`process::try_reap`); its `std::process::Child` is not kept.
-    pub(super) pid: u32,
-    pub(super) started: Instant,
-    pub(super) timeout: Option<f64>,
-    /// When the timeout's TERM was sent.
-    pub(super) term_sent: Option<Instant>,
-    /// `rq kill` asked for this job to be signalled (it is then not retried).
-    pub(super) killed_on_request: bool,
-    /// The most memory its process group was seen holding (bytes), and, once it went
-    /// over its `--mem`, that peak (it was killed; not retried).
-    pub(super) peak_rss: i64,
-    pub(super) over_memory: Option<i64>,
-    /// How many looks pinned its processes to its CPUs (`watch_jobs`).
-    pub(super) pin_looks: u8,
-    /// Its cgroup, where the kernel holds it to its `--mem` (then it is not watched).
-    pub(super) cgroup: Option<crate::cgroup::JobGroup>,
-    /// Someone else holds the job now: our copy was killed and its end is not recorded.
-    pub(super) fenced: bool,
-    pub(super) retries: i64,
-    pub(super) retried: i64,
-    pub(super) retry_delay: f64,
-    /// What it takes of the host while it runs.
-    pub(super) needs: Needs,
-}
-
-/// What a claimed job takes of its host: CPUs, memory, the GPU devices it was given, and
-/// the CPUs it was pinned to (none when the feeder offers more CPUs than it has).
-#[derive(Debug, Clone, Default)]
-pub(super) struct Needs {
-    pub(super) cpus: i64,
-    pub(super) mem: i64,
-    pub(super) devices: Vec<String>,
-    pub(super) cpu_ids: Vec<usize>,
-}
-
-impl Needs {
-    pub(super) fn of(job: &Row) -> Needs {
-        Needs {
-            cpus: job.get("cpus").as_int().unwrap_or(1),
-            mem: job.get("mem").as_int().unwrap_or(0),
-            devices: job
-                .get("gpu_ids")
-                .as_text()
-                .map(|ids| {
-                    ids.split(',')
-                        .filter(|d| !d.is_empty())
-                        .map(String::from)
-                        .collect()
-                })
-                .unwrap_or_default(),
-            cpu_ids: Vec::new(),
-        }
-    }
-}
-
-/// How often running jobs are looked at in `/proc` (`watch_jobs`).
-const WATCH_EVERY: Duration = Duration::from_millis(500);
-/// How many looks pin a job's processes (see `watch_jobs`).
-const PIN_LOOKS: u8 = 3;
-
-/// Why a job was killed for memory, as `list`, `wait` and the dashboard say it.
-fn memory_reason(peak: i64, limit: i64) -> String {
-    format!(
-        "memory: peak {} above --mem {}",
-        crate::human::bytes(peak),
-        crate::human::bytes(limit)
-    )
-}
-
-/// Why the kernel killed a job held to its `--mem` in its cgroup (it cannot go above).
-fn kernel_memory_reason(limit: i64) -> String {
-    format!(
-        "memory: needed more than --mem {} (killed by the kernel's limit)",
-        crate::human::bytes(limit)
-    )
-}
-
-impl Feeder {
-    /// The CPUs a job that needs `n` runs on: `n` of this feeder's CPUs that no running
-    /// job has, lowest first, so two jobs never share one. None (the job runs where the
-    /// kernel puts it) when the feeder offers more CPUs than it may use (`--cpus` above
-    /// the host's, or `--max_feed` above them): it cannot keep them apart then.
-    pub(super) fn cpus_for(&self, n: i64) -> Vec<usize> {
-        let mine = &self.cpu_set;
-        if mine.is_empty() || self.config.capacity.cpus > mine.len() as i64 || n < 1 {
-            return Vec::new();
-        }
-        let taken: std::collections::HashSet<usize> = self
-            .running
-            .iter()
-            .flat_map(|job| job.needs.cpu_ids.iter().copied())
-            .collect();
-        let free: Vec<usize> = mine
-            .iter()
-            .copied()
-            .filter(|c| !taken.contains(c))
-            .collect();
-        if (free.len() as i64) < n {
-            return Vec::new();
-        }
-        free[..n as usize].to_vec()
-    }
-}
 
 impl Feeder {
     /// Kill our copies of jobs someone else took over, and send signals `rq kill` asked for.
@@ -131,11 +24,12 @@ impl Feeder {
 
     /// The jobs whose claims we hold: running (not already fenced) and buffered.
     pub(super) fn watched_jids(&self) -> Vec<i64> {
-        self.running
+        self.slots
+            .running
             .iter()
             .filter(|j| !j.fenced)
             .map(|j| j.jid)
-            .chain(self.buffer.iter().map(Row::jid))
+            .chain(self.claimed.jids())
             .collect()
     }
 
@@ -145,8 +39,8 @@ impl Feeder {
         // Buffered jobs taken over are dropped; those asked to be killed end unstarted.
         let claims_now: HashMap<i64, &claims::ClaimState> =
             current.iter().map(|c| (c.jid, c)).collect();
-        let mut kept = VecDeque::new();
-        for row in self.buffer.drain(..) {
+        let mut kept = Vec::new();
+        for row in self.claimed.take_all() {
             let (jid, claim) = claim_of(&row);
             match claims_now.get(&jid) {
                 Some(c) if c.claim.as_deref() == Some(claim.as_str()) => {
@@ -169,7 +63,7 @@ impl Feeder {
                                 reason: None,
                             }]);
                         }
-                        None => kept.push_back(row),
+                        None => kept.push(row),
                     }
                 }
                 _ => messages.push((
@@ -178,9 +72,8 @@ impl Feeder {
                 )),
             }
         }
-        self.buffer = kept;
-        self.buffer_checked = Instant::now();
-        for job in self.running.iter_mut().filter(|j| !j.fenced) {
+        self.claimed.keep_checked(kept);
+        for job in self.slots.running.iter_mut().filter(|j| !j.fenced) {
             let now = current.iter().find(|c| c.jid == job.jid);
             match now {
                 Some(c) if c.claim.as_deref() == Some(job.claim.as_str()) => {
@@ -220,7 +113,7 @@ impl Feeder {
     pub(super) fn enforce_timeouts(&mut self) {
         let grace = Duration::from_secs_f64(self.config.kill_grace);
         let mut messages = Vec::new();
-        for job in &mut self.running {
+        for job in &mut self.slots.running {
             let Some(limit) = job.timeout else { continue };
             match job.term_sent {
                 None if job.started.elapsed().as_secs_f64() > limit => {
@@ -244,68 +137,6 @@ impl Feeder {
         }
     }
 
-    /// Keep jobs within what they asked for, from one pass over `/proc` (at most every
-    /// half second, and only while a running job needs it):
-    /// - `--cpus`: every process of a job's process group is pinned to the job's CPUs.
-    ///   Done here, not at the spawn: pinning each trivial job as it started cost a fifth
-    ///   of the dispatch rate (the scheduler could no longer put it on an idle CPU); a job
-    ///   that lives long enough to matter is pinned within a look, with the processes it
-    ///   started by then (the ones it starts later inherit it). A process started while
-    ///   `/proc` is read may be missed by that look: a job is pinned on its first
-    ///   `PIN_LOOKS` looks.
-    /// - `--mem`: a job whose process group holds more resident memory is killed at once
-    ///   (KILL: it may be taking the host's memory from everything else) and ends failed,
-    ///   with the reason.
-    /// - the cgroups of ended jobs that processes of theirs still held are removed once
-    ///   those are gone.
-    pub(super) fn watch_jobs(&mut self) {
-        let wanted = |job: &RunningJob| {
-            (job.needs.mem > 0 && job.cgroup.is_none() && job.over_memory.is_none())
-                || (!job.needs.cpu_ids.is_empty() && job.pin_looks < PIN_LOOKS)
-        };
-        if !self.running.iter().any(wanted) && self.lingering.is_empty() {
-            return;
-        }
-        if self.watched_at.is_some_and(|at| at.elapsed() < WATCH_EVERY) {
-            return;
-        }
-        self.watched_at = Some(Instant::now());
-        self.lingering.retain(|group| !group.remove());
-        if !self.running.iter().any(wanted) {
-            return;
-        }
-        let groups = process::groups();
-        let mut messages = Vec::new();
-        for job in &mut self.running {
-            let Some(group) = groups.get(&job.pid) else {
-                continue;
-            };
-            if !job.needs.cpu_ids.is_empty() && job.pin_looks < PIN_LOOKS {
-                for &pid in &group.pids {
-                    process::pin(pid, &job.needs.cpu_ids);
-                }
-                job.pin_looks += 1;
-            }
-            job.peak_rss = job.peak_rss.max(group.rss);
-            if job.needs.mem > 0
-                && job.cgroup.is_none()
-                && group.rss > job.needs.mem
-                && job.over_memory.is_none()
-            {
-                process::signal_group(job.pid, libc::SIGKILL);
-                job.over_memory = Some(group.rss);
-                messages.push(format!(
-                    "job {} killed: {}",
-                    job.jid,
-                    memory_reason(group.rss, job.needs.mem)
-                ));
-            }
-        }
-        for m in messages {
-            self.warn(&m);
-        }
-    }
-
     /// Reap the job at `i` if it has exited, forgetting its process group in the same
     /// step (under the watchdog's lock, so the watchdog never signals a reused pid).
     /// Also says whether the watchdog signalled it (then it is settled as crashed).
@@ -315,7 +146,7 @@ impl Feeder {
     ) -> Option<(std::process::ExitStatus, process::Usage, bool)> {
         let lease = self.lease.clone();
         let mut groups = lease.groups();
-        let job = &mut self.running[i];
+        let job = &mut self.slots.running[i];
         // Reaped with what it used (wait4); its `Child` is dropped unwaited right after.
         match process::try_reap(job.pid) {
             Ok(Some((status, usage))) => {
@@ -334,16 +165,16 @@ impl Feeder {
     pub(super) fn reap_children(&mut self) -> Vec<End> {
         let mut done = Vec::new();
         let mut i = 0;
-        while i < self.running.len() {
+        while i < self.slots.running.len() {
             match self.try_reap(i) {
                 Some((status, usage, lease_lost)) => {
-                    let mut job = self.running.swap_remove(i);
+                    let mut job = self.slots.running.swap_remove(i);
                     // What the kernel saw of the job's whole tree, where it had a cgroup.
                     let (kernel_killed, tree_peak) = job
                         .cgroup
                         .as_ref()
                         .map_or((false, None), |g| (g.out_of_memory(), g.peak()));
-                    self.let_go(job.cgroup.take());
+                    self.slots.let_go(job.cgroup.take());
                     if job.fenced {
                         continue;
                     }
@@ -403,36 +234,6 @@ impl Feeder {
         done
     }
 
-    /// Remove an ended job's cgroup, or keep it for later while processes of the job
-    /// linger in it.
-    fn let_go(&mut self, group: Option<crate::cgroup::JobGroup>) {
-        if let Some(group) = group.filter(|g| !g.remove()) {
-            self.lingering.push(group);
-        }
-    }
-
-    /// A cgroup held to `mem` bytes for job `jid`, with the file that moves its first
-    /// process in; none without cgroups here or a `--mem` (or if it cannot be made: then
-    /// the job's memory is watched, as without cgroups).
-    fn job_group(
-        &mut self,
-        jid: i64,
-        mem: i64,
-    ) -> Option<(crate::cgroup::JobGroup, std::fs::File)> {
-        let cgroups = self.cgroups.as_mut().filter(|_| mem > 0)?;
-        match cgroups.make(jid, mem) {
-            Ok(made) => Some(made),
-            Err(e) => {
-                let message = format!(
-                    "job {jid}: cannot make its cgroup under {}: {e}; watching its memory instead",
-                    cgroups.parent().display()
-                );
-                self.warn(&message);
-                None
-            }
-        }
-    }
-
     /// Note ends in the journal: should we die before the next transaction records them,
     /// whoever recovers our jobs records them from there.
     pub(super) fn journal_ends(&mut self, ends: &[End]) {
@@ -455,7 +256,7 @@ impl Feeder {
         if n == 0 {
             return Ok(());
         }
-        let batch: Vec<Row> = self.buffer.drain(..n).collect();
+        let batch = self.claimed.take(n);
         // Test hook: the host freezes after finding its claims safe, before journaling.
         stop_once("stop_before_journal");
         if !self.journal_starts(&batch) {
@@ -463,9 +264,7 @@ impl Feeder {
         }
         fault("after_journal");
         if self.frozen_since_safe(&batch) {
-            for row in batch.into_iter().rev() {
-                self.buffer.push_front(row);
-            }
+            self.claimed.put_back(batch);
             return self.check_claims_and_kills();
         }
         let at = Instant::now();
@@ -495,15 +294,19 @@ impl Feeder {
     /// job fits what the running ones leave (a job that does not fit yet holds back those
     /// behind it: no starvation).
     fn buffered_that_fit(&self) -> usize {
-        let free = self.config.max_feed.saturating_sub(self.running.len());
+        let free = self
+            .config
+            .max_feed
+            .saturating_sub(self.slots.running.len());
         let mut n = 0;
         let (mut cpus, mut mem) = self
+            .slots
             .running
             .iter()
             .fold((0, 0), |(c, m), j| (c + j.needs.cpus, m + j.needs.mem));
-        for job in self.buffer.iter().take(free) {
+        for job in self.claimed.iter().take(free) {
             let needs = Needs::of(job);
-            let alone = self.running.is_empty() && n == 0;
+            let alone = self.slots.running.is_empty() && n == 0;
             if !alone
                 && (cpus + needs.cpus > self.config.capacity.cpus
                     || mem + needs.mem > self.config.capacity.mem)
@@ -540,12 +343,12 @@ impl Feeder {
             Level::Error,
             &format!(
                 "{e}: giving back {} claimed jobs unstarted; claiming again in {}s",
-                batch.len() + self.buffer.len(),
+                batch.len() + self.claimed.len(),
                 JOURNAL_RETRY.as_secs()
             ),
         );
         self.journal_failed = Some(Instant::now());
-        let rest: Vec<(i64, String)> = self.buffer.drain(..).map(|r| claim_of(&r)).collect();
+        let rest: Vec<(i64, String)> = self.claimed.take_all().iter().map(claim_of).collect();
         self.give_back(claims.into_iter().chain(rest));
         false
     }
@@ -579,25 +382,26 @@ impl Feeder {
         let (jid, claim) = claim_of(job);
         let gpu_host = !self.config.capacity.devices.is_empty();
         let queue = self.queue.name();
-        let prepared = match self.prepared.remove(&claim) {
+        let prepared = match self.claimed.take_prepared(&claim) {
             Some(prepared) => prepared,
             None => self.fetch_inputs(job).and_then(|()| {
                 runner::prepare(&self.job_dir(), &queue, &self.shell, job, gpu_host)
             }),
         };
         let mut needs = Needs::of(job);
-        needs.cpu_ids = self.cpus_for(needs.cpus);
+        needs.cpu_ids = self.slots.cpus_for(needs.cpus, self.config.capacity.cpus);
         let group = prepared
             .is_ok()
-            .then(|| self.job_group(jid, needs.mem))
-            .flatten();
+            .then(|| self.slots.job_group(jid, needs.mem))
+            .flatten()
+            .and_then(|made| made.map_err(|why| self.warn(&why)).ok());
         let spawned = prepared.and_then(|p| p.spawn(group.as_ref().map(|(_, procs)| procs)));
         let (group, procs) = group.unzip();
         drop(procs);
         let child = match spawned {
             Ok(child) => child,
             Err(e) => {
-                self.let_go(group);
+                self.slots.let_go(group);
                 return Err(e);
             }
         };
@@ -616,7 +420,7 @@ impl Feeder {
             crate::job::Cell::Int(i) => Some(*i as f64),
             _ => None,
         };
-        self.running.push(RunningJob {
+        self.slots.running.push(RunningJob {
             jid,
             claim,
             pid,
@@ -659,24 +463,16 @@ impl Feeder {
     /// longer buffered (taken over, killed before they started) are dropped, their files
     /// left alone: another host may own those paths now.
     pub(super) fn prepare_next(&mut self) {
-        let next: Vec<String> = self
-            .buffer
-            .iter()
-            .take(self.config.max_feed.min(PREPARE_AHEAD))
-            .map(|job| claim_of(job).1)
-            .collect();
-        self.prepared.retain(|claim, _| next.contains(claim));
+        let next = self
+            .claimed
+            .next_unprepared(self.config.max_feed.min(PREPARE_AHEAD));
         let gpu_host = !self.config.capacity.devices.is_empty();
         let queue = self.queue.name();
-        for (i, claim) in next.into_iter().enumerate() {
-            if self.prepared.contains_key(&claim) {
-                continue;
-            }
-            let job = self.buffer[i].clone();
+        for job in next {
             let prepared = self.fetch_inputs(&job).and_then(|()| {
                 runner::prepare(&self.job_dir(), &queue, &self.shell, &job, gpu_host)
             });
-            self.prepared.insert(claim, prepared);
+            self.claimed.prepared(claim_of(&job).1, prepared);
         }
     }
 
@@ -684,7 +480,7 @@ impl Feeder {
     /// files prepared for them while the claims are still ours.
     pub(super) fn give_back(&mut self, claims: impl IntoIterator<Item = (i64, String)>) {
         for (jid, claim) in claims {
-            if let Some(Ok(prepared)) = self.prepared.remove(&claim) {
+            if let Some(Ok(prepared)) = self.claimed.take_prepared(&claim) {
                 prepared.discard();
             }
             self.recorder.next.releases.push((jid, claim));
@@ -696,17 +492,17 @@ impl Feeder {
     pub(super) fn stop_all(&mut self, why: Option<&str>) -> Result<()> {
         self.recorder.next.starts.clear();
         let grace = Duration::from_secs_f64(self.config.kill_grace);
-        for job in &self.running {
+        for job in &self.slots.running {
             process::signal_group(job.pid, libc::SIGTERM);
         }
         let deadline = Instant::now() + grace;
         let mut ended: Vec<(i64, String, Option<String>)> = Vec::new();
-        while !self.running.is_empty() {
+        while !self.slots.running.is_empty() {
             let mut i = 0;
-            while i < self.running.len() {
+            while i < self.slots.running.len() {
                 if let Some((status, _, _)) = self.try_reap(i) {
-                    let mut job = self.running.swap_remove(i);
-                    self.let_go(job.cgroup.take());
+                    let mut job = self.slots.running.swap_remove(i);
+                    self.slots.let_go(job.cgroup.take());
                     if !job.fenced {
                         ended.push((
                             job.jid,
@@ -719,7 +515,7 @@ impl Feeder {
                 }
             }
             if Instant::now() >= deadline {
-                for job in &self.running {
+                for job in &self.slots.running {
                     process::signal_group(job.pid, libc::SIGKILL);
                 }
             }
@@ -728,7 +524,7 @@ impl Feeder {
         let stopped: Vec<(i64, String)> = ended.iter().map(|(j, c, _)| (*j, c.clone())).collect();
         self.upload_outputs(&stopped, true);
         let max_attempts = self.settings.max_attempts;
-        let unstarted: Vec<Row> = self.buffer.drain(..).collect();
+        let unstarted: Vec<Row> = self.claimed.take_all();
         self.give_back(unstarted.iter().map(claim_of));
         let batch = self.recorder.take();
         self.recorder.forget_waiting_ends();
