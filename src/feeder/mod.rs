@@ -18,8 +18,10 @@
 //!
 //! This file is the loop and the claim/record transaction; `record` keeps what that
 //! transaction records and how long each part may wait; `polling` decides when to ask for
-//! work and how far to claim ahead; `running` starts, reaps, times out and kills jobs;
-//! `recovery` recovers this host's crashed feeder and reclaims dead hosts' jobs;
+//! work and how far to claim ahead; `claimed` holds the jobs claimed ahead and not
+//! started; `slots` the running jobs and what they hold of the host; `running` starts,
+//! reaps, times out and kills jobs; `db_files` keeps a database-only queue's job files
+//! on this host; `recovery` recovers this host's crashed feeder and reclaims dead hosts' jobs;
 //! `heartbeat` keeps the host alive to others and runs the periodic tick; `wake` is what
 //! wakes an idle feeder (signals, the doorbell).
 
@@ -266,6 +268,13 @@ impl Feeder {
             lease: Lease::new(Limits::for_lease(Settings::default().lease, kill_grace)),
             lease_kills: Vec::new(),
         }
+    }
+
+    /// Slots no job runs in.
+    fn free_slots(&self) -> usize {
+        self.config
+            .max_feed
+            .saturating_sub(self.slots.running.len())
     }
 
     /// How many jobs to claim beyond the free slots (`Polling::lookahead`).
@@ -528,10 +537,7 @@ impl Feeder {
             }
             // An idle slot and maybe more work: claim again at once (only if we may claim
             // now: otherwise this would spin until we may).
-            let free = self
-                .config
-                .max_feed
-                .saturating_sub(self.slots.running.len());
+            let free = self.free_slots();
             if self.polling.more_waiting
                 && free > 0
                 && self.claimed.is_empty()
@@ -609,10 +615,7 @@ impl Feeder {
     /// What a transaction would do now: how many jobs to claim, and whether recorded ends
     /// or starts, failed starts and releases are due.
     fn due(&mut self, rang: bool, draining: bool) -> Due {
-        let free = self
-            .config
-            .max_feed
-            .saturating_sub(self.slots.running.len());
+        let free = self.free_slots();
         let lookahead = self.lookahead();
         let room = if draining || self.claiming_suspended() {
             0

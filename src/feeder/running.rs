@@ -294,10 +294,7 @@ impl Feeder {
     /// job fits what the running ones leave (a job that does not fit yet holds back those
     /// behind it: no starvation).
     fn buffered_that_fit(&self) -> usize {
-        let free = self
-            .config
-            .max_feed
-            .saturating_sub(self.slots.running.len());
+        let free = self.free_slots();
         let mut n = 0;
         let (mut cpus, mut mem) = self
             .slots
