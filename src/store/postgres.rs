@@ -11,7 +11,8 @@ use bytes::BytesMut;
 use super::{Params, SqlValue};
 use crate::error::{Error, Result};
 
-/// One transaction on a PostgreSQL connection, with the connection's prepared statements.
+/// One transaction on a PostgreSQL connection (or, for `autocommit`, the connection with
+/// no transaction around its statements), with the connection's prepared statements.
 pub struct PgTx<'c> {
     tx: RefCell<Conn<'c>>,
     statements: &'c RefCell<HashMap<String, ::postgres::Statement>>,
