@@ -141,16 +141,11 @@ impl LocalFiles {
 
     /// Runs no longer followed (taken over, killed by the watchdog): their local files go.
     pub(super) fn keep_following(&mut self, following: &HashSet<i64>) {
-        let dir = &self.dir;
-        self.uploads.retain(|jid, _| {
-            let keep = following.contains(jid);
-            if !keep {
-                for sub in ["stdout", "stderr", "stdin", "data"] {
-                    queue::remove_path(&dir.join(sub).join(jid.to_string()));
-                }
-            }
-            keep
-        });
+        let gone: Vec<i64> = (self.uploads.keys())
+            .filter(|jid| !following.contains(jid))
+            .copied()
+            .collect();
+        self.forget_runs(gone.into_iter());
     }
 
     /// What `jobs` (jid, claim) wrote that is not in the database yet, read from the local

@@ -809,9 +809,10 @@ impl Feeder {
     /// compacted (everything in it is in the queue now), the ends logged, and jobs taken
     /// over before they started here killed.
     fn after_recording(&mut self, batch: record::Batch, recorded: record::Recorded) {
-        if let Some(files) = &mut self.files
-            && !batch.outputs.is_empty()
-        {
+        // Every recorded end's output is stored by now (with this batch, or earlier when
+        // nothing was left to read at its end): its local files go now, not with the next
+        // upload tick two seconds later.
+        if let Some(files) = &mut self.files {
             files.note_stored(&batch.outputs, &recorded.stored);
             files.forget_runs(batch.ends.iter().map(|e| e.jid));
         }
