@@ -421,8 +421,8 @@ pub fn stored_files(
         Ok((
             r.get::<_, i64>(0)?,
             StoredFiles {
-                inputs: r.get(1)?,
-                earlier_output: r.get(2)?,
+                inputs: r.get::<_, Option<bool>>(1)?.unwrap_or(false),
+                earlier_output: r.get::<_, Option<bool>>(2)?.unwrap_or(false),
             },
         ))
     })?;

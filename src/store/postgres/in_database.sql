@@ -114,16 +114,19 @@ DELETE FROM job_files f WHERE written < clock_timestamp() - CAST('10 minutes' AS
         OR (stream IN ('stdin', 'data', 'data.tar') AND claim <> ''));
 
 -- name: stored_files
--- Per job of $1 that has any: inputs stored, an earlier run's output stored. Every stored
--- stream has a first chunk (an empty one if nothing else): looking at first chunks only,
--- the planner walks the index even while the table is young and small (a feeder keeps
--- the plan it made then; without `seq = 0`, a scan of the whole table per claim).
-SELECT jid, bool_or(stream IN ('stdin', 'data', 'data.tar') AND claim = ''),
-       bool_or(stream IN ('stdout', 'stderr'))
-  FROM job_files
- WHERE jid = ANY (ARRAY(SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint)))
-   AND seq = 0
- GROUP BY jid;
+-- Per job of $1: inputs stored, an earlier run's output stored (NULLs: nothing stored).
+-- Every stored stream has a first chunk (an empty one if nothing else), so first chunks
+-- tell. One index probe per job, as a lateral subquery: a feeder keeps the plan it made
+-- while the table was young, and `jid = ANY` over the list was planned as one scan of
+-- the whole table (the list's length unknown, the table's size underrated), read by every
+-- later claim while the table grew.
+SELECT a.jid, f.inputs, f.earlier_output
+  FROM (SELECT CAST(jsonb_array_elements_text(CAST($1 AS jsonb)) AS bigint) AS jid) AS a
+ CROSS JOIN LATERAL (
+       SELECT bool_or(stream IN ('stdin', 'data', 'data.tar') AND claim = '') AS inputs,
+              bool_or(stream IN ('stdout', 'stderr')) AS earlier_output
+         FROM job_files
+        WHERE jid = a.jid AND seq = 0) AS f;
 
 -- name: drop_inputs
 -- $2: the streams (a JSON list).
