@@ -29,10 +29,11 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::claims::{End, Fate};
 use crate::error::{IoContext, Result};
-use crate::store::Store;
+use crate::store::{Store, Tx};
 
 /// Past this size the journal is emptied once every start in it is recorded in the queue.
 const TRUNCATE_AT: u64 = 64 * 1024;
@@ -117,6 +118,110 @@ pub fn fate_of(
     {
         Some(journal) => journal.fate(claim, pid_recorded),
         None => Fate::MayHaveRun,
+    }
+}
+
+/// Where a queue keeps its feeders' start journals: files in its `starts/`, or rows of
+/// a PostgreSQL queue that keeps no job-file directory. Whoever recovers claims reads
+/// them through this, never asking which it is.
+#[derive(Debug, Clone)]
+pub enum Journals {
+    Files(PathBuf),
+    Rows,
+}
+
+impl Journals {
+    /// A feeder's own journal, opened for appending.
+    pub fn open(&self, feeder: &str) -> Result<StartJournal> {
+        match self {
+            Journals::Files(queue) => StartJournal::open(queue, feeder),
+            Journals::Rows => Ok(StartJournal::in_database(feeder)),
+        }
+    }
+
+    /// One feeder's journal, read in `tx` when it is rows (the read is then part of the
+    /// transaction); a file is read as it is. `None`: unreadable, which proves nothing.
+    pub fn read_in(&self, tx: &Tx<'_>, feeder: &str) -> Option<Journal> {
+        match self {
+            Journals::Files(queue) => read(queue, feeder),
+            Journals::Rows => crate::store::in_database::journal_read(tx, feeder)
+                .ok()
+                .map(|lines| Journal::from_lines(lines.iter().map(String::as_str))),
+        }
+    }
+
+    /// Read journals through `body` outside any transaction: files as they are, rows
+    /// inside one read transaction.
+    pub fn reading<T>(
+        &self,
+        store: &mut Store,
+        body: impl Fn(&mut dyn FnMut(&str) -> Option<Journal>) -> T,
+    ) -> Result<T> {
+        match self {
+            Journals::Files(queue) => Ok(body(&mut |feeder: &str| read(queue, feeder))),
+            Journals::Rows => {
+                store.read(|tx| Ok(body(&mut |feeder: &str| self.read_in(tx, feeder))))
+            }
+        }
+    }
+
+    /// Remove the journals of these feeders (dead, their claims settled). Best effort: a
+    /// journal left behind proves nothing wrong and is reaped a day later.
+    pub fn remove(&self, store: &mut Store, feeders: &[String]) {
+        match self {
+            Journals::Files(queue) => {
+                for feeder in feeders {
+                    let _ = std::fs::remove_file(path(queue, feeder));
+                }
+            }
+            Journals::Rows => {
+                let _ = store.write_shared(|tx| {
+                    for feeder in feeders {
+                        crate::store::in_database::journal_remove(tx, feeder)?;
+                    }
+                    Ok(())
+                });
+            }
+        }
+    }
+
+    /// Journals of feeders that died on hosts that never came back: once a day old and
+    /// without running jobs, they prove nothing anyone needs.
+    pub fn reap_old(&self, store: &mut Store) {
+        let queue = match self {
+            Journals::Rows => {
+                let _ = store.write_shared(crate::store::in_database::reap_old_journals);
+                return;
+            }
+            Journals::Files(queue) => queue,
+        };
+        let Ok(entries) = std::fs::read_dir(dir(queue)) else {
+            return;
+        };
+        let old: Vec<(String, PathBuf)> = entries
+            .flatten()
+            .filter(|e| {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(86400))
+            })
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+            .collect();
+        if old.is_empty() {
+            return;
+        }
+        let busy: Result<HashSet<String>> = store.read(|tx| {
+            Ok(crate::claims::running_feeders(tx)?
+                .into_iter()
+                .map(|f| f.replace('/', "_"))
+                .collect())
+        });
+        let Ok(busy) = busy else { return };
+        for (name, path) in old {
+            if !busy.contains(&name) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
 }
 

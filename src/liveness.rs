@@ -198,6 +198,95 @@ pub fn check_settings(keys: &[&str], get: impl Fn(&str) -> Option<String>) -> Re
     Ok(())
 }
 
+/// Where a queue's heartbeats are judged: files in its `hosts/`, by their times on the
+/// file server's clock, or rows of a PostgreSQL queue that keeps no job-file directory,
+/// stamped with the database server's clock. Whoever reclaims dead hosts' jobs judges
+/// through this, never asking which it is.
+#[derive(Debug, Clone)]
+pub enum Heartbeats {
+    Files(PathBuf),
+    Rows,
+}
+
+impl Heartbeats {
+    /// Of `hosts`, those without a beat for over `lease` seconds: a first look, outside
+    /// the queue's lock. `now`: the file server's clock (files).
+    pub fn stale(
+        &self,
+        store: &mut crate::store::Store,
+        hosts: Vec<String>,
+        now: Timestamp,
+        lease: f64,
+    ) -> Result<Vec<String>> {
+        match self {
+            Heartbeats::Files(queue) => Ok(hosts
+                .into_iter()
+                .filter(|h| heartbeat_older_than(queue, h, now, lease))
+                .collect()),
+            Heartbeats::Rows => {
+                let ages = store.read(|tx| {
+                    hosts
+                        .iter()
+                        .map(|h| crate::store::in_database::heartbeat_age(tx, h))
+                        .collect::<Result<Vec<_>>>()
+                })?;
+                Ok(hosts
+                    .into_iter()
+                    .zip(ages)
+                    .filter(|(_, age)| age.is_none_or(|a| a > lease))
+                    .map(|(h, _)| h)
+                    .collect())
+            }
+        }
+    }
+
+    /// The judge of staleness inside a write transaction, for a second look under the
+    /// queue's lock: a host that beat meanwhile keeps its jobs. For files, the file
+    /// server's clock is read anew by touching `me`'s heartbeat (waiting for the lock
+    /// took time); `now` serves should that fail.
+    pub fn judge<'a, 'c>(
+        &'a self,
+        tx: &'a crate::store::Tx<'c>,
+        me: &str,
+        now: Timestamp,
+        lease: f64,
+    ) -> Judge<'a, 'c> {
+        let now = match self {
+            Heartbeats::Files(queue) => {
+                let mine = heartbeat_path(queue, me);
+                touch(&mine).ok().and_then(|_| mtime(&mine)).unwrap_or(now)
+            }
+            Heartbeats::Rows => now,
+        };
+        Judge {
+            place: self,
+            tx,
+            now,
+            lease,
+        }
+    }
+}
+
+/// Judges hosts' staleness inside a write transaction (`Heartbeats::judge`).
+pub struct Judge<'a, 'c> {
+    place: &'a Heartbeats,
+    tx: &'a crate::store::Tx<'c>,
+    /// The file server's clock (files).
+    now: Timestamp,
+    lease: f64,
+}
+
+impl Judge<'_, '_> {
+    /// Whether `host` has not beaten for over the lease.
+    pub fn stale(&self, host: &str) -> Result<bool> {
+        Ok(match self.place {
+            Heartbeats::Files(queue) => heartbeat_older_than(queue, host, self.now, self.lease),
+            Heartbeats::Rows => crate::store::in_database::heartbeat_age(self.tx, host)?
+                .is_none_or(|a| a > self.lease),
+        })
+    }
+}
+
 /// This feeder's heartbeat: a file in the queue's `hosts/`, or a row of a PostgreSQL
 /// queue that keeps no job-file directory (`in_database`).
 pub struct Heartbeat {

@@ -233,7 +233,13 @@ impl Feeder {
             .server_now()
             .filter(|_| missed < self.settings.heartbeat * 2.0 + 1.0)
         {
-            self.reclaim_dead_hosts(now, busy)?;
+            self.rescuer.reclaim_dead_hosts(
+                &mut self.queue,
+                &mut self.log,
+                now,
+                busy,
+                &self.settings,
+            )?;
         }
         Ok(())
     }

@@ -21,9 +21,10 @@
 //! work and how far to claim ahead; `claimed` holds the jobs claimed ahead and not
 //! started; `slots` the running jobs and what they hold of the host; `running` starts,
 //! reaps, times out and kills jobs; `db_files` keeps a database-only queue's job files
-//! on this host; `recovery` recovers this host's crashed feeder and reclaims dead hosts' jobs;
-//! `heartbeat` keeps the host alive to others and runs the periodic tick; `wake` is what
-//! wakes an idle feeder (signals, the doorbell).
+//! on this host; `rescuer` settles, by the start journals, claims no live feeder follows
+//! (this host's crashed feeders', dead hosts', ones the queue says are ours that this
+//! feeder does not know); `heartbeat` keeps the host alive to others and runs the
+//! periodic tick; `wake` is what wakes an idle feeder (signals, the doorbell).
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -39,8 +40,8 @@ use std::time::{Duration, Instant};
 use crate::claims::{self, End};
 use crate::error::{Error, IoContext, Result};
 use crate::job::Row;
-use crate::journal::{self, StartJournal};
-use crate::liveness::{self, Heartbeat, Settings};
+use crate::journal::StartJournal;
+use crate::liveness::{Heartbeat, Settings};
 use crate::log::{Level, Logger};
 use crate::queue::{self, Queue};
 use crate::store::Tx;
@@ -53,7 +54,7 @@ mod db_files;
 mod heartbeat;
 mod polling;
 mod record;
-mod recovery;
+mod rescuer;
 mod running;
 mod slots;
 mod wake;
@@ -61,6 +62,7 @@ mod wake;
 use heartbeat::*;
 use polling::Polling;
 use record::{Recorder, Start};
+use rescuer::Rescuer;
 use slots::{Needs, RunningJob};
 use wake::*;
 
@@ -220,6 +222,8 @@ pub struct Feeder {
     lease_kills: Vec<(i64, String, Option<String>)>,
     /// Of a queue keeping job files in its database: this host's copies of them.
     files: Option<db_files::LocalFiles>,
+    /// Settles claims no live feeder follows (crashed feeders', dead hosts').
+    rescuer: Rescuer,
 }
 
 /// At most this many buffered jobs are prepared ahead (each holds its output files open).
@@ -244,6 +248,7 @@ impl Feeder {
         doorbell.listener = queue.listener();
         let kill_grace = config.kill_grace;
         let files = config.local_files.clone().map(db_files::LocalFiles::new);
+        let rescuer = Rescuer::new(&queue, &config.host, &id);
         Feeder {
             queue,
             polling: Polling::new(config.max_sleep),
@@ -267,6 +272,7 @@ impl Feeder {
             journal_failed: None,
             lease: Lease::new(Limits::for_lease(Settings::default().lease, kill_grace)),
             lease_kills: Vec::new(),
+            rescuer,
         }
     }
 
@@ -275,6 +281,33 @@ impl Feeder {
         self.config
             .max_feed
             .saturating_sub(self.slots.running.len())
+    }
+
+    /// The jobs this feeder follows: running, buffered, or with something to record.
+    fn known_jids(&self) -> HashSet<i64> {
+        self.slots
+            .running
+            .iter()
+            .map(|j| j.jid)
+            .chain(self.claimed.jids())
+            .chain(self.recorder.next.settled_jids())
+            .collect()
+    }
+
+    /// Settle every job the queue says this feeder holds that it does not follow (see
+    /// `Rescuer::settle_unfollowed`; an end it saw is recorded), then check the jobs it
+    /// does follow: copies taken over are killed.
+    fn reconcile(&mut self) -> Result<()> {
+        let followed = self.known_jids();
+        let recorder = &self.recorder;
+        self.rescuer.settle_unfollowed(
+            &mut self.queue,
+            &mut self.log,
+            &followed,
+            |jid, claim| recorder.recorded_end(jid, claim).cloned(),
+            self.settings.max_attempts,
+        )?;
+        self.check_claims_and_kills()
     }
 
     /// How many jobs to claim beyond the free slots (`Polling::lookahead`).
@@ -391,11 +424,7 @@ impl Feeder {
         }
         self.read_settings()?;
         // Before the first claim, so that an empty journal proves nothing was started.
-        self.journal = Some(if self.queue.in_database() {
-            StartJournal::in_database(&self.id)
-        } else {
-            StartJournal::open(self.queue.dir(), &self.id)?
-        });
+        self.journal = Some(self.rescuer.journals().open(&self.id)?);
         let heartbeat = Heartbeat::start(
             self.queue.beat_place(),
             &self.config.host,
@@ -428,14 +457,21 @@ impl Feeder {
             self.settings.heartbeat,
             self.settings.lease
         ));
-        let outcome = self.recover_crashed().and_then(|()| {
-            if let Some(files) = &self.files {
-                files.prepare()?;
-            }
-            self.reap_orphan_files();
-            self.reap_old_journals();
-            self.feed_through_faults(&mut signals, &beater)
-        });
+        let outcome = self
+            .rescuer
+            .recover_crashed(
+                &mut self.queue,
+                &mut self.log,
+                self.config.kill_grace,
+                self.settings.max_attempts,
+            )
+            .and_then(|()| {
+                if let Some(files) = &self.files {
+                    files.prepare()?;
+                }
+                self.rescuer.reap_leftovers(&mut self.queue, &mut self.log);
+                self.feed_through_faults(&mut signals, &beater)
+            });
         if outcome.is_ok() && self.claimed.is_empty() && self.slots.running.is_empty() {
             // Nothing claimed is left: the journal proves nothing any more.
             if let Some(journal) = self.journal.take() {

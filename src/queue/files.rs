@@ -145,6 +145,63 @@ pub(super) fn store_inputs(
 }
 
 impl Queue {
+    /// Remove job files that belong to no job (in stdin/ stdout/ stderr/ data/, or stored
+    /// in the database); returns how many. Only files older than ten minutes: a submit
+    /// stores files before it inserts the rows naming them. The work is proportional to
+    /// the files present, not to the jobs in the queue.
+    pub fn reap_orphan_files(&mut self) -> Result<usize> {
+        if self.in_database() {
+            return self
+                .store
+                .write_shared(crate::store::in_database::reap_orphans);
+        }
+        let mut old_files: Vec<(i64, String, PathBuf)> = Vec::new();
+        for sub in JOB_DIRS {
+            let Ok(entries) = std::fs::read_dir(self.dir.join(sub)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(".nfs") {
+                    continue;
+                }
+                let Some(jid) = name.split('.').next().and_then(|n| n.parse::<i64>().ok()) else {
+                    continue;
+                };
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map(|t| t.elapsed().unwrap_or_default() > std::time::Duration::from_secs(600))
+                    .unwrap_or(false);
+                if old {
+                    old_files.push((jid, format!("{sub}/{name}"), entry.path()));
+                }
+            }
+        }
+        if old_files.is_empty() {
+            return Ok(0);
+        }
+        let jids: Vec<i64> = old_files
+            .iter()
+            .map(|(j, _, _)| *j)
+            .collect::<std::collections::HashSet<_>>()
+            .into_iter()
+            .collect();
+        let referenced = self.store.read(|tx| crate::claims::job_files(tx, &jids))?;
+        let mut removed = 0;
+        for (jid, rel, path) in old_files {
+            let in_use = referenced.iter().any(|(j, files)| {
+                *j == jid
+                    && (files.contains(&rel) || rel.rsplit('/').next() == Some(&jid.to_string()))
+            });
+            if !in_use {
+                remove_path(&path);
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// The size of a job's stdin, stdout or stderr, None when it has none (yet).
     pub fn job_file_size(&mut self, jid: i64, stream: &str) -> Result<Option<u64>> {
         if self.in_database() {
