@@ -131,11 +131,12 @@ pub enum Journals {
 }
 
 impl Journals {
-    /// A feeder's own journal, opened for appending.
-    pub fn open(&self, feeder: &str) -> Result<StartJournal> {
+    /// A feeder's own journal, opened for appending (begun: it proves from now on that
+    /// a claimed job not in it never started).
+    pub fn open(&self, store: &mut Store, feeder: &str) -> Result<StartJournal> {
         match self {
             Journals::Files(queue) => StartJournal::open(queue, feeder),
-            Journals::Rows => Ok(StartJournal::in_database(feeder)),
+            Journals::Rows => StartJournal::in_database(store, feeder),
         }
     }
 
@@ -146,6 +147,7 @@ impl Journals {
             Journals::Files(queue) => read(queue, feeder),
             Journals::Rows => crate::store::in_database::journal_read(tx, feeder)
                 .ok()
+                .flatten()
                 .map(|lines| Journal::from_lines(lines.iter().map(String::as_str))),
         }
     }
@@ -177,7 +179,7 @@ impl Journals {
             Journals::Rows => {
                 let _ = store.write_shared(|tx| {
                     for feeder in feeders {
-                        crate::store::in_database::journal_remove(tx, feeder)?;
+                        crate::store::in_database::journal_forget(tx, feeder)?;
                     }
                     Ok(())
                 });
@@ -245,8 +247,9 @@ enum Kind {
         /// Ends seen since the last start, written with the next one (as a file's are
         /// synced with it).
         ends: Vec<String>,
-        /// Lines written since the journal was last emptied.
-        written: usize,
+        /// Every line written since the journal was last emptied: what a server crash
+        /// takes (the rows are unlogged) and the next write puts back.
+        lines: Vec<String>,
     },
 }
 
@@ -280,15 +283,17 @@ impl StartJournal {
         })
     }
 
-    /// A journal kept as rows of the queue's database (see `in_database`).
-    pub fn in_database(feeder: &str) -> StartJournal {
-        StartJournal {
+    /// A journal kept as rows of the queue's database (see `in_database`), begun (its
+    /// mark written).
+    pub fn in_database(store: &mut Store, feeder: &str) -> Result<StartJournal> {
+        store.single_write(|tx| crate::store::in_database::journal_begin(tx, feeder, &[]))?;
+        Ok(StartJournal {
             feeder: feeder.to_string(),
             kind: Kind::Rows {
                 ends: Vec::new(),
-                written: 0,
+                lines: Vec::new(),
             },
-        }
+        })
     }
 
     /// Durably record that these claims are about to start. Returns only once the lines
@@ -311,21 +316,47 @@ impl StartJournal {
                 write_line(file, written, filled, &text).context(what)?;
                 file.sync_data().context(what)
             }
-            Kind::Rows { ends, written } => {
-                let mut lines = std::mem::take(ends);
-                lines.extend(claims.iter().map(|c| c.to_string()));
+            Kind::Rows { ends, lines } => {
+                let mut new = std::mem::take(ends);
+                new.extend(claims.iter().map(|c| c.to_string()));
                 let feeder = &self.feeder;
                 // Rows only this feeder writes: no queue lock (a journal file is not
                 // under the database's lock either), no dependency settling and no
                 // transaction around the one insert, so a start costs the server one
                 // statement.
-                store.single_write(|tx| {
-                    crate::store::in_database::journal_append(tx, feeder, &lines)
+                let appended = store.single_write(|tx| {
+                    crate::store::in_database::journal_append(tx, feeder, &new)
                 })?;
-                *written += lines.len();
+                lines.extend(new);
+                if !appended {
+                    // A server crash emptied the journals: this one again, whole.
+                    self.rewrite(store)?;
+                }
                 Ok(())
             }
         }
+    }
+
+    /// Whether a server crash emptied this journal (rows, unlogged: see `in_database`);
+    /// read in `tx`. A file is never lost this way.
+    pub fn lost(&self, tx: &Tx<'_>) -> Result<bool> {
+        match &self.kind {
+            Kind::File { .. } => Ok(false),
+            Kind::Rows { .. } => Ok(!crate::store::in_database::journal_marked(
+                tx,
+                &self.feeder,
+            )?),
+        }
+    }
+
+    /// Write a lost journal again, whole (its mark and every line since it was last
+    /// emptied), so that it proves again which claimed jobs never started.
+    pub fn rewrite(&mut self, store: &mut Store) -> Result<()> {
+        if let Kind::Rows { lines, .. } = &self.kind {
+            let feeder = &self.feeder;
+            store.single_write(|tx| crate::store::in_database::journal_begin(tx, feeder, lines))?;
+        }
+        Ok(())
     }
 
     /// Note an end, without syncing: the next start's sync (or the feeder's exit, which
@@ -377,13 +408,13 @@ impl StartJournal {
                 }
                 Ok(())
             }
-            Kind::Rows { ends, written } => {
+            Kind::Rows { ends, lines } => {
                 ends.clear();
-                if *written > TRUNCATE_ROWS {
+                if lines.len() > TRUNCATE_ROWS {
                     let feeder = &self.feeder;
                     store
                         .write_shared(|tx| crate::store::in_database::journal_remove(tx, feeder))?;
-                    *written = 0;
+                    lines.clear();
                 }
                 Ok(())
             }
@@ -399,7 +430,7 @@ impl StartJournal {
             Kind::Rows { .. } => {
                 let feeder = &self.feeder;
                 let _ =
-                    store.write_shared(|tx| crate::store::in_database::journal_remove(tx, feeder));
+                    store.write_shared(|tx| crate::store::in_database::journal_forget(tx, feeder));
             }
         }
     }

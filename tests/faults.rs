@@ -386,6 +386,77 @@ fn after_journaling_a_start(q: TestQueue) {
     assert_eq!(text(&jobs[1], "reclaimed_by"), "rescuer");
 }
 
+#[test]
+fn a_database_server_crash_empties_start_journals_and_nothing_unproven_runs_again() {
+    // Start journals kept in PostgreSQL are unlogged: a server crash empties them. The
+    // victim journaled both starts and died before spawning; then the crash took its
+    // journal. Nothing proves either job unstarted any more, so both are handled as
+    // crashed, as the journal would have them, never handed out again as unstarted.
+    let server = pg::Server::private();
+    let q = TestQueue::in_database_on(&server);
+    claim_then_crash(&q, "after_journal");
+    let journal_rows = || server.psql("SELECT count(*) FROM rq_q.starts");
+    assert_ne!(journal_rows().trim(), "0", "the starts were journaled");
+    server.crash_and_restart(Duration::from_millis(200));
+    assert_eq!(journal_rows().trim(), "0", "the crash emptied the journal");
+    let _b = q.feeder("rescuer", &[]);
+    q.wait_for("the jobs to be recovered", 20, |q| {
+        q.count("finished") == 1 && q.count("dead") == 1
+    });
+    assert_eq!(q.ledger_lines(), ["ran"]);
+    let jobs = q.jobs();
+    assert_eq!(
+        int(&jobs[0], "attempts"),
+        2,
+        "the restartable job ran again"
+    );
+    assert_eq!(text(&jobs[1], "state"), "dead");
+}
+
+#[test]
+fn a_live_feeder_writes_its_start_journal_again_after_a_database_server_crash() {
+    let server = pg::Server::private();
+    let q = TestQueue::in_database_on(&server);
+    q.rq(&["configure", "heartbeat=0.5s", "lease=60s"]).ok();
+    let gate = q.tmp.path().join("gate");
+    std::fs::write(&gate, "").unwrap();
+    let ledger = q.ledger();
+    q.rq(&[
+        "submit",
+        "-q",
+        &format!(
+            "echo ran >> {}; while [ -e {} ]; do sleep 0.1; done",
+            ledger.display(),
+            gate.display()
+        ),
+    ])
+    .ok();
+    let mut f = q.feeder("h1", &["--max_feed", "1"]);
+    q.wait_for("the job to start", 20, |q| q.ledger_lines().len() == 1);
+    // The running job's claim, in a marked journal.
+    let proven = || {
+        server.psql(
+            "SELECT count(*) FROM rq_q.starts s JOIN rq_q.journals j USING (feeder) \
+             WHERE s.line = (SELECT claim FROM rq_q.jobs WHERE jid = 1)",
+        )
+    };
+    assert_eq!(proven().trim(), "1");
+    server.crash_and_restart(Duration::from_millis(200));
+    q.wait_for("the journal to be written again", 30, |_| {
+        proven().trim() == "1"
+    });
+    assert!(
+        q.feeder_log("h1").contains("start journal was lost"),
+        "{}",
+        q.feeder_log("h1")
+    );
+    std::fs::remove_file(&gate).unwrap();
+    q.wait_for("the job to finish", 30, |q| q.count("finished") == 1);
+    assert_eq!(q.ledger_lines(), ["ran"]);
+    assert_eq!(q.rq_as("h1", &["shutdown"]).status, 0);
+    assert_eq!(f.wait_exit(Duration::from_secs(20)), Some(0));
+}
+
 fn the_successor_on_the_same_host_gives_back_unstarted_claims(store: StoreKind) {
     let q = TestQueue::on(store);
     claim_then_crash(&q, "after_claim");

@@ -373,7 +373,7 @@ fn an_older_queue_is_migrated_by_the_first_writer_and_a_newer_one_refused() {
         "ALTER TABLE jobs ALTER COLUMN jid DROP DEFAULT; \
          DROP TRIGGER jid_assign ON jobs; \
          CREATE TRIGGER jid_assign BEFORE INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION jid_assign(); \
-         DROP TABLE hosts, starts, job_files, dep_work; DROP FUNCTION job_files_deleted() CASCADE; \
+         DROP TABLE hosts, starts, job_files, dep_work, journals; DROP FUNCTION job_files_deleted() CASCADE; \
          DROP TRIGGER deps_met ON jobs; DROP TRIGGER dep_note ON jobs; \
          CREATE TRIGGER deps_met AFTER UPDATE OF state ON jobs FOR EACH ROW EXECUTE FUNCTION deps_met(); \
          CREATE TRIGGER dep_note AFTER UPDATE OF state ON jobs FOR EACH ROW EXECUTE FUNCTION dep_note(); \
@@ -404,7 +404,7 @@ fn an_older_queue_is_migrated_by_the_first_writer_and_a_newer_one_refused() {
     assert_eq!(version().trim(), "5");
     // The first writer brings it up to date, then writes.
     q.rq(&["submit", "-q", "true"]).ok();
-    assert_eq!(version().trim(), "12");
+    assert_eq!(version().trim(), "13");
     let usage_columns = psql(
         "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema() \
          AND table_name = 'jobs' AND column_name IN ('cpu_user', 'cpu_system', 'max_rss', \
@@ -425,6 +425,16 @@ fn an_older_queue_is_migrated_by_the_first_writer_and_a_newer_one_refused() {
          AND table_name IN ('hosts', 'starts', 'job_files', 'dep_work')",
     );
     assert_eq!(tables.trim(), "4", "version 7's and 8's tables");
+    let unlogged = psql(
+        "SELECT string_agg(relname || ':' || CAST(relpersistence AS text), ',' ORDER BY relname) \
+         FROM pg_class WHERE relnamespace = to_regnamespace(current_schema()) \
+         AND relname IN ('starts', 'journals')",
+    );
+    assert_eq!(
+        unlogged.trim(),
+        "journals:u,starts:u",
+        "version 13's start journals"
+    );
     let jids: Vec<i64> = q.jobs().iter().map(|j| int(j, "jid")).collect();
     assert_eq!(jids, [1, 2, 3]);
     // The wait made before the migration is met by its job's end after it.
@@ -945,4 +955,47 @@ fn a_large_submit_brings_the_planners_counts_up_to_date_so_claims_walk_the_index
         plan.contains("Index Scan using jobs_claim_order") && !plan.contains("Sort"),
         "{plan}"
     );
+}
+
+#[test]
+fn a_start_after_the_journal_was_lost_writes_it_again_whole() {
+    // As a server crash would (unlogged rows), but behind the feeder's back and between
+    // its heartbeats (10 s): the next start finds its journal unmarked and writes all of
+    // it again, the ended job's start with the new one's.
+    let q = TestQueue::in_database();
+    let gate = q.tmp.path().join("gate");
+    std::fs::write(&gate, "").unwrap();
+    let ledger = q.ledger();
+    let job = format!(
+        "echo ran >> {}; while [ -e {} ]; do sleep 0.1; done",
+        ledger.display(),
+        gate.display()
+    );
+    q.rq(&["submit", "-q", &job]).ok();
+    let mut f = q.feeder("h1", &["--max_feed", "1"]);
+    q.wait_for("the first job to start", 20, |q| {
+        q.ledger_lines().len() == 1
+    });
+    psql_in(&q, "DELETE FROM journals; DELETE FROM starts");
+    q.rq(&[
+        "submit",
+        "-q",
+        &format!("echo second >> {}", ledger.display()),
+    ])
+    .ok();
+    std::fs::remove_file(&gate).unwrap();
+    q.wait_for("both jobs to finish", 30, |q| q.count("finished") == 2);
+    // Start lines (claim tokens; an end's line may have gone with its record).
+    let starts = psql_in(
+        &q,
+        "SELECT count(*) FROM starts s JOIN journals j USING (feeder) WHERE s.line NOT LIKE 'E %'",
+    );
+    assert_eq!(
+        starts.lines().last().unwrap_or("").trim(),
+        "2",
+        "both starts, in a marked journal"
+    );
+    assert_eq!(q.ledger_lines(), ["ran", "second"]);
+    assert_eq!(q.rq_as("h1", &["shutdown"]).status, 0);
+    assert_eq!(f.wait_exit(Duration::from_secs(20)), Some(0));
 }

@@ -151,7 +151,8 @@ impl Feeder {
             (&self.config.host, time::now(), self.settings.max_attempts);
         let id = &self.id;
         let total = &self.config.capacity;
-        let (attrs, current, busy, claimable, held, held_back, dep_work) =
+        let journal = &self.journal;
+        let (attrs, current, busy, claimable, held, held_back, dep_work, journal_lost) =
             self.queue.store().read(|tx| {
                 let current = if jids.is_empty() {
                     Vec::new()
@@ -167,8 +168,22 @@ impl Feeder {
                     claims::held_by(tx, host, id)?,
                     claims::held_back(tx, host)?,
                     crate::store::settle::work_left(tx)?,
+                    match journal {
+                        Some(journal) => journal.lost(tx)?,
+                        None => false,
+                    },
                 ))
             })?;
+        if journal_lost && let Some(journal) = &mut self.journal {
+            // The database server crashed (it empties start journals, kept unlogged):
+            // written again at once, not at the next start, so that the jobs claimed
+            // ahead are again provably unstarted should this host die now.
+            self.log.log(
+                Level::Warn,
+                "this feeder's start journal was lost (did the database server restart?): writing it again",
+            );
+            journal.rewrite(self.queue.store())?;
+        }
         // Dependency work left behind (its writer stopped between batches): carry it on.
         let dep_work_left = dep_work && self.queue.store().carry_on_dep_work()?;
         // Paused or drained: the claim itself checks; the log says so once.

@@ -424,7 +424,7 @@ impl Feeder {
         }
         self.read_settings()?;
         // Before the first claim, so that an empty journal proves nothing was started.
-        self.journal = Some(self.rescuer.journals().open(&self.id)?);
+        self.journal = Some(self.rescuer.journals().open(self.queue.store(), &self.id)?);
         let heartbeat = Heartbeat::start(
             self.queue.beat_place(),
             &self.config.host,

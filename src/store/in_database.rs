@@ -120,30 +120,59 @@ pub fn known_hosts(tx: &Tx<'_>) -> Result<Vec<(Value, Option<f64>)>> {
         .collect())
 }
 
-/// Append lines (claim tokens, `E {json}` ends) to a feeder's journal; durable once the
-/// transaction commits.
-pub fn journal_append(tx: &Tx<'_>, feeder: &str, lines: &[String]) -> Result<()> {
-    if lines.is_empty() {
-        return Ok(());
-    }
+/// Mark a feeder's journal and write `lines` (claim tokens, `E {json}` ends) in one
+/// statement: its beginning, or after a server crash emptied the (unlogged) journals,
+/// the whole of it again.
+pub fn journal_begin(tx: &Tx<'_>, feeder: &str, lines: &[String]) -> Result<()> {
     // One line per element (tokens and JSON hold no newline).
-    tx.op(op::JOURNAL_APPEND)
+    tx.op(op::JOURNAL_BEGIN)
         .execute([feeder.to_string(), lines.join("\n")])?;
     Ok(())
 }
 
-/// A feeder's journal: its lines, in order (`journal::Journal::from_lines` reads them).
-pub fn journal_read(tx: &Tx<'_>, feeder: &str) -> Result<Vec<String>> {
+/// Append lines to a feeder's marked journal. False when it has no mark (a server crash
+/// emptied the journals): nothing was written, `journal_begin` must write it whole.
+pub fn journal_append(tx: &Tx<'_>, feeder: &str, lines: &[String]) -> Result<bool> {
+    if lines.is_empty() {
+        return Ok(true);
+    }
+    let written = tx
+        .op(op::JOURNAL_APPEND)
+        .execute([feeder.to_string(), lines.join("\n")])?;
+    Ok(written > 0)
+}
+
+/// Whether a feeder's journal is marked (begun, and not emptied by a server crash since).
+pub fn journal_marked(tx: &Tx<'_>, feeder: &str) -> Result<bool> {
+    let n: i64 = tx
+        .op(op::JOURNAL_MARKED)
+        .query_row([feeder], |r| r.get(0))?;
+    Ok(n > 0)
+}
+
+/// A feeder's journal: its lines, in order (`journal::Journal::from_lines` reads them);
+/// None when it is not marked, which proves nothing (never begun, or emptied by a server
+/// crash). The mark is read first: lines only grow while it stands.
+pub fn journal_read(tx: &Tx<'_>, feeder: &str) -> Result<Option<Vec<String>>> {
+    if !journal_marked(tx, feeder)? {
+        return Ok(None);
+    }
     let lines = tx
         .op(op::JOURNAL_READ)
         .query_map([feeder], |r| r.get::<_, String>(0))?
         .collect::<crate::error::Result<Vec<_>>>()?;
-    Ok(lines)
+    Ok(Some(lines))
 }
 
-/// Forget a feeder's journal (its claims are all settled).
+/// Empty a feeder's journal (every line in it is recorded in the queue); it stays marked.
 pub fn journal_remove(tx: &Tx<'_>, feeder: &str) -> Result<()> {
     tx.op(op::JOURNAL_REMOVE).execute([feeder])?;
+    Ok(())
+}
+
+/// Forget a feeder's journal, lines and mark (the feeder is gone, its claims settled).
+pub fn journal_forget(tx: &Tx<'_>, feeder: &str) -> Result<()> {
+    tx.op(op::JOURNAL_FORGET).execute([feeder])?;
     Ok(())
 }
 

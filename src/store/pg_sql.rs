@@ -7,7 +7,7 @@
 /// Its own sequence: 5 was the first (the tables of SQLite's version 5); `MIGRATIONS`
 /// brings an older queue up to this one. A change to SQLite's tables is made here too, as
 /// a new version.
-pub const SCHEMA_VERSION: i64 = 12;
+pub const SCHEMA_VERSION: i64 = 13;
 
 /// The statement trigger that keeps `job_counts`: per state, what a statement's rows
 /// added and took away. An update subtracts every old row and adds every new one: rows
@@ -167,7 +167,23 @@ $$;
         "DROP TRIGGER deps_met ON jobs; DROP TRIGGER dep_note ON jobs;",
         dep_triggers_sql!()
     ),
+    // 13: start journals unlogged, each with its mark.
+    UNLOGGED_JOURNALS_SQL,
 ];
+
+/// Start journals cost no WAL (a start's line is one unlogged insert, its commit flushes
+/// nothing): a journal must be durable against its feeder's host, which the server's
+/// memory is, not against the server. A server crash empties unlogged tables, marks
+/// with lines, and an unmarked journal proves nothing (see `journal_begin` in
+/// `postgres/in_database.sql`). Lines written before this schema have no mark: they
+/// prove nothing either, erring towards "may have run".
+const UNLOGGED_JOURNALS_SQL: &str = r#"
+ALTER TABLE starts SET UNLOGGED;
+CREATE UNLOGGED TABLE journals (
+    feeder text PRIMARY KEY,
+    written timestamptz NOT NULL DEFAULT now()
+);
+"#;
 
 /// The tables of a queue that keeps no job-file directory (`in_database`): heartbeats
 /// stamped with the server's clock, start journals as rows, and job files in chunks.
@@ -211,6 +227,9 @@ CREATE TRIGGER job_files_deleted AFTER DELETE ON jobs REFERENCING OLD TABLE AS o
 ///   write to the session's temporary tables (made by `SESSION_SQL`) when they exist;
 ///   they fire only for jobs with `has_dependents` (a column SQLite's schema has not:
 ///   its triggers cost little, being in-process).
+/// - start journals (rows in `starts`, marked in `journals`) are unlogged tables: a
+///   journal file on SQLite is synced to the file server, a row here is kept in the
+///   database server's memory (see `UNLOGGED_JOURNALS_SQL`).
 pub fn create_sql() -> String {
     r#"
 CREATE TABLE meta (key text PRIMARY KEY, value text);
@@ -471,6 +490,7 @@ END $$;
         + has_dependents_sql!()
         + IN_DATABASE_SQL
         + DEP_WORK_SQL
+        + UNLOGGED_JOURNALS_SQL
 }
 
 /// What rq's schema makes (kind, name), read off its own statements (every version's):
@@ -481,7 +501,7 @@ pub fn own_objects() -> &'static std::collections::HashSet<(String, String)> {
         std::sync::OnceLock::new();
     OWN.get_or_init(|| {
         let made = regex::Regex::new(
-            r"(?i)CREATE\s+(?:OR\s+REPLACE\s+)?(?:UNIQUE\s+)?(FUNCTION|TRIGGER|TABLE|VIEW|INDEX|SEQUENCE)\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)",
+            r"(?i)CREATE\s+(?:OR\s+REPLACE\s+)?(?:UNIQUE\s+|UNLOGGED\s+)?(FUNCTION|TRIGGER|TABLE|VIEW|INDEX|SEQUENCE)\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)",
         )
         .expect("a valid pattern");
         let mut own = std::collections::HashSet::new();

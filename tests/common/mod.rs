@@ -204,6 +204,19 @@ impl TestQueue {
         }
     }
 
+    /// As `in_database`, on a server of the test's own (one it may crash).
+    pub fn in_database_on(server: &pg::Server) -> TestQueue {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = PathBuf::from(server.queue_url("q"));
+        rq_in(tmp.path(), &[path.to_str().unwrap(), "create"], None).ok();
+        TestQueue {
+            tmp,
+            path,
+            store: StoreKind::Postgres,
+            in_database: true,
+        }
+    }
+
     fn at(store: StoreKind, path: Option<PathBuf>) -> TestQueue {
         let tmp = tempfile::tempdir().unwrap();
         let path = path.unwrap_or_else(|| tmp.path().join("q"));

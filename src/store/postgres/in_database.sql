@@ -25,19 +25,50 @@ SELECT CAST(extract(epoch FROM clock_timestamp() - beat) AS float8) FROM hosts W
 SELECT host, info, CAST(extract(epoch FROM clock_timestamp() - beat) AS float8)
   FROM hosts ORDER BY host;
 
+-- Start journals are unlogged (schema 13): a line costs no WAL and its commit no flush
+-- of it. A server crash empties them (PostgreSQL truncates unlogged tables in its crash
+-- recovery, and a standby has them empty), the marks in `journals` with the lines: a
+-- journal without its mark proves nothing (every claim of its feeder may have run), and
+-- its live feeder writes it again, whole, with its next lines (`journal_begin`).
+
+-- name: journal_begin
+-- Mark the feeder's journal and write $2's lines (one per line; tokens and JSON hold no
+-- newline), in one statement: a reader sees the mark with every line or neither.
+WITH mark AS (INSERT INTO journals (feeder) VALUES ($1) ON CONFLICT (feeder) DO NOTHING)
+INSERT INTO starts (feeder, line)
+SELECT $1, line FROM unnest(string_to_array(CAST($2 AS text), chr(10))) AS line
+ WHERE line <> '';
+
 -- name: journal_append
--- $2: the lines, one per line (tokens and JSON hold no newline).
-INSERT INTO starts (feeder, line) SELECT $1, unnest(string_to_array(CAST($2 AS text), chr(10)));
+-- $2's lines, only to a marked journal: no rows when a server crash emptied it.
+INSERT INTO starts (feeder, line)
+SELECT $1, unnest(string_to_array(CAST($2 AS text), chr(10)))
+ WHERE EXISTS (SELECT 1 FROM journals WHERE feeder = $1);
+
+-- name: journal_marked
+SELECT count(*) FROM journals WHERE feeder = $1;
 
 -- name: journal_read
 SELECT line FROM starts WHERE feeder = $1;
 
 -- name: journal_remove
+-- Its lines (every one recorded in the queue): the mark stays.
 DELETE FROM starts WHERE feeder = $1;
 
+-- name: journal_forget
+-- Lines and mark: the feeder is gone.
+WITH lines AS (DELETE FROM starts WHERE feeder = $1)
+DELETE FROM journals WHERE feeder = $1;
+
 -- name: reap_old_journals
-DELETE FROM starts WHERE written < clock_timestamp() - CAST('1 day' AS interval)
-   AND feeder NOT IN (SELECT feeder FROM jobs WHERE state = 'running' AND feeder IS NOT NULL);
+-- Lines a day old of feeders without running jobs; marks a day old of feeders without
+-- running jobs that no host names as its feeder any more.
+WITH lines AS (
+    DELETE FROM starts WHERE written < clock_timestamp() - CAST('1 day' AS interval)
+       AND feeder NOT IN (SELECT feeder FROM jobs WHERE state = 'running' AND feeder IS NOT NULL))
+DELETE FROM journals j WHERE written < clock_timestamp() - CAST('1 day' AS interval)
+   AND feeder NOT IN (SELECT feeder FROM jobs WHERE state = 'running' AND feeder IS NOT NULL)
+   AND NOT EXISTS (SELECT 1 FROM hosts h WHERE position(j.feeder IN h.info) > 0);
 
 -- name: put_chunk
 INSERT INTO job_files (jid, stream, claim, seq, bytes) VALUES ($1, $2, $3, $4, $5);
