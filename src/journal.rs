@@ -23,6 +23,12 @@
 //! server's disk) commits to its own journal first, doubling the sync's cost. Readers take
 //! NUL bytes for line ends. Only this feeder writes its file; readers open it afresh, so
 //! NFS close-to-open consistency shows them every synced line.
+//!
+//! A PostgreSQL queue without a file directory keeps journals as rows instead, in
+//! unlogged tables (`Journals::Rows`): a start costs one insert whose commit flushes no
+//! WAL. They outlive a feeder's host, not a crash of the database server, which empties
+//! them; each journal is therefore marked, an unmarked one proves nothing, and its live
+//! feeder writes it again, whole, from the lines it keeps (`StartJournal::rewrite`).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};

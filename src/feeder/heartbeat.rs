@@ -100,6 +100,18 @@ pub(super) fn disk_reserve(total: u64) -> u64 {
     (total / 100).clamp(16 << 10, 1 << 30)
 }
 
+/// What a heartbeat's read transaction found (`Feeder::look`).
+struct Looked {
+    attrs: Vec<(String, String)>,
+    current: Vec<claims::ClaimState>,
+    busy: Vec<String>,
+    claimable: bool,
+    held: Vec<i64>,
+    held_back: Option<String>,
+    dep_work: bool,
+    journal_lost: bool,
+}
+
 impl Feeder {
     /// Every heartbeat: fence ourselves if our heartbeats have failed, check our claims
     /// and kill requests, reclaim the jobs of hosts whose heartbeat has stopped, and (idle)
@@ -142,77 +154,17 @@ impl Feeder {
         // reaping and recording this feeder's own jobs in between.
         self.next_tick = Instant::now() + jittered(self.settings.heartbeat);
         self.queue.store().maintain()?;
-        // One read transaction per heartbeat (each costs a handful of NFS round trips):
-        // the settings, our claims, and the hosts that have running jobs.
-        // An idle feeder also looks for claimable work there: its periodic poll.
         let jids = self.watched_jids();
         let idle = self.slots.running.is_empty() && self.claimed.is_empty();
-        let (host, now, max_attempts) =
-            (&self.config.host, time::now(), self.settings.max_attempts);
-        let id = &self.id;
-        let total = &self.config.capacity;
-        let journal = &self.journal;
-        let (attrs, current, busy, claimable, held, held_back, dep_work, journal_lost) =
-            self.queue.store().read(|tx| {
-                let current = if jids.is_empty() {
-                    Vec::new()
-                } else {
-                    claims::current_claims(tx, &jids)?
-                };
-                let claimable = idle && claims::claimable(tx, host, &now, max_attempts, total)?;
-                Ok((
-                    read_attributes(tx)?,
-                    current,
-                    claims::busy_hosts(tx)?,
-                    claimable,
-                    claims::held_by(tx, host, id)?,
-                    claims::held_back(tx, host)?,
-                    crate::store::settle::work_left(tx)?,
-                    match journal {
-                        Some(journal) => journal.lost(tx)?,
-                        None => false,
-                    },
-                ))
-            })?;
-        if journal_lost && let Some(journal) = &mut self.journal {
-            // The database server crashed (it empties start journals, kept unlogged):
-            // written again at once, not at the next start, so that the jobs claimed
-            // ahead are again provably unstarted should this host die now.
-            self.log.log(
-                Level::Warn,
-                "this feeder's start journal was lost (did the database server restart?): writing it again",
-            );
-            journal.rewrite(self.queue.store())?;
-        }
+        let looked = self.look(&jids, idle)?;
+        self.mend_own_records(looked.journal_lost, looked.held)?;
         // Dependency work left behind (its writer stopped between batches): carry it on.
-        let dep_work_left = dep_work && self.queue.store().carry_on_dep_work()?;
-        // Paused or drained: the claim itself checks; the log says so once.
-        if held_back != self.held_back {
-            match &held_back {
-                Some(why) => self.info(&format!("not claiming jobs: {why}")),
-                None => self.info("claiming jobs again"),
-            }
-            self.held_back = held_back;
-        }
+        let dep_work_left = looked.dep_work && self.queue.store().carry_on_dep_work()?;
+        self.note_held_back(looked.held_back);
         if idle {
-            self.polling.looked(claimable);
+            self.polling.looked(looked.claimable);
         }
-        self.apply_settings(attrs);
-        // Jobs the queue says we hold that we do not follow: the database lost some of our
-        // writes (e.g. it was put back from a copy; before the journal fence, a cut-off
-        // host's late journal writes did it). Settle them again rather than leave them
-        // `running` forever.
-        let known = self.known_jids();
-        let ghosts: Vec<i64> = held.into_iter().filter(|j| !known.contains(j)).collect();
-        if !ghosts.is_empty() {
-            self.log.log(
-                Level::Error,
-                &format!(
-                    "the queue says this feeder runs jobs {ghosts:?}, which it does not: some of its recorded writes were lost (was the database put back from a copy?); settling them again"
-                ),
-            );
-            self.reconcile()?;
-        }
+        self.apply_settings(looked.attrs);
         beater
             .interval_ms
             .store((self.settings.heartbeat * 1000.0) as u64, Ordering::SeqCst);
@@ -227,7 +179,101 @@ impl Feeder {
         };
         self.next_tick = Instant::now() + jittered(every);
         self.check_disk_space(beater);
-        // Jobs are killed by the watchdog before the lease runs out (see `watchdog`).
+        let missed = self.fence_on_missed_heartbeats(beater);
+        if !jids.is_empty() {
+            self.apply_claims(&looked.current);
+        }
+        // Only a host whose own heartbeat is healthy judges others.
+        if let Some(now) = beater
+            .server_now()
+            .filter(|_| missed < self.settings.heartbeat * 2.0 + 1.0)
+        {
+            self.rescuer.reclaim_dead_hosts(
+                &mut self.queue,
+                &mut self.log,
+                now,
+                looked.busy,
+                &self.settings,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// One read transaction per heartbeat (each costs a handful of NFS round trips): the
+    /// settings, our claims (`jids`, watched), and the hosts that have running jobs. An
+    /// idle feeder also looks for claimable work there: its periodic poll.
+    fn look(&mut self, jids: &[i64], idle: bool) -> Result<Looked> {
+        let (host, now, max_attempts) =
+            (&self.config.host, time::now(), self.settings.max_attempts);
+        let id = &self.id;
+        let total = &self.config.capacity;
+        let journal = &self.journal;
+        self.queue.store().read(|tx| {
+            Ok(Looked {
+                attrs: read_attributes(tx)?,
+                current: if jids.is_empty() {
+                    Vec::new()
+                } else {
+                    claims::current_claims(tx, jids)?
+                },
+                busy: claims::busy_hosts(tx)?,
+                claimable: idle && claims::claimable(tx, host, &now, max_attempts, total)?,
+                held: claims::held_by(tx, host, id)?,
+                held_back: claims::held_back(tx, host)?,
+                dep_work: crate::store::settle::work_left(tx)?,
+                journal_lost: match journal {
+                    Some(journal) => journal.lost(tx)?,
+                    None => false,
+                },
+            })
+        })
+    }
+
+    /// What the queue lost of this feeder's own writes, put back: its start journal
+    /// (`journal_lost`), and jobs the queue says it holds (`held`) that it does not follow.
+    fn mend_own_records(&mut self, journal_lost: bool, held: Vec<i64>) -> Result<()> {
+        if journal_lost && let Some(journal) = &mut self.journal {
+            // The database server crashed (it empties start journals, kept unlogged):
+            // written again at once, not at the next start, so that the jobs claimed
+            // ahead are again provably unstarted should this host die now.
+            self.log.log(
+                Level::Warn,
+                "this feeder's start journal was lost (did the database server restart?): writing it again",
+            );
+            journal.rewrite(self.queue.store())?;
+        }
+        // The database lost some of our writes (e.g. it was put back from a copy; before
+        // the journal fence, a cut-off host's late journal writes did it). Settle them
+        // again rather than leave them `running` forever.
+        let known = self.known_jids();
+        let ghosts: Vec<i64> = held.into_iter().filter(|j| !known.contains(j)).collect();
+        if !ghosts.is_empty() {
+            self.log.log(
+                Level::Error,
+                &format!(
+                    "the queue says this feeder runs jobs {ghosts:?}, which it does not: some of its recorded writes were lost (was the database put back from a copy?); settling them again"
+                ),
+            );
+            self.reconcile()?;
+        }
+        Ok(())
+    }
+
+    /// Paused or drained: the claim itself checks; the log says so once.
+    fn note_held_back(&mut self, held_back: Option<String>) {
+        if held_back != self.held_back {
+            match &held_back {
+                Some(why) => self.info(&format!("not claiming jobs: {why}")),
+                None => self.info("claiming jobs again"),
+            }
+            self.held_back = held_back;
+        }
+    }
+
+    /// Stop claiming while heartbeats have failed for half the lease, and go on when they
+    /// work again (jobs are killed by the watchdog before the lease runs out: see
+    /// `watchdog`). Returns the seconds since the last heartbeat that reached the queue.
+    fn fence_on_missed_heartbeats(&mut self, beater: &Beater) -> f64 {
         let missed = beater.missed();
         let fence = missed > self.settings.lease / 2.0;
         if fence != self.fenced {
@@ -240,23 +286,7 @@ impl Feeder {
                 self.info("heartbeats work again: claiming jobs");
             }
         }
-        if !jids.is_empty() {
-            self.apply_claims(&current);
-        }
-        // Only a host whose own heartbeat is healthy judges others.
-        if let Some(now) = beater
-            .server_now()
-            .filter(|_| missed < self.settings.heartbeat * 2.0 + 1.0)
-        {
-            self.rescuer.reclaim_dead_hosts(
-                &mut self.queue,
-                &mut self.log,
-                now,
-                busy,
-                &self.settings,
-            )?;
-        }
-        Ok(())
+        missed
     }
 
     /// Jobs the watchdog killed may have been taken over meanwhile: each is handled as

@@ -4,7 +4,9 @@
 //! - heartbeats: a row per host in `hosts`, stamped with the *database server's* clock
 //!   (`clock_timestamp()`), so leases are judged on one clock, never a host's;
 //! - start journals: a feeder's journal lines as rows of `starts` (its claim tokens before
-//!   it spawns, the ends it saw), committed before a job is spawned;
+//!   it spawns, the ends it saw), committed before a job is spawned, and its mark in
+//!   `journals`; both tables unlogged, so a server crash empties them, and an unmarked
+//!   journal proves nothing (`journal_read` gives None);
 //! - job files: stdin and data stored at submit, stdout and stderr uploaded by the feeder
 //!   while the job runs and when it ends, in chunks of `job_files` (up to `output_cap`
 //!   bytes per stream, then a line saying how much was cut).
