@@ -193,21 +193,16 @@ impl TestQueue {
     /// A PostgreSQL queue with no job-file directory: heartbeats, start journals and job
     /// files live in its database, as for hosts that share no filesystem.
     pub fn in_database() -> TestQueue {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = PathBuf::from(pg::new_queue_url());
-        rq_in(tmp.path(), &[path.to_str().unwrap(), "create"], None).ok();
-        TestQueue {
-            tmp,
-            path,
-            store: StoreKind::Postgres,
-            in_database: true,
-        }
+        TestQueue::in_database_at(PathBuf::from(pg::new_queue_url()))
     }
 
     /// As `in_database`, on a server of the test's own (one it may crash).
     pub fn in_database_on(server: &pg::Server) -> TestQueue {
+        TestQueue::in_database_at(PathBuf::from(server.queue_url("q")))
+    }
+
+    fn in_database_at(path: PathBuf) -> TestQueue {
         let tmp = tempfile::tempdir().unwrap();
-        let path = PathBuf::from(server.queue_url("q"));
         rq_in(tmp.path(), &[path.to_str().unwrap(), "create"], None).ok();
         TestQueue {
             tmp,
