@@ -252,7 +252,9 @@ impl Rescuer {
             Ok(0) => {}
             Ok(n) => log.log(
                 Level::Info,
-                &format!("removed {n} files of jobs that no longer exist"),
+                &format!(
+                    "removed {n} job files (in a database: stored chunks) of jobs that no longer exist"
+                ),
             ),
             Err(e) => log.log(Level::Warn, &e.to_string()),
         }

@@ -146,9 +146,9 @@ pub(super) fn store_inputs(
 
 impl Queue {
     /// Remove job files that belong to no job (in stdin/ stdout/ stderr/ data/, or stored
-    /// in the database); returns how many. Only files older than ten minutes: a submit
-    /// stores files before it inserts the rows naming them. The work is proportional to
-    /// the files present, not to the jobs in the queue.
+    /// in the database); returns how many (in the database: chunks). Only files older
+    /// than ten minutes: a submit stores files before it inserts the rows naming them.
+    /// The work is proportional to the files present, not to the jobs in the queue.
     pub fn reap_orphan_files(&mut self) -> Result<usize> {
         if self.in_database() {
             return self
