@@ -593,8 +593,10 @@ fn walk(root: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
 #[test]
 fn a_frozen_hosts_late_output_never_mixes_with_the_new_runs() {
     // Everything in the database: h1 freezes mid-job, h2 takes the job over and runs it
-    // again; h1 thaws, its watchdog kills its copy, and the output that copy wrote while
-    // frozen must not reach the queue (its upload checks the claim it no longer holds).
+    // again; h1 thaws and kills its copy (its watchdog, seeing the lease lost, or its
+    // heartbeat's tick, seeing the claim taken over: two threads, whichever comes first),
+    // and the output that copy wrote while frozen must not reach the queue (its upload
+    // checks the claim it no longer holds).
     let q = TestQueue::in_database();
     q.rq(&["configure", "heartbeat=0.5s", "lease=3s"]).ok();
     let h1 = q.feeder("h1", &[]);
@@ -626,8 +628,10 @@ fn a_frozen_hosts_late_output_never_mixes_with_the_new_runs() {
     assert_eq!(out, expected);
     let job = &q.rq(&["list", "1"]).ok().records()[0];
     assert_eq!(int(job, "attempts"), 2, "{job:?}");
-    q.wait_for("h1 to notice", 20, |q| {
-        q.feeder_log("h1").contains("watchdog")
+    q.wait_for("h1 to notice and kill its copy", 20, |q| {
+        let log = q.feeder_log("h1");
+        log.contains("watchdog")
+            || log.contains("was taken over by another host: killed our copy")
     });
     assert_eq!(q.rq(&["stdout", "1"]).ok().stdout, expected);
 }
