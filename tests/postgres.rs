@@ -630,8 +630,7 @@ fn a_frozen_hosts_late_output_never_mixes_with_the_new_runs() {
     assert_eq!(int(job, "attempts"), 2, "{job:?}");
     q.wait_for("h1 to notice and kill its copy", 20, |q| {
         let log = q.feeder_log("h1");
-        log.contains("watchdog")
-            || log.contains("was taken over by another host: killed our copy")
+        log.contains("watchdog") || log.contains("was taken over by another host: killed our copy")
     });
     assert_eq!(q.rq(&["stdout", "1"]).ok().stdout, expected);
 }
