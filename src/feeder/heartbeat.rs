@@ -157,7 +157,6 @@ impl Feeder {
         let jids = self.watched_jids();
         let idle = self.slots.running.is_empty() && self.claimed.is_empty();
         let looked = self.look(&jids, idle)?;
-        self.mend_own_records(looked.journal_lost, looked.held)?;
         // Dependency work left behind (its writer stopped between batches): carry it on.
         let dep_work_left = looked.dep_work && self.queue.store().carry_on_dep_work()?;
         self.note_held_back(looked.held_back);
@@ -165,6 +164,8 @@ impl Feeder {
             self.polling.looked(looked.claimable);
         }
         self.apply_settings(looked.attrs);
+        // With the settings just read (max_attempts), as before the tick was split.
+        self.mend_own_records(looked.journal_lost, looked.held)?;
         beater
             .interval_ms
             .store((self.settings.heartbeat * 1000.0) as u64, Ordering::SeqCst);
